@@ -1,0 +1,29 @@
+"""Executors of a Program: `reference` (SimPy, readable) and `fast` (numba, full wafer)."""
+
+from __future__ import annotations
+
+ENGINES = ("auto", "reference", "fast")
+AUTO_REFERENCE_MAX_CORES = 64 * 64  # auto picks the reference engine up to this mesh size
+
+
+def simulate(program, hw, engine: str = "auto"):
+    """Run `program` on `hw` and return a SimResult. `auto` prefers the fast engine when it is
+    available and the mesh is larger than 64 x 64; the reference engine otherwise."""
+    if engine not in ENGINES:
+        from wse_sim.hardware import ConfigError
+        raise ConfigError(f"engine: got {engine!r}, must be one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        engine = "reference" if hw.cores <= AUTO_REFERENCE_MAX_CORES or not fast_available() else "fast"
+    if engine == "reference":
+        from wse_sim.engine.reference import simulate_reference
+        return simulate_reference(program, hw)
+    if not fast_available():
+        raise NotImplementedError("engine 'fast': wse_sim.engine.fast is not built yet (issue 4); "
+                                  "use --engine reference")
+    from wse_sim.engine.fast import simulate_fast
+    return simulate_fast(program, hw)
+
+
+def fast_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("wse_sim.engine.fast") is not None

@@ -1,0 +1,197 @@
+"""What both engines share: dependency resolution, static checks and result accounting.
+
+The accounting (`EngineResultBuilder`) turns granted instances into a `SimResult`; it is
+shared so that the two engines differ only in how they decide *when* each instance runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wse_sim.fabric import Mesh
+from wse_sim.hardware import HardwareConfig
+from wse_sim.metrics import SimResult, empty_maps
+from wse_sim.program import Compute, Program, ProgramError
+
+
+def deps_needed(task, x: int, y: int, mesh: Mesh) -> list[tuple[int, int]]:
+    """(dep task, core id) signals the instance at (x, y) waits for; core -1 = whole task."""
+    out = []
+    for d in task.deps:
+        at = d.core_for(x, y)
+        if at is None:
+            out.append((d.task, -1))
+            continue
+        if not mesh.contains(*at):
+            raise ProgramError(f"task {task.op}: dependency on task {d.task} at core {at} "
+                               f"from core ({x},{y}) is outside the {mesh.cols} x {mesh.rows} mesh")
+        out.append((d.task, mesh.core(*at)))
+    return out
+
+
+def ensure_acyclic(program: Program) -> None:
+    """Reject a program whose task dependencies form a cycle (it could never finish)."""
+    n = len(program.tasks)
+    indeg = [0] * n
+    users: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(program.tasks):
+        for d in {d.task for d in t.deps}:
+            indeg[i] += 1
+            users[d].append(i)
+    stack = [i for i in range(n) if indeg[i] == 0]
+    seen = 0
+    while stack:
+        i = stack.pop()
+        seen += 1
+        for j in users[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                stack.append(j)
+    if seen < n:
+        stuck = [f"{i} ({program.tasks[i].op})" for i in range(n) if indeg[i] > 0]
+        raise ProgramError(f"dependency cycle: tasks {', '.join(stuck[:8])} wait on each other "
+                           "and can never run")
+
+
+class EngineResultBuilder:
+    """Accumulates counters from granted instances and assembles the SimResult."""
+
+    def __init__(self, program: Program, hw: HardwareConfig, mesh: Mesh, instances, engine: str):
+        self.program, self.hw, self.mesh, self.engine = program, hw, mesh, engine
+        self.instances = instances
+        n = mesh.n
+        self.busy = np.zeros(n, np.int64)
+        self.link_bytes = np.zeros(4 * n, np.int64)
+        self.link_busy = np.zeros(4 * n, np.int64)
+        self.comm_bytes = self.delivered = 0
+        self.flops = self.exec_flops = self.stream_flops = self.sram_traffic = 0
+        self.flops_by_dtype: dict[str, int] = {}
+        self.ops: dict[str, dict] = {}
+        self.sig_time: dict = {}
+        self.sig_producer: dict = {}
+        self.rec: dict = {}
+        self.granted = 0
+        self.last = None
+
+    def signal_keys(self) -> set:
+        keys = set()
+        for ti, insts in enumerate(self.instances):
+            keys.add((ti, -1))
+            for inst in insts:
+                for core, _ in inst.events:
+                    keys.add((ti, core))
+        return keys
+
+    def check_dependencies(self) -> None:
+        """Every awaited (task, core) signal must exist, or the program would deadlock."""
+        keys = self.signal_keys()
+        for ti, insts in enumerate(self.instances):
+            for inst in insts:
+                for key in inst.needs:
+                    if key not in keys:
+                        dep = self.program.tasks[key[0]]
+                        x, y = self.mesh.xy(key[1])
+                        raise ProgramError(
+                            f"deadlock: task {ti} ({self.program.tasks[ti].op}) waits for task "
+                            f"{key[0]} ({dep.op}) at core ({x},{y}), which that task never reaches")
+
+    def record(self, inst, ready: int, start: int, end: int, pred, blocker) -> None:
+        """Account one granted instance (called in grant order)."""
+        n = self.mesh.n
+        t = self.program.tasks[inst.task]
+        op = self.ops.setdefault(t.op, {"flops": 0, "busy_cycles": 0, "bytes": 0,
+                                        "start": start, "end": end, "kind": type(t).__name__})
+        op["start"] = min(op["start"], start)
+        op["end"] = max(op["end"], end)
+        for rid, _, length in inst.res:
+            if rid < 4 * n:
+                self.link_bytes[rid] += 4 * inst.wavelets
+                self.link_busy[rid] += length
+            elif rid < 5 * n:
+                self.comm_bytes += 4 * inst.wavelets
+                op["bytes"] += 4 * inst.wavelets
+            elif rid < 6 * n:
+                self.delivered += 4 * inst.wavelets
+            else:
+                self.busy[rid - 6 * n] += length
+                op["busy_cycles"] += length
+        if isinstance(t, Compute):
+            self.flops += inst.flops
+            self.exec_flops += inst.exec_flops
+            self.flops_by_dtype[t.dtype] = self.flops_by_dtype.get(t.dtype, 0) + inst.exec_flops
+            self.sram_traffic += inst.sram_bytes
+            op["flops"] += inst.flops
+        elif inst.stream_flops:
+            self.stream_flops += inst.stream_flops
+            self.flops_by_dtype[inst.dtype] = (self.flops_by_dtype.get(inst.dtype, 0)
+                                               + inst.stream_flops)
+        key_i = (inst.task, inst.index)
+        for core, off in inst.events:
+            self._signal((inst.task, core), start + off, key_i)
+        self._signal((inst.task, -1), end, key_i)
+        self.rec[key_i] = (ready, start, end, pred, blocker)
+        if self.last is None or end > self.rec[self.last][2]:
+            self.last = key_i
+        self.granted += 1
+
+    def _signal(self, key, at: int, inst_key) -> None:
+        if key not in self.sig_time or at > self.sig_time[key]:
+            self.sig_time[key] = at
+            self.sig_producer[key] = inst_key
+
+    def finish_deadlock_check(self) -> None:
+        total = sum(len(i) for i in self.instances)
+        if self.granted < total:
+            stuck = [f"{self.program.tasks[ti].op}#{inst.index}" for ti, insts in
+                     enumerate(self.instances) for inst in insts
+                     if (ti, inst.index) not in self.rec]
+            raise ProgramError(f"deadlock: {total - self.granted} instances never ran "
+                               f"(e.g. {', '.join(stuck[:6])})")
+
+    def critical_path(self) -> tuple[int, int]:
+        """(compute cycles, comm cycles) along the chain that decided the finish time."""
+        compute = comm = 0
+        if self.last is None:
+            return 0, 0
+        boundary = self.rec[self.last][2]
+        cur = self.last
+        while cur is not None:
+            ready, start, _end, pred, blocker = self.rec[cur]
+            seg = max(0, boundary - start)
+            if isinstance(self.program.tasks[cur[0]], Compute):
+                compute += seg
+            else:
+                comm += seg
+            if start > ready and blocker is not None:
+                cur, boundary = blocker, start
+            elif pred is not None:
+                cur, boundary = self.sig_producer[pred], ready
+            else:
+                if start > 0:  # waiting from time 0 for a resource held by nobody: impossible
+                    comm += start
+                cur = None
+        return compute, comm
+
+    def result(self, maps: dict, wall: float) -> SimResult:
+        hw, mesh = self.hw, self.mesh
+        rows, cols = mesh.rows, mesh.cols
+        cycles = max((r[2] for r in self.rec.values()), default=0)
+        cp_compute, cp_comm = self.critical_path()
+        io = int(self.program.meta.get("io_bytes", 0))
+        busy, lb, lbusy = empty_maps(cols, rows)
+        busy[:] = self.busy.reshape(rows, cols)
+        lb[:] = self.link_bytes.reshape(rows, cols, 4)
+        lbusy[:] = self.link_busy.reshape(rows, cols, 4)
+        return SimResult(
+            program=self.program.name, engine=self.engine, hardware=hw, cycles=int(cycles),
+            flops=self.flops, executed_flops=self.exec_flops, stream_flops=self.stream_flops,
+            flops_by_dtype=dict(sorted(self.flops_by_dtype.items())),
+            comm_bytes=self.comm_bytes, delivered_bytes=self.delivered,
+            bytes_hops=int(self.link_bytes.sum()), sram_traffic_bytes=self.sram_traffic,
+            io_bytes=io, compute_cycles=cp_compute, comm_cycles=cp_comm,
+            core_busy_cycles=busy, link_bytes=lb, link_busy_cycles=lbusy,
+            sram_bytes=maps["sram_bytes"], colors=maps["colors"], ops=self.ops,
+            instances=self.granted, tokens=self.program.tokens, dtype=self.program.dtype,
+            cores_used=self.program.cores_used or hw.cores, wall_seconds=wall,
+            meta=dict(self.program.meta),
+        )

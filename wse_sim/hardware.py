@@ -1,0 +1,220 @@
+"""The hardware description: one frozen, validated `HardwareConfig`, loaded from TOML presets.
+
+Every field carries its unit in its name. Presets live in `wse_sim/presets/*.toml`; their
+sources are cited in `docs/hardware-model.md`. A user's own TOML file works like a preset name,
+and `--set field=value` overrides any field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+DTYPES = ("fp32", "fp16", "bf16")
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+class ConfigError(ValueError):
+    """A bad user-supplied value: the message is one line naming field, value and what is allowed."""
+
+
+def _bad(field_name: str, value, allowed: str) -> ConfigError:
+    return ConfigError(f"{field_name}: got {value!r}, {allowed}")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """A wafer-scale engine: a cols x rows mesh of cores, each with SRAM, FMAC lanes and a router."""
+
+    name: str
+    mesh_cols: int
+    mesh_rows: int
+    clock_ghz: float
+    sram_bytes: int
+    sram_read_bytes_per_cycle: int
+    sram_write_bytes_per_cycle: int
+    fmac_lanes_fp32: int
+    fmac_lanes_fp16: int
+    fmac_lanes_bf16: int
+    link_bits_per_cycle: int
+    hop_latency_cycles: int
+    ramp_latency_cycles: int
+    stream_op_latency_cycles: int
+    colors_per_core: int
+    io_bits_per_s: float
+    energy_pj_per_flop_fp32: float
+    energy_pj_per_flop_fp16: float
+    energy_pj_per_flop_bf16: float
+    energy_pj_per_sram_byte: float
+    energy_pj_per_bit_hop: float
+    energy_pj_per_io_byte: float
+    chip_cores: int = 0
+    description: str = ""
+    sources: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise _bad(f.name, v, "must be an integer")
+                lo = 0 if f.name in _ZERO_OK_INT else 1
+                if v < lo or v > 10**12:
+                    raise _bad(f.name, v, f"must be an integer in [{lo}, 1e12]")
+            elif f.type in ("float", float):
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise _bad(f.name, v, "must be a number")
+                if not math.isfinite(v) or v < 0 or (v == 0 and f.name not in _ZERO_OK_FLOAT):
+                    raise _bad(f.name, v, "must be a finite positive number")
+            elif f.type in ("str", str) and not isinstance(v, str):
+                raise _bad(f.name, v, "must be a string")
+        if self.link_bits_per_cycle % 32:
+            raise _bad("link_bits_per_cycle", self.link_bits_per_cycle,
+                       "must be a multiple of 32 (one wavelet is 32 bits)")
+        if self.chip_cores and self.chip_cores < self.cores:
+            raise _bad("chip_cores", self.chip_cores,
+                       f"must be 0 or at least mesh_cols*mesh_rows = {self.cores}")
+
+    # ---- derived quantities -------------------------------------------------------------
+    @property
+    def cores(self) -> int:
+        return self.mesh_cols * self.mesh_rows
+
+    @property
+    def clock_hz(self) -> float:
+        return self.clock_ghz * 1e9
+
+    @property
+    def wavelets_per_cycle(self) -> int:
+        """32-bit wavelets a link carries per cycle per direction."""
+        return self.link_bits_per_cycle // 32
+
+    def lanes(self, dtype: str) -> int:
+        """FMAC lanes per cycle for `dtype` (one FMAC = 2 FLOPs)."""
+        if dtype not in DTYPES:
+            raise _bad("dtype", dtype, f"must be one of {', '.join(DTYPES)}")
+        return getattr(self, f"fmac_lanes_{dtype}")
+
+    def peak_flops_per_core_cycle(self, dtype: str) -> int:
+        return 2 * self.lanes(dtype)
+
+    def seconds(self, cycles: int) -> float:
+        return cycles / self.clock_hz
+
+    def aggregates(self, cores: int | None = None) -> dict:
+        """Chip-level roll-ups over `cores` (default: chip_cores if set, else the mesh)."""
+        n = cores or self.chip_cores or self.cores
+        sram_bw = self.sram_read_bytes_per_cycle + self.sram_write_bytes_per_cycle
+        return {
+            "cores": n,
+            "mesh_cores": self.cores,
+            "total_sram_bytes": n * self.sram_bytes,
+            "sram_bandwidth_bytes_per_s": n * sram_bw * self.clock_hz,
+            "fabric_bandwidth_bits_per_s": n * 4 * 2 * self.link_bits_per_cycle * self.clock_hz,
+            "peak_flops_per_s": {d: n * self.peak_flops_per_core_cycle(d) * self.clock_hz
+                                 for d in DTYPES},
+            "io_bits_per_s": self.io_bits_per_s,
+        }
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("sources")
+        return d
+
+    def with_overrides(self, overrides: dict) -> HardwareConfig:
+        """A copy with fields replaced; values given as strings are parsed to the field's type."""
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        kw = {}
+        for key, value in overrides.items():
+            if key not in types or key == "sources":
+                raise _bad("--set", key, f"is not a hardware field; known: {', '.join(FIELDS)}")
+            kw[key] = _parse(key, types[key], value)
+        return dataclasses.replace(self, **kw)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(HardwareConfig) if f.name != "sources")
+_ZERO_OK_INT = {"hop_latency_cycles", "ramp_latency_cycles", "stream_op_latency_cycles",
+                "chip_cores", "fmac_lanes_bf16", "fmac_lanes_fp16"}
+_ZERO_OK_FLOAT = {"energy_pj_per_flop_fp32", "energy_pj_per_flop_fp16", "energy_pj_per_flop_bf16",
+                  "energy_pj_per_sram_byte", "energy_pj_per_bit_hop", "energy_pj_per_io_byte",
+                  "io_bits_per_s"}
+
+
+def _parse(key: str, typ, value):
+    if not isinstance(value, str):
+        return value
+    try:
+        if typ in ("int", int):
+            return int(value.replace("_", ""))
+        if typ in ("float", float):
+            return float(value)
+    except ValueError:
+        kind = "an integer" if typ in ("int", int) else "a number"
+        raise _bad(key, value, f"must be {kind}") from None
+    return value
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """Parse `--set field=value` strings into a dict (values stay strings until applied)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise _bad("--set", item, "must look like field=value, e.g. clock_ghz=1.1")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def preset_names() -> list[str]:
+    files = resources.files("wse_sim") / "presets"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def _load_toml(text: str, origin: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{origin}: not valid TOML ({e})") from None
+
+
+def from_dict(data: dict, origin: str = "<dict>") -> HardwareConfig:
+    """Build a config from a TOML-shaped dict: `[hardware]` fields and an optional `[sources]`."""
+    hw = dict(data.get("hardware", {}))
+    sources = dict(data.get("sources", {}))
+    extra = set(data) - {"hardware", "sources"}
+    if extra:
+        raise ConfigError(f"{origin}: unknown table(s) {sorted(extra)}; allowed: [hardware], [sources]")
+    for k in hw:
+        if k not in FIELDS:
+            raise _bad(f"{origin}: hardware.{k}", hw[k], f"is not a known field; known: {', '.join(FIELDS)}")
+    missing = [f.name for f in dataclasses.fields(HardwareConfig)
+               if f.name not in hw and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{origin}: missing hardware field(s): {', '.join(missing)}")
+    try:
+        return HardwareConfig(**hw, sources=sources)
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: hardware.{e}") from None
+
+
+def load_preset(name_or_path: str, overrides: dict | None = None) -> HardwareConfig:
+    """Load a built-in preset by name, or a user TOML file by path; then apply overrides."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise _bad("preset", name_or_path, "must be a preset name or a TOML file path")
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise _bad("preset", name_or_path, "file does not exist")
+        hw = from_dict(_load_toml(path.read_text(), str(path)), str(path))
+    else:
+        names = preset_names()
+        if name_or_path not in names:
+            raise _bad("preset", name_or_path, f"must be one of {', '.join(names)} or a .toml file")
+        text = (resources.files("wse_sim") / "presets" / f"{name_or_path}.toml").read_text()
+        hw = from_dict(_load_toml(text, name_or_path), name_or_path)
+    return hw.with_overrides(overrides) if overrides else hw

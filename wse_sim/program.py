@@ -1,0 +1,397 @@
+"""The Program IR: work for the mesh, described over rectangular regions (SPMD).
+
+A Program is a list of tasks. Each task is one record for many cores: a `Compute` runs on
+every core of its region; a `Unicast` sends from every core of its region to a core given by
+an offset rule or a fixed core; a `LineStream` runs along every row (or column) of its region,
+either broadcasting from the first core or reducing into the last; a `Multicast` copies one
+core's data to a whole region through a row-then-column tree. A full-wafer program is a few
+hundred records, not a Python object per core.
+
+Dependencies (`Dep`) are per core: the instance of a task that touches core c waits for the
+event of task `Dep.task` at a core given by the rule: `same` (c), `offset` (c + (dx, dy)),
+`at` (a fixed core) or `all` (the whole task). Timing rules are in docs/hardware-model.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wse_sim.hardware import DTYPE_BYTES, DTYPES, ConfigError, HardwareConfig
+
+SPARSITY_ONE = 1 << 20  # density is stored as an integer fraction of 2**20: exact arithmetic
+
+
+class ProgramError(ValueError):
+    """The program is malformed or does not fit the hardware; one line with the numbers."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """Cores [x, x + cols) x [y, y + rows)."""
+
+    x: int
+    y: int
+    cols: int
+    rows: int
+
+    def __post_init__(self):
+        for name in ("x", "y", "cols", "rows"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise ProgramError(f"Region.{name}: got {v!r}, must be an integer")
+        if self.x < 0 or self.y < 0 or self.cols < 1 or self.rows < 1:
+            raise ProgramError(f"Region: got {self}, needs x, y >= 0 and cols, rows >= 1")
+
+    @property
+    def size(self) -> int:
+        return self.cols * self.rows
+
+    @property
+    def x1(self) -> int:
+        return self.x + self.cols - 1
+
+    @property
+    def y1(self) -> int:
+        return self.y + self.rows - 1
+
+    def contains(self, x: int, y: int) -> bool:
+        return self.x <= x <= self.x1 and self.y <= y <= self.y1
+
+    def cells(self):
+        """(x, y) of every core, row-major."""
+        for yy in range(self.y, self.y + self.rows):
+            for xx in range(self.x, self.x + self.cols):
+                yield xx, yy
+
+    def index(self, x: int, y: int) -> int:
+        """Row-major rank of (x, y) inside the region."""
+        return (y - self.y) * self.cols + (x - self.x)
+
+    def __str__(self) -> str:
+        return f"[{self.x}:{self.x + self.cols}, {self.y}:{self.y + self.rows}]"
+
+
+DEP_RULES = ("same", "offset", "at", "all")
+
+
+@dataclass(frozen=True)
+class Dep:
+    """Wait for task `task` at the core the rule names (see module docstring)."""
+
+    task: int
+    rule: str = "same"
+    dx: int = 0
+    dy: int = 0
+
+    def __post_init__(self):
+        if self.rule not in DEP_RULES:
+            raise ProgramError(f"Dep.rule: got {self.rule!r}, must be one of {', '.join(DEP_RULES)}")
+        if not isinstance(self.task, int) or self.task < 0:
+            raise ProgramError(f"Dep.task: got {self.task!r}, must be a task index >= 0")
+
+    def core_for(self, x: int, y: int) -> tuple[int, int] | None:
+        """The core whose event is needed by the instance at (x, y); None for `all`."""
+        if self.rule == "same":
+            return x, y
+        if self.rule == "offset":
+            return x + self.dx, y + self.dy
+        if self.rule == "at":
+            return self.dx, self.dy
+        return None
+
+
+def _check_common(t):
+    if not t.op or not isinstance(t.op, str):
+        raise ProgramError(f"{type(t).__name__}.op: got {t.op!r}, must be a non-empty name")
+    for d in t.deps:
+        if not isinstance(d, Dep):
+            raise ProgramError(f"{t.op}: deps must be Dep records, got {d!r}")
+
+
+def _check_flow(t):
+    _check_common(t)
+    if isinstance(t.wavelets, bool) or not isinstance(t.wavelets, int) or t.wavelets < 1:
+        raise ProgramError(f"{t.op}: wavelets got {t.wavelets!r}, must be an integer >= 1")
+    if not isinstance(t.color, int) or t.color < 0:
+        raise ProgramError(f"{t.op}: color got {t.color!r}, must be an integer >= 0")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Every core of `region` computes. `flops` and SRAM bytes are totals over the region,
+    split evenly; the first `total % cores` cores in row-major order take one more.
+
+    kind `fmac`: FLOPs run as multiply-adds on the dtype's FMAC lanes (2 FLOPs per lane-cycle)
+    with the skipped zeros of `sparsity` removed; kind `vector`: one FLOP per lane-cycle.
+    """
+
+    op: str
+    region: Region
+    flops: int
+    dtype: str = "fp32"
+    kind: str = "fmac"
+    sparsity: float = 0.0
+    sram_read_bytes: int = 0
+    sram_write_bytes: int = 0
+    deps: tuple = ()
+
+    def __post_init__(self):
+        _check_common(self)
+        if self.dtype not in DTYPES:
+            raise ProgramError(f"{self.op}: dtype got {self.dtype!r}, must be one of {', '.join(DTYPES)}")
+        if self.kind not in ("fmac", "vector"):
+            raise ProgramError(f"{self.op}: kind got {self.kind!r}, must be fmac or vector")
+        for name in ("flops", "sram_read_bytes", "sram_write_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+                raise ProgramError(f"{self.op}: {name} got {v!r}, must be an integer >= 0")
+        if not (0.0 <= float(self.sparsity) < 1.0):
+            raise ProgramError(f"{self.op}: sparsity got {self.sparsity!r}, must be in [0, 1)")
+
+    @property
+    def density_q20(self) -> int:
+        """Fraction of multiply-adds kept, as an integer out of 2**20."""
+        return SPARSITY_ONE - int(round(float(self.sparsity) * SPARSITY_ONE))
+
+
+@dataclass(frozen=True)
+class Unicast:
+    """Every core (x, y) of `region` sends `wavelets` to (x + dx, y + dy), or to the fixed core
+    `to` when given. With `wrap`, the offset wraps around inside the region (a torus shift,
+    routed the long way back across the physical mesh)."""
+
+    op: str
+    region: Region
+    wavelets: int
+    dx: int = 0
+    dy: int = 0
+    to: tuple | None = None
+    wrap: bool = False
+    color: int = 0
+    deps: tuple = ()
+
+    def __post_init__(self):
+        _check_flow(self)
+        if self.to is None and self.dx == 0 and self.dy == 0 and not self.wrap:
+            raise ProgramError(f"{self.op}: a unicast to itself (dx = dy = 0) moves nothing")
+
+    def dest(self, x: int, y: int) -> tuple[int, int]:
+        if self.to is not None:
+            return tuple(self.to)
+        if self.wrap:
+            r = self.region
+            return (r.x + (x - r.x + self.dx) % r.cols, r.y + (y - r.y + self.dy) % r.rows)
+        return x + self.dx, y + self.dy
+
+
+@dataclass(frozen=True)
+class LineStream:
+    """Along every row (axis 'x') or column (axis 'y') of `region`, a pipelined stream of
+    `wavelets` runs in `direction` (+1: toward larger x/y). Broadcast (reduce=False): the first
+    core's data reaches every core of the line. Reduce: every core adds its own vector of
+    `dtype` values to the passing stream and forwards it; the last core holds the sum."""
+
+    op: str
+    region: Region
+    axis: str
+    direction: int
+    wavelets: int
+    reduce: bool = False
+    dtype: str = "fp32"
+    color: int = 0
+    deps: tuple = ()
+
+    def __post_init__(self):
+        _check_flow(self)
+        if self.axis not in ("x", "y"):
+            raise ProgramError(f"{self.op}: axis got {self.axis!r}, must be 'x' or 'y'")
+        if self.direction not in (1, -1):
+            raise ProgramError(f"{self.op}: direction got {self.direction!r}, must be +1 or -1")
+        if self.dtype not in DTYPES:
+            raise ProgramError(f"{self.op}: dtype got {self.dtype!r}, must be one of {', '.join(DTYPES)}")
+        if self.length < 2:
+            raise ProgramError(f"{self.op}: a line stream needs at least 2 cores along {self.axis}")
+
+    @property
+    def length(self) -> int:
+        return self.region.cols if self.axis == "x" else self.region.rows
+
+    def lines(self):
+        """(cores of the line in stream order) for every line of the region."""
+        r = self.region
+        if self.axis == "x":
+            xs = range(r.x, r.x1 + 1) if self.direction > 0 else range(r.x1, r.x - 1, -1)
+            for y in range(r.y, r.y1 + 1):
+                yield [(x, y) for x in xs]
+        else:
+            ys = range(r.y, r.y1 + 1) if self.direction > 0 else range(r.y1, r.y - 1, -1)
+            for x in range(r.x, r.x1 + 1):
+                yield [(x, y) for y in ys]
+
+
+@dataclass(frozen=True)
+class Multicast:
+    """Core `src` sends `wavelets` to every core of `region` along a row-then-column tree."""
+
+    op: str
+    src: tuple
+    region: Region
+    wavelets: int
+    color: int = 0
+    deps: tuple = ()
+
+    def __post_init__(self):
+        _check_flow(self)
+        if len(self.src) != 2:
+            raise ProgramError(f"{self.op}: src got {self.src!r}, must be (x, y)")
+
+
+@dataclass(frozen=True)
+class Alloc:
+    """A buffer of `bytes_per_core` bytes in the SRAM of every core of `region`."""
+
+    name: str
+    region: Region
+    bytes_per_core: int
+
+    def __post_init__(self):
+        if isinstance(self.bytes_per_core, bool) or self.bytes_per_core < 0:
+            raise ProgramError(f"Alloc {self.name}: bytes_per_core got {self.bytes_per_core!r}, must be >= 0")
+
+
+TASK_TYPES = (Compute, Unicast, LineStream, Multicast)
+
+
+@dataclass(frozen=True)
+class Program:
+    """Tasks + SRAM allocations + facts about what is being run (`meta`)."""
+
+    name: str
+    tasks: tuple
+    allocs: tuple = ()
+    dtype: str = "fp32"
+    tokens: int = 0
+    cores_used: int = 0
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        for i, t in enumerate(self.tasks):
+            if not isinstance(t, TASK_TYPES):
+                raise ProgramError(f"task {i}: got {type(t).__name__}, must be one of "
+                                   f"{', '.join(c.__name__ for c in TASK_TYPES)}")
+            for d in t.deps:
+                if d.task >= len(self.tasks) or d.task == i:
+                    raise ProgramError(f"task {i} ({t.op}): depends on task {d.task}, "
+                                       f"which is itself or not in 0..{len(self.tasks) - 1}")
+
+    def total_flops(self) -> int:
+        return sum(t.flops for t in self.tasks if isinstance(t, Compute))
+
+    def describe(self) -> str:
+        """A listing a person can read: one line per task."""
+        lines = [f"program {self.name}: {len(self.tasks)} tasks, {len(self.allocs)} buffers"]
+        for i, t in enumerate(self.tasks):
+            deps = ",".join(f"{d.task}{'' if d.rule == 'same' else ':' + d.rule}" for d in t.deps)
+            if isinstance(t, Compute):
+                body = f"compute {t.kind} {t.flops} FLOP {t.dtype} on {t.region}"
+            elif isinstance(t, Unicast):
+                tgt = f"to {t.to}" if t.to is not None else f"by ({t.dx},{t.dy}){' wrap' if t.wrap else ''}"
+                body = f"unicast {t.wavelets} wv from {t.region} {tgt} color {t.color}"
+            elif isinstance(t, LineStream):
+                kind = "reduce" if t.reduce else "bcast"
+                body = (f"line-{kind} {t.wavelets} wv along {t.axis}{'+' if t.direction > 0 else '-'}"
+                        f" of {t.region} color {t.color}")
+            else:
+                body = f"multicast {t.wavelets} wv from {t.src} to {t.region} color {t.color}"
+            lines.append(f"  {i:4d} {t.op:24s} {body}  deps[{deps}]")
+        return "\n".join(lines)
+
+
+# ---- static checks against the hardware ------------------------------------------------------
+
+def _rects(t) -> list[tuple[int, int, int, int]]:
+    """Rectangles (x0, y0, x1, y1) covering every router a task's routes pass through."""
+    if isinstance(t, Compute):
+        return []
+    if isinstance(t, LineStream):
+        r = t.region
+        return [(r.x, r.y, r.x1, r.y1)]
+    if isinstance(t, Multicast):
+        r = t.region
+        sx, sy = t.src
+        return [(min(sx, r.x), sy, max(sx, r.x1), sy),
+                (r.x, min(sy, r.y), r.x1, max(sy, r.y1))]
+    r = t.region
+    if t.wrap:
+        return [(r.x, r.y, r.x1, r.y1)]
+    if t.to is not None:
+        tx, ty = t.to
+        return [(min(r.x, tx), r.y, max(r.x1, tx), r.y1), (tx, min(r.y, ty), tx, max(r.y1, ty))]
+    return [(min(r.x, r.x + t.dx), r.y, max(r.x1, r.x1 + t.dx), r.y1),
+            (r.x + t.dx, min(r.y, r.y + t.dy), r.x1 + t.dx, max(r.y1, r.y1 + t.dy))]
+
+
+def check_fits(program: Program, hw: HardwareConfig) -> dict:
+    """Reject a program that does not fit the hardware; return the per-core resource maps.
+
+    Checks: every region, route and dependency core inside the mesh; SRAM bytes per core
+    (sum of all allocations) within `sram_bytes`; routes (colors) per core within
+    `colors_per_core`. Returns {'sram_bytes': array, 'colors': array} shaped (rows, cols).
+    """
+    cols, rows = hw.mesh_cols, hw.mesh_rows
+    for i, t in enumerate(program.tasks):
+        regions = [t.region] + ([Region(t.src[0], t.src[1], 1, 1)] if isinstance(t, Multicast) else [])
+        if isinstance(t, Unicast) and not t.wrap:
+            r = t.region
+            if t.to is not None:
+                regions.append(Region(int(t.to[0]), int(t.to[1]), 1, 1) if min(t.to) >= 0 else r)
+                if min(t.to) < 0:
+                    raise ProgramError(f"task {i} ({t.op}): destination {t.to} is outside the mesh")
+            else:
+                if r.x + t.dx < 0 or r.y + t.dy < 0:
+                    raise ProgramError(f"task {i} ({t.op}): destinations {r} + ({t.dx},{t.dy}) "
+                                       f"leave the {cols} x {rows} mesh")
+                regions.append(Region(r.x + t.dx, r.y + t.dy, r.cols, r.rows))
+        for g in regions:
+            if g.x1 >= cols or g.y1 >= rows:
+                raise ProgramError(f"task {i} ({t.op}): region {g} does not fit the "
+                                   f"{cols} x {rows} mesh of {hw.name}")
+    sram = np.zeros((rows + 1, cols + 1), dtype=np.int64)
+    for a in program.allocs:
+        r = a.region
+        if r.x1 >= cols or r.y1 >= rows:
+            raise ProgramError(f"buffer {a.name}: region {r} does not fit the {cols} x {rows} mesh")
+        sram[r.y, r.x] += a.bytes_per_core
+        sram[r.y, r.x1 + 1] -= a.bytes_per_core
+        sram[r.y1 + 1, r.x] -= a.bytes_per_core
+        sram[r.y1 + 1, r.x1 + 1] += a.bytes_per_core
+    sram = sram.cumsum(0).cumsum(1)[:rows, :cols]
+    worst = int(sram.max()) if sram.size else 0
+    if worst > hw.sram_bytes:
+        y, x = np.unravel_index(int(sram.argmax()), sram.shape)
+        held = [f"{a.name}={a.bytes_per_core}" for a in program.allocs if a.region.contains(x, y)]
+        raise ProgramError(f"SRAM does not fit: core ({x},{y}) needs {worst} bytes > sram_bytes "
+                           f"{hw.sram_bytes} ({', '.join(held[:6])}{' ...' if len(held) > 6 else ''})")
+    colors: dict[int, np.ndarray] = {}
+    for t in program.tasks:
+        for x0, y0, x1, y1 in _rects(t):
+            m = colors.setdefault(t.color, np.zeros((rows, cols), dtype=bool))
+            m[y0:y1 + 1, x0:x1 + 1] = True
+    used = sum((m.astype(np.int16) for m in colors.values()), np.zeros((rows, cols), np.int16))
+    most = int(used.max()) if colors else 0
+    if most > hw.colors_per_core:
+        y, x = np.unravel_index(int(used.argmax()), used.shape)
+        raise ProgramError(f"colors do not fit: core ({x},{y}) routes {most} colors > "
+                           f"colors_per_core {hw.colors_per_core}")
+    return {"sram_bytes": sram, "colors": used}
+
+
+def wavelets_for(values: int, dtype: str) -> int:
+    """32-bit wavelets needed to carry `values` numbers of `dtype` (fp16/bf16 pack two)."""
+    try:
+        per = 4 // DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ConfigError(f"dtype: got {dtype!r}, must be one of {', '.join(DTYPES)}") from None
+    return -(-int(values) // per)

@@ -1,0 +1,63 @@
+"""The cycle formulas of the hardware model, in closed form (docs/hardware-model.md).
+
+Both engines implement these rules; tests pin the engines to these functions.
+"""
+
+from __future__ import annotations
+
+from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.program import SPARSITY_ONE
+
+
+def split_evenly(total: int, parts: int, rank: int) -> int:
+    """Share of `total` for `rank` of `parts`: the first `total % parts` ranks take one more."""
+    base, extra = divmod(int(total), parts)
+    return base + (1 if rank < extra else 0)
+
+
+def compute_cycles(hw: HardwareConfig, flops: int, dtype: str, kind: str = "fmac",
+                   density_q20: int = SPARSITY_ONE, sram_read: int = 0, sram_write: int = 0) -> int:
+    """Cycles of one core's compute task: the longest of its FMAC time and its SRAM time."""
+    lanes = hw.lanes(dtype)
+    if kind == "fmac":
+        denom = SPARSITY_ONE * 2 * lanes
+        work = -(-(int(flops) * density_q20) // denom)
+    else:
+        work = -(-int(flops) // lanes)
+    rd = -(-int(sram_read) // hw.sram_read_bytes_per_cycle)
+    wr = -(-int(sram_write) // hw.sram_write_bytes_per_cycle)
+    return max(work, rd, wr)
+
+
+def executed_flops(flops: int, density_q20: int) -> int:
+    """FLOPs left after skipping zero operands (rounded up to whole FLOPs)."""
+    return -(-int(flops) * density_q20 // SPARSITY_ONE)
+
+
+def reduce_pace(hw: HardwareConfig, dtype: str) -> int:
+    """Cycles per wavelet for a core that adds a passing stream of `dtype` values."""
+    values_per_wavelet = 4 // DTYPE_BYTES[dtype]
+    return max(1, -(-values_per_wavelet // hw.lanes(dtype)))
+
+
+def transfer_cycles(hw: HardwareConfig, wavelets: int, hops: int) -> int:
+    """One message, no contention: ramp on, head over `hops` links, ramp off, then the rest
+    of the stream at one wavelet per cycle: B - 1 + hops * hop_latency + 2 * T_R."""
+    return (wavelets - 1) + hops * hw.hop_latency_cycles + 2 * hw.ramp_latency_cycles
+
+
+def line_broadcast_cycles(hw: HardwareConfig, wavelets: int, cores: int) -> int:
+    """Flooding broadcast from one end of a line of `cores` cores to the far end."""
+    return transfer_cycles(hw, wavelets, cores - 1)
+
+
+def chain_reduce_cycles(hw: HardwareConfig, wavelets: int, cores: int, dtype: str = "fp32") -> int:
+    """Pipelined reduce along a chain: each of the P - 1 stages costs ramp off, one combine,
+    ramp on and a hop; then the stream drains at the pace of the slowest stage."""
+    stage = 2 * hw.ramp_latency_cycles + hw.hop_latency_cycles + hw.stream_op_latency_cycles
+    return (cores - 1) * stage + (wavelets - 1) * reduce_pace(hw, dtype)
+
+
+def multicast_cycles(hw: HardwareConfig, wavelets: int, max_hops: int) -> int:
+    """Tree multicast: the farthest destination decides (routers copy at no cost)."""
+    return transfer_cycles(hw, wavelets, max_hops)
