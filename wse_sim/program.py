@@ -395,3 +395,23 @@ def wavelets_for(values: int, dtype: str) -> int:
     except KeyError:
         raise ConfigError(f"dtype: got {dtype!r}, must be one of {', '.join(DTYPES)}") from None
     return -(-int(values) // per)
+
+
+class ProgramBuilder:
+    """Collects tasks and buffers in order; `add` returns the task's index for `Dep`s."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.tasks: list = []
+        self.allocs: list = []
+
+    def add(self, task) -> int:
+        self.tasks.append(task)
+        return len(self.tasks) - 1
+
+    def alloc(self, name: str, region: Region, bytes_per_core: int) -> None:
+        if bytes_per_core > 0:
+            self.allocs.append(Alloc(name, region, int(bytes_per_core)))
+
+    def build(self, **kw) -> Program:
+        return Program(self.name, tuple(self.tasks), tuple(self.allocs), **kw)

@@ -1,0 +1,88 @@
+"""Regions of the mesh for layers: cut the mesh into equal slots and order them so that
+consecutive layers sit side by side.
+
+The logical graph of layers and the traffic between them is a networkx graph (never the
+physical mesh); `place_chain` lays a chain of layers along a serpentine (boustrophedon) walk of
+the slot grid, so every heavy edge of the chain is between neighbouring slots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import networkx as nx
+
+from wse_sim.program import Region
+
+
+class MappingError(ValueError):
+    """The model does not fit the chosen mesh (one line with the numbers that do not fit)."""
+
+
+@dataclass(frozen=True)
+class SlotGrid:
+    """The mesh (or a grid x grid corner of it) cut into gx x gy slots of cols x rows cores."""
+
+    x0: int
+    y0: int
+    gx: int
+    gy: int
+    cols: int
+    rows: int
+
+    def region(self, i: int, j: int) -> Region:
+        return Region(self.x0 + i * self.cols, self.y0 + j * self.rows, self.cols, self.rows)
+
+    def serpentine(self) -> list[Region]:
+        """Slots in boustrophedon order: left to right on even slot-rows, back on odd ones."""
+        out = []
+        for j in range(self.gy):
+            cols = range(self.gx) if j % 2 == 0 else range(self.gx - 1, -1, -1)
+            out.extend(self.region(i, j) for i in cols)
+        return out
+
+
+def slot_grid(mesh_cols: int, mesh_rows: int, slots: int, x0: int = 0, y0: int = 0) -> SlotGrid:
+    """The slot grid with at least `slots` slots whose slots have the most cores (ties: the
+    squarest slot)."""
+    best = None
+    for gx in range(1, min(slots, mesh_cols) + 1):
+        gy = math.ceil(slots / gx)
+        if gy > mesh_rows:
+            continue
+        c, r = mesh_cols // gx, mesh_rows // gy
+        key = (c * r, -abs(c - r))
+        if best is None or key > best[0]:
+            best = (key, SlotGrid(x0, y0, gx, gy, c, r))
+    if best is None:
+        raise MappingError(f"mesh: {mesh_cols} x {mesh_rows} cores cannot hold {slots} regions "
+                           "of at least one core each")
+    return best[1]
+
+
+def layer_graph(names: list[str], traffic_bytes: list[int]) -> nx.DiGraph:
+    """Chain of stages with the bytes each hands to the next as edge weights."""
+    g = nx.DiGraph()
+    g.add_nodes_from(names)
+    for a, b, w in zip(names, names[1:], traffic_bytes, strict=False):
+        g.add_edge(a, b, bytes=int(w))
+    return g
+
+
+def place_chain(g: nx.DiGraph, grid: SlotGrid) -> dict[str, Region]:
+    """Assign the chain's nodes, in topological order, to serpentine slots."""
+    order = list(nx.topological_sort(g))
+    slots = grid.serpentine()
+    if len(order) > len(slots):
+        raise MappingError(f"placement: {len(order)} stages > {len(slots)} slots")
+    return dict(zip(order, slots, strict=False))
+
+
+def placement_cost(g: nx.DiGraph, placed: dict[str, Region]) -> int:
+    """Sum over edges of bytes x hops between the regions' corners (what placement minimises)."""
+    total = 0
+    for a, b, w in g.edges(data="bytes"):
+        ra, rb = placed[a], placed[b]
+        total += w * (abs(ra.x - rb.x) + abs(ra.y - rb.y))
+    return total

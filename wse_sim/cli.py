@@ -1,0 +1,196 @@
+"""The `wse-sim` command. Every simulating sub-command takes --json (one JSON object on
+stdout) and --engine; bad input gives one `error:` line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one `error:` line and exit code 2."""
+
+    def error(self, message: str):
+        raise SystemExit(_fail(f"{self.prog}: {message}"))
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, must be a positive integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"got {v}, must be a positive integer")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, must be a number in [0, 1)") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"got {v}, must be a number in [0, 1)")
+    return v
+
+
+def _hardware_args(p: argparse.ArgumentParser, default_preset: str = "wse2") -> None:
+    p.add_argument("--preset", default=default_preset,
+                   help="preset name (see `wse-sim presets`) or a TOML file")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", default=[],
+                   help="override a hardware field, e.g. --set clock_ghz=1.1 (repeatable)")
+    p.add_argument("--engine", default="auto", choices=("auto", "reference", "fast"))
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wse-sim", description="Simulate GPT models on a wafer-scale engine.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="a small model on a small mesh, in seconds")
+    demo.add_argument("--json", action="store_true")
+
+    pre = sub.add_parser("presets", help="list hardware presets and their aggregates")
+    pre.add_argument("--json", action="store_true")
+
+    mod = sub.add_parser("models", help="list the model zoo")
+    mod.add_argument("--json", action="store_true")
+
+    run = sub.add_parser("run", help="map a GPT model onto the mesh and simulate it")
+    _hardware_args(run)
+    run.add_argument("--model", required=True, help="zoo name (see `wse-sim models`) or TOML file")
+    run.add_argument("--phase", default="prefill", choices=("prefill", "decode", "train"))
+    run.add_argument("--strategy", default="layer-pipelined")
+    run.add_argument("--batch", type=_positive_int, default=1)
+    run.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens (prefill)")
+    run.add_argument("--context", type=_positive_int, default=128,
+                     help="tokens already in the KV cache (decode)")
+    run.add_argument("--grid", type=_positive_int, default=None,
+                     help="use only an N x N corner of the mesh")
+    run.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
+    run.add_argument("--sparsity", type=_fraction, default=0.0,
+                     help="fraction of zero weights the cores skip")
+    run.add_argument("--show-program", action="store_true",
+                     help="print the Program IR instead of simulating it")
+    return parser
+
+
+def _effective_hardware(args):
+    from wse_sim.hardware import load_preset, parse_set
+    return load_preset(args.preset, parse_set(args.set))
+
+
+def _with_interface_keys(summary: dict, args, hw) -> dict:
+    out = dict(summary)
+    out["preset"] = args.preset
+    out["hardware"] = hw.to_dict()
+    return out
+
+
+def cmd_presets(args) -> int:
+    from wse_sim.hardware import load_preset, preset_names
+    from wse_sim.report import human
+    data = {}
+    for name in preset_names():
+        hw = load_preset(name)
+        data[name] = {"fields": hw.to_dict(), "aggregates": hw.aggregates(), "sources": hw.sources}
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    print(f"{'preset':8} {'mesh':>11} {'GHz':>5} {'cores':>9} {'SRAM':>9} {'SRAM BW':>11} "
+          f"{'fabric':>11} {'fp16 peak':>12}")
+    for name, d in data.items():
+        f, a = d["fields"], d["aggregates"]
+        print(f"{name:8} {f['mesh_cols']:>5} x {f['mesh_rows']:<4}{f['clock_ghz']:>5} "
+              f"{a['cores']:>9,} {human(a['total_sram_bytes'], 'B'):>9} "
+              f"{human(a['sram_bandwidth_bytes_per_s'], 'B/s'):>11} "
+              f"{human(a['fabric_bandwidth_bits_per_s'], 'b/s'):>11} "
+              f"{human(a['peak_flops_per_s']['fp16'], 'FLOP/s'):>12}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from workloads.models import list_models, model_info
+    infos = {n: model_info(n) for n in list_models()}
+    if args.json:
+        print(json.dumps(infos, indent=1, default=str))
+        return 0
+    print(f"{'model':20} {'params':>16} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'ffn':>6}")
+    for n, i in infos.items():
+        print(f"{n:20} {i['param_count']:>16,} {i['n_layers']:>6} {i['d_model']:>7} "
+              f"{i['n_heads']:>5} {i['n_kv_heads']:>3} {i['d_ffn']:>6}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from wse_sim.engine import simulate
+    from wse_sim.experiment import build_program
+    from wse_sim.report import format_report
+    hw = _effective_hardware(args)
+    program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
+                            batch=args.batch, prompt=args.prompt, context=args.context,
+                            dtype=args.dtype, grid=args.grid, sparsity=args.sparsity)
+    if args.show_program:
+        print(program.describe())
+        return 0
+    result = simulate(program, hw, engine=args.engine)
+    if args.json:
+        print(json.dumps(_with_interface_keys(result.summary(), args, hw)))
+    else:
+        print(format_report(result, f"{args.model} {args.phase} on {args.preset}"))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """GPT 'tiny' on a 16 x 16 mesh: prefill of 32 tokens, then decode one token."""
+    from wse_sim.engine import simulate
+    from wse_sim.experiment import build_program
+    from wse_sim.hardware import load_preset
+    from wse_sim.report import format_report
+    hw = load_preset("mesh16")
+    out = {}
+    t0 = time.perf_counter()
+    for phase in ("prefill", "decode"):
+        program = build_program(hw, "tiny", phase=phase, prompt=32, context=32)
+        result = simulate(program, hw, engine="reference")
+        out[phase] = result.summary()
+        if not args.json:
+            print(format_report(result, f"demo: model 'tiny' {phase} on preset mesh16"))
+            print()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"done in {time.perf_counter() - t0:.1f} s. Next: `wse-sim run --preset wse2 "
+              "--model cerebras-gpt-111m --phase decode --engine reference --grid 128`")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "presets": cmd_presets, "models": cmd_models, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mapper.placement import MappingError
+    from wse_sim.hardware import ConfigError
+    from wse_sim.program import ProgramError
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ProgramError, MappingError, ValueError) as e:
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except NotImplementedError as e:
+        return _fail(f"not implemented: {e}")
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
