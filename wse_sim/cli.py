@@ -4,57 +4,30 @@ stdout) and --engine; bad input gives one `error:` line on stderr and exit code 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 import time
 
-EXIT_BAD_INPUT = 2
+from wse_sim.cli_common import (
+    Parser,
+    effective_hardware,
+    fail,
+    fraction,
+    hardware_args,
+    positive_int,
+    with_interface_keys,
+)
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one `error:` line and exit code 2."""
-
-    def error(self, message: str):
-        raise SystemExit(_fail(f"{self.prog}: {message}"))
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}, must be a positive integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"got {v}, must be a positive integer")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}, must be a number in [0, 1)") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"got {v}, must be a number in [0, 1)")
-    return v
-
-
-def _hardware_args(p: argparse.ArgumentParser, default_preset: str = "wse2") -> None:
-    p.add_argument("--preset", default=default_preset,
-                   help="preset name (see `wse-sim presets`) or a TOML file")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE", default=[],
-                   help="override a hardware field, e.g. --set clock_ghz=1.1 (repeatable)")
-    p.add_argument("--engine", default="auto", choices=("auto", "reference", "fast"))
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+# Sub-command modules: each has `register(sub) -> {name: function}`; missing ones are skipped.
+COMMAND_MODULES = ("wse_sim.cli_blocks", "wse_sim.cli_outputs", "wse_sim.cli_sweep",
+                   "wse_sim.cli_validate", "wse_sim.cli_strategies")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="wse-sim", description="Simulate GPT models on a wafer-scale engine.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="wse-sim", description="Simulate GPT models on a wafer-scale engine.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     demo = sub.add_parser("demo", help="a small model on a small mesh, in seconds")
     demo.add_argument("--json", action="store_true")
@@ -66,34 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--json", action="store_true")
 
     run = sub.add_parser("run", help="map a GPT model onto the mesh and simulate it")
-    _hardware_args(run)
+    hardware_args(run)
     run.add_argument("--model", required=True, help="zoo name (see `wse-sim models`) or TOML file")
     run.add_argument("--phase", default="prefill", choices=("prefill", "decode", "train"))
     run.add_argument("--strategy", default="layer-pipelined")
-    run.add_argument("--batch", type=_positive_int, default=1)
-    run.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens (prefill)")
-    run.add_argument("--context", type=_positive_int, default=128,
+    run.add_argument("--batch", type=positive_int, default=1)
+    run.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens (prefill)")
+    run.add_argument("--context", type=positive_int, default=128,
                      help="tokens already in the KV cache (decode)")
-    run.add_argument("--grid", type=_positive_int, default=None,
+    run.add_argument("--grid", type=positive_int, default=None,
                      help="use only an N x N corner of the mesh")
     run.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
-    run.add_argument("--sparsity", type=_fraction, default=0.0,
+    run.add_argument("--sparsity", type=fraction, default=0.0,
                      help="fraction of zero weights the cores skip")
     run.add_argument("--show-program", action="store_true",
                      help="print the Program IR instead of simulating it")
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            COMMANDS.update(importlib.import_module(name).register(sub))
     return parser
-
-
-def _effective_hardware(args):
-    from wse_sim.hardware import load_preset, parse_set
-    return load_preset(args.preset, parse_set(args.set))
-
-
-def _with_interface_keys(summary: dict, args, hw) -> dict:
-    out = dict(summary)
-    out["preset"] = args.preset
-    out["hardware"] = hw.to_dict()
-    return out
 
 
 def cmd_presets(args) -> int:
@@ -135,7 +99,7 @@ def cmd_run(args) -> int:
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
     from wse_sim.report import format_report
-    hw = _effective_hardware(args)
+    hw = effective_hardware(args)
     program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
                             batch=args.batch, prompt=args.prompt, context=args.context,
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity)
@@ -144,7 +108,7 @@ def cmd_run(args) -> int:
         return 0
     result = simulate(program, hw, engine=args.engine)
     if args.json:
-        print(json.dumps(_with_interface_keys(result.summary(), args, hw)))
+        print(json.dumps(with_interface_keys(result.summary(), args, hw)))
     else:
         print(format_report(result, f"{args.model} {args.phase} on {args.preset}"))
     return 0
@@ -185,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, ProgramError, MappingError, ValueError) as e:
-        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except NotImplementedError as e:
-        return _fail(f"not implemented: {e}")
+        return fail(f"not implemented: {e}")
     except KeyboardInterrupt:
-        return _fail("interrupted")
+        return fail("interrupted")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class SimResult:
     cores_used: int = 0
     wall_seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    spans: dict | None = None  # per instance: task, index, core (source for flows), start, end
 
     # ---- derived -------------------------------------------------------------------------
     @property

@@ -119,6 +119,26 @@ def _check_flow(t):
 
 
 @dataclass(frozen=True)
+class DataOp:
+    """What a task does to real data, for functional runs (`wse_sim.functional`).
+
+    Compute: `kernel` names a batched kernel (e.g. "gemm_acc": out += a @ b) reading the
+    buffers `inputs` and writing `output` on every core of the region. Flows: the buffer
+    `inputs[0]` at the source is delivered into `output` at each destination (a reduce stream
+    delivers the sum over its line). `params` holds kernel parameters as (key, value) pairs.
+    Timing never looks at it: a task without data is a timing-only task.
+    """
+
+    kernel: str = ""
+    inputs: tuple = ()
+    output: str = ""
+    params: tuple = ()
+
+    def param(self, key: str, default=None):
+        return dict(self.params).get(key, default)
+
+
+@dataclass(frozen=True)
 class Compute:
     """Every core of `region` computes. `flops` and SRAM bytes are totals over the region,
     split evenly; the first `total % cores` cores in row-major order take one more.
@@ -136,6 +156,7 @@ class Compute:
     sram_read_bytes: int = 0
     sram_write_bytes: int = 0
     deps: tuple = ()
+    data: DataOp | None = None
 
     def __post_init__(self):
         _check_common(self)
@@ -171,6 +192,7 @@ class Unicast:
     wrap: bool = False
     color: int = 0
     deps: tuple = ()
+    data: DataOp | None = None
 
     def __post_init__(self):
         _check_flow(self)
@@ -202,6 +224,7 @@ class LineStream:
     dtype: str = "fp32"
     color: int = 0
     deps: tuple = ()
+    data: DataOp | None = None
 
     def __post_init__(self):
         _check_flow(self)
@@ -241,6 +264,7 @@ class Multicast:
     wavelets: int
     color: int = 0
     deps: tuple = ()
+    data: DataOp | None = None
 
     def __post_init__(self):
         _check_flow(self)
@@ -255,6 +279,8 @@ class Alloc:
     name: str
     region: Region
     bytes_per_core: int
+    shape: tuple = ()      # tile shape per core, for functional runs (optional)
+    dtype: str = "fp32"
 
     def __post_init__(self):
         if isinstance(self.bytes_per_core, bool) or self.bytes_per_core < 0:
@@ -409,9 +435,10 @@ class ProgramBuilder:
         self.tasks.append(task)
         return len(self.tasks) - 1
 
-    def alloc(self, name: str, region: Region, bytes_per_core: int) -> None:
+    def alloc(self, name: str, region: Region, bytes_per_core: int, shape: tuple = (),
+              dtype: str = "fp32") -> None:
         if bytes_per_core > 0:
-            self.allocs.append(Alloc(name, region, int(bytes_per_core)))
+            self.allocs.append(Alloc(name, region, int(bytes_per_core), tuple(shape), dtype))
 
     def build(self, **kw) -> Program:
         return Program(self.name, tuple(self.tasks), tuple(self.allocs), **kw)

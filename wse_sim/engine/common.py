@@ -72,6 +72,7 @@ class EngineResultBuilder:
         self.rec: dict = {}
         self.granted = 0
         self.last = None
+        self.span_rows: list = []
 
     def signal_keys(self) -> set:
         keys = set()
@@ -130,6 +131,7 @@ class EngineResultBuilder:
             self._signal((inst.task, core), start + off, key_i)
         self._signal((inst.task, -1), end, key_i)
         self.rec[key_i] = (ready, start, end, pred, blocker)
+        self.span_rows.append((inst.task, inst.index, inst.core, start, end))
         if self.last is None or end > self.rec[self.last][2]:
             self.last = key_i
         self.granted += 1
@@ -193,5 +195,11 @@ class EngineResultBuilder:
             sram_bytes=maps["sram_bytes"], colors=maps["colors"], ops=self.ops,
             instances=self.granted, tokens=self.program.tokens, dtype=self.program.dtype,
             cores_used=self.program.cores_used or hw.cores, wall_seconds=wall,
-            meta=dict(self.program.meta),
+            meta=dict(self.program.meta), spans=spans_from_rows(self.span_rows),
         )
+
+
+def spans_from_rows(rows: list) -> dict:
+    """Per-instance (task, index, core, start, end) as int64 arrays, sorted by (task, index)."""
+    arr = np.array(sorted(rows), dtype=np.int64).reshape(-1, 5)
+    return {k: arr[:, i].copy() for i, k in enumerate(("task", "index", "core", "start", "end"))}

@@ -79,6 +79,7 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
                 inst.needs = deps_needed(t, x, y, mesh)
                 route = xy_route(x, y, tx, ty)
                 src, dst = mesh.core(x, y), mesh.core(tx, ty)
+                inst.core = src
                 inst.res.append((mesh.ramp_on(src), 0, b))
                 for k, (hx, hy, d) in enumerate(route):
                     inst.res.append((mesh.link(hx, hy, d), tr + k * hop, b))
@@ -95,6 +96,7 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
             links, dests = multicast_tree(sx, sy, t.region.x, t.region.y, t.region.cols,
                                           t.region.rows)
             src = mesh.core(sx, sy)
+            inst.core = src
             inst.res.append((mesh.ramp_on(src), 0, b))
             for hx, hy, d, depth in links:
                 inst.res.append((mesh.link(hx, hy, d), tr + depth * hop, b))
@@ -118,6 +120,7 @@ def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instanc
     inst.wavelets = b
     x0, y0 = line[0]
     cores = [mesh.core(x, y) for x, y in line]
+    inst.core = cores[0]
     hops = line_hops(x0, y0, t.axis, t.direction, len(line) - 1)
     if not t.reduce:
         inst.needs = deps_needed(t, x0, y0, mesh)
