@@ -52,7 +52,6 @@ BAD = [
     (["run", "--preset", "mesh16", "--model", "gpt2-small"], "does not fit"),
     (["run", "--preset", "mesh16", "--model", "tiny", "--grid", "99"], "grid"),
     (["run", "--preset", "mesh16", "--model", "tiny", "--sparsity", "2"], "--sparsity"),
-    (["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train"], "not implemented"),
     (["run", "--preset", "mesh16", "--model", "tiny", "--engine", "warp"], "--engine"),
     (["frobnicate"], "invalid choice"),
 ]

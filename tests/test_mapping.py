@@ -66,6 +66,38 @@ def test_bad_run_parameters(kw, field):
         build_program(HW, "tiny", **kw)
 
 
-def test_training_not_mapped_yet_says_so():
-    with pytest.raises(NotImplementedError, match="training step"):
-        build_program(HW, "tiny", phase="train")
+STRATEGIES = ["layer-pipelined", "layer-sequential", "weight-streaming"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("phase", ["prefill", "decode", "train"])
+def test_every_strategy_every_phase_conserves_flops(strategy, phase):
+    p = build_program(HW, "tiny-llama", strategy=strategy, phase=phase, prompt=16, context=32)
+    r = simulate(p, HW, engine="reference")
+    graph = total_flops(build_graph(load_model("tiny-llama"), phase, prompt=16, context=32))
+    assert r.flops + p.meta["offwafer_flops"] == graph
+    assert r.cycles > 0
+    if strategy == "weight-streaming":
+        weights = load_model("tiny-llama").layer_params() * 2 * 2
+        assert r.io_bytes >= weights  # every layer's weights streamed in
+    else:
+        assert r.io_bytes == 0
+
+
+def test_weight_streaming_training_streams_gradients_out_and_updates_off_wafer():
+    p = build_program(HW, "tiny", strategy="weight-streaming", phase="train", prompt=16)
+    ops = {t.op for t in p.tasks}
+    assert "L0.grads.out" in ops and "L1.weights.bwd.in" in ops
+    assert not any(o.endswith(".adam") for o in ops)
+    assert p.meta["offwafer_flops"] == 10 * load_model("tiny").param_count()
+
+
+def test_slower_io_slows_weight_streaming_only():
+    fast_io = load_preset("mesh16")
+    slow_io = fast_io.with_overrides({"io_bits_per_s": 1.2e11})
+    for strategy, slower in (("weight-streaming", True), ("layer-sequential", False)):
+        a = simulate(build_program(fast_io, "tiny", strategy=strategy, phase="decode",
+                                   context=32), fast_io)
+        b = simulate(build_program(slow_io, "tiny", strategy=strategy, phase="decode",
+                                   context=32), slow_io)
+        assert (b.cycles > a.cycles) == slower

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from mapper.strategies.layer_pipelined import map_layer_pipelined
+from mapper.strategies import NAMES as STRATEGY_NAMES
+from mapper.strategies import strategies
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
 
-STRATEGIES = {"layer-pipelined": map_layer_pipelined}
+STRATEGIES = STRATEGY_NAMES
 PHASES = ("prefill", "decode", "train")
 
 
@@ -35,7 +36,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
         raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
     cfg = load_model(model)
-    return STRATEGIES[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
+    return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity)
 
 

@@ -18,7 +18,7 @@ class Mesh:
     """A cols x rows mesh and the id spaces of its resources.
 
     Resource ids: links `[0, 4N)`, ramp onto the fabric `[4N, 5N)`, ramp off the fabric
-    `[5N, 6N)`, core compute `[6N, 7N)`, where N = cols * rows.
+    `[5N, 6N)`, core compute `[6N, 7N)`, the off-wafer I/O channel `7N`, where N = cols * rows.
     """
 
     __slots__ = ("cols", "rows", "n")
@@ -48,8 +48,12 @@ class Mesh:
         return 6 * self.n + core
 
     @property
-    def n_resources(self) -> int:
+    def io(self) -> int:
         return 7 * self.n
+
+    @property
+    def n_resources(self) -> int:
+        return 7 * self.n + 1
 
 
 def xy_route(x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int, int]]:

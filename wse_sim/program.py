@@ -287,7 +287,32 @@ class Alloc:
             raise ProgramError(f"Alloc {self.name}: bytes_per_core got {self.bytes_per_core!r}, must be >= 0")
 
 
-TASK_TYPES = (Compute, Unicast, LineStream, Multicast)
+@dataclass(frozen=True)
+class IoTransfer:
+    """Bytes between off-wafer memory and every core of `region`, through the wafer's I/O.
+
+    `direction` 'in' (weights streaming in) or 'out' (gradients streaming out). `bytes` is the
+    total over the region. The I/O channel (`io_bits_per_s`) is one resource shared by all
+    transfers; inside the wafer the data enters each row at the west edge of the mesh.
+    """
+
+    op: str
+    region: Region
+    bytes: int
+    direction: str = "in"
+    deps: tuple = ()
+    data: DataOp | None = None
+    color: int = 0
+
+    def __post_init__(self):
+        _check_common(self)
+        if isinstance(self.bytes, bool) or not isinstance(self.bytes, int | np.integer) or self.bytes < 1:
+            raise ProgramError(f"{self.op}: bytes got {self.bytes!r}, must be an integer >= 1")
+        if self.direction not in ("in", "out"):
+            raise ProgramError(f"{self.op}: direction got {self.direction!r}, must be 'in' or 'out'")
+
+
+TASK_TYPES = (Compute, Unicast, LineStream, Multicast, IoTransfer)
 
 
 @dataclass(frozen=True)
@@ -312,6 +337,9 @@ class Program:
                     raise ProgramError(f"task {i} ({t.op}): depends on task {d.task}, "
                                        f"which is itself or not in 0..{len(self.tasks) - 1}")
 
+    def io_bytes(self) -> int:
+        return sum(t.bytes for t in self.tasks if isinstance(t, IoTransfer))
+
     def total_flops(self) -> int:
         return sum(t.flops for t in self.tasks if isinstance(t, Compute))
 
@@ -329,6 +357,8 @@ class Program:
                 kind = "reduce" if t.reduce else "bcast"
                 body = (f"line-{kind} {t.wavelets} wv along {t.axis}{'+' if t.direction > 0 else '-'}"
                         f" of {t.region} color {t.color}")
+            elif isinstance(t, IoTransfer):
+                body = f"io-{t.direction} {t.bytes} B {'to' if t.direction == 'in' else 'from'} {t.region}"
             else:
                 body = f"multicast {t.wavelets} wv from {t.src} to {t.region} color {t.color}"
             lines.append(f"  {i:4d} {t.op:24s} {body}  deps[{deps}]")
@@ -339,7 +369,7 @@ class Program:
 
 def _rects(t) -> list[tuple[int, int, int, int]]:
     """Rectangles (x0, y0, x1, y1) covering every router a task's routes pass through."""
-    if isinstance(t, Compute):
+    if isinstance(t, Compute | IoTransfer):
         return []
     if isinstance(t, LineStream):
         r = t.region

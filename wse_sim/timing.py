@@ -5,6 +5,8 @@ Both engines implement these rules; tests pin the engines to these functions.
 
 from __future__ import annotations
 
+import math
+
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import SPARSITY_ONE
 
@@ -61,3 +63,8 @@ def chain_reduce_cycles(hw: HardwareConfig, wavelets: int, cores: int, dtype: st
 def multicast_cycles(hw: HardwareConfig, wavelets: int, max_hops: int) -> int:
     """Tree multicast: the farthest destination decides (routers copy at no cost)."""
     return transfer_cycles(hw, wavelets, max_hops)
+
+
+def io_cycles(hw: HardwareConfig, nbytes: int) -> int:
+    """Cycles the off-wafer I/O channel needs for `nbytes` bytes (at least 1)."""
+    return max(1, math.ceil(int(nbytes) * 8 * hw.clock_hz / hw.io_bits_per_s))

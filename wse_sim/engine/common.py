@@ -73,6 +73,7 @@ class EngineResultBuilder:
         self.granted = 0
         self.last = None
         self.span_rows: list = []
+        self.io_bytes = self.io_busy = 0
 
     def signal_keys(self) -> set:
         keys = set()
@@ -113,9 +114,13 @@ class EngineResultBuilder:
                 op["bytes"] += 4 * inst.wavelets
             elif rid < 6 * n:
                 self.delivered += 4 * inst.wavelets
-            else:
+            elif rid < 7 * n:
                 self.busy[rid - 6 * n] += length
                 op["busy_cycles"] += length
+            else:
+                self.io_bytes += inst.io_bytes
+                self.io_busy += length
+                op["bytes"] += inst.io_bytes
         if isinstance(t, Compute):
             self.flops += inst.flops
             self.exec_flops += inst.exec_flops
@@ -179,7 +184,7 @@ class EngineResultBuilder:
         rows, cols = mesh.rows, mesh.cols
         cycles = max((r[2] for r in self.rec.values()), default=0)
         cp_compute, cp_comm = self.critical_path()
-        io = int(self.program.meta.get("io_bytes", 0))
+        io = self.io_bytes
         busy, lb, lbusy = empty_maps(cols, rows)
         busy[:] = self.busy.reshape(rows, cols)
         lb[:] = self.link_bytes.reshape(rows, cols, 4)

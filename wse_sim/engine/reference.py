@@ -24,8 +24,16 @@ import simpy
 from wse_sim.engine.common import EngineResultBuilder, deps_needed, ensure_acyclic
 from wse_sim.fabric import Mesh, line_hops, multicast_tree, xy_route
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
-from wse_sim.program import Compute, LineStream, Multicast, Program, Unicast, check_fits
-from wse_sim.timing import compute_cycles, executed_flops, reduce_pace, split_evenly
+from wse_sim.program import (
+    Compute,
+    IoTransfer,
+    LineStream,
+    Multicast,
+    Program,
+    Unicast,
+    check_fits,
+)
+from wse_sim.timing import compute_cycles, executed_flops, io_cycles, reduce_pace, split_evenly
 
 GRANT_PRIORITY = 2  # after SimPy's URGENT (0) and NORMAL (1): every same-cycle event first
 
@@ -34,7 +42,7 @@ class Instance:
     """One task's work at one place: what it waits for, what it reserves, when it signals."""
 
     __slots__ = ("task", "index", "needs", "res", "events", "flops", "exec_flops",
-                 "sram_bytes", "core", "stream_flops", "dtype", "wavelets")
+                 "sram_bytes", "core", "stream_flops", "dtype", "wavelets", "io_bytes")
 
     def __init__(self, task: int, index: int):
         self.task, self.index = task, index
@@ -45,6 +53,7 @@ class Instance:
         self.core = -1
         self.dtype = "fp32"
         self.wavelets = 0
+        self.io_bytes = 0
 
 
 def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instance]]:
@@ -105,11 +114,30 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
                 inst.res.append((mesh.ramp_off(mesh.core(dx, dy)), tr + h * hop, b))
                 inst.events.append((mesh.core(dx, dy), 2 * tr + h * hop + b - 1))
             insts.append(inst)
+        elif isinstance(t, IoTransfer):
+            insts.append(_io_instance(t, ti, hw, mesh))
         elif isinstance(t, LineStream):
             for rank, line in enumerate(t.lines()):
                 insts.append(_line_instance(t, ti, rank, line, hw, mesh))
         out.append(insts)
     return out
+
+
+def _io_instance(t: IoTransfer, ti: int, hw, mesh) -> Instance:
+    """The I/O channel busy for the bytes; 'in' reaches core (x, y) of the region after the
+    channel time, the ramps and x hops from the west edge; 'out' has left at the channel end."""
+    tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    cyc = io_cycles(hw, t.bytes)
+    inst = Instance(ti, 0)
+    r = t.region
+    inst.core = mesh.core(r.x, r.y)
+    inst.io_bytes = t.bytes
+    for x, y in r.cells():
+        inst.needs.extend(deps_needed(t, x, y, mesh))
+        at = cyc + 2 * tr + x * hop if t.direction == "in" else cyc
+        inst.events.append((mesh.core(x, y), at))
+    inst.res.append((mesh.io, 0, cyc))
+    return inst
 
 
 def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instance:

@@ -1,0 +1,152 @@
+"""What every whole-model strategy shares: run parameters, the op graph, and the embedding
+table / LM head regions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mapper.placement import MappingError
+from mapper.strategies.tp2d import COLORS, TP2D, _deps
+from workloads.graph import build_graph, ops_in_order
+from workloads.models import GPTConfig
+from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.program import Compute, ProgramBuilder, Region, Unicast, wavelets_for
+
+
+@dataclass(frozen=True)
+class Run:
+    """A phase of a model on a grid of the mesh, with derived sizes."""
+
+    cfg: GPTConfig
+    hw: HardwareConfig
+    phase: str
+    batch: int
+    prompt: int
+    context: int
+    dtype: str
+    cols: int
+    rows: int
+    sparsity: float
+
+    @property
+    def bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens that flow through the layers in this phase."""
+        return self.batch * (1 if self.phase == "decode" else self.prompt)
+
+    @property
+    def keys(self) -> int:
+        return self.context + 1 if self.phase == "decode" else self.prompt
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.batch * self.keys
+
+    @property
+    def lm_tokens(self) -> int:
+        """Tokens that reach the LM head (all of them when training)."""
+        return self.tokens if self.phase == "train" else self.batch
+
+    @property
+    def table_bytes(self) -> int:
+        return (self.cfg.embedding_params() + self.cfg.lm_head_params()) * self.bytes
+
+    def ops(self) -> dict:
+        g = build_graph(self.cfg, self.phase, batch=self.batch, prompt=self.prompt,
+                        context=self.context, dtype=self.dtype)
+        return {op.name: op for op in ops_in_order(g)}
+
+
+def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prompt: int,
+             context: int, dtype: str, grid: int | None, sparsity: float) -> Run:
+    if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
+        raise MappingError(f"grid: got {grid}, must be at most the {hw.mesh_cols} x "
+                           f"{hw.mesh_rows} mesh of {hw.name}")
+    cols, rows = (grid, grid) if grid else (hw.mesh_cols, hw.mesh_rows)
+    return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity)
+
+
+def check_buffers(what: str, run: Run, buffers: dict, region: Region, extra: str = "") -> None:
+    total = sum(buffers.values())
+    if total > run.hw.sram_bytes:
+        parts = ", ".join(f"{n} {v}" for n, v in buffers.items() if v)
+        raise MappingError(f"model {run.cfg.name} does not fit: {what} is {region.cols} x "
+                           f"{region.rows} cores{extra} and needs {total} bytes per core ({parts})"
+                           f" > sram_bytes {run.hw.sram_bytes}; use a larger mesh (--grid), "
+                           "a smaller batch/prompt or a smaller model")
+
+
+def check_total_weights(run: Run) -> None:
+    need = run.cfg.param_count() * run.bytes
+    have = run.cols * run.rows * run.hw.sram_bytes
+    if need > have:
+        raise MappingError(f"model {run.cfg.name} does not fit: its weights need {need} bytes "
+                           f"> {run.cols * run.rows} cores x sram_bytes {run.hw.sram_bytes} = "
+                           f"{have} bytes on the {run.cols} x {run.rows} mesh; use a larger "
+                           "mesh (--grid), weight streaming or more wafers")
+
+
+def shares(total: int, parts: int) -> list[int]:
+    base, extra = divmod(int(total), parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def handoff(pb: ProgramBuilder, name: str, src_row: Region, dst_row: Region, values: int,
+            dtype: str, dep, color: str = "handoff") -> int:
+    """The top row of one region sends its column shards to the top row of another."""
+    if (src_row.x, src_row.y) == (dst_row.x, dst_row.y):
+        return dep
+    return pb.add(Unicast(name, src_row, wavelets_for(values, dtype), dx=dst_row.x - src_row.x,
+                          dy=dst_row.y - src_row.y, color=COLORS[color], deps=_deps(dep)))
+
+
+def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
+                 weight_dep=None) -> tuple[int, list[int]]:
+    """Final norm on `last_row`, then the LM head split by vocabulary over the `heads` regions
+    (and, when training, the loss and the head's backward). Returns (the dependency that
+    carries dX back on `last_row` when training, else the last record; the head's
+    weight-gradient records)."""
+    pb, cfg, k = tp.pb, run.cfg, len(heads)
+    C, R = heads[0].cols, heads[0].rows
+    if run.lm_tokens != run.tokens:
+        dep = pb.add(Compute("select_last", last_row, 0, run.dtype, "vector", deps=_deps(dep)))
+    dep = tp.norm("ln_f", last_row, dep, run.lm_tokens)
+    vals = run.lm_tokens * math.ceil(cfg.d_model / C)
+    head_op = tp.ops["lm_head"]
+    vocab_rows = math.ceil(cfg.vocab_size / (k * R))
+    ends, grads = [], []
+    saved_tokens = tp.tokens
+    tp.tokens = run.lm_tokens
+    for j, hr in enumerate(heads):
+        top = Region(hr.x, hr.y, C, 1)
+        d = handoff(pb, f"lm_head.handoff{j}", last_row, top, vals, run.dtype, dep)
+        d = tp.stream(f"lm_head.bcast{j}", hr, "y", 1, vals, d, reduce=False, color="col_bcast")
+        wd = weight_dep[j] if isinstance(weight_dep, list) else weight_dep
+        d = tp.compute("lm_head", hr, _deps(d) + _deps(wd), fmac=True,
+                       flops=shares(head_op.flops, k)[j], label=f"lm_head.{j}")
+        d = tp.stream(f"lm_head.reduce{j}", hr, "x", -1, run.lm_tokens * vocab_rows, d,
+                      reduce=True, color="row_reduce")
+        if run.phase == "train":
+            lead = Region(hr.x, hr.y, 1, R)
+            for n in ("loss", "loss.bwd"):
+                d = tp.compute(n, lead, d, fmac=False, flops=shares(tp.ops[n].flops, k)[j],
+                               label=f"{n}.{j}")
+            d = tp.stream(f"lm_head.bwd.bcast{j}", hr, "x", 1, run.lm_tokens * vocab_rows, d,
+                          reduce=False, color="row_bcast")
+            for part in ("lm_head.bwd_data", "lm_head.bwd_weight"):
+                d = tp.compute(part, hr, d, fmac=True, flops=shares(tp.ops[part].flops, k)[j],
+                               label=f"{part}.{j}")
+            grads.append(d)
+            d = tp.stream(f"lm_head.bwd.reduce{j}", hr, "y", -1, vals, d, reduce=True,
+                          color="col_reduce")
+            d = handoff(pb, f"lm_head.bwd.handoff{j}", top, last_row, vals, run.dtype, d,
+                        color="back")
+        ends.append(d)
+    tp.tokens = saved_tokens
+    if run.phase != "train":
+        return ends[-1], grads
+    return tp.norm("ln_f.bwd", last_row, tuple(ends), run.lm_tokens), grads

@@ -1,0 +1,123 @@
+"""Strategies that run every layer, one after another, on one region (the whole grid).
+
+- layer-sequential, weight-resident: all layers' weights (and the embedding table) are spread
+  over the region and stay in SRAM; the layers run one after another on it (the design used
+  for on-wafer LLM inference research, e.g. WaferLLM).
+- weight-streaming: activations stay on the wafer, each layer's weights stream in over the
+  off-wafer I/O (double-buffered: layer i+1 streams in while layer i computes); when training,
+  the backward pass streams the weights in again and the gradients out, and the optimizer
+  update runs off the wafer (its FLOPs are reported as `offwafer_flops`, not simulated).
+"""
+
+from __future__ import annotations
+
+import math
+
+from mapper.strategies.common import (
+    Run,
+    check_buffers,
+    check_total_weights,
+    emit_lm_head,
+    make_run,
+)
+from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
+from workloads.models import GPTConfig
+from wse_sim.hardware import HardwareConfig
+from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
+
+
+def _layer_weight_bytes(run: Run) -> int:
+    return run.cfg.layer_params() * run.bytes
+
+
+def map_layer_sequential(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
+    """All weights resident on one region; layers run one after another."""
+    return _map(cfg, hw, streaming=False, **kw)
+
+
+def map_weight_streaming(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
+    """Weights stream in per layer over the off-wafer I/O; activations stay on the wafer."""
+    return _map(cfg, hw, streaming=True, **kw)
+
+
+def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
+         batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
+         grid: int | None = None, sparsity: float = 0.0) -> Program:
+    run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
+                   dtype=dtype, grid=grid, sparsity=sparsity)
+    name = "weight-streaming" if streaming else "layer-sequential"
+    if not streaming:
+        check_total_weights(run)
+    ops = run.ops()
+    L, train = cfg.n_layers, phase == "train"
+    reg = Region(0, 0, run.cols, run.rows)
+    lay = Layout.of(reg, cfg)
+    buffers = layer_buffers(cfg, lay, run.tokens, run.keys, run.kv_tokens, dtype, train=train,
+                            weight_layers=L, stream_weights=streaming)
+    adam = 7 if (train and not streaming) else 1
+    table = run.table_bytes * (2 if streaming else adam)
+    buffers["table"] = math.ceil(table / reg.size)
+    check_buffers("the region", run, buffers, reg)
+    pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
+    for bname, v in buffers.items():
+        pb.alloc(bname, reg, v)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens)
+    x_vals = run.tokens * math.ceil(cfg.d_model / reg.cols)
+
+    def stream_in(label: str, nbytes: int, after) -> int | None:
+        if not streaming:
+            return None
+        items = after if isinstance(after, tuple) else (after,)
+        deps = tuple(d if isinstance(d, Dep) else Dep(int(d), "all") for d in items)
+        return pb.add(IoTransfer(label, reg, int(nbytes), "in", deps=deps))
+
+    io_prev = None
+    if streaming:  # token embeddings are gathered off the wafer and stream in
+        io_prev = pb.add(IoTransfer("embed.in", lay.row0, x_vals * reg.cols * run.bytes, "in"))
+    dep = tp.compute("embed", lay.row0, io_prev, fmac=False)
+    layer_ends: list[int] = []
+    for i in range(L):
+        # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
+        after = ((io_prev,) if io_prev is not None else ()) + \
+            ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
+        w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run), after)
+        io_prev = w if w is not None else io_prev
+        dep = tp.forward(i, lay, dep, weight_dep=Dep(w, "same") if w is not None else None)
+        layer_ends.append(dep)
+    w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.bytes,
+                  ((io_prev,) if io_prev is not None else ()) + (Dep(layer_ends[-1], "all"),))
+    io_prev = w if w is not None else io_prev
+    dep, head_grads = emit_lm_head(tp, run, lay.row0, [reg], dep,
+                                   weight_dep=Dep(w) if w is not None else None)
+    offwafer = 0
+    if train:
+        if streaming:
+            pb.add(IoTransfer("lm_head.grads.out", reg, cfg.d_model * cfg.vocab_size * run.bytes,
+                              "out", deps=tuple(Dep(g, "all") for g in head_grads)))
+        for i in range(L - 1, -1, -1):
+            w = stream_in(f"L{i}.weights.bwd.in", _layer_weight_bytes(run),
+                          ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
+            io_prev = w if w is not None else io_prev
+            dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None)
+            adam_names = [f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]]
+            if streaming:
+                pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run), "out",
+                                  deps=tuple(Dep(g, "all") for g in grads)))
+            else:
+                tp.optimizer(adam_names, reg, tuple(grads))
+        dep = tp.compute("embed.bwd", lay.row0, dep, fmac=False)
+        if streaming:
+            pb.add(IoTransfer("embed.grads.out", lay.row0, x_vals * reg.cols * run.bytes, "out",
+                              deps=(Dep(dep),)))
+            offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
+        else:
+            tp.optimizer(["embed.adam", "lm_head.adam", "ln_f.adam"], reg, (dep,) + tuple(head_grads))
+    missing = tp.missing(skip_kinds=("optimizer",) if streaming else ())
+    if missing:
+        raise NotImplementedError(f"{name}: ops not mapped: {', '.join(missing[:6])}")
+    return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta={
+        "strategy": name, "model": cfg.name, "phase": phase, "batch": batch, "prompt": prompt,
+        "context": context, "dtype": dtype, "sparsity": sparsity, "region_cols": reg.cols,
+        "region_rows": reg.rows, "regions": 1, "grid_cols": run.cols, "grid_rows": run.rows,
+        "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
+        "sram_buffers_per_core": buffers})

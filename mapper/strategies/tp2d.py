@@ -1,0 +1,286 @@
+"""A transformer layer laid 2-D tensor-parallel on one rectangular region (R rows x C cols).
+
+Shared by every whole-model strategy. The activation X (T tokens x d) lives on the region's top
+row, split by columns (column j holds a d/C shard). Two GEMM patterns:
+
+- *up* (QKV, FFN-up, LM head): the X shard streams down each column; core (j, r) multiplies it
+  by its weight block (d-shard j x out-shard r); partial sums reduce along each row (a pipelined
+  chain) into the row's leader in column 0.
+- *down* (O-projection, FFN-down): the leader broadcasts its out-shard along its row; core
+  (j, r) holds (shard r x d-shard j); partial sums reduce up each column into the top row.
+
+Attention: row r owns heads r, r + Ra, ... (Ra = min(R, heads)); keys are split by position over
+the C columns (sequence parallel); partial outputs and softmax statistics reduce to the leader.
+Norms run split over the top row with their statistics all-reduced along it.
+
+Backward mirrors it: the backward of an *up* GEMM is a *down* pattern (and vice versa); weight
+gradients are local (each core already holds both operands of its block).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from workloads.models import GPTConfig
+from wse_sim.hardware import DTYPE_BYTES
+from wse_sim.program import Compute, Dep, LineStream, ProgramBuilder, Region, wavelets_for
+
+COLORS = {"col_bcast": 0, "row_reduce": 1, "row_bcast": 2, "col_reduce": 3, "stats": 4,
+          "handoff": 5, "stats_bcast": 6, "back": 7}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The sub-regions of one layer region."""
+
+    reg: Region
+    ra: int  # rows that hold attention heads
+
+    @classmethod
+    def of(cls, reg: Region, cfg: GPTConfig) -> Layout:
+        return cls(reg, min(reg.rows, cfg.n_heads))
+
+    @property
+    def row0(self) -> Region:
+        return Region(self.reg.x, self.reg.y, self.reg.cols, 1)
+
+    @property
+    def att(self) -> Region:
+        return Region(self.reg.x, self.reg.y, self.reg.cols, self.ra)
+
+    @property
+    def lead(self) -> Region:
+        return Region(self.reg.x, self.reg.y, 1, self.reg.rows)
+
+    @property
+    def lead_att(self) -> Region:
+        return Region(self.reg.x, self.reg.y, 1, self.ra)
+
+
+def _deps(dep) -> tuple:
+    items = dep if isinstance(dep, tuple | list) else (dep,)
+    return tuple(d if isinstance(d, Dep) else Dep(int(d)) for d in items if d is not None)
+
+
+class TP2D:
+    """Emits the records of layers laid out 2-D tensor-parallel; tracks which ops it emitted."""
+
+    def __init__(self, pb: ProgramBuilder, cfg: GPTConfig, ops: dict, dtype: str,
+                 sparsity: float, tokens: int):
+        self.pb, self.cfg, self.ops, self.dtype = pb, cfg, ops, dtype
+        self.sparsity, self.tokens = sparsity, tokens
+        self.emitted: set[str] = set()
+
+    # ---- primitives -----------------------------------------------------------------------
+    def compute(self, name: str, region: Region, dep, *, fmac: bool, flops: int | None = None,
+                label: str | None = None) -> int:
+        """One op of the graph (all its FLOPs, or `flops` of it) on every core of `region`."""
+        op = self.ops[name]
+        self.emitted.add(name)
+        f = int(op.flops if flops is None else flops)
+        frac = f / op.flops if op.flops else 1.0
+        sparse = self.sparsity if (fmac and op.weight and op.kind == "matmul") else 0.0
+        return self.pb.add(Compute(
+            label or name, region, f, op.dtype, "fmac" if fmac else "vector", sparse,
+            sram_read_bytes=int((op.bytes_in + op.weight_bytes) * frac),
+            sram_write_bytes=int(op.bytes_out * frac), deps=_deps(dep)))
+
+    def maybe(self, name: str, region: Region, dep, *, fmac: bool) -> int:
+        return self.compute(name, region, dep, fmac=fmac) if name in self.ops else dep
+
+    def stream(self, name: str, region: Region, axis: str, direction: int, values: int, dep, *,
+               reduce: bool, color: str, dtype: str | None = None) -> int:
+        """A line stream, or nothing when the region is one core wide along `axis`."""
+        length = region.cols if axis == "x" else region.rows
+        if length < 2 or values <= 0:
+            return dep
+        dt = dtype or self.dtype
+        return self.pb.add(LineStream(name, region, axis, direction, wavelets_for(values, dt),
+                                      reduce=reduce, dtype=dt, color=COLORS[color],
+                                      deps=_deps(dep)))
+
+    def norm(self, name: str, row: Region, dep, tokens: int) -> int:
+        """Statistics (half the FLOPs), all-reduce of 2 numbers per token, normalise."""
+        op = self.ops[name]
+        half = op.flops // 2
+        a = self.compute(name, row, dep, fmac=False, flops=half, label=name + ".stats")
+        a = self.stream(name + ".allreduce", row, "x", -1, 2 * tokens, a, reduce=True,
+                        color="stats", dtype="fp32")
+        a = self.stream(name + ".bcast", row, "x", 1, 2 * tokens, a, reduce=False,
+                        color="stats_bcast", dtype="fp32")
+        return self.compute(name, row, a, fmac=False, flops=op.flops - half)
+
+    def up(self, lay: Layout, region: Region, names, dep, out_values: int, label: str, *,
+           weight_dep=None) -> int:
+        """Column broadcast of the X shard, local GEMMs, row reduce into the leaders."""
+        x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
+        dep = self.stream(label + ".bcast", region, "y", 1, x_vals, dep, reduce=False,
+                          color="col_bcast")
+        first = True
+        for n in names:
+            if n in self.ops:
+                dep = self.compute(n, region, _deps(dep) + (_deps(weight_dep) if first else ()),
+                                   fmac=True)
+                first = False
+        return self.stream(label + ".reduce", region, "x", -1, out_values, dep, reduce=True,
+                           color="row_reduce")
+
+    def down(self, lay: Layout, region: Region, names, dep, in_values: int, label: str, *,
+             weight_dep=None) -> int:
+        """Row broadcast from the leaders, local GEMMs, column reduce into the top row."""
+        x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
+        dep = self.stream(label + ".bcast", region, "x", 1, in_values, dep, reduce=False,
+                          color="row_bcast")
+        first = True
+        for n in names:
+            if n in self.ops:
+                dep = self.compute(n, region, _deps(dep) + (_deps(weight_dep) if first else ()),
+                                   fmac=True)
+                first = False
+        return self.stream(label + ".reduce", region, "y", -1, x_vals, dep, reduce=True,
+                           color="col_reduce")
+
+    # ---- sizes ------------------------------------------------------------------------------
+    def sizes(self, lay: Layout) -> dict:
+        cfg, t = self.cfg, self.tokens
+        hpr, kvpr = math.ceil(cfg.n_heads / lay.ra), math.ceil(cfg.n_kv_heads / lay.ra)
+        ffn_cols = cfg.d_ffn * (2 if cfg.activation == "swiglu" else 1)
+        return {"hpr": hpr, "kvpr": kvpr,
+                "qkv": t * cfg.hd * (hpr + 2 * kvpr), "attn_out": t * hpr * cfg.hd,
+                "attn_part": t * hpr * (cfg.hd + 2),
+                "ffn_out": t * math.ceil(ffn_cols / lay.reg.rows),
+                "ffn_in": t * math.ceil(cfg.d_ffn / lay.reg.rows)}
+
+    # ---- a layer ----------------------------------------------------------------------------
+    def forward(self, i: int, lay: Layout, dep, weight_dep=None) -> int:
+        """Records of layer i's forward pass; returns the last record."""
+        p, s = f"L{i}.", self.sizes(lay)
+        dep = self.norm(p + "norm1", lay.row0, dep, self.tokens)
+        dep = self.up(lay, lay.att, [p + n for n in ("q_proj", "k_proj", "v_proj")], dep,
+                      s["qkv"], p + "qkv", weight_dep=weight_dep)
+        dep = self.maybe(p + "rope", lay.lead_att, dep, fmac=False)
+        dep = self.stream(p + "qkv.bcast", lay.att, "x", 1, s["qkv"], dep, reduce=False,
+                          color="row_bcast")
+        dep = self.compute(p + "attn_qk", lay.att, dep, fmac=True)
+        dep = self.compute(p + "softmax", lay.att, dep, fmac=False)
+        dep = self.compute(p + "attn_av", lay.att, dep, fmac=True)
+        dep = self.stream(p + "attn.reduce", lay.att, "x", -1, s["attn_part"], dep, reduce=True,
+                          color="row_reduce")
+        dep = self.down(lay, lay.att, [p + "o_proj"], dep, s["attn_out"], p + "o",
+                        weight_dep=weight_dep)
+        dep = self.compute(p + "residual1", lay.row0, dep, fmac=False)
+        dep = self.norm(p + "norm2", lay.row0, dep, self.tokens)
+        dep = self.up(lay, lay.reg, [p + "ffn_up", p + "ffn_gate"], dep, s["ffn_out"],
+                      p + "ffn", weight_dep=weight_dep)
+        dep = self.compute(p + "act", lay.lead, dep, fmac=False)
+        dep = self.down(lay, lay.reg, [p + "ffn_down"], dep, s["ffn_in"], p + "down",
+                        weight_dep=weight_dep)
+        return self.compute(p + "residual2", lay.row0, dep, fmac=False)
+
+    def backward(self, i: int, lay: Layout, dep, weight_dep=None) -> tuple[int, list[int]]:
+        """Layer i's backward pass (dY arrives on the top row); returns (last record, the
+        records that finish its weight gradients)."""
+        p, s = f"L{i}.", self.sizes(lay)
+        grads: list[int] = []
+
+        def bwd(names, region, dep, first_extra):
+            first = True
+            for n in names:
+                for part in (".bwd_data", ".bwd_weight"):
+                    if n + part in self.ops:
+                        extra = _deps(first_extra) if first else ()
+                        dep = self.compute(n + part, region, _deps(dep) + extra, fmac=True)
+                        first = False
+                        if part == ".bwd_weight":
+                            grads.append(dep)
+            return dep
+
+        x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
+        dep = self.compute(p + "residual2.bwd", lay.row0, dep, fmac=False)
+        # FFN-down was a *down* GEMM: its backward is an *up* pattern.
+        dep = self.stream(p + "down.bwd.bcast", lay.reg, "y", 1, x_vals, dep, reduce=False,
+                          color="col_bcast")
+        dep = bwd([p + "ffn_down"], lay.reg, dep, weight_dep)
+        dep = self.stream(p + "down.bwd.reduce", lay.reg, "x", -1, s["ffn_in"], dep,
+                          reduce=True, color="row_reduce")
+        dep = self.compute(p + "act.bwd", lay.lead, dep, fmac=False)
+        dep = self.stream(p + "ffn.bwd.bcast", lay.reg, "x", 1, s["ffn_out"], dep, reduce=False,
+                          color="row_bcast")
+        dep = bwd([p + "ffn_up", p + "ffn_gate"], lay.reg, dep, weight_dep)
+        dep = self.stream(p + "ffn.bwd.reduce", lay.reg, "y", -1, x_vals, dep, reduce=True,
+                          color="col_reduce")
+        dep = self.norm(p + "norm2.bwd", lay.row0, dep, self.tokens)
+        dep = self.compute(p + "residual1.bwd", lay.row0, dep, fmac=False)
+        dep = self.stream(p + "o.bwd.bcast", lay.att, "y", 1, x_vals, dep, reduce=False,
+                          color="col_bcast")
+        dep = bwd([p + "o_proj"], lay.att, dep, weight_dep)
+        dep = self.stream(p + "o.bwd.reduce", lay.att, "x", -1, s["attn_out"], dep, reduce=True,
+                          color="row_reduce")
+        dep = self.stream(p + "attn.bwd.bcast", lay.att, "x", 1, s["attn_part"], dep,
+                          reduce=False, color="row_bcast")
+        for n, fmac in (("attn_av.bwd_p", True), ("attn_av.bwd_v", True), ("softmax.bwd", False),
+                        ("attn_qk.bwd_q", True), ("attn_qk.bwd_k", True)):
+            dep = self.compute(p + n, lay.att, dep, fmac=fmac)
+        dep = self.stream(p + "attn.bwd.reduce", lay.att, "x", -1, s["qkv"], dep, reduce=True,
+                          color="row_reduce")
+        dep = self.maybe(p + "rope.bwd", lay.lead_att, dep, fmac=False)
+        dep = self.stream(p + "qkv.bwd.bcast", lay.att, "x", 1, s["qkv"], dep, reduce=False,
+                          color="row_bcast")
+        dep = bwd([p + n for n in ("q_proj", "k_proj", "v_proj")], lay.att, dep, weight_dep)
+        dep = self.stream(p + "qkv.bwd.reduce", lay.att, "y", -1, x_vals, dep, reduce=True,
+                          color="col_reduce")
+        dep = self.norm(p + "norm1.bwd", lay.row0, dep, self.tokens)
+        return dep, grads
+
+    def optimizer(self, names: list[str], region: Region, dep) -> int:
+        """Adam updates of the named weights, on the cores that hold them (after every record
+        in `dep` has finished everywhere)."""
+        items = dep if isinstance(dep, tuple | list) else (dep,)
+        dep = tuple(d if isinstance(d, Dep) else Dep(int(d), "all") for d in items)
+        for n in names:
+            if n in self.ops:
+                dep = self.compute(n, region, dep, fmac=False)
+        return dep
+
+    def missing(self, skip_kinds: tuple = ()) -> list[str]:
+        """Ops of the graph not emitted (must be empty, or FLOPs would not be conserved)."""
+        return [n for n, op in self.ops.items() if n not in self.emitted and op.kind not in skip_kinds]
+
+
+def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens: int,
+                  dtype: str, *, train: bool = False, weight_layers: int = 1,
+                  stream_weights: bool = False) -> dict[str, int]:
+    """SRAM bytes per core on the fullest core of a layer region, by buffer.
+
+    `weight_layers` layers of weights are resident (layer-sequential holds all of them);
+    `stream_weights` holds two layers' worth (double buffer) instead.
+    """
+    b = DTYPE_BYTES[dtype]
+    R, C, ra = lay.reg.rows, lay.reg.cols, lay.ra
+    d, hd = cfg.d_model, cfg.hd
+    hpr, kvpr = math.ceil(cfg.n_heads / ra), math.ceil(cfg.n_kv_heads / ra)
+    ffn_cols = cfg.d_ffn * (2 if cfg.activation == "swiglu" else 1)
+    shapes = cfg.layer_weight_shapes()
+    attn_names = ("w_q", "w_k", "w_v", "w_o")
+    attn_w = sum(k * n for name, (k, n) in shapes.items() if name in attn_names)
+    ffn_w = sum(k * n for name, (k, n) in shapes.items() if name not in attn_names)
+    per_layer_params = math.ceil(attn_w / (ra * C)) + math.ceil(ffn_w / (R * C)) \
+        + math.ceil(cfg.layer_small_params() / C)
+    layers = 2 if stream_weights else weight_layers
+    out = {
+        "weights": layers * per_layer_params * b,
+        "x_shard": 2 * tokens * math.ceil(d / C) * b,
+        "partial": tokens * max(math.ceil(ffn_cols / R), hd * (hpr + 2 * kvpr)) * 4,
+        "scores": tokens * hpr * math.ceil(keys / C) * 4,
+        "kv_cache": weight_layers * 2 * kvpr * hd * math.ceil(kv_tokens / C) * b,
+    }
+    if train:
+        saved = tokens * (2 * math.ceil(d / C) + math.ceil(cfg.d_ffn / R) + hpr * hd) * b \
+            + tokens * hpr * math.ceil(keys / C) * b
+        out["saved_activations"] = weight_layers * saved
+        if not stream_weights:
+            out["grads_and_adam"] = weight_layers * per_layer_params * (b + 12)
+        else:
+            out["grads"] = 2 * per_layer_params * b
+    return out
