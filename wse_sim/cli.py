@@ -42,7 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     hardware_args(run)
     run.add_argument("--model", required=True, help="zoo name (see `wse-sim models`) or TOML file")
     run.add_argument("--phase", default="prefill", choices=("prefill", "decode", "train"))
-    run.add_argument("--strategy", default="layer-pipelined")
+    run.add_argument("--strategy", default="layer-pipelined",
+                     help="layer-pipelined, layer-sequential, weight-streaming, or auto "
+                          "(the fastest by simulation)")
+    run.add_argument("--generate", type=positive_int, default=None,
+                     help="prefill the prompt, then decode N tokens: end-to-end tokens/s")
+    run.add_argument("--wafers", type=positive_int, default=1,
+                     help="split the layers over N wafers joined by the system I/O")
+    run.add_argument("--prefill-grid", type=positive_int, default=None,
+                     help="with --generate: the grid for the prefill")
+    run.add_argument("--decode-grid", type=positive_int, default=None,
+                     help="with --generate: the grid for the decode steps")
     run.add_argument("--batch", type=positive_int, default=1)
     run.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens (prefill)")
     run.add_argument("--context", type=positive_int, default=128,
@@ -96,6 +106,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_run(args) -> int:
+    if args.strategy == "auto" or args.generate or args.wafers > 1:
+        from wse_sim.cli_strategies import run_extended
+        return run_extended(args)
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
     from wse_sim.report import format_report

@@ -46,3 +46,95 @@ def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
     hw = preset if isinstance(preset, HardwareConfig) else load_preset(preset, overrides)
     program = build_program(hw, model, **kw)
     return simulate(program, hw, engine=engine)
+
+
+def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", **kw) -> dict:
+    """Run every strategy; returns name -> SimResult, or name -> the one-line reason it does
+    not fit."""
+    out = {}
+    for name in STRATEGIES:
+        try:
+            program = build_program(hw, model, strategy=name, **kw)
+            out[name] = simulate(program, hw, engine=engine)
+        except (ValueError, NotImplementedError) as e:
+            out[name] = str(e).splitlines()[0]
+    return out
+
+
+def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
+                   grids: tuple = (None,), progress: bool = False, **kw):
+    """Pick the strategy (and grid) with the least simulated time per token."""
+    from mapper.search import search
+    results = {}
+
+    def evaluate(cand: dict) -> float:
+        program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"], **kw)
+        r = simulate(program, hw, engine=engine)
+        results[(cand["strategy"], cand["grid"])] = r
+        return r.seconds / max(1, r.tokens)
+
+    cands = [{"strategy": s, "grid": g} for s in STRATEGIES for g in grids]
+    found = search(cands, evaluate, budget=budget, progress=progress)
+    best = results.get((found.best["strategy"], found.best["grid"])) if found.best else None
+    return found, best
+
+
+def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, batch: int = 1,
+                 engine: str = "auto", prefill_grid=None, decode_grid=None, **kw) -> dict:
+    """Prefill the prompt, then decode `generate` tokens. The decode step is simulated at the
+    first and at the last context; steps in between are interpolated linearly (attention work
+    grows linearly with the context, everything else is constant)."""
+    _positive("generate", generate)
+    pre = simulate(build_program(hw, model, phase="prefill", prompt=prompt, batch=batch,
+                                 grid=prefill_grid, **kw), hw, engine=engine)
+    first = simulate(build_program(hw, model, phase="decode", context=prompt, batch=batch,
+                                   grid=decode_grid, **kw), hw, engine=engine)
+    if generate > 1:
+        last = simulate(build_program(hw, model, phase="decode", context=prompt + generate - 1,
+                                      batch=batch, grid=decode_grid, **kw), hw, engine=engine)
+    else:
+        last = first
+    decode_s = generate * (first.seconds + last.seconds) / 2
+    total = pre.seconds + decode_s
+    return {
+        "prefill_seconds": pre.seconds, "decode_seconds": decode_s, "seconds": total,
+        "first_decode_seconds": first.seconds, "last_decode_seconds": last.seconds,
+        "time_to_first_token_s": pre.seconds + first.seconds,
+        "generated_tokens": generate * batch, "tokens_per_s": generate * batch / total,
+        "decode_tokens_per_s": generate * batch / decode_s,
+        "cycles": int(round(total * hw.clock_hz)), "flops": pre.flops + generate * (
+            first.flops + last.flops) // 2,
+        "results": {"prefill": pre, "decode_first": first, "decode_last": last},
+    }
+
+
+def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
+                    phase: str = "prefill", **kw) -> dict:
+    """Layers split over `wafers` wafers (layer-pipelined on each), joined by the system I/O.
+
+    Each wafer is simulated on its own; a wafer after the first starts by receiving the
+    activations over its I/O (`io_bits_per_s`). Latency is the sum of the wafers' times; with
+    enough prompts or micro-batches in flight the pipeline delivers one batch per slowest wafer.
+    """
+    from mapper.strategies.layer_pipelined import map_layer_pipelined
+    _positive("wafers", wafers)
+    if phase not in PHASES:
+        raise ConfigError(f"phase: got {phase!r}, must be one of {', '.join(PHASES)}")
+    cfg = load_model(model)
+    if wafers > cfg.n_layers:
+        raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
+    base, extra = divmod(cfg.n_layers, wafers)
+    stages, first = [], 0
+    for w in range(wafers):
+        n = base + (1 if w < extra else 0)
+        program = map_layer_pipelined(cfg, hw, phase=phase, stage=(first, n, w == 0,
+                                                                    w == wafers - 1), **kw)
+        stages.append(simulate(program, hw, engine=engine))
+        first += n
+    latency = sum(r.seconds for r in stages)
+    slowest = max(r.seconds for r in stages)
+    tokens = stages[0].tokens
+    return {"wafers": wafers, "seconds": latency, "cycles": sum(r.cycles for r in stages),
+            "tokens_per_s": tokens / latency, "pipelined_tokens_per_s": tokens / slowest,
+            "flops": sum(r.flops for r in stages), "io_bytes": sum(r.io_bytes for r in stages),
+            "stage_seconds": [r.seconds for r in stages], "stages": stages}

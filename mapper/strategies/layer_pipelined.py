@@ -23,7 +23,7 @@ from mapper.strategies.common import (
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
-from wse_sim.program import Program, ProgramBuilder, Region
+from wse_sim.program import IoTransfer, Program, ProgramBuilder, Region
 
 
 def choose_slots(run: Run):
@@ -49,8 +49,16 @@ def choose_slots(run: Run):
 def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "prefill",
                         batch: int = 1, prompt: int = 128, context: int = 128,
                         dtype: str = "fp16", grid: int | None = None,
-                        sparsity: float = 0.0) -> Program:
-    """Map every layer of `cfg` onto its own region of the mesh."""
+                        sparsity: float = 0.0, stage: tuple | None = None) -> Program:
+    """Map every layer of `cfg` onto its own region of the mesh.
+
+    `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
+    one wafer of a multi-wafer pipeline: without the embedding the activations arrive over the
+    wafer's I/O; without the head they leave over it.
+    """
+    if stage is not None:
+        return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
+                          context=context, dtype=dtype, grid=grid, sparsity=sparsity)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity)
     check_total_weights(run)
@@ -114,3 +122,60 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "sram_buffers_per_core": buffers})
 
 
+
+
+def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Program:
+    """One wafer's slice of a multi-wafer pipeline (prefill and decode)."""
+    first, layers, with_embed, with_head = stage
+    if kw["phase"] == "train":
+        raise NotImplementedError("multi-wafer pipeline: the training step is not mapped "
+                                  "(forward and backward across wafers); use --wafers 1")
+    sub = cfg.with_overrides(n_layers=layers)
+    run = make_run(sub, hw, **kw)
+    ops = run.ops()
+    L = layers
+    sg, k = choose_slots(run) if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
+    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub)
+    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype)
+    check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,
+                  buffers, lay0.reg)
+    names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
+    placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
+    pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
+    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens)
+    lays = [Layout.of(placed[f"L{i}"], sub) for i in range(L)]
+    for i, lay in enumerate(lays):
+        for name, v in buffers.items():
+            pb.alloc(f"L{i}.{name}", lay.reg, v)
+    heads = [placed[f"head{j}"] for j in range(k)]
+    for j, hr in enumerate(heads):
+        pb.alloc(f"head{j}.table", hr, math.ceil(run.table_bytes / (k * hr.size)))
+    x_vals = run.tokens * math.ceil(sub.d_model / sg.cols)
+    x_bytes = run.tokens * sub.d_model * run.bytes
+    if with_embed:
+        top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
+        e = tp.compute("embed", top0, None, fmac=False)
+        dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, run.dtype, e)
+    else:
+        dep = pb.add(IoTransfer("activations.in", lays[0].row0, x_bytes, "in"))
+        tp.emitted.add("embed")
+    for i, lay in enumerate(lays):
+        dep = tp.forward(i, lay, dep)
+        if i + 1 < L:
+            dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, run.dtype, dep)
+    if with_head:
+        emit_lm_head(tp, run, lays[-1].row0, heads, dep)
+    else:
+        tp.emitted.update({"ln_f", "lm_head"})
+    missing = tp.missing()
+    if missing:
+        raise NotImplementedError(f"multi-wafer stage: ops not mapped: {', '.join(missing[:6])}")
+    flops = sum(int(o.flops) for n, o in ops.items()
+                if (with_embed or n != "embed") and (with_head or n not in ("ln_f", "lm_head")))
+    return pb.build(dtype=run.dtype, tokens=run.tokens,
+                    cores_used=sg.gx * sg.cols * sg.gy * sg.rows,
+                    meta={"strategy": "multi-wafer", "model": cfg.name, "phase": run.phase,
+                          "first_layer": first, "layers": L, "with_embed": with_embed,
+                          "with_head": with_head, "graph_flops": flops, "offwafer_flops": 0,
+                          "region_cols": sg.cols, "region_rows": sg.rows,
+                          "sram_buffers_per_core": buffers})

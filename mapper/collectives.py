@@ -1,0 +1,661 @@
+"""Collectives as Programs: broadcast, reduce, allreduce and all-to-all on a line or a region.
+
+Every builder returns a `Program` (tasks + one `Alloc` of the vector buffer per core + `meta`)
+for one collective over a line of P cores (`pes=P`: row 0 from x = 0; or a 1-row / 1-column
+`region`) or over a rows x cols region, on a vector of B 32-bit wavelets per core (`wavelets`;
+fp16/bf16 pack two values per wavelet). `root` is `"corner"` (the region's first core) or
+`"centre"` (the middle core, position (P - 1) // 2; in 2-D the middle of both axes).
+
+`build_collective(kind, hw, ...)` validates every argument and builds; `KINDS` maps each kind
+name to its builder; `closed_form_cycles(kind, hw, ...)` is the contention-free cost of the
+same program under our timing rules (docs/hardware-model.md), derived in docs/collectives.md;
+tests pin the engines to it to the cycle.
+
+Line builders work along an axis of a region and run on every line of it at once (SPMD): a
+row phase of a 2-D collective is the line builder applied to all rows in the same records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from wse_sim.hardware import DTYPE_BYTES, DTYPES, HardwareConfig
+from wse_sim.program import (
+    Compute,
+    Dep,
+    LineStream,
+    Multicast,
+    Program,
+    ProgramBuilder,
+    Region,
+    Unicast,
+)
+from wse_sim.timing import reduce_pace, transfer_cycles
+
+ROOTS = ("corner", "centre")
+_ROOT_ALIASES = {"corner": "corner", "centre": "centre", "center": "centre"}
+LINE_ONLY = ("reduce-star", "reduce-tree", "all-to-all")
+CORNER_ONLY = ("reduce-two-level", "allreduce-two-level")
+ROOTLESS = ("allreduce-ring", "all-to-all")
+
+
+# ---- lines and arguments ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Line:
+    """The lines of `region` along `axis` ('x': every row; 'y': every column), addressed by
+    position 0..n-1 along the axis; records built on it cover the whole cross extent."""
+
+    region: Region
+    axis: str
+
+    @property
+    def n(self) -> int:
+        return self.region.cols if self.axis == "x" else self.region.rows
+
+    @property
+    def cross(self) -> int:
+        return self.region.rows if self.axis == "x" else self.region.cols
+
+    def part(self, start: int, length: int = 1) -> Region:
+        """Positions [start, start + length) of every line."""
+        r = self.region
+        if self.axis == "x":
+            return Region(r.x + start, r.y, length, r.rows)
+        return Region(r.x, r.y + start, r.cols, length)
+
+    def step(self, d: int) -> dict:
+        """Unicast offset of `d` positions along the axis."""
+        return {"dx": d, "dy": 0} if self.axis == "x" else {"dx": 0, "dy": d}
+
+    def xy(self, p: int) -> tuple[int, int]:
+        """Core of position p on the first line (for single lines: the core)."""
+        r = self.region
+        return (r.x + p, r.y) if self.axis == "x" else (r.x, r.y + p)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Validated arguments of one collective."""
+
+    kind: str
+    region: Region
+    wavelets: int
+    root: str
+    dtype: str
+    arity: int
+    group: int | None
+
+    @property
+    def is_line(self) -> bool:
+        return self.region.rows == 1 or self.region.cols == 1
+
+    @property
+    def line(self) -> Line:
+        return Line(self.region, "x" if self.region.rows == 1 else "y")
+
+    @property
+    def P(self) -> int:  # noqa: N802 (the paper's name)
+        return self.region.size
+
+
+def _centre(n: int) -> int:
+    return (n - 1) // 2
+
+
+def _rho(spec: Spec, n: int) -> int:
+    return _centre(n) if spec.root == "centre" else 0
+
+
+def root_core(spec: Spec) -> tuple[int, int] | None:
+    """The root's (x, y), or None for the kinds without a root."""
+    if spec.kind in ROOTLESS:
+        return None
+    r = spec.region
+    if spec.root == "corner":
+        return r.x, r.y
+    return r.x + _centre(r.cols), r.y + _centre(r.rows)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check(kind, hw, pes, rows, cols, region, wavelets, root, dtype, arity, group) -> Spec:
+    if kind not in _IMPL:
+        raise ValueError(f"kind: got {kind!r}, must be one of {', '.join(_IMPL)}")
+    if not isinstance(hw, HardwareConfig):
+        raise ValueError(f"hw: got {type(hw).__name__}, must be a HardwareConfig "
+                         "(wse_sim.hardware.load_preset)")
+    given = [name for name, v in (("pes", pes), ("rows/cols", rows if rows is not None else cols),
+                                  ("region", region)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"pes/rows/cols/region: got {', '.join(given) or 'none'}, give exactly "
+                         "one of pes=P, rows=R with cols=C, or region=Region(...)")
+    if pes is not None:
+        if not _is_int(pes) or not 2 <= pes <= hw.mesh_cols:
+            raise ValueError(f"pes: got {pes!r}, must be an integer in 2..mesh_cols "
+                             f"({hw.mesh_cols} on {hw.name})")
+        reg = Region(0, 0, pes, 1)
+    elif region is None:
+        if not _is_int(rows) or not 1 <= rows <= hw.mesh_rows:
+            raise ValueError(f"rows: got {rows!r}, must be an integer in 1..mesh_rows "
+                             f"({hw.mesh_rows} on {hw.name})")
+        if not _is_int(cols) or not 1 <= cols <= hw.mesh_cols:
+            raise ValueError(f"cols: got {cols!r}, must be an integer in 1..mesh_cols "
+                             f"({hw.mesh_cols} on {hw.name})")
+        if rows * cols < 2:
+            raise ValueError(f"rows/cols: got {rows} x {cols}, a collective needs at least 2 cores")
+        reg = Region(0, 0, cols, rows)
+    else:
+        if not isinstance(region, Region):
+            raise ValueError(f"region: got {region!r}, must be a wse_sim.program.Region")
+        if region.x1 >= hw.mesh_cols or region.y1 >= hw.mesh_rows:
+            raise ValueError(f"region: got {region}, must fit the {hw.mesh_cols} x "
+                             f"{hw.mesh_rows} mesh of {hw.name}")
+        if region.size < 2:
+            raise ValueError(f"region: got {region}, a collective needs at least 2 cores")
+        reg = region
+    if not _is_int(wavelets) or wavelets < 1:
+        raise ValueError(f"wavelets: got {wavelets!r}, must be an integer >= 1 "
+                         "(32-bit wavelets per core)")
+    if root not in _ROOT_ALIASES:
+        raise ValueError(f"root: got {root!r}, must be one of {', '.join(ROOTS)}")
+    root = _ROOT_ALIASES[root]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: got {dtype!r}, must be one of {', '.join(DTYPES)}")
+    n_line = max(reg.cols, reg.rows)
+    if not _is_int(arity) or not 2 <= arity <= max(2, n_line):
+        raise ValueError(f"arity: got {arity!r}, must be an integer in 2..{max(2, n_line)} "
+                         "(children per node of reduce-tree)")
+    if group is not None and (not _is_int(group) or not 1 <= group <= n_line):
+        raise ValueError(f"group: got {group!r}, must be None (about sqrt(P)) or an integer "
+                         f"in 1..{n_line} (cores per group of the two-level "
+                         "scheme)")
+    spec = Spec(kind, reg, wavelets, root, dtype, arity, group)
+    if kind in LINE_ONLY and not spec.is_line:
+        raise ValueError(f"rows/cols: got {reg.rows} x {reg.cols}, {kind} runs on a line (pes=P "
+                         "or a 1-row / 1-column region); 2-D regions support "
+                         f"{', '.join(k for k in _IMPL if k not in LINE_ONLY)}")
+    if kind in CORNER_ONLY and root != "corner":
+        raise ValueError(f"root: got {root!r}, {kind} supports only 'corner'")
+    need = sram_bytes_per_core(spec)
+    if need > hw.sram_bytes:
+        raise ValueError(f"wavelets: got {wavelets}, the buffers of {kind} need {need} bytes per "
+                         f"core > sram_bytes {hw.sram_bytes} of {hw.name}")
+    return spec
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def block_wavelets(spec: Spec) -> tuple[int, ...]:
+    """Block sizes of the ring / all-to-all: B / P rounded up (the vector is zero-padded)."""
+    r = spec.region
+    if spec.kind == "allreduce-ring" and not spec.is_line:
+        b1 = _ceil(spec.wavelets, r.cols)
+        return b1, _ceil(b1, r.rows)
+    return (_ceil(spec.wavelets, spec.line.n),)
+
+
+def sram_bytes_per_core(spec: Spec) -> int:
+    """Bytes each core holds: the vector (B * 4) plus the kind's receive buffer."""
+    vec = 4 * spec.wavelets
+    if spec.kind in ("reduce-tree",):
+        return 2 * vec
+    if spec.kind == "allreduce-ring":
+        return vec + 4 * block_wavelets(spec)[0]
+    if spec.kind == "all-to-all":
+        return vec + 4 * block_wavelets(spec)[0] * spec.line.n
+    return vec
+
+
+# ---- building ----------------------------------------------------------------------------------
+
+class _Ctx:
+    def __init__(self, spec: Spec, hw: HardwareConfig):
+        self.spec, self.hw = spec, hw
+        self.pb = ProgramBuilder(f"{spec.kind}-P{spec.P}-B{spec.wavelets}")
+        self.color = 0
+
+    def add(self, task) -> int:
+        return self.pb.add(task)
+
+    def next_color(self) -> int:
+        """A fresh color per phase (colors share link bandwidth; they only cost router budget)."""
+        c = self.color
+        self.color = (self.color + 1) % max(1, min(4, self.hw.colors_per_core))
+        return c
+
+    def values(self, wavelets: int) -> int:
+        return wavelets * (4 // DTYPE_BYTES[self.spec.dtype])
+
+    def add_task(self, op: str, region: Region, wavelets: int, deps) -> int:
+        """Every core of `region` adds a received vector of `wavelets` into its own."""
+        n = region.size
+        return self.add(Compute(op, region, self.values(wavelets) * n, dtype=self.spec.dtype,
+                                kind="vector", sram_read_bytes=8 * wavelets * n,
+                                sram_write_bytes=4 * wavelets * n, deps=tuple(deps)))
+
+
+def _same(tasks) -> list:
+    return [Dep(t) for t in tasks]
+
+
+def _chain(ctx: _Ctx, line: Line, rho: int, b: int, after=()) -> list[int]:
+    """Pipelined chain reduce of every line into position rho: one LineStream from each side,
+    the shorter side first (both end at rho, whose compute unit adds them one after the
+    other). Returns the tasks whose event at rho marks the sum."""
+    deps, color, out = tuple(_same(after)), ctx.next_color(), []
+    if rho >= 1:
+        out.append(ctx.add(LineStream("chain-lo", line.part(0, rho + 1), line.axis, +1, b,
+                                      reduce=True, dtype=ctx.spec.dtype, color=color,
+                                      deps=deps)))
+    if rho <= line.n - 2:
+        out.append(ctx.add(LineStream("chain-hi", line.part(rho, line.n - rho), line.axis, -1, b,
+                                      reduce=True, dtype=ctx.spec.dtype, color=color,
+                                      deps=deps)))
+    return out
+
+
+def _broadcast(ctx: _Ctx, after=()) -> list[int]:
+    """Root to every core of the region: a LineStream from an end of a line, else one
+    Multicast (row, then every column)."""
+    spec, deps, color = ctx.spec, tuple(_same(after)), ctx.next_color()
+    b = spec.wavelets
+    if spec.is_line and spec.root == "corner":
+        line = spec.line
+        return [ctx.add(LineStream("bcast-line", line.region, line.axis, +1, b, color=color,
+                                   deps=deps))]
+    return [ctx.add(Multicast("bcast-tree", root_core(spec), spec.region, b, color=color,
+                              deps=deps))]
+
+
+def _star(ctx: _Ctx, line: Line, rho: int, b: int) -> list[int]:
+    """Every core sends its vector to the root (the far side first in record order, nearest
+    core first inside it); the root adds as the wavelets arrive."""
+    color, out, to = ctx.next_color(), [], line.xy(rho)
+    if rho <= line.n - 2:
+        out.append(ctx.add(Unicast("star-hi", line.part(rho + 1, line.n - 1 - rho), b, to=to,
+                                   color=color)))
+    if rho >= 1:
+        out.append(ctx.add(Unicast("star-lo", line.part(0, rho), b, to=to, color=color)))
+    return out
+
+
+def tree_children(n: int, rho: int, arity: int) -> dict[int, list[tuple[int, int]]]:
+    """K-ary tree on positions 0..n-1 rooted at rho, each side of rho on its own: at level l
+    (stride s = K^l) a receiver at distance q (q a multiple of K s) takes children at q + j s,
+    j = 1..K-1. Returns {receiver: [(child, hops), ...]} in the order they are received."""
+    side_len = {+1: n - 1 - rho, -1: rho}
+    children: dict[int, list[tuple[int, int]]] = {p: [] for p in range(n)}
+    s = 1
+    while s <= max(side_len.values()):
+        for side in (+1, -1):
+            m = side_len[side]
+            for q in range(0, m + 1, arity * s):
+                for j in range(1, arity):
+                    cq = q + j * s
+                    if cq > m:
+                        break
+                    children[rho + side * q].append((rho + side * cq, j * s))
+        s *= arity
+    return children
+
+
+def _tree(ctx: _Ctx, line: Line, rho: int, b: int) -> list[int]:
+    """Reduce-tree: every child sends its partial sum to its receiver (one Unicast per child:
+    the IR has no strided regions), which adds it (a vector Compute). A child sends after its
+    own adds and after the receiver has added its previous child."""
+    color = ctx.next_color()
+    children = tree_children(line.n, rho, ctx.spec.arity)
+    last_add: dict[int, int] = {}
+
+    def emit(r: int) -> None:  # post-order: a child's subtree before the child sends
+        for c, hops in children[r]:
+            emit(c)
+            deps = [Dep(last_add[c])] if c in last_add else []
+            if r in last_add:
+                rx, ry = line.xy(r)
+                deps.append(Dep(last_add[r], "at", rx, ry))
+            u = ctx.add(Unicast(f"tree-send-h{hops}", line.part(c), b, **line.step(r - c),
+                                color=color, deps=tuple(deps)))
+            last_add[r] = ctx.add_task(f"tree-add-h{hops}", line.part(r), b, [Dep(u)])
+
+    emit(rho)
+    return [last_add[rho]]
+
+
+def two_level_groups(n: int, group: int | None) -> tuple[int, int, int]:
+    """(g, m, r0): m groups of g cores beyond a root group of r0 = n - m g cores (1..g) at the
+    root's end; g defaults to ceil(sqrt(n))."""
+    g = group if group is not None else max(1, math.isqrt(n - 1) + 1)
+    g = min(g, n)
+    m = (n - 1) // g
+    return g, m, n - m * g
+
+
+def _two_level(ctx: _Ctx, line: Line, b: int, after=()) -> list[int]:
+    """Groups chain-reduce to their leaders (the end nearest the root, position 0), then the
+    leaders send to the root, nearest first, once every group is done."""
+    g, m, r0 = two_level_groups(line.n, ctx.spec.group)
+    deps_after = _same(after)
+    chains, out = [], []
+    color = ctx.next_color()
+    if r0 >= 2:
+        out.append(ctx.add(LineStream("group0-chain", line.part(0, r0), line.axis, -1, b,
+                                      reduce=True, dtype=ctx.spec.dtype, color=color,
+                                      deps=tuple(deps_after))))
+    if g >= 2:
+        for k in range(1, m + 1):
+            chains.append(ctx.add(LineStream(f"group{k}-chain", line.part(r0 + (k - 1) * g, g),
+                                             line.axis, -1, b, reduce=True,
+                                             dtype=ctx.spec.dtype, color=color,
+                                             deps=tuple(deps_after))))
+    color = ctx.next_color()
+    leader_deps = tuple([Dep(t, "all") for t in chains] + deps_after)
+    for k in range(1, m + 1):
+        d = r0 + (k - 1) * g
+        out.append(ctx.add(Unicast(f"leader{k}-to-root", line.part(d), b, **line.step(-d),
+                                   color=color, deps=leader_deps)))
+    return out
+
+
+def ring_order(n: int) -> list[int]:
+    """The folded ring on a line: even positions going out, odd ones coming back."""
+    return list(range(0, n, 2)) + [p for p in range(n - 1, 0, -1) if p % 2]
+
+
+def _ring(ctx: _Ctx, line: Line, b: int, parts: str, first_deps=()) -> list[int]:
+    """Ring allreduce phases on the folded ring of every line: 'rs' (reduce-scatter: n - 1
+    steps of send block + add), 'ag' (allgather: n - 1 steps of forward), or 'both'. Each step
+    is one Unicast per position (positions alternate direction; the IR has no stride) and, in
+    the reduce-scatter, one add per position. Returns the last step's tasks."""
+    n, color = line.n, ctx.next_color()
+    order = ring_order(n)
+    succ = {order[i]: order[(i + 1) % n] for i in range(n)}
+    pred = {v: k for k, v in succ.items()}
+    steps = []
+    if parts in ("rs", "both"):
+        steps += ["rs"] * (n - 1)
+    if parts in ("ag", "both"):
+        steps += ["ag"] * (n - 1)
+    ready = {p: list(first_deps) for p in range(n)}  # deps of each position's next send
+    last: list[int] = []
+    for what in steps:
+        sends = {}
+        for p in range(n):
+            sends[p] = ctx.add(Unicast(f"ring-{what}-send", line.part(p), b,
+                                       **line.step(succ[p] - p), color=color,
+                                       deps=tuple(ready[p])))
+        if what == "rs":
+            adds = {q: ctx.add_task("ring-rs-add", line.part(q), b, [Dep(sends[pred[q]])])
+                    for q in range(n)}
+            ready = {p: [Dep(adds[p]), Dep(sends[p])] for p in range(n)}
+            last = list(adds.values())
+        else:
+            ready = {p: [Dep(sends[pred[p]]), Dep(sends[p])] for p in range(n)}
+            last = list(sends.values())
+    return last
+
+
+def _all_to_all(ctx: _Ctx, line: Line, b: int) -> list[int]:
+    """n - 1 bulk-synchronous shift steps: at step k every core sends its block for the core k
+    positions back (wrapping around the line) after the whole previous step is done."""
+    color, prev = ctx.next_color(), None
+    for k in range(1, line.n):
+        deps = (Dep(prev, "all"),) if prev is not None else ()
+        prev = ctx.add(Unicast(f"a2a-shift-{k}", line.region, b, **line.step(-k), wrap=True,
+                               color=color, deps=deps))
+    return [prev]
+
+
+def _barrier(tasks) -> tuple:
+    return tuple(Dep(t, "all") for t in tasks)
+
+
+def _build_reduce(ctx: _Ctx) -> list[int]:
+    """The reduce of ctx.spec.kind (or of the allreduce built on it) to the root."""
+    spec, b = ctx.spec, ctx.spec.wavelets
+    kind = spec.kind
+    if kind in ("reduce-star",):
+        line = spec.line
+        return _star(ctx, line, _rho(spec, line.n), b)
+    if kind == "reduce-tree":
+        line = spec.line
+        return _tree(ctx, line, _rho(spec, line.n), b)
+    phase = _chain if kind in ("reduce-chain", "allreduce-reduce-broadcast") else None
+    if spec.is_line:
+        line = spec.line
+        if phase is not None:
+            return _chain(ctx, line, _rho(spec, line.n), b)
+        return _two_level(ctx, line, b)
+    r = spec.region
+    rows_line = Line(r, "x")
+    rx, _ = root_core(spec)
+    col_line = Line(Region(rx, r.y, 1, r.rows), "y")
+    if phase is not None:
+        first = _chain(ctx, rows_line, _rho(spec, r.cols), b)
+        return _chain(ctx, col_line, _rho(spec, r.rows), b, after=first)
+    first = _two_level(ctx, rows_line, b)
+    return _two_level(ctx, col_line, b, after=first)
+
+
+def _build_ring(ctx: _Ctx) -> list[int]:
+    spec = ctx.spec
+    if spec.is_line:
+        return _ring(ctx, spec.line, block_wavelets(spec)[0], "both")
+    b1, b2 = block_wavelets(spec)
+    r = spec.region
+    rs = _ring(ctx, Line(r, "x"), b1, "rs")
+    mid = _ring(ctx, Line(r, "y"), b2, "both", first_deps=_barrier(rs))
+    return _ring(ctx, Line(r, "x"), b1, "ag", first_deps=_barrier(mid))
+
+
+def _build(ctx: _Ctx) -> list[int]:
+    kind = ctx.spec.kind
+    if kind == "broadcast":
+        return _broadcast(ctx)
+    if kind in ("reduce-chain", "reduce-star", "reduce-tree", "reduce-two-level"):
+        return _build_reduce(ctx)
+    if kind in ("allreduce-reduce-broadcast", "allreduce-two-level"):
+        return _broadcast(ctx, after=_build_reduce(ctx))
+    if kind == "allreduce-ring":
+        return _build_ring(ctx)
+    return _all_to_all(ctx, ctx.spec.line, block_wavelets(ctx.spec)[0])
+
+
+# ---- closed forms ------------------------------------------------------------------------------
+
+def _stage(hw: HardwareConfig) -> int:
+    return 2 * hw.ramp_latency_cycles + hw.hop_latency_cycles + hw.stream_op_latency_cycles
+
+
+def add_cycles(hw: HardwareConfig, wavelets: int, dtype: str) -> int:
+    """One core adding a received vector of `wavelets` into its own (the Compute of tree and
+    ring): max(values / lanes, 8B / read bytes per cycle, 4B / write bytes per cycle)."""
+    values = wavelets * (4 // DTYPE_BYTES[dtype])
+    return max(_ceil(values, hw.lanes(dtype)), _ceil(8 * wavelets, hw.sram_read_bytes_per_cycle),
+               _ceil(4 * wavelets, hw.sram_write_bytes_per_cycle))
+
+
+def cf_chain(hw: HardwareConfig, n: int, rho: int, b: int, dtype: str) -> int:
+    """Chain reduce of n cores into position rho (0: one stream; else two, shorter first)."""
+    stage, pace = _stage(hw), reduce_pace(hw, dtype)
+    a, c = rho, n - 1 - rho
+    if a == 0 or c == 0:
+        return (n - 1) * stage + (b - 1) * pace
+    start2 = max(0, (a - c) * stage + b * pace)  # the root adds the second stream after the first
+    return max(a * stage, start2 + c * stage) + (b - 1) * pace
+
+
+def cf_broadcast(hw: HardwareConfig, b: int, farthest_hops: int) -> int:
+    return transfer_cycles(hw, b, farthest_hops)
+
+
+def cf_star(hw: HardwareConfig, n: int, rho: int, b: int) -> int:
+    """Star on a line: the root's ramp off takes one message after the other."""
+    tr, h = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    hi, lo = n - 1 - rho, rho
+    end, ramp_free = 0, 0
+    if hi:
+        ramp_free = (hi - 1) * max(0, b - h) + tr + hi * h + b  # nearest first, links shared
+        end = ramp_free + tr - 1
+    if lo:  # farthest first (row-major order); after the first, back to back on the ramp
+        first = max(tr + lo * h, ramp_free)
+        end = max(end, first + lo * b + tr - 1)
+    return end
+
+
+def cf_tree(hw: HardwareConfig, n: int, rho: int, b: int, dtype: str, arity: int) -> int:
+    """fin(r) = children in order: start = max(r's previous add, child's fin); + transfer + add."""
+    children = tree_children(n, rho, arity)
+    add = add_cycles(hw, b, dtype)
+
+    def fin(r: int) -> int:
+        t = 0
+        for c, hops in children[r]:
+            t = max(t, fin(c)) + transfer_cycles(hw, b, hops) + add
+        return t
+
+    return fin(rho)
+
+
+def cf_two_level(hw: HardwareConfig, n: int, b: int, dtype: str, group: int | None) -> int:
+    g, m, r0 = two_level_groups(n, group)
+    if m == 0:
+        return cf_chain(hw, n, 0, b, dtype)
+    h, tr = hw.hop_latency_cycles, hw.ramp_latency_cycles
+    t1 = cf_chain(hw, g, 0, b, dtype) if g >= 2 else 0
+    return t1 + (m - 1) * max(0, b - g * h) + 2 * tr + (n - g) * h + b - 1
+
+
+def _max_window(hops: list[int], length: int) -> int:
+    n = len(hops)
+    return max(sum(hops[(i + k) % n] for k in range(length)) for i in range(n))
+
+
+def cf_ring(hw: HardwareConfig, n: int, b: int, dtype: str, parts: str = "both") -> int | None:
+    """Every block crosses n - 1 (or 2n - 2) consecutive ring edges, store-and-forward: per edge
+    b - 1 + 2 T_R + hops * hop, plus one add per reduce-scatter edge; the slowest block decides."""
+    if hw.ramp_latency_cycles < 1:
+        return None  # the steps of one core could overlap on its ramp: no closed form
+    order = ring_order(n)
+    hops = [abs(order[(i + 1) % n] - order[i]) for i in range(n)]
+    x0 = b - 1 + 2 * hw.ramp_latency_cycles
+    add = add_cycles(hw, b, dtype)
+    edges = {"rs": n - 1, "ag": n - 1, "both": 2 * n - 2}[parts]
+    adds = 0 if parts == "ag" else n - 1
+    return edges * x0 + adds * add + hw.hop_latency_cycles * _max_window(hops, edges)
+
+
+def cf_all_to_all(hw: HardwareConfig, n: int, b: int) -> int:
+    """Sum over shift steps k of the slower of the two trains of step k (see docs)."""
+    tr, h = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    total = 0
+    for k in range(1, n):
+        back = (n - 1 - k) * (max(0, b - h) if k >= 2 else 0) + 2 * tr + k * h + b - 1
+        wrap = (k - 1) * ((b + h) if n - k >= 2 else 0) + 2 * tr + (n - k) * h + b - 1
+        total += max(back, wrap)
+    return total
+
+
+def _farthest(spec: Spec) -> int:
+    r = spec.region
+    rx, ry = root_core(spec)
+    return max(rx - r.x, r.x1 - rx) + max(ry - r.y, r.y1 - ry)
+
+
+def _cf(spec: Spec, hw: HardwareConfig) -> int | None:
+    kind, b, dt = spec.kind, spec.wavelets, spec.dtype
+    r = spec.region
+    if kind == "broadcast":
+        return cf_broadcast(hw, b, _farthest(spec))
+    if kind == "allreduce-ring":
+        if spec.is_line:
+            return cf_ring(hw, spec.line.n, block_wavelets(spec)[0], dt)
+        b1, b2 = block_wavelets(spec)
+        parts = [cf_ring(hw, r.cols, b1, dt, "rs"), cf_ring(hw, r.rows, b2, dt, "both"),
+                 cf_ring(hw, r.cols, b1, dt, "ag")]
+        return None if None in parts else sum(parts)
+    if kind == "all-to-all":
+        return cf_all_to_all(hw, spec.line.n, block_wavelets(spec)[0])
+    if kind == "reduce-star":
+        return cf_star(hw, spec.line.n, _rho(spec, spec.line.n), b)
+    if kind == "reduce-tree":
+        return cf_tree(hw, spec.line.n, _rho(spec, spec.line.n), b, dt, spec.arity)
+    if kind in ("reduce-chain", "allreduce-reduce-broadcast"):
+        if spec.is_line:
+            red = cf_chain(hw, spec.line.n, _rho(spec, spec.line.n), b, dt)
+        else:
+            red = (cf_chain(hw, r.cols, _rho(spec, r.cols), b, dt)
+                   + cf_chain(hw, r.rows, _rho(spec, r.rows), b, dt))
+    else:  # two-level
+        if spec.is_line:
+            red = cf_two_level(hw, spec.line.n, b, dt, spec.group)
+        else:
+            red = (cf_two_level(hw, r.cols, b, dt, spec.group)
+                   + cf_two_level(hw, r.rows, b, dt, spec.group))
+    if kind.startswith("allreduce"):
+        return red + cf_broadcast(hw, b, _farthest(spec))
+    return red
+
+
+# ---- the public API ----------------------------------------------------------------------------
+
+def build_collective(kind: str, hw: HardwareConfig, *, pes: int | None = None,
+                     rows: int | None = None, cols: int | None = None,
+                     region: Region | None = None, wavelets: int, root: str = "corner",
+                     dtype: str = "fp32", arity: int = 2, group: int | None = None) -> Program:
+    """The Program of collective `kind` (see KINDS) over a line of `pes` cores (row 0 from
+    x = 0), a rows x cols region at the origin, or a given `region`, on `wavelets` 32-bit
+    wavelets per core. `arity`: children per node of reduce-tree; `group`: cores per group of
+    the two-level kinds (default about sqrt(P)). Raises ValueError (one line, naming the
+    argument) on anything out of range."""
+    spec = _check(kind, hw, pes, rows, cols, region, wavelets, root, dtype, arity, group)
+    ctx = _Ctx(spec, hw)
+    finals = _build(ctx)
+    ctx.pb.alloc("vector", spec.region, 4 * spec.wavelets)
+    extra = sram_bytes_per_core(spec) - 4 * spec.wavelets
+    if extra:
+        ctx.pb.alloc("recv", spec.region, extra)
+    r = spec.region
+    meta = {
+        "kind": kind, "P": spec.P, "B": spec.wavelets, "root": root_core(spec),
+        "root_rule": None if kind in ROOTLESS else spec.root, "rows": r.rows, "cols": r.cols,
+        "region": (r.x, r.y, r.cols, r.rows), "dtype": dtype, "final_tasks": tuple(finals),
+        "closed_form_cycles": _cf(spec, hw),
+    }
+    if kind == "reduce-tree":
+        meta["arity"] = spec.arity
+    if kind.endswith("two-level"):
+        meta["group"] = two_level_groups(spec.line.n if spec.is_line else r.cols, spec.group)[0]
+    if kind in ("allreduce-ring", "all-to-all"):
+        meta["block_wavelets"] = block_wavelets(spec)
+    return ctx.pb.build(dtype=dtype, cores_used=spec.P, meta=meta)
+
+
+def closed_form_cycles(kind: str, hw: HardwareConfig, *, pes: int | None = None,
+                       rows: int | None = None, cols: int | None = None,
+                       region: Region | None = None, wavelets: int, root: str = "corner",
+                       dtype: str = "fp32", arity: int = 2, group: int | None = None) -> int | None:
+    """Cycles of build_collective(same arguments) under our timing rules with no contention
+    beyond what the schedule itself implies; None where no closed form holds."""
+    spec = _check(kind, hw, pes, rows, cols, region, wavelets, root, dtype, arity, group)
+    return _cf(spec, hw)
+
+
+def _builder(kind: str):
+    def build(hw: HardwareConfig, **kwargs) -> Program:
+        return build_collective(kind, hw, **kwargs)
+
+    build.__name__ = build.__qualname__ = kind.replace("-", "_")
+    build.__doc__ = f"build_collective({kind!r}, hw, ...): see mapper.collectives."
+    return build
+
+
+_IMPL = ("broadcast", "reduce-chain", "reduce-star", "reduce-tree", "reduce-two-level",
+         "allreduce-ring", "allreduce-reduce-broadcast", "allreduce-two-level", "all-to-all")
+KINDS = {k: _builder(k) for k in _IMPL}

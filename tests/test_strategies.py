@@ -1,0 +1,73 @@
+"""Strategy comparison, search, end-to-end generation and the multi-wafer pipeline."""
+
+import json
+
+import pytest
+
+from wse_sim.cli import main
+from wse_sim.experiment import (
+    compare_strategies,
+    run_generate,
+    run_multi_wafer,
+    search_mapping,
+)
+from wse_sim.hardware import load_preset
+from workloads.graph import build_graph, total_flops
+from workloads.models import load_model
+
+HW = load_preset("mesh16")
+
+
+def test_compare_runs_every_strategy_and_rejects_what_does_not_fit():
+    out = compare_strategies(HW, "tiny", phase="decode", context=32)
+    assert set(out) == {"layer-pipelined", "layer-sequential", "weight-streaming"}
+    assert all(not isinstance(r, str) and r.cycles > 0 for r in out.values())
+    big = compare_strategies(load_preset("mesh8"), "tiny", phase="prefill", prompt=128)
+    assert any(isinstance(r, str) and "does not fit" in r for r in big.values())
+
+
+def test_search_picks_the_least_time_per_token():
+    found, best = search_mapping(HW, "tiny", phase="decode", context=32)
+    costs = [c for _, c, _ in found.tried if c is not None]
+    assert found.best_cost == min(costs)
+    assert best.seconds / best.tokens == pytest.approx(found.best_cost)
+    assert "best" in found.explain()
+
+
+def test_generate_combines_prefill_and_decode():
+    g = run_generate(HW, "tiny", generate=4, prompt=16)
+    res = g["results"]
+    assert g["seconds"] == pytest.approx(res["prefill"].seconds + g["decode_seconds"])
+    assert res["decode_last"].cycles >= res["decode_first"].cycles  # longer context
+    assert g["tokens_per_s"] == pytest.approx(4 / g["seconds"])
+
+
+def test_multi_wafer_conserves_flops_and_pays_io():
+    one = run_multi_wafer(HW, "tiny-llama", wafers=1, phase="prefill", prompt=16)
+    two = run_multi_wafer(HW, "tiny-llama", wafers=2, phase="prefill", prompt=16)
+    graph = total_flops(build_graph(load_model("tiny-llama"), "prefill", prompt=16))
+    assert one["flops"] == two["flops"] == graph
+    assert one["io_bytes"] == 0 and two["io_bytes"] == 16 * 64 * 2
+    assert two["pipelined_tokens_per_s"] > two["tokens_per_s"]
+    with pytest.raises(NotImplementedError, match="training"):
+        run_multi_wafer(HW, "tiny", wafers=2, phase="train", prompt=16)
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "--preset", "mesh16", "--model", "tiny", "--phase", "decode", "--context", "16"],
+    ["search", "--preset", "mesh16", "--model", "tiny", "--phase", "decode", "--context", "16"],
+    ["run", "--preset", "mesh16", "--model", "tiny", "--generate", "3", "--prompt", "16"],
+    ["run", "--preset", "mesh16", "--model", "tiny", "--wafers", "2", "--phase", "decode",
+     "--context", "16"],
+    ["run", "--preset", "mesh16", "--model", "tiny", "--strategy", "auto", "--phase", "decode",
+     "--context", "16"],
+])
+def test_cli_json(argv, capsys):
+    assert main(argv + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d
+
+
+def test_cli_compare_needs_a_model(capsys):
+    assert main(["compare", "--preset", "mesh16"]) == 2
+    assert "--model" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""`wse-sim compare` and `wse-sim search`, and the extended forms of `run` (`--strategy auto`,
+`--generate`, `--wafers`): whole-model mapping strategies side by side."""
+
+from __future__ import annotations
+
+from wse_sim.cli_common import (
+    effective_hardware,
+    hardware_args,
+    positive_int,
+    print_json,
+    with_interface_keys,
+)
+
+
+def _model_args(p) -> None:
+    p.add_argument("--model", required=True, help="zoo name or TOML file")
+    p.add_argument("--phase", default="prefill", choices=("prefill", "decode", "train"))
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--prompt", type=positive_int, default=128)
+    p.add_argument("--context", type=positive_int, default=128)
+    p.add_argument("--grid", type=positive_int, default=None)
+    p.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--sparsity", type=float, default=0.0)
+
+
+def register(sub) -> dict:
+    cmp = sub.add_parser("compare", help="every strategy that fits, side by side (or: compare gemm)")
+    cmp.add_argument("what", nargs="?", default="model", choices=("model", "gemm"),
+                     help="'model' (default): whole-model strategies; 'gemm': GEMM algorithms")
+    hardware_args(cmp)
+    cmp.add_argument("--model", help="zoo name or TOML file (compare model)")
+    for name, default in (("--phase", "prefill"),):
+        cmp.add_argument(name, default=default, choices=("prefill", "decode", "train"))
+    for name, default in (("--batch", 1), ("--prompt", 128), ("--context", 128)):
+        cmp.add_argument(name, type=positive_int, default=default)
+    cmp.add_argument("--grid", type=positive_int, default=None)
+    cmp.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
+    cmp.add_argument("--sparsity", type=float, default=0.0)
+    for name in ("--m", "--k", "--n"):
+        cmp.add_argument(name, type=positive_int, default=None, help="GEMM size (compare gemm)")
+    srch = sub.add_parser("search", help="choose the mapping by simulated cost, and say why")
+    hardware_args(srch)
+    _model_args(srch)
+    srch.add_argument("--budget", type=positive_int, default=64, help="most mappings to simulate")
+    return {"compare": cmd_compare, "search": cmd_search}
+
+
+def _kw(args) -> dict:
+    return {"phase": args.phase, "batch": args.batch, "prompt": args.prompt,
+            "context": args.context, "dtype": args.dtype, "grid": args.grid,
+            "sparsity": args.sparsity}
+
+
+def scorecard_row(name: str, r) -> dict:
+    s = r.summary()
+    return {"strategy": name, "cycles": s["cycles"], "seconds": s["seconds"],
+            "tokens_per_s": s["tokens_per_s"], "peak_fraction": s["peak_fraction"],
+            "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
+            "sram_bytes_per_core": s["sram_bytes_per_core"],
+            "colors_per_core": s["colors_per_core"], "io_bytes": s["io_bytes"],
+            "energy_per_token_j": s["energy_per_token_j"]}
+
+
+def format_scorecard(rows: list[dict], rejected: dict) -> str:
+    head = (f"{'strategy':18} {'time':>11} {'tokens/s':>13} {'% peak':>7} {'comm %':>7} "
+            f"{'SRAM/core':>10} {'colors':>6} {'J/token':>10}")
+    lines = [head, "-" * len(head)]
+    for r in sorted(rows, key=lambda r: r["seconds"]):
+        lines.append(f"{r['strategy']:18} {r['seconds'] * 1e6:>9.2f}µs {r['tokens_per_s']:>13,.0f} "
+                     f"{100 * r['peak_fraction']:>7.2f} {100 * r['comm_share']:>7.1f} "
+                     f"{r['sram_bytes_per_core']:>10,} {r['colors_per_core']:>6} "
+                     f"{r['energy_per_token_j']:>10.3g}")
+    for name, why in rejected.items():
+        lines.append(f"{name:18} does not run: {why}")
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    if args.what == "gemm":
+        import importlib.util
+        if importlib.util.find_spec("wse_sim.cli_blocks") is None:
+            raise NotImplementedError("compare gemm: the GEMM algorithms are not built yet")
+        from wse_sim.cli_blocks import cmd_compare_gemm
+        return cmd_compare_gemm(args)
+    if not args.model:
+        raise ValueError("compare: --model is required (or use `wse-sim compare gemm`)")
+    from wse_sim.experiment import compare_strategies
+    hw = effective_hardware(args)
+    results = compare_strategies(hw, args.model, engine=args.engine, **_kw(args))
+    rows = [scorecard_row(n, r) for n, r in results.items() if not isinstance(r, str)]
+    rejected = {n: r for n, r in results.items() if isinstance(r, str)}
+    if args.json:
+        print_json({"model": args.model, "phase": args.phase, "preset": args.preset,
+                    "strategies": rows, "rejected": rejected})
+    else:
+        print(f"{args.model} {args.phase} on {args.preset} ({hw.mesh_cols} x {hw.mesh_rows})")
+        print(format_scorecard(rows, rejected))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from wse_sim.experiment import search_mapping
+    hw = effective_hardware(args)
+    kw = _kw(args)
+    grid = kw.pop("grid")
+    found, best = search_mapping(hw, args.model, engine=args.engine, budget=args.budget,
+                                 grids=(grid,), progress=not args.json, **kw)
+    if best is None:
+        raise ValueError(f"search: no strategy fits {args.model} on {args.preset}")
+    if args.json:
+        out = with_interface_keys(best.summary(), args, hw)
+        out["choice"] = found.best
+        out["tried"] = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
+                        for c, cost, why in found.tried]
+        print_json(out)
+    else:
+        print(f"chosen: {found.best['strategy']} — least simulated time per token "
+              f"({found.best_cost * 1e6:.3f} µs/token)")
+        print(found.explain())
+    return 0
+
+
+def run_extended(args) -> int:
+    """`run` with --strategy auto, --generate or --wafers."""
+    from wse_sim.experiment import run_generate, run_multi_wafer, search_mapping
+    from wse_sim.report import format_report
+    hw = effective_hardware(args)
+    kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity}
+    if args.wafers > 1:
+        if args.strategy not in ("layer-pipelined", "auto"):
+            raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
+                             "a multi-wafer pipeline is layer-pipelined on every wafer")
+        out = run_multi_wafer(hw, args.model, wafers=args.wafers, engine=args.engine,
+                              phase=args.phase, prompt=args.prompt, context=args.context,
+                              grid=args.grid, **kw)
+        stages = out.pop("stages")
+        out["engine"] = stages[0].engine
+        if args.json:
+            print_json(with_interface_keys(out, args, hw))
+        else:
+            print(f"{args.model} {args.phase} on {args.wafers} x {args.preset}: "
+                  f"{out['seconds'] * 1e6:.2f} µs latency, {out['tokens_per_s']:,.0f} tokens/s "
+                  f"(one batch in flight), {out['pipelined_tokens_per_s']:,.0f} tokens/s with "
+                  "every wafer busy")
+            for i, r in enumerate(stages):
+                print(format_report(r, f"wafer {i}"))
+        return 0
+    strategy = args.strategy
+    if strategy == "auto":
+        found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
+                                  prompt=args.prompt, context=args.context, grids=(args.grid,),
+                                  progress=False, **kw)
+        if found.best is None:
+            raise ValueError(f"strategy auto: no strategy fits {args.model} on {args.preset}")
+        strategy = found.best["strategy"]
+    if args.generate:
+        out = run_generate(hw, args.model, generate=args.generate, prompt=args.prompt,
+                           engine=args.engine, strategy=strategy,
+                           prefill_grid=args.prefill_grid or args.grid,
+                           decode_grid=args.decode_grid or args.grid, **kw)
+        res = out.pop("results")
+        out.update({"strategy": strategy, "engine": res["prefill"].engine})
+        if args.json:
+            print_json(with_interface_keys(out, args, hw))
+        else:
+            print(f"{args.model}: prefill {args.prompt} tokens + generate {args.generate} with "
+                  f"{strategy} on {args.preset}")
+            print(f"  time to first token  {out['time_to_first_token_s'] * 1e6:.2f} µs")
+            print(f"  total                {out['seconds'] * 1e6:.2f} µs, "
+                  f"{out['tokens_per_s']:,.0f} generated tokens/s end to end "
+                  f"({out['decode_tokens_per_s']:,.0f} tokens/s while decoding)")
+        return 0
+    args.strategy = strategy
+    from wse_sim.cli import cmd_run
+    return cmd_run(args)
