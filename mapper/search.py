@@ -40,7 +40,7 @@ def search(candidates: Iterable[dict], evaluate: Callable[[dict], float], *, bud
     it = cands
     if progress:
         from tqdm import tqdm
-        it = tqdm(cands, desc="search", unit="mapping", file=None, leave=False)
+        it = tqdm(cands, desc="search", unit="mapping", leave=False, disable=None)  # tty only
     out = SearchResult(None, None)
     for cand in it:
         try:

@@ -1,0 +1,123 @@
+"""A battery of bad inputs: each gets one line naming the field, the value and what is allowed;
+exit code 2 on the CLI, no traceback."""
+
+import pytest
+
+from wse_sim.cli import main
+
+MESH8 = "wse_sim/presets/mesh8.toml"
+TINY = "workloads/zoo/tiny.toml"
+
+
+def _edit(tmp_path, src: str, old: str, new: str) -> str:
+    text = open(src).read()
+    assert old in text, old
+    f = tmp_path / ("edited_" + src.rsplit("/", 1)[-1])
+    f.write_text(text.replace(old, new))
+    return str(f)
+
+
+RUN = ["run", "--preset", "mesh16", "--model", "tiny"]
+
+CLI_CASES = [
+    # (argv, text that must appear in the one-line error)
+    (["run", "--model", "no-such-model"], "no-such-model"),
+    (["run", "--preset", "wse9", "--model", "tiny"], "wse9"),
+    (["run", "--preset", "/no/such/file.toml", "--model", "tiny"], "does not exist"),
+    (RUN + ["--prompt", "0"], "--prompt"),
+    (RUN + ["--prompt", "-5"], "--prompt"),
+    (RUN + ["--prompt", "abc"], "--prompt"),
+    (RUN + ["--context", "0"], "--context"),
+    (RUN + ["--batch", "0"], "--batch"),
+    (RUN + ["--grid", "0"], "--grid"),
+    (RUN + ["--grid", "17"], "grid"),
+    (RUN + ["--sparsity", "1.5"], "--sparsity"),
+    (RUN + ["--sparsity", "nan"], "--sparsity"),
+    (RUN + ["--dtype", "fp8"], "--dtype"),
+    (RUN + ["--phase", "serve"], "--phase"),
+    (RUN + ["--engine", "warp"], "--engine"),
+    (RUN + ["--strategy", "teleport"], "strategy"),
+    (RUN + ["--set", "nonsense=1"], "nonsense"),
+    (RUN + ["--set", "clock_ghz"], "--set"),
+    (RUN + ["--set", "clock_ghz=fast"], "clock_ghz"),
+    (RUN + ["--set", "clock_ghz=-1"], "clock_ghz"),
+    (RUN + ["--set", "clock_ghz=inf"], "clock_ghz"),
+    (RUN + ["--set", "mesh_cols=0"], "mesh_cols"),
+    (RUN + ["--set", "mesh_rows=-3"], "mesh_rows"),
+    (RUN + ["--set", "sram_bytes=0"], "sram_bytes"),
+    (RUN + ["--set", "sram_bytes=1e99"], "sram_bytes"),
+    (RUN + ["--set", "link_bits_per_cycle=33"], "link_bits_per_cycle"),
+    (RUN + ["--set", "colors_per_core=0"], "colors_per_core"),
+    (RUN + ["--set", "sram_bytes=1024"], "sram_bytes 1024"),
+    (RUN + ["--set", "colors_per_core=2"], "colors_per_core 2"),
+    (RUN + ["--phase", "decode", "--context", "500"], "context"),
+    (RUN + ["--prompt", "5000"], "prompt"),
+    (RUN + ["--wafers", "0"], "--wafers"),
+    (RUN + ["--wafers", "9"], "wafers"),
+    (RUN + ["--generate", "0"], "--generate"),
+    (["run", "--preset", "mesh16", "--model", "llama3.1-405b"], "does not fit"),
+    (["compare", "--preset", "mesh16"], "--model"),
+    (["search", "--preset", "mesh16", "--model", "gpt2-xl"], "no strategy fits"),
+    (["nosuchcommand"], "invalid choice"),
+    (["run"], "--model"),
+]
+
+
+@pytest.mark.parametrize("argv, needle", CLI_CASES, ids=[" ".join(a[-2:]) for a, _ in CLI_CASES])
+def test_cli_bad_input(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:"), err
+    assert "\n" not in err and "Traceback" not in err
+    assert needle in err, err
+
+
+FILE_CASES = [
+    # (which file, old text, new text, needle): a user's own preset or model file gone wrong
+    (MESH8, "sram_bytes = 49152", 'sram_bytes = "big"', "sram_bytes"),
+    (MESH8, "sram_bytes = 49152", "sram_bytes = -1", "sram_bytes"),
+    (MESH8, "clock_ghz = 1.1", "clock_ghz = 0", "clock_ghz"),
+    (MESH8, "clock_ghz = 1.1", "clock_ghz = 1.1\nturbo = true", "turbo"),
+    (MESH8, "mesh_cols = 8", "mesh_cols = 8.5", "mesh_cols"),
+    (MESH8, "mesh_cols = 8", "", "mesh_cols"),
+    (MESH8, "[hardware]", "[hardware\n", "TOML"),
+    (TINY, "n_layers = 2", "n_layers = 0", "n_layers"),
+    (TINY, "n_layers = 2", 'n_layers = "two"', "n_layers"),
+    (TINY, "n_heads = 4", "n_heads = 3", "n_heads"),
+    (TINY, "n_layers = 2", "n_layers = 2\nwings = 2", "wings"),
+]
+
+
+@pytest.mark.parametrize("src, old, new, needle", FILE_CASES)
+def test_bad_files(tmp_path, src, old, new, needle, capsys):
+    f = _edit(tmp_path, src, old, new)
+    if src == MESH8:
+        argv = ["run", "--preset", f, "--model", "tiny"]
+    else:
+        argv = ["run", "--preset", "mesh16", "--model", f]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and needle in err, err
+
+
+def test_python_api_errors_are_one_line_value_errors():
+    from wse_sim.engine import simulate
+    from wse_sim.experiment import build_program, run_model
+    from wse_sim.hardware import load_preset
+    from wse_sim.program import Compute, Program, Region
+    hw = load_preset("mesh8")
+    cases = [
+        lambda: run_model("mesh8", "tiny", batch=-1),
+        lambda: build_program(hw, "tiny", dtype="int8"),
+        lambda: simulate(Program("p", (Compute("c", Region(0, 0, 1, 1), 1),)), hw, engine="x"),
+        lambda: Region(0, 0, 0, 1),
+        lambda: Compute("c", Region(0, 0, 1, 1), -5),
+        lambda: Compute("c", Region(0, 0, 1, 1), 5, sparsity=1.0),
+        lambda: hw.with_overrides({"clock_ghz": "nope"}),
+    ]
+    for case in cases:
+        with pytest.raises(ValueError) as e:
+            case()
+        assert "\n" not in str(e.value)
