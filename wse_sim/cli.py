@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"not implemented: {e}")
     except KeyboardInterrupt:
         return fail("interrupted")
+    except BrokenPipeError:  # e.g. `wse-sim ... | head`: the reader left; not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

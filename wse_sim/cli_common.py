@@ -56,7 +56,12 @@ def hardware_args(p: argparse.ArgumentParser, default_preset: str = "wse2") -> N
 def effective_hardware(args):
     """The preset after --set overrides."""
     from wse_sim.hardware import load_preset, parse_set
-    return load_preset(args.preset, parse_set(args.set))
+    hw = load_preset(args.preset, parse_set(args.set))
+    grid = getattr(args, "grid", None)
+    if grid is not None and grid <= min(hw.mesh_cols, hw.mesh_rows):
+        # Cores outside the grid take no part: simulate the grid alone (same cycles, less memory).
+        hw = hw.with_overrides({"mesh_cols": grid, "mesh_rows": grid})
+    return hw
 
 
 def with_interface_keys(summary: dict, args, hw) -> dict:
