@@ -150,3 +150,13 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
     if run.phase != "train":
         return ends[-1], grads
     return tp.norm("ln_f.bwd", last_row, tuple(ends), run.lm_tokens), grads
+
+
+def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,
+                     layers: int) -> int:
+    """The longest context (per sequence of the batch) whose KV cache still fits the SRAM left
+    after every other buffer of the fullest core."""
+    from mapper.attention import split
+    free = hw.sram_bytes - (sum(buffers.values()) - buffers.get("kv_cache", 0))
+    positions = split(cfg, lay.reg.rows, lay.reg.cols).max_tokens(free, run.dtype, layers)
+    return positions // run.batch

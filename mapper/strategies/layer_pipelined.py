@@ -18,6 +18,7 @@ from mapper.strategies.common import (
     check_total_weights,
     emit_lm_head,
     handoff,
+    kv_context_limit,
     make_run,
 )
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
@@ -119,7 +120,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "region_cols": sg.cols, "region_rows": sg.rows, "regions": L + k, "table_regions": k,
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
-        "sram_buffers_per_core": buffers})
+        "sram_buffers_per_core": buffers,
+        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)})
 
 
 

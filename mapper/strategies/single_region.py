@@ -18,6 +18,7 @@ from mapper.strategies.common import (
     check_buffers,
     check_total_weights,
     emit_lm_head,
+    kv_context_limit,
     make_run,
 )
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
@@ -120,4 +121,5 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "context": context, "dtype": dtype, "sparsity": sparsity, "region_cols": reg.cols,
         "region_rows": reg.rows, "regions": 1, "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
-        "sram_buffers_per_core": buffers})
+        "sram_buffers_per_core": buffers,
+        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)})

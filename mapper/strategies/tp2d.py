@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mapper import attention
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, LineStream, ProgramBuilder, Region, wavelets_for
@@ -273,7 +274,7 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
         "partial": tokens * max(math.ceil(ffn_cols / R), hd * (hpr + 2 * kvpr)) * 4,
         "scores": tokens * hpr * math.ceil(keys / C) * 4,
-        "kv_cache": weight_layers * 2 * kvpr * hd * math.ceil(kv_tokens / C) * b,
+        "kv_cache": weight_layers * attention.split(cfg, R, C).kv_bytes_per_core(kv_tokens, dtype),
     }
     if train:
         saved = tokens * (2 * math.ceil(d / C) + math.ceil(cfg.d_ffn / R) + hpr * hd) * b \
