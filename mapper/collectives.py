@@ -96,7 +96,7 @@ class Spec:
         return Line(self.region, "x" if self.region.rows == 1 else "y")
 
     @property
-    def P(self) -> int:  # noqa: N802 (the paper's name)
+    def P(self) -> int:  # the paper's name for the number of cores
         return self.region.size
 
 
@@ -426,17 +426,17 @@ def _build_reduce(ctx: _Ctx) -> list[int]:
     if kind == "reduce-tree":
         line = spec.line
         return _tree(ctx, line, _rho(spec, line.n), b)
-    phase = _chain if kind in ("reduce-chain", "allreduce-reduce-broadcast") else None
+    chain = kind in ("reduce-chain", "allreduce-reduce-broadcast")  # else two-level
     if spec.is_line:
         line = spec.line
-        if phase is not None:
+        if chain:
             return _chain(ctx, line, _rho(spec, line.n), b)
         return _two_level(ctx, line, b)
     r = spec.region
     rows_line = Line(r, "x")
     rx, _ = root_core(spec)
     col_line = Line(Region(rx, r.y, 1, r.rows), "y")
-    if phase is not None:
+    if chain:
         first = _chain(ctx, rows_line, _rho(spec, r.cols), b)
         return _chain(ctx, col_line, _rho(spec, r.rows), b, after=first)
     first = _two_level(ctx, rows_line, b)
@@ -631,7 +631,8 @@ def build_collective(kind: str, hw: HardwareConfig, *, pes: int | None = None,
     if kind == "reduce-tree":
         meta["arity"] = spec.arity
     if kind.endswith("two-level"):
-        meta["group"] = two_level_groups(spec.line.n if spec.is_line else r.cols, spec.group)[0]
+        meta["group"] = (two_level_groups(spec.line.n, spec.group)[0] if spec.is_line else
+                         tuple(two_level_groups(n, spec.group)[0] for n in (r.cols, r.rows)))
     if kind in ("allreduce-ring", "all-to-all"):
         meta["block_wavelets"] = block_wavelets(spec)
     return ctx.pb.build(dtype=dtype, cores_used=spec.P, meta=meta)
