@@ -112,18 +112,23 @@ class TP2D:
                         color="stats_bcast", dtype="fp32")
         return self.compute(name, row, a, fmac=False, flops=op.flops - half)
 
+    def gemms(self, names, region: Region, dep, weight_dep=None) -> int:
+        """The local GEMMs of `names` (those in the graph) on every core of `region`; the
+        first also waits for the weights (`weight_dep`, when they stream in)."""
+        extra = _deps(weight_dep)
+        for n in names:
+            if n in self.ops:
+                dep = self.compute(n, region, _deps(dep) + extra, fmac=True)
+                extra = ()
+        return dep
+
     def up(self, lay: Layout, region: Region, names, dep, out_values: int, label: str, *,
            weight_dep=None) -> int:
         """Column broadcast of the X shard, local GEMMs, row reduce into the leaders."""
         x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
         dep = self.stream(label + ".bcast", region, "y", 1, x_vals, dep, reduce=False,
                           color="col_bcast")
-        first = True
-        for n in names:
-            if n in self.ops:
-                dep = self.compute(n, region, _deps(dep) + (_deps(weight_dep) if first else ()),
-                                   fmac=True)
-                first = False
+        dep = self.gemms(names, region, dep, weight_dep)
         return self.stream(label + ".reduce", region, "x", -1, out_values, dep, reduce=True,
                            color="row_reduce")
 
@@ -133,12 +138,7 @@ class TP2D:
         x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
         dep = self.stream(label + ".bcast", region, "x", 1, in_values, dep, reduce=False,
                           color="row_bcast")
-        first = True
-        for n in names:
-            if n in self.ops:
-                dep = self.compute(n, region, _deps(dep) + (_deps(weight_dep) if first else ()),
-                                   fmac=True)
-                first = False
+        dep = self.gemms(names, region, dep, weight_dep)
         return self.stream(label + ".reduce", region, "y", -1, x_vals, dep, reduce=True,
                            color="col_reduce")
 
