@@ -20,7 +20,7 @@ def programs(draw, max_tasks=6):
         cols, rows = draw(st.integers(1, 4)), draw(st.integers(1, 4))
         x, y = draw(st.integers(0, 8 - cols)), draw(st.integers(0, 8 - rows))
         reg = Region(x, y, cols, rows)
-        deps = tuple(Dep(j, "all") for j in range(i) if draw(st.booleans()))
+        deps = tuple(Dep(j, "all") for j in range(len(tasks)) if draw(st.booleans()))
         kind = draw(st.sampled_from(["compute", "unicast", "line", "multicast"]))
         b = draw(st.integers(1, 40))
         color = draw(st.integers(0, 3))
@@ -30,6 +30,8 @@ def programs(draw, max_tasks=6):
                                  draw(st.sampled_from(["fmac", "vector"])), deps=deps))
         elif kind == "unicast":
             tx, ty = draw(st.integers(0, 7)), draw(st.integers(0, 7))
+            if reg.contains(tx, ty):
+                continue
             tasks.append(Unicast(f"u{i}", reg, b, to=(tx, ty), color=color, deps=deps))
         elif kind == "line" and (cols >= 2 or rows >= 2):
             axis = "x" if cols >= 2 else "y"
@@ -37,7 +39,11 @@ def programs(draw, max_tasks=6):
                                     reduce=draw(st.booleans()), color=color, deps=deps))
         else:
             sx, sy = draw(st.integers(0, 7)), draw(st.integers(0, 7))
+            if reg.size == 1 and reg.contains(sx, sy):
+                continue
             tasks.append(Multicast(f"m{i}", (sx, sy), reg, b, color=color, deps=deps))
+    if not tasks:
+        tasks.append(Compute("c", Region(0, 0, 1, 1), 10))
     return Program("gen", tuple(tasks))
 
 

@@ -119,29 +119,37 @@ def cmd_run(args) -> int:
     if args.show_program:
         print(program.describe())
         return 0
+    from wse_sim.cli_outputs import check_output_args, write_requested
+    check_output_args(args, hw)
     result = simulate(program, hw, engine=args.engine)
+    title = f"{args.model} {args.phase} on {args.preset}"
+    written = write_requested(result, args, program=program, title=title)
     if args.json:
-        print(json.dumps(with_interface_keys(result.summary(), args, hw)))
+        print(json.dumps(with_interface_keys(result.summary(), args, hw) | written))
     else:
-        print(format_report(result, f"{args.model} {args.phase} on {args.preset}"))
+        print(format_report(result, title))
     return 0
 
 
 def cmd_demo(args) -> int:
     """GPT 'tiny' on a 16 x 16 mesh: prefill of 32 tokens, then decode one token."""
+    from wse_sim.cli_outputs import check_output_args, write_requested
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
     from wse_sim.hardware import load_preset
     from wse_sim.report import format_report
     hw = load_preset("mesh16")
+    check_output_args(args, hw)
     out = {}
     t0 = time.perf_counter()
     for phase in ("prefill", "decode"):
         program = build_program(hw, "tiny", phase=phase, prompt=32, context=32)
         result = simulate(program, hw, engine="reference")
-        out[phase] = result.summary()
+        title = f"demo: model 'tiny' {phase} on preset mesh16"
+        written = write_requested(result, args, program=program, title=title, tag=phase)
+        out[phase] = result.summary() | written
         if not args.json:
-            print(format_report(result, f"demo: model 'tiny' {phase} on preset mesh16"))
+            print(format_report(result, title))
             print()
     if args.json:
         print(json.dumps(out))

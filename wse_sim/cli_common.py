@@ -49,6 +49,8 @@ def hardware_args(p: argparse.ArgumentParser, default_preset: str = "wse2") -> N
                    help="override a hardware field, e.g. --set clock_ghz=1.1 (repeatable)")
     p.add_argument("--engine", default="auto", choices=("auto", "reference", "fast"))
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from wse_sim.cli_outputs import add_output_args  # --out DIR, --trace FILE, --trace-region
+    add_output_args(p)
 
 
 
@@ -90,11 +92,14 @@ def _jsonable(o):
 
 def simulate_and_print(program, hw, args, title: str) -> int:
     """Simulate, then print the JSON object (--json) or the text report."""
+    from wse_sim.cli_outputs import check_output_args, write_requested
     from wse_sim.engine import simulate
     from wse_sim.report import format_report
+    check_output_args(args, hw)
     result = simulate(program, hw, engine=args.engine)
+    written = write_requested(result, args, program=program, title=title)
     if getattr(args, "json", False):
-        print_json(with_interface_keys(result.summary(), args, hw))
+        print_json(with_interface_keys(result.summary(), args, hw) | written)
     else:
         print(format_report(result, title))
     return 0

@@ -196,8 +196,13 @@ class Unicast:
 
     def __post_init__(self):
         _check_flow(self)
-        if self.to is None and self.dx == 0 and self.dy == 0 and not self.wrap:
-            raise ProgramError(f"{self.op}: a unicast to itself (dx = dy = 0) moves nothing")
+        r = self.region
+        to_self = (self.to is not None and r.contains(*self.to)) or (
+            self.to is None and self.dx % (r.cols if self.wrap else 1 << 62) == 0
+            and self.dy % (r.rows if self.wrap else 1 << 62) == 0)
+        if to_self:
+            raise ProgramError(f"{self.op}: a core of {r} would send to itself "
+                               f"(to={self.to}, dx={self.dx}, dy={self.dy}); that moves nothing")
 
     def dest(self, x: int, y: int) -> tuple[int, int]:
         if self.to is not None:
@@ -270,6 +275,9 @@ class Multicast:
         _check_flow(self)
         if len(self.src) != 2:
             raise ProgramError(f"{self.op}: src got {self.src!r}, must be (x, y)")
+        if self.region.size == 1 and self.region.contains(*self.src):
+            raise ProgramError(f"{self.op}: a multicast from {self.src} to itself has no "
+                               "destination")
 
 
 @dataclass(frozen=True)

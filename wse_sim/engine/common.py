@@ -169,14 +169,14 @@ class EngineResultBuilder:
                 compute += seg
             else:
                 comm += seg
+            boundary = min(boundary, start)  # never count a cycle twice
             if start > ready and blocker is not None:
-                cur, boundary = blocker, start
+                cur = blocker
             elif pred is not None:
-                cur, boundary = self.sig_producer[pred], ready
+                cur = self.sig_producer[pred]
             else:
-                if start > 0:  # waiting from time 0 for a resource held by nobody: impossible
-                    comm += start
                 cur = None
+        comm += boundary  # before the chain's first instance: waiting (nothing computed)
         return compute, comm
 
     def result(self, maps: dict, wall: float) -> SimResult:
