@@ -1,0 +1,348 @@
+"""Distributed GEMM (C = A B) and GEMV (y = x W) as Programs, their budgets and closed forms.
+
+Algorithms (docs/gemm.md has the layouts, the record counts and the derivations):
+
+- GEMM on a grid x grid region at the mesh origin: `1d` (B split by columns over the cores,
+  A multicast; `layout="line"`: a line of `grid` cores), `summa` (owner broadcasts per step),
+  `cannon` (skew, then 1-hop shifts whose wrap-around crosses the whole row / column) and
+  `meshgemm` (Cannon on the interleaved ring: every shift is at most 2 hops).
+- GEMV for decode: `chain` (pipelined reduce along rows, then down column 0) and `tree`
+  (two-level: groups of ~sqrt(grid) chain-reduce, leaders send to the root).
+
+FLOPs (decision): the Compute records carry the FLOPs the cores execute, padding included
+(a padded tile is multiplied whole: the cycles must be those of the real loop). So
+`program.total_flops()` is `2 M K N` exactly whenever the tiles divide the sizes, and
+`meta["padded_flops"]` otherwise; `meta["useful_flops"]` is always `2 M K N` and
+`meta["padding_waste"]` the fraction of executed FLOPs spent on padding. The tree GEMV's
+root additions are Compute records too (`meta["combine_flops"]`); reduce streams' adds are
+stream FLOPs, outside `total_flops`.
+
+Budgets are checked before anything is built: SRAM bytes per core (`gemm_sram_bytes`) and
+colors per core (`gemm_colors`) give a one-line `MappingError` with the numbers; the built
+program also passes `check_fits`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mapper.gemm_build import BUILDERS
+from mapper.gemm_common import (
+    GEMM_ALGOS,
+    GEMV_ALGOS,
+    Ctx,
+    Plan,
+    make_plan,
+    ring_order,
+    tree_groups,
+)
+from mapper.gemm_gemv import build_gemv as _build_gemv
+from wse_sim.hardware import HardwareConfig
+from wse_sim.program import Program, ProgramError, check_fits
+from wse_sim.timing import (
+    chain_reduce_cycles,
+    compute_cycles,
+    multicast_cycles,
+    reduce_pace,
+)
+
+__all__ = ["GEMM_ALGOS", "GEMV_ALGOS", "build_gemm", "build_gemv", "gemm_closed_form",
+           "gemm_colors", "gemm_inputs", "gemm_output", "gemm_sram_bytes", "gemv_closed_form",
+           "gemv_inputs", "gemv_output", "ring_order", "tree_groups"]
+
+
+def _plan_sram(kind: str, algo: str, grid: int, m: int, k: int, n: int, dtype: str,
+               layout: str) -> Plan:
+    algos = GEMV_ALGOS if kind == "gemv" else GEMM_ALGOS
+    if algo not in algos:
+        raise ValueError(f"algo: got {algo!r}, must be one of {', '.join(GEMM_ALGOS + GEMV_ALGOS)}")
+    return Plan(kind, algo, grid, m, k, n, dtype, layout)
+
+
+def gemm_sram_bytes(algo: str, grid: int, m: int, k: int, n: int, dtype: str = "fp32", *,
+                    layout: str = "square") -> int:
+    """SRAM bytes on the fullest core (every buffer; C in fp32). For a GEMV algo ('chain',
+    'tree') m is ignored."""
+    kind = "gemv" if algo in GEMV_ALGOS else "gemm"
+    return _plan_sram(kind, algo, grid, m, k, n, dtype, layout).sram_bytes()
+
+
+def gemm_sram_breakdown(algo: str, grid: int, m: int, k: int, n: int, dtype: str = "fp32", *,
+                        layout: str = "square") -> dict[str, int]:
+    kind = "gemv" if algo in GEMV_ALGOS else "gemm"
+    return {name: v[2] for name, v in
+            _plan_sram(kind, algo, grid, m, k, n, dtype, layout).buffers().items()}
+
+
+def gemm_colors(algo: str) -> int:
+    """Colors a core's router holds at most (GEMM or GEMV algo)."""
+    kind = "gemv" if algo in GEMV_ALGOS else "gemm"
+    return _plan_sram(kind, algo, 2, 1, 1, 1, "fp32", "square").colors()
+
+
+def _meta(plan: Plan, hw: HardwareConfig, program_tasks: int, extra: dict) -> dict:
+    mt, kt, nt = plan.tiles
+    padded = plan.padded_flops
+    meta = {
+        "kind": plan.kind, "algo": plan.algo, "grid": plan.grid, "m": plan.m, "k": plan.k,
+        "n": plan.n, "dtype": plan.dtype, "layout": plan.layout, "skew": plan.skew,
+        "cores": plan.cores, "tiles": [mt, kt, nt], "padded_sizes": list(plan.padded),
+        "steps": plan.steps, "useful_flops": plan.useful_flops, "padded_flops": padded,
+        "padding_waste": 1.0 - plan.useful_flops / padded if padded else 0.0,
+        "sram_buffers": {k_: v[2] for k_, v in plan.buffers().items()},
+        "sram_bytes_per_core": plan.sram_bytes(), "colors_per_core": plan.colors(),
+        "records": program_tasks, "ring": ring_order(plan.grid) if plan.algo == "meshgemm"
+        else list(range(plan.grid)),
+    }
+    meta.update(extra)
+    return meta
+
+
+def _finish(ctx: Ctx, plan: Plan, hw: HardwareConfig, extra: dict) -> Program:
+    n_tasks = len(ctx.pb.tasks)
+    program = ctx.pb.build(dtype=plan.dtype, cores_used=plan.cores,
+                           meta=_meta(plan, hw, n_tasks, extra))
+    check_fits(program, hw)
+    return program
+
+
+def build_gemm(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: int,
+               dtype: str = "fp32", functional: bool = False, layout: str = "square",
+               skew: bool = True) -> Program:
+    """C = A B on a grid x grid region at the origin (1d `line`: grid cores of row 0).
+
+    `skew` (cannon, meshgemm): include the initial alignment in the program; False means the
+    inputs are loaded pre-aligned (gemm_inputs lays them out accordingly). `functional`:
+    attach DataOps and tile shapes so `wse_sim.functional.run_functional` computes C."""
+    plan = make_plan("gemm", algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, layout=layout,
+                     skew=skew)
+    ctx = Ctx(plan, hw, functional)
+    BUILDERS[algo](ctx)
+    cf = gemm_closed_form(algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, layout=layout,
+                          skew=skew)
+    return _finish(ctx, plan, hw, {"closed_form": cf, "closed_form_cycles": cf["cycles"]})
+
+
+def build_gemv(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int, dtype: str = "fp32",
+               functional: bool = False) -> Program:
+    """y = x W (x: 1 x k, W: k x n) on a grid x grid region at the origin."""
+    plan = make_plan("gemv", algo, hw, grid=grid, m=1, k=k, n=n, dtype=dtype)
+    ctx = Ctx(plan, hw, functional)
+    _build_gemv(ctx)
+    cf = gemv_closed_form(algo, hw, grid=grid, k=k, n=n, dtype=dtype)
+    g, m_, _ = tree_groups(grid)
+    combine = 0 if algo == "chain" else m_ * n * (grid + 1)
+    extra = {"closed_form": cf, "closed_form_cycles": cf["cycles"], "combine_flops": combine,
+             "group": g if algo == "tree" else None}
+    return _finish(ctx, plan, hw, extra)
+
+
+# ---- closed forms ------------------------------------------------------------------------------
+
+def gemm_closed_form(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: int,
+                     dtype: str = "fp32", layout: str = "square", skew: bool = True) -> dict:
+    """Contention-free cycles of build_gemm(...) under our timing rules (docs/gemm.md).
+
+    Returns {"cycles": exact int or None, "lower_bound": int, "step_cycles": c (one tile
+    multiply), "steady_state_cycles": P c for the stepped algorithms, "compute_bound": bool,
+    "latency": L (a step's worst data latency), "note": str}."""
+    plan = _plan_sram("gemm", algo, grid, m, k, n, dtype, layout)
+    plan = dataclasses.replace(plan, skew=skew)
+    tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    mt, kt, nt = plan.tiles
+    c = plan.tile_cycles(hw, accumulate=algo != "1d")
+    P = grid
+    if algo == "1d":
+        wa = plan.wavelets(m * k)
+        far = 2 * (P - 1) if layout == "square" else P - 1
+        cyc = multicast_cycles(hw, wa, far) + c
+        return {"cycles": cyc, "lower_bound": cyc, "step_cycles": c, "steady_state_cycles": c,
+                "compute_bound": True, "latency": multicast_cycles(hw, wa, far),
+                "note": "multicast of A to the farthest core, then one local GEMM"}
+    wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
+    if algo == "summa":
+        first = multicast_cycles(hw, wa + wb, P - 1)
+        lat = 4 * max(wa, wb) + 2 * tr + (P - 1) * hop
+        return {"cycles": None, "lower_bound": P * c + first, "step_cycles": c,
+                "steady_state_cycles": P * c, "compute_bound": lat <= c, "latency": lat,
+                "note": "no closed form: the owner's ramp carries 2 half-streams per operand and "
+                        "the diagonal core owns both; bound = first broadcast + P c"}
+    hops = P - 1 if algo == "cannon" else min(2, P - 1)
+    lat = wa + wb + 2 * tr + hops * hop - 1
+    bound = lat <= c
+    cyc = P * c if (bound and not skew) else None
+    note = ("pre-aligned inputs, compute-bound (L <= c): P c exactly" if cyc is not None else
+            "the alignment's contention has no closed form: cycles = alignment end + P c when "
+            "compute-bound" if bound else "communication-bound (L > c): no closed form")
+    return {"cycles": cyc, "lower_bound": P * c, "step_cycles": c, "steady_state_cycles": P * c,
+            "compute_bound": bound, "latency": lat, "note": note}
+
+
+def gemv_closed_form(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int,
+                     dtype: str = "fp32") -> dict:
+    """Cycles of build_gemv(...) (docs/gemm.md): exact for chain; tree: the same schedule
+    traced in closed form per phase (its level-2 sends share the root's links by design)."""
+    plan = _plan_sram("gemv", algo, grid, 1, k, n, dtype, "square")
+    tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    P = grid
+    _, kc, _ = plan.tiles
+    wx, wn = plan.wavelets(kc * plan.cores), plan.wavelets(n)
+    c = plan.tile_cycles(hw, accumulate=False)
+    bcast_x = multicast_cycles(hw, wx, 2 * (P - 1))
+    bcast_y = multicast_cycles(hw, wn, 2 * (P - 1))
+    parts = {"bcast_x": bcast_x, "local": c}
+    if algo == "chain":
+        red = chain_reduce_cycles(hw, wn, P, dtype)
+        parts.update(row_reduce=red, col_reduce=red, bcast_y=bcast_y)
+        return {"cycles": sum(parts.values()), "parts": parts, "exact": True}
+    # tree: row phase of row y starts when its last core has multiplied: t0(y) = bcast to
+    # (P - 1, y) + c; the column phase's group k starts when its last row is done.
+    b = plan.b
+    add = compute_cycles(hw, n, dtype, "vector", sram_read=2 * n * b, sram_write=n * b)
+    pace = reduce_pace(hw, dtype)
+    stage = 2 * tr + hop + hw.stream_op_latency_cycles
+
+    def chain(cores: int) -> int:
+        return (cores - 1) * stage + (wn - 1) * pace if cores >= 2 else 0
+
+    def phase(ready: list[int]) -> int:
+        """End (event at position 0) of a two-level reduce whose position p is ready at
+        ready[p]: the level-1 streams reserve their links first (they are ready first), then
+        the leaders' sends are granted in order, first come first served."""
+        g, m, r0 = tree_groups(len(ready))
+        link_free: dict[int, int] = {}  # link from position q to q - 1 -> free after
+        root_off = 0
+
+        def stream(lo: int, cores: int) -> int:
+            nonlocal root_off
+            start = max(ready[lo:lo + cores])
+            for i in range(1, cores):  # hop i - 1 leaves position lo + cores - i
+                link_free[lo + cores - i] = start + (i - 1) * stage + tr + wn * pace
+            if lo == 0 and cores >= 2:
+                root_off = start + (cores - 2) * stage + tr + hop + wn * pace
+            return start + chain(cores)
+
+        done = stream(0, r0)
+        leads = [(r0 + (kk - 1) * g, stream(r0 + (kk - 1) * g, g)) for kk in range(1, m + 1)]
+        for lead, start in leads:
+            for q in range(lead, 0, -1):
+                start = max(start, link_free.get(q, 0) - tr - (lead - q) * hop)
+            start = max(start, root_off - tr - lead * hop)
+            for q in range(lead, 0, -1):
+                link_free[q] = start + tr + (lead - q) * hop + wn
+            root_off = start + tr + lead * hop + wn
+            done = max(done, start + 2 * tr + lead * hop + wn - 1) + add
+        return done
+
+    row_ready = [[bcast_x - (2 * (P - 1) - (x + y)) * hop + c for x in range(P)]
+                 for y in range(P)]
+    row_ready[0][0] = tr + wx - 1 + c  # the source's own event: its ramp-on is done
+    row_end = [phase(row_ready[y]) for y in range(P)]
+    end = phase(row_end)
+    parts.update(reduce=end - bcast_x - c, bcast_y=bcast_y)
+    return {"cycles": end + bcast_y, "parts": parts, "exact": True}
+
+
+# ---- data in and out (functional runs) ---------------------------------------------------------
+
+def _meta_of(program: Program) -> dict:
+    meta = program.meta or {}
+    if meta.get("kind") not in ("gemm", "gemv"):
+        raise ProgramError(f"program {program.name!r} was not built by mapper.gemm")
+    return meta
+
+
+def _pad(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    out = np.zeros((rows, cols), np.float32)
+    out[:x.shape[0], :x.shape[1]] = x
+    return out
+
+
+def _check_operand(name: str, x, shape: tuple) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape != shape:
+        raise ValueError(f"{name}: shape {x.shape}, the program multiplies {shape}")
+    return x
+
+
+def gemm_inputs(program: Program, A, B) -> dict[str, np.ndarray]:
+    """Scatter A (m x k) and B (k x n) into the per-core tiles `program` starts from (padded
+    with zeros; fp16/bf16 are rounded when run_functional fills the buffers). For a GEMV
+    program, A is x (1 x k or k) and B is W."""
+    meta = _meta_of(program)
+    P, (mt, kt, nt) = meta["grid"], meta["tiles"]
+    M, K, N = meta["m"], meta["k"], meta["n"]
+    if meta["kind"] == "gemv":
+        x = _check_operand("x", np.reshape(A, (1, -1)), (1, K))
+        W = _check_operand("W", B, (K, N))
+        xs = np.zeros((P, P, 1, kt * P * P), np.float32)
+        xs[0, 0, 0, :K] = x[0]
+        return {"x": xs, "w": _pad(W, kt * P * P, N).reshape(P, P, kt, N)}
+    A = _check_operand("A", A, (M, K))
+    B = _check_operand("B", B, (K, N))
+    if meta["algo"] == "1d":
+        rows, cols = (P, P) if meta["layout"] == "square" else (1, P)
+        a = np.zeros((rows, cols, M, K), np.float32)
+        a[0, 0] = A
+        Bp = _pad(B, K, nt * rows * cols).reshape(K, rows, cols, nt).transpose(1, 2, 0, 3)
+        return {"a": a, "b": np.ascontiguousarray(Bp)}
+    At = _pad(A, mt * P, kt * P).reshape(P, mt, P, kt).transpose(0, 2, 1, 3)  # [I, J]
+    Bt = _pad(B, kt * P, nt * P).reshape(P, kt, P, nt).transpose(0, 2, 1, 3)
+    if meta["algo"] == "summa":
+        return {"a": np.ascontiguousarray(At), "b": np.ascontiguousarray(Bt)}
+    o = np.array(meta["ring"])
+    ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
+    a = np.empty((P, P, mt, kt), np.float32)
+    b = np.empty((P, P, kt, nt), np.float32)
+    if meta["skew"]:  # natural layout on the ring; the program aligns it
+        a[o[ly], o[lx]] = At[ly, lx]
+        b[o[ly], o[lx]] = Bt[ly, lx]
+    else:             # pre-aligned: logical (lx, ly) holds A(ly, lx + ly), B(lx + ly, lx)
+        a[o[ly], o[lx]] = At[ly, (lx + ly) % P]
+        b[o[ly], o[lx]] = Bt[(lx + ly) % P, lx]
+    return {"a0": a, "b0": b}
+
+
+def gemm_output(program: Program, buffers: dict) -> np.ndarray:
+    """Gather C (m x n, float32) from the per-core tiles of a functional run (GEMV: y, 1 x n,
+    read on the core farthest from the root, so the final broadcast is checked too)."""
+    meta = _meta_of(program)
+    P, (mt, _, nt) = meta["grid"], meta["tiles"]
+    M, N = meta["m"], meta["n"]
+    if meta["kind"] == "gemv":
+        y = _decoded(program, buffers, "y")
+        return y[P - 1, P - 1, :, :N]
+    c = np.asarray(buffers["c"], np.float32)
+    if meta["algo"] == "1d":
+        rows, cols = c.shape[:2]
+        return c.transpose(2, 0, 1, 3).reshape(M, rows * cols * nt)[:, :N]
+    if meta["algo"] == "summa":
+        tiles = c  # [I, J] = core (x=J, y=I)
+    else:
+        o = np.array(meta["ring"])
+        tiles = c[o][:, o]  # logical (I, J) lives at physical (o[J], o[I])
+    return tiles.transpose(0, 2, 1, 3).reshape(mt * P, nt * P)[:M, :N]
+
+
+def _decoded(program: Program, buffers: dict, name: str) -> np.ndarray:
+    from wse_sim.hardware import DTYPE_BYTES
+    arr = np.asarray(buffers[name])
+    if arr.dtype == np.float32:
+        return arr
+    dtype = next(a.dtype for a in program.allocs if a.name == name)
+    if DTYPE_BYTES[dtype] != 2:
+        raise ProgramError(f"buffer {name!r}: unexpected storage {arr.dtype}")
+    bits = arr.astype(np.uint32) << 16
+    if dtype == "bf16":
+        return bits.view(np.float32)
+    return _fp16_to_f32(arr)
+
+
+def _fp16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(bits).view(np.float16).astype(np.float32)
+
+
+gemv_inputs = gemm_inputs
+gemv_output = gemm_output

@@ -1,0 +1,203 @@
+"""The GEMM builders: 1d, SUMMA, Cannon and MeshGEMM as SPMD records (see docs/gemm.md).
+
+Conventions: core (x, y) of the grid holds block (row y, column x) of the 2-D layouts. Every
+step's operands are double-buffered (parity s % 2). A write into a buffer waits for every core
+to have finished the compute step that last read it (`Dep(compute, "all")`: the IR has no
+back-pressure, so the write-after-read hazard is an explicit dependency); reads wait for the
+flow that delivered the data at the same core (`same`).
+"""
+
+from __future__ import annotations
+
+from mapper.gemm_common import Ctx, ring_order
+from wse_sim.program import Compute, Dep, LineStream, Multicast, Region, Unicast
+
+
+def _gemm_compute(ctx: Ctx, op: str, region: Region, a: str, b: str, deps, *,
+                  accumulate: bool = True) -> int:
+    plan, n = ctx.plan, region.size
+    rd, wr = plan.gemm_sram(accumulate)
+    return ctx.add(Compute(op, region, plan.tile_flops() * n, plan.dtype, "fmac",
+                           sram_read_bytes=rd * n, sram_write_bytes=wr * n, deps=tuple(deps),
+                           data=ctx.data("gemm_acc" if accumulate else "gemm", (a, b), "c")))
+
+
+def _copy(ctx: Ctx, op: str, region: Region, src: str, dst: str, nbytes: int) -> int:
+    """A local tile copy (SRAM traffic only)."""
+    n = region.size
+    return ctx.add(Compute(op, region, 0, ctx.plan.dtype, "vector", sram_read_bytes=nbytes * n,
+                           sram_write_bytes=nbytes * n, data=ctx.data("copy", (src,), dst)))
+
+
+def build_1d(ctx: Ctx) -> None:
+    """A (whole) multicast from core (0, 0) to every core; core r holds columns
+    [r nq, (r + 1) nq) of B and computes its slice of C."""
+    plan = ctx.plan
+    for name in ("a", "b", "c"):
+        ctx.alloc(name)
+    wa = plan.wavelets(plan.m * plan.k)
+    mc = ctx.add(Multicast("1d.bcast_a", (0, 0), ctx.R, wa, color=plan.color("a"),
+                           data=ctx.data("copy", ("a",), "a")))
+    _gemm_compute(ctx, "1d.gemm", ctx.R, "a", "b", [Dep(mc)], accumulate=False)
+
+
+def _halves(ctx: Ctx, op: str, axis: str, s: int, w: int, src: str, dst: str, color: int,
+            deps) -> list[tuple[int, int, int]]:
+    """Broadcast from position s of every line to the whole line as two half-streams (toward
+    0 and toward P - 1). Returns (task, lo, hi): the task whose events cover positions lo..hi."""
+    P = ctx.P
+    out = []
+
+    def part(lo: int, length: int) -> Region:
+        return Region(lo, 0, length, P) if axis == "x" else Region(0, lo, P, length)
+
+    data = ctx.data("copy", (src,), dst)
+    if s >= 1:
+        t = ctx.add(LineStream(op, part(0, s + 1), axis, -1, w, color=color, deps=tuple(deps),
+                               data=data))
+        out.append((t, 0, s))
+    if s <= P - 2:
+        t = ctx.add(LineStream(op, part(s, P - s), axis, +1, w, color=color, deps=tuple(deps),
+                               data=data))
+        out.append((t, s + 1 if s >= 1 else 0, P - 1))
+    return out
+
+
+def build_summa(ctx: Ctx) -> None:
+    """P steps; step s: column s broadcasts its A blocks along every row, row s its B blocks
+    down every column (each as two half-streams from the owner), then every core
+    accumulates. The compute of a step is split by which half-stream reached the core (up
+    to four records), so every read waits only for its own data."""
+    plan, P = ctx.plan, ctx.P
+    mt, kt, nt = plan.tiles
+    for name in ("a", "b", "abuf0", "abuf1", "bbuf0", "bbuf1", "c"):
+        ctx.alloc(name)
+    wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
+    comps: dict[int, list[int]] = {}
+    for s in range(P):
+        q = s % 2
+        war = [Dep(t, "all") for t in comps.get(s - 2, [])]  # buffers last read at step s - 2
+        ah = _halves(ctx, "summa.bcast_a", "x", s, wa, "a", f"abuf{q}", plan.color("a"), war)
+        bh = _halves(ctx, "summa.bcast_b", "y", s, wb, "b", f"bbuf{q}", plan.color("b"), war)
+        comps[s] = []
+        for ta, x0, x1 in ah:
+            for tb, y0, y1 in bh:
+                reg = Region(x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+                comps[s].append(_gemm_compute(ctx, "summa.gemm", reg, f"abuf{q}", f"bbuf{q}",
+                                              [Dep(ta), Dep(tb)]))
+
+
+def build_cannon(ctx: Ctx) -> None:
+    """Skew (row i shifts A left by i, column j shifts B up by j: one wrapping Unicast per row
+    and per column), then P steps of multiply + 1-hop shift (A left, B up, wrapping around:
+    the wrap-around crosses the whole row / column)."""
+    plan, P, R = ctx.plan, ctx.P, ctx.R
+    mt, kt, nt = plan.tiles
+    for name in ("a0", "a1", "b0", "b1", "c"):
+        ctx.alloc(name)
+    wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
+    ca, cb = plan.color("a"), plan.color("b")
+    skew = []
+    if plan.skew:
+        for i in range(1, P):
+            skew.append(ctx.add(Unicast("cannon.skew_a", Region(0, i, P, 1), wa, dx=-i, wrap=True,
+                                        color=ca, data=ctx.data("copy", ("a0",), "a0"))))
+        for j in range(1, P):
+            skew.append(ctx.add(Unicast("cannon.skew_b", Region(j, 0, 1, P), wb, dy=-j, wrap=True,
+                                        color=cb, data=ctx.data("copy", ("b0",), "b0"))))
+    start = [Dep(t, "all") for t in skew]
+    comp = sa = sb = None
+    for s in range(P):
+        q = s % 2
+        deps = start if s == 0 else [Dep(sa), Dep(sb), Dep(comp)]
+        prev_comp, prev_sa, prev_sb = comp, sa, sb
+        comp = _gemm_compute(ctx, "cannon.gemm", R, f"a{q}", f"b{q}", deps)
+        if s == P - 1:
+            break
+        war = [] if s == 0 else [Dep(prev_comp, "all")]
+        sa = ctx.add(Unicast("cannon.shift_a", R, wa, dx=-1, wrap=True, color=ca,
+                             deps=tuple((start if s == 0 else [Dep(prev_sa)]) + war),
+                             data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
+        sb = ctx.add(Unicast("cannon.shift_b", R, wb, dy=-1, wrap=True, color=cb,
+                             deps=tuple((start if s == 0 else [Dep(prev_sb)]) + war),
+                             data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
+
+
+def _sync(ctx: Ctx, op: str, tasks: list[int]) -> int:
+    """A zero-cycle join on core (0, 0) after every task of `tasks` (one instance waiting for
+    many records, instead of every core waiting for each of them)."""
+    return ctx.add(Compute(op, Region(0, 0, 1, 1), 0, ctx.plan.dtype, "vector",
+                           deps=tuple(Dep(t, "all") for t in tasks)))
+
+
+def build_meshgemm(ctx: Ctx) -> None:
+    """Cannon on the interleaved ring 0, 2, 4, ..., 5, 3, 1 of every row and column: logical
+    neighbours are at most 2 cores apart, so every shift moves at most 2 hops. A shift is one
+    Unicast per column (A) and per row (B) with that line's offset (-2, -1, +1 or +2); the
+    IR's regions are contiguous, so that is O(P) records per step. The alignment (row l of A
+    rotated by l positions of the ring, column l of B likewise) is one Unicast per moving core.
+    """
+    plan, P, R = ctx.plan, ctx.P, ctx.R
+    mt, kt, nt = plan.tiles
+    for name in ("a0", "a1", "b0", "b1", "c"):
+        ctx.alloc(name)
+    wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
+    ca, cb = plan.color("a"), plan.color("b")
+    order = ring_order(P)
+    ell = {x: i for i, x in enumerate(order)}
+    nxt = {x: order[(ell[x] - 1) % P] for x in range(P)}  # where a tile at x goes next
+    feeder = {d: x for x, d in nxt.items()}                # which line sends into d
+    base = 0
+    join = None
+    if plan.skew:
+        moves = []
+        for ly in range(P):
+            for lx in range(P):
+                x, y = order[lx], order[ly]
+                ax = order[(lx - ly) % P]   # A: row ly rotates by ly ring positions
+                if ax != x:
+                    moves.append(ctx.add(Unicast("meshgemm.align_a", Region(x, y, 1, 1), wa,
+                                                 to=(ax, y), color=ca,
+                                                 data=ctx.data("copy", ("a0",), "a1"))))
+                by = order[(ly - lx) % P]   # B: column lx rotates by lx ring positions
+                if by != y:
+                    moves.append(ctx.add(Unicast("meshgemm.align_b", Region(x, y, 1, 1), wb,
+                                                 to=(x, by), color=cb,
+                                                 data=ctx.data("copy", ("b0",), "b1"))))
+        # Row 0 of A (l = 0) and column 0 of B stay put: a local copy into the step buffer.
+        moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, P, 1), "a0", "a1",
+                           plan.buffers()["a0"][2]))
+        moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, 1, P), "b0", "b1",
+                           plan.buffers()["b0"][2]))
+        join = _sync(ctx, "meshgemm.sync", moves)
+        base = 1  # the aligned tiles are in buffer 1: step s reads parity (s + 1) % 2
+    comp = None
+    shifts_a: dict[int, int] = {}
+    shifts_b: dict[int, int] = {}
+    for s in range(P):
+        q = (s + base) % 2
+        deps = [Dep(join, "all")] if join is not None else []
+        if s > 0:
+            deps.append(Dep(comp))
+        prev_comp = comp
+        comp = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
+        if s == P - 1:
+            break
+        war = [] if s == 0 else [Dep(prev_comp, "all")]
+        new_a, new_b = {}, {}
+        for x in range(P):
+            raw = [Dep(shifts_a[feeder[x]])] if s > 0 else ([Dep(join, "all")] if join else [])
+            new_a[x] = ctx.add(Unicast("meshgemm.shift_a", Region(x, 0, 1, P), wa, dx=nxt[x] - x,
+                                       color=ca, deps=tuple(raw + war),
+                                       data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
+        for y in range(P):
+            raw = [Dep(shifts_b[feeder[y]])] if s > 0 else ([Dep(join, "all")] if join else [])
+            new_b[y] = ctx.add(Unicast("meshgemm.shift_b", Region(0, y, P, 1), wb, dy=nxt[y] - y,
+                                       color=cb, deps=tuple(raw + war),
+                                       data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
+        shifts_a, shifts_b = new_a, new_b
+        join = _sync(ctx, "meshgemm.sync", list(new_a.values()) + list(new_b.values()))
+
+
+BUILDERS = {"1d": build_1d, "summa": build_summa, "cannon": build_cannon,
+            "meshgemm": build_meshgemm}

@@ -1,0 +1,221 @@
+"""Shared pieces of the GEMM / GEMV builders: the validated plan (sizes, tiles, padding), SRAM
+and color budgets, and the record helpers. Public API: `mapper.gemm`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mapper.placement import MappingError
+from wse_sim.hardware import DTYPE_BYTES, DTYPES, HardwareConfig
+from wse_sim.program import SPARSITY_ONE, DataOp, ProgramBuilder, Region, wavelets_for
+from wse_sim.timing import compute_cycles
+
+GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
+GEMV_ALGOS = ("chain", "tree")
+LAYOUTS = ("square", "line")
+ACC_BYTES = 4  # C tiles and nothing else accumulate in fp32 (FP16/BF16 multiply, FP32 accumulate)
+
+# Colors: one per logical flow class; phases that never overlap still take their own color
+# so that a trace tells them apart. The count is what a core's router must hold at most.
+GEMM_COLORS = {"1d": {"a": 0}, "summa": {"a": 0, "b": 1}, "cannon": {"a": 0, "b": 1},
+               "meshgemm": {"a": 0, "b": 1}}
+GEMV_COLORS = {"chain": {"x": 0, "row": 1, "col": 2, "y": 3},
+               "tree": {"x": 0, "row": 1, "col": 2, "row2": 4, "col2": 5, "y": 3}}
+
+
+def _int(name: str, v, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name}: got {v!r}, must be an integer >= {lo}")
+    return v
+
+
+def ring_order(n: int) -> list[int]:
+    """The interleaved (folded) ring on a line: even positions out, odd ones back
+    (0, 2, 4, ..., 5, 3, 1): logical neighbours are at most two cores apart."""
+    return list(range(0, n, 2)) + [p for p in range(n - 1, 0, -1) if p % 2]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated GEMM (C = A B, A: m x k, B: k x n) or GEMV (y = x W, x: 1 x k) on a
+    grid x grid region at the mesh origin (or a line of `grid` cores for 1d `line`)."""
+
+    kind: str          # "gemm" or "gemv"
+    algo: str
+    grid: int
+    m: int
+    k: int
+    n: int
+    dtype: str
+    layout: str = "square"
+    skew: bool = True
+
+    # ---- geometry ------------------------------------------------------------------------
+    @property
+    def region(self) -> Region:
+        if self.algo == "1d" and self.layout == "line":
+            return Region(0, 0, self.grid, 1)
+        return Region(0, 0, self.grid, self.grid)
+
+    @property
+    def cores(self) -> int:
+        return self.region.size
+
+    @property
+    def b(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    # ---- tiles ---------------------------------------------------------------------------
+    @property
+    def tiles(self) -> tuple[int, int, int]:
+        """Per-core (m, k, n) of one multiply."""
+        P = self.grid
+        if self.kind == "gemv":
+            return 1, math.ceil(self.k / self.cores), self.n
+        if self.algo == "1d":
+            return self.m, self.k, math.ceil(self.n / self.cores)
+        return math.ceil(self.m / P), math.ceil(self.k / P), math.ceil(self.n / P)
+
+    @property
+    def steps(self) -> int:
+        return 1 if self.algo in ("1d",) or self.kind == "gemv" else self.grid
+
+    @property
+    def padded(self) -> tuple[int, int, int]:
+        """(M, K, N) after padding every dimension to whole tiles."""
+        mt, kt, nt = self.tiles
+        if self.kind == "gemv":
+            return 1, kt * self.cores, nt
+        if self.algo == "1d":
+            return mt, kt, nt * self.cores
+        P = self.grid
+        return mt * P, kt * P, nt * P
+
+    @property
+    def useful_flops(self) -> int:
+        return 2 * self.m * self.k * self.n
+
+    @property
+    def padded_flops(self) -> int:
+        M, K, N = self.padded
+        return 2 * M * K * N
+
+    def tile_flops(self) -> int:
+        mt, kt, nt = self.tiles
+        return 2 * mt * kt * nt
+
+    def wavelets(self, values: int) -> int:
+        return wavelets_for(values, self.dtype)
+
+    # ---- costs of one core's compute --------------------------------------------------------
+    def gemm_sram(self, accumulate: bool) -> tuple[int, int]:
+        """SRAM (read, write) bytes of one tile multiply: operands once, C read when it
+        accumulates, C written once (fp32 accumulators; GEMV partials in the dtype)."""
+        mt, kt, nt = self.tiles
+        out_b = self.b if self.kind == "gemv" else ACC_BYTES
+        read = (mt * kt + kt * nt) * self.b + (mt * nt * out_b if accumulate else 0)
+        return read, mt * nt * out_b
+
+    def tile_cycles(self, hw: HardwareConfig, accumulate: bool = True) -> int:
+        rd, wr = self.gemm_sram(accumulate)
+        return compute_cycles(hw, self.tile_flops(), self.dtype, "fmac", SPARSITY_ONE, rd, wr)
+
+    # ---- budgets -------------------------------------------------------------------------
+    def buffers(self) -> dict[str, tuple[tuple, str, int]]:
+        """name -> (tile shape, dtype, bytes) on the fullest core."""
+        mt, kt, nt = self.tiles
+        d, b = self.dtype, self.b
+        if self.kind == "gemv":
+            K = kt * self.cores
+            out = {"x": ((1, K), d, K * b), "w": ((kt, nt), d, kt * nt * b),
+                   "part": ((1, nt), d, nt * b), "y": ((1, nt), d, nt * b)}
+            for i in range(1, tree_groups(self.grid)[1] + 1 if self.algo == "tree" else 1):
+                out[f"recv{i}"] = ((1, nt), d, nt * b)
+            return out
+        a, bb, c = ((mt, kt), d, mt * kt * b), ((kt, nt), d, kt * nt * b), \
+            ((mt, nt), "fp32", mt * nt * ACC_BYTES)
+        if self.algo == "1d":
+            return {"a": a, "b": bb, "c": c}
+        if self.algo == "summa":
+            return {"a": a, "b": bb, "abuf0": a, "abuf1": a, "bbuf0": bb, "bbuf1": bb, "c": c}
+        return {"a0": a, "a1": a, "b0": bb, "b1": bb, "c": c}
+
+    def sram_bytes(self) -> int:
+        return sum(v[2] for v in self.buffers().values())
+
+    def colors(self) -> int:
+        table = GEMV_COLORS if self.kind == "gemv" else GEMM_COLORS
+        return len(table[self.algo])
+
+    def color(self, flow: str) -> int:
+        table = GEMV_COLORS if self.kind == "gemv" else GEMM_COLORS
+        return table[self.algo][flow]
+
+    def describe(self) -> str:
+        if self.kind == "gemv":
+            return f"gemv {self.algo} y = x W, K={self.k} N={self.n} {self.dtype}"
+        return f"gemm {self.algo} M={self.m} K={self.k} N={self.n} {self.dtype}"
+
+
+def tree_groups(n: int) -> tuple[int, int, int]:
+    """Two-level grouping of a line of n cores: (g, m, r0) = m groups of g cores beyond a
+    root group of r0 = n - m g cores (1..g) at the root's end; g = ceil(sqrt(n))."""
+    g = min(n, math.isqrt(n - 1) + 1) if n > 1 else 1
+    m = (n - 1) // g
+    return g, m, n - m * g
+
+
+def make_plan(kind: str, algo: str, hw: HardwareConfig, *, grid, m, k, n, dtype: str,
+              layout: str = "square", skew: bool = True) -> Plan:
+    """Validate the arguments and the budgets (SRAM bytes and colors per core) before any
+    record is built; every problem is one line with the numbers."""
+    algos = GEMV_ALGOS if kind == "gemv" else GEMM_ALGOS
+    if algo not in algos:
+        raise ValueError(f"{kind} algo: got {algo!r}, must be one of {', '.join(algos)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: got {dtype!r}, must be one of {', '.join(DTYPES)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: got {layout!r}, must be one of {', '.join(LAYOUTS)}")
+    grid = _int("grid", grid, 2)
+    for name, v in (("m", m), ("k", k), ("n", n)):
+        _int(name, v)
+    if not isinstance(hw, HardwareConfig):
+        raise ValueError(f"hw: got {type(hw).__name__}, must be a HardwareConfig")
+    plan = Plan(kind, algo, grid, m, k, n, dtype, layout, bool(skew))
+    reg = plan.region
+    if reg.cols > hw.mesh_cols or reg.rows > hw.mesh_rows:
+        raise MappingError(f"grid: got {grid} ({reg.cols} x {reg.rows} cores), must fit the "
+                           f"{hw.mesh_cols} x {hw.mesh_rows} mesh of {hw.name}")
+    need = plan.sram_bytes()
+    if need > hw.sram_bytes:
+        parts = ", ".join(f"{k_} {v[2]}" for k_, v in plan.buffers().items())
+        raise MappingError(f"{plan.describe()} on a {reg.cols} x {reg.rows} grid does not fit: "
+                           f"{need} bytes per core ({parts}) > sram_bytes {hw.sram_bytes}; "
+                           "use a larger grid or smaller sizes")
+    if plan.colors() > hw.colors_per_core:
+        raise MappingError(f"{plan.describe()}: needs {plan.colors()} colors per core > "
+                           f"colors_per_core {hw.colors_per_core}")
+    return plan
+
+
+class Ctx:
+    """A ProgramBuilder plus the plan; DataOps and tile shapes only when functional."""
+
+    def __init__(self, plan: Plan, hw: HardwareConfig, functional: bool):
+        self.plan, self.hw, self.functional = plan, hw, functional
+        self.pb = ProgramBuilder(f"{plan.kind}-{plan.algo}")
+        self.P = plan.grid
+        self.R = plan.region
+
+    def add(self, task) -> int:
+        return self.pb.add(task)
+
+    def data(self, kernel: str, inputs: tuple, output: str, **params) -> DataOp | None:
+        if not self.functional:
+            return None
+        return DataOp(kernel, tuple(inputs), output, tuple(sorted(params.items())))
+
+    def alloc(self, name: str, region: Region | None = None) -> None:
+        shape, dtype, nbytes = self.plan.buffers()[name]
+        self.pb.alloc(name, region or self.R, nbytes, shape if self.functional else (), dtype)

@@ -1,0 +1,399 @@
+"""Functional execution of a Program: the real tensors, through the batched kernels.
+
+`run_functional(program, hw, inputs)` executes the `DataOp` of every task in a topological
+order of the task dependencies (ties broken by task index, so runs are deterministic) and
+returns the final buffers. Timing is not involved: a task's data effect is applied whole.
+
+Buffers. Every `Alloc` with a non-empty `shape` is a per-core tile array of shape
+(region.rows, region.cols, *shape): float32 for fp32, uint16 bit patterns for fp16/bf16 (the
+hardware's storage; arithmetic is fp32 and a result is rounded where it is stored). `inputs`
+pre-fills buffers by name with full per-core arrays; everything else starts at zero.
+
+Semantics (DataOp `kernel`, `inputs`, `output`):
+- Compute, once per task over all cores of its region (tiles stacked as (cores, ...)):
+  `gemm` out = a @ b; `gemm_acc` out += a @ b; `add` out = sum of inputs (fp32, in order);
+  `copy` out = in0; `zero` out = 0. Parameter `a_k_block` = w: core of rank r (row-major in
+  the region) uses columns [r w, (r + 1) w) of `a` (a GEMV's slice of a broadcast vector).
+- Unicast: the `inputs[0]` tile of every source core lands in `output` at its destination
+  (offset, wrap or fixed `to`); all sources are read before any destination is written.
+- Multicast: the source's tile lands in `output` at every core of the region.
+- LineStream broadcast: the first core's tile lands in `output` at every core of its line
+  (the first core included); reduce: the sum of the line's tiles, in stream order with fp32
+  accumulation, lands in `output` at the line's last core.
+Tasks with `data=None` are skipped. Every problem is a one-line `ProgramError`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from wse_sim import kernels as K
+from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.program import (
+    Compute,
+    IoTransfer,
+    LineStream,
+    Multicast,
+    Program,
+    ProgramError,
+    Region,
+    Unicast,
+    check_fits,
+)
+
+DEFAULT_MAX_BYTES = 8 << 30  # 8 GiB of buffers
+# Below this many element operations per call the kernels run their serial twin: the parallel
+# build costs a fixed ~15-20 ms per call on small hosts (measured on 2 CPUs), far more than the
+# work of a small phase. Results are bit-identical either way (the kernels' contract).
+PARALLEL_MIN_WORK = 1 << 22
+
+
+def _par(work: int) -> bool:
+    return work >= PARALLEL_MIN_WORK
+COMPUTE_KERNELS = ("gemm", "gemm_acc", "add", "copy", "zero")
+# Relative error (max |C - ref| / max |ref|) accepted against numpy in float64 of the
+# dtype-rounded inputs. fp32: accumulation order only. fp16/bf16: products are exact in fp32,
+# but partial sums a program stores in the dtype (GEMV partials, reduce streams) are rounded.
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+
+
+class Buffer:
+    """One shaped Alloc: a tile per core of its region."""
+
+    __slots__ = ("name", "region", "shape", "dtype", "data")
+
+    def __init__(self, name: str, region: Region, shape: tuple, dtype: str):
+        self.name, self.region, self.shape, self.dtype = name, region, shape, dtype
+        self.data = np.zeros((region.rows, region.cols, *shape),
+                             np.float32 if dtype == "fp32" else np.uint16)
+
+    @property
+    def lp(self) -> bool:
+        return self.dtype != "fp32"
+
+    def rel(self, xs: np.ndarray, ys: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into `data` of cores (xs, ys); a core outside the region is an error."""
+        r = self.region
+        bad = (xs < r.x) | (xs > r.x1) | (ys < r.y) | (ys > r.y1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ProgramError(f"{what}: buffer {self.name!r} has no tile at core "
+                               f"({int(xs[i])},{int(ys[i])}); it lives on {r}")
+        return ys - r.y, xs - r.x
+
+    def block(self, reg: Region, what: str) -> np.ndarray:
+        """View of the tiles of a sub-region (rows, cols, *shape)."""
+        r = self.region
+        if not (r.contains(reg.x, reg.y) and r.contains(reg.x1, reg.y1)):
+            raise ProgramError(f"{what}: buffer {self.name!r} lives on {r}, which does not "
+                               f"cover {reg}")
+        return self.data[reg.y - r.y:reg.y1 - r.y + 1, reg.x - r.x:reg.x1 - r.x + 1]
+
+    def as_f32(self, tiles: np.ndarray) -> np.ndarray:
+        if self.lp:
+            return K.from_bits(np.ascontiguousarray(tiles), self.dtype, parallel=_par(tiles.size))
+        return np.ascontiguousarray(tiles, dtype=np.float32)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """fp32 values -> this buffer's storage (rounded to nearest even for fp16/bf16)."""
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if not self.lp:
+            return values
+        return K.to_bits(values, self.dtype, parallel=_par(values.size))
+
+
+def estimate_bytes(program: Program) -> int:
+    """Host bytes of every shaped buffer of a functional run."""
+    total = 0
+    for a in program.allocs:
+        if a.shape:
+            item = 4 if a.dtype == "fp32" else 2
+            total += a.region.size * math.prod(a.shape) * item
+    return total
+
+
+def make_buffers(program: Program, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Buffer]:
+    """Check the shaped allocations and allocate them (zeroed)."""
+    need = estimate_bytes(program)
+    if need > max_bytes:
+        raise ProgramError(f"functional run needs about {need:,} bytes ({need / 2**30:.3g} GiB) "
+                           f"of buffers > the limit of {max_bytes:,} bytes "
+                           f"({max_bytes / 2**30:.3g} GiB); use a smaller problem or raise "
+                           "max_bytes")
+    bufs: dict[str, Buffer] = {}
+    for a in program.allocs:
+        if not a.shape:
+            continue
+        if a.name in bufs:
+            raise ProgramError(f"buffer {a.name!r}: declared twice with a shape; a functional "
+                               "run needs one Alloc per named tile")
+        if a.dtype not in DTYPE_BYTES:
+            raise ProgramError(f"buffer {a.name!r}: dtype {a.dtype!r} is not one of "
+                               f"{', '.join(DTYPE_BYTES)}")
+        shape = tuple(int(s) for s in a.shape)
+        if any(s < 1 for s in shape):
+            raise ProgramError(f"buffer {a.name!r}: shape {shape} must have sizes >= 1")
+        tile = math.prod(shape) * DTYPE_BYTES[a.dtype]
+        if tile > a.bytes_per_core:
+            raise ProgramError(f"buffer {a.name!r}: a {shape} {a.dtype} tile is {tile} bytes "
+                               f"> its bytes_per_core {a.bytes_per_core} (SRAM counts real bytes)")
+        bufs[a.name] = Buffer(a.name, a.region, shape, a.dtype)
+    return bufs
+
+
+def _fill(bufs: dict[str, Buffer], inputs: dict) -> None:
+    for name, arr in (inputs or {}).items():
+        if name not in bufs:
+            raise ProgramError(f"inputs: no shaped buffer named {name!r} (known: "
+                               f"{', '.join(sorted(bufs)) or 'none'})")
+        b = bufs[name]
+        arr = np.asarray(arr)
+        if arr.shape != b.data.shape:
+            raise ProgramError(f"inputs[{name!r}]: shape {arr.shape}, expected {b.data.shape} "
+                               "(rows, cols, *tile)")
+        if b.lp and arr.dtype == np.uint16:
+            b.data[...] = arr
+        elif arr.dtype.kind in "fiu" and arr.dtype != np.uint16:
+            b.data[...] = b.encode(arr.astype(np.float32))
+        else:
+            raise ProgramError(f"inputs[{name!r}]: dtype {arr.dtype} does not fit a "
+                               f"{b.dtype} buffer (give floats, or uint16 bits for fp16/bf16)")
+
+
+def topological_order(program: Program) -> list[int]:
+    """Task indices, every task after the tasks it depends on; ready ties by lowest index."""
+    n = len(program.tasks)
+    indeg = [0] * n
+    users: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(program.tasks):
+        for d in {d.task for d in t.deps}:
+            indeg[i] += 1
+            users[d].append(i)
+    heap = [i for i in range(n) if indeg[i] == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        i = heapq.heappop(heap)
+        order.append(i)
+        for j in users[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(heap, j)
+    if len(order) < n:
+        stuck = [f"{i} ({program.tasks[i].op})" for i in range(n) if indeg[i] > 0][:6]
+        raise ProgramError(f"dependency cycle: tasks {', '.join(stuck)} wait on each other")
+    return order
+
+
+class _Runner:
+    def __init__(self, program: Program, bufs: dict[str, Buffer]):
+        self.program, self.bufs = program, bufs
+
+    def buf(self, name: str, what: str) -> Buffer:
+        try:
+            return self.bufs[name]
+        except KeyError:
+            raise ProgramError(f"{what}: DataOp names buffer {name!r}, which no Alloc with a "
+                               f"shape declares (known: {', '.join(sorted(self.bufs)) or 'none'})"
+                               ) from None
+
+    def run(self, i: int) -> None:
+        t = self.program.tasks[i]
+        d = t.data
+        what = f"task {i} ({t.op})"
+        if isinstance(t, Compute):
+            self.compute(t, d, what)
+            return
+        if isinstance(t, IoTransfer):
+            raise ProgramError(f"{what}: functional IoTransfer is not supported")
+        if len(d.inputs) != 1 or not d.output:
+            raise ProgramError(f"{what}: a flow's DataOp needs one input and an output, got "
+                               f"inputs {d.inputs!r} output {d.output!r}")
+        src, dst = self.buf(d.inputs[0], what), self.buf(d.output, what)
+        if src.shape != dst.shape or src.dtype != dst.dtype:
+            raise ProgramError(f"{what}: moves {src.name!r} {src.shape} {src.dtype} into "
+                               f"{dst.name!r} {dst.shape} {dst.dtype}; tiles must match")
+        tile_bytes = math.prod(src.shape) * DTYPE_BYTES[src.dtype]
+        if tile_bytes > 4 * t.wavelets:
+            raise ProgramError(f"{what}: its tile of {tile_bytes} bytes needs "
+                               f"{-(-tile_bytes // 4)} wavelets, the task carries {t.wavelets}")
+        if isinstance(t, Unicast):
+            self.unicast(t, src, dst, what)
+        elif isinstance(t, Multicast):
+            sx, sy = (np.array([v]) for v in t.src)
+            tile = src.data[src.rel(sx, sy, what)][0].copy()
+            dst.block(t.region, what)[...] = tile
+        elif t.reduce:
+            self.reduce(t, src, dst, what)
+        else:
+            self.broadcast(t, src, dst, what)
+
+    # ---- flows -----------------------------------------------------------------------------
+    def unicast(self, t: Unicast, src: Buffer, dst: Buffer, what: str) -> None:
+        r = t.region
+        ys, xs = np.mgrid[r.y:r.y1 + 1, r.x:r.x1 + 1]
+        xs, ys = xs.ravel(), ys.ravel()
+        if t.to is not None:
+            tx, ty = np.full_like(xs, int(t.to[0])), np.full_like(ys, int(t.to[1]))
+        elif t.wrap:
+            tx = r.x + (xs - r.x + t.dx) % r.cols
+            ty = r.y + (ys - r.y + t.dy) % r.rows
+        else:
+            tx, ty = xs + t.dx, ys + t.dy
+        tiles = src.data[src.rel(xs, ys, what)]  # fancy indexing: a copy, read before writing
+        dst.data[dst.rel(tx, ty, what)] = tiles
+
+    def _lines(self, t: LineStream, buf: Buffer, what: str) -> np.ndarray:
+        """Tiles as (position along the line in stream order, line, *shape)."""
+        blk = buf.block(t.region, what)
+        lines = blk if t.axis == "y" else np.swapaxes(blk, 0, 1)  # (along, across, ...)
+        return lines if t.direction > 0 else lines[::-1]
+
+    def broadcast(self, t: LineStream, src: Buffer, dst: Buffer, what: str) -> None:
+        first = self._lines(t, src, what)[0].copy()
+        out = self._lines(t, dst, what)
+        out[...] = first[None]
+
+    def reduce(self, t: LineStream, src: Buffer, dst: Buffer, what: str) -> None:
+        tiles = self._lines(t, src, what)
+        vals = src.as_f32(tiles)
+        total = K.sum_tiles(vals, axis=0, parallel=_par(vals.size))  # ((x0 + x1) + x2) + ...
+        self._lines(t, dst, what)[-1] = dst.encode(total)
+
+    # ---- compute ---------------------------------------------------------------------------
+    def compute(self, t: Compute, d, what: str) -> None:
+        if d.kernel not in COMPUTE_KERNELS:
+            raise ProgramError(f"{what}: kernel {d.kernel!r} is not one of "
+                               f"{', '.join(COMPUTE_KERNELS)}")
+        if not d.output:
+            raise ProgramError(f"{what}: DataOp has no output buffer")
+        reg = t.region
+        out = self.buf(d.output, what)
+        ins = [self.buf(n, what) for n in d.inputs]
+        P = reg.size
+
+        def tiles(b: Buffer) -> np.ndarray:
+            return b.block(reg, what).reshape(P, *b.shape)
+
+        out_blk = out.block(reg, what)
+        if d.kernel == "zero":
+            out_blk[...] = 0
+            return
+        if d.kernel == "copy":
+            (a,) = self._arity(ins, 1, what)
+            out_blk[...] = out.encode(a.as_f32(tiles(a))).reshape(out_blk.shape)
+            return
+        if d.kernel == "add":
+            if not ins:
+                raise ProgramError(f"{what}: add needs at least one input")
+            acc = np.zeros((P, *out.shape), np.float32)
+            for b in ins:
+                v = b.as_f32(tiles(b))
+                if v.shape != acc.shape:
+                    raise ProgramError(f"{what}: add of {b.name!r} {b.shape} into "
+                                       f"{out.name!r} {out.shape}: shapes differ")
+                K.residual_add(acc, v, out=acc, parallel=_par(acc.size))
+            out_blk[...] = out.encode(acc).reshape(out_blk.shape)
+            return
+        a, b = self._arity(ins, 2, what)
+        at, bt = tiles(a), tiles(b)
+        w = d.param("a_k_block")
+        if w is not None:
+            w = int(w)
+            if w * P > at.shape[-1]:
+                raise ProgramError(f"{what}: a_k_block {w} x {P} cores > the {at.shape[-1]} "
+                                   f"columns of {a.name!r}")
+            cols = np.arange(P)[:, None] * w + np.arange(w)[None, :]
+            at = np.take_along_axis(at, np.broadcast_to(cols[:, None, :], (P, at.shape[1], w)),
+                                    axis=2)
+        if at.ndim != 3 or bt.ndim != 3 or at.shape[2] != bt.shape[1]:
+            raise ProgramError(f"{what}: gemm of {a.name!r} {at.shape[1:]} by {b.name!r} "
+                               f"{bt.shape[1:]}: inner sizes differ")
+        shape = (P, at.shape[1], bt.shape[2])
+        if shape[1:] != out.shape:
+            raise ProgramError(f"{what}: gemm gives {shape[1:]} tiles, {out.name!r} holds "
+                               f"{out.shape}")
+        acc = d.kernel == "gemm_acc"
+        c = out.as_f32(out_blk.reshape(shape)) if acc else None
+        c = np.ascontiguousarray(c) if c is not None else None
+        par = _par(shape[0] * shape[1] * shape[2] * at.shape[2])
+        if a.lp and b.lp and a.dtype == b.dtype:
+            r = K.gemm_tiles_lp(np.ascontiguousarray(at), np.ascontiguousarray(bt), a.dtype,
+                                out=c, accumulate=acc, parallel=par)
+        else:
+            r = K.gemm_tiles(a.as_f32(at), b.as_f32(bt), out=c, accumulate=acc, parallel=par)
+        out_blk[...] = out.encode(r).reshape(out_blk.shape)
+
+    @staticmethod
+    def _arity(ins: list, n: int, what: str) -> list:
+        if len(ins) != n:
+            raise ProgramError(f"{what}: kernel needs {n} input buffer(s), got {len(ins)}")
+        return ins
+
+
+def validate_data(program: Program, bufs: dict[str, Buffer]) -> None:
+    """Every kernel is known and every buffer a DataOp names exists (before anything runs)."""
+    for i, t in enumerate(program.tasks):
+        d = t.data
+        if d is None:
+            continue
+        if isinstance(t, Compute) and d.kernel not in COMPUTE_KERNELS:
+            raise ProgramError(f"task {i} ({t.op}): kernel {d.kernel!r} is not one of "
+                               f"{', '.join(COMPUTE_KERNELS)}")
+        for name in (*d.inputs, d.output):
+            if name and name not in bufs:
+                raise ProgramError(f"task {i} ({t.op}): DataOp names buffer {name!r}, which no "
+                                   f"Alloc with a shape declares (known: "
+                                   f"{', '.join(sorted(bufs)) or 'none'})")
+
+
+def run_functional(program: Program, hw: HardwareConfig, inputs: dict | None = None, *,
+                   max_bytes: int = DEFAULT_MAX_BYTES, check: bool = True) -> dict[str, np.ndarray]:
+    """Execute the DataOps of `program`; return {buffer name: per-core array}.
+
+    `inputs` pre-fills buffers (full (rows, cols, *tile) arrays; floats are rounded into
+    fp16/bf16 buffers, uint16 arrays are taken as bit patterns). With `check` the program is
+    first checked against `hw` (regions, SRAM and colors, as the engines do). Buffers above
+    `max_bytes` in total are refused before anything is allocated.
+    """
+    if check:
+        check_fits(program, hw)
+    bufs = make_buffers(program, max_bytes)
+    validate_data(program, bufs)
+    _fill(bufs, inputs)
+    runner = _Runner(program, bufs)
+    for i in topological_order(program):
+        if program.tasks[i].data is not None:
+            runner.run(i)
+    return {name: b.data for name, b in bufs.items()}
+
+
+def decode(program: Program, buffers: dict, name: str) -> np.ndarray:
+    """A buffer's per-core array as float32 values (fp16/bf16 bit patterns decoded)."""
+    for a in program.allocs:
+        if a.name == name and a.shape:
+            arr = buffers[name]
+            return K.from_bits(np.ascontiguousarray(arr), a.dtype) if a.dtype != "fp32" \
+                else np.asarray(arr, np.float32)
+    raise ProgramError(f"no shaped buffer named {name!r}")
+
+
+def error_report(result: np.ndarray, reference: np.ndarray, dtype: str,
+                 tolerance: float | None = None) -> dict:
+    """Compare a functional result with a float64 reference: max absolute error, relative error
+    max |result - ref| / max |ref|, and whether it is within the dtype's tolerance."""
+    result = np.asarray(result, np.float64)
+    reference = np.asarray(reference, np.float64)
+    if result.shape != reference.shape:
+        raise ProgramError(f"functional result has shape {result.shape}, reference "
+                           f"{reference.shape}")
+    tol = TOLERANCE[dtype] if tolerance is None else tolerance
+    err = float(np.max(np.abs(result - reference))) if result.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    rel = err / scale if scale > 0 else err
+    ok = bool(np.all(np.isfinite(result))) and rel <= tol
+    return {"checked_against": "numpy", "max_abs_error": err, "max_rel_error": rel,
+            "tolerance": tol, "ok": ok}
