@@ -18,6 +18,7 @@ from wse_sim.cli_common import (
     print_json,
     with_interface_keys,
 )
+from wse_sim.cli_outputs import write_requested
 
 GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
 GEMV_ALGOS = ("chain", "tree")
@@ -118,6 +119,7 @@ def _run_block(args, program, hw, title: str) -> int:
     result = simulate(program, hw, engine=args.engine)
     out = with_interface_keys(result.summary(), args, hw)
     out.update(_block_keys(program, result))
+    out.update(write_requested(result, args, program=program, title=title))
     if args.functional:
         out["functional"] = functional_check(program, hw, args.seed)
     failed = bool(args.functional and not out["functional"]["ok"])
@@ -243,6 +245,7 @@ def cmd_collective(args) -> int:
                                dtype=args.dtype, **kw)
     result = simulate(program, hw, engine=args.engine)
     out = with_interface_keys(result.summary(), args, hw)
+    out.update(write_requested(result, args, program=program, title=f"collective {args.kind}"))
     meta = dict(program.meta)
     out.update({"kind": args.kind, "wavelets": args.wavelets, "root": args.root,
                 "closed_form_cycles": meta.get("closed_form_cycles"),
