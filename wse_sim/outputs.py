@@ -115,8 +115,9 @@ def save_result(result, path, tasks: list[dict] | None = None) -> list[Path]:
     inline = n <= SPANS_INLINE_MAX
     files = [path]
     # json.dumps (C encoder) then one write: json.dump to a file is pure Python and ~10x slower
-    text = json.dumps(result_dict(result, tasks, inline_spans=inline), default=_jsonable,
-                      separators=(",", ":"))
+    d = result_dict(result, tasks, inline_spans=inline)
+    d.pop("wall_seconds", None)  # host time: result.json stays byte-identical across runs
+    text = json.dumps(d, default=_jsonable, separators=(",", ":"))
     path.write_text(text)
     if not inline:
         npz = path.with_name("spans.npz")
