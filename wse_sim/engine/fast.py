@@ -1,0 +1,328 @@
+"""The fast engine: the reference engine's semantics, to the cycle, in numba.
+
+`simulate_fast(program, hw)` gives the same `SimResult` as `simulate_reference` (every counter,
+the per-op breakdown, the critical path and the per-instance spans) except `engine` and
+`wall_seconds`. The program is never expanded per core in Python: each task becomes one row of
+an integer table (`fast_tables`), and the numba scheduler (`fast_sched`) generates each
+instance's reservations, events and needs from that row when it needs them (`fast_tasks`), in
+the reference's order.
+
+Memory: per resource (7 per core) the cycle it is free from and its last holder (12 bytes);
+per instance its start, its blocker and its pending needs (16 bytes); per (task, core) signal
+its time, producer and pending count (16 bytes); the result's maps (72 bytes per core); spans,
+when kept, 32 more bytes per instance. (Ids are int64 beyond 2**31 instances.)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from wse_sim.engine import fast_sched as S
+from wse_sim.engine import fast_tasks as K
+from wse_sim.engine.common import ensure_acyclic
+from wse_sim.engine.fast_tables import Tables, deps_valid, signal_counts, span_cores
+from wse_sim.fabric import Mesh
+from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.metrics import SimResult
+from wse_sim.program import (
+    Compute,
+    IoTransfer,
+    LineStream,
+    Multicast,
+    Program,
+    ProgramError,
+    Region,
+    Unicast,
+    check_fits,
+)
+from wse_sim.timing import executed_flops
+
+PROGRESS_MIN_INSTANCES = 2_000_000  # show a progress bar (stderr) from this many instances
+SPANS_MAX_INSTANCES = 4_000_000     # fill SimResult.spans up to this many instances by default
+CHUNK = 1 << 20                     # instances granted per numba call while showing progress
+
+
+def simulate_fast(program: Program, hw: HardwareConfig, progress: bool | None = None,
+                  spans: bool | None = None) -> SimResult:
+    """Run `program` on `hw` with the numba engine; the same result as `simulate_reference`.
+
+    `progress`: a tqdm bar on stderr; by default shown from PROGRESS_MIN_INSTANCES instances.
+    `spans`: fill `SimResult.spans`; by default up to SPANS_MAX_INSTANCES instances.
+    `wall_seconds` covers everything but numba's compilation (done once per process, first).
+    """
+    warm_up()
+    return _simulate(program, hw, progress, spans)
+
+
+def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None,
+              spans: bool | None = None) -> SimResult:
+    t0 = time.perf_counter()
+    maps = check_fits(program, hw)
+    ensure_acyclic(program)
+    mesh = Mesh(hw.mesh_cols, hw.mesh_rows)
+    tables = Tables(program, hw)
+    _check(program, tables, mesh)
+    total = tables.n_instances
+    keep_spans = spans if spans is not None else total <= SPANS_MAX_INSTANCES
+    st = _Run(tables, mesh.n, keep_spans)
+    st.schedule(tables, total >= PROGRESS_MIN_INSTANCES if progress is None else progress)
+    granted = int(st.state[S.S_GRANTED])
+    if granted < total:
+        stuck = []
+        for g in np.flatnonzero(st.pend >= 0)[:6]:
+            ti = int(np.searchsorted(tables.ib, g, side="right")) - 1
+            stuck.append(f"{program.tasks[ti].op}#{int(g - tables.ib[ti])}")
+        raise ProgramError(f"deadlock: {total - granted} instances never ran "
+                           f"(e.g. {', '.join(stuck)})")
+    last, cycles = int(st.state[S.S_LAST]), int(st.state[S.S_MAXEND])
+    cp_compute = cp_comm = 0
+    if last >= 0:
+        cp_compute, cp_comm = (int(v) for v in S.critical_path(
+            tables.td, tables.deps, tables.ib, st.start, st.blk, st.sig_time, st.sig_prod,
+            last, cycles))
+    st.release(keep_spans)
+    if not len(st.lbytes):
+        st.lbytes = st.lbusy * 4
+    res = _result(program, hw, mesh, tables, st, maps, max(cycles, 0), cp_compute, cp_comm)
+    if keep_spans:
+        td = tables.td
+        res.spans = {
+            "task": np.repeat(np.arange(len(td), dtype=np.int64), td[:, K.F_NI]),
+            "index": np.arange(total, dtype=np.int64) - np.repeat(tables.ib[:-1], td[:, K.F_NI]),
+            "core": span_cores(tables), "start": st.start, "end": st.ends}
+    res.wall_seconds = time.perf_counter() - t0
+    return res
+
+
+def _check(program: Program, tables: Tables, mesh: Mesh) -> None:
+    """The reference's dependency errors: a needed core outside the mesh (raised while
+    expanding), then a needed (task, core) signal that no instance produces."""
+    if not len(tables.deps) or deps_valid(tables):
+        return
+    kind, t, _i, d, x, y, ax, ay = (int(v) for v in S.check_needs(tables.td, tables.deps,
+                                                                  tables.hwc))
+    if kind == 0:  # deps_valid is conservative for a need covered by two rectangles
+        return
+    task = program.tasks[t]
+    dep_task = int(tables.deps[d, K.D_TASK])
+    if kind == 1:
+        raise ProgramError(f"task {task.op}: dependency on task {dep_task} at core {(x, y)} "
+                           f"from core ({ax},{ay}) is outside the {mesh.cols} x {mesh.rows} mesh")
+    raise ProgramError(f"deadlock: task {t} ({task.op}) waits for task {dep_task} "
+                       f"({program.tasks[dep_task].op}) at core ({x},{y}), which that task "
+                       "never reaches")
+
+
+class _Run:
+    """The mutable state of one scheduling run: the arrays the numba loop updates."""
+
+    def __init__(self, tables: Tables, n: int, keep_ends: bool):
+        td = tables.td
+        ni = tables.n_instances
+        # ids of instances fit int32 unless a program has more than 2**31 of them
+        idx = np.int32 if ni < 2**31 - 1 else np.int64
+        self.free = np.zeros(7 * n + 1, np.int64)
+        self.owner = np.empty(7 * n + 1, idx)  # read only where free > 0: written before
+        self.start = np.zeros(ni, np.int64)    # ready times until granted (the latest need)
+        self.blk = np.empty(ni, idx)           # ... and its links here
+        self.pend = np.repeat(td[:, K.F_PEND].astype(np.int32), td[:, K.F_NI])  # -1: granted
+        self.sig_time = np.full(tables.n_signals, -1, np.int64)
+        self.sig_prod = np.empty(tables.n_signals, idx)
+        self.sig_pend = signal_counts(tables)
+        self.busy = np.zeros(n, np.int64)
+        # A link carries 4 bytes per cycle it is reserved, except under a reduce slower than a
+        # wavelet per cycle: only then count its bytes apart (else 4 x busy, at the end)
+        paced = (td[:, K.F_KIND] == K.K_REDUCE) & (td[:, K.F_P + 2] > 1)
+        self.lbytes = np.zeros(4 * n if paced.any() else 0, np.int64)
+        self.lbusy = np.zeros(4 * n, np.int64)
+        self.tacc = np.zeros((len(td), S.NA), np.int64)
+        self.tacc[:, S.A_FIRST] = -1
+        nres = int(td[:, K.F_NRES].max()) if len(td) else 1
+        nev = int(td[:, K.F_NEV].max()) if len(td) else 1
+        self.rrid, self.roff, self.rlen = (np.empty(nres, np.int64) for _ in range(3))
+        self.ex, self.ey, self.eoff = (np.empty(nev, np.int64) for _ in range(3))
+        self.ends = np.empty(ni if keep_ends else 0, np.int64)
+        # instances without needs are ready at cycle 0: bucket 0 of the queue, linked in order
+        self.head = np.full(195, -1, np.int64)  # radix queue: heads, tails, lengths
+        self.head[130:] = 0
+        free_tasks = np.flatnonzero(td[:, K.F_D0] == td[:, K.F_DN])
+        roots = (np.concatenate([np.arange(tables.ib[t], tables.ib[t + 1]) for t in free_tasks])
+                 if len(free_tasks) else np.zeros(0, np.int64))
+        if len(roots):
+            self.head[0], self.head[65], self.head[130] = roots[0], roots[-1], len(roots)
+            self.start[roots] = 0
+            self.blk[roots[:-1]] = roots[1:]
+            self.blk[roots[-1]] = -1
+        biggest = int(td[:, K.F_NI].max()) if len(td) else 0
+        self.batch = np.empty(max(1024, len(roots), biggest), np.int64)
+        self.tmp = np.empty_like(self.batch)
+        self.tscr = np.full(4 * max(1, len(td)), -1, np.int64)
+        self.tblk = (np.searchsorted(tables.ib, np.arange(0, ni, 1 << S.TB), side="right")
+                     - 1).astype(np.int64)
+        self.state = np.zeros(S.NS, np.int64)
+        self.state[S.S_QUEUED] = len(roots)
+        self.state[S.S_MAXEND] = -1
+        self.state[S.S_LAST] = -1
+
+    def step(self, tables: Tables, limit: int) -> None:
+        while True:
+            S.run(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk, tables.hwc,
+                  self.free, self.owner, self.start, self.blk, self.pend, self.sig_time,
+                  self.sig_prod, self.sig_pend, self.busy, self.lbytes, self.lbusy, self.tacc,
+                  self.head, self.batch, self.tmp, self.tscr, self.state, self.rrid, self.roff,
+                  self.rlen, self.ex, self.ey, self.eoff, self.ends, limit)
+            need = int(self.state[S.S_NEED])
+            if not need:
+                return
+            self.batch = np.empty(max(need, 2 * len(self.batch)), np.int64)
+            self.tmp = np.empty_like(self.batch)
+
+    def release(self, keep_spans: bool) -> None:
+        """Drop the scheduling state once the run and its critical path are done."""
+        for name in ("free", "owner", "blk", "sig_time", "sig_prod", "sig_pend", "batch", "tmp"):
+            setattr(self, name, None)
+        if not keep_spans:
+            self.start = self.ends = None
+
+    @property
+    def done(self) -> bool:
+        s = self.state
+        return s[S.S_QUEUED] == 0 and s[S.S_BPOS] == s[S.S_BLEN]
+
+    def schedule(self, tables: Tables, progress: bool) -> None:
+        total = tables.n_instances
+        if not progress:
+            self.step(tables, total + 1)
+            return
+        from tqdm import tqdm
+        with tqdm(total=total, unit="inst", file=sys.stderr, desc="fast engine",
+                  dynamic_ncols=True) as bar:
+            while not self.done:
+                before = int(self.state[S.S_GRANTED])
+                self.step(tables, CHUNK)
+                bar.update(int(self.state[S.S_GRANTED]) - before)
+
+
+def _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm) -> SimResult:
+    """Counters that do not depend on timing come from the task records in closed form (every
+    instance ran); the rest from the run."""
+    flops = exec_flops = stream_flops = sram = io = 0
+    by_dtype: dict[str, int] = {}
+    for t in program.tasks:
+        if isinstance(t, Compute):
+            n = t.region.size
+            lo, extra = divmod(int(t.flops), n)
+            if t.kind == "fmac":
+                q = t.density_q20
+                ex = extra * executed_flops(lo + 1, q) + (n - extra) * executed_flops(lo, q)
+            else:
+                ex = int(t.flops)
+            flops += int(t.flops)
+            exec_flops += ex
+            sram += int(t.sram_read_bytes) + int(t.sram_write_bytes)
+            by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + ex
+        elif isinstance(t, IoTransfer):
+            io += int(t.bytes)
+        elif isinstance(t, LineStream) and t.reduce:
+            lines = t.region.rows if t.axis == "x" else t.region.cols
+            sf = lines * (t.length - 1) * t.wavelets * (4 // DTYPE_BYTES[t.dtype])
+            stream_flops += sf
+            by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + sf
+    ops: dict[str, dict] = {}
+    tacc = st.tacc
+    for ti in np.argsort(tacc[:, S.A_FIRST], kind="stable"):  # in order of first grant
+        t = program.tasks[ti]
+        a = tacc[ti]
+        op = ops.setdefault(t.op, {"flops": 0, "busy_cycles": 0, "bytes": 0,
+                                   "start": int(a[S.A_START]), "end": int(a[S.A_END]),
+                                   "kind": type(t).__name__})
+        op["start"] = min(op["start"], int(a[S.A_START]))
+        op["end"] = max(op["end"], int(a[S.A_END]))
+        op["busy_cycles"] += int(a[S.A_BUSY])
+        op["bytes"] += int(a[S.A_BYTES])
+        if isinstance(t, Compute):
+            op["flops"] += int(t.flops)
+        elif isinstance(t, IoTransfer):
+            op["bytes"] += int(t.bytes)
+    rows, cols = mesh.rows, mesh.cols
+    return SimResult(
+        program=program.name, engine="fast", hardware=hw, cycles=int(cycles),
+        flops=flops, executed_flops=exec_flops, stream_flops=stream_flops,
+        flops_by_dtype=dict(sorted(by_dtype.items())),
+        comm_bytes=int(st.state[S.S_COMM]), delivered_bytes=int(st.state[S.S_DELIV]),
+        bytes_hops=int(st.lbytes.sum()), sram_traffic_bytes=sram, io_bytes=io,
+        compute_cycles=cp_compute, comm_cycles=cp_comm,
+        core_busy_cycles=st.busy.reshape(rows, cols),
+        link_bytes=st.lbytes.reshape(rows, cols, 4),
+        link_busy_cycles=st.lbusy.reshape(rows, cols, 4),
+        sram_bytes=maps["sram_bytes"], colors=maps["colors"], ops=ops,
+        instances=tables.n_instances, tokens=program.tokens, dtype=program.dtype,
+        cores_used=program.cores_used or hw.cores, wall_seconds=0.0,
+        meta=dict(program.meta),
+    )
+
+
+_WARM = False
+
+
+def _refresh_stale_cache() -> None:
+    """numba's cache keys a function on its own file only: after an edit of fast_tasks.py,
+    fast_sched.py would reuse kernels built from the old helpers. Keep a digest of the three
+    kernel files next to the cache and drop every cached kernel when it changes."""
+    import hashlib
+    import os
+
+    from numba.core.dispatcher import Dispatcher
+
+    from wse_sim.engine import fast_tables
+    mods = (K, S, fast_tables)
+    try:
+        digest = hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in mods))
+        stamp = os.path.join(S.run._cache._cache_path, "fast_engine.sha256")
+        with open(stamp) as f:
+            if f.read() == digest.hexdigest():
+                return
+    except FileNotFoundError:
+        pass
+    except (AttributeError, OSError):  # no cache or an unexpected numba: nothing to refresh
+        return
+    for mod in mods:
+        for obj in vars(mod).values():
+            if isinstance(obj, Dispatcher) and getattr(obj, "_cache", None) is not None:
+                obj._cache.flush()
+    try:
+        with open(stamp, "w") as f:
+            f.write(digest.hexdigest())
+    except OSError:
+        pass
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) every kernel, on a tiny program that takes every
+    path, once per process. Returns the seconds it took (0 when already done)."""
+    global _WARM
+    if _WARM:
+        return 0.0
+    t0 = time.perf_counter()
+    _refresh_stale_cache()
+    from wse_sim.hardware import load_preset
+    from wse_sim.program import Dep
+    hw = load_preset("mesh4")
+    prog = Program("warm-up", (
+        Compute("c", Region(0, 0, 2, 2), 40),
+        Unicast("u", Region(0, 0, 2, 2), 3, dx=1, wrap=True, deps=(Dep(0),)),
+        LineStream("l", Region(0, 0, 2, 2), "x", 1, 2, reduce=True, deps=(Dep(1, "all"),)),
+        Multicast("m", (0, 0), Region(0, 0, 2, 2), 2, deps=(Dep(2, "at", 1, 0),)),
+        Compute("d", Region(0, 0, 1, 2), 40, deps=(Dep(3, "offset", 1, 0),)),
+    ))
+    _simulate(prog, hw, progress=False, spans=True)
+    try:  # the exact dependency scan runs only for bad programs: compile it here too
+        _simulate(Program("warm-up-bad", prog.tasks[:1] + (
+            Compute("e", Region(2, 2, 1, 1), 1, deps=(Dep(0),)),)), hw)
+    except ProgramError:
+        pass
+    _WARM = True
+    return time.perf_counter() - t0

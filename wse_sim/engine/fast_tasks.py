@@ -1,0 +1,340 @@
+"""The fast engine's instances, generated on the fly from one table row per task.
+
+Nothing is expanded per core in Python. Every task is one row of an int64 table `td` (the
+`F_*` columns below); the instances of a task, their reservations, events and needs are
+computed from that row by arithmetic when the scheduler needs them, in exactly the order
+`engine.reference.expand` builds them. Signals are addressed as (task, core) -> one slot by
+rectangle arithmetic: a task's events cover its region plus at most one more rectangle
+(a unicast's destinations, a multicast's source), and the whole-task signal has its own slot.
+
+Instance i of a task: Compute and Unicast: the i-th core of the region, row-major; Multicast
+and IoTransfer: the only one (i = 0); LineStream: the i-th line. An instance waits for its
+dependencies at its anchors: one core (the core, the source, the first core of the line), or
+every core of the line (reduce) or of the region (IoTransfer), in the reference's order.
+"""
+
+from __future__ import annotations
+
+import numba.core.cpu
+from numba import njit
+
+# The scheduler's kernels allocate nothing, so they run without numba's reference counting
+# (NRT): with it, every array handed to a helper costs two atomic operations, which was half
+# of the scheduler's time. `_nrt` is numba's own jit option; without it, plain njit.
+_NO_NRT = {"_nrt": False} if hasattr(numba.core.cpu.CPUTargetOptions, "_nrt") else {}
+
+
+def kernel(fn=None, *, inline=False):
+    """A cached, NRT-free numba function (for code that allocates no arrays); `inline` for
+    the small helpers of the scheduler's inner loop (numba inlines them into their callers)."""
+    opts = dict(cache=True, **_NO_NRT)
+    if inline:
+        opts["inline"] = "always"
+    return njit(**opts) if fn is None else njit(**opts)(fn)
+
+# task kinds
+K_COMPUTE, K_UNICAST, K_MULTICAST, K_BCAST, K_REDUCE, K_IO = 0, 1, 2, 3, 4, 5
+# dependency rules ('same' is an offset of (0, 0))
+R_OFFSET, R_AT, R_ALL = 0, 1, 2
+# unicast destination modes
+U_OFFSET, U_WRAP, U_TO = 0, 1, 2
+# columns of the task table
+F_KIND = 0
+F_RX, F_RY, F_RC, F_RR = 1, 2, 3, 4          # region
+F_NI, F_IB = 5, 6                            # instances, first global instance id
+F_SB, F_S2X, F_S2Y, F_S2C, F_S2R = 7, 8, 9, 10, 11   # signal slots: base, second rectangle
+F_SA = 12                                    # slot of the whole-task signal
+F_B = 13                                     # wavelets (bytes / 4 on the fabric)
+F_P = 14                                     # 9 kind-specific parameters, F_P .. F_P + 8:
+#   compute: cycles of the FMAC / SRAM-read / SRAM-write parts as (more, fewer, first ranks
+#            with more); unicast: mode, dx, dy, to-x, to-y; multicast: src x, src y;
+#   line: axis (0 x, 1 y), direction, pace, length; io: channel cycles, 1 for 'in'
+F_D0, F_DN = 23, 24                          # dependency rows [F_D0, F_DN)
+F_RD0, F_RDN = 25, 26                        # rows of the reverse-dependency list
+F_PEND = 27                                  # needs per instance (its pending count)
+F_NRES, F_NEV = 28, 29                       # most reservations / events of one instance
+F_SLOTS = 30                                 # 1: has per-core signal slots (someone needs them)
+NF = 31
+# columns of the dependency table
+D_TASK, D_RULE, D_DX, D_DY, D_OWNER = 0, 1, 2, 3, 4
+# hardware constants
+H_COLS, H_ROWS, H_N, H_TR, H_HOP, H_OP = 0, 1, 2, 3, 4, 5
+EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
+
+
+@kernel(inline=True)
+def sig_slot(td, t, x, y):
+    """Signal slot of (task t, core (x, y)), or -1 when the task has no event there."""
+    rx, ry, rc, rr = td[t, F_RX], td[t, F_RY], td[t, F_RC], td[t, F_RR]
+    if rx <= x < rx + rc and ry <= y < ry + rr:
+        return td[t, F_SB] + (y - ry) * rc + (x - rx)
+    sc = td[t, F_S2C]
+    if sc > 0:
+        sx, sy, sr = td[t, F_S2X], td[t, F_S2Y], td[t, F_S2R]
+        if sx <= x < sx + sc and sy <= y < sy + sr:
+            return td[t, F_SB] + rc * rr + (y - sy) * sc + (x - sx)
+    return -1
+
+
+@kernel(inline=True)
+def line(td, t, i):
+    """Line i of a line stream: first core, step (x, y), length, direction of its hops."""
+    step = td[t, F_P + 1]
+    if td[t, F_P] == 0:
+        x0 = td[t, F_RX] if step > 0 else td[t, F_RX] + td[t, F_RC] - 1
+        return x0, td[t, F_RY] + i, step, 0, td[t, F_RC], EAST if step > 0 else WEST
+    y0 = td[t, F_RY] if step > 0 else td[t, F_RY] + td[t, F_RR] - 1
+    return td[t, F_RX] + i, y0, 0, step, td[t, F_RR], SOUTH if step > 0 else NORTH
+
+
+@kernel(inline=True)
+def n_anchors(td, t):
+    k = td[t, F_KIND]
+    if k == K_REDUCE:
+        return td[t, F_P + 3]
+    if k == K_IO:
+        return td[t, F_RC] * td[t, F_RR]
+    return 1
+
+
+@kernel(inline=True)
+def anchor(td, t, i, a):
+    """Anchor a (0 <= a < n_anchors) of instance i: a core whose dependencies it waits for."""
+    k = td[t, F_KIND]
+    rc = td[t, F_RC]
+    if k == K_COMPUTE or k == K_UNICAST:
+        return td[t, F_RX] + i % rc, td[t, F_RY] + i // rc
+    if k == K_MULTICAST:
+        return td[t, F_P], td[t, F_P + 1]
+    if k == K_IO:
+        return td[t, F_RX] + a % rc, td[t, F_RY] + a // rc
+    x0, y0, sx, sy, _n, _d = line(td, t, i)
+    return x0 + a * sx, y0 + a * sy
+
+
+@kernel(inline=True)
+def anchor_inverse(td, t, x, y):
+    """The instance of task t with an anchor at core (x, y), or -1."""
+    k = td[t, F_KIND]
+    rx, ry, rc, rr = td[t, F_RX], td[t, F_RY], td[t, F_RC], td[t, F_RR]
+    if k == K_MULTICAST:
+        return 0 if (x == td[t, F_P] and y == td[t, F_P + 1]) else -1
+    if not (rx <= x < rx + rc and ry <= y < ry + rr):
+        return -1
+    if k == K_COMPUTE or k == K_UNICAST:
+        return (y - ry) * rc + (x - rx)
+    if k == K_IO:
+        return 0
+    axis_x = td[t, F_P] == 0
+    if k == K_REDUCE:
+        return y - ry if axis_x else x - rx
+    step = td[t, F_P + 1]
+    if axis_x:
+        first = rx if step > 0 else rx + rc - 1
+        return y - ry if x == first else -1
+    first = ry if step > 0 else ry + rr - 1
+    return x - rx if y == first else -1
+
+
+@kernel(inline=True)
+def need_slot(td, deps, d, x, y):
+    """Signal slot that dependency row d names for an anchor at (x, y)."""
+    t = deps[d, D_TASK]
+    rule = deps[d, D_RULE]
+    if rule == R_ALL:
+        return td[t, F_SA]
+    if rule == R_AT:
+        return sig_slot(td, t, deps[d, D_DX], deps[d, D_DY])
+    return sig_slot(td, t, x + deps[d, D_DX], y + deps[d, D_DY])
+
+
+@kernel(inline=True)
+def ready_pred(td, deps, t, i, sig_time):
+    """(ready time, first needed slot with the latest time) of an instance; (0, -1) without
+    needs. Needs are visited in the reference's order: anchors, then dependencies."""
+    d0, d1 = td[t, F_D0], td[t, F_DN]
+    best, pred = -1, -1
+    if d0 == d1:
+        return 0, -1
+    for a in range(n_anchors(td, t)):
+        x, y = anchor(td, t, i, a)
+        for d in range(d0, d1):
+            s = need_slot(td, deps, d, x, y)
+            if sig_time[s] > best:
+                best, pred = sig_time[s], s
+    return best, pred
+
+
+@kernel(inline=True)
+def compute_cycles(td, t, i):
+    p = F_P
+    w = td[t, p] if i < td[t, p + 2] else td[t, p + 1]
+    r = td[t, p + 3] if i < td[t, p + 5] else td[t, p + 4]
+    v = td[t, p + 6] if i < td[t, p + 8] else td[t, p + 7]
+    return max(w, r, v)
+
+
+@kernel(inline=True)
+def unicast_ends(td, t, i):
+    rx, ry, rc, rr = td[t, F_RX], td[t, F_RY], td[t, F_RC], td[t, F_RR]
+    x, y = rx + i % rc, ry + i // rc
+    mode = td[t, F_P]
+    if mode == U_TO:
+        return x, y, td[t, F_P + 3], td[t, F_P + 4]
+    dx, dy = td[t, F_P + 1], td[t, F_P + 2]
+    if mode == U_WRAP:  # dx, dy are stored reduced modulo the region's cols, rows
+        tx, ty = x + dx, y + dy
+        return x, y, tx - rc if tx >= rx + rc else tx, ty - rr if ty >= ry + rr else ty
+    return x, y, x + dx, y + dy
+
+
+@kernel(inline=True)
+def fill_res(td, t, i, hwc, rid, off, ln):
+    """Reservations (resource, offset, length) of instance i, in the reference's order."""
+    cols, n = hwc[H_COLS], hwc[H_N]
+    tr, hop = hwc[H_TR], hwc[H_HOP]
+    k = td[t, F_KIND]
+    b = td[t, F_B]
+    if k == K_COMPUTE:
+        rc = td[t, F_RC]
+        c = (td[t, F_RY] + i // rc) * cols + td[t, F_RX] + i % rc
+        rid[0], off[0], ln[0] = 6 * n + c, 0, compute_cycles(td, t, i)
+        return 1
+    if k == K_UNICAST:
+        x, y, tx, ty = unicast_ends(td, t, i)
+        rid[0], off[0], ln[0] = 4 * n + y * cols + x, 0, b
+        m = 1
+        h = 0
+        d, s = (EAST, 1) if tx > x else (WEST, -1)
+        while x != tx:
+            rid[m], off[m], ln[m] = (y * cols + x) * 4 + d, tr + h * hop, b
+            m += 1
+            h += 1
+            x += s
+        d, s = (SOUTH, 1) if ty > y else (NORTH, -1)
+        while y != ty:
+            rid[m], off[m], ln[m] = (y * cols + x) * 4 + d, tr + h * hop, b
+            m += 1
+            h += 1
+            y += s
+        rid[m], off[m], ln[m] = 5 * n + ty * cols + tx, tr + h * hop, b
+        return m + 1
+    if k == K_IO:
+        rid[0], off[0], ln[0] = 7 * n, 0, td[t, F_P]
+        return 1
+    if k == K_MULTICAST:
+        return _multicast_res(td, t, hwc, rid, off, ln)
+    x0, y0, sx, sy, cnt, d = line(td, t, i)
+    if k == K_BCAST:
+        rid[0], off[0], ln[0] = 4 * n + y0 * cols + x0, 0, b
+        m = 1
+        for j in range(cnt - 1):
+            c = (y0 + j * sy) * cols + x0 + j * sx
+            rid[m], off[m], ln[m] = c * 4 + d, tr + j * hop, b
+            c2 = (y0 + (j + 1) * sy) * cols + x0 + (j + 1) * sx
+            rid[m + 1], off[m + 1], ln[m + 1] = 5 * n + c2, tr + (j + 1) * hop, b
+            m += 2
+        return m
+    # reduce: every stage takes the stream off the fabric, adds, puts it back on
+    length = b * td[t, F_P + 2]
+    stage = 2 * tr + hop + hwc[H_OP]
+    rid[0], off[0], ln[0] = 4 * n + y0 * cols + x0, 0, length
+    m = 1
+    for j in range(1, cnt):
+        sp = (j - 1) * stage
+        cp = (y0 + (j - 1) * sy) * cols + x0 + (j - 1) * sx
+        c = (y0 + j * sy) * cols + x0 + j * sx
+        rid[m], off[m], ln[m] = cp * 4 + d, sp + tr, length
+        rid[m + 1], off[m + 1], ln[m + 1] = 5 * n + c, sp + tr + hop, length
+        rid[m + 2], off[m + 2], ln[m + 2] = 6 * n + c, sp + 2 * tr + hop, length
+        m += 3
+        if j < cnt - 1:
+            rid[m], off[m], ln[m] = 4 * n + c, j * stage, length
+            m += 1
+    return m
+
+
+@kernel
+def _multicast_res(td, t, hwc, rid, off, ln):
+    """Ramp on, the row-then-column tree (fabric.multicast_tree order), then every ramp off."""
+    cols, n = hwc[H_COLS], hwc[H_N]
+    tr, hop = hwc[H_TR], hwc[H_HOP]
+    b = td[t, F_B]
+    sx, sy = td[t, F_P], td[t, F_P + 1]
+    x0, y0 = td[t, F_RX], td[t, F_RY]
+    x1, y1 = x0 + td[t, F_RC] - 1, y0 + td[t, F_RR] - 1
+    rid[0], off[0], ln[0] = 4 * n + sy * cols + sx, 0, b
+    m = 1
+    for x in range(sx, max(x1, sx)):
+        rid[m], off[m], ln[m] = (sy * cols + x) * 4 + EAST, tr + (x - sx) * hop, b
+        m += 1
+    for x in range(sx, min(x0, sx), -1):
+        rid[m], off[m], ln[m] = (sy * cols + x) * 4 + WEST, tr + (sx - x) * hop, b
+        m += 1
+    south_end, north_end = max(y1, sy), min(y0, sy)
+    for x in range(x0, x1 + 1):
+        base = abs(x - sx)
+        for y in range(sy, south_end):
+            rid[m], off[m], ln[m] = (y * cols + x) * 4 + SOUTH, tr + (base + y - sy) * hop, b
+            m += 1
+        for y in range(sy, north_end, -1):
+            rid[m], off[m], ln[m] = (y * cols + x) * 4 + NORTH, tr + (base + sy - y) * hop, b
+            m += 1
+    for y in range(y0, y1 + 1):
+        for x in range(x0, x1 + 1):
+            if x != sx or y != sy:
+                h = abs(x - sx) + abs(y - sy)
+                rid[m], off[m], ln[m] = 5 * n + y * cols + x, tr + h * hop, b
+                m += 1
+    return m
+
+
+@kernel(inline=True)
+def fill_events(td, t, i, hwc, ex, ey, eoff):
+    """Events (core x, core y, offset) of instance i, in the reference's order."""
+    tr, hop = hwc[H_TR], hwc[H_HOP]
+    k = td[t, F_KIND]
+    b = td[t, F_B]
+    if k == K_COMPUTE:
+        rc = td[t, F_RC]
+        ex[0], ey[0] = td[t, F_RX] + i % rc, td[t, F_RY] + i // rc
+        eoff[0] = compute_cycles(td, t, i)
+        return 1
+    if k == K_UNICAST:
+        x, y, tx, ty = unicast_ends(td, t, i)
+        ex[0], ey[0], eoff[0] = x, y, tr + b - 1
+        h = abs(tx - x) + abs(ty - y)
+        ex[1], ey[1], eoff[1] = tx, ty, 2 * tr + h * hop + b - 1
+        return 2
+    if k == K_MULTICAST or k == K_IO:
+        sx, sy = td[t, F_P], td[t, F_P + 1]
+        x0, y0 = td[t, F_RX], td[t, F_RY]
+        m = 0
+        if k == K_MULTICAST:
+            ex[0], ey[0], eoff[0] = sx, sy, tr + b - 1
+            m = 1
+        for y in range(y0, y0 + td[t, F_RR]):
+            for x in range(x0, x0 + td[t, F_RC]):
+                if k == K_IO:  # P = (channel cycles, inward)
+                    ex[m], ey[m] = x, y
+                    eoff[m] = sx + 2 * tr + x * hop if sy else sx
+                    m += 1
+                elif x != sx or y != sy:
+                    h = abs(x - sx) + abs(y - sy)
+                    ex[m], ey[m], eoff[m] = x, y, 2 * tr + h * hop + b - 1
+                    m += 1
+        return m
+    x0, y0, sx, sy, cnt, _d = line(td, t, i)
+    for j in range(cnt):
+        ex[j], ey[j] = x0 + j * sx, y0 + j * sy
+    if k == K_BCAST:
+        eoff[0] = tr + b - 1
+        for j in range(1, cnt):
+            eoff[j] = 2 * tr + j * hop + b - 1
+        return cnt
+    pace = td[t, F_P + 2]
+    stage = 2 * tr + hop + hwc[H_OP]
+    eoff[0] = tr + (b - 1) * pace
+    for j in range(1, cnt):
+        eoff[j] = j * stage + (tr if j < cnt - 1 else 0) + (b - 1) * pace
+    return cnt
