@@ -43,6 +43,19 @@ class SlotGrid:
         return out
 
 
+def slot_grids(mesh_cols: int, mesh_rows: int, slots: int, x0: int = 0, y0: int = 0):
+    """Every slot grid with at least `slots` slots, best first: most cores per slot, then the
+    squarest slot. A strategy takes the first one its buffers fit."""
+    grids = []
+    for gx in range(1, min(slots, mesh_cols) + 1):
+        gy = math.ceil(slots / gx)
+        if gy > mesh_rows:
+            continue
+        c, r = mesh_cols // gx, mesh_rows // gy
+        grids.append(((-c * r, abs(c - r), gx), SlotGrid(x0, y0, gx, gy, c, r)))
+    return [g for _, g in sorted(grids, key=lambda kg: kg[0])]
+
+
 def slot_grid(mesh_cols: int, mesh_rows: int, slots: int, x0: int = 0, y0: int = 0) -> SlotGrid:
     """The slot grid with at least `slots` slots whose slots have the most cores (ties: the
     squarest slot)."""
