@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of zero weights the cores skip")
     run.add_argument("--show-program", action="store_true",
                      help="print the Program IR instead of simulating it")
+    run.add_argument("--functional", action="store_true",
+                     help="also compute the real forward pass through the mapped program "
+                          "(random weights and tokens, seed 0) and check the logits against "
+                          "the numpy reference; exit 1 if they differ (prefill, decode)")
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
             COMMANDS.update(importlib.import_module(name).register(sub))
@@ -107,6 +111,9 @@ def cmd_models(args) -> int:
 
 def cmd_run(args) -> int:
     if args.strategy == "auto" or args.generate or args.wafers > 1:
+        if args.functional:
+            raise ValueError("--functional: runs one mapping (not with --strategy auto, "
+                             "--generate or --wafers)")
         from wse_sim.cli_strategies import run_extended
         return run_extended(args)
     from wse_sim.engine import simulate
@@ -116,6 +123,13 @@ def cmd_run(args) -> int:
     program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
                             batch=args.batch, prompt=args.prompt, context=args.context,
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity)
+    if args.functional:  # the same mapping with DataOps and tiles (the same timing)
+        from mapper.strategies import strategies
+        from workloads.models import load_model
+        program = strategies()[args.strategy](
+            load_model(args.model), hw, phase=args.phase, batch=args.batch, prompt=args.prompt,
+            context=args.context, dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
+            functional=True)
     if args.show_program:
         print(program.describe())
         return 0
@@ -124,11 +138,31 @@ def cmd_run(args) -> int:
     result = simulate(program, hw, engine=args.engine)
     title = f"{args.model} {args.phase} on {args.preset}"
     written = write_requested(result, args, program=program, title=title)
+    check = _functional_check(program, hw, args.model) if args.functional else None
     if args.json:
-        print(json.dumps(with_interface_keys(result.summary(), args, hw) | written))
+        extra = {"functional": check} if check else {}
+        print(json.dumps(with_interface_keys(result.summary(), args, hw) | written | extra))
     else:
         print(format_report(result, title))
-    return 0
+        if check:
+            print(f"  functional     {'ok' if check['ok'] else 'WRONG'}: logits max abs error "
+                  f"{check['max_abs_error']:.3g}, max rel error {check['max_rel_error']:.3g} "
+                  f"(tolerance {check['tolerance']:g}, vs numpy; {check['wall_seconds']:.2f} s)")
+    return 1 if check and not check["ok"] else 0
+
+
+def _functional_check(program, hw, model: str) -> dict:
+    """Random weights (init_weights(cfg, seed=0)) and tokens (seed 0) through the mapped
+    program; the logits against workloads.reference.forward (float64, dtype-rounded weights)."""
+    from mapper.strategies.functional_model import model_output, random_case
+    from workloads.models import load_model
+    from wse_sim.functional import error_report, run_functional
+    inputs, want = random_case(program, load_model(model), seed=0)
+    t0 = time.perf_counter()
+    got = model_output(program, run_functional(program, hw, inputs))
+    report = error_report(got, want, program.dtype)
+    report["wall_seconds"] = time.perf_counter() - t0
+    return report
 
 
 def cmd_demo(args) -> int:

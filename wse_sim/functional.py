@@ -9,17 +9,31 @@ Buffers. Every `Alloc` with a non-empty `shape` is a per-core tile array of shap
 hardware's storage; arithmetic is fp32 and a result is rounded where it is stored). `inputs`
 pre-fills buffers by name with full per-core arrays; everything else starts at zero.
 
+Views. A shaped Alloc of 0 bytes is a view: `program.meta["views"][name] = (arena, offset)`
+places its tile at byte `offset` of the unshaped allocation named `arena` (its region covers
+the view's, and offset + tile bytes fit its bytes_per_core). SRAM then counts the arena
+once, and views that share bytes really overwrite each other, so a memory plan that reuses a
+buffer while it is still needed computes wrong numbers. Offsets are multiples of 4.
+
 Semantics (DataOp `kernel`, `inputs`, `output`):
 - Compute, once per task over all cores of its region (tiles stacked as (cores, ...)):
   `gemm` out = a @ b; `gemm_acc` out += a @ b; `add` out = sum of inputs (fp32, in order);
   `copy` out = in0; `zero` out = 0. Parameter `a_k_block` = w: core of rank r (row-major in
-  the region) uses columns [r w, (r + 1) w) of `a` (a GEMV's slice of a broadcast vector).
+  the region) uses columns [r w, (r + 1) w) of `a` (a GEMV's slice of a broadcast vector);
+  `out_offset` = o: the product (m, n) goes to columns [o, o + n) of `out` (the rest is kept).
+  The transformer kernels of `wse_sim.functional_gpt`: `norm_stats`, `norm_apply`,
+  `select_rows`, `rope`, `gelu`, `swiglu`, `attn_scores`, `attn_softmax`, `attn_av` (see
+  there; `attn_scores` also appends to its KV-cache input in place).
 - Unicast: the `inputs[0]` tile of every source core lands in `output` at its destination
   (offset, wrap or fixed `to`); all sources are read before any destination is written.
 - Multicast: the source's tile lands in `output` at every core of the region.
 - LineStream broadcast: the first core's tile lands in `output` at every core of its line
   (the first core included); reduce: the sum of the line's tiles, in stream order with fp32
-  accumulation, lands in `output` at the line's last core.
+  accumulation, lands in `output` at the line's last core. A reduce with parameters
+  `combine="softmax"`, `heads=h` merges instead: each tile holds, per head, a partial
+  attention output over disjoint keys [o (n values), m (row max), l (sum of exp)]; the
+  triples are merged in stream order with the online-softmax rule (fp32) and the last core
+  receives o / l, a tile with n values per head (0 for a head that saw no key).
 Tasks with `data=None` are skipped. Every problem is a one-line `ProgramError`.
 """
 
@@ -30,6 +44,7 @@ import math
 
 import numpy as np
 
+from wse_sim import functional_gpt as G
 from wse_sim import kernels as K
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import (
@@ -53,7 +68,9 @@ PARALLEL_MIN_WORK = 1 << 22
 
 def _par(work: int) -> bool:
     return work >= PARALLEL_MIN_WORK
-COMPUTE_KERNELS = ("gemm", "gemm_acc", "add", "copy", "zero")
+
+
+COMPUTE_KERNELS = ("gemm", "gemm_acc", "add", "copy", "zero", *G.KERNELS)
 # Relative error (max |C - ref| / max |ref|) accepted against numpy in float64 of the
 # dtype-rounded inputs. fp32: accumulation order only. fp16/bf16: products are exact in fp32,
 # but partial sums a program stores in the dtype (GEMV partials, reduce streams) are rounded.
@@ -65,10 +82,10 @@ class Buffer:
 
     __slots__ = ("name", "region", "shape", "dtype", "data")
 
-    def __init__(self, name: str, region: Region, shape: tuple, dtype: str):
+    def __init__(self, name: str, region: Region, shape: tuple, dtype: str, data=None):
         self.name, self.region, self.shape, self.dtype = name, region, shape, dtype
-        self.data = np.zeros((region.rows, region.cols, *shape),
-                             np.float32 if dtype == "fp32" else np.uint16)
+        self.data = np.zeros((region.rows, region.cols, *shape), _storage(dtype)) \
+            if data is None else data
 
     @property
     def lp(self) -> bool:
@@ -105,14 +122,45 @@ class Buffer:
         return K.to_bits(values, self.dtype, parallel=_par(values.size))
 
 
+def _storage(dtype: str):
+    return np.float32 if dtype == "fp32" else np.uint16
+
+
+def _views(program: Program) -> dict:
+    return dict((program.meta or {}).get("views") or {})
+
+
 def estimate_bytes(program: Program) -> int:
-    """Host bytes of every shaped buffer of a functional run."""
+    """Host bytes of every shaped buffer of a functional run (views: their arenas)."""
+    views = _views(program)
+    arenas = {arena for arena, _ in views.values()}
     total = 0
     for a in program.allocs:
-        if a.shape:
+        if a.name in arenas:
+            total += a.region.size * -(-a.bytes_per_core // 8) * 8
+        elif a.shape and a.name not in views:
             item = 4 if a.dtype == "fp32" else 2
             total += a.region.size * math.prod(a.shape) * item
     return total
+
+
+def _view(a, arena, offset, store: dict, what: str) -> np.ndarray:
+    """The per-core array of view `a` inside `arena` (bytes shared with the arena's storage)."""
+    r, ar = a.region, arena.region
+    nbytes = math.prod(a.shape) * DTYPE_BYTES[a.dtype]
+    if not (ar.contains(r.x, r.y) and ar.contains(r.x1, r.y1)):
+        raise ProgramError(f"{what}: view on {r} is outside its arena {arena.name!r} on {ar}")
+    if not isinstance(offset, int) or offset < 0 or offset % 4 or \
+            offset + nbytes > arena.bytes_per_core:
+        raise ProgramError(f"{what}: a {nbytes}-byte tile at offset {offset!r} does not fit the "
+                           f"{arena.bytes_per_core} bytes of {arena.name!r} (offsets are "
+                           "multiples of 4)")
+    if arena.name not in store:
+        store[arena.name] = np.zeros((ar.rows, ar.cols, -(-arena.bytes_per_core // 8) * 8),
+                                     np.uint8)
+    raw = store[arena.name][r.y - ar.y:r.y1 - ar.y + 1, r.x - ar.x:r.x1 - ar.x + 1,
+                            offset:offset + nbytes]
+    return raw.view(_storage(a.dtype)).reshape(r.rows, r.cols, *a.shape)
 
 
 def make_buffers(program: Program, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Buffer]:
@@ -123,6 +171,9 @@ def make_buffers(program: Program, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[s
                            f"of buffers > the limit of {max_bytes:,} bytes "
                            f"({max_bytes / 2**30:.3g} GiB); use a smaller problem or raise "
                            "max_bytes")
+    views = _views(program)
+    by_name = {a.name: a for a in program.allocs}
+    store: dict[str, np.ndarray] = {}
     bufs: dict[str, Buffer] = {}
     for a in program.allocs:
         if not a.shape:
@@ -137,10 +188,17 @@ def make_buffers(program: Program, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[s
         if any(s < 1 for s in shape):
             raise ProgramError(f"buffer {a.name!r}: shape {shape} must have sizes >= 1")
         tile = math.prod(shape) * DTYPE_BYTES[a.dtype]
-        if tile > a.bytes_per_core:
+        data = None
+        if a.bytes_per_core == 0 and a.name in views:
+            arena, offset = views[a.name]
+            if arena not in by_name or by_name[arena].shape:
+                raise ProgramError(f"view {a.name!r}: its arena {arena!r} is not an unshaped "
+                                   "allocation")
+            data = _view(a, by_name[arena], offset, store, f"view {a.name!r}")
+        elif tile > a.bytes_per_core:
             raise ProgramError(f"buffer {a.name!r}: a {shape} {a.dtype} tile is {tile} bytes "
                                f"> its bytes_per_core {a.bytes_per_core} (SRAM counts real bytes)")
-        bufs[a.name] = Buffer(a.name, a.region, shape, a.dtype)
+        bufs[a.name] = Buffer(a.name, a.region, shape, a.dtype, data)
     return bufs
 
 
@@ -213,6 +271,13 @@ class _Runner:
             raise ProgramError(f"{what}: a flow's DataOp needs one input and an output, got "
                                f"inputs {d.inputs!r} output {d.output!r}")
         src, dst = self.buf(d.inputs[0], what), self.buf(d.output, what)
+        combine = d.param("combine")
+        if combine is not None:
+            if not (isinstance(t, LineStream) and t.reduce) or combine != "softmax":
+                raise ProgramError(f"{what}: combine={combine!r} needs a reduce LineStream and "
+                                   "'softmax'")
+            self.combine(t, src, dst, int(d.param("heads", 1)), what)
+            return
         if src.shape != dst.shape or src.dtype != dst.dtype:
             raise ProgramError(f"{what}: moves {src.name!r} {src.shape} {src.dtype} into "
                                f"{dst.name!r} {dst.shape} {dst.dtype}; tiles must match")
@@ -263,6 +328,18 @@ class _Runner:
         total = K.sum_tiles(vals, axis=0, parallel=_par(vals.size))  # ((x0 + x1) + x2) + ...
         self._lines(t, dst, what)[-1] = dst.encode(total)
 
+    def combine(self, t: LineStream, src: Buffer, dst: Buffer, heads: int, what: str) -> None:
+        tile_bytes = math.prod(src.shape) * DTYPE_BYTES[src.dtype]
+        if tile_bytes > 4 * t.wavelets:
+            raise ProgramError(f"{what}: its tile of {tile_bytes} bytes needs "
+                               f"{-(-tile_bytes // 4)} wavelets, the task carries {t.wavelets}")
+        want = (*src.shape[:-1], src.shape[-1] - 2 * heads)
+        if dst.shape != want or src.dtype != dst.dtype:
+            raise ProgramError(f"{what}: combine of {src.name!r} {src.shape} {src.dtype} into "
+                               f"{dst.name!r} {dst.shape} {dst.dtype}; expected {want}")
+        vals = np.array(src.as_f32(self._lines(t, src, what)))  # a copy: dst may share bytes
+        self._lines(t, dst, what)[-1] = dst.encode(G.combine_softmax(vals, heads, what))
+
     # ---- compute ---------------------------------------------------------------------------
     def compute(self, t: Compute, d, what: str) -> None:
         if d.kernel not in COMPUTE_KERNELS:
@@ -278,6 +355,9 @@ class _Runner:
         def tiles(b: Buffer) -> np.ndarray:
             return b.block(reg, what).reshape(P, *b.shape)
 
+        if d.kernel in G.KERNELS:
+            G.KERNELS[d.kernel](reg, d, out, ins, what)
+            return
         out_blk = out.block(reg, what)
         if d.kernel == "zero":
             out_blk[...] = 0
@@ -313,11 +393,19 @@ class _Runner:
             raise ProgramError(f"{what}: gemm of {a.name!r} {at.shape[1:]} by {b.name!r} "
                                f"{bt.shape[1:]}: inner sizes differ")
         shape = (P, at.shape[1], bt.shape[2])
-        if shape[1:] != out.shape:
+        off = d.param("out_offset")
+        if off is not None:
+            off = int(off)
+            if len(out.shape) != 2 or out.shape[0] != shape[1] or \
+                    not 0 <= off <= out.shape[1] - shape[2]:
+                raise ProgramError(f"{what}: gemm gives {shape[1:]} tiles, which do not fit "
+                                   f"columns {off}.. of {out.name!r} {out.shape}")
+            out_blk = out_blk[..., off:off + shape[2]]  # a view: (rows, cols, m, n)
+        elif shape[1:] != out.shape:
             raise ProgramError(f"{what}: gemm gives {shape[1:]} tiles, {out.name!r} holds "
                                f"{out.shape}")
         acc = d.kernel == "gemm_acc"
-        c = out.as_f32(out_blk.reshape(shape)) if acc else None
+        c = out.as_f32(np.ascontiguousarray(out_blk).reshape(shape)) if acc else None
         c = np.ascontiguousarray(c) if c is not None else None
         par = _par(shape[0] * shape[1] * shape[2] * at.shape[2])
         if a.lp and b.lp and a.dtype == b.dtype:

@@ -11,7 +11,7 @@ from mapper.strategies.tp2d import COLORS, TP2D, _deps
 from workloads.graph import build_graph, ops_in_order
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
-from wse_sim.program import Compute, ProgramBuilder, Region, Unicast, wavelets_for
+from wse_sim.program import Alloc, Compute, ProgramBuilder, Region, Unicast, wavelets_for
 
 
 @dataclass(frozen=True)
@@ -96,25 +96,66 @@ def shares(total: int, parts: int) -> list[int]:
 
 
 def handoff(pb: ProgramBuilder, name: str, src_row: Region, dst_row: Region, values: int,
-            dtype: str, dep, color: str = "handoff") -> int:
+            dtype: str, dep, color: str = "handoff", data=None) -> int:
     """The top row of one region sends its column shards to the top row of another."""
     if (src_row.x, src_row.y) == (dst_row.x, dst_row.y):
         return dep
     return pb.add(Unicast(name, src_row, wavelets_for(values, dtype), dx=dst_row.x - src_row.x,
-                          dy=dst_row.y - src_row.y, color=COLORS[color], deps=_deps(dep)))
+                          dy=dst_row.y - src_row.y, color=COLORS[color], deps=_deps(dep),
+                          data=data))
+
+
+def alloc_group(pb: ProgramBuilder, prefix: str, region: Region, buffers: dict,
+                tiles: dict | None = None) -> tuple[dict, int]:
+    """The SRAM of `region`: one allocation per buffer class (`buffers`: name -> bytes per
+    core on the fullest core). In a functional run (`tiles`: name -> (region inside `region`,
+    shape, dtype, scratch slot or None)) one allocation `prefix + "sram"` of the same total
+    instead, with every tile a view into it (`wse_sim.functional`: Views): the tiles of their
+    own first, then each scratch slot (as large as its largest tile). The arena grows only
+    where the tiles need more than the timing model budgets (padding, softmax statistics).
+    Returns the views {name: (arena, byte offset)} for the program's meta and the bytes per
+    core the arena needs beyond the timing model's total (0 when the tiles fit in it)."""
+    if tiles is None:
+        for name, v in buffers.items():
+            pb.alloc(prefix + name, region, v)
+        return {}, 0
+    offsets, end, slots = {}, 0, {}
+    for name, (reg, shape, dtype, slot) in tiles.items():
+        if not (region.contains(reg.x, reg.y) and region.contains(reg.x1, reg.y1)):
+            raise MappingError(f"functional tile {name} on {reg} is outside its region {region}")
+        nbytes = -(-math.prod(shape) * DTYPE_BYTES[dtype] // 4) * 4
+        if slot is None:
+            offsets[name], end = end, end + nbytes
+        else:
+            slots[slot] = max(slots.get(slot, 0), nbytes)
+    starts = {}
+    for slot in sorted(slots):
+        starts[slot], end = end, end + slots[slot]
+    arena = prefix + "sram"
+    budget = sum(buffers.values())
+    pb.alloc(arena, region, max(end, budget))
+    views = {}
+    for name, (reg, shape, dtype, slot) in tiles.items():
+        pb.allocs.append(Alloc(name, reg, 0, tuple(shape), dtype))
+        views[name] = (arena, offsets[name] if slot is None else starts[slot])
+    return views, max(0, end - budget)
 
 
 def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
-                 weight_dep=None) -> tuple[int, list[int]]:
+                 weight_dep=None, x_name: str | None = None) -> tuple[int, list[int]]:
     """Final norm on `last_row`, then the LM head split by vocabulary over the `heads` regions
     (and, when training, the loss and the head's backward). Returns (the dependency that
     carries dX back on `last_row` when training, else the last record; the head's
-    weight-gradient records)."""
+    weight-gradient records). Functional (`tp.fl`): `x_name` is the buffer of the last
+    layer's output; each table region's leaders end with their rows' logits."""
     pb, cfg, k = tp.pb, run.cfg, len(heads)
     C, R = heads[0].cols, heads[0].rows
+    moved = (last_row.x, last_row.y) != (heads[0].x, heads[0].y)
+    fd = tp.fl.head_data(x_name, k, moved) if tp.fl is not None else {}
     if run.lm_tokens != run.tokens:
-        dep = pb.add(Compute("select_last", last_row, 0, run.dtype, "vector", deps=_deps(dep)))
-    dep = tp.norm("ln_f", last_row, dep, run.lm_tokens)
+        dep = pb.add(Compute("select_last", last_row, 0, run.dtype, "vector", deps=_deps(dep),
+                             data=fd.get("select_last")))
+    dep = tp.norm("ln_f", last_row, dep, run.lm_tokens, fd, "ln_f")
     vals = run.lm_tokens * math.ceil(cfg.d_model / C)
     head_op = tp.ops["lm_head"]
     vocab_rows = math.ceil(cfg.vocab_size / (k * R))
@@ -123,13 +164,16 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
     tp.tokens = run.lm_tokens
     for j, hr in enumerate(heads):
         top = Region(hr.x, hr.y, C, 1)
-        d = handoff(pb, f"lm_head.handoff{j}", last_row, top, vals, run.dtype, dep)
-        d = tp.stream(f"lm_head.bcast{j}", hr, "y", 1, vals, d, reduce=False, color="col_bcast")
+        d = handoff(pb, f"lm_head.handoff{j}", last_row, top, vals, run.dtype, dep,
+                    data=fd.get(f"handoff{j}"))
+        d = tp.stream(f"lm_head.bcast{j}", hr, "y", 1, vals, d, reduce=False, color="col_bcast",
+                      data=fd.get(f"bcast{j}"))
         wd = weight_dep[j] if isinstance(weight_dep, list) else weight_dep
         d = tp.compute("lm_head", hr, _deps(d) + _deps(wd), fmac=True,
-                       flops=shares(head_op.flops, k)[j], label=f"lm_head.{j}")
+                       flops=shares(head_op.flops, k)[j], label=f"lm_head.{j}",
+                       data=fd.get(f"lm_head.{j}"))
         d = tp.stream(f"lm_head.reduce{j}", hr, "x", -1, run.lm_tokens * vocab_rows, d,
-                      reduce=True, color="row_reduce")
+                      reduce=True, color="row_reduce", data=fd.get(f"reduce{j}"))
         if run.phase == "train":
             lead = Region(hr.x, hr.y, 1, R)
             for n in ("loss", "loss.bwd"):

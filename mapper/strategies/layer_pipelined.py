@@ -14,6 +14,7 @@ import math
 from mapper.placement import MappingError, layer_graph, place_chain, slot_grid
 from mapper.strategies.common import (
     Run,
+    alloc_group,
     check_buffers,
     check_total_weights,
     emit_lm_head,
@@ -21,6 +22,7 @@ from mapper.strategies.common import (
     kv_context_limit,
     make_run,
 )
+from mapper.strategies.functional_layout import LayerBufs, dataop, make_layout
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -50,14 +52,20 @@ def choose_slots(run: Run):
 def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "prefill",
                         batch: int = 1, prompt: int = 128, context: int = 128,
                         dtype: str = "fp16", grid: int | None = None,
-                        sparsity: float = 0.0, stage: tuple | None = None) -> Program:
+                        sparsity: float = 0.0, stage: tuple | None = None,
+                        functional: bool = False) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
     one wafer of a multi-wafer pipeline: without the embedding the activations arrive over the
-    wafer's I/O; without the head they leave over it.
+    wafer's I/O; without the head they leave over it. `functional`: attach DataOps and tile
+    shapes (prefill and decode) so that `wse_sim.functional.run_functional` computes the
+    forward pass (inputs and outputs: `mapper.strategies.functional_model`).
     """
     if stage is not None:
+        if functional:
+            raise NotImplementedError("functional: a multi-wafer stage is not mapped "
+                                      "functionally; map the whole model on one wafer")
         return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
                           context=context, dtype=dtype, grid=grid, sparsity=sparsity)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
@@ -75,26 +83,43 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     traffic = [run.tokens * cfg.d_model * run.bytes] * L + [0] * (k - 1)
     placed = place_chain(layer_graph(names, traffic), sg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens)
+    fl = make_layout(cfg, run, sg.rows, sg.cols, k) if functional else None
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
     heads = [placed[f"head{j}"] for j in range(k)]
-    adam = 7 if train else 1
-    for j, hr in enumerate(heads):
-        pb.alloc(f"head{j}.table", hr, math.ceil(run.table_bytes * adam / (k * hr.size)))
-        pb.alloc(f"head{j}.act", hr, 2 * run.lm_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes)
+    top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
     lays = [Layout.of(placed[f"L{i}"], cfg) for i in range(L)]
+    bufs = [LayerBufs(f"L{i}.", f"L{i}.") for i in range(L)]
+    adam = 7 if train else 1
+    views: dict = {}
+    extra = 0
+    for j, hr in enumerate(heads):
+        tiles = None if fl is None else \
+            fl.head_tiles(j, hr) | (fl.embed_tiles(top0, own_x=True) if j == 0 else {})
+        v, e = alloc_group(pb, f"head{j}.", hr, {
+            "table": math.ceil(run.table_bytes * adam / (k * hr.size)),
+            "act": 2 * run.lm_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes}, tiles)
+        views, extra = views | v, max(extra, e)
     for i, lay in enumerate(lays):
-        for name, v in buffers.items():
-            pb.alloc(f"L{i}.{name}", lay.reg, v)
+        tiles = None if fl is None else \
+            fl.layer_tiles(lay, bufs[i]) | (fl.lnf_tiles(lay.row0, True) if i == L - 1 else {})
+        v, e = alloc_group(pb, f"L{i}.", lay.reg, buffers, tiles)
+        views, extra = views | v, max(extra, e)
+
+    def copy(src: str, dst: str):
+        return dataop("copy", (src,), dst) if fl is not None else None
 
     x_vals = run.tokens * math.ceil(cfg.d_model / sg.cols)
-    top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
-    e = tp.compute("embed", top0, None, fmac=False)
-    dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, e)
+    e = tp.compute("embed", top0, None, fmac=False,
+                   data=fl.embed_data("embed.x") if fl is not None else None)
+    dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, e,
+                  data=copy("embed.x", bufs[0]("x")))
     for i, lay in enumerate(lays):
-        dep = tp.forward(i, lay, dep)
+        dep = tp.forward(i, lay, dep, bufs=bufs[i])
         if i + 1 < L:
-            dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype, dep)
-    dep, head_grads = emit_lm_head(tp, run, lays[-1].row0, heads, dep)
+            dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype, dep,
+                          data=copy(bufs[i]("x"), bufs[i + 1]("x")))
+    dep, head_grads = emit_lm_head(tp, run, lays[-1].row0, heads, dep,
+                                   x_name=bufs[-1]("x"))
     if train:
         updates = []
         for i in range(L - 1, -1, -1):
@@ -114,7 +139,9 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     if missing:
         raise NotImplementedError(f"layer-pipelined: ops not mapped: {', '.join(missing[:6])}")
     used = sg.gx * sg.cols * sg.gy * sg.rows
-    return pb.build(dtype=dtype, tokens=run.tokens, cores_used=used, meta={
+    fmeta = {} if fl is None else {"views": views, "functional": fl.meta(
+        list(zip(lays, bufs, strict=True)), heads, top0) | {"sram_extra_bytes": extra}}
+    return pb.build(dtype=dtype, tokens=run.tokens, cores_used=used, meta=fmeta | {
         "strategy": "layer-pipelined", "model": cfg.name, "phase": phase, "batch": batch,
         "prompt": prompt, "context": context, "dtype": dtype, "sparsity": sparsity,
         "region_cols": sg.cols, "region_rows": sg.rows, "regions": L + k, "table_regions": k,
@@ -122,8 +149,6 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)})
-
-
 
 
 def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Program:

@@ -15,12 +15,14 @@ import math
 
 from mapper.strategies.common import (
     Run,
+    alloc_group,
     check_buffers,
     check_total_weights,
     emit_lm_head,
     kv_context_limit,
     make_run,
 )
+from mapper.strategies.functional_layout import LayerBufs, make_layout
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -43,7 +45,11 @@ def map_weight_streaming(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
 
 def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
-         grid: int | None = None, sparsity: float = 0.0) -> Program:
+         grid: int | None = None, sparsity: float = 0.0, functional: bool = False) -> Program:
+    """`functional`: attach DataOps and tile shapes (prefill and decode) so that
+    `wse_sim.functional.run_functional` computes the forward pass; every layer keeps its
+    weights and KV cache in its own tiles, the activations share one set (`act.*`). Weight
+    streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity)
     name = "weight-streaming" if streaming else "layer-sequential"
@@ -60,9 +66,17 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     buffers["table"] = math.ceil(table / reg.size)
     check_buffers("the region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
-    for bname, v in buffers.items():
-        pb.alloc(bname, reg, v)
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens)
+    fl = make_layout(cfg, run, reg.rows, reg.cols) if functional else None
+    bufs = [LayerBufs(f"L{i}.", "act.") for i in range(L)]
+    tiles = None
+    if fl is not None:
+        tiles = fl.embed_tiles(lay.row0, own_x=False, scratch=True) \
+            | fl.lnf_tiles(lay.row0, False) \
+            | fl.head_tiles(0, reg)
+        for i in range(L):
+            tiles |= fl.layer_tiles(lay, bufs[i], acts=i == 0)
+    views, extra = alloc_group(pb, "", reg, buffers, tiles)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
     x_vals = run.tokens * math.ceil(cfg.d_model / reg.cols)
 
     def stream_in(label: str, nbytes: int, after) -> int | None:
@@ -75,7 +89,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     io_prev = None
     if streaming:  # token embeddings are gathered off the wafer and stream in
         io_prev = pb.add(IoTransfer("embed.in", lay.row0, x_vals * reg.cols * run.bytes, "in"))
-    dep = tp.compute("embed", lay.row0, io_prev, fmac=False)
+    dep = tp.compute("embed", lay.row0, io_prev, fmac=False,
+                     data=fl.embed_data(bufs[0]("x")) if fl is not None else None)
     layer_ends: list[int] = []
     for i in range(L):
         # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
@@ -83,13 +98,15 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
         w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run), after)
         io_prev = w if w is not None else io_prev
-        dep = tp.forward(i, lay, dep, weight_dep=Dep(w, "same") if w is not None else None)
+        dep = tp.forward(i, lay, dep, weight_dep=Dep(w, "same") if w is not None else None,
+                         bufs=bufs[i])
         layer_ends.append(dep)
     w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.bytes,
                   ((io_prev,) if io_prev is not None else ()) + (Dep(layer_ends[-1], "all"),))
     io_prev = w if w is not None else io_prev
     dep, head_grads = emit_lm_head(tp, run, lay.row0, [reg], dep,
-                                   weight_dep=Dep(w) if w is not None else None)
+                                   weight_dep=Dep(w) if w is not None else None,
+                                   x_name=bufs[-1]("x"))
     offwafer = 0
     if train:
         if streaming:
@@ -116,7 +133,9 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     missing = tp.missing(skip_kinds=("optimizer",) if streaming else ())
     if missing:
         raise NotImplementedError(f"{name}: ops not mapped: {', '.join(missing[:6])}")
-    return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta={
+    fmeta = {} if fl is None else {"views": views, "functional": fl.meta(
+        [(lay, b) for b in bufs], [reg], lay.row0) | {"sram_extra_bytes": extra}}
+    return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta=fmeta | {
         "strategy": name, "model": cfg.name, "phase": phase, "batch": batch, "prompt": prompt,
         "context": context, "dtype": dtype, "sparsity": sparsity, "region_cols": reg.cols,
         "region_rows": reg.rows, "regions": 1, "grid_cols": run.cols, "grid_rows": run.rows,

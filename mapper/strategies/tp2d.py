@@ -9,9 +9,16 @@ row, split by columns (column j holds a d/C shard). Two GEMM patterns:
 - *down* (O-projection, FFN-down): the leader broadcasts its out-shard along its row; core
   (j, r) holds (shard r x d-shard j); partial sums reduce up each column into the top row.
 
-Attention: row r owns heads r, r + Ra, ... (Ra = min(R, heads)); keys are split by position over
-the C columns (sequence parallel); partial outputs and softmax statistics reduce to the leader.
-Norms run split over the top row with their statistics all-reduced along it.
+Attention: row r owns hpr = ceil(heads / Ra) consecutive heads (Ra = min(R, heads);
+consecutive, so that under GQA a row's heads share their K/V heads) and the K/V heads they read;
+keys are split by position over the C columns (sequence parallel, position p on column p mod C);
+partial outputs and softmax statistics reduce to the leader with an exact online-softmax
+combine. Norms run split over the top row with their statistics all-reduced along it.
+
+Functional runs (`fl`, a `functional_layout.FLayout`): every record of the forward pass also
+carries its `DataOp` (the exact tiles and the memory plan are in `functional_layout`), so
+`wse_sim.functional.run_functional` computes the real forward pass; the records themselves
+(and so the timing) are the same with or without.
 
 Backward mirrors it: the backward of an *up* GEMM is a *down* pattern (and vice versa); weight
 gradients are local (each core already holds both operands of its block).
@@ -21,11 +28,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mapper import attention
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, LineStream, ProgramBuilder, Region, wavelets_for
+
+if TYPE_CHECKING:
+    from mapper.strategies.functional_layout import FLayout, LayerBufs
 
 COLORS = {"col_bcast": 0, "row_reduce": 1, "row_bcast": 2, "col_reduce": 3, "stats": 4,
           "handoff": 5, "stats_bcast": 6, "back": 7}
@@ -59,6 +70,12 @@ class Layout:
         return Region(self.reg.x, self.reg.y, 1, self.ra)
 
 
+def ffn_row_cols(cfg: GPTConfig, rows: int) -> int:
+    """Columns of the FFN-up output each row holds: its f-shard of ceil(d_ffn / R), twice for
+    SwiGLU (up and gate of the same shard, so the act is local to the row's leader)."""
+    return math.ceil(cfg.d_ffn / rows) * (2 if cfg.activation == "swiglu" else 1)
+
+
 def _deps(dep) -> tuple:
     items = dep if isinstance(dep, tuple | list) else (dep,)
     return tuple(d if isinstance(d, Dep) else Dep(int(d)) for d in items if d is not None)
@@ -68,14 +85,15 @@ class TP2D:
     """Emits the records of layers laid out 2-D tensor-parallel; tracks which ops it emitted."""
 
     def __init__(self, pb: ProgramBuilder, cfg: GPTConfig, ops: dict, dtype: str,
-                 sparsity: float, tokens: int):
+                 sparsity: float, tokens: int, fl: FLayout | None = None):
         self.pb, self.cfg, self.ops, self.dtype = pb, cfg, ops, dtype
         self.sparsity, self.tokens = sparsity, tokens
+        self.fl = fl  # functional layout: DataOps are attached only when given
         self.emitted: set[str] = set()
 
     # ---- primitives -----------------------------------------------------------------------
     def compute(self, name: str, region: Region, dep, *, fmac: bool, flops: int | None = None,
-                label: str | None = None) -> int:
+                label: str | None = None, data=None) -> int:
         """One op of the graph (all its FLOPs, or `flops` of it) on every core of `region`."""
         op = self.ops[name]
         self.emitted.add(name)
@@ -85,13 +103,13 @@ class TP2D:
         return self.pb.add(Compute(
             label or name, region, f, op.dtype, "fmac" if fmac else "vector", sparse,
             sram_read_bytes=int((op.bytes_in + op.weight_bytes) * frac),
-            sram_write_bytes=int(op.bytes_out * frac), deps=_deps(dep)))
+            sram_write_bytes=int(op.bytes_out * frac), deps=_deps(dep), data=data))
 
-    def maybe(self, name: str, region: Region, dep, *, fmac: bool) -> int:
-        return self.compute(name, region, dep, fmac=fmac) if name in self.ops else dep
+    def maybe(self, name: str, region: Region, dep, *, fmac: bool, data=None) -> int:
+        return self.compute(name, region, dep, fmac=fmac, data=data) if name in self.ops else dep
 
     def stream(self, name: str, region: Region, axis: str, direction: int, values: int, dep, *,
-               reduce: bool, color: str, dtype: str | None = None) -> int:
+               reduce: bool, color: str, dtype: str | None = None, data=None) -> int:
         """A line stream, or nothing when the region is one core wide along `axis`."""
         length = region.cols if axis == "x" else region.rows
         if length < 2 or values <= 0:
@@ -99,85 +117,95 @@ class TP2D:
         dt = dtype or self.dtype
         return self.pb.add(LineStream(name, region, axis, direction, wavelets_for(values, dt),
                                       reduce=reduce, dtype=dt, color=COLORS[color],
-                                      deps=_deps(dep)))
+                                      deps=_deps(dep), data=data))
 
-    def norm(self, name: str, row: Region, dep, tokens: int) -> int:
-        """Statistics (half the FLOPs), all-reduce of 2 numbers per token, normalise."""
+    def norm(self, name: str, row: Region, dep, tokens: int, d: dict | None = None,
+             key: str = "") -> int:
+        """Statistics (half the FLOPs), all-reduce of 2 numbers per token, normalise.
+        `d`: DataOps by key (`key`.stats, .allreduce, .bcast, and `key` for the normalise)."""
+        d = d or {}
         op = self.ops[name]
         half = op.flops // 2
-        a = self.compute(name, row, dep, fmac=False, flops=half, label=name + ".stats")
+        a = self.compute(name, row, dep, fmac=False, flops=half, label=name + ".stats",
+                         data=d.get(key + ".stats"))
         a = self.stream(name + ".allreduce", row, "x", -1, 2 * tokens, a, reduce=True,
-                        color="stats", dtype="fp32")
+                        color="stats", dtype="fp32", data=d.get(key + ".allreduce"))
         a = self.stream(name + ".bcast", row, "x", 1, 2 * tokens, a, reduce=False,
-                        color="stats_bcast", dtype="fp32")
-        return self.compute(name, row, a, fmac=False, flops=op.flops - half)
+                        color="stats_bcast", dtype="fp32", data=d.get(key + ".bcast"))
+        return self.compute(name, row, a, fmac=False, flops=op.flops - half, data=d.get(key))
 
-    def gemms(self, names, region: Region, dep, weight_dep=None) -> int:
+    def gemms(self, names, region: Region, dep, weight_dep=None, d: dict | None = None) -> int:
         """The local GEMMs of `names` (those in the graph) on every core of `region`; the
-        first also waits for the weights (`weight_dep`, when they stream in)."""
+        first also waits for the weights (`weight_dep`, when they stream in). DataOps in `d`
+        are keyed by the op name without its layer prefix."""
+        d = d or {}
         extra = _deps(weight_dep)
         for n in names:
             if n in self.ops:
-                dep = self.compute(n, region, _deps(dep) + extra, fmac=True)
+                dep = self.compute(n, region, _deps(dep) + extra, fmac=True,
+                                   data=d.get(n.split(".", 1)[-1]))
                 extra = ()
         return dep
 
     def up(self, lay: Layout, region: Region, names, dep, out_values: int, label: str, *,
-           weight_dep=None) -> int:
+           weight_dep=None, d: dict | None = None, key: str = "") -> int:
         """Column broadcast of the X shard, local GEMMs, row reduce into the leaders."""
+        d = d or {}
         x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
         dep = self.stream(label + ".bcast", region, "y", 1, x_vals, dep, reduce=False,
-                          color="col_bcast")
-        dep = self.gemms(names, region, dep, weight_dep)
+                          color="col_bcast", data=d.get(key + ".bcast"))
+        dep = self.gemms(names, region, dep, weight_dep, d)
         return self.stream(label + ".reduce", region, "x", -1, out_values, dep, reduce=True,
-                           color="row_reduce")
+                           color="row_reduce", data=d.get(key + ".reduce"))
 
     def down(self, lay: Layout, region: Region, names, dep, in_values: int, label: str, *,
-             weight_dep=None) -> int:
+             weight_dep=None, d: dict | None = None, key: str = "") -> int:
         """Row broadcast from the leaders, local GEMMs, column reduce into the top row."""
+        d = d or {}
         x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
         dep = self.stream(label + ".bcast", region, "x", 1, in_values, dep, reduce=False,
-                          color="row_bcast")
-        dep = self.gemms(names, region, dep, weight_dep)
+                          color="row_bcast", data=d.get(key + ".bcast"))
+        dep = self.gemms(names, region, dep, weight_dep, d)
         return self.stream(label + ".reduce", region, "y", -1, x_vals, dep, reduce=True,
-                           color="col_reduce")
+                           color="col_reduce", data=d.get(key + ".reduce"))
 
     # ---- sizes ------------------------------------------------------------------------------
     def sizes(self, lay: Layout) -> dict:
         cfg, t = self.cfg, self.tokens
         hpr, kvpr = math.ceil(cfg.n_heads / lay.ra), math.ceil(cfg.n_kv_heads / lay.ra)
-        ffn_cols = cfg.d_ffn * (2 if cfg.activation == "swiglu" else 1)
         return {"hpr": hpr, "kvpr": kvpr,
                 "qkv": t * cfg.hd * (hpr + 2 * kvpr), "attn_out": t * hpr * cfg.hd,
                 "attn_part": t * hpr * (cfg.hd + 2),
-                "ffn_out": t * math.ceil(ffn_cols / lay.reg.rows),
+                "ffn_out": t * ffn_row_cols(cfg, lay.reg.rows),
                 "ffn_in": t * math.ceil(cfg.d_ffn / lay.reg.rows)}
 
     # ---- a layer ----------------------------------------------------------------------------
-    def forward(self, i: int, lay: Layout, dep, weight_dep=None) -> int:
-        """Records of layer i's forward pass; returns the last record."""
+    def forward(self, i: int, lay: Layout, dep, weight_dep=None,
+                bufs: LayerBufs | None = None) -> int:
+        """Records of layer i's forward pass; returns the last record. With a functional
+        layout, `bufs` names the layer's tiles and every record gets its DataOp."""
         p, s = f"L{i}.", self.sizes(lay)
-        dep = self.norm(p + "norm1", lay.row0, dep, self.tokens)
+        d = self.fl.layer_data(bufs) if self.fl is not None else {}
+        dep = self.norm(p + "norm1", lay.row0, dep, self.tokens, d, "norm1")
         dep = self.up(lay, lay.att, [p + n for n in ("q_proj", "k_proj", "v_proj")], dep,
-                      s["qkv"], p + "qkv", weight_dep=weight_dep)
-        dep = self.maybe(p + "rope", lay.lead_att, dep, fmac=False)
+                      s["qkv"], p + "qkv", weight_dep=weight_dep, d=d, key="qkv")
+        dep = self.maybe(p + "rope", lay.lead_att, dep, fmac=False, data=d.get("rope"))
         dep = self.stream(p + "qkv.bcast", lay.att, "x", 1, s["qkv"], dep, reduce=False,
-                          color="row_bcast")
-        dep = self.compute(p + "attn_qk", lay.att, dep, fmac=True)
-        dep = self.compute(p + "softmax", lay.att, dep, fmac=False)
-        dep = self.compute(p + "attn_av", lay.att, dep, fmac=True)
+                          color="row_bcast", data=d.get("qkv.share"))
+        for n, fmac in (("attn_qk", True), ("softmax", False), ("attn_av", True)):
+            dep = self.compute(p + n, lay.att, dep, fmac=fmac, data=d.get(n))
         dep = self.stream(p + "attn.reduce", lay.att, "x", -1, s["attn_part"], dep, reduce=True,
-                          color="row_reduce")
+                          color="row_reduce", data=d.get("attn.reduce"))
         dep = self.down(lay, lay.att, [p + "o_proj"], dep, s["attn_out"], p + "o",
-                        weight_dep=weight_dep)
-        dep = self.compute(p + "residual1", lay.row0, dep, fmac=False)
-        dep = self.norm(p + "norm2", lay.row0, dep, self.tokens)
+                        weight_dep=weight_dep, d=d, key="o")
+        dep = self.compute(p + "residual1", lay.row0, dep, fmac=False, data=d.get("residual1"))
+        dep = self.norm(p + "norm2", lay.row0, dep, self.tokens, d, "norm2")
         dep = self.up(lay, lay.reg, [p + "ffn_up", p + "ffn_gate"], dep, s["ffn_out"],
-                      p + "ffn", weight_dep=weight_dep)
-        dep = self.compute(p + "act", lay.lead, dep, fmac=False)
+                      p + "ffn", weight_dep=weight_dep, d=d, key="ffn")
+        dep = self.compute(p + "act", lay.lead, dep, fmac=False, data=d.get("act"))
         dep = self.down(lay, lay.reg, [p + "ffn_down"], dep, s["ffn_in"], p + "down",
-                        weight_dep=weight_dep)
-        return self.compute(p + "residual2", lay.row0, dep, fmac=False)
+                        weight_dep=weight_dep, d=d, key="down")
+        return self.compute(p + "residual2", lay.row0, dep, fmac=False, data=d.get("residual2"))
 
     def backward(self, i: int, lay: Layout, dep, weight_dep=None) -> tuple[int, list[int]]:
         """Layer i's backward pass (dY arrives on the top row); returns (last record, the
@@ -261,7 +289,6 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens
     R, C, ra = lay.reg.rows, lay.reg.cols, lay.ra
     d, hd = cfg.d_model, cfg.hd
     hpr, kvpr = math.ceil(cfg.n_heads / ra), math.ceil(cfg.n_kv_heads / ra)
-    ffn_cols = cfg.d_ffn * (2 if cfg.activation == "swiglu" else 1)
     shapes = cfg.layer_weight_shapes()
     attn_names = ("w_q", "w_k", "w_v", "w_o")
     attn_w = sum(k * n for name, (k, n) in shapes.items() if name in attn_names)
@@ -272,7 +299,7 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens
     out = {
         "weights": layers * per_layer_params * b,
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
-        "partial": tokens * max(math.ceil(ffn_cols / R), hd * (hpr + 2 * kvpr)) * 4,
+        "partial": tokens * max(ffn_row_cols(cfg, R), hd * (hpr + 2 * kvpr)) * 4,
         "scores": tokens * hpr * math.ceil(keys / C) * 4,
         "kv_cache": weight_layers * attention.split(cfg, R, C).kv_bytes_per_core(kv_tokens, dtype),
     }

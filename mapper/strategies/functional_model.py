@@ -1,0 +1,219 @@
+"""Data in and out of a whole-model program built with functional=True.
+
+- `model_inputs(program, cfg, weights, tokens, kv_cache=None)`: the reference weights
+  (`workloads.reference.init_weights` layout), the tokens (batch, new tokens) and, for decode,
+  the KV cache of the prompt (`reference.forward`'s cache: per layer (k, v), each
+  (batch, kv_heads, context, hd)) scattered into the per-core tiles that
+  `wse_sim.functional.run_functional` starts from (layout: `functional_layout`).
+- `model_output(program, buffers)`: the logits (batch, vocab) of the last token of each
+  sequence, gathered from the leaders of the table regions.
+- `model_kv_cache(program, cfg, buffers)`: the KV cache the run leaves (per layer (k, v),
+  each (batch, kv_heads, keys, hd)), to check it or to feed a decode run.
+- `random_case(program, cfg, seed)`: random weights (`init_weights(cfg, seed)`) and tokens
+  (seed `seed`; for decode a random prompt of `context` tokens whose cache the reference
+  computes), scattered, and the reference logits to compare with (float64, from the weights
+  rounded to the run's dtype, as the cores hold them).
+
+The token embedding gather happens where the tokens enter (the timing model does not simulate
+it either): the gathered rows (and learned position rows) are inputs of the `embed` record.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mapper.strategies.functional_layout import FLayout, LayerBufs
+from workloads import reference
+from workloads.models import GPTConfig
+from wse_sim.program import Program, ProgramError
+
+
+def _fmeta(program: Program) -> dict:
+    meta = (program.meta or {}).get("functional")
+    if meta is None:
+        raise ProgramError(f"program {program.name!r} was not built with functional=True")
+    return meta
+
+
+def layout_of(program: Program, cfg: GPTConfig) -> FLayout:
+    m = _fmeta(program)
+    if cfg.name != m["model"]:
+        raise ValueError(f"cfg: got model {cfg.name!r}, the program maps {m['model']!r}")
+    return FLayout(cfg, m["rows"], m["cols"], m["dtype"], m["batch"], m["sq"], m["start"],
+                   m["tables"])
+
+
+def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values rounded to fp16 / bf16 (nearest even), as float32."""
+    x = np.asarray(x, np.float32)
+    if dtype == "fp16":
+        return x.astype(np.float16).astype(np.float32)
+    if dtype == "bf16":
+        u = x.view(np.uint32).astype(np.uint64)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.astype(np.uint32).view(np.float32)
+    return x.copy()
+
+
+def decode(program: Program, buffers: dict, name: str) -> np.ndarray:
+    """A tile buffer of a functional run as float32 values (fp16/bf16 bit patterns decoded)."""
+    alloc = next((a for a in program.allocs if a.name == name and a.shape), None)
+    if alloc is None:
+        raise ProgramError(f"program {program.name!r} has no tile {name!r}")
+    arr = np.ascontiguousarray(buffers[name])
+    if alloc.dtype == "fp16":
+        return arr.view(np.float16).astype(np.float32)
+    if alloc.dtype == "bf16":
+        return (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.astype(np.float32)
+
+
+def _zeros(program: Program, name: str) -> np.ndarray:
+    for a in program.allocs:
+        if a.name == name and a.shape:
+            return np.zeros((a.region.rows, a.region.cols, *a.shape), np.float32)
+    raise ProgramError(f"program {program.name!r} has no tile {name!r}")
+
+
+def _pad(w: np.ndarray, shape: tuple) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    out[tuple(slice(0, s) for s in w.shape)] = w
+    return out
+
+
+def _cols(w: np.ndarray, fl: FLayout, axis: int) -> np.ndarray:
+    """Split axis `axis` (d_model) of w into C shards of dC (padded): shard axis first."""
+    w = np.moveaxis(np.asarray(w, np.float32), axis, 0)
+    w = _pad(w, (fl.cols * fl.dc, *w.shape[1:]))
+    return np.moveaxis(w.reshape(fl.cols, fl.dc, *w.shape[1:]), 1, axis + 1)
+
+
+def _head_cols(w: np.ndarray, heads: list[int], slots: int, hd: int) -> np.ndarray:
+    """Columns of `heads` (hd each) of w, in slot order; missing slots are zero."""
+    out = np.zeros((w.shape[0], slots * hd), np.float32)
+    for k, h in enumerate(heads):
+        out[:, k * hd:(k + 1) * hd] = w[:, h * hd:(h + 1) * hd]
+    return out
+
+
+def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict,
+                  kv_cache) -> None:
+    cfg, C, R, hd = fl.cfg, fl.cols, fl.rows, fl.hd
+    p = f"L{i}."
+    for key, norm in (("ln1", "ln1"), ("ln2", "ln2")):
+        arr = _zeros(program, b(key))
+        arr[0, :, 0] = _cols(w[p + norm + "_g"][None], fl, 1)[:, 0]
+        if cfg.norm == "layernorm":
+            arr[0, :, 1] = _cols(w[p + norm + "_b"][None], fl, 1)[:, 0]
+        out[b(key)] = arr
+    for key, name, per in (("wq", "w_q", None), ("wk", "w_k", "kv"), ("wv", "w_v", "kv")):
+        arr = _zeros(program, b(key))
+        for r in range(fl.ra):
+            heads = fl.row_kv[r] if per else fl.row_heads(r)
+            slots = fl.kvpr if per else fl.hpr
+            arr[r] = _cols(_head_cols(w[p + name], list(heads), slots, hd), fl, 0)
+        out[b(key)] = arr
+    arr = _zeros(program, b("wo"))
+    for r in range(fl.ra):  # W_o rows of the row's heads, d-shard j
+        rows = _head_cols(w[p + "w_o"].T, fl.row_heads(r), fl.hpr, hd).T
+        arr[r] = _cols(rows, fl, 1)
+    out[b("wo")] = arr
+    F = fl.fr * R
+    names = [("wup", "w_up")] + ([("wgate", "w_gate")] if cfg.activation == "swiglu" else [])
+    for key, name in names:  # core (j, r): W[d-shard j, f-shard r]
+        wp = _pad(w[p + name], (C * fl.dc, F)).reshape(C, fl.dc, R, fl.fr)
+        out[b(key)] = wp.transpose(2, 0, 1, 3)
+    wp = _pad(w[p + "w_down"], (F, C * fl.dc)).reshape(R, fl.fr, C, fl.dc)
+    out[b("wdown")] = wp.transpose(0, 2, 1, 3)
+    arr = _zeros(program, b("kv"))
+    if kv_cache is not None:
+        ks, vs = kv_cache[i]
+        for t, src in ((0, ks), (1, vs)):
+            src = np.asarray(src, np.float32)
+            if src.shape != (fl.batch, cfg.n_kv_heads, fl.start, hd):
+                raise ValueError(f"kv_cache[{i}]: shape {src.shape}, the program expects "
+                                 f"{(fl.batch, cfg.n_kv_heads, fl.start, hd)}")
+            # position p -> column p mod C, slot p div C
+            sp = _pad(src, (fl.batch, cfg.n_kv_heads, fl.slots * C, hd))
+            sp = sp.reshape(fl.batch, cfg.n_kv_heads, fl.slots, C, hd).transpose(3, 0, 1, 2, 4)
+            for r in range(fl.ra):
+                for k, g in enumerate(fl.row_kv[r]):
+                    arr[r, :, t, :, k] = sp[:, :, g]
+    out[b("kv")] = arr
+
+
+def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
+                 kv_cache: list | None = None) -> dict[str, np.ndarray]:
+    """Per-core input arrays of every tile the run starts from (see the module docstring)."""
+    m = _fmeta(program)
+    fl = layout_of(program, cfg)
+    tokens = np.asarray(tokens)
+    if tokens.shape != (fl.batch, fl.sq) or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens: got {tokens.shape} {tokens.dtype}, the program runs "
+                         f"(batch, new tokens) = {(fl.batch, fl.sq)} integers")
+    if (kv_cache is None) != (fl.start == 0):
+        raise ValueError(f"kv_cache: the program {'decodes after' if fl.start else 'starts at'} "
+                         f"position {fl.start}; give the cache of exactly those positions")
+    w = weights
+    out: dict[str, np.ndarray] = {}
+    rows = w["embed"][tokens.reshape(-1)]  # (T, d): the gather where the tokens enter
+    out["embed.rows"] = _cols(rows, fl, 1)[None]
+    if cfg.positions == "learned":
+        pos = w["pos"][fl.start + np.arange(fl.T) % fl.sq]
+        out["embed.pos"] = _cols(pos, fl, 1)[None]
+    for i, lay in enumerate(m["layers"]):
+        _layer_inputs(program, fl, w, i, LayerBufs(lay["w"], lay["a"]), out, kv_cache)
+    arr = _zeros(program, "lnf.g")
+    arr[0, :, 0] = _cols(w["ln_f_g"][None], fl, 1)[:, 0]
+    if cfg.norm == "layernorm":
+        arr[0, :, 1] = _cols(w["ln_f_b"][None], fl, 1)[:, 0]
+    out["lnf.g"] = arr
+    table = w["embed"].T if cfg.tied_embeddings else w["lm_head"]  # (d, V)
+    R, k = fl.rows, fl.tables
+    tp = _pad(table, (fl.cols * fl.dc, k * R * fl.vr)).reshape(fl.cols, fl.dc, k, R, fl.vr)
+    for j in range(k):  # core (j_col, r) of table region h: table[d-shard, shard h R + r]
+        out[f"head{j}.table"] = tp[:, :, j].transpose(2, 0, 1, 3)
+    return out
+
+
+def model_output(program: Program, buffers: dict) -> np.ndarray:
+    """Logits (batch, vocab) from the leaders (column 0) of every table region."""
+    m = _fmeta(program)
+    parts = []
+    for j in range(len(m["heads"])):
+        lg = decode(program, buffers, f"head{j}.logits")  # (R, C, lm, vr)
+        parts.extend(lg[r, 0] for r in range(lg.shape[0]))
+    return np.concatenate(parts, axis=-1)[:, :m["vocab"]]
+
+
+def model_kv_cache(program: Program, cfg: GPTConfig, buffers: dict) -> list:
+    """The KV cache the run leaves: per layer (k, v), each (batch, kv_heads, keys, hd)."""
+    m = _fmeta(program)
+    fl = layout_of(program, cfg)
+    out = []
+    for lay in m["layers"]:
+        kv = decode(program, buffers, LayerBufs(lay["w"], lay["a"])("kv"))
+        # (Ra, C, 2, B, kvpr, S, hd) -> (2, B, KV, S * C, hd), position p = slot * C + column
+        full = np.zeros((2, fl.batch, cfg.n_kv_heads, fl.slots, fl.cols, fl.hd), np.float32)
+        for r in range(fl.ra - 1, -1, -1):  # a K/V head kept by several rows: the first one
+            for k, g in enumerate(fl.row_kv[r]):
+                full[:, :, g] = kv[r, :, :, :, k].transpose(1, 2, 3, 0, 4)
+        full = full.reshape(2, fl.batch, cfg.n_kv_heads, fl.slots * fl.cols, fl.hd)
+        out.append((full[0, :, :, :fl.keys], full[1, :, :, :fl.keys]))
+    return out
+
+
+def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """(inputs for run_functional, reference logits (batch, vocab)) for random weights and
+    tokens; see the module docstring."""
+    fl = layout_of(program, cfg)
+    weights = reference.init_weights(cfg, seed)
+    rng = np.random.default_rng(seed)
+    w64 = {k: round_to(v, fl.dtype).astype(np.float64) for k, v in weights.items()}
+    kv = None
+    if fl.start:
+        prompt = rng.integers(0, cfg.vocab_size, (fl.batch, fl.start))
+        _, kv = reference.forward(cfg, w64, prompt)
+    tokens = rng.integers(0, cfg.vocab_size, (fl.batch, fl.sq))
+    logits, _ = reference.forward(cfg, w64, tokens, kv_cache=kv, start_pos=fl.start)
+    return model_inputs(program, cfg, weights, tokens, kv), logits[:, -1]
