@@ -1,9 +1,10 @@
 """How attention is split over a region, and what its KV cache costs in SRAM.
 
-Head-parallel over rows: row r owns query heads r, r + Ra, ... with Ra = min(rows, heads), and
+Head-parallel over rows: row r owns a block of consecutive query heads [r hpr, (r + 1) hpr) with
+hpr = heads / Ra rounded up and Ra = min(rows, heads), and
 the K/V heads those query heads read (GQA: kv_heads / Ra per row, rounded up; when Ra > kv_heads
 a K/V head is kept by every row whose query heads use it). Sequence-parallel over columns: column
-j keeps the keys and values of positions j, j + C, ... so Q·Kᵀ is a distributed GEMM in which K
+j keeps the keys and values of positions j, j + C, ... (slot p div C), so Q·Kᵀ is a distributed GEMM in which K
 never moves (the transposed product is computed where K lives) and only the partial outputs
 and softmax statistics (head_dim + 2 numbers per head and query) travel.
 """

@@ -122,14 +122,8 @@ def cmd_run(args) -> int:
     hw = effective_hardware(args)
     program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
                             batch=args.batch, prompt=args.prompt, context=args.context,
-                            dtype=args.dtype, grid=args.grid, sparsity=args.sparsity)
-    if args.functional:  # the same mapping with DataOps and tiles (the same timing)
-        from mapper.strategies import strategies
-        from workloads.models import load_model
-        program = strategies()[args.strategy](
-            load_model(args.model), hw, phase=args.phase, batch=args.batch, prompt=args.prompt,
-            context=args.context, dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
-            functional=True)
+                            dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
+                            functional=args.functional)
     if args.show_program:
         print(program.describe())
         return 0

@@ -22,7 +22,7 @@ def _positive(name: str, value, allow_none: bool = False):
 def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
-                  sparsity: float = 0.0):
+                  sparsity: float = 0.0, functional: bool = False):
     """Validate the run's parameters and map the model; returns the Program."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
@@ -37,7 +37,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
     cfg = load_model(model)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
-                                context=context, dtype=dtype, grid=grid, sparsity=sparsity)
+                                context=context, dtype=dtype, grid=grid, sparsity=sparsity,
+                                functional=functional)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
