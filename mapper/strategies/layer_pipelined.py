@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from mapper.placement import MappingError, layer_graph, place_chain, slot_grid
+from mapper.placement import MappingError, layer_graph, place_chain, slot_grid, slot_grids
 from mapper.strategies.common import (
     Run,
     alloc_group,
@@ -29,21 +29,46 @@ from wse_sim.hardware import HardwareConfig
 from wse_sim.program import IoTransfer, Program, ProgramBuilder, Region
 
 
+def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
+    """Whether k slots of `sg` hold the table (and the LM head's activations); and the k that
+    would."""
+    cores = sg.cols * sg.rows
+    act = 2 * run.lm_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes
+    adam = 7 if run.phase == "train" else 1  # fp16 weight + grad + fp32 master and moments
+    per_core = math.ceil(run.table_bytes * adam / (k * cores)) + act
+    need = math.ceil(run.table_bytes * adam / (max(1, run.hw.sram_bytes - act) * cores))
+    return per_core <= run.hw.sram_bytes, need
+
+
 def choose_slots(run: Run):
-    """The slot grid with L layer slots and the fewest table slots that hold the table."""
-    L = run.cfg.n_layers
+    """The slot grid (L layer slots + k table slots) with the most cores per slot in which a
+    layer's buffers and the table fit; the fewest table slots first. When nothing fits, the
+    largest slots (so the caller reports the numbers that do not fit)."""
+    L, cfg = run.cfg.n_layers, run.cfg
+    fallback = None
     k = 1
-    for _ in range(256):
-        if L + k > run.cols * run.rows:
+    while L + k <= run.cols * run.rows and k <= 4096:
+        grids = slot_grids(run.cols, run.rows, L + k)
+        if not grids:
             break
-        sg = slot_grid(run.cols, run.rows, L + k)
-        cores = sg.cols * sg.rows
-        act = 2 * run.lm_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes
-        adam = 7 if run.phase == "train" else 1  # fp16 weight + grad + fp32 master and moments
-        per_core = math.ceil(run.table_bytes * adam / (k * cores)) + act
-        if per_core <= run.hw.sram_bytes:
-            return sg, k
-        k = max(k + 1, math.ceil(run.table_bytes * adam / (max(1, run.hw.sram_bytes - act) * cores)))
+        next_k = None
+        for sg in grids:
+            ok, need = _table_fits(run, sg, k)
+            if fallback is None and ok:
+                fallback = (sg, k)
+            if not ok:
+                next_k = need if next_k is None else min(next_k, need)
+                continue
+            lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
+            buffers = layer_buffers(cfg, lay, run.tokens, run.keys, run.kv_tokens, run.dtype,
+                                    train=run.phase == "train")
+            if sum(buffers.values()) <= run.hw.sram_bytes:
+                return sg, k
+        if next_k is None or next_k <= k:
+            break
+        k = next_k
+    if fallback is not None:
+        return fallback
     raise MappingError(f"model {run.cfg.name} does not fit: {L} layers and the embedding table "
                        f"({run.table_bytes} bytes) need more than the {run.cols * run.rows} cores "
                        f"of the {run.cols} x {run.rows} mesh")

@@ -76,6 +76,12 @@ def ffn_row_cols(cfg: GPTConfig, rows: int) -> int:
     return math.ceil(cfg.d_ffn / rows) * (2 if cfg.activation == "swiglu" else 1)
 
 
+def _weight_reads(op) -> int:
+    """Weight bytes an op reads from SRAM: all of its weights, except a table lookup (the
+    embedding), which reads only the rows it gathers (its output)."""
+    return op.bytes_out if op.kind == "embedding" else op.weight_bytes
+
+
 def _deps(dep) -> tuple:
     items = dep if isinstance(dep, tuple | list) else (dep,)
     return tuple(d if isinstance(d, Dep) else Dep(int(d)) for d in items if d is not None)
@@ -102,7 +108,7 @@ class TP2D:
         sparse = self.sparsity if (fmac and op.weight and op.kind == "matmul") else 0.0
         return self.pb.add(Compute(
             label or name, region, f, op.dtype, "fmac" if fmac else "vector", sparse,
-            sram_read_bytes=int((op.bytes_in + op.weight_bytes) * frac),
+            sram_read_bytes=int((op.bytes_in + _weight_reads(op)) * frac),
             sram_write_bytes=int(op.bytes_out * frac), deps=_deps(dep), data=data))
 
     def maybe(self, name: str, region: Region, dep, *, fmac: bool, data=None) -> int:
