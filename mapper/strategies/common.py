@@ -28,6 +28,14 @@ class Run:
     cols: int
     rows: int
     sparsity: float
+    chunks: int = 1  # prefill: the prompt runs through the layers in this many chunks
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Tokens of one chunk (the tokens a layer handles at a time)."""
+        if self.phase != "prefill":
+            return self.tokens
+        return self.batch * math.ceil(self.prompt / self.chunks)
 
     @property
     def bytes(self) -> int:
@@ -204,3 +212,18 @@ def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run
     free = hw.sram_bytes - (sum(buffers.values()) - buffers.get("kv_cache", 0))
     positions = split(cfg, lay.reg.rows, lay.reg.cols).max_tokens(free, run.dtype, layers)
     return positions // run.batch
+
+
+def chunked(run: Run, fits) -> Run:
+    """The fewest prefill chunks (1, 2, 4, ...) for which `fits(run)` holds; the prompt
+    unchunked when nothing fits (so the caller reports the numbers), or for other phases."""
+    import dataclasses
+    if run.phase != "prefill" or fits(run):
+        return run
+    n = 2
+    while n <= run.prompt:
+        candidate = dataclasses.replace(run, chunks=n)
+        if fits(candidate):
+            return candidate
+        n *= 2
+    return run

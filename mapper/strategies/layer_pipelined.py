@@ -17,6 +17,7 @@ from mapper.strategies.common import (
     alloc_group,
     check_buffers,
     check_total_weights,
+    chunked,
     emit_lm_head,
     handoff,
     kv_context_limit,
@@ -26,7 +27,7 @@ from mapper.strategies.functional_layout import LayerBufs, dataop, make_layout
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
-from wse_sim.program import IoTransfer, Program, ProgramBuilder, Region
+from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
 
 
 def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
@@ -60,15 +61,15 @@ def choose_slots(run: Run):
                 next_k = need if next_k is None else min(next_k, need)
                 continue
             lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
-            buffers = layer_buffers(cfg, lay, run.tokens, run.keys, run.kv_tokens, run.dtype,
-                                    train=run.phase == "train")
+            buffers = layer_buffers(cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens,
+                                    run.dtype, train=run.phase == "train")
             if sum(buffers.values()) <= run.hw.sram_bytes:
-                return sg, k
+                return sg, k, True
         if next_k is None or next_k <= k:
             break
         k = next_k
     if fallback is not None:
-        return fallback
+        return fallback + (False,)
     raise MappingError(f"model {run.cfg.name} does not fit: {L} layers and the embedding table "
                        f"({run.table_bytes} bytes) need more than the {run.cols * run.rows} cores "
                        f"of the {run.cols} x {run.rows} mesh")
@@ -96,12 +97,17 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity)
     check_total_weights(run)
+    run = chunked(run, lambda r: choose_slots(r)[2])
+    if functional and run.chunks > 1:
+        raise NotImplementedError(f"functional: a prefill in {run.chunks} chunks is not mapped "
+                                  "functionally; use a shorter --prompt or a larger mesh")
     ops = run.ops()
     L = cfg.n_layers
-    sg, k = choose_slots(run)
+    sg, k, _ = choose_slots(run)
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
     train = phase == "train"
-    buffers = layer_buffers(cfg, lay0, run.tokens, run.keys, run.kv_tokens, dtype, train=train)
+    buffers = layer_buffers(cfg, lay0, run.chunk_tokens, run.keys, run.kv_tokens, dtype,
+                            train=train)
     check_buffers("each layer region", run, buffers, lay0.reg,
                   f" ({L + k} regions on a {run.cols} x {run.rows} mesh)")
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
@@ -133,16 +139,22 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     def copy(src: str, dst: str):
         return dataop("copy", (src,), dst) if fl is not None else None
 
-    x_vals = run.tokens * math.ceil(cfg.d_model / sg.cols)
-    e = tp.compute("embed", top0, None, fmac=False,
-                   data=fl.embed_data("embed.x") if fl is not None else None)
-    dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, e,
-                  data=copy("embed.x", bufs[0]("x")))
-    for i, lay in enumerate(lays):
-        dep = tp.forward(i, lay, dep, bufs=bufs[i])
-        if i + 1 < L:
-            dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype, dep,
-                          data=copy(bufs[i]("x"), bufs[i + 1]("x")))
+    x_vals = run.chunk_tokens * math.ceil(cfg.d_model / sg.cols)
+    tp.tokens = run.chunk_tokens
+    ends: list = [None] * L  # each layer's last record of the previous chunk
+    for c in range(run.chunks):  # chunks pipeline through the layers
+        tp.share = (c, run.chunks)
+        e = tp.compute("embed", top0, None, fmac=False,
+                       data=fl.embed_data("embed.x") if fl is not None else None)
+        dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, e,
+                      data=copy("embed.x", bufs[0]("x")))
+        for i, lay in enumerate(lays):
+            after = (dep,) + ((Dep(ends[i], "all"),) if ends[i] is not None else ())
+            dep = ends[i] = tp.forward(i, lay, after, bufs=bufs[i])
+            if i + 1 < L:
+                dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype,
+                              dep, data=copy(bufs[i]("x"), bufs[i + 1]("x")))
+    tp.share, tp.tokens = (0, 1), run.tokens
     dep, head_grads = emit_lm_head(tp, run, lays[-1].row0, heads, dep,
                                    x_name=bufs[-1]("x"))
     if train:
@@ -170,6 +182,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "strategy": "layer-pipelined", "model": cfg.name, "phase": phase, "batch": batch,
         "prompt": prompt, "context": context, "dtype": dtype, "sparsity": sparsity,
         "region_cols": sg.cols, "region_rows": sg.rows, "regions": L + k, "table_regions": k,
+        "chunks": run.chunks,
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
@@ -186,7 +199,7 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     run = make_run(sub, hw, **kw)
     ops = run.ops()
     L = layers
-    sg, k = choose_slots(run) if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
+    sg, k = choose_slots(run)[:2] if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub)
     buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype)
     check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,

@@ -18,6 +18,7 @@ from mapper.strategies.common import (
     alloc_group,
     check_buffers,
     check_total_weights,
+    chunked,
     emit_lm_head,
     kv_context_limit,
     make_run,
@@ -55,15 +56,23 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     name = "weight-streaming" if streaming else "layer-sequential"
     if not streaming:
         check_total_weights(run)
-    ops = run.ops()
     L, train = cfg.n_layers, phase == "train"
     reg = Region(0, 0, run.cols, run.rows)
     lay = Layout.of(reg, cfg)
-    buffers = layer_buffers(cfg, lay, run.tokens, run.keys, run.kv_tokens, dtype, train=train,
-                            weight_layers=L, stream_weights=streaming)
     adam = 7 if (train and not streaming) else 1
     table = run.table_bytes * (2 if streaming else adam)
-    buffers["table"] = math.ceil(table / reg.size)
+
+    def sizes(r: Run) -> dict:
+        b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.kv_tokens, dtype, train=train,
+                          weight_layers=L, stream_weights=streaming)
+        return b | {"table": math.ceil(table / reg.size)}
+
+    run = chunked(run, lambda r: sum(sizes(r).values()) <= hw.sram_bytes)
+    if functional and run.chunks > 1:
+        raise NotImplementedError(f"functional: a prefill in {run.chunks} chunks is not mapped "
+                                  "functionally; use a shorter --prompt or a larger mesh")
+    ops = run.ops()
+    buffers = sizes(run)
     check_buffers("the region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
     fl = make_layout(cfg, run, reg.rows, reg.cols) if functional else None
@@ -76,8 +85,9 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         for i in range(L):
             tiles |= fl.layer_tiles(lay, bufs[i], acts=i == 0)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
-    x_vals = run.tokens * math.ceil(cfg.d_model / reg.cols)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl)
+    x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
+    n = run.chunks
 
     def stream_in(label: str, nbytes: int, after) -> int | None:
         if not streaming:
@@ -87,10 +97,14 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         return pb.add(IoTransfer(label, reg, int(nbytes), "in", deps=deps))
 
     io_prev = None
-    if streaming:  # token embeddings are gathered off the wafer and stream in
-        io_prev = pb.add(IoTransfer("embed.in", lay.row0, x_vals * reg.cols * run.bytes, "in"))
-    dep = tp.compute("embed", lay.row0, io_prev, fmac=False,
-                     data=fl.embed_data(bufs[0]("x")) if fl is not None else None)
+    chunk_deps = []  # per chunk: the record its next layer waits for
+    for c in range(n):
+        tp.share = (c, n)
+        if streaming:  # token embeddings are gathered off the wafer and stream in
+            io_prev = pb.add(IoTransfer("embed.in", lay.row0, x_vals * reg.cols * run.bytes,
+                                        "in", deps=(Dep(io_prev, "all"),) if io_prev else ()))
+        chunk_deps.append(tp.compute("embed", lay.row0, io_prev, fmac=False,
+                                     data=fl.embed_data(bufs[0]("x")) if fl else None))
     layer_ends: list[int] = []
     for i in range(L):
         # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
@@ -98,9 +112,15 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
         w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run), after)
         io_prev = w if w is not None else io_prev
-        dep = tp.forward(i, lay, dep, weight_dep=Dep(w, "same") if w is not None else None,
-                         bufs=bufs[i])
-        layer_ends.append(dep)
+        for c in range(n):  # every chunk through layer i, then on to layer i + 1
+            tp.share = (c, n)
+            prev = (Dep(chunk_deps[c - 1], "all"),) if c > 0 else ()
+            chunk_deps[c] = tp.forward(i, lay, (chunk_deps[c],) + prev,
+                                       weight_dep=Dep(w, "same") if w is not None else None,
+                                       bufs=bufs[i])
+        layer_ends.append(chunk_deps[-1])
+    tp.share, tp.tokens = (0, 1), run.tokens
+    dep = chunk_deps[-1]
     w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.bytes,
                   ((io_prev,) if io_prev is not None else ()) + (Dep(layer_ends[-1], "all"),))
     io_prev = w if w is not None else io_prev
@@ -138,7 +158,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta=fmeta | {
         "strategy": name, "model": cfg.name, "phase": phase, "batch": batch, "prompt": prompt,
         "context": context, "dtype": dtype, "sparsity": sparsity, "region_cols": reg.cols,
-        "region_rows": reg.rows, "regions": 1, "grid_cols": run.cols, "grid_rows": run.rows,
+        "region_rows": reg.rows, "regions": 1, "chunks": run.chunks, "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
         "sram_buffers_per_core": buffers,
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)})

@@ -96,6 +96,7 @@ class TP2D:
         self.sparsity, self.tokens = sparsity, tokens
         self.fl = fl  # functional layout: DataOps are attached only when given
         self.emitted: set[str] = set()
+        self.share = (0, 1)  # (chunk, chunks): a chunk runs its share of every op's FLOPs
 
     # ---- primitives -----------------------------------------------------------------------
     def compute(self, name: str, region: Region, dep, *, fmac: bool, flops: int | None = None,
@@ -103,8 +104,12 @@ class TP2D:
         """One op of the graph (all its FLOPs, or `flops` of it) on every core of `region`."""
         op = self.ops[name]
         self.emitted.add(name)
-        f = int(op.flops if flops is None else flops)
-        frac = f / op.flops if op.flops else 1.0
+        if flops is None:
+            c, n = self.share
+            base, extra = divmod(int(op.flops), n)
+            flops = base + (1 if c < extra else 0)
+        f = int(flops)
+        frac = f / op.flops if op.flops else 1.0 / self.share[1]
         sparse = self.sparsity if (fmac and op.weight and op.kind == "matmul") else 0.0
         return self.pb.add(Compute(
             label or name, region, f, op.dtype, "fmac" if fmac else "vector", sparse,
@@ -130,15 +135,16 @@ class TP2D:
         """Statistics (half the FLOPs), all-reduce of 2 numbers per token, normalise.
         `d`: DataOps by key (`key`.stats, .allreduce, .bcast, and `key` for the normalise)."""
         d = d or {}
-        op = self.ops[name]
-        half = op.flops // 2
+        c, n = self.share
+        total = int(self.ops[name].flops) // n + (1 if c < int(self.ops[name].flops) % n else 0)
+        half = total // 2
         a = self.compute(name, row, dep, fmac=False, flops=half, label=name + ".stats",
                          data=d.get(key + ".stats"))
         a = self.stream(name + ".allreduce", row, "x", -1, 2 * tokens, a, reduce=True,
                         color="stats", dtype="fp32", data=d.get(key + ".allreduce"))
         a = self.stream(name + ".bcast", row, "x", 1, 2 * tokens, a, reduce=False,
                         color="stats_bcast", dtype="fp32", data=d.get(key + ".bcast"))
-        return self.compute(name, row, a, fmac=False, flops=op.flops - half, data=d.get(key))
+        return self.compute(name, row, a, fmac=False, flops=total - half, data=d.get(key))
 
     def gemms(self, names, region: Region, dep, weight_dep=None, d: dict | None = None) -> int:
         """The local GEMMs of `names` (those in the graph) on every core of `region`; the
