@@ -33,7 +33,7 @@ phase = ["prefill", "decode"]
 
 [[points]]          # 4 KB of SRAM per core: tiny does not fit
 phase = "prefill"
-sram_bytes = 4096
+sram_bytes = 1024
 """
 
 
@@ -69,7 +69,7 @@ def test_small_sweep_runs_and_records_the_failed_point(small):
                       *METRICS]
     failed = [r for r in rows.values() if r["status"] == "failed"]
     assert len(failed) == 1 and "does not fit" in failed[0]["error"]
-    assert failed[0]["sram_bytes"] == "4096" and failed[0]["phase"] == "prefill"
+    assert failed[0]["sram_bytes"] == "1024" and failed[0]["phase"] == "prefill"
     for r in rows.values():
         if r["status"] == "ok":
             assert int(r["cycles"]) > 0 and float(r["tokens_per_s"]) > 0
@@ -190,7 +190,7 @@ def test_bad_base_and_points_name_the_line(tmp_path):
     cases = [
         (SMALL.replace('prompt = 16', 'prompt = "16"'), 6, "base.prompt"),
         (SMALL.replace('engine = "reference"', 'sram_bytes = 4'), 5, "hardware fields go in"),
-        (SMALL.replace('sram_bytes = 4096', 'sram_bytes = 4096.5'), 15, "points[0].sram_bytes"),
+        (SMALL.replace('sram_bytes = 1024', 'sram_bytes = 1024.5'), 15, "points[0].sram_bytes"),
         (SMALL + "[base.set]\nclock_ghz = 'fast'\n", 17, "base.set.clock_ghz"),
         (SMALL + "[axess]\nx = [1]\n", 16, "axess: unknown table"),
     ]
