@@ -408,7 +408,11 @@ class _Runner:
         c = out.as_f32(np.ascontiguousarray(out_blk).reshape(shape)) if acc else None
         c = np.ascontiguousarray(c) if c is not None else None
         par = _par(shape[0] * shape[1] * shape[2] * at.shape[2])
-        if a.lp and b.lp and a.dtype == b.dtype:
+        if t.sparsity > 0:  # the cores skip zero weights: run the sparse kernel for real
+            vals, colptr, rowidx = K.csc_tiles(np.ascontiguousarray(b.as_f32(bt)))
+            r = K.sparse_gemm_tiles(np.ascontiguousarray(a.as_f32(at)), vals, colptr, rowidx,
+                                    out=c, accumulate=acc)
+        elif a.lp and b.lp and a.dtype == b.dtype:
             r = K.gemm_tiles_lp(np.ascontiguousarray(at), np.ascontiguousarray(bt), a.dtype,
                                 out=c, accumulate=acc, parallel=par)
         else:

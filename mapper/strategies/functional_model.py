@@ -203,12 +203,25 @@ def model_kv_cache(program: Program, cfg: GPTConfig, buffers: dict) -> list:
     return out
 
 
+def sparsify(weights: dict, sparsity: float, rng) -> dict:
+    """Zero a `sparsity` fraction of every layer GEMM weight at random (real masks: the mapped
+    run skips those multiply-adds, the reference multiplies by the zeros)."""
+    if sparsity <= 0:
+        return weights
+    out = dict(weights)
+    for k, v in weights.items():
+        if k.startswith("L") and ".w_" in k:
+            out[k] = np.where(rng.random(v.shape) < sparsity, 0, v).astype(v.dtype)
+    return out
+
+
 def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, np.ndarray]:
     """(inputs for run_functional, reference logits (batch, vocab)) for random weights and
     tokens; see the module docstring."""
     fl = layout_of(program, cfg)
     weights = reference.init_weights(cfg, seed)
     rng = np.random.default_rng(seed)
+    weights = sparsify(weights, float(program.meta.get("sparsity", 0.0)), rng)
     w64 = {k: round_to(v, fl.dtype).astype(np.float64) for k, v in weights.items()}
     kv = None
     if fl.start:
