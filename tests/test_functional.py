@@ -234,3 +234,17 @@ def test_error_report():
     assert not error_report(ref * 1.01, ref, "fp32")["ok"]
     assert error_report(ref * 1.001, ref, "fp16")["ok"]
     assert not error_report(np.array([[np.nan, 1.0]]), ref, "bf16")["ok"]
+
+
+def test_simulate_has_a_functional_switch():
+    import numpy as np
+
+    from mapper.gemm import build_gemm, gemm_inputs, gemm_output
+    from wse_sim.engine import simulate
+    p = build_gemm("cannon", HW, grid=4, m=16, k=16, n=16, dtype="fp32", functional=True)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((16, 16), np.float32), rng.standard_normal((16, 16), np.float32)
+    timed = simulate(p, HW, engine="reference")
+    both = simulate(p, HW, engine="reference", functional=gemm_inputs(p, a, b))
+    assert timed.buffers is None and both.cycles == timed.cycles
+    np.testing.assert_allclose(gemm_output(p, both.buffers), a @ b, rtol=1e-5, atol=1e-5)

@@ -41,6 +41,7 @@ class SimResult:
     wall_seconds: float = 0.0
     meta: dict = field(default_factory=dict)
     spans: dict | None = None  # per instance: task, index, core (source for flows), start, end
+    buffers: dict | None = None  # functional runs: the final buffers by name
 
     # ---- derived -------------------------------------------------------------------------
     @property

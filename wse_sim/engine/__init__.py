@@ -6,9 +6,21 @@ ENGINES = ("auto", "reference", "fast")
 AUTO_REFERENCE_MAX_CORES = 64 * 64  # auto picks the reference engine up to this mesh size
 
 
-def simulate(program, hw, engine: str = "auto"):
+def simulate(program, hw, engine: str = "auto", functional: dict | None = None):
     """Run `program` on `hw` and return a SimResult. `auto` prefers the fast engine when it is
-    available and the mesh is larger than 64 x 64; the reference engine otherwise."""
+    available and the mesh is larger than 64 x 64; the reference engine otherwise.
+
+    `functional`: the input buffers of a functional run (e.g. `mapper.gemm.gemm_inputs`); the
+    program's DataOps then also run on real tensors through the kernels, and the final buffers
+    are in `result.buffers` (the timing is the same either way)."""
+    result = _timed(program, hw, engine)
+    if functional is not None:
+        from wse_sim.functional import run_functional
+        result.buffers = run_functional(program, hw, functional)
+    return result
+
+
+def _timed(program, hw, engine: str):
     if engine not in ENGINES:
         from wse_sim.hardware import ConfigError
         raise ConfigError(f"engine: got {engine!r}, must be one of {', '.join(ENGINES)}")
