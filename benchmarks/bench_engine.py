@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     figures["numba_warmup_cached"] = figures["numba_warmup_seconds"] < 5.0
 
     # ---- fast vs reference on the same program ------------------------------------------------
-    ref_steps = 2 if quick else 4
+    ref_steps = 2 if quick else 8
     for n in (32, 64):
         hw = mesh(n, n)
         program = cannon(hw, ref_steps)

@@ -253,6 +253,33 @@ def test_cannon_on_a_subregion_with_contention():
     assert fast.compute_cycles + fast.comm_cycles <= fast.cycles
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=12), st.integers(0, 2**32 - 1),
+       st.sampled_from(["shuffle", "interleave", "rotate", "reverse"]))
+def test_round_sort_orders_by_task_then_index(sizes, seed, pattern):
+    """A round's instances are sorted by id whatever order they were woken in (grouping by
+    task, merging runs, insertion sort and heapsort all get exercised)."""
+    from wse_sim.engine import fast_queue
+    rng = np.random.default_rng(seed)
+    ib = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    tblk = (np.searchsorted(ib, np.arange(0, ib[-1], 1 << fast_queue.TB), side="right")
+            - 1).astype(np.int64)
+    ids = np.unique(rng.integers(0, ib[-1], size=rng.integers(1, ib[-1] + 1)))
+    if pattern == "shuffle":
+        a = rng.permutation(ids)
+    elif pattern == "interleave":  # tasks woken alternately, each in order
+        a = ids[np.argsort(ids - ib[np.searchsorted(ib, ids, side="right") - 1], kind="stable")]
+    elif pattern == "rotate":
+        a = np.roll(ids, int(rng.integers(0, len(ids))))
+    else:
+        a = ids[::-1].copy()
+    a = a.astype(np.int64)
+    tmp = np.empty_like(a)
+    tscr = np.full(4 * len(sizes), -1, np.int64)
+    fast_queue._sort_batch(a, tmp, len(a), ib, tblk, tscr)
+    assert np.array_equal(a, ids) and (tscr[:len(sizes)] == -1).all()
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 def test_cycle_and_deadlock_raise_in_both():
@@ -295,6 +322,19 @@ def test_chunked_run_gives_the_same_result(monkeypatch):
     whole = simulate_fast(program, hw, progress=False)
     monkeypatch.setattr(fast_mod, "CHUNK", 7)
     assert_same(whole, simulate_fast(program, hw, progress=True))
+
+
+@pytest.mark.parametrize("wheel", [64, 128])
+def test_small_timing_wheel_gives_the_same_result(monkeypatch, wheel):
+    """Ready times beyond the timing wheel's span go through the radix queue: a wheel of a
+    few dozen cycles sends most of them there."""
+    import wse_sim.engine.fast as fast_mod
+    hw = load_preset("mesh32")
+    programs = (mixed(hw), cannon(hw, 3, 24, flops=3000, wavelets=200))
+    results = [simulate_fast(p, hw) for p in programs]
+    monkeypatch.setattr(fast_mod, "WHEEL", wheel)
+    for program, whole in zip(programs, results, strict=True):
+        assert_same(whole, simulate_fast(program, hw))
 
 
 def test_progress_bar_only_when_asked_or_large(capsys):

@@ -3,14 +3,15 @@
 `simulate_fast(program, hw)` gives the same `SimResult` as `simulate_reference` (every counter,
 the per-op breakdown, the critical path and the per-instance spans) except `engine` and
 `wall_seconds`. The program is never expanded per core in Python: each task becomes one row of
-an integer table (`fast_tables`), and the numba scheduler (`fast_sched`) generates each
-instance's reservations, events and needs from that row when it needs them (`fast_tasks`), in
-the reference's order.
+an integer table (`fast_tables`), and the numba scheduler (`fast_sched`, with its ready queue
+in `fast_queue`) generates each instance's reservations, events and needs from that row when
+it needs them (`fast_tasks`), in the reference's order.
 
 Memory: per resource (7 per core) the cycle it is free from and its last holder (12 bytes);
 per instance its start, its blocker and its pending needs (16 bytes); per (task, core) signal
 its time, producer and pending count (16 bytes); the result's maps (72 bytes per core); spans,
-when kept, 32 more bytes per instance. (Ids are int64 beyond 2**31 instances.)
+when kept, 32 more bytes per instance; the ready queue, a timing wheel of WHEEL slots backed by
+a radix queue, about 200 KB. (Ids are int64 beyond 2**31 instances.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 
 import numpy as np
 
+from wse_sim.engine import fast_queue as Q
 from wse_sim.engine import fast_sched as S
 from wse_sim.engine import fast_tasks as K
 from wse_sim.engine.common import ensure_acyclic
@@ -40,9 +42,10 @@ from wse_sim.program import (
 )
 from wse_sim.timing import executed_flops
 
-PROGRESS_MIN_INSTANCES = 2_000_000  # show a progress bar (stderr) from this many instances
+PROGRESS_MIN_INSTANCES = 20_000_000  # progress bar (stderr) from here: runs of a few seconds
 SPANS_MAX_INSTANCES = 4_000_000     # fill SimResult.spans up to this many instances by default
 CHUNK = 1 << 20                     # instances granted per numba call while showing progress
+WHEEL = 1 << 13                     # timing-wheel slots (cycles ahead kept in O(1) buckets)
 
 
 def simulate_fast(program: Program, hw: HardwareConfig, progress: bool | None = None,
@@ -104,7 +107,7 @@ def _check(program: Program, tables: Tables, mesh: Mesh) -> None:
         return
     kind, t, _i, d, x, y, ax, ay = (int(v) for v in S.check_needs(tables.td, tables.deps,
                                                                   tables.hwc))
-    if kind == 0:  # deps_valid is conservative for a need covered by two rectangles
+    if kind == 0:  # (deps_valid is exact: a safety net)
         return
     task = program.tasks[t]
     dep_task = int(tables.deps[d, K.D_TASK])
@@ -145,14 +148,22 @@ class _Run:
         self.rrid, self.roff, self.rlen = (np.empty(nres, np.int64) for _ in range(3))
         self.ex, self.ey, self.eoff = (np.empty(nev, np.int64) for _ in range(3))
         self.ends = np.empty(ni if keep_ends else 0, np.int64)
-        # instances without needs are ready at cycle 0: bucket 0 of the queue, linked in order
-        self.head = np.full(195, -1, np.int64)  # radix queue: heads, tails, lengths
-        self.head[130:] = 0
+        # ready instances: a timing wheel (see fast_queue.queue_push) backed by a radix queue
+        w = WHEEL
+        assert w >= 64 and w & (w - 1) == 0, "WHEEL must be a power of two >= 64"
+        self.wheel = np.full(3 * w + w // 64 + 1, -1, np.int64)
+        self.wheel[2 * w:] = 0
+        self.head = np.full(Q.QUEUE_SLOTS, -1, np.int64)
+        self.head[130:195] = 0
+        self.head[195:] = Q.NEVER
+        # instances without needs are ready at cycle 0: wheel slot 0, linked in order
         free_tasks = np.flatnonzero(td[:, K.F_D0] == td[:, K.F_DN])
         roots = (np.concatenate([np.arange(tables.ib[t], tables.ib[t + 1]) for t in free_tasks])
                  if len(free_tasks) else np.zeros(0, np.int64))
         if len(roots):
-            self.head[0], self.head[65], self.head[130] = roots[0], roots[-1], len(roots)
+            self.wheel[0], self.wheel[w], self.wheel[2 * w] = roots[0], roots[-1], len(roots)
+            self.wheel[3 * w] = 1
+            self.wheel[-1] = len(roots)
             self.start[roots] = 0
             self.blk[roots[:-1]] = roots[1:]
             self.blk[roots[-1]] = -1
@@ -160,7 +171,7 @@ class _Run:
         self.batch = np.empty(max(1024, len(roots), biggest), np.int64)
         self.tmp = np.empty_like(self.batch)
         self.tscr = np.full(4 * max(1, len(td)), -1, np.int64)
-        self.tblk = (np.searchsorted(tables.ib, np.arange(0, ni, 1 << S.TB), side="right")
+        self.tblk = (np.searchsorted(tables.ib, np.arange(0, ni, 1 << Q.TB), side="right")
                      - 1).astype(np.int64)
         self.state = np.zeros(S.NS, np.int64)
         self.state[S.S_QUEUED] = len(roots)
@@ -172,8 +183,8 @@ class _Run:
             S.run(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk, tables.hwc,
                   self.free, self.owner, self.start, self.blk, self.pend, self.sig_time,
                   self.sig_prod, self.sig_pend, self.busy, self.lbytes, self.lbusy, self.tacc,
-                  self.head, self.batch, self.tmp, self.tscr, self.state, self.rrid, self.roff,
-                  self.rlen, self.ex, self.ey, self.eoff, self.ends, limit)
+                  self.head, self.wheel, self.batch, self.tmp, self.tscr, self.state, self.rrid,
+                  self.roff, self.rlen, self.ex, self.ey, self.eoff, self.ends, limit)
             need = int(self.state[S.S_NEED])
             if not need:
                 return
@@ -270,15 +281,15 @@ _WARM = False
 
 def _refresh_stale_cache() -> None:
     """numba's cache keys a function on its own file only: after an edit of fast_tasks.py,
-    fast_sched.py would reuse kernels built from the old helpers. Keep a digest of the three
-    kernel files next to the cache and drop every cached kernel when it changes."""
+    fast_sched.py would reuse kernels built from the old helpers. Keep a digest of the kernel
+    files next to the cache and drop every cached kernel when it changes."""
     import hashlib
     import os
 
     from numba.core.dispatcher import Dispatcher
 
     from wse_sim.engine import fast_tables
-    mods = (K, S, fast_tables)
+    mods = (K, Q, S, fast_tables)
     try:
         digest = hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in mods))
         stamp = os.path.join(S.run._cache._cache_path, "fast_engine.sha256")

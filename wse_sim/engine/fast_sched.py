@@ -2,11 +2,12 @@
 
 State: per resource the cycle it is free from and its last owner; per instance its start,
 its blocker and how many needs it still waits for; per signal slot its time, producer and
-how many contributions it still waits for. Ready instances wait in a radix queue (monotone:
-nothing becomes ready before the current cycle). A round takes every instance whose ready
-time is the current minimum, sorts them by global instance id, i.e. (task, index), and
-grants them in that order; instances made ready by these grants wait for the next round even
-at the same cycle (the reference's priority-2 grant event).
+how many contributions it still waits for. Ready instances wait in a timing wheel (a FIFO
+per cycle for the next W cycles) backed by a radix queue for later cycles (nothing becomes
+ready before the current cycle, so both only move forward). A round takes every instance
+whose ready time is the current minimum, sorts them by global instance id, i.e. (task,
+index), and grants them in that order; instances made ready by these grants wait for the
+next round even at the same cycle (the reference's priority-2 grant event).
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from wse_sim.engine.fast_queue import (
+    queue_front,
+    queue_push,
+    queue_take,
+    radix_next,
+    task_of,
+    wheel_next,
+)
 from wse_sim.engine.fast_tasks import (
     D_DX,
     D_DY,
@@ -46,8 +55,9 @@ from wse_sim.engine.fast_tasks import (
 )
 
 # state vector of a run
-S_QUEUED, S_BLEN, S_BPOS, S_TIME, S_GRANTED, S_MAXEND, S_LAST, S_COMM, S_DELIV, S_NEED = range(10)
-NS = 10
+(S_QUEUED, S_BLEN, S_BPOS, S_TIME, S_GRANTED, S_MAXEND, S_LAST, S_COMM, S_DELIV, S_NEED,
+ S_OLAST) = range(11)
+NS = 11
 # per-task accumulators
 A_BUSY, A_BYTES, A_START, A_END, A_FIRST = 0, 1, 2, 3, 4
 NA = 5
@@ -90,252 +100,8 @@ def check_needs(td, deps, hwc):
     return out
 
 
-TB = 10  # tblk[g >> TB]: the task holding instance id (g >> TB) << TB
-
-
 @kernel(inline=True)
-def task_of(ib, tblk, g, t):
-    """The task of instance id g (t: a guess, e.g. the previous instance's task)."""
-    if ib[t] <= g < ib[t + 1]:
-        return t
-    t = tblk[g >> TB]
-    while ib[t + 1] <= g:
-        t += 1
-    return t
-
-
-@kernel(inline=True)
-def _bucket(t, last):
-    """Radix-queue bucket of time t when the last time taken out was `last` (t >= last):
-    0 for t == last, else the bit length of t ^ last (1 .. 64)."""
-    x = t ^ last
-    if x == 0:
-        return 0
-    n = 1
-    if x >> 32:
-        x >>= 32
-        n += 32
-    if x >> 16:
-        x >>= 16
-        n += 16
-    if x >> 8:
-        x >>= 8
-        n += 8
-    if x >> 4:
-        x >>= 4
-        n += 4
-    if x >> 2:
-        x >>= 2
-        n += 2
-    if x >> 1:
-        n += 1
-    return n
-
-
-@kernel(inline=True)
-def queue_push(head, qtime, qnext, last, g, t):
-    """Queue instance g, ready at t, in the radix queue: a FIFO list per bucket (heads in
-    head[:65], tails in head[65:130], lengths in head[130:195]), linked through qnext. An
-    instance is queued once, so the scheduler lends it its start / blocker slots for its
-    time / link."""
-    b = _bucket(t, last)
-    qtime[g] = t
-    qnext[g] = -1
-    head[130 + b] += 1
-    if head[b] < 0:
-        head[b] = g
-    else:
-        qnext[head[65 + b]] = g
-    head[65 + b] = g
-
-
-@kernel
-def _queue_front(head, qtime, qnext, last):
-    """Make bucket 0 hold every instance ready at the earliest queued time (radix-heap step:
-    find the smallest non-empty bucket, take its minimum as the new time, redistribute).
-    Returns that time."""
-    if head[0] >= 0:
-        return last
-    b = 1
-    while head[b] < 0:
-        b += 1
-    g = head[b]
-    m = qtime[g]
-    while g >= 0:
-        m = min(m, qtime[g])
-        g = qnext[g]
-    g = head[b]
-    head[b] = -1
-    head[130 + b] = 0
-    while g >= 0:
-        nxt = qnext[g]
-        queue_push(head, qtime, qnext, m, g, qtime[g])
-        g = nxt
-    return m
-
-
-@kernel
-def _queue_take(head, qnext, batch, tmp, ib, tblk, tscr):
-    """Empty bucket 0 into `batch` (sorted by id, i.e. by (task, index)); returns how many."""
-    n = 0
-    runs = 1
-    g = head[0]
-    head[0] = -1
-    head[130] = 0
-    while g >= 0:
-        batch[n] = g
-        if n and batch[n - 1] > g:
-            runs += 1
-        n += 1
-        g = qnext[g]
-    if runs > 1:
-        _sort_batch(batch, tmp, n, ib, tblk, tscr)
-    return n
-
-
-@kernel
-def _sort_batch(a, tmp, n, ib, tblk, tscr):
-    """Sort a[:n] by id. A round's instances come as a few interleaved sequences, one per
-    task, each mostly in order (a signal wakes one instance of every dependent task): group
-    them by task (a stable counting sort over the tasks present), then sort each group.
-    tscr: 4 slots per task, the first block all -1 between calls."""
-    nt = ib.shape[0] - 1
-    k = 0
-    t = 0
-    for j in range(n):
-        g = a[j]
-        t = task_of(ib, tblk, g, t)
-        s = tscr[t]
-        if s < 0:
-            s = k
-            tscr[t] = k
-            tscr[nt + k] = t
-            tscr[2 * nt + k] = 0
-            k += 1
-        tscr[2 * nt + s] += 1
-    if k > 1:
-        for j in range(1, k):  # the tasks present, ascending (usually a handful)
-            v = tscr[nt + j]
-            i = j - 1
-            while i >= 0 and tscr[nt + i] > v:
-                tscr[nt + i + 1] = tscr[nt + i]
-                i -= 1
-            tscr[nt + i + 1] = v
-        pos = 0
-        for j in range(k):  # offsets, by slot
-            s = tscr[tscr[nt + j]]
-            tscr[3 * nt + s] = pos
-            pos += tscr[2 * nt + s]
-        for j in range(n):
-            g = a[j]
-            t = task_of(ib, tblk, g, t)
-            s = tscr[t]
-            tmp[tscr[3 * nt + s]] = g
-            tscr[3 * nt + s] += 1
-        for j in range(n):
-            a[j] = tmp[j]
-    lo = 0
-    for j in range(k):
-        t = tscr[nt + j]
-        hi = lo + tscr[2 * nt + tscr[t]]
-        runs = 1
-        for i in range(lo + 1, hi):
-            if a[i - 1] > a[i]:
-                runs += 1
-        if runs > 1:
-            _sort_runs(a[lo:hi], tmp[lo:hi], hi - lo, runs)
-        lo = hi
-    for j in range(k):
-        tscr[tscr[nt + j]] = -1
-
-
-@kernel
-def _sort_runs(a, tmp, n, runs):
-    """Sort a[:n], made of `runs` ascending runs (instances are woken in a few ordered
-    sweeps): merge neighbouring runs pairwise until one is left when they are few; insertion
-    sort when many but each only a little out of place; else heapsort."""
-    if runs > 8:  # a few elements out of place (e.g. each row's first core woken last)?
-        budget = 32 * n
-        for k in range(1, n):
-            v = a[k]
-            j = k - 1
-            while j >= 0 and a[j] > v:
-                a[j + 1] = a[j]
-                j -= 1
-            a[j + 1] = v
-            budget -= k - 1 - j
-            if budget < 0:
-                _heapsort(a, n)
-                return
-        return
-    src, dst = a, tmp
-    flipped = False
-    while True:
-        i = k = 0
-        merged = 0
-        while i < n:
-            j = i + 1
-            while j < n and src[j - 1] <= src[j]:
-                j += 1
-            e = j + 1 if j < n else n
-            while e < n and src[e - 1] <= src[e]:
-                e += 1
-            p, q = i, j
-            while p < j and q < e:
-                if src[p] <= src[q]:
-                    dst[k] = src[p]
-                    p += 1
-                else:
-                    dst[k] = src[q]
-                    q += 1
-                k += 1
-            while p < j:
-                dst[k] = src[p]
-                p += 1
-                k += 1
-            while q < e:
-                dst[k] = src[q]
-                q += 1
-                k += 1
-            merged += 1
-            i = e
-        src, dst = dst, src
-        flipped = not flipped
-        if merged == 1:
-            break
-    if flipped:
-        for k in range(n):
-            a[k] = tmp[k]
-
-
-@kernel
-def _heapsort(a, n):
-    """In-place heapsort of a[:n] (no allocation: the scheduler runs without numba's NRT)."""
-    for start in range(n // 2 - 1, -1, -1):
-        _sift(a, start, n)
-    for end in range(n - 1, 0, -1):
-        a[0], a[end] = a[end], a[0]
-        _sift(a, 0, end)
-
-
-@kernel
-def _sift(a, j, n):
-    v = a[j]
-    while True:
-        c = 2 * j + 1
-        if c >= n:
-            break
-        if c + 1 < n and a[c + 1] > a[c]:
-            c += 1
-        if a[c] <= v:
-            break
-        a[j] = a[c]
-        j = c
-    a[j] = v
-
-
-@kernel(inline=True)
-def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, qtime, qnext, now):
+def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, wheel, qtime, qnext, now, olast):
     """Signal (tsk, core (cx, cy)) or (tsk, whole task: cx < 0) is complete at cycle `at`:
     count it off the needs of every instance waiting for it, whose ready time (kept in
     qtime until it is queued) is the latest of its needs; queue the instances left with none.
@@ -367,27 +133,29 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, qtime, qnext, now):
                 qtime[g] = at
             pend[g] -= 1
             if pend[g] == 0:
-                queue_push(head, qtime, qnext, now, g, qtime[g])
+                queue_push(head, wheel, qtime, qnext, now, olast, g, qtime[g])
                 queued += 1
     return queued
 
 
 @kernel
 def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time, sig_prod, sig_pend,
-        busy, lbytes, lbusy, tacc, head, batch, tmp, tscr, state, rrid, roff, rlen, ex, ey, eoff,
-        ends, limit):
+        busy, lbytes, lbusy, tacc, head, wheel, batch, tmp, tscr, state, rrid, roff, rlen, ex, ey,
+        eoff, ends, limit):
     """Grant up to `limit` instances, then return (so that the caller can show progress).
 
     Until an instance is granted, start[g] / blk[g] hold its ready time (0 to begin with) /
-    queue link.
+    queue link. Ready instances wait in a timing wheel (the next W cycles) backed by a radix
+    queue (further on).
     `ends` (one slot per instance, or empty) receives each instance's end time.
     Returns early, with state[S_NEED] set, when a round does not fit in `batch` / `tmp`.
     """
     n = hwc[H_N]
     n4, n5, n6, n7 = 4 * n, 5 * n, 6 * n, 7 * n
+    w = (wheel.shape[0] - 1) * 64 // 193  # timing-wheel slots
     queued, blen, bpos, now = state[S_QUEUED], state[S_BLEN], state[S_BPOS], state[S_TIME]
     granted, maxend, last = state[S_GRANTED], state[S_MAXEND], state[S_LAST]
-    comm, deliv = state[S_COMM], state[S_DELIV]
+    comm, deliv, olast = state[S_COMM], state[S_DELIV], state[S_OLAST]
     state[S_NEED] = 0
     keep_ends = ends.shape[0] > 0
     keep_bytes = lbytes.shape[0] > 0
@@ -398,11 +166,20 @@ def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time,
             if queued == 0:
                 break
             # a round: everything ready at the earliest time, in (task, index) order
-            now = _queue_front(head, start, blk, now)
-            if head[130] > batch.shape[0]:
-                state[S_NEED] = head[130]
+            tw = wheel_next(wheel, now)
+            tr = radix_next(head)
+            now = min(tw, tr)
+            need = 0
+            if tr == now:
+                olast = queue_front(head, start, blk, olast)
+                need += head[130]
+            if tw == now:
+                need += wheel[2 * w + (now & (w - 1))]
+            if need > batch.shape[0]:
+                state[S_NEED] = need
                 break
-            blen = _queue_take(head, blk, batch, tmp, ib, tblk, tscr)
+            blen = queue_take(head, wheel, blk, now, tw == now, tr == now, batch, tmp, ib,
+                               tblk, tscr)
             queued -= blen
             bpos = 0
         g = batch[bpos]
@@ -453,8 +230,8 @@ def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time,
                 sig_time[s], sig_prod[s] = at, g
             sig_pend[s] -= 1
             if sig_pend[s] == 0:
-                queued += _wake(td, deps, rdeps, ib, t, x, y, sig_time[s], pend, head, start,
-                                blk, now)
+                queued += _wake(td, deps, rdeps, ib, t, x, y, sig_time[s], pend, head, wheel,
+                                start, blk, now, olast)
         if keep_ends:
             ends[g] = end
         if tacc[t, A_FIRST] < 0:
@@ -468,7 +245,7 @@ def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time,
         granted += 1
     state[S_QUEUED], state[S_BLEN], state[S_BPOS], state[S_TIME] = queued, blen, bpos, now
     state[S_GRANTED], state[S_MAXEND], state[S_LAST] = granted, maxend, last
-    state[S_COMM], state[S_DELIV] = comm, deliv
+    state[S_COMM], state[S_DELIV], state[S_OLAST] = comm, deliv, olast
 
 
 @kernel
