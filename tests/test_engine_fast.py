@@ -344,3 +344,19 @@ def test_progress_bar_only_when_asked_or_large(capsys):
     assert "inst" not in capsys.readouterr().err
     r = simulate_fast(p, hw, progress=True)
     assert "inst" in capsys.readouterr().err and r.cycles == 5
+
+
+def test_memory_guard_refuses_up_front_with_the_estimate(monkeypatch):
+    import os
+
+    import pytest
+
+    from wse_sim.engine.fast import simulate_fast
+    from wse_sim.hardware import load_preset
+    from wse_sim.program import Compute, Program, ProgramError, Region
+    hw = load_preset("mesh64")
+    p = Program("big", (Compute("c", Region(0, 0, 64, 64), 64 * 64 * 10),))
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda k: 1 if k == "SC_AVPHYS_PAGES" else real(k))
+    with pytest.raises(ProgramError, match=r"needs about .* GiB .* RAM is free"):
+        simulate_fast(p, hw)
