@@ -39,7 +39,6 @@ Tasks with `data=None` are skipped. Every problem is a one-line `ProgramError`.
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numpy as np
@@ -57,6 +56,7 @@ from wse_sim.program import (
     Region,
     Unicast,
     check_fits,
+    topological_order,
 )
 
 DEFAULT_MAX_BYTES = 8 << 30  # 8 GiB of buffers
@@ -219,31 +219,6 @@ def _fill(bufs: dict[str, Buffer], inputs: dict) -> None:
         else:
             raise ProgramError(f"inputs[{name!r}]: dtype {arr.dtype} does not fit a "
                                f"{b.dtype} buffer (give floats, or uint16 bits for fp16/bf16)")
-
-
-def topological_order(program: Program) -> list[int]:
-    """Task indices, every task after the tasks it depends on; ready ties by lowest index."""
-    n = len(program.tasks)
-    indeg = [0] * n
-    users: list[list[int]] = [[] for _ in range(n)]
-    for i, t in enumerate(program.tasks):
-        for d in {d.task for d in t.deps}:
-            indeg[i] += 1
-            users[d].append(i)
-    heap = [i for i in range(n) if indeg[i] == 0]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        i = heapq.heappop(heap)
-        order.append(i)
-        for j in users[i]:
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                heapq.heappush(heap, j)
-    if len(order) < n:
-        stuck = [f"{i} ({program.tasks[i].op})" for i in range(n) if indeg[i] > 0][:6]
-        raise ProgramError(f"dependency cycle: tasks {', '.join(stuck)} wait on each other")
-    return order
 
 
 class _Runner:

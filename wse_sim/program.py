@@ -373,6 +373,34 @@ class Program:
         return "\n".join(lines)
 
 
+def topological_order(program: Program) -> list[int]:
+    """Task indices, every task after the tasks it depends on, ready ties by lowest index;
+    a dependency cycle is a ProgramError naming the tasks (such a program never finishes)."""
+    import heapq
+    n = len(program.tasks)
+    indeg = [0] * n
+    users: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(program.tasks):
+        for d in {d.task for d in t.deps}:
+            indeg[i] += 1
+            users[d].append(i)
+    heap = [i for i in range(n) if indeg[i] == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        i = heapq.heappop(heap)
+        order.append(i)
+        for j in users[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(heap, j)
+    if len(order) < n:
+        stuck = [f"{i} ({program.tasks[i].op})" for i in range(n) if indeg[i] > 0]
+        raise ProgramError(f"dependency cycle: tasks {', '.join(stuck[:8])} wait on each other "
+                           "and can never run")
+    return order
+
+
 # ---- static checks against the hardware ------------------------------------------------------
 
 def _rects(t) -> list[tuple[int, int, int, int]]:

@@ -11,7 +11,7 @@ import numpy as np
 from wse_sim.fabric import Mesh
 from wse_sim.hardware import HardwareConfig
 from wse_sim.metrics import SimResult, empty_maps
-from wse_sim.program import Compute, Program, ProgramError
+from wse_sim.program import Compute, Program, ProgramError, topological_order
 
 
 def deps_needed(task, x: int, y: int, mesh: Mesh) -> list[tuple[int, int]]:
@@ -31,26 +31,7 @@ def deps_needed(task, x: int, y: int, mesh: Mesh) -> list[tuple[int, int]]:
 
 def ensure_acyclic(program: Program) -> None:
     """Reject a program whose task dependencies form a cycle (it could never finish)."""
-    n = len(program.tasks)
-    indeg = [0] * n
-    users: list[list[int]] = [[] for _ in range(n)]
-    for i, t in enumerate(program.tasks):
-        for d in {d.task for d in t.deps}:
-            indeg[i] += 1
-            users[d].append(i)
-    stack = [i for i in range(n) if indeg[i] == 0]
-    seen = 0
-    while stack:
-        i = stack.pop()
-        seen += 1
-        for j in users[i]:
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                stack.append(j)
-    if seen < n:
-        stuck = [f"{i} ({program.tasks[i].op})" for i in range(n) if indeg[i] > 0]
-        raise ProgramError(f"dependency cycle: tasks {', '.join(stuck[:8])} wait on each other "
-                           "and can never run")
+    topological_order(program)
 
 
 class EngineResultBuilder:
