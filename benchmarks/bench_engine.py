@@ -170,6 +170,18 @@ def main(argv=None) -> None:
     figures["scaling_seconds"] = walls
     targets["scaling_log_wall_vs_log_instances_slope"] = {"max": 1.1}
 
+    # Full-wafer decode of one token of LLaMA3-8B, every layer, on the wse2 preset (issue 4):
+    # mapping + simulation wall time.
+    from wse_sim.experiment import build_program
+    wse2 = load_preset("wse2")
+    t1 = time.perf_counter()
+    program = build_program(wse2, "llama3-8b", phase="decode", context=2048)
+    r = fast.simulate_fast(program, wse2)
+    figures["llama3_8b_decode_full_wafer_seconds"] = time.perf_counter() - t1
+    figures["llama3_8b_decode_full_wafer_instances"] = r.instances
+    figures["llama3_8b_decode_tokens_per_s_simulated"] = r.tokens_per_s
+    targets["llama3_8b_decode_full_wafer_seconds"] = {"max": 10.0}
+
     if not quick:
         figures["numba_cold_compile_seconds"] = cold_compile_seconds()
     figures["benchmark_seconds"] = time.perf_counter() - t0
