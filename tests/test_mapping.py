@@ -4,11 +4,11 @@ import pytest
 
 from mapper.placement import MappingError
 from mapper.strategies.layer_pipelined import map_layer_pipelined
+from workloads.graph import build_graph, total_flops
+from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program, run_model
 from wse_sim.hardware import ConfigError, load_preset
-from workloads.graph import build_graph, total_flops
-from workloads.models import load_model
 
 HW = load_preset("mesh16")
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from mapper.strategies.functional_model import model_output, random_case, sparsify
+from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program
 from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import load_preset
-from workloads.models import load_model
 
 HW = load_preset("mesh16")
 

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from workloads.graph import build_graph, total_flops
+from workloads.models import load_model
 from wse_sim.cli import main
 from wse_sim.experiment import (
     compare_strategies,
@@ -12,8 +14,6 @@ from wse_sim.experiment import (
     search_mapping,
 )
 from wse_sim.hardware import load_preset
-from workloads.graph import build_graph, total_flops
-from workloads.models import load_model
 
 HW = load_preset("mesh16")
 
