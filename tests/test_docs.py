@@ -34,9 +34,19 @@ def test_docs_show_commands():
     assert len(COMMANDS) >= 10
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch folder that sees the repository's example files: commands write their `out/`
+    folders here, and later commands of a page read what earlier ones wrote."""
+    d = tmp_path_factory.mktemp("docs")
+    for name in ("examples", "workloads", "wse_sim"):
+        (d / name).symlink_to(ROOT / name)
+    return d
+
+
 @pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}: {c[8:60]}" for d, c in COMMANDS])
-def test_doc_command_runs(doc, command, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
+def test_doc_command_runs(doc, command, workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
     argv = shlex.split(command)[1:]
     code = main(argv)
     err = capsys.readouterr().err

@@ -33,7 +33,10 @@ Semantics (DataOp `kernel`, `inputs`, `output`):
   `combine="softmax"`, `heads=h` merges instead: each tile holds, per head, a partial
   attention output over disjoint keys [o (n values), m (row max), l (sum of exp)]; the
   triples are merged in stream order with the online-softmax rule (fp32) and the last core
-  receives o / l, a tile with n values per head (0 for a head that saw no key).
+  receives o / l, a tile with n values per head (0 for a head that saw no key); with
+  `stats=name` (and `stats_offset=o`) the merged (m, l) of every head also land at the last
+  core, in columns [o, o + 2 h) of tile `name` (the backward's softmax statistics). A reduce
+  with `out_offset=o` delivers its (m, n) sum into columns [o, o + n) of a wider output tile.
 Tasks with `data=None` are skipped. Every problem is a one-line `ProgramError`.
 """
 
@@ -251,7 +254,11 @@ class _Runner:
             if not (isinstance(t, LineStream) and t.reduce) or combine != "softmax":
                 raise ProgramError(f"{what}: combine={combine!r} needs a reduce LineStream and "
                                    "'softmax'")
-            self.combine(t, src, dst, int(d.param("heads", 1)), what)
+            self.combine(t, src, dst, int(d.param("heads", 1)), what, d)
+            return
+        off = d.param("out_offset")
+        if off is not None and isinstance(t, LineStream) and t.reduce:
+            self.reduce(t, src, dst, what, int(off))
             return
         if src.shape != dst.shape or src.dtype != dst.dtype:
             raise ProgramError(f"{what}: moves {src.name!r} {src.shape} {src.dtype} into "
@@ -297,13 +304,27 @@ class _Runner:
         out = self._lines(t, dst, what)
         out[...] = first[None]
 
-    def reduce(self, t: LineStream, src: Buffer, dst: Buffer, what: str) -> None:
+    def reduce(self, t: LineStream, src: Buffer, dst: Buffer, what: str,
+               offset: int | None = None) -> None:
         tiles = self._lines(t, src, what)
+        if offset is not None:
+            tile_bytes = math.prod(src.shape) * DTYPE_BYTES[src.dtype]
+            if len(src.shape) != 2 or len(dst.shape) != 2 or src.shape[0] != dst.shape[0] or \
+                    not 0 <= offset <= dst.shape[1] - src.shape[1] or src.dtype != dst.dtype \
+                    or tile_bytes > 4 * t.wavelets:
+                raise ProgramError(f"{what}: reduce of {src.name!r} {src.shape} {src.dtype} "
+                                   f"into columns {offset}.. of {dst.name!r} {dst.shape} "
+                                   f"{dst.dtype} ({t.wavelets} wavelets)")
         vals = src.as_f32(tiles)
         total = K.sum_tiles(vals, axis=0, parallel=_par(vals.size))  # ((x0 + x1) + x2) + ...
-        self._lines(t, dst, what)[-1] = dst.encode(total)
+        last = self._lines(t, dst, what)[-1]
+        if offset is None:
+            last[...] = dst.encode(total)
+        else:
+            last[..., offset:offset + src.shape[1]] = dst.encode(total)
 
-    def combine(self, t: LineStream, src: Buffer, dst: Buffer, heads: int, what: str) -> None:
+    def combine(self, t: LineStream, src: Buffer, dst: Buffer, heads: int, what: str,
+                d=None) -> None:
         tile_bytes = math.prod(src.shape) * DTYPE_BYTES[src.dtype]
         if tile_bytes > 4 * t.wavelets:
             raise ProgramError(f"{what}: its tile of {tile_bytes} bytes needs "
@@ -313,7 +334,19 @@ class _Runner:
             raise ProgramError(f"{what}: combine of {src.name!r} {src.shape} {src.dtype} into "
                                f"{dst.name!r} {dst.shape} {dst.dtype}; expected {want}")
         vals = np.array(src.as_f32(self._lines(t, src, what)))  # a copy: dst may share bytes
-        self._lines(t, dst, what)[-1] = dst.encode(G.combine_softmax(vals, heads, what))
+        stats = d.param("stats") if d is not None else None
+        if stats is None:
+            self._lines(t, dst, what)[-1] = dst.encode(G.combine_softmax(vals, heads, what))
+            return
+        res, ml = G.combine_softmax_stats(vals, heads, what)
+        self._lines(t, dst, what)[-1] = dst.encode(res)
+        sb, off = self.buf(stats, what), int(d.param("stats_offset", 0))
+        if len(sb.shape) != 2 or sb.shape[0] != dst.shape[0] or \
+                not 0 <= off <= sb.shape[1] - 2 * heads:
+            raise ProgramError(f"{what}: softmax stats of {heads} heads do not fit columns "
+                               f"{off}.. of {sb.name!r} {sb.shape}")
+        last = self._lines(t, sb, what)[-1]
+        last[..., off:off + 2 * heads] = sb.encode(ml.reshape(*ml.shape[:-2], 2 * heads))
 
     # ---- compute ---------------------------------------------------------------------------
     def compute(self, t: Compute, d, what: str) -> None:

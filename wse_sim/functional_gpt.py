@@ -93,7 +93,7 @@ def select_rows(reg, d, out, ins, what):
 
 def rope(reg, d, out, ins, what):
     """Rotate the first `heads` head-wide groups of a (T, groups * hd) tile; token t is at
-    position start + t mod sq."""
+    position start + t mod sq (`inverse`: rotate back, the backward of RoPE)."""
     (x,) = _arity(ins, 1, what)
     hd, heads = int(d.param("hd")), int(d.param("heads"))
     start, sq = int(d.param("start")), int(d.param("sq"))
@@ -101,6 +101,8 @@ def rope(reg, d, out, ins, what):
     R, C, T = v.shape[:3]
     sub = v[..., :heads * hd].reshape(R, C, T, heads, hd).transpose(0, 1, 3, 2, 4)
     pos = start + np.arange(T) % sq
+    if d.param("inverse"):  # the backward: rotate back
+        pos = -pos
     rot = K.rope(np.ascontiguousarray(sub.reshape(-1, T, hd)), pos,
                  float(d.param("theta", 10000.0)), parallel=_par(sub.size))
     v[..., :heads * hd] = rot.reshape(R, C, heads, T, hd).transpose(0, 1, 3, 2, 4) \
@@ -228,3 +230,258 @@ def combine_softmax(vals: np.ndarray, heads: int, what: str) -> np.ndarray:
 KERNELS = {"norm_stats": norm_stats, "norm_apply": norm_apply, "select_rows": select_rows,
            "rope": rope, "gelu": gelu, "swiglu": swiglu, "attn_scores": attn_scores,
            "attn_softmax": attn_softmax, "attn_av": attn_av}
+
+
+def combine_softmax_stats(vals: np.ndarray, heads: int, what: str):
+    """`combine_softmax`, and also the merged (m, l) per head: (..., heads, 2)."""
+    width = vals.shape[-1]
+    t = vals.reshape(*vals.shape[:-1], heads, width // heads)
+    m, lsum = t[0, ..., -2].copy(), t[0, ..., -1].copy()
+    for k in range(1, t.shape[0]):
+        mk, lk = t[k, ..., -2], t[k, ..., -1]
+        mn = np.maximum(m, mk)
+        safe = np.where(np.isfinite(mn), mn, 0.0)
+        lsum = np.where(np.isfinite(m), lsum * np.exp(m - safe), 0.0) + \
+            np.where(np.isfinite(mk), lk * np.exp(mk - safe), 0.0)
+        m = mn
+    return combine_softmax(vals, heads, what), np.stack([m, lsum], axis=-1).astype(np.float32)
+
+
+# ---- backward (training) -----------------------------------------------------------------------
+# Every backward kernel runs on one task's region like the forward ones. Weight gradients are
+# local GEMMs; the partial input gradients are summed by the streams of the mapping.
+
+def gemm_bt(reg, d, out, ins, what):
+    """(a, w) -> a[:, o:o + n] @ w^T, w a (k, n) tile (`a_offset` = o); `accumulate`: out +=."""
+    a, w = _arity(ins, 2, what)
+    av, wv = _load(a, reg, what), _load(w, reg, what)
+    o, n = int(d.param("a_offset", 0)), wv.shape[-1]
+    if av.shape[-1] < o + n:
+        raise ProgramError(f"{what}: columns {o}..{o + n} of {a.name!r} {a.shape} do not exist")
+    r = np.matmul(av[..., o:o + n], np.swapaxes(wv, -1, -2))
+    if d.param("accumulate"):
+        r = r + _load(out, reg, what)
+    _store(out, reg, what, r)
+
+
+def gemm_tn(reg, d, out, ins, what):
+    """(x, g) -> x^T @ g[:, o:o + n] (a weight gradient; n from the out tile, `b_offset` o)."""
+    x, g = _arity(ins, 2, what)
+    xv, gv = _load(x, reg, what), _load(g, reg, what)
+    o, n = int(d.param("b_offset", 0)), out.shape[-1]
+    if gv.shape[-1] < o + n:
+        raise ProgramError(f"{what}: columns {o}..{o + n} of {g.name!r} {g.shape} do not exist")
+    _store(out, reg, what, np.matmul(np.swapaxes(xv, -1, -2), gv[..., o:o + n]))
+
+
+def gelu_bwd(reg, d, out, ins, what):
+    """(u, dy) -> dy * gelu'(u) (tanh approximation)."""
+    u, dy = (_load(b, reg, what).astype(np.float64) for b in _arity(ins, 2, what))
+    c, k = np.sqrt(2.0 / np.pi), 0.044715
+    t = np.tanh(c * (u + k * u ** 3))
+    _store(out, reg, what, dy * (0.5 * (1 + t) + 0.5 * u * (1 - t * t) * c * (1 + 3 * k * u * u)))
+
+
+def swiglu_bwd(reg, d, out, ins, what):
+    """([up | gate], dy) -> [d up | d gate]."""
+    v, dy = (_load(b, reg, what).astype(np.float64) for b in _arity(ins, 2, what))
+    n = v.shape[-1] // 2
+    up, gate = v[..., :n], v[..., n:]
+    sg = 1.0 / (1.0 + np.exp(-gate))
+    _store(out, reg, what, np.concatenate(
+        [dy * gate * sg, dy * up * sg * (1.0 + gate * (1.0 - sg))], axis=-1))
+
+
+def _norm_parts(reg, d, x, st, g, what):
+    n, rms, eps = int(d.param("n")), bool(d.param("rms")), float(d.param("eps"))
+    v = _load(x, reg, what).astype(np.float64)
+    s = _load(st, reg, what).astype(np.float64)
+    gain = _load(g, reg, what).astype(np.float64)[..., None, 0, :]
+    dc = v.shape[-1]
+    valid = (np.arange(reg.cols)[:, None] * dc + np.arange(dc)[None, :]) < n
+    valid = valid[None, :, None, :]
+    if rms:
+        rstd = 1.0 / np.sqrt(s[..., 1:2] / n + eps)
+        xhat = v * rstd
+    else:
+        mean = s[..., 0:1] / n
+        rstd = 1.0 / np.sqrt(np.maximum(s[..., 1:2] / n - mean * mean, 0.0) + eps)
+        xhat = (v - mean) * rstd
+    return n, rms, rstd, xhat * valid, gain * valid, valid
+
+
+def norm_bwd_stats(reg, d, out, ins, what):
+    """(dy, x, stats, gain) -> (T, 2): the shard's sums of dxhat and dxhat * xhat
+    (dxhat = dy * gain; x and its forward stats give xhat). Column j of the region holds the
+    d-shard j (padding excluded)."""
+    dy, x, st, g = _arity(ins, 4, what)
+    _, _, _, xhat, gain, _ = _norm_parts(reg, d, x, st, g, what)
+    dxh = _load(dy, reg, what).astype(np.float64) * gain
+    _store(out, reg, what, np.stack([dxh.sum(-1), (dxh * xhat).sum(-1)], axis=-1))
+
+
+def norm_bwd_apply(reg, d, out, ins, what):
+    """(dy, x, stats, gain, bstats, ggain) -> dx = rstd (dxhat - mean dxhat - xhat mean(dxhat
+    xhat)) (no mean dxhat for RMSNorm) from the all-reduced `bstats`; `accumulate`: out += dx.
+    Also writes the gain (and bias) gradient of the shard, summed over tokens, into `ggain`
+    (in place)."""
+    dy, x, st, g, bs, gg = _arity(ins, 6, what)
+    n, rms, rstd, xhat, gain, valid = _norm_parts(reg, d, x, st, g, what)
+    dyv = _load(dy, reg, what).astype(np.float64) * valid
+    b = _load(bs, reg, what).astype(np.float64)
+    dxh = dyv * gain
+    dx = dxh - xhat * b[..., 1:2] / n
+    if not rms:
+        dx = dx - b[..., 0:1] / n
+    dx = rstd * dx * valid
+    if d.param("accumulate"):
+        dx = dx + _load(out, reg, what)
+    grads = [(dyv * xhat).sum(-2)] + ([] if rms else [dyv.sum(-2)])
+    _store(gg, reg, what, np.stack(grads, axis=-2))
+    _store(out, reg, what, dx)
+
+
+def _global_p(reg, d, sb, gb, what):
+    """The attention probabilities of the core's keys, (R, C, T, H, S): the local p = exp(s -
+    m) rescaled by the row's merged (M, L) that the forward combine left in `gb`."""
+    hd, H = int(d.param("hd")), int(d.param("heads"))
+    sc = _load(sb, reg, what).astype(np.float64)
+    g = _load(gb, reg, what).astype(np.float64)
+    S = sc.shape[-1] - 2
+    st = g[..., H * hd:H * hd + 2 * H].reshape(*g.shape[:-1], H, 2)
+    m, big_m, big_l = sc[..., S], st[..., 0], st[..., 1]
+    ok = np.isfinite(m) & (big_l > 0)
+    scale = np.where(ok, np.exp(np.where(ok, m - big_m, 0.0)) / np.where(ok, big_l, 1.0), 0.0)
+    return sc[..., :S] * scale[..., None], g[..., :H * hd]
+
+
+def _kv_onehot(head_kv: np.ndarray, kvpr: int) -> np.ndarray:
+    return (head_kv[..., None] == np.arange(kvpr)).astype(np.float64)  # (R, H, kvpr)
+
+
+def _scatter_keys(out, reg, what, dkv: np.ndarray, col: int, sq: int) -> None:
+    """Write per-slot gradients dkv (R, C, B, kvpr, S, hd) into columns [col, col + kvpr hd)
+    of the (T, *) tile `out`: position p (column p mod C, slot p div C) is token b sq + p;
+    tokens the core does not hold get zeros."""
+    R, C, B, kvpr, S, hd = dkv.shape
+    res = np.zeros((R, C, B, sq, kvpr, hd))
+    for p in range(sq):
+        res[:, p % C, :, p] = dkv[:, p % C, :, :, p // C]
+    cur = _load(out, reg, what)
+    cur[..., col:col + kvpr * hd] = res.reshape(R, C, B * sq, kvpr * hd)
+    _store(out, reg, what, cur)
+
+
+def _bwd_params(reg, d, what):
+    hd, H, B, sq, start, head_kv = _att_params(reg, d, what)
+    if start:
+        raise ProgramError(f"{what}: attention backward needs the queries from position 0")
+    return hd, H, B, sq, head_kv
+
+
+def attn_bwd_dp(reg, d, out, ins, what):
+    """(gattn, kv) -> dP = dO V^T of the core's keys, (T, H, S)."""
+    gb, kvb = _arity(ins, 2, what)
+    hd, H, B, sq, head_kv = _bwd_params(reg, d, what)
+    g = _load(gb, reg, what)
+    R, C, T = g.shape[:3]
+    d_o = g[..., :H * hd].reshape(R, C, B, sq, H, hd)
+    v = _per_head(_load(kvb, reg, what)[:, :, 1], head_kv)  # (R, C, B, H, S, hd)
+    dp = np.einsum("rcbqhd,rcbhsd->rcbqhs", d_o, v)
+    _store(out, reg, what, dp.reshape(R, C, T, H, -1))
+
+
+def attn_bwd_dv(reg, d, out, ins, what):
+    """(scores, gattn) -> dV = P^T dO of the core's keys, summed over the query heads of each
+    K/V head, into the V columns of the (T, qkv) tile `out` at the tokens the core holds."""
+    sb, gb = _arity(ins, 2, what)
+    hd, H, B, sq, head_kv = _bwd_params(reg, d, what)
+    p, d_o = _global_p(reg, d, sb, gb, what)
+    R, C, T, _, S = p.shape
+    kvpr = int(d.param("kvpr"))
+    dvh = np.einsum("rcbqhs,rcbqhd->rcbhsd", p.reshape(R, C, B, sq, H, S),
+                    d_o.reshape(R, C, B, sq, H, hd))
+    dv = np.einsum("rcbhsd,rhk->rcbksd", dvh, _kv_onehot(head_kv, kvpr))
+    _scatter_keys(out, reg, what, dv, (H + kvpr) * hd, sq)
+
+
+def attn_bwd_softmax(reg, d, out, ins, what):
+    """(dP, scores, gattn, ao) -> dS = P (dP - rowsum(dO O)) / sqrt(hd), in place of dP."""
+    gs, sb, gb, ob = _arity(ins, 4, what)
+    hd, H, B, sq, head_kv = _bwd_params(reg, d, what)
+    p, d_o = _global_p(reg, d, sb, gb, what)
+    R, C, T = p.shape[:3]
+    o = _load(ob, reg, what).astype(np.float64)
+    dd = (d_o.reshape(R, C, T, H, hd) * o.reshape(R, C, T, H, hd)).sum(-1)
+    dp = _load(gs, reg, what).astype(np.float64)
+    _store(out, reg, what, p * (dp - dd[..., None]) / np.sqrt(hd))
+
+
+def attn_bwd_dq(reg, d, out, ins, what):
+    """(dS, kv) -> the core's part of dQ = dS K, into the Q columns of `out`."""
+    gs, kvb = _arity(ins, 2, what)
+    hd, H, B, sq, head_kv = _bwd_params(reg, d, what)
+    ds = _load(gs, reg, what)
+    R, C, T, _, S = ds.shape
+    k = _per_head(_load(kvb, reg, what)[:, :, 0], head_kv)
+    dq = np.einsum("rcbqhs,rcbhsd->rcbqhd", ds.reshape(R, C, B, sq, H, S), k)
+    cur = _load(out, reg, what)
+    cur[..., :H * hd] = dq.reshape(R, C, T, H * hd)
+    _store(out, reg, what, cur)
+
+
+def attn_bwd_dk(reg, d, out, ins, what):
+    """(dS, qkv) -> dK = dS^T Q of the core's keys (per K/V head), into the K columns."""
+    gs, qb = _arity(ins, 2, what)
+    hd, H, B, sq, head_kv = _bwd_params(reg, d, what)
+    ds = _load(gs, reg, what)
+    R, C, T, _, S = ds.shape
+    kvpr = int(d.param("kvpr"))
+    q = _load(qb, reg, what)[..., :H * hd].reshape(R, C, B, sq, H, hd)
+    dkh = np.einsum("rcbqhs,rcbqhd->rcbhsd", ds.reshape(R, C, B, sq, H, S), q)
+    dk = np.einsum("rcbhsd,rhk->rcbksd", dkh, _kv_onehot(head_kv, kvpr))
+    _scatter_keys(out, reg, what, dk, H * hd, sq)
+
+
+def _vocab(reg, d, logits, targets, what):
+    """Logits (R, 1, T, vr) of a lead column whose row r holds vocabulary shard base + r, the
+    mask of real entries and the one-hot of the targets."""
+    z = _load(logits, reg, what).astype(np.float64)
+    R, _, T, vr = z.shape
+    idx = (int(d.param("base")) + np.arange(R))[:, None] * vr + np.arange(vr)[None, :]
+    valid = (idx < int(d.param("vocab")))[:, None, None, :]
+    tgt = _load(targets, reg, what)[..., 0].astype(np.int64)  # (R, 1, T)
+    hot = idx[:, None, None, :] == tgt[..., None]
+    return z, valid, hot
+
+
+def loss_stats(reg, d, out, ins, what):
+    """(logits, targets) -> (T, 3) = [max M, sum exp(z - M), target logit] over the whole
+    vocabulary, at every core of the lead column. NOTE: this combines the column's shards
+    (2 values per token each way) inside the task: the timing model has no record for that
+    all-reduce (its traffic is negligible next to the logits)."""
+    lg, tg = _arity(ins, 2, what)
+    z, valid, hot = _vocab(reg, d, lg, tg, what)
+    zm = np.where(valid, z, -np.inf)
+    m = zm.max(axis=(0, -1))  # (1, T)
+    lsum = np.exp(zm - m[None, ..., None]).sum(axis=(0, -1))
+    zt = np.where(hot, z, 0.0).sum(axis=(0, -1))
+    res = np.stack([m, lsum, zt], axis=-1)
+    _store(out, reg, what, np.broadcast_to(res[None], (z.shape[0], *res.shape)))
+
+
+def loss_bwd(reg, d, out, ins, what):
+    """(logits, loss stats, targets) -> dlogits = (softmax - onehot) / `count` on the shard."""
+    lg, st, tg = _arity(ins, 3, what)
+    z, valid, hot = _vocab(reg, d, lg, tg, what)
+    s = _load(st, reg, what).astype(np.float64)
+    p = np.exp(z - s[..., 0:1]) / s[..., 1:2]
+    _store(out, reg, what, np.where(valid, p - hot, 0.0) / int(d.param("count")))
+
+
+KERNELS.update({"gemm_bt": gemm_bt, "gemm_tn": gemm_tn, "gelu_bwd": gelu_bwd,
+                "swiglu_bwd": swiglu_bwd, "norm_bwd_stats": norm_bwd_stats,
+                "norm_bwd_apply": norm_bwd_apply, "attn_bwd_dp": attn_bwd_dp,
+                "attn_bwd_dv": attn_bwd_dv, "attn_bwd_softmax": attn_bwd_softmax,
+                "attn_bwd_dq": attn_bwd_dq, "attn_bwd_dk": attn_bwd_dk,
+                "loss_stats": loss_stats, "loss_bwd": loss_bwd})

@@ -150,16 +150,20 @@ def alloc_group(pb: ProgramBuilder, prefix: str, region: Region, buffers: dict,
 
 
 def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
-                 weight_dep=None, x_name: str | None = None) -> tuple[int, list[int]]:
+                 weight_dep=None, x_name: str | None = None,
+                 dx_name: str | None = None) -> tuple[int, list[int]]:
     """Final norm on `last_row`, then the LM head split by vocabulary over the `heads` regions
     (and, when training, the loss and the head's backward). Returns (the dependency that
     carries dX back on `last_row` when training, else the last record; the head's
     weight-gradient records). Functional (`tp.fl`): `x_name` is the buffer of the last
-    layer's output; each table region's leaders end with their rows' logits."""
+    layer's output; each table region's leaders end with their rows' logits; training: the
+    loss, the head's backward and the final norm's backward, which leaves dX in `dx_name`."""
     pb, cfg, k = tp.pb, run.cfg, len(heads)
     C, R = heads[0].cols, heads[0].rows
     moved = (last_row.x, last_row.y) != (heads[0].x, heads[0].y)
     fd = tp.fl.head_data(x_name, k, moved) if tp.fl is not None else {}
+    if tp.fl is not None and tp.fl.train:
+        fd |= tp.fl.train_head_data(x_name, dx_name, moved)
     if run.lm_tokens != run.tokens:
         dep = pb.add(Compute("select_last", last_row, 0, run.dtype, "vector", deps=_deps(dep),
                              data=fd.get("select_last")))
@@ -186,22 +190,22 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
             lead = Region(hr.x, hr.y, 1, R)
             for n in ("loss", "loss.bwd"):
                 d = tp.compute(n, lead, d, fmac=False, flops=shares(tp.ops[n].flops, k)[j],
-                               label=f"{n}.{j}")
+                               label=f"{n}.{j}", data=fd.get(f"{n}.{j}"))
             d = tp.stream(f"lm_head.bwd.bcast{j}", hr, "x", 1, run.lm_tokens * vocab_rows, d,
-                          reduce=False, color="row_bcast")
+                          reduce=False, color="row_bcast", data=fd.get(f"bwd.bcast{j}"))
             for part in ("lm_head.bwd_data", "lm_head.bwd_weight"):
                 d = tp.compute(part, hr, d, fmac=True, flops=shares(tp.ops[part].flops, k)[j],
-                               label=f"{part}.{j}")
+                               label=f"{part}.{j}", data=fd.get(f"{part}.{j}"))
             grads.append(d)
             d = tp.stream(f"lm_head.bwd.reduce{j}", hr, "y", -1, vals, d, reduce=True,
-                          color="col_reduce")
+                          color="col_reduce", data=fd.get(f"bwd.reduce{j}"))
             d = handoff(pb, f"lm_head.bwd.handoff{j}", top, last_row, vals, run.dtype, d,
-                        color="back")
+                        color="back", data=fd.get(f"bwd.handoff{j}"))
         ends.append(d)
     tp.tokens = saved_tokens
     if run.phase != "train":
         return ends[-1], grads
-    return tp.norm("ln_f.bwd", last_row, tuple(ends), run.lm_tokens), grads
+    return tp.norm("ln_f.bwd", last_row, tuple(ends), run.lm_tokens, fd, "ln_f.bwd"), grads
 
 
 def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,

@@ -22,6 +22,13 @@ Attention is exact: every core computes its keys' scores and a local softmax (ma
 unnormalised output o) and the row's reduce stream merges the (o, m, l) triples in stream order
 (`combine="softmax"` in `wse_sim.functional`), delivering o / l at the leader.
 
+Training (`train`): every token reaches the LM head; each layer keeps the activations its
+backward reads (`train_tiles`), the backward's DataOps (`backward_data`) mirror the forward
+patterns (dO travels with the merged softmax statistics M, L that the forward's combine kept,
+so every core rebuilds its keys' exact probabilities), weight gradients are local GEMMs into
+"g" + weight tiles. The loss record combines the vocabulary shards of its lead column inside
+the task (the timing model has no record for that 2-value-per-token all-reduce).
+
 Memory: in a functional build the SRAM of each region is one arena of the timing model's total
 (`common.alloc_group`) and every tile is a view into it at a planned offset; scratch slots are
 shared by tiles whose lives do not overlap (`FLayout.layer_tiles`), and since views really share
@@ -41,6 +48,8 @@ from workloads.reference import EPS
 from wse_sim.program import DataOp, Region
 
 WEIGHT_KEYS = ("ln1", "ln2", "wq", "wk", "wv", "wo", "wup", "wgate", "wdown", "kv")
+GRAD_KEYS = tuple("g" + k for k in WEIGHT_KEYS[:-1])  # weight gradients (training)
+SCRATCH_KEYS = ("apart", "part", "dx", "gd", "gf", "gfp", "gh", "bst", "gao", "gs", "gqkv")
 
 
 def dataop(kernel: str, inputs, output: str, **params) -> DataOp:
@@ -58,9 +67,12 @@ class LayerBufs:
 
     w: str
     a: str
+    g: str = ""  # training: the backward's scratch (default: `a`)
 
     def __call__(self, key: str) -> str:
-        return (self.w if key in WEIGHT_KEYS else self.a) + key
+        if key in WEIGHT_KEYS or key in GRAD_KEYS:
+            return self.w + key
+        return (self.g or self.a if key in SCRATCH_KEYS else self.a) + key
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class FLayout:
     sq: int        # new tokens per sequence (1 in decode)
     start: int     # position of the first new token (the cached context in decode)
     tables: int = 1
+    train: bool = False  # the training step: every token reaches the LM head
 
     def __post_init__(self):
         for r, kv in enumerate(self.row_kv):
@@ -96,12 +109,12 @@ class FLayout:
 
     @property
     def lm_tokens(self) -> int:
-        return self.batch
+        return self.T if self.train else self.batch
 
     @property
     def select(self) -> bool:
         """The LM head sees only the last token of each sequence."""
-        return self.sq > 1
+        return self.sq > 1 and not self.train
 
     @property
     def ra(self) -> int:
@@ -296,21 +309,192 @@ class FLayout:
                       f"reduce{j}": dataop("reduce", (f"head{j}.logits",), f"head{j}.logits")})
         return d
 
+    # ---- training ---------------------------------------------------------------------------
+    # The forward pass keeps, per layer, what its backward reads (no scratch sharing): the
+    # layer input x, the mid-layer residual x1 and output xo, both norms' outputs (h1 on the
+    # head rows, h2 on every core: the broadcasts left them there) and statistics, qkv after
+    # RoPE, the local softmax (p, m, l) of every core, the attention output ao and, in gattn,
+    # the merged (M, L) per query head (the leader's combine keeps them), fpart (before the
+    # activation, at the leader) and act. The backward's scratch (prefix `b.g`) is shared by
+    # the layers of a region; the weight gradients ("g" + weight key) sit beside the weights.
+    def train_tiles(self, lay, b: LayerBufs, *, scratch: bool = True) -> dict:
+        dt, T, dc, hd, H = self.dtype, self.T, self.dc, self.hd, self.hpr
+        hq, f32 = H * hd, "fp32"
+        weights = self.layer_tiles(lay, b, acts=False)
+        out = dict(weights)
+        for k, v in weights.items():
+            if k != b("kv"):
+                out[b("g" + k[len(b.w):])] = v
+        row, att, reg = lay.row0, lay.att, lay.reg
+        out.update({b(k): (row, (T, dc), dt, None) for k in ("x", "x1", "xo")})
+        out.update({b("stats1"): (row, (T, 2), f32, None), b("stats2"): (row, (T, 2), f32, None),
+                    b("h1"): (att, (T, dc), dt, None), b("h2"): (reg, (T, dc), dt, None),
+                    b("qkv"): (att, (T, self.qkv_cols), dt, None),
+                    b("scores"): (att, (T, H, self.slots + 2), f32, None),
+                    b("ao"): (att, (T, hq), dt, None), b("gattn"): (att, (T, hq + 2 * H), dt, None),
+                    b("fpart"): (reg, (T, self.nf), dt, None), b("act"): (reg, (T, self.fr), dt, None)})
+        if scratch:
+            out.update({b("apart"): (att, (T, H * (hd + 2)), dt, None),
+                        b("part"): (reg, (T, dc), dt, None), b("dx"): (row, (T, dc), dt, None),
+                        b("gd"): (reg, (T, dc), dt, None), b("gf"): (reg, (T, self.fr), dt, None),
+                        b("gfp"): (reg, (T, self.nf), dt, None), b("gh"): (reg, (T, dc), dt, None),
+                        b("bst"): (row, (T, 2), f32, None), b("gao"): (att, (T, hq), dt, None),
+                        b("gs"): (att, (T, H, self.slots), f32, None),
+                        b("gqkv"): (att, (T, self.qkv_cols), dt, None)})
+        return out
+
+    def train_layer_data(self, b: LayerBufs, xo: str) -> dict:
+        """DataOps of a layer's forward pass when training (keys as in `layer_data`; `xo`:
+        where residual2 leaves the layer's output)."""
+        d = self.layer_data(LayerBufs(b.w, b.a, b.g))
+        hq, att = self.hpr * self.hd, self._att()
+        d.update(self.norm_data("norm1", b("x"), b("h1"), b("stats1"), b("ln1")))
+        d.update(self.norm_data("norm2", b("x1"), b("h2"), b("stats2"), b("ln2")))
+        hk = self.kvpr * self.hd
+        d.update({"qkv.bcast": dataop("bcast", (b("h1"),), b("h1")),
+                  "q_proj": dataop("gemm", (b("h1"), b("wq")), b("qkv"), out_offset=0),
+                  "k_proj": dataop("gemm", (b("h1"), b("wk")), b("qkv"), out_offset=hq),
+                  "v_proj": dataop("gemm", (b("h1"), b("wv")), b("qkv"), out_offset=hq + hk),
+                  "attn_av": dataop("attn_av", (b("scores"), b("kv")), b("apart"), **att),
+                  "attn.reduce": dataop("reduce", (b("apart"),), b("ao"), combine="softmax",
+                                        heads=self.hpr, stats=b("gattn"), stats_offset=hq),
+                  "o_proj": dataop("gemm", (b("ao"), b("wo")), b("part")),
+                  "o.reduce": dataop("reduce", (b("part"),), b("part")),
+                  "residual1": dataop("add", (b("x"), b("part")), b("x1")),
+                  "ffn.bcast": dataop("bcast", (b("h2"),), b("h2")),
+                  "ffn_up": dataop("gemm", (b("h2"), b("wup")), b("fpart"), out_offset=0),
+                  "ffn_gate": dataop("gemm", (b("h2"), b("wgate")), b("fpart"),
+                                     out_offset=self.fr),
+                  "ffn_down": dataop("gemm", (b("act"), b("wdown")), b("part")),
+                  "down.reduce": dataop("reduce", (b("part"),), b("part")),
+                  "residual2": dataop("add", (b("x1"), b("part")), xo)})
+        return d
+
+    def _att(self) -> dict:
+        return {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv, "batch": self.batch,
+                "sq": self.sq, "start": self.start}
+
+    def norm_bwd_data(self, key: str, dy: str, x: str, stats: str, gain: str, bst: str,
+                      ggain: str, dx: str, accumulate: bool) -> dict:
+        p = {"n": self.cfg.d_model, "rms": self.cfg.norm == "rmsnorm", "eps": EPS}
+        return {key + ".stats": dataop("norm_bwd_stats", (dy, x, stats, gain), bst, **p),
+                key + ".allreduce": dataop("reduce", (bst,), bst),
+                key + ".bcast": dataop("bcast", (bst,), bst),
+                key: dataop("norm_bwd_apply", (dy, x, stats, gain, bst, ggain), dx,
+                            accumulate=accumulate, **p)}
+
+    def backward_data(self, b: LayerBufs) -> dict:
+        """DataOp of every record of a layer's backward pass, by key (see TP2D.backward):
+        dY arrives in b("dx") on the top row, which leaves with dX."""
+        hq, hk, fr = self.hpr * self.hd, self.kvpr * self.hd, self.fr
+        att = self._att() | {"kvpr": self.kvpr}
+        act = "swiglu_bwd" if self.cfg.activation == "swiglu" else "gelu_bwd"
+
+        d = {"residual2.bwd": dataop("copy", (b("dx"),), b("gd")),
+             "down.bwd.bcast": dataop("bcast", (b("gd"),), b("gd")),
+             "ffn_down.bwd_data": dataop("gemm_bt", (b("gd"), b("wdown")), b("gf")),
+             "ffn_down.bwd_weight": dataop("gemm_tn", (b("act"), b("gd")), b("gwdown")),
+             "down.bwd.reduce": dataop("reduce", (b("gf"),), b("gf")),
+             "act.bwd": dataop(act, (b("fpart"), b("gf")), b("gfp")),
+             "ffn.bwd.bcast": dataop("bcast", (b("gfp"),), b("gfp")),
+             "ffn_up.bwd_data": dataop("gemm_bt", (b("gfp"), b("wup")), b("gh"), a_offset=0),
+             "ffn_up.bwd_weight": dataop("gemm_tn", (b("h2"), b("gfp")), b("gwup"), b_offset=0),
+             "ffn_gate.bwd_data": dataop("gemm_bt", (b("gfp"), b("wgate")), b("gh"),
+                                         a_offset=fr, accumulate=True),
+             "ffn_gate.bwd_weight": dataop("gemm_tn", (b("h2"), b("gfp")), b("gwgate"),
+                                           b_offset=fr),
+             "ffn.bwd.reduce": dataop("reduce", (b("gh"),), b("gh")),
+             "residual1.bwd": dataop("copy", (b("dx"),), b("gd")),
+             "o.bwd.bcast": dataop("bcast", (b("gd"),), b("gd")),
+             "o_proj.bwd_data": dataop("gemm_bt", (b("gd"), b("wo")), b("gao")),
+             "o_proj.bwd_weight": dataop("gemm_tn", (b("ao"), b("gd")), b("gwo")),
+             "o.bwd.reduce": dataop("reduce", (b("gao"),), b("gattn"), out_offset=0),
+             "attn.bwd.bcast": dataop("bcast", (b("gattn"),), b("gattn")),
+             "attn_av.bwd_p": dataop("attn_bwd_dp", (b("gattn"), b("kv")), b("gs"), **att),
+             "attn_av.bwd_v": dataop("attn_bwd_dv", (b("scores"), b("gattn")), b("gqkv"), **att),
+             "softmax.bwd": dataop("attn_bwd_softmax", (b("gs"), b("scores"), b("gattn"),
+                                                       b("ao")), b("gs"), **att),
+             "attn_qk.bwd_q": dataop("attn_bwd_dq", (b("gs"), b("kv")), b("gqkv"), **att),
+             "attn_qk.bwd_k": dataop("attn_bwd_dk", (b("gs"), b("qkv")), b("gqkv"), **att),
+             "attn.bwd.reduce": dataop("reduce", (b("gqkv"),), b("gqkv")),
+             "rope.bwd": dataop("rope", (b("gqkv"),), b("gqkv"), hd=self.hd,
+                                heads=self.hpr + self.kvpr, start=0, sq=self.sq,
+                                theta=float(self.cfg.rope_theta), inverse=True),
+             "qkv.bwd.bcast": dataop("bcast", (b("gqkv"),), b("gqkv")),
+             "qkv.bwd.reduce": dataop("reduce", (b("gh"),), b("gh"))}
+        for i, (n, w) in enumerate((("q_proj", "wq"), ("k_proj", "wk"), ("v_proj", "wv"))):
+            off = (0, hq, hq + hk)[i]
+            d[n + ".bwd_data"] = dataop("gemm_bt", (b("gqkv"), b(w)), b("gh"), a_offset=off,
+                                        accumulate=i > 0)
+            d[n + ".bwd_weight"] = dataop("gemm_tn", (b("h1"), b("gqkv")), b("g" + w),
+                                          b_offset=off)
+        d.update(self.norm_bwd_data("norm2.bwd", b("gh"), b("x1"), b("stats2"), b("ln2"),
+                                    b("bst"), b("gln2"), b("dx"), True))
+        d.update(self.norm_bwd_data("norm1.bwd", b("gh"), b("x"), b("stats1"), b("ln1"),
+                                    b("bst"), b("gln1"), b("dx"), True))
+        return d
+
+    def train_head_tiles(self, hr: Region) -> dict:
+        T, dt, dc, f32 = self.T, self.dtype, self.dc, "fp32"
+        lead = Region(hr.x, hr.y, 1, hr.rows)
+        return {"head0.dlogits": (hr, (T, self.vr), dt, None),
+                "head0.gx": (hr, (T, dc), dt, None), "head0.gtable": (hr, (dc, self.vr), dt, None),
+                "loss.targets": (lead, (T, 1), f32, None), "loss.stats": (lead, (T, 3), f32, None)}
+
+    def train_lnf_tiles(self, row: Region, handoff: bool) -> dict:
+        gain = 2 if self.cfg.norm == "layernorm" else 1
+        out = {"lnf.gg": (row, (gain, self.dc), self.dtype, None),
+               "lnf.bst": (row, (self.T, 2), "fp32", None)}
+        if handoff:
+            out["lnf.gh"] = (row, (self.T, self.dc), self.dtype, None)
+        return out
+
+    def train_embed_tiles(self, row: Region) -> dict:
+        """dX of the embedding (its rows' gradient) and the token ids, where the tokens enter
+        (the gather and its scatter-add happen there, off the records, as in the forward)."""
+        return {"embed.grad": (row, (self.T, self.dc), self.dtype, None),
+                "embed.ids": (row, (self.T, 1), "fp32", None)}
+
+    def train_head_data(self, x: str, dx: str, handoff: bool) -> dict:
+        """DataOps of the loss and the LM head's backward (one table region), the final
+        norm's backward leaving dX of the last layer in `dx`."""
+        lr = {"base": 0, "vocab": self.cfg.vocab_size}
+        gsrc = "lnf.gh" if handoff else "head0.gx"
+        d = {"loss.0": dataop("loss_stats", ("head0.logits", "loss.targets"), "loss.stats",
+                              **lr),
+             "loss.bwd.0": dataop("loss_bwd", ("head0.logits", "loss.stats", "loss.targets"),
+                                  "head0.dlogits", count=self.T, **lr),
+             "bwd.bcast0": dataop("bcast", ("head0.dlogits",), "head0.dlogits"),
+             "lm_head.bwd_data.0": dataop("gemm_bt", ("head0.dlogits", "head0.table"),
+                                          "head0.gx"),
+             "lm_head.bwd_weight.0": dataop("gemm_tn", ("head0.x", "head0.dlogits"),
+                                            "head0.gtable"),
+             "bwd.reduce0": dataop("reduce", ("head0.gx",), "head0.gx"),
+             "bwd.handoff0": dataop("copy", ("head0.gx",), gsrc)}
+        d.update(self.norm_bwd_data("ln_f.bwd", gsrc, x, "lnf.stats", "lnf.g", "lnf.bst",
+                                    "lnf.gg", dx, False))
+        return d
+
     # ---- meta ---------------------------------------------------------------------------------
     def meta(self, layers: list, heads: list[Region], embed_row: Region) -> dict:
         """What `functional_model` needs to scatter inputs and gather outputs."""
-        return {"model": self.cfg.name, "vocab": self.cfg.vocab_size, "rows": self.rows, "cols": self.cols,
-                "dtype": self.dtype, "batch": self.batch, "sq": self.sq, "start": self.start,
-                "tables": self.tables, "heads": [rect(h) for h in heads],
-                "embed_row": rect(embed_row),
-                "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a} for lay, b in layers]}
+        return {"model": self.cfg.name, "vocab": self.cfg.vocab_size, "rows": self.rows,
+                "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
+                "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],
+                "embed_row": rect(embed_row), "train": self.train,
+                "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a, "g": b.g}
+                           for lay, b in layers]}
 
 
 def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> FLayout:
     """The functional layout of `run` (a common.Run) on R x C regions; prefill and decode."""
-    if run.phase == "train":
-        raise NotImplementedError("functional: the training step is not mapped functionally "
-                                  "(prefill and decode are)")
+    train = run.phase == "train"
+    if train and tables > 1:
+        raise NotImplementedError(f"functional: a training step whose LM head spans {tables} "
+                                  "table regions is not mapped functionally (one region is)")
+    if train and run.sparsity > 0:
+        raise NotImplementedError("functional: a sparse training step is not mapped "
+                                  "functionally")
     sq = 1 if run.phase == "decode" else run.prompt
     start = run.context if run.phase == "decode" else 0
-    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables)
+    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train)

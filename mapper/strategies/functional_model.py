@@ -9,6 +9,14 @@
   sequence, gathered from the leaders of the table regions.
 - `model_kv_cache(program, cfg, buffers)`: the KV cache the run leaves (per layer (k, v),
   each (batch, kv_heads, keys, hd)), to check it or to feed a decode run.
+- Training (`phase="train"`): `model_inputs(..., targets=...)` also scatters the next-token
+  targets (to the LM head's leaders) and the token ids (where the tokens enter: the embedding
+  gradient's scatter-add happens there, off the records, as the gather does);
+  `model_loss(program, buffers)` is the mean cross-entropy and `model_grads(program,
+  buffers)` the gradient of every weight (`reference.loss_and_grads`' names and shapes).
+  Under GQA a K/V head kept by several head rows gets one partial gradient per row; they
+  are summed here. `random_train_case(program, cfg, seed)`: (inputs, reference loss,
+  reference grads). The Adam update records stay timing-only (no DataOps).
 - `random_case(program, cfg, seed)`: random weights (`init_weights(cfg, seed)`) and tokens
   (seed `seed`; for decode a random prompt of `context` tokens whose cache the reference
   computes), scattered, and the reference logits to compare with (float64, from the weights
@@ -40,7 +48,7 @@ def layout_of(program: Program, cfg: GPTConfig) -> FLayout:
     if cfg.name != m["model"]:
         raise ValueError(f"cfg: got model {cfg.name!r}, the program maps {m['model']!r}")
     return FLayout(cfg, m["rows"], m["cols"], m["dtype"], m["batch"], m["sq"], m["start"],
-                   m["tables"])
+                   m["tables"], m.get("train", False))
 
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -143,8 +151,9 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
 
 
 def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
-                 kv_cache: list | None = None) -> dict[str, np.ndarray]:
-    """Per-core input arrays of every tile the run starts from (see the module docstring)."""
+                 kv_cache: list | None = None, targets=None) -> dict[str, np.ndarray]:
+    """Per-core input arrays of every tile the run starts from (see the module docstring);
+    a training step also takes the next-token `targets` (batch, tokens)."""
     m = _fmeta(program)
     fl = layout_of(program, cfg)
     tokens = np.asarray(tokens)
@@ -163,6 +172,8 @@ def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
         out["embed.pos"] = _cols(pos, fl, 1)[None]
     for i, lay in enumerate(m["layers"]):
         _layer_inputs(program, fl, w, i, LayerBufs(lay["w"], lay["a"]), out, kv_cache)
+    if fl.train:
+        _train_inputs(program, fl, tokens, targets, out)
     arr = _zeros(program, "lnf.g")
     arr[0, :, 0] = _cols(w["ln_f_g"][None], fl, 1)[:, 0]
     if cfg.norm == "layernorm":
@@ -219,6 +230,9 @@ def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, 
     """(inputs for run_functional, reference logits (batch, vocab)) for random weights and
     tokens; see the module docstring."""
     fl = layout_of(program, cfg)
+    if fl.train:
+        raise ValueError(f"program {program.name!r} is a training step: use random_train_case, "
+                         "model_loss and model_grads")
     weights = reference.init_weights(cfg, seed)
     rng = np.random.default_rng(seed)
     weights = sparsify(weights, float(program.meta.get("sparsity", 0.0)), rng)
@@ -230,3 +244,110 @@ def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, 
     tokens = rng.integers(0, cfg.vocab_size, (fl.batch, fl.sq))
     logits, _ = reference.forward(cfg, w64, tokens, kv_cache=kv, start_pos=fl.start)
     return model_inputs(program, cfg, weights, tokens, kv), logits[:, -1]
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+def _train_inputs(program, fl: FLayout, tokens, targets, out: dict) -> None:
+    targets = np.asarray(targets) if targets is not None else None
+    if targets is None or targets.shape != tokens.shape or \
+            not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets: a training step needs integer targets of the tokens' shape "
+                         f"{tokens.shape}, got {None if targets is None else targets.shape}")
+    arr = _zeros(program, "loss.targets")
+    arr[...] = targets.reshape(1, 1, -1, 1)
+    out["loss.targets"] = arr
+    arr = _zeros(program, "embed.ids")
+    arr[...] = tokens.reshape(1, 1, -1, 1)
+    out["embed.ids"] = arr
+
+
+def _shards(g: np.ndarray, n: int) -> np.ndarray:
+    """(C, dc, ...) d-shards -> (d, ...)."""
+    return g.reshape(-1, *g.shape[2:])[:n]
+
+
+def _layer_grads(program, fl: FLayout, buffers: dict, i: int, b: LayerBufs, out: dict) -> None:
+    cfg, hd, d, R = fl.cfg, fl.hd, fl.cfg.d_model, fl.rows
+    p, F = f"L{i}.", cfg.d_ffn
+    for key, norm in (("gln1", "ln1"), ("gln2", "ln2")):
+        g = decode(program, buffers, b(key))[0]  # (C, gain, dc)
+        out[p + norm + "_g"] = g[:, 0].reshape(-1)[:d]
+        if cfg.norm == "layernorm":
+            out[p + norm + "_b"] = g[:, 1].reshape(-1)[:d]
+    for key, name, per in (("gwq", "w_q", False), ("gwk", "w_k", True), ("gwv", "w_v", True)):
+        g = decode(program, buffers, b(key))  # (Ra, C, dc, slots hd)
+        full = np.zeros((d, (cfg.n_kv_heads if per else cfg.n_heads) * hd), np.float32)
+        for r in range(fl.ra):
+            for k, h in enumerate(fl.row_kv[r] if per else fl.row_heads(r)):
+                full[:, h * hd:(h + 1) * hd] += _shards(g[r, :, :, k * hd:(k + 1) * hd], d)
+        out[p + name] = full
+    g = decode(program, buffers, b("gwo"))  # (Ra, C, hpr hd, dc)
+    full = np.zeros((cfg.n_heads * hd, d), np.float32)
+    for r in range(fl.ra):
+        for k, h in enumerate(fl.row_heads(r)):
+            full[h * hd:(h + 1) * hd] = _shards(g[r, :, k * hd:(k + 1) * hd].transpose(0, 2, 1),
+                                                d).T
+    out[p + "w_o"] = full
+    names = [("gwup", "w_up")] + ([("gwgate", "w_gate")] if cfg.activation == "swiglu" else [])
+    for key, name in names:  # core (j, r): W[d-shard j, f-shard r]
+        g = decode(program, buffers, b(key)).transpose(1, 2, 0, 3)
+        out[p + name] = g.reshape(fl.cols * fl.dc, R * fl.fr)[:d, :F]
+    g = decode(program, buffers, b("gwdown")).transpose(0, 2, 1, 3)
+    out[p + "w_down"] = g.reshape(R * fl.fr, fl.cols * fl.dc)[:F, :d]
+
+
+def model_loss(program: Program, buffers: dict) -> float:
+    """Mean cross-entropy of a training step, from the loss statistics [M, L, z_target]."""
+    st = decode(program, buffers, "loss.stats")[0, 0].astype(np.float64)  # (T, 3)
+    return float(np.mean(np.log(st[:, 1]) + st[:, 0] - st[:, 2]))
+
+
+def model_grads(program: Program, buffers: dict, cfg: GPTConfig | None = None) -> dict:
+    """The gradient of every weight after a training step (`reference.loss_and_grads`' names
+    and shapes), gathered from the gradient tiles."""
+    m = _fmeta(program)
+    if not m.get("train"):
+        raise ProgramError(f"program {program.name!r} is not a functional training step")
+    if cfg is None:
+        from workloads.models import load_model
+        cfg = load_model(m["model"])
+    fl = layout_of(program, cfg)
+    d, out = cfg.d_model, {}
+    for i, lay in enumerate(m["layers"]):
+        _layer_grads(program, fl, buffers, i, LayerBufs(lay["w"], lay["a"], lay["g"]), out)
+    g = decode(program, buffers, "lnf.gg")[0]
+    out["ln_f_g"] = g[:, 0].reshape(-1)[:d]
+    if cfg.norm == "layernorm":
+        out["ln_f_b"] = g[:, 1].reshape(-1)[:d]
+    g = decode(program, buffers, "head0.gtable").transpose(1, 2, 0, 3)  # (C, dc, R, vr)
+    table = g.reshape(fl.cols * fl.dc, fl.rows * fl.vr)[:d, :cfg.vocab_size]
+    eg = decode(program, buffers, "embed.grad")[0].transpose(1, 0, 2).reshape(fl.T, -1)[:, :d]
+    ids = decode(program, buffers, "embed.ids")[0, 0, :, 0].astype(np.int64)
+    embed = np.zeros((cfg.vocab_size, d), np.float32)
+    np.add.at(embed, ids, eg)  # the scatter-add where the tokens entered
+    if cfg.tied_embeddings:
+        embed += table.T
+    else:
+        out["lm_head"] = table
+    out["embed"] = embed
+    if cfg.positions == "learned":
+        out["pos"] = np.zeros((cfg.max_context, d), np.float32)
+        out["pos"][:fl.sq] = eg.reshape(fl.batch, fl.sq, d).sum(0)
+    return out
+
+
+def random_train_case(program: Program, cfg: GPTConfig, seed: int = 0):
+    """(inputs, reference loss, reference grads) of a training step on random weights,
+    tokens and targets; the reference runs in float64 on the weights rounded to the run's
+    dtype."""
+    fl = layout_of(program, cfg)
+    if not fl.train:
+        raise ValueError(f"program {program.name!r} is not a training step; use random_case")
+    weights = reference.init_weights(cfg, seed)
+    rng = np.random.default_rng(seed)
+    w64 = {k: round_to(v, fl.dtype).astype(np.float64) for k, v in weights.items()}
+    tokens = rng.integers(0, cfg.vocab_size, (fl.batch, fl.sq))
+    targets = rng.integers(0, cfg.vocab_size, (fl.batch, fl.sq))
+    loss, grads = reference.loss_and_grads(cfg, w64, tokens, targets)
+    return model_inputs(program, cfg, weights, tokens, targets=targets), loss, grads

@@ -85,8 +85,10 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
     one wafer of a multi-wafer pipeline: without the embedding the activations arrive over the
     wafer's I/O; without the head they leave over it. `functional`: attach DataOps and tile
-    shapes (prefill and decode) so that `wse_sim.functional.run_functional` computes the
-    forward pass (inputs and outputs: `mapper.strategies.functional_model`).
+    shapes so that `wse_sim.functional.run_functional` computes the forward pass (prefill and
+    decode) or the training step's loss and gradients (one table region; every layer keeps
+    its saved activations and backward scratch in its region; the Adam updates stay
+    timing-only). Inputs and outputs: `mapper.strategies.functional_model`.
     """
     if stage is not None:
         if functional:
@@ -126,13 +128,19 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     for j, hr in enumerate(heads):
         tiles = None if fl is None else \
             fl.head_tiles(j, hr) | (fl.embed_tiles(top0, own_x=True) if j == 0 else {})
+        if fl is not None and train:
+            tiles |= fl.train_head_tiles(hr) | fl.train_embed_tiles(top0) \
+                | {"embed.dx": (top0, (fl.T, fl.dc), dtype, None)}
         v, e = alloc_group(pb, f"head{j}.", hr, {
             "table": math.ceil(run.table_bytes * adam / (k * hr.size)),
             "act": 2 * run.lm_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes}, tiles)
         views, extra = views | v, max(extra, e)
     for i, lay in enumerate(lays):
         tiles = None if fl is None else \
-            fl.layer_tiles(lay, bufs[i]) | (fl.lnf_tiles(lay.row0, True) if i == L - 1 else {})
+            (fl.train_tiles(lay, bufs[i]) if train else fl.layer_tiles(lay, bufs[i])) \
+            | (fl.lnf_tiles(lay.row0, True) if i == L - 1 else {})
+        if fl is not None and train and i == L - 1:
+            tiles |= fl.train_lnf_tiles(lay.row0, True)
         v, e = alloc_group(pb, f"L{i}.", lay.reg, buffers, tiles)
         views, extra = views | v, max(extra, e)
 
@@ -153,23 +161,25 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
             dep = ends[i] = tp.forward(i, lay, after, bufs=bufs[i])
             if i + 1 < L:
                 dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype,
-                              dep, data=copy(bufs[i]("x"), bufs[i + 1]("x")))
+                              dep, data=copy(bufs[i]("xo" if train else "x"), bufs[i + 1]("x")))
     tp.share, tp.tokens = (0, 1), run.tokens
     dep, head_grads = emit_lm_head(tp, run, lays[-1].row0, heads, dep,
-                                   x_name=bufs[-1]("x"))
+                                   x_name=bufs[-1]("xo" if train else "x"),
+                                   dx_name=bufs[-1]("dx"))
     if train:
         updates = []
         for i in range(L - 1, -1, -1):
-            dep, grads = tp.backward(i, lays[i], dep)
+            dep, grads = tp.backward(i, lays[i], dep, bufs=bufs[i])
             updates.append(tp.optimizer([f"L{i}.{w}.adam" for w in
                                          list(cfg.layer_weight_shapes()) + ["small"]],
                                         lays[i].reg, tuple(grads)))
             if i > 0:
                 dep = handoff(pb, f"L{i}.bwd.handoff", lays[i].row0, lays[i - 1].row0, x_vals,
-                              dtype, dep, color="back")
+                              dtype, dep, color="back", data=copy(bufs[i]("dx"),
+                                                                  bufs[i - 1]("dx")))
         dep = handoff(pb, "embed.bwd.handoff", lays[0].row0, top0, x_vals, dtype, dep,
-                      color="back")
-        dep = tp.compute("embed.bwd", top0, dep, fmac=False)
+                      color="back", data=copy(bufs[0]("dx"), "embed.dx"))
+        dep = tp.compute("embed.bwd", top0, dep, fmac=False, data=copy("embed.dx", "embed.grad"))
         tp.optimizer(["embed.adam", "lm_head.adam"], heads[0], (dep,) + tuple(head_grads))
         tp.optimizer(["ln_f.adam"], lays[-1].row0, tuple(updates[:1]))
     missing = tp.missing()

@@ -23,7 +23,7 @@ from mapper.strategies.common import (
     kv_context_limit,
     make_run,
 )
-from mapper.strategies.functional_layout import LayerBufs, make_layout
+from mapper.strategies.functional_layout import LayerBufs, dataop, make_layout
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -47,9 +47,11 @@ def map_weight_streaming(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
 def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False) -> Program:
-    """`functional`: attach DataOps and tile shapes (prefill and decode) so that
-    `wse_sim.functional.run_functional` computes the forward pass; every layer keeps its
-    weights and KV cache in its own tiles, the activations share one set (`act.*`). Weight
+    """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
+    computes the forward pass (prefill and decode; every layer keeps its weights and KV cache
+    in its own tiles, the activations share one set, `act.*`) or, layer-sequential only, the
+    training step's loss and gradients (every layer keeps its saved activations, `L{i}.*`, the
+    backward's scratch is shared, `grad.*`; the Adam updates stay timing-only). Weight
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity)
@@ -68,6 +70,9 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         return b | {"table": math.ceil(table / reg.size)}
 
     run = chunked(run, lambda r: sum(sizes(r).values()) <= hw.sram_bytes)
+    if functional and train and streaming:
+        raise NotImplementedError("functional: the weight-streaming training step is not mapped "
+                                  "functionally (layer-sequential and layer-pipelined are)")
     if functional and run.chunks > 1:
         raise NotImplementedError(f"functional: a prefill in {run.chunks} chunks is not mapped "
                                   "functionally; use a shorter --prompt or a larger mesh")
@@ -76,14 +81,18 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     check_buffers("the region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
     fl = make_layout(cfg, run, reg.rows, reg.cols) if functional else None
-    bufs = [LayerBufs(f"L{i}.", "act.") for i in range(L)]
+    bufs = [LayerBufs(f"L{i}.", f"L{i}." if train else "act.", "grad.") for i in range(L)]
     tiles = None
     if fl is not None:
         tiles = fl.embed_tiles(lay.row0, own_x=False, scratch=True) \
             | fl.lnf_tiles(lay.row0, False) \
             | fl.head_tiles(0, reg)
         for i in range(L):
-            tiles |= fl.layer_tiles(lay, bufs[i], acts=i == 0)
+            tiles |= fl.train_tiles(lay, bufs[i], scratch=i == 0) if train else \
+                fl.layer_tiles(lay, bufs[i], acts=i == 0)
+        if train:
+            tiles |= fl.train_head_tiles(reg) | fl.train_lnf_tiles(lay.row0, False) \
+                | fl.train_embed_tiles(lay.row0)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl)
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
@@ -117,7 +126,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             prev = (Dep(chunk_deps[c - 1], "all"),) if c > 0 else ()
             chunk_deps[c] = tp.forward(i, lay, (chunk_deps[c],) + prev,
                                        weight_dep=Dep(w, "same") if w is not None else None,
-                                       bufs=bufs[i])
+                                       bufs=bufs[i], xo=bufs[i + 1]("x") if i + 1 < L else None)
         layer_ends.append(chunk_deps[-1])
     tp.share, tp.tokens = (0, 1), run.tokens
     dep = chunk_deps[-1]
@@ -126,7 +135,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     io_prev = w if w is not None else io_prev
     dep, head_grads = emit_lm_head(tp, run, lay.row0, [reg], dep,
                                    weight_dep=Dep(w) if w is not None else None,
-                                   x_name=bufs[-1]("x"))
+                                   x_name=bufs[-1]("xo" if train else "x"),
+                                   dx_name=bufs[-1]("dx"))
     offwafer = 0
     if train:
         if streaming:
@@ -136,14 +146,16 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             w = stream_in(f"L{i}.weights.bwd.in", _layer_weight_bytes(run),
                           ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
             io_prev = w if w is not None else io_prev
-            dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None)
+            dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
+                                     bufs=bufs[i] if fl is not None else None)
             adam_names = [f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]]
             if streaming:
                 pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run), "out",
                                   deps=tuple(Dep(g, "all") for g in grads)))
             else:
                 tp.optimizer(adam_names, reg, tuple(grads))
-        dep = tp.compute("embed.bwd", lay.row0, dep, fmac=False)
+        dep = tp.compute("embed.bwd", lay.row0, dep, fmac=False, data=None if fl is None else
+                         dataop("copy", (bufs[0]("dx"),), "embed.grad"))
         if streaming:
             pb.add(IoTransfer("embed.grads.out", lay.row0, x_vals * reg.cols * run.bytes, "out",
                               deps=(Dep(dep),)))

@@ -193,11 +193,15 @@ class TP2D:
 
     # ---- a layer ----------------------------------------------------------------------------
     def forward(self, i: int, lay: Layout, dep, weight_dep=None,
-                bufs: LayerBufs | None = None) -> int:
+                bufs: LayerBufs | None = None, xo: str | None = None) -> int:
         """Records of layer i's forward pass; returns the last record. With a functional
-        layout, `bufs` names the layer's tiles and every record gets its DataOp."""
+        layout, `bufs` names the layer's tiles and every record gets its DataOp (training:
+        the layer keeps what its backward needs and leaves its output in `xo`)."""
         p, s = f"L{i}.", self.sizes(lay)
-        d = self.fl.layer_data(bufs) if self.fl is not None else {}
+        d = {}
+        if self.fl is not None:
+            d = self.fl.train_layer_data(bufs, xo or bufs("xo")) if self.fl.train \
+                else self.fl.layer_data(bufs)
         dep = self.norm(p + "norm1", lay.row0, dep, self.tokens, d, "norm1")
         dep = self.up(lay, lay.att, [p + n for n in ("q_proj", "k_proj", "v_proj")], dep,
                       s["qkv"], p + "qkv", weight_dep=weight_dep, d=d, key="qkv")
@@ -219,11 +223,15 @@ class TP2D:
                         weight_dep=weight_dep, d=d, key="down")
         return self.compute(p + "residual2", lay.row0, dep, fmac=False, data=d.get("residual2"))
 
-    def backward(self, i: int, lay: Layout, dep, weight_dep=None) -> tuple[int, list[int]]:
+    def backward(self, i: int, lay: Layout, dep, weight_dep=None,
+                 bufs: LayerBufs | None = None) -> tuple[int, list[int]]:
         """Layer i's backward pass (dY arrives on the top row); returns (last record, the
-        records that finish its weight gradients)."""
+        records that finish its weight gradients). With a functional layout and `bufs` every
+        record gets its DataOp (`FLayout.backward_data`)."""
         p, s = f"L{i}.", self.sizes(lay)
         grads: list[int] = []
+        d = self.fl.backward_data(bufs) if self.fl is not None and bufs is not None else {}
+        k = len(p)
 
         def bwd(names, region, dep, first_extra):
             first = True
@@ -231,47 +239,50 @@ class TP2D:
                 for part in (".bwd_data", ".bwd_weight"):
                     if n + part in self.ops:
                         extra = _deps(first_extra) if first else ()
-                        dep = self.compute(n + part, region, _deps(dep) + extra, fmac=True)
+                        dep = self.compute(n + part, region, _deps(dep) + extra, fmac=True,
+                                           data=d.get(n[k:] + part))
                         first = False
                         if part == ".bwd_weight":
                             grads.append(dep)
             return dep
 
         x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
-        dep = self.compute(p + "residual2.bwd", lay.row0, dep, fmac=False)
+        dep = self.compute(p + "residual2.bwd", lay.row0, dep, fmac=False,
+                           data=d.get("residual2.bwd"))
         # FFN-down was a *down* GEMM: its backward is an *up* pattern.
         dep = self.stream(p + "down.bwd.bcast", lay.reg, "y", 1, x_vals, dep, reduce=False,
-                          color="col_bcast")
+                          color="col_bcast", data=d.get("down.bwd.bcast"))
         dep = bwd([p + "ffn_down"], lay.reg, dep, weight_dep)
         dep = self.stream(p + "down.bwd.reduce", lay.reg, "x", -1, s["ffn_in"], dep,
-                          reduce=True, color="row_reduce")
-        dep = self.compute(p + "act.bwd", lay.lead, dep, fmac=False)
+                          reduce=True, color="row_reduce", data=d.get("down.bwd.reduce"))
+        dep = self.compute(p + "act.bwd", lay.lead, dep, fmac=False, data=d.get("act.bwd"))
         dep = self.stream(p + "ffn.bwd.bcast", lay.reg, "x", 1, s["ffn_out"], dep, reduce=False,
-                          color="row_bcast")
+                          color="row_bcast", data=d.get("ffn.bwd.bcast"))
         dep = bwd([p + "ffn_up", p + "ffn_gate"], lay.reg, dep, weight_dep)
         dep = self.stream(p + "ffn.bwd.reduce", lay.reg, "y", -1, x_vals, dep, reduce=True,
-                          color="col_reduce")
-        dep = self.norm(p + "norm2.bwd", lay.row0, dep, self.tokens)
-        dep = self.compute(p + "residual1.bwd", lay.row0, dep, fmac=False)
+                          color="col_reduce", data=d.get("ffn.bwd.reduce"))
+        dep = self.norm(p + "norm2.bwd", lay.row0, dep, self.tokens, d, "norm2.bwd")
+        dep = self.compute(p + "residual1.bwd", lay.row0, dep, fmac=False,
+                           data=d.get("residual1.bwd"))
         dep = self.stream(p + "o.bwd.bcast", lay.att, "y", 1, x_vals, dep, reduce=False,
-                          color="col_bcast")
+                          color="col_bcast", data=d.get("o.bwd.bcast"))
         dep = bwd([p + "o_proj"], lay.att, dep, weight_dep)
         dep = self.stream(p + "o.bwd.reduce", lay.att, "x", -1, s["attn_out"], dep, reduce=True,
-                          color="row_reduce")
+                          color="row_reduce", data=d.get("o.bwd.reduce"))
         dep = self.stream(p + "attn.bwd.bcast", lay.att, "x", 1, s["attn_part"], dep,
-                          reduce=False, color="row_bcast")
+                          reduce=False, color="row_bcast", data=d.get("attn.bwd.bcast"))
         for n, fmac in (("attn_av.bwd_p", True), ("attn_av.bwd_v", True), ("softmax.bwd", False),
                         ("attn_qk.bwd_q", True), ("attn_qk.bwd_k", True)):
-            dep = self.compute(p + n, lay.att, dep, fmac=fmac)
+            dep = self.compute(p + n, lay.att, dep, fmac=fmac, data=d.get(n))
         dep = self.stream(p + "attn.bwd.reduce", lay.att, "x", -1, s["qkv"], dep, reduce=True,
-                          color="row_reduce")
-        dep = self.maybe(p + "rope.bwd", lay.lead_att, dep, fmac=False)
+                          color="row_reduce", data=d.get("attn.bwd.reduce"))
+        dep = self.maybe(p + "rope.bwd", lay.lead_att, dep, fmac=False, data=d.get("rope.bwd"))
         dep = self.stream(p + "qkv.bwd.bcast", lay.att, "x", 1, s["qkv"], dep, reduce=False,
-                          color="row_bcast")
+                          color="row_bcast", data=d.get("qkv.bwd.bcast"))
         dep = bwd([p + n for n in ("q_proj", "k_proj", "v_proj")], lay.att, dep, weight_dep)
         dep = self.stream(p + "qkv.bwd.reduce", lay.att, "y", -1, x_vals, dep, reduce=True,
-                          color="col_reduce")
-        dep = self.norm(p + "norm1.bwd", lay.row0, dep, self.tokens)
+                          color="col_reduce", data=d.get("qkv.bwd.reduce"))
+        dep = self.norm(p + "norm1.bwd", lay.row0, dep, self.tokens, d, "norm1.bwd")
         return dep, grads
 
     def optimizer(self, names: list[str], region: Region, dep) -> int:
