@@ -86,3 +86,19 @@ def test_cli_json(argv, capsys):
 def test_cli_compare_needs_a_model(capsys):
     assert main(["compare", "--preset", "mesh16"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_search_also_chooses_the_prefill_chunks():
+    found, best = search_mapping(load_preset("mesh8"), "tiny", phase="prefill", prompt=64)
+    tried = {c["chunks"] for c, cost, _ in found.tried if cost is not None}
+    assert {1, 2, 4, 8} <= tried
+    assert best.meta["chunks"] >= found.best["chunks"]
+
+
+def test_chunks_flag_and_its_bounds(capsys):
+    assert main(["run", "--preset", "mesh8", "--model", "tiny", "--prompt", "64", "--chunks",
+                 "4", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--preset", "mesh8", "--model", "tiny", "--prompt", "8", "--chunks",
+                 "16"]) == 2
+    assert "chunks" in capsys.readouterr().err

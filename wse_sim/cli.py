@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", default="layer-pipelined",
                      help="layer-pipelined, layer-sequential, weight-streaming, or auto "
                           "(the fastest by simulation)")
+    run.add_argument("--chunks", type=positive_int, default=1,
+                     help="prefill: run the prompt through the layers in at least N chunks")
     run.add_argument("--generate", type=positive_int, default=None,
                      help="prefill the prompt, then decode N tokens: end-to-end tokens/s")
     run.add_argument("--wafers", type=positive_int, default=1,
@@ -123,7 +125,7 @@ def cmd_run(args) -> int:
     program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
                             batch=args.batch, prompt=args.prompt, context=args.context,
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
-                            functional=args.functional)
+                            functional=args.functional, chunks=args.chunks)
     if args.show_program:
         print(program.describe())
         return 0

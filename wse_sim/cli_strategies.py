@@ -153,6 +153,7 @@ def run_extended(args) -> int:
         if found.best is None:
             raise ValueError(f"strategy auto: no strategy fits {args.model} on {args.preset}")
         strategy = found.best["strategy"]
+        args.chunks = found.best.get("chunks", 1)
     if args.generate:
         out = run_generate(hw, args.model, generate=args.generate, prompt=args.prompt,
                            engine=args.engine, strategy=strategy,

@@ -22,7 +22,7 @@ def _positive(name: str, value, allow_none: bool = False):
 def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
-                  sparsity: float = 0.0, functional: bool = False):
+                  sparsity: float = 0.0, functional: bool = False, chunks: int = 1):
     """Validate the run's parameters and map the model; returns the Program."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
@@ -33,12 +33,13 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     for name, v in (("batch", batch), ("prompt", prompt), ("context", context)):
         _positive(name, v)
     _positive("grid", grid, allow_none=True)
+    _positive("chunks", chunks)
     if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
         raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
     cfg = load_model(model)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
-                                functional=functional)
+                                functional=functional, chunks=chunks)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
@@ -64,19 +65,28 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
                    grids: tuple = (None,), progress: bool = False, **kw):
-    """Pick the strategy (and grid) with the least simulated time per token."""
+    """Pick the strategy, grid and (prefill) chunk count with the least simulated time per
+    token. Chunks are the tile size along the tokens: more chunks pipeline better through
+    layer regions but pay more per-chunk latency."""
     from mapper.search import search
     results = {}
 
     def evaluate(cand: dict) -> float:
-        program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"], **kw)
+        program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
+                                chunks=cand["chunks"], **kw)
+        if cand["chunks"] > 1 and program.meta.get("chunks", 1) != cand["chunks"]:  # duplicate
+            raise ValueError(f"chunks {cand['chunks']}: the prefill needs "
+                             f"{program.meta['chunks']} chunks to fit")
         r = simulate(program, hw, engine=engine)
-        results[(cand["strategy"], cand["grid"])] = r
+        results[(cand["strategy"], cand["grid"], cand["chunks"])] = r
         return r.seconds / max(1, r.tokens)
 
-    cands = [{"strategy": s, "grid": g} for s in STRATEGIES for g in grids]
+    chunk_options = (1, 2, 4, 8) if kw.get("phase", "prefill") == "prefill" else (1,)
+    cands = [{"strategy": s, "grid": g, "chunks": c} for s in STRATEGIES for g in grids
+             for c in chunk_options if c <= kw.get("prompt", 128)]
     found = search(cands, evaluate, budget=budget, progress=progress)
-    best = results.get((found.best["strategy"], found.best["grid"])) if found.best else None
+    best = results.get((found.best["strategy"], found.best["grid"], found.best["chunks"])) \
+        if found.best else None
     return found, best
 
 

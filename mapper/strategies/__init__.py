@@ -1,5 +1,6 @@
-"""Whole-model mappings. `STRATEGIES` maps a name to `map(cfg, hw, *, phase, batch, prompt,
-context, dtype, grid, sparsity) -> Program`."""
+"""Whole-model mappings: `strategies()` maps a name to `map(cfg, hw, *, phase, batch, prompt,
+context, dtype, grid, sparsity, functional=False, chunks=1) -> Program` (`chunks`: the fewest
+chunks a prefill runs in; more are used when a layer's buffers need them)."""
 
 from __future__ import annotations
 

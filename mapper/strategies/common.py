@@ -70,12 +70,17 @@ class Run:
 
 
 def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prompt: int,
-             context: int, dtype: str, grid: int | None, sparsity: float) -> Run:
+             context: int, dtype: str, grid: int | None, sparsity: float,
+             chunks: int = 1) -> Run:
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
         raise MappingError(f"grid: got {grid}, must be at most the {hw.mesh_cols} x "
                            f"{hw.mesh_rows} mesh of {hw.name}")
     cols, rows = (grid, grid) if grid else (hw.mesh_cols, hw.mesh_rows)
-    return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity)
+    if phase != "prefill":
+        chunks = 1
+    elif not 1 <= chunks <= prompt:
+        raise MappingError(f"chunks: got {chunks}, must be in 1..prompt ({prompt})")
+    return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks)
 
 
 def check_buffers(what: str, run: Run, buffers: dict, region: Region, extra: str = "") -> None:
@@ -219,13 +224,11 @@ def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run
 
 
 def chunked(run: Run, fits) -> Run:
-    """The fewest prefill chunks (1, 2, 4, ...) for which `fits(run)` holds; the prompt
-    unchunked when nothing fits (so the caller reports the numbers), or for other phases."""
+    """The fewest prefill chunks (`run.chunks`, then twice as many, ...) for which
+    `fits(run)` holds; `run` itself when nothing fits (so the caller reports the numbers)."""
     import dataclasses
-    if run.phase != "prefill" or fits(run):
-        return run
-    n = 2
-    while n <= run.prompt:
+    n = run.chunks
+    while n <= max(1, run.prompt if run.phase == "prefill" else 1):
         candidate = dataclasses.replace(run, chunks=n)
         if fits(candidate):
             return candidate

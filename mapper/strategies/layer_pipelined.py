@@ -79,7 +79,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         batch: int = 1, prompt: int = 128, context: int = 128,
                         dtype: str = "fp16", grid: int | None = None,
                         sparsity: float = 0.0, stage: tuple | None = None,
-                        functional: bool = False) -> Program:
+                        functional: bool = False, chunks: int = 1) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -97,7 +97,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
                           context=context, dtype=dtype, grid=grid, sparsity=sparsity)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
-                   dtype=dtype, grid=grid, sparsity=sparsity)
+                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks)
     check_total_weights(run)
     run = chunked(run, lambda r: choose_slots(r)[2])
     if functional and run.chunks > 1:

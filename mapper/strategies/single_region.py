@@ -46,7 +46,8 @@ def map_weight_streaming(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
 
 def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
-         grid: int | None = None, sparsity: float = 0.0, functional: bool = False) -> Program:
+         grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
+         chunks: int = 1) -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill and decode; every layer keeps its weights and KV cache
     in its own tiles, the activations share one set, `act.*`) or, layer-sequential only, the
@@ -54,7 +55,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     backward's scratch is shared, `grad.*`; the Adam updates stay timing-only). Weight
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
-                   dtype=dtype, grid=grid, sparsity=sparsity)
+                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks)
     name = "weight-streaming" if streaming else "layer-sequential"
     if not streaming:
         check_total_weights(run)
