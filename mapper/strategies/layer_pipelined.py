@@ -200,18 +200,19 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
 
 
 def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Program:
-    """One wafer's slice of a multi-wafer pipeline (prefill and decode)."""
+    """One wafer's slice of a multi-wafer pipeline. Training: the forward hands its output to
+    the next wafer, the backward receives the gradient from it and hands its own back; each
+    wafer updates the weights it holds."""
     first, layers, with_embed, with_head = stage
-    if kw["phase"] == "train":
-        raise NotImplementedError("multi-wafer pipeline: the training step is not mapped "
-                                  "(forward and backward across wafers); use --wafers 1")
     sub = cfg.with_overrides(n_layers=layers)
     run = make_run(sub, hw, **kw)
     ops = run.ops()
     L = layers
     sg, k = choose_slots(run)[:2] if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub)
-    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype)
+    train = run.phase == "train"
+    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype,
+                            train=train)
     check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,
                   buffers, lay0.reg)
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
@@ -224,7 +225,8 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
             pb.alloc(f"L{i}.{name}", lay.reg, v)
     heads = [placed[f"head{j}"] for j in range(k)]
     for j, hr in enumerate(heads):
-        pb.alloc(f"head{j}.table", hr, math.ceil(run.table_bytes / (k * hr.size)))
+        pb.alloc(f"head{j}.table", hr,
+                 math.ceil(run.table_bytes * (7 if train else 1) / (k * hr.size)))
     x_vals = run.tokens * math.ceil(sub.d_model / sg.cols)
     x_bytes = run.tokens * sub.d_model * run.bytes
     if with_embed:
@@ -238,15 +240,41 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
         dep = tp.forward(i, lay, dep)
         if i + 1 < L:
             dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, run.dtype, dep)
+    head_names = {n for n, o in ops.items() if o.layer is None and not n.startswith("embed")}
+    embed_names = {n for n, o in ops.items() if o.layer is None and n.startswith("embed")}
+    head_grads: list = []
     if with_head:
-        emit_lm_head(tp, run, lays[-1].row0, heads, dep)
+        dep, head_grads = emit_lm_head(tp, run, lays[-1].row0, heads, dep)
     else:
-        tp.emitted.update({"ln_f", "lm_head"})
+        tp.emitted.update(head_names)
+        # The hand-off to the next wafer is timed there (its `activations.in`).
+        if train:  # the next wafers run on; their gradient comes back over this wafer's I/O
+            dep = pb.add(IoTransfer("grads.in", lays[-1].row0, x_bytes, "in",
+                                    deps=(Dep(dep, "all"),)))
+    if train:
+        for i in range(L - 1, -1, -1):
+            dep, grads = tp.backward(i, lays[i], dep)
+            tp.optimizer([f"L{i}.{w}.adam" for w in list(sub.layer_weight_shapes()) + ["small"]],
+                         lays[i].reg, tuple(grads))
+            if i > 0:
+                dep = handoff(pb, f"L{i}.bwd.handoff", lays[i].row0, lays[i - 1].row0, x_vals,
+                              run.dtype, dep, color="back")
+        if with_embed:
+            top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
+            dep = handoff(pb, "embed.bwd.handoff", lays[0].row0, top0, x_vals, run.dtype, dep,
+                          color="back")
+            dep = tp.compute("embed.bwd", top0, dep, fmac=False)
+            tp.optimizer(sorted(embed_names & {"embed.adam"}), heads[0], (dep,))
+        if with_head:
+            tp.optimizer(sorted(head_names & {"lm_head.adam", "ln_f.adam"}), heads[-1],
+                         tuple(head_grads) or (dep,))
+    if not with_embed:
+        tp.emitted.update(embed_names)
     missing = tp.missing()
     if missing:
         raise NotImplementedError(f"multi-wafer stage: ops not mapped: {', '.join(missing[:6])}")
     flops = sum(int(o.flops) for n, o in ops.items()
-                if (with_embed or n != "embed") and (with_head or n not in ("ln_f", "lm_head")))
+                if (with_embed or n not in embed_names) and (with_head or n not in head_names))
     return pb.build(dtype=run.dtype, tokens=run.tokens,
                     cores_used=sg.gx * sg.cols * sg.gy * sg.rows,
                     meta={"strategy": "multi-wafer", "model": cfg.name, "phase": run.phase,
