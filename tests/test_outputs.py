@@ -306,3 +306,10 @@ def test_results_without_spans_or_ops_still_write(tmp_path):
     r.ops, r.cycles = {}, 0
     w = outputs.write_outputs(r, tmp_path / "b", formats=("png",))
     assert "roofline.png" in w["files"]
+
+
+@pytest.mark.parametrize("name, published_w", [("wse1", 20e3), ("wse2", 15e3), ("wse3", 23e3)])
+def test_busy_wafer_within_a_third_of_the_published_system_power(name, published_w):
+    from wse_sim.hardware import load_preset
+    p = busy_core_power(load_preset(name), "fp16")
+    assert abs(p["wafer_w"] - published_w) / published_w < 1 / 3
