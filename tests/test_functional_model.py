@@ -221,8 +221,9 @@ def test_round_to_matches_the_hardware_codecs():
 
 def test_training_and_multi_wafer_are_refused():
     cfg = load_model("tiny")
-    with pytest.raises(NotImplementedError, match="weight-streaming training"):
-        strategies()["weight-streaming"](cfg, HW, phase="train", prompt=8, functional=True)
+    with pytest.raises(NotImplementedError, match="sparse training"):
+        strategies()["weight-streaming"](cfg, HW, phase="train", prompt=8, functional=True,
+                                         sparsity=0.5)
     with pytest.raises(NotImplementedError, match="multi-wafer"):
         strategies()["layer-pipelined"](cfg, HW, phase="decode", context=8, functional=True,
                                         stage=(0, 1, True, False))

@@ -71,9 +71,6 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         return b | {"table": math.ceil(table / reg.size)}
 
     run = chunked(run, lambda r: sum(sizes(r).values()) <= hw.sram_bytes)
-    if functional and train and streaming:
-        raise NotImplementedError("functional: the weight-streaming training step is not mapped "
-                                  "functionally (layer-sequential and layer-pipelined are)")
     if functional and run.chunks > 1:
         raise NotImplementedError(f"functional: a prefill in {run.chunks} chunks is not mapped "
                                   "functionally; use a shorter --prompt or a larger mesh")
