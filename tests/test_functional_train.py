@@ -116,3 +116,13 @@ def test_what_is_not_mapped_is_refused():
         random_train_case(fwd, cfg)
     with pytest.raises(ProgramError, match="not a functional training step"):
         model_grads(fwd, {}, cfg)
+
+
+def test_cli_checks_a_training_step(capsys):
+    import json
+
+    from wse_sim.cli import main
+    assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train", "--prompt",
+                 "8", "--functional", "--json", "--dtype", "fp32"]) == 0
+    f = json.loads(capsys.readouterr().out)["functional"]
+    assert f["ok"] and f["max_rel_error"] < 1e-5 and f["loss_error"] < 1e-6

@@ -141,7 +141,9 @@ def cmd_run(args) -> int:
     else:
         print(format_report(result, title))
         if check:
-            print(f"  functional     {'ok' if check['ok'] else 'WRONG'}: logits max abs error "
+            what = (f"worst gradient ({check['gradient']}, loss off by "
+                    f"{check['loss_error']:.2g})" if "gradient" in check else "logits")
+            print(f"  functional     {'ok' if check['ok'] else 'WRONG'}: {what} max abs error "
                   f"{check['max_abs_error']:.3g}, max rel error {check['max_rel_error']:.3g} "
                   f"(tolerance {check['tolerance']:g}, vs numpy; {check['wall_seconds']:.2f} s)")
     return 1 if check and not check["ok"] else 0
@@ -149,14 +151,25 @@ def cmd_run(args) -> int:
 
 def _functional_check(program, hw, model: str) -> dict:
     """Random weights (init_weights(cfg, seed=0)) and tokens (seed 0) through the mapped
-    program; the logits against workloads.reference.forward (float64, dtype-rounded weights)."""
-    from mapper.strategies.functional_model import model_output, random_case
+    program; the logits (a training step: the loss and the worst weight gradient) against
+    workloads.reference (float64, dtype-rounded weights)."""
+    from mapper.strategies import functional_model as fm
     from workloads.models import load_model
     from wse_sim.functional import error_report, run_functional
-    inputs, want = random_case(program, load_model(model), seed=0)
+    cfg = load_model(model)
     t0 = time.perf_counter()
-    got = model_output(program, run_functional(program, hw, inputs))
-    report = error_report(got, want, program.dtype)
+    if program.meta.get("phase") == "train":
+        inputs, want_loss, want = fm.random_train_case(program, cfg, seed=0)
+        buffers = run_functional(program, hw, inputs)
+        got = fm.model_grads(program, buffers, cfg)
+        reps = [error_report(got[k], want[k], program.dtype) | {"gradient": k} for k in want]
+        report = max(reps, key=lambda r: r["max_rel_error"])
+        loss = fm.model_loss(program, buffers)
+        report["loss_error"] = abs(loss - want_loss) / abs(want_loss)
+    else:
+        inputs, want = fm.random_case(program, cfg, seed=0)
+        got = fm.model_output(program, run_functional(program, hw, inputs))
+        report = error_report(got, want, program.dtype)
     report["wall_seconds"] = time.perf_counter() - t0
     return report
 
