@@ -103,3 +103,17 @@ def test_chunks_flag_and_its_bounds(capsys):
     assert main(["run", "--preset", "mesh8", "--model", "tiny", "--prompt", "8", "--chunks",
                  "16"]) == 2
     assert "chunks" in capsys.readouterr().err
+
+
+def test_search_tries_region_shapes_and_they_differ():
+    from wse_sim.experiment import build_program
+    hw = load_preset("mesh32")
+    shapes = {(p.meta["region_cols"], p.meta["region_rows"]) for p in (
+        build_program(hw, "tiny", phase="decode", context=32, region_shape=r) for r in (0, 1, 2))}
+    assert len(shapes) >= 2
+    found, best = search_mapping(hw, "tiny", phase="decode", context=32)
+    tried = [c for c, cost, _ in found.tried if c["strategy"] == "layer-pipelined"]
+    assert {c["region_shape"] for c in tried} == {0, 1, 2}
+    assert best.seconds / best.tokens == pytest.approx(found.best_cost)
+    with pytest.raises(ValueError, match="region_shape"):
+        build_program(hw, "tiny", strategy="layer-sequential", region_shape=1)

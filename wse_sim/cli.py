@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", default="layer-pipelined",
                      help="layer-pipelined, layer-sequential, weight-streaming, or auto "
                           "(the fastest by simulation)")
+    run.add_argument("--region-shape", type=int, default=0, metavar="K",
+                     help="layer-pipelined: the K-th best region shape that fits (0: the most "
+                          "cores per layer); `search` tries a few")
     run.add_argument("--chunks", type=positive_int, default=1,
                      help="prefill: run the prompt through the layers in at least N chunks")
     run.add_argument("--generate", type=positive_int, default=None,
@@ -125,7 +128,8 @@ def cmd_run(args) -> int:
     program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
                             batch=args.batch, prompt=args.prompt, context=args.context,
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
-                            functional=args.functional, chunks=args.chunks)
+                            functional=args.functional, chunks=args.chunks,
+                            region_shape=args.region_shape)
     if args.show_program:
         print(program.describe())
         return 0

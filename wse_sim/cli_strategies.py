@@ -154,6 +154,7 @@ def run_extended(args) -> int:
             raise ValueError(f"strategy auto: no strategy fits {args.model} on {args.preset}")
         strategy = found.best["strategy"]
         args.chunks = found.best.get("chunks", 1)
+        args.region_shape = found.best.get("region_shape", 0)
     if args.generate:
         out = run_generate(hw, args.model, generate=args.generate, prompt=args.prompt,
                            engine=args.engine, strategy=strategy,

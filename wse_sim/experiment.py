@@ -22,7 +22,8 @@ def _positive(name: str, value, allow_none: bool = False):
 def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
-                  sparsity: float = 0.0, functional: bool = False, chunks: int = 1):
+                  sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
+                  region_shape: int = 0):
     """Validate the run's parameters and map the model; returns the Program."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
@@ -34,12 +35,20 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         _positive(name, v)
     _positive("grid", grid, allow_none=True)
     _positive("chunks", chunks)
+    if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
+        raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
+    extra = {}
+    if region_shape:
+        if strategy != "layer-pipelined":
+            raise ConfigError(f"region_shape: got {region_shape} with strategy {strategy}; only "
+                              "layer-pipelined cuts the mesh into layer regions")
+        extra["region_shape"] = region_shape
     if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
         raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
     cfg = load_model(model)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
-                                functional=functional, chunks=chunks)
+                                functional=functional, chunks=chunks, **extra)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
@@ -65,28 +74,36 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
                    grids: tuple = (None,), progress: bool = False, **kw):
-    """Pick the strategy, grid and (prefill) chunk count with the least simulated time per
-    token. Chunks are the tile size along the tokens: more chunks pipeline better through
-    layer regions but pay more per-chunk latency."""
+    """Pick the strategy, grid, (prefill) chunk count and, for layer-pipelined, the region shape
+    with the least simulated time per token. Chunks are the tile size along the tokens (more
+    pipeline better through the layer regions but pay more per-chunk latency); the region shape
+    is how each layer's matmuls are tiled over cores (rows x columns of its region)."""
     from mapper.search import search
     results = {}
 
+    chunk_options = (1, 2, 4, 8) if kw.get("phase", "prefill") == "prefill" else (1,)
+    cands = [{"strategy": s, "grid": g, "chunks": c, "region_shape": r}
+             for s in STRATEGIES for g in grids
+             for c in chunk_options if c <= kw.get("prompt", 128)
+             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))]
+    seen: set = set()
+
     def evaluate(cand: dict) -> float:
         program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
-                                chunks=cand["chunks"], **kw)
-        if cand["chunks"] > 1 and program.meta.get("chunks", 1) != cand["chunks"]:  # duplicate
-            raise ValueError(f"chunks {cand['chunks']}: the prefill needs "
-                             f"{program.meta['chunks']} chunks to fit")
+                                chunks=cand["chunks"], region_shape=cand["region_shape"], **kw)
+        m = program.meta
+        key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("region_cols"),
+               m.get("region_rows"))
+        if key in seen:  # the same mapping as an earlier candidate
+            raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
+                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions)")
+        seen.add(key)
         r = simulate(program, hw, engine=engine)
-        results[(cand["strategy"], cand["grid"], cand["chunks"])] = r
+        results[tuple(cand.values())] = r
         return r.seconds / max(1, r.tokens)
 
-    chunk_options = (1, 2, 4, 8) if kw.get("phase", "prefill") == "prefill" else (1,)
-    cands = [{"strategy": s, "grid": g, "chunks": c} for s in STRATEGIES for g in grids
-             for c in chunk_options if c <= kw.get("prompt", 128)]
     found = search(cands, evaluate, budget=budget, progress=progress)
-    best = results.get((found.best["strategy"], found.best["grid"], found.best["chunks"])) \
-        if found.best else None
+    best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
 
 

@@ -41,12 +41,14 @@ def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
     return per_core <= run.hw.sram_bytes, need
 
 
-def choose_slots(run: Run):
+def choose_slots(run: Run, rank: int = 0):
     """The slot grid (L layer slots + k table slots) with the most cores per slot in which a
-    layer's buffers and the table fit; the fewest table slots first. When nothing fits, the
-    largest slots (so the caller reports the numbers that do not fit)."""
+    layer's buffers and the table fit (`rank` > 0: the rank-th next best shape that fits, for
+    the search; the last one that fits when there are fewer); the fewest table slots first.
+    When nothing fits, the largest slots (so the caller reports the numbers that do not fit)."""
     L, cfg = run.cfg.n_layers, run.cfg
     fallback = None
+    fitting: list = []
     k = 1
     while L + k <= run.cols * run.rows and k <= 4096:
         grids = slot_grids(run.cols, run.rows, L + k)
@@ -64,7 +66,11 @@ def choose_slots(run: Run):
             buffers = layer_buffers(cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens,
                                     run.dtype, train=run.phase == "train")
             if sum(buffers.values()) <= run.hw.sram_bytes:
-                return sg, k, True
+                fitting.append((sg, k, True))
+                if len(fitting) > rank:
+                    return fitting[rank]
+        if fitting:
+            return fitting[-1]
         if next_k is None or next_k <= k:
             break
         k = next_k
@@ -79,7 +85,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         batch: int = 1, prompt: int = 128, context: int = 128,
                         dtype: str = "fp16", grid: int | None = None,
                         sparsity: float = 0.0, stage: tuple | None = None,
-                        functional: bool = False, chunks: int = 1) -> Program:
+                        functional: bool = False, chunks: int = 1,
+                        region_shape: int = 0) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -99,13 +106,13 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks)
     check_total_weights(run)
-    run = chunked(run, lambda r: choose_slots(r)[2])
+    run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
     if functional and run.chunks > 1:
         raise NotImplementedError(f"functional: a prefill in {run.chunks} chunks is not mapped "
                                   "functionally; use a shorter --prompt or a larger mesh")
     ops = run.ops()
     L = cfg.n_layers
-    sg, k, _ = choose_slots(run)
+    sg, k, _ = choose_slots(run, region_shape)
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
     train = phase == "train"
     buffers = layer_buffers(cfg, lay0, run.chunk_tokens, run.keys, run.kv_tokens, dtype,
@@ -192,7 +199,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "strategy": "layer-pipelined", "model": cfg.name, "phase": phase, "batch": batch,
         "prompt": prompt, "context": context, "dtype": dtype, "sparsity": sparsity,
         "region_cols": sg.cols, "region_rows": sg.rows, "regions": L + k, "table_regions": k,
-        "chunks": run.chunks,
+        "chunks": run.chunks, "region_shape": region_shape,
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
