@@ -22,14 +22,20 @@ def fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}, must be a positive integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"got {v}, must be a positive integer")
-    return v
+def int_at_least(minimum: int, allowed: str):
+    """An argparse type: an integer >= `minimum`; `allowed` says so in the error."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, must be {allowed}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"got {v}, must be {allowed}")
+        return v
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
 
 
 def fraction(text: str) -> float:
@@ -76,18 +82,8 @@ def with_interface_keys(summary: dict, args, hw) -> dict:
 
 def print_json(obj) -> None:
     """Exactly one JSON object on stdout."""
-    print(json.dumps(obj, default=_jsonable))
-
-
-def _jsonable(o):
-    import numpy as np
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    from wse_sim.outputs import jsonable
+    print(json.dumps(obj, default=jsonable))
 
 
 def simulate_and_print(program, hw, args, title: str) -> int:

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
+from wse_sim.cli_common import int_at_least, print_json
 
-from wse_sim.cli_common import print_json
-
-
-def _workers(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}, must be an integer >= 0") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"got {v}, must be an integer >= 0")
-    return v
+_workers = int_at_least(0, "an integer >= 0")
 
 
 def register(sub) -> dict:

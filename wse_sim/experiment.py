@@ -7,6 +7,7 @@ from mapper.strategies import strategies
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
+from wse_sim.timing import split_evenly
 
 STRATEGIES = STRATEGY_NAMES
 PHASES = ("prefill", "decode", "train")
@@ -151,10 +152,9 @@ def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str 
     cfg = load_model(model)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
-    base, extra = divmod(cfg.n_layers, wafers)
     stages, first = [], 0
     for w in range(wafers):
-        n = base + (1 if w < extra else 0)
+        n = split_evenly(cfg.n_layers, wafers, w)
         program = map_layer_pipelined(cfg, hw, phase=phase, stage=(first, n, w == 0,
                                                                     w == wafers - 1), **kw)
         stages.append(simulate(program, hw, engine=engine))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
 DIRECTIONS = ("east", "west", "south", "north")
-_STEP = {EAST: (1, 0), WEST: (-1, 0), SOUTH: (0, 1), NORTH: (0, -1)}
 
 
 class Mesh:
@@ -109,8 +108,3 @@ def multicast_tree(sx: int, sy: int, x0: int, y0: int, cols: int, rows: int):
     dests = [(x, y, abs(x - sx) + abs(y - sy))
              for y in range(y0, y1 + 1) for x in range(x0, x1 + 1) if (x, y) != (sx, sy)]
     return links, dests
-
-
-def mesh_distance(x0: int, y0: int, x1: int, y1: int) -> int:
-    """Hops of the XY route between two cores."""
-    return abs(x1 - x0) + abs(y1 - y0)

@@ -78,7 +78,8 @@ def op_info(tasks: list[dict] | None) -> dict:
 
 
 # ---- result.json ---------------------------------------------------------------------------
-def _jsonable(o):
+def jsonable(o):
+    """json.dumps `default=`: numpy scalars and arrays, sets and tuples, else str()."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -117,7 +118,7 @@ def save_result(result, path, tasks: list[dict] | None = None) -> list[Path]:
     # json.dumps (C encoder) then one write: json.dump to a file is pure Python and ~10x slower
     d = result_dict(result, tasks, inline_spans=inline)
     d.pop("wall_seconds", None)  # host time: result.json stays byte-identical across runs
-    text = json.dumps(d, default=_jsonable, separators=(",", ":"))
+    text = json.dumps(d, default=jsonable, separators=(",", ":"))
     path.write_text(text)
     if not inline:
         npz = path.with_name("spans.npz")

@@ -12,6 +12,7 @@ from workloads.graph import build_graph, ops_in_order
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import Alloc, Compute, ProgramBuilder, Region, Unicast, wavelets_for
+from wse_sim.timing import split_evenly
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,6 @@ def check_total_weights(run: Run) -> None:
                            "mesh (--grid), weight streaming or more wafers")
 
 
-def shares(total: int, parts: int) -> list[int]:
-    base, extra = divmod(int(total), parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
 def handoff(pb: ProgramBuilder, name: str, src_row: Region, dst_row: Region, values: int,
             dtype: str, dep, color: str = "handoff", data=None) -> int:
     """The top row of one region sends its column shards to the top row of another."""
@@ -187,19 +183,19 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
                       data=fd.get(f"bcast{j}"))
         wd = weight_dep[j] if isinstance(weight_dep, list) else weight_dep
         d = tp.compute("lm_head", hr, _deps(d) + _deps(wd), fmac=True,
-                       flops=shares(head_op.flops, k)[j], label=f"lm_head.{j}",
+                       flops=split_evenly(head_op.flops, k, j), label=f"lm_head.{j}",
                        data=fd.get(f"lm_head.{j}"))
         d = tp.stream(f"lm_head.reduce{j}", hr, "x", -1, run.lm_tokens * vocab_rows, d,
                       reduce=True, color="row_reduce", data=fd.get(f"reduce{j}"))
         if run.phase == "train":
             lead = Region(hr.x, hr.y, 1, R)
             for n in ("loss", "loss.bwd"):
-                d = tp.compute(n, lead, d, fmac=False, flops=shares(tp.ops[n].flops, k)[j],
+                d = tp.compute(n, lead, d, fmac=False, flops=split_evenly(tp.ops[n].flops, k, j),
                                label=f"{n}.{j}", data=fd.get(f"{n}.{j}"))
             d = tp.stream(f"lm_head.bwd.bcast{j}", hr, "x", 1, run.lm_tokens * vocab_rows, d,
                           reduce=False, color="row_bcast", data=fd.get(f"bwd.bcast{j}"))
             for part in ("lm_head.bwd_data", "lm_head.bwd_weight"):
-                d = tp.compute(part, hr, d, fmac=True, flops=shares(tp.ops[part].flops, k)[j],
+                d = tp.compute(part, hr, d, fmac=True, flops=split_evenly(tp.ops[part].flops, k, j),
                                label=f"{part}.{j}", data=fd.get(f"{part}.{j}"))
             grads.append(d)
             d = tp.stream(f"lm_head.bwd.reduce{j}", hr, "y", -1, vals, d, reduce=True,

@@ -34,6 +34,7 @@ from mapper import attention
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, LineStream, ProgramBuilder, Region, wavelets_for
+from wse_sim.timing import split_evenly
 
 if TYPE_CHECKING:
     from mapper.strategies.functional_layout import FLayout, LayerBufs
@@ -105,9 +106,7 @@ class TP2D:
         op = self.ops[name]
         self.emitted.add(name)
         if flops is None:
-            c, n = self.share
-            base, extra = divmod(int(op.flops), n)
-            flops = base + (1 if c < extra else 0)
+            flops = split_evenly(op.flops, self.share[1], self.share[0])
         f = int(flops)
         frac = f / op.flops if op.flops else 1.0 / self.share[1]
         sparse = self.sparsity if (fmac and op.weight and op.kind == "matmul") else 0.0
@@ -135,8 +134,7 @@ class TP2D:
         """Statistics (half the FLOPs), all-reduce of 2 numbers per token, normalise.
         `d`: DataOps by key (`key`.stats, .allreduce, .bcast, and `key` for the normalise)."""
         d = d or {}
-        c, n = self.share
-        total = int(self.ops[name].flops) // n + (1 if c < int(self.ops[name].flops) % n else 0)
+        total = split_evenly(self.ops[name].flops, self.share[1], self.share[0])
         half = total // 2
         a = self.compute(name, row, dep, fmac=False, flops=half, label=name + ".stats",
                          data=d.get(key + ".stats"))
@@ -159,11 +157,15 @@ class TP2D:
                 extra = ()
         return dep
 
+    def x_values(self, lay: Layout) -> int:
+        """Values of one column's X shard: what the top row holds and hands on per column."""
+        return self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
+
     def up(self, lay: Layout, region: Region, names, dep, out_values: int, label: str, *,
            weight_dep=None, d: dict | None = None, key: str = "") -> int:
         """Column broadcast of the X shard, local GEMMs, row reduce into the leaders."""
         d = d or {}
-        x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
+        x_vals = self.x_values(lay)
         dep = self.stream(label + ".bcast", region, "y", 1, x_vals, dep, reduce=False,
                           color="col_bcast", data=d.get(key + ".bcast"))
         dep = self.gemms(names, region, dep, weight_dep, d)
@@ -174,7 +176,7 @@ class TP2D:
              weight_dep=None, d: dict | None = None, key: str = "") -> int:
         """Row broadcast from the leaders, local GEMMs, column reduce into the top row."""
         d = d or {}
-        x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
+        x_vals = self.x_values(lay)
         dep = self.stream(label + ".bcast", region, "x", 1, in_values, dep, reduce=False,
                           color="row_bcast", data=d.get(key + ".bcast"))
         dep = self.gemms(names, region, dep, weight_dep, d)
@@ -246,7 +248,7 @@ class TP2D:
                             grads.append(dep)
             return dep
 
-        x_vals = self.tokens * math.ceil(self.cfg.d_model / lay.reg.cols)
+        x_vals = self.x_values(lay)
         dep = self.compute(p + "residual2.bwd", lay.row0, dep, fmac=False,
                            data=d.get("residual2.bwd"))
         # FFN-down was a *down* GEMM: its backward is an *up* pattern.

@@ -54,7 +54,7 @@ class EngineResultBuilder:
         self.granted = 0
         self.last = None
         self.span_rows: list = []
-        self.io_bytes = self.io_busy = 0
+        self.io_bytes = 0
 
     def signal_keys(self) -> set:
         keys = set()
@@ -100,7 +100,6 @@ class EngineResultBuilder:
                 op["busy_cycles"] += length
             else:
                 self.io_bytes += inst.io_bytes
-                self.io_busy += length
                 op["bytes"] += inst.io_bytes
         if isinstance(t, Compute):
             self.flops += inst.flops
