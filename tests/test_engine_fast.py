@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wse_sim.engine import simulate
-from wse_sim.engine.fast import simulate_fast
+from wse_sim.engine.fast import StepPathUnsupported, simulate_fast
 from wse_sim.engine.reference import simulate_reference
 from wse_sim.hardware import load_preset
 from wse_sim.program import (
@@ -45,10 +45,10 @@ def assert_same(ref, fast):
         assert np.array_equal(fast.spans[k], v), k
 
 
-def both(program, hw):
+def both(program, hw, path="auto"):
     """(reference result or its ProgramError message, fast result or message)."""
     out = []
-    for fn in (simulate_reference, simulate_fast):
+    for fn in (simulate_reference, lambda p, h: simulate_fast(p, h, path=path)):
         try:
             out.append(fn(program, hw))
         except ProgramError as e:
@@ -91,7 +91,9 @@ def draw_deps(draw, t, earlier, cores, cols, rows):
 
 
 @st.composite
-def programs(draw):
+def programs(draw, in_order=False):
+    """Random programs; `in_order`: every dependency names an earlier task (as the mappers
+    build them), else they follow a random order of the tasks."""
     cols, rows = draw(st.integers(2, 16)), draw(st.integers(2, 16))
     hw = HW16.with_overrides({
         "mesh_cols": cols, "mesh_rows": rows,
@@ -171,7 +173,7 @@ def programs(draw):
         tasks.append(t)
         cores.append(set(ev))
     # dependencies follow a random order of the tasks (so some point to later tasks)
-    order = draw(st.permutations(range(len(tasks))))
+    order = range(len(tasks)) if in_order else draw(st.permutations(range(len(tasks))))
     for k, i in enumerate(order):
         tasks[i] = dataclasses.replace(tasks[i], deps=draw_deps(draw, tasks[i], sorted(order[:k]),
                                                                 cores, cols, rows))
@@ -190,6 +192,27 @@ def test_generated_programs_match_reference(case):
     else:
         assert not isinstance(fast, str), fast
         assert_same(ref, fast)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(in_order=True))
+def test_both_fast_paths_match_reference(case):
+    """The event path always; the step path whenever it takes the program (it refuses, with
+    the reason, a program it cannot order as the reference does)."""
+    program, hw = case
+    ref, event = both(program, hw, path="event")
+    if isinstance(ref, str):
+        assert event == ref
+        return
+    assert_same(ref, event)
+    assert event.fast_path == "event"
+    try:
+        step = simulate_fast(program, hw, path="step")
+    except StepPathUnsupported as e:
+        assert "out of task order" in str(e) or "starts before its predecessor" in str(e)
+        return
+    assert step.fast_path == "step"
+    assert_same(ref, step)
 
 
 # ---- hand-written programs on larger meshes -----------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 
 from wse_sim.engine import fast_queue as Q
 from wse_sim.engine import fast_sched as S
+from wse_sim.engine import fast_step as P
 from wse_sim.engine import fast_tasks as K
 from wse_sim.engine.common import ensure_acyclic
 from wse_sim.engine.fast_tables import Tables, deps_valid, signal_counts, span_cores
@@ -48,20 +49,34 @@ CHUNK = 1 << 20                     # instances granted per numba call while sho
 WHEEL = 1 << 13                     # timing-wheel slots (cycles ahead kept in O(1) buckets)
 
 
+PATHS = ("auto", "step", "event")
+
+
+class StepPathUnsupported(ProgramError):
+    """path='step' was asked for a program the step path cannot run exactly."""
+
+
 def simulate_fast(program: Program, hw: HardwareConfig, progress: bool | None = None,
-                  spans: bool | None = None) -> SimResult:
+                  spans: bool | None = None, path: str = "auto") -> SimResult:
     """Run `program` on `hw` with the numba engine; the same result as `simulate_reference`.
 
     `progress`: a tqdm bar on stderr; by default shown from PROGRESS_MIN_INSTANCES instances.
     `spans`: fill `SimResult.spans`; by default up to SPANS_MAX_INSTANCES instances.
+    `path`: 'step' (task by task, `fast_step`; memory independent of the number of steps),
+    'event' (rounds by ready time, `fast_sched`) or 'auto' (step, and events where the step
+    path finds it cannot give the reference's order). Every path gives the same result;
+    `result.fast_path` says which one ran (`result.fast_path_reason`: why not 'step').
     `wall_seconds` covers everything but numba's compilation (done once per process, first).
     """
+    if path not in PATHS:
+        from wse_sim.hardware import ConfigError
+        raise ConfigError(f"path: got {path!r}, must be one of {', '.join(PATHS)}")
     warm_up()
-    return _simulate(program, hw, progress, spans)
+    return _simulate(program, hw, progress, spans, path)
 
 
 def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None,
-              spans: bool | None = None) -> SimResult:
+              spans: bool | None = None, path: str = "auto") -> SimResult:
     t0 = time.perf_counter()
     maps = check_fits(program, hw)
     ensure_acyclic(program)
@@ -69,10 +84,25 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     tables = Tables(program, hw)
     _check(program, tables, mesh)
     total = tables.n_instances
-    _memory_guard(tables, mesh)
     keep_spans = spans if spans is not None else total <= SPANS_MAX_INSTANCES
+    show = total >= PROGRESS_MIN_INSTANCES if progress is None else progress
+    why = "asked for"
+    if path != "event":
+        why = _step_refusal(tables, mesh, keep_spans)
+        if why is None:
+            st = P.StepRun(tables, mesh.n, keep_spans)
+            status = _run_steps(st, tables, show)
+            if status == P.OK:
+                res = _step_result(program, hw, mesh, tables, st, maps, keep_spans)
+                res.wall_seconds = time.perf_counter() - t0
+                return res
+            why = f"{P.REASONS[status]} (task {int(st.state[P.T_TASK])})"
+            del st
+        if path == "step":
+            raise StepPathUnsupported(f"fast engine step path: {why}")
+    _memory_guard(tables, mesh)
     st = _Run(tables, mesh.n, keep_spans)
-    st.schedule(tables, total >= PROGRESS_MIN_INSTANCES if progress is None else progress)
+    st.schedule(tables, show)
     granted = int(st.state[S.S_GRANTED])
     if granted < total:
         stuck = []
@@ -91,14 +121,64 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     if not len(st.lbytes):
         st.lbytes = st.lbusy * 4
     res = _result(program, hw, mesh, tables, st, maps, max(cycles, 0), cp_compute, cp_comm)
+    res.fast_path, res.fast_path_reason = "event", why  # (not in the result's JSON)
     if keep_spans:
-        td = tables.td
-        res.spans = {
-            "task": np.repeat(np.arange(len(td), dtype=np.int64), td[:, K.F_NI]),
-            "index": np.arange(total, dtype=np.int64) - np.repeat(tables.ib[:-1], td[:, K.F_NI]),
-            "core": span_cores(tables), "start": st.start, "end": st.ends}
+        res.spans = _spans(tables, st.start, st.ends)
     res.wall_seconds = time.perf_counter() - t0
     return res
+
+
+def _step_refusal(tables: Tables, mesh: Mesh, keep_spans: bool) -> str | None:
+    """Why the step path cannot take this program (None: it can try)."""
+    if not P.eligible(tables):
+        return "a dependency names a later task"
+    need = P.estimate_bytes(tables, mesh.n, keep_spans)
+    have = _free_bytes()
+    if have is not None and need > 0.8 * have:
+        return f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB free"
+    return None
+
+
+def _run_steps(st, tables: Tables, show: bool) -> int:
+    """Run the step path, in slices of task groups under a progress bar when `show`."""
+    ng = len(st.groups) - 1
+    if not show:
+        return st.run(tables, ng)
+    from tqdm import tqdm
+    first = tables.ib[st.groups]  # first instance of every group
+    with tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
+              dynamic_ncols=True) as bar:
+        while (k := int(st.state[P.T_NEXT])) < ng:
+            k1 = int(np.searchsorted(first, first[k] + CHUNK, side="right")) - 1
+            k1 = min(max(k1, k + 1), ng)
+            status = st.run(tables, k1)
+            if status != P.OK:
+                return status
+            bar.update(int(first[k1] - first[k]))
+    return P.OK
+
+
+def _step_result(program, hw, mesh, tables, st, maps, keep_spans) -> SimResult:
+    cycles, cp_compute, cp_comm = st.critical_path()
+    st.release()
+    state = np.zeros(S.NS, np.int64)
+    state[S.S_COMM], state[S.S_DELIV] = st.state[P.T_COMM], st.state[P.T_DELIV]
+    st.state = state
+    if not len(st.lbytes):
+        st.lbytes = st.lbusy * 4
+    res = _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm)
+    res.fast_path, res.fast_path_reason = "step", ""
+    if keep_spans:
+        res.spans = _spans(tables, st.start, st.ends)
+    return res
+
+
+def _spans(tables: Tables, start, ends) -> dict:
+    td = tables.td
+    total = tables.n_instances
+    return {"task": np.repeat(np.arange(len(td), dtype=np.int64), td[:, K.F_NI]),
+            "index": np.arange(total, dtype=np.int64) - np.repeat(tables.ib[:-1], td[:, K.F_NI]),
+            "core": span_cores(tables), "start": start, "end": ends}
 
 
 def _check(program: Program, tables: Tables, mesh: Mesh) -> None:
@@ -290,7 +370,7 @@ def _refresh_stale_cache() -> None:
     from numba.core.dispatcher import Dispatcher
 
     from wse_sim.engine import fast_tables
-    mods = (K, Q, S, fast_tables)
+    mods = (K, Q, S, P, fast_tables)
     try:
         digest = hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in mods))
         stamp = os.path.join(S.run._cache._cache_path, "fast_engine.sha256")
@@ -330,7 +410,8 @@ def warm_up() -> float:
         Multicast("m", (0, 0), Region(0, 0, 2, 2), 2, deps=(Dep(2, "at", 1, 0),)),
         Compute("d", Region(0, 0, 1, 2), 40, deps=(Dep(3, "offset", 1, 0),)),
     ))
-    _simulate(prog, hw, progress=False, spans=True)
+    for path in ("event", "step"):
+        _simulate(prog, hw, progress=False, spans=True, path=path)
     try:  # the exact dependency scan runs only for bad programs: compile it here too
         _simulate(Program("warm-up-bad", prog.tasks[:1] + (
             Compute("e", Region(2, 2, 1, 1), 1, deps=(Dep(0),)),)), hw)
@@ -354,14 +435,19 @@ def estimate_bytes(tables, mesh: Mesh) -> int:
 def _memory_guard(tables, mesh: Mesh) -> None:
     """Refuse up front, with the estimate, a program that would not fit in the host's RAM
     (instead of being killed by the kernel half way)."""
-    import os
     need = estimate_bytes(tables, mesh)
-    try:
-        have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):  # not on this platform: no guard
-        return
-    if need > 0.8 * have:
+    have = _free_bytes()
+    if have is not None and need > 0.8 * have:
         raise ProgramError(f"fast engine: this run needs about {need / 2**30:.1f} GiB "
                            f"({tables.n_instances:,} task instances, {tables.n_signals:,} "
                            f"per-core signals) but {have / 2**30:.1f} GiB of RAM is free; "
                            "use a smaller grid, fewer steps or a machine with more memory")
+
+
+def _free_bytes() -> int | None:
+    """Free physical memory, or None where the platform does not say."""
+    import os
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None

@@ -1,0 +1,365 @@
+"""The fast engine's step path: one SPMD phase (a task, all its cores) at a time.
+
+The event path (`fast_sched.run`) grants instances in rounds by ready time, the reference's
+order: per resource, reservations happen in order of the key (ready time, round at that time,
+global id). A regular SPMD program (every core of a region does the same step, steps follow
+each other) reserves each resource in task order anyway. The step path exploits that: it takes
+the tasks one after another, computes every instance's ready time and round from its needs
+(all made by earlier tasks, so final), grants the task's instances in key order, and checks on
+every reservation that the resource's previous reservation had a key no larger. While that
+holds, every reservation happens in the reference's order, so every start, end and counter is
+the reference's to the cycle; the first time it fails the step path gives up (status ORDER)
+and the caller runs the event path instead.
+
+The round of an instance: it is queued when the last contributor of its needs is granted
+(the one with the largest key); if it is ready at that contributor's ready time it waits for
+the next round at that time, else it is in the first round of its own ready time.
+
+Nothing is kept per instance (unless spans are asked for): per resource its free time, the key
+of its last reservation and that holder's start, kind and critical-path compute; per signal
+slot its time, largest contributor key and its producer's start, kind and critical-path
+compute. Signal slots live in a ring buffer sized for the slots still needed (a task's slots
+are dropped once its last dependent task is done), so memory does not grow with the number of
+steps. The critical path (compute, comm) is accumulated forward: an instance's compute along
+its chain is its predecessor's plus the predecessor's own cycles up to this start when the
+predecessor computes; a chain where a successor starts before its predecessor (possible with
+short messages on long routes) would need the backward walk: status NONMONO, event path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wse_sim.engine.fast_queue import TB, task_of
+from wse_sim.engine.fast_sched import A_BUSY, A_BYTES, A_END, A_FIRST, A_START, NA
+from wse_sim.engine.fast_tasks import (
+    D_OWNER,
+    D_TASK,
+    F_B,
+    F_D0,
+    F_DN,
+    F_KIND,
+    F_NEV,
+    F_NI,
+    F_NRES,
+    F_P,
+    F_SA,
+    F_SB,
+    F_SLOTS,
+    H_N,
+    K_COMPUTE,
+    K_REDUCE,
+    anchor,
+    fill_events,
+    fill_res,
+    kernel,
+    n_anchors,
+    need_slot,
+    sig_slot,
+)
+
+GEN_BITS = 20                     # the round at a cycle, packed under the ready time
+GEN_MAX = (1 << GEN_BITS) - 1
+READY_MAX = 1 << (62 - GEN_BITS)  # ready times the packed key can hold
+# status of a step run
+OK, ORDER, NONMONO, OVERFLOW = 0, 1, 2, 3
+REASONS = {ORDER: "a resource is reserved out of task order",
+           NONMONO: "a critical-path successor starts before its predecessor",
+           OVERFLOW: "a ready time or round beyond the packed key"}
+# columns of the per-resource and per-signal-slot tables (a holder's start is kept as
+# start * 2 + 1 when it computes, start * 2 when it communicates)
+R_FREE, R_KEY, R_S, R_A = 0, 1, 2, 3
+G_TIME, G_MK, G_S, G_A = 0, 1, 2, 3
+# state vector
+(T_STATUS, T_TASK, T_COMM, T_DELIV, T_MAXEND, T_LAST_RG, T_LAST_G, T_LAST_S, T_LAST_A,
+ T_NEXT) = range(10)
+NT = 10
+
+
+@kernel(inline=True)
+def _needs(td, deps, t, i, mask, sig):
+    """(ready time, ring slot of the first latest need or -1, largest contributor key or -1)
+    of instance i: its needs in the reference's order (anchors, then dependencies)."""
+    d0, d1 = td[t, F_D0], td[t, F_DN]
+    if d0 == d1:
+        return 0, -1, -1
+    best, pred, mk = -1, -1, -1
+    for a in range(n_anchors(td, t)):
+        x, y = anchor(td, t, i, a)
+        for d in range(d0, d1):
+            s = need_slot(td, deps, d, x, y) & mask
+            if sig[s, G_TIME] > best:
+                best, pred = sig[s, G_TIME], s
+            if sig[s, G_MK] > mk:
+                mk = sig[s, G_MK]
+    return best, pred, mk
+
+
+@kernel
+def _sort_by_key(keys, order, tmp, n):
+    """order[:n] = the indices 0..n-1 stably sorted by keys (bottom-up merge sort)."""
+    for i in range(n):
+        order[i] = i
+    width = 1
+    passes = 0
+    src, dst = order, tmp
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
+            a, b, k = lo, mid, lo
+            while a < mid and b < hi:
+                if keys[src[b]] < keys[src[a]]:
+                    dst[k] = src[b]
+                    b += 1
+                else:
+                    dst[k] = src[a]
+                    a += 1
+                k += 1
+            while a < mid:
+                dst[k] = src[a]
+                a += 1
+                k += 1
+            while b < hi:
+                dst[k] = src[b]
+                b += 1
+                k += 1
+        src, dst = dst, src
+        width *= 2
+        passes += 1
+    if passes % 2:
+        for i in range(n):
+            order[i] = tmp[i]
+
+
+@kernel
+def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes, lbusy, tacc,
+              rgs, preds, order, tmp, rrid, roff, rlen, ex, ey, eoff, starts, ends, state):
+    """Run the task groups state[T_NEXT] .. g1 - 1 (group k: tasks groups[k] ..
+    groups[k + 1] - 1, none of which needs another of the group). Stops early with
+    state[T_STATUS] != OK (and state[T_TASK] the task) when the step path cannot give the
+    reference's result."""
+    n = hwc[H_N]
+    n4, n5, n6, n7 = 4 * n, 5 * n, 6 * n, 7 * n
+    keep_ends = ends.shape[0] > 0
+    keep_bytes = lbytes.shape[0] > 0
+    comm, deliv = state[T_COMM], state[T_DELIV]
+    maxend, last_rg, last_g = state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G]
+    last_s, last_a = state[T_LAST_S], state[T_LAST_A]
+    for grp in range(state[T_NEXT], g1):
+        ta, tb = groups[grp], groups[grp + 1]
+        base = ib[ta]
+        for s in range(td[ta, F_SB], td[tb - 1, F_SA] + 1):  # the group's slots: fresh
+            sig[s & mask, G_TIME] = -1
+            sig[s & mask, G_MK] = -1
+        in_order = True
+        prev = -1
+        for t in range(ta, tb):  # ready time and round of every instance
+            state[T_TASK] = t
+            for i in range(td[t, F_NI]):
+                ready, pred, mk = _needs(td, deps, t, i, mask, sig)
+                if ready >= READY_MAX:
+                    state[T_STATUS] = OVERFLOW
+                    return
+                gen = 0
+                if mk >= 0 and (mk >> GEN_BITS) == ready:
+                    gen = (mk & GEN_MAX) + 1
+                    if gen > GEN_MAX:
+                        state[T_STATUS] = OVERFLOW
+                        return
+                rg = (ready << GEN_BITS) | gen
+                j = ib[t] + i - base
+                rgs[j], preds[j] = rg, pred
+                if rg < prev:
+                    in_order = False
+                prev = rg
+        nj = ib[tb] - base
+        if in_order:
+            for j in range(nj):
+                order[j] = j
+        else:  # the reference's order: (ready time, round), then id
+            _sort_by_key(rgs, order, tmp, nj)
+        t = ta
+        for jj in range(nj):
+            j = order[jj]
+            g = base + j
+            t = task_of(ib, tblk, g, t)
+            state[T_TASK] = t
+            i = g - ib[t]
+            rg = rgs[j]
+            nres = fill_res(td, t, i, hwc, rrid, roff, rlen)
+            s_at, bk = rg >> GEN_BITS, -1
+            for r in range(nres):
+                rid = rrid[r]
+                if rg < res[rid, R_KEY]:
+                    state[T_STATUS] = ORDER
+                    return
+                f = res[rid, R_FREE] - roff[r]
+                if f > s_at:
+                    s_at, bk = f, rid
+            # the chain's compute cycles up to this start (see the module docstring)
+            ps, pa = -1, 0
+            if bk >= 0:
+                ps, pa = res[bk, R_S], res[bk, R_A]
+            elif preds[j] >= 0:
+                ps, pa = sig[preds[j], G_S], sig[preds[j], G_A]
+            a = 0
+            if ps >= 0:
+                p_start = ps >> 1
+                if s_at < p_start:
+                    state[T_STATUS] = NONMONO
+                    return
+                a = pa + (s_at - p_start if ps & 1 else 0)
+            me = (s_at << 1) | (1 if td[t, F_KIND] == K_COMPUTE else 0)
+            b4 = 4 * td[t, F_B]
+            for r in range(nres):
+                rid, ln = rrid[r], rlen[r]
+                res[rid, R_FREE] = s_at + roff[r] + ln
+                res[rid, R_KEY], res[rid, R_S], res[rid, R_A] = rg, me, a
+                if rid < n4:
+                    if keep_bytes:
+                        lbytes[rid] += b4
+                    lbusy[rid] += ln
+                elif rid < n5:
+                    comm += b4
+                    tacc[t, A_BYTES] += b4
+                elif rid < n6:
+                    deliv += b4
+                elif rid < n7:
+                    busy[rid - n6] += ln
+                    tacc[t, A_BUSY] += ln
+            nev = fill_events(td, t, i, hwc, ex, ey, eoff)
+            end = s_at
+            for e in range(nev):
+                end = max(end, s_at + eoff[e])
+            if td[t, F_SLOTS] != 0:
+                for e in range(nev):
+                    s = sig_slot(td, t, ex[e], ey[e]) & mask
+                    at = s_at + eoff[e]
+                    if at > sig[s, G_TIME]:
+                        sig[s, G_TIME], sig[s, G_S], sig[s, G_A] = at, me, a
+                    sig[s, G_MK] = rg  # granted in key order: the last one is the largest
+            sa = td[t, F_SA] & mask
+            if end > sig[sa, G_TIME]:
+                sig[sa, G_TIME], sig[sa, G_S], sig[sa, G_A] = end, me, a
+            sig[sa, G_MK] = rg
+            if keep_ends:
+                starts[g], ends[g] = s_at, end
+            if tacc[t, A_FIRST] < 0:
+                tacc[t, A_FIRST] = rg
+                tacc[t, A_START], tacc[t, A_END] = s_at, end
+            else:
+                tacc[t, A_START] = min(tacc[t, A_START], s_at)
+                tacc[t, A_END] = max(tacc[t, A_END], end)
+            # the finish: the first instance (in the reference's grant order) with the latest end
+            if end > maxend or (end == maxend and (rg < last_rg or (rg == last_rg
+                                                                     and g < last_g))):
+                maxend, last_rg, last_g, last_s, last_a = end, rg, g, me, a
+        state[T_NEXT] = grp + 1
+        state[T_COMM], state[T_DELIV] = comm, deliv
+        state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G] = maxend, last_rg, last_g
+        state[T_LAST_S], state[T_LAST_A] = last_s, last_a
+
+def task_groups(tables) -> np.ndarray:
+    """Runs of consecutive tasks none of which needs another of its run (e.g. the A and B
+    shifts of one GEMM step): a run is granted as one, all its instances in key order.
+    Returns the first task of every group, then the number of tasks."""
+    td, deps = tables.td, tables.deps
+    firsts = [0]
+    need = [[] for _ in range(len(td))]
+    for d in range(len(deps)):
+        need[int(deps[d, D_OWNER])].append(int(deps[d, D_TASK]))
+    for t in range(1, len(td)):
+        if any(u >= firsts[-1] for u in need[t]):
+            firsts.append(t)
+    return np.array(firsts + [len(td)] if len(td) else [0], np.int64)
+
+
+def ring_size(tables, groups: np.ndarray) -> int:
+    """Signal slots the step path keeps at once (a power of two): while a group runs, the
+    slots of every task from the oldest one still needed by it or a later group, up to the
+    group's last task."""
+    td, deps = tables.td, tables.deps
+    nt = len(td)
+    if not nt:
+        return 1
+    grp_of = np.repeat(np.arange(len(groups) - 1), np.diff(groups))
+    last_use = grp_of.copy()  # the last group that reads each task's slots
+    if len(deps):
+        np.maximum.at(last_use, deps[:, D_TASK], grp_of[deps[:, D_OWNER]])
+    first_task = np.searchsorted(np.maximum.accumulate(last_use), np.arange(len(groups) - 1),
+                                 side="left")
+    span = int((td[groups[1:] - 1, F_SA] + 1 - td[first_task, F_SB]).max())
+    return 1 << max(0, span - 1).bit_length()
+
+
+def eligible(tables) -> bool:
+    """Whether every dependency names an earlier task (the step path runs tasks in order)."""
+    deps = tables.deps
+    return not len(deps) or bool((deps[:, D_TASK] < deps[:, D_OWNER]).all())
+
+
+BYTES_PER_CORE = 7 * 32 + 8 + 4 * 16  # per resource: free, key, holder; busy; link maps
+BYTES_PER_SLOT, BYTES_PER_TASK_CORE = 32, 32
+
+
+def estimate_bytes(tables, n_cores: int, spans: bool) -> int:
+    """Host memory of a step run, from the counts it is about to allocate."""
+    groups = task_groups(tables)
+    biggest = int(np.diff(tables.ib[groups]).max()) if len(tables.td) else 0
+    return (BYTES_PER_CORE * n_cores + BYTES_PER_SLOT * ring_size(tables, groups)
+            + BYTES_PER_TASK_CORE * biggest + (16 * tables.n_instances if spans else 0))
+
+
+class StepRun:
+    """The arrays of one step run; `run` returns the status (OK, or why to use events)."""
+
+    def __init__(self, tables, n: int, keep_ends: bool):
+        td = tables.td
+        nt = len(td)
+        self.groups = task_groups(tables)
+        self.mask = ring_size(tables, self.groups) - 1
+        ring = self.mask + 1
+        self.res = np.zeros((7 * n + 1, 4), np.int64)  # one cache line holds a resource
+        self.res[:, R_KEY] = -1
+        self.sig = np.zeros((ring, 4), np.int64)
+        self.busy = np.zeros(n, np.int64)
+        paced = (td[:, F_KIND] == K_REDUCE) & (td[:, F_P + 2] > 1)
+        self.lbytes = np.zeros(4 * n if paced.any() else 0, np.int64)
+        self.lbusy = np.zeros(4 * n, np.int64)
+        self.tacc = np.zeros((nt, NA), np.int64)
+        self.tacc[:, A_FIRST] = -1
+        biggest = max(1, int(np.diff(tables.ib[self.groups]).max()) if nt else 1)
+        self.tblk = (np.searchsorted(tables.ib, np.arange(0, max(1, tables.n_instances),
+                                                          1 << TB), side="right")
+                     - 1).astype(np.int64)
+        self.rgs, self.preds, self.order, self.tmp = (np.empty(biggest, np.int64)
+                                                      for _ in range(4))
+        nres = int(td[:, F_NRES].max()) if nt else 1
+        nev = int(td[:, F_NEV].max()) if nt else 1
+        self.rrid, self.roff, self.rlen = (np.empty(nres, np.int64) for _ in range(3))
+        self.ex, self.ey, self.eoff = (np.empty(nev, np.int64) for _ in range(3))
+        ni = tables.n_instances if keep_ends else 0
+        self.start, self.ends = np.empty(ni, np.int64), np.empty(ni, np.int64)
+        self.state = np.zeros(NT, np.int64)
+        self.state[T_MAXEND] = -1
+
+    def run(self, tables, g1: int) -> int:
+        """Run the task groups up to g1 (exclusive); the status."""
+        run_steps(tables.td, tables.deps, tables.ib, self.tblk, tables.hwc, self.groups, g1,
+                  self.mask, self.res, self.sig, self.busy, self.lbytes, self.lbusy, self.tacc, self.rgs,
+                  self.preds, self.order, self.tmp, self.rrid, self.roff, self.rlen, self.ex,
+                  self.ey, self.eoff, self.start, self.ends, self.state)
+        return int(self.state[T_STATUS])
+
+    def critical_path(self) -> tuple[int, int, int]:
+        """(cycles, compute, comm) of the run: the chain that ends at the finish."""
+        cycles = int(self.state[T_MAXEND])
+        if cycles < 0:
+            return 0, 0, 0
+        last_s, last_a = int(self.state[T_LAST_S]), int(self.state[T_LAST_A])
+        compute = last_a + (cycles - (last_s >> 1) if last_s & 1 else 0)
+        return cycles, compute, cycles - compute
+
+    def release(self) -> None:
+        for name in ("res", "sig", "rgs", "preds", "order", "tmp"):
+            setattr(self, name, None)
