@@ -383,3 +383,75 @@ def test_memory_guard_refuses_up_front_with_the_estimate(monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda k: 1 if k == "SC_AVPHYS_PAGES" else real(k))
     with pytest.raises(ProgramError, match=r"needs about .* GiB .* RAM is free"):
         simulate_fast(p, hw)
+
+
+# ---- the step path ------------------------------------------------------------------------------
+
+def _mapper_programs(hw):
+    from mapper.collectives import build_collective
+    from mapper.gemm import build_gemm, build_gemv
+    from wse_sim.experiment import build_program
+    progs = [build_gemm(a, hw, grid=8, m=32, k=32, n=32, dtype="fp16")
+             for a in ("1d", "summa", "cannon", "meshgemm")]
+    progs += [build_gemv(a, hw, grid=8, k=64, n=64) for a in ("chain", "tree")]
+    progs += [build_collective(k, hw, pes=8, wavelets=16)
+              for k in ("allreduce-ring", "reduce-two-level", "all-to-all")]
+    progs += [build_program(hw, "tiny", strategy=s, phase="prefill", prompt=16)
+              for s in ("layer-pipelined", "layer-sequential", "weight-streaming")]
+    return progs
+
+
+def test_step_path_takes_the_regular_programs():
+    """GEMMs, collectives, whole-model prefill and the Cannon benchmark run on the step path
+    (tasks granted whole) and give the reference's result to the cycle."""
+    hw = load_preset("mesh32")
+    for program in _mapper_programs(hw) + [cannon(hw, 3, 32)]:
+        ref = simulate_reference(program, hw)
+        fast = simulate_fast(program, hw, path="step")
+        assert fast.fast_path == "step", program.name
+        assert_same(ref, fast)
+
+
+def test_step_path_refuses_what_it_cannot_order_and_auto_falls_back():
+    """u3 (a later group) would reserve core (0, 0)'s ramp before u1 in the reference (it is
+    ready far earlier): the step path sees it and the event path runs instead."""
+    hw = load_preset("mesh8")
+    p = Program("order", (
+        Compute("long", R(0, 0, 1, 1), 10_000, "fp32", "vector"),
+        Unicast("u1", R(0, 0, 1, 1), 8, dx=3, deps=(Dep(0),)),
+        Compute("short", R(1, 1, 1, 1), 10, "fp32", "vector"),
+        Unicast("u3", R(0, 0, 1, 1), 8, dy=3, deps=(Dep(2, "at", 1, 1),)),
+    ))
+    with pytest.raises(StepPathUnsupported, match="out of task order"):
+        simulate_fast(p, hw, path="step")
+    auto = simulate_fast(p, hw)
+    assert auto.fast_path == "event" and "out of task order (task 3)" in auto.fast_path_reason
+    assert_same(simulate_reference(p, hw), auto)
+
+
+def test_step_path_memory_does_not_grow_with_steps():
+    from wse_sim.engine import fast_step
+    from wse_sim.engine.fast_tables import Tables
+    hw = load_preset("mesh16")
+    small, big = (Tables(cannon(hw, s, 16), hw) for s in (3, 30))
+    assert big.n_instances > 9 * small.n_instances
+    rings = [fast_step.ring_size(t, fast_step.task_groups(t)) for t in (small, big)]
+    assert rings[0] == rings[1] <= 8 * 16 * 16
+    assert (fast_step.estimate_bytes(big, hw.cores, spans=False)
+            == fast_step.estimate_bytes(small, hw.cores, spans=False))
+
+
+def test_step_path_in_slices_and_bad_path():
+    import wse_sim.engine.fast as fast_mod
+    from wse_sim.hardware import ConfigError
+    hw = load_preset("mesh32")
+    program = cannon(hw, 3, 24, flops=3000, wavelets=200)
+    whole = simulate_fast(program, hw, path="step", progress=False)
+    old = fast_mod.CHUNK
+    try:
+        fast_mod.CHUNK = 7
+        assert_same(whole, simulate_fast(program, hw, path="step", progress=True))
+    finally:
+        fast_mod.CHUNK = old
+    with pytest.raises(ConfigError, match="path: got 'fastest'"):
+        simulate_fast(program, hw, path="fastest")

@@ -20,10 +20,16 @@ of its last reservation and that holder's start, kind and critical-path compute;
 slot its time, largest contributor key and its producer's start, kind and critical-path
 compute. Signal slots live in a ring buffer sized for the slots still needed (a task's slots
 are dropped once its last dependent task is done), so memory does not grow with the number of
-steps. The critical path (compute, comm) is accumulated forward: an instance's compute along
-its chain is its predecessor's plus the predecessor's own cycles up to this start when the
-predecessor computes; a chain where a successor starts before its predecessor (possible with
-short messages on long routes) would need the backward walk: status NONMONO, event path.
+steps.
+
+The critical path is accumulated forward. The backward walk (`fast_sched.critical_path`) from
+an instance g with boundary B counts max(0, B - start) of g, then walks on from g's
+predecessor p (its blocker, else the producer of its latest need) with boundary min(B, start).
+Its compute part f_g(B) is kept as two linear pieces: A_g + (B - s_g) [g computes] for
+B >= s_g, and A_g - (s_g - B) [slope k2] down to a bound lo_g, where A_g = f_p(s_g) and (lo_g,
+k2) are p's start and kind when s_g >= s_p (else p's own lower piece: a successor may start
+before its predecessor with short messages on long routes). A boundary below lo would need the
+walk further back: status NONMONO, event path.
 """
 
 from __future__ import annotations
@@ -68,8 +74,8 @@ REASONS = {ORDER: "a resource is reserved out of task order",
            OVERFLOW: "a ready time or round beyond the packed key"}
 # columns of the per-resource and per-signal-slot tables (a holder's start is kept as
 # start * 2 + 1 when it computes, start * 2 when it communicates)
-R_FREE, R_KEY, R_S, R_A = 0, 1, 2, 3
-G_TIME, G_MK, G_S, G_A = 0, 1, 2, 3
+R_FREE, R_KEY, R_S, R_A, R_LO = 0, 1, 2, 3, 4
+G_TIME, G_MK, G_S, G_A, G_LO = 0, 1, 2, 3, 4
 # state vector
 (T_STATUS, T_TASK, T_COMM, T_DELIV, T_MAXEND, T_LAST_RG, T_LAST_G, T_LAST_S, T_LAST_A,
  T_NEXT) = range(10)
@@ -95,36 +101,38 @@ def _needs(td, deps, t, i, mask, sig):
     return best, pred, mk
 
 
+RADIX_BITS = 11
+RADIX = 1 << RADIX_BITS
+
+
 @kernel
-def _sort_by_key(keys, order, tmp, n):
-    """order[:n] = the indices 0..n-1 stably sorted by keys (bottom-up merge sort)."""
+def _sort_by_key(keys, order, tmp, count, n):
+    """order[:n] = the indices 0..n-1 stably sorted by keys[:n] (LSD radix sort on the keys
+    less their minimum, RADIX_BITS at a time: SPMD phases have a narrow spread of keys)."""
+    lo, hi = keys[0], keys[0]
     for i in range(n):
         order[i] = i
-    width = 1
-    passes = 0
+        lo, hi = min(lo, keys[i]), max(hi, keys[i])
+    span = hi - lo
+    shift = 0
     src, dst = order, tmp
-    while width < n:
-        for lo in range(0, n, 2 * width):
-            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
-            a, b, k = lo, mid, lo
-            while a < mid and b < hi:
-                if keys[src[b]] < keys[src[a]]:
-                    dst[k] = src[b]
-                    b += 1
-                else:
-                    dst[k] = src[a]
-                    a += 1
-                k += 1
-            while a < mid:
-                dst[k] = src[a]
-                a += 1
-                k += 1
-            while b < hi:
-                dst[k] = src[b]
-                b += 1
-                k += 1
+    passes = 0
+    while span >> shift:
+        for d in range(RADIX):
+            count[d] = 0
+        for i in range(n):
+            count[((keys[src[i]] - lo) >> shift) & (RADIX - 1)] += 1
+        total = 0
+        for d in range(RADIX):
+            c = count[d]
+            count[d] = total
+            total += c
+        for i in range(n):
+            d = ((keys[src[i]] - lo) >> shift) & (RADIX - 1)
+            dst[count[d]] = src[i]
+            count[d] += 1
         src, dst = dst, src
-        width *= 2
+        shift += RADIX_BITS
         passes += 1
     if passes % 2:
         for i in range(n):
@@ -133,7 +141,8 @@ def _sort_by_key(keys, order, tmp, n):
 
 @kernel
 def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes, lbusy, tacc,
-              rgs, preds, order, tmp, rrid, roff, rlen, ex, ey, eoff, starts, ends, state):
+              rgs, preds, order, tmp, count, rrid, roff, rlen, ex, ey, eoff, starts, ends,
+              state):
     """Run the task groups state[T_NEXT] .. g1 - 1 (group k: tasks groups[k] ..
     groups[k + 1] - 1, none of which needs another of the group). Stops early with
     state[T_STATUS] != OK (and state[T_TASK] the task) when the step path cannot give the
@@ -177,7 +186,7 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
             for j in range(nj):
                 order[j] = j
         else:  # the reference's order: (ready time, round), then id
-            _sort_by_key(rgs, order, tmp, nj)
+            _sort_by_key(rgs, order, tmp, count, nj)
         t = ta
         for jj in range(nj):
             j = order[jj]
@@ -197,24 +206,29 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
                 if f > s_at:
                     s_at, bk = f, rid
             # the chain's compute cycles up to this start (see the module docstring)
-            ps, pa = -1, 0
+            ps, pa, pl = -1, 0, 0
             if bk >= 0:
-                ps, pa = res[bk, R_S], res[bk, R_A]
+                ps, pa, pl = res[bk, R_S], res[bk, R_A], res[bk, R_LO]
             elif preds[j] >= 0:
-                ps, pa = sig[preds[j], G_S], sig[preds[j], G_A]
-            a = 0
+                ps, pa, pl = sig[preds[j], G_S], sig[preds[j], G_A], sig[preds[j], G_LO]
+            a, lo = 0, 0
             if ps >= 0:
                 p_start = ps >> 1
-                if s_at < p_start:
-                    state[T_STATUS] = NONMONO
-                    return
-                a = pa + (s_at - p_start if ps & 1 else 0)
+                if s_at >= p_start:  # the predecessor's own cycles up to here, then its chain
+                    a = pa + (s_at - p_start if ps & 1 else 0)
+                    lo = ps
+                else:  # starts before its predecessor: the chain below it
+                    if s_at < pl >> 1:
+                        state[T_STATUS] = NONMONO
+                        return
+                    a = pa - (p_start - s_at if pl & 1 else 0)
+                    lo = pl
             me = (s_at << 1) | (1 if td[t, F_KIND] == K_COMPUTE else 0)
             b4 = 4 * td[t, F_B]
             for r in range(nres):
                 rid, ln = rrid[r], rlen[r]
                 res[rid, R_FREE] = s_at + roff[r] + ln
-                res[rid, R_KEY], res[rid, R_S], res[rid, R_A] = rg, me, a
+                res[rid, R_KEY], res[rid, R_S], res[rid, R_A], res[rid, R_LO] = rg, me, a, lo
                 if rid < n4:
                     if keep_bytes:
                         lbytes[rid] += b4
@@ -236,11 +250,11 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
                     s = sig_slot(td, t, ex[e], ey[e]) & mask
                     at = s_at + eoff[e]
                     if at > sig[s, G_TIME]:
-                        sig[s, G_TIME], sig[s, G_S], sig[s, G_A] = at, me, a
+                        sig[s, G_TIME], sig[s, G_S], sig[s, G_A], sig[s, G_LO] = at, me, a, lo
                     sig[s, G_MK] = rg  # granted in key order: the last one is the largest
             sa = td[t, F_SA] & mask
             if end > sig[sa, G_TIME]:
-                sig[sa, G_TIME], sig[sa, G_S], sig[sa, G_A] = end, me, a
+                sig[sa, G_TIME], sig[sa, G_S], sig[sa, G_A], sig[sa, G_LO] = end, me, a, lo
             sig[sa, G_MK] = rg
             if keep_ends:
                 starts[g], ends[g] = s_at, end
@@ -298,8 +312,8 @@ def eligible(tables) -> bool:
     return not len(deps) or bool((deps[:, D_TASK] < deps[:, D_OWNER]).all())
 
 
-BYTES_PER_CORE = 7 * 32 + 8 + 4 * 16  # per resource: free, key, holder; busy; link maps
-BYTES_PER_SLOT, BYTES_PER_TASK_CORE = 32, 32
+BYTES_PER_CORE = 7 * 40 + 8 + 4 * 16  # per resource: free, key, holder; busy; link maps
+BYTES_PER_SLOT, BYTES_PER_TASK_CORE = 40, 32
 
 
 def estimate_bytes(tables, n_cores: int, spans: bool) -> int:
@@ -319,9 +333,9 @@ class StepRun:
         self.groups = task_groups(tables)
         self.mask = ring_size(tables, self.groups) - 1
         ring = self.mask + 1
-        self.res = np.zeros((7 * n + 1, 4), np.int64)  # one cache line holds a resource
+        self.res = np.zeros((7 * n + 1, 5), np.int64)
         self.res[:, R_KEY] = -1
-        self.sig = np.zeros((ring, 4), np.int64)
+        self.sig = np.zeros((ring, 5), np.int64)
         self.busy = np.zeros(n, np.int64)
         paced = (td[:, F_KIND] == K_REDUCE) & (td[:, F_P + 2] > 1)
         self.lbytes = np.zeros(4 * n if paced.any() else 0, np.int64)
@@ -334,6 +348,7 @@ class StepRun:
                      - 1).astype(np.int64)
         self.rgs, self.preds, self.order, self.tmp = (np.empty(biggest, np.int64)
                                                       for _ in range(4))
+        self.count = np.empty(RADIX, np.int64)
         nres = int(td[:, F_NRES].max()) if nt else 1
         nev = int(td[:, F_NEV].max()) if nt else 1
         self.rrid, self.roff, self.rlen = (np.empty(nres, np.int64) for _ in range(3))
@@ -346,9 +361,9 @@ class StepRun:
     def run(self, tables, g1: int) -> int:
         """Run the task groups up to g1 (exclusive); the status."""
         run_steps(tables.td, tables.deps, tables.ib, self.tblk, tables.hwc, self.groups, g1,
-                  self.mask, self.res, self.sig, self.busy, self.lbytes, self.lbusy, self.tacc, self.rgs,
-                  self.preds, self.order, self.tmp, self.rrid, self.roff, self.rlen, self.ex,
-                  self.ey, self.eoff, self.start, self.ends, self.state)
+                  self.mask, self.res, self.sig, self.busy, self.lbytes, self.lbusy, self.tacc,
+                  self.rgs, self.preds, self.order, self.tmp, self.count, self.rrid, self.roff,
+                  self.rlen, self.ex, self.ey, self.eoff, self.start, self.ends, self.state)
         return int(self.state[T_STATUS])
 
     def critical_path(self) -> tuple[int, int, int]:
