@@ -425,6 +425,17 @@ def _rects(t) -> list[tuple[int, int, int, int]]:
             (r.x + t.dx, min(r.y, r.y + t.dy), r.x1 + t.dx, max(r.y1, r.y1 + t.dy))]
 
 
+def _covered(rects: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Cores inside any of the rectangles (x0, y0, x1, y1): 2-D difference array, cumsum."""
+    d = np.zeros((rows + 1, cols + 1), np.int32)
+    x0, y0, x1, y1 = rects.T
+    np.add.at(d, (y0, x0), 1)
+    np.add.at(d, (y0, x1 + 1), -1)
+    np.add.at(d, (y1 + 1, x0), -1)
+    np.add.at(d, (y1 + 1, x1 + 1), 1)
+    return d.cumsum(0).cumsum(1)[:rows, :cols] > 0
+
+
 def check_fits(program: Program, hw: HardwareConfig) -> dict:
     """Reject a program that does not fit the hardware; return the per-core resource maps.
 
@@ -466,13 +477,15 @@ def check_fits(program: Program, hw: HardwareConfig) -> dict:
         held = [f"{a.name}={a.bytes_per_core}" for a in program.allocs if a.region.contains(x, y)]
         raise ProgramError(f"SRAM does not fit: core ({x},{y}) needs {worst} bytes > sram_bytes "
                            f"{hw.sram_bytes} ({', '.join(held[:6])}{' ...' if len(held) > 6 else ''})")
-    colors: dict[int, np.ndarray] = {}
+    rects: dict[int, list] = {}
     for t in program.tasks:
-        for x0, y0, x1, y1 in _rects(t):
-            m = colors.setdefault(t.color, np.zeros((rows, cols), dtype=bool))
-            m[y0:y1 + 1, x0:x1 + 1] = True
-    used = sum((m.astype(np.int16) for m in colors.values()), np.zeros((rows, cols), np.int16))
-    most = int(used.max()) if colors else 0
+        found = _rects(t)
+        if found:
+            rects.setdefault(t.color, []).extend(found)
+    used = np.zeros((rows, cols), np.int16)
+    for found in rects.values():  # a color counts once per core, however many routes share it
+        used += _covered(np.array(found, np.int64), rows, cols)
+    most = int(used.max()) if rects else 0
     if most > hw.colors_per_core:
         y, x = np.unravel_index(int(used.argmax()), used.shape)
         raise ProgramError(f"colors do not fit: core ({x},{y}) routes {most} colors > "
