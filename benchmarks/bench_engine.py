@@ -5,10 +5,12 @@ A tiles shift east and the B tiles south with torus wrap-around), then a reduce 
 row: the regular SPMD shape of the mappers' GEMM phases.
 
 Figures: fast vs reference wall time on the same program at 32 x 32 and 64 x 64 (same
-results checked); the fast engine's wall time and instances/s at 64 x 64, 256 x 256 and the
-full WSE-2 mesh (750 x 994); its memory per simulated core there (tracemalloc peak of the
-whole run over the cores); the slope of log(wall) against log(instances) over mesh sizes; and
-numba's start-up (cache load in this process; cold compile in a fresh cache, full mode only).
+results checked), for the fast engine's default step path and its event path; the fast
+engine's wall time and instances/s at 64 x 64, 256 x 256 and the full WSE-2 mesh (750 x 994);
+its memory per simulated core there (tracemalloc peak of the whole run over the cores), per
+path and, for the step path, at 4 and 32 steps (it keeps per-core state only, so the figure
+does not grow with the steps); the slope of log(wall) against log(instances) over mesh sizes;
+and numba's start-up (cache load in this process; cold compile in a fresh cache, full mode only).
 Wall times are the best of a few runs and exclude compilation.
 """
 
@@ -68,11 +70,11 @@ def same_result(a, b) -> bool:
             and np.array_equal(a.link_busy_cycles, b.link_busy_cycles))
 
 
-def run_fast(program, hw, repeats: int) -> tuple[float, object]:
+def run_fast(program, hw, repeats: int, path: str = "auto") -> tuple[float, object]:
     holder = {}
 
     def once():
-        holder["r"] = fast.simulate_fast(program, hw, progress=False)
+        holder["r"] = fast.simulate_fast(program, hw, progress=False, path=path)
     return best_of(once, repeats, min_time=0.0), holder["r"]
 
 
@@ -88,12 +90,12 @@ def cold_compile_seconds() -> float:
         return float(out.stdout.strip().splitlines()[-1])
 
 
-def peak_bytes(program, hw) -> int:
+def peak_bytes(program, hw, path: str = "auto") -> int:
     """tracemalloc's peak over one fast run (numpy reports its arrays to tracemalloc)."""
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        fast.simulate_fast(program, hw, progress=False)
+        fast.simulate_fast(program, hw, progress=False, path=path)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -116,11 +118,16 @@ def main(argv=None) -> None:
         ref = simulate_reference(program, hw)
         t_ref = time.perf_counter() - t
         t_fast, res = run_fast(program, hw, 20)
+        t_event, res_event = run_fast(program, hw, 20, path="event")
         assert same_result(ref, res), f"fast and reference results differ at {n} x {n}"
+        assert same_result(ref, res_event), f"event path and reference differ at {n} x {n}"
         figures[f"reference_{n}_seconds"] = t_ref
         figures[f"reference_{n}_instances_per_s"] = res.instances / t_ref
+        figures[f"fast_{n}_path"] = res.fast_path
         figures[f"fast_{n}_same_program_seconds"] = t_fast
         figures[f"fast_vs_reference_{n}_ratio"] = t_ref / t_fast
+        figures[f"fast_event_path_{n}_same_program_seconds"] = t_event
+        figures[f"fast_event_path_vs_reference_{n}_ratio"] = t_ref / t_event
     figures["reference_program_steps"] = ref_steps
     figures["reference_64_instances"] = res.instances
     targets["fast_vs_reference_64_ratio"] = {"min": 1000}
@@ -138,18 +145,24 @@ def main(argv=None) -> None:
         figures[f"fast_{tag}_instances_per_s"] = res.instances / t_fast
         figures[f"fast_{tag}_steps"] = steps
         figures[f"fast_{tag}_simulated_cycles"] = res.cycles
+        figures[f"fast_{tag}_path"] = res.fast_path
     targets["fast_full_seconds"] = {"max": 60.0}
 
     # ---- memory per simulated core at full wafer ----------------------------------------------
+    # The step path keeps state per core (resources, a ring of signal slots), the event path
+    # per instance as well: the step path's figure does not grow with the steps.
     hw = mesh(750, 994)
+    for steps in ((1,) if quick else (4, 32)):
+        program = cannon(hw, steps)
+        for path in ("step", "event"):
+            if path == "event" and steps > 4:
+                continue  # grows with the steps: the 4-step figure says it
+            peak = peak_bytes(program, hw, path)
+            tag = f"full_wafer_{path}_path_{steps}_steps"
+            figures[f"{tag}_peak_bytes"] = peak
+            figures[f"{tag}_bytes_per_core"] = peak / hw.cores
     steps = 1 if quick else 4
-    program = cannon(hw, steps)
-    peak = peak_bytes(program, hw)
-    instances = 3 * steps * hw.cores + hw.mesh_rows
-    figures["full_wafer_memory_steps"] = steps
-    figures["full_wafer_peak_bytes"] = peak
-    figures["full_wafer_bytes_per_core"] = peak / hw.cores
-    figures["full_wafer_bytes_per_instance"] = peak / instances
+    figures["full_wafer_bytes_per_core"] = figures[f"full_wafer_step_path_{steps}_steps_bytes_per_core"]
     targets["full_wafer_bytes_per_core"] = {"max": 200}
 
     # ---- scaling: wall time against instances over mesh sizes ---------------------------------
