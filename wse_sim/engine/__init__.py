@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 ENGINES = ("auto", "reference", "fast")
-AUTO_REFERENCE_MAX_CORES = 64 * 64  # auto picks the reference engine up to this mesh size
+AUTO_REFERENCE_MAX_CORES = 32 * 32  # auto picks the reference engine up to this mesh size
 
 
 def simulate(program, hw, engine: str = "auto", functional: dict | None = None):
     """Run `program` on `hw` and return a SimResult. `auto` prefers the fast engine when it is
-    available and the mesh is larger than 64 x 64; the reference engine otherwise.
+    available and the mesh is larger than 32 x 32; the reference engine otherwise.
 
     `functional`: the input buffers of a functional run (e.g. `mapper.gemm.gemm_inputs`); the
     program's DataOps then also run on real tensors through the kernels, and the final buffers
