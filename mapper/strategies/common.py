@@ -21,8 +21,7 @@ class MicroBatch:
 
     index: int
     count: int
-    sfx: str = ""        # suffix of the tiles it owns ("" when the step is one micro-batch)
-    dx_free: tuple = ()  # Deps: the last layer's dX buffer is free (previous backward done)
+    sfx: str = ""  # suffix of the tiles it owns (its targets and loss statistics)
 
 
 @dataclass(frozen=True)
@@ -197,8 +196,8 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
     weight-gradient records). Functional (`tp.fl`): `x_name` is the buffer of the last
     layer's output; each table region's leaders end with their rows' logits; training: the
     loss, the head's backward and the final norm's backward, which leaves dX in `dx_name`.
-    Training in micro-batches: `tp.share` is (micro-batch, micro-batches) and `micro` a
-    `functional_layout.HeadPart` (its tiles, and what the final norm's backward waits for)."""
+    Training in micro-batches: `tp.share` is (micro-batch, micro-batches) and `micro` says
+    which (`MicroBatch`)."""
     pb, cfg, k = tp.pb, run.cfg, len(heads)
     C, R = heads[0].cols, heads[0].rows
     moved = (last_row.x, last_row.y) != (heads[0].x, heads[0].y)
@@ -249,8 +248,7 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
     tp.tokens = saved_tokens
     if run.phase != "train":
         return ends[-1], grads
-    after = tuple(ends) + (micro.dx_free if micro is not None else ())
-    return tp.norm("ln_f.bwd", last_row, after, lm, fd, "ln_f.bwd"), grads
+    return tp.norm("ln_f.bwd", last_row, tuple(ends), lm, fd, "ln_f.bwd"), grads
 
 
 def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,

@@ -69,11 +69,11 @@ class LayerBufs:
     w: str
     a: str
     g: str = ""  # training: the backward's scratch (default: `a`)
-    kv: str = ""  # the KV tile's prefix (default: `w`; micro-batches: their own)
+    own: tuple = ()  # keys under `a` all the same (a micro-batch's KV tile, its dY)
 
     def __call__(self, key: str) -> str:
-        if key == "kv" and self.kv:
-            return self.kv + key
+        if key in self.own:
+            return self.a + key
         if key in WEIGHT_KEYS or key in GRAD_KEYS:
             return self.w + key
         return (self.g or self.a if key in SCRATCH_KEYS else self.a) + key
@@ -516,8 +516,7 @@ class FLayout:
              parts: list | None = None) -> dict:
         """What `functional_model` needs to scatter inputs and gather outputs. `parts`: the
         chunks or micro-batches, each (tile suffix, first sequence, sequences, first
-        position, positions); layers: the first part's buffer names (`kv`: a micro-batch's
-        KV tiles are its own, named with `parts`' suffix after `w`)."""
+        position, positions); layers: the first part's buffer names."""
         out = {"model": self.cfg.name, "vocab": self.cfg.vocab_size, "rows": self.rows,
                "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
                "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],

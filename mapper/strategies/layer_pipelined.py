@@ -5,6 +5,8 @@ The mesh (or a grid x grid corner) is cut into equal slots: one per layer plus e
 embedding table / LM head, placed along a serpentine so consecutive layers are neighbours.
 Training runs the forward pass through the regions, the loss on the LM-head regions, the
 backward pass back through them, and the Adam update on the cores that hold each weight.
+Several parts can be in flight: a prefill's chunks (of the prompt's positions) and a training
+step's micro-batches (of its sequences, GPipe style) pipeline through the layer regions.
 """
 
 from __future__ import annotations
@@ -133,15 +135,15 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
     fl = make_layout(cfg, run, sg.rows, sg.cols, k) if functional else None
     parts = part_spans(run)
-    fls = [None] * n if fl is None else [
-        fl.micro(n, p) if train else fl.chunk(s0, ns) for p, (_, _, _, s0, ns) in enumerate(parts)]
-    if fl is not None and n == 1:
-        fls = [fl]
+    fls = [fl] * n  # each part's functional layout
+    if fl is not None and n > 1:
+        fls = [fl.micro(n, p) if train else fl.chunk(s0, ns)
+               for p, (_, _, _, s0, ns) in enumerate(parts)]
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
     lays = [Layout.of(placed[f"L{i}"], cfg) for i in range(L)]
-    bufs = [[part_bufs(i, p, parts, train) for i in range(L)] for p in range(n)]
+    bufs = [[part_bufs(i, p, parts, train, i == L - 1) for i in range(L)] for p in range(n)]
     views, extra = _alloc(pb, run, fls, parts, bufs, lays, heads, top0, buffers)
 
     def copy(src: str, dst: str):
@@ -208,6 +210,10 @@ def pipelined_buffers(run: Run, lay: Layout) -> dict:
                         train=run.phase == "train")
     if run.phase == "train" and run.micro_batches > 1:
         out["saved_activations"] *= run.micro_batches
+        # The last layer (the fullest) also keeps the dY that the LM head hands it for every
+        # micro-batch after the first until that micro-batch's backward reaches it.
+        out["stashed_dy"] = (run.micro_batches - 1) * run.chunk_tokens \
+            * math.ceil(run.cfg.d_model / lay.reg.cols) * run.bytes
     return out
 
 
@@ -229,15 +235,17 @@ def part_spans(run: Run) -> list[tuple]:
     return out
 
 
-def part_bufs(i: int, p: int, parts: list, train: bool) -> LayerBufs:
+def part_bufs(i: int, p: int, parts: list, train: bool, last: bool) -> LayerBufs:
     """Tile names of layer i for part p: weights (and a chunk's KV cache) under 'L{i}.'; a
-    micro-batch's saved activations and KV tile under 'L{i}.m{p}.', the backward's scratch
-    shared; a chunk's activations under 'L{i}.c{p}.' (they share bytes with the other
-    chunks': `_alloc`)."""
+    micro-batch's saved activations and KV tile (and, in the `last` layer, the dY the LM head
+    hands it) under 'L{i}.m{p}.', the backward's scratch shared; a chunk's activations under
+    'L{i}.c{p}.' (they share bytes with the other chunks': `_alloc`)."""
     if len(parts) == 1:
         return LayerBufs(f"L{i}.", f"L{i}.")
-    own = f"L{i}{parts[p][0]}."
-    return LayerBufs(f"L{i}.", own, f"L{i}.", own) if train else LayerBufs(f"L{i}.", own)
+    mine = f"L{i}{parts[p][0]}."
+    if not train:
+        return LayerBufs(f"L{i}.", mine)
+    return LayerBufs(f"L{i}.", mine, f"L{i}.", ("kv", "dx") if last else ("kv",))
 
 
 def _shared(tiles: dict, prefix: str) -> dict:
@@ -278,6 +286,8 @@ def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lay
                 tiles = {}
                 for p, fp in enumerate(fls):
                     tiles |= fp.train_tiles(lay, bufs[p][i], scratch=p == 0, weights=p == 0)
+                    if p and "dx" in bufs[p][i].own:  # the first one's is in its scratch
+                        tiles[bufs[p][i]("dx")] = (lay.row0, (fp.T, fp.dc), run.dtype, None)
             elif n == 1:
                 tiles = f0.layer_tiles(lay, bufs[0][i])
             else:
@@ -289,7 +299,8 @@ def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lay
                 tiles |= fls[-1].lnf_tiles(lay.row0, True)
                 if train:
                     tiles |= f0.train_lnf_tiles(lay.row0, True)
-        v, e = alloc_group(pb, f"L{i}.", lay.reg, buffers, tiles)
+        mine = buffers if i == L - 1 else {b: v for b, v in buffers.items() if b != "stashed_dy"}
+        v, e = alloc_group(pb, f"L{i}.", lay.reg, mine, tiles)
         views, extra = views | v, max(extra, e)
     return views, extra
 
@@ -298,8 +309,9 @@ def _train_tail(tp: TP2D, run: Run, fls: list, parts: list, bufs: list, lays: li
                 heads: list, top0: Region, ends: list, fwd: list, x_vals: int, copy) -> None:
     """After the forwards: per micro-batch, the loss and LM head (after the previous one's),
     then its backward through the layers in reverse (each layer after its previous work);
-    then the Adam updates. A layer's dX tile is shared by the micro-batches, so what writes
-    it waits until the previous micro-batch's gradient has left (dx_done)."""
+    then the Adam updates. A layer's dX tile is shared by the micro-batches (but the last
+    layer keeps each one's, which the head writes early), so a hand-off into it waits until
+    the previous micro-batch's gradient has left (dx_done)."""
     pb, cfg, dtype = tp.pb, run.cfg, run.dtype
     L, n = len(lays), len(parts)
     last = list(fwd)           # each layer's last record
@@ -311,8 +323,8 @@ def _train_tail(tp: TP2D, run: Run, fls: list, parts: list, bufs: list, lays: li
         sfx = parts[m][0]
         micro = None
         start = ends[m]
-        if n > 1:
-            micro = MicroBatch(m, n, sfx, (Dep(dx_done[-1], "all"),) if m else ())
+        if n > 1:  # the head's tiles are shared: one micro-batch at a time
+            micro = MicroBatch(m, n, sfx)
             start = (ends[m],) + ((Dep(head_end, "all"),) if head_end is not None else ())
         dep, hg = emit_lm_head(tp, run, lays[-1].row0, heads, start,
                                x_name=bufs[m][-1]("xo"), dx_name=bufs[m][-1]("dx"), micro=micro)
