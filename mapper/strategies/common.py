@@ -17,9 +17,8 @@ from wse_sim.timing import split_evenly
 
 @dataclass(frozen=True)
 class MicroBatch:
-    """Micro-batch `index` of `count` of a training step, as the LM head sees it."""
+    """One of `count` micro-batches of a training step, as the LM head sees it."""
 
-    index: int
     count: int
     sfx: str = ""  # suffix of the tiles it owns (its targets and loss statistics)
 

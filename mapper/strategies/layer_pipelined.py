@@ -324,7 +324,7 @@ def _train_tail(tp: TP2D, run: Run, fls: list, parts: list, bufs: list, lays: li
         micro = None
         start = ends[m]
         if n > 1:  # the head's tiles are shared: one micro-batch at a time
-            micro = MicroBatch(m, n, sfx)
+            micro = MicroBatch(n, sfx)
             start = (ends[m],) + ((Dep(head_end, "all"),) if head_end is not None else ())
         dep, hg = emit_lm_head(tp, run, lays[-1].row0, heads, start,
                                x_name=bufs[m][-1]("xo"), dx_name=bufs[m][-1]("dx"), micro=micro)

@@ -174,7 +174,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta=fmeta | {
         "strategy": name, "model": cfg.name, "phase": phase, "batch": batch, "prompt": prompt,
         "context": context, "dtype": dtype, "sparsity": sparsity, "region_cols": reg.cols,
-        "region_rows": reg.rows, "regions": 1, "chunks": run.chunks, "grid_cols": run.cols, "grid_rows": run.rows,
+        "region_rows": reg.rows, "regions": 1, "chunks": run.chunks,
+        "micro_batches": run.micro_batches, "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
         "sram_buffers_per_core": buffers,
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)})
