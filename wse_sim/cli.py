@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "cores per layer); `search` tries a few")
     run.add_argument("--chunks", type=positive_int, default=1,
                      help="prefill: run the prompt through the layers in at least N chunks")
+    run.add_argument("--micro-batches", type=positive_int, default=1, metavar="N",
+                     help="train (layer-pipelined): split the batch into N equal micro-batches "
+                          "that pipeline through the layer regions (N divides --batch)")
     run.add_argument("--generate", type=positive_int, default=None,
                      help="prefill the prompt, then decode N tokens: end-to-end tokens/s")
     run.add_argument("--wafers", type=positive_int, default=1,
@@ -72,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--functional", action="store_true",
                      help="also compute the real forward pass through the mapped program "
                           "(random weights and tokens, seed 0) and check the logits against "
-                          "the numpy reference; exit 1 if they differ (prefill, decode)")
+                          "the numpy reference (a training step: the loss and every gradient); "
+                          "exit 1 if they differ")
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
             COMMANDS.update(importlib.import_module(name).register(sub))
@@ -129,7 +133,7 @@ def cmd_run(args) -> int:
                             batch=args.batch, prompt=args.prompt, context=args.context,
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
                             functional=args.functional, chunks=args.chunks,
-                            region_shape=args.region_shape)
+                            micro_batches=args.micro_batches, region_shape=args.region_shape)
     if args.show_program:
         print(program.describe())
         return 0
@@ -137,11 +141,16 @@ def cmd_run(args) -> int:
     check_output_args(args, hw)
     result = simulate(program, hw, engine=args.engine)
     title = f"{args.model} {args.phase} on {args.preset}"
+    for key, what in (("chunks", "chunks"), ("micro_batches", "micro-batches")):
+        if program.meta.get(key, 1) > 1:
+            title += f", {program.meta[key]} {what}"
     written = write_requested(result, args, program=program, title=title)
     check = _functional_check(program, hw, args.model) if args.functional else None
     if args.json:
         extra = {"functional": check} if check else {}
-        print(json.dumps(with_interface_keys(result.summary(), args, hw) | written | extra))
+        parts = {k: program.meta[k] for k in ("chunks", "micro_batches") if k in program.meta}
+        print(json.dumps(with_interface_keys(result.summary(), args, hw) | parts | written
+                         | extra))
     else:
         print(format_report(result, title))
         if check:

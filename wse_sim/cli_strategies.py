@@ -130,9 +130,10 @@ def run_extended(args) -> int:
         if args.strategy not in ("layer-pipelined", "auto"):
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
                              "a multi-wafer pipeline is layer-pipelined on every wafer")
+        extra = {"micro_batches": args.micro_batches} if args.micro_batches > 1 else {}
         out = run_multi_wafer(hw, args.model, wafers=args.wafers, engine=args.engine,
                               phase=args.phase, prompt=args.prompt, context=args.context,
-                              grid=args.grid, **kw)
+                              grid=args.grid, **kw, **extra)
         stages = out.pop("stages")
         out["engine"] = stages[0].engine
         if args.json:
@@ -154,8 +155,12 @@ def run_extended(args) -> int:
             raise ValueError(f"strategy auto: no strategy fits {args.model} on {args.preset}")
         strategy = found.best["strategy"]
         args.chunks = found.best.get("chunks", 1)
+        args.micro_batches = found.best.get("micro_batches", 1)
         args.region_shape = found.best.get("region_shape", 0)
     if args.generate:
+        if args.micro_batches != 1:
+            raise ValueError(f"micro_batches: got {args.micro_batches} with --generate, must be "
+                             "1; only a training step runs in micro-batches")
         out = run_generate(hw, args.model, generate=args.generate, prompt=args.prompt,
                            engine=args.engine, strategy=strategy,
                            prefill_grid=args.prefill_grid or args.grid,

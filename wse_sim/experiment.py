@@ -24,8 +24,10 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
-                  region_shape: int = 0):
-    """Validate the run's parameters and map the model; returns the Program."""
+                  micro_batches: int = 1, region_shape: int = 0):
+    """Validate the run's parameters and map the model; returns the Program. `chunks`: a
+    prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
+    a training step's batch runs in this many equal micro-batches (layer-pipelined)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
     if phase not in PHASES:
@@ -36,6 +38,18 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         _positive(name, v)
     _positive("grid", grid, allow_none=True)
     _positive("chunks", chunks)
+    _positive("micro_batches", micro_batches)
+    if phase == "train" and chunks != 1:
+        raise ConfigError(f"chunks: got {chunks} with phase train, must be 1; a training step "
+                          "splits its batch into micro_batches instead")
+    if micro_batches != 1:
+        if phase != "train":
+            raise ConfigError(f"micro_batches: got {micro_batches} with phase {phase}, must be "
+                              "1; only a training step runs in micro-batches")
+        allowed = [n for n in range(1, batch + 1) if batch % n == 0]
+        if micro_batches not in allowed:
+            raise ConfigError(f"micro_batches: got {micro_batches}, must divide the batch "
+                              f"({batch}): one of {', '.join(map(str, allowed))}")
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     extra = {}
@@ -49,7 +63,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     cfg = load_model(model)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
-                                functional=functional, chunks=chunks, **extra)
+                                functional=functional, chunks=chunks,
+                                micro_batches=micro_batches, **extra)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
@@ -75,26 +90,32 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
                    grids: tuple = (None,), progress: bool = False, **kw):
-    """Pick the strategy, grid, (prefill) chunk count and, for layer-pipelined, the region shape
-    with the least simulated time per token. Chunks are the tile size along the tokens (more
-    pipeline better through the layer regions but pay more per-chunk latency); the region shape
-    is how each layer's matmuls are tiled over cores (rows x columns of its region)."""
+    """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
+    count and, for layer-pipelined, the region shape with the least simulated time per token.
+    Chunks and micro-batches are the tile size along the tokens (more pipeline better through
+    the layer regions but pay more per-part latency); the region shape is how each layer's
+    matmuls are tiled over cores (rows x columns of its region)."""
     from mapper.search import search
     results = {}
 
-    chunk_options = (1, 2, 4, 8) if kw.get("phase", "prefill") == "prefill" else (1,)
-    cands = [{"strategy": s, "grid": g, "chunks": c, "region_shape": r}
+    phase, batch = kw.get("phase", "prefill"), kw.get("batch", 1)
+    chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
+    micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
+        if phase == "train" else (1,)
+    cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r}
              for s in STRATEGIES for g in grids
              for c in chunk_options if c <= kw.get("prompt", 128)
+             for mb in (micro_options if s == "layer-pipelined" else (1,))
              for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))]
     seen: set = set()
 
     def evaluate(cand: dict) -> float:
         program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
-                                chunks=cand["chunks"], region_shape=cand["region_shape"], **kw)
+                                chunks=cand["chunks"], micro_batches=cand["micro_batches"],
+                                region_shape=cand["region_shape"], **kw)
         m = program.meta
-        key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("region_cols"),
-               m.get("region_rows"))
+        key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
+               m.get("region_cols"), m.get("region_rows"))
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
                              f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions)")

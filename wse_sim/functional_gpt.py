@@ -265,13 +265,17 @@ def gemm_bt(reg, d, out, ins, what):
 
 
 def gemm_tn(reg, d, out, ins, what):
-    """(x, g) -> x^T @ g[:, o:o + n] (a weight gradient; n from the out tile, `b_offset` o)."""
+    """(x, g) -> x^T @ g[:, o:o + n] (a weight gradient; n from the out tile, `b_offset` o);
+    `accumulate`: out += (a later micro-batch's share of the gradient)."""
     x, g = _arity(ins, 2, what)
     xv, gv = _load(x, reg, what), _load(g, reg, what)
     o, n = int(d.param("b_offset", 0)), out.shape[-1]
     if gv.shape[-1] < o + n:
         raise ProgramError(f"{what}: columns {o}..{o + n} of {g.name!r} {g.shape} do not exist")
-    _store(out, reg, what, np.matmul(np.swapaxes(xv, -1, -2), gv[..., o:o + n]))
+    r = np.matmul(np.swapaxes(xv, -1, -2), gv[..., o:o + n])
+    if d.param("accumulate"):
+        r = r + _load(out, reg, what)
+    _store(out, reg, what, r)
 
 
 def gelu_bwd(reg, d, out, ins, what):
@@ -324,7 +328,7 @@ def norm_bwd_apply(reg, d, out, ins, what):
     """(dy, x, stats, gain, bstats, ggain) -> dx = rstd (dxhat - mean dxhat - xhat mean(dxhat
     xhat)) (no mean dxhat for RMSNorm) from the all-reduced `bstats`; `accumulate`: out += dx.
     Also writes the gain (and bias) gradient of the shard, summed over tokens, into `ggain`
-    (in place)."""
+    (in place; `accumulate_gain`: added to what it holds)."""
     dy, x, st, g, bs, gg = _arity(ins, 6, what)
     n, rms, rstd, xhat, gain, valid = _norm_parts(reg, d, x, st, g, what)
     dyv = _load(dy, reg, what).astype(np.float64) * valid
@@ -336,8 +340,10 @@ def norm_bwd_apply(reg, d, out, ins, what):
     dx = rstd * dx * valid
     if d.param("accumulate"):
         dx = dx + _load(out, reg, what)
-    grads = [(dyv * xhat).sum(-2)] + ([] if rms else [dyv.sum(-2)])
-    _store(gg, reg, what, np.stack(grads, axis=-2))
+    grads = np.stack([(dyv * xhat).sum(-2)] + ([] if rms else [dyv.sum(-2)]), axis=-2)
+    if d.param("accumulate_gain"):
+        grads = grads + _load(gg, reg, what)
+    _store(gg, reg, what, grads)
     _store(out, reg, what, dx)
 
 

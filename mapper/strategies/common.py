@@ -16,6 +16,14 @@ from wse_sim.timing import split_evenly
 
 
 @dataclass(frozen=True)
+class MicroBatch:
+    """One of `count` micro-batches of a training step, as the LM head sees it."""
+
+    count: int
+    sfx: str = ""  # suffix of the tiles it owns (its targets and loss statistics)
+
+
+@dataclass(frozen=True)
 class Run:
     """A phase of a model on a grid of the mesh, with derived sizes."""
 
@@ -30,13 +38,21 @@ class Run:
     rows: int
     sparsity: float
     chunks: int = 1  # prefill: the prompt runs through the layers in this many chunks
+    micro_batches: int = 1  # train: the batch runs through the layers in this many parts
+
+    @property
+    def parts(self) -> int:
+        """Pieces the phase runs in: prefill chunks or training micro-batches (else 1)."""
+        return {"prefill": self.chunks, "train": self.micro_batches}.get(self.phase, 1)
 
     @property
     def chunk_tokens(self) -> int:
-        """Tokens of one chunk (the tokens a layer handles at a time)."""
-        if self.phase != "prefill":
-            return self.tokens
-        return self.batch * math.ceil(self.prompt / self.chunks)
+        """Tokens of one chunk or micro-batch (the tokens a layer handles at a time)."""
+        if self.phase == "prefill":
+            return self.batch * math.ceil(self.prompt / self.chunks)
+        if self.phase == "train":
+            return self.batch // self.micro_batches * self.prompt
+        return self.tokens
 
     @property
     def bytes(self) -> int:
@@ -61,6 +77,11 @@ class Run:
         return self.tokens if self.phase == "train" else self.batch
 
     @property
+    def lm_chunk_tokens(self) -> int:
+        """Tokens that reach the LM head at a time (one micro-batch's when training)."""
+        return self.chunk_tokens if self.phase == "train" else self.batch
+
+    @property
     def table_bytes(self) -> int:
         return (self.cfg.embedding_params() + self.cfg.lm_head_params()) * self.bytes
 
@@ -72,7 +93,7 @@ class Run:
 
 def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prompt: int,
              context: int, dtype: str, grid: int | None, sparsity: float,
-             chunks: int = 1) -> Run:
+             chunks: int = 1, micro_batches: int = 1) -> Run:
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
         raise MappingError(f"grid: got {grid}, must be at most the {hw.mesh_cols} x "
                            f"{hw.mesh_rows} mesh of {hw.name}")
@@ -81,7 +102,22 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
         chunks = 1
     elif not 1 <= chunks <= prompt:
         raise MappingError(f"chunks: got {chunks}, must be in 1..prompt ({prompt})")
-    return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks)
+    check_micro_batches(micro_batches, phase, batch)
+    return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
+               micro_batches)
+
+
+def check_micro_batches(micro_batches: int, phase: str, batch: int) -> None:
+    """Micro-batches split a training step's batch into equal parts of whole sequences."""
+    if micro_batches == 1:
+        return
+    if phase != "train":
+        raise MappingError(f"micro_batches: got {micro_batches} with phase {phase}; only a "
+                           "training step runs in micro-batches (must be 1)")
+    allowed = [n for n in range(1, batch + 1) if batch % n == 0]
+    if micro_batches not in allowed:
+        raise MappingError(f"micro_batches: got {micro_batches}, must divide the batch "
+                           f"({batch}): one of {', '.join(map(str, allowed))}")
 
 
 def check_buffers(what: str, run: Run, buffers: dict, region: Region, extra: str = "") -> None:
@@ -152,29 +188,34 @@ def alloc_group(pb: ProgramBuilder, prefix: str, region: Region, buffers: dict,
 
 def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
                  weight_dep=None, x_name: str | None = None,
-                 dx_name: str | None = None) -> tuple[int, list[int]]:
+                 dx_name: str | None = None, micro=None) -> tuple[int, list[int]]:
     """Final norm on `last_row`, then the LM head split by vocabulary over the `heads` regions
     (and, when training, the loss and the head's backward). Returns (the dependency that
     carries dX back on `last_row` when training, else the last record; the head's
     weight-gradient records). Functional (`tp.fl`): `x_name` is the buffer of the last
     layer's output; each table region's leaders end with their rows' logits; training: the
-    loss, the head's backward and the final norm's backward, which leaves dX in `dx_name`."""
+    loss, the head's backward and the final norm's backward, which leaves dX in `dx_name`.
+    Training in micro-batches: `tp.share` is (micro-batch, micro-batches) and `micro` says
+    which (`MicroBatch`)."""
     pb, cfg, k = tp.pb, run.cfg, len(heads)
     C, R = heads[0].cols, heads[0].rows
     moved = (last_row.x, last_row.y) != (heads[0].x, heads[0].y)
     fd = tp.fl.head_data(x_name, k, moved) if tp.fl is not None else {}
     if tp.fl is not None and tp.fl.train:
-        fd |= tp.fl.train_head_data(x_name, dx_name, moved)
+        fd |= tp.fl.train_head_data(x_name, dx_name, moved, micro)
+    lm = run.lm_chunk_tokens
     if run.lm_tokens != run.tokens:
         dep = pb.add(Compute("select_last", last_row, 0, run.dtype, "vector", deps=_deps(dep),
                              data=fd.get("select_last")))
-    dep = tp.norm("ln_f", last_row, dep, run.lm_tokens, fd, "ln_f")
-    vals = run.lm_tokens * math.ceil(cfg.d_model / C)
-    head_op = tp.ops["lm_head"]
+    dep = tp.norm("ln_f", last_row, dep, lm, fd, "ln_f")
+    vals = lm * math.ceil(cfg.d_model / C)
     vocab_rows = math.ceil(cfg.vocab_size / (k * R))
     ends, grads = [], []
     saved_tokens = tp.tokens
-    tp.tokens = run.lm_tokens
+    tp.tokens = lm
+
+    def flops(name: str, j: int) -> int:  # this micro-batch's share, then table region j's
+        return split_evenly(split_evenly(tp.ops[name].flops, tp.share[1], tp.share[0]), k, j)
     for j, hr in enumerate(heads):
         top = Region(hr.x, hr.y, C, 1)
         d = handoff(pb, f"lm_head.handoff{j}", last_row, top, vals, run.dtype, dep,
@@ -183,19 +224,19 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
                       data=fd.get(f"bcast{j}"))
         wd = weight_dep[j] if isinstance(weight_dep, list) else weight_dep
         d = tp.compute("lm_head", hr, _deps(d) + _deps(wd), fmac=True,
-                       flops=split_evenly(head_op.flops, k, j), label=f"lm_head.{j}",
+                       flops=flops("lm_head", j), label=f"lm_head.{j}",
                        data=fd.get(f"lm_head.{j}"))
-        d = tp.stream(f"lm_head.reduce{j}", hr, "x", -1, run.lm_tokens * vocab_rows, d,
+        d = tp.stream(f"lm_head.reduce{j}", hr, "x", -1, lm * vocab_rows, d,
                       reduce=True, color="row_reduce", data=fd.get(f"reduce{j}"))
         if run.phase == "train":
             lead = Region(hr.x, hr.y, 1, R)
             for n in ("loss", "loss.bwd"):
-                d = tp.compute(n, lead, d, fmac=False, flops=split_evenly(tp.ops[n].flops, k, j),
+                d = tp.compute(n, lead, d, fmac=False, flops=flops(n, j),
                                label=f"{n}.{j}", data=fd.get(f"{n}.{j}"))
-            d = tp.stream(f"lm_head.bwd.bcast{j}", hr, "x", 1, run.lm_tokens * vocab_rows, d,
+            d = tp.stream(f"lm_head.bwd.bcast{j}", hr, "x", 1, lm * vocab_rows, d,
                           reduce=False, color="row_bcast", data=fd.get(f"bwd.bcast{j}"))
             for part in ("lm_head.bwd_data", "lm_head.bwd_weight"):
-                d = tp.compute(part, hr, d, fmac=True, flops=split_evenly(tp.ops[part].flops, k, j),
+                d = tp.compute(part, hr, d, fmac=True, flops=flops(part, j),
                                label=f"{part}.{j}", data=fd.get(f"{part}.{j}"))
             grads.append(d)
             d = tp.stream(f"lm_head.bwd.reduce{j}", hr, "y", -1, vals, d, reduce=True,
@@ -206,7 +247,7 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
     tp.tokens = saved_tokens
     if run.phase != "train":
         return ends[-1], grads
-    return tp.norm("ln_f.bwd", last_row, tuple(ends), run.lm_tokens, fd, "ln_f.bwd"), grads
+    return tp.norm("ln_f.bwd", last_row, tuple(ends), lm, fd, "ln_f.bwd"), grads
 
 
 def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,

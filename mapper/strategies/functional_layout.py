@@ -39,6 +39,7 @@ under GQA, padded shards, the softmax statistics, the LM head's activations).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -68,8 +69,11 @@ class LayerBufs:
     w: str
     a: str
     g: str = ""  # training: the backward's scratch (default: `a`)
+    own: tuple = ()  # keys under `a` all the same (a micro-batch's KV tile, its dY)
 
     def __call__(self, key: str) -> str:
+        if key in self.own:
+            return self.a + key
         if key in WEIGHT_KEYS or key in GRAD_KEYS:
             return self.w + key
         return (self.g or self.a if key in SCRATCH_KEYS else self.a) + key
@@ -89,6 +93,8 @@ class FLayout:
     start: int     # position of the first new token (the cached context in decode)
     tables: int = 1
     train: bool = False  # the training step: every token reaches the LM head
+    kv_keys: int = 0  # positions the KV tiles hold, when more than start + sq (a chunk's)
+    add_grads: bool = False  # a later micro-batch: weight gradients add to the earlier ones'
 
     def __post_init__(self):
         for r, kv in enumerate(self.row_kv):
@@ -146,7 +152,16 @@ class FLayout:
 
     @property
     def slots(self) -> int:
-        return math.ceil(self.keys / self.cols)
+        return math.ceil(max(self.keys, self.kv_keys) / self.cols)
+
+    def chunk(self, start: int, sq: int) -> FLayout:
+        """The layout of positions [start, start + sq) of every sequence (a prefill chunk);
+        its KV tiles still hold every position of the phase."""
+        return dataclasses.replace(self, sq=sq, start=start, kv_keys=self.keys)
+
+    def micro(self, count: int, index: int) -> FLayout:
+        """The layout of micro-batch `index` of `count` equal ones (whole sequences)."""
+        return dataclasses.replace(self, batch=self.batch // count, add_grads=index > 0)
 
     @property
     def vr(self) -> int:
@@ -211,15 +226,17 @@ class FLayout:
                         b("scores"): (lay.att, (T, self.hpr, self.slots + 2), "fp32", "s2")})
         return out
 
-    def embed_tiles(self, row: Region, own_x: bool, scratch: bool = False) -> dict:
+    def embed_tiles(self, row: Region, own_x: bool, scratch: bool = False,
+                    sfx: str = "") -> dict:
         """The gathered embedding rows (and position rows); with `scratch` they sit in the
-        layer scratch slots, free until the first layer's norm."""
+        layer scratch slots, free until the first layer's norm. `sfx`: a chunk's or
+        micro-batch's own tiles."""
         s1, s2 = ("s1", "s2") if scratch else (None, None)
-        out = {"embed.rows": (row, (self.T, self.dc), self.dtype, s1)}
+        out = {"embed.rows" + sfx: (row, (self.T, self.dc), self.dtype, s1)}
         if self.cfg.positions == "learned":
-            out["embed.pos"] = (row, (self.T, self.dc), self.dtype, s2)
+            out["embed.pos" + sfx] = (row, (self.T, self.dc), self.dtype, s2)
         if own_x:
-            out["embed.x"] = (row, (self.T, self.dc), self.dtype, None)
+            out["embed.x" + sfx] = (row, (self.T, self.dc), self.dtype, None)
         return out
 
     def lnf_tiles(self, row: Region, handoff: bool) -> dict:
@@ -285,10 +302,10 @@ class FLayout:
                   "residual2": dataop("add", (b("x"), b("h")), b("x"))})
         return d
 
-    def embed_data(self, out: str) -> DataOp:
+    def embed_data(self, out: str, sfx: str = "") -> DataOp:
         if self.cfg.positions == "learned":
-            return dataop("add", ("embed.rows", "embed.pos"), out)
-        return dataop("copy", ("embed.rows",), out)
+            return dataop("add", ("embed.rows" + sfx, "embed.pos" + sfx), out)
+        return dataop("copy", ("embed.rows" + sfx,), out)
 
     def head_data(self, x: str, k: int, handoff: bool) -> dict:
         """DataOps of the final norm and the LM head over k table regions (keys as in
@@ -317,13 +334,16 @@ class FLayout:
     # the merged (M, L) per query head (the leader's combine keeps them), fpart (before the
     # activation, at the leader) and act. The backward's scratch (prefix `b.g`) is shared by
     # the layers of a region; the weight gradients ("g" + weight key) sit beside the weights.
-    def train_tiles(self, lay, b: LayerBufs, *, scratch: bool = True) -> dict:
+    def train_tiles(self, lay, b: LayerBufs, *, scratch: bool = True,
+                    weights: bool = True) -> dict:
+        """`weights`: also the weights and their gradients (a later micro-batch has only its
+        saved activations and KV tile)."""
         dt, T, dc, hd, H = self.dtype, self.T, self.dc, self.hd, self.hpr
         hq, f32 = H * hd, "fp32"
-        weights = self.layer_tiles(lay, b, acts=False)
-        out = dict(weights)
-        for k, v in weights.items():
-            if k != b("kv"):
+        wt = self.layer_tiles(lay, b, acts=False)
+        out = dict(wt) if weights else {b("kv"): wt[b("kv")]}
+        for k, v in wt.items():
+            if k != b("kv") and weights:
                 out[b("g" + k[len(b.w):])] = v
         row, att, reg = lay.row0, lay.att, lay.reg
         out.update({b(k): (row, (T, dc), dt, None) for k in ("x", "x1", "xo")})
@@ -346,7 +366,7 @@ class FLayout:
     def train_layer_data(self, b: LayerBufs, xo: str) -> dict:
         """DataOps of a layer's forward pass when training (keys as in `layer_data`; `xo`:
         where residual2 leaves the layer's output)."""
-        d = self.layer_data(LayerBufs(b.w, b.a, b.g))
+        d = self.layer_data(b)
         hq, att = self.hpr * self.hd, self._att()
         d.update(self.norm_data("norm1", b("x"), b("h1"), b("stats1"), b("ln1")))
         d.update(self.norm_data("norm2", b("x1"), b("h2"), b("stats2"), b("ln2")))
@@ -375,17 +395,21 @@ class FLayout:
                 "sq": self.sq, "start": self.start}
 
     def norm_bwd_data(self, key: str, dy: str, x: str, stats: str, gain: str, bst: str,
-                      ggain: str, dx: str, accumulate: bool) -> dict:
+                      ggain: str, dx: str, accumulate: bool, add_grads: bool = False) -> dict:
         p = {"n": self.cfg.d_model, "rms": self.cfg.norm == "rmsnorm", "eps": EPS}
+        acc = {"accumulate_gain": True} if add_grads else {}  # a later micro-batch adds
         return {key + ".stats": dataop("norm_bwd_stats", (dy, x, stats, gain), bst, **p),
                 key + ".allreduce": dataop("reduce", (bst,), bst),
                 key + ".bcast": dataop("bcast", (bst,), bst),
                 key: dataop("norm_bwd_apply", (dy, x, stats, gain, bst, ggain), dx,
-                            accumulate=accumulate, **p)}
+                            accumulate=accumulate, **p, **acc)}
 
     def backward_data(self, b: LayerBufs) -> dict:
         """DataOp of every record of a layer's backward pass, by key (see TP2D.backward):
-        dY arrives in b("dx") on the top row, which leaves with dX."""
+        dY arrives in b("dx") on the top row, which leaves with dX. With `add_grads` the
+        weight gradients add to what earlier micro-batches left (else they overwrite)."""
+        add_grads = self.add_grads
+        acc = {"accumulate": True} if add_grads else {}
         hq, hk, fr = self.hpr * self.hd, self.kvpr * self.hd, self.fr
         att = self._att() | {"kvpr": self.kvpr}
         act = "swiglu_bwd" if self.cfg.activation == "swiglu" else "gelu_bwd"
@@ -393,21 +417,22 @@ class FLayout:
         d = {"residual2.bwd": dataop("copy", (b("dx"),), b("gd")),
              "down.bwd.bcast": dataop("bcast", (b("gd"),), b("gd")),
              "ffn_down.bwd_data": dataop("gemm_bt", (b("gd"), b("wdown")), b("gf")),
-             "ffn_down.bwd_weight": dataop("gemm_tn", (b("act"), b("gd")), b("gwdown")),
+             "ffn_down.bwd_weight": dataop("gemm_tn", (b("act"), b("gd")), b("gwdown"), **acc),
              "down.bwd.reduce": dataop("reduce", (b("gf"),), b("gf")),
              "act.bwd": dataop(act, (b("fpart"), b("gf")), b("gfp")),
              "ffn.bwd.bcast": dataop("bcast", (b("gfp"),), b("gfp")),
              "ffn_up.bwd_data": dataop("gemm_bt", (b("gfp"), b("wup")), b("gh"), a_offset=0),
-             "ffn_up.bwd_weight": dataop("gemm_tn", (b("h2"), b("gfp")), b("gwup"), b_offset=0),
+             "ffn_up.bwd_weight": dataop("gemm_tn", (b("h2"), b("gfp")), b("gwup"), b_offset=0,
+                                         **acc),
              "ffn_gate.bwd_data": dataop("gemm_bt", (b("gfp"), b("wgate")), b("gh"),
                                          a_offset=fr, accumulate=True),
              "ffn_gate.bwd_weight": dataop("gemm_tn", (b("h2"), b("gfp")), b("gwgate"),
-                                           b_offset=fr),
+                                           b_offset=fr, **acc),
              "ffn.bwd.reduce": dataop("reduce", (b("gh"),), b("gh")),
              "residual1.bwd": dataop("copy", (b("dx"),), b("gd")),
              "o.bwd.bcast": dataop("bcast", (b("gd"),), b("gd")),
              "o_proj.bwd_data": dataop("gemm_bt", (b("gd"), b("wo")), b("gao")),
-             "o_proj.bwd_weight": dataop("gemm_tn", (b("ao"), b("gd")), b("gwo")),
+             "o_proj.bwd_weight": dataop("gemm_tn", (b("ao"), b("gd")), b("gwo"), **acc),
              "o.bwd.reduce": dataop("reduce", (b("gao"),), b("gattn"), out_offset=0),
              "attn.bwd.bcast": dataop("bcast", (b("gattn"),), b("gattn")),
              "attn_av.bwd_p": dataop("attn_bwd_dp", (b("gattn"), b("kv")), b("gs"), **att),
@@ -427,19 +452,24 @@ class FLayout:
             d[n + ".bwd_data"] = dataop("gemm_bt", (b("gqkv"), b(w)), b("gh"), a_offset=off,
                                         accumulate=i > 0)
             d[n + ".bwd_weight"] = dataop("gemm_tn", (b("h1"), b("gqkv")), b("g" + w),
-                                          b_offset=off)
+                                          b_offset=off, **acc)
         d.update(self.norm_bwd_data("norm2.bwd", b("gh"), b("x1"), b("stats2"), b("ln2"),
-                                    b("bst"), b("gln2"), b("dx"), True))
+                                    b("bst"), b("gln2"), b("dx"), True, add_grads))
         d.update(self.norm_bwd_data("norm1.bwd", b("gh"), b("x"), b("stats1"), b("ln1"),
-                                    b("bst"), b("gln1"), b("dx"), True))
+                                    b("bst"), b("gln1"), b("dx"), True, add_grads))
         return d
 
-    def train_head_tiles(self, hr: Region) -> dict:
+    def train_head_tiles(self, hr: Region, sfxs: tuple = ("",)) -> dict:
+        """The LM head's backward tiles (shared by micro-batches) and the targets and loss
+        statistics of every micro-batch (`sfxs`: their tile suffixes)."""
         T, dt, dc, f32 = self.T, self.dtype, self.dc, "fp32"
         lead = Region(hr.x, hr.y, 1, hr.rows)
-        return {"head0.dlogits": (hr, (T, self.vr), dt, None),
-                "head0.gx": (hr, (T, dc), dt, None), "head0.gtable": (hr, (dc, self.vr), dt, None),
-                "loss.targets": (lead, (T, 1), f32, None), "loss.stats": (lead, (T, 3), f32, None)}
+        out = {"head0.dlogits": (hr, (T, self.vr), dt, None),
+               "head0.gx": (hr, (T, dc), dt, None), "head0.gtable": (hr, (dc, self.vr), dt, None)}
+        for sfx in sfxs:
+            out |= {"loss.targets" + sfx: (lead, (T, 1), f32, None),
+                    "loss.stats" + sfx: (lead, (T, 3), f32, None)}
+        return out
 
     def train_lnf_tiles(self, row: Region, handoff: bool) -> dict:
         gain = 2 if self.cfg.norm == "layernorm" else 1
@@ -449,41 +479,53 @@ class FLayout:
             out["lnf.gh"] = (row, (self.T, self.dc), self.dtype, None)
         return out
 
-    def train_embed_tiles(self, row: Region) -> dict:
+    def train_embed_tiles(self, row: Region, sfx: str = "") -> dict:
         """dX of the embedding (its rows' gradient) and the token ids, where the tokens enter
         (the gather and its scatter-add happen there, off the records, as in the forward)."""
-        return {"embed.grad": (row, (self.T, self.dc), self.dtype, None),
-                "embed.ids": (row, (self.T, 1), "fp32", None)}
+        return {"embed.grad" + sfx: (row, (self.T, self.dc), self.dtype, None),
+                "embed.ids" + sfx: (row, (self.T, 1), "fp32", None)}
 
-    def train_head_data(self, x: str, dx: str, handoff: bool) -> dict:
+    def train_head_data(self, x: str, dx: str, handoff: bool, micro=None) -> dict:
         """DataOps of the loss and the LM head's backward (one table region), the final
-        norm's backward leaving dX of the last layer in `dx`."""
+        norm's backward leaving dX of the last layer in `dx`. `micro` (a
+        `common.MicroBatch`): this micro-batch's targets and loss statistics; the loss is
+        the mean over every micro-batch's tokens; a later one adds to the head's and final
+        norm's weight gradients."""
         lr = {"base": 0, "vocab": self.cfg.vocab_size}
         gsrc = "lnf.gh" if handoff else "head0.gx"
-        d = {"loss.0": dataop("loss_stats", ("head0.logits", "loss.targets"), "loss.stats",
-                              **lr),
-             "loss.bwd.0": dataop("loss_bwd", ("head0.logits", "loss.stats", "loss.targets"),
-                                  "head0.dlogits", count=self.T, **lr),
+        sfx, count = (micro.sfx, micro.count) if micro is not None else ("", 1)
+        later = self.add_grads
+        acc = {"accumulate": True} if later else {}
+        tg, st = "loss.targets" + sfx, "loss.stats" + sfx
+        d = {"loss.0": dataop("loss_stats", ("head0.logits", tg), st, **lr),
+             "loss.bwd.0": dataop("loss_bwd", ("head0.logits", st, tg), "head0.dlogits",
+                                  count=self.T * count, **lr),
              "bwd.bcast0": dataop("bcast", ("head0.dlogits",), "head0.dlogits"),
              "lm_head.bwd_data.0": dataop("gemm_bt", ("head0.dlogits", "head0.table"),
                                           "head0.gx"),
              "lm_head.bwd_weight.0": dataop("gemm_tn", ("head0.x", "head0.dlogits"),
-                                            "head0.gtable"),
+                                            "head0.gtable", **acc),
              "bwd.reduce0": dataop("reduce", ("head0.gx",), "head0.gx"),
              "bwd.handoff0": dataop("copy", ("head0.gx",), gsrc)}
         d.update(self.norm_bwd_data("ln_f.bwd", gsrc, x, "lnf.stats", "lnf.g", "lnf.bst",
-                                    "lnf.gg", dx, False))
+                                    "lnf.gg", dx, False, later))
         return d
 
     # ---- meta ---------------------------------------------------------------------------------
-    def meta(self, layers: list, heads: list[Region], embed_row: Region) -> dict:
-        """What `functional_model` needs to scatter inputs and gather outputs."""
-        return {"model": self.cfg.name, "vocab": self.cfg.vocab_size, "rows": self.rows,
-                "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
-                "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],
-                "embed_row": rect(embed_row), "train": self.train,
-                "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a, "g": b.g}
-                           for lay, b in layers]}
+    def meta(self, layers: list, heads: list[Region], embed_row: Region,
+             parts: list | None = None) -> dict:
+        """What `functional_model` needs to scatter inputs and gather outputs. `parts`: the
+        chunks or micro-batches, each (tile suffix, first sequence, sequences, first
+        position, positions); layers: the first part's buffer names."""
+        out = {"model": self.cfg.name, "vocab": self.cfg.vocab_size, "rows": self.rows,
+               "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
+               "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],
+               "embed_row": rect(embed_row), "train": self.train,
+               "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a, "g": b.g}
+                          for lay, b in layers]}
+        if parts is not None:
+            out["parts"] = [list(p) for p in parts]
+        return out
 
 
 def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> FLayout:

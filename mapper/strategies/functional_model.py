@@ -133,20 +133,21 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
         out[b(key)] = wp.transpose(2, 0, 1, 3)
     wp = _pad(w[p + "w_down"], (F, C * fl.dc)).reshape(R, fl.fr, C, fl.dc)
     out[b("wdown")] = wp.transpose(0, 2, 1, 3)
+    if kv_cache is None:  # nothing cached yet: the KV tiles start at zero
+        return
     arr = _zeros(program, b("kv"))
-    if kv_cache is not None:
-        ks, vs = kv_cache[i]
-        for t, src in ((0, ks), (1, vs)):
-            src = np.asarray(src, np.float32)
-            if src.shape != (fl.batch, cfg.n_kv_heads, fl.start, hd):
-                raise ValueError(f"kv_cache[{i}]: shape {src.shape}, the program expects "
-                                 f"{(fl.batch, cfg.n_kv_heads, fl.start, hd)}")
-            # position p -> column p mod C, slot p div C
-            sp = _pad(src, (fl.batch, cfg.n_kv_heads, fl.slots * C, hd))
-            sp = sp.reshape(fl.batch, cfg.n_kv_heads, fl.slots, C, hd).transpose(3, 0, 1, 2, 4)
-            for r in range(fl.ra):
-                for k, g in enumerate(fl.row_kv[r]):
-                    arr[r, :, t, :, k] = sp[:, :, g]
+    ks, vs = kv_cache[i]
+    for t, src in ((0, ks), (1, vs)):
+        src = np.asarray(src, np.float32)
+        if src.shape != (fl.batch, cfg.n_kv_heads, fl.start, hd):
+            raise ValueError(f"kv_cache[{i}]: shape {src.shape}, the program expects "
+                             f"{(fl.batch, cfg.n_kv_heads, fl.start, hd)}")
+        # position p -> column p mod C, slot p div C
+        sp = _pad(src, (fl.batch, cfg.n_kv_heads, fl.slots * C, hd))
+        sp = sp.reshape(fl.batch, cfg.n_kv_heads, fl.slots, C, hd).transpose(3, 0, 1, 2, 4)
+        for r in range(fl.ra):
+            for k, g in enumerate(fl.row_kv[r]):
+                arr[r, :, t, :, k] = sp[:, :, g]
     out[b("kv")] = arr
 
 
@@ -165,15 +166,18 @@ def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
                          f"position {fl.start}; give the cache of exactly those positions")
     w = weights
     out: dict[str, np.ndarray] = {}
-    rows = w["embed"][tokens.reshape(-1)]  # (T, d): the gather where the tokens enter
-    out["embed.rows"] = _cols(rows, fl, 1)[None]
-    if cfg.positions == "learned":
-        pos = w["pos"][fl.start + np.arange(fl.T) % fl.sq]
-        out["embed.pos"] = _cols(pos, fl, 1)[None]
+    for sfx, b0, nb, s0, ns in parts(program):  # each chunk's or micro-batch's own tokens
+        tk = tokens[b0:b0 + nb, s0:s0 + ns]
+        rows = w["embed"][tk.reshape(-1)]  # (T, d): the gather where the tokens enter
+        out["embed.rows" + sfx] = _cols(rows, fl, 1)[None]
+        if cfg.positions == "learned":
+            pos = w["pos"][fl.start + s0 + np.arange(tk.size) % ns]
+            out["embed.pos" + sfx] = _cols(pos, fl, 1)[None]
+        if fl.train:
+            tg = _check_targets(targets, tokens)[b0:b0 + nb, s0:s0 + ns]
+            _train_inputs(program, tk, tg, sfx, out)
     for i, lay in enumerate(m["layers"]):
         _layer_inputs(program, fl, w, i, LayerBufs(lay["w"], lay["a"]), out, kv_cache)
-    if fl.train:
-        _train_inputs(program, fl, tokens, targets, out)
     arr = _zeros(program, "lnf.g")
     arr[0, :, 0] = _cols(w["ln_f_g"][None], fl, 1)[:, 0]
     if cfg.norm == "layernorm":
@@ -248,18 +252,23 @@ def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, 
 
 # ---- training -----------------------------------------------------------------------------------
 
-def _train_inputs(program, fl: FLayout, tokens, targets, out: dict) -> None:
+def _check_targets(targets, tokens: np.ndarray) -> np.ndarray:
     targets = np.asarray(targets) if targets is not None else None
     if targets is None or targets.shape != tokens.shape or \
             not np.issubdtype(targets.dtype, np.integer):
         raise ValueError(f"targets: a training step needs integer targets of the tokens' shape "
                          f"{tokens.shape}, got {None if targets is None else targets.shape}")
-    arr = _zeros(program, "loss.targets")
+    return targets
+
+
+def _train_inputs(program, tokens, targets, sfx: str, out: dict) -> None:
+    """One micro-batch's targets (at the LM head's leaders) and token ids (where they enter)."""
+    arr = _zeros(program, "loss.targets" + sfx)
     arr[...] = targets.reshape(1, 1, -1, 1)
-    out["loss.targets"] = arr
-    arr = _zeros(program, "embed.ids")
+    out["loss.targets" + sfx] = arr
+    arr = _zeros(program, "embed.ids" + sfx)
     arr[...] = tokens.reshape(1, 1, -1, 1)
-    out["embed.ids"] = arr
+    out["embed.ids" + sfx] = arr
 
 
 def _shards(g: np.ndarray, n: int) -> np.ndarray:
@@ -297,9 +306,20 @@ def _layer_grads(program, fl: FLayout, buffers: dict, i: int, b: LayerBufs, out:
     out[p + "w_down"] = g.reshape(R * fl.fr, fl.cols * fl.dc)[:F, :d]
 
 
+def parts(program: Program) -> list[tuple]:
+    """The chunks or micro-batches of a functional program: (tile suffix, first sequence,
+    sequences, first position, positions); one part with suffix "" when it is not split."""
+    m = _fmeta(program)
+    if "parts" in m:
+        return [tuple(p) for p in m["parts"]]
+    return [("", 0, m["batch"], 0, m["sq"])]
+
+
 def model_loss(program: Program, buffers: dict) -> float:
-    """Mean cross-entropy of a training step, from the loss statistics [M, L, z_target]."""
-    st = decode(program, buffers, "loss.stats")[0, 0].astype(np.float64)  # (T, 3)
+    """Mean cross-entropy of a training step, from the loss statistics [M, L, z_target] (of
+    every micro-batch)."""
+    st = np.concatenate([decode(program, buffers, "loss.stats" + p[0])[0, 0]
+                         for p in parts(program)]).astype(np.float64)  # (T, 3)
     return float(np.mean(np.log(st[:, 1]) + st[:, 0] - st[:, 2]))
 
 
@@ -322,18 +342,21 @@ def model_grads(program: Program, buffers: dict, cfg: GPTConfig | None = None) -
         out["ln_f_b"] = g[:, 1].reshape(-1)[:d]
     g = decode(program, buffers, "head0.gtable").transpose(1, 2, 0, 3)  # (C, dc, R, vr)
     table = g.reshape(fl.cols * fl.dc, fl.rows * fl.vr)[:d, :cfg.vocab_size]
-    eg = decode(program, buffers, "embed.grad")[0].transpose(1, 0, 2).reshape(fl.T, -1)[:, :d]
-    ids = decode(program, buffers, "embed.ids")[0, 0, :, 0].astype(np.int64)
     embed = np.zeros((cfg.vocab_size, d), np.float32)
-    np.add.at(embed, ids, eg)  # the scatter-add where the tokens entered
+    pos = np.zeros((cfg.max_context, d), np.float32)
+    for sfx, _, nb, _, ns in parts(program):  # every micro-batch's rows
+        eg = decode(program, buffers, "embed.grad" + sfx)[0].transpose(1, 0, 2)
+        eg = eg.reshape(nb * ns, -1)[:, :d]
+        ids = decode(program, buffers, "embed.ids" + sfx)[0, 0, :, 0].astype(np.int64)
+        np.add.at(embed, ids, eg)  # the scatter-add where the tokens entered
+        pos[:ns] += eg.reshape(nb, ns, d).sum(0)
     if cfg.tied_embeddings:
         embed += table.T
     else:
         out["lm_head"] = table
     out["embed"] = embed
     if cfg.positions == "learned":
-        out["pos"] = np.zeros((cfg.max_context, d), np.float32)
-        out["pos"][:fl.sq] = eg.reshape(fl.batch, fl.sq, d).sum(0)
+        out["pos"] = pos
     return out
 
 

@@ -5,6 +5,8 @@ The mesh (or a grid x grid corner) is cut into equal slots: one per layer plus e
 embedding table / LM head, placed along a serpentine so consecutive layers are neighbours.
 Training runs the forward pass through the regions, the loss on the LM-head regions, the
 backward pass back through them, and the Adam update on the cores that hold each weight.
+Several parts can be in flight: a prefill's chunks (of the prompt's positions) and a training
+step's micro-batches (of its sequences, GPipe style) pipeline through the layer regions.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 
 from mapper.placement import MappingError, layer_graph, place_chain, slot_grid, slot_grids
 from mapper.strategies.common import (
+    MicroBatch,
     Run,
     alloc_group,
     check_buffers,
@@ -28,13 +31,14 @@ from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
+from wse_sim.timing import split_evenly
 
 
 def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
     """Whether k slots of `sg` hold the table (and the LM head's activations); and the k that
     would."""
     cores = sg.cols * sg.rows
-    act = 2 * run.lm_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes
+    act = 2 * run.lm_chunk_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes
     adam = 7 if run.phase == "train" else 1  # fp16 weight + grad + fp32 master and moments
     per_core = math.ceil(run.table_bytes * adam / (k * cores)) + act
     need = math.ceil(run.table_bytes * adam / (max(1, run.hw.sram_bytes - act) * cores))
@@ -63,9 +67,7 @@ def choose_slots(run: Run, rank: int = 0):
                 next_k = need if next_k is None else min(next_k, need)
                 continue
             lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
-            buffers = layer_buffers(cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens,
-                                    run.dtype, train=run.phase == "train")
-            if sum(buffers.values()) <= run.hw.sram_bytes:
+            if sum(pipelined_buffers(run, lay).values()) <= run.hw.sram_bytes:
                 fitting.append((sg, k, True))
                 if len(fitting) > rank:
                     return fitting[rank]
@@ -85,125 +87,271 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         batch: int = 1, prompt: int = 128, context: int = 128,
                         dtype: str = "fp16", grid: int | None = None,
                         sparsity: float = 0.0, stage: tuple | None = None,
-                        functional: bool = False, chunks: int = 1,
+                        functional: bool = False, chunks: int = 1, micro_batches: int = 1,
                         region_shape: int = 0) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
     one wafer of a multi-wafer pipeline: without the embedding the activations arrive over the
     wafer's I/O; without the head they leave over it. `functional`: attach DataOps and tile
-    shapes so that `wse_sim.functional.run_functional` computes the forward pass (prefill and
-    decode) or the training step's loss and gradients (one table region; every layer keeps
-    its saved activations and backward scratch in its region; the Adam updates stay
+    shapes so that `wse_sim.functional.run_functional` computes the forward pass (prefill, in
+    chunks too, and decode) or the training step's loss and gradients (one table region; every
+    layer keeps its saved activations and backward scratch in its region; the Adam updates stay
     timing-only). Inputs and outputs: `mapper.strategies.functional_model`.
+
+    `chunks` (prefill): the prompt's positions run through the layers in at least this many
+    chunks. `micro_batches` (train): the batch runs in this many equal micro-batches, GPipe
+    style: their forwards pipeline through the layer regions, then each one's loss and LM head,
+    then their backwards in reverse through the regions; weight gradients add up over the
+    micro-batches and each region updates its weights after the last one.
     """
     if stage is not None:
         if functional:
             raise NotImplementedError("functional: a multi-wafer stage is not mapped "
                                       "functionally; map the whole model on one wafer")
+        if micro_batches > 1:
+            raise NotImplementedError(f"multi-wafer: a training step in {micro_batches} "
+                                      "micro-batches is not pipelined over wafers; use one "
+                                      "wafer or --micro-batches 1")
         return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
                           context=context, dtype=dtype, grid=grid, sparsity=sparsity)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
-                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks)
+                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
+                   micro_batches=micro_batches)
     check_total_weights(run)
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
-    if functional and run.chunks > 1:
-        raise NotImplementedError(f"functional: a prefill in {run.chunks} chunks is not mapped "
-                                  "functionally; use a shorter --prompt or a larger mesh")
     ops = run.ops()
-    L = cfg.n_layers
+    L, n = cfg.n_layers, run.parts
     sg, k, _ = choose_slots(run, region_shape)
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
     train = phase == "train"
-    buffers = layer_buffers(cfg, lay0, run.chunk_tokens, run.keys, run.kv_tokens, dtype,
-                            train=train)
+    buffers = pipelined_buffers(run, lay0)
     check_buffers("each layer region", run, buffers, lay0.reg,
-                  f" ({L + k} regions on a {run.cols} x {run.rows} mesh)")
+                  f" ({L + k} regions on a {run.cols} x {run.rows} mesh"
+                  + (f", {n} micro-batches in flight)" if train and n > 1 else ")"))
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
     traffic = [run.tokens * cfg.d_model * run.bytes] * L + [0] * (k - 1)
     placed = place_chain(layer_graph(names, traffic), sg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
     fl = make_layout(cfg, run, sg.rows, sg.cols, k) if functional else None
+    parts = part_spans(run)
+    fls = [fl] * n  # each part's functional layout
+    if fl is not None and n > 1:
+        fls = [fl.micro(n, p) if train else fl.chunk(s0, ns)
+               for p, (_, _, _, s0, ns) in enumerate(parts)]
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
     lays = [Layout.of(placed[f"L{i}"], cfg) for i in range(L)]
-    bufs = [LayerBufs(f"L{i}.", f"L{i}.") for i in range(L)]
-    adam = 7 if train else 1
-    views: dict = {}
-    extra = 0
-    for j, hr in enumerate(heads):
-        tiles = None if fl is None else \
-            fl.head_tiles(j, hr) | (fl.embed_tiles(top0, own_x=True) if j == 0 else {})
-        if fl is not None and train:
-            tiles |= fl.train_head_tiles(hr) | fl.train_embed_tiles(top0) \
-                | {"embed.dx": (top0, (fl.T, fl.dc), dtype, None)}
-        v, e = alloc_group(pb, f"head{j}.", hr, {
-            "table": math.ceil(run.table_bytes * adam / (k * hr.size)),
-            "act": 2 * run.lm_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes}, tiles)
-        views, extra = views | v, max(extra, e)
-    for i, lay in enumerate(lays):
-        tiles = None if fl is None else \
-            (fl.train_tiles(lay, bufs[i]) if train else fl.layer_tiles(lay, bufs[i])) \
-            | (fl.lnf_tiles(lay.row0, True) if i == L - 1 else {})
-        if fl is not None and train and i == L - 1:
-            tiles |= fl.train_lnf_tiles(lay.row0, True)
-        v, e = alloc_group(pb, f"L{i}.", lay.reg, buffers, tiles)
-        views, extra = views | v, max(extra, e)
+    bufs = [[part_bufs(i, p, parts, train, i == L - 1) for i in range(L)] for p in range(n)]
+    views, extra = _alloc(pb, run, fls, parts, bufs, lays, heads, top0, buffers)
 
     def copy(src: str, dst: str):
         return dataop("copy", (src,), dst) if fl is not None else None
 
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / sg.cols)
     tp.tokens = run.chunk_tokens
-    ends: list = [None] * L  # each layer's last record of the previous chunk
-    for c in range(run.chunks):  # chunks pipeline through the layers
-        tp.share = (c, run.chunks)
+    # The forward of every part, pipelined: part p + 1 runs in layer i while part p runs in
+    # layer i + 1. Chunks share each layer's activation tiles, so a hand-off into a layer
+    # waits until that layer has handed the previous chunk on (x_done); a micro-batch keeps
+    # its own (its backward reads them).
+    fwd = [None] * L   # each layer's last forward record
+    x_done = [None] * L  # each layer's last reader of its input tile
+    ends = []          # each part's output of the last layer
+
+    def free(dep, done):
+        return (dep, Dep(done, "all")) if done is not None and not train else dep
+
+    for p in range(n):
+        tp.share, tp.fl = (p, n), fls[p]
+        sfx = parts[p][0]
         e = tp.compute("embed", top0, None, fmac=False,
-                       data=fl.embed_data("embed.x") if fl is not None else None)
-        dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, e,
-                      data=copy("embed.x", bufs[0]("x")))
+                       data=fls[p].embed_data("embed.x" + sfx, sfx) if fl is not None else None)
+        dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, free(e, x_done[0]),
+                      data=copy("embed.x" + sfx, bufs[p][0]("x")))
         for i, lay in enumerate(lays):
-            after = (dep,) + ((Dep(ends[i], "all"),) if ends[i] is not None else ())
-            dep = ends[i] = tp.forward(i, lay, after, bufs=bufs[i])
+            after = (dep,) + ((Dep(fwd[i], "all"),) if fwd[i] is not None else ())
+            dep = fwd[i] = x_done[i] = tp.forward(i, lay, after, bufs=bufs[p][i])
             if i + 1 < L:
-                dep = handoff(pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype,
-                              dep, data=copy(bufs[i]("xo" if train else "x"), bufs[i + 1]("x")))
-    tp.share, tp.tokens = (0, 1), run.tokens
-    dep, head_grads = emit_lm_head(tp, run, lays[-1].row0, heads, dep,
-                                   x_name=bufs[-1]("xo" if train else "x"),
-                                   dx_name=bufs[-1]("dx"))
+                dep = x_done[i] = handoff(
+                    pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype,
+                    free(dep, x_done[i + 1]),
+                    data=copy(bufs[p][i]("xo" if train else "x"), bufs[p][i + 1]("x")))
+        ends.append(dep)
     if train:
-        updates = []
-        for i in range(L - 1, -1, -1):
-            dep, grads = tp.backward(i, lays[i], dep, bufs=bufs[i])
-            updates.append(tp.optimizer([f"L{i}.{w}.adam" for w in
-                                         list(cfg.layer_weight_shapes()) + ["small"]],
-                                        lays[i].reg, tuple(grads)))
-            if i > 0:
-                dep = handoff(pb, f"L{i}.bwd.handoff", lays[i].row0, lays[i - 1].row0, x_vals,
-                              dtype, dep, color="back", data=copy(bufs[i]("dx"),
-                                                                  bufs[i - 1]("dx")))
-        dep = handoff(pb, "embed.bwd.handoff", lays[0].row0, top0, x_vals, dtype, dep,
-                      color="back", data=copy(bufs[0]("dx"), "embed.dx"))
-        dep = tp.compute("embed.bwd", top0, dep, fmac=False, data=copy("embed.dx", "embed.grad"))
-        tp.optimizer(["embed.adam", "lm_head.adam"], heads[0], (dep,) + tuple(head_grads))
-        tp.optimizer(["ln_f.adam"], lays[-1].row0, tuple(updates[:1]))
+        _train_tail(tp, run, fls, parts, bufs, lays, heads, top0, ends, fwd, x_vals, copy)
+    else:
+        tp.share, tp.tokens, tp.fl = (0, 1), run.tokens, fls[-1]
+        emit_lm_head(tp, run, lays[-1].row0, heads, ends[-1], x_name=bufs[-1][-1]("x"),
+                     dx_name=bufs[-1][-1]("dx"))
     missing = tp.missing()
     if missing:
         raise NotImplementedError(f"layer-pipelined: ops not mapped: {', '.join(missing[:6])}")
     used = sg.gx * sg.cols * sg.gy * sg.rows
     fmeta = {} if fl is None else {"views": views, "functional": fl.meta(
-        list(zip(lays, bufs, strict=True)), heads, top0) | {"sram_extra_bytes": extra}}
+        list(zip(lays, bufs[0], strict=True)), heads, top0, parts if n > 1 else None)
+        | {"sram_extra_bytes": extra}}
     return pb.build(dtype=dtype, tokens=run.tokens, cores_used=used, meta=fmeta | {
         "strategy": "layer-pipelined", "model": cfg.name, "phase": phase, "batch": batch,
         "prompt": prompt, "context": context, "dtype": dtype, "sparsity": sparsity,
         "region_cols": sg.cols, "region_rows": sg.rows, "regions": L + k, "table_regions": k,
-        "chunks": run.chunks, "region_shape": region_shape,
+        "chunks": run.chunks, "micro_batches": run.micro_batches, "region_shape": region_shape,
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)})
+
+
+def pipelined_buffers(run: Run, lay: Layout) -> dict:
+    """SRAM bytes per core of a layer region for one chunk or micro-batch at a time; when
+    training in micro-batches, the activations saved for the backward of every one of them
+    (all are in flight between the last forward and the first backward)."""
+    out = layer_buffers(run.cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens, run.dtype,
+                        train=run.phase == "train")
+    if run.phase == "train" and run.micro_batches > 1:
+        out["saved_activations"] *= run.micro_batches
+        # The last layer (the fullest) also keeps the dY that the LM head hands it for every
+        # micro-batch after the first until that micro-batch's backward reaches it.
+        out["stashed_dy"] = (run.micro_batches - 1) * run.chunk_tokens \
+            * math.ceil(run.cfg.d_model / lay.reg.cols) * run.bytes
+    return out
+
+
+def part_spans(run: Run) -> list[tuple]:
+    """Each chunk or micro-batch: (tile suffix, first sequence, sequences, first position,
+    positions); one part with suffix "" when the phase is not split."""
+    n = run.parts
+    sq = 1 if run.phase == "decode" else run.prompt
+    if n == 1:
+        return [("", 0, run.batch, 0, sq)]
+    if run.phase == "train":
+        per = run.batch // n
+        return [(f".m{m}", m * per, per, 0, sq) for m in range(n)]
+    out, s0 = [], 0
+    for c in range(n):
+        ns = split_evenly(sq, n, c)
+        out.append((f".c{c}", 0, run.batch, s0, ns))
+        s0 += ns
+    return out
+
+
+def part_bufs(i: int, p: int, parts: list, train: bool, last: bool) -> LayerBufs:
+    """Tile names of layer i for part p: weights (and a chunk's KV cache) under 'L{i}.'; a
+    micro-batch's saved activations and KV tile (and, in the `last` layer, the dY the LM head
+    hands it) under 'L{i}.m{p}.', the backward's scratch shared; a chunk's activations under
+    'L{i}.c{p}.' (they share bytes with the other chunks': `_alloc`)."""
+    if len(parts) == 1:
+        return LayerBufs(f"L{i}.", f"L{i}.")
+    mine = f"L{i}{parts[p][0]}."
+    if not train:
+        return LayerBufs(f"L{i}.", mine)
+    return LayerBufs(f"L{i}.", mine, f"L{i}.", ("kv", "dx") if last else ("kv",))
+
+
+def _shared(tiles: dict, prefix: str) -> dict:
+    """A chunk's activation tiles, each in a scratch slot named by its key, so that every
+    chunk's tile of that key starts at the same byte (one chunk at a time per layer)."""
+    return {name: (reg, shape, dt, slot or "own." + name[len(prefix):])
+            for name, (reg, shape, dt, slot) in tiles.items()}
+
+
+def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lays: list,
+           heads: list, top0: Region, buffers: dict) -> tuple[dict, int]:
+    """The SRAM of every region (`common.alloc_group`); functional (`fls`): the tiles of every
+    chunk or micro-batch. Returns (views, bytes per core beyond the timing budget)."""
+    cfg, train, k, L = run.cfg, run.phase == "train", len(heads), len(lays)
+    f0, adam, n = fls[0], 7 if train else 1, len(parts)
+    views, extra = {}, 0
+    for j, hr in enumerate(heads):
+        tiles = None
+        if f0 is not None:
+            tiles = f0.head_tiles(j, hr)
+            for fp, (sfx, *_) in zip(fls, parts, strict=True):
+                tiles |= fp.embed_tiles(top0, own_x=True, sfx=sfx) if j == 0 else {}
+            if train:
+                tiles |= f0.train_head_tiles(hr, tuple(p[0] for p in parts))
+            for fp, (sfx, *_) in zip(fls, parts, strict=True):
+                if train and j == 0:
+                    tiles |= fp.train_embed_tiles(top0, sfx) \
+                        | {"embed.dx" + sfx: (top0, (fp.T, fp.dc), run.dtype, None)}
+        v, e = alloc_group(pb, f"head{j}.", hr, {
+            "table": math.ceil(run.table_bytes * adam / (k * hr.size)),
+            "act": 2 * run.lm_chunk_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes},
+            tiles)
+        views, extra = views | v, max(extra, e)
+    for i, lay in enumerate(lays):
+        tiles = None
+        if f0 is not None:
+            if train:
+                tiles = {}
+                for p, fp in enumerate(fls):
+                    tiles |= fp.train_tiles(lay, bufs[p][i], scratch=p == 0, weights=p == 0)
+                    if p and "dx" in bufs[p][i].own:  # the first one's is in its scratch
+                        tiles[bufs[p][i]("dx")] = (lay.row0, (fp.T, fp.dc), run.dtype, None)
+            elif n == 1:
+                tiles = f0.layer_tiles(lay, bufs[0][i])
+            else:
+                tiles = f0.layer_tiles(lay, bufs[0][i], acts=False)
+                for p, fp in enumerate(fls):
+                    tiles |= _shared(fp.layer_tiles(lay, bufs[p][i], weights=False),
+                                     bufs[p][i].a)
+            if i == L - 1:
+                tiles |= fls[-1].lnf_tiles(lay.row0, True)
+                if train:
+                    tiles |= f0.train_lnf_tiles(lay.row0, True)
+        mine = buffers if i == L - 1 else {b: v for b, v in buffers.items() if b != "stashed_dy"}
+        v, e = alloc_group(pb, f"L{i}.", lay.reg, mine, tiles)
+        views, extra = views | v, max(extra, e)
+    return views, extra
+
+
+def _train_tail(tp: TP2D, run: Run, fls: list, parts: list, bufs: list, lays: list,
+                heads: list, top0: Region, ends: list, fwd: list, x_vals: int, copy) -> None:
+    """After the forwards: per micro-batch, the loss and LM head (after the previous one's),
+    then its backward through the layers in reverse (each layer after its previous work);
+    then the Adam updates. A layer's dX tile is shared by the micro-batches (but the last
+    layer keeps each one's, which the head writes early), so a hand-off into it waits until
+    the previous micro-batch's gradient has left (dx_done)."""
+    pb, cfg, dtype = tp.pb, run.cfg, run.dtype
+    L, n = len(lays), len(parts)
+    last = list(fwd)           # each layer's last record
+    dx_done = [None] * L       # each layer's last reader of its dX tile
+    grads: list = [[] for _ in range(L)]
+    head_end, head_grads, embed_ends, updates = None, [], [], []
+    for m in range(n):
+        tp.share, tp.fl = (m, n), fls[m]
+        sfx = parts[m][0]
+        micro = None
+        start = ends[m]
+        if n > 1:  # the head's tiles are shared: one micro-batch at a time
+            micro = MicroBatch(n, sfx)
+            start = (ends[m],) + ((Dep(head_end, "all"),) if head_end is not None else ())
+        dep, hg = emit_lm_head(tp, run, lays[-1].row0, heads, start,
+                               x_name=bufs[m][-1]("xo"), dx_name=bufs[m][-1]("dx"), micro=micro)
+        head_end, head_grads = dep, head_grads + hg
+        for i in range(L - 1, -1, -1):
+            after = dep if n == 1 else (dep, Dep(last[i], "all"))
+            dep, g = tp.backward(i, lays[i], after, bufs=bufs[m][i])
+            last[i], grads[i] = dep, grads[i] + g
+            if m == n - 1:  # the update after the last micro-batch: all of its FLOPs
+                tp.share = (0, 1)
+                updates.append(tp.optimizer([f"L{i}.{w}.adam" for w in
+                                             list(cfg.layer_weight_shapes()) + ["small"]],
+                                            lays[i].reg, tuple(grads[i])))
+                tp.share = (m, n)
+            if i > 0:
+                after = (dep, Dep(dx_done[i - 1], "all")) if m else dep
+                dep = dx_done[i] = handoff(pb, f"L{i}.bwd.handoff", lays[i].row0,
+                                           lays[i - 1].row0, x_vals, dtype, after, color="back",
+                                           data=copy(bufs[m][i]("dx"), bufs[m][i - 1]("dx")))
+        dep = dx_done[0] = handoff(pb, "embed.bwd.handoff", lays[0].row0, top0, x_vals, dtype,
+                                   dep, color="back",
+                                   data=copy(bufs[m][0]("dx"), "embed.dx" + sfx))
+        embed_ends.append(tp.compute("embed.bwd", top0, dep, fmac=False,
+                                     data=copy("embed.dx" + sfx, "embed.grad" + sfx)))
+    tp.share = (0, 1)
+    tp.optimizer(["embed.adam", "lm_head.adam"], heads[0], tuple(embed_ends) + tuple(head_grads))
+    tp.optimizer(["ln_f.adam"], lays[-1].row0, tuple(updates[:1]))
 
 
 def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Program:

@@ -47,7 +47,7 @@ def map_weight_streaming(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
 def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
-         chunks: int = 1) -> Program:
+         chunks: int = 1, micro_batches: int = 1) -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill and decode; every layer keeps its weights and KV cache
     in its own tiles, the activations share one set, `act.*`) or, layer-sequential only, the
@@ -55,8 +55,13 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     backward's scratch is shared, `grad.*`; the Adam updates stay timing-only). Weight
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
-                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks)
+                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
+                   micro_batches=micro_batches)
     name = "weight-streaming" if streaming else "layer-sequential"
+    if micro_batches > 1:
+        raise NotImplementedError(f"{name}: a training step in {micro_batches} micro-batches "
+                                  "is not mapped (layer-pipelined pipelines them through its "
+                                  "layer regions); use micro-batches 1")
     if not streaming:
         check_total_weights(run)
     L, train = cfg.n_layers, phase == "train"
@@ -72,8 +77,9 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
 
     run = chunked(run, lambda r: sum(sizes(r).values()) <= hw.sram_bytes)
     if functional and run.chunks > 1:
-        raise NotImplementedError(f"functional: a prefill in {run.chunks} chunks is not mapped "
-                                  "functionally; use a shorter --prompt or a larger mesh")
+        raise NotImplementedError(f"functional: {name}: a prefill in {run.chunks} chunks is not "
+                                  "mapped functionally (layer-pipelined's is); use a shorter "
+                                  "--prompt, a larger mesh or layer-pipelined")
     ops = run.ops()
     buffers = sizes(run)
     check_buffers("the region", run, buffers, reg)
@@ -168,7 +174,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta=fmeta | {
         "strategy": name, "model": cfg.name, "phase": phase, "batch": batch, "prompt": prompt,
         "context": context, "dtype": dtype, "sparsity": sparsity, "region_cols": reg.cols,
-        "region_rows": reg.rows, "regions": 1, "chunks": run.chunks, "grid_cols": run.cols, "grid_rows": run.rows,
+        "region_rows": reg.rows, "regions": 1, "chunks": run.chunks,
+        "micro_batches": run.micro_batches, "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
         "sram_buffers_per_core": buffers,
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)})
