@@ -20,10 +20,18 @@ from mapper.strategies.common import (
     chunked,
     emit_lm_head,
     handoff,
+    head_tree_recv,
     kv_context_limit,
     make_run,
+    mapping_meta,
 )
-from mapper.strategies.functional_layout import LayerBufs, dataop, make_layout
+from mapper.strategies.functional_layout import (
+    LayerBufs,
+    dataop,
+    head_recv_tiles,
+    layer_recv_tiles,
+    make_layout,
+)
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -34,7 +42,8 @@ def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
     """Whether k slots of `sg` hold the table (and the LM head's activations); and the k that
     would."""
     cores = sg.cols * sg.rows
-    act = 2 * run.lm_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes
+    act = 2 * run.lm_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes \
+        + head_tree_recv(run, Region(0, 0, sg.cols, sg.rows), k)
     adam = 7 if run.phase == "train" else 1  # fp16 weight + grad + fp32 master and moments
     per_core = math.ceil(run.table_bytes * adam / (k * cores)) + act
     need = math.ceil(run.table_bytes * adam / (max(1, run.hw.sram_bytes - act) * cores))
@@ -64,7 +73,8 @@ def choose_slots(run: Run, rank: int = 0):
                 continue
             lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
             buffers = layer_buffers(cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens,
-                                    run.dtype, train=run.phase == "train")
+                                    run.dtype, train=run.phase == "train",
+                                    reduce_algo=run.reduce_algo)
             if sum(buffers.values()) <= run.hw.sram_bytes:
                 fitting.append((sg, k, True))
                 if len(fitting) > rank:
@@ -86,7 +96,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         dtype: str = "fp16", grid: int | None = None,
                         sparsity: float = 0.0, stage: tuple | None = None,
                         functional: bool = False, chunks: int = 1,
-                        region_shape: int = 0) -> Program:
+                        region_shape: int = 0, reduce_algo: str = "chain") -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -102,9 +112,11 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
             raise NotImplementedError("functional: a multi-wafer stage is not mapped "
                                       "functionally; map the whole model on one wafer")
         return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
-                          context=context, dtype=dtype, grid=grid, sparsity=sparsity)
+                          context=context, dtype=dtype, grid=grid, sparsity=sparsity,
+                          reduce_algo=reduce_algo)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
-                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks)
+                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
+                   reduce_algo=reduce_algo)
     check_total_weights(run)
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
     if functional and run.chunks > 1:
@@ -116,7 +128,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
     train = phase == "train"
     buffers = layer_buffers(cfg, lay0, run.chunk_tokens, run.keys, run.kv_tokens, dtype,
-                            train=train)
+                            train=train, reduce_algo=run.reduce_algo)
     check_buffers("each layer region", run, buffers, lay0.reg,
                   f" ({L + k} regions on a {run.cols} x {run.rows} mesh)")
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
@@ -124,7 +136,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     placed = place_chain(layer_graph(names, traffic), sg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
     fl = make_layout(cfg, run, sg.rows, sg.cols, k) if functional else None
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo)
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
     lays = [Layout.of(placed[f"L{i}"], cfg) for i in range(L)]
@@ -138,9 +150,13 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         if fl is not None and train:
             tiles |= fl.train_head_tiles(hr) | fl.train_embed_tiles(top0) \
                 | {"embed.dx": (top0, (fl.T, fl.dc), dtype, None)}
+        if fl is not None and run.reduce_algo == "tree":
+            tiles |= head_recv_tiles(tiles, k)
+        recv = head_tree_recv(run, hr, k)
         v, e = alloc_group(pb, f"head{j}.", hr, {
             "table": math.ceil(run.table_bytes * adam / (k * hr.size)),
-            "act": 2 * run.lm_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes}, tiles)
+            "act": 2 * run.lm_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes}
+            | ({"tree_recv": recv} if recv else {}), tiles)
         views, extra = views | v, max(extra, e)
     for i, lay in enumerate(lays):
         tiles = None if fl is None else \
@@ -148,6 +164,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
             | (fl.lnf_tiles(lay.row0, True) if i == L - 1 else {})
         if fl is not None and train and i == L - 1:
             tiles |= fl.train_lnf_tiles(lay.row0, True)
+        if fl is not None and run.reduce_algo == "tree":
+            tiles |= layer_recv_tiles(tiles, bufs[i])
         v, e = alloc_group(pb, f"L{i}.", lay.reg, buffers, tiles)
         views, extra = views | v, max(extra, e)
 
@@ -203,7 +221,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
-        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)})
+        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)}
+        | mapping_meta(run, tp))
 
 
 def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Program:
@@ -219,13 +238,13 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub)
     train = run.phase == "train"
     buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype,
-                            train=train)
+                            train=train, reduce_algo=run.reduce_algo)
     check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,
                   buffers, lay0.reg)
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
     placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
-    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens)
+    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo)
     lays = [Layout.of(placed[f"L{i}"], sub) for i in range(L)]
     for i, lay in enumerate(lays):
         for name, v in buffers.items():
@@ -234,6 +253,8 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     for j, hr in enumerate(heads):
         pb.alloc(f"head{j}.table", hr,
                  math.ceil(run.table_bytes * (7 if train else 1) / (k * hr.size)))
+        if head_tree_recv(run, hr, k):
+            pb.alloc(f"head{j}.tree_recv", hr, head_tree_recv(run, hr, k))
     x_vals = run.tokens * math.ceil(sub.d_model / sg.cols)
     x_bytes = run.tokens * sub.d_model * run.bytes
     if with_embed:
@@ -288,4 +309,4 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
                           "first_layer": first, "layers": L, "with_embed": with_embed,
                           "with_head": with_head, "graph_flops": flops, "offwafer_flops": 0,
                           "region_cols": sg.cols, "region_rows": sg.rows,
-                          "sram_buffers_per_core": buffers})
+                          "sram_buffers_per_core": buffers} | mapping_meta(run, tp))
