@@ -27,6 +27,33 @@ class SearchResult:
             lines.append(f"  {tag:8} {_fmt(cand):60} {shown}")
         return "\n".join(lines)
 
+    def rival(self, key: str) -> tuple | None:
+        """The tried (candidate, cost, reason) that differs from the winner only in `key`
+        (e.g. the other reduce algorithm on the same mapping); None when there is none."""
+        if self.best is None:
+            return None
+        for cand, cost, why in self.tried:
+            if cand is not self.best and cand.get(key) != self.best.get(key) and \
+                    all(v == self.best.get(k) for k, v in cand.items() if k != key):
+                return cand, cost, why
+        return None
+
+    def why(self, key: str) -> str:
+        """One line: why the winner's `key` beats the other value on the same mapping."""
+        if self.best is None:
+            return "nothing fits"
+        mine, other = self.best.get(key), self.rival(key)
+        if other is None:
+            return f"{mine}: the only {key} tried on this mapping"
+        cand, cost, why = other
+        if cost is None:
+            return f"{mine}: {cand[key]} on the same mapping was rejected ({why})"
+        if cost <= self.best_cost:
+            return f"{mine}: ties with {cand[key]} on the same mapping (tried first)"
+        gain = 100 * (cost - self.best_cost) / cost
+        return (f"{mine}: {gain:.1f} % less time per token than {cand[key]} on the same mapping "
+                f"({self.best_cost * 1e6:.4g} vs {cost * 1e6:.4g} µs/token)")
+
 
 def _fmt(c: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in c.items())

@@ -16,6 +16,7 @@ from wse_sim.cli_common import (
     fail,
     fraction,
     hardware_args,
+    one_of,
     positive_int,
     with_interface_keys,
 )
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--region-shape", type=int, default=0, metavar="K",
                      help="layer-pipelined: the K-th best region shape that fits (0: the most "
                           "cores per layer); `search` tries a few")
+    run.add_argument("--reduce-algo", type=one_of(("chain", "tree")), default="chain",
+                     metavar="chain|tree",
+                     help="how every GEMM's partial sums reduce: one pipelined chain per line, "
+                          "or a two-level tree (wins on long lines and short vectors: decode); "
+                          "`search` tries both")
     run.add_argument("--chunks", type=positive_int, default=1,
                      help="prefill: run the prompt through the layers in at least N chunks")
     run.add_argument("--generate", type=positive_int, default=None,
@@ -129,7 +135,7 @@ def cmd_run(args) -> int:
                             batch=args.batch, prompt=args.prompt, context=args.context,
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
                             functional=args.functional, chunks=args.chunks,
-                            region_shape=args.region_shape)
+                            region_shape=args.region_shape, reduce_algo=args.reduce_algo)
     if args.show_program:
         print(program.describe())
         return 0
@@ -141,7 +147,9 @@ def cmd_run(args) -> int:
     check = _functional_check(program, hw, args.model) if args.functional else None
     if args.json:
         extra = {"functional": check} if check else {}
-        print(json.dumps(with_interface_keys(result.summary(), args, hw) | written | extra))
+        mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo") if k in program.meta}
+        print(json.dumps(with_interface_keys(result.summary(), args, hw) | mapping | written
+                         | extra))
     else:
         print(format_report(result, title))
         if check:

@@ -110,12 +110,15 @@ def cmd_search(args) -> int:
     if args.json:
         out = with_interface_keys(best.summary(), args, hw)
         out["choice"] = found.best
+        out["reduce_algo"] = found.best["reduce_algo"]
+        out["reduce_algo_why"] = found.why("reduce_algo")
         out["tried"] = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
                         for c, cost, why in found.tried]
         print_json(out)
     else:
         print(f"chosen: {found.best['strategy']} — least simulated time per token "
               f"({found.best_cost * 1e6:.3f} µs/token)")
+        print(f"reduce: {found.why('reduce_algo')}")
         print(found.explain())
     return 0
 
@@ -125,7 +128,8 @@ def run_extended(args) -> int:
     from wse_sim.experiment import run_generate, run_multi_wafer, search_mapping
     from wse_sim.report import format_report
     hw = effective_hardware(args)
-    kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity}
+    kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
+          "reduce_algo": args.reduce_algo}
     if args.wafers > 1:
         if args.strategy not in ("layer-pipelined", "auto"):
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
@@ -147,6 +151,7 @@ def run_extended(args) -> int:
         return 0
     strategy = args.strategy
     if strategy == "auto":
+        kw.pop("reduce_algo")  # searched
         found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
                                   prompt=args.prompt, context=args.context, grids=(args.grid,),
                                   progress=False, **kw)
@@ -155,18 +160,20 @@ def run_extended(args) -> int:
         strategy = found.best["strategy"]
         args.chunks = found.best.get("chunks", 1)
         args.region_shape = found.best.get("region_shape", 0)
+        args.reduce_algo = kw["reduce_algo"] = found.best.get("reduce_algo", "chain")
     if args.generate:
         out = run_generate(hw, args.model, generate=args.generate, prompt=args.prompt,
                            engine=args.engine, strategy=strategy,
                            prefill_grid=args.prefill_grid or args.grid,
                            decode_grid=args.decode_grid or args.grid, **kw)
         res = out.pop("results")
-        out.update({"strategy": strategy, "engine": res["prefill"].engine})
+        out.update({"strategy": strategy, "reduce_algo": args.reduce_algo,
+                    "engine": res["prefill"].engine})
         if args.json:
             print_json(with_interface_keys(out, args, hw))
         else:
             print(f"{args.model}: prefill {args.prompt} tokens + generate {args.generate} with "
-                  f"{strategy} on {args.preset}")
+                  f"{strategy} ({args.reduce_algo} reduces) on {args.preset}")
             print(f"  time to first token  {out['time_to_first_token_s'] * 1e6:.2f} µs")
             print(f"  total                {out['seconds'] * 1e6:.2f} µs, "
                   f"{out['tokens_per_s']:,.0f} generated tokens/s end to end "

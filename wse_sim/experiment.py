@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
+from mapper.tree_reduce import REDUCE_ALGOS
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
@@ -24,8 +25,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
-                  region_shape: int = 0):
-    """Validate the run's parameters and map the model; returns the Program."""
+                  region_shape: int = 0, reduce_algo: str = "chain"):
+    """Validate the run's parameters and map the model; returns the Program. `reduce_algo`:
+    how every GEMM's partial sums reduce, `chain` or `tree` (mapper.tree_reduce)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
     if phase not in PHASES:
@@ -36,6 +38,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         _positive(name, v)
     _positive("grid", grid, allow_none=True)
     _positive("chunks", chunks)
+    if reduce_algo not in REDUCE_ALGOS:
+        raise ConfigError(f"reduce_algo: got {reduce_algo!r}, must be one of "
+                          f"{', '.join(REDUCE_ALGOS)}")
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     extra = {}
@@ -49,7 +54,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     cfg = load_model(model)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
-                                functional=functional, chunks=chunks, **extra)
+                                functional=functional, chunks=chunks, reduce_algo=reduce_algo,
+                                **extra)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
@@ -74,30 +80,43 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
-                   grids: tuple = (None,), progress: bool = False, **kw):
-    """Pick the strategy, grid, (prefill) chunk count and, for layer-pipelined, the region shape
-    with the least simulated time per token. Chunks are the tile size along the tokens (more
-    pipeline better through the layer regions but pay more per-chunk latency); the region shape
-    is how each layer's matmuls are tiled over cores (rows x columns of its region)."""
+                   grids: tuple = (None,), progress: bool = False,
+                   reduce_algos: tuple = REDUCE_ALGOS, **kw):
+    """Pick the strategy, grid, (prefill) chunk count, for layer-pipelined the region shape,
+    and the GEMM reduce algorithm with the least simulated time per token. Chunks are the tile
+    size along the tokens (more pipeline better through the layer regions but pay more
+    per-chunk latency); the region shape is how each layer's matmuls are tiled over cores (rows
+    x columns of its region); the reduce algorithm how their partial sums meet (`chain`: one
+    pipelined stream per line; `tree`: two-level, fewer stages but the leaders' whole vectors
+    queue at the root: it wins on long lines and short vectors, i.e. decode)."""
     from mapper.search import search
     results = {}
+    if "reduce_algo" in kw:  # a fixed algorithm
+        reduce_algos = (kw.pop("reduce_algo"),)
 
     chunk_options = (1, 2, 4, 8) if kw.get("phase", "prefill") == "prefill" else (1,)
-    cands = [{"strategy": s, "grid": g, "chunks": c, "region_shape": r}
+    cands = [{"strategy": s, "grid": g, "chunks": c, "region_shape": r, "reduce_algo": a}
              for s in STRATEGIES for g in grids
              for c in chunk_options if c <= kw.get("prompt", 128)
-             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))]
+             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
+             for a in reduce_algos]
     seen: set = set()
 
     def evaluate(cand: dict) -> float:
         program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
-                                chunks=cand["chunks"], region_shape=cand["region_shape"], **kw)
+                                chunks=cand["chunks"], region_shape=cand["region_shape"],
+                                reduce_algo=cand["reduce_algo"], **kw)
         m = program.meta
+        algo = "tree" if m.get("tree_reduces") else "chain"  # what the records really are
         key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("region_cols"),
-               m.get("region_rows"))
+               m.get("region_rows"), algo)
+        if key in seen and algo != cand["reduce_algo"]:
+            raise ValueError("same mapping as the chain: no line of 3 cores or more to build "
+                             "a tree on")
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
-                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions)")
+                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
+                             f"{algo} reduces)")
         seen.add(key)
         r = simulate(program, hw, engine=engine)
         results[tuple(cand.values())] = r
