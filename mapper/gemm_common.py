@@ -7,13 +7,13 @@ import math
 from dataclasses import dataclass
 
 from mapper.placement import MappingError
-from mapper.tree_reduce import REDUCE_ALGOS, tree_groups
+from mapper.tree_reduce import tree_groups
 from wse_sim.hardware import DTYPE_BYTES, DTYPES, HardwareConfig
 from wse_sim.program import SPARSITY_ONE, DataOp, ProgramBuilder, Region, wavelets_for
 from wse_sim.timing import compute_cycles
 
 GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
-GEMV_ALGOS = REDUCE_ALGOS
+GEMV_ALGOS = ("chain", "tree")
 LAYOUTS = ("square", "line")
 ACC_BYTES = 4  # C tiles and nothing else accumulate in fp32 (FP16/BF16 multiply, FP32 accumulate)
 

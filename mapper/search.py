@@ -27,32 +27,38 @@ class SearchResult:
             lines.append(f"  {tag:8} {_fmt(cand):60} {shown}")
         return "\n".join(lines)
 
-    def rival(self, key: str) -> tuple | None:
-        """The tried (candidate, cost, reason) that differs from the winner only in `key`
-        (e.g. the other reduce algorithm on the same mapping); None when there is none."""
+    def absorb(self, other: SearchResult) -> None:
+        """Add the outcomes of a further search; its winner wins if it is cheaper."""
+        self.tried += other.tried
+        if other.best is not None and (self.best_cost is None or
+                                       other.best_cost < self.best_cost):
+            self.best, self.best_cost = other.best, other.best_cost
+
+    def rivals(self, key: str) -> list[tuple]:
+        """The tried (candidate, cost, reason) that differ from the winner only in `key` (e.g.
+        the other reduce algorithms on the same mapping)."""
         if self.best is None:
-            return None
-        for cand, cost, why in self.tried:
-            if cand is not self.best and cand.get(key) != self.best.get(key) and \
-                    all(v == self.best.get(k) for k, v in cand.items() if k != key):
-                return cand, cost, why
-        return None
+            return []
+        return [(c, cost, why) for c, cost, why in self.tried
+                if c is not self.best and c.get(key) != self.best.get(key)
+                and all(v == self.best.get(k) for k, v in c.items() if k != key)]
 
     def why(self, key: str) -> str:
-        """One line: why the winner's `key` beats the other value on the same mapping."""
+        """One line: the winner's `key` against the other values tried on the same mapping."""
         if self.best is None:
             return "nothing fits"
-        mine, other = self.best.get(key), self.rival(key)
-        if other is None:
+        mine, parts = self.best.get(key), []
+        for cand, cost, why in self.rivals(key):
+            if cost is None:
+                parts.append(f"{cand[key]} rejected ({why})")
+            else:
+                extra = 100 * (cost - self.best_cost) / self.best_cost if self.best_cost else 0.0
+                more = "tie" if cost <= self.best_cost else f"+{extra:.1f} %"
+                parts.append(f"{cand[key]} {cost * 1e6:.4g} ({more})")
+        if not parts:
             return f"{mine}: the only {key} tried on this mapping"
-        cand, cost, why = other
-        if cost is None:
-            return f"{mine}: {cand[key]} on the same mapping was rejected ({why})"
-        if cost <= self.best_cost:
-            return f"{mine}: ties with {cand[key]} on the same mapping (tried first)"
-        gain = 100 * (cost - self.best_cost) / cost
-        return (f"{mine}: {gain:.1f} % less time per token than {cand[key]} on the same mapping "
-                f"({self.best_cost * 1e6:.4g} vs {cost * 1e6:.4g} µs/token)")
+        return (f"{mine}: the least time per token on this mapping, "
+                f"{self.best_cost * 1e6:.4g} µs/token vs " + ", ".join(parts))
 
 
 def _fmt(c: dict) -> str:

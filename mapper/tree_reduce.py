@@ -26,15 +26,6 @@ from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import Compute, DataOp, Dep, LineStream, Region, Unicast
 from wse_sim.timing import compute_cycles, reduce_pace
 
-REDUCE_ALGOS = ("chain", "tree")
-
-
-def check_algo(field: str, algo) -> str:
-    """`algo` if it is one of REDUCE_ALGOS, else a one-line ValueError naming `field`."""
-    if algo not in REDUCE_ALGOS:
-        raise ValueError(f"{field}: got {algo!r}, must be one of {', '.join(REDUCE_ALGOS)}")
-    return algo
-
 
 def tree_groups(n: int) -> tuple[int, int, int]:
     """Two-level grouping of a line of n cores: (g, m, r0) = m groups of g cores beyond a

@@ -31,10 +31,11 @@ HW = load_preset("mesh16")
 STRATEGIES = ("layer-pipelined", "layer-sequential", "weight-streaming")
 
 
-def build(cfg, strategy, phase, *, hw=HW, batch=2, dtype="fp32", functional=True, **kw):
+def build(cfg, strategy, phase, *, hw=HW, batch=2, dtype="fp32", functional=True,
+          reduce_algo="tree", **kw):
     size = {"prompt": 11 if phase == "prefill" else 8, "context": 21}
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, dtype=dtype,
-                                  functional=functional, reduce_algo="tree", **size | kw)
+                                  functional=functional, reduce_algo=reduce_algo, **size | kw)
 
 
 # ---- the same numbers ---------------------------------------------------------------------------
@@ -65,6 +66,27 @@ def test_tree_training_step_equals_reference(strategy, model):
     got = model_grads(p, buffers, cfg)
     worst = max(error_report(got[k], want[k], "fp32")["max_rel_error"] for k in want)
     assert worst < 1e-5
+
+
+@pytest.mark.parametrize("algo, axis", [("row-tree", "x"), ("col-tree", "y")])
+def test_a_tree_in_one_direction_only(algo, axis):
+    """row-tree: the reduces along the rows (up GEMMs forward, down GEMMs backward) are trees,
+    the column reduces chains; col-tree the other way round. Forward and training step."""
+    cfg = load_model("tiny-llama")
+    p = build(cfg, "layer-sequential", "decode", reduce_algo=algo)
+    assert p.meta["tree_axes"] == axis
+    sends = [t for t in p.tasks if t.op.endswith("reduce_to_root")]
+    assert sends and all((t.dy == 0) == (axis == "x") for t in sends)
+    inputs, want = random_case(p, cfg, seed=3)
+    assert error_report(model_output(p, run_functional(p, HW, inputs)), want,
+                        "fp32")["max_rel_error"] < 1e-5
+    t = build(cfg, "layer-sequential", "train", batch=1, reduce_algo=algo)
+    assert t.meta["tree_reduces"] == 9  # half of 18
+    inputs, want_loss, want = random_train_case(t, cfg, seed=1)
+    buffers = run_functional(t, HW, inputs)
+    assert abs(model_loss(t, buffers) - want_loss) < 1e-5 * abs(want_loss)
+    got = model_grads(t, buffers, cfg)
+    assert max(error_report(got[k], want[k], "fp32")["max_rel_error"] for k in want) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -223,7 +245,8 @@ def test_run_model_and_its_validation():
     r = run_model("mesh16", "tiny", phase="decode", context=16, strategy="layer-sequential",
                   reduce_algo="tree", engine="fast")
     assert r.meta["reduce_algo"] == "tree" and r.meta["tree_reduces"] == 9
-    with pytest.raises(ConfigError, match="reduce_algo: got 'ring', must be one of chain, tree"):
+    with pytest.raises(ConfigError, match="reduce_algo: got 'ring', must be one of chain, tree, "
+                                          "row-tree, col-tree"):
         build_program(HW, "tiny", reduce_algo="ring")
     with pytest.raises(ValueError, match="reduce_algo"):
         strategies()["layer-pipelined"](load_model("tiny"), HW, reduce_algo="ring")
@@ -250,12 +273,15 @@ def test_cli_reduce_algo(capsys):
 def test_search_chooses_the_reduce_algorithm_and_says_why(capsys):
     found, best = search_mapping(HW, "tiny", phase="decode", context=16)
     tried = [c for c, cost, _ in found.tried if cost is not None]
-    assert {c["reduce_algo"] for c in tried} == {"chain", "tree"}
+    assert {c["reduce_algo"] for c in tried} == {"chain", "tree", "row-tree", "col-tree"}
+    assert sum(c["reduce_algo"] in ("row-tree", "col-tree") for c in tried) == 2  # on the best
     assert found.best["reduce_algo"] == "tree" == best.meta["reduce_algo"]
-    assert "less time per token than chain on the same mapping" in found.why("reduce_algo")
+    why = found.why("reduce_algo")
+    assert why.startswith("tree: the least time per token on this mapping")
+    assert all(f"{a} " in why for a in ("chain", "row-tree", "col-tree"))  # tried on the best
     argv = ["--preset", "mesh16", "--model", "tiny", "--phase", "decode", "--context", "16"]
     assert main(["search", *argv]) == 0
     out = capsys.readouterr().out
-    assert "reduce: tree:" in out and "reduce_algo=chain" in out
+    assert "reduce: tree: the least time" in out and "reduce_algo=chain" in out
     assert main(["run", *argv, "--strategy", "auto", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reduce_algo"] == "tree"

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 
+from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from wse_sim.cli_common import (
     Parser,
     effective_hardware,
@@ -49,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--region-shape", type=int, default=0, metavar="K",
                      help="layer-pipelined: the K-th best region shape that fits (0: the most "
                           "cores per layer); `search` tries a few")
-    run.add_argument("--reduce-algo", type=one_of(("chain", "tree")), default="chain",
-                     metavar="chain|tree",
-                     help="how every GEMM's partial sums reduce: one pipelined chain per line, "
-                          "or a two-level tree (wins on long lines and short vectors: decode); "
-                          "`search` tries both")
+    run.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default="chain",
+                     metavar="|".join(LAYER_REDUCE_ALGOS),
+                     help="how the GEMMs' partial sums reduce: one pipelined chain per line, a "
+                          "two-level tree (wins on long lines and short vectors: decode), or "
+                          "the tree only for the row / column reduces; `search` tries them")
     run.add_argument("--chunks", type=positive_int, default=1,
                      help="prefill: run the prompt through the layers in at least N chunks")
     run.add_argument("--generate", type=positive_int, default=None,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
-from mapper.tree_reduce import REDUCE_ALGOS
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
@@ -27,7 +27,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
                   region_shape: int = 0, reduce_algo: str = "chain"):
     """Validate the run's parameters and map the model; returns the Program. `reduce_algo`:
-    how every GEMM's partial sums reduce, `chain` or `tree` (mapper.tree_reduce)."""
+    how the GEMMs' partial sums reduce: `chain`, `tree`, or the tree only for the row reduces
+    (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
     if phase not in PHASES:
@@ -38,9 +39,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         _positive(name, v)
     _positive("grid", grid, allow_none=True)
     _positive("chunks", chunks)
-    if reduce_algo not in REDUCE_ALGOS:
+    if reduce_algo not in LAYER_REDUCE_ALGOS:
         raise ConfigError(f"reduce_algo: got {reduce_algo!r}, must be one of "
-                          f"{', '.join(REDUCE_ALGOS)}")
+                          f"{', '.join(LAYER_REDUCE_ALGOS)}")
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     extra = {}
@@ -80,26 +81,28 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
-                   grids: tuple = (None,), progress: bool = False,
-                   reduce_algos: tuple = REDUCE_ALGOS, **kw):
+                   grids: tuple = (None,), progress: bool = False, **kw):
     """Pick the strategy, grid, (prefill) chunk count, for layer-pipelined the region shape,
-    and the GEMM reduce algorithm with the least simulated time per token. Chunks are the tile
-    size along the tokens (more pipeline better through the layer regions but pay more
+    and the GEMMs' reduce algorithm with the least simulated time per token. Chunks are the
+    tile size along the tokens (more pipeline better through the layer regions but pay more
     per-chunk latency); the region shape is how each layer's matmuls are tiled over cores (rows
     x columns of its region); the reduce algorithm how their partial sums meet (`chain`: one
     pipelined stream per line; `tree`: two-level, fewer stages but the leaders' whole vectors
-    queue at the root: it wins on long lines and short vectors, i.e. decode)."""
+    queue at the root: it wins on long lines and short vectors, i.e. decode).
+
+    Every mapping is tried with `chain` and `tree`; then the best one also with the tree in one
+    direction only (`row-tree`, `col-tree`), within `budget`. A given `reduce_algo` is fixed."""
     from mapper.search import search
     results = {}
-    if "reduce_algo" in kw:  # a fixed algorithm
-        reduce_algos = (kw.pop("reduce_algo"),)
+    fixed = kw.pop("reduce_algo", None)
+    algos = (fixed,) if fixed else ("chain", "tree")
 
     chunk_options = (1, 2, 4, 8) if kw.get("phase", "prefill") == "prefill" else (1,)
     cands = [{"strategy": s, "grid": g, "chunks": c, "region_shape": r, "reduce_algo": a}
              for s in STRATEGIES for g in grids
              for c in chunk_options if c <= kw.get("prompt", 128)
              for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
-             for a in reduce_algos]
+             for a in algos]
     seen: set = set()
 
     def evaluate(cand: dict) -> float:
@@ -107,22 +110,24 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
                                 chunks=cand["chunks"], region_shape=cand["region_shape"],
                                 reduce_algo=cand["reduce_algo"], **kw)
         m = program.meta
-        algo = "tree" if m.get("tree_reduces") else "chain"  # what the records really are
+        trees = m.get("tree_axes", "")  # what the records really are
         key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("region_cols"),
-               m.get("region_rows"), algo)
-        if key in seen and algo != cand["reduce_algo"]:
-            raise ValueError("same mapping as the chain: no line of 3 cores or more to build "
-                             "a tree on")
+               m.get("region_rows"), trees)
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
                              f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
-                             f"{algo} reduces)")
+                             f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
+                             "or more)")
         seen.add(key)
         r = simulate(program, hw, engine=engine)
         results[tuple(cand.values())] = r
         return r.seconds / max(1, r.tokens)
 
     found = search(cands, evaluate, budget=budget, progress=progress)
+    left = budget - len(found.tried)
+    if found.best is not None and not fixed and left > 0:  # one direction only, on the best
+        one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
+        found.absorb(search(one_way, evaluate, budget=left))
     best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 
 from mapper.placement import MappingError
+from mapper.reduce_algos import check_algo
 from mapper.strategies.tp2d import COLORS, TP2D, _deps, tree_recv_bytes
-from mapper.tree_reduce import check_algo
 from workloads.graph import build_graph, ops_in_order
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
@@ -224,7 +224,7 @@ def head_tree_recv(run: Run, region: Region, tables: int) -> int:
 def mapping_meta(run: Run, tp: TP2D) -> dict:
     """What the program's meta says about how the GEMMs reduce."""
     return {"reduce_algo": run.reduce_algo, "tree_reduces": tp.tree_reduces,
-            "combine_flops": tp.combine_flops}
+            "tree_axes": "".join(sorted(tp.tree_axes)), "combine_flops": tp.combine_flops}
 
 
 def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,

@@ -47,6 +47,7 @@ import math
 from dataclasses import dataclass
 
 from mapper.placement import MappingError
+from mapper.reduce_algos import axis_algo
 from mapper.tree_reduce import recv_name, tree_groups
 from workloads.models import GPTConfig
 from workloads.reference import EPS
@@ -510,15 +511,19 @@ def recv_tiles(tiles: dict, sources: dict[str, str]) -> dict:
     return out
 
 
-def layer_recv_tiles(tiles: dict, bufs) -> dict:
-    """`recv_tiles` of a layer's reduces (bufs: a LayerBufs, or several)."""
+def layer_recv_tiles(tiles: dict, bufs, algo: str) -> dict:
+    """`recv_tiles` of a layer's tree reduces under `algo` (a layer reduce algorithm; bufs: a
+    LayerBufs, or several)."""
     items = bufs if isinstance(bufs, list | tuple) else [bufs]
-    return recv_tiles(tiles, {b(k): axis for b in items for k, axis in REDUCED.items()})
+    return recv_tiles(tiles, {b(k): axis for b in items for k, axis in REDUCED.items()
+                              if axis_algo(algo, axis) == "tree"})
 
 
-def head_recv_tiles(tiles: dict, tables: int) -> dict:
-    """`recv_tiles` of the LM head's reduces (the logits along the rows, training: dX up)."""
-    return recv_tiles(tiles, {f"head{j}.logits": "x" for j in range(tables)} | {"head0.gx": "y"})
+def head_recv_tiles(tiles: dict, tables: int, algo: str) -> dict:
+    """`recv_tiles` of the LM head's tree reduces (the logits along the rows, training: dX
+    up the columns)."""
+    sources = {f"head{j}.logits": "x" for j in range(tables)} | {"head0.gx": "y"}
+    return recv_tiles(tiles, {k: a for k, a in sources.items() if axis_algo(algo, a) == "tree"})
 
 
 def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> FLayout:

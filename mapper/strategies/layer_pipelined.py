@@ -150,8 +150,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         if fl is not None and train:
             tiles |= fl.train_head_tiles(hr) | fl.train_embed_tiles(top0) \
                 | {"embed.dx": (top0, (fl.T, fl.dc), dtype, None)}
-        if fl is not None and run.reduce_algo == "tree":
-            tiles |= head_recv_tiles(tiles, k)
+        if fl is not None:
+            tiles |= head_recv_tiles(tiles, k, run.reduce_algo)
         recv = head_tree_recv(run, hr, k)
         v, e = alloc_group(pb, f"head{j}.", hr, {
             "table": math.ceil(run.table_bytes * adam / (k * hr.size)),
@@ -164,8 +164,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
             | (fl.lnf_tiles(lay.row0, True) if i == L - 1 else {})
         if fl is not None and train and i == L - 1:
             tiles |= fl.train_lnf_tiles(lay.row0, True)
-        if fl is not None and run.reduce_algo == "tree":
-            tiles |= layer_recv_tiles(tiles, bufs[i])
+        if fl is not None:
+            tiles |= layer_recv_tiles(tiles, bufs[i], run.reduce_algo)
         v, e = alloc_group(pb, f"L{i}.", lay.reg, buffers, tiles)
         views, extra = views | v, max(extra, e)
 

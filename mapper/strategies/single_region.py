@@ -101,8 +101,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         if train:
             tiles |= fl.train_head_tiles(reg) | fl.train_lnf_tiles(lay.row0, False) \
                 | fl.train_embed_tiles(lay.row0)
-        if run.reduce_algo == "tree":
-            tiles |= layer_recv_tiles(tiles, bufs) | head_recv_tiles(tiles, 1)
+        tiles |= layer_recv_tiles(tiles, bufs, run.reduce_algo) \
+            | head_recv_tiles(tiles, 1, run.reduce_algo)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)

@@ -23,11 +23,13 @@ carries its `DataOp` (the exact tiles and the memory plan are in `functional_lay
 Backward mirrors it: the backward of an *up* GEMM is a *down* pattern (and vice versa); weight
 gradients are local (each core already holds both operands of its block).
 
-`reduce_algo` picks how every GEMM's partial sums reduce (forward, backward and the LM head):
-`chain` (one pipelined stream per line) or `tree` (the two-level tree of `mapper.tree_reduce`:
-groups of ~sqrt(n) cores chain-reduce, their leaders send to the root, which adds each; its
-adds are `combine_flops`, its receive buffers `tree_recv` in the SRAM budget). The attention's
-softmax-combine reduce and the norms' statistics stay chains.
+`reduce_algo` picks how the GEMMs' partial sums reduce (forward, backward and the LM head), for
+the row reduces (into the leaders) and the column reduces (into the top row): `chain` (one
+pipelined stream per line), `tree` (the two-level tree of `mapper.tree_reduce`: groups of
+~sqrt(n) cores chain-reduce, their leaders send to the root, which adds each; its adds are
+`combine_flops`, its receive buffers `tree_recv` in the SRAM budget), or the tree for one
+direction only (`row-tree`, `col-tree`). The attention's softmax-combine reduce and the norms'
+statistics stay chains.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mapper import attention
+from mapper.reduce_algos import axis_algo
 from mapper.tree_reduce import TreeBufs, build_tree, tree_groups
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
@@ -107,6 +110,7 @@ class TP2D:
         self.reduce_algo = reduce_algo
         self.combine_flops = 0  # the tree's root adds (Compute records beyond the graph)
         self.tree_reduces = 0  # reduces emitted as trees
+        self.tree_axes: set[str] = set()  # along which axes ('x', 'y') they were
         self.emitted: set[str] = set()
         self.share = (0, 1)  # (chunk, chunks): a chunk runs its share of every op's FLOPs
 
@@ -146,7 +150,7 @@ class TP2D:
         position 0 (axis 'x': every row into column 0; 'y': every column into the top row) by
         `reduce_algo`; a line of fewer than 3 cores is always a chain."""
         n = region.cols if axis == "x" else region.rows
-        if self.reduce_algo == "chain" or tree_groups(n)[1] == 0 or values <= 0:
+        if axis_algo(self.reduce_algo, axis) == "chain" or tree_groups(n)[1] == 0 or values <= 0:
             return self.stream(name, region, axis, -1, values, dep, reduce=True, color=color,
                                data=data)
         last, flops = build_tree(
@@ -156,6 +160,7 @@ class TP2D:
             deps=_deps(dep), bufs=None if data is None else TreeBufs.of(data))
         self.combine_flops += flops
         self.tree_reduces += 1
+        self.tree_axes.add(axis)
         return last
 
     def norm(self, name: str, row: Region, dep, tokens: int, d: dict | None = None,
@@ -335,11 +340,10 @@ def tree_recv_bytes(reg: Region, x_values: int, y_values: int, dtype: str,
                     reduce_algo: str) -> int:
     """Bytes of a tree reduce's receive buffers on a root core (core (0, 0) is the root of both
     patterns, never at once): one tile per leader of the largest partial reduced along the rows
-    (`x_values` per core) or up the columns (`y_values`); 0 for chains."""
-    if reduce_algo != "tree":
-        return 0
-    return max(tree_groups(reg.cols)[1] * x_values,
-               tree_groups(reg.rows)[1] * y_values) * DTYPE_BYTES[dtype]
+    (`x_values` per core) or up the columns (`y_values`) by a tree; 0 for chains."""
+    x = tree_groups(reg.cols)[1] * x_values if axis_algo(reduce_algo, "x") == "tree" else 0
+    y = tree_groups(reg.rows)[1] * y_values if axis_algo(reduce_algo, "y") == "tree" else 0
+    return max(x, y) * DTYPE_BYTES[dtype]
 
 
 def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens: int,
@@ -348,8 +352,8 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens
     """SRAM bytes per core on the fullest core of a layer region, by buffer.
 
     `weight_layers` layers of weights are resident (layer-sequential holds all of them);
-    `stream_weights` holds two layers' worth (double buffer) instead; `reduce_algo` "tree"
-    adds the root's receive buffers (`tree_recv`).
+    `stream_weights` holds two layers' worth (double buffer) instead; a `reduce_algo` with
+    trees adds the root's receive buffers (`tree_recv`).
     """
     b = DTYPE_BYTES[dtype]
     R, C, ra = lay.reg.rows, lay.reg.cols, lay.ra
