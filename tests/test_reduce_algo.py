@@ -285,3 +285,17 @@ def test_search_chooses_the_reduce_algorithm_and_says_why(capsys):
     assert "reduce: tree: the least time" in out and "reduce_algo=chain" in out
     assert main(["run", *argv, "--strategy", "auto", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["reduce_algo"] == "tree"
+
+
+def test_every_entry_point_takes_it(capsys):
+    """Multi-wafer stages, prefill + generate, compare and a search with the algorithm fixed."""
+    from wse_sim.experiment import run_generate, run_multi_wafer
+    two = run_multi_wafer(HW, "tiny", wafers=2, phase="decode", context=16, reduce_algo="tree")
+    assert all(r.meta["tree_reduces"] > 0 for r in two["stages"])
+    g = run_generate(HW, "tiny", generate=2, prompt=16, reduce_algo="col-tree")
+    assert {r.meta["tree_axes"] for r in g["results"].values()} == {"y"}
+    assert main(["compare", "--preset", "mesh16", "--model", "tiny", "--phase", "decode",
+                 "--context", "16", "--reduce-algo", "tree", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["strategies"]
+    found, _ = search_mapping(HW, "tiny", phase="decode", context=16, reduce_algo="row-tree")
+    assert {c["reduce_algo"] for c, _, _ in found.tried} == {"row-tree"}

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from wse_sim.cli_common import (
     effective_hardware,
     hardware_args,
+    one_of,
     positive_int,
     print_json,
     with_interface_keys,
@@ -23,6 +25,11 @@ def _model_args(p) -> None:
     p.add_argument("--sparsity", type=float, default=0.0)
 
 
+def _reduce_arg(p, default, help_text: str) -> None:
+    p.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default=default,
+                   metavar="|".join(LAYER_REDUCE_ALGOS), help=help_text)
+
+
 def register(sub) -> dict:
     cmp = sub.add_parser("compare", help="every strategy that fits, side by side (or: compare gemm)")
     cmp.add_argument("what", nargs="?", default="model", choices=("model", "gemm"),
@@ -36,19 +43,24 @@ def register(sub) -> dict:
     cmp.add_argument("--grid", type=positive_int, default=None)
     cmp.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
     cmp.add_argument("--sparsity", type=float, default=0.0)
+    _reduce_arg(cmp, "chain", "how the GEMMs' partial sums reduce (compare model)")
     for name in ("--m", "--k", "--n"):
         cmp.add_argument(name, type=positive_int, default=None, help="GEMM size (compare gemm)")
     srch = sub.add_parser("search", help="choose the mapping by simulated cost, and say why")
     hardware_args(srch)
     _model_args(srch)
     srch.add_argument("--budget", type=positive_int, default=64, help="most mappings to simulate")
+    _reduce_arg(srch, None, "fix the GEMMs' reduce algorithm (default: search them)")
     return {"compare": cmd_compare, "search": cmd_search}
 
 
 def _kw(args) -> dict:
-    return {"phase": args.phase, "batch": args.batch, "prompt": args.prompt,
-            "context": args.context, "dtype": args.dtype, "grid": args.grid,
-            "sparsity": args.sparsity}
+    kw = {"phase": args.phase, "batch": args.batch, "prompt": args.prompt,
+          "context": args.context, "dtype": args.dtype, "grid": args.grid,
+          "sparsity": args.sparsity}
+    if getattr(args, "reduce_algo", None):
+        kw["reduce_algo"] = args.reduce_algo
+    return kw
 
 
 def scorecard_row(name: str, r) -> dict:
