@@ -39,13 +39,12 @@ from mapper.gemm_common import (
     tree_groups,
 )
 from mapper.gemm_gemv import build_gemv as _build_gemv
+from mapper.tree_reduce import tree_end
 from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Program, ProgramError, check_fits
 from wse_sim.timing import (
     chain_reduce_cycles,
-    compute_cycles,
     multicast_cycles,
-    reduce_pace,
 )
 
 __all__ = ["GEMM_ALGOS", "GEMV_ALGOS", "build_gemm", "build_gemv", "gemm_closed_form",
@@ -199,48 +198,11 @@ def gemv_closed_form(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int
         return {"cycles": sum(parts.values()), "parts": parts, "exact": True}
     # tree: row phase of row y starts when its last core has multiplied: t0(y) = bcast to
     # (P - 1, y) + c; the column phase's group k starts when its last row is done.
-    b = plan.b
-    add = compute_cycles(hw, n, dtype, "vector", sram_read=2 * n * b, sram_write=n * b)
-    pace = reduce_pace(hw, dtype)
-    stage = 2 * tr + hop + hw.stream_op_latency_cycles
-
-    def chain(cores: int) -> int:
-        return (cores - 1) * stage + (wn - 1) * pace if cores >= 2 else 0
-
-    def phase(ready: list[int]) -> int:
-        """End (event at position 0) of a two-level reduce whose position p is ready at
-        ready[p]: the level-1 streams reserve their links first (they are ready first), then
-        the leaders' sends are granted in order, first come first served."""
-        g, m, r0 = tree_groups(len(ready))
-        link_free: dict[int, int] = {}  # link from position q to q - 1 -> free after
-        root_off = 0
-
-        def stream(lo: int, cores: int) -> int:
-            nonlocal root_off
-            start = max(ready[lo:lo + cores])
-            for i in range(1, cores):  # hop i - 1 leaves position lo + cores - i
-                link_free[lo + cores - i] = start + (i - 1) * stage + tr + wn * pace
-            if lo == 0 and cores >= 2:
-                root_off = start + (cores - 2) * stage + tr + hop + wn * pace
-            return start + chain(cores)
-
-        done = stream(0, r0)
-        leads = [(r0 + (kk - 1) * g, stream(r0 + (kk - 1) * g, g)) for kk in range(1, m + 1)]
-        for lead, start in leads:
-            for q in range(lead, 0, -1):
-                start = max(start, link_free.get(q, 0) - tr - (lead - q) * hop)
-            start = max(start, root_off - tr - lead * hop)
-            for q in range(lead, 0, -1):
-                link_free[q] = start + tr + (lead - q) * hop + wn
-            root_off = start + tr + lead * hop + wn
-            done = max(done, start + 2 * tr + lead * hop + wn - 1) + add
-        return done
-
     row_ready = [[bcast_x - (2 * (P - 1) - (x + y)) * hop + c for x in range(P)]
                  for y in range(P)]
     row_ready[0][0] = tr + wx - 1 + c  # the source's own event: its ramp-on is done
-    row_end = [phase(row_ready[y]) for y in range(P)]
-    end = phase(row_end)
+    row_end = [tree_end(hw, row_ready[y], wn, n, dtype) for y in range(P)]
+    end = tree_end(hw, row_end, wn, n, dtype)
     parts.update(reduce=end - bcast_x - c, bcast_y=bcast_y)
     return {"cycles": end + bcast_y, "parts": parts, "exact": True}
 

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from mapper.placement import MappingError
+from mapper.tree_reduce import tree_groups
 from wse_sim.hardware import DTYPE_BYTES, DTYPES, HardwareConfig
 from wse_sim.program import SPARSITY_ONE, DataOp, ProgramBuilder, Region, wavelets_for
 from wse_sim.timing import compute_cycles
@@ -156,14 +157,6 @@ class Plan:
         if self.kind == "gemv":
             return f"gemv {self.algo} y = x W, K={self.k} N={self.n} {self.dtype}"
         return f"gemm {self.algo} M={self.m} K={self.k} N={self.n} {self.dtype}"
-
-
-def tree_groups(n: int) -> tuple[int, int, int]:
-    """Two-level grouping of a line of n cores: (g, m, r0) = m groups of g cores beyond a
-    root group of r0 = n - m g cores (1..g) at the root's end; g = ceil(sqrt(n))."""
-    g = min(n, math.isqrt(n - 1) + 1) if n > 1 else 1
-    m = (n - 1) // g
-    return g, m, n - m * g
 
 
 def make_plan(kind: str, algo: str, hw: HardwareConfig, *, grid, m, k, n, dtype: str,

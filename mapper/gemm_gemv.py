@@ -13,15 +13,9 @@ are then reduced to core (0, 0) and the result y is multicast back to every core
 
 from __future__ import annotations
 
-from mapper.gemm_common import Ctx, tree_groups
-from wse_sim.program import Compute, Dep, LineStream, Multicast, Region, Unicast
-
-
-def _line_part(axis: str, cross: Region, lo: int, length: int) -> Region:
-    """Positions [lo, lo + length) along `axis` of the lines of `cross`."""
-    if axis == "x":
-        return Region(cross.x + lo, cross.y, length, cross.rows)
-    return Region(cross.x, cross.y + lo, cross.cols, length)
+from mapper.gemm_common import Ctx
+from mapper.tree_reduce import TreeBufs, build_tree, line_length, tree_groups
+from wse_sim.program import Compute, Dep, LineStream, Multicast, Region
 
 
 def _chain(ctx: Ctx, op: str, region: Region, axis: str, after: list[int], color: int) -> int:
@@ -33,38 +27,16 @@ def _chain(ctx: Ctx, op: str, region: Region, axis: str, after: list[int], color
 
 def _two_level(ctx: Ctx, phase: str, lines: Region, axis: str, after: list[int],
                colors: tuple[int, int]) -> int:
-    """Reduce `part` along every line of `lines` into position 0. Returns the last task whose
-    event at position 0 marks the sum."""
+    """Reduce `part` along every line of `lines` into position 0 (`mapper.tree_reduce`).
+    Returns the last task, whose event at position 0 marks the sum."""
     plan = ctx.plan
-    n = lines.cols if axis == "x" else lines.rows
-    g, m, r0 = tree_groups(n)
-    wn = plan.wavelets(plan.n)
-    root = _line_part(axis, lines, 0, 1)
-    last = list(after)
-    if r0 >= 2:
-        last = [_chain(ctx, f"gemv.{phase}_group", _line_part(axis, lines, 0, r0), axis, after,
-                       colors[0])]
-    leaders = []
-    for k in range(1, m + 1):
-        lead = r0 + (k - 1) * g
-        src = after
-        if g >= 2:
-            src = [_chain(ctx, f"gemv.{phase}_group", _line_part(axis, lines, lead, g), axis,
-                          after, colors[0])]
-        leaders.append((k, lead, src))
-    for k, lead, src in leaders:
-        step = {"dx": -lead} if axis == "x" else {"dy": -lead}
-        send = ctx.add(Unicast(f"gemv.{phase}_to_root", _line_part(axis, lines, lead, 1), wn,
-                               color=colors[1], deps=tuple(Dep(t) for t in src),
-                               data=ctx.data("copy", ("part",), f"recv{k}"), **step))
-        cores = root.size
-        add = ctx.add(Compute(f"gemv.{phase}_add", root, plan.n * cores, plan.dtype, "vector",
-                              sram_read_bytes=2 * plan.n * plan.b * cores,
-                              sram_write_bytes=plan.n * plan.b * cores,
-                              deps=tuple([Dep(send)] + [Dep(t) for t in last]),
-                              data=ctx.data("add", ("part", f"recv{k}"), "part")))
-        last = [add]
-    return last[-1]
+    if tree_groups(line_length(axis, lines))[1] == 0:  # 2 cores: the tree is the chain
+        return _chain(ctx, f"gemv.{phase}_group", lines, axis, after, colors[0])
+    bufs = TreeBufs("part", "part", recv_prefix="recv") if ctx.functional else None
+    last, _ = build_tree(ctx.add, f"gemv.{phase}", lines, axis, wavelets=plan.wavelets(plan.n),
+                         values=plan.n, dtype=plan.dtype, colors=colors,
+                         deps=tuple(Dep(t) for t in after), bufs=bufs)
+    return last
 
 
 def build_gemv(ctx: Ctx) -> None:

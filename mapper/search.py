@@ -27,6 +27,39 @@ class SearchResult:
             lines.append(f"  {tag:8} {_fmt(cand):60} {shown}")
         return "\n".join(lines)
 
+    def absorb(self, other: SearchResult) -> None:
+        """Add the outcomes of a further search; its winner wins if it is cheaper."""
+        self.tried += other.tried
+        if other.best is not None and (self.best_cost is None or
+                                       other.best_cost < self.best_cost):
+            self.best, self.best_cost = other.best, other.best_cost
+
+    def rivals(self, key: str) -> list[tuple]:
+        """The tried (candidate, cost, reason) that differ from the winner only in `key` (e.g.
+        the other reduce algorithms on the same mapping)."""
+        if self.best is None:
+            return []
+        return [(c, cost, why) for c, cost, why in self.tried
+                if c is not self.best and c.get(key) != self.best.get(key)
+                and all(v == self.best.get(k) for k, v in c.items() if k != key)]
+
+    def why(self, key: str) -> str:
+        """One line: the winner's `key` against the other values tried on the same mapping."""
+        if self.best is None:
+            return "nothing fits"
+        mine, parts = self.best.get(key), []
+        for cand, cost, why in self.rivals(key):
+            if cost is None:
+                parts.append(f"{cand[key]} rejected ({why})")
+            else:
+                extra = 100 * (cost - self.best_cost) / self.best_cost if self.best_cost else 0.0
+                more = "tie" if cost <= self.best_cost else f"+{extra:.1f} %"
+                parts.append(f"{cand[key]} {cost * 1e6:.4g} ({more})")
+        if not parts:
+            return f"{mine}: the only {key} tried on this mapping"
+        return (f"{mine}: the least time per token on this mapping, "
+                f"{self.best_cost * 1e6:.4g} µs/token vs " + ", ".join(parts))
+
 
 def _fmt(c: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in c.items())

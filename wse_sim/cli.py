@@ -10,12 +10,14 @@ import json
 import sys
 import time
 
+from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from wse_sim.cli_common import (
     Parser,
     effective_hardware,
     fail,
     fraction,
     hardware_args,
+    one_of,
     positive_int,
     with_interface_keys,
 )
@@ -48,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--region-shape", type=int, default=0, metavar="K",
                      help="layer-pipelined: the K-th best region shape that fits (0: the most "
                           "cores per layer); `search` tries a few")
+    run.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default="chain",
+                     metavar="|".join(LAYER_REDUCE_ALGOS),
+                     help="how the GEMMs' partial sums reduce: one pipelined chain per line, a "
+                          "two-level tree (wins on long lines and short vectors: decode), or "
+                          "the tree only for the row / column reduces; `search` tries them")
     run.add_argument("--chunks", type=positive_int, default=1,
                      help="prefill: run the prompt through the layers in at least N chunks")
     run.add_argument("--micro-batches", type=positive_int, default=1, metavar="N",
@@ -133,7 +140,8 @@ def cmd_run(args) -> int:
                             batch=args.batch, prompt=args.prompt, context=args.context,
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
                             functional=args.functional, chunks=args.chunks,
-                            micro_batches=args.micro_batches, region_shape=args.region_shape)
+                            micro_batches=args.micro_batches, region_shape=args.region_shape,
+                            reduce_algo=args.reduce_algo)
     if args.show_program:
         print(program.describe())
         return 0
@@ -148,8 +156,9 @@ def cmd_run(args) -> int:
     check = _functional_check(program, hw, args.model) if args.functional else None
     if args.json:
         extra = {"functional": check} if check else {}
-        parts = {k: program.meta[k] for k in ("chunks", "micro_batches") if k in program.meta}
-        print(json.dumps(with_interface_keys(result.summary(), args, hw) | parts | written
+        mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo", "chunks",
+                                                "micro_batches") if k in program.meta}
+        print(json.dumps(with_interface_keys(result.summary(), args, hw) | mapping | written
                          | extra))
     else:
         print(format_report(result, title))

@@ -38,6 +38,15 @@ def int_at_least(minimum: int, allowed: str):
 positive_int = int_at_least(1, "a positive integer")
 
 
+def one_of(allowed: tuple):
+    """An argparse type: one of `allowed`; the error names the value and what is allowed."""
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"got {text!r}, must be one of {', '.join(allowed)}")
+        return text
+    return parse
+
+
 def fraction(text: str) -> float:
     try:
         v = float(text)

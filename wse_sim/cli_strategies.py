@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from wse_sim.cli_common import (
     effective_hardware,
     hardware_args,
+    one_of,
     positive_int,
     print_json,
     with_interface_keys,
@@ -23,6 +25,11 @@ def _model_args(p) -> None:
     p.add_argument("--sparsity", type=float, default=0.0)
 
 
+def _reduce_arg(p, default, help_text: str) -> None:
+    p.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default=default,
+                   metavar="|".join(LAYER_REDUCE_ALGOS), help=help_text)
+
+
 def register(sub) -> dict:
     cmp = sub.add_parser("compare", help="every strategy that fits, side by side (or: compare gemm)")
     cmp.add_argument("what", nargs="?", default="model", choices=("model", "gemm"),
@@ -36,19 +43,24 @@ def register(sub) -> dict:
     cmp.add_argument("--grid", type=positive_int, default=None)
     cmp.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
     cmp.add_argument("--sparsity", type=float, default=0.0)
+    _reduce_arg(cmp, "chain", "how the GEMMs' partial sums reduce (compare model)")
     for name in ("--m", "--k", "--n"):
         cmp.add_argument(name, type=positive_int, default=None, help="GEMM size (compare gemm)")
     srch = sub.add_parser("search", help="choose the mapping by simulated cost, and say why")
     hardware_args(srch)
     _model_args(srch)
     srch.add_argument("--budget", type=positive_int, default=64, help="most mappings to simulate")
+    _reduce_arg(srch, None, "fix the GEMMs' reduce algorithm (default: search them)")
     return {"compare": cmd_compare, "search": cmd_search}
 
 
 def _kw(args) -> dict:
-    return {"phase": args.phase, "batch": args.batch, "prompt": args.prompt,
-            "context": args.context, "dtype": args.dtype, "grid": args.grid,
-            "sparsity": args.sparsity}
+    kw = {"phase": args.phase, "batch": args.batch, "prompt": args.prompt,
+          "context": args.context, "dtype": args.dtype, "grid": args.grid,
+          "sparsity": args.sparsity}
+    if getattr(args, "reduce_algo", None):
+        kw["reduce_algo"] = args.reduce_algo
+    return kw
 
 
 def scorecard_row(name: str, r) -> dict:
@@ -110,12 +122,15 @@ def cmd_search(args) -> int:
     if args.json:
         out = with_interface_keys(best.summary(), args, hw)
         out["choice"] = found.best
+        out["reduce_algo"] = found.best["reduce_algo"]
+        out["reduce_algo_why"] = found.why("reduce_algo")
         out["tried"] = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
                         for c, cost, why in found.tried]
         print_json(out)
     else:
         print(f"chosen: {found.best['strategy']} — least simulated time per token "
               f"({found.best_cost * 1e6:.3f} µs/token)")
+        print(f"reduce: {found.why('reduce_algo')}")
         print(found.explain())
     return 0
 
@@ -125,7 +140,8 @@ def run_extended(args) -> int:
     from wse_sim.experiment import run_generate, run_multi_wafer, search_mapping
     from wse_sim.report import format_report
     hw = effective_hardware(args)
-    kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity}
+    kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
+          "reduce_algo": args.reduce_algo}
     if args.wafers > 1:
         if args.strategy not in ("layer-pipelined", "auto"):
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
@@ -148,6 +164,7 @@ def run_extended(args) -> int:
         return 0
     strategy = args.strategy
     if strategy == "auto":
+        kw.pop("reduce_algo")  # searched
         found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
                                   prompt=args.prompt, context=args.context, grids=(args.grid,),
                                   progress=False, **kw)
@@ -157,6 +174,7 @@ def run_extended(args) -> int:
         args.chunks = found.best.get("chunks", 1)
         args.micro_batches = found.best.get("micro_batches", 1)
         args.region_shape = found.best.get("region_shape", 0)
+        args.reduce_algo = kw["reduce_algo"] = found.best.get("reduce_algo", "chain")
     if args.generate:
         if args.micro_batches != 1:
             raise ValueError(f"micro_batches: got {args.micro_batches} with --generate, must be "
@@ -166,12 +184,13 @@ def run_extended(args) -> int:
                            prefill_grid=args.prefill_grid or args.grid,
                            decode_grid=args.decode_grid or args.grid, **kw)
         res = out.pop("results")
-        out.update({"strategy": strategy, "engine": res["prefill"].engine})
+        out.update({"strategy": strategy, "reduce_algo": args.reduce_algo,
+                    "engine": res["prefill"].engine})
         if args.json:
             print_json(with_interface_keys(out, args, hw))
         else:
             print(f"{args.model}: prefill {args.prompt} tokens + generate {args.generate} with "
-                  f"{strategy} on {args.preset}")
+                  f"{strategy} ({args.reduce_algo} reduces) on {args.preset}")
             print(f"  time to first token  {out['time_to_first_token_s'] * 1e6:.2f} µs")
             print(f"  total                {out['seconds'] * 1e6:.2f} µs, "
                   f"{out['tokens_per_s']:,.0f} generated tokens/s end to end "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from workloads.models import load_model
@@ -24,10 +25,12 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
-                  micro_batches: int = 1, region_shape: int = 0):
+                  micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain"):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
-    a training step's batch runs in this many equal micro-batches (layer-pipelined)."""
+    a training step's batch runs in this many equal micro-batches (layer-pipelined);
+    `reduce_algo`: how the GEMMs' partial sums reduce: `chain`, `tree`, or the tree only for
+    the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
     if phase not in PHASES:
@@ -50,6 +53,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         if micro_batches not in allowed:
             raise ConfigError(f"micro_batches: got {micro_batches}, must divide the batch "
                               f"({batch}): one of {', '.join(map(str, allowed))}")
+    if reduce_algo not in LAYER_REDUCE_ALGOS:
+        raise ConfigError(f"reduce_algo: got {reduce_algo!r}, must be one of "
+                          f"{', '.join(LAYER_REDUCE_ALGOS)}")
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     extra = {}
@@ -64,7 +70,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
                                 functional=functional, chunks=chunks,
-                                micro_batches=micro_batches, **extra)
+                                micro_batches=micro_batches, reduce_algo=reduce_algo, **extra)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
@@ -91,40 +97,58 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
                    grids: tuple = (None,), progress: bool = False, **kw):
     """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
-    count and, for layer-pipelined, the region shape with the least simulated time per token.
-    Chunks and micro-batches are the tile size along the tokens (more pipeline better through
-    the layer regions but pay more per-part latency); the region shape is how each layer's
-    matmuls are tiled over cores (rows x columns of its region)."""
+    count, for layer-pipelined the region shape, and the GEMMs' reduce algorithm with the least
+    simulated time per token. Chunks and micro-batches are the tile size along the tokens (more
+    pipeline better through the layer regions but pay more per-part latency); the region shape
+    is how each layer's matmuls are tiled over cores (rows x columns of its region); the reduce
+    algorithm how their partial sums meet (`chain`: one pipelined stream per line; `tree`:
+    two-level, fewer stages but the leaders' whole vectors queue at the root: it wins on long
+    lines and short vectors, i.e. decode).
+
+    Every mapping is tried with `chain` and `tree`; then the best one also with the tree in one
+    direction only (`row-tree`, `col-tree`), within `budget`. A given `reduce_algo` is fixed."""
     from mapper.search import search
     results = {}
+    fixed = kw.pop("reduce_algo", None)
+    algos = (fixed,) if fixed else ("chain", "tree")
 
     phase, batch = kw.get("phase", "prefill"), kw.get("batch", 1)
     chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
     micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
         if phase == "train" else (1,)
-    cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r}
+    cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
+              "reduce_algo": a}
              for s in STRATEGIES for g in grids
              for c in chunk_options if c <= kw.get("prompt", 128)
              for mb in (micro_options if s == "layer-pipelined" else (1,))
-             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))]
+             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
+             for a in algos]
     seen: set = set()
 
     def evaluate(cand: dict) -> float:
         program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
                                 chunks=cand["chunks"], micro_batches=cand["micro_batches"],
-                                region_shape=cand["region_shape"], **kw)
+                                region_shape=cand["region_shape"],
+                                reduce_algo=cand["reduce_algo"], **kw)
         m = program.meta
+        trees = m.get("tree_axes", "")  # what the records really are
         key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
-               m.get("region_cols"), m.get("region_rows"))
+               m.get("region_cols"), m.get("region_rows"), trees)
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
-                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions)")
+                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
+                             f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
+                             "or more)")
         seen.add(key)
         r = simulate(program, hw, engine=engine)
         results[tuple(cand.values())] = r
         return r.seconds / max(1, r.tokens)
 
     found = search(cands, evaluate, budget=budget, progress=progress)
+    left = budget - len(found.tried)
+    if found.best is not None and not fixed and left > 0:  # one direction only, on the best
+        one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
+        found.absorb(search(one_way, evaluate, budget=left))
     best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
 

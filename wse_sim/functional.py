@@ -17,7 +17,8 @@ buffer while it is still needed computes wrong numbers. Offsets are multiples of
 
 Semantics (DataOp `kernel`, `inputs`, `output`):
 - Compute, once per task over all cores of its region (tiles stacked as (cores, ...)):
-  `gemm` out = a @ b; `gemm_acc` out += a @ b; `add` out = sum of inputs (fp32, in order);
+  `gemm` out = a @ b; `gemm_acc` out += a @ b; `add` out = sum of inputs (fp32, in order;
+  with `out_offset` = o the (m, n) sum goes to columns [o, o + n) of a wider `out`);
   `copy` out = in0; `zero` out = 0. Parameter `a_k_block` = w: core of rank r (row-major in
   the region) uses columns [r w, (r + 1) w) of `a` (a GEMV's slice of a broadcast vector);
   `out_offset` = o: the product (m, n) goes to columns [o, o + n) of `out` (the rest is kept).
@@ -377,12 +378,20 @@ class _Runner:
         if d.kernel == "add":
             if not ins:
                 raise ProgramError(f"{what}: add needs at least one input")
-            acc = np.zeros((P, *out.shape), np.float32)
+            shape, off = out.shape, d.param("out_offset")
+            if off is not None:  # the sum goes to columns [off, off + n) of a wider tile
+                shape, off = ins[0].shape, int(off)
+                if len(shape) != 2 or len(out.shape) != 2 or shape[0] != out.shape[0] or \
+                        not 0 <= off <= out.shape[1] - shape[1]:
+                    raise ProgramError(f"{what}: add of {shape} tiles into columns {off}.. of "
+                                       f"{out.name!r} {out.shape}")
+                out_blk = out_blk[..., off:off + shape[1]]
+            acc = np.zeros((P, *shape), np.float32)
             for b in ins:
                 v = b.as_f32(tiles(b))
                 if v.shape != acc.shape:
                     raise ProgramError(f"{what}: add of {b.name!r} {b.shape} into "
-                                       f"{out.name!r} {out.shape}: shapes differ")
+                                       f"{out.name!r} {shape}: shapes differ")
                 K.residual_add(acc, v, out=acc, parallel=_par(acc.size))
             out_blk[...] = out.encode(acc).reshape(out_blk.shape)
             return

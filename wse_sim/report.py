@@ -180,6 +180,22 @@ def _energy_lines(result, s: dict) -> list[tuple[str, str]]:
     return [("energy", head), ("", ", ".join(parts))]
 
 
+def mapping_line(meta: dict) -> str:
+    """How a whole-model program is laid out (from its meta); '' for other programs."""
+    if "strategy" not in meta:
+        return ""
+    parts = [meta["strategy"]]
+    if "region_cols" in meta:
+        n = meta.get("regions", 1)
+        parts.append(f"{n} region{'s' if n != 1 else ''} of {meta['region_cols']} x "
+                     f"{meta['region_rows']} cores")
+    if meta.get("chunks", 1) > 1:
+        parts.append(f"{meta['chunks']} chunks")
+    if "reduce_algo" in meta:
+        parts.append(f"GEMM reduce {meta['reduce_algo']}")
+    return ", ".join(parts)
+
+
 def format_report(result, title: str = "") -> str:
     """A short aligned report: throughput, where the time went, communication, resources."""
     s = result.summary()
@@ -191,6 +207,9 @@ def format_report(result, title: str = "") -> str:
         ("program", f"{s['program']} ({s['instances']:,} task instances, {s['engine']} engine)"),
         ("time", f"{s['cycles']:,} cycles = {human(s['seconds'], 's')}"),
     ]
+    mapping = mapping_line(result.meta or {})
+    if mapping:
+        rows.insert(2, ("mapping", mapping))
     if s["tokens"]:
         rows.append(("throughput", f"{s['tokens_per_s']:,.0f} tokens/s ({s['tokens']:,} tokens)"))
     rows += [

@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass
 
 from mapper.placement import MappingError
-from mapper.strategies.tp2d import COLORS, TP2D, _deps
+from mapper.reduce_algos import check_algo
+from mapper.strategies.tp2d import COLORS, TP2D, _deps, tree_recv_bytes
 from workloads.graph import build_graph, ops_in_order
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
@@ -39,6 +40,7 @@ class Run:
     sparsity: float
     chunks: int = 1  # prefill: the prompt runs through the layers in this many chunks
     micro_batches: int = 1  # train: the batch runs through the layers in this many parts
+    reduce_algo: str = "chain"  # how the GEMMs' partial sums reduce (mapper.tree_reduce)
 
     @property
     def parts(self) -> int:
@@ -93,7 +95,7 @@ class Run:
 
 def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prompt: int,
              context: int, dtype: str, grid: int | None, sparsity: float,
-             chunks: int = 1, micro_batches: int = 1) -> Run:
+             chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain") -> Run:
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
         raise MappingError(f"grid: got {grid}, must be at most the {hw.mesh_cols} x "
                            f"{hw.mesh_rows} mesh of {hw.name}")
@@ -103,8 +105,9 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
     elif not 1 <= chunks <= prompt:
         raise MappingError(f"chunks: got {chunks}, must be in 1..prompt ({prompt})")
     check_micro_batches(micro_batches, phase, batch)
+    check_algo("reduce_algo", reduce_algo)
     return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
-               micro_batches)
+               micro_batches, reduce_algo)
 
 
 def check_micro_batches(micro_batches: int, phase: str, batch: int) -> None:
@@ -226,8 +229,8 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
         d = tp.compute("lm_head", hr, _deps(d) + _deps(wd), fmac=True,
                        flops=flops("lm_head", j), label=f"lm_head.{j}",
                        data=fd.get(f"lm_head.{j}"))
-        d = tp.stream(f"lm_head.reduce{j}", hr, "x", -1, lm * vocab_rows, d,
-                      reduce=True, color="row_reduce", data=fd.get(f"reduce{j}"))
+        d = tp.reduce(f"lm_head.reduce{j}", hr, "x", lm * vocab_rows, d,
+                      color="row_reduce", data=fd.get(f"reduce{j}"))
         if run.phase == "train":
             lead = Region(hr.x, hr.y, 1, R)
             for n in ("loss", "loss.bwd"):
@@ -239,8 +242,8 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
                 d = tp.compute(part, hr, d, fmac=True, flops=flops(part, j),
                                label=f"{part}.{j}", data=fd.get(f"{part}.{j}"))
             grads.append(d)
-            d = tp.stream(f"lm_head.bwd.reduce{j}", hr, "y", -1, vals, d, reduce=True,
-                          color="col_reduce", data=fd.get(f"bwd.reduce{j}"))
+            d = tp.reduce(f"lm_head.bwd.reduce{j}", hr, "y", vals, d, color="col_reduce",
+                          data=fd.get(f"bwd.reduce{j}"))
             d = handoff(pb, f"lm_head.bwd.handoff{j}", top, last_row, vals, run.dtype, d,
                         color="back", data=fd.get(f"bwd.handoff{j}"))
         ends.append(d)
@@ -248,6 +251,21 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
     if run.phase != "train":
         return ends[-1], grads
     return tp.norm("ln_f.bwd", last_row, tuple(ends), lm, fd, "ln_f.bwd"), grads
+
+
+def head_tree_recv(run: Run, region: Region, tables: int) -> int:
+    """Receive buffers of the LM head's tree reduces on a table region's root core (the logits
+    along the rows; training: dX up the columns)."""
+    vocab_rows = math.ceil(run.cfg.vocab_size / (tables * region.rows))
+    lm = run.lm_chunk_tokens  # one micro-batch at a time
+    y = lm * math.ceil(run.cfg.d_model / region.cols) if run.phase == "train" else 0
+    return tree_recv_bytes(region, lm * vocab_rows, y, run.dtype, run.reduce_algo)
+
+
+def mapping_meta(run: Run, tp: TP2D) -> dict:
+    """What the program's meta says about how the GEMMs reduce."""
+    return {"reduce_algo": run.reduce_algo, "tree_reduces": tp.tree_reduces,
+            "tree_axes": "".join(sorted(tp.tree_axes)), "combine_flops": tp.combine_flops}
 
 
 def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,

@@ -29,6 +29,10 @@ so every core rebuilds its keys' exact probabilities), weight gradients are loca
 "g" + weight tiles. The loss record combines the vocabulary shards of its lead column inside
 the task (the timing model has no record for that 2-value-per-token all-reduce).
 
+Tree reduces (`reduce_algo="tree"`): the root of a GEMM's reduce keeps one receive tile per
+group leader, like the partial sums it adds (`recv_tiles`); tile k of every reduce shares
+scratch slot "r{k}" (one reduce runs at a time in a region).
+
 Memory: in a functional build the SRAM of each region is one arena of the timing model's total
 (`common.alloc_group`) and every tile is a view into it at a planned offset; scratch slots are
 shared by tiles whose lives do not overlap (`FLayout.layer_tiles`), and since views really share
@@ -44,6 +48,8 @@ import math
 from dataclasses import dataclass
 
 from mapper.placement import MappingError
+from mapper.reduce_algos import axis_algo
+from mapper.tree_reduce import recv_name, tree_groups
 from workloads.models import GPTConfig
 from workloads.reference import EPS
 from wse_sim.program import DataOp, Region
@@ -51,6 +57,9 @@ from wse_sim.program import DataOp, Region
 WEIGHT_KEYS = ("ln1", "ln2", "wq", "wk", "wv", "wo", "wup", "wgate", "wdown", "kv")
 GRAD_KEYS = tuple("g" + k for k in WEIGHT_KEYS[:-1])  # weight gradients (training)
 SCRATCH_KEYS = ("apart", "part", "dx", "gd", "gf", "gfp", "gh", "bst", "gao", "gs", "gqkv")
+# The partial sums the GEMMs reduce, by the axis they reduce along ('x': along the rows into
+# the lead column; 'y': up the columns into the top row).
+REDUCED = {"qkv": "x", "fpart": "x", "gf": "x", "gao": "x", "h": "y", "part": "y", "gh": "y"}
 
 
 def dataop(kernel: str, inputs, output: str, **params) -> DataOp:
@@ -526,6 +535,37 @@ class FLayout:
         if parts is not None:
             out["parts"] = [list(p) for p in parts]
         return out
+
+
+def recv_tiles(tiles: dict, sources: dict[str, str]) -> dict:
+    """The root's receive tiles of the tree reduces of `sources` (tile name -> axis, see
+    REDUCED) that `tiles` holds: as many as the tile's lines have group leaders, each shaped
+    like the tile, on the root line of its region, tile k in scratch slot "r{k}"."""
+    out = {}
+    for name, axis in sources.items():
+        if name not in tiles:
+            continue
+        reg, shape, dtype, _ = tiles[name]
+        root = Region(reg.x, reg.y, 1, reg.rows) if axis == "x" else Region(reg.x, reg.y,
+                                                                            reg.cols, 1)
+        m = tree_groups(reg.cols if axis == "x" else reg.rows)[1]
+        out.update({recv_name(name, k): (root, shape, dtype, f"r{k}") for k in range(1, m + 1)})
+    return out
+
+
+def layer_recv_tiles(tiles: dict, bufs, algo: str) -> dict:
+    """`recv_tiles` of a layer's tree reduces under `algo` (a layer reduce algorithm; bufs: a
+    LayerBufs, or several)."""
+    items = bufs if isinstance(bufs, list | tuple) else [bufs]
+    return recv_tiles(tiles, {b(k): axis for b in items for k, axis in REDUCED.items()
+                              if axis_algo(algo, axis) == "tree"})
+
+
+def head_recv_tiles(tiles: dict, tables: int, algo: str) -> dict:
+    """`recv_tiles` of the LM head's tree reduces (the logits along the rows, training: dX
+    up the columns)."""
+    sources = {f"head{j}.logits": "x" for j in range(tables)} | {"head0.gx": "y"}
+    return recv_tiles(tiles, {k: a for k, a in sources.items() if axis_algo(algo, a) == "tree"})
 
 
 def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> FLayout:

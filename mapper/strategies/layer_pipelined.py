@@ -23,10 +23,18 @@ from mapper.strategies.common import (
     chunked,
     emit_lm_head,
     handoff,
+    head_tree_recv,
     kv_context_limit,
     make_run,
+    mapping_meta,
 )
-from mapper.strategies.functional_layout import LayerBufs, dataop, make_layout
+from mapper.strategies.functional_layout import (
+    LayerBufs,
+    dataop,
+    head_recv_tiles,
+    layer_recv_tiles,
+    make_layout,
+)
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -38,7 +46,8 @@ def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
     """Whether k slots of `sg` hold the table (and the LM head's activations); and the k that
     would."""
     cores = sg.cols * sg.rows
-    act = 2 * run.lm_chunk_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes
+    act = 2 * run.lm_chunk_tokens * math.ceil(run.cfg.d_model / sg.cols) * run.bytes \
+        + head_tree_recv(run, Region(0, 0, sg.cols, sg.rows), k)
     adam = 7 if run.phase == "train" else 1  # fp16 weight + grad + fp32 master and moments
     per_core = math.ceil(run.table_bytes * adam / (k * cores)) + act
     need = math.ceil(run.table_bytes * adam / (max(1, run.hw.sram_bytes - act) * cores))
@@ -88,7 +97,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         dtype: str = "fp16", grid: int | None = None,
                         sparsity: float = 0.0, stage: tuple | None = None,
                         functional: bool = False, chunks: int = 1, micro_batches: int = 1,
-                        region_shape: int = 0) -> Program:
+                        region_shape: int = 0, reduce_algo: str = "chain") -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -114,10 +123,11 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                                       "micro-batches is not pipelined over wafers; use one "
                                       "wafer or --micro-batches 1")
         return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
-                          context=context, dtype=dtype, grid=grid, sparsity=sparsity)
+                          context=context, dtype=dtype, grid=grid, sparsity=sparsity,
+                          reduce_algo=reduce_algo)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches)
+                   micro_batches=micro_batches, reduce_algo=reduce_algo)
     check_total_weights(run)
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
     ops = run.ops()
@@ -139,7 +149,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     if fl is not None and n > 1:
         fls = [fl.micro(n, p) if train else fl.chunk(s0, ns)
                for p, (_, _, _, s0, ns) in enumerate(parts)]
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo)
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
     lays = [Layout.of(placed[f"L{i}"], cfg) for i in range(L)]
@@ -199,7 +209,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
-        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)})
+        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)}
+        | mapping_meta(run, tp))
 
 
 def pipelined_buffers(run: Run, lay: Layout) -> dict:
@@ -207,7 +218,7 @@ def pipelined_buffers(run: Run, lay: Layout) -> dict:
     training in micro-batches, the activations saved for the backward of every one of them
     (all are in flight between the last forward and the first backward)."""
     out = layer_buffers(run.cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens, run.dtype,
-                        train=run.phase == "train")
+                        train=run.phase == "train", reduce_algo=run.reduce_algo)
     if run.phase == "train" and run.micro_batches > 1:
         out["saved_activations"] *= run.micro_batches
         # The last layer (the fullest) also keeps the dY that the LM head hands it for every
@@ -274,10 +285,12 @@ def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lay
                 if train and j == 0:
                     tiles |= fp.train_embed_tiles(top0, sfx) \
                         | {"embed.dx" + sfx: (top0, (fp.T, fp.dc), run.dtype, None)}
+            tiles |= head_recv_tiles(tiles, k, run.reduce_algo)
+        recv = head_tree_recv(run, hr, k)
         v, e = alloc_group(pb, f"head{j}.", hr, {
             "table": math.ceil(run.table_bytes * adam / (k * hr.size)),
-            "act": 2 * run.lm_chunk_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes},
-            tiles)
+            "act": 2 * run.lm_chunk_tokens * math.ceil(cfg.d_model / hr.cols) * run.bytes}
+            | ({"tree_recv": recv} if recv else {}), tiles)
         views, extra = views | v, max(extra, e)
     for i, lay in enumerate(lays):
         tiles = None
@@ -299,6 +312,7 @@ def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lay
                 tiles |= fls[-1].lnf_tiles(lay.row0, True)
                 if train:
                     tiles |= f0.train_lnf_tiles(lay.row0, True)
+            tiles |= layer_recv_tiles(tiles, [b[i] for b in bufs], run.reduce_algo)
         mine = buffers if i == L - 1 else {b: v for b, v in buffers.items() if b != "stashed_dy"}
         v, e = alloc_group(pb, f"L{i}.", lay.reg, mine, tiles)
         views, extra = views | v, max(extra, e)
@@ -367,13 +381,13 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub)
     train = run.phase == "train"
     buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype,
-                            train=train)
+                            train=train, reduce_algo=run.reduce_algo)
     check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,
                   buffers, lay0.reg)
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
     placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
-    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens)
+    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo)
     lays = [Layout.of(placed[f"L{i}"], sub) for i in range(L)]
     for i, lay in enumerate(lays):
         for name, v in buffers.items():
@@ -382,6 +396,8 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     for j, hr in enumerate(heads):
         pb.alloc(f"head{j}.table", hr,
                  math.ceil(run.table_bytes * (7 if train else 1) / (k * hr.size)))
+        if head_tree_recv(run, hr, k):
+            pb.alloc(f"head{j}.tree_recv", hr, head_tree_recv(run, hr, k))
     x_vals = run.tokens * math.ceil(sub.d_model / sg.cols)
     x_bytes = run.tokens * sub.d_model * run.bytes
     if with_embed:
@@ -436,4 +452,4 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
                           "first_layer": first, "layers": L, "with_embed": with_embed,
                           "with_head": with_head, "graph_flops": flops, "offwafer_flops": 0,
                           "region_cols": sg.cols, "region_rows": sg.rows,
-                          "sram_buffers_per_core": buffers})
+                          "sram_buffers_per_core": buffers} | mapping_meta(run, tp))

@@ -20,10 +20,18 @@ from mapper.strategies.common import (
     check_total_weights,
     chunked,
     emit_lm_head,
+    head_tree_recv,
     kv_context_limit,
     make_run,
+    mapping_meta,
 )
-from mapper.strategies.functional_layout import LayerBufs, dataop, make_layout
+from mapper.strategies.functional_layout import (
+    LayerBufs,
+    dataop,
+    head_recv_tiles,
+    layer_recv_tiles,
+    make_layout,
+)
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -47,7 +55,7 @@ def map_weight_streaming(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
 def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
-         chunks: int = 1, micro_batches: int = 1) -> Program:
+         chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain") -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill and decode; every layer keeps its weights and KV cache
     in its own tiles, the activations share one set, `act.*`) or, layer-sequential only, the
@@ -56,7 +64,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches)
+                   micro_batches=micro_batches, reduce_algo=reduce_algo)
     name = "weight-streaming" if streaming else "layer-sequential"
     if micro_batches > 1:
         raise NotImplementedError(f"{name}: a training step in {micro_batches} micro-batches "
@@ -72,8 +80,9 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
 
     def sizes(r: Run) -> dict:
         b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.kv_tokens, dtype, train=train,
-                          weight_layers=L, stream_weights=streaming)
-        return b | {"table": math.ceil(table / reg.size)}
+                          weight_layers=L, stream_weights=streaming, reduce_algo=r.reduce_algo)
+        recv = max(b.pop("tree_recv", 0), head_tree_recv(r, reg, 1))  # never live at once
+        return b | ({"tree_recv": recv} if recv else {}) | {"table": math.ceil(table / reg.size)}
 
     run = chunked(run, lambda r: sum(sizes(r).values()) <= hw.sram_bytes)
     if functional and run.chunks > 1:
@@ -97,8 +106,10 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         if train:
             tiles |= fl.train_head_tiles(reg) | fl.train_lnf_tiles(lay.row0, False) \
                 | fl.train_embed_tiles(lay.row0)
+        tiles |= layer_recv_tiles(tiles, bufs, run.reduce_algo) \
+            | head_recv_tiles(tiles, 1, run.reduce_algo)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
     n = run.chunks
 
@@ -178,4 +189,5 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "micro_batches": run.micro_batches, "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
         "sram_buffers_per_core": buffers,
-        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)})
+        "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
+        | mapping_meta(run, tp))

@@ -22,6 +22,14 @@ carries its `DataOp` (the exact tiles and the memory plan are in `functional_lay
 
 Backward mirrors it: the backward of an *up* GEMM is a *down* pattern (and vice versa); weight
 gradients are local (each core already holds both operands of its block).
+
+`reduce_algo` picks how the GEMMs' partial sums reduce (forward, backward and the LM head), for
+the row reduces (into the leaders) and the column reduces (into the top row): `chain` (one
+pipelined stream per line), `tree` (the two-level tree of `mapper.tree_reduce`: groups of
+~sqrt(n) cores chain-reduce, their leaders send to the root, which adds each; its adds are
+`combine_flops`, its receive buffers `tree_recv` in the SRAM budget), or the tree for one
+direction only (`row-tree`, `col-tree`). The attention's softmax-combine reduce and the norms'
+statistics stay chains.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mapper import attention
+from mapper.reduce_algos import axis_algo
+from mapper.tree_reduce import TreeBufs, build_tree, tree_groups
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, LineStream, ProgramBuilder, Region, wavelets_for
@@ -40,7 +50,7 @@ if TYPE_CHECKING:
     from mapper.strategies.functional_layout import FLayout, LayerBufs
 
 COLORS = {"col_bcast": 0, "row_reduce": 1, "row_bcast": 2, "col_reduce": 3, "stats": 4,
-          "handoff": 5, "stats_bcast": 6, "back": 7}
+          "handoff": 5, "stats_bcast": 6, "back": 7, "row_tree": 8, "col_tree": 9}
 
 
 @dataclass(frozen=True)
@@ -92,10 +102,15 @@ class TP2D:
     """Emits the records of layers laid out 2-D tensor-parallel; tracks which ops it emitted."""
 
     def __init__(self, pb: ProgramBuilder, cfg: GPTConfig, ops: dict, dtype: str,
-                 sparsity: float, tokens: int, fl: FLayout | None = None):
+                 sparsity: float, tokens: int, fl: FLayout | None = None,
+                 reduce_algo: str = "chain"):
         self.pb, self.cfg, self.ops, self.dtype = pb, cfg, ops, dtype
         self.sparsity, self.tokens = sparsity, tokens
         self.fl = fl  # functional layout: DataOps are attached only when given
+        self.reduce_algo = reduce_algo
+        self.combine_flops = 0  # the tree's root adds (Compute records beyond the graph)
+        self.tree_reduces = 0  # reduces emitted as trees
+        self.tree_axes: set[str] = set()  # along which axes ('x', 'y') they were
         self.emitted: set[str] = set()
         self.share = (0, 1)  # (chunk, chunks): a chunk runs its share of every op's FLOPs
 
@@ -128,6 +143,25 @@ class TP2D:
         return self.pb.add(LineStream(name, region, axis, direction, wavelets_for(values, dt),
                                       reduce=reduce, dtype=dt, color=COLORS[color],
                                       deps=_deps(dep), data=data))
+
+    def reduce(self, name: str, region: Region, axis: str, values: int, dep, *, color: str,
+               data=None) -> int:
+        """A GEMM's partial sums (`values` per core) reduced along every line of `region` into
+        position 0 (axis 'x': every row into column 0; 'y': every column into the top row) by
+        `reduce_algo`; a line of fewer than 3 cores is always a chain."""
+        n = region.cols if axis == "x" else region.rows
+        if axis_algo(self.reduce_algo, axis) == "chain" or tree_groups(n)[1] == 0 or values <= 0:
+            return self.stream(name, region, axis, -1, values, dep, reduce=True, color=color,
+                               data=data)
+        last, flops = build_tree(
+            self.pb.add, name, region, axis, wavelets=wavelets_for(values, self.dtype),
+            values=values, dtype=self.dtype,
+            colors=(COLORS[color], COLORS["row_tree" if axis == "x" else "col_tree"]),
+            deps=_deps(dep), bufs=None if data is None else TreeBufs.of(data))
+        self.combine_flops += flops
+        self.tree_reduces += 1
+        self.tree_axes.add(axis)
+        return last
 
     def norm(self, name: str, row: Region, dep, tokens: int, d: dict | None = None,
              key: str = "") -> int:
@@ -169,8 +203,8 @@ class TP2D:
         dep = self.stream(label + ".bcast", region, "y", 1, x_vals, dep, reduce=False,
                           color="col_bcast", data=d.get(key + ".bcast"))
         dep = self.gemms(names, region, dep, weight_dep, d)
-        return self.stream(label + ".reduce", region, "x", -1, out_values, dep, reduce=True,
-                           color="row_reduce", data=d.get(key + ".reduce"))
+        return self.reduce(label + ".reduce", region, "x", out_values, dep, color="row_reduce",
+                           data=d.get(key + ".reduce"))
 
     def down(self, lay: Layout, region: Region, names, dep, in_values: int, label: str, *,
              weight_dep=None, d: dict | None = None, key: str = "") -> int:
@@ -180,8 +214,8 @@ class TP2D:
         dep = self.stream(label + ".bcast", region, "x", 1, in_values, dep, reduce=False,
                           color="row_bcast", data=d.get(key + ".bcast"))
         dep = self.gemms(names, region, dep, weight_dep, d)
-        return self.stream(label + ".reduce", region, "y", -1, x_vals, dep, reduce=True,
-                           color="col_reduce", data=d.get(key + ".reduce"))
+        return self.reduce(label + ".reduce", region, "y", x_vals, dep, color="col_reduce",
+                           data=d.get(key + ".reduce"))
 
     # ---- sizes ------------------------------------------------------------------------------
     def sizes(self, lay: Layout) -> dict:
@@ -255,21 +289,21 @@ class TP2D:
         dep = self.stream(p + "down.bwd.bcast", lay.reg, "y", 1, x_vals, dep, reduce=False,
                           color="col_bcast", data=d.get("down.bwd.bcast"))
         dep = bwd([p + "ffn_down"], lay.reg, dep, weight_dep)
-        dep = self.stream(p + "down.bwd.reduce", lay.reg, "x", -1, s["ffn_in"], dep,
-                          reduce=True, color="row_reduce", data=d.get("down.bwd.reduce"))
+        dep = self.reduce(p + "down.bwd.reduce", lay.reg, "x", s["ffn_in"], dep,
+                          color="row_reduce", data=d.get("down.bwd.reduce"))
         dep = self.compute(p + "act.bwd", lay.lead, dep, fmac=False, data=d.get("act.bwd"))
         dep = self.stream(p + "ffn.bwd.bcast", lay.reg, "x", 1, s["ffn_out"], dep, reduce=False,
                           color="row_bcast", data=d.get("ffn.bwd.bcast"))
         dep = bwd([p + "ffn_up", p + "ffn_gate"], lay.reg, dep, weight_dep)
-        dep = self.stream(p + "ffn.bwd.reduce", lay.reg, "y", -1, x_vals, dep, reduce=True,
-                          color="col_reduce", data=d.get("ffn.bwd.reduce"))
+        dep = self.reduce(p + "ffn.bwd.reduce", lay.reg, "y", x_vals, dep, color="col_reduce",
+                          data=d.get("ffn.bwd.reduce"))
         dep = self.norm(p + "norm2.bwd", lay.row0, dep, self.tokens, d, "norm2.bwd")
         dep = self.compute(p + "residual1.bwd", lay.row0, dep, fmac=False,
                            data=d.get("residual1.bwd"))
         dep = self.stream(p + "o.bwd.bcast", lay.att, "y", 1, x_vals, dep, reduce=False,
                           color="col_bcast", data=d.get("o.bwd.bcast"))
         dep = bwd([p + "o_proj"], lay.att, dep, weight_dep)
-        dep = self.stream(p + "o.bwd.reduce", lay.att, "x", -1, s["attn_out"], dep, reduce=True,
+        dep = self.reduce(p + "o.bwd.reduce", lay.att, "x", s["attn_out"], dep,
                           color="row_reduce", data=d.get("o.bwd.reduce"))
         dep = self.stream(p + "attn.bwd.bcast", lay.att, "x", 1, s["attn_part"], dep,
                           reduce=False, color="row_bcast", data=d.get("attn.bwd.bcast"))
@@ -282,8 +316,8 @@ class TP2D:
         dep = self.stream(p + "qkv.bwd.bcast", lay.att, "x", 1, s["qkv"], dep, reduce=False,
                           color="row_bcast", data=d.get("qkv.bwd.bcast"))
         dep = bwd([p + n for n in ("q_proj", "k_proj", "v_proj")], lay.att, dep, weight_dep)
-        dep = self.stream(p + "qkv.bwd.reduce", lay.att, "y", -1, x_vals, dep, reduce=True,
-                          color="col_reduce", data=d.get("qkv.bwd.reduce"))
+        dep = self.reduce(p + "qkv.bwd.reduce", lay.att, "y", x_vals, dep, color="col_reduce",
+                          data=d.get("qkv.bwd.reduce"))
         dep = self.norm(p + "norm1.bwd", lay.row0, dep, self.tokens, d, "norm1.bwd")
         return dep, grads
 
@@ -302,13 +336,24 @@ class TP2D:
         return [n for n, op in self.ops.items() if n not in self.emitted and op.kind not in skip_kinds]
 
 
+def tree_recv_bytes(reg: Region, x_values: int, y_values: int, dtype: str,
+                    reduce_algo: str) -> int:
+    """Bytes of a tree reduce's receive buffers on a root core (core (0, 0) is the root of both
+    patterns, never at once): one tile per leader of the largest partial reduced along the rows
+    (`x_values` per core) or up the columns (`y_values`) by a tree; 0 for chains."""
+    x = tree_groups(reg.cols)[1] * x_values if axis_algo(reduce_algo, "x") == "tree" else 0
+    y = tree_groups(reg.rows)[1] * y_values if axis_algo(reduce_algo, "y") == "tree" else 0
+    return max(x, y) * DTYPE_BYTES[dtype]
+
+
 def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens: int,
                   dtype: str, *, train: bool = False, weight_layers: int = 1,
-                  stream_weights: bool = False) -> dict[str, int]:
+                  stream_weights: bool = False, reduce_algo: str = "chain") -> dict[str, int]:
     """SRAM bytes per core on the fullest core of a layer region, by buffer.
 
     `weight_layers` layers of weights are resident (layer-sequential holds all of them);
-    `stream_weights` holds two layers' worth (double buffer) instead.
+    `stream_weights` holds two layers' worth (double buffer) instead; a `reduce_algo` with
+    trees adds the root's receive buffers (`tree_recv`).
     """
     b = DTYPE_BYTES[dtype]
     R, C, ra = lay.reg.rows, lay.reg.cols, lay.ra
@@ -321,13 +366,17 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens
     per_layer_params = math.ceil(attn_w / (ra * C)) + math.ceil(ffn_w / (R * C)) \
         + math.ceil(cfg.layer_small_params() / C)
     layers = 2 if stream_weights else weight_layers
+    row_partial = tokens * max(ffn_row_cols(cfg, R), hd * (hpr + 2 * kvpr))
     out = {
         "weights": layers * per_layer_params * b,
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
-        "partial": tokens * max(ffn_row_cols(cfg, R), hd * (hpr + 2 * kvpr)) * 4,
+        "partial": row_partial * 4,
         "scores": tokens * hpr * math.ceil(keys / C) * 4,
         "kv_cache": weight_layers * attention.split(cfg, R, C).kv_bytes_per_core(kv_tokens, dtype),
     }
+    recv = tree_recv_bytes(lay.reg, row_partial, tokens * math.ceil(d / C), dtype, reduce_algo)
+    if recv:
+        out["tree_recv"] = recv
     if train:
         saved = tokens * (2 * math.ceil(d / C) + math.ceil(cfg.d_ffn / R) + hpr * hd) * b \
             + tokens * hpr * math.ceil(keys / C) * b
