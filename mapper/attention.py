@@ -1,12 +1,23 @@
 """How attention is split over a region, and what its KV cache costs in SRAM.
 
-Head-parallel over rows: row r owns a block of consecutive query heads [r hpr, (r + 1) hpr) with
-hpr = heads / Ra rounded up and Ra = min(rows, heads), and
-the K/V heads those query heads read (GQA: kv_heads / Ra per row, rounded up; when Ra > kv_heads
-a K/V head is kept by every row whose query heads use it). Sequence-parallel over columns: column
-j keeps the keys and values of positions j, j + C, ... (slot p div C), so Q·Kᵀ is a distributed GEMM in which K
-never moves (the transposed product is computed where K lives) and only the partial outputs
-and softmax statistics (head_dim + 2 numbers per head and query) travel.
+Heads are laid in *head groups*, each owning `G` consecutive rows (`rows_per_group`):
+
+- rows <= heads (or the sequence split turned off, as training does): Ra = rows groups of
+  hpr = ceil(heads / Ra) consecutive query heads, G = 1: one row per group (head parallel).
+  Under GQA a row keeps the K/V heads its query heads read (kv_heads / Ra rounded up; when
+  Ra > kv_heads a K/V head is kept by every row whose query heads use it).
+- rows > heads: one group per K/V head (a GQA group: its kv_heads-th share of the query
+  heads and the one K/V head they read; for plain multi-head attention one head per group),
+  each owning G = rows // kv_heads rows; the Ra x G rows hold attention, the rest (fewer
+  than Ra) only the FFN.
+
+Sequence parallel inside a group: core (column j, row g of the group) keeps the keys and
+values of positions p with p mod C = j and (p div C) mod G = g, in slot p div (G C): the
+cached and processed positions of a head group are split over its G x C cores, so Q·Kᵀ is a
+distributed GEMM in which K never moves and only the partial outputs and softmax statistics
+(head_dim + 2 numbers per head and query) travel: along each row to its leader (column 0),
+then, when G > 1, up the group's G leaders to the group's top row, merged with the exact
+online-softmax rule at every step.
 """
 
 from __future__ import annotations
@@ -22,31 +33,52 @@ from wse_sim.hardware import DTYPE_BYTES
 class AttentionSplit:
     """The split of one layer's attention over `rows` x `cols` cores."""
 
-    rows_used: int          # Ra: rows holding heads
+    groups: int               # Ra: head groups
+    rows_per_group: int       # G: rows of one head group
     cols: int
-    heads_per_row: int
-    kv_heads_per_row: int
+    heads_per_group: int      # query heads of a group (its rows all hold the same heads)
+    kv_heads_per_group: int
     head_dim: int
 
-    def positions_per_core(self, tokens: int) -> int:
-        return math.ceil(tokens / self.cols)
+    @property
+    def rows_used(self) -> int:
+        """Rows that hold attention (Ra x G)."""
+        return self.groups * self.rows_per_group
 
-    def kv_bytes_per_core(self, tokens: int, dtype: str) -> int:
-        """K and V of `tokens` positions (summed over the batch) on the fullest core."""
-        return 2 * self.kv_heads_per_row * self.head_dim * self.positions_per_core(tokens) \
-            * DTYPE_BYTES[dtype]
+    @property
+    def cores_per_group(self) -> int:
+        """Cores a head group's keys are split over (G x C)."""
+        return self.rows_per_group * self.cols
+
+    def positions_per_core(self, keys: int) -> int:
+        """Cached positions of one sequence on the fullest core."""
+        return math.ceil(keys / self.cores_per_group)
+
+    def kv_bytes_per_core(self, keys: int, dtype: str, batch: int = 1) -> int:
+        """K and V of `keys` positions of each of `batch` sequences, on the fullest core:
+        2 x kv_heads_per_group x head_dim x batch x ceil(keys / (G C)) x dtype bytes."""
+        return 2 * self.kv_heads_per_group * self.head_dim * batch \
+            * self.positions_per_core(keys) * DTYPE_BYTES[dtype]
 
     def partial_values(self, queries: int) -> int:
         """Numbers each core sends back per reduce: partial output plus max and sum."""
-        return queries * self.heads_per_row * (self.head_dim + 2)
+        return queries * self.heads_per_group * (self.head_dim + 2)
 
-    def max_tokens(self, free_bytes: int, dtype: str, layers: int = 1) -> int:
-        """The most cached positions that fit in `free_bytes` per core for `layers` layers."""
-        per_token_per_col = 2 * self.kv_heads_per_row * self.head_dim * DTYPE_BYTES[dtype] * layers
-        return max(0, free_bytes // per_token_per_col) * self.cols
+    def max_tokens(self, free_bytes: int, dtype: str, layers: int = 1, batch: int = 1) -> int:
+        """The most cached positions per sequence (of `batch`) whose K and V for `layers`
+        layers fit in `free_bytes` per core."""
+        per_slot = 2 * self.kv_heads_per_group * self.head_dim * DTYPE_BYTES[dtype] * layers \
+            * batch
+        return max(0, free_bytes // per_slot) * self.cores_per_group
 
 
-def split(cfg: GPTConfig, rows: int, cols: int) -> AttentionSplit:
-    ra = min(rows, cfg.n_heads)
-    return AttentionSplit(ra, cols, math.ceil(cfg.n_heads / ra), math.ceil(cfg.n_kv_heads / ra),
-                          cfg.hd)
+def split(cfg: GPTConfig, rows: int, cols: int, seq_rows: bool = True) -> AttentionSplit:
+    """The split of `cfg`'s attention over `rows` x `cols` cores; `seq_rows=False` keeps the
+    head-parallel split (one row per group) even when rows > heads."""
+    if rows <= cfg.n_heads or not seq_rows:
+        groups, g = min(rows, cfg.n_heads), 1
+    else:
+        groups = cfg.n_kv_heads
+        g = rows // groups
+    return AttentionSplit(groups, g, cols, math.ceil(cfg.n_heads / groups),
+                          math.ceil(cfg.n_kv_heads / groups), cfg.hd)

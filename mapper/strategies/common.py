@@ -211,12 +211,10 @@ def emit_lm_head(tp: TP2D, run: Run, last_row: Region, heads: list[Region], dep,
 
 def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,
                      layers: int) -> int:
-    """The longest context (per sequence of the batch) whose KV cache still fits the SRAM left
-    after every other buffer of the fullest core."""
-    from mapper.attention import split
+    """The longest context (cached positions per sequence of the batch) whose KV cache still
+    fits the SRAM left after every other buffer of the fullest core."""
     free = hw.sram_bytes - (sum(buffers.values()) - buffers.get("kv_cache", 0))
-    positions = split(cfg, lay.reg.rows, lay.reg.cols).max_tokens(free, run.dtype, layers)
-    return positions // run.batch
+    return lay.split(cfg).max_tokens(free, run.dtype, layers, run.batch)
 
 
 def chunked(run: Run, fits) -> Run:

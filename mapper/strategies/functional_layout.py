@@ -42,12 +42,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mapper import attention
 from mapper.placement import MappingError
 from workloads.models import GPTConfig
 from workloads.reference import EPS
 from wse_sim.program import DataOp, Region
 
-WEIGHT_KEYS = ("ln1", "ln2", "wq", "wk", "wv", "wo", "wup", "wgate", "wdown", "kv")
+WEIGHT_KEYS = ("ln1", "ln2", "wq", "wk", "wv", "wqkv", "wo", "wup", "wgate", "wdown", "kv")
 GRAD_KEYS = tuple("g" + k for k in WEIGHT_KEYS[:-1])  # weight gradients (training)
 SCRATCH_KEYS = ("apart", "part", "dx", "gd", "gf", "gfp", "gh", "bst", "gao", "gs", "gqkv")
 
@@ -117,16 +118,26 @@ class FLayout:
         return self.sq > 1 and not self.train
 
     @property
+    def split(self) -> attention.AttentionSplit:
+        return attention.split(self.cfg, self.rows, self.cols, seq_rows=not self.train)
+
+    @property
     def ra(self) -> int:
-        return min(self.rows, self.cfg.n_heads)
+        """Head groups."""
+        return self.split.groups
+
+    @property
+    def G(self) -> int:
+        """Rows per head group."""
+        return self.split.rows_per_group
 
     @property
     def hpr(self) -> int:
-        return math.ceil(self.cfg.n_heads / self.ra)
+        return self.split.heads_per_group
 
     @property
     def kvpr(self) -> int:
-        return math.ceil(self.cfg.n_kv_heads / self.ra)
+        return self.split.kv_heads_per_group
 
     @property
     def hd(self) -> int:
@@ -146,7 +157,7 @@ class FLayout:
 
     @property
     def slots(self) -> int:
-        return math.ceil(self.keys / self.cols)
+        return self.split.positions_per_core(self.keys)
 
     @property
     def vr(self) -> int:
@@ -155,6 +166,16 @@ class FLayout:
     @property
     def qkv_cols(self) -> int:
         return (self.hpr + 2 * self.kvpr) * self.hd
+
+    @property
+    def w_qkv(self) -> int:
+        """Q|K|V columns of a row's slice when G > 1 (the whole group's when G = 1)."""
+        return math.ceil(self.qkv_cols / self.G)
+
+    @property
+    def w_o(self) -> int:
+        """Attention-output columns (O-projection input rows) of a row's slice."""
+        return math.ceil(self.hpr * self.hd / self.G)
 
     # ---- heads ------------------------------------------------------------------------------
     def row_heads(self, r: int) -> list[int]:
@@ -176,6 +197,11 @@ class FLayout:
                              for k in range(self.hpr)))
         return tuple(out)
 
+    @property
+    def head_kv_rows(self) -> tuple:
+        """`head_kv` for every row of the attention rows (a group's G rows alike)."""
+        return tuple(hk for hk in self.head_kv for _ in range(self.G))
+
     # ---- tiles: name -> (region, tile shape, dtype, slot) ----------------------------------
     # Slot None: a tile of its own. Slots "s1" and "s2" are scratch shared by the tiles whose
     # lives do not overlap (every tile of a slot starts at the slot's first byte): s1 holds
@@ -184,6 +210,8 @@ class FLayout:
     # the norm statistics, then the scores. `h` is the norm output and also the down GEMMs' partial sums (never live
     # together). Functional runs check the plan: a tile reused too early gives wrong numbers.
     def layer_tiles(self, lay, b: LayerBufs, *, weights: bool = True, acts: bool = True) -> dict:
+        if self.G > 1:
+            return self.group_tiles(lay, b, weights=weights, acts=acts)
         dt, T, dc, hd = self.dtype, self.T, self.dc, self.hd
         gain = 2 if self.cfg.norm == "layernorm" else 1
         out = {}
@@ -206,6 +234,41 @@ class FLayout:
                         b("qkv"): (lay.att, (T, self.qkv_cols), dt, "s1"),
                         b("apart"): (lay.att, (T, self.hpr * (hd + 2)), dt, "s1"),
                         b("ao"): (lay.att, (T, self.hpr * hd), dt, "s1"),
+                        b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
+                        b("act"): (lay.reg, (T, self.fr), dt, "s1"),
+                        b("scores"): (lay.att, (T, self.hpr, self.slots + 2), "fp32", "s2")})
+        return out
+
+    # G > 1 rows per head group: row g of a group holds the g-th slice (w_qkv columns) of the
+    # group's [Q heads | K heads | V heads] projection (one fused weight tile, padded with
+    # zeros) and the g-th slice (w_o rows) of its O-projection. qkvp is a row's slice (the
+    # row reduce leaves it at the row's leader), qkv the group's whole Q|K|V (gathered at the
+    # group's top core, then shared), aos a row's slice of the attention output. s2 holds the
+    # norm statistics, then qkvp, then the scores; s1 qkv, then the partials, ao, aos (each
+    # written after its input was read), then the FFN tiles.
+    def group_tiles(self, lay, b: LayerBufs, *, weights: bool = True, acts: bool = True) -> dict:
+        dt, T, dc, hd = self.dtype, self.T, self.dc, self.hd
+        gain = 2 if self.cfg.norm == "layernorm" else 1
+        out = {}
+        if weights:
+            out.update({b("ln1"): (lay.row0, (gain, dc), dt, None),
+                        b("ln2"): (lay.row0, (gain, dc), dt, None),
+                        b("wqkv"): (lay.att, (dc, self.w_qkv), dt, None),
+                        b("wo"): (lay.att, (self.w_o, dc), dt, None),
+                        b("wup"): (lay.reg, (dc, self.fr), dt, None)})
+            if self.cfg.activation == "swiglu":
+                out[b("wgate")] = (lay.reg, (dc, self.fr), dt, None)
+            out[b("wdown")] = (lay.reg, (self.fr, dc), dt, None)
+            out[b("kv")] = (lay.att, (2, self.batch, self.kvpr, self.slots, hd), dt, None)
+        if acts:
+            out.update({b("x"): (lay.row0, (T, dc), dt, None),
+                        b("h"): (lay.reg, (T, dc), dt, None),
+                        b("stats"): (lay.row0, (T, 2), "fp32", "s2"),
+                        b("qkvp"): (lay.att, (T, self.w_qkv), dt, "s2"),
+                        b("qkv"): (lay.att, (T, self.qkv_cols), dt, "s1"),
+                        b("apart"): (lay.att, (T, self.hpr * (hd + 2)), dt, "s1"),
+                        b("ao"): (lay.att, (T, self.hpr * hd), dt, "s1"),
+                        b("aos"): (lay.att, (T, self.w_o), dt, "s1"),
                         b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
                         b("act"): (lay.reg, (T, self.fr), dt, "s1"),
                         b("scores"): (lay.att, (T, self.hpr, self.slots + 2), "fp32", "s2")})
@@ -249,8 +312,7 @@ class FLayout:
     def layer_data(self, b: LayerBufs) -> dict:
         """DataOp of every record of a layer's forward pass, by key (see TP2D.forward)."""
         hq, hk = self.hpr * self.hd, self.kvpr * self.hd
-        att = {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv, "batch": self.batch,
-               "sq": self.sq, "start": self.start}
+        att = self._att()
         d = {}
         d.update(self.norm_data("norm1", b("x"), b("h"), b("stats"), b("ln1")))
         d.update({"qkv.bcast": dataop("bcast", (b("h"),), b("h")),
@@ -271,6 +333,8 @@ class FLayout:
                   "o_proj": dataop("gemm", (b("ao"), b("wo")), b("h")),
                   "o.reduce": dataop("reduce", (b("h"),), b("h")),
                   "residual1": dataop("add", (b("x"), b("h")), b("x"))})
+        if self.G > 1:
+            d.update(self.group_attention_data(b))
         d.update(self.norm_data("norm2", b("x"), b("h"), b("stats"), b("ln2")))
         act = "swiglu" if self.cfg.activation == "swiglu" else "gelu"
         d.update({"ffn.bcast": dataop("bcast", (b("h"),), b("h")),
@@ -371,8 +435,26 @@ class FLayout:
         return d
 
     def _att(self) -> dict:
-        return {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv, "batch": self.batch,
-                "sq": self.sq, "start": self.start}
+        return {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv_rows,
+                "batch": self.batch, "sq": self.sq, "start": self.start, "group": self.G}
+
+    def group_attention_data(self, b: LayerBufs) -> dict:
+        """The attention DataOps that differ when G > 1 (see `TP2D.attention_groups`): the
+        fused Q|K|V GEMM (on the q_proj record; k_proj and v_proj carry none), the gather of
+        the rows' slices into the group's top core, the shares back, the two-level combine
+        and the slices of the attention output."""
+        return {"q_proj": dataop("gemm", (b("h"), b("wqkv")), b("qkvp")),
+                "k_proj": None, "v_proj": None,
+                "qkv.reduce": dataop("reduce", (b("qkvp"),), b("qkvp")),
+                "qkv.gather": dataop("reduce", (b("qkvp"),), b("qkv"), gather=True),
+                "qkv.group": dataop("bcast", (b("qkv"),), b("qkv")),
+                "attn.reduce": dataop("reduce", (b("apart"),), b("apart"), combine="softmax",
+                                      heads=self.hpr, partial=True),
+                "attn.combine": dataop("reduce", (b("apart"),), b("ao"), combine="softmax",
+                                       heads=self.hpr),
+                "attn.share": dataop("bcast", (b("ao"),), b("aos"), scatter=self.w_o),
+                "o.bcast": dataop("bcast", (b("aos"),), b("aos")),
+                "o_proj": dataop("gemm", (b("aos"), b("wo")), b("h"))}
 
     def norm_bwd_data(self, key: str, dy: str, x: str, stats: str, gain: str, bst: str,
                       ggain: str, dx: str, accumulate: bool) -> dict:

@@ -62,8 +62,8 @@ def choose_slots(run: Run, rank: int = 0):
             if not ok:
                 next_k = need if next_k is None else min(next_k, need)
                 continue
-            lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
-            buffers = layer_buffers(cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens,
+            lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg, run.phase == "train")
+            buffers = layer_buffers(cfg, lay, run.chunk_tokens, run.keys, run.batch,
                                     run.dtype, train=run.phase == "train")
             if sum(buffers.values()) <= run.hw.sram_bytes:
                 fitting.append((sg, k, True))
@@ -113,9 +113,9 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     ops = run.ops()
     L = cfg.n_layers
     sg, k, _ = choose_slots(run, region_shape)
-    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
+    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg, run.phase == "train")
     train = phase == "train"
-    buffers = layer_buffers(cfg, lay0, run.chunk_tokens, run.keys, run.kv_tokens, dtype,
+    buffers = layer_buffers(cfg, lay0, run.chunk_tokens, run.keys, run.batch, dtype,
                             train=train)
     check_buffers("each layer region", run, buffers, lay0.reg,
                   f" ({L + k} regions on a {run.cols} x {run.rows} mesh)")
@@ -127,7 +127,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl)
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
-    lays = [Layout.of(placed[f"L{i}"], cfg) for i in range(L)]
+    lays = [Layout.of(placed[f"L{i}"], cfg, train) for i in range(L)]
     bufs = [LayerBufs(f"L{i}.", f"L{i}.") for i in range(L)]
     adam = 7 if train else 1
     views: dict = {}
@@ -216,9 +216,9 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     ops = run.ops()
     L = layers
     sg, k = choose_slots(run)[:2] if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
-    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub)
+    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub, run.phase == "train")
     train = run.phase == "train"
-    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype,
+    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.batch, run.dtype,
                             train=train)
     check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,
                   buffers, lay0.reg)
@@ -226,7 +226,7 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
     tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens)
-    lays = [Layout.of(placed[f"L{i}"], sub) for i in range(L)]
+    lays = [Layout.of(placed[f"L{i}"], sub, train) for i in range(L)]
     for i, lay in enumerate(lays):
         for name, v in buffers.items():
             pb.alloc(f"L{i}.{name}", lay.reg, v)

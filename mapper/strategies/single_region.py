@@ -61,12 +61,12 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         check_total_weights(run)
     L, train = cfg.n_layers, phase == "train"
     reg = Region(0, 0, run.cols, run.rows)
-    lay = Layout.of(reg, cfg)
+    lay = Layout.of(reg, cfg, phase == "train")
     adam = 7 if (train and not streaming) else 1
     table = run.table_bytes * (2 if streaming else adam)
 
     def sizes(r: Run) -> dict:
-        b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.kv_tokens, dtype, train=train,
+        b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                           weight_layers=L, stream_weights=streaming)
         return b | {"table": math.ceil(table / reg.size)}
 
