@@ -18,12 +18,19 @@ distributed GEMM in which K never moves and only the partial outputs and softmax
 (head_dim + 2 numbers per head and query) travel: along each row to its leader (column 0),
 then, when G > 1, up the group's G leaders to the group's top row, merged with the exact
 online-softmax rule at every step.
+
+KV cache: a region that keeps several caches (the layers of a layer-sequential region, the
+sequences of a batch) starts each at a different core (`kv_offsets`), so the fullest core holds
+about layers x batch x keys / (G C) positions (`kv_slots`), not layers x batch x
+ceil(keys / (G C)): short contexts of many layers and sequences fit.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
@@ -54,22 +61,48 @@ class AttentionSplit:
         """Cached positions of one sequence on the fullest core."""
         return math.ceil(keys / self.cores_per_group)
 
-    def kv_bytes_per_core(self, keys: int, dtype: str, batch: int = 1) -> int:
-        """K and V of `keys` positions of each of `batch` sequences, on the fullest core:
-        2 x kv_heads_per_group x head_dim x batch x ceil(keys / (G C)) x dtype bytes."""
-        return 2 * self.kv_heads_per_group * self.head_dim * batch \
-            * self.positions_per_core(keys) * DTYPE_BYTES[dtype]
+    def kv_offsets(self, streams: int) -> tuple:
+        """Where each of `streams` KV caches sharing these cores starts: cache m (layer
+        m div B, sequence m mod B, in a region holding several layers' caches for a batch of
+        B) puts its position p at index p + m N div streams of the group's N = G C cores
+        (index v: column v mod C, row (v div C) mod G, slot v div N), so short caches of
+        many layers and sequences fill different cores instead of each core's first slots."""
+        n = self.cores_per_group
+        return tuple(m * n // streams for m in range(streams))
+
+    def kv_slots(self, keys: int, streams: int = 1) -> int:
+        """Cached positions on the fullest core when `streams` caches of `keys` positions
+        each start at `kv_offsets`: streams x (keys div N), plus the most caches whose
+        remaining keys mod N positions reach one core (about keys x streams / N in all)."""
+        n = self.cores_per_group
+        q, s = divmod(int(keys), n)
+        if s == 0:
+            return streams * q
+        o = np.array(self.kv_offsets(streams), np.int64)  # ascending
+        ring = np.concatenate([o, o + n])
+        reach = np.searchsorted(ring, o + s, "left") - np.searchsorted(ring, o, "left")
+        return streams * q + int(reach.max())
+
+    def kv_bytes_per_core(self, keys: int, dtype: str, streams: int = 1) -> int:
+        """K and V of `streams` caches of `keys` positions on the fullest core:
+        2 x kv_heads_per_group x head_dim x kv_slots(keys, streams) x dtype bytes."""
+        return 2 * self.kv_heads_per_group * self.head_dim * self.kv_slots(keys, streams) \
+            * DTYPE_BYTES[dtype]
 
     def partial_values(self, queries: int) -> int:
         """Numbers each core sends back per reduce: partial output plus max and sum."""
         return queries * self.heads_per_group * (self.head_dim + 2)
 
-    def max_tokens(self, free_bytes: int, dtype: str, layers: int = 1, batch: int = 1) -> int:
-        """The most cached positions per sequence (of `batch`) whose K and V for `layers`
-        layers fit in `free_bytes` per core."""
-        per_slot = 2 * self.kv_heads_per_group * self.head_dim * DTYPE_BYTES[dtype] * layers \
-            * batch
-        return max(0, free_bytes // per_slot) * self.cores_per_group
+    def max_tokens(self, free_bytes: int, dtype: str, streams: int = 1) -> int:
+        """The most cached positions per cache whose `streams` caches fit in `free_bytes`
+        per core."""
+        slots = max(0, free_bytes) // (2 * self.kv_heads_per_group * self.head_dim
+                                        * DTYPE_BYTES[dtype])
+        lo, hi = 0, (slots + 1) * self.cores_per_group  # kv_slots(hi) > slots
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.kv_slots(mid, streams) <= slots else (lo, mid)
+        return lo
 
 
 def split(cfg: GPTConfig, rows: int, cols: int, seq_rows: bool = True) -> AttentionSplit:

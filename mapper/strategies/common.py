@@ -214,7 +214,10 @@ def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run
     """The longest context (cached positions per sequence of the batch) whose KV cache still
     fits the SRAM left after every other buffer of the fullest core."""
     free = hw.sram_bytes - (sum(buffers.values()) - buffers.get("kv_cache", 0))
-    return lay.split(cfg).max_tokens(free, run.dtype, layers, run.batch)
+    att = lay.split(cfg)
+    if run.phase == "train":  # each cache from the first core (see layer_buffers)
+        return att.max_tokens(free // (layers * run.batch), run.dtype)
+    return att.max_tokens(free, run.dtype, layers * run.batch)
 
 
 def chunked(run: Run, fits) -> Run:

@@ -90,6 +90,7 @@ class FLayout:
     start: int     # position of the first new token (the cached context in decode)
     tables: int = 1
     train: bool = False  # the training step: every token reaches the LM head
+    kv_layers: int = 1   # layers whose KV caches share a region's cores (layer-sequential: all)
 
     def __post_init__(self):
         for r, kv in enumerate(self.row_kv):
@@ -156,8 +157,22 @@ class FLayout:
         return self.fr * (2 if self.cfg.activation == "swiglu" else 1)
 
     @property
+    def kv_offsets(self) -> tuple:
+        """Start index of every cache (layer-major, then sequence) on a group's G C cores;
+        all 0 in a training step."""
+        m = self.kv_layers * self.batch
+        return (0,) * m if self.train else self.split.kv_offsets(m)
+
+    def layer_offsets(self, layer: int) -> tuple:
+        """The start index of each sequence's cache of `layer`."""
+        k = (layer % self.kv_layers) * self.batch
+        return self.kv_offsets[k:k + self.batch]
+
+    @property
     def slots(self) -> int:
-        return self.split.positions_per_core(self.keys)
+        """KV slots of every core's tile (the same on every core: room for the cache that
+        starts last)."""
+        return math.ceil((self.keys + max(self.kv_offsets)) / self.split.cores_per_group)
 
     @property
     def vr(self) -> int:
@@ -309,10 +324,11 @@ class FLayout:
                 key: dataop("norm_apply", (x, stats, gain), out, n=self.cfg.d_model,
                             rms=self.cfg.norm == "rmsnorm", eps=EPS)}
 
-    def layer_data(self, b: LayerBufs) -> dict:
-        """DataOp of every record of a layer's forward pass, by key (see TP2D.forward)."""
+    def layer_data(self, b: LayerBufs, layer: int = 0) -> dict:
+        """DataOp of every record of layer `layer`'s forward pass, by key (see
+        TP2D.forward)."""
         hq, hk = self.hpr * self.hd, self.kvpr * self.hd
-        att = self._att()
+        att = self._att(layer)
         d = {}
         d.update(self.norm_data("norm1", b("x"), b("h"), b("stats"), b("ln1")))
         d.update({"qkv.bcast": dataop("bcast", (b("h"),), b("h")),
@@ -434,9 +450,10 @@ class FLayout:
                   "residual2": dataop("add", (b("x1"), b("part")), xo)})
         return d
 
-    def _att(self) -> dict:
+    def _att(self, layer: int = 0) -> dict:
         return {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv_rows,
-                "batch": self.batch, "sq": self.sq, "start": self.start, "group": self.G}
+                "batch": self.batch, "sq": self.sq, "start": self.start, "group": self.G,
+                "offsets": self.layer_offsets(layer)}
 
     def group_attention_data(self, b: LayerBufs) -> dict:
         """The attention DataOps that differ when G > 1 (see `TP2D.attention_groups`): the
@@ -563,13 +580,15 @@ class FLayout:
         return {"model": self.cfg.name, "vocab": self.cfg.vocab_size, "rows": self.rows,
                 "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
                 "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],
-                "embed_row": rect(embed_row), "train": self.train,
+                "embed_row": rect(embed_row), "train": self.train, "kv_layers": self.kv_layers,
                 "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a, "g": b.g}
                            for lay, b in layers]}
 
 
-def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> FLayout:
-    """The functional layout of `run` (a common.Run) on R x C regions; prefill and decode."""
+def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1,
+                kv_layers: int = 1) -> FLayout:
+    """The functional layout of `run` (a common.Run) on R x C regions (`kv_layers` layers'
+    KV caches on one region's cores)."""
     train = run.phase == "train"
     if train and tables > 1:
         raise NotImplementedError(f"functional: a training step whose LM head spans {tables} "
@@ -579,4 +598,4 @@ def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> F
                                   "functionally")
     sq = 1 if run.phase == "decode" else run.prompt
     start = run.context if run.phase == "decode" else 0
-    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train)
+    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train, kv_layers)

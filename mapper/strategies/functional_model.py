@@ -48,7 +48,7 @@ def layout_of(program: Program, cfg: GPTConfig) -> FLayout:
     if cfg.name != m["model"]:
         raise ValueError(f"cfg: got model {cfg.name!r}, the program maps {m['model']!r}")
     return FLayout(cfg, m["rows"], m["cols"], m["dtype"], m["batch"], m["sq"], m["start"],
-                   m["tables"], m.get("train", False))
+                   m["tables"], m.get("train", False), m.get("kv_layers", 1))
 
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -144,10 +144,12 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
             if src.shape != (fl.batch, cfg.n_kv_heads, fl.start, hd):
                 raise ValueError(f"kv_cache[{i}]: shape {src.shape}, the program expects "
                                  f"{(fl.batch, cfg.n_kv_heads, fl.start, hd)}")
-            # position p -> row (p div C) mod G of each group, column p mod C, slot
-            # p div (G C)
+            # position p of sequence b at index v = p + offset b: row (v div C) mod G of
+            # each group, column v mod C, slot v div (G C)
             G = fl.G
-            sp = _pad(src, (fl.batch, cfg.n_kv_heads, fl.slots * G * C, hd))
+            sp = np.zeros((fl.batch, cfg.n_kv_heads, fl.slots * G * C, hd), np.float32)
+            for bi, o in enumerate(fl.layer_offsets(i)):
+                sp[bi, :, o:o + fl.start] = src[bi]
             sp = sp.reshape(fl.batch, cfg.n_kv_heads, fl.slots, G, C, hd) \
                 .transpose(3, 4, 0, 1, 2, 5)  # (G, C, B, KV, S, hd)
             for r in range(fl.ra):
@@ -227,17 +229,19 @@ def model_kv_cache(program: Program, cfg: GPTConfig, buffers: dict) -> list:
     m = _fmeta(program)
     fl = layout_of(program, cfg)
     out = []
-    for lay in m["layers"]:
+    for i, lay in enumerate(m["layers"]):
         kv = decode(program, buffers, LayerBufs(lay["w"], lay["a"])("kv"))
-        # (Ra G, C, 2, B, kvpr, S, hd) -> (2, B, KV, S * G * C, hd), position
-        # p = (slot G + row in group) C + column
+        # (Ra G, C, 2, B, kvpr, S, hd) -> (2, B, KV, S * G * C, hd) by index
+        # v = (slot G + row in group) C + column; position p of sequence b = v - offset b
         G = fl.G
         full = np.zeros((2, fl.batch, cfg.n_kv_heads, fl.slots, G, fl.cols, fl.hd), np.float32)
         for r in range(fl.ra - 1, -1, -1):  # a K/V head kept by several rows: the first one
             for k, g in enumerate(fl.row_kv[r]):
                 full[:, :, g] = kv[r * G:(r + 1) * G, :, :, :, k].transpose(2, 3, 4, 0, 1, 5)
         full = full.reshape(2, fl.batch, cfg.n_kv_heads, fl.slots * G * fl.cols, fl.hd)
-        out.append((full[0, :, :, :fl.keys], full[1, :, :, :fl.keys]))
+        full = np.stack([full[:, bi, :, o:o + fl.keys]
+                         for bi, o in enumerate(fl.layer_offsets(i))], axis=1)
+        out.append((full[0], full[1]))
     return out
 
 

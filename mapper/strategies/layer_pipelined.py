@@ -203,6 +203,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
+        "attention": {"groups": lay0.ra, "rows_per_group": lay0.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)})
 
 

@@ -78,7 +78,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     buffers = sizes(run)
     check_buffers("the region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
-    fl = make_layout(cfg, run, reg.rows, reg.cols) if functional else None
+    fl = make_layout(cfg, run, reg.rows, reg.cols, kv_layers=L) if functional else None
     bufs = [LayerBufs(f"L{i}.", f"L{i}." if train else "act.", "grad.") for i in range(L)]
     tiles = None
     if fl is not None:
@@ -171,4 +171,5 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "region_rows": reg.rows, "regions": 1, "chunks": run.chunks, "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
         "sram_buffers_per_core": buffers,
+        "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)})

@@ -230,7 +230,7 @@ class TP2D:
         d = {}
         if self.fl is not None:
             d = self.fl.train_layer_data(bufs, xo or bufs("xo")) if self.fl.train \
-                else self.fl.layer_data(bufs)
+                else self.fl.layer_data(bufs, i)
         dep = self.norm(p + "norm1", lay.row0, dep, self.tokens, d, "norm1")
         attend = self.attention_rows if lay.g == 1 else self.attention_groups
         dep = attend(p, lay, dep, weight_dep, d)
@@ -394,9 +394,11 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
                   stream_weights: bool = False) -> dict[str, int]:
     """SRAM bytes per core on the fullest core of a layer region, by buffer.
 
-    `keys` positions of each of `batch` sequences are attended to (and cached);
-    `weight_layers` layers of weights are resident (layer-sequential holds all of them);
-    `stream_weights` holds two layers' worth (double buffer) instead.
+    `keys` positions of each of `batch` sequences are attended to (and cached, the caches of
+    the `weight_layers` layers and the sequences spread over the cores: `mapper.attention`;
+    a training step keeps each at the first cores); `weight_layers` layers of weights are
+    resident (layer-sequential holds all of them); `stream_weights` holds two layers' worth
+    (double buffer) instead.
     """
     b = DTYPE_BYTES[dtype]
     R, C = lay.reg.rows, lay.reg.cols
@@ -416,7 +418,8 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
         "partial": tokens * max(ffn_row_cols(cfg, R), hd * (hpr + 2 * kvpr)) * 4,
         "scores": tokens * hpr * key_slots * 4,
-        "kv_cache": weight_layers * att.kv_bytes_per_core(keys, dtype, batch),
+        "kv_cache": att.kv_bytes_per_core(keys, dtype, weight_layers * batch) if not train
+        else weight_layers * batch * att.kv_bytes_per_core(keys, dtype),
     }
     if train:
         saved = tokens * (2 * math.ceil(d / C) + math.ceil(cfg.d_ffn / R) + hpr * hd) * b \
