@@ -405,6 +405,7 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
     d, hd = cfg.d_model, cfg.hd
     att = lay.split(cfg)
     hpr, kvpr = att.heads_per_group, att.kv_heads_per_group
+    qw = hd * (hpr + 2 * kvpr)
     shapes = cfg.layer_weight_shapes()
     attn_names = ("w_q", "w_k", "w_v", "w_o")
     attn_w = sum(k * n for name, (k, n) in shapes.items() if name in attn_names)
@@ -416,7 +417,9 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
     out = {
         "weights": layers * per_layer_params * b,
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
-        "partial": tokens * max(ffn_row_cols(cfg, R), hd * (hpr + 2 * kvpr)) * 4,
+        # fp32 partial sums of a row's FFN or Q|K|V share; with g > 1 rows per head group
+        # also the group's whole Q|K|V, shared to every core (in the dtype)
+        "partial": tokens * max(4 * ffn_row_cols(cfg, R), 4 * math.ceil(qw / lay.g), b * qw),
         "scores": tokens * hpr * key_slots * 4,
         "kv_cache": att.kv_bytes_per_core(keys, dtype, weight_layers * batch) if not train
         else weight_layers * batch * att.kv_bytes_per_core(keys, dtype),
