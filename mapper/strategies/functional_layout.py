@@ -5,22 +5,28 @@ The layout is the one `tp2d` describes, made exact (it is the same for every str
 
 - d-shards: column j of a region holds features [j dC, (j + 1) dC) of d_model, dC = ceil(d/C);
   the last shard is padded with zeros (zero gains and zero weight rows keep padding at zero).
-- Heads: row r < Ra holds the query heads [r hpr, (r + 1) hpr) (hpr = ceil(H/Ra)), contiguous
-  so that under GQA a row's query heads share their K/V heads; the row keeps those K/V heads
-  (kvpr = ceil(KV/Ra) slots, the size the timing model budgets; a model whose rows would need
-  more is rejected). Its qkv tile is [q heads | k heads | v heads], hd columns per head.
+- Heads (`mapper.attention`): head group r < Ra holds the query heads [r hpr, (r + 1) hpr)
+  (hpr = ceil(H/Ra)), contiguous so that under GQA a group's query heads share their K/V heads;
+  the group keeps those K/V heads (kvpr = ceil(KV/Ra) slots, the size the timing model
+  budgets; a model whose groups would need more is rejected). Its qkv tile is
+  [q heads | k heads | v heads], hd columns per head. A group is one row (G = 1, the tiles
+  below) or G rows (`group_tiles`: each row a slice of the fused Q|K|V and O weights).
 - FFN: row r holds the f-shard [r fR, (r + 1) fR), fR = ceil(d_ffn/R); with SwiGLU its up
   partial is [up | gate] of that shard (2 fR columns), so the act is local to the leader.
-- KV cache, sequence split over columns: position p of every sequence lives on column p mod C,
-  slot p div C (interleaved, so causal work stays balanced); tile (2 [K, V], B, kvpr, S, hd)
-  with S = ceil(keys/C). RoPE is applied before K is stored (the reference's convention).
+- KV cache, sequence split over a group's G x C cores: position p of sequence b sits at index
+  v = p + its cache's offset (`mapper.attention.AttentionSplit.kv_offsets`: the caches of the
+  layers sharing the region and of the sequences start on spread cores): column v mod C, row
+  (v div C) mod G of the group, slot v div (G C) (interleaved, so causal work stays balanced);
+  tile (2 [K, V], B, kvpr, S, hd), S enough for the cache that starts last. RoPE is applied
+  before K is stored (the reference's convention).
 - LM head: vocabulary shard s = h R + r (h: table region, r: row) of vr = ceil(V/(k R))
   entries; core (j, r) of table region h holds table[d-shard j, shard s].
 - Tokens are sequence-major: t = b sq + s, the order of reference.forward's (batch, seq).
 
 Attention is exact: every core computes its keys' scores and a local softmax (max m, sum l,
 unnormalised output o) and the row's reduce stream merges the (o, m, l) triples in stream order
-(`combine="softmax"` in `wse_sim.functional`), delivering o / l at the leader.
+(`combine="softmax"` in `wse_sim.functional`), delivering o / l at the leader (G > 1: the row
+keeps the merged triple and the group's column of leaders merges those).
 
 Training (`train`): every token reaches the LM head; each layer keeps the activations its
 backward reads (`train_tiles`), the backward's DataOps (`backward_data`) mirror the forward
@@ -224,19 +230,28 @@ class FLayout:
     # after reading it), then the FFN partials and the act (written over its own input); s2
     # the norm statistics, then the scores. `h` is the norm output and also the down GEMMs' partial sums (never live
     # together). Functional runs check the plan: a tile reused too early gives wrong numbers.
+    # With G > 1 rows per head group, row g of a group holds the g-th slice (w_qkv columns)
+    # of the group's [Q heads | K heads | V heads] projection (one fused weight tile `wqkv`,
+    # padded with zeros) and the g-th slice (w_o rows) of its O-projection; qkvp is a row's
+    # slice (the row reduce leaves it at the row's leader), qkv the group's whole Q|K|V
+    # (gathered at the group's top core, then shared), aos a row's slice of the attention
+    # output. s2 then holds the norm statistics, qkvp, the scores; s1 qkv, the partials, ao,
+    # aos (each written after its input was read), the FFN tiles.
     def layer_tiles(self, lay, b: LayerBufs, *, weights: bool = True, acts: bool = True) -> dict:
-        if self.G > 1:
-            return self.group_tiles(lay, b, weights=weights, acts=acts)
-        dt, T, dc, hd = self.dtype, self.T, self.dc, self.hd
+        dt, T, dc, hd, H = self.dtype, self.T, self.dc, self.hd, self.hpr
         gain = 2 if self.cfg.norm == "layernorm" else 1
+        rows = self.G > 1
         out = {}
         if weights:
             out.update({b("ln1"): (lay.row0, (gain, dc), dt, None),
-                        b("ln2"): (lay.row0, (gain, dc), dt, None),
-                        b("wq"): (lay.att, (dc, self.hpr * hd), dt, None),
-                        b("wk"): (lay.att, (dc, self.kvpr * hd), dt, None),
-                        b("wv"): (lay.att, (dc, self.kvpr * hd), dt, None),
-                        b("wo"): (lay.att, (self.hpr * hd, dc), dt, None),
+                        b("ln2"): (lay.row0, (gain, dc), dt, None)})
+            if rows:
+                out[b("wqkv")] = (lay.att, (dc, self.w_qkv), dt, None)
+            else:
+                out.update({b("wq"): (lay.att, (dc, H * hd), dt, None),
+                            b("wk"): (lay.att, (dc, self.kvpr * hd), dt, None),
+                            b("wv"): (lay.att, (dc, self.kvpr * hd), dt, None)})
+            out.update({b("wo"): (lay.att, (self.w_o, dc), dt, None),
                         b("wup"): (lay.reg, (dc, self.fr), dt, None)})
             if self.cfg.activation == "swiglu":
                 out[b("wgate")] = (lay.reg, (dc, self.fr), dt, None)
@@ -245,48 +260,17 @@ class FLayout:
         if acts:
             out.update({b("x"): (lay.row0, (T, dc), dt, None),
                         b("h"): (lay.reg, (T, dc), dt, None),
-                        b("stats"): (lay.row0, (T, 2), "fp32", "s2"),
-                        b("qkv"): (lay.att, (T, self.qkv_cols), dt, "s1"),
-                        b("apart"): (lay.att, (T, self.hpr * (hd + 2)), dt, "s1"),
-                        b("ao"): (lay.att, (T, self.hpr * hd), dt, "s1"),
-                        b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
+                        b("stats"): (lay.row0, (T, 2), "fp32", "s2")})
+            if rows:
+                out[b("qkvp")] = (lay.att, (T, self.w_qkv), dt, "s2")
+            out.update({b("qkv"): (lay.att, (T, self.qkv_cols), dt, "s1"),
+                        b("apart"): (lay.att, (T, H * (hd + 2)), dt, "s1"),
+                        b("ao"): (lay.att, (T, H * hd), dt, "s1")})
+            if rows:
+                out[b("aos")] = (lay.att, (T, self.w_o), dt, "s1")
+            out.update({b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
                         b("act"): (lay.reg, (T, self.fr), dt, "s1"),
-                        b("scores"): (lay.att, (T, self.hpr, self.slots + 2), "fp32", "s2")})
-        return out
-
-    # G > 1 rows per head group: row g of a group holds the g-th slice (w_qkv columns) of the
-    # group's [Q heads | K heads | V heads] projection (one fused weight tile, padded with
-    # zeros) and the g-th slice (w_o rows) of its O-projection. qkvp is a row's slice (the
-    # row reduce leaves it at the row's leader), qkv the group's whole Q|K|V (gathered at the
-    # group's top core, then shared), aos a row's slice of the attention output. s2 holds the
-    # norm statistics, then qkvp, then the scores; s1 qkv, then the partials, ao, aos (each
-    # written after its input was read), then the FFN tiles.
-    def group_tiles(self, lay, b: LayerBufs, *, weights: bool = True, acts: bool = True) -> dict:
-        dt, T, dc, hd = self.dtype, self.T, self.dc, self.hd
-        gain = 2 if self.cfg.norm == "layernorm" else 1
-        out = {}
-        if weights:
-            out.update({b("ln1"): (lay.row0, (gain, dc), dt, None),
-                        b("ln2"): (lay.row0, (gain, dc), dt, None),
-                        b("wqkv"): (lay.att, (dc, self.w_qkv), dt, None),
-                        b("wo"): (lay.att, (self.w_o, dc), dt, None),
-                        b("wup"): (lay.reg, (dc, self.fr), dt, None)})
-            if self.cfg.activation == "swiglu":
-                out[b("wgate")] = (lay.reg, (dc, self.fr), dt, None)
-            out[b("wdown")] = (lay.reg, (self.fr, dc), dt, None)
-            out[b("kv")] = (lay.att, (2, self.batch, self.kvpr, self.slots, hd), dt, None)
-        if acts:
-            out.update({b("x"): (lay.row0, (T, dc), dt, None),
-                        b("h"): (lay.reg, (T, dc), dt, None),
-                        b("stats"): (lay.row0, (T, 2), "fp32", "s2"),
-                        b("qkvp"): (lay.att, (T, self.w_qkv), dt, "s2"),
-                        b("qkv"): (lay.att, (T, self.qkv_cols), dt, "s1"),
-                        b("apart"): (lay.att, (T, self.hpr * (hd + 2)), dt, "s1"),
-                        b("ao"): (lay.att, (T, self.hpr * hd), dt, "s1"),
-                        b("aos"): (lay.att, (T, self.w_o), dt, "s1"),
-                        b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
-                        b("act"): (lay.reg, (T, self.fr), dt, "s1"),
-                        b("scores"): (lay.att, (T, self.hpr, self.slots + 2), "fp32", "s2")})
+                        b("scores"): (lay.att, (T, H, self.slots + 2), "fp32", "s2")})
         return out
 
     def embed_tiles(self, row: Region, own_x: bool, scratch: bool = False) -> dict:

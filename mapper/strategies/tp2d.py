@@ -9,10 +9,12 @@ row, split by columns (column j holds a d/C shard). Two GEMM patterns:
 - *down* (O-projection, FFN-down): the leader broadcasts its out-shard along its row; core
   (j, r) holds (shard r x d-shard j); partial sums reduce up each column into the top row.
 
-Attention: row r owns hpr = ceil(heads / Ra) consecutive heads (Ra = min(R, heads);
-consecutive, so that under GQA a row's heads share their K/V heads) and the K/V heads they read;
-keys are split by position over the C columns (sequence parallel, position p on column p mod C);
-partial outputs and softmax statistics reduce to the leader with an exact online-softmax
+Attention (`mapper.attention`): Ra head groups of G rows each; a group owns hpr consecutive
+query heads (consecutive, so that under GQA they share their K/V heads) and the K/V heads they
+read. With G = 1 (R <= heads) row r is group r; with G > 1 (R > heads: a group per K/V head)
+row g of a group holds the g-th slice of the group's Q|K|V and O-projection weights. Keys are
+split by position over the group's G x C cores (sequence parallel); partial outputs and softmax
+statistics reduce along the rows, then up the group's leaders, with an exact online-softmax
 combine. Norms run split over the top row with their statistics all-reduced along it.
 
 Functional runs (`fl`, a `functional_layout.FLayout`): every record of the forward pass also
