@@ -144,9 +144,9 @@ def test_gqa_with_two_heads_per_row_and_padding():
         build(odd, "layer-sequential", "prefill", hw=hw8, batch=1, grid=4)
 
 
-def _swap_tiles(name, a, b):
+def _swap_tiles(name, a, b, *, alt=None):
     def mutate(inputs):
-        t = inputs[name]
+        t = inputs[name if name in inputs else alt]
         t[a], t[b] = t[b].copy(), t[a].copy()
     return mutate
 
@@ -160,7 +160,7 @@ def test_a_wrong_mapping_fails_the_check(strategy, wrong):
     w, tokens, kv, want, _ = case(cfg, "decode")
     p = build(cfg, strategy, "decode")
     mutate = {
-        "swap two W_q tiles": _swap_tiles("L0.wq", (1, 3), (1, 4)),
+        "swap two W_q tiles": _swap_tiles("L0.wq", (1, 3), (1, 4), alt="L0.wqkv"),
         "W_up shard offset by one": lambda i: i.update({"L1.wup": np.roll(i["L1.wup"], 1, 2)}),
         "W_down tiles of two rows swapped": _swap_tiles("L0.wdown", 0, 1),
         "KV cache one column off": lambda i: i.update({"L1.kv": np.roll(i["L1.kv"], 1, 1)}),

@@ -107,7 +107,7 @@ def test_kv_cache_grows_with_context_and_limits_it():
     from mapper.attention import split
     cfg = load_model("tiny-llama")
     a = split(cfg, rows=3, cols=5)
-    assert (a.rows_used, a.heads_per_row, a.kv_heads_per_row) == (3, 2, 1)
+    assert (a.rows_used, a.heads_per_group, a.kv_heads_per_group) == (3, 2, 1)
     assert a.kv_bytes_per_core(100, "fp16") == 2 * 1 * 16 * 20 * 2
     p = build_program(HW, "tiny", phase="decode", context=32)
     q = build_program(HW, "tiny", phase="decode", context=96)

@@ -103,8 +103,8 @@ def test_one_micro_batch_is_the_unsplit_step():
 def test_sram_counts_the_saved_activations_of_every_micro_batch():
     cfg = load_model("tiny-llama").with_overrides(n_layers=4)
     p = train(cfg, HW32, batch=8, prompt=16, micro_batches=4)
-    lay = Layout.of(Region(0, 0, p.meta["region_cols"], p.meta["region_rows"]), cfg)
-    one = layer_buffers(cfg, lay, 2 * 16, 16, 8 * 16, "fp16", train=True)  # a micro-batch
+    lay = Layout.of(Region(0, 0, p.meta["region_cols"], p.meta["region_rows"]), cfg, True)
+    one = layer_buffers(cfg, lay, 2 * 16, 16, 8, "fp16", train=True)  # a micro-batch
     got = p.meta["sram_buffers_per_core"]
     assert got["saved_activations"] == 4 * one["saved_activations"]
     assert got["partial"] == one["partial"]  # transient buffers: one micro-batch at a time
@@ -262,7 +262,10 @@ def test_timing_is_the_same_with_or_without_data(kw):
     plain = pipelined(cfg, batch=2, dtype="fp16", **kw)
     func = pipelined(cfg, batch=2, dtype="fp16", functional=True, **kw)
     assert [dataclasses.replace(t, data=None) for t in func.tasks] == list(plain.tasks)
-    assert all(t.data is not None for t in func.tasks if not t.op.endswith(".adam"))
+    # (with several rows per head group the fused Q|K|V GEMM runs on q_proj's record)
+    skip = (".adam", "k_proj", "v_proj") if func.meta["attention"]["rows_per_group"] > 1 \
+        else (".adam",)
+    assert all(t.data is not None for t in func.tasks if not t.op.endswith(skip))
     a, b = simulate(plain, HW16, engine="fast"), simulate(func, HW16, engine="fast")
     assert (a.cycles, a.flops) == (b.cycles, b.flops)
 

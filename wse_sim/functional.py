@@ -261,6 +261,12 @@ class _Runner:
         if off is not None and isinstance(t, LineStream) and t.reduce:
             self.reduce(t, src, dst, what, int(off))
             return
+        if d.param("gather") or d.param("scatter"):
+            if not isinstance(t, LineStream) or t.reduce != bool(d.param("gather")):
+                raise ProgramError(f"{what}: gather needs a reduce LineStream, scatter a "
+                                   "broadcast one")
+            (self.gather if t.reduce else self.scatter)(t, src, dst, what, d)
+            return
         if src.shape != dst.shape or src.dtype != dst.dtype:
             raise ProgramError(f"{what}: moves {src.name!r} {src.shape} {src.dtype} into "
                                f"{dst.name!r} {dst.shape} {dst.dtype}; tiles must match")
@@ -324,12 +330,56 @@ class _Runner:
         else:
             last[..., offset:offset + src.shape[1]] = dst.encode(total)
 
-    def combine(self, t: LineStream, src: Buffer, dst: Buffer, heads: int, what: str,
-                d=None) -> None:
-        tile_bytes = math.prod(src.shape) * DTYPE_BYTES[src.dtype]
+    def _carries(self, t, buf: Buffer, what: str) -> None:
+        tile_bytes = math.prod(buf.shape) * DTYPE_BYTES[buf.dtype]
         if tile_bytes > 4 * t.wavelets:
             raise ProgramError(f"{what}: its tile of {tile_bytes} bytes needs "
                                f"{-(-tile_bytes // 4)} wavelets, the task carries {t.wavelets}")
+
+    def gather(self, t: LineStream, src: Buffer, dst: Buffer, what: str, d) -> None:
+        """The line's (..., w) tiles side by side in region order (first core's first) land
+        in the last core's (..., n) tile: its first n of the L w columns, zeros past them."""
+        self._carries(t, dst, what)
+        blk = src.block(t.region, what)
+        tiles = blk if t.axis == "y" else np.swapaxes(blk, 0, 1)  # (along, across, ...)
+        L, w, n = tiles.shape[0], src.shape[-1], dst.shape[-1]
+        if src.shape[:-1] != dst.shape[:-1] or src.dtype != dst.dtype or n > L * w:
+            raise ProgramError(f"{what}: gather of {L} tiles {src.name!r} {src.shape} "
+                               f"{src.dtype} into {dst.name!r} {dst.shape} {dst.dtype}")
+        side = np.moveaxis(np.array(src.as_f32(tiles)), 0, -2)  # (across, ..., L, w)
+        side = side.reshape(*side.shape[:-2], L * w)[..., :n]
+        self._lines(t, dst, what)[-1] = dst.encode(side)
+
+    def scatter(self, t: LineStream, src: Buffer, dst: Buffer, what: str, d) -> None:
+        """A broadcast of the first core's (..., n) tile of which the core at position i of
+        the line in region order keeps columns [i w, (i + 1) w) (`scatter` = w; zeros past
+        n)."""
+        self._carries(t, src, what)
+        w = int(d.param("scatter"))
+        first = np.array(src.as_f32(self._lines(t, src, what)[0]))  # (across, ..., n)
+        L = t.length
+        if src.shape[:-1] != dst.shape[:-1] or dst.shape[-1] != w or src.dtype != dst.dtype \
+                or src.shape[-1] > L * w:
+            raise ProgramError(f"{what}: scatter of {src.name!r} {src.shape} {src.dtype} in "
+                               f"slices of {w} to {L} tiles {dst.name!r} {dst.shape} {dst.dtype}")
+        pad = np.zeros((*first.shape[:-1], L * w), np.float32)
+        pad[..., :first.shape[-1]] = first
+        parts = np.moveaxis(pad.reshape(*first.shape[:-1], L, w), -2, 0)  # (L, across, ..., w)
+        blk = dst.block(t.region, what)
+        out = blk if t.axis == "y" else np.swapaxes(blk, 0, 1)
+        out[...] = dst.encode(parts)
+
+    def combine(self, t: LineStream, src: Buffer, dst: Buffer, heads: int, what: str,
+                d=None) -> None:
+        self._carries(t, src, what)
+        if d is not None and d.param("partial"):
+            if dst.shape != src.shape or src.dtype != dst.dtype:
+                raise ProgramError(f"{what}: partial combine of {src.name!r} {src.shape} into "
+                                   f"{dst.name!r} {dst.shape}; tiles must match")
+            vals = np.array(src.as_f32(self._lines(t, src, what)))
+            self._lines(t, dst, what)[-1] = dst.encode(G.combine_softmax_partial(vals, heads,
+                                                                                 what))
+            return
         want = (*src.shape[:-1], src.shape[-1] - 2 * heads)
         if dst.shape != want or src.dtype != dst.dtype:
             raise ProgramError(f"{what}: combine of {src.name!r} {src.shape} {src.dtype} into "

@@ -8,7 +8,11 @@ and whole-array numpy otherwise; never a Python loop over cores. Values are deco
 once where they are stored. Every kernel signature is (region, DataOp, out, inputs, what).
 
 Attention (all tiles of a head row r of a region with C columns; core j holds the keys and
-values of the positions p with p mod C == j, slot p div C):
+values of the positions p with p mod C == j, slot p div C; with parameter `group` = G > 1 the
+rows come in head groups of G rows (`head_kv` alike on a group's rows) and core (j, r) holds
+the positions with p mod C == j and (p div C) mod G == r mod G, slot p div (G C); with
+parameter `offsets` (one per sequence) position p of sequence b sits where index p + offset b
+would, so caches of several layers and sequences start on different cores):
 - `attn_scores` (qkv, kv) -> scores: the new K/V of the core's own positions are stored into
   its KV cache tile `kv` (2, B, kvpr, S, hd) (the append; `kv` is updated in place), then
   scores = Q K^T / sqrt(hd) for every local query head against its K/V head (`head_kv`),
@@ -16,7 +20,8 @@ values of the positions p with p mod C == j, slot p div C):
 - `attn_softmax` (scores) -> scores, in place: p = exp(s - m) with the local row max m, and
   m and l = sum p in the two last entries (m = -inf, l = 0 when no key is visible).
 - `attn_av` (scores, kv) -> part (T, heads * (hd + 2)): per head [o = p V, m, l].
-The row's reduce stream then merges the triples (`combine_softmax`).
+The row's reduce stream then merges the triples (`combine_softmax`; with G > 1 the row keeps
+the merged triple, `combine_softmax_partial`, and the group's column merges those).
 """
 
 from __future__ import annotations
@@ -127,6 +132,28 @@ def swiglu(reg, d, out, ins, what):
 
 # ---- attention ---------------------------------------------------------------------------------
 
+def _group(reg, d, what) -> int:
+    g = int(d.param("group", 1))
+    if g < 1 or reg.rows % g:
+        raise ProgramError(f"{what}: {reg.rows} rows are not head groups of {g}")
+    return g
+
+
+def _offsets(d, B: int, what: str) -> np.ndarray:
+    """Where each sequence's cache starts (parameter `offsets`, one per sequence; 0s)."""
+    offs = np.asarray(d.param("offsets", (0,) * B), np.int64)
+    if offs.shape != (B,) or (offs < 0).any():
+        raise ProgramError(f"{what}: offsets {tuple(offs.tolist())} must be {B} indices >= 0")
+    return offs
+
+
+def _key_positions(R: int, C: int, S: int, G: int) -> np.ndarray:
+    """(R, C, S): the index (position + the cache's offset) of slot s of core (column j,
+    row r)."""
+    g = (np.arange(R) % G)[:, None, None]
+    return np.arange(S)[None, None, :] * (G * C) + g * C + np.arange(C)[None, :, None]
+
+
 def _att_params(reg, d, what):
     hd, heads = int(d.param("hd")), int(d.param("heads"))
     B, sq, start = int(d.param("batch")), int(d.param("sq")), int(d.param("start"))
@@ -155,15 +182,20 @@ def attn_scores(reg, d, out, ins, what):
     if T != B * sq or q.shape[3] != (H + 2 * kvpr) * hd:
         raise ProgramError(f"{what}: qkv tile {qkv.shape} does not match {B} x {sq} tokens and "
                            f"{H} + 2 x {kvpr} heads of {hd}")
-    if start + sq > S * C:
-        raise ProgramError(f"{what}: positions up to {start + sq - 1} do not fit {S} slots x "
-                           f"{C} columns of {kvb.name!r}")
+    G = _group(reg, d, what)
+    offs = _offsets(d, B, what)
+    if start + sq + offs.max() > S * C * G:
+        raise ProgramError(f"{what}: positions up to {start + sq - 1} (from index "
+                           f"{int(offs.max())}) do not fit {S} slots x {C} columns x {G} rows "
+                           f"of {kvb.name!r}")
     q = q.reshape(R, C, B, sq, H + 2 * kvpr, hd)
     new = kvb.encode(np.ascontiguousarray(q[..., H:, :]))  # (R, C, B, sq, 2 kvpr, hd)
-    for s in range(sq):  # the append: position p goes to column p mod C, slot p div C
-        p = start + s
-        kvt[:, p % C, 0, :, :, p // C] = new[:, p % C, :, s, :kvpr]
-        kvt[:, p % C, 1, :, :, p // C] = new[:, p % C, :, s, kvpr:]
+    for b in range(B):  # the append: position p of sequence b at index v = p + offset b:
+        for s in range(sq):  # column v mod C, row (v div C) mod G of each group, slot v div GC
+            v = start + s + int(offs[b])
+            j, g, slot = v % C, (v // C) % G, v // (C * G)
+            kvt[g::G, j, 0, b, :, slot] = new[g::G, j, b, s, :kvpr]
+            kvt[g::G, j, 1, b, :, slot] = new[g::G, j, b, s, kvpr:]
     keys = _per_head(_load(kvb, reg, what)[:, :, 0], head_kv)  # (R, C, B, H, S, hd)
     qh = q[..., :H, :].transpose(0, 1, 2, 4, 3, 5)  # (R, C, B, H, sq, hd)
     n = R * C * B * H
@@ -171,10 +203,10 @@ def attn_scores(reg, d, out, ins, what):
                       np.ascontiguousarray(keys.reshape(n, S, hd).transpose(0, 2, 1)),
                       parallel=_par(n * sq * S * hd))
     sc = sc.reshape(R, C, B, H, sq, S) / np.float32(np.sqrt(hd))
-    kpos = np.arange(S)[None, :] * C + np.arange(C)[:, None]  # (C, S)
+    kpos = _key_positions(R, C, S, G)[:, :, None, :] - offs[None, None, :, None]  # (R, C, B, S)
     qpos = start + np.arange(sq)
-    visible = kpos[:, None, :] <= qpos[None, :, None]  # (C, sq, S)
-    visible = visible[None, :, None, None] & (head_kv >= 0)[:, None, None, :, None, None]
+    visible = (kpos[:, :, :, None, :] <= qpos[:, None]) & (kpos[:, :, :, None, :] >= 0)
+    visible = visible[:, :, :, None] & (head_kv >= 0)[:, None, None, :, None, None]
     sc = np.where(visible, sc, -np.inf).astype(np.float32)
     res = np.zeros((R, C, T, H, S + 2), np.float32)
     res[..., :S] = sc.transpose(0, 1, 2, 4, 3, 5).reshape(R, C, T, H, S)
@@ -210,9 +242,9 @@ def attn_av(reg, d, out, ins, what):
     _store(out, reg, what, res.reshape(R, C, T, H * (hd + 2)))
 
 
-def combine_softmax(vals: np.ndarray, heads: int, what: str) -> np.ndarray:
-    """Merge per-head (o, m, l) triples along axis 0 (stream order) with the online-softmax
-    rule; returns o / l (0 where no key was visible). vals (L, ..., heads * (n + 2))."""
+def _merge(vals: np.ndarray, heads: int, what: str):
+    """Per-head (o, m, l) triples (vals (L, ..., heads * (n + 2))) merged along axis 0 in
+    stream order with the online-softmax rule: (o unnormalised, m, l)."""
     width = vals.shape[-1]
     if heads < 1 or width % heads or width // heads < 3:
         raise ProgramError(f"{what}: combine softmax of {width} values in {heads} heads")
@@ -222,8 +254,23 @@ def combine_softmax(vals: np.ndarray, heads: int, what: str) -> np.ndarray:
         m, lsum, o = K.online_softmax_combine(
             m, lsum, o, np.ascontiguousarray(t[k, ..., -2]), np.ascontiguousarray(t[k, ..., -1]),
             np.ascontiguousarray(t[k, ..., :-2]), parallel=_par(o.size))
+    return o, m, lsum
+
+
+def combine_softmax(vals: np.ndarray, heads: int, what: str) -> np.ndarray:
+    """Merge per-head (o, m, l) triples along axis 0 (stream order) with the online-softmax
+    rule; returns o / l (0 where no key was visible). vals (L, ..., heads * (n + 2))."""
+    o, _, lsum = _merge(vals, heads, what)
     safe = np.where(lsum > 0, lsum, 1.0)[..., None]
     res = np.where(lsum[..., None] > 0, o / safe, 0.0).astype(np.float32)
+    return res.reshape(*res.shape[:-2], -1)
+
+
+def combine_softmax_partial(vals: np.ndarray, heads: int, what: str) -> np.ndarray:
+    """`combine_softmax` that keeps the merged triple [o (unnormalised, in the merged max's
+    frame), m, l] per head, for a further combine."""
+    o, m, lsum = _merge(vals, heads, what)
+    res = np.concatenate([o, m[..., None], lsum[..., None]], axis=-1).astype(np.float32)
     return res.reshape(*res.shape[:-2], -1)
 
 
@@ -379,6 +426,12 @@ def _scatter_keys(out, reg, what, dkv: np.ndarray, col: int, sq: int) -> None:
 
 
 def _bwd_params(reg, d, what):
+    if np.any(_offsets(d, int(d.param("batch")), what)):
+        raise NotImplementedError(f"{what}: attention backward of caches that start past "
+                                  "the first core is not implemented")
+    if _group(reg, d, what) > 1:
+        raise NotImplementedError(f"{what}: attention backward over head groups of "
+                                  f"{d.param('group')} rows is not implemented")
     hd, H, B, sq, start, head_kv = _att_params(reg, d, what)
     if start:
         raise ProgramError(f"{what}: attention backward needs the queries from position 0")

@@ -270,12 +270,13 @@ def mapping_meta(run: Run, tp: TP2D) -> dict:
 
 def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run: Run,
                      layers: int) -> int:
-    """The longest context (per sequence of the batch) whose KV cache still fits the SRAM left
-    after every other buffer of the fullest core."""
-    from mapper.attention import split
+    """The longest context (cached positions per sequence of the batch) whose KV cache still
+    fits the SRAM left after every other buffer of the fullest core."""
     free = hw.sram_bytes - (sum(buffers.values()) - buffers.get("kv_cache", 0))
-    positions = split(cfg, lay.reg.rows, lay.reg.cols).max_tokens(free, run.dtype, layers)
-    return positions // run.batch
+    att = lay.split(cfg)
+    if run.phase == "train":  # each cache from the first core (see layer_buffers)
+        return att.max_tokens(free // (layers * run.batch), run.dtype)
+    return att.max_tokens(free, run.dtype, layers * run.batch)
 
 
 def chunked(run: Run, fits) -> Run:

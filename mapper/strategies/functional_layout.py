@@ -5,22 +5,28 @@ The layout is the one `tp2d` describes, made exact (it is the same for every str
 
 - d-shards: column j of a region holds features [j dC, (j + 1) dC) of d_model, dC = ceil(d/C);
   the last shard is padded with zeros (zero gains and zero weight rows keep padding at zero).
-- Heads: row r < Ra holds the query heads [r hpr, (r + 1) hpr) (hpr = ceil(H/Ra)), contiguous
-  so that under GQA a row's query heads share their K/V heads; the row keeps those K/V heads
-  (kvpr = ceil(KV/Ra) slots, the size the timing model budgets; a model whose rows would need
-  more is rejected). Its qkv tile is [q heads | k heads | v heads], hd columns per head.
+- Heads (`mapper.attention`): head group r < Ra holds the query heads [r hpr, (r + 1) hpr)
+  (hpr = ceil(H/Ra)), contiguous so that under GQA a group's query heads share their K/V heads;
+  the group keeps those K/V heads (kvpr = ceil(KV/Ra) slots, the size the timing model
+  budgets; a model whose groups would need more is rejected). Its qkv tile is
+  [q heads | k heads | v heads], hd columns per head. A group is one row (G = 1, the tiles
+  below) or G rows (`group_tiles`: each row a slice of the fused Q|K|V and O weights).
 - FFN: row r holds the f-shard [r fR, (r + 1) fR), fR = ceil(d_ffn/R); with SwiGLU its up
   partial is [up | gate] of that shard (2 fR columns), so the act is local to the leader.
-- KV cache, sequence split over columns: position p of every sequence lives on column p mod C,
-  slot p div C (interleaved, so causal work stays balanced); tile (2 [K, V], B, kvpr, S, hd)
-  with S = ceil(keys/C). RoPE is applied before K is stored (the reference's convention).
+- KV cache, sequence split over a group's G x C cores: position p of sequence b sits at index
+  v = p + its cache's offset (`mapper.attention.AttentionSplit.kv_offsets`: the caches of the
+  layers sharing the region and of the sequences start on spread cores): column v mod C, row
+  (v div C) mod G of the group, slot v div (G C) (interleaved, so causal work stays balanced);
+  tile (2 [K, V], B, kvpr, S, hd), S enough for the cache that starts last. RoPE is applied
+  before K is stored (the reference's convention).
 - LM head: vocabulary shard s = h R + r (h: table region, r: row) of vr = ceil(V/(k R))
   entries; core (j, r) of table region h holds table[d-shard j, shard s].
 - Tokens are sequence-major: t = b sq + s, the order of reference.forward's (batch, seq).
 
 Attention is exact: every core computes its keys' scores and a local softmax (max m, sum l,
 unnormalised output o) and the row's reduce stream merges the (o, m, l) triples in stream order
-(`combine="softmax"` in `wse_sim.functional`), delivering o / l at the leader.
+(`combine="softmax"` in `wse_sim.functional`), delivering o / l at the leader (G > 1: the row
+keeps the merged triple and the group's column of leaders merges those).
 
 Training (`train`): every token reaches the LM head; each layer keeps the activations its
 backward reads (`train_tiles`), the backward's DataOps (`backward_data`) mirror the forward
@@ -47,6 +53,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from mapper import attention
 from mapper.placement import MappingError
 from mapper.reduce_algos import axis_algo
 from mapper.tree_reduce import recv_name, tree_groups
@@ -54,12 +61,12 @@ from workloads.models import GPTConfig
 from workloads.reference import EPS
 from wse_sim.program import DataOp, Region
 
-WEIGHT_KEYS = ("ln1", "ln2", "wq", "wk", "wv", "wo", "wup", "wgate", "wdown", "kv")
+WEIGHT_KEYS = ("ln1", "ln2", "wq", "wk", "wv", "wqkv", "wo", "wup", "wgate", "wdown", "kv")
 GRAD_KEYS = tuple("g" + k for k in WEIGHT_KEYS[:-1])  # weight gradients (training)
 SCRATCH_KEYS = ("apart", "part", "dx", "gd", "gf", "gfp", "gh", "bst", "gao", "gs", "gqkv")
 # The partial sums the GEMMs reduce, by the axis they reduce along ('x': along the rows into
 # the lead column; 'y': up the columns into the top row).
-REDUCED = {"qkv": "x", "fpart": "x", "gf": "x", "gao": "x", "h": "y", "part": "y", "gh": "y"}
+REDUCED = {"qkv": "x", "qkvp": "x", "fpart": "x", "gf": "x", "gao": "x", "h": "y", "part": "y", "gh": "y"}
 
 
 def dataop(kernel: str, inputs, output: str, **params) -> DataOp:
@@ -104,6 +111,7 @@ class FLayout:
     train: bool = False  # the training step: every token reaches the LM head
     kv_keys: int = 0  # positions the KV tiles hold, when more than start + sq (a chunk's)
     add_grads: bool = False  # a later micro-batch: weight gradients add to the earlier ones'
+    kv_layers: int = 1   # layers whose KV caches share a region's cores (layer-sequential: all)
 
     def __post_init__(self):
         for r, kv in enumerate(self.row_kv):
@@ -132,16 +140,26 @@ class FLayout:
         return self.sq > 1 and not self.train
 
     @property
+    def split(self) -> attention.AttentionSplit:
+        return attention.split(self.cfg, self.rows, self.cols, seq_rows=not self.train)
+
+    @property
     def ra(self) -> int:
-        return min(self.rows, self.cfg.n_heads)
+        """Head groups."""
+        return self.split.groups
+
+    @property
+    def G(self) -> int:
+        """Rows per head group."""
+        return self.split.rows_per_group
 
     @property
     def hpr(self) -> int:
-        return math.ceil(self.cfg.n_heads / self.ra)
+        return self.split.heads_per_group
 
     @property
     def kvpr(self) -> int:
-        return math.ceil(self.cfg.n_kv_heads / self.ra)
+        return self.split.kv_heads_per_group
 
     @property
     def hd(self) -> int:
@@ -160,8 +178,23 @@ class FLayout:
         return self.fr * (2 if self.cfg.activation == "swiglu" else 1)
 
     @property
+    def kv_offsets(self) -> tuple:
+        """Start index of every cache (layer-major, then sequence) on a group's G C cores;
+        all 0 in a training step."""
+        m = self.kv_layers * self.batch
+        return (0,) * m if self.train else self.split.kv_offsets(m)
+
+    def layer_offsets(self, layer: int) -> tuple:
+        """The start index of each sequence's cache of `layer`."""
+        k = (layer % self.kv_layers) * self.batch
+        return self.kv_offsets[k:k + self.batch]
+
+    @property
     def slots(self) -> int:
-        return math.ceil(max(self.keys, self.kv_keys) / self.cols)
+        """KV slots of every core's tile (the same on every core: room for the cache that
+        starts last; a chunk's tiles hold every position of the phase)."""
+        return math.ceil((max(self.keys, self.kv_keys) + max(self.kv_offsets))
+                         / self.split.cores_per_group)
 
     def chunk(self, start: int, sq: int) -> FLayout:
         """The layout of positions [start, start + sq) of every sequence (a prefill chunk);
@@ -179,6 +212,16 @@ class FLayout:
     @property
     def qkv_cols(self) -> int:
         return (self.hpr + 2 * self.kvpr) * self.hd
+
+    @property
+    def w_qkv(self) -> int:
+        """Q|K|V columns of a row's slice when G > 1 (the whole group's when G = 1)."""
+        return math.ceil(self.qkv_cols / self.G)
+
+    @property
+    def w_o(self) -> int:
+        """Attention-output columns (O-projection input rows) of a row's slice."""
+        return math.ceil(self.hpr * self.hd / self.G)
 
     # ---- heads ------------------------------------------------------------------------------
     def row_heads(self, r: int) -> list[int]:
@@ -200,6 +243,11 @@ class FLayout:
                              for k in range(self.hpr)))
         return tuple(out)
 
+    @property
+    def head_kv_rows(self) -> tuple:
+        """`head_kv` for every row of the attention rows (a group's G rows alike)."""
+        return tuple(hk for hk in self.head_kv for _ in range(self.G))
+
     # ---- tiles: name -> (region, tile shape, dtype, slot) ----------------------------------
     # Slot None: a tile of its own. Slots "s1" and "s2" are scratch shared by the tiles whose
     # lives do not overlap (every tile of a slot starts at the slot's first byte): s1 holds
@@ -207,17 +255,28 @@ class FLayout:
     # after reading it), then the FFN partials and the act (written over its own input); s2
     # the norm statistics, then the scores. `h` is the norm output and also the down GEMMs' partial sums (never live
     # together). Functional runs check the plan: a tile reused too early gives wrong numbers.
+    # With G > 1 rows per head group, row g of a group holds the g-th slice (w_qkv columns)
+    # of the group's [Q heads | K heads | V heads] projection (one fused weight tile `wqkv`,
+    # padded with zeros) and the g-th slice (w_o rows) of its O-projection; qkvp is a row's
+    # slice (the row reduce leaves it at the row's leader), qkv the group's whole Q|K|V
+    # (gathered at the group's top core, then shared), aos a row's slice of the attention
+    # output. s2 then holds the norm statistics, qkvp, the scores; s1 qkv, the partials, ao,
+    # aos (each written after its input was read), the FFN tiles.
     def layer_tiles(self, lay, b: LayerBufs, *, weights: bool = True, acts: bool = True) -> dict:
-        dt, T, dc, hd = self.dtype, self.T, self.dc, self.hd
+        dt, T, dc, hd, H = self.dtype, self.T, self.dc, self.hd, self.hpr
         gain = 2 if self.cfg.norm == "layernorm" else 1
+        rows = self.G > 1
         out = {}
         if weights:
             out.update({b("ln1"): (lay.row0, (gain, dc), dt, None),
-                        b("ln2"): (lay.row0, (gain, dc), dt, None),
-                        b("wq"): (lay.att, (dc, self.hpr * hd), dt, None),
-                        b("wk"): (lay.att, (dc, self.kvpr * hd), dt, None),
-                        b("wv"): (lay.att, (dc, self.kvpr * hd), dt, None),
-                        b("wo"): (lay.att, (self.hpr * hd, dc), dt, None),
+                        b("ln2"): (lay.row0, (gain, dc), dt, None)})
+            if rows:
+                out[b("wqkv")] = (lay.att, (dc, self.w_qkv), dt, None)
+            else:
+                out.update({b("wq"): (lay.att, (dc, H * hd), dt, None),
+                            b("wk"): (lay.att, (dc, self.kvpr * hd), dt, None),
+                            b("wv"): (lay.att, (dc, self.kvpr * hd), dt, None)})
+            out.update({b("wo"): (lay.att, (self.w_o, dc), dt, None),
                         b("wup"): (lay.reg, (dc, self.fr), dt, None)})
             if self.cfg.activation == "swiglu":
                 out[b("wgate")] = (lay.reg, (dc, self.fr), dt, None)
@@ -226,13 +285,17 @@ class FLayout:
         if acts:
             out.update({b("x"): (lay.row0, (T, dc), dt, None),
                         b("h"): (lay.reg, (T, dc), dt, None),
-                        b("stats"): (lay.row0, (T, 2), "fp32", "s2"),
-                        b("qkv"): (lay.att, (T, self.qkv_cols), dt, "s1"),
-                        b("apart"): (lay.att, (T, self.hpr * (hd + 2)), dt, "s1"),
-                        b("ao"): (lay.att, (T, self.hpr * hd), dt, "s1"),
-                        b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
+                        b("stats"): (lay.row0, (T, 2), "fp32", "s2")})
+            if rows:
+                out[b("qkvp")] = (lay.att, (T, self.w_qkv), dt, "s2")
+            out.update({b("qkv"): (lay.att, (T, self.qkv_cols), dt, "s1"),
+                        b("apart"): (lay.att, (T, H * (hd + 2)), dt, "s1"),
+                        b("ao"): (lay.att, (T, H * hd), dt, "s1")})
+            if rows:
+                out[b("aos")] = (lay.att, (T, self.w_o), dt, "s1")
+            out.update({b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
                         b("act"): (lay.reg, (T, self.fr), dt, "s1"),
-                        b("scores"): (lay.att, (T, self.hpr, self.slots + 2), "fp32", "s2")})
+                        b("scores"): (lay.att, (T, H, self.slots + 2), "fp32", "s2")})
         return out
 
     def embed_tiles(self, row: Region, own_x: bool, scratch: bool = False,
@@ -272,11 +335,11 @@ class FLayout:
                 key: dataop("norm_apply", (x, stats, gain), out, n=self.cfg.d_model,
                             rms=self.cfg.norm == "rmsnorm", eps=EPS)}
 
-    def layer_data(self, b: LayerBufs) -> dict:
-        """DataOp of every record of a layer's forward pass, by key (see TP2D.forward)."""
+    def layer_data(self, b: LayerBufs, layer: int = 0) -> dict:
+        """DataOp of every record of layer `layer`'s forward pass, by key (see
+        TP2D.forward)."""
         hq, hk = self.hpr * self.hd, self.kvpr * self.hd
-        att = {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv, "batch": self.batch,
-               "sq": self.sq, "start": self.start}
+        att = self._att(layer)
         d = {}
         d.update(self.norm_data("norm1", b("x"), b("h"), b("stats"), b("ln1")))
         d.update({"qkv.bcast": dataop("bcast", (b("h"),), b("h")),
@@ -297,6 +360,8 @@ class FLayout:
                   "o_proj": dataop("gemm", (b("ao"), b("wo")), b("h")),
                   "o.reduce": dataop("reduce", (b("h"),), b("h")),
                   "residual1": dataop("add", (b("x"), b("h")), b("x"))})
+        if self.G > 1:
+            d.update(self.group_attention_data(b))
         d.update(self.norm_data("norm2", b("x"), b("h"), b("stats"), b("ln2")))
         act = "swiglu" if self.cfg.activation == "swiglu" else "gelu"
         d.update({"ffn.bcast": dataop("bcast", (b("h"),), b("h")),
@@ -399,9 +464,28 @@ class FLayout:
                   "residual2": dataop("add", (b("x1"), b("part")), xo)})
         return d
 
-    def _att(self) -> dict:
-        return {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv, "batch": self.batch,
-                "sq": self.sq, "start": self.start}
+    def _att(self, layer: int = 0) -> dict:
+        return {"hd": self.hd, "heads": self.hpr, "head_kv": self.head_kv_rows,
+                "batch": self.batch, "sq": self.sq, "start": self.start, "group": self.G,
+                "offsets": self.layer_offsets(layer)}
+
+    def group_attention_data(self, b: LayerBufs) -> dict:
+        """The attention DataOps that differ when G > 1 (see `TP2D.attention_groups`): the
+        fused Q|K|V GEMM (on the q_proj record; k_proj and v_proj carry none), the gather of
+        the rows' slices into the group's top core, the shares back, the two-level combine
+        and the slices of the attention output."""
+        return {"q_proj": dataop("gemm", (b("h"), b("wqkv")), b("qkvp")),
+                "k_proj": None, "v_proj": None,
+                "qkv.reduce": dataop("reduce", (b("qkvp"),), b("qkvp")),
+                "qkv.gather": dataop("reduce", (b("qkvp"),), b("qkv"), gather=True),
+                "qkv.group": dataop("bcast", (b("qkv"),), b("qkv")),
+                "attn.reduce": dataop("reduce", (b("apart"),), b("apart"), combine="softmax",
+                                      heads=self.hpr, partial=True),
+                "attn.combine": dataop("reduce", (b("apart"),), b("ao"), combine="softmax",
+                                       heads=self.hpr),
+                "attn.share": dataop("bcast", (b("ao"),), b("aos"), scatter=self.w_o),
+                "o.bcast": dataop("bcast", (b("aos"),), b("aos")),
+                "o_proj": dataop("gemm", (b("aos"), b("wo")), b("h"))}
 
     def norm_bwd_data(self, key: str, dy: str, x: str, stats: str, gain: str, bst: str,
                       ggain: str, dx: str, accumulate: bool, add_grads: bool = False) -> dict:
@@ -529,7 +613,7 @@ class FLayout:
         out = {"model": self.cfg.name, "vocab": self.cfg.vocab_size, "rows": self.rows,
                "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
                "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],
-               "embed_row": rect(embed_row), "train": self.train,
+               "embed_row": rect(embed_row), "train": self.train, "kv_layers": self.kv_layers,
                "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a, "g": b.g}
                           for lay, b in layers]}
         if parts is not None:
@@ -568,8 +652,10 @@ def head_recv_tiles(tiles: dict, tables: int, algo: str) -> dict:
     return recv_tiles(tiles, {k: a for k, a in sources.items() if axis_algo(algo, a) == "tree"})
 
 
-def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> FLayout:
-    """The functional layout of `run` (a common.Run) on R x C regions; prefill and decode."""
+def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1,
+                kv_layers: int = 1) -> FLayout:
+    """The functional layout of `run` (a common.Run) on R x C regions (`kv_layers` layers'
+    KV caches on one region's cores)."""
     train = run.phase == "train"
     if train and tables > 1:
         raise NotImplementedError(f"functional: a training step whose LM head spans {tables} "
@@ -579,4 +665,4 @@ def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1) -> F
                                   "functionally")
     sq = 1 if run.phase == "decode" else run.prompt
     start = run.context if run.phase == "decode" else 0
-    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train)
+    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train, kv_layers)

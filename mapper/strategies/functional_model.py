@@ -48,7 +48,7 @@ def layout_of(program: Program, cfg: GPTConfig) -> FLayout:
     if cfg.name != m["model"]:
         raise ValueError(f"cfg: got model {cfg.name!r}, the program maps {m['model']!r}")
     return FLayout(cfg, m["rows"], m["cols"], m["dtype"], m["batch"], m["sq"], m["start"],
-                   m["tables"], m.get("train", False))
+                   m["tables"], m.get("train", False), m.get("kv_layers", 1))
 
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -114,18 +114,21 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
         if cfg.norm == "layernorm":
             arr[0, :, 1] = _cols(w[p + norm + "_b"][None], fl, 1)[:, 0]
         out[b(key)] = arr
-    for key, name, per in (("wq", "w_q", None), ("wk", "w_k", "kv"), ("wv", "w_v", "kv")):
-        arr = _zeros(program, b(key))
-        for r in range(fl.ra):
-            heads = fl.row_kv[r] if per else fl.row_heads(r)
-            slots = fl.kvpr if per else fl.hpr
-            arr[r] = _cols(_head_cols(w[p + name], list(heads), slots, hd), fl, 0)
-        out[b(key)] = arr
-    arr = _zeros(program, b("wo"))
-    for r in range(fl.ra):  # W_o rows of the row's heads, d-shard j
-        rows = _head_cols(w[p + "w_o"].T, fl.row_heads(r), fl.hpr, hd).T
-        arr[r] = _cols(rows, fl, 1)
-    out[b("wo")] = arr
+    if fl.G > 1:
+        _group_attention_inputs(program, fl, w, p, b, out)
+    else:
+        for key, name, per in (("wq", "w_q", None), ("wk", "w_k", "kv"), ("wv", "w_v", "kv")):
+            arr = _zeros(program, b(key))
+            for r in range(fl.ra):
+                heads = fl.row_kv[r] if per else fl.row_heads(r)
+                slots = fl.kvpr if per else fl.hpr
+                arr[r] = _cols(_head_cols(w[p + name], list(heads), slots, hd), fl, 0)
+            out[b(key)] = arr
+        arr = _zeros(program, b("wo"))
+        for r in range(fl.ra):  # W_o rows of the row's heads, d-shard j
+            rows = _head_cols(w[p + "w_o"].T, fl.row_heads(r), fl.hpr, hd).T
+            arr[r] = _cols(rows, fl, 1)
+        out[b("wo")] = arr
     F = fl.fr * R
     names = [("wup", "w_up")] + ([("wgate", "w_gate")] if cfg.activation == "swiglu" else [])
     for key, name in names:  # core (j, r): W[d-shard j, f-shard r]
@@ -142,13 +145,37 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
         if src.shape != (fl.batch, cfg.n_kv_heads, fl.start, hd):
             raise ValueError(f"kv_cache[{i}]: shape {src.shape}, the program expects "
                              f"{(fl.batch, cfg.n_kv_heads, fl.start, hd)}")
-        # position p -> column p mod C, slot p div C
-        sp = _pad(src, (fl.batch, cfg.n_kv_heads, fl.slots * C, hd))
-        sp = sp.reshape(fl.batch, cfg.n_kv_heads, fl.slots, C, hd).transpose(3, 0, 1, 2, 4)
+        # position p of sequence b at index v = p + offset b: row (v div C) mod G of
+        # each group, column v mod C, slot v div (G C)
+        G = fl.G
+        sp = np.zeros((fl.batch, cfg.n_kv_heads, fl.slots * G * C, hd), np.float32)
+        for bi, o in enumerate(fl.layer_offsets(i)):
+            sp[bi, :, o:o + fl.start] = src[bi]
+        sp = sp.reshape(fl.batch, cfg.n_kv_heads, fl.slots, G, C, hd) \
+            .transpose(3, 4, 0, 1, 2, 5)  # (G, C, B, KV, S, hd)
         for r in range(fl.ra):
             for k, g in enumerate(fl.row_kv[r]):
-                arr[r, :, t, :, k] = sp[:, :, g]
+                arr[r * G:(r + 1) * G, :, t, :, k] = sp[:, :, :, g]
     out[b("kv")] = arr
+
+
+def _group_attention_inputs(program, fl: FLayout, w: dict, p: str, b: LayerBufs,
+                            out: dict) -> None:
+    """G > 1: row g of group r holds columns [g w, (g + 1) w) of the group's [Q | K | V]
+    projection and rows [g w_o, (g + 1) w_o) of its O-projection (both padded with zeros)."""
+    hd, G = fl.hd, fl.G
+    qkv, wo = _zeros(program, b("wqkv")), _zeros(program, b("wo"))
+    for r in range(fl.ra):
+        full = np.concatenate([_head_cols(w[p + "w_q"], fl.row_heads(r), fl.hpr, hd),
+                               _head_cols(w[p + "w_k"], list(fl.row_kv[r]), fl.kvpr, hd),
+                               _head_cols(w[p + "w_v"], list(fl.row_kv[r]), fl.kvpr, hd)], 1)
+        full = _pad(full, (full.shape[0], G * fl.w_qkv))
+        rows = _head_cols(w[p + "w_o"].T, fl.row_heads(r), fl.hpr, hd).T
+        rows = _pad(rows, (G * fl.w_o, rows.shape[1]))
+        for g in range(G):
+            qkv[r * G + g] = _cols(full[:, g * fl.w_qkv:(g + 1) * fl.w_qkv], fl, 0)
+            wo[r * G + g] = _cols(rows[g * fl.w_o:(g + 1) * fl.w_o], fl, 1)
+    out[b("wqkv")], out[b("wo")] = qkv, wo
 
 
 def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
@@ -206,15 +233,19 @@ def model_kv_cache(program: Program, cfg: GPTConfig, buffers: dict) -> list:
     m = _fmeta(program)
     fl = layout_of(program, cfg)
     out = []
-    for lay in m["layers"]:
+    for i, lay in enumerate(m["layers"]):
         kv = decode(program, buffers, LayerBufs(lay["w"], lay["a"])("kv"))
-        # (Ra, C, 2, B, kvpr, S, hd) -> (2, B, KV, S * C, hd), position p = slot * C + column
-        full = np.zeros((2, fl.batch, cfg.n_kv_heads, fl.slots, fl.cols, fl.hd), np.float32)
+        # (Ra G, C, 2, B, kvpr, S, hd) -> (2, B, KV, S * G * C, hd) by index
+        # v = (slot G + row in group) C + column; position p of sequence b = v - offset b
+        G = fl.G
+        full = np.zeros((2, fl.batch, cfg.n_kv_heads, fl.slots, G, fl.cols, fl.hd), np.float32)
         for r in range(fl.ra - 1, -1, -1):  # a K/V head kept by several rows: the first one
             for k, g in enumerate(fl.row_kv[r]):
-                full[:, :, g] = kv[r, :, :, :, k].transpose(1, 2, 3, 0, 4)
-        full = full.reshape(2, fl.batch, cfg.n_kv_heads, fl.slots * fl.cols, fl.hd)
-        out.append((full[0, :, :, :fl.keys], full[1, :, :, :fl.keys]))
+                full[:, :, g] = kv[r * G:(r + 1) * G, :, :, :, k].transpose(2, 3, 4, 0, 1, 5)
+        full = full.reshape(2, fl.batch, cfg.n_kv_heads, fl.slots * G * fl.cols, fl.hd)
+        full = np.stack([full[:, bi, :, o:o + fl.keys]
+                         for bi, o in enumerate(fl.layer_offsets(i))], axis=1)
+        out.append((full[0], full[1]))
     return out
 
 

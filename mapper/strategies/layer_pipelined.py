@@ -75,7 +75,7 @@ def choose_slots(run: Run, rank: int = 0):
             if not ok:
                 next_k = need if next_k is None else min(next_k, need)
                 continue
-            lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
+            lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg, run.phase == "train")
             if sum(pipelined_buffers(run, lay).values()) <= run.hw.sram_bytes:
                 fitting.append((sg, k, True))
                 if len(fitting) > rank:
@@ -133,7 +133,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     ops = run.ops()
     L, n = cfg.n_layers, run.parts
     sg, k, _ = choose_slots(run, region_shape)
-    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg)
+    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg, run.phase == "train")
     train = phase == "train"
     buffers = pipelined_buffers(run, lay0)
     check_buffers("each layer region", run, buffers, lay0.reg,
@@ -152,7 +152,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo)
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
-    lays = [Layout.of(placed[f"L{i}"], cfg) for i in range(L)]
+    lays = [Layout.of(placed[f"L{i}"], cfg, train) for i in range(L)]
     bufs = [[part_bufs(i, p, parts, train, i == L - 1) for i in range(L)] for p in range(n)]
     views, extra = _alloc(pb, run, fls, parts, bufs, lays, heads, top0, buffers)
 
@@ -209,6 +209,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": 0,
         "sram_buffers_per_core": buffers,
+        "attention": {"groups": lay0.ra, "rows_per_group": lay0.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)}
         | mapping_meta(run, tp))
 
@@ -217,7 +218,7 @@ def pipelined_buffers(run: Run, lay: Layout) -> dict:
     """SRAM bytes per core of a layer region for one chunk or micro-batch at a time; when
     training in micro-batches, the activations saved for the backward of every one of them
     (all are in flight between the last forward and the first backward)."""
-    out = layer_buffers(run.cfg, lay, run.chunk_tokens, run.keys, run.kv_tokens, run.dtype,
+    out = layer_buffers(run.cfg, lay, run.chunk_tokens, run.keys, run.batch, run.dtype,
                         train=run.phase == "train", reduce_algo=run.reduce_algo)
     if run.phase == "train" and run.micro_batches > 1:
         out["saved_activations"] *= run.micro_batches
@@ -378,9 +379,9 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     ops = run.ops()
     L = layers
     sg, k = choose_slots(run)[:2] if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
-    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub)
+    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub, run.phase == "train")
     train = run.phase == "train"
-    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.kv_tokens, run.dtype,
+    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.batch, run.dtype,
                             train=train, reduce_algo=run.reduce_algo)
     check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,
                   buffers, lay0.reg)
@@ -388,7 +389,7 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
     tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo)
-    lays = [Layout.of(placed[f"L{i}"], sub) for i in range(L)]
+    lays = [Layout.of(placed[f"L{i}"], sub, train) for i in range(L)]
     for i, lay in enumerate(lays):
         for name, v in buffers.items():
             pb.alloc(f"L{i}.{name}", lay.reg, v)

@@ -74,12 +74,12 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         check_total_weights(run)
     L, train = cfg.n_layers, phase == "train"
     reg = Region(0, 0, run.cols, run.rows)
-    lay = Layout.of(reg, cfg)
+    lay = Layout.of(reg, cfg, phase == "train")
     adam = 7 if (train and not streaming) else 1
     table = run.table_bytes * (2 if streaming else adam)
 
     def sizes(r: Run) -> dict:
-        b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.kv_tokens, dtype, train=train,
+        b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                           weight_layers=L, stream_weights=streaming, reduce_algo=r.reduce_algo)
         recv = max(b.pop("tree_recv", 0), head_tree_recv(r, reg, 1))  # never live at once
         return b | ({"tree_recv": recv} if recv else {}) | {"table": math.ceil(table / reg.size)}
@@ -93,7 +93,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     buffers = sizes(run)
     check_buffers("the region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
-    fl = make_layout(cfg, run, reg.rows, reg.cols) if functional else None
+    fl = make_layout(cfg, run, reg.rows, reg.cols, kv_layers=L) if functional else None
     bufs = [LayerBufs(f"L{i}.", f"L{i}." if train else "act.", "grad.") for i in range(L)]
     tiles = None
     if fl is not None:
@@ -189,5 +189,6 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "micro_batches": run.micro_batches, "grid_cols": run.cols, "grid_rows": run.rows,
         "graph_flops": int(sum(o.flops for o in ops.values())), "offwafer_flops": offwafer,
         "sram_buffers_per_core": buffers,
+        "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
         | mapping_meta(run, tp))

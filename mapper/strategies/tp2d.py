@@ -9,10 +9,12 @@ row, split by columns (column j holds a d/C shard). Two GEMM patterns:
 - *down* (O-projection, FFN-down): the leader broadcasts its out-shard along its row; core
   (j, r) holds (shard r x d-shard j); partial sums reduce up each column into the top row.
 
-Attention: row r owns hpr = ceil(heads / Ra) consecutive heads (Ra = min(R, heads);
-consecutive, so that under GQA a row's heads share their K/V heads) and the K/V heads they read;
-keys are split by position over the C columns (sequence parallel, position p on column p mod C);
-partial outputs and softmax statistics reduce to the leader with an exact online-softmax
+Attention (`mapper.attention`): Ra head groups of G rows each; a group owns hpr consecutive
+query heads (consecutive, so that under GQA they share their K/V heads) and the K/V heads they
+read. With G = 1 (R <= heads) row r is group r; with G > 1 (R > heads: a group per K/V head)
+row g of a group holds the g-th slice of the group's Q|K|V and O-projection weights. Keys are
+split by position over the group's G x C cores (sequence parallel); partial outputs and softmax
+statistics reduce along the rows, then up the group's leaders, with an exact online-softmax
 combine. Norms run split over the top row with their statistics all-reduced along it.
 
 Functional runs (`fl`, a `functional_layout.FLayout`): every record of the forward pass also
@@ -55,14 +57,28 @@ COLORS = {"col_bcast": 0, "row_reduce": 1, "row_bcast": 2, "col_reduce": 3, "sta
 
 @dataclass(frozen=True)
 class Layout:
-    """The sub-regions of one layer region."""
+    """The sub-regions of one layer region: `ra` head groups of `g` rows each hold attention
+    (`mapper.attention`: g = 1 is head parallel, g > 1 also splits the keys over the rows)."""
 
     reg: Region
-    ra: int  # rows that hold attention heads
+    ra: int     # head groups
+    g: int = 1  # rows per head group
 
     @classmethod
-    def of(cls, reg: Region, cfg: GPTConfig) -> Layout:
-        return cls(reg, min(reg.rows, cfg.n_heads))
+    def of(cls, reg: Region, cfg: GPTConfig, train: bool = False) -> Layout:
+        """Training keeps one row per head group (the backward of the row split is not
+        mapped)."""
+        s = attention.split(cfg, reg.rows, reg.cols, seq_rows=not train)
+        return cls(reg, s.groups, s.rows_per_group)
+
+    def split(self, cfg: GPTConfig) -> attention.AttentionSplit:
+        return attention.AttentionSplit(self.ra, self.g, self.reg.cols,
+                                        math.ceil(cfg.n_heads / self.ra),
+                                        math.ceil(cfg.n_kv_heads / self.ra), cfg.hd)
+
+    @property
+    def rows_att(self) -> int:
+        return self.ra * self.g
 
     @property
     def row0(self) -> Region:
@@ -70,7 +86,7 @@ class Layout:
 
     @property
     def att(self) -> Region:
-        return Region(self.reg.x, self.reg.y, self.reg.cols, self.ra)
+        return Region(self.reg.x, self.reg.y, self.reg.cols, self.rows_att)
 
     @property
     def lead(self) -> Region:
@@ -78,7 +94,11 @@ class Layout:
 
     @property
     def lead_att(self) -> Region:
-        return Region(self.reg.x, self.reg.y, 1, self.ra)
+        return Region(self.reg.x, self.reg.y, 1, self.rows_att)
+
+    def group_lead(self, k: int) -> Region:
+        """The leaders (column 0) of head group k's rows; its top core leads the group."""
+        return Region(self.reg.x, self.reg.y + k * self.g, 1, self.g)
 
 
 def ffn_row_cols(cfg: GPTConfig, rows: int) -> int:
@@ -91,6 +111,12 @@ def _weight_reads(op) -> int:
     """Weight bytes an op reads from SRAM: all of its weights, except a table lookup (the
     embedding), which reads only the rows it gathers (its output)."""
     return op.bytes_out if op.kind == "embedding" else op.weight_bytes
+
+
+def _after_all(tasks) -> tuple:
+    """Wait for every one of `tasks` to finish everywhere (per-group records, which do not
+    reach every core of the record that waits)."""
+    return tuple(Dep(int(t), "all") for t in tasks)
 
 
 def _deps(dep) -> tuple:
@@ -219,10 +245,13 @@ class TP2D:
 
     # ---- sizes ------------------------------------------------------------------------------
     def sizes(self, lay: Layout) -> dict:
+        """Values per core of the layer's streams: `qkv` and `attn_out` are a row's share (a
+        whole group's when g = 1), `qkv_group` and `attn_group` a head group's."""
         cfg, t = self.cfg, self.tokens
         hpr, kvpr = math.ceil(cfg.n_heads / lay.ra), math.ceil(cfg.n_kv_heads / lay.ra)
-        return {"hpr": hpr, "kvpr": kvpr,
-                "qkv": t * cfg.hd * (hpr + 2 * kvpr), "attn_out": t * hpr * cfg.hd,
+        qw, ow = cfg.hd * (hpr + 2 * kvpr), cfg.hd * hpr
+        return {"hpr": hpr, "kvpr": kvpr, "qkv_group": t * qw, "attn_group": t * ow,
+                "qkv": t * math.ceil(qw / lay.g), "attn_out": t * math.ceil(ow / lay.g),
                 "attn_part": t * hpr * (cfg.hd + 2),
                 "ffn_out": t * ffn_row_cols(cfg, lay.reg.rows),
                 "ffn_in": t * math.ceil(cfg.d_ffn / lay.reg.rows)}
@@ -233,25 +262,17 @@ class TP2D:
         """Records of layer i's forward pass; returns the last record. With a functional
         layout, `bufs` names the layer's tiles and every record gets its DataOp (training:
         the layer keeps what its backward needs and leaves its output in `xo`)."""
-        p, s = f"L{i}.", self.sizes(lay)
+        p = f"L{i}."
         d = {}
         if self.fl is not None:
             d = self.fl.train_layer_data(bufs, xo or bufs("xo")) if self.fl.train \
-                else self.fl.layer_data(bufs)
+                else self.fl.layer_data(bufs, i)
         dep = self.norm(p + "norm1", lay.row0, dep, self.tokens, d, "norm1")
-        dep = self.up(lay, lay.att, [p + n for n in ("q_proj", "k_proj", "v_proj")], dep,
-                      s["qkv"], p + "qkv", weight_dep=weight_dep, d=d, key="qkv")
-        dep = self.maybe(p + "rope", lay.lead_att, dep, fmac=False, data=d.get("rope"))
-        dep = self.stream(p + "qkv.bcast", lay.att, "x", 1, s["qkv"], dep, reduce=False,
-                          color="row_bcast", data=d.get("qkv.share"))
-        for n, fmac in (("attn_qk", True), ("softmax", False), ("attn_av", True)):
-            dep = self.compute(p + n, lay.att, dep, fmac=fmac, data=d.get(n))
-        dep = self.stream(p + "attn.reduce", lay.att, "x", -1, s["attn_part"], dep, reduce=True,
-                          color="row_reduce", data=d.get("attn.reduce"))
-        dep = self.down(lay, lay.att, [p + "o_proj"], dep, s["attn_out"], p + "o",
-                        weight_dep=weight_dep, d=d, key="o")
+        attend = self.attention_rows if lay.g == 1 else self.attention_groups
+        dep = attend(p, lay, dep, weight_dep, d)
         dep = self.compute(p + "residual1", lay.row0, dep, fmac=False, data=d.get("residual1"))
         dep = self.norm(p + "norm2", lay.row0, dep, self.tokens, d, "norm2")
+        s = self.sizes(lay)
         dep = self.up(lay, lay.reg, [p + "ffn_up", p + "ffn_gate"], dep, s["ffn_out"],
                       p + "ffn", weight_dep=weight_dep, d=d, key="ffn")
         dep = self.compute(p + "act", lay.lead, dep, fmac=False, data=d.get("act"))
@@ -259,11 +280,79 @@ class TP2D:
                         weight_dep=weight_dep, d=d, key="down")
         return self.compute(p + "residual2", lay.row0, dep, fmac=False, data=d.get("residual2"))
 
+    def attention_rows(self, p: str, lay: Layout, dep, weight_dep, d: dict) -> int:
+        """Attention with one row per head group: QKV (each row's heads at its leader), RoPE,
+        Q, K, V along the row, scores, softmax and partial outputs on every core, the
+        online-softmax combine into the leader, the O-projection into the top row."""
+        s = self.sizes(lay)
+        dep = self.up(lay, lay.att, [p + n for n in ("q_proj", "k_proj", "v_proj")], dep,
+                      s["qkv"], p + "qkv", weight_dep=weight_dep, d=d, key="qkv")
+        dep = self.maybe(p + "rope", lay.lead_att, dep, fmac=False, data=d.get("rope"))
+        dep = self.stream(p + "qkv.bcast", lay.att, "x", 1, s["qkv"], dep, reduce=False,
+                          color="row_bcast", data=d.get("qkv.share"))
+        dep = self.attention_core(p, lay, dep, d)
+        dep = self.stream(p + "attn.reduce", lay.att, "x", -1, s["attn_part"], dep, reduce=True,
+                          color="row_reduce", data=d.get("attn.reduce"))
+        return self.down(lay, lay.att, [p + "o_proj"], dep, s["attn_out"], p + "o",
+                         weight_dep=weight_dep, d=d, key="o")
+
+    def attention_groups(self, p: str, lay: Layout, dep, weight_dep, d: dict) -> int:
+        """Attention with g > 1 rows per head group. Row g of a group holds the g-th slice of
+        the group's Q|K|V output columns (and of the O-projection's input rows), so the
+        weights spread over every row. Per group, in its leaders' column: the slices gather
+        into the group's top core, which applies RoPE, and come back down; every row then
+        shares Q, K, V along itself. Each core attends over its share of the positions;
+        the (o, max, sum) partials merge along each row, then up the group's column, and the
+        group's output goes back down (each row keeps its slice) for the O-projection.
+        The per-group streams are records of their own; the row streams after them wait
+        for every group's (they run side by side, alike)."""
+        s = self.sizes(lay)
+        dep = self.up(lay, lay.att, [p + n for n in ("q_proj", "k_proj", "v_proj")], dep,
+                      s["qkv"], p + "qkv", weight_dep=weight_dep, d=d, key="qkv")
+        ends = []
+        for k in range(lay.ra):
+            col = lay.group_lead(k)
+            a = self.stream(p + "qkv.gather", col, "y", -1, s["qkv_group"], dep, reduce=True,
+                            color="col_reduce", data=d.get("qkv.gather"))
+            if p + "rope" in self.ops:
+                a = self.compute(p + "rope", Region(col.x, col.y, 1, 1), a, fmac=False,
+                                 flops=self.part(p + "rope", lay.ra, k), data=d.get("rope"))
+            ends.append(self.stream(p + "qkv.group", col, "y", 1, s["qkv_group"], a,
+                                    reduce=False, color="col_bcast", data=d.get("qkv.group")))
+        dep = self.stream(p + "qkv.bcast", lay.att, "x", 1, s["qkv_group"], _after_all(ends),
+                          reduce=False, color="row_bcast", data=d.get("qkv.share"))
+        dep = self.attention_core(p, lay, dep, d)
+        dep = self.stream(p + "attn.reduce", lay.att, "x", -1, s["attn_part"], dep, reduce=True,
+                          color="row_reduce", data=d.get("attn.reduce"))
+        ends = []
+        for k in range(lay.ra):
+            col = lay.group_lead(k)
+            a = self.stream(p + "attn.combine", col, "y", -1, s["attn_part"], dep, reduce=True,
+                            color="col_reduce", data=d.get("attn.combine"))
+            ends.append(self.stream(p + "attn.share", col, "y", 1, s["attn_group"], a,
+                                    reduce=False, color="col_bcast", data=d.get("attn.share")))
+        return self.down(lay, lay.att, [p + "o_proj"], _after_all(ends), s["attn_out"],
+                         p + "o", weight_dep=weight_dep, d=d, key="o")
+
+    def attention_core(self, p: str, lay: Layout, dep, d: dict) -> int:
+        for n, fmac in (("attn_qk", True), ("softmax", False), ("attn_av", True)):
+            dep = self.compute(p + n, lay.att, dep, fmac=fmac, data=d.get(n))
+        return dep
+
+    def part(self, name: str, parts: int, k: int) -> int:
+        """Part k of `parts` of this chunk's share of op `name`'s FLOPs."""
+        return split_evenly(split_evenly(self.ops[name].flops, self.share[1], self.share[0]),
+                            parts, k)
+
     def backward(self, i: int, lay: Layout, dep, weight_dep=None,
                  bufs: LayerBufs | None = None) -> tuple[int, list[int]]:
         """Layer i's backward pass (dY arrives on the top row); returns (last record, the
         records that finish its weight gradients). With a functional layout and `bufs` every
         record gets its DataOp (`FLayout.backward_data`)."""
+        if lay.g > 1:
+            raise NotImplementedError(
+                f"backward of attention split over {lay.g} rows per head group is not mapped; "
+                "a training layout keeps one row per group (Layout.of(..., train=True))")
         p, s = f"L{i}.", self.sizes(lay)
         grads: list[int] = []
         d = self.fl.backward_data(bufs) if self.fl is not None and bufs is not None else {}
@@ -346,40 +435,49 @@ def tree_recv_bytes(reg: Region, x_values: int, y_values: int, dtype: str,
     return max(x, y) * DTYPE_BYTES[dtype]
 
 
-def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, kv_tokens: int,
+def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: int,
                   dtype: str, *, train: bool = False, weight_layers: int = 1,
                   stream_weights: bool = False, reduce_algo: str = "chain") -> dict[str, int]:
     """SRAM bytes per core on the fullest core of a layer region, by buffer.
 
-    `weight_layers` layers of weights are resident (layer-sequential holds all of them);
-    `stream_weights` holds two layers' worth (double buffer) instead; a `reduce_algo` with
-    trees adds the root's receive buffers (`tree_recv`).
+    `keys` positions of each of `batch` sequences are attended to (and cached, the caches of
+    the `weight_layers` layers and the sequences spread over the cores: `mapper.attention`;
+    a training step keeps each at the first cores); `weight_layers` layers of weights are
+    resident (layer-sequential holds all of them); `stream_weights` holds two layers' worth
+    (double buffer) instead; a `reduce_algo` with trees adds the root's receive buffers
+    (`tree_recv`).
     """
     b = DTYPE_BYTES[dtype]
-    R, C, ra = lay.reg.rows, lay.reg.cols, lay.ra
+    R, C = lay.reg.rows, lay.reg.cols
     d, hd = cfg.d_model, cfg.hd
-    hpr, kvpr = math.ceil(cfg.n_heads / ra), math.ceil(cfg.n_kv_heads / ra)
+    att = lay.split(cfg)
+    hpr, kvpr = att.heads_per_group, att.kv_heads_per_group
+    qw = hd * (hpr + 2 * kvpr)
     shapes = cfg.layer_weight_shapes()
     attn_names = ("w_q", "w_k", "w_v", "w_o")
     attn_w = sum(k * n for name, (k, n) in shapes.items() if name in attn_names)
     ffn_w = sum(k * n for name, (k, n) in shapes.items() if name not in attn_names)
-    per_layer_params = math.ceil(attn_w / (ra * C)) + math.ceil(ffn_w / (R * C)) \
+    per_layer_params = math.ceil(attn_w / (lay.rows_att * C)) + math.ceil(ffn_w / (R * C)) \
         + math.ceil(cfg.layer_small_params() / C)
     layers = 2 if stream_weights else weight_layers
-    row_partial = tokens * max(ffn_row_cols(cfg, R), hd * (hpr + 2 * kvpr))
+    key_slots = att.positions_per_core(keys)
+    row_partial = tokens * max(ffn_row_cols(cfg, R), math.ceil(qw / lay.g))  # values reduced
     out = {
         "weights": layers * per_layer_params * b,
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
-        "partial": row_partial * 4,
-        "scores": tokens * hpr * math.ceil(keys / C) * 4,
-        "kv_cache": weight_layers * attention.split(cfg, R, C).kv_bytes_per_core(kv_tokens, dtype),
+        # fp32 partial sums of a row's FFN or Q|K|V share; with g > 1 rows per head group
+        # also the group's whole Q|K|V, shared to every core (in the dtype)
+        "partial": max(4 * row_partial, tokens * b * qw),
+        "scores": tokens * hpr * key_slots * 4,
+        "kv_cache": att.kv_bytes_per_core(keys, dtype, weight_layers * batch) if not train
+        else weight_layers * batch * att.kv_bytes_per_core(keys, dtype),
     }
     recv = tree_recv_bytes(lay.reg, row_partial, tokens * math.ceil(d / C), dtype, reduce_algo)
     if recv:
         out["tree_recv"] = recv
     if train:
         saved = tokens * (2 * math.ceil(d / C) + math.ceil(cfg.d_ffn / R) + hpr * hd) * b \
-            + tokens * hpr * math.ceil(keys / C) * b
+            + tokens * hpr * key_slots * b
         out["saved_activations"] = weight_layers * saved
         if not stream_weights:
             out["grads_and_adam"] = weight_layers * per_layer_params * (b + 12)
