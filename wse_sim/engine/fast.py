@@ -89,8 +89,8 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     why = "asked for"
     if path != "event":
         why = _step_refusal(tables, mesh, keep_spans)
-        if why is None:
-            st = P.StepRun(tables, mesh.n, keep_spans)
+        for pieces in ((P.PIECES, P.PIECES_RETRY) if why is None else ()):
+            st = P.StepRun(tables, mesh.n, keep_spans, pieces)
             status = _run_steps(st, tables, show)
             if status == P.OK:
                 res = _step_result(program, hw, mesh, tables, st, maps, keep_spans)
@@ -98,6 +98,8 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
                 return res
             why = f"{P.REASONS[status]} (task {int(st.state[P.T_TASK])})"
             del st
+            if status != P.NONMONO:
+                break
         if path == "step":
             raise StepPathUnsupported(f"fast engine step path: {why}")
     _memory_guard(tables, mesh)

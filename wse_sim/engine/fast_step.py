@@ -18,18 +18,19 @@ the next round at that time, else it is in the first round of its own ready time
 Nothing is kept per instance (unless spans are asked for): per resource its free time, the key
 of its last reservation and that holder's start, kind and critical-path compute; per signal
 slot its time, largest contributor key and its producer's start, kind and critical-path
-compute. Signal slots live in a ring buffer sized for the slots still needed (a task's slots
+compute (with the pieces below, see next). Signal slots live in a ring buffer sized for the slots still needed (a task's slots
 are dropped once its last dependent task is done), so memory does not grow with the number of
 steps.
 
 The critical path is accumulated forward. The backward walk (`fast_sched.critical_path`) from
 an instance g with boundary B counts max(0, B - start) of g, then walks on from g's
 predecessor p (its blocker, else the producer of its latest need) with boundary min(B, start).
-Its compute part f_g(B) is kept as two linear pieces: A_g + (B - s_g) [g computes] for
-B >= s_g, and A_g - (s_g - B) [slope k2] down to a bound lo_g, where A_g = f_p(s_g) and (lo_g,
-k2) are p's start and kind when s_g >= s_p (else p's own lower piece: a successor may start
-before its predecessor with short messages on long routes). A boundary below lo would need the
-walk further back: status NONMONO, event path.
+Its compute part f_g(B) is piecewise linear in B: slope [g computes] from s_g up, and below s_g
+it is f_p, whose pieces start at the chain's earlier starts that are lower than every later one.
+Each holder keeps A_g = f_p(s_g) and its PIECES highest lower pieces (bound, slope; neighbours
+of one slope merged): enough for a successor that starts a little before its predecessor
+(short messages on long routes). A successor below the last kept piece would need the walk
+further back: status NONMONO (the caller retries with PIECES_RETRY pieces, then events).
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ REASONS = {ORDER: "a resource is reserved out of task order",
            OVERFLOW: "a ready time or round beyond the packed key"}
 # columns of the per-resource and per-signal-slot tables (a holder's start is kept as
 # start * 2 + 1 when it computes, start * 2 when it communicates)
-R_FREE, R_KEY, R_S, R_A, R_LO = 0, 1, 2, 3, 4
-G_TIME, G_MK, G_S, G_A, G_LO = 0, 1, 2, 3, 4
+# then the holder's (or producer's) start * 2 + kind, its chain's compute A, and its pieces
+R_FREE, R_KEY = 0, 1
+G_TIME, G_MK = 0, 1
+C_S, C_A, C_P0 = 2, 3, 4
+PIECES, PIECES_RETRY = 3, 12  # lower pieces kept; a second try keeps more
 # state vector
 (T_STATUS, T_TASK, T_COMM, T_DELIV, T_MAXEND, T_LAST_RG, T_LAST_G, T_LAST_S, T_LAST_A,
  T_NEXT) = range(10)
@@ -99,6 +103,38 @@ def _needs(td, deps, t, i, mask, sig):
             if sig[s, G_MK] > mk:
                 mk = sig[s, G_MK]
     return best, pred, mk
+
+
+@kernel(inline=True)
+def _chain(tbl, row, s_at, pc):
+    """Critical-path compute of an instance starting at s_at whose predecessor's data is
+    tbl[row] (start * 2 + kind, A, pieces); its own lower pieces go to pc. -1 when s_at lies
+    below the predecessor's last piece."""
+    npc = pc.shape[0]
+    ps, pa = tbl[row, C_S], tbl[row, C_A]
+    p_start, kp = ps >> 1, ps & 1
+    if s_at >= p_start:  # the predecessor's own cycles up to here, then its pieces
+        lo, j = p_start, 0
+        first = tbl[row, C_P0]
+        if first >= 0 and (first & 1) == kp:  # same slope below: one piece
+            lo, j = first >> 1, 1
+        pc[0] = (lo << 1) | kp
+        for q in range(1, npc):
+            pc[q] = tbl[row, C_P0 + j + q - 1] if j + q - 1 < npc else -1
+        return pa + (s_at - p_start) * kp
+    top, val = p_start, pa  # starts before its predecessor: down its pieces
+    for j in range(npc):
+        v = tbl[row, C_P0 + j]
+        if v < 0:
+            return -1
+        lo, k = v >> 1, v & 1
+        if s_at >= lo:
+            for q in range(npc):
+                pc[q] = tbl[row, C_P0 + j + q] if j + q < npc else -1
+            return val - (top - s_at) * k
+        val -= (top - lo) * k
+        top = lo
+    return -1
 
 
 RADIX_BITS = 11
@@ -141,7 +177,7 @@ def _sort_by_key(keys, order, tmp, count, n):
 
 @kernel
 def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes, lbusy, tacc,
-              rgs, preds, order, tmp, count, rrid, roff, rlen, ex, ey, eoff, starts, ends,
+              rgs, preds, order, tmp, count, rrid, roff, rlen, ex, ey, eoff, pc, starts, ends,
               state):
     """Run the task groups state[T_NEXT] .. g1 - 1 (group k: tasks groups[k] ..
     groups[k + 1] - 1, none of which needs another of the group). Stops early with
@@ -149,6 +185,7 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
     reference's result."""
     n = hwc[H_N]
     n4, n5, n6, n7 = 4 * n, 5 * n, 6 * n, 7 * n
+    npc = pc.shape[0]
     keep_ends = ends.shape[0] > 0
     keep_bytes = lbytes.shape[0] > 0
     comm, deliv = state[T_COMM], state[T_DELIV]
@@ -206,29 +243,26 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
                 if f > s_at:
                     s_at, bk = f, rid
             # the chain's compute cycles up to this start (see the module docstring)
-            ps, pa, pl = -1, 0, 0
             if bk >= 0:
-                ps, pa, pl = res[bk, R_S], res[bk, R_A], res[bk, R_LO]
+                a = _chain(res, bk, s_at, pc)
             elif preds[j] >= 0:
-                ps, pa, pl = sig[preds[j], G_S], sig[preds[j], G_A], sig[preds[j], G_LO]
-            a, lo = 0, 0
-            if ps >= 0:
-                p_start = ps >> 1
-                if s_at >= p_start:  # the predecessor's own cycles up to here, then its chain
-                    a = pa + (s_at - p_start if ps & 1 else 0)
-                    lo = ps
-                else:  # starts before its predecessor: the chain below it
-                    if s_at < pl >> 1:
-                        state[T_STATUS] = NONMONO
-                        return
-                    a = pa - (p_start - s_at if pl & 1 else 0)
-                    lo = pl
+                a = _chain(sig, preds[j], s_at, pc)
+            else:  # waited for nothing: no compute before it
+                a = 0
+                pc[0] = 0
+                for q in range(1, npc):
+                    pc[q] = -1
+            if a < 0:
+                state[T_STATUS] = NONMONO
+                return
             me = (s_at << 1) | (1 if td[t, F_KIND] == K_COMPUTE else 0)
             b4 = 4 * td[t, F_B]
             for r in range(nres):
                 rid, ln = rrid[r], rlen[r]
                 res[rid, R_FREE] = s_at + roff[r] + ln
-                res[rid, R_KEY], res[rid, R_S], res[rid, R_A], res[rid, R_LO] = rg, me, a, lo
+                res[rid, R_KEY], res[rid, C_S], res[rid, C_A] = rg, me, a
+                for q in range(npc):
+                    res[rid, C_P0 + q] = pc[q]
                 if rid < n4:
                     if keep_bytes:
                         lbytes[rid] += b4
@@ -250,11 +284,15 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
                     s = sig_slot(td, t, ex[e], ey[e]) & mask
                     at = s_at + eoff[e]
                     if at > sig[s, G_TIME]:
-                        sig[s, G_TIME], sig[s, G_S], sig[s, G_A], sig[s, G_LO] = at, me, a, lo
+                        sig[s, G_TIME], sig[s, C_S], sig[s, C_A] = at, me, a
+                        for q in range(npc):
+                            sig[s, C_P0 + q] = pc[q]
                     sig[s, G_MK] = rg  # granted in key order: the last one is the largest
             sa = td[t, F_SA] & mask
             if end > sig[sa, G_TIME]:
-                sig[sa, G_TIME], sig[sa, G_S], sig[sa, G_A], sig[sa, G_LO] = end, me, a, lo
+                sig[sa, G_TIME], sig[sa, C_S], sig[sa, C_A] = end, me, a
+                for q in range(npc):
+                    sig[sa, C_P0 + q] = pc[q]
             sig[sa, G_MK] = rg
             if keep_ends:
                 starts[g], ends[g] = s_at, end
@@ -312,8 +350,8 @@ def eligible(tables) -> bool:
     return not len(deps) or bool((deps[:, D_TASK] < deps[:, D_OWNER]).all())
 
 
-BYTES_PER_CORE = 7 * 40 + 8 + 4 * 16  # per resource: free, key, holder; busy; link maps
-BYTES_PER_SLOT, BYTES_PER_TASK_CORE = 40, 32
+BYTES_PER_CORE = 7 * 8 * (C_P0 + PIECES) + 8 + 4 * 16  # resources; busy; link maps
+BYTES_PER_SLOT, BYTES_PER_TASK_CORE = 8 * (C_P0 + PIECES), 32
 
 
 def estimate_bytes(tables, n_cores: int, spans: bool) -> int:
@@ -327,15 +365,16 @@ def estimate_bytes(tables, n_cores: int, spans: bool) -> int:
 class StepRun:
     """The arrays of one step run; `run` returns the status (OK, or why to use events)."""
 
-    def __init__(self, tables, n: int, keep_ends: bool):
+    def __init__(self, tables, n: int, keep_ends: bool, pieces: int = PIECES):
         td = tables.td
         nt = len(td)
         self.groups = task_groups(tables)
         self.mask = ring_size(tables, self.groups) - 1
         ring = self.mask + 1
-        self.res = np.zeros((7 * n + 1, 5), np.int64)
+        self.res = np.zeros((7 * n + 1, C_P0 + pieces), np.int64)
         self.res[:, R_KEY] = -1
-        self.sig = np.zeros((ring, 5), np.int64)
+        self.sig = np.zeros((ring, C_P0 + pieces), np.int64)
+        self.pc = np.empty(pieces, np.int64)
         self.busy = np.zeros(n, np.int64)
         paced = (td[:, F_KIND] == K_REDUCE) & (td[:, F_P + 2] > 1)
         self.lbytes = np.zeros(4 * n if paced.any() else 0, np.int64)
@@ -363,7 +402,8 @@ class StepRun:
         run_steps(tables.td, tables.deps, tables.ib, self.tblk, tables.hwc, self.groups, g1,
                   self.mask, self.res, self.sig, self.busy, self.lbytes, self.lbusy, self.tacc,
                   self.rgs, self.preds, self.order, self.tmp, self.count, self.rrid, self.roff,
-                  self.rlen, self.ex, self.ey, self.eoff, self.start, self.ends, self.state)
+                  self.rlen, self.ex, self.ey, self.eoff, self.pc, self.start, self.ends,
+                  self.state)
         return int(self.state[T_STATUS])
 
     def critical_path(self) -> tuple[int, int, int]:
