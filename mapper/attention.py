@@ -105,6 +105,9 @@ class AttentionSplit:
         return lo
 
 
+ATTENTION_SPLITS = ("auto", "heads", "rows")  # see tp2d.Layout.fitted
+
+
 def split(cfg: GPTConfig, rows: int, cols: int, seq_rows: bool = True) -> AttentionSplit:
     """The split of `cfg`'s attention over `rows` x `cols` cores; `seq_rows=False` keeps the
     head-parallel split (one row per group) even when rows > heads."""

@@ -15,7 +15,7 @@ from workloads import reference as ref
 from workloads.models import load_model
 from wse_sim.experiment import build_program
 from wse_sim.functional import error_report, run_functional
-from wse_sim.hardware import load_preset
+from wse_sim.hardware import ConfigError, load_preset
 from wse_sim.program import (
     Alloc,
     DataOp,
@@ -123,8 +123,11 @@ def test_training_keeps_one_row_per_group():
     p = build_program(HW, "tiny", strategy="layer-sequential", phase="train", prompt=8)
     assert p.meta["attention"] == {"groups": 4, "rows_per_group": 1}
     cfg = load_model("tiny")
-    run = build_program(HW, "tiny", strategy="layer-sequential", phase="prefill", prompt=8)
+    run = build_program(HW, "tiny", strategy="layer-sequential", phase="prefill", prompt=8,
+                        attention="rows")
     assert run.meta["attention"] == {"groups": 4, "rows_per_group": 4}
+    auto = build_program(HW, "tiny", strategy="layer-sequential", phase="prefill", prompt=8)
+    assert auto.meta["attention"] == {"groups": 4, "rows_per_group": 1}  # heads: it fits
     tp = TP2D(ProgramBuilder("t"), cfg, {}, "fp16", 0.0, 8)
     with pytest.raises(NotImplementedError, match="4 rows per head group"):
         tp.backward(0, Layout.of(Region(0, 0, 16, 16), cfg), None)
@@ -132,7 +135,8 @@ def test_training_keeps_one_row_per_group():
 
 def test_group_streams_stay_in_the_color_budget_and_timing_records_balance():
     for model in ("tiny", "tiny-llama"):
-        seq = build_program(HW, model, strategy="layer-sequential", phase="decode", context=40)
+        seq = build_program(HW, model, strategy="layer-sequential", phase="decode", context=40,
+                            attention="rows")
         head = build_program(HW, model, strategy="layer-sequential", phase="decode",
                              context=40, grid=4)
         assert seq.meta["attention"]["rows_per_group"] > 1
@@ -177,7 +181,7 @@ def test_forward_over_row_groups_equals_reference(model, heads, grid, G, phase, 
     w, tokens, kv, want, cache = case(cfg, phase, batch, prompt, context, dtype)
     p = strategies()["layer-sequential"](cfg, HW, phase=phase, batch=batch, prompt=prompt,
                                          context=context, dtype=dtype, grid=grid,
-                                         functional=True)
+                                         functional=True, attention="rows")
     assert p.meta["attention"]["rows_per_group"] == G
     buffers = run_functional(p, HW, model_inputs(p, cfg, w, tokens, kv))
     rep = error_report(model_output(p, buffers), want, dtype)
@@ -193,7 +197,7 @@ def test_a_kv_cache_one_row_off_inside_a_group_fails():
     cfg = load_model("tiny").with_overrides(n_heads=2, n_kv_heads=2)
     w, tokens, kv, want, _ = case(cfg, "decode", 1, 1, 21)
     p = strategies()["layer-sequential"](cfg, HW, phase="decode", context=21, dtype="fp32",
-                                         grid=4, functional=True)
+                                         grid=4, functional=True, attention="rows")
     inputs = model_inputs(p, cfg, w, tokens, kv)
     ok = error_report(model_output(p, run_functional(p, HW, inputs)), want, "fp32")
     kv0 = inputs["L0.kv"]  # (4 rows: 2 groups of G = 2, C, ...)
@@ -256,3 +260,28 @@ def test_two_level_softmax_combine_equals_one_line():
     att = np.exp(scores - scores.max(-1, keepdims=True))
     want = np.einsum("thk,kd->thd", att / att.sum(-1, keepdims=True), keys)
     np.testing.assert_allclose(got.reshape(T, heads, hd), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["layer-pipelined", "weight-streaming"])
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_row_split_under_the_other_strategies_equals_reference(strategy, phase):
+    cfg = load_model("tiny-llama")
+    batch, prompt, context = 2, 11, 21
+    w, tokens, kv, want, _ = case(cfg, phase, batch, prompt, context)
+    p = strategies()[strategy](cfg, HW, phase=phase, batch=batch, prompt=prompt,
+                               context=context, dtype="fp32", functional=True, attention="rows")
+    assert p.meta["attention"]["rows_per_group"] > 1
+    rep = error_report(model_output(p, run_functional(p, HW, model_inputs(p, cfg, w, tokens,
+                                                                           kv))), want, "fp32")
+    assert rep["ok"] and rep["max_rel_error"] < TOL["fp32"], rep
+
+
+def test_auto_takes_heads_when_they_fit_and_rows_when_not():
+    hw = load_preset("wse2")
+    small = build_program(HW, "tiny", strategy="layer-sequential", phase="decode", context=16)
+    big = build_program(hw, "llama3-8b", strategy="layer-sequential", phase="decode",
+                        context=128)
+    assert small.meta["attention"]["rows_per_group"] == 1
+    assert big.meta["attention"]["rows_per_group"] > 1
+    with pytest.raises(ConfigError, match="attention: got 'cols', must be one of auto, heads, rows"):
+        build_program(HW, "tiny", attention="cols")

@@ -233,11 +233,16 @@ def test_the_tree_budgets_its_receive_buffers():
                                             reduce_algo="tree")
     assert "tree_recv" not in chain.meta["sram_buffers_per_core"]
     _, m, _ = tree_groups(16)
-    # one tile per leader (m = 3 on 16 cores) of the largest partial: the LM head's 32 logits
-    # (the rows of a head group split its q, k, v, 48 values, 4 ways; the down GEMMs' partials
-    # are 4 values), fp16
-    assert tree.meta["attention"]["rows_per_group"] == 4
-    assert tree.meta["sram_buffers_per_core"]["tree_recv"] == m * 32 * 2
+    # one tile per leader (m = 3 on 16 cores) of the largest partial: q, k, v of one head (48
+    # values; the LM head's 32 logits and the down GEMMs' 4 values are smaller), fp16
+    assert tree.meta["attention"]["rows_per_group"] == 1
+    assert tree.meta["sram_buffers_per_core"]["tree_recv"] == m * 48 * 2
+    rows = strategies()["layer-sequential"](cfg, HW, phase="decode", context=16,
+                                            reduce_algo="tree", attention="rows")
+    # with the row split a head group's 4 rows split its 48 q, k, v values: the LM head's
+    # 32 logits are the largest partial
+    assert rows.meta["attention"]["rows_per_group"] == 4
+    assert rows.meta["sram_buffers_per_core"]["tree_recv"] == m * 32 * 2
     assert tree.meta["combine_flops"] > 0 and chain.meta["combine_flops"] == 0
 
 

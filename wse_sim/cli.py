@@ -10,6 +10,7 @@ import json
 import sys
 import time
 
+from mapper.attention import ATTENTION_SPLITS
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from wse_sim.cli_common import (
     Parser,
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--region-shape", type=int, default=0, metavar="K",
                      help="layer-pipelined: the K-th best region shape that fits (0: the most "
                           "cores per layer); `search` tries a few")
+    run.add_argument("--attention", type=one_of(ATTENTION_SPLITS), default="auto",
+                     help="attention over a region's rows: heads (one row per head group), "
+                          "rows (a group's rows split the keys too), auto (heads when it fits)")
     run.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default="chain",
                      metavar="|".join(LAYER_REDUCE_ALGOS),
                      help="how the GEMMs' partial sums reduce: one pipelined chain per line, a "
@@ -141,7 +145,7 @@ def cmd_run(args) -> int:
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
                             functional=args.functional, chunks=args.chunks,
                             micro_batches=args.micro_batches, region_shape=args.region_shape,
-                            reduce_algo=args.reduce_algo)
+                            reduce_algo=args.reduce_algo, attention=args.attention)
     if args.show_program:
         print(program.describe())
         return 0

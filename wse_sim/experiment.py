@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mapper.attention import ATTENTION_SPLITS
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
@@ -25,12 +26,15 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
-                  micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain"):
+                  micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain",
+                  attention: str = "auto"):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
     `reduce_algo`: how the GEMMs' partial sums reduce: `chain`, `tree`, or the tree only for
-    the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d)."""
+    the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d);
+    `attention`: `heads` (one row per head group), `rows` (a head group's rows split its keys
+    too, when a region has more rows than heads) or `auto` (heads when it fits)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
     if phase not in PHASES:
@@ -53,6 +57,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         if micro_batches not in allowed:
             raise ConfigError(f"micro_batches: got {micro_batches}, must divide the batch "
                               f"({batch}): one of {', '.join(map(str, allowed))}")
+    if attention not in ATTENTION_SPLITS:
+        raise ConfigError(f"attention: got {attention!r}, must be one of "
+                          f"{', '.join(ATTENTION_SPLITS)}")
     if reduce_algo not in LAYER_REDUCE_ALGOS:
         raise ConfigError(f"reduce_algo: got {reduce_algo!r}, must be one of "
                           f"{', '.join(LAYER_REDUCE_ALGOS)}")
@@ -70,7 +77,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
                                 functional=functional, chunks=chunks,
-                                micro_batches=micro_batches, reduce_algo=reduce_algo, **extra)
+                                micro_batches=micro_batches, reduce_algo=reduce_algo,
+                                attention=attention, **extra)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",

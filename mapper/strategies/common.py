@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mapper.attention import ATTENTION_SPLITS
 from mapper.placement import MappingError
 from mapper.reduce_algos import check_algo
 from mapper.strategies.tp2d import COLORS, TP2D, _deps, tree_recv_bytes
@@ -41,6 +42,7 @@ class Run:
     chunks: int = 1  # prefill: the prompt runs through the layers in this many chunks
     micro_batches: int = 1  # train: the batch runs through the layers in this many parts
     reduce_algo: str = "chain"  # how the GEMMs' partial sums reduce (mapper.tree_reduce)
+    attention: str = "auto"  # how attention splits over a region's rows (tp2d.Layout.fitted)
 
     @property
     def parts(self) -> int:
@@ -95,7 +97,8 @@ class Run:
 
 def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prompt: int,
              context: int, dtype: str, grid: int | None, sparsity: float,
-             chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain") -> Run:
+             chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
+             attention: str = "auto") -> Run:
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
         raise MappingError(f"grid: got {grid}, must be at most the {hw.mesh_cols} x "
                            f"{hw.mesh_rows} mesh of {hw.name}")
@@ -106,8 +109,11 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
         raise MappingError(f"chunks: got {chunks}, must be in 1..prompt ({prompt})")
     check_micro_batches(micro_batches, phase, batch)
     check_algo("reduce_algo", reduce_algo)
+    if attention not in ATTENTION_SPLITS:
+        raise MappingError(f"attention: got {attention!r}, must be one of "
+                           f"{', '.join(ATTENTION_SPLITS)}")
     return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
-               micro_batches, reduce_algo)
+               micro_batches, reduce_algo, attention)
 
 
 def check_micro_batches(micro_batches: int, phase: str, batch: int) -> None:

@@ -112,6 +112,7 @@ class FLayout:
     kv_keys: int = 0  # positions the KV tiles hold, when more than start + sq (a chunk's)
     add_grads: bool = False  # a later micro-batch: weight gradients add to the earlier ones'
     kv_layers: int = 1   # layers whose KV caches share a region's cores (layer-sequential: all)
+    row_groups: bool = True  # a head group's rows split its keys (tp2d.Layout.fitted)
 
     def __post_init__(self):
         for r, kv in enumerate(self.row_kv):
@@ -141,7 +142,8 @@ class FLayout:
 
     @property
     def split(self) -> attention.AttentionSplit:
-        return attention.split(self.cfg, self.rows, self.cols, seq_rows=not self.train)
+        return attention.split(self.cfg, self.rows, self.cols,
+                               seq_rows=self.row_groups and not self.train)
 
     @property
     def ra(self) -> int:
@@ -614,6 +616,7 @@ class FLayout:
                "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
                "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],
                "embed_row": rect(embed_row), "train": self.train, "kv_layers": self.kv_layers,
+               "row_groups": self.row_groups,
                "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a, "g": b.g}
                           for lay, b in layers]}
         if parts is not None:
@@ -653,7 +656,7 @@ def head_recv_tiles(tiles: dict, tables: int, algo: str) -> dict:
 
 
 def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1,
-                kv_layers: int = 1) -> FLayout:
+                kv_layers: int = 1, row_groups: bool = True) -> FLayout:
     """The functional layout of `run` (a common.Run) on R x C regions (`kv_layers` layers'
     KV caches on one region's cores)."""
     train = run.phase == "train"
@@ -665,4 +668,5 @@ def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1,
                                   "functionally")
     sq = 1 if run.phase == "decode" else run.prompt
     start = run.context if run.phase == "decode" else 0
-    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train, kv_layers)
+    return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train, kv_layers,
+                   row_groups=row_groups)

@@ -48,7 +48,8 @@ def layout_of(program: Program, cfg: GPTConfig) -> FLayout:
     if cfg.name != m["model"]:
         raise ValueError(f"cfg: got model {cfg.name!r}, the program maps {m['model']!r}")
     return FLayout(cfg, m["rows"], m["cols"], m["dtype"], m["batch"], m["sq"], m["start"],
-                   m["tables"], m.get("train", False), m.get("kv_layers", 1))
+                   m["tables"], m.get("train", False), m.get("kv_layers", 1),
+                   row_groups=m.get("row_groups", True))
 
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:

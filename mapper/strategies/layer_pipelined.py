@@ -59,7 +59,7 @@ def choose_slots(run: Run, rank: int = 0):
     layer's buffers and the table fit (`rank` > 0: the rank-th next best shape that fits, for
     the search; the last one that fits when there are fewer); the fewest table slots first.
     When nothing fits, the largest slots (so the caller reports the numbers that do not fit)."""
-    L, cfg = run.cfg.n_layers, run.cfg
+    L = run.cfg.n_layers
     fallback = None
     fitting: list = []
     k = 1
@@ -75,7 +75,7 @@ def choose_slots(run: Run, rank: int = 0):
             if not ok:
                 next_k = need if next_k is None else min(next_k, need)
                 continue
-            lay = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg, run.phase == "train")
+            lay = _layout(run, Region(0, 0, sg.cols, sg.rows))
             if sum(pipelined_buffers(run, lay).values()) <= run.hw.sram_bytes:
                 fitting.append((sg, k, True))
                 if len(fitting) > rank:
@@ -97,7 +97,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         dtype: str = "fp16", grid: int | None = None,
                         sparsity: float = 0.0, stage: tuple | None = None,
                         functional: bool = False, chunks: int = 1, micro_batches: int = 1,
-                        region_shape: int = 0, reduce_algo: str = "chain") -> Program:
+                        region_shape: int = 0, reduce_algo: str = "chain",
+                        attention: str = "auto") -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -127,13 +128,13 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                           reduce_algo=reduce_algo)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches, reduce_algo=reduce_algo)
+                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention)
     check_total_weights(run)
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
     ops = run.ops()
     L, n = cfg.n_layers, run.parts
     sg, k, _ = choose_slots(run, region_shape)
-    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), cfg, run.phase == "train")
+    lay0 = _layout(run, Region(0, 0, sg.cols, sg.rows))
     train = phase == "train"
     buffers = pipelined_buffers(run, lay0)
     check_buffers("each layer region", run, buffers, lay0.reg,
@@ -143,7 +144,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     traffic = [run.tokens * cfg.d_model * run.bytes] * L + [0] * (k - 1)
     placed = place_chain(layer_graph(names, traffic), sg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
-    fl = make_layout(cfg, run, sg.rows, sg.cols, k) if functional else None
+    fl = make_layout(cfg, run, sg.rows, sg.cols, k, row_groups=lay0.g > 1) \
+        if functional else None
     parts = part_spans(run)
     fls = [fl] * n  # each part's functional layout
     if fl is not None and n > 1:
@@ -152,7 +154,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo)
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
-    lays = [Layout.of(placed[f"L{i}"], cfg, train) for i in range(L)]
+    lays = [Layout(placed[f"L{i}"], lay0.ra, lay0.g) for i in range(L)]
     bufs = [[part_bufs(i, p, parts, train, i == L - 1) for i in range(L)] for p in range(n)]
     views, extra = _alloc(pb, run, fls, parts, bufs, lays, heads, top0, buffers)
 
@@ -212,6 +214,13 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "attention": {"groups": lay0.ra, "rows_per_group": lay0.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)}
         | mapping_meta(run, tp))
+
+
+def _layout(run: Run, reg: Region) -> Layout:
+    """The attention split of a layer region (`Layout.fitted`)."""
+    return Layout.fitted(reg, run.cfg, run.phase == "train", run.attention,
+                         lambda lay: sum(pipelined_buffers(run, lay).values())
+                         <= run.hw.sram_bytes)
 
 
 def pipelined_buffers(run: Run, lay: Layout) -> dict:
@@ -379,17 +388,22 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     ops = run.ops()
     L = layers
     sg, k = choose_slots(run)[:2] if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
-    lay0 = Layout.of(Region(0, 0, sg.cols, sg.rows), sub, run.phase == "train")
     train = run.phase == "train"
-    buffers = layer_buffers(sub, lay0, run.tokens, run.keys, run.batch, run.dtype,
-                            train=train, reduce_algo=run.reduce_algo)
+
+    def stage_buffers(lay: Layout) -> dict:
+        return layer_buffers(sub, lay, run.tokens, run.keys, run.batch, run.dtype,
+                             train=train, reduce_algo=run.reduce_algo)
+
+    lay0 = Layout.fitted(Region(0, 0, sg.cols, sg.rows), sub, train, run.attention,
+                         lambda lay: sum(stage_buffers(lay).values()) <= hw.sram_bytes)
+    buffers = stage_buffers(lay0)
     check_buffers(f"each layer region of the wafer with layers {first}..{first + L - 1}", run,
                   buffers, lay0.reg)
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
     placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
     tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo)
-    lays = [Layout.of(placed[f"L{i}"], sub, train) for i in range(L)]
+    lays = [Layout(placed[f"L{i}"], lay0.ra, lay0.g) for i in range(L)]
     for i, lay in enumerate(lays):
         for name, v in buffers.items():
             pb.alloc(f"L{i}.{name}", lay.reg, v)

@@ -55,7 +55,8 @@ def map_weight_streaming(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
 def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
-         chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain") -> Program:
+         chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
+         attention: str = "auto") -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill and decode; every layer keeps its weights and KV cache
     in its own tiles, the activations share one set, `act.*`) or, layer-sequential only, the
@@ -64,7 +65,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches, reduce_algo=reduce_algo)
+                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention)
     name = "weight-streaming" if streaming else "layer-sequential"
     if micro_batches > 1:
         raise NotImplementedError(f"{name}: a training step in {micro_batches} micro-batches "
@@ -74,26 +75,30 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         check_total_weights(run)
     L, train = cfg.n_layers, phase == "train"
     reg = Region(0, 0, run.cols, run.rows)
-    lay = Layout.of(reg, cfg, phase == "train")
     adam = 7 if (train and not streaming) else 1
     table = run.table_bytes * (2 if streaming else adam)
 
-    def sizes(r: Run) -> dict:
+    def sizes(r: Run, lay: Layout) -> dict:
         b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                           weight_layers=L, stream_weights=streaming, reduce_algo=r.reduce_algo)
         recv = max(b.pop("tree_recv", 0), head_tree_recv(r, reg, 1))  # never live at once
         return b | ({"tree_recv": recv} if recv else {}) | {"table": math.ceil(table / reg.size)}
 
-    run = chunked(run, lambda r: sum(sizes(r).values()) <= hw.sram_bytes)
+    def fits(r: Run, lay: Layout) -> bool:
+        return sum(sizes(r, lay).values()) <= hw.sram_bytes
+
+    lay = Layout.fitted(reg, cfg, train, attention, lambda la: fits(run, la))
+    run = chunked(run, lambda r: fits(r, lay))
     if functional and run.chunks > 1:
         raise NotImplementedError(f"functional: {name}: a prefill in {run.chunks} chunks is not "
                                   "mapped functionally (layer-pipelined's is); use a shorter "
                                   "--prompt, a larger mesh or layer-pipelined")
     ops = run.ops()
-    buffers = sizes(run)
+    buffers = sizes(run, lay)
     check_buffers("the region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
-    fl = make_layout(cfg, run, reg.rows, reg.cols, kv_layers=L) if functional else None
+    fl = make_layout(cfg, run, reg.rows, reg.cols, kv_layers=L, row_groups=lay.g > 1) \
+        if functional else None
     bufs = [LayerBufs(f"L{i}.", f"L{i}." if train else "act.", "grad.") for i in range(L)]
     tiles = None
     if fl is not None:

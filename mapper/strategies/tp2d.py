@@ -71,6 +71,18 @@ class Layout:
         s = attention.split(cfg, reg.rows, reg.cols, seq_rows=not train)
         return cls(reg, s.groups, s.rows_per_group)
 
+    @classmethod
+    def fitted(cls, reg: Region, cfg: GPTConfig, train: bool, mode: str, fits) -> Layout:
+        """The attention split of a region: `heads` (one row per head group: no group
+        streams), `rows` (when rows > heads, each group's rows split the keys too: attention
+        weights and KV cache spread over every row, at the cost of the group streams), or
+        `auto`: heads when `fits(layout)` says its buffers fit, else rows. Training keeps
+        heads (the backward of the row split is not mapped)."""
+        heads = cls.of(reg, cfg, train=True)
+        if train or mode == "heads" or (mode == "auto" and fits(heads)):
+            return heads
+        return cls.of(reg, cfg)
+
     def split(self, cfg: GPTConfig) -> attention.AttentionSplit:
         return attention.AttentionSplit(self.ra, self.g, self.reg.cols,
                                         math.ceil(cfg.n_heads / self.ra),
