@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from mapper.attention import ATTENTION_SPLITS
+from mapper.placement import MappingError
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
+from mapper.strategies.common import check_micro_batches
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
@@ -49,14 +51,10 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if phase == "train" and chunks != 1:
         raise ConfigError(f"chunks: got {chunks} with phase train, must be 1; a training step "
                           "splits its batch into micro_batches instead")
-    if micro_batches != 1:
-        if phase != "train":
-            raise ConfigError(f"micro_batches: got {micro_batches} with phase {phase}, must be "
-                              "1; only a training step runs in micro-batches")
-        allowed = [n for n in range(1, batch + 1) if batch % n == 0]
-        if micro_batches not in allowed:
-            raise ConfigError(f"micro_batches: got {micro_batches}, must divide the batch "
-                              f"({batch}): one of {', '.join(map(str, allowed))}")
+    try:
+        check_micro_batches(micro_batches, phase, batch)
+    except MappingError as e:
+        raise ConfigError(str(e)) from None
     if attention not in ATTENTION_SPLITS:
         raise ConfigError(f"attention: got {attention!r}, must be one of "
                           f"{', '.join(ATTENTION_SPLITS)}")
