@@ -285,3 +285,18 @@ def test_auto_takes_heads_when_they_fit_and_rows_when_not():
     assert big.meta["attention"]["rows_per_group"] > 1
     with pytest.raises(ConfigError, match="attention: got 'cols', must be one of auto, heads, rows"):
         build_program(HW, "tiny", attention="cols")
+
+
+def test_search_tries_the_row_split_on_the_best_mapping():
+    from wse_sim.experiment import search_mapping
+    found, best = search_mapping(HW, "tiny", phase="decode", context=16, budget=40)
+    tried = [c for c, cost, _ in found.tried if cost is not None]
+    rows = [c for c in tried if c["attention"] == "rows"]
+    assert len(rows) == 1
+    assert {k: v for k, v in rows[0].items() if k != "attention"} == \
+        {k: v for k, v in found.best.items() if k != "attention"} or found.best is rows[0]
+    assert found.best_cost == min(cost for _, cost, _ in found.tried if cost is not None)
+    assert found.why("attention").startswith(found.best["attention"])
+    fixed, _ = search_mapping(HW, "tiny", phase="decode", context=16, budget=6,
+                              attention="heads")
+    assert {c["attention"] for c, _, _ in fixed.tried} == {"heads"}

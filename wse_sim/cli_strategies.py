@@ -124,6 +124,8 @@ def cmd_search(args) -> int:
         out["choice"] = found.best
         out["reduce_algo"] = found.best["reduce_algo"]
         out["reduce_algo_why"] = found.why("reduce_algo")
+        out["attention"] = found.best["attention"]
+        out["attention_why"] = found.why("attention")
         out["tried"] = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
                         for c, cost, why in found.tried]
         print_json(out)
@@ -131,6 +133,7 @@ def cmd_search(args) -> int:
         print(f"chosen: {found.best['strategy']} — least simulated time per token "
               f"({found.best_cost * 1e6:.3f} µs/token)")
         print(f"reduce: {found.why('reduce_algo')}")
+        print(f"attention: {found.why('attention')}")
         print(found.explain())
     return 0
 
@@ -141,7 +144,7 @@ def run_extended(args) -> int:
     from wse_sim.report import format_report
     hw = effective_hardware(args)
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
-          "reduce_algo": args.reduce_algo}
+          "reduce_algo": args.reduce_algo, "attention": args.attention}
     if args.wafers > 1:
         if args.strategy not in ("layer-pipelined", "auto"):
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
@@ -165,6 +168,8 @@ def run_extended(args) -> int:
     strategy = args.strategy
     if strategy == "auto":
         kw.pop("reduce_algo")  # searched
+        if kw["attention"] == "auto":
+            kw.pop("attention")  # searched too
         found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
                                   prompt=args.prompt, context=args.context, grids=(args.grid,),
                                   progress=False, **kw)
@@ -175,6 +180,7 @@ def run_extended(args) -> int:
         args.micro_batches = found.best.get("micro_batches", 1)
         args.region_shape = found.best.get("region_shape", 0)
         args.reduce_algo = kw["reduce_algo"] = found.best.get("reduce_algo", "chain")
+        args.attention = kw["attention"] = found.best.get("attention", "auto")
     if args.generate:
         if args.micro_batches != 1:
             raise ValueError(f"micro_batches: got {args.micro_batches} with --generate, must be "

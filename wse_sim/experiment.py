@@ -112,18 +112,21 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     lines and short vectors, i.e. decode).
 
     Every mapping is tried with `chain` and `tree`; then the best one also with the tree in one
-    direction only (`row-tree`, `col-tree`), within `budget`. A given `reduce_algo` is fixed."""
+    direction only (`row-tree`, `col-tree`), and with attention split over every row of a head
+    group (`attention="rows"`, when a region has more rows than heads), within `budget`. A
+    given `reduce_algo` or `attention` is fixed."""
     from mapper.search import search
     results = {}
     fixed = kw.pop("reduce_algo", None)
     algos = (fixed,) if fixed else ("chain", "tree")
+    fixed_attention = kw.pop("attention", None)
 
     phase, batch = kw.get("phase", "prefill"), kw.get("batch", 1)
     chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
     micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
         if phase == "train" else (1,)
     cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
-              "reduce_algo": a}
+              "reduce_algo": a, "attention": fixed_attention or "auto"}
              for s in STRATEGIES for g in grids
              for c in chunk_options if c <= kw.get("prompt", 128)
              for mb in (micro_options if s == "layer-pipelined" else (1,))
@@ -135,16 +138,18 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
         program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
                                 chunks=cand["chunks"], micro_batches=cand["micro_batches"],
                                 region_shape=cand["region_shape"],
-                                reduce_algo=cand["reduce_algo"], **kw)
+                                reduce_algo=cand["reduce_algo"], attention=cand["attention"],
+                                **kw)
         m = program.meta
         trees = m.get("tree_axes", "")  # what the records really are
+        g = m.get("attention", {}).get("rows_per_group", 1)
         key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
-               m.get("region_cols"), m.get("region_rows"), trees)
+               m.get("region_cols"), m.get("region_rows"), trees, g)
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
                              f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
                              f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
-                             "or more)")
+                             f"or more; {g} row(s) per head group)")
         seen.add(key)
         r = simulate(program, hw, engine=engine)
         results[tuple(cand.values())] = r
@@ -155,6 +160,9 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     if found.best is not None and not fixed and left > 0:  # one direction only, on the best
         one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
         found.absorb(search(one_way, evaluate, budget=left))
+    left = budget - len(found.tried)
+    if found.best is not None and not fixed_attention and left > 0:
+        found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left))
     best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
 
