@@ -285,6 +285,19 @@ def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run
     return att.max_tokens(free, run.dtype, layers * run.batch)
 
 
+def resolve_attention(run: Run, fits) -> Run:
+    """`attention="auto"` made concrete: `heads` (one row per head group) when some chunking
+    of the phase fits with it (`fits(run)`, as for `chunked`), else `rows` (the row-group
+    split, which spreads the attention weights and KV cache over every row)."""
+    import dataclasses
+    if run.attention != "auto":
+        return run
+    heads = dataclasses.replace(run, attention="heads")
+    if fits(chunked(heads, fits)):
+        return heads
+    return dataclasses.replace(run, attention="rows")
+
+
 def chunked(run: Run, fits) -> Run:
     """The fewest prefill chunks (`run.chunks`, then twice as many, ...) for which
     `fits(run)` holds; `run` itself when nothing fits (so the caller reports the numbers)."""

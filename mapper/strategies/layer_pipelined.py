@@ -27,6 +27,7 @@ from mapper.strategies.common import (
     kv_context_limit,
     make_run,
     mapping_meta,
+    resolve_attention,
 )
 from mapper.strategies.functional_layout import (
     LayerBufs,
@@ -130,6 +131,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention)
     check_total_weights(run)
+    run = resolve_attention(run, lambda r: choose_slots(r, region_shape)[2])
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
     ops = run.ops()
     L, n = cfg.n_layers, run.parts

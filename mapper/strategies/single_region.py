@@ -24,6 +24,7 @@ from mapper.strategies.common import (
     kv_context_limit,
     make_run,
     mapping_meta,
+    resolve_attention,
 )
 from mapper.strategies.functional_layout import (
     LayerBufs,
@@ -87,7 +88,11 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     def fits(r: Run, lay: Layout) -> bool:
         return sum(sizes(r, lay).values()) <= hw.sram_bytes
 
-    lay = Layout.fitted(reg, cfg, train, attention, lambda la: fits(run, la))
+    def layout(r: Run) -> Layout:
+        return Layout.fitted(reg, cfg, train, r.attention, lambda la: fits(r, la))
+
+    run = resolve_attention(run, lambda r: fits(r, layout(r)))
+    lay = layout(run)
     run = chunked(run, lambda r: fits(r, lay))
     if functional and run.chunks > 1:
         raise NotImplementedError(f"functional: {name}: a prefill in {run.chunks} chunks is not "
