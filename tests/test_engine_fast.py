@@ -424,7 +424,14 @@ def test_step_path_refuses_what_it_cannot_order_and_auto_falls_back():
     ))
     with pytest.raises(StepPathUnsupported, match="out of task order"):
         simulate_fast(p, hw, path="step")
-    auto = simulate_fast(p, hw)
+    import wse_sim.engine.fast as fast_mod
+    assert simulate_fast(p, hw).fast_path == "event"  # small: the faster path
+    old = fast_mod.EVENT_PREFERRED_FRACTION
+    try:
+        fast_mod.EVENT_PREFERRED_FRACTION = 0.0  # as if memory were short: step first
+        auto = simulate_fast(p, hw)
+    finally:
+        fast_mod.EVENT_PREFERRED_FRACTION = old
     assert auto.fast_path == "event" and "out of task order (task 3)" in auto.fast_path_reason
     assert_same(simulate_reference(p, hw), auto)
 
