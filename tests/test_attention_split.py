@@ -283,6 +283,14 @@ def test_auto_takes_heads_when_they_fit_and_rows_when_not():
                         context=128)
     assert small.meta["attention"]["rows_per_group"] == 1
     assert big.meta["attention"]["rows_per_group"] > 1
+    # heads whenever some chunking or slot shape fits with them: a weight-streaming prefill
+    # in chunks, and layer-pipelined slots that the row split would let shrink
+    ws = build_program(hw, "cerebras-gpt-1.3b", strategy="weight-streaming", phase="prefill",
+                       prompt=128)
+    assert ws.meta["attention"]["rows_per_group"] == 1 and ws.meta["chunks"] > 1
+    lp = build_program(hw, "cerebras-gpt-1.3b", strategy="layer-pipelined", phase="decode",
+                       context=1024)
+    assert lp.meta["attention"]["rows_per_group"] == 1
     with pytest.raises(ConfigError, match="attention: got 'cols', must be one of auto, heads, rows"):
         build_program(HW, "tiny", attention="cols")
 
