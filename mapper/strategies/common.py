@@ -152,14 +152,17 @@ def part_bufs(i: int, p: int, parts: list, train: bool, last: bool,
     return LayerBufs(f"L{i}.", mine, f"L{i}.", ("kv", "dx") if last else ("kv",))
 
 
-def shared_tiles(tiles: dict, prefix: str, own: tuple = ()) -> dict:
+def shared_tiles(tiles: dict, prefix: str, own: tuple = (), tag: str = "") -> dict:
     """A chunk's activation tiles, each in a scratch slot named by its key, so that every
     chunk's tile of that key starts at the same byte (one chunk at a time per layer); the
-    keys in `own` (a chunk's own tile, live while the other chunks run) keep theirs."""
+    keys in `own` (a chunk's own tile, live while the other chunks run) keep theirs. `tag`
+    names one of several sets of scratch slots (`tag` appended to every shared slot)."""
     out = {}
     for name, (reg, shape, dt, slot) in tiles.items():
         key = name[len(prefix):]
-        out[name] = (reg, shape, dt, slot if slot or key in own else "own." + key)
+        if key not in own or slot:
+            slot = (slot or "own." + key) + tag
+        out[name] = (reg, shape, dt, slot)
     return out
 
 

@@ -86,10 +86,13 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     def sizes(r: Run, lay: Layout) -> dict:
         b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                           weight_layers=L, stream_weights=streaming, reduce_algo=r.reduce_algo)
-        recv = max(b.pop("tree_recv", 0), head_tree_recv(r, reg, 1))  # never live at once
-        if r.chunks > 1:  # every chunk's output waits between layers (x_shard: one chunk's)
-            b["chunk_outputs"] = (r.chunks - 1) * r.chunk_tokens \
-                * math.ceil(cfg.d_model / reg.cols) * r.bytes
+        layer_recv = b.pop("tree_recv", 0)
+        recv = max(layer_recv, head_tree_recv(r, reg, 1))  # never live at once
+        if r.chunks > 1:  # every chunk's layer input waits between layers (x_shard: one's)
+            x = r.chunk_tokens * math.ceil(cfg.d_model / reg.cols) * r.bytes
+            b["chunk_outputs"] = (r.chunks - 1) * x
+            if L > 1:  # the scratch of a chunk in the layer before (two layers in flight)
+                b["chunk_in_flight"] = x + b["partial"] + b["scores"] + layer_recv
         return b | ({"tree_recv": recv} if recv else {}) | {"table": math.ceil(table / reg.size)}
 
     def fits(r: Run, lay: Layout) -> bool:
@@ -113,7 +116,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         bufs = [[LayerBufs(f"L{i}.", f"L{i}." if train else "act.", "grad.")
                  for i in range(L)]]
     else:
-        bufs = [[part_bufs(i, c, parts, False, False, acts="act") for i in range(L)]
+        bufs = [[part_bufs(i, c, parts, False, False, acts=f"act.l{i % 2}") for i in range(L)]
                 for c in range(n)]
     tiles = None if fl is None else _tiles(fls, parts, bufs, lay, reg, train, run.reduce_algo)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
@@ -145,10 +148,10 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         io_prev = w if w is not None else io_prev
         for c in range(n):  # every chunk through layer i, then on to layer i + 1
             tp.share, tp.fl = (c, n), fls[c]
-            # one chunk at a time on the region (they share its scratch): after the
-            # previous chunk in this layer, the first after the last one in the layer before
+            # after the previous chunk in this layer (its keys); the first chunk after the
+            # last one in layer i - 2: chunks run in two layers at a time (two scratch sets)
             prev = (Dep(chunk_deps[c - 1], "all"),) if c > 0 else \
-                ((Dep(chunk_deps[-1], "all"),) if i > 0 and n > 1 else ())
+                ((Dep(layer_ends[i - 2], "all"),) if i >= 2 and n > 1 else ())
             chunk_deps[c] = tp.forward(i, lay, (chunk_deps[c],) + prev,
                                        weight_dep=Dep(w, "same") if w is not None else None,
                                        bufs=bufs[c][i],
@@ -223,15 +226,27 @@ def _tiles(fls: list[FLayout], parts: list, bufs: list, lay: Layout, reg: Region
     else:
         for i in range(L):
             tiles |= f0.layer_tiles(lay, bufs[0][i], acts=False)
-        for fc, b, (sfx, *_) in zip(fls, bufs, parts, strict=True):
-            acts = shared_tiles(fc.layer_tiles(lay, b[0], weights=False), b[0].a, own=("x",))
-            x = b[0]("x")
-            acts[x] = acts[x][:3] + ("x" + sfx,)
-            rows = fc.embed_tiles(lay.row0, own_x=False, sfx=sfx)
-            rows["embed.rows" + sfx] = rows["embed.rows" + sfx][:3] + ("x" + sfx,)
-            tiles |= acts | rows
-    if train:
-        tiles |= f0.train_head_tiles(reg) | f0.train_lnf_tiles(lay.row0, False) \
-            | f0.train_embed_tiles(lay.row0)
-    return tiles | layer_recv_tiles(tiles, [b for bs in bufs for b in bs], algo) \
-        | head_recv_tiles(tiles, 1, algo)
+        for par in range(min(L, 2)):  # layers of either parity: a set of scratch slots
+            acts = {}
+            for fc, b, (sfx, *_) in zip(fls, bufs, parts, strict=True):
+                a = shared_tiles(fc.layer_tiles(lay, b[par], weights=False), b[par].a,
+                                 own=("x",), tag=f".l{par}")
+                x = b[par]("x")
+                acts[x] = a.pop(x)[:3] + ("x" + sfx,)  # every layer's view of the chunk's x
+                acts |= a
+                if par == 0:
+                    rows = fc.embed_tiles(lay.row0, own_x=False, sfx=sfx)
+                    rows["embed.rows" + sfx] = rows["embed.rows" + sfx][:3] + ("x" + sfx,)
+                    tiles |= rows
+            recv = layer_recv_tiles(acts, [b[par] for b in bufs], algo)
+            tiles |= acts | {k: v[:3] + (v[3] + f".l{par}",) for k, v in recv.items()}
+        return tiles | _train_tiles(f0, lay, reg, train) | head_recv_tiles(tiles, 1, algo)
+    tiles |= _train_tiles(f0, lay, reg, train)
+    return tiles | layer_recv_tiles(tiles, bufs[0], algo) | head_recv_tiles(tiles, 1, algo)
+
+
+def _train_tiles(f0: FLayout, lay: Layout, reg: Region, train: bool) -> dict:
+    if not train:
+        return {}
+    return f0.train_head_tiles(reg) | f0.train_lnf_tiles(lay.row0, False) \
+        | f0.train_embed_tiles(lay.row0)
