@@ -7,6 +7,10 @@
   off-wafer I/O (double-buffered: layer i+1 streams in while layer i computes); when training,
   the backward pass streams the weights in again and the gradients out, and the optimizer
   update runs off the wafer (its FLOPs are reported as `offwafer_flops`, not simulated).
+
+A prefill in chunks: each layer runs the chunks in order (a chunk attends to the keys of the
+earlier ones), and chunks are in flight in two layers at a time (chunk c + 1 in layer i while
+chunk c runs in layer i + 1); every chunk's layer input waits between the layers.
 """
 
 from __future__ import annotations
@@ -63,8 +67,9 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
          attention: str = "auto") -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
-    computes the forward pass (prefill and decode; every layer keeps its weights and KV cache
-    in its own tiles, the activations share one set, `act.*`) or, layer-sequential only, the
+    computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
+    weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
+    `_tiles`) or, layer-sequential only, the
     training step's loss and gradients (every layer keeps its saved activations, `L{i}.*`, the
     backward's scratch is shared, `grad.*`; the Adam updates stay timing-only). Weight
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
@@ -214,8 +219,9 @@ def _tiles(fls: list[FLayout], parts: list, bufs: list, lay: Layout, reg: Region
     """Every tile of a functional run on the region: the layers' weights and KV caches, one
     set of activations for every layer (training: each layer keeps its own) and the table's.
     A prefill in chunks: each chunk's layer input `x` is its own (every chunk's waits between
-    layers; the gathered embedding rows arrive in it), its other activations share bytes with
-    the other chunks' (one chunk at a time on the region)."""
+    layers; the gathered embedding rows arrive in it; every layer's view of it is the same
+    bytes), its other activations share bytes with the other chunks' of the layers of the same
+    parity (one chunk at a time in a layer; two layers in flight: two scratch sets)."""
     f0, L, n = fls[0], len(bufs[0]), len(parts)
     tiles = f0.embed_tiles(lay.row0, own_x=False, scratch=True) if n == 1 else {}
     tiles |= fls[-1].lnf_tiles(lay.row0, False) | f0.head_tiles(0, reg)
