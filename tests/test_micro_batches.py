@@ -269,9 +269,3 @@ def test_timing_is_the_same_with_or_without_data(kw):
     a, b = simulate(plain, HW16, engine="fast"), simulate(func, HW16, engine="fast")
     assert (a.cycles, a.flops) == (b.cycles, b.flops)
 
-
-def test_single_region_strategies_refuse_functional_chunks():
-    cfg = load_model("tiny")
-    with pytest.raises(NotImplementedError, match="layer-sequential: a prefill in 2 chunks"):
-        strategies()["layer-sequential"](cfg, HW16, phase="prefill", prompt=8, chunks=2,
-                                         functional=True)

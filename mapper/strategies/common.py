@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from mapper.attention import ATTENTION_SPLITS
 from mapper.placement import MappingError
 from mapper.reduce_algos import check_algo
+from mapper.strategies.functional_layout import LayerBufs
 from mapper.strategies.tp2d import COLORS, TP2D, _deps, tree_recv_bytes
 from workloads.graph import build_graph, ops_in_order
 from workloads.models import GPTConfig
@@ -114,6 +115,55 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
                            f"{', '.join(ATTENTION_SPLITS)}")
     return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
                micro_batches, reduce_algo, attention)
+
+
+def part_spans(run: Run) -> list[tuple]:
+    """Each chunk or micro-batch: (tile suffix, first sequence, sequences, first position,
+    positions); one part with suffix "" when the phase is not split."""
+    n = run.parts
+    sq = 1 if run.phase == "decode" else run.prompt
+    if n == 1:
+        return [("", 0, run.batch, 0, sq)]
+    if run.phase == "train":
+        per = run.batch // n
+        return [(f".m{m}", m * per, per, 0, sq) for m in range(n)]
+    out, s0 = [], 0
+    for c in range(n):
+        ns = split_evenly(sq, n, c)
+        out.append((f".c{c}", 0, run.batch, s0, ns))
+        s0 += ns
+    return out
+
+
+def part_bufs(i: int, p: int, parts: list, train: bool, last: bool,
+              acts: str = "") -> LayerBufs:
+    """Tile names of layer i for part p (`common.part_spans`): weights (and a chunk's KV
+    cache) under 'L{i}.'; a micro-batch's saved activations and KV tile (and, in the `last`
+    layer, the dY the LM head hands it) under 'L{i}.m{p}.', the backward's scratch shared; a
+    chunk's activations under 'L{i}.c{p}.' (they share bytes with the other chunks':
+    `shared_tiles`), or, with `acts` (single-region strategies: one set for every layer),
+    under acts + '.c{p}.'."""
+    base = acts or f"L{i}"
+    if len(parts) == 1:
+        return LayerBufs(f"L{i}.", base + ".")
+    mine = f"{base}{parts[p][0]}."
+    if not train:
+        return LayerBufs(f"L{i}.", mine)
+    return LayerBufs(f"L{i}.", mine, f"L{i}.", ("kv", "dx") if last else ("kv",))
+
+
+def shared_tiles(tiles: dict, prefix: str, own: tuple = (), tag: str = "") -> dict:
+    """A chunk's activation tiles, each in a scratch slot named by its key, so that every
+    chunk's tile of that key starts at the same byte (one chunk at a time per layer); the
+    keys in `own` (a chunk's own tile, live while the other chunks run) keep theirs. `tag`
+    names one of several sets of scratch slots (`tag` appended to every shared slot)."""
+    out = {}
+    for name, (reg, shape, dt, slot) in tiles.items():
+        key = name[len(prefix):]
+        if key not in own or slot:
+            slot = (slot or "own." + key) + tag
+        out[name] = (reg, shape, dt, slot)
+    return out
 
 
 def check_micro_batches(micro_batches: int, phase: str, batch: int) -> None:

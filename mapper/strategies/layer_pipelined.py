@@ -27,10 +27,12 @@ from mapper.strategies.common import (
     kv_context_limit,
     make_run,
     mapping_meta,
+    part_bufs,
+    part_spans,
     resolve_attention,
+    shared_tiles,
 )
 from mapper.strategies.functional_layout import (
-    LayerBufs,
     dataop,
     head_recv_tiles,
     layer_recv_tiles,
@@ -40,7 +42,6 @@ from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
-from wse_sim.timing import split_evenly
 
 
 def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
@@ -240,44 +241,6 @@ def pipelined_buffers(run: Run, lay: Layout) -> dict:
     return out
 
 
-def part_spans(run: Run) -> list[tuple]:
-    """Each chunk or micro-batch: (tile suffix, first sequence, sequences, first position,
-    positions); one part with suffix "" when the phase is not split."""
-    n = run.parts
-    sq = 1 if run.phase == "decode" else run.prompt
-    if n == 1:
-        return [("", 0, run.batch, 0, sq)]
-    if run.phase == "train":
-        per = run.batch // n
-        return [(f".m{m}", m * per, per, 0, sq) for m in range(n)]
-    out, s0 = [], 0
-    for c in range(n):
-        ns = split_evenly(sq, n, c)
-        out.append((f".c{c}", 0, run.batch, s0, ns))
-        s0 += ns
-    return out
-
-
-def part_bufs(i: int, p: int, parts: list, train: bool, last: bool) -> LayerBufs:
-    """Tile names of layer i for part p: weights (and a chunk's KV cache) under 'L{i}.'; a
-    micro-batch's saved activations and KV tile (and, in the `last` layer, the dY the LM head
-    hands it) under 'L{i}.m{p}.', the backward's scratch shared; a chunk's activations under
-    'L{i}.c{p}.' (they share bytes with the other chunks': `_alloc`)."""
-    if len(parts) == 1:
-        return LayerBufs(f"L{i}.", f"L{i}.")
-    mine = f"L{i}{parts[p][0]}."
-    if not train:
-        return LayerBufs(f"L{i}.", mine)
-    return LayerBufs(f"L{i}.", mine, f"L{i}.", ("kv", "dx") if last else ("kv",))
-
-
-def _shared(tiles: dict, prefix: str) -> dict:
-    """A chunk's activation tiles, each in a scratch slot named by its key, so that every
-    chunk's tile of that key starts at the same byte (one chunk at a time per layer)."""
-    return {name: (reg, shape, dt, slot or "own." + name[len(prefix):])
-            for name, (reg, shape, dt, slot) in tiles.items()}
-
-
 def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lays: list,
            heads: list, top0: Region, buffers: dict) -> tuple[dict, int]:
     """The SRAM of every region (`common.alloc_group`); functional (`fls`): the tiles of every
@@ -318,7 +281,7 @@ def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lay
             else:
                 tiles = f0.layer_tiles(lay, bufs[0][i], acts=False)
                 for p, fp in enumerate(fls):
-                    tiles |= _shared(fp.layer_tiles(lay, bufs[p][i], weights=False),
+                    tiles |= shared_tiles(fp.layer_tiles(lay, bufs[p][i], weights=False),
                                      bufs[p][i].a)
             if i == L - 1:
                 tiles |= fls[-1].lnf_tiles(lay.row0, True)

@@ -7,6 +7,10 @@
   off-wafer I/O (double-buffered: layer i+1 streams in while layer i computes); when training,
   the backward pass streams the weights in again and the gradients out, and the optimizer
   update runs off the wafer (its FLOPs are reported as `offwafer_flops`, not simulated).
+
+A prefill in chunks: each layer runs the chunks in order (a chunk attends to the keys of the
+earlier ones), and chunks are in flight in two layers at a time (chunk c + 1 in layer i while
+chunk c runs in layer i + 1); every chunk's layer input waits between the layers.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from mapper.strategies.common import (
     kv_context_limit,
     make_run,
     mapping_meta,
+    part_bufs,
+    part_spans,
     resolve_attention,
+    shared_tiles,
 )
 from mapper.strategies.functional_layout import (
+    FLayout,
     LayerBufs,
     dataop,
     head_recv_tiles,
@@ -59,8 +67,9 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
          attention: str = "auto") -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
-    computes the forward pass (prefill and decode; every layer keeps its weights and KV cache
-    in its own tiles, the activations share one set, `act.*`) or, layer-sequential only, the
+    computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
+    weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
+    `_tiles`) or, layer-sequential only, the
     training step's loss and gradients (every layer keeps its saved activations, `L{i}.*`, the
     backward's scratch is shared, `grad.*`; the Adam updates stay timing-only). Weight
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
@@ -82,7 +91,13 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     def sizes(r: Run, lay: Layout) -> dict:
         b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                           weight_layers=L, stream_weights=streaming, reduce_algo=r.reduce_algo)
-        recv = max(b.pop("tree_recv", 0), head_tree_recv(r, reg, 1))  # never live at once
+        layer_recv = b.pop("tree_recv", 0)
+        recv = max(layer_recv, head_tree_recv(r, reg, 1))  # never live at once
+        if r.chunks > 1:  # every chunk's layer input waits between layers (x_shard: one's)
+            x = r.chunk_tokens * math.ceil(cfg.d_model / reg.cols) * r.bytes
+            b["chunk_outputs"] = (r.chunks - 1) * x
+            if L > 1:  # the scratch of a chunk in the layer before (two layers in flight)
+                b["chunk_in_flight"] = x + b["partial"] + b["scores"] + layer_recv
         return b | ({"tree_recv": recv} if recv else {}) | {"table": math.ceil(table / reg.size)}
 
     def fits(r: Run, lay: Layout) -> bool:
@@ -94,34 +109,24 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     run = resolve_attention(run, lambda r: fits(r, layout(r)))
     lay = layout(run)
     run = chunked(run, lambda r: fits(r, lay))
-    if functional and run.chunks > 1:
-        raise NotImplementedError(f"functional: {name}: a prefill in {run.chunks} chunks is not "
-                                  "mapped functionally (layer-pipelined's is); use a shorter "
-                                  "--prompt, a larger mesh or layer-pipelined")
     ops = run.ops()
     buffers = sizes(run, lay)
     check_buffers("the region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
+    n, parts = run.chunks, part_spans(run)
     fl = make_layout(cfg, run, reg.rows, reg.cols, kv_layers=L, row_groups=lay.g > 1) \
         if functional else None
-    bufs = [LayerBufs(f"L{i}.", f"L{i}." if train else "act.", "grad.") for i in range(L)]
-    tiles = None
-    if fl is not None:
-        tiles = fl.embed_tiles(lay.row0, own_x=False, scratch=True) \
-            | fl.lnf_tiles(lay.row0, False) \
-            | fl.head_tiles(0, reg)
-        for i in range(L):
-            tiles |= fl.train_tiles(lay, bufs[i], scratch=i == 0) if train else \
-                fl.layer_tiles(lay, bufs[i], acts=i == 0)
-        if train:
-            tiles |= fl.train_head_tiles(reg) | fl.train_lnf_tiles(lay.row0, False) \
-                | fl.train_embed_tiles(lay.row0)
-        tiles |= layer_recv_tiles(tiles, bufs, run.reduce_algo) \
-            | head_recv_tiles(tiles, 1, run.reduce_algo)
+    fls = [fl] * n if fl is None or n == 1 else [fl.chunk(s0, ns) for *_, s0, ns in parts]
+    if n == 1:
+        bufs = [[LayerBufs(f"L{i}.", f"L{i}." if train else "act.", "grad.")
+                 for i in range(L)]]
+    else:
+        bufs = [[part_bufs(i, c, parts, False, False, acts=f"act.l{i % 2}") for i in range(L)]
+                for c in range(n)]
+    tiles = None if fl is None else _tiles(fls, parts, bufs, lay, reg, train, run.reduce_algo)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
-    n = run.chunks
 
     def stream_in(label: str, nbytes: int, after) -> int | None:
         if not streaming:
@@ -133,12 +138,12 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     io_prev = None
     chunk_deps = []  # per chunk: the record its next layer waits for
     for c in range(n):
-        tp.share = (c, n)
+        tp.share, tp.fl, sfx = (c, n), fls[c], parts[c][0]
         if streaming:  # token embeddings are gathered off the wafer and stream in
             io_prev = pb.add(IoTransfer("embed.in", lay.row0, x_vals * reg.cols * run.bytes,
                                         "in", deps=(Dep(io_prev, "all"),) if io_prev else ()))
-        chunk_deps.append(tp.compute("embed", lay.row0, io_prev, fmac=False,
-                                     data=fl.embed_data(bufs[0]("x")) if fl else None))
+        chunk_deps.append(tp.compute("embed", lay.row0, io_prev, fmac=False, data=None
+                                     if fl is None else fls[c].embed_data(bufs[c][0]("x"), sfx)))
     layer_ends: list[int] = []
     for i in range(L):
         # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
@@ -147,21 +152,25 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run), after)
         io_prev = w if w is not None else io_prev
         for c in range(n):  # every chunk through layer i, then on to layer i + 1
-            tp.share = (c, n)
-            prev = (Dep(chunk_deps[c - 1], "all"),) if c > 0 else ()
+            tp.share, tp.fl = (c, n), fls[c]
+            # after the previous chunk in this layer (its keys); the first chunk after the
+            # last one in layer i - 2: chunks run in two layers at a time (two scratch sets)
+            prev = (Dep(chunk_deps[c - 1], "all"),) if c > 0 else \
+                ((Dep(layer_ends[i - 2], "all"),) if i >= 2 and n > 1 else ())
             chunk_deps[c] = tp.forward(i, lay, (chunk_deps[c],) + prev,
                                        weight_dep=Dep(w, "same") if w is not None else None,
-                                       bufs=bufs[i], xo=bufs[i + 1]("x") if i + 1 < L else None)
+                                       bufs=bufs[c][i],
+                                       xo=bufs[c][i + 1]("x") if i + 1 < L else None)
         layer_ends.append(chunk_deps[-1])
-    tp.share, tp.tokens = (0, 1), run.tokens
+    tp.share, tp.tokens, tp.fl = (0, 1), run.tokens, fls[-1]
     dep = chunk_deps[-1]
     w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.bytes,
                   ((io_prev,) if io_prev is not None else ()) + (Dep(layer_ends[-1], "all"),))
     io_prev = w if w is not None else io_prev
     dep, head_grads = emit_lm_head(tp, run, lay.row0, [reg], dep,
                                    weight_dep=Dep(w) if w is not None else None,
-                                   x_name=bufs[-1]("xo" if train else "x"),
-                                   dx_name=bufs[-1]("dx"))
+                                   x_name=bufs[-1][-1]("xo" if train else "x"),
+                                   dx_name=bufs[-1][-1]("dx"))
     offwafer = 0
     if train:
         if streaming:
@@ -172,7 +181,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
                           ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
             io_prev = w if w is not None else io_prev
             dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
-                                     bufs=bufs[i] if fl is not None else None)
+                                     bufs=bufs[0][i] if fl is not None else None)
             adam_names = [f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]]
             if streaming:
                 pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run), "out",
@@ -180,7 +189,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             else:
                 tp.optimizer(adam_names, reg, tuple(grads))
         dep = tp.compute("embed.bwd", lay.row0, dep, fmac=False, data=None if fl is None else
-                         dataop("copy", (bufs[0]("dx"),), "embed.grad"))
+                         dataop("copy", (bufs[0][0]("dx"),), "embed.grad"))
         if streaming:
             pb.add(IoTransfer("embed.grads.out", lay.row0, x_vals * reg.cols * run.bytes, "out",
                               deps=(Dep(dep),)))
@@ -191,7 +200,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     if missing:
         raise NotImplementedError(f"{name}: ops not mapped: {', '.join(missing[:6])}")
     fmeta = {} if fl is None else {"views": views, "functional": fl.meta(
-        [(lay, b) for b in bufs], [reg], lay.row0) | {"sram_extra_bytes": extra}}
+        [(lay, b) for b in bufs[0]], [reg], lay.row0, parts if n > 1 else None)
+        | {"sram_extra_bytes": extra}}
     return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta=fmeta | {
         "strategy": name, "model": cfg.name, "phase": phase, "batch": batch, "prompt": prompt,
         "context": context, "dtype": dtype, "sparsity": sparsity, "region_cols": reg.cols,
@@ -202,3 +212,47 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
         | mapping_meta(run, tp))
+
+
+def _tiles(fls: list[FLayout], parts: list, bufs: list, lay: Layout, reg: Region, train: bool,
+           algo: str) -> dict:
+    """Every tile of a functional run on the region: the layers' weights and KV caches, one
+    set of activations for every layer (training: each layer keeps its own) and the table's.
+    A prefill in chunks: each chunk's layer input `x` is its own (every chunk's waits between
+    layers; the gathered embedding rows arrive in it; every layer's view of it is the same
+    bytes), its other activations share bytes with the other chunks' of the layers of the same
+    parity (one chunk at a time in a layer; two layers in flight: two scratch sets)."""
+    f0, L, n = fls[0], len(bufs[0]), len(parts)
+    tiles = f0.embed_tiles(lay.row0, own_x=False, scratch=True) if n == 1 else {}
+    tiles |= fls[-1].lnf_tiles(lay.row0, False) | f0.head_tiles(0, reg)
+    if n == 1:
+        for i in range(L):
+            tiles |= f0.train_tiles(lay, bufs[0][i], scratch=i == 0) if train else \
+                f0.layer_tiles(lay, bufs[0][i], acts=i == 0)
+    else:
+        for i in range(L):
+            tiles |= f0.layer_tiles(lay, bufs[0][i], acts=False)
+        for par in range(min(L, 2)):  # layers of either parity: a set of scratch slots
+            acts = {}
+            for fc, b, (sfx, *_) in zip(fls, bufs, parts, strict=True):
+                a = shared_tiles(fc.layer_tiles(lay, b[par], weights=False), b[par].a,
+                                 own=("x",), tag=f".l{par}")
+                x = b[par]("x")
+                acts[x] = a.pop(x)[:3] + ("x" + sfx,)  # every layer's view of the chunk's x
+                acts |= a
+                if par == 0:
+                    rows = fc.embed_tiles(lay.row0, own_x=False, sfx=sfx)
+                    rows["embed.rows" + sfx] = rows["embed.rows" + sfx][:3] + ("x" + sfx,)
+                    tiles |= rows
+            recv = layer_recv_tiles(acts, [b[par] for b in bufs], algo)
+            tiles |= acts | {k: v[:3] + (v[3] + f".l{par}",) for k, v in recv.items()}
+        return tiles | _train_tiles(f0, lay, reg, train) | head_recv_tiles(tiles, 1, algo)
+    tiles |= _train_tiles(f0, lay, reg, train)
+    return tiles | layer_recv_tiles(tiles, bufs[0], algo) | head_recv_tiles(tiles, 1, algo)
+
+
+def _train_tiles(f0: FLayout, lay: Layout, reg: Region, train: bool) -> dict:
+    if not train:
+        return {}
+    return f0.train_head_tiles(reg) | f0.train_lnf_tiles(lay.row0, False) \
+        | f0.train_embed_tiles(lay.row0)
