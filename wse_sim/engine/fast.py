@@ -111,7 +111,8 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
                 break
         if path == "step":
             raise StepPathUnsupported(f"fast engine step path: {why}")
-    _memory_guard(tables, mesh)
+    _memory_guard(tables, mesh, "" if why in ("asked for", "the faster path, and it fits in "
+                                             "memory") else why)
     st = _Run(tables, mesh.n, keep_spans)
     st.schedule(tables, show)
     granted = int(st.state[S.S_GRANTED])
@@ -443,16 +444,19 @@ def estimate_bytes(tables, mesh: Mesh) -> int:
             + BYTES_PER_SIGNAL * tables.n_signals)
 
 
-def _memory_guard(tables, mesh: Mesh) -> None:
+def _memory_guard(tables, mesh: Mesh, step_refusal: str = "") -> None:
     """Refuse up front, with the estimate, a program that would not fit in the host's RAM
-    (instead of being killed by the kernel half way)."""
+    (instead of being killed by the kernel half way); `step_refusal`: why the step path,
+    whose memory does not grow with the instances, could not run it."""
     need = estimate_bytes(tables, mesh)
     have = _free_bytes()
     if have is not None and need > 0.8 * have:
         raise ProgramError(f"fast engine: this run needs about {need / 2**30:.1f} GiB "
                            f"({tables.n_instances:,} task instances, {tables.n_signals:,} "
-                           f"per-core signals) but {have / 2**30:.1f} GiB of RAM is free; "
-                           "use a smaller grid, fewer steps or a machine with more memory")
+                           f"per-core signals) but {have / 2**30:.1f} GiB of RAM is free"
+                           + (f" (the step path cannot run it: {step_refusal})"
+                              if step_refusal else "")
+                           + "; use a smaller grid, fewer steps or a machine with more memory")
 
 
 def _free_bytes() -> int | None:
