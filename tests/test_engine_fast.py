@@ -374,10 +374,9 @@ def test_memory_guard_refuses_up_front_with_the_estimate(monkeypatch):
 
     import pytest
 
-    from wse_sim.engine.fast import simulate_fast
+    from wse_sim.engine.fast import simulate_fast, warm_up
     from wse_sim.hardware import load_preset
     from wse_sim.program import Compute, Program, ProgramError, Region
-    from wse_sim.engine.fast import warm_up
     warm_up()  # compile first: the warm-up runs are tiny but would be refused too
     hw = load_preset("mesh64")
     p = Program("big", (Compute("c", Region(0, 0, 64, 64), 64 * 64 * 10),))
