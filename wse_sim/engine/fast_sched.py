@@ -101,6 +101,25 @@ def check_needs(td, deps, hwc):
 
 
 @kernel(inline=True)
+def account(rid, ln, b4, t, n, lbytes, lbusy, busy, tacc):
+    """Count one reservation (resource rid for ln cycles, a stream of b4 bytes) on the
+    per-link, per-core and per-task counters; returns the (injected, delivered) bytes."""
+    if rid < 4 * n:
+        if lbytes.shape[0] > 0:
+            lbytes[rid] += b4
+        lbusy[rid] += ln
+    elif rid < 5 * n:
+        tacc[t, A_BYTES] += b4
+        return b4, 0
+    elif rid < 6 * n:
+        return 0, b4
+    elif rid < 7 * n:
+        busy[rid - 6 * n] += ln
+        tacc[t, A_BUSY] += ln
+    return 0, 0
+
+
+@kernel(inline=True)
 def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, wheel, qtime, qnext, now, olast):
     """Signal (tsk, core (cx, cy)) or (tsk, whole task: cx < 0) is complete at cycle `at`:
     count it off the needs of every instance waiting for it, whose ready time (kept in
@@ -151,14 +170,12 @@ def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time,
     Returns early, with state[S_NEED] set, when a round does not fit in `batch` / `tmp`.
     """
     n = hwc[H_N]
-    n4, n5, n6, n7 = 4 * n, 5 * n, 6 * n, 7 * n
     w = (wheel.shape[0] - 1) * 64 // 193  # timing-wheel slots
     queued, blen, bpos, now = state[S_QUEUED], state[S_BLEN], state[S_BPOS], state[S_TIME]
     granted, maxend, last = state[S_GRANTED], state[S_MAXEND], state[S_LAST]
     comm, deliv, olast = state[S_COMM], state[S_DELIV], state[S_OLAST]
     state[S_NEED] = 0
     keep_ends = ends.shape[0] > 0
-    keep_bytes = lbytes.shape[0] > 0
     stop = granted + limit
     t = 0
     while granted < stop:
@@ -197,18 +214,9 @@ def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time,
             rid, ln = rrid[r], rlen[r]
             free[rid] = s_at + roff[r] + ln
             owner[rid] = g
-            if rid < n4:
-                if keep_bytes:
-                    lbytes[rid] += b4
-                lbusy[rid] += ln
-            elif rid < n5:
-                comm += b4
-                tacc[t, A_BYTES] += b4
-            elif rid < n6:
-                deliv += b4
-            elif rid < n7:
-                busy[rid - n6] += ln
-                tacc[t, A_BUSY] += ln
+            dc, dd = account(rid, ln, b4, t, n, lbytes, lbusy, busy, tacc)
+            comm += dc
+            deliv += dd
         start[g] = s_at
         blk[g] = bk
         pend[g] = -1

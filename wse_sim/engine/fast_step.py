@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from wse_sim.engine.fast_queue import TB, task_of
-from wse_sim.engine.fast_sched import A_BUSY, A_BYTES, A_END, A_FIRST, A_START, NA
+from wse_sim.engine.fast_sched import A_END, A_FIRST, A_START, NA, account
 from wse_sim.engine.fast_tasks import (
     D_OWNER,
     D_TASK,
@@ -184,10 +184,8 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
     state[T_STATUS] != OK (and state[T_TASK] the task) when the step path cannot give the
     reference's result."""
     n = hwc[H_N]
-    n4, n5, n6, n7 = 4 * n, 5 * n, 6 * n, 7 * n
     npc = pc.shape[0]
     keep_ends = ends.shape[0] > 0
-    keep_bytes = lbytes.shape[0] > 0
     comm, deliv = state[T_COMM], state[T_DELIV]
     maxend, last_rg, last_g = state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G]
     last_s, last_a = state[T_LAST_S], state[T_LAST_A]
@@ -263,18 +261,9 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
                 res[rid, R_KEY], res[rid, C_S], res[rid, C_A] = rg, me, a
                 for q in range(npc):
                     res[rid, C_P0 + q] = pc[q]
-                if rid < n4:
-                    if keep_bytes:
-                        lbytes[rid] += b4
-                    lbusy[rid] += ln
-                elif rid < n5:
-                    comm += b4
-                    tacc[t, A_BYTES] += b4
-                elif rid < n6:
-                    deliv += b4
-                elif rid < n7:
-                    busy[rid - n6] += ln
-                    tacc[t, A_BUSY] += ln
+                dc, dd = account(rid, ln, b4, t, n, lbytes, lbusy, busy, tacc)
+                comm += dc
+                deliv += dd
             nev = fill_events(td, t, i, hwc, ex, ey, eoff)
             end = s_at
             for e in range(nev):
