@@ -204,7 +204,9 @@ def format_report(result, title: str = "") -> str:
     secs = s["seconds"] or 1.0
     rows = [
         ("hardware", f"{hw.name}: {hw.mesh_cols} x {hw.mesh_rows} cores at {hw.clock_ghz} GHz"),
-        ("program", f"{s['program']} ({s['instances']:,} task instances, {s['engine']} engine)"),
+        ("program", f"{s['program']} ({s['instances']:,} task instances, {s['engine']} engine"
+                    + (f", {result.fast_path} path" if getattr(result, "fast_path", None)
+                       else "") + ")"),
         ("time", f"{s['cycles']:,} cycles = {human(s['seconds'], 's')}"),
     ]
     mapping = mapping_line(result.meta or {})
