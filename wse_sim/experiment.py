@@ -24,6 +24,11 @@ def _positive(name: str, value, allow_none: bool = False):
         raise ConfigError(f"{name}: got {value!r}, must be a positive integer")
 
 
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: got {value!r}, must be one of {', '.join(allowed)}")
+
+
 def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
@@ -37,12 +42,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d);
     `attention`: `heads` (one row per head group), `rows` (a head group's rows split its keys
     too, when a region has more rows than heads) or `auto` (heads when it fits)."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy: got {strategy!r}, must be one of {', '.join(STRATEGIES)}")
-    if phase not in PHASES:
-        raise ConfigError(f"phase: got {phase!r}, must be one of {', '.join(PHASES)}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype: got {dtype!r}, must be one of {', '.join(DTYPES)}")
+    _one_of("strategy", strategy, STRATEGIES)
+    _one_of("phase", phase, PHASES)
+    _one_of("dtype", dtype, DTYPES)
     for name, v in (("batch", batch), ("prompt", prompt), ("context", context)):
         _positive(name, v)
     _positive("grid", grid, allow_none=True)
@@ -55,12 +57,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         check_micro_batches(micro_batches, phase, batch)
     except MappingError as e:
         raise ConfigError(str(e)) from None
-    if attention not in ATTENTION_SPLITS:
-        raise ConfigError(f"attention: got {attention!r}, must be one of "
-                          f"{', '.join(ATTENTION_SPLITS)}")
-    if reduce_algo not in LAYER_REDUCE_ALGOS:
-        raise ConfigError(f"reduce_algo: got {reduce_algo!r}, must be one of "
-                          f"{', '.join(LAYER_REDUCE_ALGOS)}")
+    _one_of("attention", attention, ATTENTION_SPLITS)
+    _one_of("reduce_algo", reduce_algo, LAYER_REDUCE_ALGOS)
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     extra = {}
@@ -206,8 +204,7 @@ def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str 
     """
     from mapper.strategies.layer_pipelined import map_layer_pipelined
     _positive("wafers", wafers)
-    if phase not in PHASES:
-        raise ConfigError(f"phase: got {phase!r}, must be one of {', '.join(PHASES)}")
+    _one_of("phase", phase, PHASES)
     cfg = load_model(model)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")

@@ -97,9 +97,10 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
         if have is None or estimate_bytes(tables, mesh) <= EVENT_PREFERRED_FRACTION * have:
             path, why = "event", "the faster path, and it fits in memory"
     if path != "event":
-        why = _step_refusal(tables, mesh, keep_spans)
+        planned = P.plan(tables) if P.eligible(tables) else None
+        why = _step_refusal(tables, mesh, keep_spans, planned)
         for pieces in ((P.PIECES, P.PIECES_RETRY) if why is None else ()):
-            st = P.StepRun(tables, mesh.n, keep_spans, pieces)
+            st = P.StepRun(tables, mesh.n, keep_spans, pieces, planned)
             status = _run_steps(st, tables, show)
             if status == P.OK:
                 res = _step_result(program, hw, mesh, tables, st, maps, keep_spans)
@@ -140,11 +141,12 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     return res
 
 
-def _step_refusal(tables: Tables, mesh: Mesh, keep_spans: bool) -> str | None:
-    """Why the step path cannot take this program (None: it can try)."""
-    if not P.eligible(tables):
+def _step_refusal(tables: Tables, mesh: Mesh, keep_spans: bool, planned) -> str | None:
+    """Why the step path cannot take this program (None: it can try); `planned`: its
+    `fast_step.plan`, None when a dependency names a later task."""
+    if planned is None:
         return "a dependency names a later task"
-    need = P.estimate_bytes(tables, mesh.n, keep_spans)
+    need = P.estimate_bytes(tables, mesh.n, keep_spans, planned)
     have = _free_bytes()
     if have is not None and need > 0.8 * have:
         return f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB free"

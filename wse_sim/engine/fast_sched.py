@@ -120,6 +120,18 @@ def account(rid, ln, b4, t, n, lbytes, lbusy, busy, tacc):
 
 
 @kernel(inline=True)
+def task_span(tacc, t, order, s_at, end):
+    """Widen task t's (start, end) span by one granted instance; the first one granted also
+    records its place in the grant order (`order`)."""
+    if tacc[t, A_FIRST] < 0:
+        tacc[t, A_FIRST] = order
+        tacc[t, A_START], tacc[t, A_END] = s_at, end
+    else:
+        tacc[t, A_START] = min(tacc[t, A_START], s_at)
+        tacc[t, A_END] = max(tacc[t, A_END], end)
+
+
+@kernel(inline=True)
 def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, wheel, qtime, qnext, now, olast):
     """Signal (tsk, core (cx, cy)) or (tsk, whole task: cx < 0) is complete at cycle `at`:
     count it off the needs of every instance waiting for it, whose ready time (kept in
@@ -242,12 +254,7 @@ def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time,
                                 start, blk, now, olast)
         if keep_ends:
             ends[g] = end
-        if tacc[t, A_FIRST] < 0:
-            tacc[t, A_FIRST] = granted
-            tacc[t, A_START], tacc[t, A_END] = s_at, end
-        else:
-            tacc[t, A_START] = min(tacc[t, A_START], s_at)
-            tacc[t, A_END] = max(tacc[t, A_END], end)
+        task_span(tacc, t, granted, s_at, end)
         if end > maxend:
             maxend, last = end, g
         granted += 1

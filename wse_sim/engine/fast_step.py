@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from wse_sim.engine.fast_queue import TB, task_of
-from wse_sim.engine.fast_sched import A_END, A_FIRST, A_START, NA, account
+from wse_sim.engine.fast_sched import A_FIRST, NA, account, task_span
 from wse_sim.engine.fast_tasks import (
     D_OWNER,
     D_TASK,
@@ -135,6 +135,15 @@ def _chain(tbl, row, s_at, pc):
         val -= (top - lo) * k
         top = lo
     return -1
+
+
+@kernel(inline=True)
+def _hold(tbl, row, me, a, pc):
+    """Record the instance `me` (start * 2 + kind) with chain compute `a` and pieces `pc` as
+    the holder (producer) in tbl[row]."""
+    tbl[row, C_S], tbl[row, C_A] = me, a
+    for q in range(pc.shape[0]):
+        tbl[row, C_P0 + q] = pc[q]
 
 
 RADIX_BITS = 11
@@ -258,9 +267,8 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
             for r in range(nres):
                 rid, ln = rrid[r], rlen[r]
                 res[rid, R_FREE] = s_at + roff[r] + ln
-                res[rid, R_KEY], res[rid, C_S], res[rid, C_A] = rg, me, a
-                for q in range(npc):
-                    res[rid, C_P0 + q] = pc[q]
+                res[rid, R_KEY] = rg
+                _hold(res, rid, me, a, pc)
                 dc, dd = account(rid, ln, b4, t, n, lbytes, lbusy, busy, tacc)
                 comm += dc
                 deliv += dd
@@ -273,24 +281,17 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
                     s = sig_slot(td, t, ex[e], ey[e]) & mask
                     at = s_at + eoff[e]
                     if at > sig[s, G_TIME]:
-                        sig[s, G_TIME], sig[s, C_S], sig[s, C_A] = at, me, a
-                        for q in range(npc):
-                            sig[s, C_P0 + q] = pc[q]
+                        sig[s, G_TIME] = at
+                        _hold(sig, s, me, a, pc)
                     sig[s, G_MK] = rg  # granted in key order: the last one is the largest
             sa = td[t, F_SA] & mask
             if end > sig[sa, G_TIME]:
-                sig[sa, G_TIME], sig[sa, C_S], sig[sa, C_A] = end, me, a
-                for q in range(npc):
-                    sig[sa, C_P0 + q] = pc[q]
+                sig[sa, G_TIME] = end
+                _hold(sig, sa, me, a, pc)
             sig[sa, G_MK] = rg
             if keep_ends:
                 starts[g], ends[g] = s_at, end
-            if tacc[t, A_FIRST] < 0:
-                tacc[t, A_FIRST] = rg
-                tacc[t, A_START], tacc[t, A_END] = s_at, end
-            else:
-                tacc[t, A_START] = min(tacc[t, A_START], s_at)
-                tacc[t, A_END] = max(tacc[t, A_END], end)
+            task_span(tacc, t, rg, s_at, end)
             # the finish: the first instance (in the reference's grant order) with the latest end
             if end > maxend or (end == maxend and (rg < last_rg or (rg == last_rg
                                                                      and g < last_g))):
@@ -343,23 +344,29 @@ BYTES_PER_CORE = 7 * 8 * (C_P0 + PIECES) + 8 + 4 * 16  # resources; busy; link m
 BYTES_PER_SLOT, BYTES_PER_TASK_CORE = 8 * (C_P0 + PIECES), 32
 
 
-def estimate_bytes(tables, n_cores: int, spans: bool) -> int:
-    """Host memory of a step run, from the counts it is about to allocate."""
+def plan(tables) -> tuple[np.ndarray, int]:
+    """(task groups, signal-ring size) of a step run: a Python pass over the tasks, done once
+    per program (the estimate and every try share it)."""
     groups = task_groups(tables)
+    return groups, ring_size(tables, groups)
+
+
+def estimate_bytes(tables, n_cores: int, spans: bool, planned=None) -> int:
+    """Host memory of a step run, from the counts it is about to allocate."""
+    groups, ring = planned or plan(tables)
     biggest = int(np.diff(tables.ib[groups]).max()) if len(tables.td) else 0
-    return (BYTES_PER_CORE * n_cores + BYTES_PER_SLOT * ring_size(tables, groups)
+    return (BYTES_PER_CORE * n_cores + BYTES_PER_SLOT * ring
             + BYTES_PER_TASK_CORE * biggest + (16 * tables.n_instances if spans else 0))
 
 
 class StepRun:
     """The arrays of one step run; `run` returns the status (OK, or why to use events)."""
 
-    def __init__(self, tables, n: int, keep_ends: bool, pieces: int = PIECES):
+    def __init__(self, tables, n: int, keep_ends: bool, pieces: int = PIECES, planned=None):
         td = tables.td
         nt = len(td)
-        self.groups = task_groups(tables)
-        self.mask = ring_size(tables, self.groups) - 1
-        ring = self.mask + 1
+        self.groups, ring = planned or plan(tables)
+        self.mask = ring - 1
         self.res = np.zeros((7 * n + 1, C_P0 + pieces), np.int64)
         self.res[:, R_KEY] = -1
         self.sig = np.zeros((ring, C_P0 + pieces), np.int64)
