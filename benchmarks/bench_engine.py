@@ -6,7 +6,8 @@ row: the regular SPMD shape of the mappers' GEMM phases.
 
 Figures: fast vs reference wall time on the same program at 32 x 32 and 64 x 64 (same
 results checked), for the fast engine's default (auto) and its step path; the fast
-engine's wall time and instances/s at 64 x 64, 256 x 256 and the full WSE-2 mesh (750 x 994);
+engine's wall time and instances/s at 64 x 64, 256 x 256 and the full WSE-2 mesh (750 x 994),
+with the step path's wall time over the event path's on the same program;
 its memory per simulated core there (tracemalloc peak of the whole run over the cores), per
 path and, for the default path, at 4 and 16 steps (it keeps per-core state only, so the figure
 does not grow with the steps); the slope of log(wall) against log(instances) over mesh sizes;
@@ -146,6 +147,9 @@ def main(argv=None) -> None:
         figures[f"fast_{tag}_steps"] = steps
         figures[f"fast_{tag}_simulated_cycles"] = res.cycles
         figures[f"fast_{tag}_path"] = res.fast_path
+        t_step, _ = run_fast(program, hw, 2 if tag == "full" else 3, path="step")
+        t_event, _ = run_fast(program, hw, 2 if tag == "full" else 3, path="event")
+        figures[f"fast_{tag}_step_over_event_ratio"] = t_step / t_event
     targets["fast_full_seconds"] = {"max": 60.0}
 
     # ---- memory per simulated core at full wafer ----------------------------------------------
