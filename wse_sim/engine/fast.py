@@ -50,7 +50,7 @@ WHEEL = 1 << 13                     # timing-wheel slots (cycles ahead kept in O
 
 
 PATHS = ("auto", "step", "event")
-# auto takes the event path (measured 1.1-1.6x faster per instance) while its memory estimate is
+# auto takes the event path (1.15-1.45x faster, bench_engine) while its memory estimate is
 # within this fraction of the free RAM, the step path (memory flat in the steps) beyond
 EVENT_PREFERRED_FRACTION = 0.25
 
