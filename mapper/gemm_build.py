@@ -106,21 +106,33 @@ def build_cannon(ctx: Ctx) -> None:
             skew.append(ctx.add(Unicast("cannon.skew_b", Region(j, 0, 1, P), wb, dy=-j, wrap=True,
                                         color=cb, data=ctx.data("copy", ("b0",), "b0"))))
     start = [Dep(t, "all") for t in skew]
-    comp = sa = sb = None
-    for s in range(P):
+    ids = {}  # step s -> (compute, shift A, shift B) task ids
+
+    def step(s: int) -> None:
+        """Step s: multiply what the step's buffers hold, then (but at the last step) shift
+        both operands into the other buffers once the previous step has read them."""
         q = s % 2
-        deps = start if s == 0 else [Dep(sa), Dep(sb), Dep(comp)]
-        prev_comp, prev_sa, prev_sb = comp, sa, sb
+        prev = ids.get(s - 1)
+        deps = start if prev is None else [Dep(prev[1]), Dep(prev[2]), Dep(prev[0])]
         comp = _gemm_compute(ctx, "cannon.gemm", R, f"a{q}", f"b{q}", deps)
         if s == P - 1:
-            break
-        war = [] if s == 0 else [Dep(prev_comp, "all")]
+            ids[s] = (comp,)
+            return
+        war = [] if prev is None else [Dep(prev[0], "all")]
         sa = ctx.add(Unicast("cannon.shift_a", R, wa, dx=-1, wrap=True, color=ca,
-                             deps=tuple((start if s == 0 else [Dep(prev_sa)]) + war),
+                             deps=tuple((start if prev is None else [Dep(prev[1])]) + war),
                              data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
         sb = ctx.add(Unicast("cannon.shift_b", R, wb, dy=-1, wrap=True, color=cb,
-                             deps=tuple((start if s == 0 else [Dep(prev_sb)]) + war),
+                             deps=tuple((start if prev is None else [Dep(prev[2])]) + war),
                              data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
+        ids[s] = (comp, sa, sb)
+
+    # the first step (it waits for the skew) and the last (no shift) differ: the P - 2
+    # between are one loop
+    step(0)
+    if P > 1:
+        ctx.pb.repeat("cannon.step", P - 2, lambda i: step(i + 1))
+        step(P - 1)
 
 
 def _sync(ctx: Ctx, op: str, tasks: list[int]) -> int:

@@ -42,6 +42,8 @@ class SimResult:
     meta: dict = field(default_factory=dict)
     spans: dict | None = None  # per instance: task, index, core (source for flows), start, end
     buffers: dict | None = None  # functional runs: the final buffers by name
+    loop_iterations: int = 0   # iterations of the program's loops (Program.loops)
+    loop_iterations_skipped: int = 0  # of those, fast-forwarded by the fast engine (exact)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -107,6 +109,8 @@ class SimResult:
             "cores_used": int(self.cores_used),
             "busy_core_fraction": self.busy_fraction(),
             "instances": int(self.instances),
+            "loop_iterations": int(self.loop_iterations),
+            "loop_iterations_skipped": int(self.loop_iterations_skipped),
             "energy_joules": e["total"],
             "energy_breakdown_joules": {k: v for k, v in e.items() if k != "total"},
             "average_power_w": e["total"] / self.seconds if self.cycles else 0.0,

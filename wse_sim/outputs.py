@@ -202,6 +202,8 @@ def load_result(path):
             ops=ops, instances=int(d.get("instances", 0)), tokens=int(d.get("tokens", 0)),
             dtype=str(d.get("dtype", "fp32")), cores_used=int(d.get("cores_used", 0)),
             wall_seconds=float(d.get("wall_seconds", 0.0)), meta=meta, spans=spans,
+            loop_iterations=int(d.get("loop_iterations", 0)),
+            loop_iterations_skipped=int(d.get("loop_iterations_skipped", 0)),
         )
     except OutputError:
         raise

@@ -10,11 +10,16 @@ hundred records, not a Python object per core.
 Dependencies (`Dep`) are per core: the instance of a task that touches core c waits for the
 event of task `Dep.task` at a core given by the rule: `same` (c), `offset` (c + (dx, dy)),
 `at` (a fixed core) or `all` (the whole task). Timing rules are in docs/hardware-model.md.
+
+Loops (`Loop`): a block of tasks repeated `count` times is stated once as such, so that the
+listing prints it once and the fast engine can fast-forward it (docs/hardware-model.md,
+"Loops"). The tasks stay in `Program.tasks`, every iteration in full; `ProgramBuilder.repeat`
+builds them and checks that every iteration is the first one moved by whole iterations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -324,6 +329,78 @@ TASK_TYPES = (Compute, Unicast, LineStream, Multicast, IoTransfer)
 
 
 @dataclass(frozen=True)
+class Loop:
+    """Tasks [first, first + count * size) are `count` iterations of one block of `size` tasks.
+
+    Iteration i's task j is iteration 0's task j with the same timing fields (region, sizes,
+    routes, dtype: everything but `op`, `color` and `data`, which may change per iteration,
+    e.g. a buffer parity) and the same dependencies, each either *outer* (the same task before
+    the loop in every iteration) or *carried* (iteration 0's task moved by i * size: a task of
+    the same iteration, or of an earlier one, or of the tasks just before the loop). Checked
+    by `Program`.
+    """
+
+    name: str
+    first: int
+    size: int
+    count: int
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ProgramError(f"Loop.name: got {self.name!r}, must be a non-empty name")
+        for f, lo in (("first", 0), ("size", 1), ("count", 1)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+                raise ProgramError(f"Loop {self.name}: {f} got {v!r}, must be an integer >= {lo}")
+
+    @property
+    def end(self) -> int:
+        """One past the loop's last task."""
+        return self.first + self.size * self.count
+
+    def task(self, iteration: int, j: int) -> int:
+        """Index of task j of an iteration."""
+        return self.first + iteration * self.size + j
+
+
+_TIMING_SKIP = ("op", "color", "data", "deps")
+
+
+def _check_loop(tasks: tuple, lp: Loop) -> None:
+    """Every iteration of `lp` repeats iteration 0 (see `Loop`); one line naming the first
+    task that does not."""
+    if lp.end > len(tasks):
+        raise ProgramError(f"loop {lp.name}: tasks {lp.first}..{lp.end - 1} do not exist "
+                           f"(the program has {len(tasks)})")
+    kinds = {}  # per (j, dep position): 'outer' or 'carried'
+    for j in range(lp.size):
+        a = tasks[lp.first + j]
+        names = [f.name for f in fields(a) if f.name not in _TIMING_SKIP]
+        for it in range(1, lp.count):
+            ti = lp.task(it, j)
+            b = tasks[ti]
+            where = f"loop {lp.name}: task {ti} ({b.op}, iteration {it})"
+            if type(b) is not type(a) or any(getattr(a, n) != getattr(b, n) for n in names):
+                raise ProgramError(f"{where} is not task {lp.first + j} ({a.op}) of iteration "
+                                   "0 repeated: its timing fields differ")
+            if len(a.deps) != len(b.deps):
+                raise ProgramError(f"{where} has {len(b.deps)} dependencies, iteration 0 "
+                                   f"has {len(a.deps)}")
+            for k, (da, db) in enumerate(zip(a.deps, b.deps, strict=True)):
+                if (da.rule, da.dx, da.dy) != (db.rule, db.dx, db.dy):
+                    raise ProgramError(f"{where}: dependency {k} has another rule than in "
+                                       "iteration 0")
+                kind = ("outer" if db.task == da.task < lp.first else
+                        "carried" if db.task == da.task + it * lp.size else None)
+                if kind is None or kinds.setdefault((j, k), kind) != kind:
+                    raise ProgramError(
+                        f"{where}: dependency {k} names task {db.task}; iteration 0 names "
+                        f"{da.task}, so it must name {da.task} (a task before the loop) or "
+                        f"{da.task + it * lp.size} (moved by {it} iterations) in every "
+                        "iteration")
+
+
+@dataclass(frozen=True)
 class Program:
     """Tasks + SRAM allocations + facts about what is being run (`meta`)."""
 
@@ -334,8 +411,16 @@ class Program:
     tokens: int = 0
     cores_used: int = 0
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    loops: tuple = ()
 
     def __post_init__(self):
+        if not isinstance(self.loops, tuple) or not all(isinstance(lp, Loop) for lp in self.loops):
+            raise ProgramError(f"Program.loops: got {self.loops!r}, must be a tuple of Loop")
+        for a, b in zip(self.loops, self.loops[1:], strict=False):
+            if b.first < a.end:
+                raise ProgramError(f"loops {a.name} and {b.name}: must be in task order and "
+                                   f"must not overlap (tasks {a.first}..{a.end - 1} and "
+                                   f"{b.first}..{b.end - 1})")
         for i, t in enumerate(self.tasks):
             if not isinstance(t, TASK_TYPES):
                 raise ProgramError(f"task {i}: got {type(t).__name__}, must be one of "
@@ -344,6 +429,8 @@ class Program:
                 if d.task >= len(self.tasks) or d.task == i:
                     raise ProgramError(f"task {i} ({t.op}): depends on task {d.task}, "
                                        f"which is itself or not in 0..{len(self.tasks) - 1}")
+        for lp in self.loops:
+            _check_loop(self.tasks, lp)
 
     def io_bytes(self) -> int:
         return sum(t.bytes for t in self.tasks if isinstance(t, IoTransfer))
@@ -352,25 +439,42 @@ class Program:
         return sum(t.flops for t in self.tasks if isinstance(t, Compute))
 
     def describe(self) -> str:
-        """A listing a person can read: one line per task."""
-        lines = [f"program {self.name}: {len(self.tasks)} tasks, {len(self.allocs)} buffers"]
-        for i, t in enumerate(self.tasks):
-            deps = ",".join(f"{d.task}{'' if d.rule == 'same' else ':' + d.rule}" for d in t.deps)
-            if isinstance(t, Compute):
-                body = f"compute {t.kind} {t.flops} FLOP {t.dtype} on {t.region}"
-            elif isinstance(t, Unicast):
-                tgt = f"to {t.to}" if t.to is not None else f"by ({t.dx},{t.dy}){' wrap' if t.wrap else ''}"
-                body = f"unicast {t.wavelets} wv from {t.region} {tgt} color {t.color}"
-            elif isinstance(t, LineStream):
-                kind = "reduce" if t.reduce else "bcast"
-                body = (f"line-{kind} {t.wavelets} wv along {t.axis}{'+' if t.direction > 0 else '-'}"
-                        f" of {t.region} color {t.color}")
-            elif isinstance(t, IoTransfer):
-                body = f"io-{t.direction} {t.bytes} B {'to' if t.direction == 'in' else 'from'} {t.region}"
-            else:
-                body = f"multicast {t.wavelets} wv from {t.src} to {t.region} color {t.color}"
-            lines.append(f"  {i:4d} {t.op:24s} {body}  deps[{deps}]")
+        """A listing a person can read: one line per task; a loop prints its first iteration
+        once, with its count."""
+        lines = [f"program {self.name}: {len(self.tasks)} tasks, {len(self.allocs)} buffers"
+                 + (f", {len(self.loops)} loops" if self.loops else "")]
+        starts = {lp.first: lp for lp in self.loops}
+        i = 0
+        while i < len(self.tasks):
+            lp = starts.get(i)
+            if lp is not None:
+                lines.append(f"  loop {lp.name} x {lp.count} (tasks {lp.first}..{lp.end - 1}, "
+                             f"{lp.size} per iteration; iteration 0:)")
+                lines.extend("  " + self._line(j) for j in range(lp.first, lp.first + lp.size))
+                lines.append(f"  end loop {lp.name}")
+                i = lp.end
+                continue
+            lines.append(self._line(i))
+            i += 1
         return "\n".join(lines)
+
+    def _line(self, i: int) -> str:
+        t = self.tasks[i]
+        deps = ",".join(f"{d.task}{'' if d.rule == 'same' else ':' + d.rule}" for d in t.deps)
+        if isinstance(t, Compute):
+            body = f"compute {t.kind} {t.flops} FLOP {t.dtype} on {t.region}"
+        elif isinstance(t, Unicast):
+            tgt = f"to {t.to}" if t.to is not None else f"by ({t.dx},{t.dy}){' wrap' if t.wrap else ''}"
+            body = f"unicast {t.wavelets} wv from {t.region} {tgt} color {t.color}"
+        elif isinstance(t, LineStream):
+            kind = "reduce" if t.reduce else "bcast"
+            body = (f"line-{kind} {t.wavelets} wv along {t.axis}{'+' if t.direction > 0 else '-'}"
+                    f" of {t.region} color {t.color}")
+        elif isinstance(t, IoTransfer):
+            body = f"io-{t.direction} {t.bytes} B {'to' if t.direction == 'in' else 'from'} {t.region}"
+        else:
+            body = f"multicast {t.wavelets} wv from {t.src} to {t.region} color {t.color}"
+        return f"  {i:4d} {t.op:24s} {body}  deps[{deps}]"
 
 
 def topological_order(program: Program) -> list[int]:
@@ -509,10 +613,32 @@ class ProgramBuilder:
         self.name = name
         self.tasks: list = []
         self.allocs: list = []
+        self.loops: list = []
 
     def add(self, task) -> int:
         self.tasks.append(task)
         return len(self.tasks) - 1
+
+    def repeat(self, name: str, count: int, body) -> Loop | None:
+        """Call `body(i)` for i = 0 .. count - 1, each call adding one iteration's tasks, and
+        declare them a `Loop` (checked when the program is built: every iteration must be the
+        first one moved by whole iterations). Returns the Loop (None when count is 0)."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ProgramError(f"loop {name}: count got {count!r}, must be an integer >= 0")
+        first = len(self.tasks)
+        for i in range(count):
+            body(i)
+        if count == 0:
+            return None
+        size, rest = divmod(len(self.tasks) - first, count)
+        if rest or not size:
+            raise ProgramError(f"loop {name}: its {count} iterations added "
+                               f"{len(self.tasks) - first} tasks, not the same number each")
+        if self.loops and first < self.loops[-1].end:
+            raise ProgramError(f"loop {name}: loops cannot nest yet (inside {self.loops[-1].name})")
+        lp = Loop(name, first, size, count)
+        self.loops.append(lp)
+        return lp
 
     def alloc(self, name: str, region: Region, bytes_per_core: int, shape: tuple = (),
               dtype: str = "fp32") -> None:
@@ -520,4 +646,5 @@ class ProgramBuilder:
             self.allocs.append(Alloc(name, region, int(bytes_per_core), tuple(shape), dtype))
 
     def build(self, **kw) -> Program:
-        return Program(self.name, tuple(self.tasks), tuple(self.allocs), **kw)
+        return Program(self.name, tuple(self.tasks), tuple(self.allocs),
+                       loops=tuple(self.loops), **kw)

@@ -196,6 +196,15 @@ def mapping_line(meta: dict) -> str:
     return ", ".join(parts)
 
 
+def _loops(s: dict) -> str:
+    """', loops: N iterations, K fast-forwarded' for a program with loops."""
+    n = s.get("loop_iterations", 0)
+    if not n:
+        return ""
+    k = s.get("loop_iterations_skipped", 0)
+    return f"; loops: {n:,} iterations, {n - k:,} simulated, {k:,} fast-forwarded"
+
+
 def format_report(result, title: str = "") -> str:
     """A short aligned report: throughput, where the time went, communication, resources."""
     s = result.summary()
@@ -206,7 +215,7 @@ def format_report(result, title: str = "") -> str:
         ("hardware", f"{hw.name}: {hw.mesh_cols} x {hw.mesh_rows} cores at {hw.clock_ghz} GHz"),
         ("program", f"{s['program']} ({s['instances']:,} task instances, {s['engine']} engine"
                     + (f", {result.fast_path} path" if getattr(result, "fast_path", None)
-                       else "") + ")"),
+                       else "") + _loops(s) + ")"),
         ("time", f"{s['cycles']:,} cycles = {human(s['seconds'], 's')}"),
     ]
     mapping = mapping_line(result.meta or {})

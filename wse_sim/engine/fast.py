@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from wse_sim.engine import fast_loops as L
 from wse_sim.engine import fast_queue as Q
 from wse_sim.engine import fast_sched as S
 from wse_sim.engine import fast_step as P
@@ -67,8 +68,9 @@ def simulate_fast(program: Program, hw: HardwareConfig, progress: bool | None = 
     `spans`: fill `SimResult.spans`; by default up to SPANS_MAX_INSTANCES instances.
     `path`: 'step' (task by task, `fast_step`; memory independent of the number of steps),
     'event' (rounds by ready time, `fast_sched`; faster, memory grows with the instances) or
-    'auto' (events while they need under EVENT_PREFERRED_FRACTION of the free RAM, else step,
-    and events where the step path finds it cannot give the reference's order). Every path
+    'auto' (step when the program has loops it may fast-forward; else events while they need
+    under EVENT_PREFERRED_FRACTION of the free RAM, else step; events where the step path
+    finds it cannot give the reference's order). Every path
     gives the same result;
     `result.fast_path` says which one ran (`result.fast_path_reason`: why not 'step').
     `wall_seconds` covers everything but numba's compilation (done once per process, first).
@@ -92,7 +94,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     keep_spans = spans if spans is not None else total <= SPANS_MAX_INSTANCES
     show = total >= PROGRESS_MIN_INSTANCES if progress is None else progress
     why = "asked for"
-    if path == "auto":
+    if path == "auto" and not any(lp.count >= L.MIN_COUNT for lp in program.loops):
         have = _free_bytes()
         if have is None or estimate_bytes(tables, mesh) <= EVENT_PREFERRED_FRACTION * have:
             path, why = "event", "the faster path, and it fits in memory"
@@ -154,22 +156,33 @@ def _step_refusal(tables: Tables, mesh: Mesh, keep_spans: bool, planned) -> str 
 
 
 def _run_steps(st, tables: Tables, show: bool) -> int:
-    """Run the step path, in slices of task groups under a progress bar when `show`."""
-    ng = len(st.groups) - 1
-    if not show:
-        return st.run(tables, ng)
-    from tqdm import tqdm
+    """Run the step path to the end, fast-forwarding loops (`fast_loops`), in slices of task
+    groups under a progress bar when `show`; `st.forward` keeps the loop counts."""
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
+                   dynamic_ncols=True)
     first = tables.ib[st.groups]  # first instance of every group
-    with tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
-              dynamic_ncols=True) as bar:
-        while (k := int(st.state[P.T_NEXT])) < ng:
+
+    def advance(g1: int) -> int:
+        if bar is None:
+            return st.run(tables, g1)
+        while (k := int(st.state[P.T_NEXT])) < g1:
             k1 = int(np.searchsorted(first, first[k] + CHUNK, side="right")) - 1
-            k1 = min(max(k1, k + 1), ng)
+            k1 = min(max(k1, k + 1), g1)
             status = st.run(tables, k1)
             if status != P.OK:
                 return status
             bar.update(int(first[k1] - first[k]))
-    return P.OK
+        return P.OK
+
+    st.forward = L.Forward(st, tables, advance, bar.update if bar is not None else None)
+    try:
+        return st.forward.run()
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _step_result(program, hw, mesh, tables, st, maps, keep_spans) -> SimResult:
@@ -182,6 +195,7 @@ def _step_result(program, hw, mesh, tables, st, maps, keep_spans) -> SimResult:
         st.lbytes = st.lbusy * 4
     res = _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm)
     res.fast_path, res.fast_path_reason = "step", ""
+    res.loop_iterations_skipped = st.forward.skipped_iterations
     if keep_spans:
         res.spans = _spans(tables, st.start, st.ends)
     return res
@@ -367,7 +381,7 @@ def _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm) ->
         sram_bytes=maps["sram_bytes"], colors=maps["colors"], ops=ops,
         instances=tables.n_instances, tokens=program.tokens, dtype=program.dtype,
         cores_used=program.cores_used or hw.cores, wall_seconds=0.0,
-        meta=dict(program.meta),
+        meta=dict(program.meta), loop_iterations=sum(lp.count for lp in program.loops),
     )
 
 
@@ -384,7 +398,7 @@ def _refresh_stale_cache() -> None:
     from numba.core.dispatcher import Dispatcher
 
     from wse_sim.engine import fast_tables
-    mods = (K, Q, S, P, fast_tables)
+    mods = (K, Q, S, P, L, fast_tables)
     try:
         digest = hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in mods))
         stamp = os.path.join(S.run._cache._cache_path, "fast_engine.sha256")

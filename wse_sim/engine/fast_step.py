@@ -87,13 +87,21 @@ NT = 10
 
 
 @kernel(inline=True)
-def _needs(td, deps, t, i, mask, sig):
+def _needs(td, deps, t, i, mask, sig, watch):
     """(ready time, ring slot of the first latest need or -1, largest contributor key or -1)
-    of instance i: its needs in the reference's order (anchors, then dependencies)."""
+    of instance i: its needs in the reference's order (anchors, then dependencies).
+
+    While a loop is watched (watch[0]: its first task, else -1), sets watch[1] when a need on
+    a task before the loop (a time that does not move with the iterations) is at least the
+    latest of the other needs, or when there are no others: see `fast_loops`."""
     d0, d1 = td[t, F_D0], td[t, F_DN]
+    lo = watch[0]
     if d0 == d1:
+        if lo >= 0:
+            watch[1] = 1
         return 0, -1, -1
     best, pred, mk = -1, -1, -1
+    ibest, imk, obest, omk = -1, -1, -1, -1
     for a in range(n_anchors(td, t)):
         x, y = anchor(td, t, i, a)
         for d in range(d0, d1):
@@ -102,6 +110,13 @@ def _needs(td, deps, t, i, mask, sig):
                 best, pred = sig[s, G_TIME], s
             if sig[s, G_MK] > mk:
                 mk = sig[s, G_MK]
+            if lo >= 0:
+                if deps[d, D_TASK] < lo:
+                    obest, omk = max(obest, sig[s, G_TIME]), max(omk, sig[s, G_MK])
+                else:
+                    ibest, imk = max(ibest, sig[s, G_TIME]), max(imk, sig[s, G_MK])
+    if lo >= 0 and (obest >= 0 or omk >= 0) and (obest >= ibest or omk >= imk):
+        watch[1] = 1
     return best, pred, mk
 
 
@@ -187,11 +202,11 @@ def _sort_by_key(keys, order, tmp, count, n):
 @kernel
 def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes, lbusy, tacc,
               rgs, preds, order, tmp, count, rrid, roff, rlen, ex, ey, eoff, pc, starts, ends,
-              state):
+              state, watch):
     """Run the task groups state[T_NEXT] .. g1 - 1 (group k: tasks groups[k] ..
     groups[k + 1] - 1, none of which needs another of the group). Stops early with
     state[T_STATUS] != OK (and state[T_TASK] the task) when the step path cannot give the
-    reference's result."""
+    reference's result. `watch`: see `_needs`."""
     n = hwc[H_N]
     npc = pc.shape[0]
     keep_ends = ends.shape[0] > 0
@@ -209,7 +224,7 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
         for t in range(ta, tb):  # ready time and round of every instance
             state[T_TASK] = t
             for i in range(td[t, F_NI]):
-                ready, pred, mk = _needs(td, deps, t, i, mask, sig)
+                ready, pred, mk = _needs(td, deps, t, i, mask, sig, watch)
                 if ready >= READY_MAX:
                     state[T_STATUS] = OVERFLOW
                     return
@@ -303,15 +318,18 @@ def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes,
 
 def task_groups(tables) -> np.ndarray:
     """Runs of consecutive tasks none of which needs another of its run (e.g. the A and B
-    shifts of one GEMM step): a run is granted as one, all its instances in key order.
+    shifts of one GEMM step), never across the start of a loop's iteration: a run is granted
+    as one, all its instances in key order.
     Returns the first task of every group, then the number of tasks."""
     td, deps = tables.td, tables.deps
     firsts = [0]
     need = [[] for _ in range(len(td))]
     for d in range(len(deps)):
         need[int(deps[d, D_OWNER])].append(int(deps[d, D_TASK]))
+    # every iteration of a loop starts a group, so that the state between iterations exists
+    forced = {lp.task(i, 0) for lp in tables.loops for i in range(lp.count + 1)}
     for t in range(1, len(td)):
-        if any(u >= firsts[-1] for u in need[t]):
+        if t in forced or any(u >= firsts[-1] for u in need[t]):
             firsts.append(t)
     return np.array(firsts + [len(td)] if len(td) else [0], np.int64)
 
@@ -392,6 +410,7 @@ class StepRun:
         self.start, self.ends = np.empty(ni, np.int64), np.empty(ni, np.int64)
         self.state = np.zeros(NT, np.int64)
         self.state[T_MAXEND] = -1
+        self.watch = np.array([-1, 0], np.int64)  # (loop watched, a fixed time counted)
 
     def run(self, tables, g1: int) -> int:
         """Run the task groups up to g1 (exclusive); the status."""
@@ -399,7 +418,7 @@ class StepRun:
                   self.mask, self.res, self.sig, self.busy, self.lbytes, self.lbusy, self.tacc,
                   self.rgs, self.preds, self.order, self.tmp, self.count, self.rrid, self.roff,
                   self.rlen, self.ex, self.ey, self.eoff, self.pc, self.start, self.ends,
-                  self.state)
+                  self.state, self.watch)
         return int(self.state[T_STATUS])
 
     def critical_path(self) -> tuple[int, int, int]:

@@ -135,6 +135,7 @@ class Tables:
         self.hwc = np.array([cols, rows, cols * rows, tr, hop, hw.stream_op_latency_cycles],
                             np.int64)
         self.cols = cols
+        self.loops = program.loops
 
 
 @kernel(inline=True)

@@ -1,0 +1,313 @@
+"""Exact fast-forward of a program's loops on the fast engine's step path.
+
+Why it is exact. The step path's rules are max / plus of integer times, compared as keys
+(time, round, id); shifting every time by a constant shifts every result by it and keeps every
+comparison. Iteration i + 1 of a loop is iteration i moved by whole iterations (`Loop`), so it
+computes the same function of the state it reads: the resources' free times, keys and holders,
+the signal slots that earlier iterations leave for it, and the critical path's pieces. That
+state is all made by earlier iterations, except the times of tasks before the loop (outer
+needs), which do not move. So when
+
+- the state after iteration k + 1 is the state after k with every time moved by one delta > 0
+  and every chain's critical-path compute moved by one amount, twice in a row, and
+- no outer need was the latest need of any instance in those iterations (`fast_step._needs`
+  watches it; once below a moving time a fixed time stays below),
+
+then every later iteration repeats the last one moved by delta, and its counters (cycles,
+per-core and per-link busy, bytes, per-task spans, critical path) are the last one's moved by
+delta or repeated. The loop's remaining iterations are skipped and those counters
+extrapolated. When the state does not settle (the iterations differ, contention that drifts),
+the loop runs in full: correctness first. docs/hardware-model.md, "Loops", has a worked example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wse_sim.engine.fast_sched import A_END, A_FIRST, A_START
+from wse_sim.engine.fast_step import (
+    C_A,
+    C_P0,
+    C_S,
+    GEN_BITS,
+    OK,
+    OVERFLOW,
+    READY_MAX,
+    T_COMM,
+    T_DELIV,
+    T_LAST_A,
+    T_LAST_G,
+    T_LAST_RG,
+    T_LAST_S,
+    T_MAXEND,
+    T_NEXT,
+)
+from wse_sim.engine.fast_tasks import D_OWNER, D_TASK, F_SA, F_SB, kernel
+
+FIRST_TRY = 1      # the first iteration whose state is compared (after warm-up below)
+TRY_EVERY = 2      # then every this many iterations ...
+TRY_DOUBLING = 16  # ... up to here; beyond, at doubling distances (few copies if it never settles)
+MIN_COUNT = FIRST_TRY + 4  # shorter loops run in full
+
+
+@kernel
+def _shift_check(a, ra, b, rb, shift, changed, first, same_ok):
+    """Compare rows a[ra[i]] (later) with b[rb[i]] (earlier), or row i of both when ra is
+    empty: time + delta, key + delta << GEN_BITS, holder start * 2 + 2 delta, chain compute
+    + dA (shift = [delta, dA], found here where -1), then the critical-path pieces: the
+    recent ones moved by 2 delta, the deeper ones (starts of long runs of one slope, or from
+    before the loop) fixed. changed[i]: 0 for a row the loop does not touch (allowed when
+    `same_ok`), else 1 + the number of moving pieces; recorded when `first`, else it must be
+    the same. False: not a shift."""
+    n = ra.shape[0] if ra.shape[0] > 0 else a.shape[0]
+    w = a.shape[1]
+    for i in range(n):
+        x = ra[i] if ra.shape[0] > 0 else i
+        y = rb[i] if rb.shape[0] > 0 else i
+        code = 0
+        for c in range(w):
+            if a[x, c] != b[y, c]:
+                code = 1
+                break
+        if code == 0 and not same_ok:
+            return False
+        if code and a[x, 0] >= 0 and b[y, 0] >= 0:
+            d = a[x, 0] - b[y, 0]
+            if shift[0] < 0:
+                shift[0], shift[1] = d, a[x, C_A] - b[y, C_A]
+            delta = shift[0]
+            if (d != delta or delta <= 0 or b[y, 1] < 0
+                    or a[x, 1] - b[y, 1] != delta << GEN_BITS
+                    or a[x, C_S] - b[y, C_S] != 2 * delta or a[x, C_A] - b[y, C_A] != shift[1]):
+                return False
+            c = C_P0
+            while c < w and a[x, c] >= 0 and b[y, c] >= 0 and a[x, c] - b[y, c] == 2 * delta:
+                c += 1
+            code = 1 + c - C_P0
+            for c2 in range(c, w):  # the rest fixed
+                if a[x, c2] != b[y, c2]:
+                    return False
+        elif code:  # a signal slot no event reached: alike in both
+            if a[x, 0] != b[y, 0] or a[x, 1] != b[y, 1]:
+                return False
+            code = 1
+        if first:
+            changed[i] = code
+        elif changed[i] != code:
+            return False
+    return True
+
+
+@kernel
+def _shift_rows(a, ra, src, changed, m, shift):
+    """a[ra[i]] = src[i] moved by m iterations (in place, a[i], when ra is empty), for the
+    rows that change (`_shift_check`'s codes: how many pieces move)."""
+    n = ra.shape[0] if ra.shape[0] > 0 else a.shape[0]
+    delta, da = shift[0], shift[1]
+    for i in range(n):
+        if changed[i] == 0:
+            continue
+        x = ra[i] if ra.shape[0] > 0 else i
+        for c in range(a.shape[1]):
+            a[x, c] = src[i, c]
+        if a[x, 0] < 0:
+            continue
+        a[x, 0] += m * delta
+        a[x, 1] += (m * delta) << GEN_BITS
+        a[x, C_S] += 2 * m * delta
+        a[x, C_A] += m * da
+        for c in range(C_P0, C_P0 + changed[i] - 1):
+            a[x, c] += 2 * m * delta
+
+
+@dataclass
+class LoopPlan:
+    """What the fast-forward of one loop needs, computed once per program."""
+
+    lp: object                 # the program's Loop
+    groups: np.ndarray         # group index where iteration i starts, i = 0 .. count
+    carried: dict              # body task j -> most iterations back a later one reads it
+    after: list                # (iteration, body task j) that tasks after the loop read
+    inst: int                  # instances per iteration
+
+    def slots(self, tables, iteration: int, j: int) -> np.ndarray:
+        t = self.lp.task(iteration, j)
+        return np.arange(tables.td[t, F_SB], tables.td[t, F_SA] + 1, dtype=np.int64)
+
+
+def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
+    """A LoopPlan for every loop with enough iterations to fast-forward."""
+    out = []
+    deps = tables.deps
+    for lp in tables.loops:
+        if lp.count < MIN_COUNT:
+            continue
+        starts = np.array([lp.task(i, 0) for i in range(lp.count + 1)])
+        g = np.searchsorted(groups, starts)
+        assert (groups[g] == starts).all(), "a loop iteration must start a task group"
+        carried: dict[int, int] = {}
+        after = set()
+        rows = deps[(deps[:, D_TASK] >= lp.first) & (deps[:, D_TASK] < lp.end)]
+        for task, owner in zip(rows[:, D_TASK], rows[:, D_OWNER], strict=True):
+            it, j = divmod(int(task) - lp.first, lp.size)
+            if owner >= lp.end:
+                after.add((it, j))
+            elif lp.task(1, 0) <= owner < lp.task(2, 0) and it < 1:  # iteration 1: the reach
+                carried[j] = max(carried.get(j, 0), 1 - it)
+        inst = int(tables.ib[lp.task(1, 0)] - tables.ib[lp.first])
+        out.append(LoopPlan(lp, g, carried, sorted(after), inst))
+    return out
+
+
+class Forward:
+    """Runs a `fast_step.StepRun` to its end, fast-forwarding every loop it meets.
+    `advance(g1)` runs the step path up to group g1 and returns its status (the caller's
+    progress bar goes there); `skipped(n)` is told of the instances skipped."""
+
+    def __init__(self, st, tables, advance, skipped=None):
+        self.st, self.tables, self.advance = st, tables, advance
+        self.skipped = skipped or (lambda n: None)
+        self.plans = plan_loops(tables, st.groups)
+        self.iterations = sum(lp.count for lp in tables.loops)
+        self.skipped_iterations = 0
+
+    def run(self) -> int:
+        for p in self.plans:
+            status = self._loop(p)
+            if status != OK:
+                return status
+        return self.advance(len(self.st.groups) - 1)
+
+    def _loop(self, p: LoopPlan) -> int:
+        k = max(FIRST_TRY, max(p.carried.values(), default=1))
+        while k + 2 < p.lp.count:
+            status = self.advance(int(p.groups[k]))
+            if status != OK:
+                return status
+            done = self._try(p, k)
+            if done is None:
+                return OVERFLOW
+            if done:
+                return OK
+            k = k + TRY_EVERY if k < TRY_DOUBLING else 2 * k
+        return OK
+
+    def _segments(self, p: LoopPlan) -> list:
+        """(body task j, iterations back e) whose slots the state holds: what later
+        iterations read, and the last iteration's slots that tasks after the loop read."""
+        seg = [(j, e) for j, r in sorted(p.carried.items()) for e in range(1, r + 1)]
+        return seg + [(j, 1) for j in sorted({j for _, j in p.after}) if j not in p.carried]
+
+    def _state(self, p: LoopPlan, i: int) -> np.ndarray:
+        """Ring rows of the state's slots before iteration i (`_segments`)."""
+        rows = [p.slots(self.tables, i - e, j) for j, e in self._segments(p)]
+        return (np.concatenate(rows) if rows else np.zeros(0, np.int64)) & self.st.mask
+
+    def _try(self, p: LoopPlan, k: int):
+        """Watch iterations k and k + 1 (the state before k is current); skip the rest of the
+        loop when the second repeats the first. True: skipped; False: not settled (both ran);
+        None: the extrapolated times overflow the keys."""
+        st = self.st
+        empty = np.zeros(0, np.int64)
+        res0, sig0, t0 = st.res.copy(), st.sig[self._state(p, k)], st.state.copy()
+        cres = np.zeros(len(st.res), np.uint8)
+        csig = np.zeros(len(sig0), np.uint8)
+        shift = np.array([-1, -1], np.int64)
+        st.watch[:] = p.lp.first, 0
+        try:
+            if self.advance(int(p.groups[k + 1])) != OK:
+                return False
+            sig1 = st.sig[self._state(p, k + 1)]
+            if not (_shift_check(st.res, empty, res0, empty, shift, cres, True, True)
+                    and _shift_check(sig1, empty, sig0, empty, shift, csig, True, False)):
+                return False
+            del res0
+            res1, t1 = st.res.copy(), st.state.copy()
+            before = [c.copy() for c in (st.busy, st.lbusy, st.lbytes)]
+            if self.advance(int(p.groups[k + 2])) != OK:
+                return False
+            ok = (_shift_check(st.res, empty, res1, empty, shift, cres, False, True)
+                  and _shift_check(st.sig[self._state(p, k + 2)], empty, sig1, empty, shift,
+                                   csig, False, False)
+                  and st.watch[1] == 0
+                  and self._same_tail(t0, t1, st.state, shift, p)
+                  and self._same_tasks(p, k + 1, int(shift[0])))
+        finally:
+            st.watch[:] = -1, 0
+        if not ok:
+            return False
+        m = p.lp.count - (k + 2)
+        if int(st.state[T_MAXEND]) + m * int(shift[0]) >= READY_MAX:
+            return None
+        self._skip(p, k + 2, m, shift, cres, csig, t1, before)
+        return True
+
+    @staticmethod
+    def _same_tail(t0, t1, t2, shift, p) -> bool:
+        """The finish (latest end, its instance, its chain) moved by one iteration twice."""
+        delta, da = int(shift[0]), int(shift[1])
+        for a, b in ((t0, t1), (t1, t2)):
+            if (b[T_MAXEND] - a[T_MAXEND] != delta or b[T_LAST_G] - a[T_LAST_G] != p.inst
+                    or b[T_LAST_RG] - a[T_LAST_RG] != delta << GEN_BITS
+                    or b[T_LAST_S] - a[T_LAST_S] != 2 * delta or b[T_LAST_A] - a[T_LAST_A] != da
+                    or b[T_COMM] - a[T_COMM] != t2[T_COMM] - t1[T_COMM]
+                    or b[T_DELIV] - a[T_DELIV] != t2[T_DELIV] - t1[T_DELIV]):
+                return False
+        return True
+
+    def _same_tasks(self, p, i, delta) -> bool:
+        """Iteration i's per-task counters are iteration i - 1's, their spans moved by delta."""
+        lp, tacc = p.lp, self.st.tacc
+        d = tacc[lp.task(i, 0):lp.task(i + 1, 0)] - tacc[lp.task(i - 1, 0):lp.task(i, 0)]
+        return bool((d[:, A_START] == delta).all() and (d[:, A_END] == delta).all()
+                    and (d[:, A_FIRST] == delta << GEN_BITS).all()
+                    and (np.delete(d, [A_START, A_END, A_FIRST], axis=1) == 0).all())
+
+    def _skip(self, p, i, m, shift, cres, csig, t_prev, before) -> None:
+        """Iterations i .. i + m - 1: iteration i - 1 moved by 1 .. m iterations."""
+        st, lp, tables = self.st, p.lp, self.tables
+        delta = int(shift[0])
+        _shift_rows(st.res, np.zeros(0, np.int64), st.res, cres, m, shift)
+        # the slots the rest of the program reads from skipped iterations, written in the
+        # order the run would have (a later one over an earlier one in the ring)
+        rows, codes, at = self._state(p, i), csig, 0
+        src = {}
+        for j, e in self._segments(p):
+            k = len(p.slots(tables, 0, j))
+            if e == 1:
+                src[j] = (st.sig[rows[at:at + k]].copy(), codes[at:at + k].copy())
+            at += k
+        for it, j in p.after:
+            if it >= i:
+                _shift_rows(st.sig, p.slots(tables, it, j) & st.mask, src[j][0], src[j][1],
+                            it - (i - 1), shift)
+        for now, was in zip((st.busy, st.lbusy, st.lbytes), before, strict=True):
+            now += m * (now - was)
+        s = st.state
+        for col in (T_COMM, T_DELIV):
+            s[col] += m * (s[col] - t_prev[col])
+        s[T_MAXEND] += m * delta
+        s[T_LAST_G] += m * p.inst
+        s[T_LAST_RG] += (m * delta) << GEN_BITS
+        s[T_LAST_S] += 2 * m * delta
+        s[T_LAST_A] += m * int(shift[1])
+        self._fill_tasks(p, i, m, delta)
+        s[T_NEXT] = p.groups[lp.count]
+        self.skipped_iterations += m
+        self.skipped(int(tables.ib[lp.end] - tables.ib[lp.task(i, 0)]))
+
+    def _fill_tasks(self, p, i, m, delta) -> None:
+        """Per-task counters (and per-instance spans, when kept) of the skipped iterations."""
+        st, lp, ib = self.st, p.lp, self.tables.ib
+        last = st.tacc[lp.task(i - 1, 0):lp.task(i, 0)]
+        step = np.zeros(last.shape[1], np.int64)
+        step[[A_START, A_END, A_FIRST]] = delta, delta, delta << GEN_BITS
+        reps = np.arange(1, m + 1, dtype=np.int64)[:, None, None]
+        st.tacc[lp.task(i, 0):lp.end] = (last[None] + reps * step).reshape(-1, last.shape[1])
+        if len(st.ends):
+            g0, g1 = ib[lp.task(i - 1, 0)], ib[lp.task(i, 0)]
+            moved = reps[:, :, 0] * delta
+            for arr in (st.start, st.ends):
+                arr[g1:ib[lp.end]] = (arr[g0:g1][None] + moved).reshape(-1)
