@@ -183,32 +183,39 @@ def build_meshgemm(ctx: Ctx) -> None:
                            plan.buffers()["b0"][2]))
         join = _sync(ctx, "meshgemm.sync", moves)
         base = 1  # the aligned tiles are in buffer 1: step s reads parity (s + 1) % 2
-    comp = None
-    shifts_a: dict[int, int] = {}
-    shifts_b: dict[int, int] = {}
-    for s in range(P):
+    ids: dict = {"join": join}  # the previous step's compute, shifts and join
+
+    def step(s: int) -> None:
         q = (s + base) % 2
+        join, prev_comp = ids["join"], ids.get("comp")
         deps = [Dep(join, "all")] if join is not None else []
         if s > 0:
-            deps.append(Dep(comp))
-        prev_comp = comp
-        comp = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
+            deps.append(Dep(prev_comp))
+        ids["comp"] = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
         if s == P - 1:
-            break
+            return
         war = [] if s == 0 else [Dep(prev_comp, "all")]
         new_a, new_b = {}, {}
         for x in range(P):
-            raw = [Dep(shifts_a[feeder[x]])] if s > 0 else ([Dep(join, "all")] if join else [])
+            raw = ([Dep(ids["a"][feeder[x]])] if s > 0
+                   else ([Dep(join, "all")] if join is not None else []))
             new_a[x] = ctx.add(Unicast("meshgemm.shift_a", Region(x, 0, 1, P), wa, dx=nxt[x] - x,
                                        color=ca, deps=tuple(raw + war),
                                        data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
         for y in range(P):
-            raw = [Dep(shifts_b[feeder[y]])] if s > 0 else ([Dep(join, "all")] if join else [])
+            raw = ([Dep(ids["b"][feeder[y]])] if s > 0
+                   else ([Dep(join, "all")] if join is not None else []))
             new_b[y] = ctx.add(Unicast("meshgemm.shift_b", Region(0, y, P, 1), wb, dy=nxt[y] - y,
                                        color=cb, deps=tuple(raw + war),
                                        data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
-        shifts_a, shifts_b = new_a, new_b
-        join = _sync(ctx, "meshgemm.sync", list(new_a.values()) + list(new_b.values()))
+        ids["a"], ids["b"] = new_a, new_b
+        ids["join"] = _sync(ctx, "meshgemm.sync", list(new_a.values()) + list(new_b.values()))
+
+    # the first step (after the alignment) and the last (no shift) differ: the rest is a loop
+    step(0)
+    if P > 1:
+        ctx.pb.repeat("meshgemm.step", P - 2, lambda i: step(i + 1))
+        step(P - 1)
 
 
 BUILDERS = {"1d": build_1d, "summa": build_summa, "cannon": build_cannon,

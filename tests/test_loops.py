@@ -1,0 +1,208 @@
+"""Loops in the Program IR and their exact fast-forward on the fast engine.
+
+The fast engine skips a loop's iterations once two in a row repeat moved by one delta
+(`wse_sim.engine.fast_loops`); the reference simulates every iteration. Every counter, the
+per-op breakdown, the critical path and every instance's span must be equal, whether the
+fast-forward triggers or not.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_engine_fast import assert_same
+
+from mapper.gemm import build_gemm
+from wse_sim.engine.fast import simulate_fast
+from wse_sim.engine.reference import simulate_reference
+from wse_sim.hardware import load_preset
+from wse_sim.program import (
+    Compute,
+    Dep,
+    LineStream,
+    Loop,
+    Program,
+    ProgramBuilder,
+    ProgramError,
+    Region,
+    Unicast,
+)
+
+R = Region
+HW = load_preset("mesh16")
+
+
+def same(program, hw=HW, path="step"):
+    ref = simulate_reference(program, hw)
+    fast = simulate_fast(program, hw, path=path, spans=True)
+    assert_same(ref, fast)
+    assert ref.loop_iterations == fast.loop_iterations == sum(lp.count for lp in program.loops)
+    assert ref.loop_iterations_skipped == 0
+    return fast
+
+
+# ---- the IR ------------------------------------------------------------------------------------
+
+def chain_program(count: int, flops=(4000, 4000), wavelets=16, outer_late=0):
+    """Before the loop: a compute on (0, 0) (and a long one on (3, 3) when outer_late); each
+    iteration: compute on (0, 0) after the previous iteration's send, send it to (1, 0),
+    compute there; the first compute also waits for the outer ones."""
+    b = ProgramBuilder("chain")
+    first = b.add(Compute("pre", R(0, 0, 1, 1), 1000))
+    late = b.add(Compute("late", R(3, 3, 1, 1), outer_late)) if outer_late else None
+    last: dict = {}
+
+    def body(i):
+        outer = [Dep(late, "all")] if late is not None else []
+        c0 = b.add(Compute("c0", R(0, 0, 1, 1), flops[0],
+                           deps=tuple([Dep(last["u"], "all")] if i else [Dep(first)]) + tuple(outer)))
+        last["u"] = b.add(Unicast("u", R(0, 0, 1, 1), wavelets, dx=1, deps=(Dep(c0),)))
+        b.add(Compute("c1", R(1, 0, 1, 1), flops[1], deps=(Dep(last["u"]),)))
+
+    # iteration 0's first compute waits for `pre`, later ones for the previous send: peel it
+    body(0)
+    b.repeat("chain.step", count, lambda i: body(i + 1))
+    b.add(Compute("post", R(1, 0, 1, 1), 10, deps=(Dep(len(b.tasks) - 1),)))
+    return b.build()
+
+
+def test_listing_prints_a_loop_once_with_its_count():
+    p = chain_program(40)
+    text = p.describe()
+    assert "loop chain.step x 40" in text and text.count(" c0 ") == 2  # peeled + the loop's
+    assert "end loop chain.step" in text
+    assert len(p.tasks) == 3 * 41 + 2
+
+
+def test_a_loop_whose_iterations_differ_is_refused():
+    b = ProgramBuilder("bad")
+    b.repeat("grow", 3, lambda i: b.add(Compute("c", R(0, 0, 1, 1), 100 * (i + 1))))
+    with pytest.raises(ProgramError, match="task 1 .*iteration 1.*timing fields differ"):
+        b.build()
+
+
+def test_a_dependency_that_is_neither_outer_nor_moved_is_refused():
+    b = ProgramBuilder("bad")
+    b.add(Compute("a", R(0, 0, 1, 1), 10))
+    b.add(Compute("b", R(0, 0, 1, 1), 10))
+    b.repeat("odd", 3, lambda i: b.add(Compute("c", R(0, 0, 1, 1), 10, deps=(Dep(i % 2),))))
+    with pytest.raises(ProgramError, match="iteration 2.*dependency 0 names task 0.*in every iteration"):
+        b.build()
+
+
+def test_uneven_iterations_and_overlapping_loops_are_refused():
+    b = ProgramBuilder("bad")
+    with pytest.raises(ProgramError, match="not the same number each"):
+        b.repeat("uneven", 2, lambda i: [b.add(Compute("c", R(0, 0, 1, 1), 1))
+                                         for _ in range(i + 1)])
+    tasks = tuple(Compute("c", R(0, 0, 1, 1), 1) for _ in range(6))
+    with pytest.raises(ProgramError, match="must not overlap"):
+        Program("p", tasks, loops=(Loop("a", 0, 1, 4), Loop("b", 2, 1, 3)))
+    with pytest.raises(ProgramError, match="do not exist"):
+        Program("p", tasks, loops=(Loop("a", 0, 2, 4),))
+    with pytest.raises(ProgramError, match="count got 0"):
+        Loop("a", 0, 1, 0)
+
+
+# ---- fast-forward: exact where it triggers ------------------------------------------------------
+
+@pytest.mark.parametrize("algo", ["cannon", "meshgemm"])
+@pytest.mark.parametrize("grid,dtype", [(8, "fp16"), (12, "fp32"), (16, "fp16")])
+def test_gemm_loops_fast_forward_to_the_reference_cycle(algo, grid, dtype):
+    p = build_gemm(algo, HW, grid=grid, m=8 * grid, k=8 * grid, n=8 * grid, dtype=dtype)
+    assert [lp.count for lp in p.loops] == [grid - 2]
+    fast = same(p)
+    assert fast.fast_path == "step"
+    assert fast.loop_iterations_skipped == grid - 5  # settled at the first try: 3 simulated
+
+
+def test_chain_loop_fast_forwards_exactly():
+    fast = same(chain_program(50))
+    assert fast.loop_iterations_skipped > 40
+
+
+def test_an_outer_task_that_ends_late_delays_the_fast_forward_but_not_the_result():
+    """The first iterations wait for a long compute before the loop (a fixed time that is
+    the latest need: no fast-forward while it is); then the loop settles."""
+    fast = same(chain_program(60, outer_late=400_000))
+    assert 0 < fast.loop_iterations_skipped < 57
+
+
+def test_two_independent_rates_never_settle_and_run_in_full():
+    """Two chains in one loop body, 4000 and 6000 FLOP per iteration on different cores: the
+    state moves by two different amounts, so nothing is skipped; the result is exact."""
+    b = ProgramBuilder("two-rates")
+    b.add(Compute("a", R(0, 0, 1, 1), 4000))
+    b.add(Compute("b", R(5, 5, 1, 1), 6000))
+
+    def body(i):
+        n = len(b.tasks)
+        b.add(Compute("a", R(0, 0, 1, 1), 4000, deps=(Dep(n - 2),)))
+        b.add(Compute("b", R(5, 5, 1, 1), 6000, deps=(Dep(n - 1),)))
+
+    b.repeat("two", 30, body)
+    fast = same(b.build())
+    assert fast.loop_iterations_skipped == 0
+
+
+def test_auto_takes_the_step_path_for_loops_and_reports_them():
+    p = build_gemm("cannon", HW, grid=10, m=80, k=80, n=80, dtype="fp16")
+    r = simulate_fast(p, HW)
+    assert r.fast_path == "step" and r.loop_iterations_skipped == 5
+    s = r.summary()
+    assert s["loop_iterations"] == 8 and s["loop_iterations_skipped"] == 5
+    from wse_sim.report import format_report
+    assert "loops: 8 iterations, 3 simulated, 5 fast-forwarded" in format_report(r)
+
+
+# ---- generated loop programs: fast == reference, whatever happens -------------------------------
+
+@st.composite
+def loop_programs(draw):
+    """A prologue, a loop of 1-3 tasks on an 8 x 8 corner with carried, same-iteration and
+    outer dependencies, and an epilogue reading the last iteration."""
+    b = ProgramBuilder("gen")
+    pro = [b.add(Compute("pro", R(0, 0, 4, 4), draw(st.integers(0, 20000))))]
+    size = draw(st.integers(1, 3))
+    specs = []
+    for j in range(size):
+        kind = draw(st.sampled_from(["compute", "shift", "line"]))
+        x, y = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        region = R(x, y, draw(st.integers(2, 4)), draw(st.integers(2, 4)))
+        carried = draw(st.lists(st.integers(0, size - 1), max_size=2))
+        same_it = draw(st.lists(st.integers(0, max(0, j - 1)), max_size=1)) if j else []
+        outer = draw(st.booleans())
+        specs.append((kind, region, draw(st.integers(1, 40)), carried, same_it, outer))
+    count = draw(st.integers(5, 14))
+
+    def body(i):
+        base = len(b.tasks)
+        for kind, region, amount, carried, same_it, outer in specs:
+            deps = [Dep(base - size + c, "all") for c in carried if i]
+            deps += [Dep(base + c, "all") for c in same_it]
+            if outer:
+                deps.append(Dep(pro[0], "all"))
+            if not i:  # the first iteration: the prologue stands in for the carried ones
+                deps += [Dep(pro[0], "all")] * len(carried)
+            if kind == "compute":
+                t = Compute("c", region, amount * 500, deps=tuple(deps))
+            elif kind == "shift":
+                t = Unicast("u", region, amount, dx=1, wrap=True, deps=tuple(deps))
+            else:
+                t = LineStream("l", region, "x", 1, amount, reduce=amount % 2 == 0,
+                               deps=tuple(deps))
+            b.add(t)
+
+    body(0)
+    b.repeat("gen", count, lambda i: body(i + 1))
+    b.add(Compute("epi", R(0, 0, 2, 2), 100, deps=(Dep(len(b.tasks) - 1, "all"),)))
+    return b.build()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(loop_programs())
+def test_generated_loops_fast_equals_reference(program):
+    ref = simulate_reference(program, HW)
+    fast = simulate_fast(program, HW, path="auto", spans=True)
+    assert_same(ref, fast)
