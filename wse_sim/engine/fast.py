@@ -61,7 +61,8 @@ class StepPathUnsupported(ProgramError):
 
 
 def simulate_fast(program: Program, hw: HardwareConfig, progress: bool | None = None,
-                  spans: bool | None = None, path: str = "auto") -> SimResult:
+                  spans: bool | None = None, path: str = "auto",
+                  fast_forward: bool = True) -> SimResult:
     """Run `program` on `hw` with the numba engine; the same result as `simulate_reference`.
 
     `progress`: a tqdm bar on stderr; by default shown from PROGRESS_MIN_INSTANCES instances.
@@ -73,17 +74,22 @@ def simulate_fast(program: Program, hw: HardwareConfig, progress: bool | None = 
     finds it cannot give the reference's order). Every path
     gives the same result;
     `result.fast_path` says which one ran (`result.fast_path_reason`: why not 'step').
+    `fast_forward`: skip a loop's iterations once they repeat (`fast_loops`; the result is
+    the same either way, False is for benchmarks and checks).
     `wall_seconds` covers everything but numba's compilation (done once per process, first).
     """
+    from wse_sim.hardware import ConfigError
     if path not in PATHS:
-        from wse_sim.hardware import ConfigError
         raise ConfigError(f"path: got {path!r}, must be one of {', '.join(PATHS)}")
+    if not isinstance(fast_forward, bool):
+        raise ConfigError(f"fast_forward: got {fast_forward!r}, must be True or False")
     warm_up()
-    return _simulate(program, hw, progress, spans, path)
+    return _simulate(program, hw, progress, spans, path, fast_forward)
 
 
 def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None,
-              spans: bool | None = None, path: str = "auto") -> SimResult:
+              spans: bool | None = None, path: str = "auto",
+              fast_forward: bool = True) -> SimResult:
     t0 = time.perf_counter()
     maps = check_fits(program, hw)
     ensure_acyclic(program)
@@ -94,7 +100,8 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     keep_spans = spans if spans is not None else total <= SPANS_MAX_INSTANCES
     show = total >= PROGRESS_MIN_INSTANCES if progress is None else progress
     why = "asked for"
-    if path == "auto" and not any(lp.count >= L.MIN_COUNT for lp in program.loops):
+    if path == "auto" and not (fast_forward and any(lp.count >= L.MIN_COUNT
+                                                    for lp in program.loops)):
         have = _free_bytes()
         if have is None or estimate_bytes(tables, mesh) <= EVENT_PREFERRED_FRACTION * have:
             path, why = "event", "the faster path, and it fits in memory"
@@ -103,7 +110,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
         why = _step_refusal(tables, mesh, keep_spans, planned)
         for pieces in ((P.PIECES, P.PIECES_RETRY) if why is None else ()):
             st = P.StepRun(tables, mesh.n, keep_spans, pieces, planned)
-            status = _run_steps(st, tables, show)
+            status = _run_steps(st, tables, show, fast_forward)
             if status == P.OK:
                 res = _step_result(program, hw, mesh, tables, st, maps, keep_spans)
                 res.wall_seconds = time.perf_counter() - t0
@@ -155,7 +162,7 @@ def _step_refusal(tables: Tables, mesh: Mesh, keep_spans: bool, planned) -> str 
     return None
 
 
-def _run_steps(st, tables: Tables, show: bool) -> int:
+def _run_steps(st, tables: Tables, show: bool, fast_forward: bool = True) -> int:
     """Run the step path to the end, fast-forwarding loops (`fast_loops`), in slices of task
     groups under a progress bar when `show`; `st.forward` keeps the loop counts."""
     bar = None
@@ -177,7 +184,8 @@ def _run_steps(st, tables: Tables, show: bool) -> int:
             bar.update(int(first[k1] - first[k]))
         return P.OK
 
-    st.forward = L.Forward(st, tables, advance, bar.update if bar is not None else None)
+    st.forward = L.Forward(st, tables, advance, bar.update if bar is not None else None,
+                           enabled=fast_forward)
     try:
         return st.forward.run()
     finally:

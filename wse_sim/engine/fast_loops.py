@@ -44,7 +44,26 @@ from wse_sim.engine.fast_step import (
     T_MAXEND,
     T_NEXT,
 )
-from wse_sim.engine.fast_tasks import D_OWNER, D_TASK, F_SA, F_SB, kernel
+from wse_sim.engine.fast_tasks import (
+    D_OWNER,
+    D_TASK,
+    F_KIND,
+    F_P,
+    F_RC,
+    F_RR,
+    F_RX,
+    F_RY,
+    F_S2C,
+    F_S2R,
+    F_S2X,
+    F_S2Y,
+    F_SA,
+    F_SB,
+    H_COLS,
+    H_N,
+    K_MULTICAST,
+    kernel,
+)
 
 FIRST_TRY = 1      # the first iteration whose state is compared (after warm-up below)
 TRY_EVERY = 2      # then every this many iterations ...
@@ -131,6 +150,7 @@ class LoopPlan:
     carried: dict              # body task j -> most iterations back a later one reads it
     after: list                # (iteration, body task j) that tasks after the loop read
     inst: int                  # instances per iteration
+    rows: np.ndarray           # resources the loop may touch (its bounding box's, the I/O)
 
     def slots(self, tables, iteration: int, j: int) -> np.ndarray:
         t = self.lp.task(iteration, j)
@@ -157,8 +177,26 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
             elif lp.task(1, 0) <= owner < lp.task(2, 0) and it < 1:  # iteration 1: the reach
                 carried[j] = max(carried.get(j, 0), 1 - it)
         inst = int(tables.ib[lp.task(1, 0)] - tables.ib[lp.first])
-        out.append(LoopPlan(lp, g, carried, sorted(after), inst))
+        out.append(LoopPlan(lp, g, carried, sorted(after), inst, _footprint(tables, lp)))
     return out
+
+
+def _footprint(tables, lp) -> np.ndarray:
+    """Resource rows of every core in the bounding box of the body's regions, destinations
+    and sources (dimension-order routes stay inside it), and the I/O channel."""
+    td = tables.td[lp.first:lp.first + lp.size]
+    rects = [td[:, [F_RX, F_RY, F_RC, F_RR]]]
+    s2 = td[td[:, F_S2C] > 0][:, [F_S2X, F_S2Y, F_S2C, F_S2R]]
+    mc = td[td[:, F_KIND] == K_MULTICAST]
+    rects += [s2, np.stack([mc[:, F_P], mc[:, F_P + 1], 0 * mc[:, 0] + 1, 0 * mc[:, 0] + 1], 1)]
+    r = np.concatenate(rects)
+    x0, y0 = r[:, 0].min(), r[:, 1].min()
+    x1, y1 = (r[:, 0] + r[:, 2]).max(), (r[:, 1] + r[:, 3]).max()
+    cols, n = int(tables.hwc[H_COLS]), int(tables.hwc[H_N])
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    core = (ys * cols + xs).ravel().astype(np.int64)
+    links = (4 * core[:, None] + np.arange(4)).ravel()
+    return np.concatenate([links, 4 * n + core, 5 * n + core, 6 * n + core, [7 * n]])
 
 
 class Forward:
@@ -166,10 +204,10 @@ class Forward:
     `advance(g1)` runs the step path up to group g1 and returns its status (the caller's
     progress bar goes there); `skipped(n)` is told of the instances skipped."""
 
-    def __init__(self, st, tables, advance, skipped=None):
+    def __init__(self, st, tables, advance, skipped=None, enabled: bool = True):
         self.st, self.tables, self.advance = st, tables, advance
         self.skipped = skipped or (lambda n: None)
-        self.plans = plan_loops(tables, st.groups)
+        self.plans = plan_loops(tables, st.groups) if enabled else []
         self.iterations = sum(lp.count for lp in tables.loops)
         self.skipped_iterations = 0
 
@@ -211,8 +249,9 @@ class Forward:
         None: the extrapolated times overflow the keys."""
         st = self.st
         empty = np.zeros(0, np.int64)
-        res0, sig0, t0 = st.res.copy(), st.sig[self._state(p, k)], st.state.copy()
-        cres = np.zeros(len(st.res), np.uint8)
+        rows = p.rows
+        res0, sig0, t0 = st.res[rows], st.sig[self._state(p, k)], st.state.copy()
+        cres = np.zeros(len(rows), np.uint8)
         csig = np.zeros(len(sig0), np.uint8)
         shift = np.array([-1, -1], np.int64)
         st.watch[:] = p.lp.first, 0
@@ -220,15 +259,15 @@ class Forward:
             if self.advance(int(p.groups[k + 1])) != OK:
                 return False
             sig1 = st.sig[self._state(p, k + 1)]
-            if not (_shift_check(st.res, empty, res0, empty, shift, cres, True, True)
+            if not (_shift_check(st.res, rows, res0, empty, shift, cres, True, True)
                     and _shift_check(sig1, empty, sig0, empty, shift, csig, True, False)):
                 return False
             del res0
-            res1, t1 = st.res.copy(), st.state.copy()
+            res1, t1 = st.res[rows], st.state.copy()
             before = [c.copy() for c in (st.busy, st.lbusy, st.lbytes)]
             if self.advance(int(p.groups[k + 2])) != OK:
                 return False
-            ok = (_shift_check(st.res, empty, res1, empty, shift, cres, False, True)
+            ok = (_shift_check(st.res, rows, res1, empty, shift, cres, False, True)
                   and _shift_check(st.sig[self._state(p, k + 2)], empty, sig1, empty, shift,
                                    csig, False, False)
                   and st.watch[1] == 0
@@ -269,7 +308,7 @@ class Forward:
         """Iterations i .. i + m - 1: iteration i - 1 moved by 1 .. m iterations."""
         st, lp, tables = self.st, p.lp, self.tables
         delta = int(shift[0])
-        _shift_rows(st.res, np.zeros(0, np.int64), st.res, cres, m, shift)
+        _shift_rows(st.res, p.rows, st.res[p.rows], cres, m, shift)
         # the slots the rest of the program reads from skipped iterations, written in the
         # order the run would have (a later one over an earlier one in the ring)
         rows, codes, at = self._state(p, i), csig, 0
