@@ -131,6 +131,15 @@ def test_show_output_is_a_preset_that_loads_to_the_same_fields(tmp_path, capsys)
     assert load_preset(f).sources == load_preset("wse3").sources
 
 
+def test_show_output_of_a_user_file_with_odd_citation_keys_loads_back(tmp_path, capsys):
+    f = write(tmp_path / "odd.toml", 'base = "mesh8"\n[sources]\n"my key" = "a \\"quoted\\" note"\n'
+              '"é" = "x"\n')
+    assert main(["presets", "--show", f]) == 0
+    copy = write(tmp_path / "copy.toml", capsys.readouterr().out)
+    assert load_preset(copy).sources == load_preset(f).sources
+    assert load_preset(f).sources["my key"] == 'a "quoted" note'
+
+
 def test_show_json(tmp_path, capsys):
     f = write(tmp_path / "big.toml", 'base = "mesh8"\nsram_bytes = 98304\n')
     assert main(["presets", "--show", f, "--json"]) == 0

@@ -105,7 +105,7 @@ def cmd_presets(args) -> int:
     if args.show:
         return _show_preset(resolve_preset(args.show, parse_set(args.set)), args)
     if args.set:
-        raise ValueError(f"--set: got {args.set[0]!r}, applies only with --show NAME_OR_FILE")
+        raise ValueError(f"--set: got {args.set[0]!r}, must come with --show NAME_OR_FILE")
     data = {}
     for name in preset_names():
         r = resolve_preset(name)
@@ -146,8 +146,9 @@ def _show_preset(resolved, args) -> int:
     for k, text in lines.items():
         print(f"{text:<{width}}  # {resolved.origins[k]}")
     print("\n[sources]")
-    for k, text in hw.sources.items():
-        print(f"{k} = {json.dumps(text)}")
+    for k, text in hw.sources.items():  # a key that is not a bare TOML key is quoted
+        bare = k.isascii() and k.replace("_", "a").replace("-", "a").isalnum()
+        print(f"{k if bare else json.dumps(k)} = {json.dumps(text)}")
     return 0
 
 
