@@ -5,7 +5,8 @@ import pytest
 
 from wse_sim.cli import main
 
-MESH8 = "wse_sim/presets/mesh8.toml"
+MESH8 = "wse_sim/presets/mesh8.toml"  # inherits: base = "wse2"
+WSE2 = "wse_sim/presets/wse2.toml"
 TINY = "workloads/zoo/tiny.toml"
 
 
@@ -76,13 +77,25 @@ def test_cli_bad_input(argv, needle, capsys):
 
 FILE_CASES = [
     # (which file, old text, new text, needle): a user's own preset or model file gone wrong
-    (MESH8, "sram_bytes = 49152", 'sram_bytes = "big"', "sram_bytes"),
-    (MESH8, "sram_bytes = 49152", "sram_bytes = -1", "sram_bytes"),
-    (MESH8, "clock_ghz = 1.1", "clock_ghz = 0", "clock_ghz"),
-    (MESH8, "clock_ghz = 1.1", "clock_ghz = 1.1\nturbo = true", "turbo"),
+    (WSE2, "sram_bytes = 49152", 'sram_bytes = "big"', "sram_bytes"),
+    (WSE2, "sram_bytes = 49152", "sram_bytes = -1", "sram_bytes"),
+    (WSE2, "clock_ghz = 1.1", "clock_ghz = 0", "clock_ghz"),
+    (WSE2, "clock_ghz = 1.1", "clock_ghz = 1.1\nturbo = true", "turbo"),
+    (WSE2, "mesh_cols = 750", "", "mesh_cols"),
+    (WSE2, "static_power_w_per_core = 0.00385", "static_power_w_per_core = -1",
+     "static_power_w_per_core"),
+    (WSE2, "static_power_w_per_router = 0.00176", "static_power_w_per_router = nan",
+     "static_power_w_per_router"),
     (MESH8, "mesh_cols = 8", "mesh_cols = 8.5", "mesh_cols"),
-    (MESH8, "mesh_cols = 8", "", "mesh_cols"),
     (MESH8, "[hardware]", "[hardware\n", "TOML"),
+    (MESH8, "chip_cores = 0", "chip_cores = 0\nturbo = true", "turbo"),
+    (MESH8, 'base = "wse2"', 'base = "wse2"\nsram_bytes = 0', "sram_bytes"),
+    (MESH8, 'base = "wse2"', 'base = "wse2"\nwarp = 9', "warp"),
+    (MESH8, 'base = "wse2"', 'base = "wse9"', "wse9"),
+    (MESH8, 'base = "wse2"', 'base = "nope.toml"', "nope.toml"),
+    (MESH8, 'base = "wse2"', "base = 2", "base"),
+    (MESH8, 'base = "wse2"', 'base = "edited_mesh8.toml"', "cycle"),
+    (MESH8, 'base = "wse2"', "", "missing hardware field"),
     (TINY, "n_layers = 2", "n_layers = 0", "n_layers"),
     (TINY, "n_layers = 2", 'n_layers = "two"', "n_layers"),
     (TINY, "n_heads = 4", "n_heads = 3", "n_heads"),
@@ -93,7 +106,7 @@ FILE_CASES = [
 @pytest.mark.parametrize("src, old, new, needle", FILE_CASES)
 def test_bad_files(tmp_path, src, old, new, needle, capsys):
     f = _edit(tmp_path, src, old, new)
-    if src == MESH8:
+    if src in (MESH8, WSE2):
         argv = ["run", "--preset", f, "--model", "tiny"]
     else:
         argv = ["run", "--preset", "mesh16", "--model", f]

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
 
     pre = sub.add_parser("presets", help="list hardware presets and their aggregates")
+    pre.add_argument("--show", metavar="NAME_OR_FILE",
+                     help="print one preset resolved: every field, its value and where it came "
+                          "from (its file, a base, default or --set), as a TOML preset")
+    pre.add_argument("--set", action="append", metavar="FIELD=VALUE", default=[],
+                     help="with --show: override a hardware field (repeatable)")
     pre.add_argument("--json", action="store_true")
 
     mod = sub.add_parser("models", help="list the model zoo")
@@ -95,24 +100,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_presets(args) -> int:
-    from wse_sim.hardware import load_preset, preset_names
+    from wse_sim.hardware import parse_set, preset_names, resolve_preset
     from wse_sim.report import human
+    if args.show:
+        return _show_preset(resolve_preset(args.show, parse_set(args.set)), args)
+    if args.set:
+        raise ValueError(f"--set: got {args.set[0]!r}, must come with --show NAME_OR_FILE")
     data = {}
     for name in preset_names():
-        hw = load_preset(name)
-        data[name] = {"fields": hw.to_dict(), "aggregates": hw.aggregates(), "sources": hw.sources}
+        r = resolve_preset(name)
+        hw = r.hardware
+        data[name] = {"fields": hw.to_dict(), "aggregates": hw.aggregates(), "sources": hw.sources,
+                      "chain": list(r.chain)}
     if args.json:
         print(json.dumps(data, indent=1))
         return 0
     print(f"{'preset':8} {'mesh':>11} {'GHz':>5} {'cores':>9} {'SRAM':>9} {'SRAM BW':>11} "
-          f"{'fabric':>11} {'fp16 peak':>12}")
+          f"{'fabric':>11} {'fp16 peak':>12} {'static':>9}  base")
     for name, d in data.items():
         f, a = d["fields"], d["aggregates"]
         print(f"{name:8} {f['mesh_cols']:>5} x {f['mesh_rows']:<4}{f['clock_ghz']:>5} "
               f"{a['cores']:>9,} {human(a['total_sram_bytes'], 'B'):>9} "
               f"{human(a['sram_bandwidth_bytes_per_s'], 'B/s'):>11} "
               f"{human(a['fabric_bandwidth_bits_per_s'], 'b/s'):>11} "
-              f"{human(a['peak_flops_per_s']['fp16'], 'FLOP/s'):>12}")
+              f"{human(a['peak_flops_per_s']['fp16'], 'FLOP/s'):>12} "
+              f"{human(a['static_power_w'], 'W'):>9}  {' <- '.join(d['chain'][1:]) or '-'}")
+    return 0
+
+
+def _show_preset(resolved, args) -> int:
+    """One preset, resolved, as a TOML file that loads to the same fields; each field's origin
+    in a comment (--json: one object with `fields`, `origins`, `chain`, `sources`)."""
+    hw = resolved.hardware
+    fields = hw.to_dict()
+    if args.json:
+        print(json.dumps({"preset": args.show, "chain": list(resolved.chain), "fields": fields,
+                          "origins": resolved.origins, "sources": hw.sources,
+                          "aggregates": hw.aggregates()}, indent=1))
+        return 0
+    lines = {k: f"{k} = {json.dumps(v)}" for k, v in fields.items()}
+    width = max(len(t) for t in lines.values())
+    print(f"# {args.show} resolved: {' <- '.join(resolved.chain)}"
+          + (f", then --set {' '.join(args.set)}" if args.set else ""))
+    print("# each field's comment: the preset or file it came from, default or --set\n[hardware]")
+    for k, text in lines.items():
+        print(f"{text:<{width}}  # {resolved.origins[k]}")
+    print("\n[sources]")
+    for k, text in hw.sources.items():  # a key that is not a bare TOML key is quoted
+        bare = k.isascii() and k.replace("_", "a").replace("-", "a").isalnum()
+        print(f"{k if bare else json.dumps(k)} = {json.dumps(text)}")
     return 0
 
 

@@ -2,28 +2,22 @@
 
 Every field carries its unit in its name. Presets live in `wse_sim/presets/*.toml`; their
 sources are cited in `docs/hardware-model.md`. A user's own TOML file works like a preset name,
-and `--set field=value` overrides any field.
+a preset may inherit from another (`base = "wse2"`, see `wse_sim.preset_files`), and
+`--set field=value` overrides any field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
+
+from wse_sim.errors import ConfigError
+from wse_sim.errors import bad as _bad
+from wse_sim.preset_files import builtin_names, read_preset
 
 DTYPES = ("fp32", "fp16", "bf16")
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-
-
-class ConfigError(ValueError):
-    """A bad user-supplied value: the message is one line naming field, value and what is allowed."""
-
-
-def _bad(field_name: str, value, allowed: str) -> ConfigError:
-    return ConfigError(f"{field_name}: got {value!r}, {allowed}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +47,8 @@ class HardwareConfig:
     energy_pj_per_bit_hop: float
     energy_pj_per_io_byte: float
     chip_cores: int = 0
+    static_power_w_per_core: float = 0.0     # leakage + clock of a core and its SRAM, busy or not
+    static_power_w_per_router: float = 0.0   # leakage + clock of its router, busy or not
     description: str = ""
     sources: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -68,10 +64,15 @@ class HardwareConfig:
             elif f.type in ("float", float):
                 if isinstance(v, bool) or not isinstance(v, int | float):
                     raise _bad(f.name, v, "must be a number")
-                if not math.isfinite(v) or v < 0 or (v == 0 and f.name not in _ZERO_OK_FLOAT):
-                    raise _bad(f.name, v, "must be a finite positive number")
+                zero_ok = f.name in _ZERO_OK_FLOAT
+                if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+                    raise _bad(f.name, v, "must be a finite number >= 0" if zero_ok
+                               else "must be a finite positive number")
             elif f.type in ("str", str) and not isinstance(v, str):
                 raise _bad(f.name, v, "must be a string")
+        if not isinstance(self.sources, dict) or not all(
+                isinstance(k, str) and isinstance(t, str) for k, t in self.sources.items()):
+            raise _bad("sources", self.sources, "must be a table of strings (citations)")
         if self.link_bits_per_cycle % 32:
             raise _bad("link_bits_per_cycle", self.link_bits_per_cycle,
                        "must be a multiple of 32 (one wavelet is 32 bits)")
@@ -105,6 +106,16 @@ class HardwareConfig:
     def seconds(self, cycles: int) -> float:
         return cycles / self.clock_hz
 
+    @property
+    def static_cores(self) -> int:
+        """Cores that draw static power: the whole chip (chip_cores), used or not, else the mesh."""
+        return self.chip_cores or self.cores
+
+    @property
+    def static_power_w(self) -> float:
+        """The chip's static power: (core + router) static power x static_cores, in watts."""
+        return (self.static_power_w_per_core + self.static_power_w_per_router) * self.static_cores
+
     def aggregates(self, cores: int | None = None) -> dict:
         """Chip-level roll-ups over `cores` (default: chip_cores if set, else the mesh)."""
         n = cores or self.chip_cores or self.cores
@@ -118,6 +129,7 @@ class HardwareConfig:
             "peak_flops_per_s": {d: n * self.peak_flops_per_core_cycle(d) * self.clock_hz
                                  for d in DTYPES},
             "io_bits_per_s": self.io_bits_per_s,
+            "static_power_w": n * (self.static_power_w_per_core + self.static_power_w_per_router),
         }
 
     def to_dict(self) -> dict:
@@ -141,7 +153,7 @@ _ZERO_OK_INT = {"hop_latency_cycles", "ramp_latency_cycles", "stream_op_latency_
                 "chip_cores", "fmac_lanes_bf16", "fmac_lanes_fp16"}
 _ZERO_OK_FLOAT = {"energy_pj_per_flop_fp32", "energy_pj_per_flop_fp16", "energy_pj_per_flop_bf16",
                   "energy_pj_per_sram_byte", "energy_pj_per_bit_hop", "energy_pj_per_io_byte",
-                  "io_bits_per_s"}
+                  "io_bits_per_s", "static_power_w_per_core", "static_power_w_per_router"}
 
 
 def _parse(key: str, typ, value):
@@ -170,19 +182,30 @@ def parse_set(items: list[str] | None) -> dict:
 
 
 def preset_names() -> list[str]:
-    files = resources.files("wse_sim") / "presets"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+    return builtin_names()
 
 
-def _load_toml(text: str, origin: str) -> dict:
+def _build(hw: dict, sources: dict, origin: str, origins: dict | None = None) -> HardwareConfig:
+    """HardwareConfig(**hw); an error names `origin` and, if another file set the bad field,
+    that file too."""
+    missing = [f.name for f in dataclasses.fields(HardwareConfig)
+               if f.name not in hw and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{origin}: missing hardware field(s): {', '.join(missing)} (set them, "
+                          'or start from a preset with base = "wse2")')
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{origin}: not valid TOML ({e})") from None
+        return HardwareConfig(**hw, sources=sources)
+    except ConfigError as e:
+        where = (origins or {}).get(e.field, origin)
+        if where != origin:
+            origin = f"{origin} ({e.field} from {where})"
+        raise ConfigError(f"{origin}: hardware.{e}") from None
 
 
 def from_dict(data: dict, origin: str = "<dict>") -> HardwareConfig:
-    """Build a config from a TOML-shaped dict: `[hardware]` fields and an optional `[sources]`."""
+    """Build a config from a TOML-shaped dict: `[hardware]` fields and an optional `[sources]`
+    (no `base`: a saved result's effective fields, for instance)."""
     hw = dict(data.get("hardware", {}))
     sources = dict(data.get("sources", {}))
     extra = set(data) - {"hardware", "sources"}
@@ -191,30 +214,31 @@ def from_dict(data: dict, origin: str = "<dict>") -> HardwareConfig:
     for k in hw:
         if k not in FIELDS:
             raise _bad(f"{origin}: hardware.{k}", hw[k], f"is not a known field; known: {', '.join(FIELDS)}")
-    missing = [f.name for f in dataclasses.fields(HardwareConfig)
-               if f.name not in hw and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{origin}: missing hardware field(s): {', '.join(missing)}")
-    try:
-        return HardwareConfig(**hw, sources=sources)
-    except ConfigError as e:
-        raise ConfigError(f"{origin}: hardware.{e}") from None
+    return _build(hw, sources, origin)
+
+
+@dataclass(frozen=True)
+class ResolvedPreset:
+    """A loaded preset and where each field came from: a built-in name or file of its chain of
+    bases, `default` (the field's default, set nowhere) or `--set`."""
+
+    hardware: HardwareConfig
+    origins: dict        # field -> origin
+    chain: tuple         # the preset named, then its base, its base's base, ...
+
+
+def resolve_preset(name_or_path: str, overrides: dict | None = None) -> ResolvedPreset:
+    """Load a built-in preset by name, or a user TOML file by path, with its chain of bases;
+    then apply overrides."""
+    layers = read_preset(name_or_path, FIELDS)
+    hw = _build(layers.fields, layers.sources, layers.chain[0], layers.origins)
+    origins = {f: layers.origins.get(f, "default") for f in FIELDS}
+    if overrides:
+        hw = hw.with_overrides(overrides)
+        origins.update(dict.fromkeys(overrides, "--set"))
+    return ResolvedPreset(hw, origins, layers.chain)
 
 
 def load_preset(name_or_path: str, overrides: dict | None = None) -> HardwareConfig:
     """Load a built-in preset by name, or a user TOML file by path; then apply overrides."""
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise _bad("preset", name_or_path, "must be a preset name or a TOML file path")
-    path = Path(name_or_path)
-    if name_or_path.endswith(".toml") or path.exists():
-        if not path.is_file():
-            raise _bad("preset", name_or_path, "file does not exist")
-        hw = from_dict(_load_toml(path.read_text(), str(path)), str(path))
-    else:
-        names = preset_names()
-        if name_or_path not in names:
-            raise _bad("preset", name_or_path, f"must be one of {', '.join(names)} or a .toml file")
-        text = (resources.files("wse_sim") / "presets" / f"{name_or_path}.toml").read_text()
-        hw = from_dict(_load_toml(text, name_or_path), name_or_path)
-    return hw.with_overrides(overrides) if overrides else hw
+    return resolve_preset(name_or_path, overrides).hardware

@@ -8,6 +8,9 @@ import numpy as np
 
 from wse_sim.hardware import HardwareConfig
 
+# The parts of a run's energy, in `SimResult.energy_joules()` and `energy_breakdown_joules`.
+ENERGY_PARTS = ("compute", "sram", "fabric", "io", "static")
+
 
 @dataclass
 class SimResult:
@@ -68,7 +71,10 @@ class SimResult:
         return self.flops_per_s / self.peak_flops_per_s if self.cycles else 0.0
 
     def energy_joules(self) -> dict:
-        """Energy by component, from the counters times the preset's per-unit costs."""
+        """Energy by component, in joules. Dynamic: the counters times the preset's per-unit
+        costs (`compute`, `sram`, `fabric`, `io`, summed in `dynamic`). Static: the chip's
+        static power (every core and router, used or not) times the simulated seconds.
+        `total` = static + dynamic."""
         hw = self.hardware
         pj = {
             "compute": sum(f * getattr(hw, f"energy_pj_per_flop_{d}")
@@ -78,12 +84,18 @@ class SimResult:
             "io": self.io_bytes * hw.energy_pj_per_io_byte,
         }
         out = {k: v * 1e-12 for k, v in pj.items()}
-        out["total"] = sum(out.values())
+        out["dynamic"] = sum(out.values())
+        out["static"] = hw.static_power_w * self.seconds
+        out["total"] = out["static"] + out["dynamic"]
         return out
 
     def summary(self) -> dict:
         """The flat JSON-able figures (see shared INTERFACES.md for the key names)."""
         e = self.energy_joules()
+
+        def watts(joules: float) -> float:
+            return joules / self.seconds if self.cycles else 0.0
+
         return {
             "program": self.program,
             "engine": self.engine,
@@ -112,8 +124,13 @@ class SimResult:
             "loop_iterations": int(self.loop_iterations),
             "loop_iterations_skipped": int(self.loop_iterations_skipped),
             "energy_joules": e["total"],
-            "energy_breakdown_joules": {k: v for k, v in e.items() if k != "total"},
-            "average_power_w": e["total"] / self.seconds if self.cycles else 0.0,
+            "energy_breakdown_joules": {k: e[k] for k in ENERGY_PARTS},
+            "energy_static_j": e["static"],
+            "energy_dynamic_j": e["dynamic"],
+            "average_power_w": watts(e["total"]),
+            "power_w": watts(e["total"]),
+            "power_static_w": watts(e["static"]),
+            "power_dynamic_w": watts(e["dynamic"]),
             "energy_per_token_j": e["total"] / self.tokens if self.tokens else 0.0,
             "dtype": self.dtype,
         }

@@ -147,7 +147,8 @@ def phase_rows(result) -> list[dict]:
 
 # ---- energy --------------------------------------------------------------------------------
 def busy_core_power(hw, dtype: str = "fp16") -> dict:
-    """Power of one fully busy core from the preset's per-unit costs, in watts: every FMAC lane
+    """Dynamic power of one fully busy core from the preset's per-unit costs, in watts (static
+    power is apart: `wafer_power`): every FMAC lane
     of `dtype` every cycle, SRAM read + write at full bandwidth, and all 4 outgoing links
     carrying a wavelet every cycle. `wafer_w` scales it to the chip's cores."""
     clock = hw.clock_hz
@@ -165,19 +166,34 @@ def busy_core_power(hw, dtype: str = "fp16") -> dict:
     return out
 
 
+def wafer_power(hw, dtype: str = "fp16") -> dict:
+    """The chip's power in watts when idle (static only: every core and router leaks and is
+    clocked) and when busy (static + every core's dynamic power of `busy_core_power`)."""
+    busy = busy_core_power(hw, dtype)
+    static = hw.static_power_w_per_core + hw.static_power_w_per_router
+    return {"cores": hw.static_cores, "static_w_per_core": static,
+            "dynamic_w_per_core": busy["total"], "idle_w": hw.static_power_w,
+            "busy_w": hw.static_power_w + busy["wafer_w"], "busy_dynamic_w": busy["wafer_w"]}
+
+
 # ---- text ----------------------------------------------------------------------------------
 def _energy_lines(result, s: dict) -> list[tuple[str, str]]:
     e = result.energy_joules()
     total = e["total"]
-    head = f"{human(total, 'J')}, average {human(s['average_power_w'], 'W')}"
+    head = (f"{human(total, 'J')} = static {human(e['static'], 'J')} + dynamic "
+            f"{human(e['dynamic'], 'J')}")
     if s["tokens"]:
         head += f", {human(s['energy_per_token_j'], 'J')}/token"
     parts = []
-    for key, label in (("compute", "compute"), ("sram", "SRAM"), ("fabric", "fabric"),
-                       ("io", "I/O")):
+    for key, label in (("static", "static"), ("compute", "compute"), ("sram", "SRAM"),
+                       ("fabric", "fabric"), ("io", "I/O")):
         share = 100 * e[key] / total if total else 0.0
         parts.append(f"{label} {human(e[key], 'J')} ({share:.0f} %)")
-    return [("energy", head), ("", ", ".join(parts))]
+    hw = result.hardware
+    power = (f"average {human(s['average_power_w'], 'W')} = static "
+             f"{human(s['power_static_w'], 'W')} ({hw.static_cores:,} cores and routers) + "
+             f"dynamic {human(s['power_dynamic_w'], 'W')}")
+    return [("energy", head), ("", ", ".join(parts)), ("power", power)]
 
 
 def mapping_line(meta: dict) -> str:
