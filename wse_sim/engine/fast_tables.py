@@ -47,6 +47,9 @@ class Tables:
         ib = np.zeros(nt + 1, np.int64)
         sig = 0
         per_core = {d.task for t in tasks for d in t.deps if d.rule != "all"}
+        for lp in program.loops:  # every iteration lays out its signals alike (fast_loops)
+            body = {(t - lp.first) % lp.size for t in per_core if lp.first <= t < lp.end}
+            per_core |= {lp.task(i, j) for j in body for i in range(lp.count)}
         for ti, t in enumerate(tasks):
             row = td[ti]
             r = t.region
