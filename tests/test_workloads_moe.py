@@ -127,7 +127,9 @@ def test_layernorm_moe_counts_expert_biases():
 
 def test_user_toml_with_moe_table(tmp_path):
     path = tmp_path / "m.toml"
-    text = "\n".join(f"{k} = {v!r}".replace("'", '"').replace("False", "false") for k, v in BASE.items())
+    text = "\n".join(
+        f"{k} = {v!r}".replace("'", '"').replace("False", "false") for k, v in BASE.items()
+    )
     path.write_text(text + "\n[moe]\nn_experts = 4\ntop_k = 1\nd_expert = 16\ndense_layers = [2]\n")
     cfg = load_model(str(path))
     assert cfg.moe == MoEConfig(n_experts=4, top_k=1, d_expert=16, dense_layers=(2,))
