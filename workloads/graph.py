@@ -25,9 +25,9 @@ expert j ``L{i}.shared{j}.*`` over all T tokens, and ``L{i}.combine`` (kind ``co
 FLOPs per token, feature and chosen expert, 1 per token, feature and shared expert). Expert
 ops are `ExpertOp`s: they carry ``expert``, ``shared`` and ``tokens``. Tokens per routed
 expert (the same in every MoE layer) are `build_graph`'s ``expert_tokens``, by default
-balanced: T*top_k assignments, every expert gets the same number
-give or take one, the lower ids the extra ones (`workloads.moe`). Every expert has its ops even with 0 tokens.
-The backward and the optimizer follow the general rules (``L{i}.expert{e}.w_up.adam``, ...).
+balanced (`workloads.moe.balanced_expert_tokens`): of the T*top_k choices every expert gets
+the same number give or take one, the lower ids the extra ones. Every expert has its ops,
+even with 0 tokens. The backward and the optimizer follow the general rules (``L{i}.expert{e}.w_up.adam``, ...).
 Forward FLOPs thus follow `GPTConfig.matmul_params` (the active weights), not all of them.
 
 Bytes: ``bytes_in``/``bytes_out`` are activation-side bytes in the op's dtype (token ids and
