@@ -28,6 +28,13 @@ ZOO = [
     "llama3.1-405b",
     "tiny",
     "tiny-llama",
+    # mixture of experts (tests/test_workloads_moe.py)
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "qwen3-235b-a22b",
+    "gpt-oss-120b",
+    "deepseek-v3-gqa",
+    "tiny-moe",
 ]
 
 BASE = dict(

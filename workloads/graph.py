@@ -17,6 +17,19 @@
   for the layer's norms and biases, ``embed.adam`` (+position table), ``ln_f.adam``,
   ``lm_head.adam`` when untied), fp32, ``elements`` = parameters; total = 10 * param_count().
 
+Mixture of experts (`GPTConfig.moe`): an MoE layer's FFN is ``L{i}.router`` (a matmul by
+``w_router``, T x d x n_experts), ``L{i}.route`` (kind ``route``: scores and top-k, 5 FLOPs
+per router logit; the selection's comparisons are not counted), per routed expert e the ops
+``L{i}.expert{e}.ffn_up / ffn_gate / act / ffn_down`` over the tokens routed to it, per shared
+expert j ``L{i}.shared{j}.*`` over all T tokens, and ``L{i}.combine`` (kind ``combine``: 2
+FLOPs per token, feature and chosen expert, 1 per token, feature and shared expert). Expert
+ops are `ExpertOp`s: they carry ``expert``, ``shared`` and ``tokens``. Tokens per routed
+expert (the same in every MoE layer) are `build_graph`'s ``expert_tokens``, by default
+balanced (`workloads.moe.balanced_expert_tokens`): of the T*top_k choices every expert gets
+the same number give or take one, the lower ids the extra ones. Every expert has its ops,
+even with 0 tokens. The backward and the optimizer follow the general rules (``L{i}.expert{e}.w_up.adam``, ...).
+Forward FLOPs thus follow `GPTConfig.matmul_params` (the active weights), not all of them.
+
 Bytes: ``bytes_in``/``bytes_out`` are activation-side bytes in the op's dtype (token ids and
 targets are 4 bytes); ``weight_bytes`` is the full size of the tensor named by ``weight`` (for
 ``embedding``: token table + position table). For the optimizer, in/out also count the fp32
@@ -32,6 +45,7 @@ from dataclasses import replace as _replace
 import networkx as nx
 
 from workloads.models import GPTConfig
+from workloads.moe import check_expert_tokens
 
 OP_KINDS = (
     "embedding",
@@ -46,12 +60,25 @@ OP_KINDS = (
     "loss",
     "optimizer",
     "rope",
+    "route",
+    "combine",
 )
 GEMM_KINDS = ("matmul", "lm_head", "attn_qk", "attn_av")
 PHASES = ("prefill", "decode", "train")
 OP_PHASES = ("fwd", "bwd", "update")
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-WEIGHT_NAMES = ("w_q", "w_k", "w_v", "w_o", "w_up", "w_gate", "w_down", "embed", "lm_head")
+WEIGHT_NAMES = (
+    "w_q",
+    "w_k",
+    "w_v",
+    "w_o",
+    "w_up",
+    "w_gate",
+    "w_down",
+    "embed",
+    "lm_head",
+    "w_router",
+)
 
 FLOPS_PER_ELEMENT = {
     "layernorm": 8,
@@ -64,6 +91,9 @@ FLOPS_PER_ELEMENT = {
     "loss": 5,
     "embedding": 1,
     "optimizer": 10,
+    "route": 5,
+    "combine_routed": 2,
+    "combine_shared": 1,
 }
 ADAM_STATE_BYTES = 12  # fp32 master weight + two moments, per parameter
 TOKEN_BYTES = 4
@@ -115,20 +145,42 @@ class Op:
         return self.kind in GEMM_KINDS
 
 
+@dataclass(frozen=True)
+class ExpertOp(Op):
+    """An op of one expert of an MoE layer: routed expert ``expert`` (0..n_experts-1) or,
+    with ``shared``, shared expert ``expert``; ``tokens`` routed to it (its GEMMs' m)."""
+
+    expert: int
+    shared: bool
+    tokens: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for field in ("expert", "tokens"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"ExpertOp.{field}: got {value!r}, must be a non-negative integer")
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"ExpertOp.shared: got {self.shared!r}, must be a boolean")
+
+
 def _op(name: str, kind: str, layer: int | None, phase: str, dtype: str, **kw) -> Op:
-    """An Op with zero defaults for the fields not given."""
+    """An Op with zero defaults for the fields not given (an ExpertOp when `expert` is)."""
     fields = {**_OP_DEFAULTS, "weight_bytes": 0, "weight": None, **kw}
-    return Op(name=name, kind=kind, layer=layer, phase=phase, dtype=dtype, **fields)
+    cls = ExpertOp if "expert" in fields else Op
+    return cls(name=name, kind=kind, layer=layer, phase=phase, dtype=dtype, **fields)
 
 
 class _Builder:
     """Accumulates ops and edges in insertion order."""
 
-    def __init__(self, cfg: GPTConfig, dtype: str) -> None:
+    def __init__(self, cfg: GPTConfig, dtype: str, expert_tokens: tuple[int, ...] = ()) -> None:
         self.cfg = cfg
         self.dtype = dtype
         self.b = DTYPE_BYTES[dtype]
         self.g = nx.DiGraph()
+        self.expert_tokens = expert_tokens  # tokens per routed expert (MoE layers)
+        self.tokens = 0  # tokens through each layer, set by _forward
 
     def add(self, op: Op, preds: tuple[str, ...] = ()) -> str:
         if op.name in self.g:
@@ -149,7 +201,8 @@ class _Builder:
 
     def proj(self, layer: int, name: str, w: str, rows: int, preds: tuple[str, ...]) -> str:
         """A weight matmul of layer `layer`: (rows x K) @ W[K x N]."""
-        k, n = self.cfg.layer_weight_shapes()[w]
+        cfg = self.cfg
+        k, n = (cfg.moe_layer_weight_shapes() if w == "w_router" else cfg.layer_weight_shapes())[w]
         return self.gemm(
             f"L{layer}.{name}",
             "matmul",
@@ -210,6 +263,7 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
     b = bld.b
     sq, sk = (1, context + 1) if phase == "decode" else (prompt, prompt)
     T = batch * sq
+    bld.tokens = T
     c = FLOPS_PER_ELEMENT
     emb_c = c["embedding"] if cfg.positions == "learned" else 0
     norm = {"per_element": c[cfg.norm], "weight_bytes": cfg.norm_params * b}
@@ -264,19 +318,10 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
             p + "residual1", "residual", i, T * d, c["residual"], el_in=2 * T * d, preds=(x, o)
         )
         n2 = bld.elementwise(p + "norm2", "norm", i, T * d, preds=(r1,), **norm)
-        act_preds = (bld.proj(i, "ffn_up", "w_up", T, (n2,)),)
-        if cfg.activation == "swiglu":
-            act_preds += (bld.proj(i, "ffn_gate", "w_gate", T, (n2,)),)
-        act = bld.elementwise(
-            p + "act",
-            "act",
-            i,
-            T * f,
-            c[cfg.activation],
-            el_in=len(act_preds) * T * f,
-            preds=act_preds,
-        )
-        dn = bld.proj(i, "ffn_down", "w_down", T, (act,))
+        if cfg.is_moe_layer(i):
+            dn = _moe_ffn(bld, i, T, n2)
+        else:
+            dn = _ffn(bld, i, p, T, (n2,), f)
         x = bld.elementwise(
             p + "residual2", "residual", i, T * d, c["residual"], el_in=2 * T * d, preds=(r1, dn)
         )
@@ -298,11 +343,82 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
         bld.add(_replace(loss, flops=c["loss"] * T * V, bytes_out=4), (head,))
 
 
+def _ffn(bld: _Builder, layer: int, prefix: str, rows: int, preds, width: int, **kw) -> str:
+    """FFN ops (up, gate, act, down) of `width` over `rows` tokens; returns the down op.
+    `kw` (expert, shared, tokens) makes them ExpertOps."""
+    cfg, b = bld.cfg, bld.b
+    shapes = cfg.ffn_weight_shapes(width)
+
+    def mm(name: str, w: str, src: tuple[str, ...]) -> str:
+        k, n = shapes[w]
+        mkn = (rows, k, n)
+        return bld.gemm(
+            prefix + name, "matmul", layer, mkn, weight=w, weight_bytes=k * n * b, preds=src, **kw
+        )
+
+    act_preds = (mm("ffn_up", "w_up", preds),)
+    if cfg.activation == "swiglu":
+        act_preds += (mm("ffn_gate", "w_gate", preds),)
+    el = rows * width
+    per = FLOPS_PER_ELEMENT[cfg.activation]
+    act = bld.elementwise(
+        prefix + "act", "act", layer, el, per, el_in=len(act_preds) * el, preds=act_preds, **kw
+    )
+    return mm("ffn_down", "w_down", (act,))
+
+
+def _moe_ffn(bld: _Builder, layer: int, T: int, src: str) -> str:
+    """An MoE layer's FFN (module docstring) over T tokens from op `src`; returns combine."""
+    cfg, b, c = bld.cfg, bld.b, FLOPS_PER_ELEMENT
+    moe, p = cfg.moe, f"L{layer}."
+    E, k, S, d = moe.n_experts, moe.top_k, moe.n_shared_experts, cfg.d_model
+    router = bld.proj(layer, "router", "w_router", T, (src,))
+    chosen = T * k * (b + TOKEN_BYTES)  # a weight and an expert id per choice
+    route = _op(
+        p + "route",
+        "route",
+        layer,
+        "fwd",
+        bld.dtype,
+        elements=T * E,
+        flops=c["route"] * T * E,
+        bytes_in=T * E * b,
+        bytes_out=chosen,
+    )
+    route = bld.add(route, (router,))
+    outs = []
+    for shared, e, tokens in _experts(bld):
+        prefix = f"{p}{'shared' if shared else 'expert'}{e}."
+        preds = (src,) if shared else (src, route)  # routed experts wait for the choice
+        kw = dict(expert=e, shared=shared, tokens=tokens)
+        outs.append(_ffn(bld, layer, prefix, tokens, preds, moe.d_expert, **kw))
+    per = c["combine_routed"] * k + c["combine_shared"] * S
+    combine = _op(
+        p + "combine",
+        "combine",
+        layer,
+        "fwd",
+        bld.dtype,
+        elements=T * d,
+        flops=per * T * d,
+        bytes_in=((k + S) * T * d + T * k) * b,
+        bytes_out=T * d * b,
+    )
+    return bld.add(combine, (*outs, route))
+
+
 # Backward GEMMs of attention: (suffix, and the forward fields giving its m, k, n).
 _ATTN_BWD = {
     "attn_qk": (("bwd_q", "m", "n", "k"), ("bwd_k", "n", "m", "k")),
     "attn_av": (("bwd_p", "m", "n", "k"), ("bwd_v", "k", "m", "n")),
 }
+
+
+def _weight_key(op: Op) -> tuple:
+    """Which weight tensor a matmul's weight gradient belongs to (experts share names)."""
+    if isinstance(op, ExpertOp):
+        return (op.layer, op.weight, op.shared, op.expert)
+    return (op.layer, op.weight)
 
 
 def _bwd(bld: _Builder, op: Op, suffix: str, incoming: tuple[str, ...], **changes) -> str:
@@ -335,7 +451,7 @@ def _backward(bld: _Builder) -> None:
             )
             for p in preds:
                 grad_of[p].append(dx)
-            weight_grad[(op.layer, op.weight)].append(dw)
+            weight_grad[_weight_key(op)].append(dw)
         elif op.kind in _ATTN_BWD:
             outs = []
             for suffix, *dims in _ATTN_BWD[op.kind]:
@@ -374,11 +490,17 @@ def _backward(bld: _Builder) -> None:
     _optimizer(bld, weight_grad)
 
 
+def _experts(bld: _Builder) -> list[tuple[bool, int, int]]:
+    """(shared, expert id, tokens) of every expert of an MoE layer, routed ones first."""
+    routed = [(False, e, t) for e, t in enumerate(bld.expert_tokens)]
+    return routed + [(True, j, bld.tokens) for j in range(bld.cfg.moe.n_shared_experts)]
+
+
 def _optimizer(bld: _Builder, weight_grad) -> None:
     cfg, b = bld.cfg, bld.b
     per_param = FLOPS_PER_ELEMENT["optimizer"]
 
-    def adam(name, layer, params, weight, key):
+    def adam(name, layer, params, weight, key, **kw):
         traffic = params * (b + ADAM_STATE_BYTES)
         op = _op(
             name,
@@ -392,13 +514,21 @@ def _optimizer(bld: _Builder, weight_grad) -> None:
             bytes_in=traffic,
             bytes_out=traffic,
             weight_bytes=params * b,
+            **kw,
         )
         bld.add(op, tuple(weight_grad[key]))
 
     for i in range(cfg.n_layers):
-        for w, (kk, nn) in cfg.layer_weight_shapes().items():
+        moe_layer = cfg.is_moe_layer(i)
+        shapes = cfg.moe_layer_weight_shapes() if moe_layer else cfg.layer_weight_shapes()
+        for w, (kk, nn) in shapes.items():
             adam(f"L{i}.{w}.adam", i, kk * nn, w, (i, w))
-        adam(f"L{i}.small.adam", i, cfg.layer_small_params(), None, (i, "small"))
+        for shared, e, tokens in _experts(bld) if moe_layer else ():
+            prefix = f"L{i}.{'shared' if shared else 'expert'}{e}."
+            for w, (kk, nn) in cfg.expert_weight_shapes().items():
+                kw = dict(expert=e, shared=shared, tokens=tokens)
+                adam(f"{prefix}{w}.adam", i, kk * nn, w, (i, w, shared, e), **kw)
+        adam(f"L{i}.small.adam", i, cfg.layer_small_params(i), None, (i, "small"))
     adam("embed.adam", None, cfg.embedding_params(), "embed", (None, "embed"))
     adam("ln_f.adam", None, cfg.norm_params, None, (None, "ln_f"))
     if not cfg.tied_embeddings:
@@ -413,16 +543,28 @@ def build_graph(
     prompt: int = 128,
     context: int = 128,
     dtype: str = "fp16",
+    expert_tokens: tuple[int, ...] | None = None,
 ) -> nx.DiGraph:
-    """Op graph of one prefill, decode step or training step (see module docstring)."""
+    """Op graph of one prefill, decode step or training step (see module docstring).
+
+    `expert_tokens` (MoE models): tokens routed to each expert in every MoE layer, summing to
+    tokens x top_k, where tokens is batch x prompt (decode: batch); default balanced."""
     _validate(cfg, phase, batch, prompt, context, dtype)
-    bld = _Builder(cfg, dtype)
+    tokens = batch * (1 if phase == "decode" else prompt)
+    if cfg.moe is None and expert_tokens is not None:
+        raise ValueError(
+            f"build_graph.expert_tokens: got {expert_tokens!r}, must be None for a dense model"
+        )
+    counts = () if cfg.moe is None else check_expert_tokens(cfg.moe, tokens, expert_tokens)
+    bld = _Builder(cfg, dtype, counts)
     _forward(bld, phase, batch, prompt, context)
     if phase == "train":
         _backward(bld)
     bld.g.graph.update(
         model=cfg.name, phase=phase, batch=batch, prompt=prompt, context=context, dtype=dtype
     )
+    if cfg.is_moe:
+        bld.g.graph["expert_tokens"] = bld.expert_tokens
     return bld.g
 
 

@@ -1,9 +1,9 @@
 """GPT model configurations and the model zoo.
 
 A `GPTConfig` is plain, validated data describing a decoder-only transformer. The zoo lives in
-``workloads/zoo/<name>.toml`` (one model per file); each file also carries two metadata
-fields, ``source`` (a citation) and ``published_params`` (the size the authors publish), which
-`GPTConfig` ignores and `model_info` returns.
+``workloads/zoo/<name>.toml`` (one model per file); each file also carries metadata fields,
+``source`` (a citation), ``published_params`` (the size the authors publish) and, for an MoE
+model, ``published_active_params``, which `GPTConfig` ignores and `model_info` returns.
 
 Parameter counting conventions (see `GPTConfig.layer_params` / `param_count`):
 
@@ -15,6 +15,16 @@ Parameter counting conventions (see `GPTConfig.layer_params` / `param_count`):
   q/k/v biases (about 0.001% of its size) are not modelled;
 - embeddings: token table ``vocab*d``, learned position table ``max_context*d``, and an
   untied LM head ``d*vocab`` when ``tied_embeddings`` is false.
+
+Mixture of experts (``moe``, a `MoEConfig`; TOML table ``[moe]``): every layer not in
+``moe.dense_layers`` has the attention weights, a router ``w_router`` (d x n_experts, plus a
+selection bias of n_experts when ``selection_bias``) and ``n_experts + n_shared_experts``
+expert FFNs of width ``d_expert`` in place of the dense FFN. Per-layer counts take the layer
+index (``layer_params(i)``); ``active_param_count`` counts what one token uses: the attention,
+the router, ``top_k + n_shared_experts`` experts per MoE layer, the dense layers, the final
+norm, the LM head and, unless ``count_embedding_table=False``, the embedding tables (a token
+reads one row of them, and model cards differ on counting them). A zoo TOML of an MoE model
+also carries ``published_active_params``.
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from workloads.moe import MoEConfig
+
 ACTIVATIONS = ("gelu", "swiglu")
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
-METADATA_FIELDS = ("source", "published_params")
+METADATA_FIELDS = ("source", "published_params", "published_active_params")
 
 _POSITIVE_INT_FIELDS = (
     "n_layers",
@@ -68,6 +80,7 @@ class GPTConfig:
     tied_embeddings: bool = True
     head_dim: int = 0
     rope_theta: float = 10000.0
+    moe: MoEConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -98,6 +111,20 @@ class GPTConfig:
         theta = self.rope_theta
         if isinstance(theta, bool) or not isinstance(theta, int | float) or not theta > 0:
             _fail("rope_theta", theta, "a positive number")
+        if self.moe is not None:
+            self._check_moe()
+
+    def _check_moe(self) -> None:
+        moe = self.moe
+        if not isinstance(moe, MoEConfig):
+            _fail("moe", moe, "None or a MoEConfig")
+        outside = [i for i in moe.dense_layers if i >= self.n_layers]
+        if outside:
+            _fail(
+                "moe.dense_layers", moe.dense_layers, f"layer indices < n_layers ({self.n_layers})"
+            )
+        if len(moe.dense_layers) == self.n_layers:
+            _fail("moe.dense_layers", moe.dense_layers, "leaving at least one MoE layer")
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -125,33 +152,98 @@ class GPTConfig:
         """Parameters of one norm layer (gain, plus bias for LayerNorm)."""
         return 2 * self.d_model if self.norm == "layernorm" else self.d_model
 
-    def layer_weight_shapes(self) -> dict[str, tuple[int, int]]:
-        """Per-layer matmul weights as name -> (K, N), in forward order."""
-        d, f = self.d_model, self.d_ffn
-        shapes = {
+    @property
+    def is_moe(self) -> bool:
+        """Whether the model has mixture-of-experts layers."""
+        return self.moe is not None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer` is an MoE layer (False for every layer of a dense model)."""
+        return self.moe is not None and layer not in self.moe.dense_layers
+
+    def ffn_weight_shapes(self, width: int) -> dict[str, tuple[int, int]]:
+        """Weights of one FFN of `width` (dense or one expert): name -> (K, N)."""
+        d = self.d_model
+        shapes = {"w_up": (d, width)}
+        if self.activation == "swiglu":
+            shapes["w_gate"] = (d, width)
+        shapes["w_down"] = (width, d)
+        return shapes
+
+    def attn_weight_shapes(self) -> dict[str, tuple[int, int]]:
+        """Attention weights of one layer: name -> (K, N)."""
+        d = self.d_model
+        return {
             "w_q": (d, self.q_dim),
             "w_k": (d, self.kv_dim),
             "w_v": (d, self.kv_dim),
             "w_o": (self.q_dim, d),
-            "w_up": (d, f),
         }
-        if self.activation == "swiglu":
-            shapes["w_gate"] = (d, f)
-        shapes["w_down"] = (f, d)
-        return shapes
 
-    def layer_matmul_params(self) -> int:
-        """Matmul weight parameters of one layer (no biases, no norms)."""
-        return sum(k * n for k, n in self.layer_weight_shapes().values())
+    def layer_weight_shapes(self) -> dict[str, tuple[int, int]]:
+        """Per-layer matmul weights of a dense layer as name -> (K, N), in forward order."""
+        return {**self.attn_weight_shapes(), **self.ffn_weight_shapes(self.d_ffn)}
 
-    def layer_small_params(self) -> int:
-        """Non-matmul parameters of one layer: two norms plus biases (if any)."""
-        biases = sum(n for _, n in self.layer_weight_shapes().values()) if self.has_bias else 0
-        return 2 * self.norm_params + biases
+    def moe_layer_weight_shapes(self) -> dict[str, tuple[int, int]]:
+        """Matmul weights of an MoE layer outside its experts: attention and ``w_router``."""
+        return {**self.attn_weight_shapes(), "w_router": (self.d_model, self._moe().n_experts)}
 
-    def layer_params(self) -> int:
-        """All parameters of one transformer layer."""
-        return self.layer_matmul_params() + self.layer_small_params()
+    def expert_weight_shapes(self) -> dict[str, tuple[int, int]]:
+        """Weights of one expert (routed or shared) of an MoE layer."""
+        return self.ffn_weight_shapes(self._moe().d_expert)
+
+    def _moe(self) -> MoEConfig:
+        if self.moe is None:
+            raise ValueError(f"GPTConfig {self.name}: a dense model has no experts")
+        return self.moe
+
+    def _moe_check(self, layer: int | None, what: str) -> bool:
+        """Whether `layer` is an MoE layer; `layer` is required when the model has them."""
+        if self.moe is None:
+            return False
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ValueError(
+                f"GPTConfig.{what}: got layer={layer!r}, must be a layer index in "
+                f"0..{self.n_layers - 1} for the MoE model {self.name}"
+            )
+        return self.is_moe_layer(layer)
+
+    def _expert_params(self) -> tuple[int, int]:
+        """(matmul, bias) parameters of one expert."""
+        shapes = self.expert_weight_shapes().values()
+        return sum(k * n for k, n in shapes), sum(n for _, n in shapes) if self.has_bias else 0
+
+    def layer_matmul_params(self, layer: int | None = None) -> int:
+        """Matmul weight parameters of one layer (no biases, no norms); MoE: all experts."""
+        if not self._moe_check(layer, "layer_matmul_params"):
+            return sum(k * n for k, n in self.layer_weight_shapes().values())
+        experts = self.moe.n_experts + self.moe.n_shared_experts
+        routerless = sum(k * n for k, n in self.moe_layer_weight_shapes().values())
+        return routerless + experts * self._expert_params()[0]
+
+    def layer_small_params(self, layer: int | None = None) -> int:
+        """Non-matmul parameters of one layer: two norms plus biases (if any); an MoE layer
+        adds every expert's biases and the router's selection bias (if any)."""
+        if not self._moe_check(layer, "layer_small_params"):
+            biases = sum(n for _, n in self.layer_weight_shapes().values()) if self.has_bias else 0
+            return 2 * self.norm_params + biases
+        moe = self.moe
+        attn_bias = sum(n for _, n in self.attn_weight_shapes().values()) if self.has_bias else 0
+        experts = (moe.n_experts + moe.n_shared_experts) * self._expert_params()[1]
+        selection = moe.n_experts if moe.selection_bias else 0
+        return 2 * self.norm_params + attn_bias + experts + selection
+
+    def layer_params(self, layer: int | None = None) -> int:
+        """All parameters of one transformer layer (`layer` required for an MoE model)."""
+        return self.layer_matmul_params(layer) + self.layer_small_params(layer)
+
+    def active_layer_params(self, layer: int | None = None) -> int:
+        """Parameters of one layer that a token uses: all of a dense layer; an MoE layer less
+        its ``n_experts - top_k`` routed experts that the token does not run through."""
+        unused = 0
+        if self._moe_check(layer, "active_layer_params"):
+            unused = (self.moe.n_experts - self.moe.top_k) * sum(self._expert_params())
+        return self.layer_params(layer) - unused
 
     def embedding_params(self) -> int:
         """Token table plus learned position table (if any)."""
@@ -164,14 +256,34 @@ class GPTConfig:
 
     def param_count(self, include_embeddings: bool = True) -> int:
         """Total parameters: layers + final norm (+ embeddings, position table, untied head)."""
-        total = self.n_layers * self.layer_params() + self.norm_params
+        if self.moe is None:
+            total = self.n_layers * self.layer_params() + self.norm_params
+        else:
+            total = sum(self.layer_params(i) for i in range(self.n_layers)) + self.norm_params
         if include_embeddings:
             total += self.embedding_params() + self.lm_head_params()
         return total
 
+    def active_param_count(self, count_embedding_table: bool = True) -> int:
+        """Parameters one token uses (module docstring); equals `param_count()` for a dense
+        model. Without the embedding table the tied or untied LM head still counts."""
+        layers = sum(self.active_layer_params(i) for i in range(self.n_layers))
+        head = self.d_model * self.vocab_size
+        tables = self.embedding_params() - (head if self.tied_embeddings else 0)
+        return layers + self.norm_params + head + (tables if count_embedding_table else 0)
+
     def matmul_params(self) -> int:
-        """Parameters used as GEMM weights per token: all layer matmuls plus the LM head."""
-        return self.n_layers * self.layer_matmul_params() + self.d_model * self.vocab_size
+        """Parameters used as GEMM weights per token: all layer matmuls plus the LM head; an
+        MoE layer counts its router and the ``top_k + n_shared_experts`` experts a token uses."""
+        if self.moe is None:
+            layers = self.n_layers * self.layer_matmul_params()
+        else:
+            unused = (self.moe.n_experts - self.moe.top_k) * self._expert_params()[0]
+            layers = sum(
+                self.layer_matmul_params(i) - (unused if self.is_moe_layer(i) else 0)
+                for i in range(self.n_layers)
+            )
+        return layers + self.d_model * self.vocab_size
 
     def with_overrides(self, **kw: Any) -> GPTConfig:
         """A copy with some fields replaced (validated again)."""
@@ -224,14 +336,33 @@ def _read_toml(name_or_path: str) -> tuple[dict[str, Any], str]:
             )
     if "source" in data and not isinstance(data["source"], str):
         raise ValueError(f"{label}: field 'source': got {data['source']!r}, must be a string")
-    if "published_params" in data and (
-        not _is_int(data["published_params"]) or data["published_params"] <= 0
-    ):
-        raise ValueError(
-            f"{label}: field 'published_params': got {data['published_params']!r}, "
-            "must be a positive integer"
-        )
+    for field in ("published_params", "published_active_params"):
+        if field in data and (not _is_int(data[field]) or data[field] <= 0):
+            raise ValueError(
+                f"{label}: field {field!r}: got {data[field]!r}, must be a positive integer"
+            )
     return data, label
+
+
+def _moe_from(table: Any, label: str) -> MoEConfig:
+    """The `[moe]` table of a model TOML as a MoEConfig."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{label}: field 'moe': got {table!r}, must be a table ([moe])")
+    allowed = tuple(f.name for f in dataclasses.fields(MoEConfig))
+    for field in table:
+        if field not in allowed:
+            raise ValueError(f"{label}: unknown field 'moe.{field}'; allowed: {', '.join(allowed)}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(MoEConfig)
+        if f.default is dataclasses.MISSING and f.name not in table
+    ]
+    if missing:
+        raise ValueError(f"{label}: missing field(s): {', '.join('moe.' + m for m in missing)}")
+    try:
+        return MoEConfig(**table)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from None
 
 
 def _config_from(data: dict[str, Any], label: str) -> GPTConfig:
@@ -243,6 +374,8 @@ def _config_from(data: dict[str, Any], label: str) -> GPTConfig:
     ]
     if missing:
         raise ValueError(f"{label}: missing field(s): {', '.join(missing)}")
+    if "moe" in kwargs:
+        kwargs["moe"] = _moe_from(kwargs["moe"], label)
     try:
         return GPTConfig(**kwargs)
     except ValueError as exc:
@@ -256,11 +389,14 @@ def load_model(name_or_path: str) -> GPTConfig:
 
 
 def model_info(name_or_path: str) -> dict[str, Any]:
-    """All fields of a model's TOML (config + metadata) plus the computed `param_count`."""
+    """All fields of a model's TOML (config + metadata) plus the computed `param_count` and
+    `active_param_count` (`GPTConfig.active_param_count()`)."""
     data, label = _read_toml(name_or_path)
     cfg = _config_from(data, label)
     info: dict[str, Any] = dataclasses.asdict(cfg)
     info["source"] = data.get("source", "")
     info["published_params"] = data.get("published_params")
     info["param_count"] = cfg.param_count()
+    info["active_param_count"] = cfg.active_param_count()
+    info["published_active_params"] = data.get("published_active_params")
     return info

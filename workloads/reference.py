@@ -9,6 +9,12 @@ Conventions:
 - Attention is causal; when the queries are the last Sq of Sk positions (KV cache), query i
   sees keys 0 .. Sk - Sq + i. GQA: query head h uses KV head ``h // (n_heads // n_kv_heads)``.
 - Computation runs in the dtype of the weights (float32 by default; float64 for grad checks).
+- Mixture of experts (`GPTConfig.moe`, rules in `workloads.moe`): an MoE layer's FFN is
+  `moe_ffn`: `route` picks each token's experts and weights from ``h @ L{i}.w_router``, the
+  chosen experts (stacked weights ``L{i}.experts.w_up`` (n_experts, d, d_expert), ``w_gate``,
+  ``w_down``) run on the tokens routed to them, their outputs are summed with the weights, and
+  the shared experts (``L{i}.shared.*``, stacked the same way) are added. The selection bias
+  is ``L{i}.router_bias``. The reference has no MoE backward (`loss_and_grads` refuses).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from workloads.models import GPTConfig
+from workloads.moe import MoEConfig
 
 EPS = 1e-5
 _GELU_C = float(np.sqrt(2.0 / np.pi))
@@ -104,13 +111,28 @@ def init_weights(cfg: GPTConfig, seed: int = 0, dtype=np.float32) -> dict[str, n
 
     for i in range(cfg.n_layers):
         norm(f"L{i}.ln1")
-        for name, (k, n) in cfg.layer_weight_shapes().items():
-            w[f"L{i}.{name}"] = normal(k, n)
+        if cfg.is_moe_layer(i):
+            _init_moe_layer(cfg, i, w, normal)
+        else:
+            for name, (k, n) in cfg.layer_weight_shapes().items():
+                w[f"L{i}.{name}"] = normal(k, n)
         norm(f"L{i}.ln2")
     norm("ln_f")
     if not cfg.tied_embeddings:
         w["lm_head"] = normal(d, cfg.vocab_size)
     return w
+
+
+def _init_moe_layer(cfg: GPTConfig, i: int, w: dict, normal) -> None:
+    """Attention, router and stacked expert weights of MoE layer i (module docstring)."""
+    moe = cfg.moe
+    for name, (k, n) in cfg.moe_layer_weight_shapes().items():
+        w[f"L{i}.{name}"] = normal(k, n)
+    for group, count in (("experts", moe.n_experts), ("shared", moe.n_shared_experts)):
+        for name, (k, n) in cfg.expert_weight_shapes().items() if count else ():
+            w[f"L{i}.{group}.{name}"] = normal(count, k, n)
+    if moe.selection_bias:
+        w[f"L{i}.router_bias"] = normal(moe.n_experts)
 
 
 def _norm(cfg: GPTConfig, w, prefix: str, x: np.ndarray) -> np.ndarray:
@@ -146,6 +168,71 @@ def _check_tokens(cfg: GPTConfig, tokens: np.ndarray, start_pos: int) -> np.ndar
             f"must satisfy 0 <= start_pos and start_pos + seq <= {cfg.max_context}"
         )
     return tokens
+
+
+# ---- FFN and mixture of experts ---------------------------------------------------------
+def ffn(cfg: GPTConfig, h: np.ndarray, w_up, w_gate, w_down) -> np.ndarray:
+    """One FFN (a dense layer's or one expert's): ``act(h @ w_up [, h @ w_gate]) @ w_down``."""
+    if cfg.activation == "swiglu":
+        f = swiglu(h @ w_gate, h @ w_up)
+    else:
+        f = gelu(h @ w_up)
+    return f @ w_down
+
+
+def _group_limit(moe: MoEConfig, select: np.ndarray) -> np.ndarray:
+    """Selection scores with the experts outside each row's `topk_groups` best groups at -inf;
+    a group's score is the sum of its two best selection scores."""
+    rows, per = select.shape[0], moe.experts_per_group
+    grouped = select.reshape(rows, moe.n_groups, per)
+    best = -np.sort(-grouped, axis=-1)[..., : min(2, per)].sum(-1)
+    keep = np.argsort(-best, axis=-1, kind="stable")[:, : moe.topk_groups]
+    mask = np.zeros(best.shape, dtype=bool)
+    np.put_along_axis(mask, keep, True, axis=-1)
+    return np.where(np.repeat(mask, per, axis=-1), select, -np.inf)
+
+
+def route(
+    moe: MoEConfig, logits: np.ndarray, bias: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chosen experts (tokens, top_k), best first, and their weights, from router logits
+    (tokens, n_experts) by the rules of `workloads.moe`; `bias` is the selection bias."""
+    if moe.router == "softmax_topk":
+        scores = softmax(logits)
+    elif moe.router == "sigmoid_topk":
+        scores = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        scores = logits
+    select = scores if bias is None else scores + bias
+    if moe.n_groups > 1:
+        select = _group_limit(moe, select)
+    idx = np.argsort(-select, axis=-1, kind="stable")[:, : moe.top_k]
+    weights = np.take_along_axis(scores, idx, axis=-1)
+    if moe.router == "topk_softmax":
+        weights = softmax(weights)
+    elif moe.normalize_topk:
+        weights = weights / weights.sum(-1, keepdims=True)
+    return idx, weights * moe.routed_scale
+
+
+def moe_ffn(cfg: GPTConfig, w: dict[str, np.ndarray], layer: int, h: np.ndarray) -> np.ndarray:
+    """MoE FFN of `layer` on h (..., d): each routed expert on its tokens, weighted and summed
+    (in expert order), plus every shared expert on every token."""
+    moe, p = cfg.moe, f"L{layer}."
+    x = h.reshape(-1, h.shape[-1])
+    idx, weights = route(moe, x @ w[p + "w_router"], w.get(p + "router_bias"))
+    out = np.zeros_like(x)
+    for group, count in (("experts", moe.n_experts), ("shared", moe.n_shared_experts)):
+        stacks = [w.get(f"{p}{group}.{name}") for name in ("w_up", "w_gate", "w_down")]
+        for e in range(count):
+            up, gate, down = (None if s is None else s[e] for s in stacks)
+            if group == "shared":
+                out += ffn(cfg, x, up, gate, down)
+                continue
+            rows, slot = np.nonzero(idx == e)  # a token chooses an expert at most once
+            if rows.size:
+                out[rows] += weights[rows, slot, None] * ffn(cfg, x[rows], up, gate, down)
+    return out.reshape(h.shape)
 
 
 # ---- forward ------------------------------------------------------------------------------
@@ -194,11 +281,12 @@ def forward(
         a = attention(q, np.repeat(k, g, axis=1), np.repeat(v, g, axis=1), causal=True)
         x = x + _merge(a) @ weights[p + "w_o"]
         h = _norm(cfg, weights, p + "ln2", x)
-        if cfg.activation == "swiglu":
-            f = swiglu(h @ weights[p + "w_gate"], h @ weights[p + "w_up"])
+        if cfg.is_moe_layer(i):
+            x = x + moe_ffn(cfg, weights, i, h)
         else:
-            f = gelu(h @ weights[p + "w_up"])
-        x = x + f @ weights[p + "w_down"]
+            x = x + ffn(
+                cfg, h, weights[p + "w_up"], weights.get(p + "w_gate"), weights[p + "w_down"]
+            )
     x = _norm(cfg, weights, "ln_f", x)
     head = weights["embed"].T if cfg.tied_embeddings else weights["lm_head"]
     return x @ head, new_cache
@@ -238,6 +326,10 @@ def loss_and_grads(
     cfg: GPTConfig, weights: dict[str, np.ndarray], tokens: np.ndarray, targets: np.ndarray
 ) -> tuple[float, dict[str, np.ndarray]]:
     """Mean cross-entropy of next-token `targets` and its gradient for every weight."""
+    if cfg.is_moe:
+        raise ValueError(
+            f"loss_and_grads: {cfg.name} is an MoE model; the reference has no MoE backward"
+        )
     tokens = _check_tokens(cfg, tokens, 0)
     targets = np.asarray(targets)
     if targets.shape != tokens.shape:

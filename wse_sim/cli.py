@@ -158,10 +158,15 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(infos, indent=1, default=str))
         return 0
-    print(f"{'model':20} {'params':>16} {'layers':>6} {'d_model':>7} {'heads':>5} {'kv':>3} {'ffn':>6}")
+    print(f"{'model':20} {'params':>16} {'active':>16} {'layers':>6} {'d_model':>7} {'heads':>5} "
+          f"{'kv':>3} {'ffn':>6} {'experts':>9}")
     for n, i in infos.items():
-        print(f"{n:20} {i['param_count']:>16,} {i['n_layers']:>6} {i['d_model']:>7} "
-              f"{i['n_heads']:>5} {i['n_kv_heads']:>3} {i['d_ffn']:>6}")
+        moe = i["moe"]  # experts: top_k/n_experts(+n_shared_experts), "-" when dense
+        experts = "-" if not moe else f"{moe['top_k']}/{moe['n_experts']}" + (
+            f"+{moe['n_shared_experts']}" if moe["n_shared_experts"] else "")
+        print(f"{n:20} {i['param_count']:>16,} {i['active_param_count']:>16,} {i['n_layers']:>6} "
+              f"{i['d_model']:>7} {i['n_heads']:>5} {i['n_kv_heads']:>3} {i['d_ffn']:>6} "
+              f"{experts:>9}")
     return 0
 
 

@@ -100,6 +100,10 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
              context: int, dtype: str, grid: int | None, sparsity: float,
              chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
              attention: str = "auto") -> Run:
+    if cfg.is_moe:
+        raise MappingError(f"MoE models are not mapped yet: {cfg.name} has {cfg.moe.n_experts} "
+                           "experts per MoE layer; the strategies map dense GPTs only "
+                           "(docs/moe.md)")
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
         raise MappingError(f"grid: got {grid}, must be at most the {hw.mesh_cols} x "
                            f"{hw.mesh_rows} mesh of {hw.name}")
