@@ -125,3 +125,14 @@ def test_unknown_kernel_names_the_registry():
                 (_alloc("y", reg, (1,)),))
     with pytest.raises(ProgramError, match="kernel 'not_there' is not one of .*register_kernel"):
         run_functional(p, HW)
+
+
+def test_a_failing_user_kernel_is_one_line(registered):
+    register_kernel("needs_param", lambda call: call.out * call.params["missing"])
+    registered.append("needs_param")
+    reg = Region(0, 0, 1, 1)
+    p = Program("f", (Compute("k", reg, 1, data=DataOp("needs_param", (), "y")),),
+                (_alloc("y", reg, (1,)),))
+    with pytest.raises(ProgramError, match=r"task 0 \(k\): kernel 'needs_param' failed: "
+                                           r"KeyError: 'missing'"):
+        run_functional(p, HW)

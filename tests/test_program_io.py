@@ -281,3 +281,12 @@ def test_unsaveable_values_are_named(tmp_path):
         save_program(p, tmp_path / "p.json")
     with pytest.raises(ProgramError, match=r"meta: key 3 is a int, must be a string"):
         save_program(Program("p", (), meta={3: 1}), tmp_path / "p.json")
+
+
+def test_paths_are_checked():
+    with pytest.raises(ProgramError, match="load_program path: got None, must be a file name"):
+        load_program(None)
+    with pytest.raises(ProgramError, match="save_program path: got 3"):
+        save_program(Program("p", ()), 3)
+    with pytest.raises(ProgramError, match="save_program program: got str, must be a Program"):
+        save_program("p", "x.json")

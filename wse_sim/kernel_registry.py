@@ -136,7 +136,13 @@ def run_kernel(task: Compute, out, ins: list, what: str) -> None:
     vals = tuple(np.array(b.as_f32(b.block(reg, what)), np.float32) for b in ins)
     cur = np.array(out.as_f32(out.block(reg, what)), np.float32)
     call = KernelCall(task, vals, cur, dict(task.data.params), what)
-    res = k.fn(call)
+    try:
+        res = k.fn(call)
+    except ProgramError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a user's kernel: one line that names it
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ProgramError(f"{what}: kernel {k.name!r} failed: {type(e).__name__}: {msg}") from e
     want = (reg.rows, reg.cols, *out.shape)
     try:
         res = np.asarray(res, np.float32)

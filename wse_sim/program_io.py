@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -151,10 +152,16 @@ def dumps(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _path(path, what: str) -> Path:
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise ProgramError(f"{what} path: got {path!r}, must be a file name")
+    return Path(path)
+
+
 def save_program(program: Program, path) -> Path:
     """Write `program` to `path` as versioned JSON; returns the path."""
+    path = _path(path, "save_program")
     text = dumps(program_to_dict(program))
-    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -280,7 +287,7 @@ def program_from_dict(doc, source: str = "program") -> Program:
 
 def load_program(path) -> Program:
     """Read and check a program file; every problem is a one-line ProgramError naming it."""
-    path = Path(path)
+    path = _path(path, "load_program")
     try:
         raw = path.read_bytes()
     except OSError as e:
