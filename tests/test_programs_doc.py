@@ -133,3 +133,13 @@ def test_dependency_rules():
     assert _cycles(c, u, every) == 100 + 9 + HOP + 2 * TR + 10
     with pytest.raises(ProgramError, match="deadlock"):
         _cycles(c, Compute("s", reg, 8, deps=(Dep(0),)))
+
+
+def test_the_docs_python_builds_the_worked_example(capsys):
+    import re
+    text = (ROOT / "docs" / "programs.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    scope: dict = {}
+    exec(compile(block, "docs/programs.md", "exec"), scope)  # noqa: S102 - the page's own code
+    assert scope["program"] == row_sum.build()
+    assert capsys.readouterr().out.strip() == "311"
