@@ -25,7 +25,7 @@ from wse_sim.cli_common import (
 
 # Sub-command modules: each has `register(sub) -> {name: function}`; missing ones are skipped.
 COMMAND_MODULES = ("wse_sim.cli_blocks", "wse_sim.cli_outputs", "wse_sim.cli_sweep",
-                   "wse_sim.cli_validate", "wse_sim.cli_strategies")
+                   "wse_sim.cli_validate", "wse_sim.cli_strategies", "wse_sim.cli_program")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +175,9 @@ def cmd_run(args) -> int:
         if args.functional:
             raise ValueError("--functional: runs one mapping (not with --strategy auto, "
                              "--generate or --wafers)")
+        if getattr(args, "save_program", None):
+            raise ValueError("--save-program: saves one mapping (not with --strategy auto, "
+                             "--generate or --wafers)")
         from wse_sim.cli_strategies import run_extended
         return run_extended(args)
     from wse_sim.engine import simulate
@@ -187,6 +190,9 @@ def cmd_run(args) -> int:
                             functional=args.functional, chunks=args.chunks,
                             micro_batches=args.micro_batches, region_shape=args.region_shape,
                             reduce_algo=args.reduce_algo, attention=args.attention)
+    if getattr(args, "save_program", None):
+        from wse_sim.cli_program import save_requested
+        save_requested(program, args)
     if args.show_program:
         print(program.describe())
         return 0

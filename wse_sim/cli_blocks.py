@@ -114,8 +114,10 @@ def functional_check(program, hw, seed: int = 0) -> dict:
 
 
 def _run_block(args, program, hw, title: str) -> int:
+    from wse_sim.cli_program import save_requested
     from wse_sim.engine import simulate
     from wse_sim.report import format_report
+    save_requested(program, args)
     result = simulate(program, hw, engine=args.engine)
     out = with_interface_keys(result.summary(), args, hw)
     out.update(_block_keys(program, result))
@@ -243,6 +245,8 @@ def cmd_collective(args) -> int:
     kw = {"pes": args.pes} if args.pes is not None else {"rows": args.rows, "cols": args.cols}
     program = build_collective(args.kind, hw, wavelets=args.wavelets, root=args.root,
                                dtype=args.dtype, **kw)
+    from wse_sim.cli_program import save_requested
+    save_requested(program, args)
     result = simulate(program, hw, engine=args.engine)
     out = with_interface_keys(result.summary(), args, hw)
     out.update(write_requested(result, args, program=program, title=f"collective {args.kind}"))

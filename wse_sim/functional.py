@@ -16,14 +16,10 @@ once, and views that share bytes really overwrite each other, so a memory plan t
 buffer while it is still needed computes wrong numbers. Offsets are multiples of 4.
 
 Semantics (DataOp `kernel`, `inputs`, `output`):
-- Compute, once per task over all cores of its region (tiles stacked as (cores, ...)):
-  `gemm` out = a @ b; `gemm_acc` out += a @ b; `add` out = sum of inputs (fp32, in order;
-  with `out_offset` = o the (m, n) sum goes to columns [o, o + n) of a wider `out`);
-  `copy` out = in0; `zero` out = 0. Parameter `a_k_block` = w: core of rank r (row-major in
-  the region) uses columns [r w, (r + 1) w) of `a` (a GEMV's slice of a broadcast vector);
-  `out_offset` = o: the product (m, n) goes to columns [o, o + n) of `out` (the rest is kept).
-  The transformer kernels of `wse_sim.functional_gpt`: `norm_stats`, `norm_apply`,
-  `select_rows`, `rope`, `gelu`, `swiglu`, `attn_scores`, `attn_softmax`, `attn_av` (see
+- Compute, once per task over all cores of its region: the kernel `kernel` names in the
+  registry of `wse_sim.kernel_registry`, where users add their own. Built in: `gemm`,
+  `gemm_acc`, `add`, `copy`, `zero` (`wse_sim.functional_basic`) and the transformer kernels
+  of `wse_sim.functional_gpt` (`norm_stats`, `norm_apply`, `rope`, `attn_scores`, ...; see
   there; `attn_scores` also appends to its KV-cache input in place).
 - Unicast: the `inputs[0]` tile of every source core lands in `output` at its destination
   (offset, wrap or fixed `to`); all sources are read before any destination is written.
@@ -50,6 +46,7 @@ import numpy as np
 from wse_sim import functional_gpt as G
 from wse_sim import kernels as K
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.kernel_registry import get_kernel, run_kernel
 from wse_sim.program import (
     Compute,
     IoTransfer,
@@ -74,7 +71,6 @@ def _par(work: int) -> bool:
     return work >= PARALLEL_MIN_WORK
 
 
-COMPUTE_KERNELS = ("gemm", "gemm_acc", "add", "copy", "zero", *G.KERNELS)
 # Relative error (max |C - ref| / max |ref|) accepted against numpy in float64 of the
 # dtype-rounded inputs. fp32: accumulation order only. fp16/bf16: products are exact in fp32,
 # but partial sums a program stores in the dtype (GEMV partials, reduce streams) are rounded.
@@ -401,96 +397,13 @@ class _Runner:
 
     # ---- compute ---------------------------------------------------------------------------
     def compute(self, t: Compute, d, what: str) -> None:
-        if d.kernel not in COMPUTE_KERNELS:
-            raise ProgramError(f"{what}: kernel {d.kernel!r} is not one of "
-                               f"{', '.join(COMPUTE_KERNELS)}")
+        """The kernel `d.kernel` names in the registry (`wse_sim.kernel_registry`)."""
+        get_kernel(d.kernel, what)
         if not d.output:
             raise ProgramError(f"{what}: DataOp has no output buffer")
-        reg = t.region
         out = self.buf(d.output, what)
         ins = [self.buf(n, what) for n in d.inputs]
-        P = reg.size
-
-        def tiles(b: Buffer) -> np.ndarray:
-            return b.block(reg, what).reshape(P, *b.shape)
-
-        if d.kernel in G.KERNELS:
-            G.KERNELS[d.kernel](reg, d, out, ins, what)
-            return
-        out_blk = out.block(reg, what)
-        if d.kernel == "zero":
-            out_blk[...] = 0
-            return
-        if d.kernel == "copy":
-            (a,) = self._arity(ins, 1, what)
-            out_blk[...] = out.encode(a.as_f32(tiles(a))).reshape(out_blk.shape)
-            return
-        if d.kernel == "add":
-            if not ins:
-                raise ProgramError(f"{what}: add needs at least one input")
-            shape, off = out.shape, d.param("out_offset")
-            if off is not None:  # the sum goes to columns [off, off + n) of a wider tile
-                shape, off = ins[0].shape, int(off)
-                if len(shape) != 2 or len(out.shape) != 2 or shape[0] != out.shape[0] or \
-                        not 0 <= off <= out.shape[1] - shape[1]:
-                    raise ProgramError(f"{what}: add of {shape} tiles into columns {off}.. of "
-                                       f"{out.name!r} {out.shape}")
-                out_blk = out_blk[..., off:off + shape[1]]
-            acc = np.zeros((P, *shape), np.float32)
-            for b in ins:
-                v = b.as_f32(tiles(b))
-                if v.shape != acc.shape:
-                    raise ProgramError(f"{what}: add of {b.name!r} {b.shape} into "
-                                       f"{out.name!r} {shape}: shapes differ")
-                K.residual_add(acc, v, out=acc, parallel=_par(acc.size))
-            out_blk[...] = out.encode(acc).reshape(out_blk.shape)
-            return
-        a, b = self._arity(ins, 2, what)
-        at, bt = tiles(a), tiles(b)
-        w = d.param("a_k_block")
-        if w is not None:
-            w = int(w)
-            if w * P > at.shape[-1]:
-                raise ProgramError(f"{what}: a_k_block {w} x {P} cores > the {at.shape[-1]} "
-                                   f"columns of {a.name!r}")
-            cols = np.arange(P)[:, None] * w + np.arange(w)[None, :]
-            at = np.take_along_axis(at, np.broadcast_to(cols[:, None, :], (P, at.shape[1], w)),
-                                    axis=2)
-        if at.ndim != 3 or bt.ndim != 3 or at.shape[2] != bt.shape[1]:
-            raise ProgramError(f"{what}: gemm of {a.name!r} {at.shape[1:]} by {b.name!r} "
-                               f"{bt.shape[1:]}: inner sizes differ")
-        shape = (P, at.shape[1], bt.shape[2])
-        off = d.param("out_offset")
-        if off is not None:
-            off = int(off)
-            if len(out.shape) != 2 or out.shape[0] != shape[1] or \
-                    not 0 <= off <= out.shape[1] - shape[2]:
-                raise ProgramError(f"{what}: gemm gives {shape[1:]} tiles, which do not fit "
-                                   f"columns {off}.. of {out.name!r} {out.shape}")
-            out_blk = out_blk[..., off:off + shape[2]]  # a view: (rows, cols, m, n)
-        elif shape[1:] != out.shape:
-            raise ProgramError(f"{what}: gemm gives {shape[1:]} tiles, {out.name!r} holds "
-                               f"{out.shape}")
-        acc = d.kernel == "gemm_acc"
-        c = out.as_f32(np.ascontiguousarray(out_blk).reshape(shape)) if acc else None
-        c = np.ascontiguousarray(c) if c is not None else None
-        par = _par(shape[0] * shape[1] * shape[2] * at.shape[2])
-        if t.sparsity > 0:  # the cores skip zero weights: run the sparse kernel for real
-            vals, colptr, rowidx = K.csc_tiles(np.ascontiguousarray(b.as_f32(bt)))
-            r = K.sparse_gemm_tiles(np.ascontiguousarray(a.as_f32(at)), vals, colptr, rowidx,
-                                    out=c, accumulate=acc)
-        elif a.lp and b.lp and a.dtype == b.dtype:
-            r = K.gemm_tiles_lp(np.ascontiguousarray(at), np.ascontiguousarray(bt), a.dtype,
-                                out=c, accumulate=acc, parallel=par)
-        else:
-            r = K.gemm_tiles(a.as_f32(at), b.as_f32(bt), out=c, accumulate=acc, parallel=par)
-        out_blk[...] = out.encode(r).reshape(out_blk.shape)
-
-    @staticmethod
-    def _arity(ins: list, n: int, what: str) -> list:
-        if len(ins) != n:
-            raise ProgramError(f"{what}: kernel needs {n} input buffer(s), got {len(ins)}")
-        return ins
+        run_kernel(t, out, ins, what)
 
 
 def validate_data(program: Program, bufs: dict[str, Buffer]) -> None:
@@ -499,9 +412,8 @@ def validate_data(program: Program, bufs: dict[str, Buffer]) -> None:
         d = t.data
         if d is None:
             continue
-        if isinstance(t, Compute) and d.kernel not in COMPUTE_KERNELS:
-            raise ProgramError(f"task {i} ({t.op}): kernel {d.kernel!r} is not one of "
-                               f"{', '.join(COMPUTE_KERNELS)}")
+        if isinstance(t, Compute):
+            get_kernel(d.kernel, f"task {i} ({t.op})")
         for name in (*d.inputs, d.output):
             if name and name not in bufs:
                 raise ProgramError(f"task {i} ({t.op}): DataOp names buffer {name!r}, which no "
