@@ -36,7 +36,8 @@ def test_run_program_outputs_and_listing(tmp_path, capsys):
     assert "wrote program" in capsys.readouterr().err
     assert main(["run-program", str(f), "--preset", "mesh8", "--show-program"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("program gemm") and len(out.splitlines()) == 17
+    assert out.startswith("program gemm") and "loop cannon.step x 2" in out
+    assert out.strip() == load_program(f).describe().strip()
     r = _json(capsys, ["run-program", str(f), "--preset", "mesh8", "--out", str(tmp_path / "o"),
                        "--trace", str(tmp_path / "t.json"), "--json"])
     assert (tmp_path / "o" / "result.json").is_file() and (tmp_path / "t.json").is_file()

@@ -206,3 +206,11 @@ def test_generated_loops_fast_equals_reference(program):
     ref = simulate_reference(program, HW)
     fast = simulate_fast(program, HW, path="auto", spans=True)
     assert_same(ref, fast)
+
+
+def test_loops_round_trip_through_the_program_file(tmp_path):
+    from wse_sim.program_io import load_program, save_program
+    p = build_gemm("cannon", HW, grid=8, m=64, k=64, n=64, dtype="fp16")
+    save_program(p, tmp_path / "cannon.json")
+    q = load_program(tmp_path / "cannon.json")
+    assert q.loops == p.loops and q.tasks == p.tasks
