@@ -162,6 +162,14 @@ def test_loaded_gemm_computes_the_same_product(tmp_path):
 
 # ---- records added to the IR later -------------------------------------------------------------
 
+# ---- the schema check --------------------------------------------------------------------------
+
+def _doc():
+    p = Program("p", (Compute("c", Region(0, 0, 2, 2), 8),
+                      Unicast("u", Region(0, 0, 1, 1), 1, dx=1, deps=(Dep(0),))))
+    return json.loads(json.dumps(program_to_dict(p)))
+
+
 def _bad(doc, match, tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(doc))
