@@ -352,11 +352,7 @@ def _moe_from(table: Any, label: str) -> MoEConfig:
     for field in table:
         if field not in allowed:
             raise ValueError(f"{label}: unknown field 'moe.{field}'; allowed: {', '.join(allowed)}")
-    missing = [
-        f.name
-        for f in dataclasses.fields(MoEConfig)
-        if f.default is dataclasses.MISSING and f.name not in table
-    ]
+    missing = _missing(MoEConfig, table)
     if missing:
         raise ValueError(f"{label}: missing field(s): {', '.join('moe.' + m for m in missing)}")
     try:
@@ -365,13 +361,15 @@ def _moe_from(table: Any, label: str) -> MoEConfig:
         raise ValueError(f"{label}: {exc}") from None
 
 
+def _missing(cls, given: dict) -> list[str]:
+    """Fields of dataclass `cls` without a default that `given` lacks."""
+    return [f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in given]
+
+
 def _config_from(data: dict[str, Any], label: str) -> GPTConfig:
     kwargs = {k: v for k, v in data.items() if k in _CONFIG_FIELDS}
-    missing = [
-        f.name
-        for f in dataclasses.fields(GPTConfig)
-        if f.default is dataclasses.MISSING and f.name not in kwargs
-    ]
+    missing = _missing(GPTConfig, kwargs)
     if missing:
         raise ValueError(f"{label}: missing field(s): {', '.join(missing)}")
     if "moe" in kwargs:

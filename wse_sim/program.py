@@ -435,6 +435,10 @@ class Program:
     def io_bytes(self) -> int:
         return sum(t.bytes for t in self.tasks if isinstance(t, IoTransfer))
 
+    def loop_iterations(self) -> int:
+        """Iterations of all the program's loops."""
+        return sum(lp.count for lp in self.loops)
+
     def total_flops(self) -> int:
         return sum(t.flops for t in self.tasks if isinstance(t, Compute))
 

@@ -181,7 +181,7 @@ class EngineResultBuilder:
             instances=self.granted, tokens=self.program.tokens, dtype=self.program.dtype,
             cores_used=self.program.cores_used or hw.cores, wall_seconds=wall,
             meta=dict(self.program.meta), spans=spans_from_rows(self.span_rows),
-            loop_iterations=sum(lp.count for lp in self.program.loops),
+            loop_iterations=self.program.loop_iterations(),
         )
 
 

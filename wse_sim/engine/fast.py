@@ -389,7 +389,7 @@ def _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm) ->
         sram_bytes=maps["sram_bytes"], colors=maps["colors"], ops=ops,
         instances=tables.n_instances, tokens=program.tokens, dtype=program.dtype,
         cores_used=program.cores_used or hw.cores, wall_seconds=0.0,
-        meta=dict(program.meta), loop_iterations=sum(lp.count for lp in program.loops),
+        meta=dict(program.meta), loop_iterations=program.loop_iterations(),
     )
 
 

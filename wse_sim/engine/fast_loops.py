@@ -72,9 +72,8 @@ MIN_COUNT = FIRST_TRY + 4  # shorter loops run in full
 
 
 @kernel
-def _shift_check(a, ra, b, rb, shift, changed, first, same_ok):
-    """Compare rows a[ra[i]] (later) with b[rb[i]] (earlier), or row i of both when ra is
-    empty: time + delta, key + delta << GEN_BITS, holder start * 2 + 2 delta, chain compute
+def _shift_check(a, ra, b, shift, changed, first, same_ok):
+    """Compare rows a[ra[i]] (later; a[i] when ra is empty) with b[i] (earlier): time + delta, key + delta << GEN_BITS, holder start * 2 + 2 delta, chain compute
     + dA (shift = [delta, dA], found here where -1), then the critical-path pieces: the
     recent ones moved by 2 delta, the deeper ones (starts of long runs of one slope, or from
     before the loop) fixed. changed[i]: 0 for a row the loop does not touch (allowed when
@@ -83,8 +82,7 @@ def _shift_check(a, ra, b, rb, shift, changed, first, same_ok):
     n = ra.shape[0] if ra.shape[0] > 0 else a.shape[0]
     w = a.shape[1]
     for i in range(n):
-        x = ra[i] if ra.shape[0] > 0 else i
-        y = rb[i] if rb.shape[0] > 0 else i
+        x, y = (ra[i] if ra.shape[0] > 0 else i), i
         code = 0
         for c in range(w):
             if a[x, c] != b[y, c]:
@@ -121,14 +119,13 @@ def _shift_check(a, ra, b, rb, shift, changed, first, same_ok):
 
 @kernel
 def _shift_rows(a, ra, src, changed, m, shift):
-    """a[ra[i]] = src[i] moved by m iterations (in place, a[i], when ra is empty), for the
-    rows that change (`_shift_check`'s codes: how many pieces move)."""
-    n = ra.shape[0] if ra.shape[0] > 0 else a.shape[0]
+    """a[ra[i]] = src[i] moved by m iterations, for the rows that change (`_shift_check`'s
+    codes: how many pieces move)."""
     delta, da = shift[0], shift[1]
-    for i in range(n):
+    for i in range(ra.shape[0]):
         if changed[i] == 0:
             continue
-        x = ra[i] if ra.shape[0] > 0 else i
+        x = ra[i]
         for c in range(a.shape[1]):
             a[x, c] = src[i, c]
         if a[x, 0] < 0:
@@ -208,7 +205,6 @@ class Forward:
         self.st, self.tables, self.advance = st, tables, advance
         self.skipped = skipped or (lambda n: None)
         self.plans = plan_loops(tables, st.groups) if enabled else []
-        self.iterations = sum(lp.count for lp in tables.loops)
         self.skipped_iterations = 0
 
     def run(self) -> int:
@@ -259,17 +255,17 @@ class Forward:
             if self.advance(int(p.groups[k + 1])) != OK:
                 return False
             sig1 = st.sig[self._state(p, k + 1)]
-            if not (_shift_check(st.res, rows, res0, empty, shift, cres, True, True)
-                    and _shift_check(sig1, empty, sig0, empty, shift, csig, True, False)):
+            if not (_shift_check(st.res, rows, res0, shift, cres, True, True)
+                    and _shift_check(sig1, empty, sig0, shift, csig, True, False)):
                 return False
             del res0
             res1, t1 = st.res[rows], st.state.copy()
             before = [c.copy() for c in (st.busy, st.lbusy, st.lbytes)]
             if self.advance(int(p.groups[k + 2])) != OK:
                 return False
-            ok = (_shift_check(st.res, rows, res1, empty, shift, cres, False, True)
-                  and _shift_check(st.sig[self._state(p, k + 2)], empty, sig1, empty, shift,
-                                   csig, False, False)
+            ok = (_shift_check(st.res, rows, res1, shift, cres, False, True)
+                  and _shift_check(st.sig[self._state(p, k + 2)], empty, sig1, shift, csig,
+                                   False, False)
                   and st.watch[1] == 0
                   and self._same_tail(t0, t1, st.state, shift, p)
                   and self._same_tasks(p, k + 1, int(shift[0])))
@@ -285,16 +281,15 @@ class Forward:
 
     @staticmethod
     def _same_tail(t0, t1, t2, shift, p) -> bool:
-        """The finish (latest end, its instance, its chain) moved by one iteration twice."""
+        """The finish (latest end, its instance, its chain) moved by one iteration twice, and
+        the bytes injected and delivered the same in both iterations."""
         delta, da = int(shift[0]), int(shift[1])
         for a, b in ((t0, t1), (t1, t2)):
             if (b[T_MAXEND] - a[T_MAXEND] != delta or b[T_LAST_G] - a[T_LAST_G] != p.inst
                     or b[T_LAST_RG] - a[T_LAST_RG] != delta << GEN_BITS
-                    or b[T_LAST_S] - a[T_LAST_S] != 2 * delta or b[T_LAST_A] - a[T_LAST_A] != da
-                    or b[T_COMM] - a[T_COMM] != t2[T_COMM] - t1[T_COMM]
-                    or b[T_DELIV] - a[T_DELIV] != t2[T_DELIV] - t1[T_DELIV]):
+                    or b[T_LAST_S] - a[T_LAST_S] != 2 * delta or b[T_LAST_A] - a[T_LAST_A] != da):
                 return False
-        return True
+        return all(t1[c] - t0[c] == t2[c] - t1[c] for c in (T_COMM, T_DELIV))
 
     def _same_tasks(self, p, i, delta) -> bool:
         """Iteration i's per-task counters are iteration i - 1's, their spans moved by delta."""
