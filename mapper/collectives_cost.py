@@ -15,7 +15,7 @@ from mapper.collectives import (
     two_level_groups,
 )
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
-from wse_sim.timing import reduce_pace, transfer_cycles
+from wse_sim.timing import reduce_pace, stream_beats, transfer_cycles
 
 # ---- closed forms ------------------------------------------------------------------------------
 
@@ -34,6 +34,7 @@ def add_cycles(hw: HardwareConfig, wavelets: int, dtype: str) -> int:
 def cf_chain(hw: HardwareConfig, n: int, rho: int, b: int, dtype: str) -> int:
     """Chain reduce of n cores into position rho (0: one stream; else two, shorter first)."""
     stage, pace = _stage(hw), reduce_pace(hw, dtype)
+    b = stream_beats(hw, b)  # from here on, a stream's length in beats (cycles per link)
     a, c = rho, n - 1 - rho
     if a == 0 or c == 0:
         return (n - 1) * stage + (b - 1) * pace
@@ -48,6 +49,7 @@ def cf_broadcast(hw: HardwareConfig, b: int, farthest_hops: int) -> int:
 def cf_star(hw: HardwareConfig, n: int, rho: int, b: int) -> int:
     """Star on a line: the root's ramp off takes one message after the other."""
     tr, h = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    b = stream_beats(hw, b)
     hi, lo = n - 1 - rho, rho
     end, ramp_free = 0, 0
     if hi:
@@ -79,6 +81,7 @@ def cf_two_level(hw: HardwareConfig, n: int, b: int, dtype: str, group: int | No
         return cf_chain(hw, n, 0, b, dtype)
     h, tr = hw.hop_latency_cycles, hw.ramp_latency_cycles
     t1 = cf_chain(hw, g, 0, b, dtype) if g >= 2 else 0
+    b = stream_beats(hw, b)
     return t1 + (m - 1) * max(0, b - g * h) + 2 * tr + (n - g) * h + b - 1
 
 
@@ -89,12 +92,12 @@ def _max_window(hops: list[int], length: int) -> int:
 
 def cf_ring(hw: HardwareConfig, n: int, b: int, dtype: str, parts: str = "both") -> int | None:
     """Every block crosses n - 1 (or 2n - 2) consecutive ring edges, store-and-forward: per edge
-    b - 1 + 2 T_R + hops * hop, plus one add per reduce-scatter edge; the slowest block decides."""
+    beats - 1 + 2 T_R + hops * hop, plus one add per reduce-scatter edge; the slowest block decides."""
     if hw.ramp_latency_cycles < 1:
         return None  # the steps of one core could overlap on its ramp: no closed form
     order = ring_order(n)
     hops = [abs(order[(i + 1) % n] - order[i]) for i in range(n)]
-    x0 = b - 1 + 2 * hw.ramp_latency_cycles
+    x0 = stream_beats(hw, b) - 1 + 2 * hw.ramp_latency_cycles
     add = add_cycles(hw, b, dtype)
     edges = {"rs": n - 1, "ag": n - 1, "both": 2 * n - 2}[parts]
     adds = 0 if parts == "ag" else n - 1
@@ -104,6 +107,7 @@ def cf_ring(hw: HardwareConfig, n: int, b: int, dtype: str, parts: str = "both")
 def cf_all_to_all(hw: HardwareConfig, n: int, b: int) -> int:
     """Sum over shift steps k of the slower of the two trains of step k (see docs)."""
     tr, h = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    b = stream_beats(hw, b)
     total = 0
     for k in range(1, n):
         back = (n - 1 - k) * (max(0, b - h) if k >= 2 else 0) + 2 * tr + k * h + b - 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import Compute, DataOp, Dep, LineStream, Region, Unicast
-from wse_sim.timing import compute_cycles, reduce_pace
+from wse_sim.timing import compute_cycles, reduce_pace, stream_beats
 
 
 def tree_groups(n: int) -> tuple[int, int, int]:
@@ -145,7 +145,8 @@ def chain_end(hw: HardwareConfig, ready: list[int], wavelets: int, dtype: str) -
     starts when every core is ready, (n - 1) stages, then the rest at the pace."""
     if len(ready) < 2:
         return max(ready)
-    return max(ready) + (len(ready) - 1) * stage_cycles(hw) + (wavelets - 1) * reduce_pace(hw, dtype)
+    beats = stream_beats(hw, wavelets)
+    return max(ready) + (len(ready) - 1) * stage_cycles(hw) + (beats - 1) * reduce_pace(hw, dtype)
 
 
 def tree_end(hw: HardwareConfig, ready: list[int], wavelets: int, values: int,
@@ -154,7 +155,7 @@ def tree_end(hw: HardwareConfig, ready: list[int], wavelets: int, values: int,
     ready[p]: the group chains reserve their links first (they are ready first), then the
     leaders' sends are granted in order, first come first served, on the links toward the root
     and the root's ramp off; the root adds each arrival after its previous add."""
-    tr, hop, wn = hw.ramp_latency_cycles, hw.hop_latency_cycles, wavelets
+    tr, hop, wn = hw.ramp_latency_cycles, hw.hop_latency_cycles, stream_beats(hw, wavelets)
     stage, pace = stage_cycles(hw), reduce_pace(hw, dtype)
     a = add_cycles(hw, values, dtype)
     g, m, r0 = tree_groups(len(ready))

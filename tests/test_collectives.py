@@ -107,13 +107,14 @@ def test_offset_regions_and_columns(kind):
         assert r.cycles == closed_form_cycles(kind, HW, region=reg, wavelets=5)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(kind=st.sampled_from(NAMES), p=st.integers(2, 16), b=st.integers(1, 64),
        centre=st.booleans(), dtype=st.sampled_from(["fp32", "fp16", "bf16"]),
-       ramp=st.integers(1, 3), hop=st.integers(0, 2), op=st.integers(0, 2))
-def test_closed_form_on_other_hardware(kind, p, b, centre, dtype, ramp, hop, op):
+       ramp=st.integers(1, 3), hop=st.integers(0, 2), op=st.integers(0, 2),
+       link=st.sampled_from([32, 64, 128]))
+def test_closed_form_on_other_hardware(kind, p, b, centre, dtype, ramp, hop, op, link):
     hw = HW.with_overrides({"ramp_latency_cycles": ramp, "hop_latency_cycles": hop,
-                            "stream_op_latency_cycles": op})
+                            "stream_op_latency_cycles": op, "link_bits_per_cycle": link})
     root = "centre" if centre and kind not in CORNER_ONLY else "corner"
     _, r = sim(kind, hw=hw, pes=p, wavelets=b, root=root, dtype=dtype)
     assert r.cycles == closed_form_cycles(kind, hw, pes=p, wavelets=b, root=root, dtype=dtype)

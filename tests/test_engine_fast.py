@@ -101,6 +101,7 @@ def programs(draw, in_order=False):
         "hop_latency_cycles": draw(st.integers(0, 2)),
         "stream_op_latency_cycles": draw(st.integers(0, 2)),
         "fmac_lanes_fp16": draw(st.sampled_from([1, 2, 4, 8])),
+        "link_bits_per_cycle": draw(st.sampled_from([32, 32, 64, 128])),
     })
 
     def region(min_cols=1, min_rows=1):

@@ -9,6 +9,9 @@ from wse_sim.hardware import load_preset
 from wse_sim.program import Compute, Dep, LineStream, Multicast, Program, Region, Unicast
 
 HW = load_preset("mesh8")
+# the same mesh with links 1, 2 and 4 wavelets wide (link_bits_per_cycle 32, 64, 128)
+WIDTHS = st.sampled_from([HW, HW.with_overrides({"link_bits_per_cycle": 64}),
+                          HW.with_overrides({"link_bits_per_cycle": 128})])
 
 
 @st.composite
@@ -51,18 +54,20 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 
 @SETTINGS
-@given(programs())
-def test_conservation_and_accounting(p):
-    r = simulate(p, HW, engine="reference")
+@given(programs(), WIDTHS)
+def test_conservation_and_accounting(p, hw):
+    r = simulate(p, hw, engine="reference")
     assert r.flops == p.total_flops()
     assert int(r.link_bytes.sum()) == r.bytes_hops
     assert r.delivered_bytes >= r.comm_bytes or any(
         isinstance(t, LineStream) and t.reduce for t in p.tasks)
     assert r.compute_cycles + r.comm_cycles == r.cycles
-    # No core is busy longer than the run, no link carries more than one wavelet per cycle.
+    # No core is busy longer than the run, no link carries more than its width per cycle.
     assert (r.core_busy_cycles <= r.cycles).all()
     assert (r.link_busy_cycles <= r.cycles).all()
-    assert (r.link_bytes <= 4 * r.link_busy_cycles).all()
+    assert (r.link_bytes <= 4 * hw.wavelets_per_cycle * r.link_busy_cycles).all()
+    # bytes do not depend on the link width: 4 bytes per wavelet per hop
+    assert r.bytes_hops == simulate(p, HW, engine="reference").bytes_hops
 
 
 @SETTINGS
@@ -75,8 +80,8 @@ def test_deterministic(p):
 
 
 @SETTINGS
-@given(programs(max_tasks=1))
-def test_a_lone_task_takes_its_closed_form(p):
+@given(programs(max_tasks=1), WIDTHS)
+def test_a_lone_task_takes_its_closed_form(p, HW):
     t = p.tasks[0]
     r = simulate(p, HW, engine="reference")
     if isinstance(t, Unicast):
@@ -120,5 +125,6 @@ def test_faster_hardware_never_slower(p):
     """Lower latencies and more FMAC lanes never make a program slower (no list-scheduling
     anomaly was found on these programs; a counterexample would be worth a look)."""
     fast = HW.with_overrides({"hop_latency_cycles": 0, "ramp_latency_cycles": 1,
-                              "fmac_lanes_fp32": 2, "fmac_lanes_fp16": 8})
+                              "fmac_lanes_fp32": 2, "fmac_lanes_fp16": 8,
+                              "link_bits_per_cycle": 64})
     assert simulate(p, fast, engine="reference").cycles <= simulate(p, HW, engine="reference").cycles

@@ -117,7 +117,8 @@ def test_a_wrong_shift_offset_fails_the_check(algo, op):
 # ---- timing: closed forms ----------------------------------------------------------------------
 
 HWS = [HW, HW.with_overrides({"ramp_latency_cycles": 3, "hop_latency_cycles": 2,
-                              "stream_op_latency_cycles": 2})]
+                              "stream_op_latency_cycles": 2}),
+       HW.with_overrides({"link_bits_per_cycle": 128, "ramp_latency_cycles": 2})]
 
 
 @pytest.mark.parametrize("hw", HWS)

@@ -36,16 +36,24 @@ def executed_flops(flops: int, density_q20: int) -> int:
     return -(-int(flops) * density_q20 // SPARSITY_ONE)
 
 
+def stream_beats(hw: HardwareConfig, wavelets: int) -> int:
+    """Cycles a stream of `wavelets` holds each link and ramp it crosses: a link carries
+    `link_bits_per_cycle / 32` wavelets per cycle per direction (one beat per cycle)."""
+    return -(-int(wavelets) // hw.wavelets_per_cycle)
+
+
 def reduce_pace(hw: HardwareConfig, dtype: str) -> int:
-    """Cycles per wavelet for a core that adds a passing stream of `dtype` values."""
-    values_per_wavelet = 4 // DTYPE_BYTES[dtype]
-    return max(1, -(-values_per_wavelet // hw.lanes(dtype)))
+    """Cycles per beat for a core that adds a passing stream of `dtype` values: a beat holds
+    `wavelets_per_cycle` wavelets, each of 4 / dtype-bytes values, added over the lanes."""
+    values_per_beat = hw.wavelets_per_cycle * (4 // DTYPE_BYTES[dtype])
+    return max(1, -(-values_per_beat // hw.lanes(dtype)))
 
 
 def transfer_cycles(hw: HardwareConfig, wavelets: int, hops: int) -> int:
     """One message, no contention: ramp on, head over `hops` links, ramp off, then the rest
-    of the stream at one wavelet per cycle: B - 1 + hops * hop_latency + 2 * T_R."""
-    return (wavelets - 1) + hops * hw.hop_latency_cycles + 2 * hw.ramp_latency_cycles
+    of the stream at one beat per cycle: beats - 1 + hops * hop_latency + 2 * T_R."""
+    return (stream_beats(hw, wavelets) - 1) + hops * hw.hop_latency_cycles \
+        + 2 * hw.ramp_latency_cycles
 
 
 def line_broadcast_cycles(hw: HardwareConfig, wavelets: int, cores: int) -> int:
@@ -55,9 +63,9 @@ def line_broadcast_cycles(hw: HardwareConfig, wavelets: int, cores: int) -> int:
 
 def chain_reduce_cycles(hw: HardwareConfig, wavelets: int, cores: int, dtype: str = "fp32") -> int:
     """Pipelined reduce along a chain: each of the P - 1 stages costs ramp off, one combine,
-    ramp on and a hop; then the stream drains at the pace of the slowest stage."""
+    ramp on and a hop; then the stream's beats drain at the pace of the slowest stage."""
     stage = 2 * hw.ramp_latency_cycles + hw.hop_latency_cycles + hw.stream_op_latency_cycles
-    return (cores - 1) * stage + (wavelets - 1) * reduce_pace(hw, dtype)
+    return (cores - 1) * stage + (stream_beats(hw, wavelets) - 1) * reduce_pace(hw, dtype)
 
 
 def multicast_cycles(hw: HardwareConfig, wavelets: int, max_hops: int) -> int:

@@ -253,10 +253,7 @@ class _Run:
         self.sig_prod = np.empty(tables.n_signals, idx)
         self.sig_pend = signal_counts(tables)
         self.busy = np.zeros(n, np.int64)
-        # A link carries 4 bytes per cycle it is reserved, except under a reduce slower than a
-        # wavelet per cycle: only then count its bytes apart (else 4 x busy, at the end)
-        paced = (td[:, K.F_KIND] == K.K_REDUCE) & (td[:, K.F_P + 2] > 1)
-        self.lbytes = np.zeros(4 * n if paced.any() else 0, np.int64)
+        self.lbytes = np.zeros(4 * n if tables.link_bytes_apart else 0, np.int64)  # else 4 x busy
         self.lbusy = np.zeros(4 * n, np.int64)
         self.tacc = np.zeros((len(td), S.NA), np.int64)
         self.tacc[:, S.A_FIRST] = -1

@@ -49,13 +49,11 @@ from wse_sim.engine.fast_tasks import (
     F_NEV,
     F_NI,
     F_NRES,
-    F_P,
     F_SA,
     F_SB,
     F_SLOTS,
     H_N,
     K_COMPUTE,
-    K_REDUCE,
     anchor,
     fill_events,
     fill_res,
@@ -390,8 +388,7 @@ class StepRun:
         self.sig = np.zeros((ring, C_P0 + pieces), np.int64)
         self.pc = np.empty(pieces, np.int64)
         self.busy = np.zeros(n, np.int64)
-        paced = (td[:, F_KIND] == K_REDUCE) & (td[:, F_P + 2] > 1)
-        self.lbytes = np.zeros(4 * n if paced.any() else 0, np.int64)
+        self.lbytes = np.zeros(4 * n if tables.link_bytes_apart else 0, np.int64)  # else 4 x busy
         self.lbusy = np.zeros(4 * n, np.int64)
         self.tacc = np.zeros((nt, NA), np.int64)
         self.tacc[:, A_FIRST] = -1

@@ -24,7 +24,7 @@ from wse_sim.program import (
     Program,
     Unicast,
 )
-from wse_sim.timing import compute_cycles, io_cycles, reduce_pace
+from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
 
 _RULES = {"same": K.R_OFFSET, "offset": K.R_OFFSET, "at": K.R_AT, "all": K.R_ALL}
 
@@ -105,6 +105,7 @@ class Tables:
                 nres, nev = 1 + (4 if t.reduce else 2) * (t.length - 1), t.length
             if isinstance(t, Unicast | Multicast | LineStream):
                 row[K.F_B] = t.wavelets
+                row[K.F_BT] = stream_beats(hw, t.wavelets)
             row[K.F_P:K.F_P + 9] = p
             row[K.F_NI], row[K.F_IB] = ni, ib[ti]
             ib[ti + 1] = ib[ti] + ni
@@ -139,6 +140,12 @@ class Tables:
                             np.int64)
         self.cols = cols
         self.loops = program.loops
+        # A link carries 4 bytes per wavelet; its bytes follow its busy cycles (4 per cycle)
+        # unless a stream holds it for other than one cycle per wavelet: a reduce slower than
+        # a beat per cycle, or links wider than one wavelet. Only then count bytes apart.
+        streams = td[:, K.F_KIND] != K.K_COMPUTE
+        paced = (td[:, K.F_KIND] == K.K_REDUCE) & (td[:, K.F_P + 2] > 1)
+        self.link_bytes_apart = bool(paced.any() or (streams & (td[:, K.F_BT] != td[:, K.F_B])).any())
 
 
 @kernel(inline=True)

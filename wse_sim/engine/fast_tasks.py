@@ -54,7 +54,8 @@ F_RD0, F_RDN = 25, 26                        # rows of the reverse-dependency li
 F_PEND = 27                                  # needs per instance (its pending count)
 F_NRES, F_NEV = 28, 29                       # most reservations / events of one instance
 F_SLOTS = 30                                 # 1: has per-core signal slots (someone needs them)
-NF = 31
+F_BT = 31                                    # beats: cycles the stream holds a link (timing.stream_beats)
+NF = 32
 # columns of the dependency table
 D_TASK, D_RULE, D_DX, D_DY, D_OWNER = 0, 1, 2, 3, 4
 # hardware constants
@@ -194,7 +195,7 @@ def fill_res(td, t, i, hwc, rid, off, ln):
     cols, n = hwc[H_COLS], hwc[H_N]
     tr, hop = hwc[H_TR], hwc[H_HOP]
     k = td[t, F_KIND]
-    b = td[t, F_B]
+    b = td[t, F_BT]
     if k == K_COMPUTE:
         rc = td[t, F_RC]
         c = (td[t, F_RY] + i // rc) * cols + td[t, F_RX] + i % rc
@@ -259,7 +260,7 @@ def _multicast_res(td, t, hwc, rid, off, ln):
     """Ramp on, the row-then-column tree (fabric.multicast_tree order), then every ramp off."""
     cols, n = hwc[H_COLS], hwc[H_N]
     tr, hop = hwc[H_TR], hwc[H_HOP]
-    b = td[t, F_B]
+    b = td[t, F_BT]
     sx, sy = td[t, F_P], td[t, F_P + 1]
     x0, y0 = td[t, F_RX], td[t, F_RY]
     x1, y1 = x0 + td[t, F_RC] - 1, y0 + td[t, F_RR] - 1
@@ -294,7 +295,7 @@ def fill_events(td, t, i, hwc, ex, ey, eoff):
     """Events (core x, core y, offset) of instance i, in the reference's order."""
     tr, hop = hwc[H_TR], hwc[H_HOP]
     k = td[t, F_KIND]
-    b = td[t, F_B]
+    b = td[t, F_BT]
     if k == K_COMPUTE:
         rc = td[t, F_RC]
         ex[0], ey[0] = td[t, F_RX] + i % rc, td[t, F_RY] + i // rc

@@ -8,7 +8,8 @@ id, after every other event of that cycle (SimPy priority 2), so runs are determ
 
 A granted instance reserves each of its resources (links, ramps, core compute) for a window
 at a fixed offset from its start S: the stream is a pipeline, so link k of a route is busy
-from S + T_R + k * hop for B * pace cycles. S is the earliest cycle >= the ready time at which
+from S + T_R + k * hop for (beats x pace) cycles, a beat being the wavelets a link carries
+in one cycle (`link_bits_per_cycle / 32`). S is the earliest cycle >= the ready time at which
 every window is free (each resource is free after its last reservation). See
 docs/hardware-model.md for the exact rules; `engine.fast` implements the same ones.
 """
@@ -33,7 +34,14 @@ from wse_sim.program import (
     Unicast,
     check_fits,
 )
-from wse_sim.timing import compute_cycles, executed_flops, io_cycles, reduce_pace, split_evenly
+from wse_sim.timing import (
+    compute_cycles,
+    executed_flops,
+    io_cycles,
+    reduce_pace,
+    split_evenly,
+    stream_beats,
+)
 
 GRANT_PRIORITY = 2  # after SimPy's URGENT (0) and NORMAL (1): every same-cycle event first
 
@@ -80,11 +88,11 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
                 inst.events.append((c, cyc))
                 insts.append(inst)
         elif isinstance(t, Unicast):
-            b = t.wavelets
+            b = stream_beats(hw, t.wavelets)
             for rank, (x, y) in enumerate(t.region.cells()):
                 tx, ty = t.dest(x, y)
                 inst = Instance(ti, rank)
-                inst.wavelets = b
+                inst.wavelets = t.wavelets
                 inst.needs = deps_needed(t, x, y, mesh)
                 route = xy_route(x, y, tx, ty)
                 src, dst = mesh.core(x, y), mesh.core(tx, ty)
@@ -97,10 +105,10 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
                 inst.events.append((dst, 2 * tr + len(route) * hop + b - 1))
                 insts.append(inst)
         elif isinstance(t, Multicast):
-            b = t.wavelets
+            b = stream_beats(hw, t.wavelets)
             sx, sy = t.src
             inst = Instance(ti, 0)
-            inst.wavelets = b
+            inst.wavelets = t.wavelets
             inst.needs = deps_needed(t, sx, sy, mesh)
             links, dests = multicast_tree(sx, sy, t.region.x, t.region.y, t.region.cols,
                                           t.region.rows)
@@ -143,9 +151,9 @@ def _io_instance(t: IoTransfer, ti: int, hw, mesh) -> Instance:
 def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instance:
     """A broadcast or a reduce running along one line of cores."""
     tr, hop, op = hw.ramp_latency_cycles, hw.hop_latency_cycles, hw.stream_op_latency_cycles
-    b = t.wavelets
+    b = stream_beats(hw, t.wavelets)
     inst = Instance(ti, rank)
-    inst.wavelets = b
+    inst.wavelets = t.wavelets
     x0, y0 = line[0]
     cores = [mesh.core(x, y) for x, y in line]
     inst.core = cores[0]
@@ -161,7 +169,7 @@ def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instanc
         return inst
     pace = reduce_pace(hw, t.dtype)
     length = b * pace
-    values = b * (4 // DTYPE_BYTES[t.dtype])
+    values = t.wavelets * (4 // DTYPE_BYTES[t.dtype])
     for x, y in line:
         inst.needs.extend(deps_needed(t, x, y, mesh))
     stage = 2 * tr + hop + op
