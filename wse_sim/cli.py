@@ -22,6 +22,7 @@ from wse_sim.cli_common import (
     positive_int,
     with_interface_keys,
 )
+from wse_sim.hardware import FIELD_EFFECTS
 
 # Sub-command modules: each has `register(sub) -> {name: function}`; missing ones are skipped.
 COMMAND_MODULES = ("wse_sim.cli_blocks", "wse_sim.cli_outputs", "wse_sim.cli_sweep",
@@ -136,15 +137,17 @@ def _show_preset(resolved, args) -> int:
     if args.json:
         print(json.dumps({"preset": args.show, "chain": list(resolved.chain), "fields": fields,
                           "origins": resolved.origins, "sources": hw.sources,
+                          "acts_on": {k: FIELD_EFFECTS[k] for k in fields},
                           "aggregates": hw.aggregates()}, indent=1))
         return 0
     lines = {k: f"{k} = {json.dumps(v)}" for k, v in fields.items()}
     width = max(len(t) for t in lines.values())
     print(f"# {args.show} resolved: {' <- '.join(resolved.chain)}"
           + (f", then --set {' '.join(args.set)}" if args.set else ""))
-    print("# each field's comment: the preset or file it came from, default or --set\n[hardware]")
+    print("# each field's comment: the preset or file it came from (default or --set), then "
+          "what it acts on\n[hardware]")
     for k, text in lines.items():
-        print(f"{text:<{width}}  # {resolved.origins[k]}")
+        print(f"{text:<{width}}  # {resolved.origins[k]:<10} acts on: {FIELD_EFFECTS[k]}")
     print("\n[sources]")
     for k, text in hw.sources.items():  # a key that is not a bare TOML key is quoted
         bare = k.isascii() and k.replace("_", "a").replace("-", "a").isalnum()

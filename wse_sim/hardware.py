@@ -19,6 +19,25 @@ from wse_sim.preset_files import builtin_names, read_preset
 DTYPES = ("fp32", "fp16", "bf16")
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
+# What each field of HardwareConfig acts on, in one place (tests/test_every_field_acts.py
+# changes each field and proves the declared figure changes; `presets --show` prints it):
+# cycles: simulated cycles; mesh: the mesh's size (what fits, where); seconds: cycles to
+# seconds (and static energy); sram / colors: the static resource checks; energy: the energy
+# report; rollup: chip-level aggregates and static power; report: names and citations only.
+FIELD_EFFECTS = {
+    "name": "report", "mesh_cols": "mesh", "mesh_rows": "mesh", "clock_ghz": "seconds",
+    "sram_bytes": "sram", "sram_read_bytes_per_cycle": "cycles",
+    "sram_write_bytes_per_cycle": "cycles", "fmac_lanes_fp32": "cycles",
+    "fmac_lanes_fp16": "cycles", "fmac_lanes_bf16": "cycles", "link_bits_per_cycle": "cycles",
+    "hop_latency_cycles": "cycles", "ramp_latency_cycles": "cycles",
+    "stream_op_latency_cycles": "cycles", "colors_per_core": "colors", "io_bits_per_s": "cycles",
+    "energy_pj_per_flop_fp32": "energy", "energy_pj_per_flop_fp16": "energy",
+    "energy_pj_per_flop_bf16": "energy", "energy_pj_per_sram_byte": "energy",
+    "energy_pj_per_bit_hop": "energy", "energy_pj_per_io_byte": "energy",
+    "chip_cores": "rollup", "static_power_w_per_core": "energy",
+    "static_power_w_per_router": "energy", "description": "report", "sources": "report",
+}
+
 
 @dataclass(frozen=True)
 class HardwareConfig:
