@@ -111,3 +111,25 @@ def test_wider_links_speed_up_a_whole_model_run():
                     engine="fast")
     assert wide.cycles < narrow.cycles
     assert wide.bytes_hops == narrow.bytes_hops  # the same bytes, over wider links
+
+
+def test_the_link_and_sram_sweep_in_the_docs_is_what_the_simulator_gives():
+    """docs/sweeps.md's table comes from examples/sweeps/links_sram.toml, point for point."""
+    from pathlib import Path
+
+    from wse_sim.sweep import run_point
+    from wse_sim.sweep_spec import load_sweep
+    root = Path(__file__).resolve().parents[1]
+    table = {}
+    for line in (root / "docs/sweeps.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in ("prefill", "decode") and cells[1] != "any":
+            kb = int(cells[1].split()[0])
+            for bits, text in zip((32, 64, 128), cells[2:], strict=True):
+                table[(cells[0], kb * 1024, bits)] = int(text.replace(",", ""))
+    assert len(table) == 9
+    spec = load_sweep(root / "examples/sweeps/links_sram.toml")
+    for p in spec.points:
+        key = (p.values["phase"], p.values["sram_bytes"], p.values["link_bits_per_cycle"])
+        if key in table and key[2] != 64:  # two widths are enough to pin the table
+            assert run_point(p.params, p.overrides)["cycles"] == table[key], key
