@@ -15,7 +15,7 @@ from mapper.collectives import (
     two_level_groups,
 )
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
-from wse_sim.timing import reduce_pace, stream_beats, transfer_cycles
+from wse_sim.timing import message_cycles, reduce_pace, stream_beats, transfer_cycles
 
 # ---- closed forms ------------------------------------------------------------------------------
 
@@ -37,9 +37,9 @@ def cf_chain(hw: HardwareConfig, n: int, rho: int, b: int, dtype: str) -> int:
     b = stream_beats(hw, b)  # from here on, a stream's length in beats (cycles per link)
     a, c = rho, n - 1 - rho
     if a == 0 or c == 0:
-        return (n - 1) * stage + (b - 1) * pace
+        return (n - 1) * stage + (b - 1) * pace + message_cycles(hw)
     start2 = max(0, (a - c) * stage + b * pace)  # the root adds the second stream after the first
-    return max(a * stage, start2 + c * stage) + (b - 1) * pace
+    return max(a * stage, start2 + c * stage) + (b - 1) * pace + message_cycles(hw)
 
 
 def cf_broadcast(hw: HardwareConfig, b: int, farthest_hops: int) -> int:
@@ -58,7 +58,7 @@ def cf_star(hw: HardwareConfig, n: int, rho: int, b: int) -> int:
     if lo:  # farthest first (row-major order); after the first, back to back on the ramp
         first = max(tr + lo * h, ramp_free)
         end = max(end, first + lo * b + tr - 1)
-    return end
+    return end + message_cycles(hw)
 
 
 def cf_tree(hw: HardwareConfig, n: int, rho: int, b: int, dtype: str, arity: int) -> int:
@@ -76,13 +76,36 @@ def cf_tree(hw: HardwareConfig, n: int, rho: int, b: int, dtype: str, arity: int
 
 
 def cf_two_level(hw: HardwareConfig, n: int, b: int, dtype: str, group: int | None) -> int:
+    """Group chains (all start at 0), then the leaders' sends to the root, nearest first, each
+    at the earliest start at which the links toward the root and the root's ramp off are free
+    (a chain paced slower than a beat per cycle may still hold them): traced exactly."""
     g, m, r0 = two_level_groups(n, group)
     if m == 0:
         return cf_chain(hw, n, 0, b, dtype)
     h, tr = hw.hop_latency_cycles, hw.ramp_latency_cycles
-    t1 = cf_chain(hw, g, 0, b, dtype) if g >= 2 else 0
-    b = stream_beats(hw, b)
-    return t1 + (m - 1) * max(0, b - g * h) + 2 * tr + (n - g) * h + b - 1
+    s, r = hw.message_start_cycles, hw.message_receive_cycles
+    stage, pace, wn = _stage(hw), reduce_pace(hw, dtype), stream_beats(hw, b)
+    link_free: dict[int, int] = {}  # link leaving position q toward q - 1 -> free after
+
+    def chain(lo: int, cores: int) -> int:
+        """Reserve a group chain's links; its end (the event at position lo)."""
+        for i in range(1, cores):  # hop i - 1 leaves position lo + cores - i
+            link_free[lo + cores - i] = s + (i - 1) * stage + tr + wn * pace
+        return (cores - 1) * stage + (wn - 1) * pace + s + r if cores >= 2 else 0
+
+    done = chain(0, r0)
+    root_off = s + (r0 - 2) * stage + tr + h + wn * pace if r0 >= 2 else 0
+    ready = max([chain(r0 + (k - 1) * g, g) for k in range(1, m + 1)])
+    for k in range(1, m + 1):
+        lead, start = r0 + (k - 1) * g, ready
+        for q in range(lead, 0, -1):
+            start = max(start, link_free.get(q, 0) - s - tr - (lead - q) * h)
+        start = max(start, root_off - s - tr - lead * h)
+        for q in range(lead, 0, -1):
+            link_free[q] = start + s + tr + (lead - q) * h + wn
+        root_off = start + s + tr + lead * h + wn
+        done = max(done, start + s + 2 * tr + lead * h + wn - 1 + r)
+    return done
 
 
 def _max_window(hops: list[int], length: int) -> int:
@@ -97,7 +120,7 @@ def cf_ring(hw: HardwareConfig, n: int, b: int, dtype: str, parts: str = "both")
         return None  # the steps of one core could overlap on its ramp: no closed form
     order = ring_order(n)
     hops = [abs(order[(i + 1) % n] - order[i]) for i in range(n)]
-    x0 = stream_beats(hw, b) - 1 + 2 * hw.ramp_latency_cycles
+    x0 = stream_beats(hw, b) - 1 + 2 * hw.ramp_latency_cycles + message_cycles(hw)
     add = add_cycles(hw, b, dtype)
     edges = {"rs": n - 1, "ag": n - 1, "both": 2 * n - 2}[parts]
     adds = 0 if parts == "ag" else n - 1
@@ -112,7 +135,7 @@ def cf_all_to_all(hw: HardwareConfig, n: int, b: int) -> int:
     for k in range(1, n):
         back = (n - 1 - k) * (max(0, b - h) if k >= 2 else 0) + 2 * tr + k * h + b - 1
         wrap = (k - 1) * ((b + h) if n - k >= 2 else 0) + 2 * tr + (n - k) * h + b - 1
-        total += max(back, wrap)
+        total += max(back, wrap) + message_cycles(hw)
     return total
 
 

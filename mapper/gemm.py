@@ -44,6 +44,7 @@ from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Program, ProgramError, check_fits
 from wse_sim.timing import (
     chain_reduce_cycles,
+    message_cycles,
     multicast_cycles,
     stream_beats,
 )
@@ -164,13 +165,13 @@ def gemm_closed_form(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int
     wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
     if algo == "summa":
         first = multicast_cycles(hw, wa + wb, P - 1)
-        lat = 4 * stream_beats(hw, max(wa, wb)) + 2 * tr + (P - 1) * hop
+        lat = 4 * stream_beats(hw, max(wa, wb)) + 2 * tr + (P - 1) * hop + message_cycles(hw)
         return {"cycles": None, "lower_bound": P * c + first, "step_cycles": c,
                 "steady_state_cycles": P * c, "compute_bound": lat <= c, "latency": lat,
                 "note": "no closed form: the owner's ramp carries 2 half-streams per operand and "
                         "the diagonal core owns both; bound = first broadcast + P c"}
     hops = P - 1 if algo == "cannon" else min(2, P - 1)
-    lat = stream_beats(hw, wa) + stream_beats(hw, wb) + 2 * tr + hops * hop - 1
+    lat = stream_beats(hw, wa) + stream_beats(hw, wb) + 2 * tr + hops * hop - 1 + message_cycles(hw)
     bound = lat <= c
     cyc = P * c if (bound and not skew) else None
     note = ("pre-aligned inputs, compute-bound (L <= c): P c exactly" if cyc is not None else
@@ -201,7 +202,8 @@ def gemv_closed_form(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int
     # (P - 1, y) + c; the column phase's group k starts when its last row is done.
     row_ready = [[bcast_x - (2 * (P - 1) - (x + y)) * hop + c for x in range(P)]
                  for y in range(P)]
-    row_ready[0][0] = tr + stream_beats(hw, wx) - 1 + c  # the source's ramp-on is done
+    # the source's own event: its ramp-on is done (started late, nothing received)
+    row_ready[0][0] = hw.message_start_cycles + tr + stream_beats(hw, wx) - 1 + c
     row_end = [tree_end(hw, row_ready[y], wn, n, dtype) for y in range(P)]
     end = tree_end(hw, row_end, wn, n, dtype)
     parts.update(reduce=end - bcast_x - c, bcast_y=bcast_y)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import Compute, DataOp, Dep, LineStream, Region, Unicast
-from wse_sim.timing import compute_cycles, reduce_pace, stream_beats
+from wse_sim.timing import compute_cycles, message_cycles, reduce_pace, stream_beats
 
 
 def tree_groups(n: int) -> tuple[int, int, int]:
@@ -146,7 +146,8 @@ def chain_end(hw: HardwareConfig, ready: list[int], wavelets: int, dtype: str) -
     if len(ready) < 2:
         return max(ready)
     beats = stream_beats(hw, wavelets)
-    return max(ready) + (len(ready) - 1) * stage_cycles(hw) + (beats - 1) * reduce_pace(hw, dtype)
+    return max(ready) + (len(ready) - 1) * stage_cycles(hw) + (beats - 1) * reduce_pace(hw, dtype) \
+        + message_cycles(hw)
 
 
 def tree_end(hw: HardwareConfig, ready: list[int], wavelets: int, values: int,
@@ -156,6 +157,7 @@ def tree_end(hw: HardwareConfig, ready: list[int], wavelets: int, values: int,
     leaders' sends are granted in order, first come first served, on the links toward the root
     and the root's ramp off; the root adds each arrival after its previous add."""
     tr, hop, wn = hw.ramp_latency_cycles, hw.hop_latency_cycles, stream_beats(hw, wavelets)
+    s, r = hw.message_start_cycles, hw.message_receive_cycles  # every window starts s late
     stage, pace = stage_cycles(hw), reduce_pace(hw, dtype)
     a = add_cycles(hw, values, dtype)
     g, m, r0 = tree_groups(len(ready))
@@ -166,21 +168,21 @@ def tree_end(hw: HardwareConfig, ready: list[int], wavelets: int, values: int,
         nonlocal root_off
         start = max(ready[lo:lo + cores])
         for i in range(1, cores):  # hop i - 1 leaves position lo + cores - i
-            link_free[lo + cores - i] = start + (i - 1) * stage + tr + wn * pace
+            link_free[lo + cores - i] = start + s + (i - 1) * stage + tr + wn * pace
         if lo == 0 and cores >= 2:
-            root_off = start + (cores - 2) * stage + tr + hop + wn * pace
-        return start + ((cores - 1) * stage + (wn - 1) * pace if cores >= 2 else 0)
+            root_off = start + s + (cores - 2) * stage + tr + hop + wn * pace
+        return start + ((cores - 1) * stage + (wn - 1) * pace + s + r if cores >= 2 else 0)
 
     done = stream(0, r0)
     leads = [(r0 + (k - 1) * g, stream(r0 + (k - 1) * g, g)) for k in range(1, m + 1)]
     for lead, start in leads:
         for q in range(lead, 0, -1):
-            start = max(start, link_free.get(q, 0) - tr - (lead - q) * hop)
-        start = max(start, root_off - tr - lead * hop)
+            start = max(start, link_free.get(q, 0) - s - tr - (lead - q) * hop)
+        start = max(start, root_off - s - tr - lead * hop)
         for q in range(lead, 0, -1):
-            link_free[q] = start + tr + (lead - q) * hop + wn
-        root_off = start + tr + lead * hop + wn
-        done = max(done, start + 2 * tr + lead * hop + wn - 1) + a
+            link_free[q] = start + s + tr + (lead - q) * hop + wn
+        root_off = start + s + tr + lead * hop + wn
+        done = max(done, start + s + 2 * tr + lead * hop + wn - 1 + r) + a
     return done
 
 

@@ -102,6 +102,8 @@ def programs(draw, in_order=False):
         "stream_op_latency_cycles": draw(st.integers(0, 2)),
         "fmac_lanes_fp16": draw(st.sampled_from([1, 2, 4, 8])),
         "link_bits_per_cycle": draw(st.sampled_from([32, 32, 64, 128])),
+        "message_start_cycles": draw(st.sampled_from([0, 0, 1, 3])),
+        "message_receive_cycles": draw(st.sampled_from([0, 1, 1, 2])),
     })
 
     def region(min_cols=1, min_rows=1):

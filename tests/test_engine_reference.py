@@ -35,7 +35,7 @@ def test_unicast_closed_form(b, x, y, tx, ty):
         return
     r = run(Unicast("u", R(x, y, 1, 1), b, to=(tx, ty)))
     hops = abs(tx - x) + abs(ty - y)
-    assert r.cycles == timing.transfer_cycles(HW, b, hops) == b - 1 + hops + 4
+    assert r.cycles == timing.transfer_cycles(HW, b, hops) == b - 1 + hops + 4 + 1  # + receive
     assert r.comm_bytes == r.delivered_bytes == 4 * b
     assert r.bytes_hops == 4 * b * hops
     assert r.comm_cycles == r.cycles and r.compute_cycles == 0
@@ -45,7 +45,7 @@ def test_unicast_closed_form(b, x, y, tx, ty):
 def test_closed_form_follows_hardware_fields(ramp, hop):
     hw = HW.with_overrides({"ramp_latency_cycles": ramp, "hop_latency_cycles": hop})
     r = run(Unicast("u", R(0, 0, 1, 1), 50, dx=7, dy=2), hw=hw)
-    assert r.cycles == 49 + 9 * hop + 2 * ramp == timing.transfer_cycles(hw, 50, 9)
+    assert r.cycles == 49 + 9 * hop + 2 * ramp + 1 == timing.transfer_cycles(hw, 50, 9)
 
 
 def test_multicast_tree_farthest_destination_decides():
@@ -61,7 +61,7 @@ def test_line_broadcast_and_chain_reduce():
     r = run(LineStream("b", R(0, 0, 16, 1), "x", 1, 1024))
     assert r.cycles == timing.line_broadcast_cycles(HW, 1024, 16)
     r = run(LineStream("r", R(0, 0, 16, 1), "x", -1, 1024, reduce=True))
-    assert r.cycles == timing.chain_reduce_cycles(HW, 1024, 16) == 15 * 6 + 1023
+    assert r.cycles == timing.chain_reduce_cycles(HW, 1024, 16) == 15 * 6 + 1023 + 1
     assert r.stream_flops == 15 * 1024
     # fp16 packs two values per wavelet; 4 lanes add them in one cycle: same pace.
     r16 = run(LineStream("r", R(0, 0, 1, 16), "y", 1, 64, reduce=True, dtype="fp16"))

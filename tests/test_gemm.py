@@ -118,7 +118,8 @@ def test_a_wrong_shift_offset_fails_the_check(algo, op):
 
 HWS = [HW, HW.with_overrides({"ramp_latency_cycles": 3, "hop_latency_cycles": 2,
                               "stream_op_latency_cycles": 2}),
-       HW.with_overrides({"link_bits_per_cycle": 128, "ramp_latency_cycles": 2})]
+       HW.with_overrides({"link_bits_per_cycle": 128, "ramp_latency_cycles": 2,
+                          "message_start_cycles": 2, "message_receive_cycles": 3})]
 
 
 @pytest.mark.parametrize("hw", HWS)

@@ -25,7 +25,7 @@ from wse_sim.experiment import build_program, run_model, search_mapping
 from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import ConfigError, load_preset
 from wse_sim.program import wavelets_for
-from wse_sim.timing import reduce_pace
+from wse_sim.timing import message_cycles, reduce_pace
 
 HW = load_preset("mesh16")
 STRATEGIES = ("layer-pipelined", "layer-sequential", "weight-streaming")
@@ -207,11 +207,12 @@ def test_tree_beats_chain_on_a_decode_with_long_rows():
         a = add_cycles(hw, values, "fp16")
         chain = _equal_ready("chain", hw, n, values, "fp16")
         tree = _equal_ready("tree", hw, n, values, "fp16")
-        assert chain == (n - 1) * S + (w - 1) * p
+        msg = message_cycles(hw)  # start + receive: the chain is one message, the tree two deep
+        assert chain == (n - 1) * S + (w - 1) * p + msg
         if w >= g * hw.hop_latency_cycles:
             assert tree == (g - 1) * S + (w - 1) * p + 2 * hw.ramp_latency_cycles \
-                + r0 * hw.hop_latency_cycles + m * w - 1 + a
-        wins = (m - 1) * w + a + 2 * hw.ramp_latency_cycles + r0 * hw.hop_latency_cycles \
+                + r0 * hw.hop_latency_cycles + m * w - 1 + a + 2 * msg
+        wins = (m - 1) * w + a + 2 * hw.ramp_latency_cycles + r0 * hw.hop_latency_cycles + msg \
             < (n - g) * S
         assert (tree < chain) == wins == (values < 100)
     cycles = {}

@@ -30,7 +30,8 @@ FIELD_EFFECTS = {
     "sram_write_bytes_per_cycle": "cycles", "fmac_lanes_fp32": "cycles",
     "fmac_lanes_fp16": "cycles", "fmac_lanes_bf16": "cycles", "link_bits_per_cycle": "cycles",
     "hop_latency_cycles": "cycles", "ramp_latency_cycles": "cycles",
-    "stream_op_latency_cycles": "cycles", "colors_per_core": "colors", "io_bits_per_s": "cycles",
+    "stream_op_latency_cycles": "cycles", "message_start_cycles": "cycles",
+    "message_receive_cycles": "cycles", "colors_per_core": "colors", "io_bits_per_s": "cycles",
     "energy_pj_per_flop_fp32": "energy", "energy_pj_per_flop_fp16": "energy",
     "energy_pj_per_flop_bf16": "energy", "energy_pj_per_sram_byte": "energy",
     "energy_pj_per_bit_hop": "energy", "energy_pj_per_io_byte": "energy",
@@ -66,6 +67,8 @@ class HardwareConfig:
     energy_pj_per_bit_hop: float
     energy_pj_per_io_byte: float
     chip_cores: int = 0
+    message_start_cycles: int = 0     # a core starting a message: before its first wavelet
+    message_receive_cycles: int = 0   # a core receiving a message: after its last wavelet
     static_power_w_per_core: float = 0.0     # leakage + clock of a core and its SRAM, busy or not
     static_power_w_per_router: float = 0.0   # leakage + clock of its router, busy or not
     description: str = ""
@@ -169,7 +172,8 @@ class HardwareConfig:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(HardwareConfig) if f.name != "sources")
 _ZERO_OK_INT = {"hop_latency_cycles", "ramp_latency_cycles", "stream_op_latency_cycles",
-                "chip_cores", "fmac_lanes_bf16", "fmac_lanes_fp16"}
+                "chip_cores", "fmac_lanes_bf16", "fmac_lanes_fp16", "message_start_cycles",
+                "message_receive_cycles"}
 _ZERO_OK_FLOAT = {"energy_pj_per_flop_fp32", "energy_pj_per_flop_fp16", "energy_pj_per_flop_bf16",
                   "energy_pj_per_sram_byte", "energy_pj_per_bit_hop", "energy_pj_per_io_byte",
                   "io_bits_per_s", "static_power_w_per_core", "static_power_w_per_router"}

@@ -49,11 +49,18 @@ def reduce_pace(hw: HardwareConfig, dtype: str) -> int:
     return max(1, -(-values_per_beat // hw.lanes(dtype)))
 
 
+def message_cycles(hw: HardwareConfig) -> int:
+    """What the two cores add to a message's latency: the sender's start and the receiver's
+    receipt (`message_start_cycles + message_receive_cycles`)."""
+    return hw.message_start_cycles + hw.message_receive_cycles
+
+
 def transfer_cycles(hw: HardwareConfig, wavelets: int, hops: int) -> int:
-    """One message, no contention: ramp on, head over `hops` links, ramp off, then the rest
-    of the stream at one beat per cycle: beats - 1 + hops * hop_latency + 2 * T_R."""
+    """One message, no contention: start, ramp on, head over `hops` links, ramp off, the rest
+    of the stream at one beat per cycle, receipt:
+    beats - 1 + hops * hop_latency + 2 * T_R + start + receive."""
     return (stream_beats(hw, wavelets) - 1) + hops * hw.hop_latency_cycles \
-        + 2 * hw.ramp_latency_cycles
+        + 2 * hw.ramp_latency_cycles + message_cycles(hw)
 
 
 def line_broadcast_cycles(hw: HardwareConfig, wavelets: int, cores: int) -> int:
@@ -63,9 +70,11 @@ def line_broadcast_cycles(hw: HardwareConfig, wavelets: int, cores: int) -> int:
 
 def chain_reduce_cycles(hw: HardwareConfig, wavelets: int, cores: int, dtype: str = "fp32") -> int:
     """Pipelined reduce along a chain: each of the P - 1 stages costs ramp off, one combine,
-    ramp on and a hop; then the stream's beats drain at the pace of the slowest stage."""
+    ramp on and a hop; then the stream's beats drain at the pace of the slowest stage; the
+    first core starts the message once, the root receives it once."""
     stage = 2 * hw.ramp_latency_cycles + hw.hop_latency_cycles + hw.stream_op_latency_cycles
-    return (cores - 1) * stage + (stream_beats(hw, wavelets) - 1) * reduce_pace(hw, dtype)
+    return (cores - 1) * stage + (stream_beats(hw, wavelets) - 1) * reduce_pace(hw, dtype) \
+        + message_cycles(hw)
 
 
 def multicast_cycles(hw: HardwareConfig, wavelets: int, max_hops: int) -> int:

@@ -136,7 +136,8 @@ class Tables:
         self.td, self.deps, self.rdeps, self.ib = td, deps, order.astype(np.int64), ib
         self.n_signals = sig
         self.n_instances = int(ib[-1])
-        self.hwc = np.array([cols, rows, cols * rows, tr, hop, hw.stream_op_latency_cycles],
+        self.hwc = np.array([cols, rows, cols * rows, tr, hop, hw.stream_op_latency_cycles,
+                             hw.message_start_cycles, hw.message_receive_cycles],
                             np.int64)
         self.cols = cols
         self.loops = program.loops

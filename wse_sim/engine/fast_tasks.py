@@ -59,7 +59,7 @@ NF = 32
 # columns of the dependency table
 D_TASK, D_RULE, D_DX, D_DY, D_OWNER = 0, 1, 2, 3, 4
 # hardware constants
-H_COLS, H_ROWS, H_N, H_TR, H_HOP, H_OP = 0, 1, 2, 3, 4, 5
+H_COLS, H_ROWS, H_N, H_TR, H_HOP, H_OP, H_SEND, H_RECV = 0, 1, 2, 3, 4, 5, 6, 7
 EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
 
 
@@ -191,7 +191,18 @@ def unicast_ends(td, t, i):
 
 @kernel(inline=True)
 def fill_res(td, t, i, hwc, rid, off, ln):
-    """Reservations (resource, offset, length) of instance i, in the reference's order."""
+    """Reservations (resource, offset, length) of instance i, in the reference's order; a
+    stream's windows start `message_start_cycles` late (the core starting the message)."""
+    m = _res(td, t, i, hwc, rid, off, ln)
+    k = td[t, F_KIND]
+    if k != K_COMPUTE and k != K_IO and hwc[H_SEND] != 0:
+        for j in range(m):
+            off[j] += hwc[H_SEND]
+    return m
+
+
+@kernel(inline=True)
+def _res(td, t, i, hwc, rid, off, ln):
     cols, n = hwc[H_COLS], hwc[H_N]
     tr, hop = hwc[H_TR], hwc[H_HOP]
     k = td[t, F_KIND]
@@ -292,7 +303,25 @@ def _multicast_res(td, t, hwc, rid, off, ln):
 
 @kernel(inline=True)
 def fill_events(td, t, i, hwc, ex, ey, eoff):
-    """Events (core x, core y, offset) of instance i, in the reference's order."""
+    """Events (core x, core y, offset) of instance i, in the reference's order; a stream's
+    events come `message_start_cycles` late, and each receiver's `message_receive_cycles`
+    later still (event 0 is the source's, but a reduce's last event is its root's)."""
+    m = _events(td, t, i, hwc, ex, ey, eoff)
+    k = td[t, F_KIND]
+    if k == K_COMPUTE or k == K_IO:
+        return m
+    for j in range(m):
+        eoff[j] += hwc[H_SEND]
+    if k == K_REDUCE:
+        eoff[m - 1] += hwc[H_RECV]
+    else:
+        for j in range(1, m):
+            eoff[j] += hwc[H_RECV]
+    return m
+
+
+@kernel(inline=True)
+def _events(td, t, i, hwc, ex, ey, eoff):
     tr, hop = hwc[H_TR], hwc[H_HOP]
     k = td[t, F_KIND]
     b = td[t, F_BT]

@@ -127,8 +127,22 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
         elif isinstance(t, LineStream):
             for rank, line in enumerate(t.lines()):
                 insts.append(_line_instance(t, ti, rank, line, hw, mesh))
+        if isinstance(t, Unicast | Multicast | LineStream):
+            for inst in insts:
+                _message_costs(inst, hw, root_only=isinstance(t, LineStream) and t.reduce)
         out.append(insts)
     return out
+
+
+def _message_costs(inst: Instance, hw: HardwareConfig, root_only: bool) -> None:
+    """The cores' own costs of a message: every window and event `message_start_cycles` late
+    (the source starting it), each receiver's event `message_receive_cycles` later still.
+    Event 0 is the source's; of a reduce, only the last event (the root's) is a receipt."""
+    s, r = hw.message_start_cycles, hw.message_receive_cycles
+    inst.res = [(rid, off + s, length) for rid, off, length in inst.res]
+    last = len(inst.events) - 1
+    inst.events = [(core, off + s + (r if (k == last if root_only else k > 0) else 0))
+                   for k, (core, off) in enumerate(inst.events)]
 
 
 def _io_instance(t: IoTransfer, ti: int, hw, mesh) -> Instance:
