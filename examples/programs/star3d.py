@@ -161,7 +161,7 @@ def build_star(name: str, cols: int, rows: int, nz: int, radius: int, iters: int
 
     sweep(0)  # the first sweep waits for nothing: peeled off the loop
     pb.repeat(f"{name}.sweep", iters - 1, lambda i: sweep(i + 1))
-    return pb.build(cores_used=grid.size)
+    return pb.build(cores_used=grid.size, dtype=dtype)
 
 
 def result_buffer(iters: int) -> str:
