@@ -131,7 +131,7 @@ class _Iteration:
         red = allreduce(self.pb, self.grid, f"part{len(bs)}", f"dot{len(bs)}", len(bs),
                         (Dep(self.last),))
         self.compute(step, 0, "bicg_scalar", (f"dot{len(bs)}",), "sc", (("step", step),),
-                     (Dep(red),), per_core=1 if step != "beta" else 3)
+                     (Dep(red, "all"),), per_core=1 if step != "beta" else 3)
 
     def axpy(self, out: str, a: str, b: str, coef: str, sign: float) -> None:
         self.compute(f"{out}={a}{'+' if sign > 0 else '-'}{coef}*{b}", 2, "bicg_axpy",
