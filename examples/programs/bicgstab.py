@@ -113,8 +113,8 @@ class _Iteration:
         self.last = self.pb.add(Compute(
             op, self.grid, flops_per_point * pts + per_core * self.grid.size,
             dtype="fp32" if per_core else self.dtype, kind=kind,
-            sram_read_bytes=len(ins) * nbytes * pts if not per_core else 0,
-            sram_write_bytes=nbytes * pts if not per_core else 0, deps=deps,
+            sram_read_bytes=sum(i in VECTORS for i in ins) * nbytes * pts,
+            sram_write_bytes=0 if per_core else nbytes * pts, deps=deps,
             data=DataOp(kernel, ins, out, params)))
         return self.last
 
