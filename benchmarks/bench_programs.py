@@ -7,8 +7,8 @@ Each example (examples/programs/) is built for a large mesh and timed once on th
 - bicgstab: Rocki et al. SC20's configuration, the wse1 preset (600 x 595 cores),
   nz = 1536 fp16, 4 iterations;
 - fft3d: the largest that runs within about a minute here: a 256 x 256 x 512 grid on
-  256 x 256 cores of wse2 (1,023 tasks, 67 M instances; 512 x 512 cores would be 8 times
-  the instances). With --quick: 128 x 128 cores (64 x 64 for the FFT), wse2 for all.
+  256 x 256 cores of wse2 (1,023 tasks, 67 M instances, 40 to 60 s here; 512 x 512 cores
+  would be 8 times the instances). With --quick: 128 x 128 cores (64 x 64 for the FFT), wse2 for all.
 Figures per example: wall seconds of the simulation, simulated cycles, FLOP/s and fraction of
 the peak of the cores used, loop iterations fast-forwarded. Then a weak-scaling curve of
 stencil25 (nz = 512 per core, 10 sweeps) from 64 x 64 cores up to the full wse2 mesh.
