@@ -14,9 +14,9 @@ pairs: 2 wavelets per value). With m = nz / nx and n = nz / ny:
 
 The result is the full 3-D DFT, transposed: core (x, y) holds, for every ky, the items
 q = y n .. y n + n - 1, item q being kx = q // m, kz = x m + q % m (`gather` undoes it).
-FLOPs: 5 N log2 N for N = nx ny nz, the usual count. The sizes must be powers of two with nx
-and ny dividing nz; anything else is a ProgramError. It is not a loop (an FFT does not
-iterate).
+FLOPs: 5 N log2 N for N = nx ny nz, the usual count. Not implemented (NotImplementedError
+naming it): sizes that are not powers of two, nz smaller than nx or ny. It is not a loop (an
+FFT does not iterate).
 
     python examples/programs/fft3d.py                       # 8 x 8 x 64 on mesh8: numpy check, both engines
     python examples/programs/fft3d.py --preset mesh64 --nz 256 --engines fast
@@ -40,7 +40,6 @@ from wse_sim.program import (  # noqa: E402
     Dep,
     Program,
     ProgramBuilder,
-    ProgramError,
     Region,
     Unicast,
 )
@@ -104,10 +103,12 @@ def _check_sizes(cols: int, rows: int, nz: int) -> None:
     for name, v in (("cols", cols), ("rows", rows), ("nz", nz)):
         star3d.check_int("fft3d", name, v, 2)
         if v & (v - 1):
-            raise ProgramError(f"fft3d {name}: got {v}, must be a power of two")
+            raise NotImplementedError(f"fft3d {name}: got {v}; sizes that are not powers of "
+                                      "two (mixed-radix FFTs) are not implemented")
     if nz % cols or nz % rows:
-        raise ProgramError(f"fft3d nz: got {nz}, must be a multiple of cols {cols} and rows "
-                           f"{rows} (each core sends every other core of its line a block)")
+        raise NotImplementedError(f"fft3d nz: got {nz} < cols {cols} or rows {rows}; "
+                                  "transposes with fewer values than cores on a line (uneven "
+                                  "blocks) are not implemented")
 
 
 def _transpose(pb: ProgramBuilder, grid: Region, axis: str, src: str, dst: str, ready: int,
