@@ -146,9 +146,9 @@ def serve(args) -> tuple:
     _check(args)
     spec = StreamSpec(args.arrivals, args.trace, args.requests, args.prompt_dist,
                       args.output_dist, args.seed)
-    requests = make_requests(spec)
     cache = CostCache(args.cost_cache)
     pre, dec = _costs(args, cache)
+    requests = make_requests(spec)
     t0 = time.perf_counter()
     if args.mode == "disaggregated":
         io = min(pre.hw.io_bits_per_s, dec.hw.io_bits_per_s)
