@@ -214,7 +214,7 @@ class ShapeCosts:
 
     def prefill_refusal(self, prompt: int) -> str | None:
         err = self.shape_error("prefill", 1, self.prefill_tokens(prompt))
-        return None if err is None else f"prefill of {prompt} tokens does not map: {err}"
+        return None if err is None else f"prefill does not map ({prompt} tokens): {err}"
 
     def decode_refusal(self, prompt: int, output: int) -> str | None:
         """Why a request can never decode on this region, even alone; None when it can."""
@@ -225,8 +225,8 @@ class ShapeCosts:
             return (f"KV cache: {prompt + output - 1} tokens x {self.kv_bytes_per_token} B = "
                     f"{need} B > the {self.kv_pool_bytes} B of SRAM left for KV")
         err = self.shape_error("decode", 1, self.decode_context(prompt + output - 2))
-        return None if err is None else (f"decode at context {prompt + output - 2} does not "
-                                         f"map: {err}")
+        return None if err is None else (f"decode does not map (context "
+                                         f"{prompt + output - 2}): {err}")
 
     @property
     def kv_pool_bytes(self) -> int:

@@ -77,10 +77,10 @@ def summarize(result: ServeResult, slo_ttft_s: float | None = None,
     span = max((o.finish_s for o in served), default=0.0)
     out_tokens = sum(o.request.output_tokens for o in served)
     in_tokens = sum(o.request.prompt_tokens for o in served)
-    reasons = Counter(o.refused.split(":")[0] for o in refused)
+    reasons = Counter(o.refused.split(":")[0].split(" (")[0] for o in refused)
     s = {
         "mode": result.mode, "requests": len(result.outcomes), "served": len(served),
-        "refused": len(refused), "refused_reasons": dict(reasons.most_common(5)),
+        "refused": len(refused), "refused_reasons": dict(reasons.most_common()),
         "span_s": span, "output_tokens": out_tokens, "prompt_tokens": in_tokens,
         "ttft_s": percentiles([o.ttft_s for o in served]),
         "tpot_s": percentiles([o.tpot_s for o in served if o.tpot_s is not None]),

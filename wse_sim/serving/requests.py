@@ -129,12 +129,13 @@ def _cell(path: str, row: int, column: str, text: str, integer: bool):
     return v
 
 
-def read_csv_requests(path: str, need_lengths: bool) -> list[tuple]:
+def read_csv_requests(path: str, need_lengths: bool, option: str = "--arrivals") -> list[tuple]:
     """Rows of a CSV as (arrival_s, prompt_tokens or None, output_tokens or None); arrivals
     must not decrease. `need_lengths`: the length columns are required."""
     p = Path(path)
     if not p.is_file():
-        raise _bad("--arrivals/--trace", path, "poisson:RATE or an existing CSV file")
+        raise _bad(option, path, "an existing CSV file" if option == "--trace" else
+                   "poisson:RATE or an existing CSV file")
     with p.open(newline="") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
@@ -201,7 +202,8 @@ def make_requests(spec: StreamSpec) -> list[Request]:
         rows = [(float(t), None, None) for t in np.cumsum(gaps)]
     else:
         path = spec.trace or spec.arrivals
-        rows = read_csv_requests(path, need_lengths=spec.trace is not None)
+        rows = read_csv_requests(path, spec.trace is not None,
+                                 "--trace" if spec.trace else "--arrivals")
         if spec.requests is not None:
             if spec.requests > len(rows):
                 raise _bad("--requests", spec.requests, f"at most the {len(rows)} rows of {path}")
