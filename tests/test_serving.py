@@ -130,6 +130,17 @@ def test_request_streams_are_seeded():
     assert [r.arrival_s for r in a] == sorted(r.arrival_s for r in a)
 
 
+def test_arrivals_file_with_length_distributions(tmp_path):
+    f = tmp_path / "arrivals.csv"
+    f.write_text("arrival_s\n0\n0.25\n0.25\n1.5\n")
+    spec = StreamSpec(str(f), None, 3, LengthDist("fixed", 5), LengthDist("uniform", 1, 2))
+    reqs = make_requests(spec)
+    assert [(r.arrival_s, r.prompt_tokens) for r in reqs] == [(0, 5), (0.25, 5), (0.25, 5)]
+    f.write_text("arrival_s\n1\n0.5\n")
+    with pytest.raises(ValueError, match="row 3 column arrival_s"):
+        make_requests(spec)
+
+
 BASE = ["serve", "--preset", "mesh16", "--model", "tiny", "--engine", "reference"]
 POISSON = ["--arrivals", "poisson:20000", "--requests", "6", "--prompt-dist", "uniform:4-20",
            "--output-dist", "uniform:1-6"]
@@ -148,6 +159,7 @@ def test_serve_end_to_end(tmp_path, capsys):
     assert 0 < s["ttft_s"]["p50"] <= s["ttft_s"]["p99"] and s["output_tokens_per_s"] > 0
     assert s["kv_bytes_per_token"] == 512 and s["kv_pool_tokens"] > 0
     assert s["cost_shapes_simulated"] > 0 and "goodput_requests_per_s" in s
+    assert s["seconds"] == s["span_s"] and s["engine"] == "reference" and s["cycles"] > 0
     rows = list(csv.DictReader(open(out / "requests.csv")))
     assert len(rows) == 6 and list(rows[0]) == ["id", "arrival_s", "prompt", "output",
                                                 "first_token_s", "finish_s", "ttft_s",

@@ -164,7 +164,8 @@ def serve(args) -> tuple:
         "preset": args.preset, "decode_preset": (args.decode_preset or args.preset)
         if args.mode == "disaggregated" else None, "model": args.model, "seed": args.seed,
         "mapping": asdict(pre.mapping), "max_batch": args.max_batch, "bucket": args.bucket,
-        "hardware": pre.hw.to_dict(), "kv_bytes_per_token": dec.kv_bytes_per_token,
+        "hardware": pre.hw.to_dict(), "engine": args.engine, "seconds": summary["span_s"],
+        "cycles": round(summary["span_s"] * pre.hw.clock_hz), "kv_bytes_per_token": dec.kv_bytes_per_token,
         "kv_pool_bytes": dec.kv_pool_bytes, "cost_shapes_simulated": cache.simulated,
         "cost_cache_hits": cache.hits, "cost_wall_s": cache.wall_s, "wall_seconds": wall,
     }
