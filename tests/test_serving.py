@@ -20,15 +20,18 @@ from wse_sim.serving.scheduler import run_disaggregated, run_time_shared
 
 
 class StubCosts:
-    """prefill: prompt / 4 s; decode step: 0.5 + 0.5 x batch s; KV transfer: tokens / 8 s;
+    """prefill of b prompts: longest / 4 x (1 + (b - 1) / 2) s; decode step: 0.5 + 0.5 x batch s; KV transfer: tokens / 8 s;
     a pool of `pool` tokens; every decode shape fits. Records the decode shapes asked."""
 
     def __init__(self, pool: int = 1000):
         self.kv_pool_tokens = pool
         self.decodes = []
 
-    def prefill_cost(self, prompt):
-        return Cost(prompt / 4, 10, 100.0)
+    def prefill_cost(self, batch, prompt):
+        return Cost(prompt / 4 * (1 + 0.5 * (batch - 1)), 10, 100.0)
+
+    def prefill_fits(self, batch, prompt):
+        return True
 
     def decode_cost(self, batch, context):
         self.decodes.append((batch, context))
@@ -81,6 +84,19 @@ def test_disaggregated_three_requests_by_hand():
     assert {s.region for s in r.steps} == {"prefill", "decode"}
 
 
+def test_prefill_groups_by_hand():
+    # K = 2: t=0 prefill R0 alone (R1, R4 not there yet) -> 1; R1 and R4 prefilled together
+    # (longest prompt 8, batch 2: 3 s) -> 4; decode {R0, R1, R4} (2 s) -> 6: R1, R4 done;
+    # decode {R0} -> 7.
+    reqs = THREE[:2] + [Request(4, 0.5, 4, 2)]
+    costs = StubCosts()
+    r = run_time_shared(reqs, costs, max_batch=8, max_prefill_batch=2)
+    assert _times(r) == [(1.0, 7.0, 1.0, 3.0), (4.0, 6.0, 3.5, 2.0), (4.0, 6.0, 3.5, 2.0)]
+    assert costs.decodes == [(3, 8), (1, 5)]
+    d = run_disaggregated(reqs, StubCosts(), StubCosts(), 8, 1.0, max_prefill_batch=2)
+    assert [o.first_token_s for o in d.outcomes] == [1.0, 4.0, 4.0]
+
+
 def test_kv_pool_makes_requests_wait_and_refuses_what_never_fits():
     # pool 12 tokens: R0 holds 6, R1 needs 9 -> R1 waits until R0 is done (decodes 1->2->3),
     # then its prefill 3->5 and one decode step 5->6. R3 needs 20 tokens: refused.
@@ -101,6 +117,7 @@ def test_max_batch_caps_the_decode_batch():
 def test_buckets_round_up_never_down():
     b = Buckets(max_batch=24)
     assert [b.batch(n) for n in (1, 2, 3, 5, 17, 24)] == [1, 2, 4, 8, 24, 24]
+    assert [Buckets(8, max_prefill_batch=4).prefill_batch(n) for n in (1, 3, 5)] == [1, 4, 4]
     assert [b.token_count(n, 127) for n in (1, 3, 64, 65, 100, 127)] == [1, 4, 64, 127, 127, 127]
     assert Buckets(8, 16).token_count(17, 1000) == 32 and Buckets(8, 1).token_count(17, 99) == 17
 

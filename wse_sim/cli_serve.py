@@ -85,6 +85,8 @@ def register(sub) -> dict:
     p.add_argument("--slo-tpot-ms", type=_ms, default=None, help="TPOT target (goodput)")
     p.add_argument("--max-batch", type=positive_int, default=32,
                    help="most sequences in a decode step")
+    p.add_argument("--max-prefill-batch", type=positive_int, default=1, metavar="K",
+                   help="most prompts prefilled together in one step (default 1)")
     p.add_argument("--bucket", type=_bucket, default="pow2", metavar="pow2|N",
                    help="prompt/context rounded up to a power of two or a multiple of N "
                         "tokens (1: exact) before their costs are simulated")
@@ -119,7 +121,7 @@ def _costs(args, cache):
     from wse_sim.serving.costs import Buckets, Mapping, ShapeCosts
     mapping = Mapping(args.strategy, args.dtype, args.grid, args.reduce_algo, args.attention,
                       args.engine)
-    buckets = Buckets(args.max_batch, args.bucket)
+    buckets = Buckets(args.max_batch, args.bucket, args.max_prefill_batch)
     hw = effective_hardware(args)
     first = ShapeCosts(hw, args.model, mapping, buckets, cache)
     first.check_maps()
@@ -152,9 +154,10 @@ def serve(args) -> tuple:
     t0 = time.perf_counter()
     if args.mode == "disaggregated":
         io = min(pre.hw.io_bits_per_s, dec.hw.io_bits_per_s)
-        result = run_disaggregated(requests, pre, dec, args.max_batch, io)
+        result = run_disaggregated(requests, pre, dec, args.max_batch, io,
+                                   args.max_prefill_batch)
     else:
-        result = run_time_shared(requests, pre, args.max_batch)
+        result = run_time_shared(requests, pre, args.max_batch, args.max_prefill_batch)
     wall = time.perf_counter() - t0
     cache.save()
     ms = 1e-3
@@ -163,7 +166,8 @@ def serve(args) -> tuple:
     summary |= {
         "preset": args.preset, "decode_preset": (args.decode_preset or args.preset)
         if args.mode == "disaggregated" else None, "model": args.model, "seed": args.seed,
-        "mapping": asdict(pre.mapping), "max_batch": args.max_batch, "bucket": args.bucket,
+        "mapping": asdict(pre.mapping), "max_batch": args.max_batch,
+        "max_prefill_batch": args.max_prefill_batch, "bucket": args.bucket,
         "hardware": pre.hw.to_dict(), "engine": args.engine, "seconds": summary["span_s"],
         "cycles": round(summary["span_s"] * pre.hw.clock_hz), "kv_bytes_per_token": dec.kv_bytes_per_token,
         "kv_pool_bytes": dec.kv_pool_bytes, "cost_shapes_simulated": cache.simulated,

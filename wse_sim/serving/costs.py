@@ -43,21 +43,28 @@ class Cost:
 @dataclass(frozen=True)
 class Buckets:
     """Shape bucketing: `tokens` is "pow2" or a block size (1 = exact); batches round up to
-    a power of two, at most `max_batch`."""
+    a power of two, at most `max_batch` (decode) or `max_prefill_batch` (prefill)."""
 
     max_batch: int
     tokens: str | int = "pow2"
+    max_prefill_batch: int = 1
 
     def __post_init__(self):
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) \
                 or self.max_batch < 1:
             raise _bad("--max-batch", self.max_batch, "a positive integer")
+        if isinstance(self.max_prefill_batch, bool) or not isinstance(
+                self.max_prefill_batch, int) or self.max_prefill_batch < 1:
+            raise _bad("--max-prefill-batch", self.max_prefill_batch, "a positive integer")
         if self.tokens != "pow2" and (isinstance(self.tokens, bool) or
                                       not isinstance(self.tokens, int) or self.tokens < 1):
             raise _bad("--bucket", self.tokens, "pow2 or a positive integer block of tokens")
 
     def batch(self, n: int) -> int:
         return min(1 << (n - 1).bit_length(), self.max_batch)
+
+    def prefill_batch(self, n: int) -> int:
+        return min(1 << (n - 1).bit_length(), self.max_prefill_batch)
 
     def token_count(self, n: int, cap: int) -> int:
         """`n` rounded up to the bucket, at most `cap` (when n <= cap, still >= n)."""
@@ -199,8 +206,14 @@ class ShapeCosts:
         self._build("decode", 1, 1)
 
     # ---- what the scheduler asks -----------------------------------------------------------
-    def prefill_cost(self, prompt: int) -> Cost:
-        return self.cost("prefill", 1, self.prefill_tokens(prompt))
+    def prefill_cost(self, batch: int, prompt: int) -> Cost:
+        """A prefill of `batch` prompts, timed with each at the longest, `prompt` tokens."""
+        return self.cost("prefill", self.buckets.prefill_batch(batch),
+                         self.prefill_tokens(prompt))
+
+    def prefill_fits(self, batch: int, prompt: int) -> bool:
+        return self.shape_error("prefill", self.buckets.prefill_batch(batch),
+                                self.prefill_tokens(prompt)) is None
 
     def decode_cost(self, batch: int, context: int) -> Cost:
         return self.cost("decode", self.buckets.batch(batch), self.decode_context(context))

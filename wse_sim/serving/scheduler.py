@@ -5,14 +5,17 @@ Time-shared (one region runs every step), at each step boundary `t`:
 1. requests that arrived by `t` join the waiting queue (FCFS) or, if they can never run, are
    refused;
 2. if the head of the queue can be admitted (the batch has room and the KV cache can hold it,
-   below), its prefill runs: `t += prefill(prompt)`; the prefill gives the first token;
+   below), it is prefilled, with up to `max_prefill_batch - 1` requests behind it, FCFS, each
+   admissible with those before it and while the grown prefill maps: `t += prefill(k, longest
+   prompt)`; the prefill gives each its first token;
 3. otherwise, if requests are running, one decode step runs for all of them:
    `t += decode(batch, longest context)`; each gets one token; finished ones leave and free
    their KV;
 4. otherwise the region idles until the next arrival.
 
-Disaggregated: a prefill region runs prefills FCFS, one at a time, as soon as each request
-arrives and the region is free; a decode region runs decode steps. At each decode step
+Disaggregated: a prefill region runs prefills FCFS as soon as the head request has arrived
+and the region is free (with it, up to `max_prefill_batch - 1` requests that have arrived by
+then, while the prefill maps); a decode region runs decode steps. At each decode step
 boundary (or when the decode region is idle and a prefill ends) the requests whose prefill
 is done are admitted FCFS while they fit; an admitted request's prompt KV then crosses the
 off-wafer link (one transfer at a time, FIFO) and it joins the batch at the first step
@@ -114,8 +117,9 @@ class _Batch:
         self.reserved_tokens = 0
         self.pool_tokens = costs.kv_pool_tokens
 
-    def admits(self, live: _Live) -> bool:
-        members = self.running + [lv for _, lv in self.incoming]
+    def admits(self, live: _Live, extra: list = ()) -> bool:
+        """Whether `live` can join the batch (`extra`: others joining with it)."""
+        members = self.running + [lv for _, lv in self.incoming] + list(extra)
         if len(members) + 1 > self.max_batch:
             return False
         if self.reserved_tokens + live.kv_tokens > self.pool_tokens:
@@ -150,14 +154,38 @@ class _Batch:
         return end
 
 
-def _prefill(costs, r: Request, start: float, region: str, steps: list) -> float:
-    c = costs.prefill_cost(r.prompt_tokens)
+def _prefill(costs, group: list, start: float, region: str, steps: list) -> float:
+    """One prefill step of the requests of `group`, every prompt at the longest."""
+    c = costs.prefill_cost(len(group), max(r.prompt_tokens for r in group))
     end = start + c.seconds
-    steps.append(Step(region, "prefill", start, end, 1, c.flops, c.peak_flops_per_s))
+    steps.append(Step(region, "prefill", start, end, len(group), c.flops, c.peak_flops_per_s))
     return end
 
 
-def run_time_shared(requests: list, costs, max_batch: int) -> ServeResult:
+def _refusal(r: Request, prefill_costs, decode_costs) -> str | None:
+    return prefill_costs.prefill_refusal(r.prompt_tokens) or decode_costs.decode_refusal(
+        r.prompt_tokens, r.output_tokens)
+
+
+def _group(waiting: deque, batch: _Batch, costs, max_prefill_batch: int) -> list:
+    """Take the next prefill group from the head of `waiting`, FCFS: while each next request
+    can be admitted (with the ones already taken) and the grown prefill still maps."""
+    group: list = []
+    while waiting and len(group) < max_prefill_batch:
+        lv = _Live(waiting[0], 0.0)
+        decoding = [g for g in group if g.request.output_tokens > 1]
+        if lv.request.output_tokens > 1 and not batch.admits(lv, decoding):
+            break
+        longest = max(g.request.prompt_tokens for g in group + [lv])
+        if group and not costs.prefill_fits(len(group) + 1, longest):
+            break
+        group.append(lv)
+        waiting.popleft()
+    return group
+
+
+def run_time_shared(requests: list, costs, max_batch: int,
+                    max_prefill_batch: int = 1) -> ServeResult:
     """Prefill-first FCFS continuous batching on one region (module docstring)."""
     pending, waiting = deque(requests), deque()
     batch, steps, done = _Batch(costs, max_batch, "shared"), [], {}
@@ -165,22 +193,21 @@ def run_time_shared(requests: list, costs, max_batch: int) -> ServeResult:
     while pending or waiting or batch.running:
         while pending and pending[0].arrival_s <= t:
             r = pending.popleft()
-            why = costs.prefill_refusal(r.prompt_tokens) or costs.decode_refusal(
-                r.prompt_tokens, r.output_tokens)
+            why = _refusal(r, costs, costs)
             if why:
                 done[r.id] = Outcome(r, refused=why)
             else:
                 waiting.append(r)
-        head = _Live(waiting[0], 0.0) if waiting else None
-        if head and (head.request.output_tokens == 1 or batch.admits(head)):
-            waiting.popleft()
-            t = _prefill(costs, head.request, t, "shared", steps)
-            head.first_s = t
-            if head.request.output_tokens == 1:
-                done[head.request.id] = Outcome(head.request, t, t)
-            else:
-                batch.admit(head, t)
-                batch.join(t)
+        group = _group(waiting, batch, costs, max_prefill_batch)
+        if group:
+            t = _prefill(costs, [lv.request for lv in group], t, "shared", steps)
+            for lv in group:
+                lv.first_s = t
+                if lv.request.output_tokens == 1:
+                    done[lv.request.id] = Outcome(lv.request, t, t)
+                else:
+                    batch.admit(lv, t)
+            batch.join(t)
         elif batch.running:
             t = batch.step(t, steps, done)
         elif pending:
@@ -192,29 +219,41 @@ def run_time_shared(requests: list, costs, max_batch: int) -> ServeResult:
                        costs.kv_pool_tokens)
 
 
-def _prefill_all(requests: list, costs, decode_costs, steps: list, done: dict) -> deque:
-    """The prefill region: FCFS, one prompt at a time. Returns the requests that go on to
-    decode, with their prefill end as `ready_s`."""
-    ready, t = deque(), 0.0
+def _prefill_all(requests: list, costs, decode_costs, steps: list, done: dict,
+                 max_prefill_batch: int) -> deque:
+    """The prefill region: FCFS; a step takes the head and those behind it that have arrived
+    by its start, up to `max_prefill_batch` while the prefill maps. Returns the requests
+    that go on to decode, with their prefill end as `ready_s`."""
+    queue = deque()
     for r in requests:
-        why = costs.prefill_refusal(r.prompt_tokens) or decode_costs.decode_refusal(
-            r.prompt_tokens, r.output_tokens)
+        why = _refusal(r, costs, decode_costs)
         if why:
             done[r.id] = Outcome(r, refused=why)
-            continue
-        t = _prefill(costs, r, max(t, r.arrival_s), "prefill", steps)
-        if r.output_tokens == 1:
-            done[r.id] = Outcome(r, t, t)
         else:
-            ready.append(_Live(r, t))
+            queue.append(r)
+    ready, t = deque(), 0.0
+    while queue:
+        t = max(t, queue[0].arrival_s)
+        group = [queue.popleft()]
+        while (queue and len(group) < max_prefill_batch and queue[0].arrival_s <= t and
+               costs.prefill_fits(len(group) + 1, max(r.prompt_tokens
+                                                      for r in group + [queue[0]]))):
+            group.append(queue.popleft())
+        t = _prefill(costs, group, t, "prefill", steps)
+        for r in group:
+            if r.output_tokens == 1:
+                done[r.id] = Outcome(r, t, t)
+            else:
+                ready.append(_Live(r, t))
     return ready
 
 
 def run_disaggregated(requests: list, prefill_costs, decode_costs, max_batch: int,
-                      io_bits_per_s: float) -> ServeResult:
+                      io_bits_per_s: float, max_prefill_batch: int = 1) -> ServeResult:
     """Prefill and decode on separate regions, KV over the off-wafer link (module doc)."""
     steps, done = [], {}
-    ready = _prefill_all(requests, prefill_costs, decode_costs, steps, done)
+    ready = _prefill_all(requests, prefill_costs, decode_costs, steps, done,
+                         max_prefill_batch)
     batch = _Batch(decode_costs, max_batch, "decode")
     t = link_free = 0.0
     while ready or batch.incoming or batch.running:
