@@ -3,7 +3,8 @@ simulation of 10,000 requests takes.
 
 Model `tiny` on preset `mesh16` (reference engine), prompts uniform:8-64, outputs
 uniform:8-56 tokens, max batch 32, power-of-two buckets, seed 0. For each arrival rate and
-mode (`ts`: time-shared, `dis`: disaggregated on two mesh16 regions):
+mode (`ts`: time-shared, `ts4`: time-shared with up to 4 prompts per prefill step, `dis`:
+disaggregated on two mesh16 regions):
 - `<mode>_r<rate>_output_tokens_per_s`, `..._requests_per_s`: achieved throughput;
 - `..._ttft_p50_ms`, `..._ttft_p99_ms`, `..._tpot_p50_ms`, `..._tpot_p99_ms`: latency;
 - `..._goodput_requests_per_s`: served requests per second meeting TTFT <= 1 ms and
@@ -52,10 +53,12 @@ def _row(mode: str, rate: int, s: dict) -> dict:
 
 def curve(n: int, cache: str) -> list:
     rows = []
-    for mode, tag in (("time-shared", "ts"), ("disaggregated", "dis")):
+    for mode, tag, k in (("time-shared", "ts", 1), ("time-shared", "ts4", 4),
+                         ("disaggregated", "dis", 1)):
         for rate in RATES:
             s = _serve(BASE + ["--arrivals", f"poisson:{rate}", "--requests", str(n),
-                               "--mode", mode, "--cost-cache", cache])
+                               "--mode", mode, "--max-prefill-batch", str(k),
+                               "--cost-cache", cache])
             rows.append(_row(tag, rate, s))
     return rows
 
@@ -65,7 +68,8 @@ def plot(rows: list, path: Path) -> None:
     with style():
         fig = new_figure(7.0, 3.2)
         thr, lat = fig.subplots(1, 2)
-        for tag, label in (("ts", "time-shared"), ("dis", "disaggregated")):
+        for tag, label in (("ts", "time-shared"), ("ts4", "time-shared, 4 prompts/prefill"),
+                           ("dis", "disaggregated")):
             r = [x for x in rows if x["mode"] == tag]
             thr.plot([x["rate"] for x in r], [x["requests_per_s"] for x in r], "o-", label=label)
             lat.plot([x["requests_per_s"] for x in r], [x["ttft_p99_ms"] for x in r], "o-",
