@@ -74,6 +74,11 @@ def test_time_shared_three_requests_by_hand():
     assert s["goodput_requests_per_s"] == 1 / 11  # R2 only (R0: TPOT 2.25, R1: TTFT 2.5)
     assert s["utilization"]["shared"]["busy_fraction"] == 6.5 / 11
     assert s["ttft_s"]["p50"] == 1.0 and s["tpot_s"]["mean"] == 1.875
+    later = [Request(q.id, q.arrival_s + 64, q.prompt_tokens, q.output_tokens) for q in THREE]
+    s2 = summarize(run_time_shared(later, StubCosts(), max_batch=8))
+    assert (s2["start_s"], s2["span_s"]) == (64.0, 11.0)  # the span starts at the first arrival
+    u, u2 = s["utilization"]["shared"], s2["utilization"]["shared"]
+    assert u2["busy_fraction"] == u["busy_fraction"] and u2["timeline"]["t_s"][0] == 64.0
 
 
 def test_disaggregated_three_requests_by_hand():

@@ -2,7 +2,7 @@
 per-request table (CSV), the summary (JSON) and a figure (docs/serving.md, "Report").
 
 Percentiles are numpy's linear interpolation over the served requests (TPOT over those with
-two or more output tokens). The span of the run is from 0 (the stream's start) to the last
+two or more output tokens). The span of the run is from the first arrival to the last
 finish; throughput is served tokens (or requests) over the span. Goodput counts the served
 requests whose TTFT <= the TTFT target and whose TPOT <= the TPOT target (a request with one
 output token has no TPOT and meets that target).
@@ -38,11 +38,13 @@ def _meets(o, slo_ttft_s: float, slo_tpot_s: float) -> bool:
             and (o.tpot_s is None or o.tpot_s <= slo_tpot_s))
 
 
-def utilization(result: ServeResult, span_s: float, bins: int = TIMELINE_BINS) -> dict:
+def utilization(result: ServeResult, start_s: float, span_s: float,
+                bins: int = TIMELINE_BINS) -> dict:
     """Per region: busy fraction and FLOP utilization (FLOPs / (peak FLOP/s x time)) over
     the span and in `bins` equal windows, step counts and the mean decode batch."""
     out = {}
-    edges = np.linspace(0.0, span_s, bins + 1) if span_s > 0 else np.zeros(bins + 1)
+    edges = start_s + (np.linspace(0.0, span_s, bins + 1) if span_s > 0 else
+                       np.zeros(bins + 1))
     for region in sorted({s.region for s in result.steps}):
         st = [s for s in result.steps if s.region == region]
         start = np.array([s.start_s for s in st])
@@ -74,14 +76,15 @@ def summarize(result: ServeResult, slo_ttft_s: float | None = None,
     """The summary figures of a serving run (JSON-able)."""
     served = [o for o in result.outcomes if not o.refused]
     refused = [o for o in result.outcomes if o.refused]
-    span = max((o.finish_s for o in served), default=0.0)
+    start = min((o.request.arrival_s for o in result.outcomes), default=0.0)
+    span = max((o.finish_s - start for o in served), default=0.0)
     out_tokens = sum(o.request.output_tokens for o in served)
     in_tokens = sum(o.request.prompt_tokens for o in served)
     reasons = Counter(o.refused.split(":")[0].split(" (")[0] for o in refused)
     s = {
         "mode": result.mode, "requests": len(result.outcomes), "served": len(served),
         "refused": len(refused), "refused_reasons": dict(reasons.most_common()),
-        "span_s": span, "output_tokens": out_tokens, "prompt_tokens": in_tokens,
+        "start_s": start, "span_s": span, "output_tokens": out_tokens, "prompt_tokens": in_tokens,
         "ttft_s": percentiles([o.ttft_s for o in served]),
         "tpot_s": percentiles([o.tpot_s for o in served if o.tpot_s is not None]),
         "output_tokens_per_s": out_tokens / span if span else 0.0,
@@ -96,7 +99,7 @@ def summarize(result: ServeResult, slo_ttft_s: float | None = None,
         s["goodput_tokens_per_s"] = (sum(o.request.output_tokens for o in good) / span
                                      if span else 0.0)
         s["slo_attainment"] = len(good) / len(result.outcomes)
-    s["utilization"] = utilization(result, span)
+    s["utilization"] = utilization(result, start, span)
     return s
 
 
