@@ -26,7 +26,8 @@ from wse_sim.hardware import FIELD_EFFECTS
 
 # Sub-command modules: each has `register(sub) -> {name: function}`; missing ones are skipped.
 COMMAND_MODULES = ("wse_sim.cli_blocks", "wse_sim.cli_outputs", "wse_sim.cli_sweep",
-                   "wse_sim.cli_validate", "wse_sim.cli_strategies", "wse_sim.cli_program")
+                   "wse_sim.cli_validate", "wse_sim.cli_strategies", "wse_sim.cli_program",
+                   "wse_sim.cli_serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

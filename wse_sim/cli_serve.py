@@ -1,0 +1,216 @@
+"""`wse-sim serve`: a stream of requests under continuous batching (docs/serving.md).
+
+    wse-sim serve --preset mesh16 --model tiny --arrivals poisson:2000 --requests 200 \\
+        --prompt-dist uniform:8-48 --output-dist fixed:16 --slo-ttft-ms 0.5 --slo-tpot-ms 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+from wse_sim.cli_common import int_at_least, one_of, positive_int, print_json
+
+MODES = ("time-shared", "disaggregated")
+
+
+def _dist(option: str):
+    def parse(text: str):
+        from wse_sim.serving.requests import parse_dist
+        try:
+            return parse_dist(option, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).partition(": ")[2]) from None
+    return parse
+
+
+def _arrivals(text: str) -> str:
+    if text.startswith("poisson:"):
+        from wse_sim.serving.requests import parse_rate
+        try:
+            parse_rate(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).partition(": ")[2]) from None
+    return text
+
+
+def _bucket(text: str):
+    from wse_sim.serving.costs import parse_bucket
+    try:
+        return parse_bucket(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).partition(": ")[2]) from None
+
+
+def _ms(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"got {text!r}, must be a number of milliseconds > 0")
+    return v
+
+
+def register(sub) -> dict:
+    from mapper.attention import ATTENTION_SPLITS
+    from mapper.reduce_algos import LAYER_REDUCE_ALGOS
+    from wse_sim.experiment import STRATEGIES
+    p = sub.add_parser("serve", help="simulate a stream of requests under continuous batching")
+    p.add_argument("--preset", required=True, help="preset name or TOML file (the serving "
+                   "region; with --mode disaggregated the prefill region)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", default=[],
+                   help="override a hardware field (repeatable; both regions)")
+    p.add_argument("--decode-preset", default=None, metavar="P",
+                   help="--mode disaggregated: the decode region's preset (default --preset)")
+    p.add_argument("--model", required=True, help="zoo name or TOML file")
+    p.add_argument("--arrivals", type=_arrivals, default=None, metavar="poisson:RATE|FILE",
+                   help="Poisson arrivals at RATE requests/s, or a CSV with column arrival_s "
+                        "(and optionally prompt_tokens, output_tokens)")
+    p.add_argument("--trace", default=None, metavar="CSV",
+                   help="a request trace: columns arrival_s, prompt_tokens, output_tokens "
+                        "(instead of --arrivals and the length distributions)")
+    p.add_argument("--requests", type=positive_int, default=None, metavar="N",
+                   help="number of requests (with a CSV: its first N rows)")
+    p.add_argument("--prompt-dist", type=_dist("--prompt-dist"), default=None,
+                   metavar="SPEC", help="fixed:N, uniform:A-B or lognormal:MEAN,SIGMA")
+    p.add_argument("--output-dist", type=_dist("--output-dist"), default=None,
+                   metavar="SPEC", help="fixed:N, uniform:A-B or lognormal:MEAN,SIGMA")
+    p.add_argument("--mode", type=one_of(MODES), default="time-shared",
+                   help="time-shared (one region runs prefill and decode steps) or "
+                        "disaggregated (prefill and decode regions, KV over the I/O link)")
+    p.add_argument("--seed", type=int_at_least(0, "an integer >= 0"), default=0)
+    p.add_argument("--slo-ttft-ms", type=_ms, default=None, help="TTFT target (goodput)")
+    p.add_argument("--slo-tpot-ms", type=_ms, default=None, help="TPOT target (goodput)")
+    p.add_argument("--max-batch", type=positive_int, default=32,
+                   help="most sequences in a decode step")
+    p.add_argument("--max-prefill-batch", type=positive_int, default=1, metavar="K",
+                   help="most prompts prefilled together in one step (default 1)")
+    p.add_argument("--bucket", type=_bucket, default="pow2", metavar="pow2|N",
+                   help="prompt/context rounded up to a power of two or a multiple of N "
+                        "tokens (1: exact) before their costs are simulated")
+    p.add_argument("--strategy", type=one_of(STRATEGIES), default="layer-pipelined")
+    p.add_argument("--grid", type=positive_int, default=None,
+                   help="use only an N x N corner of the mesh")
+    p.add_argument("--dtype", type=one_of(("fp32", "fp16", "bf16")), default="fp16")
+    p.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default="chain")
+    p.add_argument("--attention", type=one_of(ATTENTION_SPLITS), default="auto")
+    p.add_argument("--engine", type=one_of(("auto", "reference", "fast")), default="auto")
+    p.add_argument("--cost-cache", default=None, metavar="FILE",
+                   help="keep the per-shape costs in this JSON file across runs")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write requests.csv, summary.json and serving.png/.svg")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    return {"serve": cmd_serve}
+
+
+def _check(args) -> None:
+    if (args.slo_ttft_ms is None) != (args.slo_tpot_ms is None):
+        raise ValueError(f"--slo-ttft-ms/--slo-tpot-ms: got {args.slo_ttft_ms}/"
+                         f"{args.slo_tpot_ms}, must be given together")
+    if args.decode_preset and args.mode != "disaggregated":
+        raise ValueError(f"--decode-preset: got {args.decode_preset!r} with --mode "
+                         f"{args.mode}, must come with --mode disaggregated")
+
+
+def _costs(args, cache):
+    """The ShapeCosts of the serving region (and of the decode region when disaggregated)."""
+    from wse_sim.cli_common import effective_hardware
+    from wse_sim.hardware import load_preset, parse_set
+    from wse_sim.serving.costs import Buckets, Mapping, ShapeCosts
+    mapping = Mapping(args.strategy, args.dtype, args.grid, args.reduce_algo, args.attention,
+                      args.engine)
+    buckets = Buckets(args.max_batch, args.bucket, args.max_prefill_batch)
+    hw = effective_hardware(args)
+    first = ShapeCosts(hw, args.model, mapping, buckets, cache)
+    first.check_maps()
+    if args.mode != "disaggregated":
+        return first, first
+    dec_hw = hw
+    if args.decode_preset:
+        dec_hw = load_preset(args.decode_preset, parse_set(args.set))
+        if args.grid is not None and args.grid <= min(dec_hw.mesh_cols, dec_hw.mesh_rows):
+            dec_hw = dec_hw.with_overrides({"mesh_cols": args.grid, "mesh_rows": args.grid})
+    second = ShapeCosts(dec_hw, args.model, mapping, buckets, cache)
+    second.check_maps()
+    return first, second
+
+
+def serve(args) -> tuple:
+    """Run the serving simulation of the parsed arguments; returns (result, summary)."""
+    from dataclasses import asdict
+
+    from wse_sim.serving.costs import CostCache
+    from wse_sim.serving.report import summarize
+    from wse_sim.serving.requests import StreamSpec, make_requests
+    from wse_sim.serving.scheduler import run_disaggregated, run_time_shared
+    _check(args)
+    spec = StreamSpec(args.arrivals, args.trace, args.requests, args.prompt_dist,
+                      args.output_dist, args.seed)
+    cache = CostCache(args.cost_cache)
+    pre, dec = _costs(args, cache)
+    requests = make_requests(spec)
+    t0 = time.perf_counter()
+    if args.mode == "disaggregated":
+        io = min(pre.hw.io_bits_per_s, dec.hw.io_bits_per_s)
+        result = run_disaggregated(requests, pre, dec, args.max_batch, io,
+                                   args.max_prefill_batch)
+    else:
+        result = run_time_shared(requests, pre, args.max_batch, args.max_prefill_batch)
+    wall = time.perf_counter() - t0
+    cache.save()
+    ms = 1e-3
+    summary = summarize(result, args.slo_ttft_ms and args.slo_ttft_ms * ms,
+                        args.slo_tpot_ms and args.slo_tpot_ms * ms)
+    summary |= {
+        "preset": args.preset, "decode_preset": (args.decode_preset or args.preset)
+        if args.mode == "disaggregated" else None, "model": args.model, "seed": args.seed,
+        "mapping": asdict(pre.mapping), "max_batch": args.max_batch,
+        "max_prefill_batch": args.max_prefill_batch, "bucket": args.bucket,
+        "hardware": pre.hw.to_dict(), "engine": args.engine, "seconds": summary["span_s"],
+        "cycles": round(summary["span_s"] * pre.hw.clock_hz), "kv_bytes_per_token": dec.kv_bytes_per_token,
+        "kv_pool_bytes": dec.kv_pool_bytes, "cost_shapes_simulated": cache.simulated,
+        "cost_cache_hits": cache.hits, "cost_wall_s": cache.wall_s, "wall_seconds": wall,
+    }
+    return result, summary
+
+
+def _print_report(s: dict, title: str) -> None:
+    def ms(d: dict) -> str:
+        return ", ".join(f"{k} {v * 1e3:.4g} ms" if v is not None else f"{k} -"
+                         for k, v in d.items())
+    print(title)
+    print(f"  requests      {s['requests']} ({s['served']} served, {s['refused']} refused"
+          + (f": {s['refused_reasons']}" if s["refused"] else "") + ")")
+    print(f"  TTFT          {ms(s['ttft_s'])}")
+    print(f"  TPOT          {ms(s['tpot_s'])}")
+    print(f"  throughput    {s['output_tokens_per_s']:.4g} output tokens/s, "
+          f"{s['requests_per_s']:.4g} requests/s over {s['span_s']:.4g} s")
+    if "slo" in s:
+        print(f"  goodput       {s['goodput_requests_per_s']:.4g} requests/s, "
+              f"{s['goodput_tokens_per_s']:.4g} tokens/s ({s['slo_attainment']:.1%} meet "
+              "the SLO)")
+    for region, u in s["utilization"].items():
+        print(f"  {region:13} busy {u['busy_fraction']:.1%}, FLOP utilization "
+              f"{u['flop_utilization']:.2%}, {u['prefill_steps']} prefills, "
+              f"{u['decode_steps']} decode steps (mean batch {u['mean_decode_batch']:.3g})")
+    print(f"  KV            {s['kv_bytes_per_token']} B/token, pool {s['kv_pool_tokens']} "
+          f"tokens ({s['kv_pool_bytes']} B)")
+    print(f"  costs         {s['cost_shapes_simulated']} shapes simulated "
+          f"({s['cost_wall_s']:.2f} s), scheduler {s['wall_seconds']:.2f} s")
+
+
+def cmd_serve(args) -> int:
+    result, summary = serve(args)
+    title = f"serve {args.model} on {args.preset} ({args.mode})"
+    if args.out:
+        from wse_sim.serving.report import write_outputs
+        summary |= write_outputs(result, summary, args.out, title)
+    if args.json:
+        print_json(summary)
+    else:
+        _print_report(summary, title)
+        for f in summary.get("files", []):
+            print(f"  wrote         {f}")
+    return 0
