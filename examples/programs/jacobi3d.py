@@ -42,7 +42,7 @@ result_buffer = star3d.result_buffer
 
 def sweep_cycles_closed_form(hw, nz: int, dtype: str = "fp32") -> int:
     """Cycles of one sweep: a core's 4 sends share its ramp (4 nz wavelets, the last arrives
-    one hop away), then 8 nz vector FLOPs: 4 nz - 1 + 2 T_R + hop + 8 nz / lanes."""
+    one hop away), then 8 nz vector FLOPs: 4 nz - 1 + 2 T_R + hop + M + 8 nz / lanes."""
     return star3d.sweep_cycles(hw, nz, RADIUS, dtype)
 
 

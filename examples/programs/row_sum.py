@@ -73,8 +73,9 @@ def closed_form_cycles(hw, P: int = 8, Q: int = 4, n: int = 64) -> int:
     lanes = hw.lanes("fp32")
     axpy = max(math.ceil(2 * n / (2 * lanes)), math.ceil(8 * n / hw.sram_read_bytes_per_cycle),
                math.ceil(4 * n / hw.sram_write_bytes_per_cycle))
-    reduce = (P - 1) * (2 * tr + hop + op) + (n - 1)
-    spread = 2 * tr + (P - 1 + Q) * hop + (n - 1)
+    m = hw.message_start_cycles + hw.message_receive_cycles  # each message's core costs
+    reduce = (P - 1) * (2 * tr + hop + op) + (n - 1) + m
+    spread = 2 * tr + (P - 1 + Q) * hop + (n - 1) + m
     scale = math.ceil(n / lanes)
     return axpy + reduce + spread + scale
 

@@ -51,9 +51,11 @@ def flops_per_point(radius: int) -> int:
 def sweep_cycles(hw, nz: int, radius: int, dtype: str = "fp32") -> int:
     """Cycles of one sweep with no contention (cols, rows >= 2, nz >= 2): every round's four
     sends share the core's ramp (4 nz wavelets per round, the next round's relay is ready
-    before the ramp frees), the last arrives one hop away, then the vector update."""
+    before the ramp frees), the last arrives one hop away (+ the sender's start and the
+    receiver's receipt, M), then the vector update."""
+    m = hw.message_start_cycles + hw.message_receive_cycles
     return (4 * radius * wavelets_for(nz, dtype) - 1 + 2 * hw.ramp_latency_cycles
-            + hw.hop_latency_cycles - (-flops_per_point(radius) * nz // hw.lanes(dtype)))
+            + hw.hop_latency_cycles + m - (-flops_per_point(radius) * nz // hw.lanes(dtype)))
 
 
 def halo_inputs(radius: int) -> tuple:
