@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import best_of, emit, machine_info, parse_args  # noqa: E402
 
-from wse_sim import outputs, plots, trace  # noqa: E402
 from wse_sim.hardware import load_preset  # noqa: E402
-from wse_sim.metrics import SimResult  # noqa: E402
+from wse_sim.report import outputs, plots, trace  # noqa: E402
+from wse_sim.report.metrics import SimResult  # noqa: E402
 
 
 def synthetic(hw, n_spans: int, seed: int = 0) -> SimResult:
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         figures["full_wafer_mesh_figures_png_s"] = once(
-            lambda: plots.draw_figures(big, tmp, formats=("png",), only=("core_busy",)))
+            lambda: figures.draw_figures(big, tmp, formats=("png",), only=("core_busy",)))
         targets["full_wafer_mesh_figures_png_s"] = {"max": 5.0}
         figures["full_wafer_result_json_s"] = once(
             lambda: outputs.save_result(big, tmp / "result.json"))

@@ -38,8 +38,8 @@ BASE = ["serve", "--preset", "mesh16", "--model", "tiny", "--engine", "reference
 
 
 def _serve(argv: list) -> dict:
-    from wse_sim.cli import build_parser
-    from wse_sim.cli_serve import serve
+    from wse_sim.cli.main import build_parser
+    from wse_sim.cli.serve import serve
     return serve(build_parser().parse_args(argv))[1]
 
 
@@ -64,7 +64,7 @@ def curve(n: int, cache: str) -> list:
 
 
 def plot(rows: list, path: Path) -> None:
-    from wse_sim.plots import new_figure, save, style
+    from wse_sim.report.plots import new_figure, save, style
     with style():
         fig = new_figure(7.0, 3.2)
         thr, lat = fig.subplots(1, 2)

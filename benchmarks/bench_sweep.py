@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import emit, machine_info, parse_args  # noqa: E402
 
-from wse_sim.sweep import load_sweep, load_table, run_point, run_sweep  # noqa: E402
+from wse_sim.sweep.run import load_sweep, load_table, run_point, run_sweep  # noqa: E402
 
 SWEEP = """\
 description = "bench_sweep: tiny, {n} points"

@@ -4,7 +4,7 @@ simulator to these to the cycle."""
 
 from __future__ import annotations
 
-from mapper.collectives import (
+from mapper.collectives_spec import (
     Spec,
     _ceil,
     _rho,

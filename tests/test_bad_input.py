@@ -3,7 +3,7 @@ exit code 2 on the CLI, no traceback."""
 
 import pytest
 
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 
 MESH8 = "wse_sim/presets/mesh8.toml"  # inherits: base = "wse2"
 WSE2 = "wse_sim/presets/wse2.toml"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 
 
 def test_demo_prints_a_report(capsys):

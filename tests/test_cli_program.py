@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.program import Alloc, Compute, DataOp, Dep, Program, Region, Unicast
 from wse_sim.program_io import load_program, save_program
 
@@ -49,7 +49,7 @@ def test_run_program_outputs_and_listing(tmp_path, capsys):
 
 
 KERNEL_FILE = '''
-from wse_sim.kernel_registry import register_kernel
+from wse_sim.kernels.registry import register_kernel
 
 @register_kernel("cli_square_plus", replace=True)
 def square_plus(call):

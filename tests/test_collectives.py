@@ -8,13 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mapper.collectives as coll
-from mapper.collectives import (
-    CORNER_ONLY,
-    KINDS,
-    LINE_ONLY,
-    build_collective,
-    closed_form_cycles,
-)
+from mapper.collectives import KINDS, build_collective, closed_form_cycles
+from mapper.collectives_spec import CORNER_ONLY, LINE_ONLY
 from wse_sim.engine import simulate
 from wse_sim.hardware import load_preset
 from wse_sim.program import Compute, Region

@@ -2,7 +2,7 @@
 
 import pytest
 
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.engine import fast_available
 
 ENGINES = ["reference"] + (["fast"] if fast_available() else [])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.experiment import run_model
 from wse_sim.hardware import load_preset
-from wse_sim.metrics import ENERGY_PARTS
-from wse_sim.outputs import load_result
-from wse_sim.report import busy_core_power, format_report, human, wafer_power
+from wse_sim.report.metrics import ENERGY_PARTS
+from wse_sim.report.outputs import load_result
+from wse_sim.report.text import busy_core_power, format_report, human, wafer_power
 
 RUN = dict(phase="decode", context=16, engine="reference")
 NO_STATIC = {"static_power_w_per_core": "0", "static_power_w_per_router": "0"}
@@ -98,7 +98,7 @@ def test_reports_show_static_dynamic_and_total(tmp_path, capsys):
 
 
 def test_a_result_saved_before_static_power_loads_as_dynamic_only(tmp_path, mesh8):
-    from wse_sim.outputs import save_result
+    from wse_sim.report.outputs import save_result
     save_result(mesh8, tmp_path / "result.json")
     d = json.loads((tmp_path / "result.json").read_text())
     for key in ("static_power_w_per_core", "static_power_w_per_router"):

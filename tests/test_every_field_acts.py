@@ -117,8 +117,8 @@ def test_the_link_and_sram_sweep_in_the_docs_is_what_the_simulator_gives():
     """docs/sweeps.md's table comes from examples/sweeps/links_sram.toml, point for point."""
     from pathlib import Path
 
-    from wse_sim.sweep import run_point
-    from wse_sim.sweep_spec import load_sweep
+    from wse_sim.sweep.run import run_point
+    from wse_sim.sweep.spec import load_sweep
     root = Path(__file__).resolve().parents[1]
     table = {}
     for line in (root / "docs/sweeps.md").read_text().splitlines():

@@ -18,7 +18,7 @@ from mapper.strategies.functional_model import (
 )
 from workloads import reference as ref
 from workloads.models import load_model
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import load_preset

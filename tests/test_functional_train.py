@@ -121,7 +121,7 @@ def test_what_is_not_mapped_is_refused():
 def test_cli_checks_a_training_step(capsys):
     import json
 
-    from wse_sim.cli import main
+    from wse_sim.cli.main import main
     assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train", "--prompt",
                  "8", "--functional", "--json", "--dtype", "fp32"]) == 0
     f = json.loads(capsys.readouterr().out)["functional"]

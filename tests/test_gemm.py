@@ -20,7 +20,7 @@ from mapper.gemm import (
 )
 from mapper.placement import MappingError
 from wse_sim import kernels as K
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import load_preset

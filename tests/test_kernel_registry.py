@@ -1,15 +1,15 @@
-"""User kernels in functional mode (wse_sim.kernel_registry): registered by name, run on every
+"""User kernels in functional mode (wse_sim.kernels.registry): registered by name, run on every
 core of a Compute's region, the built-in kernels behind the same registry."""
 
 import numba
 import numpy as np
 import pytest
 
-from wse_sim import functional_gpt
 from wse_sim.engine import simulate
 from wse_sim.functional import decode, run_functional
 from wse_sim.hardware import load_preset
-from wse_sim.kernel_registry import (
+from wse_sim.kernels import gpt as functional_gpt
+from wse_sim.kernels.registry import (
     KernelCall,
     kernel_names,
     register_kernel,

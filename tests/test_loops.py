@@ -152,7 +152,7 @@ def test_auto_takes_the_step_path_for_loops_and_reports_them():
     assert r.fast_path == "step" and r.loop_iterations_skipped == 5
     s = r.summary()
     assert s["loop_iterations"] == 8 and s["loop_iterations_skipped"] == 5
-    from wse_sim.report import format_report
+    from wse_sim.report.text import format_report
     assert "loops: 8 iterations, 3 simulated, 5 fast-forwarded" in format_report(r)
 
 

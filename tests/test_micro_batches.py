@@ -23,7 +23,7 @@ from mapper.strategies.tp2d import Layout, layer_buffers
 from workloads import reference as ref
 from workloads.graph import build_graph, total_flops
 from workloads.models import load_model
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program, search_mapping
 from wse_sim.functional import error_report, run_functional

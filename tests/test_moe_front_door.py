@@ -10,7 +10,7 @@ import pytest
 from mapper.placement import MappingError
 from mapper.strategies.common import make_run
 from workloads.models import load_model
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.hardware import load_preset
 
 

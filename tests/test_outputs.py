@@ -11,13 +11,13 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from wse_sim import outputs, plots
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program
 from wse_sim.hardware import load_preset
-from wse_sim.metrics import SimResult
-from wse_sim.report import busy_core_power, format_report, human, phase_of
+from wse_sim.report import figures, outputs, plots
+from wse_sim.report.metrics import SimResult
+from wse_sim.report.text import busy_core_power, format_report, human, phase_of
 
 FIGURES = ("core_busy", "sram", "links_ew", "links_ns", "colors", "timeline", "phases",
            "roofline")
@@ -193,7 +193,7 @@ def test_block_max_keeps_hot_cores():
 def test_full_wafer_heatmaps_render(tmp_path):
     r = synthetic(load_preset("wse2"))
     assert r.core_busy_cycles.shape == (994, 750)
-    files = plots.draw_figures(r, tmp_path, formats=("png",), only=("core_busy",))
+    files = figures.draw_figures(r, tmp_path, formats=("png",), only=("core_busy",))
     from matplotlib.image import imread
     assert len(files) == 5
     for f in files:
@@ -261,10 +261,10 @@ def test_plot_of_a_bad_file_is_one_error_line(tmp_path, capsys, content):
 def test_plot_of_a_sweep_folder_calls_the_sweep_hook(tmp_path, monkeypatch, capsys):
     (tmp_path / "sweep.csv").write_text("a,b\n")
     calls = []
-    mod = types.ModuleType("wse_sim.sweep_plots")
-    mod.__spec__ = importlib.machinery.ModuleSpec("wse_sim.sweep_plots", None)
+    mod = types.ModuleType("wse_sim.sweep.plots")
+    mod.__spec__ = importlib.machinery.ModuleSpec("wse_sim.sweep.plots", None)
     mod.plot_sweep = lambda d, out=None: calls.append((d, out)) or []
-    monkeypatch.setitem(sys.modules, "wse_sim.sweep_plots", mod)
+    monkeypatch.setitem(sys.modules, "wse_sim.sweep.plots", mod)
     assert main(["plot", str(tmp_path)]) == 0
     assert calls and calls[0][0] == tmp_path
 
@@ -273,7 +273,7 @@ def test_plot_of_a_sweep_folder_calls_the_sweep_hook(tmp_path, monkeypatch, caps
 def test_an_error_leaves_no_partial_folder(run, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("figure failed")
-    monkeypatch.setattr(plots, "draw_figures", boom)
+    monkeypatch.setattr(figures, "draw_figures", boom)
     with pytest.raises(RuntimeError):
         outputs.write_outputs(run["result"], tmp_path / "new", program=run["program"])
     assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import wse_sim
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.hardware import FIELDS, ConfigError, load_preset, preset_names, resolve_preset
 
 PINNED = json.loads((Path(__file__).parent / "data" / "presets_today.json").read_text())

@@ -19,7 +19,7 @@ from mapper.strategies.functional_model import (
 )
 from mapper.tree_reduce import add_cycles, reduce_end, stage_cycles, tree_groups
 from workloads.models import load_model
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program, run_model, search_mapping
 from wse_sim.functional import error_report, run_functional

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.serving.costs import Buckets, Cost, CostCache, Mapping, ShapeCosts
 from wse_sim.serving.report import summarize
 from wse_sim.serving.requests import (

@@ -6,7 +6,7 @@ import pytest
 
 from workloads.graph import build_graph, total_flops
 from workloads.models import load_model
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.experiment import (
     compare_strategies,
     run_generate,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from wse_sim.cli import main
-from wse_sim.sweep import SweepError, load_sweep, load_table, parse_sweep_text, run_sweep
-from wse_sim.sweep_table import METRICS
+from wse_sim.cli.main import main
+from wse_sim.sweep.run import SweepError, load_sweep, load_table, parse_sweep_text, run_sweep
+from wse_sim.sweep.table import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_points(tmp_path):
     f = _write(tmp_path / "kill.toml", SMALL.split("[[points]]")[0].replace(
         "clock_ghz = [0.9, 1.1]", "clock_ghz = [0.8, 0.9, 1.0, 1.1]\nbatch = [1, 2]"))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "wse_sim.cli", "sweep", str(f), "--out", str(out),
+    cmd = [sys.executable, "-m", "wse_sim.cli.main", "sweep", str(f), "--out", str(out),
            "--workers", "1", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -246,7 +246,7 @@ def test_dask_missing_is_a_clear_error(small, tmp_path, monkeypatch):
 
 
 def test_plot_sweep_writes_png_and_svg(small, tmp_path, capsys):
-    from wse_sim.sweep_plots import plot_sweep
+    from wse_sim.sweep.plots import plot_sweep
     _, out, _ = small
     files = plot_sweep(out, out=tmp_path)
     assert [p.name for p in files] == ["sweep_tokens_per_s_vs_clock_ghz.png",
@@ -269,7 +269,7 @@ def _dies_on_batch_2(params, overrides):
 
 
 def test_a_point_that_kills_its_worker_is_failed_and_the_others_run():
-    from wse_sim.sweep import _run_pool
+    from wse_sim.sweep.run import _run_pool
     spec = parse_sweep_text(SMALL.split("[axes]")[0] + "[axes]\nbatch = [1, 2, 3, 4]\n")
     got = {}
     _run_pool(spec.points, lambda p, row: got.setdefault(p.params["batch"], row), 2,

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from wse_sim import trace
-from wse_sim.cli import main
+from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program
 from wse_sim.hardware import ConfigError, load_preset
-from wse_sim.metrics import SimResult
-from wse_sim.outputs import task_table
+from wse_sim.report import trace
+from wse_sim.report.metrics import SimResult
+from wse_sim.report.tasks import task_table
 
 
 @pytest.fixture(scope="module")

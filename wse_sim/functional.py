@@ -17,9 +17,9 @@ buffer while it is still needed computes wrong numbers. Offsets are multiples of
 
 Semantics (DataOp `kernel`, `inputs`, `output`):
 - Compute, once per task over all cores of its region: the kernel `kernel` names in the
-  registry of `wse_sim.kernel_registry`, where users add their own. Built in: `gemm`,
-  `gemm_acc`, `add`, `copy`, `zero` (`wse_sim.functional_basic`) and the transformer kernels
-  of `wse_sim.functional_gpt` (`norm_stats`, `norm_apply`, `rope`, `attn_scores`, ...; see
+  registry of `wse_sim.kernels.registry`, where users add their own. Built in: `gemm`,
+  `gemm_acc`, `add`, `copy`, `zero` (`wse_sim.kernels.basic`) and the transformer kernels
+  of `wse_sim.kernels.gpt` (`norm_stats`, `norm_apply`, `rope`, `attn_scores`, ...; see
   there; `attn_scores` also appends to its KV-cache input in place).
 - Unicast: the `inputs[0]` tile of every source core lands in `output` at its destination
   (offset, wrap or fixed `to`); all sources are read before any destination is written.
@@ -43,10 +43,11 @@ import math
 
 import numpy as np
 
-from wse_sim import functional_gpt as G
 from wse_sim import kernels as K
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
-from wse_sim.kernel_registry import get_kernel, run_kernel
+from wse_sim.kernels import gpt as G
+from wse_sim.kernels.base import use_parallel
+from wse_sim.kernels.registry import get_kernel, run_kernel
 from wse_sim.program import (
     Compute,
     IoTransfer,
@@ -61,14 +62,6 @@ from wse_sim.program import (
 )
 
 DEFAULT_MAX_BYTES = 8 << 30  # 8 GiB of buffers
-# Below this many element operations per call the kernels run their serial twin: the parallel
-# build costs a fixed ~15-20 ms per call on small hosts (measured on 2 CPUs), far more than the
-# work of a small phase. Results are bit-identical either way (the kernels' contract).
-PARALLEL_MIN_WORK = 1 << 22
-
-
-def _par(work: int) -> bool:
-    return work >= PARALLEL_MIN_WORK
 
 
 # Relative error (max |C - ref| / max |ref|) accepted against numpy in float64 of the
@@ -111,7 +104,7 @@ class Buffer:
 
     def as_f32(self, tiles: np.ndarray) -> np.ndarray:
         if self.lp:
-            return K.from_bits(np.ascontiguousarray(tiles), self.dtype, parallel=_par(tiles.size))
+            return K.from_bits(np.ascontiguousarray(tiles), self.dtype, parallel=use_parallel(tiles.size))
         return np.ascontiguousarray(tiles, dtype=np.float32)
 
     def encode(self, values: np.ndarray) -> np.ndarray:
@@ -119,7 +112,7 @@ class Buffer:
         values = np.ascontiguousarray(values, dtype=np.float32)
         if not self.lp:
             return values
-        return K.to_bits(values, self.dtype, parallel=_par(values.size))
+        return K.to_bits(values, self.dtype, parallel=use_parallel(values.size))
 
 
 def _storage(dtype: str):
@@ -319,7 +312,7 @@ class _Runner:
                                    f"into columns {offset}.. of {dst.name!r} {dst.shape} "
                                    f"{dst.dtype} ({t.wavelets} wavelets)")
         vals = src.as_f32(tiles)
-        total = K.sum_tiles(vals, axis=0, parallel=_par(vals.size))  # ((x0 + x1) + x2) + ...
+        total = K.sum_tiles(vals, axis=0, parallel=use_parallel(vals.size))  # ((x0 + x1) + x2) + ...
         last = self._lines(t, dst, what)[-1]
         if offset is None:
             last[...] = dst.encode(total)
@@ -397,7 +390,7 @@ class _Runner:
 
     # ---- compute ---------------------------------------------------------------------------
     def compute(self, t: Compute, d, what: str) -> None:
-        """The kernel `d.kernel` names in the registry (`wse_sim.kernel_registry`)."""
+        """The kernel `d.kernel` names in the registry (`wse_sim.kernels.registry`)."""
         get_kernel(d.kernel, what)
         if not d.output:
             raise ProgramError(f"{what}: DataOp has no output buffer")

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import star3d  # noqa: E402
 
-from wse_sim.kernel_registry import register_kernel  # noqa: E402
+from wse_sim.kernels.registry import register_kernel  # noqa: E402
 from wse_sim.program import (  # noqa: E402
     Compute,
     DataOp,

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from wse_sim.kernel_registry import register_kernel
+from wse_sim.kernels.registry import register_kernel
 from wse_sim.program import (
     Compute,
     DataOp,

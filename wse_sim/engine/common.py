@@ -10,8 +10,8 @@ import numpy as np
 
 from wse_sim.fabric import Mesh
 from wse_sim.hardware import HardwareConfig
-from wse_sim.metrics import SimResult, empty_maps
 from wse_sim.program import Compute, Program, ProgramError, topological_order
+from wse_sim.report.metrics import SimResult, empty_maps
 
 
 def deps_needed(task, x: int, y: int, mesh: Mesh) -> list[tuple[int, int]]:

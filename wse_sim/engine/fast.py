@@ -30,7 +30,6 @@ from wse_sim.engine.common import ensure_acyclic
 from wse_sim.engine.fast_tables import Tables, deps_valid, signal_counts, span_cores
 from wse_sim.fabric import Mesh
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
-from wse_sim.metrics import SimResult
 from wse_sim.program import (
     Compute,
     IoTransfer,
@@ -42,6 +41,7 @@ from wse_sim.program import (
     Unicast,
     check_fits,
 )
+from wse_sim.report.metrics import SimResult
 from wse_sim.timing import executed_flops
 
 PROGRESS_MIN_INSTANCES = 20_000_000  # progress bar (stderr) from here: runs of a few seconds

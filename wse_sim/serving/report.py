@@ -122,7 +122,7 @@ def write_table(result: ServeResult, path: Path) -> Path:
 
 def write_figure(result: ServeResult, summary: dict, out_dir: Path, title: str) -> list:
     """serving.png/.svg: TTFT and TPOT against arrival time; utilization over time."""
-    from wse_sim.plots import new_figure, save, style
+    from wse_sim.report.plots import new_figure, save, style
     served = [o for o in result.outcomes if not o.refused]
     with style():
         fig = new_figure(7.0, 5.6)

@@ -1,7 +1,7 @@
 """Readable text reports of a SimResult, in human units, and the roll-ups behind them.
 
 `format_report` is the short aligned text a run prints. `op_rows` and `phase_rows` are the
-per-op and per-phase tables that `wse_sim.outputs` writes as CSV and `wse_sim.plots` draws:
+per-op and per-phase tables that `wse_sim.report.outputs` writes as CSV and `wse_sim.report.plots` draws:
 a phase is the op name's first dotted part (`L3.q_proj` -> `L3`, `lm_head.0` -> `lm_head`),
 a family the name without its layer prefix (`L3.q_proj` -> `q_proj`).
 """
@@ -71,7 +71,7 @@ def _union_length(intervals) -> int:
 def op_rows(result, op_info: dict | None = None) -> list[dict]:
     """One row per op, in start order: the ops.csv table.
 
-    `op_info` (from `wse_sim.outputs.op_info`) adds what the SimResult does not carry: the
+    `op_info` (from `wse_sim.report.tasks.op_info`) adds what the SimResult does not carry: the
     op's SRAM traffic, dtype, compute kind (fmac / vector) and core count."""
     op_info = op_info or {}
     cyc = max(1, int(result.cycles))

@@ -93,3 +93,14 @@ def row_params(name: str, g, cores: int, n: int) -> np.ndarray:
     if g.shape == (cores, n):
         return g
     raise ValueError(f"{name}: shape {g.shape} not allowed; expected ({n},) or ({cores}, {n})")
+
+
+# Below this many element operations per call the kernels run their serial twin: the parallel
+# build costs a fixed ~15-20 ms per call on small hosts (measured on 2 CPUs), far more than the
+# work of a small phase. Results are bit-identical either way (the kernels' contract).
+PARALLEL_MIN_WORK = 1 << 22
+
+
+def use_parallel(work: int) -> bool:
+    """Whether a call with `work` element operations should take the parallel build."""
+    return work >= PARALLEL_MIN_WORK

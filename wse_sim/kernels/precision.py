@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from wse_sim.kernels_base import check_array, check_dtype_name, pick, twins
+from wse_sim.kernels.base import check_array, check_dtype_name, pick, twins
 
 KIND = {"fp16": 0, "bf16": 1}  # dtype name -> integer code the kernels branch on
 

@@ -12,22 +12,21 @@ import time
 
 from mapper.attention import ATTENTION_SPLITS
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
-from wse_sim.cli_common import (
+from wse_sim.cli.common import (
     Parser,
-    effective_hardware,
     fail,
     fraction,
     hardware_args,
     one_of,
     positive_int,
-    with_interface_keys,
 )
+from wse_sim.cli.run import run_one
 from wse_sim.hardware import FIELD_EFFECTS
 
 # Sub-command modules: each has `register(sub) -> {name: function}`; missing ones are skipped.
-COMMAND_MODULES = ("wse_sim.cli_blocks", "wse_sim.cli_outputs", "wse_sim.cli_sweep",
-                   "wse_sim.cli_validate", "wse_sim.cli_strategies", "wse_sim.cli_program",
-                   "wse_sim.cli_serve")
+COMMAND_MODULES = ("wse_sim.cli.blocks", "wse_sim.cli.outputs", "wse_sim.cli.sweep",
+                   "wse_sim.cli.validate", "wse_sim.cli.strategies", "wse_sim.cli.program",
+                   "wse_sim.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_presets(args) -> int:
     from wse_sim.hardware import parse_set, preset_names, resolve_preset
-    from wse_sim.report import human
+    from wse_sim.report.text import human
     if args.show:
         return _show_preset(resolve_preset(args.show, parse_set(args.set)), args)
     if args.set:
@@ -175,6 +174,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """`run`: one mapping (`cli.run.run_one`), or --strategy auto, --generate and --wafers
+    (`cli.strategies.run_extended`, which runs its chosen mapping through run_one)."""
     if args.strategy == "auto" or args.generate or args.wafers > 1:
         if args.functional:
             raise ValueError("--functional: runs one mapping (not with --strategy auto, "
@@ -182,82 +183,18 @@ def cmd_run(args) -> int:
         if getattr(args, "save_program", None):
             raise ValueError("--save-program: saves one mapping (not with --strategy auto, "
                              "--generate or --wafers)")
-        from wse_sim.cli_strategies import run_extended
+        from wse_sim.cli.strategies import run_extended
         return run_extended(args)
-    from wse_sim.engine import simulate
-    from wse_sim.experiment import build_program
-    from wse_sim.report import format_report
-    hw = effective_hardware(args)
-    program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
-                            batch=args.batch, prompt=args.prompt, context=args.context,
-                            dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
-                            functional=args.functional, chunks=args.chunks,
-                            micro_batches=args.micro_batches, region_shape=args.region_shape,
-                            reduce_algo=args.reduce_algo, attention=args.attention)
-    if getattr(args, "save_program", None):
-        from wse_sim.cli_program import save_requested
-        save_requested(program, args)
-    if args.show_program:
-        print(program.describe())
-        return 0
-    from wse_sim.cli_outputs import check_output_args, write_requested
-    check_output_args(args, hw)
-    result = simulate(program, hw, engine=args.engine)
-    title = f"{args.model} {args.phase} on {args.preset}"
-    for key, what in (("chunks", "chunks"), ("micro_batches", "micro-batches")):
-        if program.meta.get(key, 1) > 1:
-            title += f", {program.meta[key]} {what}"
-    written = write_requested(result, args, program=program, title=title)
-    check = _functional_check(program, hw, args.model) if args.functional else None
-    if args.json:
-        extra = {"functional": check} if check else {}
-        mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo", "chunks",
-                                                "micro_batches") if k in program.meta}
-        print(json.dumps(with_interface_keys(result.summary(), args, hw) | mapping | written
-                         | extra))
-    else:
-        print(format_report(result, title))
-        if check:
-            what = (f"worst gradient ({check['gradient']}, loss off by "
-                    f"{check['loss_error']:.2g})" if "gradient" in check else "logits")
-            print(f"  functional     {'ok' if check['ok'] else 'WRONG'}: {what} max abs error "
-                  f"{check['max_abs_error']:.3g}, max rel error {check['max_rel_error']:.3g} "
-                  f"(tolerance {check['tolerance']:g}, vs numpy; {check['wall_seconds']:.2f} s)")
-    return 1 if check and not check["ok"] else 0
-
-
-def _functional_check(program, hw, model: str) -> dict:
-    """Random weights (init_weights(cfg, seed=0)) and tokens (seed 0) through the mapped
-    program; the logits (a training step: the loss and the worst weight gradient) against
-    workloads.reference (float64, dtype-rounded weights)."""
-    from mapper.strategies import functional_model as fm
-    from workloads.models import load_model
-    from wse_sim.functional import error_report, run_functional
-    cfg = load_model(model)
-    t0 = time.perf_counter()
-    if program.meta.get("phase") == "train":
-        inputs, want_loss, want = fm.random_train_case(program, cfg, seed=0)
-        buffers = run_functional(program, hw, inputs)
-        got = fm.model_grads(program, buffers, cfg)
-        reps = [error_report(got[k], want[k], program.dtype) | {"gradient": k} for k in want]
-        report = max(reps, key=lambda r: r["max_rel_error"])
-        loss = fm.model_loss(program, buffers)
-        report["loss_error"] = abs(loss - want_loss) / abs(want_loss)
-    else:
-        inputs, want = fm.random_case(program, cfg, seed=0)
-        got = fm.model_output(program, run_functional(program, hw, inputs))
-        report = error_report(got, want, program.dtype)
-    report["wall_seconds"] = time.perf_counter() - t0
-    return report
+    return run_one(args)
 
 
 def cmd_demo(args) -> int:
     """GPT 'tiny' on a 16 x 16 mesh: prefill of 32 tokens, then decode one token."""
-    from wse_sim.cli_outputs import check_output_args, write_requested
+    from wse_sim.cli.outputs import check_output_args, write_requested
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
     from wse_sim.hardware import load_preset
-    from wse_sim.report import format_report
+    from wse_sim.report.text import format_report
     hw = load_preset("mesh16")
     check_output_args(args, hw)
     out = {}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wse_sim.report.tasks import op_info, tasks_of
+
 FORMAT = "wse-sim-result/1"
 SPANS_INLINE_MAX = 250_000  # instances kept inline in result.json; more go to spans.npz
 SPAN_KEYS = ("task", "index", "core", "start", "end")
@@ -35,46 +37,6 @@ PHASES_COLUMNS = ("level", "name", "ops", "start", "end", "span_cycles", "comput
 
 class OutputError(ValueError):
     """Writing or reading a run's outputs failed; the message is one line."""
-
-
-# ---- what the Program knows ------------------------------------------------------------------
-def task_table(program) -> list[dict]:
-    """Per task index (the `task` of result.spans): op name, kind and, for computes, the
-    compute kind, dtype, core count and SRAM bytes read + written (all cores together)."""
-    from wse_sim.program import Compute
-    out = []
-    for t in program.tasks:
-        row = {"op": t.op, "kind": type(t).__name__}
-        region = getattr(t, "region", None)
-        if region is not None:
-            row["cores"] = int(region.size)
-        if isinstance(t, Compute):
-            row.update(dtype=t.dtype, compute=t.kind,
-                       sram_bytes=int(t.sram_read_bytes) + int(t.sram_write_bytes))
-        out.append(row)
-    return out
-
-
-def tasks_of(result, program=None) -> list[dict] | None:
-    """The task table: from `program` if given, else from a loaded result's meta."""
-    if program is not None:
-        return task_table(program)
-    tasks = result.meta.get("tasks") if isinstance(result.meta, dict) else None
-    return tasks if isinstance(tasks, list) else None
-
-
-def op_info(tasks: list[dict] | None) -> dict:
-    """Per op name: SRAM bytes, dtype, compute kind, cores (summed over the op's computes)."""
-    info: dict[str, dict] = {}
-    for t in tasks or []:
-        if t.get("kind") != "Compute":
-            continue
-        d = info.setdefault(t["op"], {"sram_bytes": 0, "cores": 0})
-        d["sram_bytes"] += int(t.get("sram_bytes", 0))
-        d["cores"] += int(t.get("cores", 0))
-        d["dtype"] = t.get("dtype", "")
-        d["compute"] = t.get("compute", "")
-    return info
 
 
 # ---- result.json ---------------------------------------------------------------------------
@@ -142,7 +104,7 @@ def load_result(path):
     """Read result.json (or a folder holding one) back into a SimResult. The saved task table,
     if any, is put in `result.meta["tasks"]`. Raises OutputError with a one-line message."""
     from wse_sim.hardware import ConfigError, from_dict
-    from wse_sim.metrics import SimResult
+    from wse_sim.report.metrics import SimResult
     p = Path(path)
     if p.is_dir():
         p = p / "result.json"
@@ -227,12 +189,12 @@ def _csv_text(rows: list[dict], columns: tuple) -> str:
 
 
 def ops_csv(result, tasks: list[dict] | None = None) -> str:
-    from wse_sim.report import op_rows
+    from wse_sim.report.text import op_rows
     return _csv_text(op_rows(result, op_info(tasks)), OPS_COLUMNS)
 
 
 def phases_csv(result) -> str:
-    from wse_sim.report import phase_rows
+    from wse_sim.report.text import phase_rows
     return _csv_text(phase_rows(result), PHASES_COLUMNS)
 
 
@@ -263,11 +225,11 @@ def write_outputs(result, out_dir, *, formats=("png", "svg"), trace=None, trace_
 
     `trace`: None (no trace), True (trace.json inside the folder) or a path (the trace goes
     there). `trace_region`: (x0, y0, cols, rows) of the cores whose instances the trace keeps
-    (see `wse_sim.trace`). `program` supplies op names and SRAM traffic per task (kept in
+    (see `wse_sim.report.trace`). `program` supplies op names and SRAM traffic per task (kept in
     result.json). `formats`: figure formats, any of png, svg, pdf."""
-    from wse_sim import plots
-    from wse_sim import trace as trace_mod
-    from wse_sim.report import format_report
+    from wse_sim.report import figures, plots
+    from wse_sim.report import trace as trace_mod
+    from wse_sim.report.text import format_report
     formats = tuple(formats)
     bad = [f for f in formats if f not in plots.FORMATS]
     if bad:
@@ -291,7 +253,7 @@ def write_outputs(result, out_dir, *, formats=("png", "svg"), trace=None, trace_
         (tmp / "ops.csv").write_text(ops_csv(result, tasks))
         (tmp / "phases.csv").write_text(phases_csv(result))
         if formats:
-            plots.draw_figures(result, tmp, formats=formats, tasks=tasks, title=title)
+            figures.draw_figures(result, tmp, formats=formats, tasks=tasks, title=title)
         if trace is True:
             trace_mod.write_trace(result, tmp / "trace.json", tasks=tasks, region=region)
         elif trace:

@@ -1,6 +1,6 @@
 """The basic compute kernels of functional runs: `gemm`, `gemm_acc`, `add`, `copy`, `zero`.
 
-Buffer kernels of `wse_sim.kernel_registry` (signature (task, out, inputs, what), reading
+Buffer kernels of `wse_sim.kernels.registry` (signature (task, out, inputs, what), reading
 and writing the `wse_sim.functional.Buffer`s themselves), once per task over every core of
 its region. Semantics (DataOp `kernel`, `inputs`, `output`, `params`):
 `gemm` out = a @ b; `gemm_acc` out += a @ b; `add` out = sum of inputs (fp32, in order);
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from wse_sim import kernels as K
-from wse_sim.functional import _par
+from wse_sim.kernels.base import use_parallel as _par
 from wse_sim.program import ProgramError
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wse_sim.cli_common import effective_hardware, hardware_args, print_json, with_interface_keys
+from wse_sim.cli.common import effective_hardware, hardware_args, print_json, with_interface_keys
 from wse_sim.program import ProgramError
 
 
@@ -28,7 +28,7 @@ def register(sub) -> dict:
                    help="print the program, one line per task, instead of simulating it")
     p.add_argument("--kernels", action="append", metavar="FILE.py", default=[],
                    help="a Python file that registers functional kernels "
-                        "(wse_sim.kernel_registry.register_kernel); repeatable")
+                        "(wse_sim.kernels.registry.register_kernel); repeatable")
     p.add_argument("--inputs", metavar="FILE.npz", default=None,
                    help="run the arithmetic too: the buffers' starting tiles by name, each "
                         "(rows, cols, *tile) (other buffers start at zero)")
@@ -90,10 +90,10 @@ def save_buffers(program, buffers: dict, path) -> None:
 
 
 def cmd_run_program(args) -> int:
-    from wse_sim.cli_outputs import check_output_args, write_requested
+    from wse_sim.cli.outputs import check_output_args, write_requested
     from wse_sim.engine import simulate
     from wse_sim.program_io import load_program
-    from wse_sim.report import format_report
+    from wse_sim.report.text import format_report
     program = load_program(args.file)
     if args.show_program:
         print(program.describe())

@@ -5,8 +5,8 @@ process pool or on a Dask cluster, each finished point appended durably to DIR/s
     summary = run_sweep(spec, "out/sram_clock", workers=2)   # or dask="local" / "tcp://..."
     rows = load_table("out/sram_clock")
 
-The sweep file format and its validation live in `sweep_spec`, the table in `sweep_table`,
-the plots in `sweep_plots`; docs/sweeps.md describes all three. A sweep killed at any moment
+The sweep file format and its validation live in `sweep.spec`, the table in `sweep.table`,
+the plots in `sweep.plots`; docs/sweeps.md describes all three. A sweep killed at any moment
 and started again with the same arguments skips the points already in the table.
 """
 
@@ -21,7 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from wse_sim.sweep_spec import (
+from wse_sim.sweep.spec import (
     MAX_POINTS,
     Point,
     SweepError,
@@ -29,7 +29,7 @@ from wse_sim.sweep_spec import (
     load_sweep,
     parse_sweep_text,
 )
-from wse_sim.sweep_table import METRICS, SPEC, TABLE, Table, load_table, write_atomic
+from wse_sim.sweep.table import METRICS, SPEC, TABLE, Table, load_table, write_atomic
 
 __all__ = ["MAX_POINTS", "METRICS", "Point", "SweepError", "SweepSpec", "load_sweep",
            "load_table", "parse_sweep_text", "run_point", "run_sweep"]

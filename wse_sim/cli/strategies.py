@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
-from wse_sim.cli_common import (
+from wse_sim.cli.common import (
     effective_hardware,
     hardware_args,
     one_of,
@@ -90,9 +90,9 @@ def format_scorecard(rows: list[dict], rejected: dict) -> str:
 def cmd_compare(args) -> int:
     if args.what == "gemm":
         import importlib.util
-        if importlib.util.find_spec("wse_sim.cli_blocks") is None:
+        if importlib.util.find_spec("wse_sim.cli.blocks") is None:
             raise NotImplementedError("compare gemm: the GEMM algorithms are not built yet")
-        from wse_sim.cli_blocks import cmd_compare_gemm
+        from wse_sim.cli.blocks import cmd_compare_gemm
         return cmd_compare_gemm(args)
     if not args.model:
         raise ValueError("compare: --model is required (or use `wse-sim compare gemm`)")
@@ -141,7 +141,7 @@ def cmd_search(args) -> int:
 def run_extended(args) -> int:
     """`run` with --strategy auto, --generate or --wafers."""
     from wse_sim.experiment import run_generate, run_multi_wafer, search_mapping
-    from wse_sim.report import format_report
+    from wse_sim.report.text import format_report
     hw = effective_hardware(args)
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
           "reduce_algo": args.reduce_algo, "attention": args.attention}
@@ -203,5 +203,5 @@ def run_extended(args) -> int:
                   f"({out['decode_tokens_per_s']:,.0f} tokens/s while decoding)")
         return 0
     args.strategy = strategy
-    from wse_sim.cli import cmd_run
-    return cmd_run(args)
+    from wse_sim.cli.run import run_one
+    return run_one(args)

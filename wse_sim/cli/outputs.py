@@ -14,11 +14,11 @@ import inspect
 import sys
 from pathlib import Path
 
-from wse_sim.cli_common import fail
+from wse_sim.cli.base import fail
 
 
 def _region(text: str):
-    from wse_sim.trace import parse_region
+    from wse_sim.report.trace import parse_region
     try:
         return parse_region(text)
     except ValueError as e:
@@ -45,7 +45,7 @@ def check_output_args(args, hw) -> None:
     if region is None:
         return
     from wse_sim.hardware import ConfigError
-    from wse_sim.trace import check_region
+    from wse_sim.report.trace import check_region
     if not getattr(args, "trace", None):
         raise ConfigError("--trace-region: needs --trace FILE")
     check_region(region, hw)
@@ -67,7 +67,7 @@ def write_requested(result, args, *, program=None, title: str = "",
     region = getattr(args, "trace_region", None)
     done: dict = {}
     if out:
-        from wse_sim.outputs import write_outputs
+        from wse_sim.report.outputs import write_outputs
         out_dir = Path(out) / tag if tag else Path(out)
         w = write_outputs(result, out_dir, trace=trace or None, trace_region=region,
                           program=program, title=title or None)
@@ -78,8 +78,9 @@ def write_requested(result, args, *, program=None, title: str = "",
     elif trace:
         import os
 
-        from wse_sim.outputs import OutputError, tasks_of
-        from wse_sim.trace import write_trace
+        from wse_sim.report.outputs import OutputError
+        from wse_sim.report.tasks import tasks_of
+        from wse_sim.report.trace import write_trace
         path = Path(trace)
         tmp = path.with_name(f".{path.name}.tmp")
         try:
@@ -98,8 +99,9 @@ def write_requested(result, args, *, program=None, title: str = "",
 
 
 def cmd_plot(args) -> int:
-    from wse_sim.outputs import OutputError, load_result
-    from wse_sim.plots import FORMATS, draw_figures
+    from wse_sim.report.figures import draw_figures
+    from wse_sim.report.outputs import OutputError, load_result
+    from wse_sim.report.plots import FORMATS
     src = Path(args.result)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     bad = [f for f in formats if f not in FORMATS]
@@ -112,9 +114,9 @@ def cmd_plot(args) -> int:
     has_result = (src / "result.json").is_file() if src.is_dir() else True
     written: list = []
     if sweep:
-        if importlib.util.find_spec("wse_sim.sweep_plots") is None:
+        if importlib.util.find_spec("wse_sim.sweep.plots") is None:
             return fail(f"plot: {src} holds a sweep table, but sweep plots are not available")
-        fn = importlib.import_module("wse_sim.sweep_plots").plot_sweep
+        fn = importlib.import_module("wse_sim.sweep.plots").plot_sweep
         kw = {"out": args.out} if args.out and "out" in inspect.signature(fn).parameters else {}
         try:
             written += list(fn(src, **kw) or [])
@@ -130,7 +132,7 @@ def cmd_plot(args) -> int:
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        from wse_sim.outputs import run_title
+        from wse_sim.report.outputs import run_title
         written += draw_figures(result, out, formats=formats, tasks=result.meta.get("tasks"),
                                 title=run_title(result))
     except OSError as e:

@@ -10,7 +10,7 @@ import argparse
 import math
 import time
 
-from wse_sim.cli_common import int_at_least, one_of, positive_int, print_json
+from wse_sim.cli.common import int_at_least, one_of, positive_int, print_json
 
 MODES = ("time-shared", "disaggregated")
 
@@ -116,7 +116,7 @@ def _check(args) -> None:
 
 def _costs(args, cache):
     """The ShapeCosts of the serving region (and of the decode region when disaggregated)."""
-    from wse_sim.cli_common import effective_hardware
+    from wse_sim.cli.common import effective_hardware
     from wse_sim.hardware import load_preset, parse_set
     from wse_sim.serving.costs import Buckets, Mapping, ShapeCosts
     mapping = Mapping(args.strategy, args.dtype, args.grid, args.reduce_algo, args.attention,

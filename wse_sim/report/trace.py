@@ -192,7 +192,7 @@ def _instance_events(result, tasks, region, us_per_cycle):
 
 
 def _op_events(result, us_per_cycle):
-    from wse_sim.report import phase_of
+    from wse_sim.report.text import phase_of
     ops = sorted(result.ops.items(), key=lambda kv: (kv[1]["start"], kv[1]["end"]))
     if not ops:
         return []
@@ -226,7 +226,7 @@ def _changes(ts: list, values, digits: int) -> list[tuple]:
 
 
 def _counter_events(result, tasks, us_per_cycle):
-    from wse_sim.report import is_compute
+    from wse_sim.report.text import is_compute
     cycles = int(result.cycles)
     if cycles <= 0:
         return []
@@ -260,7 +260,7 @@ def trace_events(result, *, tasks: list[dict] | None = None, region=None,
     "otherData": {...}}. `tasks` (or `program`) names the instances; without it they are
     called `task N` and all go to the compute process."""
     if program is not None and tasks is None:
-        from wse_sim.outputs import task_table
+        from wse_sim.report.tasks import task_table
         tasks = task_table(program)
     if tasks is None and isinstance(result.meta, dict) and isinstance(result.meta.get("tasks"),
                                                                        list):

@@ -29,12 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from wse_sim import kernels as K
+from wse_sim.kernels.base import use_parallel as _par
 from wse_sim.program import ProgramError
-
-
-def _par(n: int) -> bool:
-    from wse_sim.functional import _par as par
-    return par(n)
 
 
 def _load(buf, reg, what) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Figures of a run: mesh heatmaps (this module), timeline, phases and roofline
-(`wse_sim.plots_time`).
+(`wse_sim.report.plots_time`).
 
 Everything uses matplotlib's object API (`Figure` + the Agg canvas): no pyplot, no global
 figure state, nothing drawn or imported at import time. `heatmap_arrays(result)` returns the
@@ -256,25 +256,4 @@ def mesh_figures(result, out_dir: Path, formats, title: str = "") -> list[Path]:
         fig.suptitle(f"{head}\n{mesh}", y=1 - 0.06 / fig.get_figheight(), va="top",
                      fontsize=10)
         paths += save(fig, out_dir, fname, formats)
-    return paths
-
-
-def draw_figures(result, out_dir, *, formats=("png", "svg"), tasks=None, title: str = "",
-                 only=None) -> list[Path]:
-    """Draw every figure of a run into `out_dir`; returns the files written.
-    `only`: a subset of FIGURE_NAMES (mesh maps are all-or-nothing under 'core_busy')."""
-    from wse_sim import plots_time
-    out_dir = Path(out_dir)
-    formats = tuple(formats)
-    want = set(only or FIGURE_NAMES)
-    paths: list[Path] = []
-    with style():
-        if want & {"core_busy", "sram", "links_ew", "links_ns", "colors"}:
-            paths += mesh_figures(result, out_dir, formats, title)
-        if "timeline" in want:
-            paths += plots_time.timeline_figure(result, out_dir, formats, tasks, title)
-        if "phases" in want:
-            paths += plots_time.phases_figure(result, out_dir, formats, title)
-        if "roofline" in want:
-            paths += plots_time.roofline_figure(result, out_dir, formats, tasks, title)
     return paths

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wse_sim.cli_common import int_at_least, print_json
+from wse_sim.cli.common import int_at_least, print_json
 
 _workers = int_at_least(0, "an integer >= 0")
 
@@ -35,7 +35,7 @@ def register(sub) -> dict:
 
 
 def cmd_sweep(args) -> int:
-    from wse_sim.sweep import run_sweep
+    from wse_sim.sweep.run import run_sweep
     summary = run_sweep(args.file, args.out, workers=args.workers, dask=args.dask,
                         force=args.force, retry_failed=args.retry_failed,
                         progress=not args.json)
@@ -49,7 +49,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sweep_plot(args) -> int:
-    from wse_sim.sweep_plots import plot_sweep
+    from wse_sim.sweep.plots import plot_sweep
     files = plot_sweep(args.dir, metric=args.metric, x=args.x, out=args.out)
     if args.json:
         print_json({"files": [str(f) for f in files]})

@@ -13,8 +13,8 @@ import json
 import math
 from pathlib import Path
 
-from wse_sim.sweep_spec import SweepError
-from wse_sim.sweep_table import METRICS, SPEC, STATUS_COLUMNS, TABLE, read_rows
+from wse_sim.sweep.spec import SweepError
+from wse_sim.sweep.table import METRICS, SPEC, STATUS_COLUMNS, TABLE, read_rows
 
 DEFAULT_METRIC = "tokens_per_s"
 MAX_LINES = 40

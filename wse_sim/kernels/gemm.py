@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from wse_sim.kernels_base import (
+from wse_sim.kernels.base import (
     BLAS_THREADED_MACS,
     check_array,
     check_dtype_name,
@@ -24,7 +24,7 @@ from wse_sim.kernels_base import (
     pick,
     twins,
 )
-from wse_sim.kernels_precision import KIND, decode_bf16, decode_fp16
+from wse_sim.kernels.precision import KIND, decode_bf16, decode_fp16
 
 
 @njit(cache=True, inline="always")

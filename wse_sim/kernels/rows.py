@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from wse_sim.kernels_base import check_array, check_shape, pick, row_params, twins
+from wse_sim.kernels.base import check_array, check_shape, pick, row_params, twins
 
 _BLOCK = 2048  # elements per parallel chunk in sum_tiles (8 KiB partial sums stay in L1)
 

@@ -1,6 +1,6 @@
 """Figures over time and per op: the timeline, where the time goes per phase, the roofline.
 
-Same conventions as `wse_sim.plots` (object API, Agg canvas, no global state). Simulated time
+Same conventions as `wse_sim.report.plots` (object API, Agg canvas, no global state). Simulated time
 is drawn in µs (cycles / clock).
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wse_sim.plots import new_figure, save
+from wse_sim.report.plots import new_figure, save
 
 COMPUTE_COLOR = "#1f77b4"
 COMM_COLOR = "#ff7f0e"
@@ -23,7 +23,7 @@ def _us(result) -> float:
 
 
 def _phases_in_order(result) -> list[str]:
-    from wse_sim.report import phase_of
+    from wse_sim.report.text import phase_of
     order = sorted(result.ops.items(), key=lambda kv: (kv[1]["start"], kv[1]["end"]))
     return list(dict.fromkeys(phase_of(n) for n, _ in order))
 
@@ -31,7 +31,7 @@ def _phases_in_order(result) -> list[str]:
 def compute_activity(result, tasks, bins: int = 400):
     """(bin edges in cycles, mean cores computing per bin) from the compute instances' spans,
     or None when the spans or the task kinds are unknown."""
-    from wse_sim.trace import _active_average
+    from wse_sim.report.trace import _active_average
     sp = result.spans
     if sp is None or not tasks or result.cycles <= 0:
         return None
@@ -47,7 +47,7 @@ def timeline_figure(result, out_dir: Path, formats, tasks=None, title: str = "")
     simulated time, and below it the share of the used cores computing."""
     from matplotlib.patches import Patch
 
-    from wse_sim.report import is_compute, phase_of
+    from wse_sim.report.text import is_compute, phase_of
     us = _us(result)
     phases = _phases_in_order(result)
     act = compute_activity(result, tasks)
@@ -105,7 +105,7 @@ def timeline_figure(result, out_dir: Path, formats, tasks=None, title: str = "")
 def phases_figure(result, out_dir: Path, formats, title: str = "") -> list[Path]:
     """Stacked bars of where the wall-clock time goes: per phase (compute / fabric only /
     idle within the phase's window) and per op family (active time, compute vs fabric)."""
-    from wse_sim.report import phase_rows
+    from wse_sim.report.text import phase_rows
     us = _us(result)
     rows = phase_rows(result)
     ph = [r for r in rows if r["level"] == "phase"]
@@ -145,8 +145,8 @@ def phases_figure(result, out_dir: Path, formats, title: str = "") -> list[Path]
 def roofline_points(result, tasks) -> list[dict]:
     """Per compute op with known SRAM traffic: intensity (FLOPs per SRAM byte read + written)
     and achieved FLOP/s per core while computing (FLOPs / busy core-cycles x clock)."""
-    from wse_sim.outputs import op_info
-    from wse_sim.report import family_of, is_compute
+    from wse_sim.report.tasks import op_info
+    from wse_sim.report.text import family_of, is_compute
     info = op_info(tasks)
     pts = []
     for name, o in result.ops.items():

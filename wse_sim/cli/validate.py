@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wse_sim.cli_common import print_json
+from wse_sim.cli.common import print_json
 
 
 def register(sub) -> dict:

@@ -11,14 +11,14 @@ import time
 
 import numpy as np
 
-from wse_sim.cli_common import (
+from wse_sim.cli.common import (
     effective_hardware,
     hardware_args,
     positive_int,
     print_json,
     with_interface_keys,
 )
-from wse_sim.cli_outputs import write_requested
+from wse_sim.cli.outputs import write_requested
 
 GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
 GEMV_ALGOS = ("chain", "tree")
@@ -114,9 +114,9 @@ def functional_check(program, hw, seed: int = 0) -> dict:
 
 
 def _run_block(args, program, hw, title: str) -> int:
-    from wse_sim.cli_program import save_requested
+    from wse_sim.cli.program import save_requested
     from wse_sim.engine import simulate
-    from wse_sim.report import format_report
+    from wse_sim.report.text import format_report
     save_requested(program, args)
     result = simulate(program, hw, engine=args.engine)
     out = with_interface_keys(result.summary(), args, hw)
@@ -163,7 +163,7 @@ def cmd_gemv(args) -> int:
                       f"on {args.grid} x {args.grid} of {args.preset}")
 
 
-# ---- compare gemm (registered by wse_sim.cli_strategies' `compare`) ----------------------------
+# ---- compare gemm (registered by wse_sim.cli.strategies' `compare`) ----------------------------
 
 def compare_gemm(hw, *, grid: int, m: int, k: int, n: int, dtype: str, engine: str) -> dict:
     """Every GEMM algorithm on the same problem: {algo: row dict, or the reason it does not
@@ -234,7 +234,7 @@ def format_compare(rows: dict) -> str:
 def cmd_collective(args) -> int:
     from mapper.collectives import KINDS, build_collective
     from wse_sim.engine import simulate
-    from wse_sim.report import format_report
+    from wse_sim.report.text import format_report
     if args.kind not in KINDS:
         raise ValueError(f"--kind: got {args.kind!r}, must be one of {', '.join(KINDS)}")
     if args.pes is not None and (args.rows is not None or args.cols is not None):
@@ -245,7 +245,7 @@ def cmd_collective(args) -> int:
     kw = {"pes": args.pes} if args.pes is not None else {"rows": args.rows, "cols": args.cols}
     program = build_collective(args.kind, hw, wavelets=args.wavelets, root=args.root,
                                dtype=args.dtype, **kw)
-    from wse_sim.cli_program import save_requested
+    from wse_sim.cli.program import save_requested
     save_requested(program, args)
     result = simulate(program, hw, engine=args.engine)
     out = with_interface_keys(result.summary(), args, hw)

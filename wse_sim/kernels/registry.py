@@ -14,8 +14,8 @@ A kernel runs once per task, over every core of the task's region at once. Two f
   writes the `wse_sim.functional.Buffer`s itself (`buf.block(region, what)` is the view of the
   region's tiles, `as_f32` / `encode` convert). `what` ("task 3 (op)") starts every error.
 
-Built in: `gemm`, `gemm_acc`, `add`, `copy`, `zero` (`wse_sim.functional_basic`) and the
-transformer kernels (`wse_sim.functional_gpt`), registered here the same way. Timing never
+Built in: `gemm`, `gemm_acc`, `add`, `copy`, `zero` (`wse_sim.kernels.basic`) and the
+transformer kernels (`wse_sim.kernels.gpt`), registered here the same way. Timing never
 looks at a kernel: the Compute record's FLOPs and bytes give its cycles.
 """
 
@@ -66,10 +66,10 @@ def _load_builtins() -> None:
     if _BUILTINS[0]:
         return
     _BUILTINS[0] = True
-    from wse_sim import functional_basic, functional_gpt
-    for name, fn in functional_basic.KERNELS.items():
+    from wse_sim.kernels import basic, gpt
+    for name, fn in basic.KERNELS.items():
         _KERNELS.setdefault(name, Kernel(name, fn, raw=True))
-    for name, fn in functional_gpt.KERNELS.items():
+    for name, fn in gpt.KERNELS.items():
         _KERNELS.setdefault(name, Kernel(name, _region_form(fn), raw=True))
 
 
@@ -123,7 +123,7 @@ def get_kernel(name: str, what: str) -> Kernel:
         return _KERNELS[name]
     except (KeyError, TypeError):
         raise ProgramError(f"{what}: kernel {name!r} is not one of {', '.join(_KERNELS)} "
-                           "(add one with wse_sim.kernel_registry.register_kernel)") from None
+                           "(add one with wse_sim.kernels.registry.register_kernel)") from None
 
 
 def run_kernel(task: Compute, out, ins: list, what: str) -> None:

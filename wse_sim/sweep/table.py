@@ -12,7 +12,7 @@ import io
 import os
 from pathlib import Path
 
-from wse_sim.sweep_spec import SweepError
+from wse_sim.sweep.spec import SweepError
 
 TABLE = "sweep.csv"
 SPEC = "sweep.json"

@@ -12,19 +12,20 @@ other jobs) numba's default OpenMP layer spins and a sub-millisecond call can ta
 slice (~10 ms, measured). There, run with ``NUMBA_NUM_THREADS=1`` (or
 ``numba.set_num_threads(1)``), or ``OMP_WAIT_POLICY=passive`` set before numba starts.
 
-The implementation lives in ``kernels_precision`` (dtype codecs), ``kernels_gemm`` and
-``kernels_rows``; this module is the public surface.
+The implementation lives in ``precision`` (dtype codecs), ``gemm`` and ``rows`` (on ``base``);
+this package's top is the public surface. ``basic`` and ``gpt`` are the kernels of functional
+runs, found by name through ``registry``.
 """
 
-from wse_sim.kernels_base import BLAS_THREADED_MACS, DTYPES, DTYPES_LP
-from wse_sim.kernels_gemm import (
+from wse_sim.kernels.base import BLAS_THREADED_MACS, DTYPES, DTYPES_LP
+from wse_sim.kernels.gemm import (
     count_nonzero_macs,
     csc_tiles,
     gemm_tiles,
     gemm_tiles_lp,
     sparse_gemm_tiles,
 )
-from wse_sim.kernels_precision import (
+from wse_sim.kernels.precision import (
     decode_bf16,
     decode_fp16,
     encode_bf16,
@@ -33,7 +34,7 @@ from wse_sim.kernels_precision import (
     round_to,
     to_bits,
 )
-from wse_sim.kernels_rows import (
+from wse_sim.kernels.rows import (
     gelu,
     layernorm_rows,
     online_softmax_combine,
