@@ -116,7 +116,7 @@ def cmd_search(args) -> int:
     kw = _kw(args)
     grid = kw.pop("grid")
     found, best = search_mapping(hw, args.model, engine=args.engine, budget=args.budget,
-                                 grids=(grid,), progress=not args.json, **kw)
+                                 grids=(grid,) if grid else None, progress=not args.json, **kw)
     if best is None:
         raise ValueError(f"search: no strategy fits {args.model} on {args.preset}")
     if args.json:
