@@ -130,7 +130,9 @@ def cmd_search(args) -> int:
                         for c, cost, why in found.tried]
         print_json(out)
     else:
-        print(f"chosen: {found.best['strategy']} — least simulated time per token "
+        g = found.best["grid"]
+        print(f"chosen: {found.best['strategy']} on {f'a {g} x {g} grid' if g else 'the whole mesh'}"
+              " — least simulated time per token "
               f"({found.best_cost * 1e6:.3f} µs/token)")
         print(f"reduce: {found.why('reduce_algo')}")
         print(f"attention: {found.why('attention')}")

@@ -115,8 +115,9 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     given `reduce_algo` or `attention` is fixed.
 
     `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
-    best one on every grid of `mapper.search.grid_options` (powers of two, largest first) with
-    each reduce algorithm (before the one-direction trees). A tuple of grids fixes them."""
+    best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
+    to the first on which nothing fits) with each reduce algorithm (before the one-direction
+    trees). A tuple of grids fixes them."""
     from mapper.search import grid_options, search
     results = {}
     fixed = kw.pop("reduce_algo", None)
@@ -159,10 +160,17 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
 
     found = search(cands, evaluate, budget=budget, progress=progress)
     left = budget - len(found.tried)
-    if found.best is not None and grids is None and left > 0:  # the best on smaller grids
-        sized = [found.best | {"grid": g, "reduce_algo": a}
-                 for g in grid_options(hw.mesh_cols, hw.mesh_rows)[1:] for a in algos]
-        found.absorb(search(sized, evaluate, budget=left, progress=progress))
+    if found.best is not None and grids is None:  # the best on smaller grids, largest first
+        base = found.best
+        for g in grid_options(hw.mesh_cols, hw.mesh_rows)[1:]:
+            left = budget - len(found.tried)
+            if left <= 0:
+                break
+            sized = search([base | {"grid": g, "reduce_algo": a} for a in algos], evaluate,
+                           budget=left)
+            found.absorb(sized)
+            if sized.best is None:  # nothing fits this grid: smaller ones fit less
+                break
     left = budget - len(found.tried)
     if found.best is not None and not fixed and left > 0:  # one direction only, on the best
         one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
