@@ -6,8 +6,9 @@ Algorithms (docs/gemm.md has the layouts, the record counts and the derivations)
   A multicast; `layout="line"`: a line of `grid` cores), `summa` (owner broadcasts per step),
   `cannon` (skew, then 1-hop shifts whose wrap-around crosses the whole row / column) and
   `meshgemm` (Cannon on the interleaved ring: every shift is at most 2 hops).
-- GEMV for decode: `chain` (pipelined reduce along rows, then down column 0) and `tree`
-  (two-level: groups of ~sqrt(grid) chain-reduce, leaders send to the root).
+- GEMV for decode (`mapper.gemm_gemv`): each core holds its K/P slice of x, its (K/P) x (N/P)
+  tile of W and N/P values of y; x streams down the columns, partials reduce along the rows
+  into column 0 (`chain`: one pipelined stream per row; `tree`: two-level), y goes back to row 0.
 
 FLOPs (decision): the Compute records carry the FLOPs the cores execute, padding included
 (a padded tile is multiplied whole: the cycles must be those of the real loop). So

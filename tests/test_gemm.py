@@ -73,7 +73,7 @@ def test_gemm_1d_on_a_line():
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("algo", GEMV_ALGOS)
-@pytest.mark.parametrize("grid", [2, 3, 5])
+@pytest.mark.parametrize("grid", [2, 3, 5, 8])  # 8: the tree has a root group and 2 groups
 def test_gemv_gives_numpys_product(algo, grid, dtype):
     x, w, ref = operands(1, 70, 19, dtype)
     p = build_gemv(algo, HW, grid=grid, k=70, n=19, dtype=dtype, functional=True)
