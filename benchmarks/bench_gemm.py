@@ -83,10 +83,10 @@ def bench_gemm(figures, targets, hw, grids, engines):
 
 def bench_gemv(figures, targets, hw, grids, engines):
     for P in grids:
-        for label, n in (("short", 8), ("long", 512)):
+        for label, nt in (("short", 8), ("long", 512)):  # y values per core
             for algo in GEMV_ALGOS:
                 tag = f"gemv_{label}_{algo}_p{P}"
-                prog = build_gemv(algo, hw, grid=P, k=8 * P * P, n=n, dtype="fp16")
+                prog = build_gemv(algo, hw, grid=P, k=8 * P, n=nt * P, dtype="fp16")
                 r = simulate(prog, hw, engine=engines[0])
                 figures[f"{tag}_cycles"] = r.cycles
                 figures[f"{tag}_closed_form_error_cycles"] = abs(r.cycles

@@ -6,8 +6,9 @@ Algorithms (docs/gemm.md has the layouts, the record counts and the derivations)
   A multicast; `layout="line"`: a line of `grid` cores), `summa` (owner broadcasts per step),
   `cannon` (skew, then 1-hop shifts whose wrap-around crosses the whole row / column) and
   `meshgemm` (Cannon on the interleaved ring: every shift is at most 2 hops).
-- GEMV for decode: `chain` (pipelined reduce along rows, then down column 0) and `tree`
-  (two-level: groups of ~sqrt(grid) chain-reduce, leaders send to the root).
+- GEMV for decode (`mapper.gemm_gemv`): each core holds its K/P slice of x, its (K/P) x (N/P)
+  tile of W and N/P values of y; x streams down the columns, partials reduce along the rows
+  into column 0 (`chain`: one pipelined stream per row; `tree`: two-level), y goes back to row 0.
 
 FLOPs (decision): the Compute records carry the FLOPs the cores execute, padding included
 (a padded tile is multiplied whole: the cycles must be those of the real loop). So
@@ -39,14 +40,15 @@ from mapper.gemm_common import (
     tree_groups,
 )
 from mapper.gemm_gemv import build_gemv as _build_gemv
-from mapper.tree_reduce import tree_end
+from mapper.tree_reduce import reduce_end
 from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Program, ProgramError, check_fits
 from wse_sim.timing import (
-    chain_reduce_cycles,
+    compute_cycles,
     message_cycles,
     multicast_cycles,
     stream_beats,
+    transfer_cycles,
 )
 
 __all__ = ["GEMM_ALGOS", "GEMV_ALGOS", "build_gemm", "build_gemv", "gemm_closed_form",
@@ -134,7 +136,7 @@ def build_gemv(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int, dtyp
     _build_gemv(ctx)
     cf = gemv_closed_form(algo, hw, grid=grid, k=k, n=n, dtype=dtype)
     g, m_, _ = tree_groups(grid)
-    combine = 0 if algo == "chain" else m_ * n * (grid + 1)
+    combine = 0 if algo == "chain" else m_ * plan.tiles[2] * grid  # the row roots' adds
     extra = {"closed_form": cf, "closed_form_cycles": cf["cycles"], "combine_flops": combine,
              "group": g if algo == "tree" else None}
     return _finish(ctx, plan, hw, extra)
@@ -183,31 +185,29 @@ def gemm_closed_form(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int
 
 def gemv_closed_form(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int,
                      dtype: str = "fp32") -> dict:
-    """Cycles of build_gemv(...) (docs/gemm.md): exact for chain; tree: the same schedule
-    traced in closed form per phase (its level-2 sends share the root's links by design)."""
+    """Cycles of build_gemv(...) (docs/gemm.md "GEMV"), exact for both algorithms: row y's
+    cores hold their x slice at `arrive[y]` (the column streams), multiply (c), reduce along
+    the row (`mapper.tree_reduce.reduce_end`: chain, or the tree's traced schedule), then
+    core (0, y) sends y block y over 2 y hops to (y, 0) (row 0: a local copy). The rows never
+    share a link, so the end is the latest row's."""
     plan = _plan_sram("gemv", algo, grid, 1, k, n, dtype, "square")
-    tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
     P = grid
-    _, kc, _ = plan.tiles
-    wx, wn = plan.wavelets(kc * plan.cores), plan.wavelets(n)
+    _, kt, nt = plan.tiles
+    wx, wn = plan.wavelets(kt), plan.wavelets(nt)
     c = plan.tile_cycles(hw, accumulate=False)
-    bcast_x = multicast_cycles(hw, wx, 2 * (P - 1))
-    bcast_y = multicast_cycles(hw, wn, 2 * (P - 1))
-    parts = {"bcast_x": bcast_x, "local": c}
-    if algo == "chain":
-        red = chain_reduce_cycles(hw, wn, P, dtype)
-        parts.update(row_reduce=red, col_reduce=red, bcast_y=bcast_y)
-        return {"cycles": sum(parts.values()), "parts": parts, "exact": True}
-    # tree: row phase of row y starts when its last core has multiplied: t0(y) = bcast to
-    # (P - 1, y) + c; the column phase's group k starts when its last row is done.
-    row_ready = [[bcast_x - (2 * (P - 1) - (x + y)) * hop + c for x in range(P)]
-                 for y in range(P)]
-    # the source's own event: its ramp-on is done (started late, nothing received)
-    row_ready[0][0] = hw.message_start_cycles + tr + stream_beats(hw, wx) - 1 + c
-    row_end = [tree_end(hw, row_ready[y], wn, n, dtype) for y in range(P)]
-    end = tree_end(hw, row_end, wn, n, dtype)
-    parts.update(reduce=end - bcast_x - c, bcast_y=bcast_y)
-    return {"cycles": end + bcast_y, "parts": parts, "exact": True}
+    # row 0 sends the column streams: its event is its ramp-on done
+    arrive = [hw.message_start_cycles + hw.ramp_latency_cycles + stream_beats(hw, wx) - 1]
+    arrive += [transfer_cycles(hw, wx, y) for y in range(1, P)]
+    row_end = [reduce_end(algo, hw, [arrive[y] + c] * P, wn, nt, dtype) for y in range(P)]
+    copy = compute_cycles(hw, 0, dtype, "vector", sram_read=nt * plan.b,
+                          sram_write=nt * plan.b)
+    ends = [row_end[0] + copy] + [row_end[j] + transfer_cycles(hw, wn, 2 * j)
+                                  for j in range(1, P)]
+    last = max(range(P), key=lambda j: (ends[j], j))
+    parts = {"bcast_x": arrive[last], "local": c,
+             "row_reduce": row_end[last] - arrive[last] - c,
+             "y_to_row0": ends[last] - row_end[last]}
+    return {"cycles": ends[last], "parts": parts, "critical_row": last, "exact": True}
 
 
 # ---- data in and out (functional runs) ---------------------------------------------------------
@@ -242,9 +242,10 @@ def gemm_inputs(program: Program, A, B) -> dict[str, np.ndarray]:
     if meta["kind"] == "gemv":
         x = _check_operand("x", np.reshape(A, (1, -1)), (1, K))
         W = _check_operand("W", B, (K, N))
-        xs = np.zeros((P, P, 1, kt * P * P), np.float32)
-        xs[0, 0, 0, :K] = x[0]
-        return {"x": xs, "w": _pad(W, kt * P * P, N).reshape(P, P, kt, N)}
+        xs = np.zeros((P, P, 1, kt), np.float32)  # [y, x]: K block i on core (i, 0)
+        xs[0, :, 0, :] = _pad(x, 1, kt * P).reshape(P, kt)
+        w = _pad(W, kt * P, nt * P).reshape(P, kt, P, nt).transpose(2, 0, 1, 3)  # [N blk, K blk]
+        return {"x": xs, "w": np.ascontiguousarray(w)}
     A = _check_operand("A", A, (M, K))
     B = _check_operand("B", B, (K, N))
     if meta["algo"] == "1d":
@@ -272,13 +273,13 @@ def gemm_inputs(program: Program, A, B) -> dict[str, np.ndarray]:
 
 def gemm_output(program: Program, buffers: dict) -> np.ndarray:
     """Gather C (m x n, float32) from the per-core tiles of a functional run (GEMV: y, 1 x n,
-    read on the core farthest from the root, so the final broadcast is checked too)."""
+    from row 0, where block j lands on core (j, 0))."""
     meta = _meta_of(program)
     P, (mt, _, nt) = meta["grid"], meta["tiles"]
     M, N = meta["m"], meta["n"]
     if meta["kind"] == "gemv":
         y = _decoded(program, buffers, "y")
-        return y[P - 1, P - 1, :, :N]
+        return y[0].reshape(1, P * nt)[:, :N]
     c = np.asarray(buffers["c"], np.float32)
     if meta["algo"] == "1d":
         rows, cols = c.shape[:2]

@@ -21,8 +21,8 @@ ACC_BYTES = 4  # C tiles and nothing else accumulate in fp32 (FP16/BF16 multiply
 # so that a trace tells them apart. The count is what a core's router must hold at most.
 GEMM_COLORS = {"1d": {"a": 0}, "summa": {"a": 0, "b": 1}, "cannon": {"a": 0, "b": 1},
                "meshgemm": {"a": 0, "b": 1}}
-GEMV_COLORS = {"chain": {"x": 0, "row": 1, "col": 2, "y": 3},
-               "tree": {"x": 0, "row": 1, "col": 2, "row2": 4, "col2": 5, "y": 3}}
+GEMV_COLORS = {"chain": {"x": 0, "row": 1, "y": 2},
+               "tree": {"x": 0, "row": 1, "row2": 3, "y": 2}}
 
 
 def _int(name: str, v, lo: int = 1) -> int:
@@ -72,8 +72,8 @@ class Plan:
     def tiles(self) -> tuple[int, int, int]:
         """Per-core (m, k, n) of one multiply."""
         P = self.grid
-        if self.kind == "gemv":
-            return 1, math.ceil(self.k / self.cores), self.n
+        if self.kind == "gemv":  # core (x, y): W[K block x, N block y]
+            return 1, math.ceil(self.k / P), math.ceil(self.n / P)
         if self.algo == "1d":
             return self.m, self.k, math.ceil(self.n / self.cores)
         return math.ceil(self.m / P), math.ceil(self.k / P), math.ceil(self.n / P)
@@ -87,7 +87,7 @@ class Plan:
         """(M, K, N) after padding every dimension to whole tiles."""
         mt, kt, nt = self.tiles
         if self.kind == "gemv":
-            return 1, kt * self.cores, nt
+            return 1, kt * self.grid, nt * self.grid
         if self.algo == "1d":
             return mt, kt, nt * self.cores
         P = self.grid
@@ -127,9 +127,8 @@ class Plan:
         """name -> (tile shape, dtype, bytes) on the fullest core."""
         mt, kt, nt = self.tiles
         d, b = self.dtype, self.b
-        if self.kind == "gemv":
-            K = kt * self.cores
-            out = {"x": ((1, K), d, K * b), "w": ((kt, nt), d, kt * nt * b),
+        if self.kind == "gemv":  # y on row 0, the tree's receive buffers on column 0
+            out = {"x": ((1, kt), d, kt * b), "w": ((kt, nt), d, kt * nt * b),
                    "part": ((1, nt), d, nt * b), "y": ((1, nt), d, nt * b)}
             for i in range(1, tree_groups(self.grid)[1] + 1 if self.algo == "tree" else 1):
                 out[f"recv{i}"] = ((1, nt), d, nt * b)

@@ -1,65 +1,66 @@
-"""The GEMV builders (decode, y = x W): `chain` and `tree` (see docs/gemm.md).
+"""The GEMV builders (decode, y = x W): `chain` and `tree` (see docs/gemm.md "GEMV").
 
-Layout: the reduction dimension K is cut into grid * grid slices of kc rows; core (x, y) of
-rank r = y * grid + x holds W rows [r kc, (r + 1) kc) (kc x N). x (1 x K) starts on core
-(0, 0) and is multicast to every core (each multiplies its slice); the N-long partial sums
-are then reduced to core (0, 0) and the result y is multicast back to every core.
+Layout (every core holds only its share): K is cut into `grid` blocks of kt = ceil(K / grid)
+rows and N into `grid` blocks of nt = ceil(N / grid) columns. Core (x, y) holds the weight
+tile W[K block x, N block y] (kt x nt). x starts on row 0, core (i, 0) holding K block i
+(the layout y ends in, so GEMVs chain). Then:
 
-- chain: a pipelined reduce stream along every row into column 0, then one down column 0.
-- tree: two levels per axis: groups of g = ceil(sqrt(grid)) cores chain-reduce to their
-  leader, then every leader sends its partial straight to the line's root, which adds them
-  as they arrive (first along every row into column 0, then along column 0 into (0, 0)).
+1. `bcast_x`: one pipelined stream down every column carries the column's kt values of x
+   (each core keeps its K/P slice as it passes).
+2. `local`: every core multiplies its slice by its tile: an nt-long partial of y block y.
+3. `row_reduce`: the partials of row y are reduced along the row into column 0 (core (0, y)
+   holds y block y): `chain`, one pipelined reduce stream per row; `tree`, the two-level
+   tree of `mapper.tree_reduce` (its root keeps one nt-long receive buffer per group).
+4. `y_to_row0`: core (0, j) sends y block j to core (j, 0) (j >= 1; XY routes along row j
+   then up column j: no two share a link); core (0, 0) copies its block locally. y ends on
+   row 0 in x's layout.
 """
 
 from __future__ import annotations
 
 from mapper.gemm_common import Ctx
-from mapper.tree_reduce import TreeBufs, build_tree, line_length, tree_groups
-from wse_sim.program import Compute, Dep, LineStream, Multicast, Region
+from mapper.tree_reduce import TreeBufs, build_tree, tree_groups
+from wse_sim.program import Compute, Dep, LineStream, Region, Unicast
 
 
-def _chain(ctx: Ctx, op: str, region: Region, axis: str, after: list[int], color: int) -> int:
-    plan = ctx.plan
-    return ctx.add(LineStream(op, region, axis, -1, plan.wavelets(plan.n), reduce=True,
-                              dtype=plan.dtype, color=color, deps=tuple(Dep(t) for t in after),
-                              data=ctx.data("copy", ("part",), "part")))
-
-
-def _two_level(ctx: Ctx, phase: str, lines: Region, axis: str, after: list[int],
-               colors: tuple[int, int]) -> int:
-    """Reduce `part` along every line of `lines` into position 0 (`mapper.tree_reduce`).
-    Returns the last task, whose event at position 0 marks the sum."""
-    plan = ctx.plan
-    if tree_groups(line_length(axis, lines))[1] == 0:  # 2 cores: the tree is the chain
-        return _chain(ctx, f"gemv.{phase}_group", lines, axis, after, colors[0])
+def _row_reduce(ctx: Ctx, after: int) -> int:
+    """Reduce `part` along every row into column 0; returns the task whose event at (0, y)
+    marks row y's sum."""
+    plan, R = ctx.plan, ctx.R
+    w = plan.wavelets(plan.tiles[2])
+    if plan.algo == "chain" or tree_groups(ctx.P)[1] == 0:  # 2 cores: the tree is the chain
+        return ctx.add(LineStream("gemv.row_reduce", R, "x", -1, w, reduce=True,
+                                  dtype=plan.dtype, color=plan.color("row"), deps=(Dep(after),),
+                                  data=ctx.data("copy", ("part",), "part")))
     bufs = TreeBufs("part", "part", recv_prefix="recv") if ctx.functional else None
-    last, _ = build_tree(ctx.add, f"gemv.{phase}", lines, axis, wavelets=plan.wavelets(plan.n),
-                         values=plan.n, dtype=plan.dtype, colors=colors,
-                         deps=tuple(Dep(t) for t in after), bufs=bufs)
+    last, _ = build_tree(ctx.add, "gemv.row", R, "x", wavelets=w, values=plan.tiles[2],
+                         dtype=plan.dtype, colors=(plan.color("row"), plan.color("row2")),
+                         deps=(Dep(after),), bufs=bufs)
     return last
 
 
 def build_gemv(ctx: Ctx) -> None:
     plan, P, R = ctx.plan, ctx.P, ctx.R
-    _, kc, n = plan.tiles
-    col0 = Region(0, 0, 1, P)
-    for name in ("x", "w", "part", "y"):
-        ctx.alloc(name)
+    _, kt, nt = plan.tiles
+    ctx.alloc("x")
+    ctx.alloc("w")
+    ctx.alloc("part")
+    ctx.alloc("y", Region(0, 0, P, 1))
     if plan.algo == "tree":
         for k in range(1, tree_groups(P)[1] + 1):
-            ctx.alloc(f"recv{k}", col0)
-    mc = ctx.add(Multicast("gemv.bcast_x", (0, 0), R, plan.wavelets(kc * plan.cores),
-                           color=plan.color("x"), data=ctx.data("copy", ("x",), "x")))
+            ctx.alloc(f"recv{k}", Region(0, 0, 1, P))
+    bc = ctx.add(LineStream("gemv.bcast_x", R, "y", +1, plan.wavelets(kt), color=plan.color("x"),
+                            data=ctx.data("copy", ("x",), "x")))
     rd, wr = plan.gemm_sram(False)
     local = ctx.add(Compute("gemv.local", R, plan.tile_flops() * R.size, plan.dtype, "fmac",
                             sram_read_bytes=rd * R.size, sram_write_bytes=wr * R.size,
-                            deps=(Dep(mc),), data=ctx.data("gemm", ("x", "w"), "part",
-                                                            a_k_block=kc)))
-    if plan.algo == "chain":
-        row = _chain(ctx, "gemv.row_reduce", R, "x", [local], plan.color("row"))
-        last = _chain(ctx, "gemv.col_reduce", col0, "y", [row], plan.color("col"))
-    else:
-        row = _two_level(ctx, "row", R, "x", [local], (plan.color("row"), plan.color("row2")))
-        last = _two_level(ctx, "col", col0, "y", [row], (plan.color("col"), plan.color("col2")))
-    ctx.add(Multicast("gemv.bcast_y", (0, 0), R, plan.wavelets(n), color=plan.color("y"),
-                      deps=(Dep(last),), data=ctx.data("copy", ("part",), "y")))
+                            deps=(Dep(bc),), data=ctx.data("gemm", ("x", "w"), "part")))
+    red = _row_reduce(ctx, local)
+    nbytes = nt * plan.b
+    ctx.add(Compute("gemv.y_local", Region(0, 0, 1, 1), 0, plan.dtype, "vector",
+                    sram_read_bytes=nbytes, sram_write_bytes=nbytes, deps=(Dep(red),),
+                    data=ctx.data("copy", ("part",), "y")))
+    for j in range(1, P):
+        ctx.add(Unicast("gemv.y_to_row0", Region(0, j, 1, 1), plan.wavelets(nt), to=(j, 0),
+                        color=plan.color("y"), deps=(Dep(red),),
+                        data=ctx.data("copy", ("part",), "y")))

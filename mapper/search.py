@@ -1,8 +1,9 @@
 """Choose a mapping by simulated cost.
 
 The mapper never runs the engine itself (imports point the other way), so the caller passes
-`evaluate(candidate) -> cost` (the front door simulates). Candidates that do not fit are skipped
-with the reason; the cheapest candidate wins, ties broken by the candidate order.
+`evaluate(candidate) -> cost` in seconds per token (the front door simulates). Candidates that
+do not fit are skipped with the reason; the cheapest candidate wins, ties broken by the
+candidate order. `grid_options` is the set of grid sizes the front door's search tries.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class SearchResult:
         lines = []
         for cand, cost, why in self.tried:
             tag = "best" if cand is self.best else ("" if cost is not None else "rejected")
-            shown = f"{cost:,.6g}" if cost is not None else why
+            shown = f"{cost * 1e6:,.4f} µs/token" if cost is not None else why
             lines.append(f"  {tag:8} {_fmt(cand):60} {shown}")
         return "\n".join(lines)
 
@@ -61,8 +62,23 @@ class SearchResult:
                 f"{self.best_cost * 1e6:.4g} µs/token vs " + ", ".join(parts))
 
 
+GRID_MIN_SIDE = 4  # the smallest grid side (cores) a search tries
+
+
+def grid_options(mesh_cols: int, mesh_rows: int) -> tuple:
+    """The grid sizes a search tries: the whole mesh (None) first, then square grids whose side
+    is a power of two from GRID_MIN_SIDE up to below the mesh's shorter side, largest first
+    (wse2, 750 x 994: None, 512, 256, ..., 4). A grid too small for the model is rejected by
+    the strategy's own budget check, with its reason."""
+    sides, side = [], GRID_MIN_SIDE
+    while side < min(mesh_cols, mesh_rows):
+        sides.append(side)
+        side *= 2
+    return (None, *reversed(sides))
+
+
 def _fmt(c: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in c.items())
+    return " ".join(f"{k}={'mesh' if k == 'grid' and v is None else v}" for k, v in c.items())
 
 
 def search(candidates: Iterable[dict], evaluate: Callable[[dict], float], *, budget: int = 64,

@@ -3,7 +3,7 @@ records and as closed forms: shared by `mapper.gemm_gemv` (the GEMV) and by the 
 layer layout `mapper.strategies.tp2d` (the reductions of its up and down GEMMs).
 
 - `chain`: one pipelined `LineStream` reduce along every line into position 0.
-- `tree` (two-level; docs/gemm.md "GEMV tree", docs/collectives.md "reduce-two-level"): a line
+- `tree` (two-level; docs/gemm.md "GEMV", docs/collectives.md "reduce-two-level"): a line
   of n cores is cut into a root group of r0 cores at position 0 and m groups of
   g = ceil(sqrt(n)) cores beyond it (`tree_groups`); every group chain-reduces to its leader
   (the end nearest position 0), then every leader sends its partial sum straight to position 0

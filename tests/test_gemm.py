@@ -17,6 +17,7 @@ from mapper.gemm import (
     gemm_output,
     gemm_sram_bytes,
     ring_order,
+    tree_groups,
 )
 from mapper.placement import MappingError
 from wse_sim import kernels as K
@@ -72,7 +73,7 @@ def test_gemm_1d_on_a_line():
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("algo", GEMV_ALGOS)
-@pytest.mark.parametrize("grid", [2, 3, 5])
+@pytest.mark.parametrize("grid", [2, 3, 5, 8])  # 8: the tree has a root group and 2 groups
 def test_gemv_gives_numpys_product(algo, grid, dtype):
     x, w, ref = operands(1, 70, 19, dtype)
     p = build_gemv(algo, HW, grid=grid, k=70, n=19, dtype=dtype, functional=True)
@@ -170,12 +171,35 @@ def test_gemv_closed_forms_exact(hw, algo, grid, k, n, dtype):
     assert sim(p, hw).cycles == p.meta["closed_form_cycles"]
 
 
+@pytest.mark.parametrize("algo", GEMV_ALGOS)
+@pytest.mark.parametrize("grid,k,n", [(12, 1000, 3000), (40, 2048, 4000)])
+def test_gemv_closed_forms_exact_on_the_fast_engine(algo, grid, k, n):
+    hw = load_preset("wse2")
+    p = build_gemv(algo, hw, grid=grid, k=k, n=n, dtype="fp16")
+    assert simulate(p, hw, engine="fast").cycles == p.meta["closed_form_cycles"]
+
+
+@pytest.mark.parametrize("algo", GEMV_ALGOS)
+@pytest.mark.parametrize("size", [16384, 32768])
+def test_gemv_at_decode_sizes_keeps_only_each_cores_share(algo, size):
+    """K = N = 32,768 fp16 on 720 x 720 wse2 cores: x slice, W tile, partial, y block (and
+    the tree's receive buffers) are all sized to the core's share, K/P and N/P values."""
+    hw = load_preset("wse2")
+    kt = nt = -(-size // 720)
+    recv = tree_groups(720)[1] if algo == "tree" else 0  # the root's receive buffers
+    need = gemm_sram_bytes(algo, 720, 1, size, size, "fp16")
+    assert need == 2 * (kt + kt * nt + 2 * nt + recv * nt) <= hw.sram_bytes
+    if size == 16384:  # the whole program is checked against the budget too (check_fits)
+        p = build_gemv(algo, hw, grid=720, k=size, n=size, dtype="fp16")
+        assert p.meta["sram_bytes_per_core"] == need
+
+
 def test_tree_beats_chain_on_short_vectors_and_loses_on_long_ones():
     hw = load_preset("mesh16")
     short = {a: sim(build_gemv(a, hw, grid=16, k=256, n=8, dtype="fp16"), hw).cycles
              for a in GEMV_ALGOS}
-    long = {a: sim(build_gemv(a, hw, grid=16, k=256, n=512, dtype="fp16"), hw).cycles
-            for a in GEMV_ALGOS}
+    long = {a: sim(build_gemv(a, hw, grid=16, k=256, n=16 * 512, dtype="fp16"), hw).cycles
+            for a in GEMV_ALGOS}  # 512 values per core
     assert short["tree"] < short["chain"] and long["tree"] > long["chain"]
 
 
@@ -219,10 +243,12 @@ def test_flops_conserved(algo):
 
 
 def test_gemv_flops():
-    p = build_gemv("chain", HW, grid=4, k=64, n=10)
-    assert p.total_flops() == 2 * 64 * 10 == p.meta["useful_flops"]
-    t = build_gemv("tree", HW, grid=4, k=64, n=10)
-    assert t.total_flops() == 2 * 64 * 10 + t.meta["combine_flops"]
+    p = build_gemv("chain", HW, grid=4, k=64, n=12)
+    assert p.total_flops() == 2 * 64 * 12 == p.meta["useful_flops"]
+    q = build_gemv("chain", HW, grid=4, k=64, n=10)  # N blocks of 3: padded to 12
+    assert q.total_flops() == q.meta["padded_flops"] == 2 * 64 * 12
+    t = build_gemv("tree", HW, grid=4, k=64, n=12)
+    assert t.total_flops() == 2 * 64 * 12 + t.meta["combine_flops"]
     assert sum(x.flops for x in t.tasks if isinstance(x, Compute) and "add" in x.op) \
         == t.meta["combine_flops"]
 

@@ -99,7 +99,7 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
-                   grids: tuple = (None,), progress: bool = False, **kw):
+                   grids: tuple | None = None, progress: bool = False, **kw):
     """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
     count, for layer-pipelined the region shape, and the GEMMs' reduce algorithm with the least
     simulated time per token. Chunks and micro-batches are the tile size along the tokens (more
@@ -112,8 +112,13 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     Every mapping is tried with `chain` and `tree`; then the best one also with the tree in one
     direction only (`row-tree`, `col-tree`), and with attention split over every row of a head
     group (`attention="rows"`, when a region has more rows than heads), within `budget`. A
-    given `reduce_algo` or `attention` is fixed."""
-    from mapper.search import search
+    given `reduce_algo` or `attention` is fixed.
+
+    `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
+    best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
+    to the first on which nothing fits) with each reduce algorithm (before the one-direction
+    trees). A tuple of grids fixes them."""
+    from mapper.search import grid_options, search
     results = {}
     fixed = kw.pop("reduce_algo", None)
     algos = (fixed,) if fixed else ("chain", "tree")
@@ -125,7 +130,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
         if phase == "train" else (1,)
     cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
               "reduce_algo": a, "attention": fixed_attention or "auto"}
-             for s in STRATEGIES for g in grids
+             for s in STRATEGIES for g in (grids or (None,))
              for c in chunk_options if c <= kw.get("prompt", 128)
              for mb in (micro_options if s == "layer-pipelined" else (1,))
              for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
@@ -154,6 +159,18 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
         return r.seconds / max(1, r.tokens)
 
     found = search(cands, evaluate, budget=budget, progress=progress)
+    left = budget - len(found.tried)
+    if found.best is not None and grids is None:  # the best on smaller grids, largest first
+        base = found.best
+        for g in grid_options(hw.mesh_cols, hw.mesh_rows)[1:]:
+            left = budget - len(found.tried)
+            if left <= 0:
+                break
+            sized = search([base | {"grid": g, "reduce_algo": a} for a in algos], evaluate,
+                           budget=left)
+            found.absorb(sized)
+            if sized.best is None:  # nothing fits this grid: smaller ones fit less
+                break
     left = budget - len(found.tried)
     if found.best is not None and not fixed and left > 0:  # one direction only, on the best
         one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]

@@ -116,7 +116,7 @@ def cmd_search(args) -> int:
     kw = _kw(args)
     grid = kw.pop("grid")
     found, best = search_mapping(hw, args.model, engine=args.engine, budget=args.budget,
-                                 grids=(grid,), progress=not args.json, **kw)
+                                 grids=(grid,) if grid else None, progress=not args.json, **kw)
     if best is None:
         raise ValueError(f"search: no strategy fits {args.model} on {args.preset}")
     if args.json:
@@ -130,7 +130,9 @@ def cmd_search(args) -> int:
                         for c, cost, why in found.tried]
         print_json(out)
     else:
-        print(f"chosen: {found.best['strategy']} — least simulated time per token "
+        g = found.best["grid"]
+        print(f"chosen: {found.best['strategy']} on {f'a {g} x {g} grid' if g else 'the whole mesh'}"
+              " — least simulated time per token "
               f"({found.best_cost * 1e6:.3f} µs/token)")
         print(f"reduce: {found.why('reduce_algo')}")
         print(f"attention: {found.why('attention')}")
