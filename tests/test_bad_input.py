@@ -134,3 +134,65 @@ def test_python_api_errors_are_one_line_value_errors():
         with pytest.raises(ValueError) as e:
             case()
         assert "\n" not in str(e.value)
+
+
+# ---- issue 17, item 4: the rest of bad input, by category ----------------------------------
+ZERO_AND_EXTREME = [
+    (["--set", "fmac_lanes_fp16=0"], "dtype: got 'fp16', but mesh16 has no fp16 lanes"),
+    (["--set", "clock_ghz=1e300"], "clock_ghz: got 1e+300, must be at most 1000"),
+    (["--set", "io_bits_per_s=0", "--strategy", "weight-streaming"],
+     "io_bits_per_s: got 0, but this run moves"),
+]
+
+
+@pytest.mark.parametrize("extra, needle", ZERO_AND_EXTREME, ids=[e[1] for e, _ in ZERO_AND_EXTREME])
+def test_zero_and_extreme_hardware_values(extra, needle, capsys):
+    assert main(["run", "--preset", "mesh16", "--model", "tiny", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {needle}") and err.count("\n") == 1, err
+
+
+def test_a_zero_the_run_does_not_use_is_allowed(capsys):
+    assert main(["run", "--preset", "mesh16", "--model", "tiny", "--set", "fmac_lanes_bf16=0",
+                 "--set", "io_bits_per_s=0", "--json"]) == 0
+
+
+@pytest.mark.parametrize("option", ["--preset", "--model"])
+def test_file_system_errors_name_the_path(tmp_path, option, capsys):
+    long_name = str(tmp_path / ("a" * 300 + ".toml"))
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    for path, needle in ((long_name, "File name too long"), (str(binary), "not UTF-8"),
+                         (str(tmp_path), "")):
+        argv = ["run", "--preset", "mesh16", "--model", "tiny"]
+        argv[argv.index(option) + 1] = path
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and path[:40] in err and needle in err, err
+
+
+def test_python_api_types_are_named():
+    from wse_sim.engine import simulate
+    from wse_sim.experiment import build_program
+    from wse_sim.hardware import load_preset
+    from wse_sim.program import Alloc, Compute, Program, ProgramError, Region, Unicast
+    hw = load_preset("mesh8")
+    one = Region(0, 0, 1, 1)
+    for make, needle in (
+            (lambda: Compute("c", (0, 0, 1, 1), 10), "region got (0, 0, 1, 1)"),
+            (lambda: Compute("c", one, 10**30), "flops got"),
+            (lambda: Compute("c", one, 10, sparsity="x"), "sparsity got 'x'"),
+            (lambda: Alloc("a", None, 4), "region got None"),
+            (lambda: Alloc("a", one, "4"), "bytes_per_core got '4'"),
+            (lambda: Unicast("u", one, 4, to="x"), "to got 'x'"),
+            (lambda: Unicast("u", one, 4, dx=1.5), "dx got 1.5"),
+            (lambda: Unicast("u", one, 10**30, dx=1), "wavelets got")):
+        with pytest.raises(ProgramError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            make()
+    program = Program("p", (Compute("c", one, 10),))
+    with pytest.raises(TypeError, match="simulate: program got str"):
+        simulate("p", hw)
+    with pytest.raises(TypeError, match="simulate: hw got str"):
+        simulate(program, "mesh8")
+    with pytest.raises(TypeError, match="build_program: hw got str"):
+        build_program("mesh8", "tiny")

@@ -129,11 +129,14 @@ def test_search_tries_micro_batches_for_training():
 @pytest.mark.parametrize("args, needle", [
     (["--batch", "4", "--micro-batches", "3"], "micro_batches: got 3, must divide the batch (4): "
                                                "one of 1, 2, 4"),
-    (["--phase", "prefill", "--micro-batches", "2"], "micro_batches: got 2 with phase prefill"),
-    (["--batch", "4", "--chunks", "2"], "chunks: got 2 with phase train, must be 1"),
-    (["--batch", "2", "--micro-batches", "0"], "--micro-batches: got 0, must be a positive"),
+    (["--phase", "prefill", "--micro-batches", "2"],
+     "micro_batches: got 2, which does not apply to this run (phase prefill"),
+    (["--batch", "4", "--chunks", "2"],
+     "chunks: got 2, which does not apply to this run (phase train"),
+    (["--batch", "2", "--micro-batches", "0"], "--micro-batches: got 0, must be an integer >= 1"),
     (["--batch", "2", "--micro-batches", "2", "--strategy", "layer-sequential"],
-     "layer-sequential: a training step in 2 micro-batches is not mapped"),
+     "micro_batches: got 2, which does not apply to this run (phase train, strategy "
+     "layer-sequential); it applies only with phase train with strategy layer-pipelined"),
     (["--batch", "2", "--micro-batches", "2", "--wafers", "2"], "not pipelined over wafers"),
 ])
 def test_bad_micro_batches_give_one_line_and_exit_2(args, needle, capsys):

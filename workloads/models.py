@@ -315,12 +315,20 @@ def _read_toml(name_or_path: str) -> tuple[dict[str, Any], str]:
         label = f"zoo/{key}.toml"
     else:
         path = Path(name_or_path)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+            text = path.read_text(encoding="utf-8") if is_file else ""
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise ValueError(f"{name_or_path}: cannot read the model file "
+                             f"({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{name_or_path}: cannot read the model file (not UTF-8 text)") \
+                from None
+        if not is_file:
             raise ValueError(
                 f"load_model: unknown model {name_or_path!r} (not a file); "
                 f"known models: {', '.join(list_models())}"
             )
-        text = path.read_text(encoding="utf-8")
         label = str(path)
     try:
         data = tomllib.loads(text)

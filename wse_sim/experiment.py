@@ -31,7 +31,7 @@ def _one_of(name: str, value, allowed) -> None:
 
 def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   strategy: str = "layer-pipelined", batch: int = 1, prompt: int = 128,
-                  context: int = 128, dtype: str = "fp16", grid: int | None = None,
+                  context: int | None = None, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
                   micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain",
                   attention: str = "auto"):
@@ -41,12 +41,17 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     `reduce_algo`: how the GEMMs' partial sums reduce: `chain`, `tree`, or the tree only for
     the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d);
     `attention`: `heads` (one row per head group), `rows` (a head group's rows split its keys
-    too, when a region has more rows than heads) or `auto` (heads when it fits)."""
+    too, when a region has more rows than heads) or `auto` (heads when it fits). `context`
+    (decode): None takes min(128, the model's maximum context - 1)."""
+    if not isinstance(hw, HardwareConfig):
+        raise TypeError(f"build_program: hw got {type(hw).__name__}, must be a HardwareConfig "
+                        "(wse_sim.hardware.load_preset)")
     _one_of("strategy", strategy, STRATEGIES)
     _one_of("phase", phase, PHASES)
     _one_of("dtype", dtype, DTYPES)
-    for name, v in (("batch", batch), ("prompt", prompt), ("context", context)):
+    for name, v in (("batch", batch), ("prompt", prompt)):
         _positive(name, v)
+    _positive("context", context, allow_none=True)
     _positive("grid", grid, allow_none=True)
     _positive("chunks", chunks)
     _positive("micro_batches", micro_batches)
@@ -70,6 +75,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
         raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
     cfg = load_model(model)
+    if context is None:
+        context = min(128, cfg.max_context - 1)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
                                 functional=functional, chunks=chunks,
@@ -78,10 +85,27 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
-              overrides: dict | None = None, **kw):
-    """Map `model` with the chosen strategy onto the preset and simulate it (Python API)."""
-    hw = preset if isinstance(preset, HardwareConfig) else load_preset(preset, overrides)
-    program = build_program(hw, model, **kw)
+              overrides: dict | None = None, functional: bool = False, **kw):
+    """Map `model` with the chosen strategy onto the preset (a name, a TOML file or a
+    HardwareConfig; `overrides` apply to either) and simulate it (Python API). `kw` are run
+    spec fields (`wse_sim.spec`): an unknown one, or one that does not apply to the run, is a
+    ConfigError naming it. generate and wafers runs have their own functions (`run_generate`,
+    `run_multi_wafer`), strategy auto is `search_mapping`."""
+    from wse_sim.spec import RunSpec
+    name = preset.name if isinstance(preset, HardwareConfig) else preset
+    spec = RunSpec.from_values({"model": model} | kw, preset=name, overrides=overrides,
+                               engine=engine)
+    spec.check_applies()
+    for key, fn in (("generate", "run_generate"), ("wafers", "run_multi_wafer")):
+        if kw.get(key) not in (None, 1):
+            raise ConfigError(f"{key}: got {kw[key]!r}; run_model runs one mapping, use {fn}()")
+    if kw.get("strategy") == "auto":
+        raise ConfigError("strategy: got 'auto'; run_model runs one mapping, use search_mapping()")
+    if isinstance(preset, HardwareConfig):
+        hw = preset.with_overrides(overrides) if overrides else preset
+    else:
+        hw = load_preset(preset, overrides)
+    program = build_program(hw, model, functional=functional, **kw)
     return simulate(program, hw, engine=engine)
 
 

@@ -95,6 +95,8 @@ class HardwareConfig:
         if not isinstance(self.sources, dict) or not all(
                 isinstance(k, str) and isinstance(t, str) for k, t in self.sources.items()):
             raise _bad("sources", self.sources, "must be a table of strings (citations)")
+        if self.clock_ghz > 1e3:
+            raise _bad("clock_ghz", self.clock_ghz, "must be at most 1000 (GHz)")
         if self.link_bits_per_cycle % 32:
             raise _bad("link_bits_per_cycle", self.link_bits_per_cycle,
                        "must be a multiple of 32 (one wavelet is 32 bits)")
@@ -120,7 +122,11 @@ class HardwareConfig:
         """FMAC lanes per cycle for `dtype` (one FMAC = 2 FLOPs)."""
         if dtype not in DTYPES:
             raise _bad("dtype", dtype, f"must be one of {', '.join(DTYPES)}")
-        return getattr(self, f"fmac_lanes_{dtype}")
+        lanes = getattr(self, f"fmac_lanes_{dtype}")
+        if lanes == 0:
+            raise ConfigError(f"dtype: got {dtype!r}, but {self.name} has no {dtype} lanes "
+                              f"(fmac_lanes_{dtype} = 0); choose a dtype it computes in")
+        return lanes
 
     def peak_flops_per_core_cycle(self, dtype: str) -> int:
         return 2 * self.lanes(dtype)

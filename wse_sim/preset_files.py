@@ -73,9 +73,14 @@ def _error(label: str, key: str, value, allowed: str) -> ConfigError:
 
 def _top_file(name: str) -> PresetFile:
     path = Path(name)
-    if name.endswith(".toml") or path.exists():
-        if not path.is_file():
-            raise bad("preset", name, "file does not exist")
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise bad("preset", name, f"cannot be read ({e.strerror or e})") from None
+    if name.endswith(".toml") or exists:
+        if not is_file:
+            raise bad("preset", name, "is a folder, not a preset file" if exists
+                      else "file does not exist")
         return _user_file(path, name)
     names = builtin_names()
     if name not in names:
@@ -91,8 +96,10 @@ def _builtin(name: str) -> PresetFile:
 def _user_file(path: Path, label: str) -> PresetFile:
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{label}: cannot be read ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{label}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: cannot be read (not UTF-8 text)") from None
     return PresetFile(label, str(path.resolve()), path, text)
 
 

@@ -107,9 +107,16 @@ class Dep:
         return None
 
 
+MAX_COUNT = 1 << 62  # FLOPs, bytes and wavelets: more would overflow the engines' int64 times
+
+
 def _check_common(t):
     if not t.op or not isinstance(t.op, str):
         raise ProgramError(f"{type(t).__name__}.op: got {t.op!r}, must be a non-empty name")
+    if not isinstance(t.region, Region):
+        raise ProgramError(f"{t.op}: region got {t.region!r}, must be a Region(x, y, cols, rows)")
+    if not isinstance(t.deps, tuple):
+        raise ProgramError(f"{t.op}: deps got {t.deps!r}, must be a tuple of Dep records")
     for d in t.deps:
         if not isinstance(d, Dep):
             raise ProgramError(f"{t.op}: deps must be Dep records, got {d!r}")
@@ -117,8 +124,10 @@ def _check_common(t):
 
 def _check_flow(t):
     _check_common(t)
-    if isinstance(t.wavelets, bool) or not isinstance(t.wavelets, int) or t.wavelets < 1:
-        raise ProgramError(f"{t.op}: wavelets got {t.wavelets!r}, must be an integer >= 1")
+    if isinstance(t.wavelets, bool) or not isinstance(t.wavelets, int) or t.wavelets < 1 \
+            or t.wavelets > MAX_COUNT:
+        raise ProgramError(f"{t.op}: wavelets got {t.wavelets!r}, must be an integer in "
+                           "[1, 2**62]")
     if not isinstance(t.color, int) or t.color < 0:
         raise ProgramError(f"{t.op}: color got {t.color!r}, must be an integer >= 0")
 
@@ -171,9 +180,11 @@ class Compute:
             raise ProgramError(f"{self.op}: kind got {self.kind!r}, must be fmac or vector")
         for name in ("flops", "sram_read_bytes", "sram_write_bytes"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
-                raise ProgramError(f"{self.op}: {name} got {v!r}, must be an integer >= 0")
-        if not (0.0 <= float(self.sparsity) < 1.0):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 0 <= v <= MAX_COUNT:
+                raise ProgramError(f"{self.op}: {name} got {v!r}, must be an integer in "
+                                   "[0, 2**62]")
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, int | float) \
+                or not 0.0 <= self.sparsity < 1.0:
             raise ProgramError(f"{self.op}: sparsity got {self.sparsity!r}, must be in [0, 1)")
 
     @property
@@ -202,6 +213,14 @@ class Unicast:
     def __post_init__(self):
         _check_flow(self)
         r = self.region
+        if self.to is not None and not (
+                isinstance(self.to, tuple | list) and len(self.to) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in self.to)):
+            raise ProgramError(f"{self.op}: to got {self.to!r}, must be a core (x, y) or None")
+        for name in ("dx", "dy"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ProgramError(f"{self.op}: {name} got {v!r}, must be an integer")
         to_self = (self.to is not None and r.contains(*self.to)) or (
             self.to is None and self.dx % (r.cols if self.wrap else 1 << 62) == 0
             and self.dy % (r.rows if self.wrap else 1 << 62) == 0)
@@ -296,8 +315,13 @@ class Alloc:
     dtype: str = "fp32"
 
     def __post_init__(self):
-        if isinstance(self.bytes_per_core, bool) or self.bytes_per_core < 0:
-            raise ProgramError(f"Alloc {self.name}: bytes_per_core got {self.bytes_per_core!r}, must be >= 0")
+        if not isinstance(self.region, Region):
+            raise ProgramError(f"Alloc {self.name}: region got {self.region!r}, must be a "
+                               "Region(x, y, cols, rows)")
+        v = self.bytes_per_core
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 0 <= v <= MAX_COUNT:
+            raise ProgramError(f"Alloc {self.name}: bytes_per_core got {v!r}, must be an "
+                               "integer in [0, 2**62]")
 
 
 @dataclass(frozen=True)
@@ -319,7 +343,8 @@ class IoTransfer:
 
     def __post_init__(self):
         _check_common(self)
-        if isinstance(self.bytes, bool) or not isinstance(self.bytes, int | np.integer) or self.bytes < 1:
+        if isinstance(self.bytes, bool) or not isinstance(self.bytes, int | np.integer) \
+                or not 1 <= self.bytes <= MAX_COUNT:
             raise ProgramError(f"{self.op}: bytes got {self.bytes!r}, must be an integer >= 1")
         if self.direction not in ("in", "out"):
             raise ProgramError(f"{self.op}: direction got {self.direction!r}, must be 'in' or 'out'")

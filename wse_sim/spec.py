@@ -64,9 +64,10 @@ class Workload:
     prompt: int = _opt(128, kind=int, minimum=1, applies=_prefill_like,
                        where="phase prefill or train, or with generate",
                        help="prompt tokens (prefill; the sequence length of a training step)")
-    context: int = _opt(127, kind=int, minimum=1, applies=_decode_only, where="phase decode",
-                        help="tokens already in the KV cache (decode; the default leaves room "
-                             "for the new token in a 128-token model)")
+    context: int | None = _opt(None, kind=int, minimum=1, optional=True, applies=_decode_only,
+                               where="phase decode",
+                               help="tokens already in the KV cache (decode; default: 128, or "
+                                    "the model's maximum context - 1 if that is less)")
     generate: int | None = _opt(None, kind=int, minimum=1, optional=True,
                                 applies=lambda s: s.workload.phase == "prefill",
                                 where="phase prefill (prefill the prompt, then decode N tokens)",
@@ -207,11 +208,11 @@ class RunSpec:
                        name) == default:
                 continue  # the default value changes nothing
             if not o.applies(self):
+                run = (f"phase {self.workload.phase}, strategy {self.mapping.strategy}"
+                       + (f", generate {self.workload.generate}"
+                          if self.workload.generate else ""))
                 raise ConfigError(f"{name}: got {self.values()[name]!r}, which does not apply to "
-                                  f"this run; it applies to {o.where} (this run: phase "
-                                  f"{self.workload.phase}, strategy {self.mapping.strategy}"
-                                  + (f", generate {self.workload.generate}"
-                                     if self.workload.generate else "") + ")")
+                                  f"this run ({run}); it applies only with {o.where}")
 
     def to_toml(self) -> str:
         """The spec as a TOML file that `load_spec` reads back to the same spec."""

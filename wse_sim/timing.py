@@ -84,4 +84,8 @@ def multicast_cycles(hw: HardwareConfig, wavelets: int, max_hops: int) -> int:
 
 def io_cycles(hw: HardwareConfig, nbytes: int) -> int:
     """Cycles the off-wafer I/O channel needs for `nbytes` bytes (at least 1)."""
+    if hw.io_bits_per_s == 0:
+        from wse_sim.errors import ConfigError
+        raise ConfigError(f"io_bits_per_s: got 0, but this run moves {int(nbytes):,} bytes "
+                          "on or off the wafer; give the I/O a rate")
     return max(1, math.ceil(int(nbytes) * 8 * hw.clock_hz / hw.io_bits_per_s))

@@ -7,6 +7,7 @@ with --functional the real product is computed through the kernels and checked a
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -200,11 +201,23 @@ def cmd_compare_gemm(args) -> int:
     ok = [r for r in rows.values() if isinstance(r, dict)]
     if not ok:
         raise ValueError(f"compare gemm: no algorithm fits ({next(iter(rows.values()))})")
+    table = {"preset": args.preset, "hardware": hw.to_dict(), "grid": args.grid,
+             "m": args.m, "k": args.k, "n": args.n, "dtype": args.dtype, "algorithms": ok,
+             "rejected": {a: r for a, r in rows.items() if isinstance(r, str)}}
+    if args.out:  # the table as JSON, and as text
+        from pathlib import Path
+
+        from wse_sim.report.outputs import OutputError, jsonable
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "compare_gemm.json").write_text(json.dumps(table, indent=1, default=jsonable))
+            (out / "compare_gemm.txt").write_text(format_compare(rows) + "\n")
+        except OSError as e:
+            raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
+        table["out"] = str(out)
     if args.json:
-        print_json({"preset": args.preset, "hardware": hw.to_dict(), "grid": args.grid,
-                    "m": args.m, "k": args.k, "n": args.n, "dtype": args.dtype,
-                    "algorithms": ok,
-                    "rejected": {a: r for a, r in rows.items() if isinstance(r, str)}})
+        print_json(table)
         return 0
     print(f"GEMM M={args.m} K={args.k} N={args.n} {args.dtype} on {args.grid} x {args.grid} "
           f"of {args.preset} ({hw.clock_ghz} GHz)")

@@ -17,12 +17,16 @@ from wse_sim.cli.base import (  # noqa: F401  (re-exported to the sub-command mo
 from wse_sim.cli.outputs import add_output_args, check_output_args, write_requested
 
 
-def hardware_args(p: argparse.ArgumentParser, default_preset: str = "wse2") -> None:
+def hardware_args(p: argparse.ArgumentParser, default_preset: str | None = "wse2",
+                  default_engine: str | None = "auto") -> None:
+    """--preset, --set, --engine, --json and the output options. A None default (run) lets a
+    run spec file supply the value when the option is not given."""
     p.add_argument("--preset", default=default_preset,
-                   help="preset name (see `wse-sim presets`) or a TOML file")
+                   help="preset name (see `wse-sim presets`) or a TOML file"
+                        + ("" if default_preset else " (default wse2)"))
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", default=[],
                    help="override a hardware field, e.g. --set clock_ghz=1.1 (repeatable)")
-    p.add_argument("--engine", default="auto", choices=("auto", "reference", "fast"))
+    p.add_argument("--engine", default=default_engine, choices=("auto", "reference", "fast"))
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_output_args(p)  # --out DIR, --trace FILE, --trace-region
 

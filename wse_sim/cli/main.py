@@ -10,17 +10,12 @@ import json
 import sys
 import time
 
-from mapper.attention import ATTENTION_SPLITS
-from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from wse_sim.cli.common import (
     Parser,
     fail,
-    fraction,
     hardware_args,
-    one_of,
-    positive_int,
 )
-from wse_sim.cli.run import run_one
+from wse_sim.cli.run import add_spec_args, run_one, spec_from_args
 from wse_sim.hardware import FIELD_EFFECTS
 
 # Sub-command modules: each has `register(sub) -> {name: function}`; missing ones are skipped.
@@ -48,45 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--json", action="store_true")
 
     run = sub.add_parser("run", help="map a GPT model onto the mesh and simulate it")
-    hardware_args(run)
-    run.add_argument("--model", required=True, help="zoo name (see `wse-sim models`) or TOML file")
-    run.add_argument("--phase", default="prefill", choices=("prefill", "decode", "train"))
-    run.add_argument("--strategy", default="layer-pipelined",
-                     help="layer-pipelined, layer-sequential, weight-streaming, or auto "
-                          "(the fastest by simulation)")
-    run.add_argument("--region-shape", type=int, default=0, metavar="K",
-                     help="layer-pipelined: the K-th best region shape that fits (0: the most "
-                          "cores per layer); `search` tries a few")
-    run.add_argument("--attention", type=one_of(ATTENTION_SPLITS), default="auto",
-                     help="attention over a region's rows: heads (one row per head group), "
-                          "rows (a group's rows split the keys too), auto (heads when it fits)")
-    run.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default="chain",
-                     metavar="|".join(LAYER_REDUCE_ALGOS),
-                     help="how the GEMMs' partial sums reduce: one pipelined chain per line, a "
-                          "two-level tree (wins on long lines and short vectors: decode), or "
-                          "the tree only for the row / column reduces; `search` tries them")
-    run.add_argument("--chunks", type=positive_int, default=1,
-                     help="prefill: run the prompt through the layers in at least N chunks")
-    run.add_argument("--micro-batches", type=positive_int, default=1, metavar="N",
-                     help="train (layer-pipelined): split the batch into N equal micro-batches "
-                          "that pipeline through the layer regions (N divides --batch)")
-    run.add_argument("--generate", type=positive_int, default=None,
-                     help="prefill the prompt, then decode N tokens: end-to-end tokens/s")
-    run.add_argument("--wafers", type=positive_int, default=1,
-                     help="split the layers over N wafers joined by the system I/O")
-    run.add_argument("--prefill-grid", type=positive_int, default=None,
-                     help="with --generate: the grid for the prefill")
-    run.add_argument("--decode-grid", type=positive_int, default=None,
-                     help="with --generate: the grid for the decode steps")
-    run.add_argument("--batch", type=positive_int, default=1)
-    run.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens (prefill)")
-    run.add_argument("--context", type=positive_int, default=128,
-                     help="tokens already in the KV cache (decode)")
-    run.add_argument("--grid", type=positive_int, default=None,
-                     help="use only an N x N corner of the mesh")
-    run.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
-    run.add_argument("--sparsity", type=fraction, default=0.0,
-                     help="fraction of zero weights the cores skip")
+    hardware_args(run, default_preset=None, default_engine=None)
+    add_spec_args(run)
     run.add_argument("--show-program", action="store_true",
                      help="print the Program IR instead of simulating it")
     run.add_argument("--functional", action="store_true",
@@ -175,7 +133,9 @@ def cmd_models(args) -> int:
 
 def cmd_run(args) -> int:
     """`run`: one mapping (`cli.run.run_one`), or --strategy auto, --generate and --wafers
-    (`cli.strategies.run_extended`, which runs its chosen mapping through run_one)."""
+    (`cli.strategies.run_extended`, which runs its chosen mapping through run_one). The
+    options and a --spec file make one validated run spec first (`wse_sim.spec`)."""
+    spec_from_args(args)
     if args.strategy == "auto" or args.generate or args.wafers > 1:
         if args.functional:
             raise ValueError("--functional: runs one mapping (not with --strategy auto, "

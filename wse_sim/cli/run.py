@@ -6,7 +6,97 @@ from __future__ import annotations
 import json
 import time
 
-from wse_sim.cli.common import effective_hardware, with_interface_keys
+from wse_sim.cli.common import (
+    effective_hardware,
+    fraction,
+    int_at_least,
+    one_of,
+    with_interface_keys,
+)
+from wse_sim.spec import FIELDS, RunSpec, load_spec
+
+# the mapper's names, offered as choices (the spec leaves them to the mapper to check)
+_CHOICES = {"strategy": ("layer-pipelined", "layer-sequential", "weight-streaming", "auto")}
+
+
+def _choices(name: str, option) -> tuple:
+    if option.choices:
+        return option.choices
+    if name == "reduce_algo":
+        from mapper.reduce_algos import LAYER_REDUCE_ALGOS
+        return tuple(LAYER_REDUCE_ALGOS)
+    if name == "attention":
+        from mapper.attention import ATTENTION_SPLITS
+        return tuple(ATTENTION_SPLITS)
+    if name == "strategy":
+        from mapper.strategies import NAMES
+        return tuple(NAMES) + ("auto",)
+    return ()
+
+
+def add_spec_args(p) -> None:
+    """One option per run spec field (`wse_sim.spec.FIELDS`), default None (not given), then
+    --spec FILE and --save-spec FILE."""
+    for name, (_section, f) in FIELDS.items():
+        o = f.metadata["option"]
+        flag = "--" + name.replace("_", "-")
+        kw = {"default": None, "help": o.help}
+        if o.kind is int:
+            kw["type"] = int_at_least(int(o.minimum or 0), f"an integer >= {int(o.minimum or 0)}")
+            kw["metavar"] = "N"
+        elif o.kind is float:
+            kw["type"] = fraction
+        elif _choices(name, o):
+            kw["type"] = one_of(_choices(name, o))
+            kw["metavar"] = "|".join(_choices(name, o))
+        if f.default not in (None, "") and name != "context":
+            kw["help"] += f" (default {f.default})"
+        p.add_argument(flag, **kw)
+    p.add_argument("--spec", metavar="FILE", default=None,
+                   help="a run spec TOML file (`--save-spec` writes one); options given on the "
+                        "command line override its values")
+    p.add_argument("--save-spec", metavar="FILE", default=None,
+                   help="write this run's spec as TOML (then run it)")
+
+
+def spec_from_args(args) -> RunSpec:
+    """The run spec of `run`: the --spec file's values, then the options given; refused if a
+    given option does not apply. Fills `args` with the spec's values for the rest of `run`."""
+    base = load_spec(args.spec) if args.spec else None
+    values = base.values() if base else {}
+    given = set(base.given) if base else set()
+    for name in FIELDS:
+        v = getattr(args, name)
+        if v is not None:
+            values[name], _ = v, given.add(name)
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values.get("model"):
+        raise ValueError("--model: required (or a --spec file that names one)")
+    args.preset = args.preset or (base.preset if base else "wse2")
+    args.engine = args.engine or (base.engine if base else "auto")
+    if base and base.overrides:
+        args.set = [f"{k}={v}" for k, v in base.overrides.items()] + list(args.set)
+    from wse_sim.hardware import load_preset, parse_set
+    overrides = parse_set(args.set)
+    if overrides:  # typed as the fields are (--set gives text), so a saved spec reads back
+        hw = load_preset(args.preset, overrides)
+        overrides = {k: getattr(hw, k) for k in overrides}
+    spec = RunSpec.from_values(values, preset=args.preset, overrides=overrides,
+                               engine=args.engine, given=given)
+    spec.check_applies()
+    for name, v in spec.values().items():
+        setattr(args, name, v)
+    if args.context is None:
+        from workloads.models import load_model
+        args.context = min(128, load_model(args.model).max_context - 1)
+    if args.save_spec:
+        from pathlib import Path
+        try:
+            Path(args.save_spec).write_text(spec.to_toml())
+        except OSError as e:
+            raise ValueError(f"--save-spec: {args.save_spec}: cannot write "
+                             f"({e.strerror or e})") from None
+    return spec
 
 
 def run_one(args) -> int:

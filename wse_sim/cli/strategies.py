@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from wse_sim.cli.common import (
     effective_hardware,
@@ -11,6 +14,7 @@ from wse_sim.cli.common import (
     positive_int,
     print_json,
     with_interface_keys,
+    write_requested,
 )
 
 
@@ -87,8 +91,54 @@ def format_scorecard(rows: list[dict], rejected: dict) -> str:
     return "\n".join(lines)
 
 
+def _write_each(args, runs: list) -> dict:
+    """--out DIR / --trace FILE for several runs: DIR/<name>/ and FILE.<name>.json each;
+    returns {"outputs": {name: what was written}} (empty when nothing was asked)."""
+    if not (getattr(args, "out", None) or getattr(args, "trace", None)):
+        return {}
+    return {"outputs": {name: write_requested(r, args, title=title, tag=name)
+                        for name, r, title in runs}}
+
+
+def _write_json(path: Path, obj) -> None:
+    from wse_sim.report.outputs import OutputError, jsonable
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=1, default=jsonable) + "\n")
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def _write_scorecard(out: Path, card: dict) -> None:
+    """DIR/scorecard.json (the --json object) and DIR/scorecard.csv (a row per strategy)."""
+    import csv
+    import io
+    _write_json(out / "scorecard.json", card)
+    buf = io.StringIO()
+    cols = ["strategy", "cycles", "seconds", "tokens_per_s", "peak_fraction", "comm_share",
+            "sram_bytes_per_core", "colors_per_core", "io_bytes", "energy_per_token_j",
+            "rejected"]
+    w = csv.DictWriter(buf, cols)
+    w.writeheader()
+    for r in card["strategies"]:
+        w.writerow(r | {"rejected": ""})
+    for name, why in card["rejected"].items():
+        w.writerow({"strategy": name, "rejected": why})
+    (out / "scorecard.csv").write_text(buf.getvalue())
+
+
 def cmd_compare(args) -> int:
+    sizes = [f"--{a}" for a in ("m", "k", "n") if getattr(args, a, None) is not None]
+    if args.what == "model" and sizes:
+        raise ValueError(f"compare: {sizes[0]}: a GEMM size, for `compare gemm`; it does not "
+                         "apply to comparing a model's strategies")
     if args.what == "gemm":
+        if args.model:
+            raise ValueError("compare gemm: --model: it times GEMM algorithms (--grid, --m, --k, "
+                             "--n); `compare --model M` compares a model's strategies")
+        if args.trace:
+            raise ValueError("compare gemm: --trace: it times several GEMMs; trace one with "
+                             "`wse-sim gemm --algo A ... --trace FILE`")
         import importlib.util
         if importlib.util.find_spec("wse_sim.cli.blocks") is None:
             raise NotImplementedError("compare gemm: the GEMM algorithms are not built yet")
@@ -101,9 +151,15 @@ def cmd_compare(args) -> int:
     results = compare_strategies(hw, args.model, engine=args.engine, **_kw(args))
     rows = [scorecard_row(n, r) for n, r in results.items() if not isinstance(r, str)]
     rejected = {n: r for n, r in results.items() if isinstance(r, str)}
+    card = {"model": args.model, "phase": args.phase, "preset": args.preset,
+            "strategies": rows, "rejected": rejected}
+    written = _write_each(args, [(n, r, f"{args.model} {args.phase}, {n}")
+                                 for n, r in results.items() if not isinstance(r, str)])
+    if args.out:
+        _write_scorecard(Path(args.out), card)
+        written["scorecard"] = str(Path(args.out) / "scorecard.csv")
     if args.json:
-        print_json({"model": args.model, "phase": args.phase, "preset": args.preset,
-                    "strategies": rows, "rejected": rejected})
+        print_json(card | written)
     else:
         print(f"{args.model} {args.phase} on {args.preset} ({hw.mesh_cols} x {hw.mesh_rows})")
         print(format_scorecard(rows, rejected))
@@ -119,15 +175,19 @@ def cmd_search(args) -> int:
                                  grids=(grid,) if grid else None, progress=not args.json, **kw)
     if best is None:
         raise ValueError(f"search: no strategy fits {args.model} on {args.preset}")
+    written = write_requested(best, args, title=f"{args.model} {args.phase}: search's choice")
+    tried = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
+             for c, cost, why in found.tried]
+    if args.out:
+        _write_json(Path(args.out) / "search.json", {"choice": found.best, "tried": tried})
     if args.json:
-        out = with_interface_keys(best.summary(), args, hw)
+        out = with_interface_keys(best.summary(), args, hw) | written
         out["choice"] = found.best
         out["reduce_algo"] = found.best["reduce_algo"]
         out["reduce_algo_why"] = found.why("reduce_algo")
         out["attention"] = found.best["attention"]
         out["attention_why"] = found.why("attention")
-        out["tried"] = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
-                        for c, cost, why in found.tried]
+        out["tried"] = tried
         print_json(out)
     else:
         g = found.best["grid"]
@@ -157,6 +217,8 @@ def run_extended(args) -> int:
                               grid=args.grid, **kw, **extra)
         stages = out.pop("stages")
         out["engine"] = stages[0].engine
+        out |= _write_each(args, [(f"wafer{i}", r, f"{args.model} {args.phase}, wafer {i}")
+                                  for i, r in enumerate(stages)])
         if args.json:
             print_json(with_interface_keys(out, args, hw))
         else:
@@ -194,6 +256,8 @@ def run_extended(args) -> int:
         res = out.pop("results")
         out.update({"strategy": strategy, "reduce_algo": args.reduce_algo,
                     "engine": res["prefill"].engine})
+        out |= _write_each(args, [(k, r, f"{args.model} {k.replace('_', ' ')}")
+                                  for k, r in res.items()])
         if args.json:
             print_json(with_interface_keys(out, args, hw))
         else:

@@ -13,6 +13,13 @@ def simulate(program, hw, engine: str = "auto", functional: dict | None = None):
     `functional`: the input buffers of a functional run (e.g. `mapper.gemm.gemm_inputs`); the
     program's DataOps then also run on real tensors through the kernels, and the final buffers
     are in `result.buffers` (the timing is the same either way)."""
+    from wse_sim.hardware import HardwareConfig
+    from wse_sim.program import Program
+    if not isinstance(program, Program):
+        raise TypeError(f"simulate: program got {type(program).__name__}, must be a Program")
+    if not isinstance(hw, HardwareConfig):
+        raise TypeError(f"simulate: hw got {type(hw).__name__}, must be a HardwareConfig "
+                        "(wse_sim.hardware.load_preset)")
     result = _timed(program, hw, engine)
     if functional is not None:
         from wse_sim.functional import run_functional

@@ -89,12 +89,24 @@ def run_point(params: dict, overrides: dict) -> dict:
         from wse_sim.engine import simulate
         from wse_sim.experiment import build_program
         from wse_sim.hardware import load_preset
+        from wse_sim.spec import FIELDS, RunSpec
         hw = load_preset(params["preset"], overrides or None)
-        grid = None if params["grid"] == "full" else params["grid"]
-        program = build_program(hw, params["model"], phase=params["phase"],
-                                strategy=params["strategy"], batch=params["batch"],
-                                prompt=params["prompt"], context=params["context"],
-                                dtype=params["dtype"], grid=grid, sparsity=params["sparsity"])
+        values = {k: params[k] for k in FIELDS if k in params and params[k] is not None}
+        if values.get("grid") == "full":
+            del values["grid"]
+        spec = RunSpec.from_values(values, preset=params["preset"], overrides=overrides,
+                                   engine=params["engine"], given=params.get("given", ()))
+        spec.check_applies()
+        for key in ("generate", "wafers"):
+            if values.get(key) not in (None, 1):
+                raise NotImplementedError(f"{key}: a sweep point runs one mapping; {key} runs "
+                                          "are `wse-sim run` only")
+        if values.get("strategy") == "auto":
+            raise NotImplementedError("strategy auto: a sweep point runs one mapping; "
+                                      "`wse-sim search` chooses")
+        kw = {k: v for k, v in values.items()
+              if k not in ("model", "generate", "wafers", "prefill_grid", "decode_grid")}
+        program = build_program(hw, params["model"], **kw)
         s = simulate(program, hw, engine=params["engine"]).summary()
         row = {m: s[m] for m in METRICS if m != "wall_seconds"}
         row.update(status="ok", error="")

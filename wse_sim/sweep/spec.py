@@ -21,16 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wse_sim.hardware import DTYPES, FIELDS, ConfigError, HardwareConfig, load_preset
+from wse_sim.spec import FIELDS as SPEC_FIELDS
 
 MAX_POINTS = 100_000
 FORMAT = "wse-sim-sweep/1"
 
 # Run parameters: name -> default (None: required). `grid = "full"` means the whole mesh.
-RUN_DEFAULTS = {
+# The first ones are those of the first sweep format (their point ids must not change); the
+# rest are every other field of the run spec (wse_sim.spec), so a sweep can vary any of them.
+_LEGACY = {
     "preset": None, "model": None, "phase": "prefill", "strategy": "layer-pipelined",
     "engine": "auto", "batch": 1, "prompt": 128, "context": 128, "dtype": "fp16",
     "grid": "full", "sparsity": 0.0,
 }
+_SPEC_ONLY = {name: f.default for name, (_s, f) in SPEC_FIELDS.items() if name not in _LEGACY}
+RUN_DEFAULTS = _LEGACY | _SPEC_ONLY
 RUN_PARAMS = tuple(RUN_DEFAULTS)
 _HW_TYPES = {f.name: f.type for f in dataclasses.fields(HardwareConfig) if f.name in FIELDS}
 AXIS_NAMES = RUN_PARAMS + FIELDS
@@ -174,6 +179,8 @@ def check_value(name: str, v, *, base_hw: HardwareConfig | None = None, where: P
         if not _is_num(v) or not 0 <= v < 1:
             raise ValueError("must be a number in [0, 1)")
         return float(v)
+    if name in _SPEC_ONLY:
+        return _spec_value(name, v)
     if not isinstance(v, str):
         raise ValueError("must be a string")
     if name == "phase":
@@ -208,6 +215,25 @@ def check_value(name: str, v, *, base_hw: HardwareConfig | None = None, where: P
                          f"{', '.join(AXIS_NAMES)}")
     if v not in allowed:
         raise ValueError(f"must be one of {', '.join(allowed)}")
+    return v
+
+
+def _spec_value(name: str, v):
+    """A run spec field's value, checked by the spec's own rule for it."""
+    from wse_sim.spec import Mapping, Workload
+    section = SPEC_FIELDS[name][0]
+    try:
+        (Workload(model="x", **{name: v}) if section == "workload" else Mapping(**{name: v}))
+    except ConfigError as e:
+        raise ValueError(str(e).split(", ", 1)[-1]) from None
+    choices = {"reduce_algo": "mapper.reduce_algos:LAYER_REDUCE_ALGOS",
+               "attention": "mapper.attention:ATTENTION_SPLITS"}.get(name)
+    if choices:
+        import importlib
+        mod, attr = choices.split(":")
+        allowed = tuple(getattr(importlib.import_module(mod), attr))
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
     return v
 
 
@@ -407,7 +433,9 @@ class _Parser:
                 hw_dict = hw.with_overrides(overrides).to_dict() if overrides else hw.to_dict()
             except ConfigError:
                 hw_dict = None
-        key = {"run": params, "hardware": hw_dict}
+        # the id: the first format's parameters, and any newer one that is not at its default
+        run_key = {k: v for k, v in params.items() if k in _LEGACY or v != RUN_DEFAULTS[k]}
+        key = {"run": run_key, "hardware": hw_dict}
         if hw_dict is None:
             key["set"] = overrides
         pid = hashlib.sha256(_canon(key).encode()).hexdigest()[:16]
@@ -419,6 +447,9 @@ class _Parser:
                 values[c] = hw_dict[c]
             else:
                 values[c] = overrides.get(c, "")
+        # run options set by an axis or a point must apply to the point's run; [base] values
+        # are shared by every point and apply where they apply (wse_sim.spec)
+        params["given"] = sorted(k for k in assign if k in SPEC_FIELDS)
         return Point(index=index, params=params, overrides=overrides, values=values, id=pid)
 
 
