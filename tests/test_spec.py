@@ -129,3 +129,36 @@ def test_a_sweep_varies_any_field_and_a_point_it_does_not_apply_to_fails():
     assert ok[("decode", "tree", 1)]["cycles"] != ok[("decode", "chain", 1)]["cycles"]
     failed = rows[("decode", "tree", 2)]
     assert failed["status"] == "failed" and failed["error"].startswith("chunks: got 2")
+
+
+def test_model_set_times_one_layer_and_refuses_unknown_fields(tmp_path, capsys):
+    base = ["run", "--preset", "mesh16", "--model", "tiny", "--phase", "decode", "--context",
+            "16", "--json"]
+    one = run_json_cycles(base + ["--model-set", "n_layers=1"], capsys)
+    two = run_json_cycles(base + ["--model-set", "n_layers=2"], capsys)
+    assert one < two
+    assert main(base + ["--model-set", "n_layer=1"]) == 2
+    assert "model_set.n_layer: not a model field" in capsys.readouterr().err
+    assert main(base + ["--model-set", "n_layers=0"]) == 2
+    assert "n_layers: got 0, must be a positive integer" in capsys.readouterr().err
+    f = tmp_path / "one.toml"
+    assert main(base + ["--model-set", "n_layers=1", "--save-spec", str(f)]) == 0
+    capsys.readouterr()
+    assert load_spec(f).workload.model_set == {"n_layers": 1}
+    assert run_json_cycles(["run", "--spec", str(f), "--json"], capsys) == one
+
+
+def run_json_cycles(argv, capsys) -> int:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)["cycles"]
+
+
+def test_a_sweep_varies_a_model_dimension():
+    spec = parse_sweep_text('[base]\npreset = "mesh16"\nmodel = "tiny"\nprompt = 16\n'
+                            '[axes]\nmodel.n_layers = [1, 2]\n')
+    cycles = [run_point(p.params, p.overrides)["cycles"] for p in spec.points]
+    assert [p.values["model.n_layers"] for p in spec.points] == [1, 2]
+    assert cycles[0] < cycles[1]
+    with pytest.raises(ConfigError, match="axes.model.n_layer: unknown"):
+        parse_sweep_text('[base]\npreset = "mesh16"\nmodel = "tiny"\n[axes]\n'
+                         'model.n_layer = [1]\n')

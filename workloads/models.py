@@ -388,9 +388,22 @@ def _config_from(data: dict[str, Any], label: str) -> GPTConfig:
         raise ValueError(f"{label}: {exc}") from None
 
 
-def load_model(name_or_path: str) -> GPTConfig:
-    """A zoo model by name (case-insensitive) or a model from a user TOML file."""
+# fields a run may override (`--model-set FIELD=VALUE`): the shape, not the name or the MoE table
+OVERRIDABLE = tuple(f for f in _CONFIG_FIELDS if f not in ("name", "moe"))
+
+
+def load_model(name_or_path: str, overrides: dict | None = None) -> GPTConfig:
+    """A zoo model by name (case-insensitive) or a model from a user TOML file, with
+    `overrides` (field -> value, e.g. {"n_layers": 1}) applied and validated as the file's own
+    values are; an unknown field or a bad value is a one-line ValueError naming it."""
     data, label = _read_toml(name_or_path)
+    for k, v in (overrides or {}).items():
+        if k not in OVERRIDABLE:
+            raise ValueError(f"model_set.{k}: not a model field one can set; known: "
+                             f"{', '.join(OVERRIDABLE)}")
+        data[k] = v
+    if overrides:
+        label += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     return _config_from(data, label)
 
 

@@ -34,14 +34,15 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   context: int | None = None, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
                   micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain",
-                  attention: str = "auto"):
+                  attention: str = "auto", model_set: dict | None = None):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
     `reduce_algo`: how the GEMMs' partial sums reduce: `chain`, `tree`, or the tree only for
     the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d);
     `attention`: `heads` (one row per head group), `rows` (a head group's rows split its keys
-    too, when a region has more rows than heads) or `auto` (heads when it fits). `context`
+    too, when a region has more rows than heads) or `auto` (heads when it fits). `model_set`:
+    model fields to override, e.g. {"n_layers": 1} to time one layer. `context`
     (decode): None takes min(128, the model's maximum context - 1)."""
     if not isinstance(hw, HardwareConfig):
         raise TypeError(f"build_program: hw got {type(hw).__name__}, must be a HardwareConfig "
@@ -74,7 +75,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         extra["region_shape"] = region_shape
     if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
         raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
-    cfg = load_model(model)
+    cfg = load_model(model, model_set)
     if context is None:
         context = min(128, cfg.max_context - 1)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
@@ -246,7 +247,8 @@ def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str 
     from mapper.strategies.layer_pipelined import map_layer_pipelined
     _positive("wafers", wafers)
     _one_of("phase", phase, PHASES)
-    cfg = load_model(model)
+    model_set = kw.pop("model_set", None)
+    cfg = load_model(model, model_set)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
     stages, first = [], 0

@@ -33,7 +33,7 @@ def _applies_always(_spec) -> bool:
 class Option:
     """How one field is offered and when it applies."""
 
-    kind: type                    # int, float, str or bool
+    kind: type                    # int, float, str or dict
     help: str
     minimum: float | None = None  # numbers: the smallest allowed value
     choices: tuple = ()           # strings: the allowed values (empty: any)
@@ -75,6 +75,9 @@ class Workload:
     dtype: str = _opt("fp16", kind=str, choices=DTYPES, help="the run's dtype")
     sparsity: float = _opt(0.0, kind=float, minimum=0.0,
                            help="fraction of zero weights the cores skip, in [0, 1)")
+    model_set: dict = field(default_factory=dict, metadata={"option": Option(
+        kind=dict, help="override a model field, e.g. n_layers=1 to time one layer "
+                        "(FIELD=VALUE, repeatable; see `wse-sim models --json`)")})
 
     def __post_init__(self):
         _check_fields(self)
@@ -143,6 +146,10 @@ def _check_fields(obj) -> None:
             raise ConfigError(f"{f.name}: got {v!r}, must be a number")
         if o.kind is str and not isinstance(v, str):
             raise ConfigError(f"{f.name}: got {v!r}, must be a string")
+        if o.kind is dict:
+            if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+                raise ConfigError(f"{f.name}: got {v!r}, must be a table of field = value")
+            continue
         if o.minimum is not None and not v >= o.minimum:
             raise ConfigError(f"{f.name}: got {v!r}, must be at least {o.minimum:g}")
         if o.kind is int and v > 10**9:
@@ -203,7 +210,8 @@ class RunSpec:
             if name not in self.given:
                 continue
             o = FIELDS[name][1].metadata["option"]
-            default = FIELDS[name][1].default
+            f = FIELDS[name][1]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             if getattr(self.workload if FIELDS[name][0] == "workload" else self.mapping,
                        name) == default:
                 continue  # the default value changes nothing
@@ -224,7 +232,10 @@ class RunSpec:
             lines += ["", f"[{section}]"]
             for f in dataclasses.fields(obj):
                 v = getattr(obj, f.name)
-                if v is not None:
+                if isinstance(v, dict):  # an inline TOML table
+                    inner = ", ".join(f"{k} = {json.dumps(x)}" for k, x in v.items())
+                    lines.append(f"{f.name} = {{{inner}}}")
+                elif v is not None:
                     lines.append(f"{f.name} = {json.dumps(v)}")
         return "\n".join(lines) + "\n"
 

@@ -34,6 +34,20 @@ def _choices(name: str, option) -> tuple:
     return ()
 
 
+def _field_value(text: str) -> tuple:
+    """FIELD=VALUE, the value as an integer, a number or text."""
+    import argparse
+    key, eq, raw = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"got {text!r}, must be FIELD=VALUE")
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(raw)
+        except ValueError:
+            pass
+    return key.strip(), raw
+
+
 def add_spec_args(p) -> None:
     """One option per run spec field (`wse_sim.spec.FIELDS`), default None (not given), then
     --spec FILE and --save-spec FILE."""
@@ -41,6 +55,10 @@ def add_spec_args(p) -> None:
         o = f.metadata["option"]
         flag = "--" + name.replace("_", "-")
         kw = {"default": None, "help": o.help}
+        if o.kind is dict:
+            p.add_argument(flag, action="append", metavar="FIELD=VALUE", type=_field_value,
+                           default=None, help=o.help)
+            continue
         if o.kind is int:
             kw["type"] = int_at_least(int(o.minimum or 0), f"an integer >= {int(o.minimum or 0)}")
             kw["metavar"] = "N"
@@ -68,6 +86,8 @@ def spec_from_args(args) -> RunSpec:
     for name in FIELDS:
         v = getattr(args, name)
         if v is not None:
+            if name == "model_set":  # repeated FIELD=VALUE pairs, over the file's own
+                v = dict(values.get(name) or {}) | dict(v)
             values[name], _ = v, given.add(name)
     values = {k: v for k, v in values.items() if v is not None}
     if not values.get("model"):
@@ -110,7 +130,8 @@ def run_one(args) -> int:
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
                             functional=args.functional, chunks=args.chunks,
                             micro_batches=args.micro_batches, region_shape=args.region_shape,
-                            reduce_algo=args.reduce_algo, attention=args.attention)
+                            reduce_algo=args.reduce_algo, attention=args.attention,
+                            model_set=args.model_set or None)
     if getattr(args, "save_program", None):
         from wse_sim.cli.program import save_requested
         save_requested(program, args)
@@ -125,7 +146,7 @@ def run_one(args) -> int:
         if program.meta.get(key, 1) > 1:
             title += f", {program.meta[key]} {what}"
     written = write_requested(result, args, program=program, title=title)
-    check = _functional_check(program, hw, args.model) if args.functional else None
+    check = _functional_check(program, hw, args.model, args.model_set) if args.functional else None
     if args.json:
         extra = {"functional": check} if check else {}
         mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo", "chunks",
@@ -143,14 +164,14 @@ def run_one(args) -> int:
     return 1 if check and not check["ok"] else 0
 
 
-def _functional_check(program, hw, model: str) -> dict:
+def _functional_check(program, hw, model: str, model_set: dict | None = None) -> dict:
     """Random weights (init_weights(cfg, seed=0)) and tokens (seed 0) through the mapped
     program; the logits (a training step: the loss and the worst weight gradient) against
     workloads.reference (float64, dtype-rounded weights)."""
     from mapper.strategies import functional_model as fm
     from workloads.models import load_model
     from wse_sim.functional import error_report, run_functional
-    cfg = load_model(model)
+    cfg = load_model(model, model_set)
     t0 = time.perf_counter()
     if program.meta.get("phase") == "train":
         inputs, want_loss, want = fm.random_train_case(program, cfg, seed=0)

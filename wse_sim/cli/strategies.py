@@ -207,6 +207,8 @@ def run_extended(args) -> int:
     hw = effective_hardware(args)
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
           "reduce_algo": args.reduce_algo, "attention": args.attention}
+    if args.model_set:
+        kw["model_set"] = args.model_set
     if args.wafers > 1:
         if args.strategy not in ("layer-pipelined", "auto"):
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "

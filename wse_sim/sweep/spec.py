@@ -34,7 +34,8 @@ _LEGACY = {
     "engine": "auto", "batch": 1, "prompt": 128, "context": 128, "dtype": "fp16",
     "grid": "full", "sparsity": 0.0,
 }
-_SPEC_ONLY = {name: f.default for name, (_s, f) in SPEC_FIELDS.items() if name not in _LEGACY}
+_SPEC_ONLY = {name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+              for name, (_s, f) in SPEC_FIELDS.items() if name not in _LEGACY}
 RUN_DEFAULTS = _LEGACY | _SPEC_ONLY
 RUN_PARAMS = tuple(RUN_DEFAULTS)
 _HW_TYPES = {f.name: f.type for f in dataclasses.fields(HardwareConfig) if f.name in FIELDS}
@@ -181,6 +182,10 @@ def check_value(name: str, v, *, base_hw: HardwareConfig | None = None, where: P
         return float(v)
     if name in _SPEC_ONLY:
         return _spec_value(name, v)
+    if _is_model_field(name):
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise ValueError("must be a number or a string (a model field's value)")
+        return v
     if not isinstance(v, str):
         raise ValueError("must be a string")
     if name == "phase":
@@ -216,6 +221,20 @@ def check_value(name: str, v, *, base_hw: HardwareConfig | None = None, where: P
     if v not in allowed:
         raise ValueError(f"must be one of {', '.join(allowed)}")
     return v
+
+
+def _is_model_field(name: str) -> bool:
+    """`model.FIELD`: an axis over a model dimension (run spec `model_set`)."""
+    from workloads.models import OVERRIDABLE
+    return name.startswith("model.") and name[6:] in OVERRIDABLE
+
+
+def _model_fields(table: dict) -> dict:
+    """TOML reads `model.n_layers = [...]` as a table `model`; make it the key model.n_layers."""
+    if isinstance(table, dict) and isinstance(table.get("model"), dict):
+        inner = table.pop("model")
+        table.update({f"model.{k}": v for k, v in inner.items()})
+    return table
 
 
 def _spec_value(name: str, v):
@@ -296,11 +315,12 @@ class _Parser:
 
     def value(self, table: str, key: str, v, hw: HardwareConfig | None, in_array: bool = False):
         line = (self.lines.element(table, key, v) if in_array else self.lines.key(table, key))
-        if key not in AXIS_NAMES:
+        if key not in AXIS_NAMES and not _is_model_field(key):
             raise self.error(line, f"{table}.{key}", _NO_VALUE,
                              f"unknown run parameter or hardware field{_did_you_mean(key)}; "
-                             f"known: {', '.join(AXIS_NAMES)}")
-        if isinstance(v, dict | list):
+                             f"known: {', '.join(AXIS_NAMES)}, and model.FIELD for a model "
+                             "field (model.n_layers, ...)")
+        if isinstance(v, dict | list) and not (key == "model_set" and isinstance(v, dict)):
             raise self.error(line, f"{table}.{key}", v, "must be a single value")
         try:
             return check_value(key, v, base_hw=hw, where=self.where)
@@ -325,6 +345,9 @@ class _Parser:
                 points_t, list):
             raise self.error(0, None, None, "[base] and [axes] must be tables, "
                                             "[[points]] an array of tables")
+        _model_fields(axes_t)
+        for pt in points_t:
+            _model_fields(pt)
         # [base]: run parameters
         base = {}
         for k, v in base_t.items():
@@ -369,7 +392,7 @@ class _Parser:
         axes = {}
         for k, vals in axes_t.items():
             line = self.lines.key("axes", k)
-            if k not in AXIS_NAMES:
+            if k not in AXIS_NAMES and not _is_model_field(k):
                 self.value("axes", k, None, None)
             if not isinstance(vals, list):
                 raise self.error(line, f"axes.{k}", vals, "must be a list of values, e.g. "
@@ -425,7 +448,10 @@ class _Parser:
         params = dict(spec.base)
         overrides = dict(spec.base_set)
         for k, v in assign.items():
-            (params if k in RUN_DEFAULTS else overrides)[k] = v
+            if k.startswith("model."):  # a model dimension: into the run's model_set
+                params["model_set"] = dict(params.get("model_set") or {}) | {k[6:]: v}
+            else:
+                (params if k in RUN_DEFAULTS else overrides)[k] = v
         hw = self.base_hw(params["preset"])
         hw_dict = None
         if hw is not None:
@@ -441,7 +467,9 @@ class _Parser:
         pid = hashlib.sha256(_canon(key).encode()).hexdigest()[:16]
         values = {}
         for c in spec.columns:
-            if c in params:
+            if c.startswith("model."):
+                values[c] = params["model_set"][c[6:]]
+            elif c in params:
                 values[c] = params[c]
             elif hw_dict is not None:
                 values[c] = hw_dict[c]
@@ -449,7 +477,8 @@ class _Parser:
                 values[c] = overrides.get(c, "")
         # run options set by an axis or a point must apply to the point's run; [base] values
         # are shared by every point and apply where they apply (wse_sim.spec)
-        params["given"] = sorted(k for k in assign if k in SPEC_FIELDS)
+        params["given"] = sorted({"model_set" if k.startswith("model.") else k
+                                  for k in assign} & set(SPEC_FIELDS))
         return Point(index=index, params=params, overrides=overrides, values=values, id=pid)
 
 
