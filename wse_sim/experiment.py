@@ -34,14 +34,17 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   context: int = 128, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
                   micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain",
-                  attention: str = "auto"):
+                  attention: str = "auto", routing: str | None = None,
+                  moe_layout: str = "blocks", seed: int = 0):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
     `reduce_algo`: how the GEMMs' partial sums reduce: `chain`, `tree`, or the tree only for
     the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d);
     `attention`: `heads` (one row per head group), `rows` (a head group's rows split its keys
-    too, when a region has more rows than heads) or `auto` (heads when it fits)."""
+    too, when a region has more rows than heads) or `auto` (heads when it fits). An MoE
+    model: `routing` (uniform, skewed:ALPHA, router, a .csv/.json file; default uniform;
+    `seed`) and `moe_layout` (blocks, strips): docs/moe.md."""
     _one_of("strategy", strategy, STRATEGIES)
     _one_of("phase", phase, PHASES)
     _one_of("dtype", dtype, DTYPES)
@@ -74,7 +77,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
                                 functional=functional, chunks=chunks,
                                 micro_batches=micro_batches, reduce_algo=reduce_algo,
-                                attention=attention, **extra)
+                                attention=attention, routing=routing, moe_layout=moe_layout,
+                                seed=seed, **extra)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",

@@ -41,6 +41,7 @@ from mapper.strategies.functional_layout import (
     layer_recv_tiles,
     make_layout,
 )
+from mapper.strategies.moe_layer import MoEFFN, check_moe_strategy, moe_layer_buffers
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -65,7 +66,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
-         attention: str = "auto") -> Program:
+         attention: str = "auto", routing: str | None = None, moe_layout: str = "blocks",
+         seed: int = 0) -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
     weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
@@ -75,8 +77,10 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention)
+                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
+                   routing=routing, moe_layout=moe_layout, seed=seed)
     name = "weight-streaming" if streaming else "layer-sequential"
+    check_moe_strategy(cfg, name, functional)
     if micro_batches > 1:
         raise NotImplementedError(f"{name}: a training step in {micro_batches} micro-batches "
                                   "is not mapped (layer-pipelined pipelines them through its "
@@ -89,8 +93,12 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     table = run.table_bytes * (2 if streaming else adam)
 
     def sizes(r: Run, lay: Layout) -> dict:
-        b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
-                          weight_layers=L, stream_weights=streaming, reduce_algo=r.reduce_algo)
+        if cfg.is_moe:
+            b = moe_layer_buffers(r, lay, weight_layers=L)
+        else:
+            b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
+                              weight_layers=L, stream_weights=streaming,
+                              reduce_algo=r.reduce_algo)
         layer_recv = b.pop("tree_recv", 0)
         recv = max(layer_recv, head_tree_recv(r, reg, 1))  # never live at once
         if r.chunks > 1:  # every chunk's layer input waits between layers (x_shard: one's)
@@ -126,6 +134,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     tiles = None if fl is None else _tiles(fls, parts, bufs, lay, reg, train, run.reduce_algo)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
+    tp.moe = MoEFFN(cfg, run.routing, run.moe_layout) if cfg.is_moe else None
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
 
     def stream_in(label: str, nbytes: int, after) -> int | None:
@@ -211,7 +220,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "sram_buffers_per_core": buffers,
         "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
-        | mapping_meta(run, tp))
+        | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
 
 
 def _tiles(fls: list[FLayout], parts: list, bufs: list, lay: Layout, reg: Region, train: bool,

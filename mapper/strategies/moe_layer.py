@@ -1,0 +1,326 @@
+"""An MoE layer on its region: attention as in `tp2d`, the experts on blocks of the region,
+tokens routed to them and back as fabric traffic (docs/moe.md, "On the wafer").
+
+Placement (`expert_blocks`): the region's R x C cores are cut into blocks, one per expert
+(routed ones first, then the shared ones), by `moe_layout`:
+
+- ``blocks``: the slot grid of `mapper.placement.slot_grids` with the most cores per block,
+  then the squarest block;
+- ``strips``: column strips side by side (one row of blocks; more rows only when there are
+  more experts than columns).
+
+With more experts than cores, experts share blocks (expert e on block e mod blocks). Each
+expert's FFN is laid out on its block like a dense FFN (`TP2D.up` / `TP2D.down`: its tokens'
+X on the block's top row, d split over the block's columns). The router runs on the layer's
+top row (each column multiplies its d-shard by its rows of ``w_router``; the logits reduce
+into the leader, which picks the experts and broadcasts the choice along the row).
+
+Traffic (`MoEFFN.ffn`): dispatch, for each expert with tokens, every top-row core sends its
+d-shard of those tokens to the block top-row core that holds that part of d (`Unicast`,
+color `dispatch`; several top-row cores feed one block core); the expert runs; collect, every
+block top-row core sends each top-row core its part of the expert's output (`Unicast`, color
+`collect`); the top row combines (`L{i}.combine`: the weighted sum) once every expert's
+output has arrived, so the layer waits for the slowest expert. Experts on separate blocks run
+at once; the dispatch and collect streams share the top row's and the columns' links.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from mapper.placement import MappingError, slot_grids
+from mapper.strategies.tp2d import TP2D, Layout, _deps, layer_buffers
+from workloads.graph import ExpertOp, build_graph, ops_in_order
+from workloads.models import GPTConfig
+from workloads.routing import Routing, make_routing
+from wse_sim.hardware import DTYPE_BYTES
+from wse_sim.program import Dep, Region, Unicast, wavelets_for
+
+MOE_LAYOUTS = ("blocks", "strips")
+MOE_COLORS = {"dispatch": 10, "collect": 11}
+
+
+def check_moe_layout(layout: str) -> None:
+    if layout not in MOE_LAYOUTS:
+        raise MappingError(f"moe_layout: got {layout!r}, must be one of {', '.join(MOE_LAYOUTS)}")
+
+
+def expert_blocks(reg: Region, n: int, layout: str) -> list[Region]:
+    """The block of each of `n` experts inside `reg` (module docstring)."""
+    check_moe_layout(layout)
+    nb = min(n, reg.size)
+    if layout == "strips":
+        gx = min(nb, reg.cols)
+        gy = math.ceil(nb / gx)
+        grid = (gx, gy, reg.cols // gx, reg.rows // gy)
+    else:
+        sg = slot_grids(reg.cols, reg.rows, nb)[0]
+        grid = (sg.gx, sg.gy, sg.cols, sg.rows)
+    gx, _, cb, rb = grid
+    blocks = [Region(reg.x + (b % gx) * cb, reg.y + (b // gx) * rb, cb, rb) for b in range(nb)]
+    return [blocks[e % nb] for e in range(n)]
+
+
+def expert_slots(cfg: GPTConfig) -> list[tuple[str, int]]:
+    """(op prefix within a layer, expert id) of every expert: routed first, then shared."""
+    moe = cfg.moe
+    return [("expert", e) for e in range(moe.n_experts)] + \
+        [("shared", j) for j in range(moe.n_shared_experts)]
+
+
+def _per_token_ops(cfg: GPTConfig, dtype: str) -> dict:
+    """One routed expert's ops for one token, by op name within an expert (``ffn_up``, ...):
+    (flops, bytes_in, bytes_out, elements) per token (from a graph where each expert gets
+    top_k tokens: exact integer division)."""
+    E, k = cfg.moe.n_experts, cfg.moe.top_k
+    g = build_graph(cfg, "decode", batch=E, context=1, dtype=dtype)
+    layer = next(i for i in range(cfg.n_layers) if cfg.is_moe_layer(i))
+    out = {}
+    for op in ops_in_order(g):
+        if isinstance(op, ExpertOp) and not op.shared and op.expert == 0 and op.layer == layer:
+            out[op.name.rsplit(".", 1)[1]] = tuple(v // k for v in (
+                op.flops, op.bytes_in, op.bytes_out, op.elements))
+    return out
+
+
+def moe_ops(ops: dict, cfg: GPTConfig, dtype: str, routing: Routing) -> dict:
+    """The op graph's ops with every routed expert's ops sized by the tokens `routing` sends
+    it in that layer (the graph itself has one token split for every layer)."""
+    per = _per_token_ops(cfg, dtype)
+    counts = {i: routing.counts(i) for i in routing.choices}
+    out = {}
+    for name, op in ops.items():
+        if isinstance(op, ExpertOp) and not op.shared and op.phase == "fwd":
+            t = counts[op.layer][op.expert]
+            f, bi, bo, el = per[name.rsplit(".", 1)[1]]
+            kw = {"m": t} if op.is_gemm else {}
+            op = dataclasses.replace(op, flops=f * t, bytes_in=bi * t, bytes_out=bo * t,
+                                     elements=el * t, tokens=t, **kw)
+        out[name] = op
+    return out
+
+
+def _max_tokens(cfg: GPTConfig, routing: Routing, tokens: int) -> int:
+    most = max(max(routing.counts(i)) for i in routing.choices)
+    return max(most, tokens if cfg.moe.n_shared_experts else 0)
+
+
+def moe_layer_buffers(run, lay: Layout, weight_layers: int = 1,
+                      layers: range | None = None) -> dict[str, int]:
+    """SRAM bytes per core on the fullest core of a region holding the `layers` (default:
+    the fullest one) of an MoE model: `tp2d.layer_buffers` of the attention, the dense
+    layers' FFNs and, for the MoE layers, the router on the top row, the experts' weights
+    on their blocks and their activations (tokens dispatched, partial sums, outputs
+    collected on the top row)."""
+    cfg, b = run.cfg, DTYPE_BYTES[run.dtype]
+    moe, T = cfg.moe, run.chunk_tokens
+    dense = cfg.with_overrides(moe=None)
+    out = layer_buffers(dense, lay, T, run.keys, run.batch, run.dtype,
+                        weight_layers=weight_layers, reduce_algo=run.reduce_algo)
+    R, C, d, f = lay.reg.rows, lay.reg.cols, cfg.d_model, moe.d_expert
+    attn_w = sum(k * n for k, n in cfg.attn_weight_shapes().values())
+    ffn_w = sum(k * n for k, n in cfg.ffn_weight_shapes(cfg.d_ffn).values())
+    attn = math.ceil(attn_w / (lay.rows_att * C))
+    dense_pc = attn + math.ceil(ffn_w / (R * C)) + math.ceil(dense.layer_small_params() / C)
+    blocks = expert_blocks(lay.reg, len(expert_slots(cfg)), run.moe_layout)
+    n_w = len(cfg.expert_weight_shapes())
+    per_block: dict[Region, int] = {}
+    for blk in blocks:
+        per_block[blk] = per_block.get(blk, 0) + \
+            math.ceil(d / blk.cols) * math.ceil(f / blk.rows) * n_w
+    moe_small = max(cfg.layer_small_params(i) for i in range(cfg.n_layers)
+                    if cfg.is_moe_layer(i))
+    moe_pc = attn + math.ceil(d * moe.n_experts / C) + math.ceil(moe_small / C) \
+        + max(per_block.values())
+    layers = layers if layers is not None else range(cfg.n_layers)
+    kinds = [cfg.is_moe_layer(i) for i in layers]
+    if weight_layers == 1:
+        out["weights"] = max(moe_pc if m else dense_pc for m in kinds) * b
+    else:
+        out["weights"] = sum(moe_pc if m else dense_pc for m in kinds) * b
+    t = _max_tokens(cfg, run.routing, T)
+    small = min(blocks, key=lambda r: (r.cols, r.rows))
+    swi = 2 if cfg.activation == "swiglu" else 1
+    out["partial"] = max(out["partial"], 4 * t * math.ceil(f / small.rows) * swi,
+                         4 * T * moe.n_experts)
+    out["expert_x"] = 2 * t * math.ceil(d / small.cols) * b
+    out["expert_outputs"] = (moe.top_k + moe.n_shared_experts) * T * math.ceil(d / C) * b
+    return out
+
+
+class MoEFFN:
+    """Emits the FFN of an MoE layer (router, dispatch, experts, collect, combine) for `TP2D`
+    (`TP2D.moe`); `routing` sizes every expert's work and traffic in every layer."""
+
+    def __init__(self, cfg: GPTConfig, routing: Routing, layout: str):
+        check_moe_layout(layout)
+        self.cfg, self.routing, self.layout = cfg, routing, layout
+        self.records = {"dispatch": 0, "collect": 0}
+
+    def ffn(self, tp: TP2D, i: int, lay: Layout, dep, weight_dep=None) -> int:
+        """Layer i's MoE FFN after norm2 (X on the top row); returns the combine record."""
+        if tp.share != (0, 1):
+            raise NotImplementedError("MoE layers in prefill chunks or micro-batches are not "
+                                      "mapped (each part would need its own routing); use "
+                                      "chunks 1 and a region whose buffers fit")
+        cfg, moe, p, T = self.cfg, self.cfg.moe, f"L{i}.", tp.tokens
+        row0 = lay.row0
+        dep = tp.compute(p + "router", row0, _deps(dep) + _deps(weight_dep), fmac=True)
+        dep = tp.reduce(p + "router.reduce", row0, "x", T * moe.n_experts, dep,
+                        color="row_reduce")
+        dep = tp.compute(p + "route", Region(row0.x, row0.y, 1, 1), dep, fmac=False)
+        choice = tp.stream(p + "route.bcast", row0, "x", 1, 2 * T * moe.top_k, dep,
+                           reduce=False, color="row_bcast")
+        counts = self.routing.counts(i)
+        blocks = expert_blocks(lay.reg, len(expert_slots(cfg)), self.layout)
+        ends = []
+        for (kind, e), blk in zip(expert_slots(cfg), blocks, strict=True):
+            pre = f"{p}{kind}{e}."
+            t = T if kind == "shared" else counts[e]
+            names = [pre + n for n in ("ffn_up", "ffn_gate", "act", "ffn_down")]
+            if t == 0:  # chosen by no token: no traffic, no work (its ops have 0 FLOPs)
+                tp.emitted.update(n for n in names if n in tp.ops)
+                continue
+            ends += self._expert(tp, pre, row0, blk, t, choice, weight_dep)
+        deps = tuple(Dep(r, "all") for r in ends) + _deps(choice)
+        return tp.compute(p + "combine", row0, deps, fmac=False)
+
+    def _expert(self, tp: TP2D, pre: str, row0: Region, blk: Region, t: int, choice,
+                weight_dep) -> list[int]:
+        """One expert on its block for its `t` tokens; returns the records its output's
+        arrival on the top row waits for."""
+        cfg, T = self.cfg, tp.tokens
+        sent = self._dispatch(tp, pre, row0, blk, t, choice)
+        start = tuple(Dep(r, "all") for r in sent) or _deps(choice)
+        elay = Layout(blk, 1, 1)
+        rows_f = math.ceil(cfg.moe.d_expert / blk.rows)
+        swi = 2 if cfg.activation == "swiglu" else 1
+        tp.tokens = t
+        try:
+            a = tp.up(elay, blk, [pre + "ffn_up", pre + "ffn_gate"], start, t * rows_f * swi,
+                      pre + "ffn", weight_dep=weight_dep)
+            a = tp.compute(pre + "act", elay.lead, a, fmac=False)
+            a = tp.down(elay, blk, [pre + "ffn_down"], a, t * rows_f, pre + "down",
+                        weight_dep=weight_dep)
+        finally:
+            tp.tokens = T
+        back = self._collect(tp, pre, row0, blk, t, a)
+        return back or [a]
+
+    @staticmethod
+    def _owner(j: int, C: int, cb: int) -> int:
+        """The block column that holds (most of) top-row column j's d-shard."""
+        return j * cb // C
+
+    def _dispatch(self, tp: TP2D, pre: str, row0: Region, blk: Region, t: int,
+                  choice) -> list[int]:
+        """Top-row cores send their d-shard of the expert's tokens to the block's top row."""
+        C, cb, y = row0.cols, blk.cols, blk.y
+        w = wavelets_for(t * math.ceil(self.cfg.d_model / C), tp.dtype)
+        out = []
+        for jb in range(cb):
+            src = [row0.x + j for j in range(C) if self._owner(j, C, cb) == jb]
+            dest = (blk.x + jb, y)
+            for xs in _runs([x for x in src if (x, row0.y) != dest]):
+                reg = Region(xs[0], row0.y, len(xs), 1)
+                out.append(tp.pb.add(Unicast(f"{pre}dispatch", reg, w, to=dest,
+                                             color=MOE_COLORS["dispatch"], deps=_deps(choice))))
+        self.records["dispatch"] += len(out)
+        return out
+
+    def _collect(self, tp: TP2D, pre: str, row0: Region, blk: Region, t: int,
+                 dep) -> list[int]:
+        """Each block top-row core sends every top-row core its part of the output."""
+        C, cb = row0.cols, blk.cols
+        w = wavelets_for(t * math.ceil(self.cfg.d_model / C), tp.dtype)
+        out = []
+        for j in range(C):
+            src = (blk.x + self._owner(j, C, cb), blk.y)
+            dest = (row0.x + j, row0.y)
+            if src == dest:
+                continue
+            out.append(tp.pb.add(Unicast(f"{pre}collect", Region(*src, 1, 1), w, to=dest,
+                                         color=MOE_COLORS["collect"], deps=_deps(dep))))
+        self.records["collect"] += len(out)
+        return out
+
+    def meta(self) -> dict:
+        """What the program's meta says about the MoE layers."""
+        r = self.routing
+        layers = sorted(r.choices)
+        return {"routing": r.spec, "moe_layout": self.layout,
+                "expert_tokens": {str(i): list(r.counts(i)) for i in layers},
+                "max_imbalance": max(r.imbalance(i) for i in layers),
+                "moe_records": dict(self.records)}
+
+
+def _runs(xs: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted integers."""
+    out: list[list[int]] = []
+    for x in xs:
+        if out and out[-1][-1] + 1 == x:
+            out[-1].append(x)
+        else:
+            out.append([x])
+    return out
+
+
+def router_choices(cfg: GPTConfig, run, seed: int) -> dict:
+    """{MoE layer: (tokens, k) expert ids} the model's router picks on the weights and tokens
+    that `functional_model.random_case` draws from `seed` (weights rounded to the run's
+    dtype)."""
+    from workloads import reference
+
+    weights = reference.init_weights(cfg, seed)
+    rng = np.random.default_rng(seed)
+    w = {k: _round(v, run.dtype).astype(np.float64) for k, v in weights.items()}
+    start = run.context if run.phase == "decode" else 0
+    sq = 1 if run.phase == "decode" else run.prompt
+    kv = None
+    if start:
+        prompt = rng.integers(0, cfg.vocab_size, (run.batch, start))
+        _, kv = reference.forward(cfg, w, prompt)
+    tokens = rng.integers(0, cfg.vocab_size, (run.batch, sq))
+    routes: dict = {}
+    reference.forward(cfg, w, tokens, kv_cache=kv, start_pos=start, routes=routes)
+    return {i: idx for i, (idx, _) in routes.items()}
+
+
+def _round(x: np.ndarray, dtype: str) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if dtype == "fp16":
+        return x.astype(np.float16).astype(np.float32)
+    if dtype == "bf16":
+        u = x.view(np.uint32).astype(np.uint64)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.astype(np.uint32).view(np.float32)
+    return x
+
+
+def moe_run(run, spec: str, layout: str, seed: int):
+    """`run` (a `common.Run` of an MoE model) with its routing and expert layout; refuses what
+    is not mapped."""
+    check_moe_layout(layout)
+    if run.phase == "train":
+        raise NotImplementedError(f"MoE training is not mapped: {run.cfg.name} (no MoE backward "
+                                  "in the reference either); map prefill or decode")
+    routing = make_routing(spec, run.cfg, run.tokens, seed=seed,
+                           router_case=lambda: router_choices(run.cfg, run, seed))
+    return dataclasses.replace(run, routing=routing, moe_layout=layout)
+
+
+def check_moe_strategy(cfg: GPTConfig, strategy: str, functional: bool) -> None:
+    """What is not mapped for MoE models yet, by strategy."""
+    if not cfg.is_moe:
+        return
+    if functional:
+        raise NotImplementedError(f"functional MoE mapping is not implemented: {cfg.name} "
+                                  "(the router, dispatch, expert and combine records carry no "
+                                  "DataOps yet); run it timing-only")
+    if strategy == "weight-streaming":
+        raise NotImplementedError(f"weight-streaming of an MoE model is not mapped: {cfg.name} "
+                                  "(streaming only the chosen experts' weights); use "
+                                  "layer-pipelined or layer-sequential")
