@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
     run.add_argument("--sparsity", type=fraction, default=0.0,
                      help="fraction of zero weights the cores skip")
+    run.add_argument("--routing", default=None, metavar="SPEC",
+                     help="MoE: uniform (default), skewed:ALPHA, router or a .csv/.json file")
+    run.add_argument("--moe-layout", default="blocks", choices=("blocks", "strips", "bands"))
     run.add_argument("--show-program", action="store_true",
                      help="print the Program IR instead of simulating it")
     run.add_argument("--functional", action="store_true",
@@ -193,7 +196,8 @@ def cmd_run(args) -> int:
                             dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
                             functional=args.functional, chunks=args.chunks,
                             micro_batches=args.micro_batches, region_shape=args.region_shape,
-                            reduce_algo=args.reduce_algo, attention=args.attention)
+                            reduce_algo=args.reduce_algo, attention=args.attention,
+                            routing=args.routing, moe_layout=args.moe_layout)
     if getattr(args, "save_program", None):
         from wse_sim.cli_program import save_requested
         save_requested(program, args)

@@ -7,7 +7,9 @@ Placement (`expert_blocks`): the region's R x C cores are cut into blocks, one p
 - ``blocks``: the slot grid of `mapper.placement.slot_grids` with the most cores per block,
   then the squarest block;
 - ``strips``: column strips side by side (one row of blocks; more rows only when there are
-  more experts than columns).
+  more experts than columns);
+- ``bands``: full-width row bands, one under the other (an expert's d-shards sit under the
+  top row's: dispatch and collect run straight down and up the columns).
 
 With more experts than cores, experts share blocks (expert e on block e mod blocks). Each
 expert's FFN is laid out on its block like a dense FFN (`TP2D.up` / `TP2D.down`: its tokens'
@@ -39,7 +41,7 @@ from workloads.routing import Routing, make_routing
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Dep, Region, Unicast, wavelets_for
 
-MOE_LAYOUTS = ("blocks", "strips")
+MOE_LAYOUTS = ("blocks", "strips", "bands")
 MOE_COLORS = {"dispatch": 10, "collect": 11}
 
 
@@ -51,8 +53,10 @@ def check_moe_layout(layout: str) -> None:
 def expert_blocks(reg: Region, n: int, layout: str) -> list[Region]:
     """The block of each of `n` experts inside `reg` (module docstring)."""
     check_moe_layout(layout)
-    nb = min(n, reg.size)
-    if layout == "strips":
+    nb = min(n, reg.rows if layout == "bands" else reg.size)
+    if layout == "bands":
+        grid = (1, nb, reg.cols, reg.rows // nb)
+    elif layout == "strips":
         gx = min(nb, reg.cols)
         gy = math.ceil(nb / gx)
         grid = (gx, gy, reg.cols // gx, reg.rows // gy)

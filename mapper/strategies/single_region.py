@@ -48,8 +48,8 @@ from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
 
 
-def _layer_weight_bytes(run: Run) -> int:
-    return run.cfg.layer_params() * run.bytes
+def _layer_weight_bytes(run: Run, i: int) -> int:
+    return run.cfg.layer_params(i) * run.bytes
 
 
 def map_layer_sequential(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
@@ -158,7 +158,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
         after = ((io_prev,) if io_prev is not None else ()) + \
             ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
-        w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run), after)
+        w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run, i), after)
         io_prev = w if w is not None else io_prev
         for c in range(n):  # every chunk through layer i, then on to layer i + 1
             tp.share, tp.fl = (c, n), fls[c]
@@ -186,14 +186,14 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             pb.add(IoTransfer("lm_head.grads.out", reg, cfg.d_model * cfg.vocab_size * run.bytes,
                               "out", deps=tuple(Dep(g, "all") for g in head_grads)))
         for i in range(L - 1, -1, -1):
-            w = stream_in(f"L{i}.weights.bwd.in", _layer_weight_bytes(run),
+            w = stream_in(f"L{i}.weights.bwd.in", _layer_weight_bytes(run, i),
                           ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
             io_prev = w if w is not None else io_prev
             dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
                                      bufs=bufs[0][i] if fl is not None else None)
             adam_names = [f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]]
             if streaming:
-                pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run), "out",
+                pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run, i), "out",
                                   deps=tuple(Dep(g, "all") for g in grads)))
             else:
                 tp.optimizer(adam_names, reg, tuple(grads))
