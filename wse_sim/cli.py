@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of zero weights the cores skip")
     run.add_argument("--routing", default=None, metavar="SPEC",
                      help="MoE: uniform (default), skewed:ALPHA, router or a .csv/.json file")
-    run.add_argument("--moe-layout", default="blocks", choices=("blocks", "strips", "bands"))
+    run.add_argument("--moe-layout", default=None, choices=("blocks", "strips", "bands"))
     run.add_argument("--show-program", action="store_true",
                      help="print the Program IR instead of simulating it")
     run.add_argument("--functional", action="store_true",

@@ -35,7 +35,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
                   micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain",
                   attention: str = "auto", routing: str | None = None,
-                  moe_layout: str = "blocks", seed: int = 0):
+                  moe_layout: str | None = None, seed: int = 0):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);

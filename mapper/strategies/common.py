@@ -107,7 +107,7 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
              context: int, dtype: str, grid: int | None, sparsity: float,
              chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
              attention: str = "auto", routing: str | None = None,
-             moe_layout: str = "blocks", seed: int = 0) -> Run:
+             moe_layout: str | None = None, seed: int = 0, functional: bool = False) -> Run:
     if routing is not None and not cfg.is_moe:
         raise MappingError(f"routing: got {routing!r}, but model {cfg.name} has no experts")
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
@@ -127,7 +127,7 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
               micro_batches, reduce_algo, attention)
     if cfg.is_moe:
         from mapper.strategies.moe_layer import moe_run
-        run = moe_run(run, routing or "uniform", moe_layout, seed)
+        run = moe_run(run, routing, moe_layout, seed, functional)
     return run
 
 

@@ -107,7 +107,7 @@ def _head_cols(w: np.ndarray, heads: list[int], slots: int, hd: int) -> np.ndarr
 
 def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict,
                   kv_cache) -> None:
-    cfg, C, R, hd = fl.cfg, fl.cols, fl.rows, fl.hd
+    cfg, hd = fl.cfg, fl.hd
     p = f"L{i}."
     for key, norm in (("ln1", "ln1"), ("ln2", "ln2")):
         arr = _zeros(program, b(key))
@@ -130,6 +130,18 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
             rows = _head_cols(w[p + "w_o"].T, fl.row_heads(r), fl.hpr, hd).T
             arr[r] = _cols(rows, fl, 1)
         out[b("wo")] = arr
+    if cfg.is_moe_layer(i):
+        from mapper.strategies.moe_functional import moe_inputs
+        moe_inputs(program, fl, w, i, b, out)
+    else:
+        _ffn_inputs(program, fl, w, p, b, out)
+    if kv_cache is None:  # nothing cached yet: the KV tiles start at zero
+        return
+    _kv_inputs(program, fl, i, b, out, kv_cache)
+
+
+def _ffn_inputs(program, fl: FLayout, w: dict, p: str, b: LayerBufs, out: dict) -> None:
+    cfg, C, R = fl.cfg, fl.cols, fl.rows
     F = fl.fr * R
     names = [("wup", "w_up")] + ([("wgate", "w_gate")] if cfg.activation == "swiglu" else [])
     for key, name in names:  # core (j, r): W[d-shard j, f-shard r]
@@ -137,8 +149,10 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
         out[b(key)] = wp.transpose(2, 0, 1, 3)
     wp = _pad(w[p + "w_down"], (F, C * fl.dc)).reshape(R, fl.fr, C, fl.dc)
     out[b("wdown")] = wp.transpose(0, 2, 1, 3)
-    if kv_cache is None:  # nothing cached yet: the KV tiles start at zero
-        return
+
+
+def _kv_inputs(program, fl: FLayout, i: int, b: LayerBufs, out: dict, kv_cache) -> None:
+    cfg, C, hd = fl.cfg, fl.cols, fl.hd
     arr = _zeros(program, b("kv"))
     ks, vs = kv_cache[i]
     for t, src in ((0, ks), (1, vs)):

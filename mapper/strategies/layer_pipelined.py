@@ -38,7 +38,12 @@ from mapper.strategies.functional_layout import (
     layer_recv_tiles,
     make_layout,
 )
-from mapper.strategies.moe_layer import MoEFFN, check_moe_strategy, moe_layer_buffers
+from mapper.strategies.moe_layer import (
+    MoEFFN,
+    check_moe_strategy,
+    functional_tiles,
+    moe_layer_buffers,
+)
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -102,7 +107,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         functional: bool = False, chunks: int = 1, micro_batches: int = 1,
                         region_shape: int = 0, reduce_algo: str = "chain",
                         attention: str = "auto", routing: str | None = None,
-                        moe_layout: str = "blocks", seed: int = 0) -> Program:
+                        moe_layout: str | None = None, seed: int = 0) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -141,7 +146,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
-                   routing=routing, moe_layout=moe_layout, seed=seed)
+                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional)
     check_total_weights(run)
     run = resolve_attention(run, lambda r: choose_slots(r, region_shape)[2])
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
@@ -297,6 +302,7 @@ def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lay
                 for p, fp in enumerate(fls):
                     tiles |= shared_tiles(fp.layer_tiles(lay, bufs[p][i], weights=False),
                                      bufs[p][i].a)
+            tiles = functional_tiles(f0, run, lay, bufs[0][i], i, tiles)
             if i == L - 1:
                 tiles |= fls[-1].lnf_tiles(lay.row0, True)
                 if train:

@@ -34,12 +34,13 @@ import math
 import numpy as np
 
 from mapper.placement import MappingError, slot_grids
+from mapper.strategies import moe_functional as mf
 from mapper.strategies.tp2d import TP2D, Layout, _deps, layer_buffers
 from workloads.graph import ExpertOp, build_graph, ops_in_order
 from workloads.models import GPTConfig
 from workloads.routing import Routing, make_routing
 from wse_sim.hardware import DTYPE_BYTES
-from wse_sim.program import Dep, Region, Unicast, wavelets_for
+from wse_sim.program import Compute, Dep, Region, Unicast, wavelets_for
 
 MOE_LAYOUTS = ("blocks", "strips", "bands")
 MOE_COLORS = {"dispatch": 10, "collect": 11}
@@ -163,55 +164,72 @@ class MoEFFN:
         check_moe_layout(layout)
         self.cfg, self.routing, self.layout = cfg, routing, layout
         self.records = {"dispatch": 0, "collect": 0}
+        self.slots: dict = {}  # per MoE layer: [kind, id, block rect, tokens] per expert
 
-    def ffn(self, tp: TP2D, i: int, lay: Layout, dep, weight_dep=None) -> int:
-        """Layer i's MoE FFN after norm2 (X on the top row); returns the combine record."""
+    def ffn(self, tp: TP2D, i: int, lay: Layout, dep, weight_dep=None, bufs=None) -> int:
+        """Layer i's MoE FFN after norm2 (X on the top row); returns the combine record.
+        Functional (`tp.fl`, `bufs`): every record carries its DataOp (`moe_functional`)."""
         if tp.share != (0, 1):
             raise NotImplementedError("MoE layers in prefill chunks or micro-batches are not "
                                       "mapped (each part would need its own routing); use "
                                       "chunks 1 and a region whose buffers fit")
         cfg, moe, p, T = self.cfg, self.cfg.moe, f"L{i}.", tp.tokens
+        fd = mf.router_data(cfg, bufs) if tp.fl is not None else {}
         row0 = lay.row0
-        dep = tp.compute(p + "router", row0, _deps(dep) + _deps(weight_dep), fmac=True)
-        dep = tp.reduce(p + "router.reduce", row0, "x", T * moe.n_experts, dep,
-                        color="row_reduce")
-        dep = tp.compute(p + "route", Region(row0.x, row0.y, 1, 1), dep, fmac=False)
+        dep = tp.compute(p + "router", row0, _deps(dep) + _deps(weight_dep), fmac=True,
+                         data=fd.get("router"))
+        # the logits add up in fp32 (a chain along the row), the choice travels as fp32
+        dep = tp.stream(p + "router.reduce", row0, "x", -1, T * moe.n_experts, dep,
+                        reduce=True, color="row_reduce", dtype="fp32",
+                        data=fd.get("router.reduce"))
+        dep = tp.compute(p + "route", Region(row0.x, row0.y, 1, 1), dep, fmac=False,
+                         data=fd.get("route"))
         choice = tp.stream(p + "route.bcast", row0, "x", 1, 2 * T * moe.top_k, dep,
-                           reduce=False, color="row_bcast")
+                           reduce=False, color="row_bcast", dtype="fp32",
+                           data=fd.get("route.bcast"))
         counts = self.routing.counts(i)
         blocks = expert_blocks(lay.reg, len(expert_slots(cfg)), self.layout)
-        ends = []
+        ends, used, slots = [], [], []
         for (kind, e), blk in zip(expert_slots(cfg), blocks, strict=True):
             pre = f"{p}{kind}{e}."
             t = T if kind == "shared" else counts[e]
+            slots.append([kind, e, [blk.x, blk.y, blk.cols, blk.rows], t])
             names = [pre + n for n in ("ffn_up", "ffn_gate", "act", "ffn_down")]
             if t == 0:  # chosen by no token: no traffic, no work (its ops have 0 FLOPs)
                 tp.emitted.update(n for n in names if n in tp.ops)
                 continue
-            ends += self._expert(tp, pre, row0, blk, t, choice, weight_dep)
+            d = mf.expert_data(cfg, bufs, kind, e, blk) if tp.fl is not None else {}
+            ends += self._expert(tp, pre, row0, blk, t, choice, weight_dep, d)
+            used.append((kind, e))
+        self.slots[str(i)] = slots
         deps = tuple(Dep(r, "all") for r in ends) + _deps(choice)
-        return tp.compute(p + "combine", row0, deps, fmac=False)
+        return tp.compute(p + "combine", row0, deps, fmac=False,
+                          data=mf.combine_data(cfg, bufs, used) if tp.fl is not None else None)
 
     def _expert(self, tp: TP2D, pre: str, row0: Region, blk: Region, t: int, choice,
-                weight_dep) -> list[int]:
-        """One expert on its block for its `t` tokens; returns the records its output's
-        arrival on the top row waits for."""
+                weight_dep, d: dict) -> list[int]:
+        """One expert on its block for its `t` tokens (the top row first gathers their rows);
+        returns the records its output's arrival on the top row waits for."""
         cfg, T = self.cfg, tp.tokens
-        sent = self._dispatch(tp, pre, row0, blk, t, choice)
-        start = tuple(Dep(r, "all") for r in sent) or _deps(choice)
+        rows_bytes = t * cfg.d_model * DTYPE_BYTES[tp.dtype]
+        g = tp.pb.add(Compute(pre + "gather", row0, 0, tp.dtype, "vector",
+                              sram_read_bytes=rows_bytes, sram_write_bytes=rows_bytes,
+                              deps=_deps(choice), data=d.get("gather")))
+        sent = self._dispatch(tp, pre, row0, blk, t, g, d.get("dispatch"))
+        start = tuple(Dep(r, "all") for r in sent) or _deps(g)
         elay = Layout(blk, 1, 1)
         rows_f = math.ceil(cfg.moe.d_expert / blk.rows)
         swi = 2 if cfg.activation == "swiglu" else 1
         tp.tokens = t
         try:
             a = tp.up(elay, blk, [pre + "ffn_up", pre + "ffn_gate"], start, t * rows_f * swi,
-                      pre + "ffn", weight_dep=weight_dep)
-            a = tp.compute(pre + "act", elay.lead, a, fmac=False)
+                      pre + "ffn", weight_dep=weight_dep, d=d, key="ffn")
+            a = tp.compute(pre + "act", elay.lead, a, fmac=False, data=d.get("act"))
             a = tp.down(elay, blk, [pre + "ffn_down"], a, t * rows_f, pre + "down",
-                        weight_dep=weight_dep)
+                        weight_dep=weight_dep, d=d, key="down")
         finally:
             tp.tokens = T
-        back = self._collect(tp, pre, row0, blk, t, a)
+        back = self._collect(tp, pre, row0, blk, t, a, d.get("collect"))
         return back or [a]
 
     @staticmethod
@@ -220,7 +238,7 @@ class MoEFFN:
         return j * cb // C
 
     def _dispatch(self, tp: TP2D, pre: str, row0: Region, blk: Region, t: int,
-                  choice) -> list[int]:
+                  choice, data=None) -> list[int]:
         """Top-row cores send their d-shard of the expert's tokens to the block's top row."""
         C, cb, y = row0.cols, blk.cols, blk.y
         w = wavelets_for(t * math.ceil(self.cfg.d_model / C), tp.dtype)
@@ -231,12 +249,13 @@ class MoEFFN:
             for xs in _runs([x for x in src if (x, row0.y) != dest]):
                 reg = Region(xs[0], row0.y, len(xs), 1)
                 out.append(tp.pb.add(Unicast(f"{pre}dispatch", reg, w, to=dest,
-                                             color=MOE_COLORS["dispatch"], deps=_deps(choice))))
+                                             color=MOE_COLORS["dispatch"], deps=_deps(choice),
+                                             data=data)))
         self.records["dispatch"] += len(out)
         return out
 
     def _collect(self, tp: TP2D, pre: str, row0: Region, blk: Region, t: int,
-                 dep) -> list[int]:
+                 dep, data=None) -> list[int]:
         """Each block top-row core sends every top-row core its part of the output."""
         C, cb = row0.cols, blk.cols
         w = wavelets_for(t * math.ceil(self.cfg.d_model / C), tp.dtype)
@@ -247,7 +266,8 @@ class MoEFFN:
             if src == dest:
                 continue
             out.append(tp.pb.add(Unicast(f"{pre}collect", Region(*src, 1, 1), w, to=dest,
-                                         color=MOE_COLORS["collect"], deps=_deps(dep))))
+                                         color=MOE_COLORS["collect"], deps=_deps(dep),
+                                         data=data)))
         self.records["collect"] += len(out)
         return out
 
@@ -258,7 +278,7 @@ class MoEFFN:
         return {"routing": r.spec, "moe_layout": self.layout,
                 "expert_tokens": {str(i): list(r.counts(i)) for i in layers},
                 "max_imbalance": max(r.imbalance(i) for i in layers),
-                "moe_records": dict(self.records)}
+                "moe_records": dict(self.records), "slots": self.slots}
 
 
 def _runs(xs: list[int]) -> list[list[int]]:
@@ -304,27 +324,44 @@ def _round(x: np.ndarray, dtype: str) -> np.ndarray:
     return x
 
 
-def moe_run(run, spec: str, layout: str, seed: int):
+def moe_run(run, spec: str | None, layout: str | None, seed: int, functional: bool = False):
     """`run` (a `common.Run` of an MoE model) with its routing and expert layout; refuses what
-    is not mapped."""
+    is not mapped. Defaults: routing `uniform` (functional: `router`), layout `blocks`
+    (functional: `bands`)."""
+    spec = spec or ("router" if functional else "uniform")
+    layout = layout or ("bands" if functional else "blocks")
     check_moe_layout(layout)
     if run.phase == "train":
         raise NotImplementedError(f"MoE training is not mapped: {run.cfg.name} (no MoE backward "
                                   "in the reference either); map prefill or decode")
     routing = make_routing(spec, run.cfg, run.tokens, seed=seed,
                            router_case=lambda: router_choices(run.cfg, run, seed))
-    return dataclasses.replace(run, routing=routing, moe_layout=layout)
+    run = dataclasses.replace(run, routing=routing, moe_layout=layout)
+    if functional:
+        mf.check_functional(run.cfg, run)
+    return run
 
 
 def check_moe_strategy(cfg: GPTConfig, strategy: str, functional: bool) -> None:
-    """What is not mapped for MoE models yet, by strategy."""
+    """What is not mapped for MoE models yet, by strategy (functional: `moe_functional`)."""
     if not cfg.is_moe:
         return
-    if functional:
-        raise NotImplementedError(f"functional MoE mapping is not implemented: {cfg.name} "
-                                  "(the router, dispatch, expert and combine records carry no "
-                                  "DataOps yet); run it timing-only")
     if strategy == "weight-streaming":
         raise NotImplementedError(f"weight-streaming of an MoE model is not mapped: {cfg.name} "
                                   "(streaming only the chosen experts' weights); use "
                                   "layer-pipelined or layer-sequential")
+
+
+def functional_tiles(fl, run, lay: Layout, bufs, i: int, tiles: dict) -> dict:
+    """`tiles` with MoE layer i's (`moe_functional.moe_tiles`) in place of its dense FFN's
+    (its weights, and its scratch when the layer has its own activations); `tiles` itself
+    for a dense layer."""
+    if not run.cfg.is_moe_layer(i):
+        return tiles
+    drop = {bufs(k) for k in ("wup", "wgate", "wdown")}
+    if bufs.a == bufs.w:
+        drop |= {bufs(k) for k in ("fpart", "act")}
+    slots = expert_slots(run.cfg)
+    moe = mf.moe_tiles(fl, run, lay, bufs, i, expert_blocks(lay.reg, len(slots),
+                                                            run.moe_layout), slots)
+    return {k: v for k, v in tiles.items() if k not in drop} | moe

@@ -41,7 +41,12 @@ from mapper.strategies.functional_layout import (
     layer_recv_tiles,
     make_layout,
 )
-from mapper.strategies.moe_layer import MoEFFN, check_moe_strategy, moe_layer_buffers
+from mapper.strategies.moe_layer import (
+    MoEFFN,
+    check_moe_strategy,
+    functional_tiles,
+    moe_layer_buffers,
+)
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -66,7 +71,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
-         attention: str = "auto", routing: str | None = None, moe_layout: str = "blocks",
+         attention: str = "auto", routing: str | None = None, moe_layout: str | None = None,
          seed: int = 0) -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
@@ -78,7 +83,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
-                   routing=routing, moe_layout=moe_layout, seed=seed)
+                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional)
     name = "weight-streaming" if streaming else "layer-sequential"
     check_moe_strategy(cfg, name, functional)
     if micro_batches > 1:
@@ -132,6 +137,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         bufs = [[part_bufs(i, c, parts, False, False, acts=f"act.l{i % 2}") for i in range(L)]
                 for c in range(n)]
     tiles = None if fl is None else _tiles(fls, parts, bufs, lay, reg, train, run.reduce_algo)
+    for i in range(L if tiles is not None else 0):
+        tiles = functional_tiles(fl, run, lay, bufs[0][i], i, tiles)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
     tp.moe = MoEFFN(cfg, run.routing, run.moe_layout) if cfg.is_moe else None

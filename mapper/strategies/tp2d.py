@@ -288,8 +288,9 @@ class TP2D:
         if self.cfg.is_moe_layer(i):
             if self.moe is None:
                 raise NotImplementedError(f"layer {i} is an MoE layer: TP2D.moe is not set")
-            dep = self.moe.ffn(self, i, lay, dep, weight_dep)
-            return self.compute(p + "residual2", lay.row0, dep, fmac=False)
+            dep = self.moe.ffn(self, i, lay, dep, weight_dep, bufs)
+            return self.compute(p + "residual2", lay.row0, dep, fmac=False,
+                                data=d.get("residual2"))
         s = self.sizes(lay)
         dep = self.up(lay, lay.reg, [p + "ffn_up", p + "ffn_gate"], dep, s["ffn_out"],
                       p + "ffn", weight_dep=weight_dep, d=d, key="ffn")
