@@ -1,6 +1,7 @@
 """MoE models on the wafer (docs/moe.md, "On the wafer"): experts on blocks of each layer
 region, tokens routed to them and back as fabric traffic; both engines agree to the cycle,
-FLOPs are conserved, skew costs time, routing files are validated."""
+FLOPs are conserved, skew costs time, routing files are validated, and the mapped tiny-moe
+computes the numpy reference's logits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from mapper.placement import MappingError
+from mapper.strategies.functional_model import model_output, random_case
 from mapper.strategies.moe_layer import expert_blocks
 from workloads.graph import build_graph
 from workloads.models import load_model
@@ -18,6 +20,7 @@ from workloads.routing import RoutingError, make_routing
 from wse_sim.cli import main
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program
+from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import load_preset
 from wse_sim.program import Region, Unicast, check_fits
 
@@ -161,3 +164,37 @@ def test_unmapped_parts_say_so():
     with pytest.raises(MappingError, match="has no experts"):
         build_program(MESH8, "tiny", phase="decode", context=8, routing="uniform")
     assert np.isfinite(_program(MESH16).meta["moe"]["max_imbalance"])
+
+
+@pytest.mark.parametrize("strategy, phase, dtype", [
+    ("layer-pipelined", "prefill", "fp32"), ("layer-pipelined", "decode", "fp16"),
+    ("layer-sequential", "decode", "fp32"), ("layer-sequential", "prefill", "fp16")])
+def test_functional_equals_numpy(strategy, phase, dtype):
+    """The routing is the router's own (routing `router`, computed from the seed's weights):
+    the simulated router picks the experts the records were sized for, and the logits equal
+    workloads.reference's."""
+    p = build_program(MESH16, "tiny-moe", phase=phase, strategy=strategy, batch=2, prompt=11,
+                      context=21, dtype=dtype, functional=True, seed=0)
+    assert p.meta["moe"]["routing"] == "router" and p.meta["moe"]["moe_layout"] == "bands"
+    inputs, want = random_case(p, CFG, seed=0)
+    got = model_output(p, run_functional(p, MESH16, inputs))
+    rep = error_report(got, want, dtype)
+    assert rep["ok"] and rep["max_rel_error"] < (1e-5 if dtype == "fp32" else 5e-3), rep
+    timing = build_program(MESH16, "tiny-moe", phase=phase, strategy=strategy, batch=2,
+                           prompt=11, context=21, dtype=dtype, routing="router",
+                           moe_layout="bands", seed=0)
+    assert simulate(timing, MESH16).cycles == simulate(p, MESH16).cycles
+
+
+def test_functional_refuses_what_it_cannot_check():
+    with pytest.raises(NotImplementedError, match="routing must be 'router'"):
+        _program(MESH16, functional=True, routing="uniform")
+    with pytest.raises(NotImplementedError, match="needs moe_layout bands"):
+        _program(MESH16, functional=True, moe_layout="blocks")
+
+
+def test_cli_functional_moe(capsys):
+    argv = ["run", "--preset", "mesh16", "--model", "tiny-moe", "--phase", "decode",
+            "--context", "16", "--dtype", "fp32", "--functional"]
+    assert main(argv) == 0
+    assert "functional     ok" in capsys.readouterr().out
