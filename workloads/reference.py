@@ -288,7 +288,8 @@ def forward(
         x = x + _merge(a) @ weights[p + "w_o"]
         h = _norm(cfg, weights, p + "ln2", x)
         if cfg.is_moe_layer(i):
-            x = x + moe_ffn(cfg, weights, i, h, routes)
+            extra = () if routes is None else (routes,)
+            x = x + moe_ffn(cfg, weights, i, h, *extra)
         else:
             x = x + ffn(
                 cfg, h, weights[p + "w_up"], weights.get(p + "w_gate"), weights[p + "w_down"]
