@@ -8,6 +8,7 @@ from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from mapper.strategies.common import check_micro_batches
+from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
@@ -116,7 +117,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     Every mapping is tried with `chain` and `tree`; then the best one also with the tree in one
     direction only (`row-tree`, `col-tree`), and with attention split over every row of a head
     group (`attention="rows"`, when a region has more rows than heads), within `budget`. A
-    given `reduce_algo` or `attention` is fixed."""
+    given `reduce_algo` or `attention` is fixed. An MoE model also tries every expert
+    placement (`moe_layout`: blocks, strips, bands) unless one is given."""
     from mapper.search import search
     results = {}
     fixed = kw.pop("reduce_algo", None)
@@ -127,13 +129,15 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
     micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
         if phase == "train" else (1,)
+    fixed_layout = kw.pop("moe_layout", None)  # an MoE model: where its experts go
+    layouts = (fixed_layout,) if fixed_layout or not load_model(model).is_moe else MOE_LAYOUTS
     cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
-              "reduce_algo": a, "attention": fixed_attention or "auto"}
+              "reduce_algo": a, "attention": fixed_attention or "auto", "moe_layout": lay}
              for s in STRATEGIES for g in grids
              for c in chunk_options if c <= kw.get("prompt", 128)
              for mb in (micro_options if s == "layer-pipelined" else (1,))
              for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
-             for a in algos]
+             for a in algos for lay in layouts]
     seen: set = set()
 
     def evaluate(cand: dict) -> float:
@@ -141,12 +145,13 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
                                 chunks=cand["chunks"], micro_batches=cand["micro_batches"],
                                 region_shape=cand["region_shape"],
                                 reduce_algo=cand["reduce_algo"], attention=cand["attention"],
-                                **kw)
+                                moe_layout=cand["moe_layout"], **kw)
         m = program.meta
         trees = m.get("tree_axes", "")  # what the records really are
         g = m.get("attention", {}).get("rows_per_group", 1)
         key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
-               m.get("region_cols"), m.get("region_rows"), trees, g)
+               m.get("region_cols"), m.get("region_rows"), trees, g,
+               m.get("moe", {}).get("moe_layout"))
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
                              f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
