@@ -19,7 +19,7 @@ into the leader, which picks the experts and broadcasts the choice along the row
 
 Traffic (`MoEFFN.ffn`): dispatch, for each expert with tokens, every top-row core sends its
 d-shard of those tokens to the block top-row core that holds that part of d (`Unicast`,
-color `dispatch`; several top-row cores feed one block core); the expert runs; collect, every
+color `dispatch`, the hand-off's; several top-row cores feed one block core); the expert runs; collect, every
 block top-row core sends each top-row core its part of the expert's output (`Unicast`, color
 `collect`); the top row combines (`L{i}.combine`: the weighted sum) once every expert's
 output has arrived, so the layer waits for the slowest expert. Experts on separate blocks run
@@ -35,7 +35,7 @@ import numpy as np
 
 from mapper.placement import MappingError, slot_grids
 from mapper.strategies import moe_functional as mf
-from mapper.strategies.tp2d import TP2D, Layout, _deps, layer_buffers
+from mapper.strategies.tp2d import COLORS, TP2D, Layout, _deps, layer_buffers
 from workloads.graph import ExpertOp, build_graph, ops_in_order
 from workloads.models import GPTConfig
 from workloads.routing import Routing, make_routing
@@ -43,7 +43,9 @@ from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, Region, Unicast, wavelets_for
 
 MOE_LAYOUTS = ("blocks", "strips", "bands")
-MOE_COLORS = {"dispatch": 10, "collect": 11}
+# Dispatch and collect reuse the hand-off colors (the layer-to-layer hand-off and the
+# backward's, which inference does not use): a wafer routes few colors (wse3: 8).
+MOE_COLORS = {"dispatch": COLORS["handoff"], "collect": COLORS["back"]}
 
 
 def check_moe_layout(layout: str) -> None:
