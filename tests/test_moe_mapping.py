@@ -49,6 +49,19 @@ def test_fast_equals_reference(strategy, layout, phase, routing):
     assert kinds == {"Unicast"}  # the routing is real traffic
 
 
+@pytest.mark.parametrize("strategy", ["layer-pipelined", "layer-sequential"])
+def test_prefill_in_chunks(strategy):
+    """Each chunk's experts take that chunk's tokens (its rows of the routing)."""
+    p = _program(strategy=strategy, phase="prefill", batch=2, prompt=13, chunks=3,
+                 routing="skewed:1.5")
+    fast, ref = simulate(p, MESH8, engine="fast"), simulate(p, MESH8, engine="reference")
+    assert p.meta["chunks"] == 3 and fast.cycles == ref.cycles
+    counts = make_routing("uniform", CFG, 26).counts(1)
+    g = build_graph(CFG, "prefill", batch=2, prompt=13, dtype="fp16",
+                    expert_tokens=list(counts))
+    assert fast.flops == p.meta["graph_flops"] == sum(op.flops for _, op in g.nodes(data="op"))
+
+
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_flops_conserved(phase):
     p = _program(MESH16, phase=phase, routing="uniform")

@@ -171,7 +171,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         fls = [fl.micro(n, p) if train else fl.chunk(s0, ns)
                for p, (_, _, _, s0, ns) in enumerate(parts)]
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo)
-    tp.moe = MoEFFN(cfg, run.routing, run.moe_layout) if cfg.is_moe else None
+    tp.moe = MoEFFN(run) if cfg.is_moe else None
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
     lays = [Layout(placed[f"L{i}"], lay0.ra, lay0.g) for i in range(L)]

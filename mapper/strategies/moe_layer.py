@@ -93,6 +93,14 @@ def _per_token_ops(cfg: GPTConfig, dtype: str) -> dict:
     return out
 
 
+def _sized(op, per: dict, t: int):
+    """Expert op `op` sized for `t` tokens (`per`: `_per_token_ops`)."""
+    f, bi, bo, el = per[op.name.rsplit(".", 1)[1]]
+    kw = {"m": t} if op.is_gemm else {}
+    return dataclasses.replace(op, flops=f * t, bytes_in=bi * t, bytes_out=bo * t,
+                               elements=el * t, tokens=t, **kw)
+
+
 def moe_ops(ops: dict, cfg: GPTConfig, dtype: str, routing: Routing) -> dict:
     """The op graph's ops with every routed expert's ops sized by the tokens `routing` sends
     it in that layer (the graph itself has one token split for every layer)."""
@@ -101,18 +109,34 @@ def moe_ops(ops: dict, cfg: GPTConfig, dtype: str, routing: Routing) -> dict:
     out = {}
     for name, op in ops.items():
         if isinstance(op, ExpertOp) and not op.shared and op.phase == "fwd":
-            t = counts[op.layer][op.expert]
-            f, bi, bo, el = per[name.rsplit(".", 1)[1]]
-            kw = {"m": t} if op.is_gemm else {}
-            op = dataclasses.replace(op, flops=f * t, bytes_in=bi * t, bytes_out=bo * t,
-                                     elements=el * t, tokens=t, **kw)
+            op = _sized(op, per, counts[op.layer][op.expert])
         out[name] = op
     return out
 
 
-def _max_tokens(cfg: GPTConfig, routing: Routing, tokens: int) -> int:
-    most = max(max(routing.counts(i)) for i in routing.choices)
-    return max(most, tokens if cfg.moe.n_shared_experts else 0)
+def part_rows(run) -> list[np.ndarray]:
+    """The token indices (rows of the routing) of each prefill chunk (`common.part_spans`);
+    one part of every token otherwise."""
+    from mapper.strategies.common import part_spans
+    if run.parts == 1:
+        return [np.arange(run.tokens)]
+    sq = run.prompt
+    return [np.array([b * sq + s for b in range(b0, b0 + nb) for s in range(s0, s0 + ns)])
+            for _, b0, nb, s0, ns in part_spans(run)]
+
+
+def part_counts(routing: Routing, layer: int, rows: np.ndarray) -> tuple[int, ...]:
+    """Tokens of `rows` routed to each expert of `layer`."""
+    ids = np.asarray(routing.choices[layer])[rows].reshape(-1)
+    return tuple(int(c) for c in np.bincount(ids, minlength=routing.n_experts))
+
+
+def _max_tokens(run) -> int:
+    """The most tokens an expert takes at a time (one chunk's in a prefill in chunks)."""
+    parts = part_rows(run)
+    most = max(max(part_counts(run.routing, i, rows)) for i in run.routing.choices
+               for rows in parts)
+    return max(most, max(len(r) for r in parts) if run.cfg.moe.n_shared_experts else 0)
 
 
 def moe_layer_buffers(run, lay: Layout, weight_layers: int = 1,
@@ -148,7 +172,7 @@ def moe_layer_buffers(run, lay: Layout, weight_layers: int = 1,
         out["weights"] = max(moe_pc if m else dense_pc for m in kinds) * b
     else:
         out["weights"] = sum(moe_pc if m else dense_pc for m in kinds) * b
-    t = _max_tokens(cfg, run.routing, T)
+    t = _max_tokens(run)
     small = min(blocks, key=lambda r: (r.cols, r.rows))
     swi = 2 if cfg.activation == "swiglu" else 1
     out["partial"] = max(out["partial"], 4 * t * math.ceil(f / small.rows) * swi,
@@ -162,19 +186,20 @@ class MoEFFN:
     """Emits the FFN of an MoE layer (router, dispatch, experts, collect, combine) for `TP2D`
     (`TP2D.moe`); `routing` sizes every expert's work and traffic in every layer."""
 
-    def __init__(self, cfg: GPTConfig, routing: Routing, layout: str):
-        check_moe_layout(layout)
-        self.cfg, self.routing, self.layout = cfg, routing, layout
+    def __init__(self, run):
+        check_moe_layout(run.moe_layout)
+        self.cfg, self.routing, self.layout = run.cfg, run.routing, run.moe_layout
+        self.rows = part_rows(run)  # each prefill chunk's tokens
+        self.per = _per_token_ops(run.cfg, run.dtype)
         self.records = {"dispatch": 0, "collect": 0}
         self.slots: dict = {}  # per MoE layer: [kind, id, block rect, tokens] per expert
 
     def ffn(self, tp: TP2D, i: int, lay: Layout, dep, weight_dep=None, bufs=None) -> int:
         """Layer i's MoE FFN after norm2 (X on the top row); returns the combine record.
         Functional (`tp.fl`, `bufs`): every record carries its DataOp (`moe_functional`)."""
-        if tp.share != (0, 1):
-            raise NotImplementedError("MoE layers in prefill chunks or micro-batches are not "
-                                      "mapped (each part would need its own routing); use "
-                                      "chunks 1 and a region whose buffers fit")
+        if tp.share != (0, 1) and tp.fl is not None:
+            raise NotImplementedError("functional MoE mapping of a prefill in chunks is not "
+                                      "mapped; use a region whose buffers fit one chunk")
         cfg, moe, p, T = self.cfg, self.cfg.moe, f"L{i}.", tp.tokens
         fd = mf.router_data(cfg, bufs) if tp.fl is not None else {}
         row0 = lay.row0
@@ -189,24 +214,40 @@ class MoEFFN:
         choice = tp.stream(p + "route.bcast", row0, "x", 1, 2 * T * moe.top_k, dep,
                            reduce=False, color="row_bcast", dtype="fp32",
                            data=fd.get("route.bcast"))
-        counts = self.routing.counts(i)
+        part = tp.share[0]
+        counts = part_counts(self.routing, i, self.rows[part])
         blocks = expert_blocks(lay.reg, len(expert_slots(cfg)), self.layout)
         ends, used, slots = [], [], []
         for (kind, e), blk in zip(expert_slots(cfg), blocks, strict=True):
             pre = f"{p}{kind}{e}."
-            t = T if kind == "shared" else counts[e]
+            t = len(self.rows[part]) if kind == "shared" else counts[e]
             slots.append([kind, e, [blk.x, blk.y, blk.cols, blk.rows], t])
             names = [pre + n for n in ("ffn_up", "ffn_gate", "act", "ffn_down")]
             if t == 0:  # chosen by no token: no traffic, no work (its ops have 0 FLOPs)
                 tp.emitted.update(n for n in names if n in tp.ops)
                 continue
             d = mf.expert_data(cfg, bufs, kind, e, blk) if tp.fl is not None else {}
-            ends += self._expert(tp, pre, row0, blk, t, choice, weight_dep, d)
+            ends += self._part(tp, names, t, (pre, row0, blk, t, choice, weight_dep, d))
             used.append((kind, e))
-        self.slots[str(i)] = slots
+        if part == 0:
+            self.slots[str(i)] = slots
         deps = tuple(Dep(r, "all") for r in ends) + _deps(choice)
         return tp.compute(p + "combine", row0, deps, fmac=False,
                           data=mf.combine_data(cfg, bufs, used) if tp.fl is not None else None)
+
+    def _part(self, tp: TP2D, names: list, t: int, args: tuple) -> list[int]:
+        """`_expert(tp, *args)` with the expert's ops sized for this part's `t` tokens (a
+        prefill in chunks: each chunk's routing, not an even share of the layer's)."""
+        if tp.share == (0, 1):
+            return self._expert(tp, *args)
+        saved, share = {n: tp.ops[n] for n in names if n in tp.ops}, tp.share
+        tp.ops.update({n: _sized(op, self.per, t) for n, op in saved.items()})
+        tp.share = (0, 1)
+        try:
+            return self._expert(tp, *args)
+        finally:
+            tp.ops.update(saved)
+            tp.share = share
 
     def _expert(self, tp: TP2D, pre: str, row0: Region, blk: Region, t: int, choice,
                 weight_dep, d: dict) -> list[int]:

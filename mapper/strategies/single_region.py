@@ -141,7 +141,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         tiles = functional_tiles(fl, run, lay, bufs[0][i], i, tiles)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
-    tp.moe = MoEFFN(cfg, run.routing, run.moe_layout) if cfg.is_moe else None
+    tp.moe = MoEFFN(run) if cfg.is_moe else None
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
 
     def stream_in(label: str, nbytes: int, after) -> int | None:
