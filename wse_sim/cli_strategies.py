@@ -144,7 +144,8 @@ def run_extended(args) -> int:
     from wse_sim.report import format_report
     hw = effective_hardware(args)
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
-          "reduce_algo": args.reduce_algo, "attention": args.attention}
+          "reduce_algo": args.reduce_algo, "attention": args.attention,
+          "routing": getattr(args, "routing", None), "moe_layout": getattr(args, "moe_layout", None)}
     if args.wafers > 1:
         if args.strategy not in ("layer-pipelined", "auto"):
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
@@ -181,6 +182,7 @@ def run_extended(args) -> int:
         args.region_shape = found.best.get("region_shape", 0)
         args.reduce_algo = kw["reduce_algo"] = found.best.get("reduce_algo", "chain")
         args.attention = kw["attention"] = found.best.get("attention", "auto")
+        args.moe_layout = kw["moe_layout"] = found.best.get("moe_layout")
     if args.generate:
         if args.micro_batches != 1:
             raise ValueError(f"micro_batches: got {args.micro_batches} with --generate, must be "
