@@ -14,7 +14,11 @@ placement and routing.
   not split over wafers yet). `layers_on_one_wafer` is the most of its 48 layers that
   layer-pipelined maps on one wse3 (decode, batch 1, context 128, blocks); `slice_*` is
   that slice's decode step (`slice_tokens_per_s`: tokens/s of that slice alone, not of the
-  model). `--quick`: a 4-layer slice, no search for the most layers.
+  model). `--quick`: a 4-layer slice, no search for the most layers;
+- `<model>_weight_streaming_*` (qwen3-30b-a3b, gpt-oss-120b, mixtral-8x7b; not with --quick):
+  the whole model on one wse3 with weight streaming (each layer's attention, router and only
+  the experts its tokens chose stream in over the wafer's I/O, double-buffered), decode,
+  batch 1, context 128, uniform routing: `tokens_per_s`, `cycles`, `io_bytes_per_token`.
 Writes benchmarks/results/bench_moe.json and bench_moe.txt (not with --quick).
 """
 
@@ -39,10 +43,10 @@ LAYOUTS = ("blocks", "strips", "bands")
 ROUTINGS = (("uniform", "uniform"), ("skewed", "skewed:1.5"))
 
 
-def _decode(hw, model: str, **kw):
+def _decode(hw, model: str, context_: int = 64, **kw):
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
-    program = build_program(hw, model, phase="decode", context=64, **kw)
+    program = build_program(hw, model, phase="decode", context=context_, **kw)
     return simulate(program, hw, engine="fast"), program
 
 
@@ -108,11 +112,24 @@ def qwen(figures: dict, quick: bool) -> None:
                 "qwen3_30b_a3b_slice_cycles_per_layer": r.cycles / n}
 
 
+def streaming(figures: dict) -> None:
+    from wse_sim.hardware import load_preset
+    hw = load_preset("wse3")
+    for model in ("qwen3-30b-a3b", "gpt-oss-120b", "mixtral-8x7b"):
+        r, _ = _decode(hw, model, batch=1, strategy="weight-streaming", context_=128)
+        key = model.replace("-", "_").replace(".", "_")
+        figures |= {f"{key}_weight_streaming_tokens_per_s": r.tokens_per_s,
+                    f"{key}_weight_streaming_cycles": r.cycles,
+                    f"{key}_weight_streaming_io_bytes_per_token": r.io_bytes / r.tokens}
+
+
 def main(argv=None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     figures: dict = {}
     tiny(figures)
     qwen(figures, args.quick)
+    if not args.quick:
+        streaming(figures)
     machine = machine_info()
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)

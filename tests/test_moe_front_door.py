@@ -28,7 +28,8 @@ def test_models_lists_active_params(capsys):
     assert info["qwen3-30b-a3b"]["moe"]["top_k"] == 8 and info["tiny"]["moe"] is None
 
 
-@pytest.mark.parametrize("strategy", ["layer-pipelined", "layer-sequential"])
+@pytest.mark.parametrize("strategy", ["layer-pipelined", "layer-sequential",
+                                      "weight-streaming"])
 def test_run_maps_moe(strategy, capsys):
     argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--strategy", strategy,
             "--phase", "decode", "--context", "16"]
@@ -37,11 +38,10 @@ def test_run_maps_moe(strategy, capsys):
 
 
 def test_run_says_what_is_not_mapped(capsys):
-    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--strategy",
-            "weight-streaming"]
+    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--wafers", "2"]
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
-    assert "weight-streaming of an MoE model is not mapped: tiny-moe" in err and "\n" not in err
+    assert "multi-wafer: the MoE model tiny-moe is not split" in err and "\n" not in err
 
 
 def test_make_run_routes_moe():

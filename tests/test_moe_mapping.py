@@ -39,6 +39,7 @@ def _program(hw=MESH8, **kw):
     ("layer-pipelined", "strips", "prefill", "skewed:1.5"),
     ("layer-sequential", "bands", "decode", "skewed:1.0"),
     ("layer-sequential", "blocks", "prefill", "uniform"),
+    ("weight-streaming", "strips", "decode", "skewed:1.0"),
 ])
 def test_fast_equals_reference(strategy, layout, phase, routing):
     p = _program(strategy=strategy, moe_layout=layout, phase=phase, routing=routing)
@@ -169,9 +170,17 @@ def test_cli_runs_moe(capsys):
     assert "routing file nope.json: field path" in err and "\n" not in err
 
 
+def test_weight_streaming_brings_only_the_chosen_experts():
+    p = _program(strategy="weight-streaming", batch=1)  # decode: 2 of 8 experts per layer
+    streamed = {t.op: t.bytes for t in p.tasks if t.op.endswith(".weights.in")}
+    expert = sum(k * n for k, n in CFG.expert_weight_shapes().values()) * 2
+    assert streamed["L1.weights.in"] == (CFG.layer_params(1) * 2 - 6 * expert)
+    assert streamed["L0.weights.in"] == CFG.layer_params(0) * 2
+
+
 def test_unmapped_parts_say_so():
-    with pytest.raises(NotImplementedError, match="weight-streaming of an MoE model"):
-        _program(strategy="weight-streaming")
+    with pytest.raises(NotImplementedError, match="functional weight-streaming of an MoE"):
+        _program(strategy="weight-streaming", functional=True)
     with pytest.raises(NotImplementedError, match="MoE training is not mapped"):
         _program(phase="train", batch=1)
     with pytest.raises(MappingError, match="has no experts"):

@@ -140,12 +140,13 @@ def _max_tokens(run) -> int:
 
 
 def moe_layer_buffers(run, lay: Layout, weight_layers: int = 1,
-                      layers: range | None = None) -> dict[str, int]:
-    """SRAM bytes per core on the fullest core of a region holding the `layers` (default:
-    the fullest one) of an MoE model: `tp2d.layer_buffers` of the attention, the dense
-    layers' FFNs and, for the MoE layers, the router on the top row, the experts' weights
-    on their blocks and their activations (tokens dispatched, partial sums, outputs
-    collected on the top row)."""
+                      stream_weights: bool = False) -> dict[str, int]:
+    """SRAM bytes per core on the fullest core of a region holding `weight_layers` layers
+    of an MoE model (1: the fullest layer; `stream_weights`: two layers' worth, the double
+    buffer of weight streaming): `tp2d.layer_buffers` of the attention, the dense layers'
+    FFNs and, for the MoE layers, the router on the top row, the experts' weights on their
+    blocks and their activations (tokens dispatched, partial sums, outputs collected on the
+    top row)."""
     cfg, b = run.cfg, DTYPE_BYTES[run.dtype]
     moe, T = cfg.moe, run.chunk_tokens
     dense = cfg.with_overrides(moe=None)
@@ -166,10 +167,10 @@ def moe_layer_buffers(run, lay: Layout, weight_layers: int = 1,
                     if cfg.is_moe_layer(i))
     moe_pc = attn + math.ceil(d * moe.n_experts / C) + math.ceil(moe_small / C) \
         + max(per_block.values())
-    layers = layers if layers is not None else range(cfg.n_layers)
-    kinds = [cfg.is_moe_layer(i) for i in layers]
-    if weight_layers == 1:
-        out["weights"] = max(moe_pc if m else dense_pc for m in kinds) * b
+    kinds = [cfg.is_moe_layer(i) for i in range(cfg.n_layers)]
+    if weight_layers == 1 or stream_weights:
+        out["weights"] = (2 if stream_weights else 1) * max(
+            moe_pc if m else dense_pc for m in kinds) * b
     else:
         out["weights"] = sum(moe_pc if m else dense_pc for m in kinds) * b
     t = _max_tokens(run)
@@ -389,10 +390,10 @@ def check_moe_strategy(cfg: GPTConfig, strategy: str, functional: bool) -> None:
     """What is not mapped for MoE models yet, by strategy (functional: `moe_functional`)."""
     if not cfg.is_moe:
         return
-    if strategy == "weight-streaming":
-        raise NotImplementedError(f"weight-streaming of an MoE model is not mapped: {cfg.name} "
-                                  "(streaming only the chosen experts' weights); use "
-                                  "layer-pipelined or layer-sequential")
+    if strategy == "weight-streaming" and functional:
+        raise NotImplementedError(f"functional weight-streaming of an MoE model is not "
+                                  f"mapped: {cfg.name}; use layer-pipelined or "
+                                  "layer-sequential")
 
 
 def functional_tiles(fl, run, lay: Layout, bufs, i: int, tiles: dict) -> dict:
@@ -408,3 +409,15 @@ def functional_tiles(fl, run, lay: Layout, bufs, i: int, tiles: dict) -> dict:
     moe = mf.moe_tiles(fl, run, lay, bufs, i, expert_blocks(lay.reg, len(slots),
                                                             run.moe_layout), slots)
     return {k: v for k, v in tiles.items() if k not in drop} | moe
+
+
+def streamed_layer_params(run, i: int) -> int:
+    """Parameters of layer i that weight streaming brings in: all of a dense layer's; of an
+    MoE layer, everything but the routed experts that no token of the run chose."""
+    cfg = run.cfg
+    if not cfg.is_moe_layer(i):
+        return cfg.layer_params(i)
+    unused = sum(1 for c in run.routing.counts(i) if c == 0)
+    per_expert = sum(k * n for k, n in cfg.expert_weight_shapes().values()) + \
+        (sum(n for _, n in cfg.expert_weight_shapes().values()) if cfg.has_bias else 0)
+    return cfg.layer_params(i) - unused * per_expert

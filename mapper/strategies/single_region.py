@@ -46,6 +46,7 @@ from mapper.strategies.moe_layer import (
     check_moe_strategy,
     functional_tiles,
     moe_layer_buffers,
+    streamed_layer_params,
 )
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
@@ -54,7 +55,8 @@ from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
 
 
 def _layer_weight_bytes(run: Run, i: int) -> int:
-    return run.cfg.layer_params(i) * run.bytes
+    """Bytes of layer i's weights that stream in (an MoE layer: its chosen experts')."""
+    return streamed_layer_params(run, i) * run.bytes
 
 
 def map_layer_sequential(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
@@ -99,7 +101,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
 
     def sizes(r: Run, lay: Layout) -> dict:
         if cfg.is_moe:
-            b = moe_layer_buffers(r, lay, weight_layers=L)
+            b = moe_layer_buffers(r, lay, weight_layers=L, stream_weights=streaming)
         else:
             b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                               weight_layers=L, stream_weights=streaming,
