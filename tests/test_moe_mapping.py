@@ -105,7 +105,8 @@ def test_placement_layouts():
     assert all(b.cols == 8 and b.rows == 1 for b in bands) and bands[8] == bands[0]
     p = _program(MESH16, moe_layout="bands")  # bands: dispatch straight down the columns
     sends = [t for t in p.tasks if isinstance(t, Unicast) and t.op.endswith(".dispatch")]
-    assert sends and all(t.region.cols == 1 and t.to[0] == t.region.x for t in sends)
+    assert sends and all(t.region.cols == 8 and (t.dx, t.to) == (0, None) and t.dy > 0
+                         for t in sends)
 
 
 def test_sram_and_colors_respected():

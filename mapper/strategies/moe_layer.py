@@ -20,7 +20,8 @@ into the leader, which picks the experts and broadcasts the choice along the row
 Traffic (`MoEFFN.ffn`): dispatch, for each expert with tokens, every top-row core sends its
 d-shard of those tokens to the block top-row core that holds that part of d (`Unicast`,
 color `dispatch`, the hand-off's; several top-row cores feed one block core); the expert runs; collect, every
-block top-row core sends each top-row core its part of the expert's output (`Unicast`, color
+block top-row core sends each top-row core its part of the expert's output (`Unicast`; for a
+band each is one record, every column straight down or up; color
 `collect`); the top row combines (`L{i}.combine`: the weighted sum) once every expert's
 output has arrived, so the layer waits for the slowest expert. Experts on separate blocks run
 at once; the dispatch and collect streams share the top row's and the columns' links.
@@ -286,6 +287,13 @@ class MoEFFN:
         """Top-row cores send their d-shard of the expert's tokens to the block's top row."""
         C, cb, y = row0.cols, blk.cols, blk.y
         w = wavelets_for(t * math.ceil(self.cfg.d_model / C), tp.dtype)
+        if (blk.x, cb) == (row0.x, C):  # a band: every column straight down, one record
+            if y == row0.y:
+                return []
+            self.records["dispatch"] += 1
+            return [tp.pb.add(Unicast(f"{pre}dispatch", row0, w, dy=y - row0.y,
+                                      color=MOE_COLORS["dispatch"], deps=_deps(choice),
+                                      data=data))]
         out = []
         for jb in range(cb):
             src = [row0.x + j for j in range(C) if self._owner(j, C, cb) == jb]
@@ -303,6 +311,14 @@ class MoEFFN:
         """Each block top-row core sends every top-row core its part of the output."""
         C, cb = row0.cols, blk.cols
         w = wavelets_for(t * math.ceil(self.cfg.d_model / C), tp.dtype)
+        if (blk.x, cb) == (row0.x, C):  # a band: every column straight up, one record
+            if blk.y == row0.y:
+                return []
+            self.records["collect"] += 1
+            top = Region(blk.x, blk.y, C, 1)
+            return [tp.pb.add(Unicast(f"{pre}collect", top, w, dy=row0.y - blk.y,
+                                      color=MOE_COLORS["collect"], deps=_deps(dep),
+                                      data=data))]
         out = []
         for j in range(C):
             src = (blk.x + self._owner(j, C, cb), blk.y)
