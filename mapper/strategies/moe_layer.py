@@ -17,14 +17,15 @@ X on the block's top row, d split over the block's columns). The router runs on 
 top row (each column multiplies its d-shard by its rows of ``w_router``; the logits reduce
 into the leader, which picks the experts and broadcasts the choice along the row).
 
-Traffic (`MoEFFN.ffn`): dispatch, for each expert with tokens, every top-row core sends its
-d-shard of those tokens to the block top-row core that holds that part of d (`Unicast`,
-color `dispatch`, the hand-off's; several top-row cores feed one block core); the expert runs; collect, every
-block top-row core sends each top-row core its part of the expert's output (`Unicast`; for a
-band each is one record, every column straight down or up; color
-`collect`); the top row combines (`L{i}.combine`: the weighted sum) once every expert's
-output has arrived, so the layer waits for the slowest expert. Experts on separate blocks run
-at once; the dispatch and collect streams share the top row's and the columns' links.
+Traffic (`MoEFFN.ffn`): dispatch, for each expert with tokens, the top row gathers their
+rows, then every top-row core sends its d-shard of them to the block top-row core that holds
+that part of d (`Unicast`, the hand-off's color; several top-row cores feed one block core);
+the expert runs; collect, every block top-row core sends each top-row core its part of the
+expert's output (`Unicast`, the backward hand-off's color); for a band each direction is one
+record, every column straight down or up. The top row combines (`L{i}.combine`: the
+weighted sum) once every expert's output has arrived, so the layer waits for the slowest
+expert. Experts on separate blocks run at once; the dispatch and collect streams share the
+top row's and the columns' links. A prefill in chunks routes each chunk's own tokens.
 """
 
 from __future__ import annotations
