@@ -221,3 +221,12 @@ def test_cli_functional_moe(capsys):
             "--context", "16", "--dtype", "fp32", "--functional"]
     assert main(argv) == 0
     assert "functional     ok" in capsys.readouterr().out
+
+
+def test_search_tries_every_placement():
+    from wse_sim.experiment import search_mapping
+    found, best = search_mapping(MESH16, "tiny-moe", phase="decode", batch=4, context=16,
+                                 budget=12)
+    layouts = {cand["moe_layout"] for cand, cost, _ in found.tried if cost is not None}
+    assert layouts == {"blocks", "strips", "bands"} and best is not None
+    assert found.best["moe_layout"] == best.meta["moe"]["moe_layout"]
