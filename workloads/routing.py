@@ -16,7 +16,7 @@ experts, distinct). It comes from a spec (`make_routing`):
   same seed computes);
 - a file, ``PATH.csv`` or ``PATH.json``: CSV rows ``layer,token,e0,...,e{k-1}`` (a header
   row first) or JSON ``{"layers": {"1": [[e0, e1], ...], ...}}``; every MoE layer, every token
-  exactly once, k distinct ids in ``0..n_experts-1``. A bad value fails with one line that
+  (t = b * prompt + s for position s of sequence b; decode: t = b) exactly once, k distinct ids in ``0..n_experts-1``. A bad value fails with one line that
   names the file, the field, the value and what is allowed.
 
 Same spec and seed, same routing, to the bit.
