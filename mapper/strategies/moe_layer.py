@@ -357,11 +357,13 @@ def router_choices(cfg: GPTConfig, run, seed: int) -> dict:
     """{MoE layer: (tokens, k) expert ids} the model's router picks on the weights and tokens
     that `functional_model.random_case` draws from `seed` (weights rounded to the run's
     dtype)."""
+    from mapper.strategies.functional_model import round_to, sparsify
     from workloads import reference
 
     weights = reference.init_weights(cfg, seed)
     rng = np.random.default_rng(seed)
-    w = {k: _round(v, run.dtype).astype(np.float64) for k, v in weights.items()}
+    weights = sparsify(weights, run.sparsity, rng)  # as random_case draws them
+    w = {k: round_to(v, run.dtype).astype(np.float64) for k, v in weights.items()}
     start = run.context if run.phase == "decode" else 0
     sq = 1 if run.phase == "decode" else run.prompt
     kv = None
@@ -372,17 +374,6 @@ def router_choices(cfg: GPTConfig, run, seed: int) -> dict:
     routes: dict = {}
     reference.forward(cfg, w, tokens, kv_cache=kv, start_pos=start, routes=routes)
     return {i: idx for i, (idx, _) in routes.items()}
-
-
-def _round(x: np.ndarray, dtype: str) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    if dtype == "fp16":
-        return x.astype(np.float16).astype(np.float32)
-    if dtype == "bf16":
-        u = x.view(np.uint32).astype(np.uint64)
-        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-        return u.astype(np.uint32).view(np.float32)
-    return x
 
 
 def moe_run(run, spec: str | None, layout: str | None, seed: int, functional: bool = False):
