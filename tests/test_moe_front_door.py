@@ -1,5 +1,5 @@
 """MoE models at the front door: `wse-sim models` lists total and active parameters, and the
-mappers refuse an MoE model with a one-line error instead of mapping it as dense."""
+mappers map an MoE model (tests/test_moe_mapping.py) or say in one line what is not mapped."""
 
 from __future__ import annotations
 
@@ -28,15 +28,26 @@ def test_models_lists_active_params(capsys):
     assert info["qwen3-30b-a3b"]["moe"]["top_k"] == 8 and info["tiny"]["moe"] is None
 
 
-@pytest.mark.parametrize("strategy", ["layer-pipelined", "layer-sequential", "weight-streaming"])
-def test_run_refuses_moe(strategy, capsys):
-    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--strategy", strategy]
+@pytest.mark.parametrize("strategy", ["layer-pipelined", "layer-sequential",
+                                      "weight-streaming"])
+def test_run_maps_moe(strategy, capsys):
+    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--strategy", strategy,
+            "--phase", "decode", "--context", "16"]
+    assert main(argv) == 0
+    assert "tiny-moe decode" in capsys.readouterr().out
+
+
+def test_run_says_what_is_not_mapped(capsys):
+    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--wafers", "2"]
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
-    assert "MoE models are not mapped yet: tiny-moe" in err and "\n" not in err
+    assert "multi-wafer: the MoE model tiny-moe is not split" in err and "\n" not in err
 
 
-def test_make_run_refuses_moe():
-    with pytest.raises(MappingError, match="MoE models are not mapped yet"):
-        make_run(load_model("mixtral-8x7b"), load_preset("mesh32"), phase="decode", batch=1,
-                 prompt=8, context=8, dtype="fp16", grid=None, sparsity=0.0)  # fmt: skip
+def test_make_run_routes_moe():
+    run = make_run(load_model("mixtral-8x7b"), load_preset("mesh32"), phase="decode", batch=1,
+                   prompt=8, context=8, dtype="fp16", grid=None, sparsity=0.0)  # fmt: skip
+    assert run.routing.counts(0) == (1, 1, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(MappingError, match="has no experts"):
+        make_run(load_model("tiny"), load_preset("mesh32"), phase="decode", batch=1, prompt=8,
+                 context=8, dtype="fp16", grid=None, sparsity=0.0, routing="uniform")

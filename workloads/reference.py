@@ -215,12 +215,16 @@ def route(
     return idx, weights * moe.routed_scale
 
 
-def moe_ffn(cfg: GPTConfig, w: dict[str, np.ndarray], layer: int, h: np.ndarray) -> np.ndarray:
+def moe_ffn(cfg: GPTConfig, w: dict[str, np.ndarray], layer: int, h: np.ndarray,
+            routes: dict | None = None) -> np.ndarray:
     """MoE FFN of `layer` on h (..., d): each routed expert on its tokens, weighted and summed
-    (in expert order), plus every shared expert on every token."""
+    (in expert order), plus every shared expert on every token. `routes`, when given, gets
+    ``routes[layer] = (chosen experts, weights)`` (tokens, top_k) each."""
     moe, p = cfg.moe, f"L{layer}."
     x = h.reshape(-1, h.shape[-1])
     idx, weights = route(moe, x @ w[p + "w_router"], w.get(p + "router_bias"))
+    if routes is not None:
+        routes[layer] = (idx, weights)
     out = np.zeros_like(x)
     for group, count in (("experts", moe.n_experts), ("shared", moe.n_shared_experts)):
         stacks = [w.get(f"{p}{group}.{name}") for name in ("w_up", "w_gate", "w_down")]
@@ -243,8 +247,10 @@ def forward(
     *,
     kv_cache: list[tuple[np.ndarray, np.ndarray]] | None = None,
     start_pos: int = 0,
+    routes: dict | None = None,
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """Logits (batch, seq, vocab) and the KV cache extended by these tokens.
+    """Logits (batch, seq, vocab) and the KV cache extended by these tokens. `routes`, when
+    given, receives each MoE layer's routing (`moe_ffn`).
 
     The cache is a list (one per layer) of (k, v), each (batch, n_kv_heads, positions, hd),
     with RoPE already applied to k. `start_pos` must equal the cache length.
@@ -282,7 +288,8 @@ def forward(
         x = x + _merge(a) @ weights[p + "w_o"]
         h = _norm(cfg, weights, p + "ln2", x)
         if cfg.is_moe_layer(i):
-            x = x + moe_ffn(cfg, weights, i, h)
+            extra = () if routes is None else (routes,)
+            x = x + moe_ffn(cfg, weights, i, h, *extra)
         else:
             x = x + ffn(
                 cfg, h, weights[p + "w_up"], weights.get(p + "w_gate"), weights[p + "w_down"]

@@ -8,6 +8,7 @@ from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from mapper.strategies.common import check_micro_batches
+from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
@@ -34,14 +35,17 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   context: int | None = None, dtype: str = "fp16", grid: int | None = None,
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
                   micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain",
-                  attention: str = "auto", model_set: dict | None = None):
+                  attention: str = "auto", model_set: dict | None = None,
+                  routing: str | None = None, moe_layout: str | None = None, seed: int = 0):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
     `reduce_algo`: how the GEMMs' partial sums reduce: `chain`, `tree`, or the tree only for
     the row reduces (`row-tree`) or the column reduces (`col-tree`) (mapper.strategies.tp2d);
     `attention`: `heads` (one row per head group), `rows` (a head group's rows split its keys
-    too, when a region has more rows than heads) or `auto` (heads when it fits). `model_set`:
+    too, when a region has more rows than heads) or `auto` (heads when it fits). An MoE
+    model: `routing` (uniform, skewed:ALPHA, router, a .csv/.json file; default uniform;
+    `seed`) and `moe_layout` (blocks, strips, bands): docs/moe.md. `model_set`:
     model fields to override, e.g. {"n_layers": 1} to time one layer. `context`
     (decode): None takes min(128, the model's maximum context - 1)."""
     if not isinstance(hw, HardwareConfig):
@@ -82,7 +86,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                                 context=context, dtype=dtype, grid=grid, sparsity=sparsity,
                                 functional=functional, chunks=chunks,
                                 micro_batches=micro_batches, reduce_algo=reduce_algo,
-                                attention=attention, **extra)
+                                attention=attention, routing=routing, moe_layout=moe_layout,
+                                seed=seed, **extra)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
@@ -137,7 +142,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     Every mapping is tried with `chain` and `tree`; then the best one also with the tree in one
     direction only (`row-tree`, `col-tree`), and with attention split over every row of a head
     group (`attention="rows"`, when a region has more rows than heads), within `budget`. A
-    given `reduce_algo` or `attention` is fixed.
+    given `reduce_algo` or `attention` is fixed. An MoE model also tries every expert
+    placement (`moe_layout`: blocks, strips, bands) unless one is given.
 
     `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
     best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
@@ -153,13 +159,16 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
     micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
         if phase == "train" else (1,)
+    fixed_layout = kw.pop("moe_layout", None)  # an MoE model: where its experts go
+    moe = load_model(model, kw.get("model_set")).is_moe
+    layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
     cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
-              "reduce_algo": a, "attention": fixed_attention or "auto"}
+              "reduce_algo": a, "attention": fixed_attention or "auto", "moe_layout": lay}
              for s in STRATEGIES for g in (grids or (None,))
              for c in chunk_options if c <= kw.get("prompt", 128)
              for mb in (micro_options if s == "layer-pipelined" else (1,))
              for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
-             for a in algos]
+             for a in algos for lay in layouts]
     seen: set = set()
 
     def evaluate(cand: dict) -> float:
@@ -167,12 +176,13 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
                                 chunks=cand["chunks"], micro_batches=cand["micro_batches"],
                                 region_shape=cand["region_shape"],
                                 reduce_algo=cand["reduce_algo"], attention=cand["attention"],
-                                **kw)
+                                moe_layout=cand["moe_layout"], **kw)
         m = program.meta
         trees = m.get("tree_axes", "")  # what the records really are
         g = m.get("attention", {}).get("rows_per_group", 1)
         key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
-               m.get("region_cols"), m.get("region_rows"), trees, g)
+               m.get("region_cols"), m.get("region_rows"), trees, g,
+               m.get("moe", {}).get("moe_layout"))
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
                              f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "

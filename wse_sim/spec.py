@@ -75,6 +75,9 @@ class Workload:
     dtype: str = _opt("fp16", kind=str, choices=DTYPES, help="the run's dtype")
     sparsity: float = _opt(0.0, kind=float, minimum=0.0,
                            help="fraction of zero weights the cores skip, in [0, 1)")
+    routing: str | None = _opt(None, kind=str, optional=True,
+                               help="MoE: which experts each token takes: uniform (default), "
+                                    "skewed:ALPHA, router or a .csv/.json file of expert ids")
     model_set: dict = field(default_factory=dict, metadata={"option": Option(
         kind=dict, help="override a model field, e.g. n_layers=1 to time one layer "
                         "(FIELD=VALUE, repeatable; see `wse-sim models --json`)")})
@@ -123,6 +126,10 @@ class Mapping:
     decode_grid: int | None = _opt(None, kind=int, minimum=1, optional=True,
                                    applies=lambda s: s.workload.generate is not None,
                                    where="generate", help="with generate: the decode's grid")
+    moe_layout: str | None = _opt(None, kind=str, optional=True,
+                                  choices=("blocks", "strips", "bands"),
+                                  help="MoE: where a layer's experts go: blocks (default), strips "
+                                       "or bands (docs/moe.md)")
     reduce_algo: str = _opt("chain", kind=str,
                             help="how the GEMMs' partial sums reduce: chain, tree, row-tree or "
                                  "col-tree")

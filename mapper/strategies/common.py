@@ -13,6 +13,7 @@ from mapper.strategies.functional_layout import LayerBufs
 from mapper.strategies.tp2d import COLORS, TP2D, _deps, tree_recv_bytes
 from workloads.graph import build_graph, ops_in_order
 from workloads.models import GPTConfig
+from workloads.routing import Routing
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import Alloc, Compute, ProgramBuilder, Region, Unicast, wavelets_for
 from wse_sim.timing import split_evenly
@@ -44,6 +45,8 @@ class Run:
     micro_batches: int = 1  # train: the batch runs through the layers in this many parts
     reduce_algo: str = "chain"  # how the GEMMs' partial sums reduce (mapper.tree_reduce)
     attention: str = "auto"  # how attention splits over a region's rows (tp2d.Layout.fitted)
+    routing: Routing | None = None  # MoE: each token's experts per layer (workloads.routing)
+    moe_layout: str = "blocks"  # MoE: how experts are placed in a layer region (moe_layer)
 
     @property
     def parts(self) -> int:
@@ -93,17 +96,20 @@ class Run:
     def ops(self) -> dict:
         g = build_graph(self.cfg, self.phase, batch=self.batch, prompt=self.prompt,
                         context=self.context, dtype=self.dtype)
-        return {op.name: op for op in ops_in_order(g)}
+        ops = {op.name: op for op in ops_in_order(g)}
+        if self.routing is None:
+            return ops
+        from mapper.strategies.moe_layer import moe_ops
+        return moe_ops(ops, self.cfg, self.dtype, self.routing)
 
 
 def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prompt: int,
              context: int, dtype: str, grid: int | None, sparsity: float,
              chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
-             attention: str = "auto") -> Run:
-    if cfg.is_moe:
-        raise MappingError(f"MoE models are not mapped yet: {cfg.name} has {cfg.moe.n_experts} "
-                           "experts per MoE layer; the strategies map dense GPTs only "
-                           "(docs/moe.md)")
+             attention: str = "auto", routing: str | None = None,
+             moe_layout: str | None = None, seed: int = 0, functional: bool = False) -> Run:
+    if routing is not None and not cfg.is_moe:
+        raise MappingError(f"routing: got {routing!r}, but model {cfg.name} has no experts")
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
         raise MappingError(f"grid: got {grid}, must be at most the {hw.mesh_cols} x "
                            f"{hw.mesh_rows} mesh of {hw.name}")
@@ -117,31 +123,17 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
     if attention not in ATTENTION_SPLITS:
         raise MappingError(f"attention: got {attention!r}, must be one of "
                            f"{', '.join(ATTENTION_SPLITS)}")
-    return Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
-               micro_batches, reduce_algo, attention)
-
-
-def part_spans(run: Run) -> list[tuple]:
-    """Each chunk or micro-batch: (tile suffix, first sequence, sequences, first position,
-    positions); one part with suffix "" when the phase is not split."""
-    n = run.parts
-    sq = 1 if run.phase == "decode" else run.prompt
-    if n == 1:
-        return [("", 0, run.batch, 0, sq)]
-    if run.phase == "train":
-        per = run.batch // n
-        return [(f".m{m}", m * per, per, 0, sq) for m in range(n)]
-    out, s0 = [], 0
-    for c in range(n):
-        ns = split_evenly(sq, n, c)
-        out.append((f".c{c}", 0, run.batch, s0, ns))
-        s0 += ns
-    return out
+    run = Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
+              micro_batches, reduce_algo, attention)
+    if cfg.is_moe:
+        from mapper.strategies.moe_layer import moe_run
+        run = moe_run(run, routing, moe_layout, seed, functional)
+    return run
 
 
 def part_bufs(i: int, p: int, parts: list, train: bool, last: bool,
               acts: str = "") -> LayerBufs:
-    """Tile names of layer i for part p (`common.part_spans`): weights (and a chunk's KV
+    """Tile names of layer i for part p (`parts.part_spans`): weights (and a chunk's KV
     cache) under 'L{i}.'; a micro-batch's saved activations and KV tile (and, in the `last`
     layer, the dY the LM head hands it) under 'L{i}.m{p}.', the backward's scratch shared; a
     chunk's activations under 'L{i}.c{p}.' (they share bytes with the other chunks':

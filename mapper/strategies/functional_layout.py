@@ -53,13 +53,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from mapper import attention
 from mapper.placement import MappingError
 from mapper.reduce_algos import axis_algo
 from mapper.tree_reduce import recv_name, tree_groups
 from workloads.models import GPTConfig
 from workloads.reference import EPS
-from wse_sim.program import DataOp, Region
+from wse_sim.program import DataOp, Program, ProgramError, Region
 
 WEIGHT_KEYS = ("ln1", "ln2", "wq", "wk", "wv", "wqkv", "wo", "wup", "wgate", "wdown", "kv")
 GRAD_KEYS = tuple("g" + k for k in WEIGHT_KEYS[:-1])  # weight gradients (training)
@@ -670,3 +672,24 @@ def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1,
     start = run.context if run.phase == "decode" else 0
     return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train, kv_layers,
                    row_groups=row_groups)
+
+
+# ---- tiles of real weights (functional runs) ---------------------------------------------
+def _zeros(program: Program, name: str) -> np.ndarray:
+    for a in program.allocs:
+        if a.name == name and a.shape:
+            return np.zeros((a.region.rows, a.region.cols, *a.shape), np.float32)
+    raise ProgramError(f"program {program.name!r} has no tile {name!r}")
+
+
+def _pad(w: np.ndarray, shape: tuple) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    out[tuple(slice(0, s) for s in w.shape)] = w
+    return out
+
+
+def _cols(w: np.ndarray, fl: FLayout, axis: int) -> np.ndarray:
+    """Split axis `axis` (d_model) of w into C shards of dC (padded): shard axis first."""
+    w = np.moveaxis(np.asarray(w, np.float32), axis, 0)
+    w = _pad(w, (fl.cols * fl.dc, *w.shape[1:]))
+    return np.moveaxis(w.reshape(fl.cols, fl.dc, *w.shape[1:]), 1, axis + 1)

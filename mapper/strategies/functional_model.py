@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mapper.strategies.functional_layout import FLayout, LayerBufs
+from mapper.strategies.functional_layout import FLayout, LayerBufs, _cols, _pad, _zeros
 from workloads import reference
 from workloads.models import GPTConfig
 from wse_sim.program import Program, ProgramError
@@ -77,26 +77,6 @@ def decode(program: Program, buffers: dict, name: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _zeros(program: Program, name: str) -> np.ndarray:
-    for a in program.allocs:
-        if a.name == name and a.shape:
-            return np.zeros((a.region.rows, a.region.cols, *a.shape), np.float32)
-    raise ProgramError(f"program {program.name!r} has no tile {name!r}")
-
-
-def _pad(w: np.ndarray, shape: tuple) -> np.ndarray:
-    out = np.zeros(shape, np.float32)
-    out[tuple(slice(0, s) for s in w.shape)] = w
-    return out
-
-
-def _cols(w: np.ndarray, fl: FLayout, axis: int) -> np.ndarray:
-    """Split axis `axis` (d_model) of w into C shards of dC (padded): shard axis first."""
-    w = np.moveaxis(np.asarray(w, np.float32), axis, 0)
-    w = _pad(w, (fl.cols * fl.dc, *w.shape[1:]))
-    return np.moveaxis(w.reshape(fl.cols, fl.dc, *w.shape[1:]), 1, axis + 1)
-
-
 def _head_cols(w: np.ndarray, heads: list[int], slots: int, hd: int) -> np.ndarray:
     """Columns of `heads` (hd each) of w, in slot order; missing slots are zero."""
     out = np.zeros((w.shape[0], slots * hd), np.float32)
@@ -107,7 +87,7 @@ def _head_cols(w: np.ndarray, heads: list[int], slots: int, hd: int) -> np.ndarr
 
 def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict,
                   kv_cache) -> None:
-    cfg, C, R, hd = fl.cfg, fl.cols, fl.rows, fl.hd
+    cfg, hd = fl.cfg, fl.hd
     p = f"L{i}."
     for key, norm in (("ln1", "ln1"), ("ln2", "ln2")):
         arr = _zeros(program, b(key))
@@ -130,6 +110,18 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
             rows = _head_cols(w[p + "w_o"].T, fl.row_heads(r), fl.hpr, hd).T
             arr[r] = _cols(rows, fl, 1)
         out[b("wo")] = arr
+    if cfg.is_moe_layer(i):
+        from mapper.strategies.moe_functional import moe_inputs
+        moe_inputs(program, fl, w, i, b, out)
+    else:
+        _ffn_inputs(program, fl, w, p, b, out)
+    if kv_cache is None:  # nothing cached yet: the KV tiles start at zero
+        return
+    _kv_inputs(program, fl, i, b, out, kv_cache)
+
+
+def _ffn_inputs(program, fl: FLayout, w: dict, p: str, b: LayerBufs, out: dict) -> None:
+    cfg, C, R = fl.cfg, fl.cols, fl.rows
     F = fl.fr * R
     names = [("wup", "w_up")] + ([("wgate", "w_gate")] if cfg.activation == "swiglu" else [])
     for key, name in names:  # core (j, r): W[d-shard j, f-shard r]
@@ -137,8 +129,10 @@ def _layer_inputs(program, fl: FLayout, w: dict, i: int, b: LayerBufs, out: dict
         out[b(key)] = wp.transpose(2, 0, 1, 3)
     wp = _pad(w[p + "w_down"], (F, C * fl.dc)).reshape(R, fl.fr, C, fl.dc)
     out[b("wdown")] = wp.transpose(0, 2, 1, 3)
-    if kv_cache is None:  # nothing cached yet: the KV tiles start at zero
-        return
+
+
+def _kv_inputs(program, fl: FLayout, i: int, b: LayerBufs, out: dict, kv_cache) -> None:
+    cfg, C, hd = fl.cfg, fl.cols, fl.hd
     arr = _zeros(program, b("kv"))
     ks, vs = kv_cache[i]
     for t, src in ((0, ks), (1, vs)):

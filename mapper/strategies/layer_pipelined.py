@@ -28,7 +28,6 @@ from mapper.strategies.common import (
     make_run,
     mapping_meta,
     part_bufs,
-    part_spans,
     resolve_attention,
     shared_tiles,
 )
@@ -38,6 +37,13 @@ from mapper.strategies.functional_layout import (
     layer_recv_tiles,
     make_layout,
 )
+from mapper.strategies.moe_layer import (
+    MoEFFN,
+    check_moe_strategy,
+    functional_tiles,
+    moe_layer_buffers,
+)
+from mapper.strategies.parts import part_spans
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
@@ -100,7 +106,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         sparsity: float = 0.0, stage: tuple | None = None,
                         functional: bool = False, chunks: int = 1, micro_batches: int = 1,
                         region_shape: int = 0, reduce_algo: str = "chain",
-                        attention: str = "auto") -> Program:
+                        attention: str = "auto", routing: str | None = None,
+                        moe_layout: str | None = None, seed: int = 0) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -116,7 +123,15 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     style: their forwards pipeline through the layer regions, then each one's loss and LM head,
     then their backwards in reverse through the regions; weight gradients add up over the
     micro-batches and each region updates its weights after the last one.
+
+    An MoE model (`moe_layer`): `routing` (`workloads.routing`: uniform, skewed:ALPHA, router,
+    a file; `seed`) says which experts each token uses, `moe_layout` how the experts are
+    placed in each layer region.
     """
+    check_moe_strategy(cfg, "layer-pipelined", functional)
+    if stage is not None and cfg.is_moe:
+        raise NotImplementedError(f"multi-wafer: the MoE model {cfg.name} is not split over "
+                                  "wafers (a stage's layer slice and routing are not mapped)")
     if stage is not None:
         if functional:
             raise NotImplementedError("functional: a multi-wafer stage is not mapped "
@@ -130,7 +145,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                           reduce_algo=reduce_algo)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention)
+                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
+                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional)
     check_total_weights(run)
     run = resolve_attention(run, lambda r: choose_slots(r, region_shape)[2])
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
@@ -155,6 +171,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         fls = [fl.micro(n, p) if train else fl.chunk(s0, ns)
                for p, (_, _, _, s0, ns) in enumerate(parts)]
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo)
+    tp.moe = MoEFFN(run) if cfg.is_moe else None
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
     lays = [Layout(placed[f"L{i}"], lay0.ra, lay0.g) for i in range(L)]
@@ -216,7 +233,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "sram_buffers_per_core": buffers,
         "attention": {"groups": lay0.ra, "rows_per_group": lay0.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)}
-        | mapping_meta(run, tp))
+        | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
 
 
 def _layout(run: Run, reg: Region) -> Layout:
@@ -230,6 +247,8 @@ def pipelined_buffers(run: Run, lay: Layout) -> dict:
     """SRAM bytes per core of a layer region for one chunk or micro-batch at a time; when
     training in micro-batches, the activations saved for the backward of every one of them
     (all are in flight between the last forward and the first backward)."""
+    if run.cfg.is_moe:
+        return moe_layer_buffers(run, lay)
     out = layer_buffers(run.cfg, lay, run.chunk_tokens, run.keys, run.batch, run.dtype,
                         train=run.phase == "train", reduce_algo=run.reduce_algo)
     if run.phase == "train" and run.micro_batches > 1:
@@ -283,6 +302,7 @@ def _alloc(pb: ProgramBuilder, run: Run, fls: list, parts: list, bufs: list, lay
                 for p, fp in enumerate(fls):
                     tiles |= shared_tiles(fp.layer_tiles(lay, bufs[p][i], weights=False),
                                      bufs[p][i].a)
+            tiles = functional_tiles(f0, run, lay, bufs[0][i], i, tiles)
             if i == L - 1:
                 tiles |= fls[-1].lnf_tiles(lay.row0, True)
                 if train:

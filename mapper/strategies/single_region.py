@@ -29,7 +29,6 @@ from mapper.strategies.common import (
     make_run,
     mapping_meta,
     part_bufs,
-    part_spans,
     resolve_attention,
     shared_tiles,
 )
@@ -41,14 +40,23 @@ from mapper.strategies.functional_layout import (
     layer_recv_tiles,
     make_layout,
 )
+from mapper.strategies.moe_layer import (
+    MoEFFN,
+    check_moe_strategy,
+    functional_tiles,
+    moe_layer_buffers,
+    streamed_layer_params,
+)
+from mapper.strategies.parts import part_spans
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
 
 
-def _layer_weight_bytes(run: Run) -> int:
-    return run.cfg.layer_params() * run.bytes
+def _layer_weight_bytes(run: Run, i: int) -> int:
+    """Bytes of layer i's weights that stream in (an MoE layer: its chosen experts')."""
+    return streamed_layer_params(run, i) * run.bytes
 
 
 def map_layer_sequential(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
@@ -65,7 +73,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
-         attention: str = "auto") -> Program:
+         attention: str = "auto", routing: str | None = None, moe_layout: str | None = None,
+         seed: int = 0) -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
     weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
@@ -75,8 +84,10 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     streaming is timed by its I/O records; functionally the weights are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention)
+                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
+                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional)
     name = "weight-streaming" if streaming else "layer-sequential"
+    check_moe_strategy(cfg, name, functional)
     if micro_batches > 1:
         raise NotImplementedError(f"{name}: a training step in {micro_batches} micro-batches "
                                   "is not mapped (layer-pipelined pipelines them through its "
@@ -89,8 +100,12 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     table = run.table_bytes * (2 if streaming else adam)
 
     def sizes(r: Run, lay: Layout) -> dict:
-        b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
-                          weight_layers=L, stream_weights=streaming, reduce_algo=r.reduce_algo)
+        if cfg.is_moe:
+            b = moe_layer_buffers(r, lay, weight_layers=L, stream_weights=streaming)
+        else:
+            b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
+                              weight_layers=L, stream_weights=streaming,
+                              reduce_algo=r.reduce_algo)
         layer_recv = b.pop("tree_recv", 0)
         recv = max(layer_recv, head_tree_recv(r, reg, 1))  # never live at once
         if r.chunks > 1:  # every chunk's layer input waits between layers (x_shard: one's)
@@ -124,8 +139,11 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         bufs = [[part_bufs(i, c, parts, False, False, acts=f"act.l{i % 2}") for i in range(L)]
                 for c in range(n)]
     tiles = None if fl is None else _tiles(fls, parts, bufs, lay, reg, train, run.reduce_algo)
+    for i in range(L if tiles is not None else 0):
+        tiles = functional_tiles(fl, run, lay, bufs[0][i], i, tiles)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
     tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
+    tp.moe = MoEFFN(run) if cfg.is_moe else None
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
 
     def stream_in(label: str, nbytes: int, after) -> int | None:
@@ -149,7 +167,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
         after = ((io_prev,) if io_prev is not None else ()) + \
             ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
-        w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run), after)
+        w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run, i), after)
         io_prev = w if w is not None else io_prev
         for c in range(n):  # every chunk through layer i, then on to layer i + 1
             tp.share, tp.fl = (c, n), fls[c]
@@ -177,14 +195,14 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             pb.add(IoTransfer("lm_head.grads.out", reg, cfg.d_model * cfg.vocab_size * run.bytes,
                               "out", deps=tuple(Dep(g, "all") for g in head_grads)))
         for i in range(L - 1, -1, -1):
-            w = stream_in(f"L{i}.weights.bwd.in", _layer_weight_bytes(run),
+            w = stream_in(f"L{i}.weights.bwd.in", _layer_weight_bytes(run, i),
                           ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
             io_prev = w if w is not None else io_prev
             dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
                                      bufs=bufs[0][i] if fl is not None else None)
             adam_names = [f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]]
             if streaming:
-                pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run), "out",
+                pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run, i), "out",
                                   deps=tuple(Dep(g, "all") for g in grads)))
             else:
                 tp.optimizer(adam_names, reg, tuple(grads))
@@ -211,7 +229,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "sram_buffers_per_core": buffers,
         "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
-        | mapping_meta(run, tp))
+        | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
 
 
 def _tiles(fls: list[FLayout], parts: list, bufs: list, lay: Layout, reg: Region, train: bool,

@@ -151,6 +151,7 @@ class TP2D:
         self.tree_axes: set[str] = set()  # along which axes ('x', 'y') they were
         self.emitted: set[str] = set()
         self.share = (0, 1)  # (chunk, chunks): a chunk runs its share of every op's FLOPs
+        self.moe = None  # an MoE model's FFN emitter (`moe_layer.MoEFFN`) for its MoE layers
 
     # ---- primitives -----------------------------------------------------------------------
     def compute(self, name: str, region: Region, dep, *, fmac: bool, flops: int | None = None,
@@ -284,6 +285,12 @@ class TP2D:
         dep = attend(p, lay, dep, weight_dep, d)
         dep = self.compute(p + "residual1", lay.row0, dep, fmac=False, data=d.get("residual1"))
         dep = self.norm(p + "norm2", lay.row0, dep, self.tokens, d, "norm2")
+        if self.cfg.is_moe_layer(i):
+            if self.moe is None:
+                raise NotImplementedError(f"layer {i} is an MoE layer: TP2D.moe is not set")
+            dep = self.moe.ffn(self, i, lay, dep, weight_dep, bufs)
+            return self.compute(p + "residual2", lay.row0, dep, fmac=False,
+                                data=d.get("residual2"))
         s = self.sizes(lay)
         dep = self.up(lay, lay.reg, [p + "ffn_up", p + "ffn_gate"], dep, s["ffn_out"],
                       p + "ffn", weight_dep=weight_dep, d=d, key="ffn")

@@ -206,7 +206,8 @@ def run_extended(args) -> int:
     from wse_sim.report.text import format_report
     hw = effective_hardware(args)
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
-          "reduce_algo": args.reduce_algo, "attention": args.attention}
+          "reduce_algo": args.reduce_algo, "attention": args.attention,
+          "routing": getattr(args, "routing", None), "moe_layout": getattr(args, "moe_layout", None)}
     if args.model_set:
         kw["model_set"] = args.model_set
     if args.wafers > 1:
@@ -247,6 +248,7 @@ def run_extended(args) -> int:
         args.region_shape = found.best.get("region_shape", 0)
         args.reduce_algo = kw["reduce_algo"] = found.best.get("reduce_algo", "chain")
         args.attention = kw["attention"] = found.best.get("attention", "auto")
+        args.moe_layout = kw["moe_layout"] = found.best.get("moe_layout")
     if args.generate:
         if args.micro_batches != 1:
             raise ValueError(f"micro_batches: got {args.micro_batches} with --generate, must be "
