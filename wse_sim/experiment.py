@@ -80,6 +80,10 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
         raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
     cfg = load_model(model, model_set)
+    for name, v in (("routing", routing), ("moe_layout", moe_layout)):
+        if v is not None and not cfg.is_moe:
+            raise ConfigError(f"{name}: got {v!r}, which applies only to a mixture-of-experts "
+                              f"model; {cfg.name} is dense")
     if context is None:
         context = min(128, cfg.max_context - 1)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,

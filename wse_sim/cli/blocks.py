@@ -19,7 +19,7 @@ from wse_sim.cli.common import (
     print_json,
     with_interface_keys,
 )
-from wse_sim.cli.outputs import write_requested
+from wse_sim.cli.outputs import check_output_args, write_requested
 
 GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
 GEMV_ALGOS = ("chain", "tree")
@@ -63,7 +63,8 @@ def _size_args(p, gemm: bool) -> None:
     p.add_argument("--dtype", default="fp32", choices=DTYPES)
     p.add_argument("--functional", action="store_true",
                    help="compute the real product and check it against numpy")
-    p.add_argument("--seed", type=int, default=0, help="random inputs of --functional")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random inputs of --functional (default 0)")
 
 
 # ---- one block ---------------------------------------------------------------------------------
@@ -114,6 +115,15 @@ def functional_check(program, hw, seed: int = 0) -> dict:
     return rep
 
 
+def _check_block_args(args, hw) -> None:
+    """Refuse what would be dropped: --seed without --functional, a bad --trace-region."""
+    if args.seed is not None and not args.functional:
+        raise ValueError(f"--seed: got {args.seed}, which applies only with --functional "
+                         "(the random inputs of the real product)")
+    args.seed = args.seed or 0
+    check_output_args(args, hw)
+
+
 def _run_block(args, program, hw, title: str) -> int:
     from wse_sim.cli.program import save_requested
     from wse_sim.engine import simulate
@@ -148,6 +158,13 @@ def _run_block(args, program, hw, title: str) -> int:
 def cmd_gemm(args) -> int:
     from mapper.gemm import build_gemm
     hw = effective_hardware(args)
+    _check_block_args(args, hw)
+    if args.layout != "square" and args.algo != "1d":
+        raise ValueError(f"--layout: got {args.layout!r} with --algo {args.algo}, which applies "
+                         "only to --algo 1d (the others tile a square grid)")
+    if args.no_skew and args.algo not in ("cannon", "meshgemm"):
+        raise ValueError(f"--no-skew: applies only to --algo cannon or meshgemm (their "
+                         f"alignment phase), not {args.algo}")
     program = build_gemm(args.algo, hw, grid=args.grid, m=args.m, k=args.k, n=args.n,
                          dtype=args.dtype, functional=args.functional, layout=args.layout,
                          skew=not args.no_skew)
@@ -158,6 +175,7 @@ def cmd_gemm(args) -> int:
 def cmd_gemv(args) -> int:
     from mapper.gemm import build_gemv
     hw = effective_hardware(args)
+    _check_block_args(args, hw)
     program = build_gemv(args.algo, hw, grid=args.grid, k=args.k, n=args.n, dtype=args.dtype,
                          functional=args.functional)
     return _run_block(args, program, hw, f"gemv {args.algo} K={args.k} N={args.n} {args.dtype} "
@@ -255,6 +273,7 @@ def cmd_collective(args) -> int:
     if args.pes is None and (args.rows is None or args.cols is None):
         raise ValueError("collective: give --pes N (a line) or both --rows R and --cols C")
     hw = effective_hardware(args)
+    check_output_args(args, hw)
     kw = {"pes": args.pes} if args.pes is not None else {"rows": args.rows, "cols": args.cols}
     program = build_collective(args.kind, hw, wavelets=args.wavelets, root=args.root,
                                dtype=args.dtype, **kw)

@@ -1,0 +1,117 @@
+"""Every option of `run`, `gemm`, `gemv` and `collective` is used or refused (issue 17): with
+the option changed from the base command, the JSON answer changes, a file appears, or the
+command refuses in one line (exit 2). An option added without a probe here fails the test."""
+
+import json
+
+import pytest
+
+from wse_sim.cli.main import build_parser, main
+
+BASE = {
+    "run": ["run", "--preset", "mesh16", "--model", "tiny", "--prompt", "16"],
+    "gemm": ["gemm", "--preset", "mesh8", "--algo", "cannon", "--grid", "4", "--m", "32",
+             "--k", "32", "--n", "32"],
+    "gemv": ["gemv", "--preset", "mesh8", "--algo", "chain", "--grid", "4", "--k", "64",
+             "--n", "32"],
+    "collective": ["collective", "--preset", "mesh8", "--kind", "reduce-chain", "--pes", "8",
+                   "--wavelets", "16"],
+}
+FILE = "<file>"   # a path in the test's folder: the option must write it (or be refused)
+# option -> the arguments that change it (the option itself first); FILE: must be written;
+# (context, arguments): both runs take the context, the probe adds the arguments
+PROBES = {
+    "run": {
+        "--preset": ["--preset", "mesh32"], "--set": ["--set", "clock_ghz=0.5"],
+        "--engine": ["--engine", "fast"], "--out": ["--out", FILE],
+        "--trace": ["--trace", FILE], "--trace-region": ["--trace-region", "0,0,2,2"],
+        "--model": ["--model", "tiny-llama"], "--phase": ["--phase", "train"],
+        "--batch": ["--batch", "2"], "--prompt": ["--prompt", "8"],
+        "--context": ["--context", "8"], "--generate": ["--generate", "2"],
+        "--dtype": ["--dtype", "fp32"], "--sparsity": ["--sparsity", "0.5"],
+        "--model-set": ["--model-set", "n_layers=1"],
+        "--strategy": ["--strategy", "layer-sequential"], "--grid": ["--grid", "8"],
+        "--region-shape": ["--region-shape", "1"], "--chunks": ["--chunks", "2"],
+        "--micro-batches": ["--micro-batches", "2"], "--wafers": ["--wafers", "2"],
+        "--prefill-grid": ["--prefill-grid", "8"], "--decode-grid": ["--decode-grid", "8"],
+        "--reduce-algo": ["--reduce-algo", "tree"],
+        "--attention": (["--preset", "mesh32"], ["--attention", "rows"]),
+        "--routing": ["--routing", "skewed:1.5"], "--moe-layout": ["--moe-layout", "strips"],
+        "--spec": ["--spec", "/nonexistent.toml"], "--save-spec": ["--save-spec", FILE],
+        "--show-program": ["--show-program"], "--functional": ["--functional"],
+        "--save-program": ["--save-program", FILE],
+    },
+    "gemm": {
+        "--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],
+        "--engine": ["--engine", "fast"], "--out": ["--out", FILE],
+        "--trace": ["--trace", FILE], "--trace-region": ["--trace-region", "0,0,2,2"],
+        "--algo": ["--algo", "summa"], "--grid": ["--grid", "2"], "--m": ["--m", "64"],
+        "--k": ["--k", "64"], "--n": ["--n", "64"], "--dtype": ["--dtype", "fp16"],
+        "--functional": ["--functional"], "--seed": ["--seed", "3"],
+        "--layout": ["--layout", "line"], "--no-skew": ["--no-skew"],
+        "--save-program": ["--save-program", FILE],
+    },
+    "gemv": {
+        "--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],
+        "--engine": ["--engine", "fast"], "--out": ["--out", FILE],
+        "--trace": ["--trace", FILE], "--trace-region": ["--trace-region", "0,0,2,2"],
+        "--algo": ["--algo", "tree"], "--grid": ["--grid", "2"], "--k": ["--k", "128"],
+        "--n": ["--n", "64"], "--dtype": ["--dtype", "fp16"], "--functional": ["--functional"],
+        "--seed": ["--seed", "3"], "--save-program": ["--save-program", FILE],
+    },
+    "collective": {
+        "--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],
+        "--engine": ["--engine", "fast"], "--out": ["--out", FILE],
+        "--trace": ["--trace", FILE], "--trace-region": ["--trace-region", "0,0,2,2"],
+        "--kind": ["--kind", "broadcast"], "--pes": ["--pes", "4"],
+        "--rows": ["--rows", "2", "--cols", "2"], "--cols": ["--cols", "2"],
+        "--wavelets": ["--wavelets", "32"], "--root": ["--root", "centre"],
+        "--dtype": ["--dtype", "fp16"], "--save-program": ["--save-program", FILE],
+    },
+}
+SKIP = {"--json", "--help"}  # every probe runs with --json
+
+
+def options(command: str) -> set:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {a.option_strings[0] for a in sub.choices[command]._actions
+            if a.option_strings} - SKIP - {"-h"}
+
+
+@pytest.mark.parametrize("command", sorted(BASE))
+def test_every_option_has_a_probe(command):
+    assert options(command) == set(PROBES[command]), "add a probe for each new option"
+
+
+def _answer(argv, capsys) -> tuple[int, object]:
+    try:
+        code = main(argv + ["--json"])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    if code == 2:
+        assert err.startswith("error:") and err.count("\n") == 1, err
+        return 2, err
+    assert code in (0, 1), (argv, code, err)
+    try:
+        d = json.loads(out)
+    except json.JSONDecodeError:
+        return code, out  # e.g. --show-program prints the program
+    if isinstance(d, dict):
+        for k in ("wall_seconds", "out", "trace", "outputs"):
+            d.pop(k, None)
+    return code, d
+
+
+@pytest.mark.parametrize("command, option", [(c, o) for c in sorted(PROBES) for o in PROBES[c]])
+def test_the_option_is_used_or_refused(command, option, tmp_path, capsys):
+    probe = PROBES[command][option]
+    context, probe = probe if isinstance(probe, tuple) else ([], probe)
+    base_code, base = _answer(BASE[command] + context, capsys)
+    assert base_code == 0
+    probe = [str(tmp_path / "written") if a == FILE else a for a in probe]
+    code, got = _answer(BASE[command] + context + probe, capsys)
+    if code == 2:
+        return  # refused, in one line
+    wrote = (tmp_path / "written").exists()
+    assert wrote or got != base, f"{command} {' '.join(probe)}: accepted, and nothing changed"
