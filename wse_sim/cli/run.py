@@ -48,10 +48,12 @@ def _field_value(text: str) -> tuple:
     return key.strip(), raw
 
 
-def add_spec_args(p) -> None:
-    """One option per run spec field (`wse_sim.spec.FIELDS`), default None (not given), then
-    --spec FILE and --save-spec FILE."""
+def add_spec_args(p, only: tuple | None = None, files: bool = True) -> None:
+    """One option per run spec field (`wse_sim.spec.FIELDS`, or those in `only`), default None
+    (not given), then (`files`) --spec FILE and --save-spec FILE."""
     for name, (_section, f) in FIELDS.items():
+        if only is not None and name not in only:
+            continue
         o = f.metadata["option"]
         flag = "--" + name.replace("_", "-")
         kw = {"default": None, "help": o.help}
@@ -70,6 +72,8 @@ def add_spec_args(p) -> None:
         if f.default not in (None, "") and name != "context":
             kw["help"] += f" (default {f.default})"
         p.add_argument(flag, **kw)
+    if not files:
+        return
     p.add_argument("--spec", metavar="FILE", default=None,
                    help="a run spec TOML file (`--save-spec` writes one); options given on the "
                         "command line override its values")
@@ -77,13 +81,17 @@ def add_spec_args(p) -> None:
                    help="write this run's spec as TOML (then run it)")
 
 
-def spec_from_args(args) -> RunSpec:
-    """The run spec of `run`: the --spec file's values, then the options given; refused if a
-    given option does not apply. Fills `args` with the spec's values for the rest of `run`."""
-    base = load_spec(args.spec) if args.spec else None
+def spec_from_args(args, only: tuple | None = None) -> RunSpec:
+    """The run spec of `run` (or of the fields `only` that another command offers): the --spec
+    file's values, then the options given; refused if a given option does not apply. Fills
+    `args` with the spec's values for the rest of the command."""
+    spec_file = getattr(args, "spec", None)
+    base = load_spec(spec_file) if spec_file else None
     values = base.values() if base else {}
     given = set(base.given) if base else set()
     for name in FIELDS:
+        if only is not None and name not in only:
+            continue
         v = getattr(args, name)
         if v is not None:
             if name == "model_set":  # repeated FIELD=VALUE pairs, over the file's own
@@ -105,11 +113,12 @@ def spec_from_args(args) -> RunSpec:
                                engine=args.engine, given=given)
     spec.check_applies()
     for name, v in spec.values().items():
-        setattr(args, name, v)
+        if only is None or name in only:
+            setattr(args, name, v)
     if args.context is None:
         from workloads.models import load_model
         args.context = min(128, load_model(args.model).max_context - 1)
-    if args.save_spec:
+    if getattr(args, "save_spec", None):
         from pathlib import Path
         try:
             Path(args.save_spec).write_text(spec.to_toml())

@@ -16,17 +16,12 @@ from wse_sim.cli.common import (
     with_interface_keys,
     write_requested,
 )
+from wse_sim.cli.outputs import check_output_args
+from wse_sim.cli.run import add_spec_args, spec_from_args
 
-
-def _model_args(p) -> None:
-    p.add_argument("--model", required=True, help="zoo name or TOML file")
-    p.add_argument("--phase", default="prefill", choices=("prefill", "decode", "train"))
-    p.add_argument("--batch", type=positive_int, default=1)
-    p.add_argument("--prompt", type=positive_int, default=128)
-    p.add_argument("--context", type=positive_int, default=128)
-    p.add_argument("--grid", type=positive_int, default=None)
-    p.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--sparsity", type=float, default=0.0)
+# the run spec fields `compare` and `search` offer (`wse_sim.spec`, declared there once)
+MODEL_FIELDS = ("model", "phase", "batch", "prompt", "context", "grid", "dtype", "sparsity",
+                "model_set")
 
 
 def _reduce_arg(p, default, help_text: str) -> None:
@@ -39,20 +34,12 @@ def register(sub) -> dict:
     cmp.add_argument("what", nargs="?", default="model", choices=("model", "gemm"),
                      help="'model' (default): whole-model strategies; 'gemm': GEMM algorithms")
     hardware_args(cmp)
-    cmp.add_argument("--model", help="zoo name or TOML file (compare model)")
-    for name, default in (("--phase", "prefill"),):
-        cmp.add_argument(name, default=default, choices=("prefill", "decode", "train"))
-    for name, default in (("--batch", 1), ("--prompt", 128), ("--context", 128)):
-        cmp.add_argument(name, type=positive_int, default=default)
-    cmp.add_argument("--grid", type=positive_int, default=None)
-    cmp.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
-    cmp.add_argument("--sparsity", type=float, default=0.0)
-    _reduce_arg(cmp, "chain", "how the GEMMs' partial sums reduce (compare model)")
+    add_spec_args(cmp, only=MODEL_FIELDS + ("reduce_algo",), files=False)
     for name in ("--m", "--k", "--n"):
         cmp.add_argument(name, type=positive_int, default=None, help="GEMM size (compare gemm)")
     srch = sub.add_parser("search", help="choose the mapping by simulated cost, and say why")
     hardware_args(srch)
-    _model_args(srch)
+    add_spec_args(srch, only=MODEL_FIELDS, files=False)
     srch.add_argument("--budget", type=positive_int, default=64, help="most mappings to simulate")
     _reduce_arg(srch, None, "fix the GEMMs' reduce algorithm (default: search them)")
     return {"compare": cmd_compare, "search": cmd_search}
@@ -62,6 +49,8 @@ def _kw(args) -> dict:
     kw = {"phase": args.phase, "batch": args.batch, "prompt": args.prompt,
           "context": args.context, "dtype": args.dtype, "grid": args.grid,
           "sparsity": args.sparsity}
+    if args.model_set:
+        kw["model_set"] = args.model_set
     if getattr(args, "reduce_algo", None):
         kw["reduce_algo"] = args.reduce_algo
     return kw
@@ -69,7 +58,7 @@ def _kw(args) -> dict:
 
 def scorecard_row(name: str, r) -> dict:
     s = r.summary()
-    return {"strategy": name, "cycles": s["cycles"], "seconds": s["seconds"],
+    return {"strategy": name, "engine": r.engine, "cycles": s["cycles"], "seconds": s["seconds"],
             "tokens_per_s": s["tokens_per_s"], "peak_fraction": s["peak_fraction"],
             "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
             "sram_bytes_per_core": s["sram_bytes_per_core"],
@@ -115,7 +104,7 @@ def _write_scorecard(out: Path, card: dict) -> None:
     import io
     _write_json(out / "scorecard.json", card)
     buf = io.StringIO()
-    cols = ["strategy", "cycles", "seconds", "tokens_per_s", "peak_fraction", "comm_share",
+    cols = ["strategy", "engine", "cycles", "seconds", "tokens_per_s", "peak_fraction", "comm_share",
             "sram_bytes_per_core", "colors_per_core", "io_bytes", "energy_per_token_j",
             "rejected"]
     w = csv.DictWriter(buf, cols)
@@ -147,7 +136,9 @@ def cmd_compare(args) -> int:
     if not args.model:
         raise ValueError("compare: --model is required (or use `wse-sim compare gemm`)")
     from wse_sim.experiment import compare_strategies
+    spec_from_args(args, only=MODEL_FIELDS + ("reduce_algo",))
     hw = effective_hardware(args)
+    check_output_args(args, hw)
     results = compare_strategies(hw, args.model, engine=args.engine, **_kw(args))
     rows = [scorecard_row(n, r) for n, r in results.items() if not isinstance(r, str)]
     rejected = {n: r for n, r in results.items() if isinstance(r, str)}
@@ -168,7 +159,9 @@ def cmd_compare(args) -> int:
 
 def cmd_search(args) -> int:
     from wse_sim.experiment import search_mapping
+    spec_from_args(args, only=MODEL_FIELDS)
     hw = effective_hardware(args)
+    check_output_args(args, hw)
     kw = _kw(args)
     grid = kw.pop("grid")
     found, best = search_mapping(hw, args.model, engine=args.engine, budget=args.budget,
