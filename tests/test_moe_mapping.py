@@ -184,7 +184,8 @@ def test_unmapped_parts_say_so():
         _program(strategy="weight-streaming", functional=True)
     with pytest.raises(NotImplementedError, match="MoE training is not mapped"):
         _program(phase="train", batch=1)
-    with pytest.raises(MappingError, match="has no experts"):
+    with pytest.raises(ValueError, match="routing: got 'uniform', which applies only to a "
+                                         "mixture-of-experts model; tiny is dense"):
         build_program(MESH8, "tiny", phase="decode", context=8, routing="uniform")
     assert np.isfinite(_program(MESH16).meta["moe"]["max_imbalance"])
 
