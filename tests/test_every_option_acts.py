@@ -1,5 +1,4 @@
-"""Every option of the simulating sub-commands (`run`, `gemm`, `gemv`, `collective`, `compare`,
-`search`, `serve`, `run-program`) is used or refused (issue 17): with
+"""Every option of every sub-command is used or refused (issue 17): with
 the option changed from the base command, the JSON answer changes, a file appears, or the
 command refuses in one line (exit 2). An option added without a probe here fails the test."""
 
@@ -24,11 +23,21 @@ BASE = {
     "serve": ["serve", "--preset", "mesh8", "--model", "tiny", "--arrivals", "poisson:1000",
               "--requests", "4", "--prompt-dist", "fixed:8", "--output-dist", "fixed:4"],
     "run-program": ["run-program", "examples/programs/row_sum.json", "--preset", "mesh8"],
+    "demo": ["demo"],
+    "presets": ["presets"],
+    "models": ["models"],
+    "validate": ["validate", "--case", "P1-reduce-star"],
+    "sweep": ["sweep", "<sweep.toml>", "--out", "<tmp>/sw", "--workers", "0"],
+    "sweep-plot": ["sweep-plot", "<dir>/made"],
+    "plot": ["plot", "<dir>/run/result.json", "--out", "<tmp>/figs"],
 }
+SWEEP = ('[base]\npreset = "mesh8"\nmodel = "tiny"\nphase = "decode"\ncontext = 8\n'
+         '[axes]\nclock_ghz = [0.5, 1.0]\n')
 HW = {"--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],
       "--engine": ["--engine", "fast"], "--out": ["--out", "<file>"],
       "--trace": ["--trace", "<file>"], "--trace-region": ["--trace-region", "0,0,2,2"]}
 FILE = "<file>"   # a path in the test's folder: the option must write it (or be refused)
+SITUATIONAL = None  # acts only in a situation the generic probe cannot make: a test of its own
 # option -> the arguments that change it (the option itself first); FILE: must be written;
 # (context, arguments): both runs take the context, the probe adds the arguments
 PROBES = {
@@ -102,6 +111,18 @@ PROBES = {
         "--attention": ["--attention", "rows"], "--engine": ["--engine", "fast"],
         "--cost-cache": ["--cost-cache", FILE], "--out": ["--out", FILE],
     },
+    "demo": {"--out": ["--out", FILE], "--trace": ["--trace", FILE],
+             "--trace-region": ["--trace-region", "0,0,2,2"]},
+    "presets": {"--show": ["--show", "mesh8"], "--set": ["--set", "clock_ghz=0.5"]},
+    "models": {},
+    "validate": {"--fast": ["--fast"], "--engine": ["--engine", "fast"],
+                 "--case": ["--case", "P1-reduce-chain"]},
+    "sweep": {"--out": ["--out", FILE], "--workers": ["--workers", "-1"],
+              "--dask": ["--dask", "localhost:1"], "--force": SITUATIONAL,
+              "--retry-failed": SITUATIONAL},
+    "sweep-plot": {"--metric": ["--metric", "seconds"], "--x": ["--x", "phase"],
+                   "--out": ["--out", FILE]},
+    "plot": {"--out": ["--out", FILE], "--format": ["--format", "pdf"]},
     "run-program": HW | {
         "--show-program": ["--show-program"],
         "--kernels": ["--kernels", "/nonexistent.py"],
@@ -132,9 +153,36 @@ def test_every_option_has_a_probe(command):
     assert options(command) == set(PROBES[command]), "add a probe for each new option"
 
 
+@pytest.fixture(scope="module")
+def materials(tmp_path_factory) -> dict:
+    """What the sweep and plot commands read (made once): a sweep file, a finished sweep and
+    a run's folder."""
+    d = tmp_path_factory.mktemp("materials")
+    (d / "sweep.toml").write_text(SWEEP)
+    assert main(["sweep", str(d / "sweep.toml"), "--out", str(d / "made"), "--workers", "0",
+                 "--json"]) == 0
+    assert main(["run", "--preset", "mesh8", "--model", "tiny", "--phase", "decode",
+                 "--context", "8", "--out", str(d / "run"), "--json"]) == 0
+    return {"<sweep.toml>": str(d / "sweep.toml"), "<dir>": str(d)}
+
+
+_BASE_ANSWERS: dict = {}  # base argv -> answer (the same base serves every option's probe)
+
+
+def _fill(argv, names: dict) -> list:
+    out = []
+    for a in argv:
+        for k, v in names.items():
+            a = a.replace(k, v)
+        out.append(a)
+    return out
+
+
 def _answer(argv, capsys) -> tuple[int, object]:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    has_json = "--json" in sub.choices[argv[0]]._option_string_actions
     try:
-        code = main(argv + ["--json"])
+        code = main(argv + (["--json"] if has_json else []))
     except SystemExit as e:
         code = e.code
     out, err = capsys.readouterr()
@@ -145,22 +193,52 @@ def _answer(argv, capsys) -> tuple[int, object]:
     try:
         d = json.loads(out)
     except json.JSONDecodeError:
-        return code, out  # e.g. --show-program prints the program
+        return code, out + err  # e.g. --show-program prints the program; plot, its files
     if isinstance(d, dict):
         for k in ("wall_seconds", "out", "trace", "outputs"):
             d.pop(k, None)
     return code, d
 
 
-@pytest.mark.parametrize("command, option", [(c, o) for c in sorted(PROBES) for o in PROBES[c]])
-def test_the_option_is_used_or_refused(command, option, tmp_path, capsys):
+@pytest.mark.parametrize("command, option", [(c, o) for c in sorted(PROBES) for o in PROBES[c]
+                                             if PROBES[c][o] is not SITUATIONAL])
+def test_the_option_is_used_or_refused(command, option, tmp_path, capsys, materials):
     probe = PROBES[command][option]
     context, probe = probe if isinstance(probe, tuple) else ([], probe)
-    base_code, base = _answer(BASE[command] + context, capsys)
-    assert base_code == 0
+    capsys.readouterr()
+    base_argv = _fill(BASE[command] + context, materials | {"<tmp>": str(tmp_path)})
+    key = tuple(_fill(base_argv, {str(tmp_path): "<tmp>"}))
+    def norm(answer):  # this test's folder named alike in every test (the base is shared)
+        code, x = answer
+        return code, json.loads(json.dumps(x).replace(str(tmp_path), "<tmp>"))
+
+    if key not in _BASE_ANSWERS:
+        _BASE_ANSWERS[key] = norm(_answer(base_argv, capsys))
+    base_code, base = _BASE_ANSWERS[key]
+    assert base_code in (0, 1)  # validate exits 1 when a case misses (the known wse3 one)
     probe = [str(tmp_path / "written") if a == FILE else a for a in probe]
-    code, got = _answer(BASE[command] + context + probe, capsys)
+    code, got = norm(_answer(base_argv + probe, capsys))
     if code == 2:
         return  # refused, in one line
     wrote = any(tmp_path.glob("written*"))  # several runs write written.<run>.json
     assert wrote or got != base, f"{command} {' '.join(probe)}: accepted, and nothing changed"
+
+
+def test_sweep_force_and_retry_failed_act_where_they_apply(tmp_path, capsys):
+    """--force: a folder holding another sweep is refused without it, reused with it.
+    --retry-failed: a failed point runs again only with it."""
+    other = tmp_path / "other.toml"
+    other.write_text(SWEEP.replace("[0.5, 1.0]", "[0.7]"))
+    first = tmp_path / "first.toml"
+    first.write_text(SWEEP.replace("clock_ghz = [0.5, 1.0]", "chunks = [1, 2]"))  # 2: fails
+    out = str(tmp_path / "sw")
+    assert main(["sweep", str(first), "--out", out, "--workers", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["failed"] == 1
+    assert main(["sweep", str(first), "--out", out, "--workers", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 0  # nothing to do: resumed
+    assert main(["sweep", str(first), "--out", out, "--workers", "0", "--json",
+                 "--retry-failed"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 1  # the failed point, again
+    assert main(["sweep", str(other), "--out", out, "--workers", "0", "--json"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["sweep", str(other), "--out", out, "--workers", "0", "--json", "--force"]) == 0
