@@ -162,3 +162,22 @@ def test_a_sweep_varies_a_model_dimension():
     with pytest.raises(ConfigError, match="axes.model.n_layer: unknown"):
         parse_sweep_text('[base]\npreset = "mesh16"\nmodel = "tiny"\n[axes]\n'
                          'model.n_layer = [1]\n')
+
+
+def test_simulate_spec_runs_a_saved_spec_like_the_cli(tmp_path, capsys):
+    from wse_sim.experiment import simulate_spec
+    f = tmp_path / "r.toml"
+    assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "decode",
+                 "--context", "16", "--reduce-algo", "tree", "--save-spec", str(f),
+                 "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    r = simulate_spec(load_spec(f))
+    assert r.cycles == cli["cycles"]
+    gen = simulate_spec(RunSpec.from_values({"model": "tiny", "prompt": 16, "generate": 2},
+                                            preset="mesh16"))
+    assert gen["generated_tokens"] == 2 and gen["seconds"] > 0
+    with pytest.raises(ConfigError, match="chunks: got 2, which does not apply"):
+        simulate_spec(RunSpec.from_values({"model": "tiny", "phase": "decode", "chunks": 2},
+                                          preset="mesh16"))
+    with pytest.raises(TypeError, match="simulate_spec: spec got dict"):
+        simulate_spec({"model": "tiny"})

@@ -12,6 +12,7 @@ from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
+from wse_sim.spec import Mapping, RunSpec
 from wse_sim.timing import split_evenly
 
 STRATEGIES = STRATEGY_NAMES
@@ -119,6 +120,40 @@ def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
     return simulate(program, hw, engine=engine)
 
 
+def simulate_spec(spec: RunSpec):
+    """Run one run spec (`wse_sim.spec.RunSpec`, e.g. `wse_sim.spec.load_spec(FILE)`): checks
+    that every given field applies, then maps and simulates it. Returns a SimResult; a spec
+    with `generate` gives run_generate's dict, with `wafers` > 1 run_multi_wafer's, with
+    strategy auto the best mapping search_mapping found (its SimResult)."""
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"simulate_spec: spec got {type(spec).__name__}, must be a RunSpec")
+    spec.check_applies()
+    hw = load_preset(spec.preset, spec.overrides or None)
+    values = spec.values()
+    model = values.pop("model")
+    values = {k: v for k, v in values.items() if v is not None and v != {}}
+    generate, wafers = values.pop("generate", None), values.pop("wafers", 1)
+    prefill_grid, decode_grid = values.pop("prefill_grid", None), values.pop("decode_grid", None)
+    if generate:
+        return run_generate(hw, model, generate=generate, engine=spec.engine,
+                            prefill_grid=prefill_grid, decode_grid=decode_grid,
+                            **{k: v for k, v in values.items() if k not in ("phase", "context")})
+    if wafers > 1:
+        return run_multi_wafer(hw, model, wafers=wafers, engine=spec.engine,
+                               **{k: v for k, v in values.items() if k != "strategy"})
+    if values.get("strategy") == "auto":
+        values.pop("strategy")
+        for k in ("chunks", "micro_batches", "region_shape"):
+            values.pop(k, None)  # searched
+        grid = values.pop("grid", None)
+        _, best = search_mapping(hw, model, engine=spec.engine,
+                                 grids=(grid,) if grid else None, **values)
+        if best is None:
+            raise ConfigError(f"strategy auto: no strategy fits {model} on {spec.preset}")
+        return best
+    return simulate(build_program(hw, model, **values), hw, engine=spec.engine)
+
+
 def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", **kw) -> dict:
     """Run every strategy; returns name -> SimResult, or name -> the one-line reason it does
     not fit."""
@@ -173,6 +208,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
              for mb in (micro_options if s == "layer-pipelined" else (1,))
              for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
              for a in algos for lay in layouts]
+    for cand in cands:  # every candidate is a valid mapping of the run spec (wse_sim.spec)
+        Mapping(**{k: v for k, v in cand.items() if v is not None})
     seen: set = set()
 
     def evaluate(cand: dict) -> float:

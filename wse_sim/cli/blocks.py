@@ -214,6 +214,7 @@ def cmd_compare_gemm(args) -> int:
         raise ValueError(f"compare gemm: {', '.join(missing)} required "
                          "(e.g. --grid 8 --m 256 --k 256 --n 256)")
     hw = effective_hardware(args)
+    args.dtype = args.dtype or "fp16"  # compare's --dtype is a run spec option: None if not given
     rows = compare_gemm(hw, grid=args.grid, m=args.m, k=args.k, n=args.n, dtype=args.dtype,
                         engine=args.engine)
     ok = [r for r in rows.values() if isinstance(r, dict)]
