@@ -294,11 +294,14 @@ class _Run:
 
     def step(self, tables: Tables, limit: int) -> None:
         while True:
-            S.run(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk, tables.hwc,
-                  self.free, self.owner, self.start, self.blk, self.pend, self.sig_time,
-                  self.sig_prod, self.sig_pend, self.busy, self.lbytes, self.lbusy, self.tacc,
-                  self.head, self.wheel, self.batch, self.tmp, self.tscr, self.state, self.rrid,
-                  self.roff, self.rlen, self.ex, self.ey, self.eoff, self.ends, limit)
+            S.run(K.ProgramArrays(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk,
+                                  tables.hwc),
+                  K.EventQueue(self.free, self.owner, self.start, self.blk, self.pend,
+                               self.sig_time, self.sig_prod, self.sig_pend, self.head,
+                               self.wheel, self.batch, self.tmp, self.tscr),
+                  K.Counters(self.busy, self.lbytes, self.lbusy, self.tacc),
+                  K.Scratch(self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff),
+                  self.ends, self.state, limit)
             need = int(self.state[S.S_NEED])
             if not need:
                 return

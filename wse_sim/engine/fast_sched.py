@@ -170,10 +170,10 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, wheel, qtime, qnext,
 
 
 @kernel
-def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time, sig_prod, sig_pend,
-        busy, lbytes, lbusy, tacc, head, wheel, batch, tmp, tscr, state, rrid, roff, rlen, ex, ey,
-        eoff, ends, limit):
+def run(prog, q, cnt, scr, ends, state, limit):
     """Grant up to `limit` instances, then return (so that the caller can show progress).
+    `prog`, `q`, `cnt`, `scr`: the `fast_tasks` named groups of arrays (ProgramArrays,
+    EventQueue, Counters, Scratch).
 
     Until an instance is granted, start[g] / blk[g] hold its ready time (0 to begin with) /
     queue link. Ready instances wait in a timing wheel (the next W cycles) backed by a radix
@@ -181,6 +181,10 @@ def run(td, deps, rdeps, ib, tblk, hwc, free, owner, start, blk, pend, sig_time,
     `ends` (one slot per instance, or empty) receives each instance's end time.
     Returns early, with state[S_NEED] set, when a round does not fit in `batch` / `tmp`.
     """
+    td, deps, rdeps, ib, tblk, hwc = prog
+    free, owner, start, blk, pend, sig_time, sig_prod, sig_pend, head, wheel, batch, tmp, tscr = q
+    busy, lbytes, lbusy, tacc = cnt
+    rrid, roff, rlen, ex, ey, eoff = scr
     n = hwc[H_N]
     w = (wheel.shape[0] - 1) * 64 // 193  # timing-wheel slots
     queued, blen, bpos, now = state[S_QUEUED], state[S_BLEN], state[S_BPOS], state[S_TIME]

@@ -54,6 +54,10 @@ from wse_sim.engine.fast_tasks import (
     F_SLOTS,
     H_N,
     K_COMPUTE,
+    Counters,
+    ProgramArrays,
+    Scratch,
+    StepArrays,
     anchor,
     fill_events,
     fill_res,
@@ -198,13 +202,16 @@ def _sort_by_key(keys, order, tmp, count, n):
 
 
 @kernel
-def run_steps(td, deps, ib, tblk, hwc, groups, g1, mask, res, sig, busy, lbytes, lbusy, tacc,
-              rgs, preds, order, tmp, count, rrid, roff, rlen, ex, ey, eoff, pc, starts, ends,
-              state, watch):
+def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
     """Run the task groups state[T_NEXT] .. g1 - 1 (group k: tasks groups[k] ..
     groups[k + 1] - 1, none of which needs another of the group). Stops early with
     state[T_STATUS] != OK (and state[T_TASK] the task) when the step path cannot give the
-    reference's result. `watch`: see `_needs`."""
+    reference's result. `prog`, `sa`, `cnt`, `scr`: the `fast_tasks` named groups of arrays
+    (ProgramArrays, StepArrays, Counters, Scratch). `watch`: see `_needs`."""
+    td, deps, _rdeps, ib, tblk, hwc = prog
+    groups, mask, res, sig, rgs, preds, order, tmp, count, pc, starts = sa
+    busy, lbytes, lbusy, tacc = cnt
+    rrid, roff, rlen, ex, ey, eoff = scr
     n = hwc[H_N]
     npc = pc.shape[0]
     keep_ends = ends.shape[0] > 0
@@ -411,11 +418,13 @@ class StepRun:
 
     def run(self, tables, g1: int) -> int:
         """Run the task groups up to g1 (exclusive); the status."""
-        run_steps(tables.td, tables.deps, tables.ib, self.tblk, tables.hwc, self.groups, g1,
-                  self.mask, self.res, self.sig, self.busy, self.lbytes, self.lbusy, self.tacc,
-                  self.rgs, self.preds, self.order, self.tmp, self.count, self.rrid, self.roff,
-                  self.rlen, self.ex, self.ey, self.eoff, self.pc, self.start, self.ends,
-                  self.state, self.watch)
+        run_steps(ProgramArrays(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk,
+                                tables.hwc),
+                  StepArrays(self.groups, self.mask, self.res, self.sig, self.rgs, self.preds,
+                             self.order, self.tmp, self.count, self.pc, self.start),
+                  Counters(self.busy, self.lbytes, self.lbusy, self.tacc),
+                  Scratch(self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff),
+                  self.ends, g1, self.state, self.watch)
         return int(self.state[T_STATUS])
 
     def critical_path(self) -> tuple[int, int, int]:

@@ -15,6 +15,8 @@ every core of the line (reduce) or of the region (IoTransfer), in the reference'
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numba.core.cpu
 from numba import njit
 
@@ -31,6 +33,16 @@ def kernel(fn=None, *, inline=False):
     if inline:
         opts["inline"] = "always"
     return njit(**opts) if fn is None else njit(**opts)(fn)
+
+# The scheduler kernels take their arrays in a few named groups (numba passes a namedtuple of
+# arrays as one argument): the program's tables, the counters a run accumulates, the scratch
+# buffers of one instance's reservations and events, and each path's own state.
+ProgramArrays = namedtuple("ProgramArrays", "td deps rdeps ib tblk hwc")
+Counters = namedtuple("Counters", "busy lbytes lbusy tacc")
+Scratch = namedtuple("Scratch", "rrid roff rlen ex ey eoff")
+EventQueue = namedtuple("EventQueue", "free owner start blk pend sig_time sig_prod sig_pend "
+                                      "head wheel batch tmp tscr")
+StepArrays = namedtuple("StepArrays", "groups mask res sig rgs preds order tmp count pc starts")
 
 # task kinds
 K_COMPUTE, K_UNICAST, K_MULTICAST, K_BCAST, K_REDUCE, K_IO = 0, 1, 2, 3, 4, 5
