@@ -14,6 +14,7 @@ from mapper.collectives_spec import (
     tree_children,
     two_level_groups,
 )
+from mapper.tree_reduce import two_level_end
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.timing import message_cycles, reduce_pace, stream_beats, transfer_cycles
 
@@ -78,34 +79,13 @@ def cf_tree(hw: HardwareConfig, n: int, rho: int, b: int, dtype: str, arity: int
 def cf_two_level(hw: HardwareConfig, n: int, b: int, dtype: str, group: int | None) -> int:
     """Group chains (all start at 0), then the leaders' sends to the root, nearest first, each
     at the earliest start at which the links toward the root and the root's ramp off are free
-    (a chain paced slower than a beat per cycle may still hold them): traced exactly."""
-    g, m, r0 = two_level_groups(n, group)
-    if m == 0:
+    (a chain paced slower than a beat per cycle may still hold them): traced exactly, by the
+    same trace as the GEMMs' two-level reduce (`mapper.tree_reduce.two_level_end`), with no
+    add at the root."""
+    groups = two_level_groups(n, group)
+    if groups[1] == 0:
         return cf_chain(hw, n, 0, b, dtype)
-    h, tr = hw.hop_latency_cycles, hw.ramp_latency_cycles
-    s, r = hw.message_start_cycles, hw.message_receive_cycles
-    stage, pace, wn = _stage(hw), reduce_pace(hw, dtype), stream_beats(hw, b)
-    link_free: dict[int, int] = {}  # link leaving position q toward q - 1 -> free after
-
-    def chain(lo: int, cores: int) -> int:
-        """Reserve a group chain's links; its end (the event at position lo)."""
-        for i in range(1, cores):  # hop i - 1 leaves position lo + cores - i
-            link_free[lo + cores - i] = s + (i - 1) * stage + tr + wn * pace
-        return (cores - 1) * stage + (wn - 1) * pace + s + r if cores >= 2 else 0
-
-    done = chain(0, r0)
-    root_off = s + (r0 - 2) * stage + tr + h + wn * pace if r0 >= 2 else 0
-    ready = max([chain(r0 + (k - 1) * g, g) for k in range(1, m + 1)])
-    for k in range(1, m + 1):
-        lead, start = r0 + (k - 1) * g, ready
-        for q in range(lead, 0, -1):
-            start = max(start, link_free.get(q, 0) - s - tr - (lead - q) * h)
-        start = max(start, root_off - s - tr - lead * h)
-        for q in range(lead, 0, -1):
-            link_free[q] = start + s + tr + (lead - q) * h + wn
-        root_off = start + s + tr + lead * h + wn
-        done = max(done, start + s + 2 * tr + lead * h + wn - 1 + r)
-    return done
+    return two_level_end(hw, [0] * n, b, dtype, groups, 0)
 
 
 def _max_window(hops: list[int], length: int) -> int:

@@ -156,11 +156,18 @@ def tree_end(hw: HardwareConfig, ready: list[int], wavelets: int, values: int,
     ready[p]: the group chains reserve their links first (they are ready first), then the
     leaders' sends are granted in order, first come first served, on the links toward the root
     and the root's ramp off; the root adds each arrival after its previous add."""
+    return two_level_end(hw, ready, wavelets, dtype, tree_groups(len(ready)),
+                         add_cycles(hw, values, dtype))
+
+
+def two_level_end(hw: HardwareConfig, ready: list[int], wavelets: int, dtype: str,
+                  groups: tuple[int, int, int], a: int) -> int:
+    """`tree_end` for any grouping (g, m, r0) and root add `a` (0: the root takes the sums as
+    they arrive, as `mapper.collectives`' two-level reduce does): traced exactly."""
     tr, hop, wn = hw.ramp_latency_cycles, hw.hop_latency_cycles, stream_beats(hw, wavelets)
     s, r = hw.message_start_cycles, hw.message_receive_cycles  # every window starts s late
     stage, pace = stage_cycles(hw), reduce_pace(hw, dtype)
-    a = add_cycles(hw, values, dtype)
-    g, m, r0 = tree_groups(len(ready))
+    g, m, r0 = groups
     link_free: dict[int, int] = {}  # link from position q to q - 1 -> free after
     root_off = 0
 

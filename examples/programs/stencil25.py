@@ -43,7 +43,7 @@ result_buffer = star3d.result_buffer
 
 def sweep_cycles_closed_form(hw, nz: int, dtype: str = "fp32") -> int:
     """Cycles of one sweep: 4 rounds x 4 nz wavelets through the ramp, the last one hop away,
-    then 29 nz vector FLOPs: 16 nz - 1 + 2 T_R + hop + 29 nz / lanes."""
+    then 29 nz vector FLOPs: 16 nz - 1 + 2 T_R + hop + M + 29 nz / lanes."""
     return star3d.sweep_cycles(hw, nz, RADIUS, dtype)
 
 
