@@ -115,7 +115,7 @@ def spec_from_args(args, only: tuple | None = None) -> RunSpec:
     for name, v in spec.values().items():
         if only is None or name in only:
             setattr(args, name, v)
-    if args.context is None:
+    if getattr(args, "context", 0) is None:
         from workloads.models import load_model
         args.context = min(128, load_model(args.model).max_context - 1)
     if getattr(args, "save_spec", None):

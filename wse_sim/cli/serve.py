@@ -11,6 +11,7 @@ import math
 import time
 
 from wse_sim.cli.common import int_at_least, one_of, positive_int, print_json
+from wse_sim.cli.run import add_spec_args, spec_from_args
 
 MODES = ("time-shared", "disaggregated")
 
@@ -54,9 +55,6 @@ def _ms(text: str) -> float:
 
 
 def register(sub) -> dict:
-    from mapper.attention import ATTENTION_SPLITS
-    from mapper.reduce_algos import LAYER_REDUCE_ALGOS
-    from wse_sim.experiment import STRATEGIES
     p = sub.add_parser("serve", help="simulate a stream of requests under continuous batching")
     p.add_argument("--preset", required=True, help="preset name or TOML file (the serving "
                    "region; with --mode disaggregated the prefill region)")
@@ -90,12 +88,7 @@ def register(sub) -> dict:
     p.add_argument("--bucket", type=_bucket, default="pow2", metavar="pow2|N",
                    help="prompt/context rounded up to a power of two or a multiple of N "
                         "tokens (1: exact) before their costs are simulated")
-    p.add_argument("--strategy", type=one_of(STRATEGIES), default="layer-pipelined")
-    p.add_argument("--grid", type=positive_int, default=None,
-                   help="use only an N x N corner of the mesh")
-    p.add_argument("--dtype", type=one_of(("fp32", "fp16", "bf16")), default="fp16")
-    p.add_argument("--reduce-algo", type=one_of(LAYER_REDUCE_ALGOS), default="chain")
-    p.add_argument("--attention", type=one_of(ATTENTION_SPLITS), default="auto")
+    add_spec_args(p, only=SPEC_FIELDS, files=False)  # the mapping, as `run` takes it
     p.add_argument("--engine", type=one_of(("auto", "reference", "fast")), default="auto")
     p.add_argument("--cost-cache", default=None, metavar="FILE",
                    help="keep the per-shape costs in this JSON file across runs")
@@ -201,7 +194,14 @@ def _print_report(s: dict, title: str) -> None:
           f"({s['cost_wall_s']:.2f} s), scheduler {s['wall_seconds']:.2f} s")
 
 
+SPEC_FIELDS = ("strategy", "grid", "dtype", "reduce_algo", "attention")
+
+
 def cmd_serve(args) -> int:
+    spec_from_args(args, only=SPEC_FIELDS + ("model",))  # validated, defaults filled
+    if args.strategy == "auto":
+        raise ValueError("strategy: got 'auto'; serve maps every shape with one strategy: "
+                         "choose one (`wse-sim search` says which is fastest)")
     result, summary = serve(args)
     title = f"serve {args.model} on {args.preset} ({args.mode})"
     if args.out:
