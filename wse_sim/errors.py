@@ -11,6 +11,11 @@ class ConfigError(ValueError):
     field: str | None = None
 
 
+def must_be(field_name: str, value, allowed: str) -> ConfigError:
+    """`field: got VALUE, must be ALLOWED` (`bad` with the usual wording)."""
+    return bad(field_name, value, f"must be {allowed}")
+
+
 def bad(field_name: str, value, allowed: str) -> ConfigError:
     """`field: got VALUE, ALLOWED` as a ConfigError whose `.field` is `field_name`."""
     err = ConfigError(f"{field_name}: got {value!r}, {allowed}")

@@ -15,9 +15,6 @@ from wse_sim.cli.common import (
 )
 from wse_sim.spec import FIELDS, RunSpec, load_spec
 
-# the mapper's names, offered as choices (the spec leaves them to the mapper to check)
-_CHOICES = {"strategy": ("layer-pipelined", "layer-sequential", "weight-streaming", "auto")}
-
 
 def _choices(name: str, option) -> tuple:
     if option.choices:
@@ -96,7 +93,8 @@ def spec_from_args(args, only: tuple | None = None) -> RunSpec:
         if v is not None:
             if name == "model_set":  # repeated FIELD=VALUE pairs, over the file's own
                 v = dict(values.get(name) or {}) | dict(v)
-            values[name], _ = v, given.add(name)
+            values[name] = v
+            given.add(name)
     values = {k: v for k, v in values.items() if v is not None}
     if not values.get("model"):
         raise ValueError("--model: required (or a --spec file that names one)")

@@ -17,11 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wse_sim.errors import must_be as _bad
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
-
-
-def _bad(option: str, value, allowed: str) -> ValueError:
-    return ValueError(f"{option}: got {value!r}, must be {allowed}")
 
 
 @dataclass(frozen=True)

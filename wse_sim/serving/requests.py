@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from wse_sim.errors import must_be as _bad
+
 DIST_FORMS = "fixed:N, uniform:A-B or lognormal:MEAN,SIGMA"
 TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
-
-
-def _bad(option: str, value, allowed: str) -> ValueError:
-    return ValueError(f"{option}: got {value!r}, must be {allowed}")
 
 
 @dataclass(frozen=True)
