@@ -7,7 +7,6 @@ with --functional the real product is computed through the kernels and checked a
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ from wse_sim.cli.common import (
     print_json,
     with_interface_keys,
 )
-from wse_sim.cli.outputs import check_output_args, write_requested
+from wse_sim.cli.outputs import check_output_args, write_file, write_json, write_requested
 
 GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
 GEMV_ALGOS = ("chain", "tree")
@@ -225,15 +224,9 @@ def cmd_compare_gemm(args) -> int:
              "rejected": {a: r for a, r in rows.items() if isinstance(r, str)}}
     if args.out:  # the table as JSON, and as text
         from pathlib import Path
-
-        from wse_sim.report.outputs import OutputError, jsonable
         out = Path(args.out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "compare_gemm.json").write_text(json.dumps(table, indent=1, default=jsonable))
-            (out / "compare_gemm.txt").write_text(format_compare(rows) + "\n")
-        except OSError as e:
-            raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
+        write_json(out / "compare_gemm.json", table)
+        write_file(out / "compare_gemm.txt", format_compare(rows) + "\n")
         table["out"] = str(out)
     if args.json:
         print_json(table)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -152,3 +153,21 @@ def register(sub) -> dict:
     if demo is not None:
         add_output_args(demo)
     return {"plot": cmd_plot}
+
+
+def write_file(path, text: str) -> None:
+    """Write one output file (its folder made first); an OS error is one OutputError line
+    naming the path."""
+    from wse_sim.report.outputs import OutputError
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def write_json(path, obj) -> None:
+    """`write_file` of `obj` as indented JSON (numpy values made plain)."""
+    from wse_sim.report.outputs import jsonable
+    write_file(path, json.dumps(obj, indent=1, default=jsonable) + "\n")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
@@ -16,7 +15,7 @@ from wse_sim.cli.common import (
     with_interface_keys,
     write_requested,
 )
-from wse_sim.cli.outputs import check_output_args
+from wse_sim.cli.outputs import check_output_args, write_file, write_json
 from wse_sim.cli.run import add_spec_args, spec_from_args
 
 # the run spec fields `compare` and `search` offer (`wse_sim.spec`, declared there once)
@@ -89,20 +88,11 @@ def _write_each(args, runs: list) -> dict:
                         for name, r, title in runs}}
 
 
-def _write_json(path: Path, obj) -> None:
-    from wse_sim.report.outputs import OutputError, jsonable
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj, indent=1, default=jsonable) + "\n")
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
-
-
 def _write_scorecard(out: Path, card: dict) -> None:
     """DIR/scorecard.json (the --json object) and DIR/scorecard.csv (a row per strategy)."""
     import csv
     import io
-    _write_json(out / "scorecard.json", card)
+    write_json(out / "scorecard.json", card)
     buf = io.StringIO()
     cols = ["strategy", "engine", "cycles", "seconds", "tokens_per_s", "peak_fraction", "comm_share",
             "sram_bytes_per_core", "colors_per_core", "io_bytes", "energy_per_token_j",
@@ -113,7 +103,7 @@ def _write_scorecard(out: Path, card: dict) -> None:
         w.writerow(r | {"rejected": ""})
     for name, why in card["rejected"].items():
         w.writerow({"strategy": name, "rejected": why})
-    (out / "scorecard.csv").write_text(buf.getvalue())
+    write_file(out / "scorecard.csv", buf.getvalue())
 
 
 def cmd_compare(args) -> int:
@@ -172,7 +162,7 @@ def cmd_search(args) -> int:
     tried = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
              for c, cost, why in found.tried]
     if args.out:
-        _write_json(Path(args.out) / "search.json", {"choice": found.best, "tried": tried})
+        write_json(Path(args.out) / "search.json", {"choice": found.best, "tried": tried})
     if args.json:
         out = with_interface_keys(best.summary(), args, hw) | written
         out["choice"] = found.best
