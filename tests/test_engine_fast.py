@@ -87,7 +87,25 @@ def draw_deps(draw, t, earlier, cores, cols, rows):
         elif rule == "at" and draw(st.integers(0, 12)) == 0:
             dep = Dep(j, "at", draw(st.integers(0, cols - 1)), draw(st.integers(0, rows - 1)))
         deps.append(dep)
+    dests = destinations(t)
+    for _ in range(draw(st.integers(0, 2)) if earlier and dests else 0):  # flow control
+        j = draw(st.sampled_from(earlier))
+        dx, dy = draw(st.sampled_from([(0, 0), (0, 0), (1, 0), (0, -1), (-1, 1)]))
+        if {(x + dx, y + dy) for x, y in dests} & cores[j]:
+            deps.append(Dep(j, "offset", dx, dy, head=True) if (dx, dy) != (0, 0)
+                        else Dep(j, head=True))
     return tuple(deps)
+
+
+def destinations(t):
+    """Cores a stream delivers to (where its head dependencies are taken); none for others."""
+    if isinstance(t, Unicast):
+        return {t.dest(x, y) for x, y in t.region.cells()}
+    if isinstance(t, Multicast):
+        return set(t.region.cells()) - {tuple(t.src)}
+    if isinstance(t, LineStream) and not t.reduce:
+        return set(t.region.cells()) - {line[0] for line in t.lines()}
+    return set()
 
 
 @st.composite

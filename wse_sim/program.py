@@ -11,6 +11,14 @@ Dependencies (`Dep`) are per core: the instance of a task that touches core c wa
 event of task `Dep.task` at a core given by the rule: `same` (c), `offset` (c + (dx, dy)),
 `at` (a fixed core) or `all` (the whole task). Timing rules are in docs/hardware-model.md.
 
+Flow control (`Dep(..., head=True)`): a stream (unicast, multicast, broadcast line) may start
+before a core it delivers to is ready to take the data; the fabric then holds its wavelets back.
+A head dependency is taken at every destination d of the stream (the rule applied to d) and is
+met when the stream's first wavelet can be taken there: the stream may start
+`message_start + 2 T_R + hops(source, d) x hop` cycles before the needed event at d (never
+before the grant that makes it ready). Destinations where the named task has no event impose
+nothing.
+
 Loops (`Loop`): a block of tasks repeated `count` times is stated once as such, so that the
 listing prints it once and the fast engine can fast-forward it (docs/hardware-model.md,
 "Loops"). The tasks stay in `Program.tasks`, every iteration in full; `ProgramBuilder.repeat`
@@ -89,12 +97,19 @@ class Dep:
     rule: str = "same"
     dx: int = 0
     dy: int = 0
+    head: bool = False  # flow control: met when the first wavelet can be taken (see above)
 
     def __post_init__(self):
         if self.rule not in DEP_RULES:
             raise ProgramError(f"Dep.rule: got {self.rule!r}, must be one of {', '.join(DEP_RULES)}")
         if not isinstance(self.task, int) or self.task < 0:
             raise ProgramError(f"Dep.task: got {self.task!r}, must be a task index >= 0")
+        if not isinstance(self.head, bool):
+            raise ProgramError(f"Dep.head: got {self.head!r}, must be True or False")
+        if self.head and self.rule not in ("same", "offset"):
+            raise ProgramError(f"Dep.head: a head dependency is taken at each destination of "
+                               f"the stream, so its rule must be 'same' or 'offset', got "
+                               f"{self.rule!r}")
 
     def core_for(self, x: int, y: int) -> tuple[int, int] | None:
         """The core whose event is needed by the instance at (x, y); None for `all`."""
@@ -120,6 +135,21 @@ def _check_common(t):
     for d in t.deps:
         if not isinstance(d, Dep):
             raise ProgramError(f"{t.op}: deps must be Dep records, got {d!r}")
+        if d.head and not _delivers(t):
+            raise ProgramError(f"{t.op}: a head dependency (flow control) needs a stream that "
+                               f"delivers to cores (Unicast, Multicast, a broadcast "
+                               f"LineStream), not a {_kind_name(t)}")
+
+
+def _delivers(t) -> bool:
+    """Whether a task is a stream that delivers its wavelets to other cores."""
+    if isinstance(t, LineStream):
+        return not t.reduce
+    return isinstance(t, Unicast | Multicast)
+
+
+def _kind_name(t) -> str:
+    return "reducing LineStream" if isinstance(t, LineStream) else type(t).__name__
 
 
 def _check_flow(t):
@@ -412,7 +442,7 @@ def _check_loop(tasks: tuple, lp: Loop) -> None:
                 raise ProgramError(f"{where} has {len(b.deps)} dependencies, iteration 0 "
                                    f"has {len(a.deps)}")
             for k, (da, db) in enumerate(zip(a.deps, b.deps, strict=True)):
-                if (da.rule, da.dx, da.dy) != (db.rule, db.dx, db.dy):
+                if (da.rule, da.dx, da.dy, da.head) != (db.rule, db.dx, db.dy, db.head):
                     raise ProgramError(f"{where}: dependency {k} has another rule than in "
                                        "iteration 0")
                 kind = ("outer" if db.task == da.task < lp.first else
@@ -423,6 +453,33 @@ def _check_loop(tasks: tuple, lp: Loop) -> None:
                         f"{da.task}, so it must name {da.task} (a task before the loop) or "
                         f"{da.task + it * lp.size} (moved by {it} iterations) in every "
                         "iteration")
+
+
+def _event_rects(t) -> list[tuple[int, int, int, int]]:
+    """Rectangles (x, y, cols, rows) covering every core where task t has an event."""
+    r = t.region
+    out = [(r.x, r.y, r.cols, r.rows)]
+    if isinstance(t, Unicast):
+        out.append((t.to[0], t.to[1], 1, 1) if t.to is not None else
+                   (r.x, r.y, r.cols, r.rows) if t.wrap else
+                   (r.x + t.dx, r.y + t.dy, r.cols, r.rows))
+    elif isinstance(t, Multicast):
+        out.append((t.src[0], t.src[1], 1, 1))
+    return out
+
+
+def _check_head(i: int, t, d: Dep, producer) -> None:
+    """A head dependency must name, at some destination of the stream, a core where the
+    producer has an event (else it would be silently void)."""
+    dests = _event_rects(t)[-1] if isinstance(t, Unicast) else (
+        t.region.x, t.region.y, t.region.cols, t.region.rows)
+    x, y, c, r = dests
+    x, y = x + (d.dx if d.rule == "offset" else 0), y + (d.dy if d.rule == "offset" else 0)
+    for px, py, pc, pr in _event_rects(producer):
+        if x < px + pc and px < x + c and y < py + pr and py < y + r:
+            return
+    raise ProgramError(f"task {i} ({t.op}): head dependency on task {d.task} "
+                       f"({producer.op}) names no destination core where that task has an event")
 
 
 @dataclass(frozen=True)
@@ -454,6 +511,8 @@ class Program:
                 if d.task >= len(self.tasks) or d.task == i:
                     raise ProgramError(f"task {i} ({t.op}): depends on task {d.task}, "
                                        f"which is itself or not in 0..{len(self.tasks) - 1}")
+                if d.head:
+                    _check_head(i, t, d, self.tasks[d.task])
         for lp in self.loops:
             _check_loop(self.tasks, lp)
 
@@ -489,7 +548,8 @@ class Program:
 
     def _line(self, i: int) -> str:
         t = self.tasks[i]
-        deps = ",".join(f"{d.task}{'' if d.rule == 'same' else ':' + d.rule}" for d in t.deps)
+        deps = ",".join(f"{d.task}{'' if d.rule == 'same' else ':' + d.rule}"
+                        f"{':head' if d.head else ''}" for d in t.deps)
         if isinstance(t, Compute):
             body = f"compute {t.kind} {t.flops} FLOP {t.dtype} on {t.region}"
         elif isinstance(t, Unicast):

@@ -15,9 +15,12 @@ from wse_sim.report.metrics import SimResult, empty_maps
 
 
 def deps_needed(task, x: int, y: int, mesh: Mesh) -> list[tuple[int, int]]:
-    """(dep task, core id) signals the instance at (x, y) waits for; core -1 = whole task."""
+    """(dep task, core id) signals the instance at (x, y) waits for; core -1 = whole task.
+    Head dependencies (flow control) are not here: `head_needs`."""
     out = []
     for d in task.deps:
+        if d.head:
+            continue
         at = d.core_for(x, y)
         if at is None:
             out.append((d.task, -1))
@@ -26,6 +29,25 @@ def deps_needed(task, x: int, y: int, mesh: Mesh) -> list[tuple[int, int]]:
             raise ProgramError(f"task {task.op}: dependency on task {d.task} at core {at} "
                                f"from core ({x},{y}) is outside the {mesh.cols} x {mesh.rows} mesh")
         out.append((d.task, mesh.core(*at)))
+    return out
+
+
+def head_needs(task, events: list, beats: int, receive_cycles: int,
+               mesh: Mesh) -> list[tuple[tuple[int, int], int]]:
+    """((dep task, core id), lead) of a stream instance's head dependencies: at every
+    destination (events[1:], in order), every head dependency in order, the needed core and
+    the cycles from the stream's start to its first wavelet there (the destination's event
+    less the rest of the stream and the receipt). Cores outside the mesh are left out; so are
+    signals that do not exist (the caller filters them)."""
+    heads = [d for d in task.deps if d.head]
+    out = []
+    for core, off in (events[1:] if heads else ()):
+        x, y = mesh.xy(core)
+        lead = off - (beats - 1) - receive_cycles
+        for d in heads:
+            at = d.core_for(x, y)
+            if mesh.contains(*at):
+                out.append(((d.task, mesh.core(*at)), lead))
     return out
 
 

@@ -27,7 +27,13 @@ from wse_sim.engine import fast_sched as S
 from wse_sim.engine import fast_step as P
 from wse_sim.engine import fast_tasks as K
 from wse_sim.engine.common import ensure_acyclic
-from wse_sim.engine.fast_tables import Tables, deps_valid, signal_counts, span_cores
+from wse_sim.engine.fast_tables import (
+    Tables,
+    deps_valid,
+    head_counts,
+    signal_counts,
+    span_cores,
+)
 from wse_sim.fabric import Mesh
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import (
@@ -138,7 +144,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     if last >= 0:
         cp_compute, cp_comm = (int(v) for v in S.critical_path(
             tables.td, tables.deps, tables.ib, st.start, st.blk, st.sig_time, st.sig_prod,
-            last, cycles))
+            last, cycles, tables.hwc, st.ex, st.ey, st.eoff))
     st.release(keep_spans)
     if not len(st.lbytes):
         st.lbytes = st.lbusy * 4
@@ -252,6 +258,7 @@ class _Run:
         self.sig_time = np.full(tables.n_signals, -1, np.int64)
         self.sig_prod = np.empty(tables.n_signals, idx)
         self.sig_pend = signal_counts(tables)
+        head_counts(tables, self.sig_pend, self.pend)
         self.busy = np.zeros(n, np.int64)
         self.lbytes = np.zeros(4 * n if tables.link_bytes_apart else 0, np.int64)  # else 4 x busy
         self.lbusy = np.zeros(4 * n, np.int64)
@@ -271,9 +278,7 @@ class _Run:
         self.head[130:195] = 0
         self.head[195:] = Q.NEVER
         # instances without needs are ready at cycle 0: wheel slot 0, linked in order
-        free_tasks = np.flatnonzero(td[:, K.F_D0] == td[:, K.F_DN])
-        roots = (np.concatenate([np.arange(tables.ib[t], tables.ib[t + 1]) for t in free_tasks])
-                 if len(free_tasks) else np.zeros(0, np.int64))
+        roots = np.flatnonzero(self.pend == 0)
         if len(roots):
             self.wheel[0], self.wheel[w], self.wheel[2 * w] = roots[0], roots[-1], len(roots)
             self.wheel[3 * w] = 1

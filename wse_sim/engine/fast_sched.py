@@ -26,6 +26,7 @@ from wse_sim.engine.fast_queue import (
 from wse_sim.engine.fast_tasks import (
     D_DX,
     D_DY,
+    D_HEAD,
     D_OWNER,
     D_RULE,
     D_TASK,
@@ -39,8 +40,11 @@ from wse_sim.engine.fast_tasks import (
     F_SA,
     F_SLOTS,
     H_COLS,
+    H_HOP,
     H_N,
     H_ROWS,
+    H_SEND,
+    H_TR,
     K_COMPUTE,
     R_ALL,
     R_AT,
@@ -48,6 +52,7 @@ from wse_sim.engine.fast_tasks import (
     anchor_inverse,
     fill_events,
     fill_res,
+    head_dest,
     kernel,
     n_anchors,
     ready_pred,
@@ -83,7 +88,7 @@ def check_needs(td, deps, hwc):
                     ax, ay = anchor(td, t, i, a)
                     for d in range(d0, d1):
                         rule = deps[d, D_RULE]
-                        if rule == R_ALL:
+                        if rule == R_ALL or deps[d, D_HEAD]:
                             continue
                         if rule == R_AT:
                             x, y = deps[d, D_DX], deps[d, D_DY]
@@ -132,7 +137,8 @@ def task_span(tacc, t, order, s_at, end):
 
 
 @kernel(inline=True)
-def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, wheel, qtime, qnext, now, olast):
+def _wake(td, deps, rdeps, ib, hwc, tsk, cx, cy, at, pend, head, wheel, qtime, qnext, now,
+          olast):
     """Signal (tsk, core (cx, cy)) or (tsk, whole task: cx < 0) is complete at cycle `at`:
     count it off the needs of every instance waiting for it, whose ready time (kept in
     qtime until it is queued) is the latest of its needs; queue the instances left with none.
@@ -142,6 +148,26 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, at, pend, head, wheel, qtime, qnext,
         k = rdeps[r]
         dt = deps[k, D_OWNER]
         rule = deps[k, D_RULE]
+        if deps[k, D_HEAD]:  # at a destination: met `lead` before, not before this grant
+            if cx < 0:
+                continue
+            ux, uy = cx - deps[k, D_DX], cy - deps[k, D_DY]
+            j = 0
+            while True:
+                i, sx, sy = head_dest(td, dt, ux, uy, j)
+                if i < 0:
+                    break
+                j += 1
+                lead = hwc[H_SEND] + 2 * hwc[H_TR] + hwc[H_HOP] * (abs(ux - sx) + abs(uy - sy))
+                g = ib[dt] + i
+                v = max(at - lead, now)
+                if v > qtime[g]:
+                    qtime[g] = v
+                pend[g] -= 1
+                if pend[g] == 0:
+                    queue_push(head, wheel, qtime, qnext, now, olast, g, qtime[g])
+                    queued += 1
+            continue
         if cx < 0:
             if rule != R_ALL:
                 continue
@@ -254,7 +280,7 @@ def run(prog, q, cnt, scr, ends, state, limit):
                 sig_time[s], sig_prod[s] = at, g
             sig_pend[s] -= 1
             if sig_pend[s] == 0:
-                queued += _wake(td, deps, rdeps, ib, t, x, y, sig_time[s], pend, head, wheel,
+                queued += _wake(td, deps, rdeps, ib, hwc, t, x, y, sig_time[s], pend, head, wheel,
                                 start, blk, now, olast)
         if keep_ends:
             ends[g] = end
@@ -268,7 +294,8 @@ def run(prog, q, cnt, scr, ends, state, limit):
 
 
 @kernel
-def critical_path(td, deps, ib, start, blk, sig_time, sig_prod, last, last_end):
+def critical_path(td, deps, ib, start, blk, sig_time, sig_prod, last, last_end, hwc, ex, ey,
+                  eoff):
     """(compute, comm) cycles along the chain that decided the finish, walked back from the
     first instance with the latest end exactly as EngineResultBuilder.critical_path does:
     each instance counts from its start to the boundary its successor left (never a cycle
@@ -288,7 +315,7 @@ def critical_path(td, deps, ib, start, blk, sig_time, sig_prod, last, last_end):
         if blk[cur] >= 0:  # started late because of a resource: its last holder
             cur = blk[cur]
             continue
-        _ready, pred = ready_pred(td, deps, t, cur - ib[t], sig_time)
+        _ready, pred = ready_pred(td, deps, t, cur - ib[t], sig_time, hwc, ex, ey, eoff)
         cur = sig_prod[pred] if pred >= 0 else -1  # else: waited for nothing
     comm += boundary
     return compute, comm

@@ -44,6 +44,7 @@ from wse_sim.engine.fast_tasks import (
     D_TASK,
     F_B,
     F_D0,
+    F_DH,
     F_DN,
     F_KIND,
     F_NEV,
@@ -61,6 +62,7 @@ from wse_sim.engine.fast_tasks import (
     anchor,
     fill_events,
     fill_res,
+    head_lead0,
     kernel,
     n_anchors,
     need_slot,
@@ -89,14 +91,16 @@ NT = 10
 
 
 @kernel(inline=True)
-def _needs(td, deps, t, i, mask, sig, watch):
+def _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff):
     """(ready time, ring slot of the first latest need or -1, largest contributor key or -1)
-    of instance i: its needs in the reference's order (anchors, then dependencies).
+    of instance i: its needs in the reference's order (anchors, then dependencies; then the
+    head dependencies at every destination, each met `lead` cycles before its event where
+    the named task has one, and never before the grant of the largest contributor).
 
     While a loop is watched (watch[0]: its first task, else -1), sets watch[1] when a need on
     a task before the loop (a time that does not move with the iterations) is at least the
     latest of the other needs, or when there are no others: see `fast_loops`."""
-    d0, d1 = td[t, F_D0], td[t, F_DN]
+    d0, dh, d1 = td[t, F_D0], td[t, F_DH], td[t, F_DN]
     lo = watch[0]
     if d0 == d1:
         if lo >= 0:
@@ -104,9 +108,9 @@ def _needs(td, deps, t, i, mask, sig, watch):
         return 0, -1, -1
     best, pred, mk = -1, -1, -1
     ibest, imk, obest, omk = -1, -1, -1, -1
-    for a in range(n_anchors(td, t)):
+    for a in range(n_anchors(td, t) if d0 < dh else 0):
         x, y = anchor(td, t, i, a)
-        for d in range(d0, d1):
+        for d in range(d0, dh):
             s = need_slot(td, deps, d, x, y) & mask
             if sig[s, G_TIME] > best:
                 best, pred = sig[s, G_TIME], s
@@ -117,6 +121,30 @@ def _needs(td, deps, t, i, mask, sig, watch):
                     obest, omk = max(obest, sig[s, G_TIME]), max(omk, sig[s, G_MK])
                 else:
                     ibest, imk = max(ibest, sig[s, G_TIME]), max(imk, sig[s, G_MK])
+    if dh < d1:
+        nev = fill_events(td, t, i, hwc, ex, ey, eoff)
+        lead0 = head_lead0(td, t, hwc)
+        for e in range(1, nev):
+            for d in range(dh, d1):
+                s = need_slot(td, deps, d, ex[e], ey[e])
+                if s < 0:
+                    continue
+                s &= mask
+                if sig[s, G_TIME] < 0:  # the named task has no event there
+                    continue
+                v = sig[s, G_TIME] - (eoff[e] - lead0)
+                if v > best:
+                    best, pred = v, s
+                if sig[s, G_MK] > mk:
+                    mk = sig[s, G_MK]
+                if lo >= 0:
+                    if deps[d, D_TASK] < lo:
+                        obest, omk = max(obest, v), max(omk, sig[s, G_MK])
+                    else:
+                        ibest, imk = max(ibest, v), max(imk, sig[s, G_MK])
+        if mk >= 0:  # never before the grant that made it ready
+            best = max(best, mk >> GEN_BITS)
+        best = max(best, 0)
     if lo >= 0 and (obest >= 0 or omk >= 0) and (obest >= ibest or omk >= imk):
         watch[1] = 1
     return best, pred, mk
@@ -229,7 +257,7 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
         for t in range(ta, tb):  # ready time and round of every instance
             state[T_TASK] = t
             for i in range(td[t, F_NI]):
-                ready, pred, mk = _needs(td, deps, t, i, mask, sig, watch)
+                ready, pred, mk = _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff)
                 if ready >= READY_MAX:
                     state[T_STATUS] = OVERFLOW
                     return

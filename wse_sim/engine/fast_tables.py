@@ -120,15 +120,18 @@ class Tables:
             row[K.F_D0] = len(dep_rows)
             per_rule = (t.length if isinstance(t, LineStream) and t.reduce
                         else r.size if isinstance(t, IoTransfer) else 1)
-            pend = 0
-            for d in t.deps:
+            pend = 0  # of the dependencies taken at the anchors (head ones: per instance)
+            row[K.F_DH] = row[K.F_D0] + sum(not d.head for d in t.deps)
+            for d in sorted(t.deps, key=lambda d: d.head):  # head dependencies last
                 rule = _RULES[d.rule]
                 dx, dy = (0, 0) if d.rule in ("same", "all") else (d.dx, d.dy)
-                dep_rows.append((d.task, rule, dx, dy, ti))
-                pend += per_rule if rule == K.R_OFFSET else 1
+                dep_rows.append((d.task, rule, dx, dy, ti, int(d.head)))
+                if not d.head:
+                    pend += per_rule if rule == K.R_OFFSET else 1
             row[K.F_DN] = len(dep_rows)
             row[K.F_PEND] = pend
-        deps = np.array(dep_rows, np.int64).reshape(-1, 5)
+        deps = np.array(dep_rows, np.int64).reshape(-1, K.ND)
+        self.has_heads = bool(len(deps) and deps[:, K.D_HEAD].any())
         order = np.argsort(deps[:, K.D_TASK], kind="stable")
         counts = np.bincount(deps[:, K.D_TASK], minlength=nt)
         td[:, K.F_RD0] = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -192,7 +195,7 @@ def deps_valid_nb(td, deps, cols, rows):
     (rectangle arithmetic per dependency record)."""
     for d in range(deps.shape[0]):
         rule = deps[d, K.D_RULE]
-        if rule == K.R_ALL:
+        if rule == K.R_ALL or deps[d, K.D_HEAD]:  # head needs: where the task has an event
             continue
         if rule == K.R_AT:
             nx, ny, nc, nr = deps[d, K.D_DX], deps[d, K.D_DY], 1, 1
@@ -268,6 +271,32 @@ def _span_cores(td, cols, out):
                 x, y = K.anchor(td, t, i, 0)
                 out[g] = y * cols + x
             g += 1
+
+
+@kernel
+def _head_counts(td, deps, hwc, counts, pend, ex, ey, eoff):
+    """Add to every instance's pending count its head needs: per destination and head
+    dependency, one where the named task has an event (`counts[slot] > 0`)."""
+    for t in range(td.shape[0]):
+        dh, d1 = td[t, K.F_DH], td[t, K.F_DN]
+        if dh == d1:
+            continue
+        for i in range(td[t, K.F_NI]):
+            nev = K.fill_events(td, t, i, hwc, ex, ey, eoff)
+            for e in range(1, nev):
+                for d in range(dh, d1):
+                    s = K.need_slot(td, deps, d, ex[e], ey[e])
+                    if s >= 0 and counts[s] > 0:
+                        pend[td[t, K.F_IB] + i] += 1
+
+
+def head_counts(tables: Tables, counts: np.ndarray, pend: np.ndarray) -> None:
+    """`pend` (per instance) += its head needs (`_head_counts`); `counts`: `signal_counts`."""
+    if not tables.has_heads:
+        return
+    nev = max(1, int(tables.td[:, K.F_NEV].max()))
+    ex, ey, eoff = (np.empty(nev, np.int64) for _ in range(3))
+    _head_counts(tables.td, tables.deps, tables.hwc, counts, pend, ex, ey, eoff)
 
 
 def span_cores(tables: Tables) -> np.ndarray:

@@ -67,9 +67,11 @@ F_PEND = 27                                  # needs per instance (its pending c
 F_NRES, F_NEV = 28, 29                       # most reservations / events of one instance
 F_SLOTS = 30                                 # 1: has per-core signal slots (someone needs them)
 F_BT = 31                                    # beats: cycles the stream holds a link (timing.stream_beats)
-NF = 32
-# columns of the dependency table
-D_TASK, D_RULE, D_DX, D_DY, D_OWNER = 0, 1, 2, 3, 4
+F_DH = 32                                    # head dependencies: rows [F_DH, F_DN) (flow control)
+NF = 33
+# columns of the dependency table (a task's head dependencies come after its others)
+D_TASK, D_RULE, D_DX, D_DY, D_OWNER, D_HEAD = 0, 1, 2, 3, 4, 5
+ND = 6
 # hardware constants
 H_COLS, H_ROWS, H_N, H_TR, H_HOP, H_OP, H_SEND, H_RECV = 0, 1, 2, 3, 4, 5, 6, 7
 EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
@@ -162,20 +164,73 @@ def need_slot(td, deps, d, x, y):
 
 
 @kernel(inline=True)
-def ready_pred(td, deps, t, i, sig_time):
+def head_lead0(td, t, hwc):
+    """What a destination's event offset adds after the stream's first wavelet reaches it:
+    the rest of the stream's beats and the receipt (lead = event offset - this)."""
+    return td[t, F_BT] - 1 + hwc[H_RECV]
+
+
+@kernel(inline=True)
+def ready_pred(td, deps, t, i, sig_time, hwc, ex, ey, eoff):
     """(ready time, first needed slot with the latest time) of an instance; (0, -1) without
-    needs. Needs are visited in the reference's order: anchors, then dependencies."""
-    d0, d1 = td[t, F_D0], td[t, F_DN]
+    needs. Needs are visited in the reference's order: anchors, then dependencies; then the
+    head dependencies at every destination, each met `lead` cycles before its event (where
+    the named task has one). The clamp of a head need to its producer's grant is not here:
+    the critical path follows the latest need."""
+    d0, dh, d1 = td[t, F_D0], td[t, F_DH], td[t, F_DN]
     best, pred = -1, -1
     if d0 == d1:
         return 0, -1
-    for a in range(n_anchors(td, t)):
-        x, y = anchor(td, t, i, a)
-        for d in range(d0, d1):
-            s = need_slot(td, deps, d, x, y)
-            if sig_time[s] > best:
-                best, pred = sig_time[s], s
-    return best, pred
+    if d0 < dh:
+        for a in range(n_anchors(td, t)):
+            x, y = anchor(td, t, i, a)
+            for d in range(d0, dh):
+                s = need_slot(td, deps, d, x, y)
+                if sig_time[s] > best:
+                    best, pred = sig_time[s], s
+    if dh < d1:
+        nev = fill_events(td, t, i, hwc, ex, ey, eoff)
+        lead0 = head_lead0(td, t, hwc)
+        for e in range(1, nev):
+            for d in range(dh, d1):
+                s = need_slot(td, deps, d, ex[e], ey[e])
+                if s >= 0 and sig_time[s] >= 0 and sig_time[s] - (eoff[e] - lead0) > best:
+                    best, pred = sig_time[s] - (eoff[e] - lead0), s
+    return max(best, 0), pred
+
+
+@kernel(inline=True)
+def head_dest(td, t, ux, uy, j):
+    """Instances of stream task t that deliver to core (ux, uy): the j-th of them (j = 0,
+    1, ...) as (instance, source x, source y), or (-1, 0, 0) past the last."""
+    k = td[t, F_KIND]
+    rx, ry, rc, rr = td[t, F_RX], td[t, F_RY], td[t, F_RC], td[t, F_RR]
+    if k == K_UNICAST:
+        mode = td[t, F_P]
+        if mode == U_TO:
+            if ux != td[t, F_P + 3] or uy != td[t, F_P + 4] or j >= rc * rr:
+                return -1, 0, 0
+            return j, rx + j % rc, ry + j // rc
+        if j > 0:
+            return -1, 0, 0
+        sx, sy = ux - td[t, F_P + 1], uy - td[t, F_P + 2]
+        if mode == U_WRAP:  # destinations lie in the region
+            if not (rx <= ux < rx + rc and ry <= uy < ry + rr):
+                return -1, 0, 0
+            sx += rc if sx < rx else 0
+            sy += rr if sy < ry else 0
+        if not (rx <= sx < rx + rc and ry <= sy < ry + rr):
+            return -1, 0, 0
+        return (sy - ry) * rc + sx - rx, sx, sy
+    if j > 0 or not (rx <= ux < rx + rc and ry <= uy < ry + rr):
+        return -1, 0, 0
+    if k == K_MULTICAST:
+        sx, sy = td[t, F_P], td[t, F_P + 1]
+        return (-1, 0, 0) if (ux == sx and uy == sy) else (0, sx, sy)
+    # a broadcast line: the line through (ux, uy), unless (ux, uy) is its source
+    i = uy - ry if td[t, F_P] == 0 else ux - rx
+    x0, y0, _sx, _sy, _cnt, _d = line(td, t, i)
+    return (-1, 0, 0) if (ux == x0 and uy == y0) else (i, x0, y0)
 
 
 @kernel(inline=True)

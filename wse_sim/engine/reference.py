@@ -22,7 +22,12 @@ import time
 import numpy as np
 import simpy
 
-from wse_sim.engine.common import EngineResultBuilder, deps_needed, ensure_acyclic
+from wse_sim.engine.common import (
+    EngineResultBuilder,
+    deps_needed,
+    ensure_acyclic,
+    head_needs,
+)
 from wse_sim.fabric import Mesh, line_hops, multicast_tree, xy_route
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.program import (
@@ -49,12 +54,13 @@ GRANT_PRIORITY = 2  # after SimPy's URGENT (0) and NORMAL (1): every same-cycle 
 class Instance:
     """One task's work at one place: what it waits for, what it reserves, when it signals."""
 
-    __slots__ = ("task", "index", "needs", "res", "events", "flops", "exec_flops",
+    __slots__ = ("task", "index", "needs", "heads", "res", "events", "flops", "exec_flops",
                  "sram_bytes", "core", "stream_flops", "dtype", "wavelets", "io_bytes")
 
     def __init__(self, task: int, index: int):
         self.task, self.index = task, index
         self.needs: list = []      # (dep task, core id or -1 for the whole task)
+        self.heads: list = []      # ((dep task, core id), lead): head dependencies
         self.res: list = []        # (resource id, offset, length)
         self.events: list = []     # (core id, offset): when this instance is done at that core
         self.flops = self.exec_flops = self.sram_bytes = self.stream_flops = 0
@@ -130,6 +136,8 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
         if isinstance(t, Unicast | Multicast | LineStream):
             for inst in insts:
                 _message_costs(inst, hw, root_only=isinstance(t, LineStream) and t.reduce)
+                inst.heads = head_needs(t, inst.events, stream_beats(hw, t.wavelets),
+                                        hw.message_receive_cycles, mesh)
         out.append(insts)
     return out
 
@@ -243,6 +251,13 @@ def _run(program: Program, instances, mesh: Mesh, builder: EngineResultBuilder) 
     for key in pending:
         signal[key] = env.event()
         latest[key] = 0
+    # head needs (flow control) learn a signal's time when its last contributor is granted
+    known = {}
+    for insts in instances:
+        for inst in insts:
+            inst.heads = [(k, lead) for k, lead in inst.heads if k in pending]
+            for k, _ in inst.heads:
+                known.setdefault(k, env.event())
 
     queue: list = []
     grant_armed = [False]
@@ -256,6 +271,8 @@ def _run(program: Program, instances, mesh: Mesh, builder: EngineResultBuilder) 
         pending[key] -= 1
         if pending[key] == 0:
             fire(key)
+            if key in known:
+                known[key].succeed(latest[key])
 
     def grant(_event):
         grant_armed[0] = False
@@ -285,14 +302,19 @@ def _run(program: Program, instances, mesh: Mesh, builder: EngineResultBuilder) 
             env.schedule(ev, GRANT_PRIORITY)
 
     def process(inst: Instance):
-        events = [signal[key] for key in inst.needs]
+        events = [signal[key] for key in inst.needs] + [known[k] for k, _ in inst.heads]
         if events:
             yield env.all_of(events)
-        ready, pred = int(env.now), None
-        best = -1
+        pred, best = None, -1
         for key in inst.needs:
             if latest[key] > best:
                 best, pred = latest[key], key
+        for key, lead in inst.heads:  # met `lead` cycles before the event
+            if latest[key] - lead > best:
+                best, pred = latest[key] - lead, key
+        ready = max(int(env.now), best)  # never before the grant that made it ready
+        if ready > env.now:
+            yield env.timeout(ready - env.now)
         queue.append((inst, ready, pred))
         arm()
 
