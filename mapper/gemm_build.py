@@ -1,10 +1,17 @@
 """The GEMM builders: 1d, SUMMA, Cannon and MeshGEMM as SPMD records (see docs/gemm.md).
 
 Conventions: core (x, y) of the grid holds block (row y, column x) of the 2-D layouts. Every
-step's operands are double-buffered (parity s % 2). A write into a buffer waits for every core
-to have finished the compute step that last read it (`Dep(compute, "all")`: the IR has no
-back-pressure, so the write-after-read hazard is an explicit dependency); reads wait for the
-flow that delivered the data at the same core (`same`).
+step's operands are double-buffered (parity s % 2). Reads wait for the flow that delivered the
+data at the same core (`same`). Writes (the write-after-read hazard on a step buffer):
+- Cannon and MeshGEMM: a shift may start once its first wavelet can be taken at its
+  destination, i.e. once that core is about to finish the compute step that last read the
+  buffer (`Dep(compute, head=True)`: flow control, taken at the destination; the fabric holds
+  the wavelets back until then);
+- SUMMA: a broadcast waits for every core to have finished the step that last read the
+  buffer (`Dep(compute, "all")`). With flow control instead, its row and column broadcasts,
+  which cross at every core's ramp, start at staggered cycles and reserve their windows in a
+  staircase (the window model does not interleave two streams wavelet by wavelet): 1.5-10x
+  slower, an artifact (docs/hardware-model.md, "Flow control").
 """
 
 from __future__ import annotations
@@ -105,7 +112,7 @@ def build_cannon(ctx: Ctx) -> None:
         for j in range(1, P):
             skew.append(ctx.add(Unicast("cannon.skew_b", Region(j, 0, 1, P), wb, dy=-j, wrap=True,
                                         color=cb, data=ctx.data("copy", ("b0",), "b0"))))
-    start = [Dep(t, "all") for t in skew]
+    start = [Dep(_sync(ctx, "cannon.sync", skew), "all")] if skew else []
     ids = {}  # step s -> (compute, shift A, shift B) task ids
 
     def step(s: int) -> None:
@@ -118,7 +125,7 @@ def build_cannon(ctx: Ctx) -> None:
         if s == P - 1:
             ids[s] = (comp,)
             return
-        war = [] if prev is None else [Dep(prev[0], "all")]
+        war = [] if prev is None else [Dep(prev[0], head=True)]  # the destination's read
         sa = ctx.add(Unicast("cannon.shift_a", R, wa, dx=-1, wrap=True, color=ca,
                              deps=tuple((start if prev is None else [Dep(prev[1])]) + war),
                              data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
@@ -194,7 +201,7 @@ def build_meshgemm(ctx: Ctx) -> None:
         ids["comp"] = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
         if s == P - 1:
             return
-        war = [] if s == 0 else [Dep(prev_comp, "all")]
+        war = [] if s == 0 else [Dep(prev_comp, head=True)]  # the destination's last read
         new_a, new_b = {}, {}
         for x in range(P):
             raw = ([Dep(ids["a"][feeder[x]])] if s > 0

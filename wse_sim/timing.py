@@ -63,6 +63,23 @@ def transfer_cycles(hw: HardwareConfig, wavelets: int, hops: int) -> int:
         + 2 * hw.ramp_latency_cycles + message_cycles(hw)
 
 
+def head_lead_cycles(hw: HardwareConfig, hops: int) -> int:
+    """Cycles from a stream's start to its first wavelet reaching a core `hops` away: how far
+    ahead of that core's need a head dependency (flow control) lets the stream start
+    (`message_start_cycles + 2 T_R + hops x hop`)."""
+    return hw.message_start_cycles + 2 * hw.ramp_latency_cycles + hops * hw.hop_latency_cycles
+
+
+def flow_controlled_arrival(hw: HardwareConfig, wavelets: int, hops: int, taken_at: int,
+                            granted_at: int = 0) -> int:
+    """When a stream that waits only for a head dependency has been received `hops` away:
+    it starts `head_lead_cycles` before the destination can take its first wavelet
+    (`taken_at`), but not before the grant that made it ready (`granted_at`); its arrival is
+    then `taken_at + beats - 1 + receive` whatever the distance, unless the grant binds."""
+    start = max(granted_at, taken_at - head_lead_cycles(hw, hops))
+    return start + transfer_cycles(hw, wavelets, hops)
+
+
 def line_broadcast_cycles(hw: HardwareConfig, wavelets: int, cores: int) -> int:
     """Flooding broadcast from one end of a line of `cores` cores to the far end."""
     return transfer_cycles(hw, wavelets, cores - 1)
