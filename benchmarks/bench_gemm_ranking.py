@@ -2,7 +2,8 @@
 MeshGEMM on a P x P region of wse2, C = A.B with m = k = n = N, fp16, for P in 360, 540, 720
 and N in 2,048, 4,096, 8,192 (`--quick`: P 64 and 128, N 512 and 1,024).
 
-Per point and algorithm: simulated cycles, cycles per step (cycles / P), the ratio to
+`--flow-control` adds Cannon and MeshGEMM with flow-controlled shifts (`cannon+flow`,
+`meshgemm+flow`). Per point and algorithm: simulated cycles, cycles per step (cycles / P), the ratio to
 MeshGEMM's cycles, and the host time of building and simulating (fast engine, each run in a
 fresh process). The ranking is by cycles. Every finished point is appended to
 `--out` (JSON lines) at once, so an interrupted run keeps what it did. WaferLLM (OSDI 2025)
@@ -25,9 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import emit, machine_info  # noqa: E402
 
 ALGOS = ("summa", "cannon", "meshgemm")
+FLOW = ("cannon+flow", "meshgemm+flow")
 
 
-def _one(algo: str, grid: int, size: int, queue) -> None:
+def _one(variant: str, grid: int, size: int, queue) -> None:
     """Build and simulate one algorithm at one point (in a child process)."""
     from mapper.gemm import build_gemm
     from wse_sim.engine import fast
@@ -35,7 +37,9 @@ def _one(algo: str, grid: int, size: int, queue) -> None:
     fast.warm_up()
     hw = load_preset("wse2")
     t0 = time.perf_counter()
-    program = build_gemm(algo, hw, grid=grid, m=size, k=size, n=size, dtype="fp16")
+    algo, _, flow = variant.partition("+")
+    program = build_gemm(algo, hw, grid=grid, m=size, k=size, n=size, dtype="fp16",
+                         flow_control=bool(flow))
     build = time.perf_counter() - t0
     res = fast.simulate_fast(program, hw, spans=False, progress=False)
     queue.put({"cycles": res.cycles, "build_seconds": build,
@@ -59,6 +63,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=None, help="append every finished point (JSON lines)")
+    parser.add_argument("--flow-control", action="store_true",
+                        help="also Cannon and MeshGEMM with flow-controlled shifts")
     args = parser.parse_args(argv)
     grids, sizes = ((64, 128), (512, 1024)) if args.quick else ((360, 540, 720),
                                                                 (2048, 4096, 8192))
@@ -72,7 +78,7 @@ def main(argv=None) -> None:
     for grid in grids:
         for size in sizes:
             point = {}
-            for algo in ALGOS:
+            for algo in ALGOS + (FLOW if args.flow_control else ()):
                 row = done.get((algo, grid, size))
                 if row is None:
                     row = {"algo": algo, "grid": grid, "size": size} | run(algo, grid, size)

@@ -91,6 +91,7 @@ def _meta(plan: Plan, hw: HardwareConfig, program_tasks: int, extra: dict) -> di
     meta = {
         "kind": plan.kind, "algo": plan.algo, "grid": plan.grid, "m": plan.m, "k": plan.k,
         "n": plan.n, "dtype": plan.dtype, "layout": plan.layout, "skew": plan.skew,
+        "flow_control": plan.flow_control,
         "cores": plan.cores, "tiles": [mt, kt, nt], "padded_sizes": list(plan.padded),
         "steps": plan.steps, "useful_flops": plan.useful_flops, "padded_flops": padded,
         "padding_waste": 1.0 - plan.useful_flops / padded if padded else 0.0,
@@ -113,14 +114,17 @@ def _finish(ctx: Ctx, plan: Plan, hw: HardwareConfig, extra: dict) -> Program:
 
 def build_gemm(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: int,
                dtype: str = "fp32", functional: bool = False, layout: str = "square",
-               skew: bool = True) -> Program:
+               skew: bool = True, flow_control: bool = False) -> Program:
     """C = A B on a grid x grid region at the origin (1d `line`: grid cores of row 0).
 
     `skew` (cannon, meshgemm): include the initial alignment in the program; False means the
-    inputs are loaded pre-aligned (gemm_inputs lays them out accordingly). `functional`:
-    attach DataOps and tile shapes so `wse_sim.functional.run_functional` computes C."""
+    inputs are loaded pre-aligned (gemm_inputs lays them out accordingly). `flow_control`
+    (cannon, meshgemm): a shift waits for its destination's last read of the buffer under
+    flow control (`Dep(..., head=True)`) instead of for every core's (docs/gemm.md).
+    `functional`: attach DataOps and tile shapes so `wse_sim.functional.run_functional`
+    computes C."""
     plan = make_plan("gemm", algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, layout=layout,
-                     skew=skew)
+                     skew=skew, flow_control=flow_control)
     ctx = Ctx(plan, hw, functional)
     BUILDERS[algo](ctx)
     cf = gemm_closed_form(algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, layout=layout,

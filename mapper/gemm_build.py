@@ -2,16 +2,12 @@
 
 Conventions: core (x, y) of the grid holds block (row y, column x) of the 2-D layouts. Every
 step's operands are double-buffered (parity s % 2). Reads wait for the flow that delivered the
-data at the same core (`same`). Writes (the write-after-read hazard on a step buffer):
-- Cannon and MeshGEMM: a shift may start once its first wavelet can be taken at its
-  destination, i.e. once that core is about to finish the compute step that last read the
-  buffer (`Dep(compute, head=True)`: flow control, taken at the destination; the fabric holds
-  the wavelets back until then);
-- SUMMA: a broadcast waits for every core to have finished the step that last read the
-  buffer (`Dep(compute, "all")`). With flow control instead, its row and column broadcasts,
-  which cross at every core's ramp, start at staggered cycles and reserve their windows in a
-  staircase (the window model does not interleave two streams wavelet by wavelet): 1.5-10x
-  slower, an artifact (docs/hardware-model.md, "Flow control").
+data at the same core (`same`). A write into a step buffer (the write-after-read hazard) waits
+for every core to have finished the compute step that last read it (`Dep(compute, "all")`),
+or, for Cannon and MeshGEMM with `plan.flow_control`, only for its destination, under flow
+control: the shift may start once its first wavelet can be taken there (`Dep(compute,
+head=True)`). docs/gemm.md compares the two; SUMMA has only the first (its crossing
+broadcasts staircase in the window model under flow control: docs/hardware-model.md).
 """
 
 from __future__ import annotations
@@ -125,7 +121,7 @@ def build_cannon(ctx: Ctx) -> None:
         if s == P - 1:
             ids[s] = (comp,)
             return
-        war = [] if prev is None else [Dep(prev[0], head=True)]  # the destination's read
+        war = [] if prev is None else [_war(ctx, prev[0])]
         sa = ctx.add(Unicast("cannon.shift_a", R, wa, dx=-1, wrap=True, color=ca,
                              deps=tuple((start if prev is None else [Dep(prev[1])]) + war),
                              data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
@@ -140,6 +136,12 @@ def build_cannon(ctx: Ctx) -> None:
     if P > 1:
         ctx.pb.repeat("cannon.step", P - 2, lambda i: step(i + 1))
         step(P - 1)
+
+
+def _war(ctx: Ctx, compute: int) -> Dep:
+    """What a shift into a buffer waits for: the compute that last read it, at every core, or
+    under flow control at its destination only."""
+    return Dep(compute, head=True) if ctx.plan.flow_control else Dep(compute, "all")
 
 
 def _sync(ctx: Ctx, op: str, tasks: list[int]) -> int:
@@ -201,7 +203,7 @@ def build_meshgemm(ctx: Ctx) -> None:
         ids["comp"] = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
         if s == P - 1:
             return
-        war = [] if s == 0 else [Dep(prev_comp, head=True)]  # the destination's last read
+        war = [] if s == 0 else [_war(ctx, prev_comp)]
         new_a, new_b = {}, {}
         for x in range(P):
             raw = ([Dep(ids["a"][feeder[x]])] if s > 0

@@ -51,6 +51,7 @@ class Plan:
     dtype: str
     layout: str = "square"
     skew: bool = True
+    flow_control: bool = False  # cannon, meshgemm: shifts wait for their destination's read
 
     # ---- geometry ------------------------------------------------------------------------
     @property
@@ -159,7 +160,7 @@ class Plan:
 
 
 def make_plan(kind: str, algo: str, hw: HardwareConfig, *, grid, m, k, n, dtype: str,
-              layout: str = "square", skew: bool = True) -> Plan:
+              layout: str = "square", skew: bool = True, flow_control: bool = False) -> Plan:
     """Validate the arguments and the budgets (SRAM bytes and colors per core) before any
     record is built; every problem is one line with the numbers."""
     algos = GEMV_ALGOS if kind == "gemv" else GEMM_ALGOS
@@ -174,7 +175,13 @@ def make_plan(kind: str, algo: str, hw: HardwareConfig, *, grid, m, k, n, dtype:
         _int(name, v)
     if not isinstance(hw, HardwareConfig):
         raise ValueError(f"hw: got {type(hw).__name__}, must be a HardwareConfig")
-    plan = Plan(kind, algo, grid, m, k, n, dtype, layout, bool(skew))
+    if not isinstance(flow_control, bool):
+        raise ValueError(f"flow_control: got {flow_control!r}, must be True or False")
+    if flow_control and algo not in ("cannon", "meshgemm"):
+        raise ValueError(f"flow_control: applies to cannon and meshgemm (their shifts), not "
+                         f"{algo}: a SUMMA broadcast under flow control staircases in the "
+                         "window model (docs/hardware-model.md, 'Flow control')")
+    plan = Plan(kind, algo, grid, m, k, n, dtype, layout, bool(skew), flow_control)
     reg = plan.region
     if reg.cols > hw.mesh_cols or reg.rows > hw.mesh_rows:
         raise MappingError(f"grid: got {grid} ({reg.cols} x {reg.rows} cores), must fit the "

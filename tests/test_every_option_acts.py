@@ -69,6 +69,7 @@ PROBES = {
         "--k": ["--k", "64"], "--n": ["--n", "64"], "--dtype": ["--dtype", "fp16"],
         "--functional": ["--functional"], "--seed": ["--seed", "3"],
         "--layout": ["--layout", "line"], "--no-skew": ["--no-skew"],
+        "--flow-control": ["--flow-control"],
         "--save-program": ["--save-program", FILE],
     },
     "gemv": {

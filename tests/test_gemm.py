@@ -135,9 +135,12 @@ def test_1d_closed_form_exact(hw, layout, dtype):
 @pytest.mark.parametrize("hw", HWS)
 @pytest.mark.parametrize("algo", ["cannon", "meshgemm"])
 @pytest.mark.parametrize("grid,size,dtype", [(4, 64, "fp32"), (5, 80, "fp16"), (8, 128, "bf16")])
-def test_cannon_and_meshgemm_steady_state_exact(hw, algo, grid, size, dtype):
-    """Pre-aligned and compute-bound (L <= c): every step takes exactly one tile multiply."""
-    p = build_gemm(algo, hw, grid=grid, m=size, k=size, n=size, dtype=dtype, skew=False)
+@pytest.mark.parametrize("flow", [False, True])
+def test_cannon_and_meshgemm_steady_state_exact(hw, algo, grid, size, dtype, flow):
+    """Pre-aligned and compute-bound (L <= c): every step takes exactly one tile multiply,
+    with the shifts behind a grid-wide barrier or under flow control alike."""
+    p = build_gemm(algo, hw, grid=grid, m=size, k=size, n=size, dtype=dtype, skew=False,
+                   flow_control=flow)
     cf = p.meta["closed_form"]
     assert cf["compute_bound"] and cf["cycles"] == grid * cf["step_cycles"]
     r = sim(p, hw)
@@ -273,6 +276,21 @@ def test_colors_over_budget_are_rejected_with_the_numbers():
                                            "colors_per_core 1"):
         build_gemm("summa", hw, grid=4, m=8, k=8, n=8)
     build_gemm("1d", hw, grid=4, m=8, k=8, n=8)  # one color: fits
+
+
+def test_flow_control_computes_the_same_product_and_is_refused_where_it_means_nothing():
+    a, b, ref = operands(13, 18, 11, "fp16")
+    for algo in ("cannon", "meshgemm"):
+        p = build_gemm(algo, HW, grid=4, m=13, k=18, n=11, dtype="fp16", functional=True,
+                       flow_control=True)
+        assert any(d.head for t in p.tasks for d in t.deps)
+        assert error_report(product(p, a, b), ref, "fp16")["ok"]
+        plain = build_gemm(algo, HW, grid=4, m=13, k=18, n=11, dtype="fp16")
+        assert not any(d.head for t in plain.tasks for d in t.deps)
+    with pytest.raises(ValueError, match="flow_control: applies to cannon and meshgemm"):
+        build_gemm("summa", HW, grid=4, m=8, k=8, n=8, flow_control=True)
+    with pytest.raises(ValueError, match="flow_control: got 1"):
+        build_gemm("cannon", HW, grid=4, m=8, k=8, n=8, flow_control=1)
 
 
 @pytest.mark.parametrize("kw,match", [({"grid": 9}, "must fit the 8 x 8 mesh"),

@@ -34,6 +34,9 @@ def register(sub) -> dict:
                    help="1d only: the grid x grid region flattened, or a line of grid cores")
     g.add_argument("--no-skew", action="store_true",
                    help="cannon/meshgemm: inputs loaded pre-aligned (no alignment phase)")
+    g.add_argument("--flow-control", action="store_true",
+                   help="cannon/meshgemm: a shift waits for its destination's last read "
+                        "under flow control, not for every core's (docs/gemm.md)")
 
     v = sub.add_parser("gemv", help="one decode GEMV y = x W (chain or tree reduce)")
     hardware_args(v)
@@ -76,6 +79,7 @@ def _block_keys(program, result) -> dict:
                                 "closed_form_cycles", "records", "sram_buffers") if k in meta}
     if meta.get("kind") == "gemm":
         out["skew"] = meta["skew"]
+        out["flow_control"] = meta.get("flow_control", False)
         if meta["algo"] == "1d":
             out["layout"] = meta["layout"]
     cf = meta.get("closed_form") or {}
@@ -164,9 +168,12 @@ def cmd_gemm(args) -> int:
     if args.no_skew and args.algo not in ("cannon", "meshgemm"):
         raise ValueError(f"--no-skew: applies only to --algo cannon or meshgemm (their "
                          f"alignment phase), not {args.algo}")
+    if args.flow_control and args.algo not in ("cannon", "meshgemm"):
+        raise ValueError(f"--flow-control: applies only to --algo cannon or meshgemm (their "
+                         f"shifts), not {args.algo}")
     program = build_gemm(args.algo, hw, grid=args.grid, m=args.m, k=args.k, n=args.n,
                          dtype=args.dtype, functional=args.functional, layout=args.layout,
-                         skew=not args.no_skew)
+                         skew=not args.no_skew, flow_control=args.flow_control)
     return _run_block(args, program, hw, f"gemm {args.algo} M={args.m} K={args.k} N={args.n} "
                       f"{args.dtype} on {args.grid} x {args.grid} of {args.preset}")
 
