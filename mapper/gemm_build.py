@@ -154,71 +154,52 @@ def _sync(ctx: Ctx, op: str, tasks: list[int]) -> int:
 def build_meshgemm(ctx: Ctx) -> None:
     """Cannon on the interleaved ring 0, 2, 4, ..., 5, 3, 1 of every row and column: logical
     neighbours are at most 2 cores apart, so every shift moves at most 2 hops. A shift is one
-    Unicast per column (A) and per row (B) with that line's offset (-2, -1, +1 or +2); the
-    IR's regions are contiguous, so that is O(P) records per step. The alignment (row l of A
-    rotated by l positions of the ring, column l of B likewise) is one Unicast per moving core.
-    """
+    ring Unicast over the grid (`Unicast(..., ring='x')`: every row's tiles one place back
+    along its ring), so a step is three records. The alignment (row l of A rotated by l places
+    of the ring, column l of B likewise) is one ring Unicast per row (A) and per column (B)."""
     plan, P, R = ctx.plan, ctx.P, ctx.R
-    mt, kt, nt = plan.tiles
     for name in ("a0", "a1", "b0", "b1", "c"):
         ctx.alloc(name)
+    mt, kt, nt = plan.tiles
     wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
     ca, cb = plan.color("a"), plan.color("b")
     order = ring_order(P)
-    ell = {x: i for i, x in enumerate(order)}
-    nxt = {x: order[(ell[x] - 1) % P] for x in range(P)}  # where a tile at x goes next
-    feeder = {d: x for x, d in nxt.items()}                # which line sends into d
     base = 0
-    join = None
+    start = []
     if plan.skew:
         moves = []
-        for ly in range(P):
-            for lx in range(P):
-                x, y = order[lx], order[ly]
-                ax = order[(lx - ly) % P]   # A: row ly rotates by ly ring positions
-                if ax != x:
-                    moves.append(ctx.add(Unicast("meshgemm.align_a", Region(x, y, 1, 1), wa,
-                                                 to=(ax, y), color=ca,
-                                                 data=ctx.data("copy", ("a0",), "a1"))))
-                by = order[(ly - lx) % P]   # B: column lx rotates by lx ring positions
-                if by != y:
-                    moves.append(ctx.add(Unicast("meshgemm.align_b", Region(x, y, 1, 1), wb,
-                                                 to=(x, by), color=cb,
-                                                 data=ctx.data("copy", ("b0",), "b1"))))
+        for ly in range(1, P):  # row order[ly] of A rotates by ly places, column order[ly] of B
+            moves.append(ctx.add(Unicast("meshgemm.align_a", Region(0, order[ly], P, 1), wa,
+                                         dx=-ly, ring="x", color=ca,
+                                         data=ctx.data("copy", ("a0",), "a1"))))
+            moves.append(ctx.add(Unicast("meshgemm.align_b", Region(order[ly], 0, 1, P), wb,
+                                         dy=-ly, ring="y", color=cb,
+                                         data=ctx.data("copy", ("b0",), "b1"))))
         # Row 0 of A (l = 0) and column 0 of B stay put: a local copy into the step buffer.
         moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, P, 1), "a0", "a1",
                            plan.buffers()["a0"][2]))
         moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, 1, P), "b0", "b1",
                            plan.buffers()["b0"][2]))
-        join = _sync(ctx, "meshgemm.sync", moves)
+        start = [Dep(_sync(ctx, "meshgemm.sync", moves), "all")]
         base = 1  # the aligned tiles are in buffer 1: step s reads parity (s + 1) % 2
-    ids: dict = {"join": join}  # the previous step's compute, shifts and join
+    ids = {}  # step s -> (compute, shift A, shift B)
 
     def step(s: int) -> None:
         q = (s + base) % 2
-        join, prev_comp = ids["join"], ids.get("comp")
-        deps = [Dep(join, "all")] if join is not None else []
-        if s > 0:
-            deps.append(Dep(prev_comp))
-        ids["comp"] = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
+        prev = ids.get(s - 1)
+        deps = start if prev is None else [Dep(prev[1]), Dep(prev[2]), Dep(prev[0])]
+        comp = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
         if s == P - 1:
+            ids[s] = (comp,)
             return
-        war = [] if s == 0 else [_war(ctx, prev_comp)]
-        new_a, new_b = {}, {}
-        for x in range(P):
-            raw = ([Dep(ids["a"][feeder[x]])] if s > 0
-                   else ([Dep(join, "all")] if join is not None else []))
-            new_a[x] = ctx.add(Unicast("meshgemm.shift_a", Region(x, 0, 1, P), wa, dx=nxt[x] - x,
-                                       color=ca, deps=tuple(raw + war),
-                                       data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
-        for y in range(P):
-            raw = ([Dep(ids["b"][feeder[y]])] if s > 0
-                   else ([Dep(join, "all")] if join is not None else []))
-            new_b[y] = ctx.add(Unicast("meshgemm.shift_b", Region(0, y, P, 1), wb, dy=nxt[y] - y,
-                                       color=cb, deps=tuple(raw + war),
-                                       data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
-        ids["a"], ids["b"] = new_a, new_b
-        ids["join"] = _sync(ctx, "meshgemm.sync", list(new_a.values()) + list(new_b.values()))
+        war = [] if prev is None else [_war(ctx, prev[0])]
+        sa = ctx.add(Unicast("meshgemm.shift_a", R, wa, dx=-1, ring="x", color=ca,
+                             deps=tuple((start if prev is None else [Dep(prev[1])]) + war),
+                             data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
+        sb = ctx.add(Unicast("meshgemm.shift_b", R, wb, dy=-1, ring="y", color=cb,
+                             deps=tuple((start if prev is None else [Dep(prev[2])]) + war),
+                             data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
+        ids[s] = (comp, sa, sb)
 
     # the first step (after the alignment) and the last (no shift) differ: the rest is a loop
     step(0)

@@ -154,12 +154,18 @@ def programs(draw, in_order=False):
             ev = list(g.cells())
         elif kind == "unicast":
             g = pick_region()
-            mode = draw(st.sampled_from(["offset", "to", "wrap"]))
+            mode = draw(st.sampled_from(["offset", "to", "wrap", "ring"]))
             outside = [(x, y) for y in range(rows) for x in range(cols) if not g.contains(x, y)]
             dx, dy = draw(st.integers(-5, 5)), draw(st.integers(-5, 5))
             if mode == "to" and outside:  # a gather (never to a core of the region itself)
                 t = Unicast(f"u{i}", g, b, to=draw(st.sampled_from(outside)), color=color,
                             deps=deps)
+            elif mode == "ring" and max(g.cols, g.rows) > 1:
+                axis = "x" if g.cols > 1 and (g.rows == 1 or draw(st.booleans())) else "y"
+                n = g.cols if axis == "x" else g.rows
+                k = draw(st.integers(-n - 2, n + 2).filter(lambda v, n=n: v % n))
+                t = Unicast(f"u{i}", g, b, **({"dx": k} if axis == "x" else {"dy": k}),
+                            ring=axis, color=color, deps=deps)
             elif mode == "wrap" and (dx % g.cols or dy % g.rows):
                 t = Unicast(f"u{i}", g, b, dx, dy, wrap=True, color=color, deps=deps)
             else:

@@ -103,8 +103,11 @@ def test_a_wrong_shift_offset_fails_the_check(algo, op):
     p = build_gemm(algo, HW, grid=4, m=16, k=16, n=16, functional=True)
     i = next(i for i, t in enumerate(p.tasks) if t.op == op and t.dx + t.dy in (-1, -2))
     t = p.tasks[i]
-    # wrapping shifts: one core too far; meshgemm: one core short (-2 -> -1)
-    if t.wrap:
+    # wrapping shifts: one core too far; meshgemm's ring shift: one place too far
+    if t.ring:
+        bad = dataclasses.replace(t, dy=t.dy - 1) if t.ring == "y" else \
+            dataclasses.replace(t, dx=t.dx - 1)
+    elif t.wrap:
         bad = dataclasses.replace(t, dy=t.dy - 1) if t.dy else dataclasses.replace(t, dx=t.dx - 1)
     else:
         bad = dataclasses.replace(t, dy=-1)
@@ -222,12 +225,17 @@ def test_ring_order_neighbours_are_at_most_two_apart():
         assert all(abs(o[i] - o[(i + 1) % n]) <= 2 for i in range(n))
 
 
-def test_meshgemm_shifts_are_at_most_two_hops_and_o_p_records_per_step():
+def test_meshgemm_shifts_are_at_most_two_hops_and_two_records_per_step():
     for P in (4, 7, 8):
         p = build_gemm("meshgemm", HW, grid=P, m=P, k=P, n=P, skew=False)
         shifts = [t for t in p.tasks if isinstance(t, Unicast)]
-        assert all(abs(t.dx) + abs(t.dy) <= 2 and not t.wrap for t in shifts)
-        assert len(shifts) == 2 * P * (P - 1)  # one per column (A) and per row (B) per shift
+        assert all(t.ring and not t.wrap for t in shifts)
+        hops = {abs(t.dest(x, y)[0] - x) + abs(t.dest(x, y)[1] - y)
+                for t in shifts for x, y in t.region.cells()}
+        assert hops <= {1, 2}  # every logical neighbour at most two cores away
+        assert len(shifts) == 2 * (P - 1)  # one ring shift of A and one of B per step
+        aligned = build_gemm("meshgemm", HW, grid=P, m=P, k=P, n=P)
+        assert len(aligned.tasks) - len(p.tasks) == 2 * (P - 1) + 2 + 1  # rows, copies, sync
         c = build_gemm("cannon", HW, grid=P, m=P, k=P, n=P, skew=False)
         wraps = [t for t in c.tasks if isinstance(t, Unicast)]
         assert all(t.wrap for t in wraps) and len(wraps) == 2 * (P - 1)

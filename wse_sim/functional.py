@@ -58,6 +58,8 @@ from wse_sim.program import (
     Region,
     Unicast,
     check_fits,
+    ring_core,
+    ring_position,
     topological_order,
 )
 
@@ -279,7 +281,11 @@ class _Runner:
         r = t.region
         ys, xs = np.mgrid[r.y:r.y1 + 1, r.x:r.x1 + 1]
         xs, ys = xs.ravel(), ys.ravel()
-        if t.to is not None:
+        if t.ring == "x":
+            tx, ty = r.x + ring_core(ring_position(xs - r.x, r.cols) + t.dx, r.cols), ys
+        elif t.ring == "y":
+            tx, ty = xs, r.y + ring_core(ring_position(ys - r.y, r.rows) + t.dy, r.rows)
+        elif t.to is not None:
             tx, ty = np.full_like(xs, int(t.to[0])), np.full_like(ys, int(t.to[1]))
         elif t.wrap:
             tx = r.x + (xs - r.x + t.dx) % r.cols

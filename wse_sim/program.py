@@ -227,7 +227,10 @@ class Compute:
 class Unicast:
     """Every core (x, y) of `region` sends `wavelets` to (x + dx, y + dy), or to the fixed core
     `to` when given. With `wrap`, the offset wraps around inside the region (a torus shift,
-    routed the long way back across the physical mesh)."""
+    routed the long way back across the physical mesh). With `ring` ('x' or 'y'), every row
+    (column) of the region is the interleaved ring 0, 2, 4, ..., 5, 3, 1 of its positions and
+    a core's data moves `dx` (`dy`) places along it (`ring_core`): a shift whose every hop is at
+    most 2 cores (MeshGEMM's), or a rotation by any number of places; one record per shift."""
 
     op: str
     region: Region
@@ -239,10 +242,24 @@ class Unicast:
     color: int = 0
     deps: tuple = ()
     data: DataOp | None = None
+    ring: str = ""
 
     def __post_init__(self):
         _check_flow(self)
         r = self.region
+        if self.ring not in ("", "x", "y"):
+            raise ProgramError(f"{self.op}: ring got {self.ring!r}, must be '', 'x' or 'y'")
+        if self.ring:
+            n, steps, other = ((r.cols, self.dx, self.dy) if self.ring == "x"
+                               else (r.rows, self.dy, self.dx))
+            if self.to is not None or self.wrap or other != 0 or isinstance(steps, bool) \
+                    or not isinstance(steps, int) or steps % n == 0:
+                raise ProgramError(
+                    f"{self.op}: a ring shift along {self.ring} moves d{self.ring} places "
+                    f"(an integer, not a multiple of the {n} cores of the line), with no "
+                    f"to, no wrap and d{'y' if self.ring == 'x' else 'x'} = 0; got "
+                    f"dx={self.dx!r}, dy={self.dy!r}, to={self.to}, wrap={self.wrap}")
+            return
         if self.to is not None and not (
                 isinstance(self.to, tuple | list) and len(self.to) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in self.to)):
@@ -259,12 +276,33 @@ class Unicast:
                                f"(to={self.to}, dx={self.dx}, dy={self.dy}); that moves nothing")
 
     def dest(self, x: int, y: int) -> tuple[int, int]:
+        r = self.region
+        if self.ring == "x":
+            return r.x + ring_core(ring_position(x - r.x, r.cols) + self.dx, r.cols), y
+        if self.ring == "y":
+            return x, r.y + ring_core(ring_position(y - r.y, r.rows) + self.dy, r.rows)
         if self.to is not None:
             return tuple(self.to)
         if self.wrap:
             r = self.region
             return (r.x + (x - r.x + self.dx) % r.cols, r.y + (y - r.y + self.dy) % r.rows)
         return x + self.dx, y + self.dy
+
+
+def ring_core(position, n: int):
+    """The core (0 .. n - 1 along a line) at `position` (taken modulo n) of the interleaved
+    ring 0, 2, 4, ..., 5, 3, 1; works on numpy arrays too."""
+    p = position % n
+    half = (n + 1) // 2
+    return np.where(p < half, 2 * p, 2 * (n - 1 - p) + 1) if isinstance(p, np.ndarray) \
+        else (2 * p if p < half else 2 * (n - 1 - p) + 1)
+
+
+def ring_position(core, n: int):
+    """Where core `core` (0 .. n - 1 along a line) sits on the interleaved ring."""
+    return np.where(core % 2 == 0, core // 2, n - 1 - (core - 1) // 2) \
+        if isinstance(core, np.ndarray) else (core // 2 if core % 2 == 0
+                                               else n - 1 - (core - 1) // 2)
 
 
 @dataclass(frozen=True)
@@ -461,7 +499,7 @@ def _event_rects(t) -> list[tuple[int, int, int, int]]:
     out = [(r.x, r.y, r.cols, r.rows)]
     if isinstance(t, Unicast):
         out.append((t.to[0], t.to[1], 1, 1) if t.to is not None else
-                   (r.x, r.y, r.cols, r.rows) if t.wrap else
+                   (r.x, r.y, r.cols, r.rows) if t.wrap or t.ring else
                    (r.x + t.dx, r.y + t.dy, r.cols, r.rows))
     elif isinstance(t, Multicast):
         out.append((t.src[0], t.src[1], 1, 1))
@@ -553,7 +591,9 @@ class Program:
         if isinstance(t, Compute):
             body = f"compute {t.kind} {t.flops} FLOP {t.dtype} on {t.region}"
         elif isinstance(t, Unicast):
-            tgt = f"to {t.to}" if t.to is not None else f"by ({t.dx},{t.dy}){' wrap' if t.wrap else ''}"
+            tgt = (f"to {t.to}" if t.to is not None else
+                   f"{t.dx if t.ring == 'x' else t.dy} places along the {t.ring} ring"
+                   if t.ring else f"by ({t.dx},{t.dy}){' wrap' if t.wrap else ''}")
             body = f"unicast {t.wavelets} wv from {t.region} {tgt} color {t.color}"
         elif isinstance(t, LineStream):
             kind = "reduce" if t.reduce else "bcast"
@@ -609,7 +649,7 @@ def _rects(t) -> list[tuple[int, int, int, int]]:
         return [(min(sx, r.x), sy, max(sx, r.x1), sy),
                 (r.x, min(sy, r.y), r.x1, max(sy, r.y1))]
     r = t.region
-    if t.wrap:
+    if t.wrap or t.ring:
         return [(r.x, r.y, r.x1, r.y1)]
     if t.to is not None:
         tx, ty = t.to
@@ -639,7 +679,7 @@ def check_fits(program: Program, hw: HardwareConfig) -> dict:
     cols, rows = hw.mesh_cols, hw.mesh_rows
     for i, t in enumerate(program.tasks):
         regions = [t.region] + ([Region(t.src[0], t.src[1], 1, 1)] if isinstance(t, Multicast) else [])
-        if isinstance(t, Unicast) and not t.wrap:
+        if isinstance(t, Unicast) and not (t.wrap or t.ring):  # those stay in the region
             r = t.region
             if t.to is not None:
                 regions.append(Region(int(t.to[0]), int(t.to[1]), 1, 1) if min(t.to) >= 0 else r)

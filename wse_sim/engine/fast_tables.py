@@ -69,7 +69,11 @@ class Tables:
             elif isinstance(t, Unicast):
                 row[K.F_KIND] = K.K_UNICAST
                 ni = r.size
-                if t.to is not None:
+                if t.ring:
+                    n, k = (r.cols, t.dx) if t.ring == "x" else (r.rows, t.dy)
+                    p[:3] = K.U_RING, 0 if t.ring == "x" else 1, k % n
+                    far = n - 1
+                elif t.to is not None:
                     tx, ty = int(t.to[0]), int(t.to[1])
                     p[:5] = K.U_TO, 0, 0, tx, ty
                     s2 = (tx, ty, 1, 1)
@@ -230,8 +234,8 @@ def _signal_counts(td, out):
         s2x, s2y, s2c, s2r = td[t, K.F_S2X], td[t, K.F_S2Y], td[t, K.F_S2C], td[t, K.F_S2R]
         n1 = rc * rr
         mode = td[t, K.F_P] if kind == K.K_UNICAST else -1
-        # a wrapped shift: every core a source and (a bijection) a destination
-        each = 2 if mode == K.U_WRAP else 1
+        # a wrapped or ring shift: every core a source and (a bijection) a destination
+        each = 2 if (mode == K.U_WRAP or mode == K.U_RING) else 1
         for j in range(n1):  # every region core has one event, except as below
             out[base + j] = each
         if mode == K.U_TO:  # every source sends to one core

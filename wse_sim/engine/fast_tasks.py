@@ -48,8 +48,8 @@ StepArrays = namedtuple("StepArrays", "groups mask res sig rgs preds order tmp c
 K_COMPUTE, K_UNICAST, K_MULTICAST, K_BCAST, K_REDUCE, K_IO = 0, 1, 2, 3, 4, 5
 # dependency rules ('same' is an offset of (0, 0))
 R_OFFSET, R_AT, R_ALL = 0, 1, 2
-# unicast destination modes
-U_OFFSET, U_WRAP, U_TO = 0, 1, 2
+# unicast destination modes (ring: P = mode, axis 0 x / 1 y, places moved modulo the line)
+U_OFFSET, U_WRAP, U_TO, U_RING = 0, 1, 2, 3
 # columns of the task table
 F_KIND = 0
 F_RX, F_RY, F_RC, F_RR = 1, 2, 3, 4          # region
@@ -213,6 +213,16 @@ def head_dest(td, t, ux, uy, j):
             return j, rx + j % rc, ry + j // rc
         if j > 0:
             return -1, 0, 0
+        if mode == U_RING:  # the source: k places back along the ring
+            if not (rx <= ux < rx + rc and ry <= uy < ry + rr):
+                return -1, 0, 0
+            k = td[t, F_P + 2]
+            sx, sy = ux, uy
+            if td[t, F_P + 1] == 0:
+                sx = rx + ring_core((ring_position(ux - rx, rc) - k + rc) % rc, rc)
+            else:
+                sy = ry + ring_core((ring_position(uy - ry, rr) - k + rr) % rr, rr)
+            return (sy - ry) * rc + sx - rx, sx, sy
         sx, sy = ux - td[t, F_P + 1], uy - td[t, F_P + 2]
         if mode == U_WRAP:  # destinations lie in the region
             if not (rx <= ux < rx + rc and ry <= uy < ry + rr):
@@ -243,10 +253,27 @@ def compute_cycles(td, t, i):
 
 
 @kernel(inline=True)
+def ring_core(p, n):
+    """program.ring_core: the core at ring position p (0 <= p < n) of a line of n."""
+    return 2 * p if p < (n + 1) // 2 else 2 * (n - 1 - p) + 1
+
+
+@kernel(inline=True)
+def ring_position(c, n):
+    """program.ring_position: the ring position of core c (0 <= c < n) of a line of n."""
+    return c // 2 if c % 2 == 0 else n - 1 - (c - 1) // 2
+
+
+@kernel(inline=True)
 def unicast_ends(td, t, i):
     rx, ry, rc, rr = td[t, F_RX], td[t, F_RY], td[t, F_RC], td[t, F_RR]
     x, y = rx + i % rc, ry + i // rc
     mode = td[t, F_P]
+    if mode == U_RING:
+        k = td[t, F_P + 2]
+        if td[t, F_P + 1] == 0:
+            return x, y, rx + ring_core((ring_position(x - rx, rc) + k) % rc, rc), y
+        return x, y, x, ry + ring_core((ring_position(y - ry, rr) + k) % rr, rr)
     if mode == U_TO:
         return x, y, td[t, F_P + 3], td[t, F_P + 4]
     dx, dy = td[t, F_P + 1], td[t, F_P + 2]
