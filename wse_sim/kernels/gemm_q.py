@@ -19,19 +19,27 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from wse_sim.kernels.base import check_array, check_dtype_name, pick, twins
+from wse_sim.kernels.base import (
+    BLAS_THREADED_MACS,
+    check_array,
+    check_dtype_name,
+    pick,
+    twins,
+    use_parallel,
+)
 from wse_sim.kernels.gemm import _chunk, _chunks, _decode_tile
 from wse_sim.kernels.precision import KIND
-from wse_sim.kernels.quant import check_kind8, check_scales, decode8
+from wse_sim.kernels.quant import check_kind8, check_scales, decode_table
 
 
 @njit(cache=True)
-def _decode8_tile(codes, kind, dst):
-    """Decode one 2-D tile of 8-bit codes into float32 ``dst``."""
+def _decode8_tile(codes, lut, dst):
+    """Decode one 2-D tile of 8-bit codes into float32 ``dst`` through the code's value table
+    (`quant.decode_table`, made by the bit-level decoder)."""
     src = codes.reshape(codes.size)
     flat = dst.reshape(dst.size)
     for i in range(src.size):
-        flat[i] = decode8(src[i], kind)
+        flat[i] = lut[src[i]]
 
 
 @njit(cache=True)
@@ -47,13 +55,14 @@ def _int8_tile(codes, dst):
 def _w8_body(a_bits, a_kind, b_codes, b_kind, b_scales, out, sa, sb):
     chunks = sa.shape[0]
     n = b_codes.shape[2]
+    lut = decode_table(b_kind)
     for c in prange(chunks):
         lo, hi = _chunk(c, chunks, a_bits.shape[0])
         af = sa[c]
         bf = sb[c]
         for p in range(lo, hi):
             _decode_tile(a_bits[p], a_kind, af)
-            _decode8_tile(b_codes[p], b_kind, bf)
+            _decode8_tile(b_codes[p], lut, bf)
             np.dot(af, bf, out[p])
             for i in range(out.shape[1]):
                 for j in range(n):
@@ -63,6 +72,7 @@ def _w8_body(a_bits, a_kind, b_codes, b_kind, b_scales, out, sa, sb):
 def _q8_body(a_codes, a_scales, b_codes, b_scales, kind, out, sa, sb, si, sbi, acc):
     chunks = sa.shape[0]
     m, k, n = a_codes.shape[1], a_codes.shape[2], b_codes.shape[2]
+    lut = decode_table(kind)
     for c in prange(chunks):
         lo, hi = _chunk(c, chunks, a_codes.shape[0])
         for p in range(lo, hi):
@@ -80,8 +90,8 @@ def _q8_body(a_codes, a_scales, b_codes, b_scales, kind, out, sa, sb, si, sbi, a
                     for j in range(n):
                         out[p, i, j] = np.float32(row[j])
             else:
-                _decode8_tile(a_codes[p], kind, sa[c])
-                _decode8_tile(b_codes[p], kind, sb[c])
+                _decode8_tile(a_codes[p], lut, sa[c])
+                _decode8_tile(b_codes[p], lut, sb[c])
                 np.dot(sa[c], sb[c], out[p])
             for i in range(m):
                 for j in range(n):
@@ -90,6 +100,12 @@ def _q8_body(a_codes, a_scales, b_codes, b_scales, kind, out, sa, sb, si, sbi, a
 
 _W8 = twins(_w8_body)
 _Q8 = twins(_q8_body)
+
+
+def _parallel(parallel: bool, P: int, m: int, k: int, n: int) -> bool:
+    """The parallel build only for enough work (`base.use_parallel`) and tiles below BLAS's
+    own threading (as `gemm.gemm_tiles_lp`); the results are the same bits either way."""
+    return parallel and use_parallel(P * m * k * n) and m * k * n < BLAS_THREADED_MACS
 
 
 def _shapes(an: str, a, bn: str, b) -> tuple:
@@ -112,6 +128,7 @@ def gemm_tiles_w8(a_bits, acts_dtype: str, b_codes, b_scales, weights_dtype: str
     out = np.zeros((P, m, n), np.float32)
     if k == 0 or P * m * n == 0:
         return out
+    parallel = _parallel(parallel, P, m, k, n)
     c = _chunks(parallel, P)
     sa, sb = np.empty((c, m, k), np.float32), np.empty((c, k, n), np.float32)
     pick(_W8, parallel)(a_bits, a_kind, b_codes, b_kind, b_scales, out, sa, sb)
@@ -132,6 +149,7 @@ def gemm_tiles_q8(a_codes, a_scales, b_codes, b_scales, dtype: str,
     out = np.zeros((P, m, n), np.float32)
     if k == 0 or P * m * n == 0:
         return out
+    parallel = _parallel(parallel, P, m, k, n)
     c = _chunks(parallel, P)
     f32 = (c, m, k), (c, k, n)
     i32 = ((c, m, k), (c, k, n), (c, n)) if kind == 0 else ((c, 0, 0), (c, 0, 0), (c, 0))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from wse_sim.kernels.base import check_array, pick, twins
+from wse_sim.kernels.base import check_array, pick, twins, use_parallel
 
 KIND8 = {"int8": 0, "fp8_e4m3": 1, "fp8_e5m2": 2}  # dtype name -> integer code
 MAX_FINITE = {"int8": 127.0, "fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
@@ -39,7 +39,7 @@ def _fp8_params(kind):
     return 2, 15, 0x7B, 0x7F, 0x7C
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def decode8(code, kind):
     """8-bit code of dtype code ``kind`` (0 int8, 1 E4M3, 2 E5M2) -> float32, exact."""
     c = np.int64(code) & 0xFF
@@ -92,7 +92,7 @@ def _encode_fp8(x, kind):
     return np.uint8(sign | q)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rint(x):
     """Round half to even (np.rint), on a float32."""
     r = np.floor(x + np.float32(0.5))
@@ -101,7 +101,7 @@ def _rint(x):
     return r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def encode8(x, kind):
     """float32 (already divided by its scale) -> 8-bit code of dtype code ``kind``."""
     if kind == 0:
@@ -116,29 +116,39 @@ def encode8(x, kind):
 def _quantize_body(x, kind, per_row, top, codes, scales):
     P, r, c = x.shape
     for p in prange(P):
-        n_ch, n_in = (r, c) if per_row else (c, r)
-        for ch in range(n_ch):
-            amax = np.float32(0)
-            for i in range(n_in):
-                v = abs(x[p, ch, i] if per_row else x[p, i, ch])
-                if v > amax:
-                    amax = v
-            s = amax / top if amax > 0 else np.float32(1)
-            scales[p, ch] = s
-            for i in range(n_in):
-                if per_row:
-                    codes[p, ch, i] = encode8(x[p, ch, i] / s, kind)
-                else:
-                    codes[p, i, ch] = encode8(x[p, i, ch] / s, kind)
+        s = scales[p]
+        s[:] = 0  # the channels' largest magnitudes first, row by row (contiguous reads)
+        for i in range(r):
+            for j in range(c):
+                v = abs(x[p, i, j])
+                ch = i if per_row else j
+                if v > s[ch]:
+                    s[ch] = v
+        for ch in range(s.size):
+            s[ch] = s[ch] / top if s[ch] > 0 else np.float32(1)
+        for i in range(r):
+            for j in range(c):
+                codes[p, i, j] = encode8(x[p, i, j] / s[i if per_row else j], kind)
+
+
+@njit(cache=True)
+def decode_table(kind):
+    """The float32 value of each of the 256 codes of dtype code ``kind`` (by `decode8`): the
+    tile decoders look codes up in it."""
+    lut = np.empty(256, np.float32)
+    for c in range(256):
+        lut[c] = decode8(c, kind)
+    return lut
 
 
 def _dequantize_body(codes, kind, per_row, scales, out):
     P, r, c = codes.shape
+    lut = decode_table(kind)
     for p in prange(P):
         for i in range(r):
             for j in range(c):
                 s = scales[p, i] if per_row else scales[p, j]
-                out[p, i, j] = decode8(codes[p, i, j], kind) * s
+                out[p, i, j] = lut[codes[p, i, j]] * s
 
 
 _QUANTIZE = twins(_quantize_body)
@@ -166,7 +176,7 @@ def quantize(x, dtype: str, per: str = "col", parallel: bool = True):
     x = check_array("x", x, np.float32, ndim=3)
     codes = np.empty(x.shape, np.uint8)
     scales = np.empty((x.shape[0], x.shape[1] if per_row else x.shape[2]), np.float32)
-    pick(_QUANTIZE, parallel)(x, kind, per_row, np.float32(MAX_FINITE[dtype]), codes, scales)
+    pick(_QUANTIZE, parallel and use_parallel(x.size))(x, kind, per_row, np.float32(MAX_FINITE[dtype]), codes, scales)
     return codes, scales
 
 
@@ -185,7 +195,7 @@ def dequantize(codes, scales, dtype: str, per: str = "col", parallel: bool = Tru
     codes = check_array("codes", codes, np.uint8, ndim=3)
     scales = check_scales("scales", scales, codes, per_row)
     out = np.empty(codes.shape, np.float32)
-    pick(_DEQUANTIZE, parallel)(codes, kind, per_row, scales, out)
+    pick(_DEQUANTIZE, parallel and use_parallel(codes.size))(codes, kind, per_row, scales, out)
     return out
 
 
@@ -202,5 +212,5 @@ def round_to8(x, dtype: str, parallel: bool = True) -> np.ndarray:
     kind = check_kind8("dtype", dtype)
     x = check_array("x", x, np.float32)
     out = np.empty(x.shape, np.float32)
-    pick(_ROUND8, parallel)(x.reshape(-1), kind, out.reshape(-1))
+    pick(_ROUND8, parallel and use_parallel(x.size))(x.reshape(-1), kind, out.reshape(-1))
     return out
