@@ -2,8 +2,8 @@
 
 Model (simulated): LLaMA3-8B decode (context 128, batch 1, layer-pipelined) on wse3 with fp16
 everywhere, int8 weights, int8 weights + int8 KV cache, and int8 weights and activations
-(W8A8, the only case that runs on WSE-3's 16 int8 lanes): tokens/s and SRAM on the fullest
-core on the whole mesh, and the smallest N x N grid (`--grid N`) each one fits on, with its
+(W8A8, the only case that runs on WSE-3's 16 int8 lanes): tokens/s, SRAM on the fullest core
+(of the program; of a layer region, and its weights) on the whole mesh, and the smallest N x N grid (`--grid N`) each one fits on, with its
 tokens/s there. Ratios are against the fp16 run of the same process.
 
 Kernels (measured): the 8-bit GEMM tiles (`gemm_tiles_w8`: fp16 activations x 8-bit weights;
@@ -59,9 +59,13 @@ def bench_model(figures, quick: bool):
         p = _program(hw, None, kw)
         r = simulate(p, hw, engine="fast")
         figures[f"{name}_tokens_per_s"] = r.tokens_per_s
-        figures[f"{name}_sram_bytes_fullest_core"] = int(sum(p.meta["sram_buffers_per_core"]
-                                                             .values()))
-        figures[f"{name}_weights_bytes_per_core"] = p.meta["sram_buffers_per_core"]["weights"]
+        figures[f"{name}_sram_bytes_fullest_core"] = int(r.summary()["sram_bytes_per_core"])
+        layer = p.meta["sram_buffers_per_core"]
+        figures[f"{name}_layer_sram_bytes_per_core"] = int(sum(layer.values()))
+        figures[f"{name}_layer_weights_bytes_per_core"] = layer["weights"]
+        figures[f"{name}_regions"] = (f"{p.meta['regions']} of {p.meta['region_cols']} x "
+                                      f"{p.meta['region_rows']} ({p.meta['table_regions']} "
+                                      "for the table)")
         if quick and name not in ("fp16", "w8"):
             continue
         g = smallest_grid(hw, kw, 256, side)
@@ -73,8 +77,9 @@ def bench_model(figures, quick: bool):
         if name != "fp16":
             figures[f"{name}_vs_fp16_tokens_ratio"] = (figures[f"{name}_tokens_per_s"]
                                                        / figures["fp16_tokens_per_s"])
-            figures[f"{name}_vs_fp16_sram_ratio"] = (figures[f"{name}_sram_bytes_fullest_core"]
-                                                     / figures["fp16_sram_bytes_fullest_core"])
+            figures[f"{name}_vs_fp16_layer_sram_ratio"] = (
+                figures[f"{name}_layer_sram_bytes_per_core"]
+                / figures["fp16_layer_sram_bytes_per_core"])
             if f"{name}_smallest_grid_cores" in figures:
                 figures[f"{name}_vs_fp16_cores_ratio"] = (figures[f"{name}_smallest_grid_cores"]
                                                           / figures["fp16_smallest_grid_cores"])
@@ -124,7 +129,7 @@ def main(argv=None):
     shapes = [(16, 32, 128, 128)] if args.quick else [(64, 1, 512, 512), (16, 128, 256, 256)]
     bench_kernels(figures, shapes, 3 if args.quick else 5, np.random.default_rng(0))
     figures["wall_seconds"] = time.perf_counter() - t0
-    targets["w8_vs_fp16_sram_ratio"] = {"max": 0.75}
+    targets["w8_vs_fp16_layer_sram_ratio"] = {"max": 0.75}
     emit("bench_precision", figures, targets, args.json, machine_info())
 
 
