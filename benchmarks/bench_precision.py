@@ -9,7 +9,8 @@ tokens/s there. Ratios are against the fp16 run of the same process.
 Kernels (measured): the 8-bit GEMM tiles (`gemm_tiles_w8`: fp16 activations x 8-bit weights;
 `gemm_tiles_q8`: both 8-bit) against the fp16 kernel (`gemm_tiles_lp`) and against their numpy
 reference (`quant_ref`) on the same shapes, with each one's error against the float64 product
-of the unquantized operands. ``--quick``: a smaller model grid search and kernel shapes.
+of the unquantized operands; BLAS runs single-threaded (below). ``--quick``: a smaller grid
+search and kernel shapes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import os
 import sys
 import time
 
-import numpy as np
+# BLAS single-threaded for kernels and numpy alike: on a small shared host numpy's OpenBLAS and
+# scipy's (which numba's np.dot calls) each keep a spinning thread pool, and a GEMM of one
+# waiting on the other's spinning threads took 250 ms instead of 4 (measured on 2 CPUs).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
