@@ -156,7 +156,7 @@ def test_the_graph_counts_weight_and_kv_bytes_in_their_dtypes():
     q16, q8 = g16.nodes["L0.attn_qk"]["op"], g8.nodes["L0.attn_qk"]["op"]
     assert q16.bytes_in - q8.bytes_in == 32 * cfg.kv_dim  # K of 32 positions, 2 -> 1 byte
     assert g8.graph["weights_dtype"] == "int8" and g8.graph["kv_dtype"] == "fp8_e4m3"
-    with pytest.raises(ValueError, match="weights_dtype: got 'int8' with phase train"):
+    with pytest.raises(ValueError, match="weights_dtype: got 'int8', must be the run's dtype 'fp16' with phase train"):
         build_graph(cfg, "train", prompt=8, weights_dtype="int8")
 
 

@@ -241,7 +241,7 @@ class _Builder:
         return self.add(_op(name, kind, layer, "fwd", self.dtype, **kw), preds)
 
 
-def _validate(cfg, phase, batch, prompt, context, dtype) -> None:
+def _validate(cfg, phase, batch, prompt, context, dtype, tensors=()) -> None:
     if not isinstance(cfg, GPTConfig):
         raise ValueError(f"build_graph.cfg: got {type(cfg).__name__}, must be a GPTConfig")
     if phase not in PHASES:
@@ -249,9 +249,11 @@ def _validate(cfg, phase, batch, prompt, context, dtype) -> None:
     for arg, value in (("batch", batch), ("prompt", prompt), ("context", context)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"build_graph.{arg}: got {value!r}, must be a positive integer")
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"build_graph.dtype: got {dtype!r}, must be one of "
-                         f"{', '.join(DTYPE_BYTES)}")
+    for arg, value in (("dtype", dtype), *tensors):  # tensors: (weights_dtype, ...), (kv_dtype, ...)
+        if value not in DTYPE_BYTES or (phase == "train" and value != dtype):
+            must = f"the run's dtype {dtype!r} with phase train" if value in DTYPE_BYTES else \
+                f"one of {', '.join(DTYPE_BYTES)}"
+            raise ValueError(f"build_graph.{arg}: got {value!r}, must be {must}")
     if phase == "decode" and context + 1 > cfg.max_context:
         raise ValueError(
             f"build_graph.context: got {context}, must be < max_context ({cfg.max_context}) "
@@ -566,14 +568,9 @@ def build_graph(
 
     `expert_tokens` (MoE models): tokens routed to each expert in every MoE layer, summing to
     tokens x top_k, where tokens is batch x prompt (decode: batch); default balanced."""
-    _validate(cfg, phase, batch, prompt, context, dtype)
-    for arg, value in (("weights_dtype", weights_dtype), ("kv_dtype", kv_dtype)):
-        if value is not None and value not in DTYPE_BYTES:
-            raise ValueError(f"build_graph.{arg}: got {value!r}, must be one of "
-                             f"{', '.join(DTYPE_BYTES)}")
-        if phase == "train" and value not in (None, dtype):
-            raise ValueError(f"build_graph.{arg}: got {value!r} with phase train, must be the "
-                             f"run's dtype {dtype!r} (training keeps one dtype)")
+    weights_dtype, kv_dtype = weights_dtype or dtype, kv_dtype or dtype
+    _validate(cfg, phase, batch, prompt, context, dtype,
+              (("weights_dtype", weights_dtype), ("kv_dtype", kv_dtype)))
     tokens = batch * (1 if phase == "decode" else prompt)
     if cfg.moe is None and expert_tokens is not None:
         raise ValueError(
@@ -586,7 +583,7 @@ def build_graph(
         _backward(bld)
     bld.g.graph.update(
         model=cfg.name, phase=phase, batch=batch, prompt=prompt, context=context, dtype=dtype,
-        weights_dtype=weights_dtype or dtype, kv_dtype=kv_dtype or dtype,
+        weights_dtype=weights_dtype, kv_dtype=kv_dtype,
     )
     if cfg.is_moe:
         bld.g.graph["expert_tokens"] = bld.expert_tokens
