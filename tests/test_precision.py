@@ -169,7 +169,7 @@ def test_the_graph_counts_weight_and_kv_bytes_in_their_dtypes():
     (["--preset", "mesh16", "--accum-dtype", "int8"], "--accum-dtype: got 'int8'"),
     (["--preset", "mesh16", "--phase", "train", "--kv-dtype", "int8"],
      "kv_dtype: got 'int8', which does not apply"),
-    (["--preset", "mesh16", "--phase", "train", "--dtype", "int8"],
+    (["--preset", "wse3", "--grid", "16", "--phase", "train", "--dtype", "int8"],
      "precision: acts int8, weights int8, kv int8, accum fp32 with phase train"),
     (["--preset", "mesh16", "--weights-dtype", "int8", "--functional"],
      "not implemented: functional: acts fp16, weights int8"),

@@ -60,6 +60,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     _one_of("strategy", strategy, STRATEGIES)
     _one_of("phase", phase, PHASES)
     prec = precision_of(dtype, weights_dtype, kv_dtype, accum_dtype)
+    for d in prec.compute_dtypes:
+        hw.lanes(d)  # refused here, in one line, when the chip has no lanes for it
     for name, v in (("batch", batch), ("prompt", prompt)):
         _positive(name, v)
     _positive("context", context, allow_none=True)

@@ -89,6 +89,11 @@ class Precision:
         """The compute dtype of QK^T and PV: the KV cache x activations."""
         return matmul_dtype(self.kv, self.acts)
 
+    @property
+    def compute_dtypes(self) -> tuple:
+        """The dtypes whose lanes the run's ops need (matmuls, attention, element-wise)."""
+        return tuple(dict.fromkeys((self.matmul, self.attention, self.vector)))
+
     def bytes(self, tensor: str) -> int:
         """Bytes per value of `tensor` (acts, weights, kv, accum)."""
         return DTYPE_BYTES[getattr(self, tensor)]

@@ -194,7 +194,8 @@ class TP2D:
         length = region.cols if axis == "x" else region.rows
         if length < 2 or values <= 0:
             return dep
-        dt = dtype or self.dtype
+        # activations in their dtype; partial sums (reduce streams) in the element-wise one
+        dt = dtype or (self.prec.vector if reduce else self.dtype)
         return self.pb.add(LineStream(name, region, axis, direction, wavelets_for(values, dt),
                                       reduce=reduce, dtype=dt, color=COLORS[color],
                                       deps=_deps(dep), data=data))
@@ -208,7 +209,7 @@ class TP2D:
         vec = self.prec.vector  # partial sums travel in the element-wise dtype
         if axis_algo(self.reduce_algo, axis) == "chain" or tree_groups(n)[1] == 0 or values <= 0:
             return self.stream(name, region, axis, -1, values, dep, reduce=True, color=color,
-                               dtype=vec, data=data)
+                               data=data)
         last, flops = build_tree(
             self.pb.add, name, region, axis, wavelets=wavelets_for(values, vec),
             values=values, dtype=vec,
