@@ -220,3 +220,22 @@ def test_a_spec_file_carries_the_dtypes(tmp_path, capsys):
     assert main(["run", "--spec", str(f), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["sram_bytes_per_core"] == first["sram_bytes_per_core"]
+
+
+def test_an_8bit_buffer_is_timed_not_run_functionally():
+    from wse_sim.functional import make_buffers
+    from wse_sim.program import Alloc, Program
+    p = Program("p", (Compute("c", Region(0, 0, 1, 1), 1),),
+                (Alloc("w", Region(0, 0, 1, 1), 64, (8, 8), "int8"),))
+    with pytest.raises(NotImplementedError, match="buffer 'w': int8 tiles are timed, not run"):
+        make_buffers(p)
+
+
+def test_an_int8_program_saves_and_runs_again(tmp_path, capsys):
+    f = str(tmp_path / "p.json")
+    base = ["--preset", "wse3", "--json"]
+    assert main(["run", "--model", "tiny", "--phase", "decode", "--context", "8", "--grid", "16",
+                 "--dtype", "int8", "--save-program", f] + base) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["run-program", f] + base) == 0
+    assert json.loads(capsys.readouterr().out)["cycles"] == first["cycles"]
