@@ -20,7 +20,9 @@ from wse_sim.program import (
     check_fits,
 )
 
-HW = load_preset("mesh8")
+# the 8-bit lanes as a what-if (mesh8 has wse2's cores: none), so that the probe can use them
+HW = load_preset("mesh8", {"fmac_lanes_int8": 16, "fmac_lanes_fp8_e4m3": 8,
+                           "fmac_lanes_fp8_e5m2": 8})
 FIELDS = [f.name for f in dataclasses.fields(HardwareConfig)]
 
 
@@ -29,7 +31,8 @@ def probe() -> Program:
     cycle-bearing field lies on the critical path."""
     one, row = Region(0, 0, 1, 1), Region(0, 0, 8, 1)
     tasks = [Compute("mm32", one, 4000, "fp32"), Compute("mm16", one, 4000, "fp16"),
-             Compute("mmbf", one, 4000, "bf16"),
+             Compute("mmbf", one, 4000, "bf16"), Compute("mm8", one, 4000, "int8"),
+             Compute("mm8e4", one, 4000, "fp8_e4m3"), Compute("mm8e5", one, 4000, "fp8_e5m2"),
              Compute("read", one, 1, "fp32", "vector", sram_read_bytes=4096),
              Compute("write", one, 1, "fp32", "vector", sram_write_bytes=4096),
              Unicast("send", one, 64, to=(5, 3)),

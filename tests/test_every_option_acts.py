@@ -50,6 +50,8 @@ PROBES = {
         "--context": ["--context", "8"], "--generate": ["--generate", "2"],
         "--dtype": ["--dtype", "fp32"], "--sparsity": ["--sparsity", "0.5"],
         "--model-set": ["--model-set", "n_layers=1"],
+        "--weights-dtype": ["--weights-dtype", "int8"], "--kv-dtype": ["--kv-dtype", "int8"],
+        "--accum-dtype": ["--accum-dtype", "fp16"],
         "--strategy": ["--strategy", "layer-sequential"], "--grid": ["--grid", "8"],
         "--region-shape": ["--region-shape", "1"], "--chunks": ["--chunks", "2"],
         "--micro-batches": ["--micro-batches", "2"], "--wafers": ["--wafers", "2"],
@@ -86,7 +88,8 @@ PROBES = {
         "--context": ["--context", "4"], "--grid": ["--grid", "4"],
         "--dtype": ["--dtype", "fp32"], "--sparsity": ["--sparsity", "0.5"],
         "--reduce-algo": ["--reduce-algo", "tree"], "--model-set": ["--model-set", "n_layers=1"],
-        "--m": ["--m", "64"], "--k": ["--k", "64"],
+        "--weights-dtype": ["--weights-dtype", "int8"], "--kv-dtype": ["--kv-dtype", "int8"],
+        "--accum-dtype": ["--accum-dtype", "fp16"], "--m": ["--m", "64"], "--k": ["--k", "64"],
         "--n": ["--n", "64"],
     },
     "search": HW | {
@@ -96,6 +99,8 @@ PROBES = {
         "--dtype": ["--dtype", "fp32"], "--sparsity": ["--sparsity", "0.5"],
         "--budget": ["--budget", "1"], "--reduce-algo": ["--reduce-algo", "tree"],
         "--model-set": ["--model-set", "n_layers=1"],
+        "--weights-dtype": ["--weights-dtype", "int8"], "--kv-dtype": ["--kv-dtype", "int8"],
+        "--accum-dtype": ["--accum-dtype", "fp16"],
     },
     "serve": {
         "--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],

@@ -66,7 +66,7 @@ OP_KINDS = (
 GEMM_KINDS = ("matmul", "lm_head", "attn_qk", "attn_av")
 PHASES = ("prefill", "decode", "train")
 OP_PHASES = ("fwd", "bwd", "update")
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 WEIGHT_NAMES = (
     "w_q",
     "w_k",
@@ -129,7 +129,8 @@ class Op:
         if self.phase not in OP_PHASES:
             raise ValueError(f"Op.phase: got {self.phase!r}, must be one of {', '.join(OP_PHASES)}")
         if self.dtype not in DTYPE_BYTES:
-            raise ValueError(f"Op.dtype: got {self.dtype!r}, must be one of fp32, fp16, bf16")
+            raise ValueError(f"Op.dtype: got {self.dtype!r}, must be one of "
+                             f"{', '.join(DTYPE_BYTES)}")
         if self.weight is not None and self.weight not in WEIGHT_NAMES:
             raise ValueError(f"Op.weight: got {self.weight!r}, must be None or a weight name")
         for field in _INT_FIELDS:
@@ -174,10 +175,13 @@ def _op(name: str, kind: str, layer: int | None, phase: str, dtype: str, **kw) -
 class _Builder:
     """Accumulates ops and edges in insertion order."""
 
-    def __init__(self, cfg: GPTConfig, dtype: str, expert_tokens: tuple[int, ...] = ()) -> None:
+    def __init__(self, cfg: GPTConfig, dtype: str, expert_tokens: tuple[int, ...] = (),
+                 weights_dtype: str | None = None, kv_dtype: str | None = None) -> None:
         self.cfg = cfg
         self.dtype = dtype
         self.b = DTYPE_BYTES[dtype]
+        self.wb = DTYPE_BYTES[weights_dtype or dtype]  # bytes per weight-matrix value
+        self.kvb = DTYPE_BYTES[kv_dtype or dtype]  # bytes per KV-cache value
         self.g = nx.DiGraph()
         self.expert_tokens = expert_tokens  # tokens per routed expert (MoE layers)
         self.tokens = 0  # tokens through each layer, set by _forward
@@ -190,12 +194,14 @@ class _Builder:
             self.g.add_edge(p, op.name)
         return op.name
 
-    def gemm(self, name, kind, layer, mkn, *, batch=1, act_in=None, preds=(), **kw) -> str:
-        """A forward GEMM; act_in = activation input elements (default m*k*batch)."""
+    def gemm(self, name, kind, layer, mkn, *, batch=1, act_in=None, kv_in=0, preds=(),
+             **kw) -> str:
+        """A forward GEMM; act_in = activation input elements (default m*k*batch), kv_in =
+        input elements read from the KV cache (in its dtype)."""
         m, k, n = mkn
         act_in = m * k * batch if act_in is None else act_in
         flops = 2 * m * k * n * batch
-        bytes_in, bytes_out = act_in * self.b, m * n * batch * self.b
+        bytes_in, bytes_out = act_in * self.b + kv_in * self.kvb, m * n * batch * self.b
         kw.update(m=m, k=k, n=n, batch=batch, flops=flops, bytes_in=bytes_in, bytes_out=bytes_out)
         return self.add(_op(name, kind, layer, "fwd", self.dtype, **kw), preds)
 
@@ -209,7 +215,7 @@ class _Builder:
             layer,
             (rows, k, n),
             weight=w,
-            weight_bytes=k * n * self.b,
+            weight_bytes=k * n * self.wb,
             preds=preds,
         )
 
@@ -235,7 +241,7 @@ class _Builder:
         return self.add(_op(name, kind, layer, "fwd", self.dtype, **kw), preds)
 
 
-def _validate(cfg, phase, batch, prompt, context, dtype) -> None:
+def _validate(cfg, phase, batch, prompt, context, dtype, tensors=()) -> None:
     if not isinstance(cfg, GPTConfig):
         raise ValueError(f"build_graph.cfg: got {type(cfg).__name__}, must be a GPTConfig")
     if phase not in PHASES:
@@ -243,8 +249,11 @@ def _validate(cfg, phase, batch, prompt, context, dtype) -> None:
     for arg, value in (("batch", batch), ("prompt", prompt), ("context", context)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"build_graph.{arg}: got {value!r}, must be a positive integer")
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"build_graph.dtype: got {dtype!r}, must be one of fp32, fp16, bf16")
+    for arg, value in (("dtype", dtype), *tensors):  # tensors: (weights_dtype, ...), (kv_dtype, ...)
+        if value not in DTYPE_BYTES or (phase == "train" and value != dtype):
+            must = f"the run's dtype {dtype!r} with phase train" if value in DTYPE_BYTES else \
+                f"one of {', '.join(DTYPE_BYTES)}"
+            raise ValueError(f"build_graph.{arg}: got {value!r}, must be {must}")
     if phase == "decode" and context + 1 > cfg.max_context:
         raise ValueError(
             f"build_graph.context: got {context}, must be < max_context ({cfg.max_context}) "
@@ -276,7 +285,7 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
         el_in=0,
         extra_in=T * TOKEN_BYTES,
         weight="embed",
-        weight_bytes=cfg.embedding_params() * b,
+        weight_bytes=cfg.embedding_params() * bld.wb,
     )
     for i in range(cfg.n_layers):
         p = f"L{i}."
@@ -298,7 +307,8 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
             i,
             (sq, hd, sk),
             batch=batch * H,
-            act_in=batch * (sq * cfg.q_dim + sk * cfg.kv_dim),
+            act_in=batch * sq * cfg.q_dim,
+            kv_in=batch * sk * cfg.kv_dim,
             preds=qk_src,
         )
         sm = bld.elementwise(
@@ -310,7 +320,8 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
             i,
             (sq, sk, hd),
             batch=batch * H,
-            act_in=batch * (H * sq * sk + sk * cfg.kv_dim),
+            act_in=batch * H * sq * sk,
+            kv_in=batch * sk * cfg.kv_dim,
             preds=(sm, v),
         )
         o = bld.proj(i, "o_proj", "w_o", T, (a,))
@@ -335,7 +346,7 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
         (rows, d, V),
         preds=(nf,),
         weight="embed" if cfg.tied_embeddings else "lm_head",
-        weight_bytes=d * V * b,
+        weight_bytes=d * V * bld.wb,
     )
     if phase == "train":
         loss_in = T * V * b + T * TOKEN_BYTES
@@ -346,14 +357,15 @@ def _forward(bld: _Builder, phase: str, batch: int, prompt: int, context: int) -
 def _ffn(bld: _Builder, layer: int, prefix: str, rows: int, preds, width: int, **kw) -> str:
     """FFN ops (up, gate, act, down) of `width` over `rows` tokens; returns the down op.
     `kw` (expert, shared, tokens) makes them ExpertOps."""
-    cfg, b = bld.cfg, bld.b
+    cfg = bld.cfg
     shapes = cfg.ffn_weight_shapes(width)
 
     def mm(name: str, w: str, src: tuple[str, ...]) -> str:
         k, n = shapes[w]
         mkn = (rows, k, n)
         return bld.gemm(
-            prefix + name, "matmul", layer, mkn, weight=w, weight_bytes=k * n * b, preds=src, **kw
+            prefix + name, "matmul", layer, mkn, weight=w, weight_bytes=k * n * bld.wb, preds=src,
+            **kw
         )
 
     act_preds = (mm("ffn_up", "w_up", preds),)
@@ -544,24 +556,34 @@ def build_graph(
     context: int = 128,
     dtype: str = "fp16",
     expert_tokens: tuple[int, ...] | None = None,
+    weights_dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> nx.DiGraph:
     """Op graph of one prefill, decode step or training step (see module docstring).
 
+    `weights_dtype` (default `dtype`): the weight matrices' dtype (projections, FFN, embedding
+    table, LM head; norm gains stay in `dtype`), so their ``weight_bytes``; `kv_dtype`: the KV
+    cache's, so the K and V part of the attention ops' ``bytes_in`` (they are read from the
+    cache in every phase). Ops keep `dtype` (the activations'); a training step takes neither.
+
     `expert_tokens` (MoE models): tokens routed to each expert in every MoE layer, summing to
     tokens x top_k, where tokens is batch x prompt (decode: batch); default balanced."""
-    _validate(cfg, phase, batch, prompt, context, dtype)
+    weights_dtype, kv_dtype = weights_dtype or dtype, kv_dtype or dtype
+    _validate(cfg, phase, batch, prompt, context, dtype,
+              (("weights_dtype", weights_dtype), ("kv_dtype", kv_dtype)))
     tokens = batch * (1 if phase == "decode" else prompt)
     if cfg.moe is None and expert_tokens is not None:
         raise ValueError(
             f"build_graph.expert_tokens: got {expert_tokens!r}, must be None for a dense model"
         )
     counts = () if cfg.moe is None else check_expert_tokens(cfg.moe, tokens, expert_tokens)
-    bld = _Builder(cfg, dtype, counts)
+    bld = _Builder(cfg, dtype, counts, weights_dtype, kv_dtype)
     _forward(bld, phase, batch, prompt, context)
     if phase == "train":
         _backward(bld)
     bld.g.graph.update(
-        model=cfg.name, phase=phase, batch=batch, prompt=prompt, context=context, dtype=dtype
+        model=cfg.name, phase=phase, batch=batch, prompt=prompt, context=context, dtype=dtype,
+        weights_dtype=weights_dtype, kv_dtype=kv_dtype,
     )
     if cfg.is_moe:
         bld.g.graph["expert_tokens"] = bld.expert_tokens

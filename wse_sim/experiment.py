@@ -11,7 +11,8 @@ from mapper.strategies.common import check_micro_batches
 from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
-from wse_sim.hardware import DTYPES, ConfigError, HardwareConfig, load_preset
+from wse_sim.hardware import DTYPES, FLOAT_DTYPES, ConfigError, HardwareConfig, load_preset
+from wse_sim.precision import Precision
 from wse_sim.spec import Mapping, RunSpec
 from wse_sim.timing import split_evenly
 
@@ -37,7 +38,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   sparsity: float = 0.0, functional: bool = False, chunks: int = 1,
                   micro_batches: int = 1, region_shape: int = 0, reduce_algo: str = "chain",
                   attention: str = "auto", model_set: dict | None = None,
-                  routing: str | None = None, moe_layout: str | None = None, seed: int = 0):
+                  routing: str | None = None, moe_layout: str | None = None, seed: int = 0,
+                  weights_dtype: str | None = None, kv_dtype: str | None = None,
+                  accum_dtype: str | None = None):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
@@ -46,7 +49,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     `attention`: `heads` (one row per head group), `rows` (a head group's rows split its keys
     too, when a region has more rows than heads) or `auto` (heads when it fits). An MoE
     model: `routing` (uniform, skewed:ALPHA, router, a .csv/.json file; default uniform;
-    `seed`) and `moe_layout` (blocks, strips, bands): docs/moe.md. `model_set`:
+    `seed`) and `moe_layout` (blocks, strips, bands): docs/moe.md. `weights_dtype`, `kv_dtype`
+    (default `dtype`) and `accum_dtype` (default fp32): each tensor's dtype, `dtype` being the
+    activations' (docs/precision.md). `model_set`:
     model fields to override, e.g. {"n_layers": 1} to time one layer. `context`
     (decode): None takes min(128, the model's maximum context - 1)."""
     if not isinstance(hw, HardwareConfig):
@@ -54,7 +59,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                         "(wse_sim.hardware.load_preset)")
     _one_of("strategy", strategy, STRATEGIES)
     _one_of("phase", phase, PHASES)
-    _one_of("dtype", dtype, DTYPES)
+    prec = precision_of(dtype, weights_dtype, kv_dtype, accum_dtype)
+    for d in prec.compute_dtypes:
+        hw.lanes(d)  # refused here, in one line, when the chip has no lanes for it
     for name, v in (("batch", batch), ("prompt", prompt)):
         _positive(name, v)
     _positive("context", context, allow_none=True)
@@ -92,7 +99,19 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                                 functional=functional, chunks=chunks,
                                 micro_batches=micro_batches, reduce_algo=reduce_algo,
                                 attention=attention, routing=routing, moe_layout=moe_layout,
-                                seed=seed, **extra)
+                                seed=seed, precision=prec, **extra)
+
+
+def precision_of(dtype: str, weights_dtype: str | None = None, kv_dtype: str | None = None,
+                 accum_dtype: str | None = None) -> Precision:
+    """The run's `Precision`: `dtype` for the activations and for each tensor not given."""
+    _one_of("dtype", dtype, DTYPES)
+    for name, v, allowed in (("weights_dtype", weights_dtype, DTYPES),
+                             ("kv_dtype", kv_dtype, DTYPES),
+                             ("accum_dtype", accum_dtype, FLOAT_DTYPES)):
+        if v is not None:
+            _one_of(name, v, allowed)
+    return Precision.of(dtype, weights_dtype, kv_dtype, accum_dtype)
 
 
 def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
@@ -299,6 +318,9 @@ def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str 
     _positive("wafers", wafers)
     _one_of("phase", phase, PHASES)
     model_set = kw.pop("model_set", None)
+    kw["precision"] = precision_of(kw.pop("dtype", "fp16"), kw.pop("weights_dtype", None),
+                                   kw.pop("kv_dtype", None), kw.pop("accum_dtype", None))
+    kw["dtype"] = kw["precision"].acts
     cfg = load_model(model, model_set)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")

@@ -44,7 +44,7 @@ import math
 import numpy as np
 
 from wse_sim import kernels as K
-from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.hardware import DTYPE_BYTES, FLOAT_DTYPES, HardwareConfig
 from wse_sim.kernels import gpt as G
 from wse_sim.kernels.base import use_parallel
 from wse_sim.kernels.registry import get_kernel, run_kernel
@@ -179,6 +179,10 @@ def make_buffers(program: Program, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[s
         if a.dtype not in DTYPE_BYTES:
             raise ProgramError(f"buffer {a.name!r}: dtype {a.dtype!r} is not one of "
                                f"{', '.join(DTYPE_BYTES)}")
+        if a.dtype not in FLOAT_DTYPES:
+            raise NotImplementedError(f"buffer {a.name!r}: {a.dtype} tiles are timed, not run "
+                                      f"functionally (buffers hold {', '.join(FLOAT_DTYPES)}; "
+                                      "8-bit GEMMs: wse_sim.kernels.gemm_q)")
         shape = tuple(int(s) for s in a.shape)
         if any(s < 1 for s in shape):
             raise ProgramError(f"buffer {a.name!r}: shape {shape} must have sizes >= 1")

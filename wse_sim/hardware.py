@@ -16,8 +16,11 @@ from wse_sim.errors import ConfigError
 from wse_sim.errors import bad as _bad
 from wse_sim.preset_files import builtin_names, read_preset
 
-DTYPES = ("fp32", "fp16", "bf16")
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+DTYPES = ("fp32", "fp16", "bf16", "int8", "fp8_e4m3", "fp8_e5m2")
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")  # dtypes element-wise ops and partial sums can take
+# dtypes a preset may lack (fmac_lanes_<dtype> = 0, the default: the chip has no such lanes)
+OPTIONAL_DTYPES = ("int8", "fp8_e4m3", "fp8_e5m2")
 
 # What each field of HardwareConfig acts on, in one place (tests/test_every_field_acts.py
 # changes each field and proves the declared figure changes; `presets --show` prints it):
@@ -28,7 +31,10 @@ FIELD_EFFECTS = {
     "name": "report", "mesh_cols": "mesh", "mesh_rows": "mesh", "clock_ghz": "seconds",
     "sram_bytes": "sram", "sram_read_bytes_per_cycle": "cycles",
     "sram_write_bytes_per_cycle": "cycles", "fmac_lanes_fp32": "cycles",
-    "fmac_lanes_fp16": "cycles", "fmac_lanes_bf16": "cycles", "link_bits_per_cycle": "cycles",
+    "fmac_lanes_fp16": "cycles", "fmac_lanes_bf16": "cycles", "fmac_lanes_int8": "cycles",
+    "fmac_lanes_fp8_e4m3": "cycles", "fmac_lanes_fp8_e5m2": "cycles",
+    "energy_pj_per_flop_int8": "energy", "energy_pj_per_flop_fp8_e4m3": "energy",
+    "energy_pj_per_flop_fp8_e5m2": "energy", "link_bits_per_cycle": "cycles",
     "hop_latency_cycles": "cycles", "ramp_latency_cycles": "cycles",
     "stream_op_latency_cycles": "cycles", "message_start_cycles": "cycles",
     "message_receive_cycles": "cycles", "colors_per_core": "colors", "io_bits_per_s": "cycles",
@@ -71,6 +77,13 @@ class HardwareConfig:
     message_receive_cycles: int = 0   # a core receiving a message: after its last wavelet
     static_power_w_per_core: float = 0.0     # leakage + clock of a core and its SRAM, busy or not
     static_power_w_per_router: float = 0.0   # leakage + clock of its router, busy or not
+    # 8-bit lanes and their energy: 0 (absent) unless a preset has them (docs/precision.md)
+    fmac_lanes_int8: int = 0
+    fmac_lanes_fp8_e4m3: int = 0
+    fmac_lanes_fp8_e5m2: int = 0
+    energy_pj_per_flop_int8: float = 0.0
+    energy_pj_per_flop_fp8_e4m3: float = 0.0
+    energy_pj_per_flop_fp8_e5m2: float = 0.0
     description: str = ""
     sources: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -125,8 +138,15 @@ class HardwareConfig:
         lanes = getattr(self, f"fmac_lanes_{dtype}")
         if lanes == 0:
             raise ConfigError(f"dtype: got {dtype!r}, but {self.name} has no {dtype} lanes "
-                              f"(fmac_lanes_{dtype} = 0); choose a dtype it computes in")
+                              f"(fmac_lanes_{dtype} = 0); choose a dtype it computes in "
+                              f"({', '.join(self.dtypes)}), or a what-if --set "
+                              f"fmac_lanes_{dtype}=N")
         return lanes
+
+    @property
+    def dtypes(self) -> tuple:
+        """The dtypes this chip computes in: those with FMAC lanes."""
+        return tuple(d for d in DTYPES if getattr(self, f"fmac_lanes_{d}"))
 
     def peak_flops_per_core_cycle(self, dtype: str) -> int:
         return 2 * self.lanes(dtype)
@@ -155,7 +175,7 @@ class HardwareConfig:
             "sram_bandwidth_bytes_per_s": n * sram_bw * self.clock_hz,
             "fabric_bandwidth_bits_per_s": n * 4 * 2 * self.link_bits_per_cycle * self.clock_hz,
             "peak_flops_per_s": {d: n * self.peak_flops_per_core_cycle(d) * self.clock_hz
-                                 for d in DTYPES},
+                                 for d in self.dtypes},
             "io_bits_per_s": self.io_bits_per_s,
             "static_power_w": n * (self.static_power_w_per_core + self.static_power_w_per_router),
         }
@@ -179,8 +199,11 @@ class HardwareConfig:
 FIELDS = tuple(f.name for f in dataclasses.fields(HardwareConfig) if f.name != "sources")
 _ZERO_OK_INT = {"hop_latency_cycles", "ramp_latency_cycles", "stream_op_latency_cycles",
                 "chip_cores", "fmac_lanes_bf16", "fmac_lanes_fp16", "message_start_cycles",
-                "message_receive_cycles"}
+                "message_receive_cycles", "fmac_lanes_int8", "fmac_lanes_fp8_e4m3",
+                "fmac_lanes_fp8_e5m2"}
 _ZERO_OK_FLOAT = {"energy_pj_per_flop_fp32", "energy_pj_per_flop_fp16", "energy_pj_per_flop_bf16",
+                  "energy_pj_per_flop_int8", "energy_pj_per_flop_fp8_e4m3",
+                  "energy_pj_per_flop_fp8_e5m2",
                   "energy_pj_per_sram_byte", "energy_pj_per_bit_hop", "energy_pj_per_io_byte",
                   "io_bits_per_s", "static_power_w_per_core", "static_power_w_per_router"}
 

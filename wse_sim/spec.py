@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wse_sim.errors import ConfigError
-from wse_sim.hardware import DTYPES
+from wse_sim.hardware import DTYPES, FLOAT_DTYPES
 
 PHASES = ("prefill", "decode", "train")
 # strategies and the algorithm names live in the mapper; they are checked where the mapper is
@@ -50,6 +50,10 @@ def _prefill_like(s) -> bool:
     return s.workload.phase in ("prefill", "train") or s.workload.generate is not None
 
 
+def _not_train(s) -> bool:
+    return s.workload.phase != "train"
+
+
 def _decode_only(s) -> bool:
     return s.workload.phase == "decode"
 
@@ -72,7 +76,20 @@ class Workload:
                                 applies=lambda s: s.workload.phase == "prefill",
                                 where="phase prefill (prefill the prompt, then decode N tokens)",
                                 help="prefill the prompt, then decode N tokens: end-to-end tokens/s")
-    dtype: str = _opt("fp16", kind=str, choices=DTYPES, help="the run's dtype")
+    dtype: str = _opt("fp16", kind=str, choices=DTYPES,
+                      help="the run's dtype: the activations', and every other tensor's unless "
+                           "given (docs/precision.md)")
+    weights_dtype: str | None = _opt(None, kind=str, choices=DTYPES, optional=True,
+                                     applies=_not_train, where="phase prefill or decode",
+                                     help="the weight matrices' dtype, e.g. int8 (default: "
+                                          "dtype)")
+    kv_dtype: str | None = _opt(None, kind=str, choices=DTYPES, optional=True,
+                                applies=_not_train, where="phase prefill or decode",
+                                help="the KV cache's dtype (default: dtype)")
+    accum_dtype: str | None = _opt(None, kind=str, choices=FLOAT_DTYPES, optional=True,
+                                   applies=_not_train, where="phase prefill or decode",
+                                   help="the accumulators' dtype: partial sums and attention "
+                                        "scores in SRAM (default: fp32)")
     sparsity: float = _opt(0.0, kind=float, minimum=0.0,
                            help="fraction of zero weights the cores skip, in [0, 1)")
     routing: str | None = _opt(None, kind=str, optional=True,

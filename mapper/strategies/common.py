@@ -14,7 +14,8 @@ from mapper.strategies.tp2d import COLORS, TP2D, _deps, tree_recv_bytes
 from workloads.graph import build_graph, ops_in_order
 from workloads.models import GPTConfig
 from workloads.routing import Routing
-from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.hardware import DTYPE_BYTES, FLOAT_DTYPES, HardwareConfig
+from wse_sim.precision import Precision
 from wse_sim.program import Alloc, Compute, ProgramBuilder, Region, Unicast, wavelets_for
 from wse_sim.timing import split_evenly
 
@@ -47,6 +48,17 @@ class Run:
     attention: str = "auto"  # how attention splits over a region's rows (tp2d.Layout.fitted)
     routing: Routing | None = None  # MoE: each token's experts per layer (workloads.routing)
     moe_layout: str = "blocks"  # MoE: how experts are placed in a layer region (moe_layer)
+    prec: Precision | None = None  # each tensor's dtype (None: `dtype` for all, fp32 accum)
+
+    @property
+    def precision(self) -> Precision:
+        """The dtypes of weights, activations (`dtype`), KV cache and accumulators."""
+        return self.prec or Precision.of(self.dtype)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes per value of a weight matrix."""
+        return self.precision.bytes("weights")
 
     @property
     def parts(self) -> int:
@@ -91,11 +103,12 @@ class Run:
 
     @property
     def table_bytes(self) -> int:
-        return (self.cfg.embedding_params() + self.cfg.lm_head_params()) * self.bytes
+        return (self.cfg.embedding_params() + self.cfg.lm_head_params()) * self.weight_bytes
 
     def ops(self) -> dict:
         g = build_graph(self.cfg, self.phase, batch=self.batch, prompt=self.prompt,
-                        context=self.context, dtype=self.dtype)
+                        context=self.context, dtype=self.dtype,
+                        weights_dtype=self.precision.weights, kv_dtype=self.precision.kv)
         ops = {op.name: op for op in ops_in_order(g)}
         if self.routing is None:
             return ops
@@ -107,7 +120,8 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
              context: int, dtype: str, grid: int | None, sparsity: float,
              chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
              attention: str = "auto", routing: str | None = None,
-             moe_layout: str | None = None, seed: int = 0, functional: bool = False) -> Run:
+             moe_layout: str | None = None, seed: int = 0, functional: bool = False,
+             precision: Precision | None = None) -> Run:
     if routing is not None and not cfg.is_moe:
         raise MappingError(f"routing: got {routing!r}, but model {cfg.name} has no experts")
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
@@ -123,12 +137,39 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
     if attention not in ATTENTION_SPLITS:
         raise MappingError(f"attention: got {attention!r}, must be one of "
                            f"{', '.join(ATTENTION_SPLITS)}")
+    prec = check_precision(precision, dtype, phase, functional, cfg)
     run = Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
-              micro_batches, reduce_algo, attention)
+              micro_batches, reduce_algo, attention, prec=prec)
     if cfg.is_moe:
         from mapper.strategies.moe_layer import moe_run
         run = moe_run(run, routing, moe_layout, seed, functional)
     return run
+
+
+def check_precision(prec: Precision | None, dtype: str, phase: str, functional: bool,
+                    cfg: GPTConfig) -> Precision:
+    """The run's precision (default: `dtype` for every tensor); refused where it is not
+    modelled: per-tensor dtypes or 8-bit ones in training, functional runs and MoE models."""
+    prec = prec or Precision.of(dtype)
+    if prec.acts != dtype:
+        raise MappingError(f"precision: activations {prec.acts!r} differ from the run's dtype "
+                           f"{dtype!r}; the run's dtype is the activations'")
+    if prec.uniform and prec.acts in FLOAT_DTYPES:
+        return prec
+    what = ", ".join(f"{k} {v}" for k, v in prec.to_dict().items() if k in
+                     ("acts", "weights", "kv", "accum"))
+    if phase == "train":
+        raise MappingError(f"precision: {what} with phase train; a training step keeps every "
+                           "tensor in one 16- or 32-bit float dtype (8-bit and per-tensor "
+                           "dtypes are for prefill and decode)")
+    if functional:
+        raise NotImplementedError(f"functional: {what} is timed only; the functional GPT "
+                                  "kernels compute every tensor in the run's float dtype (the "
+                                  "8-bit GEMM kernels are wse_sim.kernels.gemm_q)")
+    if cfg.is_moe:
+        raise NotImplementedError(f"precision: {what} for the MoE model {cfg.name} is not "
+                                  "mapped (its expert layers size and time one dtype)")
+    return prec
 
 
 def part_bufs(i: int, p: int, parts: list, train: bool, last: bool,
@@ -186,7 +227,7 @@ def check_buffers(what: str, run: Run, buffers: dict, region: Region, extra: str
 
 
 def check_total_weights(run: Run) -> None:
-    need = run.cfg.param_count() * run.bytes
+    need = run.cfg.param_count() * run.weight_bytes
     have = run.cols * run.rows * run.hw.sram_bytes
     if need > have:
         raise MappingError(f"model {run.cfg.name} does not fit: its weights need {need} bytes "
@@ -311,7 +352,7 @@ def head_tree_recv(run: Run, region: Region, tables: int) -> int:
     vocab_rows = math.ceil(run.cfg.vocab_size / (tables * region.rows))
     lm = run.lm_chunk_tokens  # one micro-batch at a time
     y = lm * math.ceil(run.cfg.d_model / region.cols) if run.phase == "train" else 0
-    return tree_recv_bytes(region, lm * vocab_rows, y, run.dtype, run.reduce_algo)
+    return tree_recv_bytes(region, lm * vocab_rows, y, run.precision.vector, run.reduce_algo)
 
 
 def mapping_meta(run: Run, tp: TP2D) -> dict:
@@ -327,8 +368,8 @@ def kv_context_limit(cfg: GPTConfig, hw: HardwareConfig, buffers: dict, lay, run
     free = hw.sram_bytes - (sum(buffers.values()) - buffers.get("kv_cache", 0))
     att = lay.split(cfg)
     if run.phase == "train":  # each cache from the first core (see layer_buffers)
-        return att.max_tokens(free // (layers * run.batch), run.dtype)
-    return att.max_tokens(free, run.dtype, layers * run.batch)
+        return att.max_tokens(free // (layers * run.batch), run.precision.kv)
+    return att.max_tokens(free, run.precision.kv, layers * run.batch)
 
 
 def resolve_attention(run: Run, fits) -> Run:

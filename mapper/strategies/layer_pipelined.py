@@ -47,6 +47,7 @@ from mapper.strategies.parts import part_spans
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
+from wse_sim.precision import Precision
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
 
 
@@ -107,7 +108,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         functional: bool = False, chunks: int = 1, micro_batches: int = 1,
                         region_shape: int = 0, reduce_algo: str = "chain",
                         attention: str = "auto", routing: str | None = None,
-                        moe_layout: str | None = None, seed: int = 0) -> Program:
+                        moe_layout: str | None = None, seed: int = 0,
+                        precision: Precision | None = None) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -126,7 +128,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
 
     An MoE model (`moe_layer`): `routing` (`workloads.routing`: uniform, skewed:ALPHA, router,
     a file; `seed`) says which experts each token uses, `moe_layout` how the experts are
-    placed in each layer region.
+    placed in each layer region. `precision` (`wse_sim.precision`): each tensor's dtype
+    (default: `dtype` for every tensor).
     """
     check_moe_strategy(cfg, "layer-pipelined", functional)
     if stage is not None and cfg.is_moe:
@@ -142,11 +145,12 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                                       "wafer or --micro-batches 1")
         return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
                           context=context, dtype=dtype, grid=grid, sparsity=sparsity,
-                          reduce_algo=reduce_algo)
+                          reduce_algo=reduce_algo, precision=precision)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
-                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional)
+                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional,
+                   precision=precision)
     check_total_weights(run)
     run = resolve_attention(run, lambda r: choose_slots(r, region_shape)[2])
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
@@ -170,7 +174,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     if fl is not None and n > 1:
         fls = [fl.micro(n, p) if train else fl.chunk(s0, ns)
                for p, (_, _, _, s0, ns) in enumerate(parts)]
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo, run.precision)
     tp.moe = MoEFFN(run) if cfg.is_moe else None
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
@@ -250,7 +254,8 @@ def pipelined_buffers(run: Run, lay: Layout) -> dict:
     if run.cfg.is_moe:
         return moe_layer_buffers(run, lay)
     out = layer_buffers(run.cfg, lay, run.chunk_tokens, run.keys, run.batch, run.dtype,
-                        train=run.phase == "train", reduce_algo=run.reduce_algo)
+                        train=run.phase == "train", reduce_algo=run.reduce_algo,
+                        prec=run.precision)
     if run.phase == "train" and run.micro_batches > 1:
         out["saved_activations"] *= run.micro_batches
         # The last layer (the fullest) also keeps the dY that the LM head hands it for every
@@ -377,7 +382,7 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
 
     def stage_buffers(lay: Layout) -> dict:
         return layer_buffers(sub, lay, run.tokens, run.keys, run.batch, run.dtype,
-                             train=train, reduce_algo=run.reduce_algo)
+                             train=train, reduce_algo=run.reduce_algo, prec=run.precision)
 
     lay0 = Layout.fitted(Region(0, 0, sg.cols, sg.rows), sub, train, run.attention,
                          lambda lay: sum(stage_buffers(lay).values()) <= hw.sram_bytes)
@@ -387,7 +392,8 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
     placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
-    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo)
+    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo,
+              prec=run.precision)
     lays = [Layout(placed[f"L{i}"], lay0.ra, lay0.g) for i in range(L)]
     for i, lay in enumerate(lays):
         for name, v in buffers.items():

@@ -51,12 +51,15 @@ from mapper.strategies.parts import part_spans
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
 from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
+from wse_sim.precision import Precision
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
 
 
 def _layer_weight_bytes(run: Run, i: int) -> int:
-    """Bytes of layer i's weights that stream in (an MoE layer: its chosen experts')."""
-    return streamed_layer_params(run, i) * run.bytes
+    """Bytes of layer i's weights that stream in (an MoE layer: its chosen experts'): the
+    weight matrices in the weights dtype, norm gains and biases in the run's dtype."""
+    small = run.cfg.layer_small_params(i)
+    return (streamed_layer_params(run, i) - small) * run.weight_bytes + small * run.bytes
 
 
 def map_layer_sequential(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
@@ -74,7 +77,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
          attention: str = "auto", routing: str | None = None, moe_layout: str | None = None,
-         seed: int = 0) -> Program:
+         seed: int = 0, precision: Precision | None = None) -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
     weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
@@ -85,7 +88,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
-                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional)
+                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional,
+                   precision=precision)
     name = "weight-streaming" if streaming else "layer-sequential"
     check_moe_strategy(cfg, name, functional)
     if micro_batches > 1:
@@ -105,7 +109,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         else:
             b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                               weight_layers=L, stream_weights=streaming,
-                              reduce_algo=r.reduce_algo)
+                              reduce_algo=r.reduce_algo, prec=r.precision)
         layer_recv = b.pop("tree_recv", 0)
         recv = max(layer_recv, head_tree_recv(r, reg, 1))  # never live at once
         if r.chunks > 1:  # every chunk's layer input waits between layers (x_shard: one's)
@@ -142,7 +146,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     for i in range(L if tiles is not None else 0):
         tiles = functional_tiles(fl, run, lay, bufs[0][i], i, tiles)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo)
+    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo,
+              run.precision)
     tp.moe = MoEFFN(run) if cfg.is_moe else None
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
 
@@ -182,7 +187,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         layer_ends.append(chunk_deps[-1])
     tp.share, tp.tokens, tp.fl = (0, 1), run.tokens, fls[-1]
     dep = chunk_deps[-1]
-    w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.bytes,
+    w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes,
                   ((io_prev,) if io_prev is not None else ()) + (Dep(layer_ends[-1], "all"),))
     io_prev = w if w is not None else io_prev
     dep, head_grads = emit_lm_head(tp, run, lay.row0, [reg], dep,

@@ -45,6 +45,7 @@ from mapper.reduce_algos import axis_algo
 from mapper.tree_reduce import TreeBufs, build_tree, tree_groups
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
+from wse_sim.precision import Precision
 from wse_sim.program import Compute, Dep, LineStream, ProgramBuilder, Region, wavelets_for
 from wse_sim.timing import split_evenly
 
@@ -141,8 +142,10 @@ class TP2D:
 
     def __init__(self, pb: ProgramBuilder, cfg: GPTConfig, ops: dict, dtype: str,
                  sparsity: float, tokens: int, fl: FLayout | None = None,
-                 reduce_algo: str = "chain"):
+                 reduce_algo: str = "chain", prec: Precision | None = None):
         self.pb, self.cfg, self.ops, self.dtype = pb, cfg, ops, dtype
+        # the dtypes of the tensors (wse_sim.precision): what each op computes in
+        self.prec = prec or Precision.of(dtype)
         self.sparsity, self.tokens = sparsity, tokens
         self.fl = fl  # functional layout: DataOps are attached only when given
         self.reduce_algo = reduce_algo
@@ -165,9 +168,22 @@ class TP2D:
         frac = f / op.flops if op.flops else 1.0 / self.share[1]
         sparse = self.sparsity if (fmac and op.weight and op.kind == "matmul") else 0.0
         return self.pb.add(Compute(
-            label or name, region, f, op.dtype, "fmac" if fmac else "vector", sparse,
+            label or name, region, f, self.compute_dtype(op, fmac), "fmac" if fmac else "vector",
+            sparse,
             sram_read_bytes=int((op.bytes_in + _weight_reads(op)) * frac),
             sram_write_bytes=int(op.bytes_out * frac), deps=_deps(dep), data=data))
+
+    def compute_dtype(self, op, fmac: bool) -> str:
+        """The dtype whose lanes run `op`: a matmul by a weight, weights x activations;
+        attention, the KV cache x activations; anything else, the element-wise dtype (an op the
+        graph gives a dtype of its own, the fp32 optimizer, keeps it)."""
+        if op.dtype != self.dtype:
+            return op.dtype
+        if fmac and op.kind in ("attn_qk", "attn_av"):
+            return self.prec.attention
+        if fmac and op.weight:
+            return self.prec.matmul
+        return self.prec.vector
 
     def maybe(self, name: str, region: Region, dep, *, fmac: bool, data=None) -> int:
         return self.compute(name, region, dep, fmac=fmac, data=data) if name in self.ops else dep
@@ -178,7 +194,8 @@ class TP2D:
         length = region.cols if axis == "x" else region.rows
         if length < 2 or values <= 0:
             return dep
-        dt = dtype or self.dtype
+        # activations in their dtype; partial sums (reduce streams) in the element-wise one
+        dt = dtype or (self.prec.vector if reduce else self.dtype)
         return self.pb.add(LineStream(name, region, axis, direction, wavelets_for(values, dt),
                                       reduce=reduce, dtype=dt, color=COLORS[color],
                                       deps=_deps(dep), data=data))
@@ -189,12 +206,13 @@ class TP2D:
         position 0 (axis 'x': every row into column 0; 'y': every column into the top row) by
         `reduce_algo`; a line of fewer than 3 cores is always a chain."""
         n = region.cols if axis == "x" else region.rows
+        vec = self.prec.vector  # partial sums travel in the element-wise dtype
         if axis_algo(self.reduce_algo, axis) == "chain" or tree_groups(n)[1] == 0 or values <= 0:
             return self.stream(name, region, axis, -1, values, dep, reduce=True, color=color,
                                data=data)
         last, flops = build_tree(
-            self.pb.add, name, region, axis, wavelets=wavelets_for(values, self.dtype),
-            values=values, dtype=self.dtype,
+            self.pb.add, name, region, axis, wavelets=wavelets_for(values, vec),
+            values=values, dtype=vec,
             colors=(COLORS[color], COLORS["row_tree" if axis == "x" else "col_tree"]),
             deps=_deps(dep), bufs=None if data is None else TreeBufs.of(data))
         self.combine_flops += flops
@@ -456,7 +474,8 @@ def tree_recv_bytes(reg: Region, x_values: int, y_values: int, dtype: str,
 
 def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: int,
                   dtype: str, *, train: bool = False, weight_layers: int = 1,
-                  stream_weights: bool = False, reduce_algo: str = "chain") -> dict[str, int]:
+                  stream_weights: bool = False, reduce_algo: str = "chain",
+                  prec: Precision | None = None) -> dict[str, int]:
     """SRAM bytes per core on the fullest core of a layer region, by buffer.
 
     `keys` positions of each of `batch` sequences are attended to (and cached, the caches of
@@ -464,9 +483,12 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
     a training step keeps each at the first cores); `weight_layers` layers of weights are
     resident (layer-sequential holds all of them); `stream_weights` holds two layers' worth
     (double buffer) instead; a `reduce_algo` with trees adds the root's receive buffers
-    (`tree_recv`).
+    (`tree_recv`). `prec` (default: `dtype` for every tensor, fp32 accumulators): the weight
+    matrices in its weights dtype (norm gains and biases in `dtype`), the KV cache in its kv
+    dtype, partial sums and scores in its accumulator dtype.
     """
-    b = DTYPE_BYTES[dtype]
+    prec = prec or Precision.of(dtype)
+    b, wb, ab = DTYPE_BYTES[dtype], prec.bytes("weights"), prec.bytes("accum")
     R, C = lay.reg.rows, lay.reg.cols
     d, hd = cfg.d_model, cfg.hd
     att = lay.split(cfg)
@@ -476,22 +498,24 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
     attn_names = ("w_q", "w_k", "w_v", "w_o")
     attn_w = sum(k * n for name, (k, n) in shapes.items() if name in attn_names)
     ffn_w = sum(k * n for name, (k, n) in shapes.items() if name not in attn_names)
-    per_layer_params = math.ceil(attn_w / (lay.rows_att * C)) + math.ceil(ffn_w / (R * C)) \
-        + math.ceil(cfg.layer_small_params() / C)
+    matrix_params = math.ceil(attn_w / (lay.rows_att * C)) + math.ceil(ffn_w / (R * C))
+    small_params = math.ceil(cfg.layer_small_params() / C)
+    per_layer_params = matrix_params + small_params
     layers = 2 if stream_weights else weight_layers
     key_slots = att.positions_per_core(keys)
     row_partial = tokens * max(ffn_row_cols(cfg, R), math.ceil(qw / lay.g))  # values reduced
     out = {
-        "weights": layers * per_layer_params * b,
+        "weights": layers * (matrix_params * wb + small_params * b),
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
-        # fp32 partial sums of a row's FFN or Q|K|V share; with g > 1 rows per head group
-        # also the group's whole Q|K|V, shared to every core (in the dtype)
-        "partial": max(4 * row_partial, tokens * b * qw),
-        "scores": tokens * hpr * key_slots * 4,
-        "kv_cache": att.kv_bytes_per_core(keys, dtype, weight_layers * batch) if not train
-        else weight_layers * batch * att.kv_bytes_per_core(keys, dtype),
+        # partial sums (accumulators) of a row's FFN or Q|K|V share; with g > 1 rows per head
+        # group also the group's whole Q|K|V, shared to every core (in the dtype)
+        "partial": max(ab * row_partial, tokens * b * qw),
+        "scores": tokens * hpr * key_slots * ab,
+        "kv_cache": att.kv_bytes_per_core(keys, prec.kv, weight_layers * batch) if not train
+        else weight_layers * batch * att.kv_bytes_per_core(keys, prec.kv),
     }
-    recv = tree_recv_bytes(lay.reg, row_partial, tokens * math.ceil(d / C), dtype, reduce_algo)
+    recv = tree_recv_bytes(lay.reg, row_partial, tokens * math.ceil(d / C), prec.vector,
+                           reduce_algo)
     if recv:
         out["tree_recv"] = recv
     if train:

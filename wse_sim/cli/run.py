@@ -139,7 +139,8 @@ def run_one(args) -> int:
                             micro_batches=args.micro_batches, region_shape=args.region_shape,
                             reduce_algo=args.reduce_algo, attention=args.attention,
                             model_set=args.model_set or None, routing=args.routing,
-                            moe_layout=args.moe_layout)
+                            moe_layout=args.moe_layout, weights_dtype=args.weights_dtype,
+                            kv_dtype=args.kv_dtype, accum_dtype=args.accum_dtype)
     if getattr(args, "save_program", None):
         from wse_sim.cli.program import save_requested
         save_requested(program, args)

@@ -20,7 +20,8 @@ from wse_sim.cli.run import add_spec_args, spec_from_args
 
 # the run spec fields `compare` and `search` offer (`wse_sim.spec`, declared there once)
 MODEL_FIELDS = ("model", "phase", "batch", "prompt", "context", "grid", "dtype", "sparsity",
-                "model_set")
+                "model_set", "weights_dtype", "kv_dtype", "accum_dtype")
+PRECISION_FIELDS = ("weights_dtype", "kv_dtype", "accum_dtype")
 
 
 def _reduce_arg(p, default, help_text: str) -> None:
@@ -50,6 +51,7 @@ def _kw(args) -> dict:
           "sparsity": args.sparsity}
     if args.model_set:
         kw["model_set"] = args.model_set
+    kw |= {k: getattr(args, k) for k in PRECISION_FIELDS if getattr(args, k, None) is not None}
     if getattr(args, "reduce_algo", None):
         kw["reduce_algo"] = args.reduce_algo
     return kw
@@ -191,6 +193,7 @@ def run_extended(args) -> int:
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
           "reduce_algo": args.reduce_algo, "attention": args.attention,
           "routing": getattr(args, "routing", None), "moe_layout": getattr(args, "moe_layout", None)}
+    kw |= {k: getattr(args, k) for k in PRECISION_FIELDS if getattr(args, k, None) is not None}
     if args.model_set:
         kw["model_set"] = args.model_set
     if args.wafers > 1:

@@ -12,6 +12,9 @@ other jobs) numba's default OpenMP layer spins and a sub-millisecond call can ta
 slice (~10 ms, measured). There, run with ``NUMBA_NUM_THREADS=1`` (or
 ``numba.set_num_threads(1)``), or ``OMP_WAIT_POLICY=passive`` set before numba starts.
 
+int8 and fp8 (E4M3, E5M2) are 8-bit codes with per-channel scales (``quant``) and GEMMs with
+fp32 (int8 x int8: int32) accumulation (``gemm_q``); ``quant_ref`` is their numpy reference.
+
 The implementation lives in ``precision`` (dtype codecs), ``gemm`` and ``rows`` (on ``base``);
 this package's top is the public surface. ``basic`` and ``gpt`` are the kernels of functional
 runs, found by name through ``registry``.
@@ -25,6 +28,7 @@ from wse_sim.kernels.gemm import (
     gemm_tiles_lp,
     sparse_gemm_tiles,
 )
+from wse_sim.kernels.gemm_q import gemm_tiles_q8, gemm_tiles_w8
 from wse_sim.kernels.precision import (
     decode_bf16,
     decode_fp16,
@@ -34,6 +38,7 @@ from wse_sim.kernels.precision import (
     round_to,
     to_bits,
 )
+from wse_sim.kernels.quant import dequantize, quantize, round_to8
 from wse_sim.kernels.rows import (
     gelu,
     layernorm_rows,
@@ -53,6 +58,7 @@ __all__ = [
     "count_nonzero_macs",
     "csc_tiles",
     "decode_bf16",
+    "dequantize",
     "decode_fp16",
     "encode_bf16",
     "encode_fp16",
@@ -60,12 +66,16 @@ __all__ = [
     "gelu",
     "gemm_tiles",
     "gemm_tiles_lp",
+    "gemm_tiles_q8",
+    "gemm_tiles_w8",
     "layernorm_rows",
     "online_softmax_combine",
+    "quantize",
     "residual_add",
     "rmsnorm_rows",
     "rope",
     "round_to",
+    "round_to8",
     "softmax_rows",
     "sparse_gemm_tiles",
     "sum_tiles",
