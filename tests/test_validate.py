@@ -18,6 +18,8 @@ def test_cases_are_complete_data():
         if c["kind"] == "collective":
             assert c["tolerance"] == 0.05 and c["parameters"]["preset"] == "wse2"
             assert c["unit"] == "cycles" and c.get("published_form")
+        elif c["kind"] == "gemm-ratio":
+            assert c["unit"] == "x" and c["slow"] and c["parameters"]["baseline"] == "meshgemm"
         else:
             assert c["tolerance"] == 0.15 and c["parameters"]["quantity"]
     rollups = {(c["parameters"]["preset"], c["parameters"]["quantity"])
@@ -77,6 +79,21 @@ def test_format_table(fast_rows):
     width = len(lines[0])
     assert all(len(line) <= width for line in lines[2:2 + len(fast_rows)])
     assert f"/{len(fast_rows)} within tolerance" in text
+
+
+def test_a_gemm_ratio_case_divides_the_two_runs(monkeypatch):
+    """The G1 cases' arithmetic on a small grid (the real ones are slow: 720 x 720)."""
+    from mapper.gemm import build_gemm
+    from wse_sim import validate
+    from wse_sim.engine import simulate
+    from wse_sim.hardware import load_preset
+    params = {"preset": "mesh16", "algo": "cannon", "baseline": "meshgemm", "grid": 8,
+              "size": 32}
+    ratio, info = validate._gemm_ratio(params, "fast")
+    hw = load_preset("mesh16")
+    c = {a: simulate(build_gemm(a, hw, grid=8, m=32, k=32, n=32, dtype="fp16"), hw).cycles
+         for a in ("cannon", "meshgemm")}
+    assert info["cycles"] == c and ratio == c["cannon"] / c["meshgemm"]
 
 
 def test_selection_and_arguments():

@@ -1,8 +1,10 @@
 """Check wse-sim against published results: the cases in `validation_cases.toml`.
 
-Two kinds of case: `collective` (a Program from `mapper.collectives`, simulated on a preset,
-compared in cycles with a published cost model of the CS-2) and `rollup` (a chip aggregate of
-a preset, `HardwareConfig.aggregates()`, compared with the vendor's datasheet). Nothing here
+Three kinds of case: `collective` (a Program from `mapper.collectives`, simulated on a preset,
+compared in cycles with a published cost model of the CS-2), `rollup` (a chip aggregate of
+a preset, `HardwareConfig.aggregates()`, compared with the vendor's datasheet) and
+`gemm-ratio` (two GEMM algorithms of `mapper.gemm` on one grid and size: the ratio of their
+cycles, compared with a published measurement of the two on a WSE-2). Nothing here
 is tuned to the targets: a case outside its tolerance is reported with `passed = False` and,
 where we know why, the reason (`note`).
 
@@ -16,7 +18,7 @@ import tomllib
 from importlib import resources
 
 CASES_FILE = "validation_cases.toml"
-CASE_KINDS = ("collective", "rollup")
+CASE_KINDS = ("collective", "rollup", "gemm-ratio")
 _REQUIRED = ("id", "source", "description", "kind", "parameters", "target", "unit", "tolerance")
 _COLLECTIVE_ARGS = ("pes", "rows", "cols", "wavelets", "root", "dtype", "arity", "group")
 
@@ -62,6 +64,21 @@ def _collective(params: dict, engine: str) -> tuple[float, dict]:
                                   "tasks": len(program.tasks)}
 
 
+def _gemm_ratio(params: dict, engine: str) -> tuple[float, dict]:
+    """Cycles of `algo` over cycles of `baseline`, C = A B with m = k = n = `size`."""
+    from mapper.gemm import build_gemm
+    from wse_sim.engine import simulate
+    from wse_sim.hardware import load_preset
+
+    hw = load_preset(params["preset"])
+    cycles = {}
+    for algo in (params["algo"], params["baseline"]):
+        program = build_gemm(algo, hw, grid=params["grid"], m=params["size"], k=params["size"],
+                             n=params["size"], dtype=params.get("dtype", "fp16"))
+        cycles[algo] = simulate(program, hw, engine=engine).cycles
+    return cycles[params["algo"]] / cycles[params["baseline"]], {"cycles": cycles}
+
+
 def run_validation(fast_only: bool = False, engine: str = "auto",
                    cases: list[str] | None = None) -> list[dict]:
     """Run the validation cases (all, or those whose id is in `cases`; `fast_only` skips the
@@ -98,6 +115,9 @@ def run_validation(fast_only: bool = False, engine: str = "auto",
         try:
             if case["kind"] == "rollup":
                 row["simulated"] = _rollup(case["parameters"])
+            elif case["kind"] == "gemm-ratio":
+                row["simulated"], _info = _gemm_ratio(case["parameters"], engine)
+                row["engine"] = "fast" if engine == "auto" else engine
             else:
                 row["simulated"], info = _collective(case["parameters"], engine)
                 row["engine"], row["closed_form"] = info["engine"], info["closed_form"]
