@@ -15,6 +15,9 @@ placement and routing.
   layer-pipelined maps on one wse3 (decode, batch 1, context 128, blocks); `slice_*` is
   that slice's decode step (`slice_tokens_per_s`: tokens/s of that slice alone, not of the
   model). `--quick`: a 4-layer slice, no search for the most layers;
+- `<model>_wafers_*` (`over_wafers`; also `python benchmarks/bench_moe_wafers.py`): each of
+  qwen3-30b-a3b, mixtral-8x7b, gpt-oss-120b, qwen3-235b-a22b weight-resident over the fewest
+  wse3 wafers that hold it, decode, batch 1, context 128, uniform routing;
 - `<model>_weight_streaming_*` (qwen3-30b-a3b, gpt-oss-120b, mixtral-8x7b; not with --quick):
   the whole model on one wse3 with weight streaming (each layer's attention, router and only
   the experts its tokens chose stream in over the wafer's I/O, double-buffered), decode,
@@ -123,6 +126,34 @@ def streaming(figures: dict) -> None:
                     f"{key}_weight_streaming_io_bytes_per_token": r.io_bytes / r.tokens}
 
 
+WAFER_MODELS = ("qwen3-30b-a3b", "mixtral-8x7b", "gpt-oss-120b", "qwen3-235b-a22b")
+
+
+def over_wafers(figures: dict, models=WAFER_MODELS) -> None:
+    """Each model weight-resident over the fewest wse3 wafers that hold it (layers split
+    evenly, layer-pipelined on each, joined by the system I/O), decode, batch 1, context
+    128, uniform routing: latency tokens/s and with every wafer busy."""
+    from mapper.placement import MappingError
+    from workloads.models import load_model
+    from wse_sim.experiment import run_multi_wafer
+    from wse_sim.hardware import load_preset
+    hw = load_preset("wse3")
+    for model in models:
+        key = model.replace("-", "_").replace(".", "_")
+        cfg = load_model(model)
+        wafers = math.ceil(2 * cfg.param_count() / (hw.cores * hw.sram_bytes))  # fp16
+        while True:
+            try:
+                r = run_multi_wafer(hw, model, wafers=wafers, phase="decode", context=128,
+                                    engine="fast")
+                break
+            except MappingError:
+                wafers += 1
+        figures |= {f"{key}_wafers": wafers, f"{key}_wafers_tokens_per_s": r["tokens_per_s"],
+                    f"{key}_wafers_pipelined_tokens_per_s": r["pipelined_tokens_per_s"],
+                    f"{key}_wafers_cycles": r["cycles"]}
+
+
 def main(argv=None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     figures: dict = {}
@@ -130,6 +161,7 @@ def main(argv=None) -> None:
     qwen(figures, args.quick)
     if not args.quick:
         streaming(figures)
+        over_wafers(figures)
     machine = machine_info()
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)

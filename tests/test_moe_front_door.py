@@ -38,10 +38,17 @@ def test_run_maps_moe(strategy, capsys):
 
 
 def test_run_says_what_is_not_mapped(capsys):
-    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--wafers", "2"]
+    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--phase", "train"]
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
-    assert "multi-wafer: the MoE model tiny-moe is not split" in err and "\n" not in err
+    assert "MoE training is not mapped" in err and "\n" not in err
+
+
+def test_run_maps_moe_over_wafers(capsys):
+    argv = ["run", "--preset", "mesh32", "--model", "tiny-moe", "--phase", "decode",
+            "--context", "16", "--wafers", "2"]
+    assert main(argv) == 0
+    assert "tiny-moe decode on 2 x mesh32" in capsys.readouterr().out
 
 
 def test_make_run_routes_moe():

@@ -190,6 +190,28 @@ def test_unmapped_parts_say_so():
     assert np.isfinite(_program(MESH16).meta["moe"]["max_imbalance"])
 
 
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_over_wafers_each_slice_keeps_the_whole_models_routing(phase):
+    """Two wafers: each slice's MoE layers route exactly as the one-wafer mapping does (its
+    layers renumbered from 0), and the FLOPs add up to the one-wafer mapping's."""
+    from wse_sim.experiment import run_multi_wafer
+    hw = load_preset("mesh32")
+    kw = {"context": 64} if phase == "decode" else {"prompt": 8}
+    one = build_program(hw, "tiny-moe", phase=phase, routing="skewed:1.5", seed=3, **kw)
+    two = run_multi_wafer(hw, "tiny-moe", wafers=2, phase=phase, routing="skewed:1.5", seed=3,
+                          engine="fast", **kw)
+    whole = one.meta["moe"]["expert_tokens"]
+    seen = {}
+    for stage in two["stages"]:
+        first = stage.meta["first_layer"]
+        for layer, counts in stage.meta["moe"]["expert_tokens"].items():
+            seen[str(first + int(layer))] = counts
+    assert seen == whole and len(seen) == 2
+    assert sum(s.meta["graph_flops"] for s in two["stages"]) == one.meta["graph_flops"]
+    with pytest.raises(NotImplementedError, match="routing router .* is not mapped over wafers"):
+        run_multi_wafer(hw, "tiny-moe", wafers=2, phase=phase, routing="router", **kw)
+
+
 @pytest.mark.parametrize("strategy, phase, dtype", [
     ("layer-pipelined", "prefill", "fp32"), ("layer-pipelined", "decode", "fp16"),
     ("layer-sequential", "decode", "fp32"), ("layer-sequential", "prefill", "fp16")])

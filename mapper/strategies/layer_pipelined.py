@@ -42,6 +42,8 @@ from mapper.strategies.moe_layer import (
     check_moe_strategy,
     functional_tiles,
     moe_layer_buffers,
+    stage_model,
+    stage_routing,
 )
 from mapper.strategies.parts import part_spans
 from mapper.strategies.tp2d import TP2D, Layout, layer_buffers
@@ -132,9 +134,6 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     (default: `dtype` for every tensor).
     """
     check_moe_strategy(cfg, "layer-pipelined", functional)
-    if stage is not None and cfg.is_moe:
-        raise NotImplementedError(f"multi-wafer: the MoE model {cfg.name} is not split over "
-                                  "wafers (a stage's layer slice and routing are not mapped)")
     if stage is not None:
         if functional:
             raise NotImplementedError("functional: a multi-wafer stage is not mapped "
@@ -143,9 +142,10 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
             raise NotImplementedError(f"multi-wafer: a training step in {micro_batches} "
                                       "micro-batches is not pipelined over wafers; use one "
                                       "wafer or --micro-batches 1")
-        return _map_stage(cfg, hw, stage, phase=phase, batch=batch, prompt=prompt,
-                          context=context, dtype=dtype, grid=grid, sparsity=sparsity,
-                          reduce_algo=reduce_algo, precision=precision)
+        return _map_stage(cfg, hw, stage, (routing, seed), phase=phase, batch=batch,
+                          prompt=prompt, context=context, dtype=dtype, grid=grid,
+                          sparsity=sparsity, reduce_algo=reduce_algo, precision=precision,
+                          moe_layout=moe_layout)
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
@@ -368,19 +368,25 @@ def _train_tail(tp: TP2D, run: Run, fls: list, parts: list, bufs: list, lays: li
     tp.optimizer(["ln_f.adam"], lays[-1].row0, tuple(updates[:1]))
 
 
-def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Program:
+def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, routing: tuple,
+               **kw) -> Program:
     """One wafer's slice of a multi-wafer pipeline. Training: the forward hands its output to
     the next wafer, the backward receives the gradient from it and hands its own back; each
-    wafer updates the weights it holds."""
+    wafer updates the weights it holds. An MoE model: the slice's layers keep the experts
+    each token takes in the whole model (`routing`: its spec and seed)."""
     first, layers, with_embed, with_head = stage
-    sub = cfg.with_overrides(n_layers=layers)
+    sub = stage_model(cfg, first, layers)
     run = make_run(sub, hw, **kw)
+    if cfg.is_moe:
+        run = stage_routing(run, cfg, first, *routing)
     ops = run.ops()
     L = layers
     sg, k = choose_slots(run)[:2] if with_head or with_embed else (slot_grid(run.cols, run.rows, L), 0)
     train = run.phase == "train"
 
     def stage_buffers(lay: Layout) -> dict:
+        if sub.is_moe:
+            return moe_layer_buffers(run, lay)
         return layer_buffers(sub, lay, run.tokens, run.keys, run.batch, run.dtype,
                              train=train, reduce_algo=run.reduce_algo, prec=run.precision)
 
@@ -394,6 +400,7 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
     tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo,
               prec=run.precision)
+    tp.moe = MoEFFN(run) if sub.is_moe else None
     lays = [Layout(placed[f"L{i}"], lay0.ra, lay0.g) for i in range(L)]
     for i, lay in enumerate(lays):
         for name, v in buffers.items():
@@ -458,4 +465,5 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, **kw) -> Progra
                           "first_layer": first, "layers": L, "with_embed": with_embed,
                           "with_head": with_head, "graph_flops": flops, "offwafer_flops": 0,
                           "region_cols": sg.cols, "region_rows": sg.rows,
-                          "sram_buffers_per_core": buffers} | mapping_meta(run, tp))
+                          "sram_buffers_per_core": buffers} | mapping_meta(run, tp)
+                    | ({"moe": tp.moe.meta()} if tp.moe else {}))

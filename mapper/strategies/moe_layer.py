@@ -394,6 +394,29 @@ def moe_run(run, spec: str | None, layout: str | None, seed: int, functional: bo
     return run
 
 
+def stage_model(cfg: GPTConfig, first: int, layers: int) -> GPTConfig:
+    """The model of one wafer's slice of layers first .. first + layers - 1: its dense layers
+    renumbered from 0 (a dense model: just fewer layers)."""
+    if not cfg.is_moe:
+        return cfg.with_overrides(n_layers=layers)
+    dense = tuple(d - first for d in cfg.moe.dense_layers if first <= d < first + layers)
+    return cfg.with_overrides(n_layers=layers, moe=dataclasses.replace(cfg.moe, dense_layers=dense))
+
+
+def stage_routing(run, cfg: GPTConfig, first: int, spec: str | None, seed: int):
+    """`run` (of a slice's model, `stage_model`) with the whole model's routing of its layers,
+    renumbered from 0: the experts each token takes are those of the one-wafer mapping."""
+    spec = spec or "uniform"
+    if spec == "router":
+        raise NotImplementedError("routing router (computed from the router weights) is not "
+                                  "mapped over wafers; use uniform, skewed:ALPHA or a file")
+    full = make_routing(spec, cfg, run.tokens, seed=seed)
+    last = first + run.cfg.n_layers
+    choices = {i - first: ids for i, ids in full.choices.items() if first <= i < last}
+    return dataclasses.replace(run, routing=Routing(full.spec, full.n_experts, full.tokens,
+                                                    choices))
+
+
 def check_moe_strategy(cfg: GPTConfig, strategy: str, functional: bool) -> None:
     """What is not mapped for MoE models yet, by strategy (functional: `moe_functional`)."""
     if not cfg.is_moe:
