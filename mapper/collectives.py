@@ -26,7 +26,6 @@ from mapper.collectives_spec import (
     _check,
     _rho,
     block_wavelets,
-    ring_order,
     root_core,
     sram_bytes_per_core,
     tree_children,
@@ -167,35 +166,29 @@ def _two_level(ctx: _Ctx, line: Line, b: int, after=()) -> list[int]:
 
 def _ring(ctx: _Ctx, line: Line, b: int, parts: str, first_deps=()) -> list[int]:
     """Ring allreduce phases on the folded ring of every line: 'rs' (reduce-scatter: n - 1
-    steps of send block + add), 'ag' (allgather: n - 1 steps of forward), or 'both'. Each step
-    is one Unicast per position (positions alternate direction; the IR has no stride) and, in
-    the reduce-scatter, one add per position. Returns the last step's tasks."""
-    n, color = line.n, ctx.next_color()
-    order = ring_order(n)
-    succ = {order[i]: order[(i + 1) % n] for i in range(n)}
-    pred = {v: k for k, v in succ.items()}
-    steps = []
-    if parts in ("rs", "both"):
-        steps += ["rs"] * (n - 1)
-    if parts in ("ag", "both"):
-        steps += ["ag"] * (n - 1)
-    ready = {p: list(first_deps) for p in range(n)}  # deps of each position's next send
-    last: list[int] = []
-    for what in steps:
-        sends = {}
-        for p in range(n):
-            sends[p] = ctx.add(Unicast(f"ring-{what}-send", line.part(p), b,
-                                       **line.step(succ[p] - p), color=color,
-                                       deps=tuple(ready[p])))
+    steps of send block + add), 'ag' (allgather: n - 1 steps of forward), or 'both'. A step
+    is one ring Unicast over the lines (every position sends one place on along its line's
+    interleaved ring: neighbours at most 2 cores apart) and, in the reduce-scatter, one add;
+    a position's next send waits for its own last add or receipt and its own last send (both
+    events of the step at that core). A phase's steps after its first are a loop. Returns
+    the last step's tasks."""
+    n, color, reg = line.n, ctx.next_color(), line.region
+    state = {"ready": list(first_deps), "last": []}
+
+    def step(what: str) -> None:
+        send = ctx.add(Unicast(f"ring-{what}-send", reg, b, **line.step(1), ring=line.axis,
+                               color=color, deps=tuple(state["ready"])))
         if what == "rs":
-            adds = {q: ctx.add_task("ring-rs-add", line.part(q), b, [Dep(sends[pred[q]])])
-                    for q in range(n)}
-            ready = {p: [Dep(adds[p]), Dep(sends[p])] for p in range(n)}
-            last = list(adds.values())
+            add = ctx.add_task("ring-rs-add", reg, b, [Dep(send)])
+            state["ready"], state["last"] = [Dep(add), Dep(send)], [add]
         else:
-            ready = {p: [Dep(sends[pred[p]]), Dep(sends[p])] for p in range(n)}
-            last = list(sends.values())
-    return last
+            state["ready"], state["last"] = [Dep(send)], [send]
+
+    for what in (("rs",) if parts == "rs" else ("ag",) if parts == "ag" else ("rs", "ag")):
+        step(what)
+        if n > 2:
+            ctx.pb.repeat(f"ring-{what}", n - 2, lambda _i, w=what: step(w))
+    return state["last"]
 
 
 def _all_to_all(ctx: _Ctx, line: Line, b: int) -> list[int]:

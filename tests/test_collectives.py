@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import mapper.collectives as coll
 from mapper.collectives import KINDS, build_collective, closed_form_cycles
-from mapper.collectives_spec import CORNER_ONLY, LINE_ONLY
+from mapper.collectives_spec import CORNER_ONLY, LINE_ONLY, ring_order
 from wse_sim.engine import simulate
 from wse_sim.hardware import load_preset
 from wse_sim.program import Compute, Region
@@ -181,11 +181,17 @@ def test_ring_adds_and_program_records():
     p, b = 6, 12
     prog, r = sim("allreduce-ring", pes=p, wavelets=b)
     assert r.flops == (p - 1) * p * (b // p)  # one block add per core per reduce-scatter step
-    assert sum(isinstance(t, Compute) for t in prog.tasks) == (p - 1) * p
-    assert len(prog.tasks) == 3 * (p - 1) * p
-    order = coll.ring_order(p)
+    # a step is one ring unicast (+ one add in the reduce-scatter); each phase's steps after
+    # its first are a loop
+    assert sum(isinstance(t, Compute) for t in prog.tasks) == p - 1
+    assert len(prog.tasks) == 3 * (p - 1)
+    assert [(lp.size, lp.count) for lp in prog.loops] == [(2, p - 2), (1, p - 2)]
+    sends = [t for t in prog.tasks if t.op.startswith("ring-")]
+    assert all(t.ring == "x" and t.dx == 1 for t in sends if not isinstance(t, Compute))
+    order = ring_order(p)
     hops = [abs(order[(i + 1) % p] - order[i]) for i in range(p)]
     assert max(hops) <= 2 and sorted(order) == list(range(p))
+    assert {sends[0].dest(x, 0)[0] - x for x in range(p)} <= {-2, -1, 1, 2}
 
 
 # ---- monotonicity -----------------------------------------------------------------------------
