@@ -163,13 +163,15 @@ def test_two_independent_rates_never_settle_and_run_in_full():
 
 
 def test_auto_takes_the_step_path_for_loops_and_reports_them():
-    p = build_gemm("cannon", HW, grid=10, m=80, k=80, n=80, dtype="fp16")
+    p = build_gemm("cannon", HW, grid=14, m=112, k=112, n=112, dtype="fp16")
     r = simulate_fast(p, HW)
-    assert r.fast_path == "step" and r.loop_iterations_skipped == 5
+    assert r.fast_path == "step" and r.loop_iterations_skipped == 9
     s = r.summary()
-    assert s["loop_iterations"] == 8 and s["loop_iterations_skipped"] == 5
+    assert s["loop_iterations"] == 12 and s["loop_iterations_skipped"] == 9
     from wse_sim.report.text import format_report
-    assert "loops: 8 iterations, 3 simulated, 5 fast-forwarded" in format_report(r)
+    assert "loops: 12 iterations, 3 simulated, 9 fast-forwarded" in format_report(r)
+    short = simulate_fast(build_gemm("cannon", HW, grid=10, m=80, k=80, n=80, dtype="fp16"), HW)
+    assert short.fast_path == "event"  # 8 iterations: fewer than AUTO_STEP_COUNT
 
 
 # ---- generated loop programs: fast == reference, whatever happens -------------------------------

@@ -168,12 +168,14 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         chunk_deps.append(tp.compute("embed", lay.row0, io_prev, fmac=False, data=None
                                      if fl is None else fls[c].embed_data(bufs[c][0]("x"), sfx)))
     layer_ends: list[int] = []
-    for i in range(L):
+    io = [io_prev]
+
+    def layer(i: int) -> None:
         # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
-        after = ((io_prev,) if io_prev is not None else ()) + \
+        after = ((io[0],) if io[0] is not None else ()) + \
             ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
         w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run, i), after)
-        io_prev = w if w is not None else io_prev
+        io[0] = w if w is not None else io[0]
         for c in range(n):  # every chunk through layer i, then on to layer i + 1
             tp.share, tp.fl = (c, n), fls[c]
             # after the previous chunk in this layer (its keys); the first chunk after the
@@ -185,6 +187,16 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
                                        bufs=bufs[c][i],
                                        xo=bufs[c][i + 1]("x") if i + 1 < L else None)
         layer_ends.append(chunk_deps[-1])
+
+    # Layers 2 .. L - 1 of a dense model in one chunk repeat layer 1 (layer 0 waits for the
+    # embedding, layer 1 for no layer two back): one loop, which the fast engine can
+    # fast-forward (docs/hardware-model.md, "Loops").
+    looped = n == 1 and not cfg.is_moe and L >= 4
+    for i in range(2 if looped else L):
+        layer(i)
+    if looped:
+        pb.repeat("layers", L - 2, lambda k: layer(k + 2))
+    io_prev = io[0]
     tp.share, tp.tokens, tp.fl = (0, 1), run.tokens, fls[-1]
     dep = chunk_deps[-1]
     w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes,

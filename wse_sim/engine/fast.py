@@ -75,7 +75,8 @@ def simulate_fast(program: Program, hw: HardwareConfig, progress: bool | None = 
     `spans`: fill `SimResult.spans`; by default up to SPANS_MAX_INSTANCES instances.
     `path`: 'step' (task by task, `fast_step`; memory independent of the number of steps),
     'event' (rounds by ready time, `fast_sched`; faster, memory grows with the instances) or
-    'auto' (step when the program has loops it may fast-forward; else events while they need
+    'auto' (step when the program has a loop of `fast_loops.AUTO_STEP_COUNT` iterations or
+    more to fast-forward; else events while they need
     under EVENT_PREFERRED_FRACTION of the free RAM, else step; events where the step path
     finds it cannot give the reference's order). Every path
     gives the same result;
@@ -106,7 +107,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     keep_spans = spans if spans is not None else total <= SPANS_MAX_INSTANCES
     show = total >= PROGRESS_MIN_INSTANCES if progress is None else progress
     why = "asked for"
-    if path == "auto" and not (fast_forward and any(lp.count >= L.MIN_COUNT
+    if path == "auto" and not (fast_forward and any(lp.count >= L.AUTO_STEP_COUNT
                                                     for lp in program.loops)):
         have = _free_bytes()
         if have is None or estimate_bytes(tables, mesh) <= EVENT_PREFERRED_FRACTION * have:

@@ -69,6 +69,10 @@ FIRST_TRY = 1      # the first iteration whose state is compared (after warm-up 
 TRY_EVERY = 2      # then every this many iterations ...
 TRY_DOUBLING = 16  # ... up to here; beyond, at doubling distances (few copies if it never settles)
 MIN_COUNT = FIRST_TRY + 4  # shorter loops run in full
+# `path='auto'` takes the step path for its fast-forward from this many iterations: a try
+# copies the loop's whole state (at full wafer about a second), which a loop of a few
+# iterations does not win back (a heuristic, measured: docs/hardware-model.md, "Loops")
+AUTO_STEP_COUNT = 12
 
 
 @kernel
