@@ -11,14 +11,14 @@ import pytest
 
 from mapper.placement import MappingError
 from mapper.strategies.tp2d import Layout
+from workloads.models import load_model
+from workloads.pruning import prune_fraction, prune_n_m
 from wse_sim.cli.main import main
 from wse_sim.errors import ConfigError
 from wse_sim.experiment import build_program
 from wse_sim.hardware import load_preset
 from wse_sim.program import Compute, IoTransfer, Region
 from wse_sim.sparsity import Sparsity, load_fractions
-from workloads.models import load_model
-from workloads.pruning import prune_fraction, prune_n_m
 
 HW = load_preset("mesh16")
 TINY = load_model("tiny")
