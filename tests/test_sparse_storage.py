@@ -56,9 +56,8 @@ def test_nm_fixes_the_fraction_and_other_refusals():
             Sparsity.build(bad)
     with pytest.raises(ConfigError, match="with sparsity 0"):
         Sparsity.build("unstructured")
-    with pytest.raises(ConfigError, match="16-bit indices"):
-        Sparsity("unstructured", 0.5).check_tile(70_000)
-    Sparsity("bitmap", 0.5).check_tile(70_000)  # a bitmap addresses any tile
+    # beyond 65,536 positions: blocks, each after the first with a 16-bit nonzero count
+    assert Sparsity("unstructured", 0.5).stored_bytes(140_000, 2, 0) == 70_000 * 4 + 2 * 2
 
 
 # ---- per-layer fractions --------------------------------------------------------------------

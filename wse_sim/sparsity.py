@@ -5,7 +5,7 @@
 
 - `dense`: every weight stored, zeros included (the cores still skip the zero multiply-adds);
 - `unstructured`: the nonzeros stored as (value, 16-bit index) pairs, the index a position in
-  the core's tile (ASSUMPTION, docs/sparsity.md: one value and its index per 32-bit wavelet);
+  the core's tile, or in its block of 65,536 positions (ASSUMPTION, docs/sparsity.md);
 - `bitmap`: the nonzeros' values plus one bit per weight position (1: stored);
 - `N:M` (e.g. `2:4`): N values kept in every group of M consecutive weights along the
   reduction dimension, each kept value with ceil(log2 M) bits of position metadata; the
@@ -193,7 +193,7 @@ class Sparsity:
         """Bytes that hold a tile of `positions` weights of `layer` at `value_bytes` each.
 
         dense: positions x value bytes. unstructured: nnz x (value bytes + 2), nnz =
-        ceil(positions x (1 - fraction)). bitmap: nnz x value bytes + ceil(positions / 8).
+        ceil(positions x (1 - fraction)), + 2 bytes per 65,536-position block after the first. bitmap: nnz x value bytes + ceil(positions / 8).
         N:M: ceil(positions / M) groups of N kept values, each value bytes + ceil(log2 M) bits
         (the bits rounded up to whole bytes over the tile)."""
         kind, n, m = parse_format(self.fmt)
@@ -205,15 +205,10 @@ class Sparsity:
         nnz = math.ceil(positions * (1 - self.of_layer(layer)))
         if kind == "bitmap":
             return nnz * value_bytes + math.ceil(positions / 8)
-        return nnz * (value_bytes + INDEX_BITS // 8)
-
-    def check_tile(self, positions: int) -> None:
-        """unstructured: a core's tile of `positions` weights must be addressable by the
-        16-bit indices."""
-        if self.kind == "unstructured" and positions > INDEX_POSITIONS:
-            raise ConfigError(f"sparse_format unstructured: a core's tile spans {positions} "
-                              f"weight positions, more than its {INDEX_BITS}-bit indices address "
-                              f"({INDEX_POSITIONS}); use bitmap or N:M, or more cores")
+        # a tile beyond 65,536 positions is cut into blocks of that many, each index relative
+        # to its block; every block after the first keeps a 16-bit count of its nonzeros
+        blocks = math.ceil(positions / INDEX_POSITIONS)
+        return nnz * (value_bytes + INDEX_BITS // 8) + (blocks - 1) * INDEX_BITS // 8
 
     def to_meta(self) -> dict:
         """What a program's meta records (the functional run prunes by it)."""

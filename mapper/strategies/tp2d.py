@@ -487,8 +487,6 @@ def tree_recv_bytes(reg: Region, x_values: int, y_values: int, dtype: str,
 def held_matrix_bytes(sp: Sparsity, tiles: tuple, value_bytes: int, layers: int) -> int:
     """Bytes of the weight-matrix tiles (`tiles`: positions per core of each) of the
     `layers` fullest layers a core holds, stored as `sp` says."""
-    for t in tiles:
-        sp.check_tile(t)
     per = [sum(sp.stored_bytes(t, value_bytes, i) for t in tiles)
            for i in range(max(1, len(sp.per_layer)))]
     if len(per) == 1:
