@@ -52,6 +52,8 @@ PROBES = {
         "--model-set": ["--model-set", "n_layers=1"],
         "--weights-dtype": ["--weights-dtype", "int8"], "--kv-dtype": ["--kv-dtype", "int8"],
         "--accum-dtype": ["--accum-dtype", "fp16"],
+        "--sparse-format": ["--sparse-format", "2:4"],
+        "--sparsity-file": ["--sparsity-file", "/nonexistent.csv"],
         "--strategy": ["--strategy", "layer-sequential"], "--grid": ["--grid", "8"],
         "--region-shape": ["--region-shape", "1"], "--chunks": ["--chunks", "2"],
         "--micro-batches": ["--micro-batches", "2"], "--wafers": ["--wafers", "2"],
@@ -90,6 +92,8 @@ PROBES = {
         "--reduce-algo": ["--reduce-algo", "tree"], "--model-set": ["--model-set", "n_layers=1"],
         "--weights-dtype": ["--weights-dtype", "int8"], "--kv-dtype": ["--kv-dtype", "int8"],
         "--accum-dtype": ["--accum-dtype", "fp16"], "--m": ["--m", "64"], "--k": ["--k", "64"],
+        "--sparse-format": ["--sparse-format", "2:4"],
+        "--sparsity-file": ["--sparsity-file", "/nonexistent.csv"],
         "--n": ["--n", "64"],
     },
     "search": HW | {
@@ -101,6 +105,8 @@ PROBES = {
         "--model-set": ["--model-set", "n_layers=1"],
         "--weights-dtype": ["--weights-dtype", "int8"], "--kv-dtype": ["--kv-dtype", "int8"],
         "--accum-dtype": ["--accum-dtype", "fp16"],
+        "--sparse-format": ["--sparse-format", "2:4"],
+        "--sparsity-file": ["--sparsity-file", "/nonexistent.csv"],
     },
     "serve": {
         "--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],

@@ -13,6 +13,7 @@ from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, FLOAT_DTYPES, ConfigError, HardwareConfig, load_preset
 from wse_sim.precision import Precision
+from wse_sim.sparsity import Sparsity
 from wse_sim.spec import Mapping, RunSpec
 from wse_sim.timing import split_evenly
 
@@ -40,7 +41,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   attention: str = "auto", model_set: dict | None = None,
                   routing: str | None = None, moe_layout: str | None = None, seed: int = 0,
                   weights_dtype: str | None = None, kv_dtype: str | None = None,
-                  accum_dtype: str | None = None):
+                  accum_dtype: str | None = None, sparse_format: str = "dense",
+                  sparsity_file: str | None = None):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
@@ -51,7 +53,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     model: `routing` (uniform, skewed:ALPHA, router, a .csv/.json file; default uniform;
     `seed`) and `moe_layout` (blocks, strips, bands): docs/moe.md. `weights_dtype`, `kv_dtype`
     (default `dtype`) and `accum_dtype` (default fp32): each tensor's dtype, `dtype` being the
-    activations' (docs/precision.md). `model_set`:
+    activations' (docs/precision.md). `sparse_format` (dense, unstructured, bitmap, N:M) and
+    `sparsity_file` (one fraction per layer): how the zero weights are stored and how many each
+    layer has (docs/sparsity.md). `model_set`:
     model fields to override, e.g. {"n_layers": 1} to time one layer. `context`
     (decode): None takes min(128, the model's maximum context - 1)."""
     if not isinstance(hw, HardwareConfig):
@@ -85,8 +89,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
             raise ConfigError(f"region_shape: got {region_shape} with strategy {strategy}; only "
                               "layer-pipelined cuts the mesh into layer regions")
         extra["region_shape"] = region_shape
-    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
-        raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
+    sp = sparse_of(sparsity, sparse_format, sparsity_file)
     cfg = load_model(model, model_set)
     for name, v in (("routing", routing), ("moe_layout", moe_layout)):
         if v is not None and not cfg.is_moe:
@@ -95,11 +98,20 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if context is None:
         context = min(128, cfg.max_context - 1)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
-                                context=context, dtype=dtype, grid=grid, sparsity=sparsity,
-                                functional=functional, chunks=chunks,
+                                context=context, dtype=dtype, grid=grid,
+                                sparsity=sp.fraction, functional=functional, chunks=chunks,
                                 micro_batches=micro_batches, reduce_algo=reduce_algo,
                                 attention=attention, routing=routing, moe_layout=moe_layout,
-                                seed=seed, precision=prec, **extra)
+                                seed=seed, precision=prec, sparse=sp, **extra)
+
+
+def sparse_of(sparsity: float = 0.0, sparse_format: str = "dense",
+              sparsity_file: str | None = None) -> Sparsity:
+    """The run's `Sparsity` (docs/sparsity.md): a uniform `sparsity` or a file of one
+    fraction per layer, stored as `sparse_format` says (N:M sets the fraction itself)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
+        raise ConfigError(f"sparsity: got {sparsity!r}, must be a number in [0, 1)")
+    return Sparsity.build(sparse_format, float(sparsity), sparsity_file)
 
 
 def precision_of(dtype: str, weights_dtype: str | None = None, kv_dtype: str | None = None,
@@ -321,7 +333,11 @@ def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str 
     kw["precision"] = precision_of(kw.pop("dtype", "fp16"), kw.pop("weights_dtype", None),
                                    kw.pop("kv_dtype", None), kw.pop("accum_dtype", None))
     kw["dtype"] = kw["precision"].acts
+    kw["sparse"] = sparse_of(kw.pop("sparsity", 0.0), kw.pop("sparse_format", "dense"),
+                             kw.pop("sparsity_file", None))
+    kw["sparsity"] = kw["sparse"].fraction
     cfg = load_model(model, model_set)
+    kw["sparse"].check_layers(cfg.n_layers, cfg.name)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
     stages, first = [], 0

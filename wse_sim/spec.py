@@ -18,6 +18,7 @@ from pathlib import Path
 
 from wse_sim.errors import ConfigError
 from wse_sim.hardware import DTYPES, FLOAT_DTYPES
+from wse_sim.sparsity import Sparsity, parse_format
 
 PHASES = ("prefill", "decode", "train")
 # strategies and the algorithm names live in the mapper; they are checked where the mapper is
@@ -91,7 +92,16 @@ class Workload:
                                    help="the accumulators' dtype: partial sums and attention "
                                         "scores in SRAM (default: fp32)")
     sparsity: float = _opt(0.0, kind=float, minimum=0.0,
-                           help="fraction of zero weights the cores skip, in [0, 1)")
+                           help="fraction of zero weights the cores skip, in [0, 1) (every "
+                                "layer's; stored as --sparse-format says)")
+    sparse_format: str = _opt("dense", kind=str, applies=_not_train,
+                              where="phase prefill or decode",
+                              help="how zero weights are stored: dense (stored, skipped), "
+                                   "unstructured (values + 16-bit indices), bitmap (values + "
+                                   "1 bit per weight) or N:M, e.g. 2:4 (docs/sparsity.md)")
+    sparsity_file: str | None = _opt(None, kind=str, optional=True,
+                                     help="one sparsity fraction per layer, from a .toml, "
+                                          ".json or .csv file (docs/sparsity.md)")
     routing: str | None = _opt(None, kind=str, optional=True,
                                help="MoE: which experts each token takes: uniform (default), "
                                     "skewed:ALPHA, router or a .csv/.json file of expert ids")
@@ -105,6 +115,13 @@ class Workload:
             raise ConfigError("model: got '', must name a zoo model or a model TOML file")
         if not self.sparsity < 1:
             raise ConfigError(f"sparsity: got {self.sparsity!r}, must be a number in [0, 1)")
+        if self.sparsity_file is None:  # the file is read when the run is mapped
+            Sparsity.build(self.sparse_format, self.sparsity)
+        else:
+            parse_format(self.sparse_format)
+            if self.sparsity:
+                raise ConfigError(f"sparsity_file: got {self.sparsity_file!r} with sparsity "
+                                  f"{self.sparsity!r}; give one of them")
 
 
 @dataclass(frozen=True)

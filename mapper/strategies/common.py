@@ -17,6 +17,7 @@ from workloads.routing import Routing
 from wse_sim.hardware import DTYPE_BYTES, FLOAT_DTYPES, HardwareConfig
 from wse_sim.precision import Precision
 from wse_sim.program import Alloc, Compute, ProgramBuilder, Region, Unicast, wavelets_for
+from wse_sim.sparsity import Sparsity
 from wse_sim.timing import split_evenly
 
 
@@ -49,6 +50,19 @@ class Run:
     routing: Routing | None = None  # MoE: each token's experts per layer (workloads.routing)
     moe_layout: str = "blocks"  # MoE: how experts are placed in a layer region (moe_layer)
     prec: Precision | None = None  # each tensor's dtype (None: `dtype` for all, fp32 accum)
+    sp: Sparsity | None = None  # sparse weights (None: `sparsity` uniform, stored dense)
+
+    @property
+    def sparse(self) -> Sparsity:
+        """How the layers' zero weights are stored, and how many per layer."""
+        return self.sp or Sparsity("dense", self.sparsity)
+
+    def layer_matrix_bytes(self, i: int, positions: int | None = None) -> int:
+        """Stored bytes of layer i's weight matrices (all of them, or `positions` of them),
+        compressed as the run's sparse format says (docs/sparsity.md)."""
+        if positions is None:
+            positions = self.cfg.layer_matmul_params(i if self.cfg.is_moe else None)
+        return self.sparse.stored_bytes(positions, self.weight_bytes, i)
 
     @property
     def precision(self) -> Precision:
@@ -121,7 +135,7 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
              chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
              attention: str = "auto", routing: str | None = None,
              moe_layout: str | None = None, seed: int = 0, functional: bool = False,
-             precision: Precision | None = None) -> Run:
+             precision: Precision | None = None, sparse: Sparsity | None = None) -> Run:
     if routing is not None and not cfg.is_moe:
         raise MappingError(f"routing: got {routing!r}, but model {cfg.name} has no experts")
     if grid is not None and (grid > hw.mesh_cols or grid > hw.mesh_rows):
@@ -138,8 +152,9 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
         raise MappingError(f"attention: got {attention!r}, must be one of "
                            f"{', '.join(ATTENTION_SPLITS)}")
     prec = check_precision(precision, dtype, phase, functional, cfg)
+    sp = check_sparse(sparse, sparsity, phase, cfg)
     run = Run(cfg, hw, phase, batch, prompt, context, dtype, cols, rows, sparsity, chunks,
-              micro_batches, reduce_algo, attention, prec=prec)
+              micro_batches, reduce_algo, attention, prec=prec, sp=sp)
     if cfg.is_moe:
         from mapper.strategies.moe_layer import moe_run
         run = moe_run(run, routing, moe_layout, seed, functional)
@@ -170,6 +185,29 @@ def check_precision(prec: Precision | None, dtype: str, phase: str, functional: 
         raise NotImplementedError(f"precision: {what} for the MoE model {cfg.name} is not "
                                   "mapped (its expert layers size and time one dtype)")
     return prec
+
+
+def check_sparse(sp: Sparsity | None, sparsity: float, phase: str,
+                 cfg: GPTConfig) -> Sparsity:
+    """The run's sparse weights (default: `sparsity` uniform, stored dense); a compressed
+    format is refused where it is not modelled: training and MoE models."""
+    sp = sp or Sparsity("dense", sparsity)
+    if sp.per_layer:
+        sp.check_layers(cfg.n_layers, cfg.name)
+    elif sp.fraction != sparsity:
+        raise MappingError(f"sparsity: got {sparsity!r} and a Sparsity of {sp.fraction!r}; "
+                           "they must agree")
+    if not sp.compressed and not sp.per_layer:
+        return sp
+    if phase == "train":
+        raise MappingError(f"sparse_format: got {sp.fmt!r} with phase train; a training step "
+                           "updates dense weights (compressed or per-layer sparsity is for "
+                           "prefill and decode)")
+    if cfg.is_moe:
+        raise NotImplementedError(f"sparse_format: {sp.fmt} or per-layer sparsity for the MoE "
+                                  f"model {cfg.name} is not mapped (its expert layers store "
+                                  "dense weights)")
+    return sp
 
 
 def part_bufs(i: int, p: int, parts: list, train: bool, last: bool,
@@ -226,8 +264,18 @@ def check_buffers(what: str, run: Run, buffers: dict, region: Region, extra: str
                            "a smaller batch/prompt or a smaller model")
 
 
+def total_weight_bytes(run: Run) -> int:
+    """Stored bytes of every weight: the layers' matrices as the sparse format stores them,
+    the rest (table, LM head, norms, biases) dense in the weights dtype."""
+    cfg = run.cfg
+    matrices = sum(cfg.layer_matmul_params(i if cfg.is_moe else None)
+                   for i in range(cfg.n_layers))
+    rest = (cfg.param_count() - matrices) * run.weight_bytes
+    return rest + sum(run.layer_matrix_bytes(i) for i in range(cfg.n_layers))
+
+
 def check_total_weights(run: Run) -> None:
-    need = run.cfg.param_count() * run.weight_bytes
+    need = total_weight_bytes(run)
     have = run.cols * run.rows * run.hw.sram_bytes
     if need > have:
         raise MappingError(f"model {run.cfg.name} does not fit: its weights need {need} bytes "

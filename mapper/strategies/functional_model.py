@@ -33,7 +33,9 @@ import numpy as np
 from mapper.strategies.functional_layout import FLayout, LayerBufs, _cols, _pad, _zeros
 from workloads import reference
 from workloads.models import GPTConfig
+from workloads.pruning import prune_layers
 from wse_sim.program import Program, ProgramError
+from wse_sim.sparsity import Sparsity
 
 
 def _fmeta(program: Program) -> dict:
@@ -244,9 +246,16 @@ def model_kv_cache(program: Program, cfg: GPTConfig, buffers: dict) -> list:
     return out
 
 
-def sparsify(weights: dict, sparsity: float, rng) -> dict:
+def sparsify(weights: dict, sparsity: float, rng, meta: dict | None = None) -> dict:
     """Zero a `sparsity` fraction of every layer GEMM weight at random (real masks: the mapped
-    run skips those multiply-adds, the reference multiplies by the zeros)."""
+    run skips those multiply-adds, the reference multiplies by the zeros). A program's `meta`
+    with a compressed `sparse_format` or a fraction per layer (`sparsity_layers`) prunes by
+    magnitude instead, per layer (`workloads.pruning`; docs/sparsity.md)."""
+    meta = meta or {}
+    fmt, per_layer = meta.get("sparse_format", "dense"), meta.get("sparsity_layers")
+    if fmt != "dense" or per_layer:
+        sp = Sparsity(fmt, 0.0 if per_layer else sparsity, tuple(per_layer or ()))
+        return prune_layers(weights, sp.of_layer, sp.nm if sp.kind == "nm" else None)
     if sparsity <= 0:
         return weights
     out = dict(weights)
@@ -265,7 +274,7 @@ def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, 
                          "model_loss and model_grads")
     weights = reference.init_weights(cfg, seed)
     rng = np.random.default_rng(seed)
-    weights = sparsify(weights, float(program.meta.get("sparsity", 0.0)), rng)
+    weights = sparsify(weights, float(program.meta.get("sparsity", 0.0)), rng, program.meta)
     w64 = {k: round_to(v, fl.dtype).astype(np.float64) for k, v in weights.items()}
     kv = None
     if fl.start:

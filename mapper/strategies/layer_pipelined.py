@@ -51,6 +51,7 @@ from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
 from wse_sim.precision import Precision
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
+from wse_sim.sparsity import Sparsity
 
 
 def _table_fits(run: Run, sg, k: int) -> tuple[bool, int]:
@@ -111,7 +112,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         region_shape: int = 0, reduce_algo: str = "chain",
                         attention: str = "auto", routing: str | None = None,
                         moe_layout: str | None = None, seed: int = 0,
-                        precision: Precision | None = None) -> Program:
+                        precision: Precision | None = None,
+                        sparse: Sparsity | None = None) -> Program:
     """Map every layer of `cfg` onto its own region of the mesh.
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
@@ -131,7 +133,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     An MoE model (`moe_layer`): `routing` (`workloads.routing`: uniform, skewed:ALPHA, router,
     a file; `seed`) says which experts each token uses, `moe_layout` how the experts are
     placed in each layer region. `precision` (`wse_sim.precision`): each tensor's dtype
-    (default: `dtype` for every tensor).
+    (default: `dtype` for every tensor). `sparse` (`wse_sim.sparsity`): how the zero weights
+    are stored and how many each layer has (default: `sparsity` uniform, stored dense).
     """
     check_moe_strategy(cfg, "layer-pipelined", functional)
     if stage is not None:
@@ -145,12 +148,13 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         return _map_stage(cfg, hw, stage, (routing, seed), phase=phase, batch=batch,
                           prompt=prompt, context=context, dtype=dtype, grid=grid,
                           sparsity=sparsity, reduce_algo=reduce_algo, precision=precision,
-                          moe_layout=moe_layout)
+                          moe_layout=moe_layout,
+                          sparse=None if sparse is None else sparse.layers(stage[0], stage[1]))
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
                    routing=routing, moe_layout=moe_layout, seed=seed, functional=functional,
-                   precision=precision)
+                   precision=precision, sparse=sparse)
     check_total_weights(run)
     run = resolve_attention(run, lambda r: choose_slots(r, region_shape)[2])
     run = chunked(run, lambda r: choose_slots(r, region_shape)[2])
@@ -174,7 +178,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     if fl is not None and n > 1:
         fls = [fl.micro(n, p) if train else fl.chunk(s0, ns)
                for p, (_, _, _, s0, ns) in enumerate(parts)]
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.tokens, fl, run.reduce_algo, run.precision)
+    tp = TP2D(pb, cfg, ops, dtype, run.sparse, run.tokens, fl, run.reduce_algo, run.precision)
     tp.moe = MoEFFN(run) if cfg.is_moe else None
     heads = [placed[f"head{j}"] for j in range(k)]
     top0 = Region(heads[0].x, heads[0].y, sg.cols, 1)
@@ -237,7 +241,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "sram_buffers_per_core": buffers,
         "attention": {"groups": lay0.ra, "rows_per_group": lay0.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)}
-        | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
+        | run.sparse.to_meta() | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
 
 
 def _layout(run: Run, reg: Region) -> Layout:
@@ -255,7 +259,7 @@ def pipelined_buffers(run: Run, lay: Layout) -> dict:
         return moe_layer_buffers(run, lay)
     out = layer_buffers(run.cfg, lay, run.chunk_tokens, run.keys, run.batch, run.dtype,
                         train=run.phase == "train", reduce_algo=run.reduce_algo,
-                        prec=run.precision)
+                        prec=run.precision, sp=run.sparse)
     if run.phase == "train" and run.micro_batches > 1:
         out["saved_activations"] *= run.micro_batches
         # The last layer (the fullest) also keeps the dY that the LM head hands it for every
@@ -388,7 +392,8 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, routing: tuple,
         if sub.is_moe:
             return moe_layer_buffers(run, lay)
         return layer_buffers(sub, lay, run.tokens, run.keys, run.batch, run.dtype,
-                             train=train, reduce_algo=run.reduce_algo, prec=run.precision)
+                             train=train, reduce_algo=run.reduce_algo, prec=run.precision,
+                             sp=run.sparse)
 
     lay0 = Layout.fitted(Region(0, 0, sg.cols, sg.rows), sub, train, run.attention,
                          lambda lay: sum(stage_buffers(lay).values()) <= hw.sram_bytes)
@@ -398,7 +403,7 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, routing: tuple,
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
     placed = place_chain(layer_graph(names, [1] * (L + k - 1)), sg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-wafer-layers{first}-{first + L - 1}")
-    tp = TP2D(pb, sub, ops, run.dtype, run.sparsity, run.tokens, reduce_algo=run.reduce_algo,
+    tp = TP2D(pb, sub, ops, run.dtype, run.sparse, run.tokens, reduce_algo=run.reduce_algo,
               prec=run.precision)
     tp.moe = MoEFFN(run) if sub.is_moe else None
     lays = [Layout(placed[f"L{i}"], lay0.ra, lay0.g) for i in range(L)]

@@ -53,13 +53,15 @@ from workloads.models import GPTConfig
 from wse_sim.hardware import HardwareConfig
 from wse_sim.precision import Precision
 from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
+from wse_sim.sparsity import Sparsity
 
 
 def _layer_weight_bytes(run: Run, i: int) -> int:
     """Bytes of layer i's weights that stream in (an MoE layer: its chosen experts'): the
-    weight matrices in the weights dtype, norm gains and biases in the run's dtype."""
+    weight matrices in the weights dtype, compressed as the run's sparse format says
+    (docs/sparsity.md), norm gains and biases in the run's dtype."""
     small = run.cfg.layer_small_params(i)
-    return (streamed_layer_params(run, i) - small) * run.weight_bytes + small * run.bytes
+    return run.layer_matrix_bytes(i, streamed_layer_params(run, i) - small) + small * run.bytes
 
 
 def map_layer_sequential(cfg: GPTConfig, hw: HardwareConfig, **kw) -> Program:
@@ -77,7 +79,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
          attention: str = "auto", routing: str | None = None, moe_layout: str | None = None,
-         seed: int = 0, precision: Precision | None = None) -> Program:
+         seed: int = 0, precision: Precision | None = None,
+         sparse: Sparsity | None = None) -> Program:
     """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
     weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
@@ -89,7 +92,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
                    routing=routing, moe_layout=moe_layout, seed=seed, functional=functional,
-                   precision=precision)
+                   precision=precision, sparse=sparse)
     name = "weight-streaming" if streaming else "layer-sequential"
     check_moe_strategy(cfg, name, functional)
     if micro_batches > 1:
@@ -109,7 +112,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         else:
             b = layer_buffers(cfg, lay, r.chunk_tokens, r.keys, r.batch, dtype, train=train,
                               weight_layers=L, stream_weights=streaming,
-                              reduce_algo=r.reduce_algo, prec=r.precision)
+                              reduce_algo=r.reduce_algo, prec=r.precision, sp=r.sparse)
         layer_recv = b.pop("tree_recv", 0)
         recv = max(layer_recv, head_tree_recv(r, reg, 1))  # never live at once
         if r.chunks > 1:  # every chunk's layer input waits between layers (x_shard: one's)
@@ -146,7 +149,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     for i in range(L if tiles is not None else 0):
         tiles = functional_tiles(fl, run, lay, bufs[0][i], i, tiles)
     views, extra = alloc_group(pb, "", reg, buffers, tiles)
-    tp = TP2D(pb, cfg, ops, dtype, sparsity, run.chunk_tokens, fl, run.reduce_algo,
+    tp = TP2D(pb, cfg, ops, dtype, run.sparse, run.chunk_tokens, fl, run.reduce_algo,
               run.precision)
     tp.moe = MoEFFN(run) if cfg.is_moe else None
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
@@ -188,10 +191,10 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
                                        xo=bufs[c][i + 1]("x") if i + 1 < L else None)
         layer_ends.append(chunk_deps[-1])
 
-    # Layers 2 .. L - 1 of a dense model in one chunk repeat layer 1 (layer 0 waits for the
-    # embedding, layer 1 for no layer two back): one loop, which the fast engine can
-    # fast-forward (docs/hardware-model.md, "Loops").
-    looped = n == 1 and not cfg.is_moe and L >= 4
+    # Layers 2 .. L - 1 of a dense model in one chunk, with one sparsity for all layers,
+    # repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer two back): one
+    # loop, which the fast engine can fast-forward (docs/hardware-model.md, "Loops").
+    looped = n == 1 and not cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
     for i in range(2 if looped else L):
         layer(i)
     if looped:
@@ -246,7 +249,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "sram_buffers_per_core": buffers,
         "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
-        | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
+        | run.sparse.to_meta() | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
 
 
 def _tiles(fls: list[FLayout], parts: list, bufs: list, lay: Layout, reg: Region, train: bool,

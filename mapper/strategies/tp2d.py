@@ -47,6 +47,7 @@ from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.precision import Precision
 from wse_sim.program import Compute, Dep, LineStream, ProgramBuilder, Region, wavelets_for
+from wse_sim.sparsity import Sparsity
 from wse_sim.timing import split_evenly
 
 if TYPE_CHECKING:
@@ -141,12 +142,14 @@ class TP2D:
     """Emits the records of layers laid out 2-D tensor-parallel; tracks which ops it emitted."""
 
     def __init__(self, pb: ProgramBuilder, cfg: GPTConfig, ops: dict, dtype: str,
-                 sparsity: float, tokens: int, fl: FLayout | None = None,
+                 sparsity: float | Sparsity, tokens: int, fl: FLayout | None = None,
                  reduce_algo: str = "chain", prec: Precision | None = None):
         self.pb, self.cfg, self.ops, self.dtype = pb, cfg, ops, dtype
         # the dtypes of the tensors (wse_sim.precision): what each op computes in
         self.prec = prec or Precision.of(dtype)
-        self.sparsity, self.tokens = sparsity, tokens
+        # the zero weights the cores skip, per layer, and how they are stored
+        self.sp = sparsity if isinstance(sparsity, Sparsity) else Sparsity("dense", sparsity)
+        self.sparsity, self.tokens = self.sp.fraction, tokens
         self.fl = fl  # functional layout: DataOps are attached only when given
         self.reduce_algo = reduce_algo
         self.combine_flops = 0  # the tree's root adds (Compute records beyond the graph)
@@ -166,12 +169,21 @@ class TP2D:
             flops = split_evenly(op.flops, self.share[1], self.share[0])
         f = int(flops)
         frac = f / op.flops if op.flops else 1.0 / self.share[1]
-        sparse = self.sparsity if (fmac and op.weight and op.kind == "matmul") else 0.0
+        sparse = self.sp.of_layer(op.layer) if (fmac and op.weight and op.kind == "matmul") \
+            else 0.0
         return self.pb.add(Compute(
             label or name, region, f, self.compute_dtype(op, fmac), "fmac" if fmac else "vector",
             sparse,
-            sram_read_bytes=int((op.bytes_in + _weight_reads(op)) * frac),
+            sram_read_bytes=int((op.bytes_in + self.weight_reads(op)) * frac),
             sram_write_bytes=int(op.bytes_out * frac), deps=_deps(dep), data=data))
+
+    def weight_reads(self, op) -> int:
+        """Weight bytes `op` reads from SRAM: a layer's matrix as its sparse format stores it
+        (values and index metadata; docs/sparsity.md), anything else as `_weight_reads`."""
+        if self.sp.compressed and op.kind == "matmul" and op.weight and op.layer is not None:
+            wb = self.prec.bytes("weights")
+            return self.sp.stored_bytes(op.weight_bytes // wb, wb, op.layer)
+        return _weight_reads(op)
 
     def compute_dtype(self, op, fmac: bool) -> str:
         """The dtype whose lanes run `op`: a matmul by a weight, weights x activations;
@@ -472,10 +484,20 @@ def tree_recv_bytes(reg: Region, x_values: int, y_values: int, dtype: str,
     return max(x, y) * DTYPE_BYTES[dtype]
 
 
+def held_matrix_bytes(sp: Sparsity, tiles: tuple, value_bytes: int, layers: int) -> int:
+    """Bytes of the weight-matrix tiles (`tiles`: positions per core of each) of the
+    `layers` fullest layers a core holds, stored as `sp` says."""
+    per = [sum(sp.stored_bytes(t, value_bytes, i) for t in tiles)
+           for i in range(max(1, len(sp.per_layer)))]
+    if len(per) == 1:
+        return layers * per[0]
+    return sum(sorted(per, reverse=True)[:layers])
+
+
 def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: int,
                   dtype: str, *, train: bool = False, weight_layers: int = 1,
                   stream_weights: bool = False, reduce_algo: str = "chain",
-                  prec: Precision | None = None) -> dict[str, int]:
+                  prec: Precision | None = None, sp: Sparsity | None = None) -> dict[str, int]:
     """SRAM bytes per core on the fullest core of a layer region, by buffer.
 
     `keys` positions of each of `batch` sequences are attended to (and cached, the caches of
@@ -485,7 +507,8 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
     (double buffer) instead; a `reduce_algo` with trees adds the root's receive buffers
     (`tree_recv`). `prec` (default: `dtype` for every tensor, fp32 accumulators): the weight
     matrices in its weights dtype (norm gains and biases in `dtype`), the KV cache in its kv
-    dtype, partial sums and scores in its accumulator dtype.
+    dtype, partial sums and scores in its accumulator dtype. `sp` (default dense): the weight
+    matrices stored as its sparse format says, the fullest layers' (`held_matrix_bytes`).
     """
     prec = prec or Precision.of(dtype)
     b, wb, ab = DTYPE_BYTES[dtype], prec.bytes("weights"), prec.bytes("accum")
@@ -498,14 +521,16 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
     attn_names = ("w_q", "w_k", "w_v", "w_o")
     attn_w = sum(k * n for name, (k, n) in shapes.items() if name in attn_names)
     ffn_w = sum(k * n for name, (k, n) in shapes.items() if name not in attn_names)
-    matrix_params = math.ceil(attn_w / (lay.rows_att * C)) + math.ceil(ffn_w / (R * C))
+    tiles = (math.ceil(attn_w / (lay.rows_att * C)), math.ceil(ffn_w / (R * C)))
+    matrix_params = sum(tiles)
     small_params = math.ceil(cfg.layer_small_params() / C)
     per_layer_params = matrix_params + small_params
     layers = 2 if stream_weights else weight_layers
     key_slots = att.positions_per_core(keys)
     row_partial = tokens * max(ffn_row_cols(cfg, R), math.ceil(qw / lay.g))  # values reduced
     out = {
-        "weights": layers * (matrix_params * wb + small_params * b),
+        "weights": held_matrix_bytes(sp or Sparsity(), tiles, wb, layers)
+        + layers * small_params * b,
         "x_shard": 2 * tokens * math.ceil(d / C) * b,
         # partial sums (accumulators) of a row's FFN or Q|K|V share; with g > 1 rows per head
         # group also the group's whole Q|K|V, shared to every core (in the dtype)

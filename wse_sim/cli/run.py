@@ -140,7 +140,9 @@ def run_one(args) -> int:
                             reduce_algo=args.reduce_algo, attention=args.attention,
                             model_set=args.model_set or None, routing=args.routing,
                             moe_layout=args.moe_layout, weights_dtype=args.weights_dtype,
-                            kv_dtype=args.kv_dtype, accum_dtype=args.accum_dtype)
+                            kv_dtype=args.kv_dtype, accum_dtype=args.accum_dtype,
+                            sparse_format=args.sparse_format,
+                            sparsity_file=args.sparsity_file)
     if getattr(args, "save_program", None):
         from wse_sim.cli.program import save_requested
         save_requested(program, args)

@@ -20,8 +20,10 @@ from wse_sim.cli.run import add_spec_args, spec_from_args
 
 # the run spec fields `compare` and `search` offer (`wse_sim.spec`, declared there once)
 MODEL_FIELDS = ("model", "phase", "batch", "prompt", "context", "grid", "dtype", "sparsity",
-                "model_set", "weights_dtype", "kv_dtype", "accum_dtype")
-PRECISION_FIELDS = ("weights_dtype", "kv_dtype", "accum_dtype")
+                "model_set", "weights_dtype", "kv_dtype", "accum_dtype", "sparse_format",
+                "sparsity_file")
+PRECISION_FIELDS = ("weights_dtype", "kv_dtype", "accum_dtype", "sparse_format",
+                    "sparsity_file")  # passed on only when given
 
 
 def _reduce_arg(p, default, help_text: str) -> None:

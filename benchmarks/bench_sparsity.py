@@ -1,0 +1,95 @@
+"""Sparse weights stored sparse: what 50 % unstructured and 2:4 sparsity buy a model on the wafer.
+
+Simulated: LLaMA3-8B decode (context 128, batch 1, layer-pipelined) on wse3 at fp16 with the
+weights dense, 50 % zeros stored dense (the cores skip them, `--sparsity 0.5`), 50 %
+unstructured (values + 16-bit indices), 50 % bitmap (values + 1 bit per weight) and 2:4
+(2 bits per kept value): tokens/s, SRAM on the fullest core (of the program; of a layer
+region, and its weights), and the smallest N x N grid (`--grid N`) each one fits on, with its
+tokens/s there. Ratios are against the dense run of the same process (docs/sparsity.md).
+``--quick``: the grid search for dense and 2:4 only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _common import emit, machine_info, parse_args  # noqa: E402
+
+from mapper.placement import MappingError  # noqa: E402
+from wse_sim.engine import simulate  # noqa: E402
+from wse_sim.experiment import build_program  # noqa: E402
+from wse_sim.hardware import load_preset  # noqa: E402
+
+CASES = {"dense": {}, "skip50": {"sparsity": 0.5},
+         "unstructured50": {"sparse_format": "unstructured", "sparsity": 0.5},
+         "bitmap50": {"sparse_format": "bitmap", "sparsity": 0.5},
+         "nm24": {"sparse_format": "2:4"}}
+MODEL, RUN = "llama3-8b", {"phase": "decode", "context": 128}
+
+
+def _program(hw, grid, kw):
+    try:
+        return build_program(hw, MODEL, grid=grid, **RUN, **kw)
+    except MappingError:
+        return None
+
+
+def smallest_grid(hw, kw, lo: int, hi: int) -> int:
+    """The smallest N in (lo, hi] with the model fitting on an N x N grid (it fits on hi)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _program(hw, mid, kw) is not None else (mid, hi)
+    return hi
+
+
+def bench_model(figures, quick: bool):
+    hw = load_preset("wse3")
+    side = min(hw.mesh_cols, hw.mesh_rows)
+    for name, kw in CASES.items():
+        p = _program(hw, None, kw)
+        r = simulate(p, hw, engine="fast")
+        figures[f"{name}_tokens_per_s"] = r.tokens_per_s
+        figures[f"{name}_sram_bytes_fullest_core"] = int(r.summary()["sram_bytes_per_core"])
+        layer = p.meta["sram_buffers_per_core"]
+        figures[f"{name}_layer_sram_bytes_per_core"] = int(sum(layer.values()))
+        figures[f"{name}_layer_weights_bytes_per_core"] = layer["weights"]
+        figures[f"{name}_regions"] = (f"{p.meta['regions']} of {p.meta['region_cols']} x "
+                                      f"{p.meta['region_rows']} ({p.meta['table_regions']} "
+                                      "for the table)")
+        if quick and name not in ("dense", "nm24"):
+            continue
+        g = smallest_grid(hw, kw, 256, side)
+        figures[f"{name}_smallest_grid"] = g
+        figures[f"{name}_smallest_grid_cores"] = g * g
+        rg = simulate(_program(hw, g, kw), hw, engine="fast")
+        figures[f"{name}_smallest_grid_tokens_per_s"] = rg.tokens_per_s
+    for name in CASES:
+        if name == "dense":
+            continue
+        figures[f"{name}_vs_dense_tokens_ratio"] = (figures[f"{name}_tokens_per_s"]
+                                                    / figures["dense_tokens_per_s"])
+        figures[f"{name}_vs_dense_layer_weights_ratio"] = (
+            figures[f"{name}_layer_weights_bytes_per_core"]
+            / figures["dense_layer_weights_bytes_per_core"])
+        if f"{name}_smallest_grid_cores" in figures:
+            figures[f"{name}_vs_dense_cores_ratio"] = (figures[f"{name}_smallest_grid_cores"]
+                                                       / figures["dense_smallest_grid_cores"])
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], argv)
+    figures, targets = {}, {}
+    t0 = time.perf_counter()
+    bench_model(figures, args.quick)
+    figures["wall_seconds"] = time.perf_counter() - t0
+    targets["nm24_vs_dense_cores_ratio"] = {"max": 0.75}
+    emit("bench_sparsity", figures, targets, args.json, machine_info())
+
+
+if __name__ == "__main__":
+    main()
