@@ -171,7 +171,7 @@ def test_auto_takes_the_step_path_for_loops_and_reports_them():
     from wse_sim.report.text import format_report
     assert "loops: 12 iterations, 3 simulated, 9 fast-forwarded" in format_report(r)
     short = simulate_fast(build_gemm("cannon", HW, grid=10, m=80, k=80, n=80, dtype="fp16"), HW)
-    assert short.fast_path == "event"  # 8 iterations: fewer than AUTO_STEP_COUNT
+    assert short.fast_path == "event"  # 8 iterations: fewer than AUTO_STEP_COUNT (9)
 
 
 # ---- generated loop programs: fast == reference, whatever happens -------------------------------

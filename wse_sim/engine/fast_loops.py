@@ -71,8 +71,9 @@ TRY_DOUBLING = 16  # ... up to here; beyond, at doubling distances (few copies i
 MIN_COUNT = FIRST_TRY + 4  # shorter loops run in full
 # `path='auto'` takes the step path for its fast-forward from this many iterations: a try
 # copies the loop's whole state (at full wafer about a second), which a loop of a few
-# iterations does not win back (a heuristic, measured: docs/hardware-model.md, "Loops")
-AUTO_STEP_COUNT = 12
+# iterations does not win back (a heuristic, measured: docs/hardware-model.md, "Loops";
+# Cerebras-GPT-111M's 8 layer iterations stay on the event path)
+AUTO_STEP_COUNT = 9
 
 
 @kernel
