@@ -30,55 +30,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import best_of, emit, machine_info, parse_args  # noqa: E402
+from _wse3_decode import bench_cases  # noqa: E402
 
-from mapper.placement import MappingError  # noqa: E402
 from wse_sim import kernels as K  # noqa: E402
-from wse_sim.engine import simulate  # noqa: E402
-from wse_sim.experiment import build_program  # noqa: E402
-from wse_sim.hardware import load_preset  # noqa: E402
 from wse_sim.kernels import quant_ref as R  # noqa: E402
 
 CASES = {"fp16": {}, "w8": {"weights_dtype": "int8"},
          "w8kv8": {"weights_dtype": "int8", "kv_dtype": "int8"}, "w8a8": {"dtype": "int8"}}
-MODEL, RUN = "llama3-8b", {"phase": "decode", "context": 128}
-
-
-def _program(hw, grid, kw):
-    try:
-        return build_program(hw, MODEL, grid=grid, **RUN, **kw)
-    except MappingError:
-        return None
-
-
-def smallest_grid(hw, kw, lo: int, hi: int) -> int:
-    """The smallest N in (lo, hi] with the model fitting on an N x N grid (it fits on hi)."""
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _program(hw, mid, kw) is not None else (mid, hi)
-    return hi
-
-
 def bench_model(figures, quick: bool):
-    hw = load_preset("wse3")
-    side = min(hw.mesh_cols, hw.mesh_rows)
-    for name, kw in CASES.items():
-        p = _program(hw, None, kw)
-        r = simulate(p, hw, engine="fast")
-        figures[f"{name}_tokens_per_s"] = r.tokens_per_s
-        figures[f"{name}_sram_bytes_fullest_core"] = int(r.summary()["sram_bytes_per_core"])
-        layer = p.meta["sram_buffers_per_core"]
-        figures[f"{name}_layer_sram_bytes_per_core"] = int(sum(layer.values()))
-        figures[f"{name}_layer_weights_bytes_per_core"] = layer["weights"]
-        figures[f"{name}_regions"] = (f"{p.meta['regions']} of {p.meta['region_cols']} x "
-                                      f"{p.meta['region_rows']} ({p.meta['table_regions']} "
-                                      "for the table)")
-        if quick and name not in ("fp16", "w8"):
-            continue
-        g = smallest_grid(hw, kw, 256, side)
-        figures[f"{name}_smallest_grid"] = g
-        figures[f"{name}_smallest_grid_cores"] = g * g
-        rg = simulate(_program(hw, g, kw), hw, engine="fast")
-        figures[f"{name}_smallest_grid_tokens_per_s"] = rg.tokens_per_s
+    bench_cases(figures, CASES, ("fp16", "w8") if quick else tuple(CASES))
     for name in CASES:
         if name != "fp16":
             figures[f"{name}_vs_fp16_tokens_ratio"] = (figures[f"{name}_tokens_per_s"]
