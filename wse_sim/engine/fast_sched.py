@@ -159,14 +159,8 @@ def _wake(td, deps, rdeps, ib, hwc, tsk, cx, cy, at, pend, head, wheel, qtime, q
                     break
                 j += 1
                 lead = hwc[H_SEND] + 2 * hwc[H_TR] + hwc[H_HOP] * (abs(ux - sx) + abs(uy - sy))
-                g = ib[dt] + i
-                v = max(at - lead, now)
-                if v > qtime[g]:
-                    qtime[g] = v
-                pend[g] -= 1
-                if pend[g] == 0:
-                    queue_push(head, wheel, qtime, qnext, now, olast, g, qtime[g])
-                    queued += 1
+                queued += _count_off(ib[dt] + i, max(at - lead, now), pend, head, wheel,
+                                     qtime, qnext, now, olast)
             continue
         if cx < 0:
             if rule != R_ALL:
@@ -183,16 +177,22 @@ def _wake(td, deps, rdeps, ib, hwc, tsk, cx, cy, at, pend, head, wheel, qtime, q
             if j0 < 0:
                 continue
             j1 = j0 + 1
-        base = ib[dt]
         for j in range(j0, j1):
-            g = base + j
-            if at > qtime[g]:
-                qtime[g] = at
-            pend[g] -= 1
-            if pend[g] == 0:
-                queue_push(head, wheel, qtime, qnext, now, olast, g, qtime[g])
-                queued += 1
+            queued += _count_off(ib[dt] + j, at, pend, head, wheel, qtime, qnext, now, olast)
     return queued
+
+
+@kernel(inline=True)
+def _count_off(g, at, pend, head, wheel, qtime, qnext, now, olast):
+    """One need of instance g is met at `at`: its ready time is the latest of its needs; it
+    is queued when none is left. Returns 1 when queued."""
+    if at > qtime[g]:
+        qtime[g] = at
+    pend[g] -= 1
+    if pend[g] == 0:
+        queue_push(head, wheel, qtime, qnext, now, olast, g, qtime[g])
+        return 1
+    return 0
 
 
 @kernel
