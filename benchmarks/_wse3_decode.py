@@ -51,3 +51,15 @@ def bench_cases(figures: dict, cases: dict, searched) -> None:
         figures[f"{name}_smallest_grid_cores"] = g * g
         rg = simulate(program(hw, g, kw), hw, engine="fast")
         figures[f"{name}_smallest_grid_tokens_per_s"] = rg.tokens_per_s
+
+
+def ratios(figures: dict, names, base: str, what: dict) -> None:
+    """`figures[f"{name}_vs_{base}_{label}_ratio"]`: each case's figure `key` over the base
+    case's, for every `label -> key` of `what` that both cases have (the same process)."""
+    for name in names:
+        if name == base:
+            continue
+        for label, key in what.items():
+            got, ref = figures.get(f"{name}_{key}"), figures.get(f"{base}_{key}")
+            if got is not None and ref is not None:
+                figures[f"{name}_vs_{base}_{label}_ratio"] = got / ref

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import best_of, emit, machine_info, parse_args  # noqa: E402
-from _wse3_decode import bench_cases  # noqa: E402
+from _wse3_decode import bench_cases, ratios  # noqa: E402
 
 from wse_sim import kernels as K  # noqa: E402
 from wse_sim.kernels import quant_ref as R  # noqa: E402
@@ -39,16 +39,9 @@ CASES = {"fp16": {}, "w8": {"weights_dtype": "int8"},
          "w8kv8": {"weights_dtype": "int8", "kv_dtype": "int8"}, "w8a8": {"dtype": "int8"}}
 def bench_model(figures, quick: bool):
     bench_cases(figures, CASES, ("fp16", "w8") if quick else tuple(CASES))
-    for name in CASES:
-        if name != "fp16":
-            figures[f"{name}_vs_fp16_tokens_ratio"] = (figures[f"{name}_tokens_per_s"]
-                                                       / figures["fp16_tokens_per_s"])
-            figures[f"{name}_vs_fp16_layer_sram_ratio"] = (
-                figures[f"{name}_layer_sram_bytes_per_core"]
-                / figures["fp16_layer_sram_bytes_per_core"])
-            if f"{name}_smallest_grid_cores" in figures:
-                figures[f"{name}_vs_fp16_cores_ratio"] = (figures[f"{name}_smallest_grid_cores"]
-                                                          / figures["fp16_smallest_grid_cores"])
+    ratios(figures, CASES, "fp16", {"tokens": "tokens_per_s",
+                                    "layer_sram": "layer_sram_bytes_per_core",
+                                    "cores": "smallest_grid_cores"})
 
 
 def _rel_err(got, exact):

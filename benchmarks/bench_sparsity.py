@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import emit, machine_info, parse_args  # noqa: E402
-from _wse3_decode import bench_cases  # noqa: E402
+from _wse3_decode import bench_cases, ratios  # noqa: E402
 
 CASES = {"dense": {}, "skip50": {"sparsity": 0.5},
          "unstructured50": {"sparse_format": "unstructured", "sparsity": 0.5},
@@ -27,17 +27,9 @@ CASES = {"dense": {}, "skip50": {"sparsity": 0.5},
          "nm24": {"sparse_format": "2:4"}}
 def bench_model(figures, quick: bool):
     bench_cases(figures, CASES, ("dense", "nm24") if quick else tuple(CASES))
-    for name in CASES:
-        if name == "dense":
-            continue
-        figures[f"{name}_vs_dense_tokens_ratio"] = (figures[f"{name}_tokens_per_s"]
-                                                    / figures["dense_tokens_per_s"])
-        figures[f"{name}_vs_dense_layer_weights_ratio"] = (
-            figures[f"{name}_layer_weights_bytes_per_core"]
-            / figures["dense_layer_weights_bytes_per_core"])
-        if f"{name}_smallest_grid_cores" in figures:
-            figures[f"{name}_vs_dense_cores_ratio"] = (figures[f"{name}_smallest_grid_cores"]
-                                                       / figures["dense_smallest_grid_cores"])
+    ratios(figures, CASES, "dense", {"tokens": "tokens_per_s",
+                                     "layer_weights": "layer_weights_bytes_per_core",
+                                     "cores": "smallest_grid_cores"})
 
 
 def main(argv=None):
