@@ -94,6 +94,7 @@ def test_a_gemm_ratio_case_divides_the_two_runs(monkeypatch):
     c = {a: simulate(build_gemm(a, hw, grid=8, m=32, k=32, n=32, dtype="fp16"), hw).cycles
          for a in ("cannon", "meshgemm")}
     assert info["cycles"] == c and ratio == c["cannon"] / c["meshgemm"]
+    assert info["engine"] == "fast"
 
 
 def test_selection_and_arguments():

@@ -71,12 +71,15 @@ def _gemm_ratio(params: dict, engine: str) -> tuple[float, dict]:
     from wse_sim.hardware import load_preset
 
     hw = load_preset(params["preset"])
-    cycles = {}
+    cycles, engines = {}, set()
     for algo in (params["algo"], params["baseline"]):
         program = build_gemm(algo, hw, grid=params["grid"], m=params["size"], k=params["size"],
                              n=params["size"], dtype=params.get("dtype", "fp16"))
-        cycles[algo] = simulate(program, hw, engine=engine).cycles
-    return cycles[params["algo"]] / cycles[params["baseline"]], {"cycles": cycles}
+        result = simulate(program, hw, engine=engine)
+        cycles[algo] = result.cycles
+        engines.add(result.engine)
+    return (cycles[params["algo"]] / cycles[params["baseline"]],
+            {"cycles": cycles, "engine": "+".join(sorted(engines))})
 
 
 def run_validation(fast_only: bool = False, engine: str = "auto",
@@ -116,8 +119,8 @@ def run_validation(fast_only: bool = False, engine: str = "auto",
             if case["kind"] == "rollup":
                 row["simulated"] = _rollup(case["parameters"])
             elif case["kind"] == "gemm-ratio":
-                row["simulated"], _info = _gemm_ratio(case["parameters"], engine)
-                row["engine"] = "fast" if engine == "auto" else engine
+                row["simulated"], info = _gemm_ratio(case["parameters"], engine)
+                row["engine"] = info["engine"]
             else:
                 row["simulated"], info = _collective(case["parameters"], engine)
                 row["engine"], row["closed_form"] = info["engine"], info["closed_form"]
