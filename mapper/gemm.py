@@ -42,7 +42,7 @@ from mapper.gemm_common import (
 from mapper.gemm_gemv import build_gemv as _build_gemv
 from mapper.tree_reduce import reduce_end
 from wse_sim.hardware import HardwareConfig
-from wse_sim.program import Program, ProgramError, check_fits
+from wse_sim.program import Dep, Program, ProgramBuilder, ProgramError, check_fits
 from wse_sim.timing import (
     compute_cycles,
     message_cycles,
@@ -51,7 +51,10 @@ from wse_sim.timing import (
     transfer_cycles,
 )
 
-__all__ = ["GEMM_ALGOS", "GEMV_ALGOS", "build_gemm", "build_gemv", "gemm_closed_form",
+FRAGMENT_ALGOS = ("summa", "cannon", "meshgemm")  # the 2-D algorithms a layout can compose
+
+__all__ = ["FRAGMENT_ALGOS", "GEMM_ALGOS", "GEMV_ALGOS", "build_gemm", "choose_gemm_algo",
+           "gemm_fragment", "build_gemv", "gemm_closed_form",
            "gemm_colors", "gemm_inputs", "gemm_output", "gemm_sram_bytes", "gemv_closed_form",
            "gemv_inputs", "gemv_output", "ring_order", "tree_groups"]
 
@@ -130,6 +133,51 @@ def build_gemm(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: i
     cf = gemm_closed_form(algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, layout=layout,
                           skew=skew)
     return _finish(ctx, plan, hw, {"closed_form": cf, "closed_form_cycles": cf["cycles"]})
+
+
+def gemm_fragment(pb: ProgramBuilder, algo: str, hw: HardwareConfig, *, grid: int, m: int,
+                  k: int, n: int, dtype: str, label: str, start: tuple = (),
+                  skew_b: bool = False) -> tuple[Plan, tuple[Dep, ...]]:
+    """C = A B emitted into `pb` as part of a larger program (a whole-model layout): the same
+    records as `build_gemm` on the grid x grid region at the origin, named `label`.<part>,
+    the first ones waiting for `start`; nothing allocated (the caller budgets the SRAM: the
+    plan's `buffers()`), B taken as stored pre-aligned unless `skew_b` (a resident weight is
+    aligned once, when it is loaded; A, an activation, is aligned every time). Returns the
+    plan and the dependencies that a consumer of C on the whole region waits for (the last
+    step's multiply; SUMMA's last step is up to four quadrant records: all of each)."""
+    if algo not in FRAGMENT_ALGOS:
+        raise ValueError(f"gemm algo: got {algo!r}, must be one of {', '.join(FRAGMENT_ALGOS)}")
+    plan = Plan("gemm", algo, grid, m, k, n, dtype)
+    ctx = Ctx.fragment(plan, hw, pb, label, start, skew_b)
+    BUILDERS[algo](ctx)
+    if len(ctx.last) == 1:
+        return plan, (Dep(ctx.last[0]),)
+    return plan, tuple(Dep(t, "all") for t in ctx.last)
+
+
+def gemm_estimate_cycles(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: int,
+                         dtype: str) -> int:
+    """A contention-free estimate of a fragment's cycles (operands ready, B pre-aligned), to
+    choose an algorithm (`auto`): P steps of max(multiply, a step's data latency), plus for
+    Cannon and MeshGEMM the alignment of A (its farthest rotation: P - 1 hops for Cannon,
+    2 (P - 1) along MeshGEMM's ring). The simulation gives the real figure."""
+    cf = gemm_closed_form(algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, skew=False)
+    steps = grid * max(cf["step_cycles"], cf["latency"])
+    if algo == "summa":
+        return steps
+    plan = Plan("gemm", algo, grid, m, k, n, dtype)
+    wa = plan.wavelets(plan.tiles[0] * plan.tiles[1])
+    far = grid - 1 if algo == "cannon" else 2 * (grid - 1)
+    return steps + transfer_cycles(hw, wa, far)
+
+
+def choose_gemm_algo(hw: HardwareConfig, *, grid: int, m: int, k: int, n: int, dtype: str,
+                     algos=None) -> str:
+    """The algorithm of `algos` (default every fragment algorithm) with the least
+    `gemm_estimate_cycles`; ties go to the earlier one."""
+    algos = tuple(algos or FRAGMENT_ALGOS)
+    est = {a: gemm_estimate_cycles(a, hw, grid=grid, m=m, k=k, n=n, dtype=dtype) for a in algos}
+    return min(algos, key=lambda a: (est[a], algos.index(a)))
 
 
 def build_gemv(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int, dtype: str = "fp32",

@@ -20,7 +20,7 @@ def _gemm_compute(ctx: Ctx, op: str, region: Region, a: str, b: str, deps, *,
                   accumulate: bool = True) -> int:
     plan, n = ctx.plan, region.size
     rd, wr = plan.gemm_sram(accumulate)
-    return ctx.add(Compute(op, region, plan.tile_flops() * n, plan.dtype, "fmac",
+    return ctx.add(Compute(ctx.op(op), region, plan.tile_flops() * n, plan.dtype, "fmac",
                            sram_read_bytes=rd * n, sram_write_bytes=wr * n, deps=tuple(deps),
                            data=ctx.data("gemm_acc" if accumulate else "gemm", (a, b), "c")))
 
@@ -28,8 +28,9 @@ def _gemm_compute(ctx: Ctx, op: str, region: Region, a: str, b: str, deps, *,
 def _copy(ctx: Ctx, op: str, region: Region, src: str, dst: str, nbytes: int) -> int:
     """A local tile copy (SRAM traffic only)."""
     n = region.size
-    return ctx.add(Compute(op, region, 0, ctx.plan.dtype, "vector", sram_read_bytes=nbytes * n,
-                           sram_write_bytes=nbytes * n, data=ctx.data("copy", (src,), dst)))
+    return ctx.add(Compute(ctx.op(op), region, 0, ctx.plan.dtype, "vector",
+                           sram_read_bytes=nbytes * n, sram_write_bytes=nbytes * n,
+                           deps=ctx.start, data=ctx.data("copy", (src,), dst)))
 
 
 def build_1d(ctx: Ctx) -> None:
@@ -39,7 +40,7 @@ def build_1d(ctx: Ctx) -> None:
     for name in ("a", "b", "c"):
         ctx.alloc(name)
     wa = plan.wavelets(plan.m * plan.k)
-    mc = ctx.add(Multicast("1d.bcast_a", (0, 0), ctx.R, wa, color=plan.color("a"),
+    mc = ctx.add(Multicast(ctx.op("1d.bcast_a"), (0, 0), ctx.R, wa, color=plan.color("a"),
                            data=ctx.data("copy", ("a",), "a")))
     _gemm_compute(ctx, "1d.gemm", ctx.R, "a", "b", [Dep(mc)], accumulate=False)
 
@@ -56,12 +57,12 @@ def _halves(ctx: Ctx, op: str, axis: str, s: int, w: int, src: str, dst: str, co
 
     data = ctx.data("copy", (src,), dst)
     if s >= 1:
-        t = ctx.add(LineStream(op, part(0, s + 1), axis, -1, w, color=color, deps=tuple(deps),
-                               data=data))
+        t = ctx.add(LineStream(ctx.op(op), part(0, s + 1), axis, -1, w, color=color,
+                               deps=tuple(deps), data=data))
         out.append((t, 0, s))
     if s <= P - 2:
-        t = ctx.add(LineStream(op, part(s, P - s), axis, +1, w, color=color, deps=tuple(deps),
-                               data=data))
+        t = ctx.add(LineStream(ctx.op(op), part(s, P - s), axis, +1, w, color=color,
+                               deps=tuple(deps), data=data))
         out.append((t, s + 1 if s >= 1 else 0, P - 1))
     return out
 
@@ -79,7 +80,8 @@ def build_summa(ctx: Ctx) -> None:
     comps: dict[int, list[int]] = {}
     for s in range(P):
         q = s % 2
-        war = [Dep(t, "all") for t in comps.get(s - 2, [])]  # buffers last read at step s - 2
+        # buffers last read at step s - 2 (the first two steps: the operands' producers)
+        war = [Dep(t, "all") for t in comps.get(s - 2, [])] if s >= 2 else list(ctx.start)
         ah = _halves(ctx, "summa.bcast_a", "x", s, wa, "a", f"abuf{q}", plan.color("a"), war)
         bh = _halves(ctx, "summa.bcast_b", "y", s, wb, "b", f"bbuf{q}", plan.color("b"), war)
         comps[s] = []
@@ -88,6 +90,7 @@ def build_summa(ctx: Ctx) -> None:
                 reg = Region(x0, y0, x1 - x0 + 1, y1 - y0 + 1)
                 comps[s].append(_gemm_compute(ctx, "summa.gemm", reg, f"abuf{q}", f"bbuf{q}",
                                               [Dep(ta), Dep(tb)]))
+    ctx.last = comps[P - 1]
 
 
 def build_cannon(ctx: Ctx) -> None:
@@ -101,14 +104,15 @@ def build_cannon(ctx: Ctx) -> None:
     wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
     ca, cb = plan.color("a"), plan.color("b")
     skew = []
-    if plan.skew:
-        for i in range(1, P):
-            skew.append(ctx.add(Unicast("cannon.skew_a", Region(0, i, P, 1), wa, dx=-i, wrap=True,
-                                        color=ca, data=ctx.data("copy", ("a0",), "a0"))))
-        for j in range(1, P):
-            skew.append(ctx.add(Unicast("cannon.skew_b", Region(j, 0, 1, P), wb, dy=-j, wrap=True,
-                                        color=cb, data=ctx.data("copy", ("b0",), "b0"))))
-    start = [Dep(_sync(ctx, "cannon.sync", skew), "all")] if skew else []
+    for i in range(1, P if ctx.skew_a else 1):
+        skew.append(ctx.add(Unicast(ctx.op("cannon.skew_a"), Region(0, i, P, 1), wa, dx=-i,
+                                    wrap=True, color=ca, deps=ctx.start,
+                                    data=ctx.data("copy", ("a0",), "a0"))))
+    for j in range(1, P if ctx.skew_b else 1):
+        skew.append(ctx.add(Unicast(ctx.op("cannon.skew_b"), Region(j, 0, 1, P), wb, dy=-j,
+                                    wrap=True, color=cb, deps=ctx.start,
+                                    data=ctx.data("copy", ("b0",), "b0"))))
+    start = [Dep(_sync(ctx, "cannon.sync", skew), "all")] if skew else list(ctx.start)
     ids = {}  # step s -> (compute, shift A, shift B) task ids
 
     def step(s: int) -> None:
@@ -120,12 +124,13 @@ def build_cannon(ctx: Ctx) -> None:
         comp = _gemm_compute(ctx, "cannon.gemm", R, f"a{q}", f"b{q}", deps)
         if s == P - 1:
             ids[s] = (comp,)
+            ctx.last = [comp]
             return
         war = [] if prev is None else [_war(ctx, prev[0])]
-        sa = ctx.add(Unicast("cannon.shift_a", R, wa, dx=-1, wrap=True, color=ca,
+        sa = ctx.add(Unicast(ctx.op("cannon.shift_a"), R, wa, dx=-1, wrap=True, color=ca,
                              deps=tuple((start if prev is None else [Dep(prev[1])]) + war),
                              data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
-        sb = ctx.add(Unicast("cannon.shift_b", R, wb, dy=-1, wrap=True, color=cb,
+        sb = ctx.add(Unicast(ctx.op("cannon.shift_b"), R, wb, dy=-1, wrap=True, color=cb,
                              deps=tuple((start if prev is None else [Dep(prev[2])]) + war),
                              data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
         ids[s] = (comp, sa, sb)
@@ -147,7 +152,7 @@ def _war(ctx: Ctx, compute: int) -> Dep:
 def _sync(ctx: Ctx, op: str, tasks: list[int]) -> int:
     """A zero-cycle join on core (0, 0) after every task of `tasks` (one instance waiting for
     many records, instead of every core waiting for each of them)."""
-    return ctx.add(Compute(op, Region(0, 0, 1, 1), 0, ctx.plan.dtype, "vector",
+    return ctx.add(Compute(ctx.op(op), Region(0, 0, 1, 1), 0, ctx.plan.dtype, "vector",
                            deps=tuple(Dep(t, "all") for t in tasks)))
 
 
@@ -165,22 +170,27 @@ def build_meshgemm(ctx: Ctx) -> None:
     ca, cb = plan.color("a"), plan.color("b")
     order = ring_order(P)
     base = 0
-    start = []
+    start = list(ctx.start)
     if plan.skew:
         moves = []
         for ly in range(1, P):  # row order[ly] of A rotates by ly places, column order[ly] of B
-            moves.append(ctx.add(Unicast("meshgemm.align_a", Region(0, order[ly], P, 1), wa,
-                                         dx=-ly, ring="x", color=ca,
-                                         data=ctx.data("copy", ("a0",), "a1"))))
-            moves.append(ctx.add(Unicast("meshgemm.align_b", Region(order[ly], 0, 1, P), wb,
-                                         dy=-ly, ring="y", color=cb,
-                                         data=ctx.data("copy", ("b0",), "b1"))))
+            if ctx.skew_a:
+                moves.append(ctx.add(Unicast(ctx.op("meshgemm.align_a"), Region(0, order[ly], P, 1),
+                                             wa, dx=-ly, ring="x", color=ca, deps=ctx.start,
+                                             data=ctx.data("copy", ("a0",), "a1"))))
+            if ctx.skew_b:
+                moves.append(ctx.add(Unicast(ctx.op("meshgemm.align_b"), Region(order[ly], 0, 1, P),
+                                             wb, dy=-ly, ring="y", color=cb, deps=ctx.start,
+                                             data=ctx.data("copy", ("b0",), "b1"))))
         # Row 0 of A (l = 0) and column 0 of B stay put: a local copy into the step buffer.
-        moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, P, 1), "a0", "a1",
-                           plan.buffers()["a0"][2]))
-        moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, 1, P), "b0", "b1",
-                           plan.buffers()["b0"][2]))
-        start = [Dep(_sync(ctx, "meshgemm.sync", moves), "all")]
+        if ctx.skew_a:
+            moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, P, 1), "a0", "a1",
+                               plan.buffers()["a0"][2]))
+        if ctx.skew_b:
+            moves.append(_copy(ctx, "meshgemm.align_copy", Region(0, 0, 1, P), "b0", "b1",
+                               plan.buffers()["b0"][2]))
+        if moves:
+            start = [Dep(_sync(ctx, "meshgemm.sync", moves), "all")]
         base = 1  # the aligned tiles are in buffer 1: step s reads parity (s + 1) % 2
     ids = {}  # step s -> (compute, shift A, shift B)
 
@@ -191,12 +201,13 @@ def build_meshgemm(ctx: Ctx) -> None:
         comp = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
         if s == P - 1:
             ids[s] = (comp,)
+            ctx.last = [comp]
             return
         war = [] if prev is None else [_war(ctx, prev[0])]
-        sa = ctx.add(Unicast("meshgemm.shift_a", R, wa, dx=-1, ring="x", color=ca,
+        sa = ctx.add(Unicast(ctx.op("meshgemm.shift_a"), R, wa, dx=-1, ring="x", color=ca,
                              deps=tuple((start if prev is None else [Dep(prev[1])]) + war),
                              data=ctx.data("copy", (f"a{q}",), f"a{1 - q}")))
-        sb = ctx.add(Unicast("meshgemm.shift_b", R, wb, dy=-1, ring="y", color=cb,
+        sb = ctx.add(Unicast(ctx.op("meshgemm.shift_b"), R, wb, dy=-1, ring="y", color=cb,
                              deps=tuple((start if prev is None else [Dep(prev[2])]) + war),
                              data=ctx.data("copy", (f"b{q}",), f"b{1 - q}")))
         ids[s] = (comp, sa, sb)

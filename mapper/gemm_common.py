@@ -199,13 +199,35 @@ def make_plan(kind: str, algo: str, hw: HardwareConfig, *, grid, m, k, n, dtype:
 
 
 class Ctx:
-    """A ProgramBuilder plus the plan; DataOps and tile shapes only when functional."""
+    """A ProgramBuilder plus the plan; DataOps and tile shapes only when functional.
+
+    A *fragment* (`fragment(...)`) emits the GEMM into someone else's builder: its records
+    are named `label`.<part>, its first records wait for `start` (what produced the operands),
+    it allocates nothing (the caller budgets the SRAM) and `skew_b=False` takes B as stored
+    pre-aligned (a resident weight, aligned once when it is loaded)."""
 
     def __init__(self, plan: Plan, hw: HardwareConfig, functional: bool):
         self.plan, self.hw, self.functional = plan, hw, functional
         self.pb = ProgramBuilder(f"{plan.kind}-{plan.algo}")
         self.P = plan.grid
         self.R = plan.region
+        self.label = plan.algo
+        self.start: tuple = ()
+        self.skew_a = self.skew_b = plan.skew
+        self.allocates = True
+        self.last: list[int] = []  # the records of the last step (what a consumer waits for)
+
+    @classmethod
+    def fragment(cls, plan: Plan, hw: HardwareConfig, pb: ProgramBuilder, label: str,
+                 start: tuple = (), skew_b: bool = False) -> Ctx:
+        ctx = cls(plan, hw, False)
+        ctx.pb, ctx.label, ctx.start = pb, label, tuple(start)
+        ctx.skew_a, ctx.skew_b, ctx.allocates = plan.skew, skew_b and plan.skew, False
+        return ctx
+
+    def op(self, name: str) -> str:
+        """A record's name: `name` is '<algo>.<part>'; a fragment's are '<label>.<part>'."""
+        return f"{self.label}.{name.split('.', 1)[1]}"
 
     def add(self, task) -> int:
         return self.pb.add(task)
@@ -216,5 +238,7 @@ class Ctx:
         return DataOp(kernel, tuple(inputs), output, tuple(sorted(params.items())))
 
     def alloc(self, name: str, region: Region | None = None) -> None:
+        if not self.allocates:
+            return
         shape, dtype, nbytes = self.plan.buffers()[name]
         self.pb.alloc(name, region or self.R, nbytes, shape if self.functional else (), dtype)

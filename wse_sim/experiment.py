@@ -8,6 +8,7 @@ from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from mapper.strategies.common import check_micro_batches
+from mapper.strategies.layout2d import GEMM_ALGO_CHOICES, LAYOUTS, map_2d
 from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
@@ -42,7 +43,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   routing: str | None = None, moe_layout: str | None = None, seed: int = 0,
                   weights_dtype: str | None = None, kv_dtype: str | None = None,
                   accum_dtype: str | None = None, sparse_format: str = "dense",
-                  sparsity_file: str | None = None):
+                  sparsity_file: str | None = None, layout: str = "top-row",
+                  gemm_algo: str = "auto"):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
@@ -57,7 +59,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     `sparsity_file` (one fraction per layer): how the zero weights are stored and how many each
     layer has (docs/sparsity.md). `model_set`:
     model fields to override, e.g. {"n_layers": 1} to time one layer. `context`
-    (decode): None takes min(128, the model's maximum context - 1)."""
+    (decode): None takes min(128, the model's maximum context - 1). `layout`: `top-row` or
+    `2d` (a prefill with tokens x features tiled over the region, its projections 2-D GEMMs
+    by `gemm_algo`: auto, summa, cannon or meshgemm; mapper.strategies.layout2d)."""
     if not isinstance(hw, HardwareConfig):
         raise TypeError(f"build_program: hw got {type(hw).__name__}, must be a HardwareConfig "
                         "(wse_sim.hardware.load_preset)")
@@ -83,6 +87,13 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     _one_of("reduce_algo", reduce_algo, LAYER_REDUCE_ALGOS)
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
+    _one_of("layout", layout, LAYOUTS)
+    _one_of("gemm_algo", gemm_algo, GEMM_ALGO_CHOICES)
+    if layout != "2d" and gemm_algo != "auto":
+        raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
+    if layout == "2d" and strategy not in ("layer-sequential", "weight-streaming"):
+        raise ConfigError(f"layout: got '2d' with strategy {strategy}; the 2-D layout runs "
+                          "with layer-sequential or weight-streaming")
     extra = {}
     if region_shape:
         if strategy != "layer-pipelined":
@@ -97,6 +108,13 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                               f"model; {cfg.name} is dense")
     if context is None:
         context = min(128, cfg.max_context - 1)
+    if layout == "2d":
+        return map_2d(cfg, hw, streaming=strategy == "weight-streaming", phase=phase,
+                      batch=batch, prompt=prompt, context=context, dtype=dtype, grid=grid,
+                      sparsity=sp.fraction, functional=functional, chunks=chunks,
+                      micro_batches=micro_batches, reduce_algo=reduce_algo,
+                      attention=attention, seed=seed, precision=prec, sparse=sp,
+                      gemm_algo=gemm_algo)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid,
                                 sparsity=sp.fraction, functional=functional, chunks=chunks,

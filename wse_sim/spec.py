@@ -169,6 +169,19 @@ class Mapping:
                                  "col-tree")
     attention: str = _opt("auto", kind=str,
                           help="attention over a region's rows: heads, rows or auto")
+    layout: str = _opt("top-row", kind=str, choices=("top-row", "2d"),
+                       applies=lambda s: s.mapping.strategy in ("layer-sequential",
+                                                                "weight-streaming")
+                       and s.workload.phase == "prefill" and s.workload.generate is None,
+                       where="strategy layer-sequential or weight-streaming in a prefill "
+                             "without generate",
+                       help="where a layer's activations lie: top-row (one row of the region; "
+                            "the decode layout) or 2d (tokens x features tiled over the whole "
+                            "region, projections as 2-D GEMMs; docs/strategies.md)")
+    gemm_algo: str = _opt("auto", kind=str, choices=("auto", "summa", "cannon", "meshgemm"),
+                          applies=lambda s: s.mapping.layout == "2d", where="layout 2d",
+                          help="layout 2d: the projections' GEMM algorithm: auto (the least "
+                               "estimate per projection), summa, cannon or meshgemm")
 
     def __post_init__(self):
         _check_fields(self)

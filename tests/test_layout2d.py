@@ -1,0 +1,169 @@
+"""The 2-D activation layout for prefill (`layout="2d"`, mapper.strategies.layout2d): the
+fast engine equals the reference to the cycle, FLOPs and SRAM add up, the GEMM fragments are
+the GEMM library's records, and what the layout does not map is refused in one line."""
+
+import math
+
+import pytest
+
+from mapper.gemm import build_gemm, choose_gemm_algo, gemm_estimate_cycles, gemm_fragment
+from mapper.placement import MappingError
+from mapper.strategies.layout2d import Tiles, gemm_shapes
+from workloads.models import load_model
+from wse_sim.cli.main import main
+from wse_sim.engine import simulate
+from wse_sim.engine.fast import simulate_fast
+from wse_sim.experiment import build_program
+from wse_sim.hardware import ConfigError, load_preset
+from wse_sim.program import ProgramBuilder
+
+MESH8 = load_preset("mesh8")
+MESH16 = load_preset("mesh16")
+
+
+def _2d(hw, model="tiny-llama", **kw):
+    kw.setdefault("strategy", "layer-sequential")
+    kw.setdefault("prompt", 32)
+    return build_program(hw, model, layout="2d", **kw)
+
+
+@pytest.mark.parametrize("model,algo,strategy,kw", [
+    ("tiny-llama", "meshgemm", "layer-sequential", {}),
+    ("tiny-llama", "cannon", "weight-streaming", {}),
+    ("tiny-llama", "summa", "layer-sequential", {}),
+    ("tiny", "auto", "layer-sequential", {"batch": 2, "prompt": 12}),
+    ("tiny", "meshgemm", "weight-streaming", {"prompt": 20}),
+])
+def test_fast_equals_reference(model, algo, strategy, kw):
+    p = _2d(MESH8, model, strategy=strategy, gemm_algo=algo, **kw)
+    ref = simulate(p, MESH8, engine="reference")
+    fast = simulate(p, MESH8, engine="fast")
+    assert fast.cycles == ref.cycles
+    skip = {"engine": 0, "wall_seconds": 0}
+    assert fast.summary() | skip == ref.summary() | skip
+    assert (fast.core_busy_cycles == ref.core_busy_cycles).all()
+
+
+@pytest.mark.parametrize("algo", ["meshgemm", "cannon"])
+def test_step_path_with_loops_equals_event_path(algo):
+    """The K/V heads loop (tiny: 4 K/V heads) and the GEMM step loops on the step path, with
+    fast-forward, give the event path's result."""
+    p = _2d(MESH16, "tiny", prompt=64, gemm_algo=algo)
+    assert any(lp.name == "L0.kv_heads" and lp.count == 3 for lp in p.loops)
+    step = simulate_fast(p, MESH16, path="step")
+    event = simulate_fast(p, MESH16, path="event")
+    assert step.cycles == event.cycles
+    assert (step.core_busy_cycles == event.core_busy_cycles).all()
+
+
+def test_flops_cover_the_graph_and_padding_is_reported():
+    # tiles divide the sizes and one sequence: the executed FLOPs are the graph's exactly
+    p = _2d(MESH16, prompt=64)
+    assert p.total_flops() == p.meta["graph_flops"] == p.meta["executed_flops"]
+    assert p.meta["padding_waste"] == 0.0
+    # 2 sequences: key blocks of the other sequence are computed too, and counted
+    q = _2d(MESH8, "tiny", batch=2, prompt=12)
+    assert q.total_flops() == q.meta["executed_flops"] > q.meta["graph_flops"]
+    assert q.meta["padding_waste"] == pytest.approx(1 - q.meta["graph_flops"] / q.total_flops())
+
+
+def test_sram_budget_is_the_tiles():
+    p = _2d(MESH16, prompt=64)
+    b = p.meta["sram_buffers_per_core"]
+    t = Tiles.of(load_model("tiny-llama"), 16, 64)
+    assert (t.tm, t.d, t.q, t.qkv, t.ffn, t.f) == (4, 4, 4, 8, 24, 12)
+    # two layers of weight tiles (fp16) plus the layer's norm gains spread over the region
+    per_layer = (4 * 8 + 4 * 4 + 4 * 24 + 12 * 4) * 2 + math.ceil(128 / 256) * 2
+    assert b["weights"] == 2 * per_layer
+    assert b["kv_cache"] == 2 * 4 * 8 * 2
+    assert sum(b.values()) <= MESH16.sram_bytes
+    allocated = {a.name: a.bytes_per_core for a in p.allocs}
+    assert sum(allocated.values()) == sum(b.values())
+
+
+def test_two_d_beats_the_top_row_layout_on_a_prefill():
+    top = simulate(build_program(MESH16, "tiny-llama", strategy="layer-sequential", prompt=64),
+                   MESH16, engine="fast")
+    two = simulate(_2d(MESH16, prompt=64), MESH16, engine="fast")
+    assert two.cycles < top.cycles
+
+
+def test_fragment_is_the_library_gemm():
+    """A fragment with B aligned at run time is build_gemm's program, record for record
+    (names aside), so it takes the same cycles."""
+    kw = dict(grid=6, m=12, k=18, n=24, dtype="fp16")
+    for algo in ("summa", "cannon", "meshgemm"):
+        lib = build_gemm(algo, MESH8, **kw)
+        pb = ProgramBuilder("frag")
+        plan, end = gemm_fragment(pb, algo, MESH8, label="x", skew_b=True, **kw)
+        frag = pb.build(dtype="fp16")
+        assert len(frag.tasks) == len(lib.tasks)
+        assert simulate(frag, MESH8, engine="fast").cycles == \
+            simulate(lib, MESH8, engine="fast").cycles
+        assert all(t.op.startswith("x.") for t in frag.tasks)
+        assert end and all(d.task < len(frag.tasks) for d in end)
+
+
+def test_auto_picks_the_least_estimate():
+    kw = dict(grid=720, m=4096, k=4096, n=6144, dtype="fp16")
+    hw = load_preset("wse2")
+    est = {a: gemm_estimate_cycles(a, hw, **kw) for a in ("summa", "cannon", "meshgemm")}
+    assert choose_gemm_algo(hw, **kw) == min(est, key=est.get)
+    p = _2d(MESH16, prompt=64)
+    for label, (m, k, n, _) in gemm_shapes(load_model("tiny-llama"), 64).items():
+        want = choose_gemm_algo(MESH16, grid=16, m=m, k=k, n=n, dtype="fp16")
+        assert p.meta["gemm_algos"][label] == want
+
+
+@pytest.mark.parametrize("kw,exc,text", [
+    ({"phase": "decode"}, NotImplementedError, "prefill only"),
+    ({"phase": "train"}, NotImplementedError, "prefill only"),
+    ({"functional": True}, NotImplementedError, "functional"),
+    ({"chunks": 2}, NotImplementedError, "chunks"),
+    ({"sparsity": 0.5}, NotImplementedError, "sparse"),
+    ({"weights_dtype": "int8"}, NotImplementedError, "per-tensor"),
+    ({"attention": "rows"}, MappingError, "attention"),
+    ({"strategy": "layer-pipelined"}, ConfigError, "layer-sequential or weight-streaming"),
+    ({"gemm_algo": "fox"}, ConfigError, "gemm_algo"),
+    ({"model": "tiny-moe"}, NotImplementedError, "MoE"),
+])
+def test_refusals(kw, exc, text):
+    model = kw.pop("model", "tiny-llama")
+    with pytest.raises(exc, match=text):
+        _2d(MESH16, model, **kw)
+
+
+def test_does_not_fit_names_the_numbers():
+    with pytest.raises(MappingError, match=r"2-D region is 8 x 8 cores and needs \d+ bytes"):
+        _2d(MESH16, "tiny", grid=8, prompt=1024, strategy="weight-streaming")
+
+
+def test_gemm_algo_without_layout_is_an_error():
+    with pytest.raises(ConfigError, match="gemm_algo"):
+        build_program(MESH16, "tiny-llama", strategy="layer-sequential", gemm_algo="summa")
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["--layout", "2d", "--phase", "decode"], "layout"),
+    (["--layout", "2d"], "layout"),  # the default strategy is layer-pipelined
+    (["--gemm-algo", "cannon", "--strategy", "layer-sequential"], "gemm_algo"),
+    (["--layout", "3d", "--strategy", "layer-sequential"], "--layout"),
+])
+def test_cli_refusals_exit_2(capsys, argv, text):
+    try:
+        rc = main(["run", "--preset", "mesh16", "--model", "tiny-llama"] + argv)
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and text in err[0]
+
+
+def test_cli_runs_the_layout(capsys):
+    import json
+    rc = main(["run", "--preset", "mesh16", "--model", "tiny-llama", "--prompt", "64",
+               "--strategy", "weight-streaming", "--layout", "2d", "--gemm-algo", "cannon",
+               "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, None)
+    assert out["layout"] == "2d" and set(out["gemm_algos"].values()) == {"cannon"}
