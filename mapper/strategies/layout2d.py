@@ -110,7 +110,7 @@ def check_layout(layout: str, gemm_algo: str) -> None:
                            f"{', '.join(GEMM_ALGO_CHOICES)}")
 
 
-def _refuse(run: Run, functional: bool, name: str) -> None:
+def _refuse(run: Run, functional: bool) -> None:
     """What this layout does not map yet: one line naming it."""
     cfg = run.cfg
     if run.phase != "prefill":
@@ -288,23 +288,15 @@ class Emitter:
         return (Dep(tp.compute(p + "residual2", reg, down, fmac=False)),)
 
 
-def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "prefill",
-           batch: int = 1, prompt: int = 128, context: int = 128, dtype: str = "fp16",
-           grid: int | None = None, sparsity: float = 0.0, functional: bool = False,
-           chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
-           attention: str = "auto", routing: str | None = None, moe_layout: str | None = None,
-           seed: int = 0, precision: Precision | None = None, sparse: Sparsity | None = None,
-           gemm_algo: str = "auto") -> Program:
+def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: str = "auto",
+           functional: bool = False, **kw) -> Program:
     """Layer-sequential (`streaming=False`) or weight-streaming prefill in the 2-D layout on
-    the largest square of the grid (module docstring)."""
+    the largest square of the grid (module docstring). `kw`: the run's parameters, as
+    `common.make_run` takes them."""
     check_layout("2d", gemm_algo)
-    run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
-                   dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
-                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
-                   routing=routing, moe_layout=moe_layout, seed=seed, functional=functional,
-                   precision=precision, sparse=sparse)
+    run = make_run(cfg, hw, functional=functional, **kw)
     name = "weight-streaming" if streaming else "layer-sequential"
-    _refuse(run, functional, name)
+    _refuse(run, functional)
     P = min(run.cols, run.rows)
     t = Tiles.of(cfg, P, run.tokens)
     algos = algos_for(run, P, gemm_algo)
@@ -313,10 +305,10 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = 
     buffers = buffers_2d(run, t, algos, streaming)
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
-    pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}-2d")
+    pb = ProgramBuilder(f"{cfg.name}-{run.phase}-{name}-2d")
     alloc_group(pb, "", reg, buffers)
     ops = run.ops()
-    tp = TP2D(pb, cfg, ops, dtype, run.sparse, run.tokens, None, run.reduce_algo,
+    tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.tokens, None, run.reduce_algo,
               run.precision)
     em = Emitter(pb, tp, run, t, algos)
     dep = _embed(em, streaming)
@@ -338,9 +330,10 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = 
         raise NotImplementedError(f"layout 2d: ops not mapped: {', '.join(missing[:6])}")
     graph = int(sum(o.flops for o in ops.values()))
     executed = sum(int(getattr(x, "flops", 0)) for x in pb.tasks if isinstance(x, Compute))
-    return pb.build(dtype=dtype, tokens=run.tokens, cores_used=reg.size, meta={
-        "strategy": name, "layout": "2d", "model": cfg.name, "phase": phase, "batch": batch,
-        "prompt": prompt, "context": context, "dtype": dtype, "sparsity": sparsity,
+    return pb.build(dtype=run.dtype, tokens=run.tokens, cores_used=reg.size, meta={
+        "strategy": name, "layout": "2d", "model": cfg.name, "phase": run.phase,
+        "batch": run.batch, "prompt": run.prompt, "context": run.context, "dtype": run.dtype,
+        "sparsity": run.sparsity,
         "region_cols": P, "region_rows": P, "regions": 1, "chunks": 1, "micro_batches": 1,
         "grid_cols": run.cols, "grid_rows": run.rows, "graph_flops": graph,
         "offwafer_flops": 0, "executed_flops": executed,
