@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_engine_fast import assert_same, cannon, mixed, programs
+
 from wse_sim.cli.main import main
 from wse_sim.defects import defect_map, program_rows, repair
 from wse_sim.engine import simulate
