@@ -42,7 +42,8 @@ class Repair:
     spare_rows: int
     defective_cores: int        # physical cores marked defective
     rows_retired: int           # physical rows with more defects than spare columns
-    spare_rows_used: int        # retired rows the logical mesh skips (each costs a spare row)
+    spare_rows_used: int        # retired rows the logical mesh skips (each costs a spare row;
+    #                             all of them when rows are lost)
     spare_cores_used: int       # spare-column cores that stand in for defects in logical rows
     spare_cols_needed: int      # the most defects in one physical row: spare columns that
     #                             would repair every row
@@ -205,7 +206,7 @@ def _repair(cols, rows, spare_cols, spare_rows, fraction, seed, file) -> Repair:
     retired_rows = np.flatnonzero(~kept)
     last = int(row_of[-1]) if usable else -1
     return Repair(cols, rows, spare_cols, spare_rows, int(dmap.sum()), int(len(retired_rows)),
-                  spare_rows_used=int(last + 1 - usable) if usable else 0,
+                  spare_rows_used=int(last + 1 - usable) if usable == rows else spare_rows,
                   spare_cores_used=int(per_row[row_of].sum()),
                   spare_cols_needed=int(per_row.max(initial=0)), usable_rows=usable,
                   cores_retired=int(dmap.sum() + (pc - per_row[retired_rows]).sum()),
