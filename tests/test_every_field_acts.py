@@ -2,6 +2,7 @@
 and that figure changes (issue 22: no hardware knob is silently ignored)."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -20,9 +21,14 @@ from wse_sim.program import (
     check_fits,
 )
 
-# the 8-bit lanes as a what-if (mesh8 has wse2's cores: none), so that the probe can use them
+# the 8-bit lanes as a what-if (mesh8 has wse2's cores: none), so that the probe can use them;
+# defective cores (a file and a seeded fraction) that the spares repair with detours on the
+# probe's routes, so that each defect field moves the cycles (the values: the first seed for
+# which doubling each defect field, and dropping the file, changes them and stays repairable)
+DEFECTS = str(Path(__file__).parent / "data" / "defects_mesh8.txt")
 HW = load_preset("mesh8", {"fmac_lanes_int8": 16, "fmac_lanes_fp8_e4m3": 8,
-                           "fmac_lanes_fp8_e5m2": 8})
+                           "fmac_lanes_fp8_e5m2": 8, "spare_cols": 1, "spare_rows": 2,
+                           "defect_file": DEFECTS, "defect_fraction": 0.03, "defect_seed": 4})
 FIELDS = [f.name for f in dataclasses.fields(HardwareConfig)]
 
 
@@ -48,6 +54,8 @@ def changed(name: str):
     v = getattr(HW, name)
     if name == "sources":
         return {"x": "changed"}
+    if name == "defect_file":
+        return ""  # no file (another name would be a missing file)
     if isinstance(v, str):
         return v + "-changed"
     if name == "link_bits_per_cycle":

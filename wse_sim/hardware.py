@@ -12,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from wse_sim import defects
 from wse_sim.errors import ConfigError
 from wse_sim.errors import bad as _bad
 from wse_sim.preset_files import builtin_names, read_preset
@@ -43,6 +44,10 @@ FIELD_EFFECTS = {
     "energy_pj_per_bit_hop": "energy", "energy_pj_per_io_byte": "energy",
     "chip_cores": "rollup", "static_power_w_per_core": "energy",
     "static_power_w_per_router": "energy", "description": "report", "sources": "report",
+    # defects and spares (wse_sim.defects): which cores survive repair and the detours of the
+    # routes through repaired rows (they act only where some core is defective)
+    "defect_fraction": "cycles", "defect_seed": "cycles", "defect_file": "cycles",
+    "spare_cols": "cycles", "spare_rows": "cycles",
 }
 
 
@@ -84,6 +89,14 @@ class HardwareConfig:
     energy_pj_per_flop_int8: float = 0.0
     energy_pj_per_flop_fp8_e4m3: float = 0.0
     energy_pj_per_flop_fp8_e5m2: float = 0.0
+    # defects and spares (docs/hardware-model.md "Defects and spares"): the physical mesh is
+    # (mesh_cols + spare_cols) x (mesh_rows + spare_rows); defects are a seeded random fraction
+    # of its cores and/or a file of physical core ids (y * physical cols + x)
+    defect_fraction: float = 0.0
+    defect_seed: int = 0
+    defect_file: str = ""
+    spare_cols: int = 0
+    spare_rows: int = 0
     description: str = ""
     sources: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -113,6 +126,7 @@ class HardwareConfig:
         if self.link_bits_per_cycle % 32:
             raise _bad("link_bits_per_cycle", self.link_bits_per_cycle,
                        "must be a multiple of 32 (one wavelet is 32 bits)")
+        defects.validate(self)
         if self.chip_cores and self.chip_cores < self.cores:
             raise _bad("chip_cores", self.chip_cores,
                        f"must be 0 or at least mesh_cols*mesh_rows = {self.cores}")
@@ -121,6 +135,10 @@ class HardwareConfig:
     @property
     def cores(self) -> int:
         return self.mesh_cols * self.mesh_rows
+
+    def repair(self):
+        """The repaired wafer (`wse_sim.defects.Repair`), or None when no core is defective."""
+        return defects.repair(self) if defects.has_defects(self) else None
 
     @property
     def clock_hz(self) -> float:
@@ -200,12 +218,13 @@ FIELDS = tuple(f.name for f in dataclasses.fields(HardwareConfig) if f.name != "
 _ZERO_OK_INT = {"hop_latency_cycles", "ramp_latency_cycles", "stream_op_latency_cycles",
                 "chip_cores", "fmac_lanes_bf16", "fmac_lanes_fp16", "message_start_cycles",
                 "message_receive_cycles", "fmac_lanes_int8", "fmac_lanes_fp8_e4m3",
-                "fmac_lanes_fp8_e5m2"}
+                "fmac_lanes_fp8_e5m2", "defect_seed", "spare_cols", "spare_rows"}
 _ZERO_OK_FLOAT = {"energy_pj_per_flop_fp32", "energy_pj_per_flop_fp16", "energy_pj_per_flop_bf16",
                   "energy_pj_per_flop_int8", "energy_pj_per_flop_fp8_e4m3",
                   "energy_pj_per_flop_fp8_e5m2",
                   "energy_pj_per_sram_byte", "energy_pj_per_bit_hop", "energy_pj_per_io_byte",
-                  "io_bits_per_s", "static_power_w_per_core", "static_power_w_per_router"}
+                  "io_bits_per_s", "static_power_w_per_core", "static_power_w_per_router",
+                  "defect_fraction"}
 
 
 def _parse(key: str, typ, value):

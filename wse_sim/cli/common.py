@@ -38,8 +38,9 @@ def effective_hardware(args):
     from wse_sim.hardware import load_preset, parse_set
     hw = load_preset(args.preset, parse_set(args.set))
     grid = getattr(args, "grid", None)
-    if grid is not None and grid <= min(hw.mesh_cols, hw.mesh_rows):
+    if grid is not None and grid <= min(hw.mesh_cols, hw.mesh_rows) and hw.repair() is None:
         # Cores outside the grid take no part: simulate the grid alone (same cycles, less memory).
+        # Not with defects: they are drawn on the whole wafer, whose repair the grid's corner sees.
         hw = hw.with_overrides({"mesh_cols": grid, "mesh_rows": grid})
     return hw
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wse_sim.defects import bytes_hops
 from wse_sim.fabric import Mesh
 from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Compute, Program, ProgramError, topological_order
@@ -49,6 +50,31 @@ def head_needs(task, events: list, beats: int, receive_cycles: int,
             if mesh.contains(*at):
                 out.append(((d.task, mesh.core(*at)), lead))
     return out
+
+
+class Hops:
+    """Physical hops of routes on the repaired mesh (`defects.Repair`): the reference engine's
+    copy of `fast_tasks.xhops` / `yhops` / `route_hops` / `line_hops` / `io_col`. Without
+    defects every count is the logical one."""
+
+    def __init__(self, hw: HardwareConfig):
+        rep = hw.repair()
+        self.rep = rep if rep is not None and rep.has_detours else None
+
+    def route(self, x0: int, y0: int, x1: int, y1: int) -> int:
+        if self.rep is None:
+            return abs(x1 - x0) + abs(y1 - y0)
+        return self.rep.route_hops(x0, y0, x1, y1)
+
+    def line(self, x0: int, y0: int, axis: str, step: int, j: int) -> int:
+        """From the first core of a line to its j-th core."""
+        if axis == "x":
+            return self.route(x0, y0, x0 + j * step, y0)
+        return self.route(x0, y0, x0, y0 + j * step)
+
+    def io_col(self, x: int, y: int) -> int:
+        """From the west edge of the physical mesh to core (x, y)."""
+        return x if self.rep is None else x + int(self.rep.px[y, x])
 
 
 def ensure_acyclic(program: Program) -> None:
@@ -196,7 +222,7 @@ class EngineResultBuilder:
             flops=self.flops, executed_flops=self.exec_flops, stream_flops=self.stream_flops,
             flops_by_dtype=dict(sorted(self.flops_by_dtype.items())),
             comm_bytes=self.comm_bytes, delivered_bytes=self.delivered,
-            bytes_hops=int(self.link_bytes.sum()), sram_traffic_bytes=self.sram_traffic,
+            bytes_hops=bytes_hops(hw, self.link_bytes), sram_traffic_bytes=self.sram_traffic,
             io_bytes=io, compute_cycles=cp_compute, comm_cycles=cp_comm,
             core_busy_cycles=busy, link_bytes=lb, link_busy_cycles=lbusy,
             sram_bytes=maps["sram_bytes"], colors=maps["colors"], ops=self.ops,

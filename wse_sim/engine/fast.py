@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from wse_sim.defects import bytes_hops, check_repairable
 from wse_sim.engine import fast_loops as L
 from wse_sim.engine import fast_queue as Q
 from wse_sim.engine import fast_sched as S
@@ -99,6 +100,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
               fast_forward: bool = True) -> SimResult:
     t0 = time.perf_counter()
     maps = check_fits(program, hw)
+    check_repairable(program, hw)
     ensure_acyclic(program)
     mesh = Mesh(hw.mesh_cols, hw.mesh_rows)
     tables = Tables(program, hw)
@@ -387,7 +389,7 @@ def _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm) ->
         flops=flops, executed_flops=exec_flops, stream_flops=stream_flops,
         flops_by_dtype=dict(sorted(by_dtype.items())),
         comm_bytes=int(st.state[S.S_COMM]), delivered_bytes=int(st.state[S.S_DELIV]),
-        bytes_hops=int(st.lbytes.sum()), sram_traffic_bytes=sram, io_bytes=io,
+        bytes_hops=bytes_hops(hw, st.lbytes), sram_traffic_bytes=sram, io_bytes=io,
         compute_cycles=cp_compute, comm_cycles=cp_comm,
         core_busy_cycles=st.busy.reshape(rows, cols),
         link_bytes=st.lbytes.reshape(rows, cols, 4),

@@ -56,6 +56,7 @@ from wse_sim.engine.fast_tasks import (
     kernel,
     n_anchors,
     ready_pred,
+    route_hops,
     sig_slot,
 )
 
@@ -158,7 +159,7 @@ def _wake(td, deps, rdeps, ib, hwc, tsk, cx, cy, at, pend, head, wheel, qtime, q
                 if i < 0:
                     break
                 j += 1
-                lead = hwc[H_SEND] + 2 * hwc[H_TR] + hwc[H_HOP] * (abs(ux - sx) + abs(uy - sy))
+                lead = hwc[H_SEND] + 2 * hwc[H_TR] + hwc[H_HOP] * route_hops(hwc, sx, sy, ux, uy)
                 queued += _count_off(ib[dt] + i, max(at - lead, now), pend, head, wheel,
                                      qtime, qnext, now, olast)
             continue

@@ -34,14 +34,25 @@ def _cycles(hw, t, q, f=0, rd=0, wr=0) -> int:
     return compute_cycles(hw, f, t.dtype, t.kind, q, rd, wr)
 
 
+def hardware_constants(hw: HardwareConfig) -> np.ndarray:
+    """The kernels' hardware constants (`fast_tasks.H_*`); with defects that detour some
+    route, the repair's detour prefix sums after them (`fast_tasks.xhops`, `yhops`)."""
+    cols, rows = hw.mesh_cols, hw.mesh_rows
+    head = [cols, rows, cols * rows, hw.ramp_latency_cycles, hw.hop_latency_cycles,
+            hw.stream_op_latency_cycles, hw.message_start_cycles, hw.message_receive_cycles]
+    rep = hw.repair()
+    if rep is None or not rep.has_detours:
+        return np.array(head + [0], np.int64)
+    return np.concatenate([np.array(head + [1], np.int64), rep.px.ravel(), rep.py.ravel()])
+
+
 class Tables:
     """A program as the scheduler sees it: task table, dependency table, id spaces."""
 
     def __init__(self, program: Program, hw: HardwareConfig):
         tasks = program.tasks
         nt = len(tasks)
-        cols, rows = hw.mesh_cols, hw.mesh_rows
-        tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
+        cols = hw.mesh_cols
         td = np.zeros((nt, K.NF), np.int64)
         dep_rows = []
         ib = np.zeros(nt + 1, np.int64)
@@ -143,9 +154,7 @@ class Tables:
         self.td, self.deps, self.rdeps, self.ib = td, deps, order.astype(np.int64), ib
         self.n_signals = sig
         self.n_instances = int(ib[-1])
-        self.hwc = np.array([cols, rows, cols * rows, tr, hop, hw.stream_op_latency_cycles,
-                             hw.message_start_cycles, hw.message_receive_cycles],
-                            np.int64)
+        self.hwc = hardware_constants(hw)
         self.cols = cols
         self.loops = program.loops
         # A link carries 4 bytes per wavelet; its bytes follow its busy cycles (4 per cycle)

@@ -72,9 +72,50 @@ NF = 33
 # columns of the dependency table (a task's head dependencies come after its others)
 D_TASK, D_RULE, D_DX, D_DY, D_OWNER, D_HEAD = 0, 1, 2, 3, 4, 5
 ND = 6
-# hardware constants
-H_COLS, H_ROWS, H_N, H_TR, H_HOP, H_OP, H_SEND, H_RECV = 0, 1, 2, 3, 4, 5, 6, 7
+# hardware constants; with defects (H_DET = 1) the detour prefix sums follow from H_PX:
+# `defects.Repair.px` at H_PX + y * cols + x, then `py` at H_PX + N + y * cols + x
+H_COLS, H_ROWS, H_N, H_TR, H_HOP, H_OP, H_SEND, H_RECV, H_DET, H_PX = range(10)
 EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
+
+
+@kernel(inline=True)
+def xhops(hwc, y, xa, xb):
+    """Physical hops between logical columns xa and xb of row y (defects.Repair.xhops)."""
+    h = abs(xb - xa)
+    if hwc[H_DET]:
+        b = H_PX + y * hwc[H_COLS]
+        h += abs(hwc[b + xb] - hwc[b + xa])
+    return h
+
+
+@kernel(inline=True)
+def yhops(hwc, x, ya, yb):
+    """Physical hops between logical rows ya and yb of column x (defects.Repair.yhops)."""
+    h = abs(yb - ya)
+    if hwc[H_DET]:
+        b, c = H_PX + hwc[H_N] + x, hwc[H_COLS]
+        h += abs(hwc[b + yb * c] - hwc[b + ya * c])
+    return h
+
+
+@kernel(inline=True)
+def route_hops(hwc, x0, y0, x1, y1):
+    """Physical hops of the dimension-order route from (x0, y0) to (x1, y1)."""
+    return xhops(hwc, y0, x0, x1) + yhops(hwc, x1, y0, y1)
+
+
+@kernel(inline=True)
+def io_col(hwc, x, y):
+    """Hops from the west edge to logical core (x, y): its physical column."""
+    return x + hwc[H_PX + y * hwc[H_COLS] + x] if hwc[H_DET] else x
+
+
+@kernel(inline=True)
+def line_hops(hwc, x0, y0, sx, sy, j):
+    """Physical hops from the first core of a line (step sx, sy) to its j-th core."""
+    if sx != 0:
+        return xhops(hwc, y0, x0, x0 + j * sx)
+    return yhops(hwc, x0, y0, y0 + j * sy)
 
 
 @kernel(inline=True)
@@ -310,19 +351,20 @@ def _res(td, t, i, hwc, rid, off, ln):
         x, y, tx, ty = unicast_ends(td, t, i)
         rid[0], off[0], ln[0] = 4 * n + y * cols + x, 0, b
         m = 1
-        h = 0
+        x0, y0 = x, y
         d, s = (EAST, 1) if tx > x else (WEST, -1)
         while x != tx:
-            rid[m], off[m], ln[m] = (y * cols + x) * 4 + d, tr + h * hop, b
+            rid[m], off[m], ln[m] = (y * cols + x) * 4 + d, tr + xhops(hwc, y, x0, x) * hop, b
             m += 1
-            h += 1
             x += s
+        hx = xhops(hwc, y0, x0, tx)
         d, s = (SOUTH, 1) if ty > y else (NORTH, -1)
         while y != ty:
+            h = hx + yhops(hwc, tx, y0, y)
             rid[m], off[m], ln[m] = (y * cols + x) * 4 + d, tr + h * hop, b
             m += 1
-            h += 1
             y += s
+        h = hx + yhops(hwc, tx, y0, ty)
         rid[m], off[m], ln[m] = 5 * n + ty * cols + tx, tr + h * hop, b
         return m + 1
     if k == K_IO:
@@ -336,9 +378,10 @@ def _res(td, t, i, hwc, rid, off, ln):
         m = 1
         for j in range(cnt - 1):
             c = (y0 + j * sy) * cols + x0 + j * sx
-            rid[m], off[m], ln[m] = c * 4 + d, tr + j * hop, b
+            rid[m], off[m], ln[m] = c * 4 + d, tr + line_hops(hwc, x0, y0, sx, sy, j) * hop, b
             c2 = (y0 + (j + 1) * sy) * cols + x0 + (j + 1) * sx
-            rid[m + 1], off[m + 1], ln[m + 1] = 5 * n + c2, tr + (j + 1) * hop, b
+            h2 = line_hops(hwc, x0, y0, sx, sy, j + 1)
+            rid[m + 1], off[m + 1], ln[m + 1] = 5 * n + c2, tr + h2 * hop, b
             m += 2
         return m
     # reduce: every stage takes the stream off the fabric, adds, puts it back on
@@ -346,17 +389,21 @@ def _res(td, t, i, hwc, rid, off, ln):
     stage = 2 * tr + hop + hwc[H_OP]
     rid[0], off[0], ln[0] = 4 * n + y0 * cols + x0, 0, length
     m = 1
+    h_prev = 0  # physical hops from the first core to core j - 1 (a stage's detour: hops)
     for j in range(1, cnt):
-        sp = (j - 1) * stage
+        h = line_hops(hwc, x0, y0, sx, sy, j)
+        sp = (j - 1) * stage + (h_prev - (j - 1)) * hop
+        lh = (h - h_prev) * hop  # this stage's link: 1 + its detour hops
         cp = (y0 + (j - 1) * sy) * cols + x0 + (j - 1) * sx
         c = (y0 + j * sy) * cols + x0 + j * sx
         rid[m], off[m], ln[m] = cp * 4 + d, sp + tr, length
-        rid[m + 1], off[m + 1], ln[m + 1] = 5 * n + c, sp + tr + hop, length
-        rid[m + 2], off[m + 2], ln[m + 2] = 6 * n + c, sp + 2 * tr + hop, length
+        rid[m + 1], off[m + 1], ln[m + 1] = 5 * n + c, sp + tr + lh, length
+        rid[m + 2], off[m + 2], ln[m + 2] = 6 * n + c, sp + 2 * tr + lh, length
         m += 3
         if j < cnt - 1:
-            rid[m], off[m], ln[m] = 4 * n + c, j * stage, length
+            rid[m], off[m], ln[m] = 4 * n + c, j * stage + (h - j) * hop, length
             m += 1
+        h_prev = h
     return m
 
 
@@ -372,24 +419,26 @@ def _multicast_res(td, t, hwc, rid, off, ln):
     rid[0], off[0], ln[0] = 4 * n + sy * cols + sx, 0, b
     m = 1
     for x in range(sx, max(x1, sx)):
-        rid[m], off[m], ln[m] = (sy * cols + x) * 4 + EAST, tr + (x - sx) * hop, b
+        rid[m], off[m], ln[m] = (sy * cols + x) * 4 + EAST, tr + xhops(hwc, sy, sx, x) * hop, b
         m += 1
     for x in range(sx, min(x0, sx), -1):
-        rid[m], off[m], ln[m] = (sy * cols + x) * 4 + WEST, tr + (sx - x) * hop, b
+        rid[m], off[m], ln[m] = (sy * cols + x) * 4 + WEST, tr + xhops(hwc, sy, sx, x) * hop, b
         m += 1
     south_end, north_end = max(y1, sy), min(y0, sy)
     for x in range(x0, x1 + 1):
-        base = abs(x - sx)
+        base = xhops(hwc, sy, sx, x)
         for y in range(sy, south_end):
-            rid[m], off[m], ln[m] = (y * cols + x) * 4 + SOUTH, tr + (base + y - sy) * hop, b
+            h = base + yhops(hwc, x, sy, y)
+            rid[m], off[m], ln[m] = (y * cols + x) * 4 + SOUTH, tr + h * hop, b
             m += 1
         for y in range(sy, north_end, -1):
-            rid[m], off[m], ln[m] = (y * cols + x) * 4 + NORTH, tr + (base + sy - y) * hop, b
+            h = base + yhops(hwc, x, sy, y)
+            rid[m], off[m], ln[m] = (y * cols + x) * 4 + NORTH, tr + h * hop, b
             m += 1
     for y in range(y0, y1 + 1):
         for x in range(x0, x1 + 1):
             if x != sx or y != sy:
-                h = abs(x - sx) + abs(y - sy)
+                h = route_hops(hwc, sx, sy, x, y)
                 rid[m], off[m], ln[m] = 5 * n + y * cols + x, tr + h * hop, b
                 m += 1
     return m
@@ -427,7 +476,7 @@ def _events(td, t, i, hwc, ex, ey, eoff):
     if k == K_UNICAST:
         x, y, tx, ty = unicast_ends(td, t, i)
         ex[0], ey[0], eoff[0] = x, y, tr + b - 1
-        h = abs(tx - x) + abs(ty - y)
+        h = route_hops(hwc, x, y, tx, ty)
         ex[1], ey[1], eoff[1] = tx, ty, 2 * tr + h * hop + b - 1
         return 2
     if k == K_MULTICAST or k == K_IO:
@@ -441,10 +490,10 @@ def _events(td, t, i, hwc, ex, ey, eoff):
             for x in range(x0, x0 + td[t, F_RC]):
                 if k == K_IO:  # P = (channel cycles, inward)
                     ex[m], ey[m] = x, y
-                    eoff[m] = sx + 2 * tr + x * hop if sy else sx
+                    eoff[m] = sx + 2 * tr + io_col(hwc, x, y) * hop if sy else sx
                     m += 1
                 elif x != sx or y != sy:
-                    h = abs(x - sx) + abs(y - sy)
+                    h = route_hops(hwc, sx, sy, x, y)
                     ex[m], ey[m], eoff[m] = x, y, 2 * tr + h * hop + b - 1
                     m += 1
         return m
@@ -454,11 +503,12 @@ def _events(td, t, i, hwc, ex, ey, eoff):
     if k == K_BCAST:
         eoff[0] = tr + b - 1
         for j in range(1, cnt):
-            eoff[j] = 2 * tr + j * hop + b - 1
+            eoff[j] = 2 * tr + line_hops(hwc, x0, y0, sx, sy, j) * hop + b - 1
         return cnt
     pace = td[t, F_P + 2]
     stage = 2 * tr + hop + hwc[H_OP]
     eoff[0] = tr + (b - 1) * pace
     for j in range(1, cnt):
-        eoff[j] = j * stage + (tr if j < cnt - 1 else 0) + (b - 1) * pace
+        detour = (line_hops(hwc, x0, y0, sx, sy, j) - j) * hop
+        eoff[j] = j * stage + detour + (tr if j < cnt - 1 else 0) + (b - 1) * pace
     return cnt

@@ -22,8 +22,10 @@ import time
 import numpy as np
 import simpy
 
+from wse_sim.defects import check_repairable
 from wse_sim.engine.common import (
     EngineResultBuilder,
+    Hops,
     deps_needed,
     ensure_acyclic,
     head_needs,
@@ -73,6 +75,7 @@ class Instance:
 def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instance]]:
     """Turn every task record into its instances, routes resolved hop by hop."""
     tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    hops = Hops(hw)
     out = []
     for ti, t in enumerate(program.tasks):
         insts = []
@@ -104,11 +107,12 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
                 src, dst = mesh.core(x, y), mesh.core(tx, ty)
                 inst.core = src
                 inst.res.append((mesh.ramp_on(src), 0, b))
-                for k, (hx, hy, d) in enumerate(route):
-                    inst.res.append((mesh.link(hx, hy, d), tr + k * hop, b))
-                inst.res.append((mesh.ramp_off(dst), tr + len(route) * hop, b))
+                for hx, hy, d in route:  # link k after the physical hops before it
+                    inst.res.append((mesh.link(hx, hy, d), tr + hops.route(x, y, hx, hy) * hop, b))
+                h = hops.route(x, y, tx, ty)
+                inst.res.append((mesh.ramp_off(dst), tr + h * hop, b))
                 inst.events.append((src, tr + b - 1))
-                inst.events.append((dst, 2 * tr + len(route) * hop + b - 1))
+                inst.events.append((dst, 2 * tr + h * hop + b - 1))
                 insts.append(inst)
         elif isinstance(t, Multicast):
             b = stream_beats(hw, t.wavelets)
@@ -121,18 +125,19 @@ def expand(program: Program, hw: HardwareConfig, mesh: Mesh) -> list[list[Instan
             src = mesh.core(sx, sy)
             inst.core = src
             inst.res.append((mesh.ramp_on(src), 0, b))
-            for hx, hy, d, depth in links:
-                inst.res.append((mesh.link(hx, hy, d), tr + depth * hop, b))
+            for hx, hy, d, _depth in links:  # the tree's depth in physical hops
+                inst.res.append((mesh.link(hx, hy, d), tr + hops.route(sx, sy, hx, hy) * hop, b))
             inst.events.append((src, tr + b - 1))
-            for dx, dy, h in dests:
+            for dx, dy, _h in dests:
+                h = hops.route(sx, sy, dx, dy)
                 inst.res.append((mesh.ramp_off(mesh.core(dx, dy)), tr + h * hop, b))
                 inst.events.append((mesh.core(dx, dy), 2 * tr + h * hop + b - 1))
             insts.append(inst)
         elif isinstance(t, IoTransfer):
-            insts.append(_io_instance(t, ti, hw, mesh))
+            insts.append(_io_instance(t, ti, hw, mesh, hops))
         elif isinstance(t, LineStream):
             for rank, line in enumerate(t.lines()):
-                insts.append(_line_instance(t, ti, rank, line, hw, mesh))
+                insts.append(_line_instance(t, ti, rank, line, hw, mesh, hops))
         if isinstance(t, Unicast | Multicast | LineStream):
             for inst in insts:
                 _message_costs(inst, hw, root_only=isinstance(t, LineStream) and t.reduce)
@@ -153,9 +158,10 @@ def _message_costs(inst: Instance, hw: HardwareConfig, root_only: bool) -> None:
                    for k, (core, off) in enumerate(inst.events)]
 
 
-def _io_instance(t: IoTransfer, ti: int, hw, mesh) -> Instance:
+def _io_instance(t: IoTransfer, ti: int, hw, mesh, hops: Hops) -> Instance:
     """The I/O channel busy for the bytes; 'in' reaches core (x, y) of the region after the
-    channel time, the ramps and x hops from the west edge; 'out' has left at the channel end."""
+    channel time, the ramps and x hops from the west edge (its physical column, with defects);
+    'out' has left at the channel end."""
     tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
     cyc = io_cycles(hw, t.bytes)
     inst = Instance(ti, 0)
@@ -164,14 +170,15 @@ def _io_instance(t: IoTransfer, ti: int, hw, mesh) -> Instance:
     inst.io_bytes = t.bytes
     for x, y in r.cells():
         inst.needs.extend(deps_needed(t, x, y, mesh))
-        at = cyc + 2 * tr + x * hop if t.direction == "in" else cyc
+        at = cyc + 2 * tr + hops.io_col(x, y) * hop if t.direction == "in" else cyc
         inst.events.append((mesh.core(x, y), at))
     inst.res.append((mesh.io, 0, cyc))
     return inst
 
 
-def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instance:
-    """A broadcast or a reduce running along one line of cores."""
+def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh, hops: Hops) -> Instance:
+    """A broadcast or a reduce running along one line of cores; `lh[k]`: physical hops from
+    the first core to the k-th (k with no detour)."""
     tr, hop, op = hw.ramp_latency_cycles, hw.hop_latency_cycles, hw.stream_op_latency_cycles
     b = stream_beats(hw, t.wavelets)
     inst = Instance(ti, rank)
@@ -179,15 +186,16 @@ def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instanc
     x0, y0 = line[0]
     cores = [mesh.core(x, y) for x, y in line]
     inst.core = cores[0]
-    hops = line_hops(x0, y0, t.axis, t.direction, len(line) - 1)
+    links = line_hops(x0, y0, t.axis, t.direction, len(line) - 1)
+    lh = [hops.line(x0, y0, t.axis, t.direction, k) for k in range(len(line))]
     if not t.reduce:
         inst.needs = deps_needed(t, x0, y0, mesh)
         inst.res.append((mesh.ramp_on(cores[0]), 0, b))
         inst.events.append((cores[0], tr + b - 1))
-        for k, (hx, hy, d) in enumerate(hops):
-            inst.res.append((mesh.link(hx, hy, d), tr + k * hop, b))
-            inst.res.append((mesh.ramp_off(cores[k + 1]), tr + (k + 1) * hop, b))
-            inst.events.append((cores[k + 1], 2 * tr + (k + 1) * hop + b - 1))
+        for k, (hx, hy, d) in enumerate(links):
+            inst.res.append((mesh.link(hx, hy, d), tr + lh[k] * hop, b))
+            inst.res.append((mesh.ramp_off(cores[k + 1]), tr + lh[k + 1] * hop, b))
+            inst.events.append((cores[k + 1], 2 * tr + lh[k + 1] * hop + b - 1))
         return inst
     pace = reduce_pace(hw, t.dtype)
     length = b * pace
@@ -198,18 +206,20 @@ def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instanc
     inst.res.append((mesh.ramp_on(cores[0]), 0, length))
     inst.events.append((cores[0], tr + (b - 1) * pace))
     last = len(line) - 1
-    for i in range(1, len(line)):
-        s_prev = (i - 1) * stage
-        hx, hy, d = hops[i - 1]
+    for i in range(1, len(line)):  # stage i starts at (i - 1) stages and the detours before
+        s_prev = (i - 1) * stage + (lh[i - 1] - (i - 1)) * hop
+        s_i = i * stage + (lh[i] - i) * hop
+        link = (lh[i] - lh[i - 1]) * hop  # one hop, and this link's detour
+        hx, hy, d = links[i - 1]
         inst.res.append((mesh.link(hx, hy, d), s_prev + tr, length))
-        inst.res.append((mesh.ramp_off(cores[i]), s_prev + tr + hop, length))
-        inst.res.append((mesh.compute(cores[i]), s_prev + 2 * tr + hop, length))
+        inst.res.append((mesh.ramp_off(cores[i]), s_prev + tr + link, length))
+        inst.res.append((mesh.compute(cores[i]), s_prev + 2 * tr + link, length))
         inst.stream_flops += values
         if i < last:
-            inst.res.append((mesh.ramp_on(cores[i]), i * stage, length))
-            inst.events.append((cores[i], i * stage + tr + (b - 1) * pace))
+            inst.res.append((mesh.ramp_on(cores[i]), s_i, length))
+            inst.events.append((cores[i], s_i + tr + (b - 1) * pace))
         else:
-            inst.events.append((cores[i], i * stage + (b - 1) * pace))
+            inst.events.append((cores[i], s_i + (b - 1) * pace))
     inst.dtype = t.dtype
     return inst
 
@@ -217,6 +227,7 @@ def _line_instance(t: LineStream, ti: int, rank: int, line, hw, mesh) -> Instanc
 def simulate_reference(program: Program, hw: HardwareConfig) -> object:
     """Run `program` on `hw` with SimPy; returns a `SimResult`."""
     maps = check_fits(program, hw)
+    check_repairable(program, hw)
     ensure_acyclic(program)
     mesh = Mesh(hw.mesh_cols, hw.mesh_rows)
     instances = expand(program, hw, mesh)

@@ -133,7 +133,13 @@ class SimResult:
             "power_dynamic_w": watts(e["dynamic"]),
             "energy_per_token_j": e["total"] / self.tokens if self.tokens else 0.0,
             "dtype": self.dtype,
+            **self._defects(),
         }
+
+    def _defects(self) -> dict:
+        """`defects`: the repaired wafer's counts (`defects.Repair.summary`), with defects only."""
+        rep = self.hardware.repair()
+        return {"defects": rep.summary()} if rep is not None else {}
 
     def busy_fraction(self) -> float:
         """Mean core busy cycles / total cycles over the cores used."""

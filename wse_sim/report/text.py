@@ -234,6 +234,13 @@ def format_report(result, title: str = "") -> str:
                        else "") + _loops(s) + ")"),
         ("time", f"{s['cycles']:,} cycles = {human(s['seconds'], 's')}"),
     ]
+    if "defects" in s:
+        d = s["defects"]
+        rows.insert(1, ("defects", f"{d['defective_cores']:,} of {d['physical_mesh'][0]} x "
+                                   f"{d['physical_mesh'][1]} physical cores, {d['rows_retired']} "
+                                   f"rows retired, {d['spare_cores_used']:,} spare-column cores "
+                                   f"and {d['spare_rows_used']} spare rows used; usable "
+                                   f"{d['usable_mesh'][0]} x {d['usable_mesh'][1]}"))
     mapping = mapping_line(result.meta or {})
     if mapping:
         rows.insert(2, ("mapping", mapping))
