@@ -40,7 +40,7 @@ def _case(preset: str, model: str, prompt: int, grid: int, model_set, layout: st
             "sram_bytes_per_core": sum(program.meta["sram_buffers_per_core"].values()),
             "build_s": round(t1 - t0, 2), "simulate_s": round(time.perf_counter() - t1, 2),
             "loop_iterations_skipped": s.get("loop_iterations_skipped", 0),
-            "gemm_algos": program.meta.get("gemm_algos")}
+            "gemm_algo": program.meta.get("gemm_algo")}
 
 
 def main(argv=None) -> None:

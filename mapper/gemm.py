@@ -54,7 +54,7 @@ from wse_sim.timing import (
 FRAGMENT_ALGOS = ("summa", "cannon", "meshgemm")  # the 2-D algorithms a layout can compose
 
 __all__ = ["FRAGMENT_ALGOS", "GEMM_ALGOS", "GEMV_ALGOS", "build_gemm", "choose_gemm_algo",
-           "gemm_fragment", "build_gemv", "gemm_closed_form",
+           "fragment_buffers", "gemm_fragment", "prealigned_b", "build_gemv", "gemm_closed_form",
            "gemm_colors", "gemm_inputs", "gemm_output", "gemm_sram_bytes", "gemv_closed_form",
            "gemv_inputs", "gemv_output", "ring_order", "tree_groups"]
 
@@ -137,22 +137,50 @@ def build_gemm(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: i
 
 def gemm_fragment(pb: ProgramBuilder, algo: str, hw: HardwareConfig, *, grid: int, m: int,
                   k: int, n: int, dtype: str, label: str, start: tuple = (),
-                  skew_b: bool = False) -> tuple[Plan, tuple[Dep, ...]]:
+                  skew_b: bool = False, names: dict | None = None) -> tuple[Plan, tuple[Dep, ...]]:
     """C = A B emitted into `pb` as part of a larger program (a whole-model layout): the same
     records as `build_gemm` on the grid x grid region at the origin, named `label`.<part>,
     the first ones waiting for `start`; nothing allocated (the caller budgets the SRAM: the
     plan's `buffers()`), B taken as stored pre-aligned unless `skew_b` (a resident weight is
     aligned once, when it is loaded; A, an activation, is aligned every time). Returns the
     plan and the dependencies that a consumer of C on the whole region waits for (the last
-    step's multiply; SUMMA's last step is up to four quadrant records: all of each)."""
+    step's multiply; SUMMA's last step is up to four quadrant records: all of each). The
+    first step's multiply writes C rather than adding to it (C may hold an earlier result).
+    `names` (a functional run): the caller's buffer for each of the plan's buffers (`a0`,
+    `b1`, `c`, ...; `fragment_weight_buffer` says which one holds the pre-aligned B)."""
     if algo not in FRAGMENT_ALGOS:
         raise ValueError(f"gemm algo: got {algo!r}, must be one of {', '.join(FRAGMENT_ALGOS)}")
     plan = Plan("gemm", algo, grid, m, k, n, dtype)
-    ctx = Ctx.fragment(plan, hw, pb, label, start, skew_b)
+    ctx = Ctx.fragment(plan, hw, pb, label, start, skew_b, names)
     BUILDERS[algo](ctx)
     if len(ctx.last) == 1:
         return plan, (Dep(ctx.last[0]),)
     return plan, tuple(Dep(t, "all") for t in ctx.last)
+
+
+def fragment_buffers(algo: str) -> dict[str, str]:
+    """A fragment's buffers by role: `a` (A, aligned in place or into `a_step`), `b` (the
+    pre-aligned B its first multiply reads), the scratch ones and `c`."""
+    if algo == "summa":
+        return {"a": "a", "b": "b", "scratch": ("abuf0", "abuf1", "bbuf0", "bbuf1"), "c": "c"}
+    if algo == "cannon":  # the skew rotates a0 in place; step 0 reads a0, b0
+        return {"a": "a0", "b": "b0", "scratch": ("a1", "b1"), "c": "c"}
+    # meshgemm: the alignment copies a0 into a1; step 0 reads a1, b1
+    return {"a": "a0", "b": "b1", "scratch": ("a1", "b0"), "c": "c"}
+
+
+def prealigned_b(algo: str, Bt: np.ndarray) -> np.ndarray:
+    """B's blocks Bt[K block, N block] (P, P, kt, nt) as the cores hold them for a fragment
+    (`skew_b=False`): [row y, column x] of the grid; SUMMA natural, Cannon and MeshGEMM
+    pre-aligned (logical (lx, ly) holds B(lx + ly, lx), on MeshGEMM's rings)."""
+    P = Bt.shape[0]
+    if algo == "summa":
+        return np.ascontiguousarray(Bt)
+    o = np.array(ring_order(P) if algo == "meshgemm" else list(range(P)))
+    ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
+    b = np.empty_like(Bt)
+    b[o[ly], o[lx]] = Bt[(lx + ly) % P, lx]
+    return b
 
 
 def gemm_estimate_cycles(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: int,

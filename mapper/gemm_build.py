@@ -89,7 +89,8 @@ def build_summa(ctx: Ctx) -> None:
             for tb, y0, y1 in bh:
                 reg = Region(x0, y0, x1 - x0 + 1, y1 - y0 + 1)
                 comps[s].append(_gemm_compute(ctx, "summa.gemm", reg, f"abuf{q}", f"bbuf{q}",
-                                              [Dep(ta), Dep(tb)]))
+                                              [Dep(ta), Dep(tb)],
+                                              accumulate=ctx.accumulates(s)))
     ctx.last = comps[P - 1]
 
 
@@ -121,7 +122,8 @@ def build_cannon(ctx: Ctx) -> None:
         q = s % 2
         prev = ids.get(s - 1)
         deps = start if prev is None else [Dep(prev[1]), Dep(prev[2]), Dep(prev[0])]
-        comp = _gemm_compute(ctx, "cannon.gemm", R, f"a{q}", f"b{q}", deps)
+        comp = _gemm_compute(ctx, "cannon.gemm", R, f"a{q}", f"b{q}", deps,
+                             accumulate=ctx.accumulates(s))
         if s == P - 1:
             ids[s] = (comp,)
             ctx.last = [comp]
@@ -198,7 +200,8 @@ def build_meshgemm(ctx: Ctx) -> None:
         q = (s + base) % 2
         prev = ids.get(s - 1)
         deps = start if prev is None else [Dep(prev[1]), Dep(prev[2]), Dep(prev[0])]
-        comp = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps)
+        comp = _gemm_compute(ctx, "meshgemm.gemm", R, f"a{q}", f"b{q}", deps,
+                             accumulate=ctx.accumulates(s))
         if s == P - 1:
             ids[s] = (comp,)
             ctx.last = [comp]

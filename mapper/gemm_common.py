@@ -219,11 +219,19 @@ class Ctx:
 
     @classmethod
     def fragment(cls, plan: Plan, hw: HardwareConfig, pb: ProgramBuilder, label: str,
-                 start: tuple = (), skew_b: bool = False) -> Ctx:
-        ctx = cls(plan, hw, False)
+                 start: tuple = (), skew_b: bool = False, names: dict | None = None) -> Ctx:
+        """`names`: the caller's buffer for each of the plan's (a0, b1, c, ...); given, the
+        records carry DataOps on them (a functional run)."""
+        ctx = cls(plan, hw, names is not None)
         ctx.pb, ctx.label, ctx.start = pb, label, tuple(start)
         ctx.skew_a, ctx.skew_b, ctx.allocates = plan.skew, skew_b and plan.skew, False
+        ctx.names = dict(names or {})
         return ctx
+
+    def accumulates(self, step: int) -> bool:
+        """Whether step `step`'s multiply adds into C: a fragment's first one writes C (its C
+        buffer may hold an earlier result), a whole program's C starts at zero."""
+        return self.allocates or step > 0
 
     def op(self, name: str) -> str:
         """A record's name: `name` is '<algo>.<part>'; a fragment's are '<label>.<part>'."""
@@ -235,7 +243,9 @@ class Ctx:
     def data(self, kernel: str, inputs: tuple, output: str, **params) -> DataOp | None:
         if not self.functional:
             return None
-        return DataOp(kernel, tuple(inputs), output, tuple(sorted(params.items())))
+        names = getattr(self, "names", {})
+        return DataOp(kernel, tuple(names.get(n, n) for n in inputs), names.get(output, output),
+                      tuple(sorted(params.items())))
 
     def alloc(self, name: str, region: Region | None = None) -> None:
         if not self.allocates:

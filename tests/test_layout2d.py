@@ -2,18 +2,19 @@
 fast engine equals the reference to the cycle, FLOPs and SRAM add up, the GEMM fragments are
 the GEMM library's records, and what the layout does not map is refused in one line."""
 
-import math
 
 import pytest
 
 from mapper.gemm import build_gemm, choose_gemm_algo, gemm_estimate_cycles, gemm_fragment
 from mapper.placement import MappingError
+from mapper.strategies import layout2d_data
 from mapper.strategies.layout2d import Tiles, gemm_shapes
 from workloads.models import load_model
 from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.engine.fast import simulate_fast
 from wse_sim.experiment import build_program
+from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import ConfigError, load_preset
 from wse_sim.program import ProgramBuilder
 
@@ -72,13 +73,22 @@ def test_sram_budget_is_the_tiles():
     b = p.meta["sram_buffers_per_core"]
     t = Tiles.of(load_model("tiny-llama"), 16, 64)
     assert (t.tm, t.d, t.q, t.qkv, t.ffn, t.f) == (4, 4, 4, 8, 24, 12)
-    # two layers of weight tiles (fp16) plus the layer's norm gains spread over the region
-    per_layer = (4 * 8 + 4 * 4 + 4 * 24 + 12 * 4) * 2 + math.ceil(128 / 256) * 2
+    # two layers of weight tiles (fp16) and RMSNorm gains (one row of d / P per norm)
+    per_layer = (4 * 8 + 4 * 4 + 4 * 24 + 12 * 4) * 2 + 2 * 4 * 2
     assert b["weights"] == 2 * per_layer
     assert b["kv_cache"] == 2 * 4 * 8 * 2
     assert sum(b.values()) <= MESH16.sram_bytes
     allocated = {a.name: a.bytes_per_core for a in p.allocs}
     assert sum(allocated.values()) == sum(b.values())
+
+
+def test_functional_tiles_fit_the_timing_budget():
+    """A functional run's tiles are views into one allocation of the timing model's total;
+    on tiny-llama they need no byte more."""
+    p = _2d(MESH16, prompt=64, functional=True)
+    assert p.meta["sram_extra_bytes"] == 0
+    assert [a.bytes_per_core for a in p.allocs if not a.shape] == \
+        [sum(p.meta["sram_buffers_per_core"].values())]
 
 
 def test_two_d_beats_the_top_row_layout_on_a_prefill():
@@ -109,16 +119,45 @@ def test_auto_picks_the_least_estimate():
     hw = load_preset("wse2")
     est = {a: gemm_estimate_cycles(a, hw, **kw) for a in ("summa", "cannon", "meshgemm")}
     assert choose_gemm_algo(hw, **kw) == min(est, key=est.get)
+    # the layout takes one algorithm for all its GEMMs: the least sum of their estimates
     p = _2d(MESH16, prompt=64)
-    for label, (m, k, n, _) in gemm_shapes(load_model("tiny-llama"), 64).items():
-        want = choose_gemm_algo(MESH16, grid=16, m=m, k=k, n=n, dtype="fp16")
-        assert p.meta["gemm_algos"][label] == want
+    shapes = gemm_shapes(load_model("tiny-llama"), 64, 16).values()
+    total = {a: sum(gemm_estimate_cycles(a, MESH16, grid=16, m=m, k=k, n=n, dtype="fp16")
+                    for m, k, n, _ in shapes) for a in ("summa", "cannon", "meshgemm")}
+    assert p.meta["gemm_algo"] == min(total, key=total.get)
+
+
+FUNCTIONAL = [("tiny-llama", "meshgemm", "fp32", 1, 16), ("tiny-llama", "cannon", "fp16", 2, 20),
+              ("tiny-llama", "summa", "bf16", 1, 24), ("tiny", "meshgemm", "fp16", 3, 12),
+              ("tiny", "cannon", "fp32", 1, 16), ("tiny", "summa", "fp16", 2, 10)]
+
+
+@pytest.mark.parametrize("model,algo,dtype,batch,prompt", FUNCTIONAL)
+def test_functional_logits_equal_numpy(model, algo, dtype, batch, prompt):
+    """The real arithmetic through every record of the layout (GEMM fragments, the gathers,
+    the diagonal multicasts, the masked scores, the online-softmax reduce, the LM head)
+    gives numpy's logits, for both model families, every algorithm and dtype."""
+    p = _2d(MESH8, model, gemm_algo=algo, dtype=dtype, batch=batch, prompt=prompt,
+            functional=True, strategy="weight-streaming" if batch == 2 else "layer-sequential")
+    inputs, want = layout2d_data.random_case(p, load_model(model), seed=1)
+    got = layout2d_data.model_logits(p, run_functional(p, MESH8, inputs))
+    rep = error_report(got, want, dtype)
+    assert rep["ok"], rep
+
+
+def test_functional_check_can_fail():
+    """A wrong tile (one weight block of one layer zeroed) is caught."""
+    p = _2d(MESH8, "tiny-llama", prompt=16, functional=True)
+    inputs, want = layout2d_data.random_case(p, load_model("tiny-llama"), seed=1)
+    inputs["L1.ffn_down.w"][3, 5] = 0.0
+    got = layout2d_data.model_logits(p, run_functional(p, MESH8, inputs))
+    assert not error_report(got, want, "fp16")["ok"]
 
 
 @pytest.mark.parametrize("kw,exc,text", [
     ({"phase": "decode"}, NotImplementedError, "prefill only"),
     ({"phase": "train"}, NotImplementedError, "prefill only"),
-    ({"functional": True}, NotImplementedError, "functional"),
+    ({"functional": True, "prompt": 1}, NotImplementedError, "1 token"),
     ({"chunks": 2}, NotImplementedError, "chunks"),
     ({"sparsity": 0.5}, NotImplementedError, "sparse"),
     ({"weights_dtype": "int8"}, NotImplementedError, "per-tensor"),
@@ -166,4 +205,4 @@ def test_cli_runs_the_layout(capsys):
                "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc in (0, None)
-    assert out["layout"] == "2d" and set(out["gemm_algos"].values()) == {"cannon"}
+    assert out["layout"] == "2d" and out["gemm_algo"] == "cannon"

@@ -24,7 +24,8 @@ region and every projection is a 2-D GEMM of the GEMM library (`mapper.gemm.gemm
   (the head's columns are somewhere along the row: at most P - 1 hops more than needed), the
   column multicasts end in a barrier, and every key block is computed (the graph counts
   non-causal attention FLOPs too).
-- The KV cache stays where the QKV GEMM left it; the LM head takes the last token of every
+- Each layer's keys and values are kept where the QKV GEMM computed them (a local copy out of
+  its C tile, which the next layer reuses); the LM head takes the last token of every
   sequence to the top row and runs as in the top-row layout (`emit_lm_head`).
 
 Executed FLOPs follow the tiles (padding included, as in `mapper.gemm`): `meta` gives
@@ -37,7 +38,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mapper.gemm import FRAGMENT_ALGOS, choose_gemm_algo, gemm_fragment
+from mapper.gemm import (
+    FRAGMENT_ALGOS,
+    fragment_buffers,
+    gemm_estimate_cycles,
+    gemm_fragment,
+    ring_order,
+)
 from mapper.placement import MappingError
 from mapper.strategies.common import (
     Run,
@@ -55,6 +62,7 @@ from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.precision import Precision
 from wse_sim.program import (
     Compute,
+    DataOp,
     Dep,
     IoTransfer,
     LineStream,
@@ -80,25 +88,29 @@ class Tiles:
     d: int     # model features per column
     q: int     # attention output (n_heads x hd) features per column
     qkv: int   # Q|K|V features per column
-    ffn: int   # FFN hidden features per column (up|gate: twice for SwiGLU)
+    ffn: int   # FFN up (| gate) features per column: [up | gate] of f for SwiGLU
     f: int     # FFN features per column (the down projection's K tile)
 
     @classmethod
     def of(cls, cfg: GPTConfig, P: int, tokens: int) -> Tiles:
-        up = cfg.d_ffn * (2 if cfg.activation == "swiglu" else 1)
         c = math.ceil
+        f = c(cfg.d_ffn / P)
         return cls(P, c(tokens / P), c(cfg.d_model / P), c(cfg.q_dim / P),
-                   c((cfg.q_dim + 2 * cfg.kv_dim) / P), c(up / P), c(cfg.d_ffn / P))
+                   c((cfg.q_dim + 2 * cfg.kv_dim) / P), f * (2 if cfg.activation == "swiglu"
+                                                             else 1), f)
 
 
-def gemm_shapes(cfg: GPTConfig, tokens: int) -> dict[str, tuple[int, int, int, tuple]]:
-    """The layer's GEMMs: label -> (m, k, n, the graph ops they compute)."""
-    up = cfg.d_ffn * (2 if cfg.activation == "swiglu" else 1)
-    ups = ("ffn_up", "ffn_gate") if cfg.activation == "swiglu" else ("ffn_up",)
+def gemm_shapes(cfg: GPTConfig, tokens: int, P: int) -> dict[str, tuple[int, int, int, tuple]]:
+    """The layer's GEMMs: label -> (m, k, n, the graph ops they compute). FFN up | gate is
+    one GEMM whose column block x is [up | gate] of the same f / P features (n padded to
+    whole blocks), so that SwiGLU is local."""
+    f_t = math.ceil(cfg.d_ffn / P)
+    swiglu = cfg.activation == "swiglu"
+    ups = ("ffn_up", "ffn_gate") if swiglu else ("ffn_up",)
     return {"qkv_proj": (tokens, cfg.d_model, cfg.q_dim + 2 * cfg.kv_dim,
                          ("q_proj", "k_proj", "v_proj")),
             "o_proj": (tokens, cfg.q_dim, cfg.d_model, ("o_proj",)),
-            "ffn_up": (tokens, cfg.d_model, up, ups),
+            "ffn_up": (tokens, cfg.d_model, 2 * f_t * P if swiglu else cfg.d_ffn, ups),
             "ffn_down": (tokens, cfg.d_ffn, cfg.d_model, ("ffn_down",))}
 
 
@@ -117,9 +129,6 @@ def _refuse(run: Run, functional: bool) -> None:
         raise NotImplementedError(f"layout 2d: maps prefill only, not {run.phase} (decode "
                                   "runs GEMVs: the top-row layout; training in the 2-D "
                                   "layout is issue 18 item 2)")
-    if functional:
-        raise NotImplementedError("layout 2d: functional runs are not mapped yet (no DataOps "
-                                  "for its tiles); time it without --functional")
     if cfg.is_moe:
         raise NotImplementedError(f"layout 2d: MoE models ({cfg.name}) are not mapped")
     if run.chunks > 1:
@@ -131,6 +140,9 @@ def _refuse(run: Run, functional: bool) -> None:
     if run.precision != Precision.of(run.dtype):
         raise NotImplementedError("layout 2d: per-tensor dtypes are not mapped (the GEMM "
                                   f"fragments run in one dtype, {run.dtype})")
+    if functional and run.prompt < 2:
+        raise NotImplementedError("layout 2d: a functional prefill of 1 token is not mapped "
+                                  "(the LM head selects the last token of each sequence)")
     if run.attention != "auto":
         raise MappingError(f"attention: got {run.attention!r}; the 2-D layout has its own "
                            "attention split (keys over columns, queries over rows)")
@@ -139,32 +151,43 @@ def _refuse(run: Run, functional: bool) -> None:
         raise MappingError(f"layout 2d: needs a grid of at least 2 x 2 cores, got {P} x {P}")
 
 
-def algos_for(run: Run, P: int, gemm_algo: str) -> dict[str, str]:
-    """The algorithm of each of the layer's GEMMs (`auto`: the least estimate)."""
-    out = {}
-    for label, (m, k, n, _) in gemm_shapes(run.cfg, run.tokens).items():
-        out[label] = gemm_algo if gemm_algo != "auto" else choose_gemm_algo(
-            run.hw, grid=P, m=m, k=k, n=n, dtype=run.dtype)
-    return out
+def choose_algo(run: Run, P: int, gemm_algo: str) -> str:
+    """The layers' GEMM algorithm: the one given, or (`auto`) the least sum of the layer's
+    GEMM estimates. One for all of them: MeshGEMM leaves C on its rings, the others in the
+    natural layout, and the activations stay where the GEMMs leave them."""
+    if gemm_algo != "auto":
+        return gemm_algo
+    shapes = gemm_shapes(run.cfg, run.tokens, P).values()
+    est = {a: sum(gemm_estimate_cycles(a, run.hw, grid=P, m=m, k=k, n=n, dtype=run.dtype)
+                  for m, k, n, _ in shapes) for a in FRAGMENT_ALGOS}
+    return min(FRAGMENT_ALGOS, key=lambda a: (est[a], FRAGMENT_ALGOS.index(a)))
 
 
-def buffers_2d(run: Run, t: Tiles, algos: dict, streaming: bool) -> dict[str, int]:
-    """SRAM bytes per buffer class on the fullest core."""
+def gemm_plans(run: Run, P: int, algo: str) -> dict:
     from mapper.gemm_common import Plan
-    cfg, b, P = run.cfg, run.bytes, t.P
+    return {label: Plan("gemm", algo, P, m, k, n, run.dtype)
+            for label, (m, k, n, _) in gemm_shapes(run.cfg, run.tokens, P).items()}
+
+
+def buffers_2d(run: Run, t: Tiles, algo: str, streaming: bool) -> dict[str, int]:
+    """SRAM bytes per buffer class on the fullest core (the tiles of layout2d_data)."""
+    cfg, b, P, hd, tm = run.cfg, run.bytes, t.P, run.cfg.hd, t.tm
     acc = DTYPE_BYTES[run.precision.accum]
     L = cfg.n_layers
+    norms = (1 if cfg.norm == "rmsnorm" else 2) * t.d * b
     per_layer = (t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d) * run.weight_bytes \
-        + math.ceil(cfg.layer_small_params() / (P * P)) * b
-    scratch = max(Plan("gemm", algos[label], P, m, k, n, run.dtype).sram_bytes()
-                  for label, (m, k, n, _) in gemm_shapes(cfg, run.tokens).items())
-    hd = cfg.hd
+        + 2 * norms
+    scratch = sum(sum(v[2] for k, v in plan.buffers().items()
+                      if k in fragment_buffers(algo)["scratch"])
+                  for plan in gemm_plans(run, P, algo).values())
     out = {
         "weights": per_layer * (2 if streaming else L),
-        "activations": t.tm * (2 * t.d + t.qkv + t.q + t.ffn) * b,
+        "activations": tm * (2 * t.d + t.q + t.f) * b + tm * 2 * 4,
+        "gemm_c": tm * (t.qkv + 2 * t.d + t.ffn) * acc,
         "gemm_scratch": scratch,
-        "attention": t.tm * 3 * hd * b + t.tm * t.tm * acc + t.tm * hd * acc + 2 * t.tm * 4,
-        "kv_cache": L * t.tm * t.qkv * DTYPE_BYTES[run.precision.kv],
+        # K|V gathered and K|V of the column's key block, Q, the partial [o, m, l], O
+        "attention": tm * (4 * hd + hd + (hd + 2) + hd) * b + tm * (tm + 2) * acc,
+        "kv_cache": L * tm * t.qkv * DTYPE_BYTES[run.precision.kv],
         "table": math.ceil(run.table_bytes * (2 if streaming else 1) / (P * P)),
     }
     recv = head_tree_recv(run, Region(0, 0, P, P), 1)
@@ -172,11 +195,14 @@ def buffers_2d(run: Run, t: Tiles, algos: dict, streaming: bool) -> dict[str, in
 
 
 class Emitter:
-    """Emits the 2-D layout's records; tracks the graph ops covered and the FLOPs executed."""
+    """Emits the 2-D layout's records (with their DataOps when `fd`, a layout2d_data.Data2D,
+    is given); tracks the graph ops covered."""
 
-    def __init__(self, pb: ProgramBuilder, tp: TP2D, run: Run, t: Tiles, algos: dict):
-        self.pb, self.tp, self.run, self.t, self.algos = pb, tp, run, t, algos
+    def __init__(self, pb: ProgramBuilder, tp: TP2D, run: Run, t: Tiles, algo: str, fd=None):
+        self.pb, self.tp, self.run, self.t, self.algo, self.fd = pb, tp, run, t, algo, fd
         self.reg = Region(0, 0, t.P, t.P)
+        self.col0 = Region(0, 0, 1, t.P)
+        self.kv_bytes = DTYPE_BYTES[run.precision.kv]
 
     def sync(self, name: str, deps) -> int:
         """A zero-cycle join on core (0, 0) after every one of `deps` everywhere."""
@@ -184,108 +210,134 @@ class Emitter:
                                    deps=tuple(Dep(int(d), "all") for d in deps)))
 
     def gemm(self, i: int, label: str, start: tuple) -> tuple:
-        m, k, n, ops = gemm_shapes(self.run.cfg, self.run.tokens)[label]
-        plan, end = gemm_fragment(self.pb, self.algos[label], self.run.hw, grid=self.t.P, m=m,
-                                  k=k, n=n, dtype=self.run.dtype, label=f"L{i}.{label}",
-                                  start=start)
+        m, k, n, ops = gemm_shapes(self.run.cfg, self.run.tokens, self.t.P)[label]
+        names = None if self.fd is None else self.fd.gemm_names(i, label)
+        _, end = gemm_fragment(self.pb, self.algo, self.run.hw, grid=self.t.P, m=m, k=k, n=n,
+                               dtype=self.run.dtype, label=f"L{i}.{label}", start=start,
+                               names=names)
         self.tp.emitted.update(f"L{i}.{o}" for o in ops)
         return end
 
-    def tile_compute(self, name: str, flops_per_core: int, deps, *, fmac: bool,
-                     read: int = 0, write: int = 0, label: str | None = None) -> int:
-        """A per-head attention record on every core (its share of graph op `name`)."""
+    def tile_compute(self, name: str, region: Region, flops_per_core: int, deps, *,
+                     fmac: bool, read: int = 0, write: int = 0, label: str | None = None,
+                     data=None) -> int:
+        """A per-head attention record on every core of `region` (graph op `name`)."""
         self.tp.emitted.add(name)
-        n = self.reg.size
+        n = region.size
         dt = self.tp.prec.attention if fmac else self.tp.prec.vector
-        return self.pb.add(Compute(label or name, self.reg, flops_per_core * n, dt,
+        return self.pb.add(Compute(label or name, region, flops_per_core * n, dt,
                                    "fmac" if fmac else "vector", sram_read_bytes=read * n,
-                                   sram_write_bytes=write * n, deps=tuple(deps)))
+                                   sram_write_bytes=write * n, deps=tuple(deps), data=data))
 
     def row(self, name: str, values: int, deps, *, reduce: bool, color: str,
-            dtype: str | None = None) -> int:
+            dtype: str | None = None, data=None) -> int:
         """A stream along every row: a broadcast from column 0 (+1) or a reduce into it."""
-        dt = dtype or (self.tp.prec.vector if reduce else self.run.dtype)
+        dt = dtype or self.run.dtype
         return self.pb.add(LineStream(name, self.reg, "x", -1 if reduce else 1,
                                       wavelets_for(values, dt), reduce=reduce, dtype=dt,
-                                      color=COLORS[color], deps=tuple(deps)))
+                                      color=COLORS[color], deps=tuple(deps), data=data))
 
     # ---- attention ---------------------------------------------------------------------------
-    def attention(self, i: int, ready: int) -> list[int]:
+    def attention(self, i: int, ready: tuple) -> list[int]:
         """Every head's attention after `ready` (Q|K|V on every core); returns the records
         that leave each head's output in place (what the O projection waits for)."""
         cfg = self.run.cfg
         outs: list[int] = []
-        last = []  # the previous group's last record (its scratch and rows are free after it)
+        start = self.sync(f"L{i}.attn.start", [d.task for d in ready])
+        last = [start]  # the previous group's last record (its scratch and rows are free)
 
-        def group(_g: int) -> None:
-            last[:] = [self.kv_group(i, ready, last[0] if last else None, outs)]
+        def group(g: int) -> None:
+            last[:] = [self.kv_group(i, g, last[0], outs)]
 
         group(0)
         if cfg.n_kv_heads > 1:
             self.pb.repeat(f"L{i}.kv_heads", cfg.n_kv_heads - 1, lambda g: group(g + 1))
         return outs
 
-    def kv_group(self, i: int, ready: int, prev: int | None, outs: list) -> int:
-        """One K/V head: its K|V blocks to where the keys are needed, then its query heads."""
+    def gather(self, i: int, what: str, values: int, dep: Dep, d: dict) -> int:
+        """A head's features gathered at column 0 (slice, reduce; RoPE there), then
+        broadcast along every row."""
+        p, tm, hd = f"L{i}.", self.t.tm, self.run.cfg.hd
+        b = self.run.bytes
+        s = self.tile_compute(p + f"attn.{what}_slice", self.reg, 0, (dep,), fmac=False,
+                              read=tm * self.t.qkv * 4, write=values * b,
+                              data=d[f"{what}_slice"])
+        s = self.row(p + f"attn.{what}_gather", values, (Dep(s),), reduce=True,
+                     color="row_reduce", data=d[f"{what}_gather"])
+        if p + "rope" in self.tp.ops:  # RoPE on the gathered head (K only of K|V)
+            s = self.tile_compute(p + "rope", self.col0, 3 * tm * hd, (Dep(s),), fmac=False,
+                                  read=tm * hd * b, write=tm * hd * b, label=p + f"rope.{what}",
+                                  data=d[f"{what}_rope"])
+        return self.row(p + f"attn.{what}_bcast", values, (Dep(s),), reduce=False,
+                        color="row_bcast", data=d[f"{what}_bcast"])
+
+    def kv_group(self, i: int, g: int, prev: int, outs: list) -> int:
+        """One K/V head: its K|V blocks to where the keys are needed, then its query heads,
+        each stream after the previous one (the step path needs the rows claimed in order)."""
         cfg, t, p, P = self.run.cfg, self.t, f"L{i}.", self.t.P
-        hd, tm = cfg.hd, t.tm
-        start = self.sync(p + "attn.start", [ready] + ([prev] if prev is not None else []))
-        # The first query head's Q goes first: it is ready as early as K|V, and every stream
-        # keeps the order in which it may claim the rows' links and ramps.
-        q = self.row(p + "attn.q_row", tm * hd, (Dep(start, "all"),), reduce=False,
-                     color="row_bcast")
-        kv = self.row(p + "attn.kv_row", 2 * tm * hd, (Dep(start, "all"),), reduce=False,
-                      color="row_bcast")
+        hd, tm, b = cfg.hd, t.tm, self.run.bytes
+        acc = DTYPE_BYTES[self.run.precision.accum]
+        fd = self.fd.attention if self.fd is not None else (lambda g, j: {})
+        d = _get(fd(g, 0))
+        # the previous group (or the start, on core (0, 0)) done: its K|V tiles are free
+        free = Dep(prev, "all")
+        kv = self.gather(i, "kv", 2 * tm * hd, Dep(prev) if g else free, d)
         w_kv = wavelets_for(2 * tm * hd, self.run.dtype)
         cols = [self.pb.add(Multicast(p + "attn.kv_col", (x, x), Region(x, 0, 1, P), w_kv,
-                                      color=COLORS["col_bcast"], deps=(Dep(kv),)))
-                for x in range(P)]
+                                      color=COLORS["col_bcast"], deps=(Dep(kv), free),
+                                      data=d["kv_col"])) for x in range(P)]
         keys = self.sync(p + "attn.kv_ready", cols)
-        b, acc = self.run.bytes, DTYPE_BYTES[self.run.precision.accum]
         sm = self.tp.ops[p + "softmax"].flops // max(1, self.run.tokens ** 2 * cfg.n_heads)
-        out = None
+        after = Dep(keys, "all")
         for j in range(cfg.n_heads // cfg.n_kv_heads):
-            if j:  # after the previous head's output has left this core's row
-                q = self.row(p + "attn.q_row", tm * hd, (Dep(out),), reduce=False,
-                             color="row_bcast")
-            qk = self.tile_compute(p + "attn_qk", 2 * tm * tm * hd,
+            d = _get(fd(g, j))
+            q = self.gather(i, "q", tm * hd, after, d)
+            qk = self.tile_compute(p + "attn_qk", self.reg, 2 * tm * tm * hd,
                                    (Dep(q), Dep(keys, "all")), fmac=True,
-                                   read=2 * tm * hd * b, write=tm * tm * acc)
-            s1 = self.tile_compute(p + "softmax", (sm * tm * tm) // 2, (Dep(qk),), fmac=False,
-                                   read=tm * tm * acc, label=p + "softmax.stats")
-            s1 = self.row(p + "softmax.allreduce", 2 * tm, (Dep(s1),), reduce=True,
-                          color="stats", dtype="fp32")
-            s1 = self.row(p + "softmax.bcast", 2 * tm, (Dep(s1),), reduce=False,
-                          color="stats_bcast", dtype="fp32")
-            s2 = self.tile_compute(p + "softmax", sm * tm * tm - (sm * tm * tm) // 2,
-                                   (Dep(s1),), fmac=False, read=tm * tm * acc,
-                                   write=tm * tm * acc)
-            av = self.tile_compute(p + "attn_av", 2 * tm * tm * hd, (Dep(s2),), fmac=True,
-                                   read=tm * tm * acc + tm * hd * b, write=tm * hd * acc)
-            o = self.row(p + "attn.o_reduce", tm * hd, (Dep(av),), reduce=True,
-                         color="row_reduce")
-            out = self.row(p + "attn.o_bcast", tm * hd, (Dep(o),), reduce=False,
-                           color="row_bcast")
+                                   read=2 * tm * hd * b, write=tm * tm * acc, data=d["scores"])
+            s = self.tile_compute(p + "softmax", self.reg, sm * tm * tm, (Dep(qk),),
+                                  fmac=False, read=tm * tm * acc, write=tm * (tm + 2) * acc,
+                                  data=d["softmax"])
+            av = self.tile_compute(p + "attn_av", self.reg, 2 * tm * tm * hd, (Dep(s),),
+                                   fmac=True, read=tm * tm * acc + tm * hd * b,
+                                   write=tm * (hd + 2) * b, data=d["av"])
+            o = self.row(p + "attn.o_reduce", tm * (hd + 2), (Dep(av),), reduce=True,
+                         color="row_reduce", data=d["o_reduce"])
+            o = self.row(p + "attn.o_bcast", tm * hd, (Dep(o),), reduce=False,
+                         color="row_bcast", data=d["o_bcast"])
+            out = self.tile_compute(p + "attn.o_place", self.reg, 0, (Dep(o),), fmac=False,
+                                    read=tm * hd * b, write=tm * t.q * b, data=d["o_place"])
             outs.append(out)
+            after = Dep(out)
         return out
 
     # ---- a layer -----------------------------------------------------------------------------
     def layer(self, i: int, dep: tuple, weight_dep: tuple = ()) -> tuple:
         """Layer i's forward pass after `dep`; returns what its output waits for."""
         tp, reg, p, tm = self.tp, self.reg, f"L{i}.", self.t.tm
-        n1 = tp.norm(p + "norm1", reg, dep, tm)
+        d = {} if self.fd is None else self.fd.layer(i)
+        n1 = tp.norm(p + "norm1", reg, dep, tm, d, "norm1")
         qkv = self.gemm(i, "qkv_proj", (Dep(n1),) + weight_dep)
-        ready = tp.maybe(p + "rope", reg, qkv, fmac=False)
-        if not isinstance(ready, int):  # no rope: wait for the QKV GEMM's last records
-            ready = self.sync(p + "qkv.done", [d.task for d in ready])
-        outs = self.attention(i, ready)
+        # the layer's keys and values stay (the next layer's QKV GEMM reuses its C tile)
+        t = self.t
+        kv = self.tile_compute(p + "kv_cache.store", reg, 0, qkv, fmac=False,
+                               read=tm * t.qkv * 4, write=tm * t.qkv * self.kv_bytes,
+                               data=d.get("kv_store"))
+        outs = self.attention(i, (Dep(kv),))
         o = self.gemm(i, "o_proj", tuple(Dep(t) for t in outs) + weight_dep)
-        r1 = tp.compute(p + "residual1", reg, o, fmac=False)
-        n2 = tp.norm(p + "norm2", reg, r1, tm)
+        r1 = tp.compute(p + "residual1", reg, o, fmac=False, data=d.get("residual1"))
+        n2 = tp.norm(p + "norm2", reg, r1, tm, d, "norm2")
         up = self.gemm(i, "ffn_up", (Dep(n2),) + weight_dep)
-        act = tp.compute(p + "act", reg, up, fmac=False)
+        act = tp.compute(p + "act", reg, up, fmac=False, data=d.get("act"))
         down = self.gemm(i, "ffn_down", (Dep(act),) + weight_dep)
-        return (Dep(tp.compute(p + "residual2", reg, down, fmac=False)),)
+        return (Dep(tp.compute(p + "residual2", reg, down, fmac=False,
+                               data=d.get("residual2"))),)
+
+
+def _get(d: dict):
+    """DataOps by key, None for a key not there (a timing-only run)."""
+    from collections import defaultdict
+    return defaultdict(lambda: None, d)
 
 
 def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: str = "auto",
@@ -299,18 +351,28 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
     _refuse(run, functional)
     P = min(run.cols, run.rows)
     t = Tiles.of(cfg, P, run.tokens)
-    algos = algos_for(run, P, gemm_algo)
+    algo = choose_algo(run, P, gemm_algo)
     if not streaming:
         check_total_weights(run)
-    buffers = buffers_2d(run, t, algos, streaming)
+    buffers = buffers_2d(run, t, algo, streaming)
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-{name}-2d")
-    alloc_group(pb, "", reg, buffers)
+    fd = None
+    if functional:
+        from mapper.strategies import layout2d_data
+        layout2d_data.register_kernels()
+        fd = layout2d_data.Data2D(run, t, algo)
+        scratch = {label: {k: v[0] for k, v in plan.buffers().items()
+                           if k in fragment_buffers(algo)["scratch"]}
+                   for label, plan in gemm_plans(run, P, algo).items()}
+        views, extra = alloc_group(pb, "", reg, buffers, fd.tiles(scratch))
+    else:
+        views, extra = alloc_group(pb, "", reg, buffers)
     ops = run.ops()
-    tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.tokens, None, run.reduce_algo,
+    tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.tokens, fd, run.reduce_algo,
               run.precision)
-    em = Emitter(pb, tp, run, t, algos)
+    em = Emitter(pb, tp, run, t, algo, fd)
     dep = _embed(em, streaming)
     io: list = [None]
     ends: list[int] = []
@@ -330,15 +392,17 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
         raise NotImplementedError(f"layout 2d: ops not mapped: {', '.join(missing[:6])}")
     graph = int(sum(o.flops for o in ops.values()))
     executed = sum(int(getattr(x, "flops", 0)) for x in pb.tasks if isinstance(x, Compute))
-    return pb.build(dtype=run.dtype, tokens=run.tokens, cores_used=reg.size, meta={
+    fmeta = {} if fd is None else {"views": views, "functional_2d": fd.meta(),
+                                   "sram_extra_bytes": extra}
+    return pb.build(dtype=run.dtype, tokens=run.tokens, cores_used=reg.size, meta=fmeta | {
         "strategy": name, "layout": "2d", "model": cfg.name, "phase": run.phase,
         "batch": run.batch, "prompt": run.prompt, "context": run.context, "dtype": run.dtype,
-        "sparsity": run.sparsity,
+        "sparsity": run.sparsity, "vocab_size": cfg.vocab_size,
         "region_cols": P, "region_rows": P, "regions": 1, "chunks": 1, "micro_batches": 1,
         "grid_cols": run.cols, "grid_rows": run.rows, "graph_flops": graph,
         "offwafer_flops": 0, "executed_flops": executed,
-        "padding_waste": 1.0 - graph / executed if executed else 0.0, "gemm_algos": algos,
-        "tiles": {"tokens": t.tm, "d_model": t.d, "qkv": t.qkv, "ffn": t.ffn},
+        "padding_waste": 1.0 - graph / executed if executed else 0.0, "gemm_algo": algo,
+        "tiles": {"tokens": t.tm, "d_model": t.d, "qkv": t.qkv, "ffn": t.ffn, "ffn_k": t.f},
         "sram_buffers_per_core": buffers} | run.sparse.to_meta() | mapping_meta(run, tp))
 
 
@@ -360,16 +424,20 @@ def _embed(em: Emitter, streaming: bool) -> tuple:
 
 
 def _lm_head(em: Emitter, dep: tuple, streaming: bool, io_prev) -> int:
-    """The last token of every sequence to the top row, then the top-row LM head."""
+    """The tile with the last token of every sequence to the top row, then the top-row LM
+    head (`common.emit_lm_head`)."""
     run, pb, P, tm = em.run, em.pb, em.t.P, em.t.tm
     top = Region(0, 0, P, 1)
+    o = ring_order(P) if em.algo == "meshgemm" else list(range(P))
     moves = []
     for s in range(run.batch):
-        r = (s * run.prompt + run.prompt - 1) // tm
+        r = o[(s * run.prompt + run.prompt - 1) // tm]
         if r:
             moves.append(pb.add(Unicast("lm_head.gather", Region(0, r, P, 1),
-                                        wavelets_for(em.t.d, run.dtype), dy=-r,
-                                        color=COLORS["handoff"], deps=dep)))
+                                        wavelets_for(tm * em.t.d, run.dtype), dy=-r,
+                                        color=COLORS["handoff"], deps=dep,
+                                        data=None if em.fd is None else
+                                        DataOp("copy", ("x",), f"last{s}"))))
     if moves:
         dep = (Dep(em.sync("lm_head.gathered", moves), "all"),)
     wd = None

@@ -162,7 +162,7 @@ def run_one(args) -> int:
     if args.json:
         extra = {"functional": check} if check else {}
         mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo", "chunks",
-                                                "micro_batches", "layout", "gemm_algos")
+                                                "micro_batches", "layout", "gemm_algo")
                    if k in program.meta}
         print(json.dumps(with_interface_keys(result.summary(), args, hw) | mapping | written
                          | extra))
@@ -194,6 +194,11 @@ def _functional_check(program, hw, model: str, model_set: dict | None = None) ->
         report = max(reps, key=lambda r: r["max_rel_error"])
         loss = fm.model_loss(program, buffers)
         report["loss_error"] = abs(loss - want_loss) / abs(want_loss)
+    elif program.meta.get("layout") == "2d":
+        from mapper.strategies import layout2d_data
+        inputs, want = layout2d_data.random_case(program, cfg, seed=0)
+        got = layout2d_data.model_logits(program, run_functional(program, hw, inputs))
+        report = error_report(got, want, program.dtype)
     else:
         inputs, want = fm.random_case(program, cfg, seed=0)
         got = fm.model_output(program, run_functional(program, hw, inputs))
