@@ -141,7 +141,7 @@ def build_cannon(ctx: Ctx) -> None:
     # between are one loop
     step(0)
     if P > 1:
-        ctx.pb.repeat("cannon.step", P - 2, lambda i: step(i + 1))
+        ctx.pb.repeat(ctx.op("cannon.step"), P - 2, lambda i: step(i + 1))
         step(P - 1)
 
 
@@ -218,7 +218,7 @@ def build_meshgemm(ctx: Ctx) -> None:
     # the first step (after the alignment) and the last (no shift) differ: the rest is a loop
     step(0)
     if P > 1:
-        ctx.pb.repeat("meshgemm.step", P - 2, lambda i: step(i + 1))
+        ctx.pb.repeat(ctx.op("meshgemm.step"), P - 2, lambda i: step(i + 1))
         step(P - 1)
 
 

@@ -5,32 +5,35 @@ The top-row layout (`tp2d`) keeps a layer's activations on one row of cores: rig
 region and every projection is a 2-D GEMM of the GEMM library (`mapper.gemm.gemm_fragment`):
 
 - Core (x, y) holds token block y (`tm = ceil(T / P)` tokens) and feature block x of every
-  activation: the residual stream, Q|K|V, the attention output, the FFN hidden state.
+  activation (on MeshGEMM's interleaved rings when the GEMMs are MeshGEMM: C comes out
+  there): the residual stream, Q|K|V, the attention output, the FFN hidden state.
 - Weights are resident (layer-sequential) or streamed in per layer (weight-streaming): core
   (x, y) holds block (y, x) of every weight matrix, stored pre-aligned for Cannon / MeshGEMM
   (aligned once when loaded), so each GEMM aligns only its activation operand. The QKV and
   FFN up|gate projections are one GEMM each (their weights side by side; SwiGLU's up and gate
   columns of the same features on the same core, so the act is local).
-- The GEMM algorithm is chosen per projection (`gemm_algo`: summa, cannon, meshgemm, or auto:
-  the least `gemm_estimate_cycles`).
+- One GEMM algorithm for the run (`gemm_algo`: summa, cannon, meshgemm, or auto: the least
+  sum of the layer's `gemm_estimate_cycles`).
 - Norms: per-row statistics all-reduced along each row (a reduce and a broadcast stream).
-- Attention, per K/V head (a loop over the K/V heads): the K|V block of every token block is
-  broadcast along its row, then core (x, x) multicasts it down column x, so core (x, y) holds
-  query block y's rows and key block x (the transposition every Q K^T needs on a mesh). Then,
-  per query head of the group: Q's block broadcast along each row, S = Q K^T on every core,
-  the softmax statistics all-reduced along the row, P V, and the partial outputs reduced along
-  the row into column 0 and broadcast back along it to the head's feature columns.
-  Simplifications (docs/strategies.md, "2-D layout"): the row broadcasts start at column 0
-  (the head's columns are somewhere along the row: at most P - 1 hops more than needed), the
-  column multicasts end in a barrier, and every key block is computed (the graph counts
-  non-causal attention FLOPs too).
-- Each layer's keys and values are kept where the QKV GEMM computed them (a local copy out of
-  its C tile, which the next layer reuses); the LM head takes the last token of every
-  sequence to the top row and runs as in the top-row layout (`emit_lm_head`).
+- Attention, per K/V head (a loop over the K/V heads): each row gathers the head's features
+  at column 0 (every core puts its slice in a zero tile, a reduce along the row sums the
+  disjoint slices), RoPE rotates them there, a broadcast gives them to the row. K|V of token
+  block x then goes down column x from core (x, x), so core (x, y) holds the queries of block
+  y and the keys of block x (the transposition Q K^T needs on a mesh). Per query head: Q
+  gathered the same way, S = Q K^T (masked: causal, per sequence), the core's softmax and
+  P V as a partial [o, m, l], merged along the row into column 0 by the online-softmax
+  reduce, broadcast back and placed in the attention output of the cores that hold the
+  head's features. Every stream waits for the one before (the fast engine's step path needs
+  the rows claimed in task order) and the column multicasts end in a barrier.
+- Each layer keeps its keys and values (a local copy out of the QKV GEMM's C tile, which the
+  next layer reuses); the LM head takes the tile with the last token of every sequence to
+  the top row and runs as in the top-row layout (`emit_lm_head`).
 
-Executed FLOPs follow the tiles (padding included, as in `mapper.gemm`): `meta` gives
-`graph_flops`, `executed_flops` and `padding_waste`. Functional runs, training and MoE models are not mapped in
-this layout yet (NotImplementedError naming them).
+Executed FLOPs follow the tiles (padding included, as in `mapper.gemm`; attention computes
+every key block, masked or of another sequence): `meta` gives `graph_flops`,
+`executed_flops` and `padding_waste`. Functional runs (`layout2d_data`) compute the real
+logits. Training, decode, MoE models, chunks, sparse weights and per-tensor dtypes are not
+mapped in this layout yet (each refused in one line).
 """
 
 from __future__ import annotations
@@ -185,8 +188,9 @@ def buffers_2d(run: Run, t: Tiles, algo: str, streaming: bool) -> dict[str, int]
         "activations": tm * (2 * t.d + t.q + t.f) * b + tm * 2 * 4,
         "gemm_c": tm * (t.qkv + 2 * t.d + t.ffn) * acc,
         "gemm_scratch": scratch,
-        # K|V gathered and K|V of the column's key block, Q, the partial [o, m, l], O
-        "attention": tm * (4 * hd + hd + (hd + 2) + hd) * b + tm * (tm + 2) * acc,
+        # K|V gathered (then the partial [o, m, l]), K|V of the column's key block, Q (then
+        # the head's output), the scores
+        "attention": tm * (2 * hd + 2 * hd + hd) * b + tm * (tm + 2) * acc,
         "kv_cache": L * tm * t.qkv * DTYPE_BYTES[run.precision.kv],
         "table": math.ceil(run.table_bytes * (2 if streaming else 1) / (P * P)),
     }

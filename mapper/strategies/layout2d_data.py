@@ -186,7 +186,10 @@ class Data2D:
         for label, shapes in gemm_tiles.items():
             for name, shape in shapes.items():
                 out[f"{label}.{name}"] = (reg, shape, dt)
-        return {k: (r, tuple(s), d, None) for k, (r, s, d) in out.items()}
+        # the partial [o, m, l] lives in the gathered K|V (free once the multicasts have read
+        # it), the head's output in its gathered Q (free once the scores have read it)
+        slots = {"kvs": "kv", "pt": "kv", "qs": "q", "o0": "q"}
+        return {k: (r, tuple(s), d, slots.get(k)) for k, (r, s, d) in out.items()}
 
     # ---- DataOps ------------------------------------------------------------------------------
     A_IN = {"qkv_proj": "h", "o_proj": "ao", "ffn_up": "h", "ffn_down": "hf"}
