@@ -51,6 +51,7 @@ class Run:
     moe_layout: str = "blocks"  # MoE: how experts are placed in a layer region (moe_layer)
     prec: Precision | None = None  # each tensor's dtype (None: `dtype` for all, fp32 accum)
     sp: Sparsity | None = None  # sparse weights (None: `sparsity` uniform, stored dense)
+    table_params: int | None = None  # a wafer's share of the tables (None: the model's)
 
     @property
     def sparse(self) -> Sparsity:
@@ -117,7 +118,12 @@ class Run:
 
     @property
     def table_bytes(self) -> int:
-        return (self.cfg.embedding_params() + self.cfg.lm_head_params()) * self.weight_bytes
+        """The embedding table and LM head held on the wafer (a multi-wafer stage holds the
+        part it uses: `stage_table_params`)."""
+        params = self.table_params
+        if params is None:
+            params = self.cfg.embedding_params() + self.cfg.lm_head_params()
+        return params * self.weight_bytes
 
     def ops(self) -> dict:
         g = build_graph(self.cfg, self.phase, batch=self.batch, prompt=self.prompt,
@@ -128,6 +134,16 @@ class Run:
             return ops
         from mapper.strategies.moe_layer import moe_ops
         return moe_ops(ops, self.cfg, self.dtype, self.routing)
+
+
+def stage_table_params(cfg: GPTConfig, with_embed: bool, with_head: bool) -> int:
+    """Table parameters one wafer of a multi-wafer pipeline holds: the embedding (token and
+    position tables) where the tokens enter, the LM head where the logits leave (the token
+    table again when the head is tied to it and the two are on different wafers)."""
+    head = cfg.vocab_size * cfg.d_model if cfg.tied_embeddings else cfg.lm_head_params()
+    if with_embed and with_head:
+        return cfg.embedding_params() + cfg.lm_head_params()
+    return (cfg.embedding_params() if with_embed else 0) + (head if with_head else 0)
 
 
 def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prompt: int,

@@ -11,6 +11,7 @@ step's micro-batches (of its sequences, GPipe style) pipeline through the layer 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from mapper.placement import MappingError, layer_graph, place_chain, slot_grid, slot_grids
@@ -30,6 +31,7 @@ from mapper.strategies.common import (
     part_bufs,
     resolve_attention,
     shared_tiles,
+    stage_table_params,
 )
 from mapper.strategies.functional_layout import (
     dataop,
@@ -380,7 +382,8 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, routing: tuple,
     each token takes in the whole model (`routing`: its spec and seed)."""
     first, layers, with_embed, with_head = stage
     sub = stage_model(cfg, first, layers)
-    run = make_run(sub, hw, **kw)
+    run = dataclasses.replace(make_run(sub, hw, **kw),
+                              table_params=stage_table_params(cfg, with_embed, with_head))
     if cfg.is_moe:
         run = stage_routing(run, cfg, first, *routing)
     ops = run.ops()
@@ -472,3 +475,72 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, routing: tuple,
                           "region_cols": sg.cols, "region_rows": sg.rows,
                           "sram_buffers_per_core": buffers} | mapping_meta(run, tp)
                     | ({"moe": tp.moe.meta()} if tp.moe else {}))
+
+
+def _stage_error(cfg: GPTConfig, hw: HardwareConfig, first: int, layers: int, embed: bool,
+                 head: bool, **kw) -> str | None:
+    """None when the slice maps (not simulated), else its one-line reason."""
+    try:
+        _map_stage(cfg, hw, (first, layers, embed, head), (kw.pop("routing", None),
+                                                           kw.get("seed", 0)), **kw)
+    except MappingError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
+def _capacity(cfg: GPTConfig, hw: HardwareConfig, embed: bool, head: bool, most: int,
+              **kw) -> int:
+    """The most layers (up to `most`) a wafer holds with the embedding and / or the LM head
+    (layers 0.. for the embedding's wafer, the last ones for the head's, else layer 0..)."""
+    lo, hi = 0, most
+    while lo < hi:  # the largest n in [0, most] that fits (fitting shrinks with n)
+        n = (lo + hi + 1) // 2
+        first = cfg.n_layers - n if head and not embed else 0
+        if _stage_error(cfg, hw, first, n, embed, head, **kw) is None:
+            lo = n
+        else:
+            hi = n - 1
+    return lo
+
+
+def stage_split(cfg: GPTConfig, hw: HardwareConfig, wafers: int, **kw) -> list[int] | None:
+    """Layers per wafer of a `wafers`-wafer pipeline: an even split when every slice fits,
+    else the first and last wafers (which also hold the embedding and the LM head) take as
+    many as they hold and the others the rest, evenly; None when nothing fits. Slices are
+    mapped, not simulated (the middle ones with the most layers only: they are alike)."""
+    from wse_sim.timing import split_evenly
+    L = cfg.n_layers
+    if wafers == 1:
+        return [L] if _stage_error(cfg, hw, 0, L, True, True, **kw) is None else None
+    even = [split_evenly(L, wafers, w) for w in range(wafers)]
+    if _stage_error(cfg, hw, 0, even[0], True, False, **kw) is None and \
+            _stage_error(cfg, hw, L - even[-1], even[-1], False, True, **kw) is None and \
+            (wafers == 2 or _stage_error(cfg, hw, 0, even[1], False, False, **kw) is None):
+        return even
+    mid = _capacity(cfg, hw, False, False, L, **kw) if wafers > 2 else 0
+    first = _capacity(cfg, hw, True, False, L, **kw)
+    last = _capacity(cfg, hw, False, True, L, **kw)
+    if wafers > 2 and mid == 0 or first == 0 or last == 0:
+        return None
+    rest = L - first - last
+    if rest < wafers - 2 or rest > mid * (wafers - 2):
+        if rest < wafers - 2:  # the ends take fewer, so that every wafer has a layer
+            first, last = first - (wafers - 2 - rest) // 2, last - (wafers - 2 - rest + 1) // 2
+            rest = wafers - 2
+        else:
+            return None
+    return [first] + [split_evenly(rest, wafers - 2, w) for w in range(wafers - 2)] + [last]
+
+
+def fewest_wafers(cfg: GPTConfig, hw: HardwareConfig, at_least: int = 1, **kw) -> int | None:
+    """The fewest wafers from `at_least` on (and no fewer than the wafers' SRAM holding the
+    weights at all) for which `stage_split` finds slices that fit; None when none does."""
+    from mapper.strategies.common import total_weight_bytes
+    run = make_run(cfg, hw, **{k: v for k, v in kw.items() if k != "routing"})
+    wafer_bytes = hw.mesh_cols * hw.mesh_rows * hw.sram_bytes
+    w = max(at_least, math.ceil(total_weight_bytes(run) / wafer_bytes))
+    while w <= cfg.n_layers:
+        if stage_split(cfg, hw, w, **kw) is not None:
+            return w
+        w += 1
+    return None
