@@ -29,17 +29,20 @@ import dataclasses
 
 import numpy as np
 
-from mapper.gemm_build import BUILDERS
 from mapper.gemm_common import (
     GEMM_ALGOS,
     GEMV_ALGOS,
     Ctx,
+    GemmAlgo,
     Plan,
+    gemm_algo,
+    gemm_algos,
     make_plan,
+    register_gemm_algo,
     ring_order,
     tree_groups,
+    unregister_gemm_algo,
 )
-from mapper.gemm_gemv import build_gemv as _build_gemv
 from mapper.tree_reduce import reduce_end
 from wse_sim.hardware import HardwareConfig
 from wse_sim.program import Dep, Program, ProgramBuilder, ProgramError, check_fits
@@ -51,40 +54,44 @@ from wse_sim.timing import (
     transfer_cycles,
 )
 
-FRAGMENT_ALGOS = ("summa", "cannon", "meshgemm")  # the 2-D algorithms a layout can compose
+FRAGMENT_ALGOS = ("summa", "cannon", "meshgemm")  # the built-in ones a layout can compose
 
-__all__ = ["FRAGMENT_ALGOS", "GEMM_ALGOS", "GEMV_ALGOS", "build_gemm", "choose_gemm_algo",
-           "fragment_buffers", "gemm_fragment", "prealigned_b", "build_gemv", "gemm_closed_form",
+__all__ = ["FRAGMENT_ALGOS", "GEMM_ALGOS", "GEMV_ALGOS", "GemmAlgo", "build_gemm",
+           "choose_gemm_algo", "fragment_algos", "fragment_buffers", "gemm_algo", "gemm_algos",
+           "gemm_fragment", "prealigned_b", "register_gemm_algo", "unregister_gemm_algo", "build_gemv", "gemm_closed_form",
            "gemm_colors", "gemm_inputs", "gemm_output", "gemm_sram_bytes", "gemv_closed_form",
            "gemv_inputs", "gemv_output", "ring_order", "tree_groups"]
 
 
 def _plan_sram(kind: str, algo: str, grid: int, m: int, k: int, n: int, dtype: str,
                layout: str) -> Plan:
-    algos = GEMV_ALGOS if kind == "gemv" else GEMM_ALGOS
-    if algo not in algos:
-        raise ValueError(f"algo: got {algo!r}, must be one of {', '.join(GEMM_ALGOS + GEMV_ALGOS)}")
+    if algo not in gemm_algos(kind):
+        raise ValueError(f"algo: got {algo!r}, must be one of {', '.join(gemm_algos())}")
     return Plan(kind, algo, grid, m, k, n, dtype, layout)
+
+
+def _kind(algo: str) -> str:
+    return gemm_algo(algo).kind if algo in gemm_algos() else "gemm"
 
 
 def gemm_sram_bytes(algo: str, grid: int, m: int, k: int, n: int, dtype: str = "fp32", *,
                     layout: str = "square") -> int:
     """SRAM bytes on the fullest core (every buffer; C in fp32). For a GEMV algo ('chain',
     'tree') m is ignored."""
-    kind = "gemv" if algo in GEMV_ALGOS else "gemm"
+    kind = _kind(algo)
     return _plan_sram(kind, algo, grid, m, k, n, dtype, layout).sram_bytes()
 
 
 def gemm_sram_breakdown(algo: str, grid: int, m: int, k: int, n: int, dtype: str = "fp32", *,
                         layout: str = "square") -> dict[str, int]:
-    kind = "gemv" if algo in GEMV_ALGOS else "gemm"
+    kind = _kind(algo)
     return {name: v[2] for name, v in
             _plan_sram(kind, algo, grid, m, k, n, dtype, layout).buffers().items()}
 
 
 def gemm_colors(algo: str) -> int:
     """Colors a core's router holds at most (GEMM or GEMV algo)."""
-    kind = "gemv" if algo in GEMV_ALGOS else "gemm"
+    kind = _kind(algo)
     return _plan_sram(kind, algo, 2, 1, 1, 1, "fp32", "square").colors()
 
 
@@ -100,7 +107,7 @@ def _meta(plan: Plan, hw: HardwareConfig, program_tasks: int, extra: dict) -> di
         "padding_waste": 1.0 - plan.useful_flops / padded if padded else 0.0,
         "sram_buffers": {k_: v[2] for k_, v in plan.buffers().items()},
         "sram_bytes_per_core": plan.sram_bytes(), "colors_per_core": plan.colors(),
-        "records": program_tasks, "ring": ring_order(plan.grid) if plan.algo == "meshgemm"
+        "records": program_tasks, "ring": ring_order(plan.grid) if gemm_algo(plan.algo).ring
         else list(range(plan.grid)),
     }
     meta.update(extra)
@@ -129,7 +136,7 @@ def build_gemm(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: i
     plan = make_plan("gemm", algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, layout=layout,
                      skew=skew, flow_control=flow_control)
     ctx = Ctx(plan, hw, functional)
-    BUILDERS[algo](ctx)
+    gemm_algo(algo).resolve("build")(ctx)
     cf = gemm_closed_form(algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, layout=layout,
                           skew=skew)
     return _finish(ctx, plan, hw, {"closed_form": cf, "closed_form_cycles": cf["cycles"]})
@@ -148,25 +155,26 @@ def gemm_fragment(pb: ProgramBuilder, algo: str, hw: HardwareConfig, *, grid: in
     first step's multiply writes C rather than adding to it (C may hold an earlier result).
     `names` (a functional run): the caller's buffer for each of the plan's buffers (`a0`,
     `b1`, `c`, ...; `fragment_weight_buffer` says which one holds the pre-aligned B)."""
-    if algo not in FRAGMENT_ALGOS:
-        raise ValueError(f"gemm algo: got {algo!r}, must be one of {', '.join(FRAGMENT_ALGOS)}")
+    if algo not in fragment_algos():
+        raise ValueError(f"gemm algo: got {algo!r}, must be one of {', '.join(fragment_algos())}")
     plan = Plan("gemm", algo, grid, m, k, n, dtype)
     ctx = Ctx.fragment(plan, hw, pb, label, start, skew_b, names)
-    BUILDERS[algo](ctx)
+    gemm_algo(algo).resolve("build")(ctx)
     if len(ctx.last) == 1:
         return plan, (Dep(ctx.last[0]),)
     return plan, tuple(Dep(t, "all") for t in ctx.last)
 
 
+def fragment_algos() -> tuple[str, ...]:
+    """The registered GEMM algorithms that compose into a layout (`GemmAlgo.fragment`)."""
+    return tuple(n for n in gemm_algos("gemm") if gemm_algo(n).fragment is not None)
+
+
 def fragment_buffers(algo: str) -> dict[str, str]:
-    """A fragment's buffers by role: `a` (A, aligned in place or into `a_step`), `b` (the
-    pre-aligned B its first multiply reads), the scratch ones and `c`."""
-    if algo == "summa":
-        return {"a": "a", "b": "b", "scratch": ("abuf0", "abuf1", "bbuf0", "bbuf1"), "c": "c"}
-    if algo == "cannon":  # the skew rotates a0 in place; step 0 reads a0, b0
-        return {"a": "a0", "b": "b0", "scratch": ("a1", "b1"), "c": "c"}
-    # meshgemm: the alignment copies a0 into a1; step 0 reads a1, b1
-    return {"a": "a0", "b": "b1", "scratch": ("a1", "b0"), "c": "c"}
+    """A fragment's buffers by role: `a` (A, aligned in place or into a scratch one), `b` (the
+    pre-aligned B its first multiply reads), the `scratch` ones and `c`."""
+    a, b, scratch, c = gemm_algo(algo, "gemm").fragment
+    return {"a": a, "b": b, "scratch": tuple(scratch), "c": c}
 
 
 def prealigned_b(algo: str, Bt: np.ndarray) -> np.ndarray:
@@ -174,9 +182,10 @@ def prealigned_b(algo: str, Bt: np.ndarray) -> np.ndarray:
     (`skew_b=False`): [row y, column x] of the grid; SUMMA natural, Cannon and MeshGEMM
     pre-aligned (logical (lx, ly) holds B(lx + ly, lx), on MeshGEMM's rings)."""
     P = Bt.shape[0]
-    if algo == "summa":
+    entry = gemm_algo(algo, "gemm")
+    if not entry.align_hops:  # no alignment: B in the natural layout
         return np.ascontiguousarray(Bt)
-    o = np.array(ring_order(P) if algo == "meshgemm" else list(range(P)))
+    o = np.array(ring_order(P) if entry.ring else list(range(P)))
     ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
     b = np.empty_like(Bt)
     b[o[ly], o[lx]] = Bt[(lx + ly) % P, lx]
@@ -191,11 +200,12 @@ def gemm_estimate_cycles(algo: str, hw: HardwareConfig, *, grid: int, m: int, k:
     2 (P - 1) along MeshGEMM's ring). The simulation gives the real figure."""
     cf = gemm_closed_form(algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype, skew=False)
     steps = grid * max(cf["step_cycles"], cf["latency"])
-    if algo == "summa":
+    reach = gemm_algo(algo, "gemm").align_hops
+    if not reach:
         return steps
     plan = Plan("gemm", algo, grid, m, k, n, dtype)
     wa = plan.wavelets(plan.tiles[0] * plan.tiles[1])
-    far = grid - 1 if algo == "cannon" else 2 * (grid - 1)
+    far = grid - 1 if reach == "line" else 2 * (grid - 1)
     return steps + transfer_cycles(hw, wa, far)
 
 
@@ -203,7 +213,7 @@ def choose_gemm_algo(hw: HardwareConfig, *, grid: int, m: int, k: int, n: int, d
                      algos=None) -> str:
     """The algorithm of `algos` (default every fragment algorithm) with the least
     `gemm_estimate_cycles`; ties go to the earlier one."""
-    algos = tuple(algos or FRAGMENT_ALGOS)
+    algos = tuple(algos or fragment_algos())
     est = {a: gemm_estimate_cycles(a, hw, grid=grid, m=m, k=k, n=n, dtype=dtype) for a in algos}
     return min(algos, key=lambda a: (est[a], algos.index(a)))
 
@@ -213,7 +223,7 @@ def build_gemv(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int, dtyp
     """y = x W (x: 1 x k, W: k x n) on a grid x grid region at the origin."""
     plan = make_plan("gemv", algo, hw, grid=grid, m=1, k=k, n=n, dtype=dtype)
     ctx = Ctx(plan, hw, functional)
-    _build_gemv(ctx)
+    gemm_algo(algo, "gemv").resolve("build")(ctx)
     cf = gemv_closed_form(algo, hw, grid=grid, k=k, n=n, dtype=dtype)
     g, m_, _ = tree_groups(grid)
     combine = 0 if algo == "chain" else m_ * plan.tiles[2] * grid  # the row roots' adds
@@ -226,36 +236,53 @@ def build_gemv(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int, dtyp
 
 def gemm_closed_form(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int, n: int,
                      dtype: str = "fp32", layout: str = "square", skew: bool = True) -> dict:
-    """Contention-free cycles of build_gemm(...) under our timing rules (docs/gemm.md).
+    """Contention-free cycles of build_gemm(...) under our timing rules (docs/gemm.md): the
+    algorithm's own closed form (`GemmAlgo.closed_form`).
 
     Returns {"cycles": exact int or None, "lower_bound": int, "step_cycles": c (one tile
     multiply), "steady_state_cycles": P c for the stepped algorithms, "compute_bound": bool,
     "latency": L (a step's worst data latency), "note": str}."""
     plan = _plan_sram("gemm", algo, grid, m, k, n, dtype, layout)
     plan = dataclasses.replace(plan, skew=skew)
-    tr, hop = hw.ramp_latency_cycles, hw.hop_latency_cycles
+    return gemm_algo(algo, "gemm").resolve("closed_form")(plan, hw)
+
+
+def closed_form_1d(plan: Plan, hw: HardwareConfig) -> dict:
+    """The multicast of A to the farthest core, then one local GEMM."""
+    c = plan.tile_cycles(hw, accumulate=False)
+    wa = plan.wavelets(plan.m * plan.k)
+    far = 2 * (plan.grid - 1) if plan.layout == "square" else plan.grid - 1
+    cyc = multicast_cycles(hw, wa, far) + c
+    return {"cycles": cyc, "lower_bound": cyc, "step_cycles": c, "steady_state_cycles": c,
+            "compute_bound": True, "latency": multicast_cycles(hw, wa, far),
+            "note": "multicast of A to the farthest core, then one local GEMM"}
+
+
+def closed_form_summa(plan: Plan, hw: HardwareConfig) -> dict:
+    """A bound: the first broadcast, then P multiplies."""
     mt, kt, nt = plan.tiles
-    c = plan.tile_cycles(hw, accumulate=algo != "1d")
-    P = grid
-    if algo == "1d":
-        wa = plan.wavelets(m * k)
-        far = 2 * (P - 1) if layout == "square" else P - 1
-        cyc = multicast_cycles(hw, wa, far) + c
-        return {"cycles": cyc, "lower_bound": cyc, "step_cycles": c, "steady_state_cycles": c,
-                "compute_bound": True, "latency": multicast_cycles(hw, wa, far),
-                "note": "multicast of A to the farthest core, then one local GEMM"}
+    c, P = plan.tile_cycles(hw), plan.grid
     wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
-    if algo == "summa":
-        first = multicast_cycles(hw, wa + wb, P - 1)
-        lat = 4 * stream_beats(hw, max(wa, wb)) + 2 * tr + (P - 1) * hop + message_cycles(hw)
-        return {"cycles": None, "lower_bound": P * c + first, "step_cycles": c,
-                "steady_state_cycles": P * c, "compute_bound": lat <= c, "latency": lat,
-                "note": "no closed form: the owner's ramp carries 2 half-streams per operand and "
-                        "the diagonal core owns both; bound = first broadcast + P c"}
-    hops = P - 1 if algo == "cannon" else min(2, P - 1)
-    lat = stream_beats(hw, wa) + stream_beats(hw, wb) + 2 * tr + hops * hop - 1 + message_cycles(hw)
+    first = multicast_cycles(hw, wa + wb, P - 1)
+    lat = 4 * stream_beats(hw, max(wa, wb)) + 2 * hw.ramp_latency_cycles \
+        + (P - 1) * hw.hop_latency_cycles + message_cycles(hw)
+    return {"cycles": None, "lower_bound": P * c + first, "step_cycles": c,
+            "steady_state_cycles": P * c, "compute_bound": lat <= c, "latency": lat,
+            "note": "no closed form: the owner's ramp carries 2 half-streams per operand and "
+                    "the diagonal core owns both; bound = first broadcast + P c"}
+
+
+def closed_form_shift(plan: Plan, hw: HardwareConfig) -> dict:
+    """Cannon-like shifts: a step's latency is both operands' shift (P - 1 hops across the
+    wrap, or 2 on the interleaved ring); exact when pre-aligned and compute-bound."""
+    mt, kt, nt = plan.tiles
+    c, P = plan.tile_cycles(hw), plan.grid
+    wa, wb = plan.wavelets(mt * kt), plan.wavelets(kt * nt)
+    hops = min(2, P - 1) if gemm_algo(plan.algo).ring else P - 1
+    lat = stream_beats(hw, wa) + stream_beats(hw, wb) + 2 * hw.ramp_latency_cycles \
+        + hops * hw.hop_latency_cycles - 1 + message_cycles(hw)
     bound = lat <= c
-    cyc = P * c if (bound and not skew) else None
+    cyc = P * c if (bound and not plan.skew) else None
     note = ("pre-aligned inputs, compute-bound (L <= c): P c exactly" if cyc is not None else
             "the alignment's contention has no closed form: cycles = alignment end + P c when "
             "compute-bound" if bound else "communication-bound (L > c): no closed form")
@@ -265,13 +292,18 @@ def gemm_closed_form(algo: str, hw: HardwareConfig, *, grid: int, m: int, k: int
 
 def gemv_closed_form(algo: str, hw: HardwareConfig, *, grid: int, k: int, n: int,
                      dtype: str = "fp32") -> dict:
+    """Cycles of build_gemv(...): the algorithm's own closed form (`GemmAlgo.closed_form`)."""
+    plan = _plan_sram("gemv", algo, grid, 1, k, n, dtype, "square")
+    return gemm_algo(algo, "gemv").resolve("closed_form")(plan, hw)
+
+
+def closed_form_gemv(plan: Plan, hw: HardwareConfig) -> dict:
     """Cycles of build_gemv(...) (docs/gemm.md "GEMV"), exact for both algorithms: row y's
     cores hold their x slice at `arrive[y]` (the column streams), multiply (c), reduce along
     the row (`mapper.tree_reduce.reduce_end`: chain, or the tree's traced schedule), then
     core (0, y) sends y block y over 2 y hops to (y, 0) (row 0: a local copy). The rows never
     share a link, so the end is the latest row's."""
-    plan = _plan_sram("gemv", algo, grid, 1, k, n, dtype, "square")
-    P = grid
+    algo, P, dtype = plan.algo, plan.grid, plan.dtype
     _, kt, nt = plan.tiles
     wx, wn = plan.wavelets(kt), plan.wavelets(nt)
     c = plan.tile_cycles(hw, accumulate=False)
@@ -328,7 +360,8 @@ def gemm_inputs(program: Program, A, B) -> dict[str, np.ndarray]:
         return {"x": xs, "w": np.ascontiguousarray(w)}
     A = _check_operand("A", A, (M, K))
     B = _check_operand("B", B, (K, N))
-    if meta["algo"] == "1d":
+    family = gemm_algo(meta["algo"]).family
+    if family == "whole":
         rows, cols = (P, P) if meta["layout"] == "square" else (1, P)
         a = np.zeros((rows, cols, M, K), np.float32)
         a[0, 0] = A
@@ -336,7 +369,7 @@ def gemm_inputs(program: Program, A, B) -> dict[str, np.ndarray]:
         return {"a": a, "b": np.ascontiguousarray(Bp)}
     At = _pad(A, mt * P, kt * P).reshape(P, mt, P, kt).transpose(0, 2, 1, 3)  # [I, J]
     Bt = _pad(B, kt * P, nt * P).reshape(P, kt, P, nt).transpose(0, 2, 1, 3)
-    if meta["algo"] == "summa":
+    if family == "broadcast":
         return {"a": np.ascontiguousarray(At), "b": np.ascontiguousarray(Bt)}
     o = np.array(meta["ring"])
     ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
@@ -361,14 +394,11 @@ def gemm_output(program: Program, buffers: dict) -> np.ndarray:
         y = _decoded(program, buffers, "y")
         return y[0].reshape(1, P * nt)[:, :N]
     c = np.asarray(buffers["c"], np.float32)
-    if meta["algo"] == "1d":
+    if gemm_algo(meta["algo"]).family == "whole":
         rows, cols = c.shape[:2]
         return c.transpose(2, 0, 1, 3).reshape(M, rows * cols * nt)[:, :N]
-    if meta["algo"] == "summa":
-        tiles = c  # [I, J] = core (x=J, y=I)
-    else:
-        o = np.array(meta["ring"])
-        tiles = c[o][:, o]  # logical (I, J) lives at physical (o[J], o[I])
+    o = np.array(meta["ring"])  # logical (I, J) lives at physical (o[J], o[I]); identity: natural
+    tiles = c[o][:, o]
     return tiles.transpose(0, 2, 1, 3).reshape(mt * P, nt * P)[:M, :N]
 
 

@@ -220,7 +220,3 @@ def build_meshgemm(ctx: Ctx) -> None:
     if P > 1:
         ctx.pb.repeat(ctx.op("meshgemm.step"), P - 2, lambda i: step(i + 1))
         step(P - 1)
-
-
-BUILDERS = {"1d": build_1d, "summa": build_summa, "cannon": build_cannon,
-            "meshgemm": build_meshgemm}

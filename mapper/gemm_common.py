@@ -12,17 +12,124 @@ from wse_sim.hardware import DTYPE_BYTES, DTYPES, HardwareConfig
 from wse_sim.program import SPARSITY_ONE, DataOp, ProgramBuilder, Region, wavelets_for
 from wse_sim.timing import compute_cycles
 
-GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
+GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")  # the built-in ones (`gemm_algos` lists all)
 GEMV_ALGOS = ("chain", "tree")
 LAYOUTS = ("square", "line")
 ACC_BYTES = 4  # C tiles and nothing else accumulate in fp32 (FP16/BF16 multiply, FP32 accumulate)
+FAMILIES = ("whole", "broadcast", "shift", "gemv")
 
-# Colors: one per logical flow class; phases that never overlap still take their own color
-# so that a trace tells them apart. The count is what a core's router must hold at most.
-GEMM_COLORS = {"1d": {"a": 0}, "summa": {"a": 0, "b": 1}, "cannon": {"a": 0, "b": 1},
-               "meshgemm": {"a": 0, "b": 1}}
-GEMV_COLORS = {"chain": {"x": 0, "row": 1, "y": 2},
-               "tree": {"x": 0, "row": 1, "row2": 3, "y": 2}}
+
+@dataclass(frozen=True)
+class GemmAlgo:
+    """One algorithm of the GEMM library: everything the plan, the builders, the closed forms,
+    the whole-model layouts and the CLI need to know of it. Adding an algorithm is one module
+    that defines its `build(ctx)` and `closed_form(plan, hw)` and calls `register_gemm_algo`
+    (docs/gemm.md, "Adding an algorithm").
+
+    - `family`: its tiles and buffers: `shift` (a0 a1 b0 b1 c: operands move between double
+      buffers, Cannon-like), `broadcast` (a b, abuf0/1 bbuf0/1, c: SUMMA-like), `whole` (1d),
+      `gemv`.
+    - `colors`: (flow, color) pairs: what a core's router holds at most.
+    - `build`, `closed_form`: callables, or "module:function" names resolved when used.
+    - `fragment`: (a, b, scratch, c) buffer roles when it composes into a layout
+      (`mapper.gemm.gemm_fragment`): A's input buffer, the buffer its first multiply reads B
+      from (pre-aligned), the scratch buffers, C. None: not composable.
+    - `ring`: A and C live on the interleaved ring (`ring_order`), not in the natural layout.
+    - `align_hops`: "line" (P - 1) or "ring" (2 (P - 1)): the farthest move of A's alignment
+      (for the estimate), "" when A is not aligned.
+    - `aligns` (`skew` / --no-skew applies), `flow_control` (its shifts can run under it).
+    """
+
+    name: str
+    kind: str
+    family: str
+    colors: tuple
+    build: object
+    closed_form: object
+    fragment: tuple | None = None
+    ring: bool = False
+    align_hops: str = ""
+    aligns: bool = False
+    flow_control: bool = False
+    doc: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"GemmAlgo.name: got {self.name!r}, must be a non-empty name")
+        if self.kind not in ("gemm", "gemv"):
+            raise ValueError(f"GemmAlgo.kind: got {self.kind!r}, must be gemm or gemv")
+        if self.family not in FAMILIES:
+            raise ValueError(f"GemmAlgo.family: got {self.family!r}, must be one of "
+                             f"{', '.join(FAMILIES)}")
+        if self.align_hops not in ("", "line", "ring"):
+            raise ValueError(f"GemmAlgo.align_hops: got {self.align_hops!r}, must be '', "
+                             "line or ring")
+        if self.fragment is not None and len(self.fragment) != 4:
+            raise ValueError(f"GemmAlgo.fragment: got {self.fragment!r}, must be (a, b, "
+                             "scratch, c)")
+
+    def resolve(self, what: str):
+        """`build` or `closed_form` as a callable."""
+        fn = getattr(self, what)
+        if isinstance(fn, str):
+            import importlib
+            mod, _, name = fn.partition(":")
+            fn = getattr(importlib.import_module(mod), name)
+        return fn
+
+
+_SHIFT = dict(family="shift", colors=(("a", 0), ("b", 1)), aligns=True, flow_control=True)
+_ALGOS: dict[str, GemmAlgo] = {a.name: a for a in (
+    GemmAlgo("1d", "gemm", "whole", (("a", 0),), "mapper.gemm_build:build_1d",
+             "mapper.gemm:closed_form_1d", doc="A multicast, B split by columns"),
+    GemmAlgo("summa", "gemm", "broadcast", (("a", 0), ("b", 1)),
+             "mapper.gemm_build:build_summa", "mapper.gemm:closed_form_summa",
+             fragment=("a", "b", ("abuf0", "abuf1", "bbuf0", "bbuf1"), "c"),
+             doc="owner broadcasts along rows and columns every step"),
+    GemmAlgo("cannon", "gemm", build="mapper.gemm_build:build_cannon",
+             closed_form="mapper.gemm:closed_form_shift",
+             fragment=("a0", "b0", ("a1", "b1"), "c"), align_hops="line",
+             doc="skew, then 1-hop shifts whose wrap-around crosses the line", **_SHIFT),
+    GemmAlgo("meshgemm", "gemm", build="mapper.gemm_build:build_meshgemm",
+             closed_form="mapper.gemm:closed_form_shift",
+             fragment=("a0", "b1", ("a1", "b0"), "c"), ring=True, align_hops="ring",
+             doc="Cannon on the interleaved ring: every shift at most 2 hops", **_SHIFT),
+    GemmAlgo("chain", "gemv", "gemv", (("x", 0), ("row", 1), ("y", 2)),
+             "mapper.gemm_gemv:build_gemv", "mapper.gemm:closed_form_gemv"),
+    GemmAlgo("tree", "gemv", "gemv", (("x", 0), ("row", 1), ("row2", 3), ("y", 2)),
+             "mapper.gemm_gemv:build_gemv", "mapper.gemm:closed_form_gemv"),
+)}
+
+
+def register_gemm_algo(algo: GemmAlgo, replace: bool = False) -> GemmAlgo:
+    """Add `algo` to the library (a name already taken is an error unless `replace`)."""
+    if not isinstance(algo, GemmAlgo):
+        raise ValueError(f"register_gemm_algo: got {type(algo).__name__}, must be a GemmAlgo")
+    if algo.name in _ALGOS and not replace:
+        raise ValueError(f"register_gemm_algo: {algo.name!r} is taken; pass replace=True")
+    _ALGOS[algo.name] = algo
+    return algo
+
+
+def unregister_gemm_algo(name: str) -> None:
+    """Remove a registered algorithm (a built-in one cannot be removed)."""
+    if name in GEMM_ALGOS + GEMV_ALGOS:
+        raise ValueError(f"unregister_gemm_algo: {name!r} is built in")
+    _ALGOS.pop(name, None)
+
+
+def gemm_algo(name: str, kind: str | None = None) -> GemmAlgo:
+    """The registered algorithm `name` (of `kind`, when given); one line naming the known."""
+    a = _ALGOS.get(name)
+    if a is None or (kind is not None and a.kind != kind):
+        raise ValueError(f"{kind or 'gemm'} algo: got {name!r}, must be one of "
+                         f"{', '.join(gemm_algos(kind))}")
+    return a
+
+
+def gemm_algos(kind: str | None = None) -> tuple[str, ...]:
+    """Names of the registered algorithms (of `kind`), built-ins first."""
+    return tuple(n for n, a in _ALGOS.items() if kind is None or a.kind == kind)
 
 
 def _int(name: str, v, lo: int = 1) -> int:
@@ -55,8 +162,12 @@ class Plan:
 
     # ---- geometry ------------------------------------------------------------------------
     @property
+    def family(self) -> str:
+        return gemm_algo(self.algo).family
+
+    @property
     def region(self) -> Region:
-        if self.algo == "1d" and self.layout == "line":
+        if self.family == "whole" and self.layout == "line":
             return Region(0, 0, self.grid, 1)
         return Region(0, 0, self.grid, self.grid)
 
@@ -75,13 +186,13 @@ class Plan:
         P = self.grid
         if self.kind == "gemv":  # core (x, y): W[K block x, N block y]
             return 1, math.ceil(self.k / P), math.ceil(self.n / P)
-        if self.algo == "1d":
+        if self.family == "whole":
             return self.m, self.k, math.ceil(self.n / self.cores)
         return math.ceil(self.m / P), math.ceil(self.k / P), math.ceil(self.n / P)
 
     @property
     def steps(self) -> int:
-        return 1 if self.algo in ("1d",) or self.kind == "gemv" else self.grid
+        return 1 if self.family in ("whole", "gemv") else self.grid
 
     @property
     def padded(self) -> tuple[int, int, int]:
@@ -89,7 +200,7 @@ class Plan:
         mt, kt, nt = self.tiles
         if self.kind == "gemv":
             return 1, kt * self.grid, nt * self.grid
-        if self.algo == "1d":
+        if self.family == "whole":
             return mt, kt, nt * self.cores
         P = self.grid
         return mt * P, kt * P, nt * P
@@ -136,9 +247,9 @@ class Plan:
             return out
         a, bb, c = ((mt, kt), d, mt * kt * b), ((kt, nt), d, kt * nt * b), \
             ((mt, nt), "fp32", mt * nt * ACC_BYTES)
-        if self.algo == "1d":
+        if self.family == "whole":
             return {"a": a, "b": bb, "c": c}
-        if self.algo == "summa":
+        if self.family == "broadcast":
             return {"a": a, "b": bb, "abuf0": a, "abuf1": a, "bbuf0": bb, "bbuf1": bb, "c": c}
         return {"a0": a, "a1": a, "b0": bb, "b1": bb, "c": c}
 
@@ -146,12 +257,10 @@ class Plan:
         return sum(v[2] for v in self.buffers().values())
 
     def colors(self) -> int:
-        table = GEMV_COLORS if self.kind == "gemv" else GEMM_COLORS
-        return len(table[self.algo])
+        return len(gemm_algo(self.algo).colors)
 
     def color(self, flow: str) -> int:
-        table = GEMV_COLORS if self.kind == "gemv" else GEMM_COLORS
-        return table[self.algo][flow]
+        return dict(gemm_algo(self.algo).colors)[flow]
 
     def describe(self) -> str:
         if self.kind == "gemv":
@@ -163,9 +272,7 @@ def make_plan(kind: str, algo: str, hw: HardwareConfig, *, grid, m, k, n, dtype:
               layout: str = "square", skew: bool = True, flow_control: bool = False) -> Plan:
     """Validate the arguments and the budgets (SRAM bytes and colors per core) before any
     record is built; every problem is one line with the numbers."""
-    algos = GEMV_ALGOS if kind == "gemv" else GEMM_ALGOS
-    if algo not in algos:
-        raise ValueError(f"{kind} algo: got {algo!r}, must be one of {', '.join(algos)}")
+    entry = gemm_algo(algo, kind)
     if dtype not in DTYPES:
         raise ValueError(f"dtype: got {dtype!r}, must be one of {', '.join(DTYPES)}")
     if layout not in LAYOUTS:
@@ -177,7 +284,7 @@ def make_plan(kind: str, algo: str, hw: HardwareConfig, *, grid, m, k, n, dtype:
         raise ValueError(f"hw: got {type(hw).__name__}, must be a HardwareConfig")
     if not isinstance(flow_control, bool):
         raise ValueError(f"flow_control: got {flow_control!r}, must be True or False")
-    if flow_control and algo not in ("cannon", "meshgemm"):
+    if flow_control and not entry.flow_control:
         raise ValueError(f"flow_control: applies to cannon and meshgemm (their shifts), not "
                          f"{algo}: a SUMMA broadcast under flow control staircases in the "
                          "window model (docs/hardware-model.md, 'Flow control')")

@@ -206,3 +206,53 @@ def test_cli_runs_the_layout(capsys):
     out = json.loads(capsys.readouterr().out)
     assert rc in (0, None)
     assert out["layout"] == "2d" and out["gemm_algo"] == "cannon"
+
+
+def test_an_algorithm_added_in_one_module_reaches_every_entry_point():
+    """examples/gemm_algos/my_cannon.py registers Cannon under another name: build_gemm,
+    the closed form, functional C, and the 2-D layout (timing and logits) all take it."""
+    import importlib.util
+
+    from mapper.gemm import gemm_algos, unregister_gemm_algo
+    spec = importlib.util.spec_from_file_location("my_cannon",
+                                                  "examples/gemm_algos/my_cannon.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.register()
+    try:
+        _my_cannon_everywhere()
+    finally:
+        unregister_gemm_algo("my-cannon")
+    assert "my-cannon" not in gemm_algos()
+
+
+def _my_cannon_everywhere():
+    import numpy as np
+
+    from mapper.gemm import (
+        fragment_algos,
+        gemm_algos,
+        gemm_closed_form,
+        gemm_inputs,
+        gemm_output,
+    )
+    from mapper.strategies.layout2d import map_2d
+    assert "my-cannon" in gemm_algos("gemm") and "my-cannon" in fragment_algos()
+    kw = dict(grid=4, m=8, k=12, n=16, dtype="fp32")
+    mine, lib = build_gemm("my-cannon", MESH8, **kw), build_gemm("cannon", MESH8, **kw)
+    assert simulate(mine, MESH8, engine="fast").cycles == \
+        simulate(lib, MESH8, engine="fast").cycles
+    assert gemm_closed_form("my-cannon", MESH8, **kw) == gemm_closed_form("cannon", MESH8, **kw)
+    f = build_gemm("my-cannon", MESH8, functional=True, **kw)
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((8, 12)), rng.standard_normal((12, 16))
+    C = gemm_output(f, run_functional(f, MESH8, gemm_inputs(f, A, B)))
+    assert np.allclose(C, A @ B, atol=1e-4)
+    cfg = load_model("tiny-llama")
+    p = map_2d(cfg, MESH8, streaming=False, gemm_algo="my-cannon", functional=True,
+               phase="prefill", batch=1, prompt=16, context=16, dtype="fp32", grid=None,
+               sparsity=0.0)
+    assert p.meta["gemm_algo"] == "my-cannon"
+    inputs, want = layout2d_data.random_case(p, cfg, seed=2)
+    got = layout2d_data.model_logits(p, run_functional(p, MESH8, inputs))
+    assert error_report(got, want, "fp32")["ok"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from mapper.attention import ATTENTION_SPLITS
+from mapper.gemm import fragment_algos
 from mapper.placement import MappingError
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from mapper.strategies.common import check_micro_batches
-from mapper.strategies.layout2d import GEMM_ALGO_CHOICES, LAYOUTS, map_2d
+from mapper.strategies.layout2d import LAYOUTS, map_2d
 from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
@@ -88,7 +89,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     _one_of("layout", layout, LAYOUTS)
-    _one_of("gemm_algo", gemm_algo, GEMM_ALGO_CHOICES)
+    _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
     if layout != "2d" and gemm_algo != "auto":
         raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
     if layout == "2d" and strategy not in ("layer-sequential", "weight-streaming"):

@@ -42,8 +42,9 @@ import math
 from dataclasses import dataclass
 
 from mapper.gemm import (
-    FRAGMENT_ALGOS,
+    fragment_algos,
     fragment_buffers,
+    gemm_algo,
     gemm_estimate_cycles,
     gemm_fragment,
     ring_order,
@@ -79,7 +80,6 @@ from wse_sim.program import (
 from wse_sim.sparsity import Sparsity
 
 LAYOUTS = ("top-row", "2d")
-GEMM_ALGO_CHOICES = ("auto",) + FRAGMENT_ALGOS
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,12 @@ def gemm_shapes(cfg: GPTConfig, tokens: int, P: int) -> dict[str, tuple[int, int
             "ffn_down": (tokens, cfg.d_ffn, cfg.d_model, ("ffn_down",))}
 
 
-def check_layout(layout: str, gemm_algo: str) -> None:
+def check_layout(layout: str, algo: str) -> None:
     if layout not in LAYOUTS:
         raise MappingError(f"layout: got {layout!r}, must be one of {', '.join(LAYOUTS)}")
-    if gemm_algo not in GEMM_ALGO_CHOICES:
-        raise MappingError(f"gemm_algo: got {gemm_algo!r}, must be one of "
-                           f"{', '.join(GEMM_ALGO_CHOICES)}")
+    if algo != "auto" and algo not in fragment_algos():
+        raise MappingError(f"gemm_algo: got {algo!r}, must be one of auto, "
+                           f"{', '.join(fragment_algos())}")
 
 
 def _refuse(run: Run, functional: bool) -> None:
@@ -161,9 +161,10 @@ def choose_algo(run: Run, P: int, gemm_algo: str) -> str:
     if gemm_algo != "auto":
         return gemm_algo
     shapes = gemm_shapes(run.cfg, run.tokens, P).values()
+    algos = fragment_algos()
     est = {a: sum(gemm_estimate_cycles(a, run.hw, grid=P, m=m, k=k, n=n, dtype=run.dtype)
-                  for m, k, n, _ in shapes) for a in FRAGMENT_ALGOS}
-    return min(FRAGMENT_ALGOS, key=lambda a: (est[a], FRAGMENT_ALGOS.index(a)))
+                  for m, k, n, _ in shapes) for a in algos}
+    return min(algos, key=lambda a: (est[a], algos.index(a)))
 
 
 def gemm_plans(run: Run, P: int, algo: str) -> dict:
@@ -432,7 +433,7 @@ def _lm_head(em: Emitter, dep: tuple, streaming: bool, io_prev) -> int:
     head (`common.emit_lm_head`)."""
     run, pb, P, tm = em.run, em.pb, em.t.P, em.t.tm
     top = Region(0, 0, P, 1)
-    o = ring_order(P) if em.algo == "meshgemm" else list(range(P))
+    o = ring_order(P) if gemm_algo(em.algo).ring else list(range(P))
     moves = []
     for s in range(run.batch):
         r = o[(s * run.prompt + run.prompt - 1) // tm]

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from mapper.gemm import fragment_buffers, prealigned_b, ring_order
+from mapper.gemm import fragment_buffers, gemm_algo, prealigned_b, ring_order
 from workloads.reference import EPS
 from wse_sim.program import DataOp, Region
 
@@ -154,7 +154,7 @@ class Data2D:
     def __init__(self, run, t, algo: str):
         self.run, self.cfg, self.t, self.algo = run, run.cfg, t, algo
         self.P = t.P
-        self.perm = tuple(ring_order(t.P)) if algo == "meshgemm" else tuple(range(t.P))
+        self.perm = tuple(ring_order(t.P)) if gemm_algo(algo).ring else tuple(range(t.P))
         self.rms = self.cfg.norm == "rmsnorm"
         self.train = False  # emit_lm_head asks
 

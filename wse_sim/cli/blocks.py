@@ -20,15 +20,14 @@ from wse_sim.cli.common import (
 )
 from wse_sim.cli.outputs import check_output_args, write_file, write_json, write_requested
 
-GEMM_ALGOS = ("1d", "summa", "cannon", "meshgemm")
-GEMV_ALGOS = ("chain", "tree")
 DTYPES = ("fp32", "fp16", "bf16")
 
 
 def register(sub) -> dict:
+    from mapper.gemm import gemm_algos  # the registered algorithms, a user's too
     g = sub.add_parser("gemm", help="one distributed GEMM C = A B on a grid x grid region")
     hardware_args(g)
-    g.add_argument("--algo", required=True, choices=GEMM_ALGOS)
+    g.add_argument("--algo", required=True, choices=gemm_algos("gemm"))
     _size_args(g, gemm=True)
     g.add_argument("--layout", default="square", choices=("square", "line"),
                    help="1d only: the grid x grid region flattened, or a line of grid cores")
@@ -40,7 +39,7 @@ def register(sub) -> dict:
 
     v = sub.add_parser("gemv", help="one decode GEMV y = x W (chain or tree reduce)")
     hardware_args(v)
-    v.add_argument("--algo", required=True, choices=GEMV_ALGOS)
+    v.add_argument("--algo", required=True, choices=gemm_algos("gemv"))
     _size_args(v, gemm=False)
 
     c = sub.add_parser("collective", help="one collective (broadcast, reduce, allreduce, ...)")
@@ -159,16 +158,17 @@ def _run_block(args, program, hw, title: str) -> int:
 
 
 def cmd_gemm(args) -> int:
-    from mapper.gemm import build_gemm
+    from mapper.gemm import build_gemm, gemm_algo
     hw = effective_hardware(args)
     _check_block_args(args, hw)
-    if args.layout != "square" and args.algo != "1d":
+    entry = gemm_algo(args.algo, "gemm")
+    if args.layout != "square" and entry.family != "whole":
         raise ValueError(f"--layout: got {args.layout!r} with --algo {args.algo}, which applies "
                          "only to --algo 1d (the others tile a square grid)")
-    if args.no_skew and args.algo not in ("cannon", "meshgemm"):
+    if args.no_skew and not entry.aligns:
         raise ValueError(f"--no-skew: applies only to --algo cannon or meshgemm (their "
                          f"alignment phase), not {args.algo}")
-    if args.flow_control and args.algo not in ("cannon", "meshgemm"):
+    if args.flow_control and not entry.flow_control:
         raise ValueError(f"--flow-control: applies only to --algo cannon or meshgemm (their "
                          f"shifts), not {args.algo}")
     program = build_gemm(args.algo, hw, grid=args.grid, m=args.m, k=args.k, n=args.n,
@@ -193,10 +193,10 @@ def cmd_gemv(args) -> int:
 def compare_gemm(hw, *, grid: int, m: int, k: int, n: int, dtype: str, engine: str) -> dict:
     """Every GEMM algorithm on the same problem: {algo: row dict, or the reason it does not
     run}."""
-    from mapper.gemm import build_gemm
+    from mapper.gemm import build_gemm, gemm_algos
     from wse_sim.engine import simulate
     rows = {}
-    for algo in GEMM_ALGOS:
+    for algo in gemm_algos("gemm"):
         try:
             program = build_gemm(algo, hw, grid=grid, m=m, k=k, n=n, dtype=dtype)
         except ValueError as e:
