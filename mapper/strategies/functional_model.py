@@ -316,6 +316,14 @@ def sparsify(weights: dict, sparsity: float, rng, meta: dict | None = None) -> d
     return out
 
 
+def quantized_tensors(program: Program) -> str:
+    """What a functional run stores outside the activations' dtype ("weights int8, kv
+    fp8_e4m3"), or "" for a one-dtype run."""
+    m = _fmeta(program)
+    return ", ".join(f"{k} {m[k + '_dtype']}" for k in ("weights", "kv")
+                     if m.get(k + "_dtype", m["dtype"]) != m["dtype"])
+
+
 def random_case(program: Program, cfg: GPTConfig, seed: int = 0, *,
                 quantized: bool = True) -> tuple[dict, np.ndarray]:
     """(inputs for run_functional, reference logits (batch, vocab)) for random weights and
