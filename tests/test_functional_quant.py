@@ -177,3 +177,24 @@ def test_what_stays_timed_only_is_refused_in_one_line(argv, msg, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and msg in err, err
+
+
+def test_the_scales_are_counted_in_the_sram_budget():
+    """The timing model budgets the scales (`scales`): a layer's weight-scale tiles of the
+    functional run to the byte; the KV cache's one fp32 scale per hd int8 values; the tables'
+    one per row (token, position) and LM-head column."""
+    cfg = load_model("tiny-llama")
+    w8 = build("tiny-llama", "layer-pipelined", "decode", weights="int8")
+    tiles = sum(4 * int(np.prod(a.shape)) for a in w8.allocs
+                if a.name.startswith("L0.") and a.name.endswith(".scale"))
+    assert w8.meta["sram_buffers_per_core"]["scales"] == tiles
+    kv8 = build("tiny-llama", "layer-pipelined", "decode", kv="int8",
+                functional=False).meta["sram_buffers_per_core"]
+    assert kv8["scales"] == kv8["kv_cache"] // cfg.hd * 4
+    f32 = build("tiny-llama", "layer-pipelined", "decode", functional=False)
+    assert "scales" not in f32.meta["sram_buffers_per_core"]
+    from mapper.strategies.common import make_run
+    run = make_run(cfg, HW, phase="decode", batch=1, prompt=1, context=8, dtype="fp16",
+                   grid=None, sparsity=0.0, precision=Precision.of("fp16", "fp8_e4m3"))
+    params = cfg.embedding_params() + cfg.lm_head_params()
+    assert run.table_bytes == params + 4 * 2 * cfg.vocab_size  # untied: table and LM head

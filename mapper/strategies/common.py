@@ -117,7 +117,15 @@ class Run:
 
     @property
     def table_bytes(self) -> int:
-        return (self.cfg.embedding_params() + self.cfg.lm_head_params()) * self.weight_bytes
+        """The token (and position) table and the LM head in the weights dtype; 8-bit ones
+        with an fp32 scale per row of the tables and per column (vocabulary entry) of the
+        LM head (docs/precision.md)."""
+        cfg = self.cfg
+        scales = 0
+        if self.weight_bytes == 1:
+            pos = cfg.max_context if cfg.positions == "learned" else 0
+            scales = 4 * (cfg.vocab_size + pos + (0 if cfg.tied_embeddings else cfg.vocab_size))
+        return (cfg.embedding_params() + cfg.lm_head_params()) * self.weight_bytes + scales
 
     def ops(self) -> dict:
         g = build_graph(self.cfg, self.phase, batch=self.batch, prompt=self.prompt,

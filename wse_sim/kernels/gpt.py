@@ -20,6 +20,9 @@ would, so caches of several layers and sequences start on different cores):
 - `attn_softmax` (scores) -> scores, in place: p = exp(s - m) with the local row max m, and
   m and l = sum p in the two last entries (m = -inf, l = 0 when no key is visible).
 - `attn_av` (scores, kv) -> part (T, heads * (hd + 2)): per head [o = p V, m, l].
+An 8-bit KV cache (int8, fp8) holds uint8 codes and comes with a third input, its fp32 scale
+tile (2, B, kvpr, S): one scale per token, K/V head and K or V (`kv_q8`); `attn_scores`
+quantizes what it appends, both kernels read the cache dequantized.
 The row's reduce stream then merges the triples (`combine_softmax`; with G > 1 the row keeps
 the merged triple, `combine_softmax_partial`, and the group's column merges those).
 """
