@@ -39,6 +39,10 @@ Tree reduces (`reduce_algo="tree"`): the root of a GEMM's reduce keeps one recei
 group leader, like the partial sums it adds (`recv_tiles`); tile k of every reduce shares
 scratch slot "r{k}" (one reduce runs at a time in a region).
 
+Precision (`weights_dtype`, `kv_dtype`; `functional_quant`): the weight matrix tiles and the
+LM-head table in the weights dtype, the KV tile in the KV dtype; 8-bit ones hold uint8 codes
+beside an fp32 `<tile>.scale` tile, which the GEMM and attention DataOps read as one more input.
+
 Memory: in a functional build the SRAM of each region is one arena of the timing model's total
 (`common.alloc_group`) and every tile is a view into it at a planned offset; scratch slots are
 shared by tiles whose lives do not overlap (`FLayout.layer_tiles`), and since views really share

@@ -22,6 +22,13 @@
   computes), scattered, and the reference logits to compare with (float64, from the weights
   rounded to the run's dtype, as the cores hold them).
 
+8-bit weights or KV cache (`functional_quant`): `model_inputs` quantizes the float weights it
+is given (per output channel of each matrix, per row of the tables) and the decode cache (per
+token and head, from its values rounded to the activations' dtype) into codes and scale tiles;
+`random_case` compares with a reference that quantizes the same way (`quantized=False`: the
+unquantized float reference, to see what quantizing costs); `quantized_tensors(program)`
+names what a run stores in 8 bits (or another float).
+
 The token embedding gather happens where the tokens enter (the timing model does not simulate
 it either): the gathered rows (and learned position rows) are inputs of the `embed` record.
 """
