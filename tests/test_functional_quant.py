@@ -198,3 +198,27 @@ def test_the_scales_are_counted_in_the_sram_budget():
                    grid=None, sparsity=0.0, precision=Precision.of("fp16", "fp8_e4m3"))
     params = cfg.embedding_params() + cfg.lm_head_params()
     assert run.table_bytes == params + 4 * 2 * cfg.vocab_size  # untied: table and LM head
+
+
+@pytest.mark.parametrize("weights, kv", [("int8", "fp8_e4m3"), ("fp8_e5m2", "int8")])
+def test_a_quantized_prefill_cache_feeds_decode(weights, kv):
+    """Prefill with 8-bit weights and KV cache on the wafer, then decode one token from the
+    cache it left (dequantized by model_kv_cache, quantized again by model_inputs: the same
+    codes); equal to the quantizing reference over the whole sequence."""
+    cfg = load_model("tiny-llama")
+    w = ref.init_weights(cfg, 5)
+    rng = np.random.default_rng(5)
+    prompt, new = rng.integers(0, cfg.vocab_size, (1, 20)), rng.integers(0, cfg.vocab_size, (1, 1))
+    prec = Precision.of("fp32", weights, kv)
+    pre = strategies()["layer-pipelined"](cfg, HW, phase="prefill", prompt=20, dtype="fp32",
+                                          functional=True, precision=prec)
+    cache = fm.model_kv_cache(pre, cfg, run_functional(pre, HW, fm.model_inputs(
+        pre, cfg, w, prompt)))
+    dec = strategies()["layer-sequential"](cfg, HW, phase="decode", context=20, dtype="fp32",
+                                           functional=True, precision=prec)
+    got = fm.model_output(dec, run_functional(dec, HW, fm.model_inputs(dec, cfg, w, new, cache)))
+    w64 = fq.reference_weights(w, weights, "fp32", fm.round_to)
+    want, _ = ref.forward(cfg, w64, np.concatenate([prompt, new], axis=1),
+                          kv_round=fq.kv_rounder("fp32", kv, fm.round_to))
+    rep = error_report(got, want[:, -1], "fp32")
+    assert rep["ok"] and rep["max_rel_error"] < 1e-5, rep
