@@ -171,8 +171,8 @@ def test_the_graph_counts_weight_and_kv_bytes_in_their_dtypes():
      "kv_dtype: got 'int8', which does not apply"),
     (["--preset", "wse3", "--grid", "16", "--phase", "train", "--dtype", "int8"],
      "precision: acts int8, weights int8, kv int8, accum fp32 with phase train"),
-    (["--preset", "mesh16", "--weights-dtype", "int8", "--functional"],
-     "not implemented: functional: acts fp16, weights int8"),
+    (["--preset", "wse3", "--grid", "16", "--dtype", "int8", "--functional"],
+     "not implemented: functional: int8 activations (W8A8) are timed only"),
     (["--preset", "mesh16", "--model", "tiny-moe", "--kv-dtype", "int8"],
      "not implemented: precision: acts fp16, weights fp16, kv int8"),
 ])
@@ -222,13 +222,17 @@ def test_a_spec_file_carries_the_dtypes(tmp_path, capsys):
     assert again["sram_bytes_per_core"] == first["sram_bytes_per_core"]
 
 
-def test_an_8bit_buffer_is_timed_not_run_functionally():
+def test_an_8bit_buffer_holds_codes_read_only_with_their_scales():
+    """Functional 8-bit tiles are uint8 codes; nothing decodes them without their scales
+    (whole-model runs: tests/test_functional_quant.py)."""
     from wse_sim.functional import make_buffers
-    from wse_sim.program import Alloc, Program
+    from wse_sim.program import Alloc, Program, ProgramError
     p = Program("p", (Compute("c", Region(0, 0, 1, 1), 1),),
                 (Alloc("w", Region(0, 0, 1, 1), 64, (8, 8), "int8"),))
-    with pytest.raises(NotImplementedError, match="buffer 'w': int8 tiles are timed, not run"):
-        make_buffers(p)
+    w = make_buffers(p)["w"]
+    assert w.data.dtype.name == "uint8" and w.data.shape == (1, 1, 8, 8)
+    with pytest.raises(ProgramError, match="buffer 'w' holds int8 codes, which only a kernel"):
+        w.as_f32(w.data)
 
 
 def test_an_int8_program_saves_and_runs_again(tmp_path, capsys):

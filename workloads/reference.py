@@ -248,12 +248,17 @@ def forward(
     kv_cache: list[tuple[np.ndarray, np.ndarray]] | None = None,
     start_pos: int = 0,
     routes: dict | None = None,
+    kv_round=None,
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
     """Logits (batch, seq, vocab) and the KV cache extended by these tokens. `routes`, when
     given, receives each MoE layer's routing (`moe_ffn`).
 
     The cache is a list (one per layer) of (k, v), each (batch, n_kv_heads, positions, hd),
-    with RoPE already applied to k. `start_pos` must equal the cache length.
+    with RoPE already applied to k. `start_pos` must equal the cache length. `kv_round`, when
+    given, is applied to K and V (the cache and the new positions) before attention reads
+    them: how the cache is stored (e.g. quantized per token and head, then dequantized;
+    it must act on each (token, head) vector alone); the cache returned holds the values
+    before it.
     """
     tokens = _check_tokens(cfg, tokens, start_pos)
     _, s = tokens.shape
@@ -283,6 +288,8 @@ def forward(
             k = np.concatenate([kv_cache[i][0], k], axis=2)
             v = np.concatenate([kv_cache[i][1], v], axis=2)
         new_cache.append((k, v))
+        if kv_round is not None:
+            k, v = kv_round(k), kv_round(v)
         g = H // KV
         a = attention(q, np.repeat(k, g, axis=1), np.repeat(v, g, axis=1), causal=True)
         x = x + _merge(a) @ weights[p + "w_o"]

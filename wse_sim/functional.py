@@ -6,7 +6,12 @@ returns the final buffers. Timing is not involved: a task's data effect is appli
 
 Buffers. Every `Alloc` with a non-empty `shape` is a per-core tile array of shape
 (region.rows, region.cols, *shape): float32 for fp32, uint16 bit patterns for fp16/bf16 (the
-hardware's storage; arithmetic is fp32 and a result is rounded where it is stored). `inputs`
+hardware's storage; arithmetic is fp32 and a result is rounded where it is stored), uint8 codes
+for int8 / fp8_e4m3 / fp8_e5m2 (`wse_sim.kernels.quant`). An 8-bit tile means nothing without
+its scales, which sit in an fp32 tile of their own: flows move its bytes as they are, and only
+the kernels that take the scales as an input read it (`gemm` with a weight's scales,
+`attn_scores` / `attn_av` with the KV cache's; docs/precision.md); decoding it anywhere else
+is an error. `inputs`
 pre-fills buffers by name with full per-core arrays; everything else starts at zero.
 
 Views. A shaped Alloc of 0 bytes is a view: `program.meta["views"][name] = (arena, offset)`
@@ -44,7 +49,7 @@ import math
 import numpy as np
 
 from wse_sim import kernels as K
-from wse_sim.hardware import DTYPE_BYTES, FLOAT_DTYPES, HardwareConfig
+from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
 from wse_sim.kernels import gpt as G
 from wse_sim.kernels.base import use_parallel
 from wse_sim.kernels.registry import get_kernel, run_kernel
@@ -84,7 +89,19 @@ class Buffer:
 
     @property
     def lp(self) -> bool:
-        return self.dtype != "fp32"
+        """fp16 / bf16: uint16 bit patterns."""
+        return self.dtype in LP_DTYPES
+
+    @property
+    def q8(self) -> bool:
+        """int8 / fp8: uint8 codes, scaled by a separate fp32 tile."""
+        return self.dtype in Q8_DTYPES
+
+    def _no_q8(self, what: str) -> None:
+        if self.q8:
+            raise ProgramError(f"buffer {self.name!r} holds {self.dtype} codes, which only a "
+                               f"kernel given their scales can {what} (gemm, attn_scores, "
+                               "attn_av)")
 
     def rel(self, xs: np.ndarray, ys: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Indices into `data` of cores (xs, ys); a core outside the region is an error."""
@@ -105,19 +122,27 @@ class Buffer:
         return self.data[reg.y - r.y:reg.y1 - r.y + 1, reg.x - r.x:reg.x1 - r.x + 1]
 
     def as_f32(self, tiles: np.ndarray) -> np.ndarray:
+        self._no_q8("decode")
         if self.lp:
             return K.from_bits(np.ascontiguousarray(tiles), self.dtype, parallel=use_parallel(tiles.size))
         return np.ascontiguousarray(tiles, dtype=np.float32)
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """fp32 values -> this buffer's storage (rounded to nearest even for fp16/bf16)."""
+        self._no_q8("encode")
         values = np.ascontiguousarray(values, dtype=np.float32)
         if not self.lp:
             return values
         return K.to_bits(values, self.dtype, parallel=use_parallel(values.size))
 
 
+LP_DTYPES = ("fp16", "bf16")
+Q8_DTYPES = ("int8", "fp8_e4m3", "fp8_e5m2")
+
+
 def _storage(dtype: str):
+    if dtype in Q8_DTYPES:
+        return np.uint8
     return np.float32 if dtype == "fp32" else np.uint16
 
 
@@ -134,8 +159,7 @@ def estimate_bytes(program: Program) -> int:
         if a.name in arenas:
             total += a.region.size * -(-a.bytes_per_core // 8) * 8
         elif a.shape and a.name not in views:
-            item = 4 if a.dtype == "fp32" else 2
-            total += a.region.size * math.prod(a.shape) * item
+            total += a.region.size * math.prod(a.shape) * DTYPE_BYTES.get(a.dtype, 4)
     return total
 
 
@@ -179,10 +203,6 @@ def make_buffers(program: Program, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[s
         if a.dtype not in DTYPE_BYTES:
             raise ProgramError(f"buffer {a.name!r}: dtype {a.dtype!r} is not one of "
                                f"{', '.join(DTYPE_BYTES)}")
-        if a.dtype not in FLOAT_DTYPES:
-            raise NotImplementedError(f"buffer {a.name!r}: {a.dtype} tiles are timed, not run "
-                                      f"functionally (buffers hold {', '.join(FLOAT_DTYPES)}; "
-                                      "8-bit GEMMs: wse_sim.kernels.gemm_q)")
         shape = tuple(int(s) for s in a.shape)
         if any(s < 1 for s in shape):
             raise ProgramError(f"buffer {a.name!r}: shape {shape} must have sizes >= 1")
@@ -211,7 +231,12 @@ def _fill(bufs: dict[str, Buffer], inputs: dict) -> None:
         if arr.shape != b.data.shape:
             raise ProgramError(f"inputs[{name!r}]: shape {arr.shape}, expected {b.data.shape} "
                                "(rows, cols, *tile)")
-        if b.lp and arr.dtype == np.uint16:
+        if b.q8:
+            if arr.dtype != np.uint8:
+                raise ProgramError(f"inputs[{name!r}]: a {b.dtype} buffer takes uint8 codes, got "
+                                   f"{arr.dtype} (quantize with wse_sim.kernels.quantize)")
+            b.data[...] = arr
+        elif b.lp and arr.dtype == np.uint16:
             b.data[...] = arr
         elif arr.dtype.kind in "fiu" and arr.dtype != np.uint16:
             b.data[...] = b.encode(arr.astype(np.float32))
@@ -450,6 +475,9 @@ def decode(program: Program, buffers: dict, name: str) -> np.ndarray:
     for a in program.allocs:
         if a.name == name and a.shape:
             arr = buffers[name]
+            if a.dtype in Q8_DTYPES:
+                raise ProgramError(f"buffer {name!r} holds {a.dtype} codes; decode them with "
+                                   "their scales (wse_sim.kernels.dequantize)")
             return K.from_bits(np.ascontiguousarray(arr), a.dtype) if a.dtype != "fp32" \
                 else np.asarray(arr, np.float32)
     raise ProgramError(f"no shaped buffer named {name!r}")

@@ -118,12 +118,15 @@ class Run:
 
     @property
     def table_bytes(self) -> int:
-        """The embedding table and LM head held on the wafer (a multi-wafer stage holds the
-        part it uses: `stage_table_params`)."""
+        """The token (and position) table and the LM head held on the wafer (a multi-wafer
+        stage holds the part it uses: `stage_table_params`) in the weights dtype; 8-bit ones
+        with an fp32 scale per row of the tables and per column (vocabulary entry) of the LM
+        head (docs/precision.md): one per d_model values."""
         params = self.table_params
         if params is None:
             params = self.cfg.embedding_params() + self.cfg.lm_head_params()
-        return params * self.weight_bytes
+        scales = 4 * (params // self.cfg.d_model) if self.weight_bytes == 1 else 0
+        return params * self.weight_bytes + scales
 
     def ops(self) -> dict:
         g = build_graph(self.cfg, self.phase, batch=self.batch, prompt=self.prompt,
@@ -180,7 +183,8 @@ def make_run(cfg: GPTConfig, hw: HardwareConfig, *, phase: str, batch: int, prom
 def check_precision(prec: Precision | None, dtype: str, phase: str, functional: bool,
                     cfg: GPTConfig) -> Precision:
     """The run's precision (default: `dtype` for every tensor); refused where it is not
-    modelled: per-tensor dtypes or 8-bit ones in training, functional runs and MoE models."""
+    modelled: per-tensor dtypes or 8-bit ones in training and MoE models; in functional runs
+    8-bit activations (W8A8) and accumulators stored below fp32."""
     prec = prec or Precision.of(dtype)
     if prec.acts != dtype:
         raise MappingError(f"precision: activations {prec.acts!r} differ from the run's dtype "
@@ -193,13 +197,18 @@ def check_precision(prec: Precision | None, dtype: str, phase: str, functional: 
         raise MappingError(f"precision: {what} with phase train; a training step keeps every "
                            "tensor in one 16- or 32-bit float dtype (8-bit and per-tensor "
                            "dtypes are for prefill and decode)")
-    if functional:
-        raise NotImplementedError(f"functional: {what} is timed only; the functional GPT "
-                                  "kernels compute every tensor in the run's float dtype (the "
-                                  "8-bit GEMM kernels are wse_sim.kernels.gemm_q)")
     if cfg.is_moe:
         raise NotImplementedError(f"precision: {what} for the MoE model {cfg.name} is not "
                                   "mapped (its expert layers size and time one dtype)")
+    if functional and prec.acts not in FLOAT_DTYPES:
+        raise NotImplementedError(f"functional: {prec.acts} activations (W8A8) are timed only; "
+                                  "missing: per-token quantization of every stored activation "
+                                  "and the int8 x int8 GEMMs (gemm_tiles_q8) in the model's "
+                                  "records; functional runs take fp32, fp16 or bf16 "
+                                  "activations with 8-bit weights and KV cache")
+    if functional and prec.accum != "fp32":
+        raise NotImplementedError(f"functional: accum_dtype {prec.accum} is timed only; the "
+                                  "functional kernels keep partial sums and scores in fp32")
     return prec
 
 

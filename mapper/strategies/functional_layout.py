@@ -39,6 +39,10 @@ Tree reduces (`reduce_algo="tree"`): the root of a GEMM's reduce keeps one recei
 group leader, like the partial sums it adds (`recv_tiles`); tile k of every reduce shares
 scratch slot "r{k}" (one reduce runs at a time in a region).
 
+Precision (`weights_dtype`, `kv_dtype`; `functional_quant`): the weight matrix tiles and the
+LM-head table in the weights dtype, the KV tile in the KV dtype; 8-bit ones hold uint8 codes
+beside an fp32 `<tile>.scale` tile, which the GEMM and attention DataOps read as one more input.
+
 Memory: in a functional build the SRAM of each region is one arena of the timing model's total
 (`common.alloc_group`) and every tile is a view into it at a planned offset; scratch slots are
 shared by tiles whose lives do not overlap (`FLayout.layer_tiles`), and since views really share
@@ -58,6 +62,7 @@ import numpy as np
 from mapper import attention
 from mapper.placement import MappingError
 from mapper.reduce_algos import axis_algo
+from mapper.strategies import functional_quant as fq
 from mapper.tree_reduce import recv_name, tree_groups
 from workloads.models import GPTConfig
 from workloads.reference import EPS
@@ -115,6 +120,8 @@ class FLayout:
     add_grads: bool = False  # a later micro-batch: weight gradients add to the earlier ones'
     kv_layers: int = 1   # layers whose KV caches share a region's cores (layer-sequential: all)
     row_groups: bool = True  # a head group's rows split its keys (tp2d.Layout.fitted)
+    weights_dtype: str = ""  # of the weight matrices and the LM head ("": `dtype`)
+    kv_dtype: str = ""  # of the KV cache ("": `dtype`); 8-bit ones: `functional_quant`
 
     def __post_init__(self):
         for r, kv in enumerate(self.row_kv):
@@ -125,6 +132,14 @@ class FLayout:
                     f"kv heads {self.cfg.n_kv_heads}); use a region with more rows")
 
     # ---- sizes ------------------------------------------------------------------------------
+    @property
+    def wdt(self) -> str:
+        return self.weights_dtype or self.dtype
+
+    @property
+    def kvdt(self) -> str:
+        return self.kv_dtype or self.dtype
+
     @property
     def T(self) -> int:
         return self.batch * self.sq
@@ -300,7 +315,7 @@ class FLayout:
             out.update({b("fpart"): (lay.reg, (T, self.nf), dt, "s1"),
                         b("act"): (lay.reg, (T, self.fr), dt, "s1"),
                         b("scores"): (lay.att, (T, H, self.slots + 2), "fp32", "s2")})
-        return out
+        return fq.layer_tiles(self, b, out)
 
     def embed_tiles(self, row: Region, own_x: bool, scratch: bool = False,
                     sfx: str = "") -> dict:
@@ -327,9 +342,9 @@ class FLayout:
 
     def head_tiles(self, j: int, hr: Region) -> dict:
         lm, dt = self.lm_tokens, self.dtype
-        return {f"head{j}.x": (hr, (lm, self.dc), dt, None),
-                f"head{j}.table": (hr, (self.dc, self.vr), dt, None),
-                f"head{j}.logits": (hr, (lm, self.vr), dt, None)}
+        return fq.head_tiles(self, j, {f"head{j}.x": (hr, (lm, self.dc), dt, None),
+                                       f"head{j}.table": (hr, (self.dc, self.vr), dt, None),
+                                       f"head{j}.logits": (hr, (lm, self.vr), dt, None)})
 
     # ---- what the records do ----------------------------------------------------------------
     def norm_data(self, key: str, x: str, out: str, stats: str, gain: str) -> dict:
@@ -378,7 +393,7 @@ class FLayout:
                   "ffn_down": dataop("gemm", (b("act"), b("wdown")), b("h")),
                   "down.reduce": dataop("reduce", (b("h"),), b("h")),
                   "residual2": dataop("add", (b("x"), b("h")), b("x"))})
-        return d
+        return fq.layer_data(self, b, d)
 
     def embed_data(self, out: str, sfx: str = "") -> DataOp:
         if self.cfg.positions == "learned":
@@ -402,7 +417,7 @@ class FLayout:
                       f"bcast{j}": dataop("bcast", (hx,), hx),
                       f"lm_head.{j}": dataop("gemm", (hx, f"head{j}.table"), f"head{j}.logits"),
                       f"reduce{j}": dataop("reduce", (f"head{j}.logits",), f"head{j}.logits")})
-        return d
+        return fq.head_data(self, k, d)
 
     # ---- training ---------------------------------------------------------------------------
     # The forward pass keeps, per layer, what its backward reads (no scratch sharing): the
@@ -618,7 +633,7 @@ class FLayout:
                "cols": self.cols, "dtype": self.dtype, "batch": self.batch, "sq": self.sq,
                "start": self.start, "tables": self.tables, "heads": [rect(h) for h in heads],
                "embed_row": rect(embed_row), "train": self.train, "kv_layers": self.kv_layers,
-               "row_groups": self.row_groups,
+               "row_groups": self.row_groups, "weights_dtype": self.wdt, "kv_dtype": self.kvdt,
                "layers": [{"region": rect(lay.reg), "w": b.w, "a": b.a, "g": b.g}
                           for lay, b in layers]}
         if parts is not None:
@@ -670,8 +685,9 @@ def make_layout(cfg: GPTConfig, run, rows: int, cols: int, tables: int = 1,
                                   "functionally")
     sq = 1 if run.phase == "decode" else run.prompt
     start = run.context if run.phase == "decode" else 0
+    prec = run.precision
     return FLayout(cfg, rows, cols, run.dtype, run.batch, sq, start, tables, train, kv_layers,
-                   row_groups=row_groups)
+                   row_groups=row_groups, weights_dtype=prec.weights, kv_dtype=prec.kv)
 
 
 # ---- tiles of real weights (functional runs) ---------------------------------------------

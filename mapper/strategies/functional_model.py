@@ -22,6 +22,13 @@
   computes), scattered, and the reference logits to compare with (float64, from the weights
   rounded to the run's dtype, as the cores hold them).
 
+8-bit weights or KV cache (`functional_quant`): `model_inputs` quantizes the float weights it
+is given (per output channel of each matrix, per row of the tables) and the decode cache (per
+token and head, from its values rounded to the activations' dtype) into codes and scale tiles;
+`random_case` compares with a reference that quantizes the same way (`quantized=False`: the
+unquantized float reference, to see what quantizing costs); `quantized_tensors(program)`
+names what a run stores in 8 bits (or another float).
+
 The token embedding gather happens where the tokens enter (the timing model does not simulate
 it either): the gathered rows (and learned position rows) are inputs of the `embed` record.
 """
@@ -30,10 +37,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from mapper.strategies import functional_quant as fq
 from mapper.strategies.functional_layout import FLayout, LayerBufs, _cols, _pad, _zeros
 from workloads import reference
 from workloads.models import GPTConfig
 from workloads.pruning import prune_layers
+from wse_sim.kernels import dequantize, quantize
 from wse_sim.program import Program, ProgramError
 from wse_sim.sparsity import Sparsity
 
@@ -51,7 +60,8 @@ def layout_of(program: Program, cfg: GPTConfig) -> FLayout:
         raise ValueError(f"cfg: got model {cfg.name!r}, the program maps {m['model']!r}")
     return FLayout(cfg, m["rows"], m["cols"], m["dtype"], m["batch"], m["sq"], m["start"],
                    m["tables"], m.get("train", False), m.get("kv_layers", 1),
-                   row_groups=m.get("row_groups", True))
+                   row_groups=m.get("row_groups", True),
+                   weights_dtype=m.get("weights_dtype", ""), kv_dtype=m.get("kv_dtype", ""))
 
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -67,11 +77,20 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def decode(program: Program, buffers: dict, name: str) -> np.ndarray:
-    """A tile buffer of a functional run as float32 values (fp16/bf16 bit patterns decoded)."""
+    """A tile buffer of a functional run as float32 values (fp16/bf16 bit patterns decoded;
+    int8 / fp8 codes times their scales, from the tile `name + ".scale"`)."""
     alloc = next((a for a in program.allocs if a.name == name and a.shape), None)
     if alloc is None:
         raise ProgramError(f"program {program.name!r} has no tile {name!r}")
     arr = np.ascontiguousarray(buffers[name])
+    if fq.is8(alloc.dtype):
+        s = np.asarray(buffers[fq.scale_name(name)], np.float32)
+        last = arr.shape[-1]
+        vals = dequantize(arr.reshape(1, -1, last), np.ones((1, last), np.float32),
+                          alloc.dtype).reshape(arr.shape)
+        if s.shape == arr.shape[:-1]:  # one scale per vector along the last axis (KV cache)
+            return vals * s[..., None]
+        return vals * s[..., None, :]  # one per column of a weight tile
     if alloc.dtype == "fp16":
         return arr.view(np.float16).astype(np.float32)
     if alloc.dtype == "bf16":
@@ -153,7 +172,13 @@ def _kv_inputs(program, fl: FLayout, i: int, b: LayerBufs, out: dict, kv_cache) 
         for r in range(fl.ra):
             for k, g in enumerate(fl.row_kv[r]):
                 arr[r * G:(r + 1) * G, :, t, :, k] = sp[:, :, :, g]
-    out[b("kv")] = arr
+    if not fq.is8(fl.kvdt):
+        out[b("kv")] = arr
+        return
+    # 8-bit: as the qkv tile held K and V (the activations' dtype), one scale per vector
+    codes, scales = quantize(round_to(arr, fl.dtype).reshape(1, -1, hd), fl.kvdt, per="row")
+    out[b("kv")] = codes.reshape(arr.shape)
+    out[fq.scale_name(b("kv"))] = scales.reshape(arr.shape[:-1])
 
 
 def _group_attention_inputs(program, fl: FLayout, w: dict, p: str, b: LayerBufs,
@@ -179,7 +204,6 @@ def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
                  kv_cache: list | None = None, targets=None) -> dict[str, np.ndarray]:
     """Per-core input arrays of every tile the run starts from (see the module docstring);
     a training step also takes the next-token `targets` (batch, tokens)."""
-    m = _fmeta(program)
     fl = layout_of(program, cfg)
     tokens = np.asarray(tokens)
     if tokens.shape != (fl.batch, fl.sq) or not np.issubdtype(tokens.dtype, np.integer):
@@ -188,18 +212,53 @@ def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
     if (kv_cache is None) != (fl.start == 0):
         raise ValueError(f"kv_cache: the program {'decodes after' if fl.start else 'starts at'} "
                          f"position {fl.start}; give the cache of exactly those positions")
-    w = weights
     out: dict[str, np.ndarray] = {}
+    if not fq.is8(fl.wdt):  # the gathered rows come from a table stored in the weights dtype
+        emb = {k: round_to(v, fl.wdt) if k in ("embed", "pos") else v for k, v in weights.items()}
+        _embed_inputs(program, fl, emb, tokens, targets, out)
+        _weight_inputs(program, fl, weights, kv_cache, out)
+        return out
+    # 8-bit weights: the tiles hold codes (placed as their numbers 0..255 by the same code
+    # that places float weights, then made uint8) and the scale tiles the scales of their
+    # columns (a matrix of each column's scale placed the same way, its largest per column:
+    # padding rows are 0); the gathered table rows are dequantized (code value x scale)
+    codes, scales = fq.quantized_weights(weights, fl.wdt)
+    emb = dict(weights)
+    for k in ("embed", "pos"):
+        if k in codes:
+            emb[k] = fq.code_values(codes[k], fl.wdt) * scales[k][:, None]
+    _embed_inputs(program, fl, emb, tokens, targets, out)
+    _weight_inputs(program, fl, weights | {k: c.astype(np.float32) for k, c in codes.items()},
+                   kv_cache, out)
+    spread = {k: np.broadcast_to(s[:, None] if fq.per_row(k) else s[None, :],
+                                 weights[k].shape) for k, s in scales.items()}
+    sc: dict[str, np.ndarray] = {}
+    _weight_inputs(program, fl, weights | spread, None, sc)
+    for a in program.allocs:
+        if a.shape and fq.is8(a.dtype) and a.name in sc:
+            out[a.name] = out[a.name].astype(np.uint8)
+            out[fq.scale_name(a.name)] = sc[a.name].max(axis=-2)
+    return out
+
+
+def _embed_inputs(program, fl: FLayout, w: dict, tokens, targets, out: dict) -> None:
+    """The gathered token (and position) rows of each chunk or micro-batch (and, training,
+    its targets and token ids)."""
     for sfx, b0, nb, s0, ns in parts(program):  # each chunk's or micro-batch's own tokens
         tk = tokens[b0:b0 + nb, s0:s0 + ns]
         rows = w["embed"][tk.reshape(-1)]  # (T, d): the gather where the tokens enter
         out["embed.rows" + sfx] = _cols(rows, fl, 1)[None]
-        if cfg.positions == "learned":
+        if fl.cfg.positions == "learned":
             pos = w["pos"][fl.start + s0 + np.arange(tk.size) % ns]
             out["embed.pos" + sfx] = _cols(pos, fl, 1)[None]
         if fl.train:
             tg = _check_targets(targets, tokens)[b0:b0 + nb, s0:s0 + ns]
             _train_inputs(program, tk, tg, sfx, out)
+
+
+def _weight_inputs(program, fl: FLayout, w: dict, kv_cache, out: dict) -> None:
+    """Every layer's weights (and KV cache), the final norm and the LM head's table."""
+    cfg, m = fl.cfg, _fmeta(program)
     for i, lay in enumerate(m["layers"]):
         _layer_inputs(program, fl, w, i, LayerBufs(lay["w"], lay["a"]), out, kv_cache)
     arr = _zeros(program, "lnf.g")
@@ -212,7 +271,6 @@ def model_inputs(program: Program, cfg: GPTConfig, weights: dict, tokens,
     tp = _pad(table, (fl.cols * fl.dc, k * R * fl.vr)).reshape(fl.cols, fl.dc, k, R, fl.vr)
     for j in range(k):  # core (j_col, r) of table region h: table[d-shard, shard h R + r]
         out[f"head{j}.table"] = tp[:, :, j].transpose(2, 0, 1, 3)
-    return out
 
 
 def model_output(program: Program, buffers: dict) -> np.ndarray:
@@ -265,9 +323,22 @@ def sparsify(weights: dict, sparsity: float, rng, meta: dict | None = None) -> d
     return out
 
 
-def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, np.ndarray]:
+def quantized_tensors(program: Program) -> str:
+    """What a functional run stores outside the activations' dtype ("weights int8, kv
+    fp8_e4m3"), or "" for a one-dtype run."""
+    m = _fmeta(program)
+    return ", ".join(f"{k} {m[k + '_dtype']}" for k in ("weights", "kv")
+                     if m.get(k + "_dtype", m["dtype"]) != m["dtype"])
+
+
+def random_case(program: Program, cfg: GPTConfig, seed: int = 0, *,
+                quantized: bool = True) -> tuple[dict, np.ndarray]:
     """(inputs for run_functional, reference logits (batch, vocab)) for random weights and
-    tokens; see the module docstring."""
+    tokens; see the module docstring. The reference stores the tensors as the run does:
+    weights and KV cache in their dtypes, 8-bit ones quantized the same way
+    (`functional_quant.reference_weights`, `kv_rounder`); `quantized=False`: the float
+    reference instead (every tensor in the activations' dtype), to see what quantizing
+    costs."""
     fl = layout_of(program, cfg)
     if fl.train:
         raise ValueError(f"program {program.name!r} is a training step: use random_train_case, "
@@ -275,13 +346,16 @@ def random_case(program: Program, cfg: GPTConfig, seed: int = 0) -> tuple[dict, 
     weights = reference.init_weights(cfg, seed)
     rng = np.random.default_rng(seed)
     weights = sparsify(weights, float(program.meta.get("sparsity", 0.0)), rng, program.meta)
-    w64 = {k: round_to(v, fl.dtype).astype(np.float64) for k, v in weights.items()}
+    wdt, kvdt = (fl.wdt, fl.kvdt) if quantized else (fl.dtype, fl.dtype)
+    w64 = fq.reference_weights(weights, wdt, fl.dtype, round_to)
+    kv_round = fq.kv_rounder(fl.dtype, kvdt, round_to)
     kv = None
     if fl.start:
         prompt = rng.integers(0, cfg.vocab_size, (fl.batch, fl.start))
-        _, kv = reference.forward(cfg, w64, prompt)
+        _, kv = reference.forward(cfg, w64, prompt, kv_round=kv_round)
     tokens = rng.integers(0, cfg.vocab_size, (fl.batch, fl.sq))
-    logits, _ = reference.forward(cfg, w64, tokens, kv_cache=kv, start_pos=fl.start)
+    logits, _ = reference.forward(cfg, w64, tokens, kv_cache=kv, start_pos=fl.start,
+                                  kv_round=kv_round)
     return model_inputs(program, cfg, weights, tokens, kv), logits[:, -1]
 
 

@@ -494,6 +494,24 @@ def held_matrix_bytes(sp: Sparsity, tiles: tuple, value_bytes: int, layers: int)
     return sum(sorted(per, reverse=True)[:layers])
 
 
+def scale_bytes(cfg: GPTConfig, lay: Layout, keys: int, prec: Precision, layers: int,
+                kv_streams: int) -> int:
+    """The fp32 scales of 8-bit tensors on the fullest core (docs/precision.md): one per
+    output column of every weight tile it holds (its row's Q|K|V share, the d-shards of O and
+    FFN-down, its row's FFN-up (and gate) f-shard), for each of the `layers` layers held;
+    and one per token, K/V head and K or V of its `kv_streams` KV caches."""
+    out = 0
+    att = lay.split(cfg)
+    if DTYPE_BYTES[prec.weights] == 1:
+        qw = cfg.hd * (att.heads_per_group + 2 * att.kv_heads_per_group)
+        cols = math.ceil(qw / lay.g) + 2 * math.ceil(cfg.d_model / lay.reg.cols) \
+            + ffn_row_cols(cfg, lay.reg.rows)
+        out += layers * cols * 4
+    if DTYPE_BYTES[prec.kv] == 1:
+        out += att.kv_bytes_per_core(keys, "fp32", kv_streams) // cfg.hd
+    return out
+
+
 def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: int,
                   dtype: str, *, train: bool = False, weight_layers: int = 1,
                   stream_weights: bool = False, reduce_algo: str = "chain",
@@ -507,8 +525,9 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
     (double buffer) instead; a `reduce_algo` with trees adds the root's receive buffers
     (`tree_recv`). `prec` (default: `dtype` for every tensor, fp32 accumulators): the weight
     matrices in its weights dtype (norm gains and biases in `dtype`), the KV cache in its kv
-    dtype, partial sums and scores in its accumulator dtype. `sp` (default dense): the weight
-    matrices stored as its sparse format says, the fullest layers' (`held_matrix_bytes`).
+    dtype, partial sums and scores in its accumulator dtype; 8-bit weights and KV cache add
+    their fp32 scales (`scales`: `scale_bytes`). `sp` (default dense): the weight matrices
+    stored as its sparse format says, the fullest layers' (`held_matrix_bytes`).
     """
     prec = prec or Precision.of(dtype)
     b, wb, ab = DTYPE_BYTES[dtype], prec.bytes("weights"), prec.bytes("accum")
@@ -539,6 +558,9 @@ def layer_buffers(cfg: GPTConfig, lay: Layout, tokens: int, keys: int, batch: in
         "kv_cache": att.kv_bytes_per_core(keys, prec.kv, weight_layers * batch) if not train
         else weight_layers * batch * att.kv_bytes_per_core(keys, prec.kv),
     }
+    scales = scale_bytes(cfg, lay, keys, prec, layers, weight_layers * batch)
+    if scales:
+        out["scales"] = scales
     recv = tree_recv_bytes(lay.reg, row_partial, tokens * math.ceil(d / C), prec.vector,
                            reduce_algo)
     if recv:

@@ -174,6 +174,11 @@ def run_one(args) -> int:
             print(f"  functional     {'ok' if check['ok'] else 'WRONG'}: {what} max abs error "
                   f"{check['max_abs_error']:.3g}, max rel error {check['max_rel_error']:.3g} "
                   f"(tolerance {check['tolerance']:g}, vs numpy; {check['wall_seconds']:.2f} s)")
+            if "float_rel_error" in check:
+                print(f"  quantization   {check['quantized']}: logits max rel error "
+                      f"{check['float_rel_error']:.3g} vs the unquantized float reference "
+                      "(informative; the check above is against the reference that quantizes "
+                      "the same way)")
     return 1 if check and not check["ok"] else 0
 
 
@@ -203,5 +208,11 @@ def _functional_check(program, hw, model: str, model_set: dict | None = None) ->
         inputs, want = fm.random_case(program, cfg, seed=0)
         got = fm.model_output(program, run_functional(program, hw, inputs))
         report = error_report(got, want, program.dtype)
+        quantized = fm.quantized_tensors(program)
+        if quantized:  # what the 8-bit (or per-tensor) storage costs, against float
+            _, want_float = fm.random_case(program, cfg, seed=0, quantized=False)
+            report["quantized"] = quantized
+            report["float_rel_error"] = error_report(got, want_float,
+                                                     program.dtype)["max_rel_error"]
     report["wall_seconds"] = time.perf_counter() - t0
     return report

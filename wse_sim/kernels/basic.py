@@ -8,6 +8,10 @@ its region. Semantics (DataOp `kernel`, `inputs`, `output`, `params`):
 region) uses columns [r w, (r + 1) w) of `a` (a GEMV's slice of a broadcast vector);
 `out_offset` = o: the (m, n) product or sum goes to columns [o, o + n) of a wider `out` (the
 rest is kept). A task with `sparsity` > 0 runs the sparse kernel (the cores skip zeros).
+8-bit weights (`b` an int8 / fp8 buffer of codes): a third input holds their fp32 scales, one
+per output column of each core's tile (tile shape (n,)); fp16/bf16 activations run
+`gemm_tiles_w8` (both operands decoded exactly, fp32 sums, then each column times its scale),
+fp32 activations (and the sparse kernel) the same on the decoded codes, then the scales.
 """
 
 from __future__ import annotations
@@ -75,11 +79,43 @@ def _a_tiles(a, d, P: int, at: np.ndarray, what: str) -> np.ndarray:
     return np.take_along_axis(at, np.broadcast_to(cols[:, None, :], (P, at.shape[1], w)), axis=2)
 
 
+def _w8_scales(b, ins: list, reg, what: str) -> np.ndarray | None:
+    """The (P, n) scales of 8-bit weights `b` (the third input); None for float weights."""
+    if not b.q8:
+        _arity(ins, 2, what)
+        return None
+    if len(ins) != 3 or ins[2].dtype != "fp32" or ins[2].shape != (b.shape[-1],):
+        got = f"{ins[2].name!r} {ins[2].dtype} {ins[2].shape}" if len(ins) == 3 else \
+            f"{len(ins)} inputs"
+        raise ProgramError(f"{what}: gemm by {b.dtype} weights {b.name!r} needs a third input "
+                           f"of fp32 scales shaped ({b.shape[-1]},), got {got}")
+    return np.ascontiguousarray(_tiles(ins[2], reg, what))
+
+
+def _gemm_w8(a, at: np.ndarray, b, bt: np.ndarray, scales: np.ndarray, sparse: bool,
+             par: bool) -> np.ndarray:
+    """Activations `a` by 8-bit weight codes `bt` with per-column `scales`, fp32 sums."""
+    if a.lp and not sparse:
+        return K.gemm_tiles_w8(np.ascontiguousarray(at), a.dtype, np.ascontiguousarray(bt),
+                               scales, b.dtype, parallel=par)
+    ones = np.ones(scales.shape, np.float32)
+    bf = K.dequantize(np.ascontiguousarray(bt), ones, b.dtype, parallel=par)  # exact values
+    af = np.ascontiguousarray(a.as_f32(at))
+    if sparse:
+        r = K.sparse_gemm_tiles(af, *K.csc_tiles(bf))
+    else:
+        r = K.gemm_tiles(af, bf, parallel=par)
+    return r * scales[:, None, :]
+
+
 def gemm(t, out, ins, what: str) -> None:
     """`gemm` and `gemm_acc` (the DataOp's kernel name says which)."""
     reg, d = t.region, t.data
     P = reg.size
-    a, b = _arity(ins, 2, what)
+    if len(ins) < 2:
+        _arity(ins, 2, what)
+    a, b = ins[0], ins[1]
+    scales = _w8_scales(b, ins, reg, what)
     at, bt = _a_tiles(a, d, P, _tiles(a, reg, what), what), _tiles(b, reg, what)
     if at.ndim != 3 or bt.ndim != 3 or at.shape[2] != bt.shape[1]:
         raise ProgramError(f"{what}: gemm of {a.name!r} {at.shape[1:]} by {b.name!r} "
@@ -101,7 +137,10 @@ def gemm(t, out, ins, what: str) -> None:
     c = out.as_f32(np.ascontiguousarray(out_blk).reshape(shape)) if acc else None
     c = np.ascontiguousarray(c) if c is not None else None
     par = _par(shape[0] * shape[1] * shape[2] * at.shape[2])
-    if t.sparsity > 0:  # the cores skip zero weights: run the sparse kernel for real
+    if scales is not None:
+        r = _gemm_w8(a, at, b, bt, scales, t.sparsity > 0, par)
+        r = r + c if acc else r
+    elif t.sparsity > 0:  # the cores skip zero weights: run the sparse kernel for real
         vals, colptr, rowidx = K.csc_tiles(np.ascontiguousarray(b.as_f32(bt)))
         r = K.sparse_gemm_tiles(np.ascontiguousarray(a.as_f32(at)), vals, colptr, rowidx,
                                 out=c, accumulate=acc)

@@ -20,6 +20,9 @@ would, so caches of several layers and sequences start on different cores):
 - `attn_softmax` (scores) -> scores, in place: p = exp(s - m) with the local row max m, and
   m and l = sum p in the two last entries (m = -inf, l = 0 when no key is visible).
 - `attn_av` (scores, kv) -> part (T, heads * (hd + 2)): per head [o = p V, m, l].
+An 8-bit KV cache (int8, fp8) holds uint8 codes and comes with a third input, its fp32 scale
+tile (2, B, kvpr, S): one scale per token, K/V head and K or V (`kv_q8`); `attn_scores`
+quantizes what it appends, both kernels read the cache dequantized.
 The row's reduce stream then merges the triples (`combine_softmax`; with G > 1 the row keeps
 the merged triple, `combine_softmax_partial`, and the group's column merges those).
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from wse_sim import kernels as K
+from wse_sim.kernels import kv_q8
 from wse_sim.kernels.base import use_parallel as _par
 from wse_sim.program import ProgramError
 
@@ -36,6 +40,9 @@ from wse_sim.program import ProgramError
 def _load(buf, reg, what) -> np.ndarray:
     """Tiles of `buf` on `reg` as float32 values, (rows, cols, *shape), a private copy."""
     blk = buf.block(reg, what)
+    if buf.q8:
+        raise ProgramError(f"{what}: buffer {buf.name!r} holds {buf.dtype} codes; this kernel "
+                           "takes float tiles (8-bit: the KV cache of attn_scores / attn_av)")
     if buf.lp:
         return K.from_bits(np.ascontiguousarray(blk), buf.dtype, parallel=_par(blk.size))
     return np.array(blk, np.float32)
@@ -169,7 +176,7 @@ def _per_head(kv: np.ndarray, head_kv: np.ndarray) -> np.ndarray:
 
 
 def attn_scores(reg, d, out, ins, what):
-    qkv, kvb = _arity(ins, 2, what)
+    qkv, kvb, kvs = kv_q8.kv_inputs(ins, 2, reg, what)
     hd, H, B, sq, start, head_kv = _att_params(reg, d, what)
     q = _load(qkv, reg, what)
     R, C, T, _ = q.shape
@@ -185,14 +192,17 @@ def attn_scores(reg, d, out, ins, what):
                            f"{int(offs.max())}) do not fit {S} slots x {C} columns x {G} rows "
                            f"of {kvb.name!r}")
     q = q.reshape(R, C, B, sq, H + 2 * kvpr, hd)
-    new = kvb.encode(np.ascontiguousarray(q[..., H:, :]))  # (R, C, B, sq, 2 kvpr, hd)
+    # (R, C, B, sq, 2 kvpr, hd) as stored, and an 8-bit cache's scales (R, C, B, sq, 2 kvpr)
+    new, new_s = kv_q8.encode_new(kvb, np.ascontiguousarray(q[..., H:, :]))
     for b in range(B):  # the append: position p of sequence b at index v = p + offset b:
         for s in range(sq):  # column v mod C, row (v div C) mod G of each group, slot v div GC
             v = start + s + int(offs[b])
             j, g, slot = v % C, (v // C) % G, v // (C * G)
-            kvt[g::G, j, 0, b, :, slot] = new[g::G, j, b, s, :kvpr]
-            kvt[g::G, j, 1, b, :, slot] = new[g::G, j, b, s, kvpr:]
-    keys = _per_head(_load(kvb, reg, what)[:, :, 0], head_kv)  # (R, C, B, H, S, hd)
+            for t, at in ((0, slice(None, kvpr)), (1, slice(kvpr, None))):  # K, then V
+                kvt[g::G, j, t, b, :, slot] = new[g::G, j, b, s, at]
+                if kvs is not None:
+                    kvs[g::G, j, t, b, :, slot] = new_s[g::G, j, b, s, at]
+    keys = _per_head(kv_q8.load(kvb, kvs, reg, what)[:, :, 0], head_kv)  # (R, C, B, H, S, hd)
     qh = q[..., :H, :].transpose(0, 1, 2, 4, 3, 5)  # (R, C, B, H, sq, hd)
     n = R * C * B * H
     sc = K.gemm_tiles(np.ascontiguousarray(qh.reshape(n, sq, hd)),
@@ -223,12 +233,12 @@ def attn_softmax(reg, d, out, ins, what):
 
 
 def attn_av(reg, d, out, ins, what):
-    sb, kvb = _arity(ins, 2, what)
+    sb, kvb, kvs = kv_q8.kv_inputs(ins, 2, reg, what)
     hd, H, B, sq, start, head_kv = _att_params(reg, d, what)
     v = _load(sb, reg, what)  # (R, C, T, H, S + 2)
     R, C, T = v.shape[:3]
     S = v.shape[-1] - 2
-    vals = _per_head(_load(kvb, reg, what)[:, :, 1], head_kv)  # (R, C, B, H, S, hd)
+    vals = _per_head(kv_q8.load(kvb, kvs, reg, what)[:, :, 1], head_kv)  # (R, C, B, H, S, hd)
     p = v[..., :S].reshape(R, C, B, sq, H, S).transpose(0, 1, 2, 4, 3, 5)
     n = R * C * B * H
     o = K.gemm_tiles(np.ascontiguousarray(p.reshape(n, sq, S)),

@@ -6,7 +6,8 @@ A kernel runs once per task, over every core of the task's region at once. Two f
   `KernelCall` and returns the new tiles of the output buffer as an array shaped
   (region.rows, region.cols, *tile). `call.inputs[i][r, c]` is the tile of the i-th DataOp
   input held by core (region.x + c, region.y + r), as float32 values (fp16/bf16 buffers are
-  decoded; a copy, so writing to it changes nothing); `call.out` is the output's current
+  decoded; a copy, so writing to it changes nothing; an 8-bit buffer of codes is an error, as
+  its scales are another buffer); `call.out` is the output's current
   tiles, the same way (for a kernel that accumulates); `call.params` the DataOp's params.
   The result is rounded into the output buffer's dtype where it is stored. Inside, use
   numpy, or call a numba function on the arrays.
