@@ -493,6 +493,39 @@ def _check_loop(tasks: tuple, lp: Loop) -> None:
                         "iteration")
 
 
+def _check_nesting(loops: tuple) -> None:
+    """Loops in task order, each either after the one before or inside one iteration of an
+    enclosing loop (loops nest two deep at most: steps inside layers)."""
+    outer = None  # the enclosing loop of the current nest
+    for a, b in zip(loops, loops[1:], strict=False):
+        if outer is not None and b.first >= outer.end:
+            outer = None
+        if b.first >= a.end:
+            if outer is not None and b.end > outer.end:
+                raise ProgramError(f"loop {b.name} (tasks {b.first}..{b.end - 1}) crosses the "
+                                   f"end of loop {outer.name} ({outer.first}..{outer.end - 1})")
+            _check_inside(outer, b)
+            continue
+        if b.end > a.end or b.first < a.first:
+            raise ProgramError(f"loops {a.name} and {b.name}: must be in task order, each after "
+                               f"the last or inside it (tasks {a.first}..{a.end - 1} and "
+                               f"{b.first}..{b.end - 1})")
+        if outer is not None:
+            raise ProgramError(f"loop {b.name}: loops nest two deep at most (inside {a.name}, "
+                               f"inside {outer.name})")
+        outer = a
+        _check_inside(a, b)
+
+
+def _check_inside(outer, inner) -> None:
+    """An inner loop lies within one iteration of its enclosing loop."""
+    if outer is None:
+        return
+    if (inner.first - outer.first) // outer.size != (inner.end - 1 - outer.first) // outer.size:
+        raise ProgramError(f"loop {inner.name} (tasks {inner.first}..{inner.end - 1}) spans "
+                           f"two iterations of loop {outer.name}")
+
+
 def _event_rects(t) -> list[tuple[int, int, int, int]]:
     """Rectangles (x, y, cols, rows) covering every core where task t has an event."""
     r = t.region
@@ -536,11 +569,7 @@ class Program:
     def __post_init__(self):
         if not isinstance(self.loops, tuple) or not all(isinstance(lp, Loop) for lp in self.loops):
             raise ProgramError(f"Program.loops: got {self.loops!r}, must be a tuple of Loop")
-        for a, b in zip(self.loops, self.loops[1:], strict=False):
-            if b.first < a.end:
-                raise ProgramError(f"loops {a.name} and {b.name}: must be in task order and "
-                                   f"must not overlap (tasks {a.first}..{a.end - 1} and "
-                                   f"{b.first}..{b.end - 1})")
+        _check_nesting(self.loops)
         for i, t in enumerate(self.tasks):
             if not isinstance(t, TASK_TYPES):
                 raise ProgramError(f"task {i}: got {type(t).__name__}, must be one of "
@@ -570,19 +599,23 @@ class Program:
         lines = [f"program {self.name}: {len(self.tasks)} tasks, {len(self.allocs)} buffers"
                  + (f", {len(self.loops)} loops" if self.loops else "")]
         starts = {lp.first: lp for lp in self.loops}
-        i = 0
-        while i < len(self.tasks):
+        self._listing(lines, 0, len(self.tasks), starts, "", set())
+        return "\n".join(lines)
+
+    def _listing(self, lines: list, i: int, end: int, starts: dict, pad: str, seen: set) -> None:
+        """Tasks i .. end - 1; a loop prints its iteration 0 once (an inner one inside it)."""
+        while i < end:
             lp = starts.get(i)
-            if lp is not None:
-                lines.append(f"  loop {lp.name} x {lp.count} (tasks {lp.first}..{lp.end - 1}, "
-                             f"{lp.size} per iteration; iteration 0:)")
-                lines.extend("  " + self._line(j) for j in range(lp.first, lp.first + lp.size))
-                lines.append(f"  end loop {lp.name}")
+            if lp is not None and lp.name + str(lp.first) not in seen:
+                seen.add(lp.name + str(lp.first))
+                lines.append(f"{pad}  loop {lp.name} x {lp.count} (tasks {lp.first}.."
+                             f"{lp.end - 1}, {lp.size} per iteration; iteration 0:)")
+                self._listing(lines, lp.first, lp.first + lp.size, starts, pad + "  ", seen)
+                lines.append(f"{pad}  end loop {lp.name}")
                 i = lp.end
                 continue
-            lines.append(self._line(i))
+            lines.append(pad + self._line(i))
             i += 1
-        return "\n".join(lines)
 
     def _line(self, i: int) -> str:
         t = self.tasks[i]
@@ -754,7 +787,7 @@ class ProgramBuilder:
         first one moved by whole iterations). Returns the Loop (None when count is 0)."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ProgramError(f"loop {name}: count got {count!r}, must be an integer >= 0")
-        first = len(self.tasks)
+        first, before = len(self.tasks), len(self.loops)
         for i in range(count):
             body(i)
         if count == 0:
@@ -763,10 +796,12 @@ class ProgramBuilder:
         if rest or not size:
             raise ProgramError(f"loop {name}: its {count} iterations added "
                                f"{len(self.tasks) - first} tasks, not the same number each")
-        if self.loops and first < self.loops[-1].end:
-            raise ProgramError(f"loop {name}: loops cannot nest yet (inside {self.loops[-1].name})")
         lp = Loop(name, first, size, count)
-        self.loops.append(lp)
+        if before and first < self.loops[before - 1].end:
+            raise ProgramError(f"loop {name}: starts inside loop {self.loops[before - 1].name}")
+        # loops its body made are inner loops: the enclosing one goes before them (task order)
+        self.loops.insert(before, lp)
+        _check_nesting(tuple(self.loops[before:]))
         return lp
 
     def alloc(self, name: str, region: Region, bytes_per_core: int, shape: tuple = (),

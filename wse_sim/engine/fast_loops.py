@@ -153,6 +153,8 @@ class LoopPlan:
     after: list                # (iteration, body task j) that tasks after the loop read
     inst: int                  # instances per iteration
     rows: np.ndarray           # resources the loop may touch (its bounding box's, the I/O)
+    level: int = 0             # 1: inside an iteration of another loop (steps in a layer)
+    inner_iterations: int = 0  # iterations of the loops inside one of its iterations
 
     def slots(self, tables, iteration: int, j: int) -> np.ndarray:
         t = self.lp.task(iteration, j)
@@ -166,6 +168,10 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
     for lp in tables.loops:
         if lp.count < MIN_COUNT:
             continue
+        level = int(any(o is not lp and o.first <= lp.first and lp.end <= o.end
+                        for o in tables.loops))
+        inner = sum(o.count for o in tables.loops if o is not lp
+                    and lp.first <= o.first and o.end <= lp.first + lp.size)
         starts = np.array([lp.task(i, 0) for i in range(lp.count + 1)])
         g = np.searchsorted(groups, starts)
         assert (groups[g] == starts).all(), "a loop iteration must start a task group"
@@ -179,7 +185,8 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
             elif lp.task(1, 0) <= owner < lp.task(2, 0) and it < 1:  # iteration 1: the reach
                 carried[j] = max(carried.get(j, 0), 1 - it)
         inst = int(tables.ib[lp.task(1, 0)] - tables.ib[lp.first])
-        out.append(LoopPlan(lp, g, carried, sorted(after), inst, _footprint(tables, lp)))
+        out.append(LoopPlan(lp, g, carried, sorted(after), inst, _footprint(tables, lp),
+                            level, inner))
     return out
 
 
@@ -207,9 +214,11 @@ class Forward:
     progress bar goes there); `skipped(n)` is told of the instances skipped."""
 
     def __init__(self, st, tables, advance, skipped=None, enabled: bool = True):
-        self.st, self.tables, self.advance = st, tables, advance
+        self.st, self.tables, self.raw = st, tables, advance
         self.skipped = skipped or (lambda n: None)
-        self.plans = plan_loops(tables, st.groups) if enabled else []
+        plans = plan_loops(tables, st.groups) if enabled else []
+        self.plans = [p for p in plans if p.level == 0]
+        self.inner = [p for p in plans if p.level == 1]  # in task order
         self.skipped_iterations = 0
 
     def run(self) -> int:
@@ -219,10 +228,27 @@ class Forward:
                 return status
         return self.advance(len(self.st.groups) - 1)
 
+    def advance(self, g1: int) -> int:
+        """Run up to group g1, fast-forwarding the loops inside loops met on the way (an
+        outer loop's iterations, run or tried, skip their step loops)."""
+        for q in self.inner:
+            now = int(self.st.state[T_NEXT])
+            if int(q.groups[0]) < now:
+                continue
+            if int(q.groups[q.lp.count]) > g1:
+                break
+            status = self.raw(int(q.groups[0]))
+            if status == OK:
+                status = self._loop(q)
+            if status != OK:
+                return status
+        return self.raw(g1)
+
     def _loop(self, p: LoopPlan) -> int:
         k = max(FIRST_TRY, max(p.carried.values(), default=1))
+        move = self.advance if p.level == 0 else self.raw
         while k + 2 < p.lp.count:
-            status = self.advance(int(p.groups[k]))
+            status = move(int(p.groups[k]))
             if status != OK:
                 return status
             done = self._try(p, k)
@@ -255,9 +281,11 @@ class Forward:
         cres = np.zeros(len(rows), np.uint8)
         csig = np.zeros(len(sig0), np.uint8)
         shift = np.array([-1, -1], np.int64)
-        st.watch[:] = p.lp.first, 0
+        w = slice(2 * p.level, 2 * p.level + 2)  # this loop's watch (an inner one: its own)
+        move = self.advance if p.level == 0 else self.raw
+        st.watch[w] = p.lp.first, 0
         try:
-            if self.advance(int(p.groups[k + 1])) != OK:
+            if move(int(p.groups[k + 1])) != OK:
                 return False
             sig1 = st.sig[self._state(p, k + 1)]
             if not (_shift_check(st.res, rows, res0, shift, cres, True, True)
@@ -266,16 +294,16 @@ class Forward:
             del res0
             res1, t1 = st.res[rows], st.state.copy()
             before = [c.copy() for c in (st.busy, st.lbusy, st.lbytes)]
-            if self.advance(int(p.groups[k + 2])) != OK:
+            if move(int(p.groups[k + 2])) != OK:
                 return False
             ok = (_shift_check(st.res, rows, res1, shift, cres, False, True)
                   and _shift_check(st.sig[self._state(p, k + 2)], empty, sig1, shift, csig,
                                    False, False)
-                  and st.watch[1] == 0
+                  and st.watch[w][1] == 0
                   and self._same_tail(t0, t1, st.state, shift, p)
                   and self._same_tasks(p, k + 1, int(shift[0])))
         finally:
-            st.watch[:] = -1, 0
+            st.watch[w] = -1, 0
         if not ok:
             return False
         m = p.lp.count - (k + 2)
@@ -334,7 +362,7 @@ class Forward:
         s[T_LAST_A] += m * int(shift[1])
         self._fill_tasks(p, i, m, delta)
         s[T_NEXT] = p.groups[lp.count]
-        self.skipped_iterations += m
+        self.skipped_iterations += m * (1 + p.inner_iterations)
         self.skipped(int(tables.ib[lp.end] - tables.ib[lp.task(i, 0)]))
 
     def _fill_tasks(self, p, i, m, delta) -> None:

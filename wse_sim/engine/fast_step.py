@@ -99,15 +99,19 @@ def _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff):
 
     While a loop is watched (watch[0]: its first task, else -1), sets watch[1] when a need on
     a task before the loop (a time that does not move with the iterations) is at least the
-    latest of the other needs, or when there are no others: see `fast_loops`."""
+    latest of the other needs, or when there are no others: see `fast_loops`. watch[2], [3]:
+    the same for a loop inside it (its iterations are tried within the outer one's)."""
     d0, dh, d1 = td[t, F_D0], td[t, F_DH], td[t, F_DN]
-    lo = watch[0]
+    lo, lo2 = watch[0], watch[2]
     if d0 == d1:
         if lo >= 0:
             watch[1] = 1
+        if lo2 >= 0:
+            watch[3] = 1
         return 0, -1, -1
     best, pred, mk = -1, -1, -1
     ibest, imk, obest, omk = -1, -1, -1, -1
+    ibest2, imk2, obest2, omk2 = -1, -1, -1, -1
     for a in range(n_anchors(td, t) if d0 < dh else 0):
         x, y = anchor(td, t, i, a)
         for d in range(d0, dh):
@@ -121,6 +125,11 @@ def _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff):
                     obest, omk = max(obest, sig[s, G_TIME]), max(omk, sig[s, G_MK])
                 else:
                     ibest, imk = max(ibest, sig[s, G_TIME]), max(imk, sig[s, G_MK])
+            if lo2 >= 0:
+                if deps[d, D_TASK] < lo2:
+                    obest2, omk2 = max(obest2, sig[s, G_TIME]), max(omk2, sig[s, G_MK])
+                else:
+                    ibest2, imk2 = max(ibest2, sig[s, G_TIME]), max(imk2, sig[s, G_MK])
     if dh < d1:
         nev = fill_events(td, t, i, hwc, ex, ey, eoff)
         lead0 = head_lead0(td, t, hwc)
@@ -142,11 +151,18 @@ def _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff):
                         obest, omk = max(obest, v), max(omk, sig[s, G_MK])
                     else:
                         ibest, imk = max(ibest, v), max(imk, sig[s, G_MK])
+                if lo2 >= 0:
+                    if deps[d, D_TASK] < lo2:
+                        obest2, omk2 = max(obest2, v), max(omk2, sig[s, G_MK])
+                    else:
+                        ibest2, imk2 = max(ibest2, v), max(imk2, sig[s, G_MK])
         if mk >= 0:  # never before the grant that made it ready
             best = max(best, mk >> GEN_BITS)
         best = max(best, 0)
     if lo >= 0 and (obest >= 0 or omk >= 0) and (obest >= ibest or omk >= imk):
         watch[1] = 1
+    if lo2 >= 0 and (obest2 >= 0 or omk2 >= 0) and (obest2 >= ibest2 or omk2 >= imk2):
+        watch[3] = 1
     return best, pred, mk
 
 
@@ -442,7 +458,8 @@ class StepRun:
         self.start, self.ends = np.empty(ni, np.int64), np.empty(ni, np.int64)
         self.state = np.zeros(NT, np.int64)
         self.state[T_MAXEND] = -1
-        self.watch = np.array([-1, 0], np.int64)  # (loop watched, a fixed time counted)
+        # (loop watched, a fixed time counted), then the same for a loop inside it
+        self.watch = np.array([-1, 0, -1, 0], np.int64)
 
     def run(self, tables, g1: int) -> int:
         """Run the task groups up to g1 (exclusive); the status."""
