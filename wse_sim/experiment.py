@@ -318,14 +318,13 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
     }
 
 
-def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
-                    phase: str = "prefill", **kw) -> dict:
-    """Layers split over `wafers` wafers (layer-pipelined on each), joined by the system I/O.
-
-    Each wafer is simulated on its own; a wafer after the first starts by receiving the
-    activations over its I/O (`io_bits_per_s`). Latency is the sum of the wafers' times; with
-    enough prompts or micro-batches in flight the pipeline delivers one batch per slowest wafer.
-    """
+def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = "prefill",
+                   **kw) -> list:
+    """The programs of a multi-wafer pipeline: the layers split evenly over `wafers` wafers
+    (the first ones take one more when they do not divide), each wafer's slice mapped
+    layer-pipelined (`map_layer_pipelined(..., stage=...)`): the first with the embedding, the
+    last with the LM head, every wafer after the first starting by receiving the activations
+    over its I/O (`io_bits_per_s`). `kw`: the run spec fields of `run_multi_wafer`."""
     from mapper.strategies.layer_pipelined import map_layer_pipelined
     _positive("wafers", wafers)
     _one_of("phase", phase, PHASES)
@@ -340,13 +339,26 @@ def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str 
     kw["sparse"].check_layers(cfg.n_layers, cfg.name)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
-    stages, first = [], 0
+    programs, first = [], 0
     for w in range(wafers):
         n = split_evenly(cfg.n_layers, wafers, w)
-        program = map_layer_pipelined(cfg, hw, phase=phase, stage=(first, n, w == 0,
-                                                                    w == wafers - 1), **kw)
-        stages.append(simulate(program, hw, engine=engine))
+        programs.append(map_layer_pipelined(cfg, hw, phase=phase, stage=(
+            first, n, w == 0, w == wafers - 1), **kw))
         first += n
+    return programs
+
+
+def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
+                    phase: str = "prefill", **kw) -> dict:
+    """Layers split over `wafers` wafers (layer-pipelined on each), joined by the system I/O
+    (`stage_programs`).
+
+    Each wafer is simulated on its own; a wafer after the first starts by receiving the
+    activations over its I/O (`io_bits_per_s`). Latency is the sum of the wafers' times; with
+    enough prompts or micro-batches in flight the pipeline delivers one batch per slowest wafer.
+    """
+    stages = [simulate(p, hw, engine=engine)
+              for p in stage_programs(hw, model, wafers=wafers, phase=phase, **kw)]
     latency = sum(r.seconds for r in stages)
     slowest = max(r.seconds for r in stages)
     tokens = stages[0].tokens
