@@ -289,6 +289,35 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     return found, best
 
 
+def search_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
+                       budget: int = 64, progress: bool = False, **kw):
+    """The multi-wafer form of `search_mapping` (layer-pipelined on each of `wafers` wafers,
+    `run_multi_wafer`): tries the GEMMs' reduce algorithm (`chain`, `tree`, unless
+    `reduce_algo` is given) and, for an MoE model, every expert placement (`moe_layout`:
+    blocks, strips, bands, unless given); the least simulated latency per token wins (one
+    batch through every wafer in turn). Returns (SearchResult, the winner's run_multi_wafer
+    dict or None)."""
+    from mapper.search import search
+    fixed = kw.pop("reduce_algo", None)
+    fixed_layout = kw.pop("moe_layout", None)
+    moe = load_model(model, kw.get("model_set")).is_moe
+    layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
+    cands = [{"strategy": "layer-pipelined", "wafers": wafers, "reduce_algo": a,
+              "moe_layout": lay} for lay in layouts for a in ((fixed,) if fixed else
+                                                              ("chain", "tree"))]
+    results = {}
+
+    def evaluate(cand: dict) -> float:
+        out = run_multi_wafer(hw, model, wafers=wafers, engine=engine,
+                              reduce_algo=cand["reduce_algo"], moe_layout=cand["moe_layout"],
+                              **kw)
+        results[tuple(cand.values())] = out
+        return out["seconds"] / max(1, out["stages"][0].tokens)
+
+    found = search(cands, evaluate, budget=budget, progress=progress)
+    return found, results.get(tuple(found.best.values())) if found.best else None
+
+
 def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, batch: int = 1,
                  engine: str = "auto", prefill_grid=None, decode_grid=None, **kw) -> dict:
     """Prefill the prompt, then decode `generate` tokens. The decode step is simulated at the

@@ -167,6 +167,10 @@ def serve(args) -> tuple:
     from wse_sim.serving.choose import ModeCandidate, choose_mode
     from wse_sim.serving.costs import CostCache
     from wse_sim.serving.requests import StreamSpec, make_requests
+    spec_from_args(args, only=SPEC_FIELDS + ("model",))  # validated, defaults filled
+    if args.strategy == "auto":
+        raise ValueError("strategy: got 'auto'; serve maps every shape with one strategy: "
+                         "choose one (`wse-sim search` says which is fastest)")
     _check(args)
     spec = StreamSpec(args.arrivals, args.trace, args.requests, args.prompt_dist,
                       args.output_dist, args.seed)
@@ -233,10 +237,6 @@ SPEC_FIELDS = ("strategy", "grid", "dtype", "reduce_algo", "attention", "wafers"
 
 
 def cmd_serve(args) -> int:
-    spec_from_args(args, only=SPEC_FIELDS + ("model",))  # validated, defaults filled
-    if args.strategy == "auto":
-        raise ValueError("strategy: got 'auto'; serve maps every shape with one strategy: "
-                         "choose one (`wse-sim search` says which is fastest)")
     result, summary = serve(args)
     where = f"{args.wafers} x {args.preset}" if args.wafers > 1 else args.preset
     title = f"serve {args.model} on {where} ({summary['mode']})"
