@@ -176,3 +176,29 @@ def test_per_token_prefill_is_the_sum_of_its_decode_steps():
     assert costs.prefill_fits(2, 6) and costs.prefill_refusal(6) is None
     with pytest.raises(ValueError, match="--prefill: got 'chunks'"):
         Mapping(prefill="chunks")
+
+
+def test_search_over_wafers_chooses_the_expert_placement(capsys):
+    argv = ["search", "--preset", "mesh16", "--model", "tiny-moe", "--phase", "decode",
+            "--batch", "4", "--context", "16", "--wafers", "2", "--reduce-algo", "chain"]
+    s = _json(capsys, argv)
+    costs = {t["candidate"]["moe_layout"]: t["seconds_per_token"] for t in s["tried"]}
+    assert set(costs) == {"blocks", "strips", "bands"}
+    assert s["moe_layout"] == min(costs, key=costs.get) == s["choice"]["moe_layout"]
+    r = run_multi_wafer(load_preset("mesh16"), "tiny-moe", wafers=2, phase="decode", batch=4,
+                        context=16, moe_layout=s["moe_layout"])
+    assert costs[s["moe_layout"]] == r["seconds"] / 4 and s["seconds"] == r["seconds"]
+    assert s["moe_layout_why"].startswith(f"{s['moe_layout']}: the least time per token")
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "expert placement:" in text and "µs/token" in text
+    assert "--grid: got 8 with --wafers 2" in _err(capsys, argv + ["--grid", "8"])
+
+
+def test_search_on_one_wafer_says_why_its_expert_placement(capsys):
+    s = _json(capsys, ["search", "--preset", "mesh16", "--model", "tiny-moe", "--phase",
+                       "decode", "--batch", "4", "--context", "16", "--grid", "16",
+                       "--reduce-algo", "chain", "--budget", "8"])
+    tried = {t["candidate"]["moe_layout"] for t in s["tried"] if t["seconds_per_token"]}
+    assert tried == {"blocks", "strips", "bands"} and s["moe_layout"] in tried
+    assert "µs/token" in s["moe_layout_why"]
