@@ -202,3 +202,14 @@ def test_search_on_one_wafer_says_why_its_expert_placement(capsys):
     tried = {t["candidate"]["moe_layout"] for t in s["tried"] if t["seconds_per_token"]}
     assert tried == {"blocks", "strips", "bands"} and s["moe_layout"] in tried
     assert "µs/token" in s["moe_layout_why"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--attention", "rows"], "attention: got 'rows' with wafers 2, must be 'auto'"),
+    (["--chunks", "2"], "chunks: got 2 with wafers 2, must be 1"),
+    (["--region-shape", "1"], "region_shape: got 1 with wafers 2, must be 0"),
+])
+def test_run_over_wafers_refuses_what_a_slice_would_ignore(capsys, extra, needle):
+    argv = ["run", "--preset", "mesh16", "--model", "tiny-moe", "--wafers", "2", "--prompt",
+            "16"]
+    assert needle in _err(capsys, argv + extra)

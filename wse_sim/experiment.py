@@ -357,6 +357,12 @@ def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = 
     from mapper.strategies.layer_pipelined import map_layer_pipelined
     _positive("wafers", wafers)
     _one_of("phase", phase, PHASES)
+    for name, default in (("attention", "auto"), ("chunks", 1), ("region_shape", 0)):
+        v = kw.pop(name, default)
+        if v != default:  # a wafer's slice takes what fits it: the option would not act
+            raise ConfigError(f"{name}: got {v!r} with wafers {wafers}, must be {default!r}: "
+                              "a wafer's slice of the model is mapped whole, in the region "
+                              "shape and attention split that fit it")
     model_set = kw.pop("model_set", None)
     kw["precision"] = precision_of(kw.pop("dtype", "fp16"), kw.pop("weights_dtype", None),
                                    kw.pop("kv_dtype", None), kw.pop("accum_dtype", None))

@@ -251,6 +251,7 @@ def run_extended(args) -> int:
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
                              "a multi-wafer pipeline is layer-pipelined on every wafer")
         extra = {"micro_batches": args.micro_batches} if args.micro_batches > 1 else {}
+        extra |= {"chunks": args.chunks, "region_shape": args.region_shape}  # refused if set
         out = run_multi_wafer(hw, args.model, wafers=args.wafers, engine=args.engine,
                               phase=args.phase, prompt=args.prompt, context=args.context,
                               grid=args.grid, **kw, **extra)
