@@ -126,23 +126,22 @@ def _costs(args, cache, mode: str):
     hw = effective_hardware(args)
     first = ShapeCosts(hw, args.model, mapping, buckets, cache)
     first.check_maps()
-    if mode != "disaggregated":
-        return first, first
-    dec_hw = hw
-    if args.decode_preset:
-        dec_hw = load_preset(args.decode_preset, parse_set(args.set))
-        if args.grid is not None and args.grid <= min(dec_hw.mesh_cols, dec_hw.mesh_rows):
-            dec_hw = dec_hw.with_overrides({"mesh_cols": args.grid, "mesh_rows": args.grid})
+    if mode != "disaggregated" or not args.decode_preset:
+        return first, first  # the decode region is the same hardware: the same costs
+    dec_hw = load_preset(args.decode_preset, parse_set(args.set))
+    if args.grid is not None and args.grid <= min(dec_hw.mesh_cols, dec_hw.mesh_rows):
+        dec_hw = dec_hw.with_overrides({"mesh_cols": args.grid, "mesh_rows": args.grid})
     second = ShapeCosts(dec_hw, args.model, mapping, buckets, cache)
     second.check_maps()
     return first, second
 
 
-def _serve_mode(args, mode: str, requests: list, cache) -> tuple:
-    """(ServeResult, summary, the prefill and decode ShapeCosts) of one mode."""
+def _serve_mode(args, mode: str, requests: list, costs: tuple) -> tuple:
+    """(ServeResult, summary, the prefill and decode ShapeCosts) of one mode; `costs`: the
+    (prefill or shared, decode) ShapeCosts of `_costs`."""
     from wse_sim.serving.report import summarize
     from wse_sim.serving.scheduler import run_disaggregated, run_time_shared
-    pre, dec = _costs(args, cache, mode)
+    pre, dec = costs
     t0 = time.perf_counter()
     if mode == "disaggregated":
         io = min(pre.hw.io_bits_per_s, dec.hw.io_bits_per_s)
@@ -177,7 +176,9 @@ def serve(args) -> tuple:
     cache = CostCache(args.cost_cache)
     requests = make_requests(spec)
     modes = MODES if args.mode == "auto" else (args.mode,)
-    runs = {m: _serve_mode(args, m, requests, cache) for m in modes}
+    pre, dec = _costs(args, cache, "disaggregated" if "disaggregated" in modes else modes[0])
+    runs = {m: _serve_mode(args, m, requests, (pre, dec if m == "disaggregated" else pre))
+            for m in modes}
     cache.save()
     cands = [ModeCandidate(m, args.wafers * (2 if m == "disaggregated" else 1), runs[m][1])
              for m in modes]
