@@ -213,3 +213,13 @@ def test_run_over_wafers_refuses_what_a_slice_would_ignore(capsys, extra, needle
     argv = ["run", "--preset", "mesh16", "--model", "tiny-moe", "--wafers", "2", "--prompt",
             "16"]
     assert needle in _err(capsys, argv + extra)
+
+
+def test_mode_auto_report_prints_each_candidate_with_units(capsys):
+    assert main(BASE + ["--wafers", "2", "--mode", "auto"]) == 0
+    out = capsys.readouterr().out
+    lines = [x for x in out.splitlines() if x.strip().startswith("candidate")]
+    assert len(lines) == 2 and all("output tokens/s" in x and "ms" in x for x in lines)
+    assert "on 2 wafer(s)" in lines[0] and "on 4 wafer(s)" in lines[1]
+    assert "chosen" in out and "output tokens/s per wafer" in out
+    assert "per wafer" in next(x for x in out.splitlines() if x.strip().startswith("KV"))

@@ -227,8 +227,10 @@ def _print_report(s: dict, title: str) -> None:
         print(f"  {region:13} busy {u['busy_fraction']:.1%}, FLOP utilization "
               f"{u['flop_utilization']:.2%}, {u['prefill_steps']} prefills, "
               f"{u['decode_steps']} decode steps (mean batch {u['mean_decode_batch']:.3g})")
+    per_wafer = s["kv_pool_bytes_per_wafer"]
+    each = f"; per wafer {', '.join(f'{b} B' for b in per_wafer)}" if len(per_wafer) > 1 else ""
     print(f"  KV            {s['kv_bytes_per_token']} B/token, pool {s['kv_pool_tokens']} "
-          f"tokens ({s['kv_pool_bytes']} B)")
+          f"tokens ({s['kv_pool_bytes']} B{each})")
     print(f"  costs         {s['cost_shapes_simulated']} shapes simulated "
           f"({s['cost_wall_s']:.2f} s), scheduler {s['wall_seconds']:.2f} s")
 
