@@ -7,6 +7,10 @@ the max batch), a prompt or a context to the next power of two or multiple of a 
 what the model allows). Each distinct shape is simulated once; `CostCache` keeps its cost (or
 the one-line reason it does not map) under a key made of everything that affects it: the
 effective hardware fields, the model's full config, the mapping options, the phase and shape.
+
+Over several wafers (`Mapping.wafers`) a shape's programs are the wafers' slices
+(`experiment.stage_programs`) and its cost their sum; the KV pool is per wafer. With
+`Mapping.prefill == "per-token"` a prefill is the sum of one decode step per prompt position.
 """
 
 from __future__ import annotations
