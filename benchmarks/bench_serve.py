@@ -14,6 +14,17 @@ Wall time of 10,000 requests at the highest rate, time-shared:
 - `wall_10k_warm_s`: the same run with the cost cache filled (the scheduler alone);
 - `shapes_10k`: distinct shapes simulated.
 Writes benchmarks/results/bench_serve.json (with the curve as rows) and bench_serve.png.
+
+`--real` (tens of minutes on 2 cores: run it in the background): the same curve for two real
+models on wse3, prompts and outputs uniform:8-32, 300 requests per rate, seed 0, fast engine:
+LLaMA3-8B on one wafer (max batch 32) and the MoE qwen3-30b-a3b over 2 wafers
+(`--wafers 2`, `--prefill per-token`: the multi-wafer mapping of a prefill holds 4 tokens at
+most; max batch 4, the largest decode batch that fits at these contexts), both modes;
+`<model>_<mode>_r<rate>_...` as above, plus `qwen3_wall_10k_warm_s` (10,000 requests at the top
+rate, costs from the curve's cache), `qwen3_shapes` and `qwen3_cost_wall_s` (every distinct
+shape mapped and simulated once), and the ratios `qwen3_vs_llama3_saturated_output_tokens` (the
+top rate's output tokens/s, time-shared) and `qwen3_wall_10k_over_300` (scheduler wall time of
+10,000 requests over that of 300, warm). Writes bench_serve_real.json/.txt/.png.
 """
 
 from __future__ import annotations
@@ -63,13 +74,17 @@ def curve(n: int, cache: str) -> list:
     return rows
 
 
-def plot(rows: list, path: Path) -> None:
+MODES = (("ts", "time-shared"), ("ts4", "time-shared, 4 prompts/prefill"),
+         ("dis", "disaggregated"))
+
+
+def plot(rows: list, path: Path, modes=MODES, title="tiny on mesh16: continuous batching"
+         ) -> None:
     from wse_sim.report.plots import new_figure, save, style
     with style():
         fig = new_figure(7.0, 3.2)
         thr, lat = fig.subplots(1, 2)
-        for tag, label in (("ts", "time-shared"), ("ts4", "time-shared, 4 prompts/prefill"),
-                           ("dis", "disaggregated")):
+        for tag, label in modes:
             r = [x for x in rows if x["mode"] == tag]
             thr.plot([x["rate"] for x in r], [x["requests_per_s"] for x in r], "o-", label=label)
             lat.plot([x["requests_per_s"] for x in r], [x["ttft_p99_ms"] for x in r], "o-",
@@ -83,11 +98,17 @@ def plot(rows: list, path: Path) -> None:
         lat.set_ylabel("ms")
         lat.set_yscale("log")
         lat.legend(fontsize=6)
-        fig.suptitle("tiny on mesh16: continuous batching")
+        fig.suptitle(title)
         save(fig, path.parent, path.stem, ("png",))
 
 
 def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--real" in argv:
+        from _serve_real import main_real
+        argv.remove("--real")
+        main_real(parse_args(__doc__.splitlines()[0], argv), _serve, _row, plot)
+        return
     args = parse_args(__doc__.splitlines()[0], argv)
     n_curve = 300 if args.quick else 1000
     n_wall = 2000 if args.quick else 10000

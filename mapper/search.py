@@ -55,7 +55,7 @@ class SearchResult:
             else:
                 extra = 100 * (cost - self.best_cost) / self.best_cost if self.best_cost else 0.0
                 more = "tie" if cost <= self.best_cost else f"+{extra:.1f} %"
-                parts.append(f"{cand[key]} {cost * 1e6:.4g} ({more})")
+                parts.append(f"{cand[key]} {cost * 1e6:.4g} µs/token ({more})")
         if not parts:
             return f"{mine}: the only {key} tried on this mapping"
         return (f"{mine}: the least time per token on this mapping, "

@@ -110,6 +110,8 @@ PROBES = {
         "--accum-dtype": ["--accum-dtype", "fp16"],
         "--sparse-format": ["--sparse-format", "2:4"],
         "--sparsity-file": ["--sparsity-file", "/nonexistent.csv"],
+        "--wafers": ["--wafers", "2"], "--routing": ["--routing", "skewed:1.5"],
+        "--moe-layout": ["--moe-layout", "bands"],
     },
     "serve": {
         "--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],
@@ -125,6 +127,8 @@ PROBES = {
         "--dtype": ["--dtype", "fp32"], "--reduce-algo": ["--reduce-algo", "tree"],
         "--attention": ["--attention", "rows"], "--engine": ["--engine", "fast"],
         "--cost-cache": ["--cost-cache", FILE], "--out": ["--out", FILE],
+        "--wafers": ["--wafers", "2"], "--prefill": ["--prefill", "per-token"],
+        "--routing": ["--routing", "skewed:1.5"], "--moe-layout": ["--moe-layout", "bands"],
     },
     "demo": {"--out": ["--out", FILE], "--trace": ["--trace", FILE],
              "--trace-region": ["--trace-region", "0,0,2,2"]},

@@ -308,6 +308,35 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     return found, best
 
 
+def search_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
+                       budget: int = 64, progress: bool = False, **kw):
+    """The multi-wafer form of `search_mapping` (layer-pipelined on each of `wafers` wafers,
+    `run_multi_wafer`): tries the GEMMs' reduce algorithm (`chain`, `tree`, unless
+    `reduce_algo` is given) and, for an MoE model, every expert placement (`moe_layout`:
+    blocks, strips, bands, unless given); the least simulated latency per token wins (one
+    batch through every wafer in turn). Returns (SearchResult, the winner's run_multi_wafer
+    dict or None)."""
+    from mapper.search import search
+    fixed = kw.pop("reduce_algo", None)
+    fixed_layout = kw.pop("moe_layout", None)
+    moe = load_model(model, kw.get("model_set")).is_moe
+    layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
+    cands = [{"strategy": "layer-pipelined", "wafers": wafers, "reduce_algo": a,
+              "moe_layout": lay} for lay in layouts for a in ((fixed,) if fixed else
+                                                              ("chain", "tree"))]
+    results = {}
+
+    def evaluate(cand: dict) -> float:
+        out = run_multi_wafer(hw, model, wafers=wafers, engine=engine,
+                              reduce_algo=cand["reduce_algo"], moe_layout=cand["moe_layout"],
+                              **kw)
+        results[tuple(cand.values())] = out
+        return out["seconds"] / max(1, out["stages"][0].tokens)
+
+    found = search(cands, evaluate, budget=budget, progress=progress)
+    return found, results.get(tuple(found.best.values())) if found.best else None
+
+
 def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, batch: int = 1,
                  engine: str = "auto", prefill_grid=None, decode_grid=None, **kw) -> dict:
     """Prefill the prompt, then decode `generate` tokens. The decode step is simulated at the
@@ -337,17 +366,22 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
     }
 
 
-def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
-                    phase: str = "prefill", **kw) -> dict:
-    """Layers split over `wafers` wafers (layer-pipelined on each), joined by the system I/O.
-
-    Each wafer is simulated on its own; a wafer after the first starts by receiving the
-    activations over its I/O (`io_bits_per_s`). Latency is the sum of the wafers' times; with
-    enough prompts or micro-batches in flight the pipeline delivers one batch per slowest wafer.
-    """
+def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = "prefill",
+                   **kw) -> list:
+    """The programs of a multi-wafer pipeline: the layers split evenly over `wafers` wafers
+    (the first ones take one more when they do not divide), each wafer's slice mapped
+    layer-pipelined (`map_layer_pipelined(..., stage=...)`): the first with the embedding, the
+    last with the LM head, every wafer after the first starting by receiving the activations
+    over its I/O (`io_bits_per_s`). `kw`: the run spec fields of `run_multi_wafer`."""
     from mapper.strategies.layer_pipelined import map_layer_pipelined
     _positive("wafers", wafers)
     _one_of("phase", phase, PHASES)
+    for name, default in (("attention", "auto"), ("chunks", 1), ("region_shape", 0)):
+        v = kw.pop(name, default)
+        if v != default:  # a wafer's slice takes what fits it: the option would not act
+            raise ConfigError(f"{name}: got {v!r} with wafers {wafers}, must be {default!r}: "
+                              "a wafer's slice of the model is mapped whole, in the region "
+                              "shape and attention split that fit it")
     model_set = kw.pop("model_set", None)
     kw["precision"] = precision_of(kw.pop("dtype", "fp16"), kw.pop("weights_dtype", None),
                                    kw.pop("kv_dtype", None), kw.pop("accum_dtype", None))
@@ -359,13 +393,26 @@ def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str 
     kw["sparse"].check_layers(cfg.n_layers, cfg.name)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
-    stages, first = [], 0
+    programs, first = [], 0
     for w in range(wafers):
         n = split_evenly(cfg.n_layers, wafers, w)
-        program = map_layer_pipelined(cfg, hw, phase=phase, stage=(first, n, w == 0,
-                                                                    w == wafers - 1), **kw)
-        stages.append(simulate(program, hw, engine=engine))
+        programs.append(map_layer_pipelined(cfg, hw, phase=phase, stage=(
+            first, n, w == 0, w == wafers - 1), **kw))
         first += n
+    return programs
+
+
+def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
+                    phase: str = "prefill", **kw) -> dict:
+    """Layers split over `wafers` wafers (layer-pipelined on each), joined by the system I/O
+    (`stage_programs`).
+
+    Each wafer is simulated on its own; a wafer after the first starts by receiving the
+    activations over its I/O (`io_bits_per_s`). Latency is the sum of the wafers' times; with
+    enough prompts or micro-batches in flight the pipeline delivers one batch per slowest wafer.
+    """
+    stages = [simulate(p, hw, engine=engine)
+              for p in stage_programs(hw, model, wafers=wafers, phase=phase, **kw)]
     latency = sum(r.seconds for r in stages)
     slowest = max(r.seconds for r in stages)
     tokens = stages[0].tokens

@@ -24,6 +24,7 @@ MODEL_FIELDS = ("model", "phase", "batch", "prompt", "context", "grid", "dtype",
                 "sparsity_file")
 PRECISION_FIELDS = ("weights_dtype", "kv_dtype", "accum_dtype", "sparse_format",
                     "sparsity_file")  # passed on only when given
+SEARCH_FIELDS = MODEL_FIELDS + ("wafers", "routing", "moe_layout")  # MoE: fixed when given
 
 
 def _reduce_arg(p, default, help_text: str) -> None:
@@ -41,7 +42,7 @@ def register(sub) -> dict:
         cmp.add_argument(name, type=positive_int, default=None, help="GEMM size (compare gemm)")
     srch = sub.add_parser("search", help="choose the mapping by simulated cost, and say why")
     hardware_args(srch)
-    add_spec_args(srch, only=MODEL_FIELDS, files=False)
+    add_spec_args(srch, only=SEARCH_FIELDS, files=False)
     srch.add_argument("--budget", type=positive_int, default=64, help="most mappings to simulate")
     _reduce_arg(srch, None, "fix the GEMMs' reduce algorithm (default: search them)")
     return {"compare": cmd_compare, "search": cmd_search}
@@ -153,10 +154,13 @@ def cmd_compare(args) -> int:
 
 def cmd_search(args) -> int:
     from wse_sim.experiment import search_mapping
-    spec_from_args(args, only=MODEL_FIELDS)
+    spec_from_args(args, only=SEARCH_FIELDS)
     hw = effective_hardware(args)
     check_output_args(args, hw)
-    kw = _kw(args)
+    kw = _kw(args) | {k: getattr(args, k) for k in ("routing", "moe_layout")
+                      if getattr(args, k, None) is not None}
+    if args.wafers > 1:
+        return _search_wafers(args, hw, kw)
     grid = kw.pop("grid")
     found, best = search_mapping(hw, args.model, engine=args.engine, budget=args.budget,
                                  grids=(grid,) if grid else None, progress=not args.json, **kw)
@@ -167,6 +171,7 @@ def cmd_search(args) -> int:
              for c, cost, why in found.tried]
     if args.out:
         write_json(Path(args.out) / "search.json", {"choice": found.best, "tried": tried})
+    moe = found.best.get("moe_layout") is not None
     if args.json:
         out = with_interface_keys(best.summary(), args, hw) | written
         out["choice"] = found.best
@@ -174,6 +179,9 @@ def cmd_search(args) -> int:
         out["reduce_algo_why"] = found.why("reduce_algo")
         out["attention"] = found.best["attention"]
         out["attention_why"] = found.why("attention")
+        if moe:
+            out["moe_layout"] = found.best["moe_layout"]
+            out["moe_layout_why"] = found.why("moe_layout")
         out["tried"] = tried
         print_json(out)
     else:
@@ -183,7 +191,47 @@ def cmd_search(args) -> int:
               f"({found.best_cost * 1e6:.3f} µs/token)")
         print(f"reduce: {found.why('reduce_algo')}")
         print(f"attention: {found.why('attention')}")
+        if moe:
+            print(f"expert placement: {found.why('moe_layout')}")
         print(found.explain())
+    return 0
+
+
+def _search_wafers(args, hw, kw: dict) -> int:
+    """`search --wafers N`: the reduce algorithm and (MoE) the expert placement of the
+    multi-wafer pipeline, by simulated latency per token (experiment.search_multi_wafer)."""
+    from wse_sim.experiment import search_multi_wafer
+    if kw.pop("grid", None) is not None:
+        raise ValueError(f"--grid: got {args.grid} with --wafers {args.wafers}; search over "
+                         "wafers maps each wafer's whole mesh (leave --grid out)")
+    found, best = search_multi_wafer(hw, args.model, wafers=args.wafers, engine=args.engine,
+                                     budget=args.budget, progress=not args.json, **kw)
+    if best is None:
+        why = found.tried[0][2] if found.tried else "no candidate tried"
+        raise ValueError(f"search: nothing fits {args.model} on {args.wafers} x {args.preset}: "
+                         f"{why}")
+    stages = best.pop("stages")
+    tried = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
+             for c, cost, why in found.tried]
+    if args.out:
+        write_json(Path(args.out) / "search.json", {"choice": found.best, "tried": tried})
+    moe = found.best["moe_layout"] is not None
+    if args.json:
+        out = with_interface_keys(best, args, hw) | {
+            "engine": stages[0].engine, "choice": found.best, "tried": tried,
+            "reduce_algo": found.best["reduce_algo"], "reduce_algo_why": found.why("reduce_algo")}
+        if moe:
+            out |= {"moe_layout": found.best["moe_layout"],
+                    "moe_layout_why": found.why("moe_layout")}
+        print_json(out)
+        return 0
+    print(f"chosen: layer-pipelined over {args.wafers} x {args.preset} — least simulated "
+          f"latency per token ({found.best_cost * 1e6:.3f} µs/token; "
+          f"{best['pipelined_tokens_per_s']:,.0f} tokens/s with every wafer busy)")
+    print(f"reduce: {found.why('reduce_algo')}")
+    if moe:
+        print(f"expert placement: {found.why('moe_layout')}")
+    print(found.explain())
     return 0
 
 
@@ -203,6 +251,7 @@ def run_extended(args) -> int:
             raise ValueError(f"--wafers: got {args.wafers} with strategy {args.strategy}; "
                              "a multi-wafer pipeline is layer-pipelined on every wafer")
         extra = {"micro_batches": args.micro_batches} if args.micro_batches > 1 else {}
+        extra |= {"chunks": args.chunks, "region_shape": args.region_shape}  # refused if set
         out = run_multi_wafer(hw, args.model, wafers=args.wafers, engine=args.engine,
                               phase=args.phase, prompt=args.prompt, context=args.context,
                               grid=args.grid, **kw, **extra)

@@ -5,6 +5,7 @@
   engine, cached per shape and bucketed upward; the KV cache figures;
 - `scheduler`: iteration-level (Orca-style) continuous batching, time-shared or
   disaggregated;
+- `choose`: `--mode auto`, the mode that serves a stream best per wafer;
 - `report`: percentiles, throughput, goodput, utilization; the per-request table, summary and
   figure.
 

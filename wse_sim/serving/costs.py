@@ -7,6 +7,10 @@ the max batch), a prompt or a context to the next power of two or multiple of a 
 what the model allows). Each distinct shape is simulated once; `CostCache` keeps its cost (or
 the one-line reason it does not map) under a key made of everything that affects it: the
 effective hardware fields, the model's full config, the mapping options, the phase and shape.
+
+Over several wafers (`Mapping.wafers`) a shape's programs are the wafers' slices
+(`experiment.stage_programs`) and its cost their sum; the KV pool is per wafer. With
+`Mapping.prefill == "per-token"` a prefill is the sum of one decode step per prompt position.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ def parse_bucket(text: str) -> str | int:
     return v
 
 
+PREFILL_KINDS = ("whole", "per-token")
+
+
 @dataclass(frozen=True)
 class Mapping:
     """The mapping options that shape a cost (wse_sim.experiment.build_program's)."""
@@ -92,10 +99,32 @@ class Mapping:
     reduce_algo: str = "chain"
     attention: str = "auto"
     engine: str = "auto"
+    wafers: int = 1
+    moe_layout: str | None = None
+    routing: str | None = None
+    prefill: str = "whole"
 
     def __post_init__(self):
         if self.dtype not in DTYPE_BYTES:
             raise _bad("--dtype", self.dtype, f"one of {', '.join(DTYPE_BYTES)}")
+        if isinstance(self.wafers, bool) or not isinstance(self.wafers, int) or self.wafers < 1:
+            raise _bad("--wafers", self.wafers, "a positive integer")
+        if self.wafers > 1 and self.strategy != "layer-pipelined":
+            raise _bad("--wafers", self.wafers, f"1 with --strategy {self.strategy}: a "
+                       "multi-wafer pipeline is layer-pipelined on every wafer")
+        if self.prefill not in PREFILL_KINDS:
+            raise _bad("--prefill", self.prefill, " or ".join(PREFILL_KINDS))
+        if self.wafers > 1 and self.attention != "auto":
+            raise _bad("--attention", self.attention, "auto with --wafers > 1: a wafer's "
+                       "slice of the model takes the attention split that fits it")
+
+    def build_kw(self) -> dict:
+        """The keyword arguments of the mapping (build_program's or stage_programs')."""
+        kw = {"dtype": self.dtype, "grid": self.grid, "reduce_algo": self.reduce_algo,
+              "moe_layout": self.moe_layout, "routing": self.routing}
+        if self.wafers == 1:
+            kw |= {"strategy": self.strategy, "attention": self.attention}
+        return kw
 
 
 class CostCache:
@@ -140,23 +169,31 @@ class ShapeCosts:
                             default=str)
         self._prefix = hashlib.sha256(prefix.encode()).hexdigest()[:32]
         self.kv_bytes_per_token = model_kv_bytes_per_token(self.cfg, mapping.dtype)
-        self._pool: int | None = None
+        self._pool: list | None = None
 
     # ---- shapes ----------------------------------------------------------------------------
     def _key(self, phase: str, batch: int, tokens: int) -> str:
         return f"{self._prefix}|{phase}|{batch}|{tokens}"
 
-    def _build(self, phase: str, batch: int, tokens: int):
-        from wse_sim.experiment import build_program
+    def _build(self, phase: str, batch: int, tokens: int) -> list:
+        """[(program, fits)] of a shape: one program, or one per wafer (`--wafers N`: the
+        layers split as `wse-sim run --wafers N` splits them, `experiment.stage_programs`)."""
+        from wse_sim.experiment import build_program, stage_programs
         from wse_sim.program import check_fits
-        m = self.mapping
-        program = build_program(self.hw, self.model, phase=phase, strategy=m.strategy,
-                                batch=batch, prompt=tokens, context=tokens, dtype=m.dtype,
-                                grid=m.grid, reduce_algo=m.reduce_algo, attention=m.attention)
-        return program, check_fits(program, self.hw)
+        m, kw = self.mapping, self.mapping.build_kw()
+        if m.wafers == 1:
+            programs = [build_program(self.hw, self.model, phase=phase, batch=batch,
+                                      prompt=tokens, context=tokens, **kw)]
+        else:
+            programs = stage_programs(self.hw, self.model, wafers=m.wafers, phase=phase,
+                                      batch=batch, prompt=tokens, context=tokens, **kw)
+        return [(p, check_fits(p, self.hw)) for p in programs]
 
     def _entry(self, phase: str, batch: int, tokens: int, simulate_it: bool) -> dict:
-        """The cache entry of a bucketed shape; mapped (and simulated when asked) on a miss."""
+        """The cache entry of a bucketed shape; mapped (and simulated when asked) on a miss.
+        Over several wafers the step is one batch through every wafer in turn: the seconds
+        and FLOPs of the wafers' programs add up (each after the first includes receiving
+        the activations over its I/O), and so do the peak FLOP/s of their cores."""
         from mapper.placement import MappingError
         from wse_sim.engine import simulate
         key = self._key(phase, batch, tokens)
@@ -166,15 +203,16 @@ class ShapeCosts:
             return e
         t0 = time.perf_counter()
         try:
-            program, _ = self._build(phase, batch, tokens)
+            built = self._build(phase, batch, tokens)
         except (MappingError, ValueError) as err:  # ConfigError, ProgramError are ValueErrors
             e = {"error": str(err).splitlines()[0]}
         else:
             e = {"fits": True}
             if simulate_it:
-                r = simulate(program, self.hw, engine=self.mapping.engine)
-                e = {"seconds": r.seconds, "flops": int(r.flops),
-                     "peak_flops_per_s": r.peak_flops_per_s}
+                rs = [simulate(p, self.hw, engine=self.mapping.engine) for p, _ in built]
+                e = {"seconds": sum(r.seconds for r in rs),
+                     "flops": sum(int(r.flops) for r in rs),
+                     "peak_flops_per_s": sum(r.peak_flops_per_s for r in rs)}
                 self.cache.simulated += 1
         self.cache.wall_s += time.perf_counter() - t0
         self.cache.entries[key] = e
@@ -198,19 +236,42 @@ class ShapeCosts:
         return self.buckets.token_count(context, self.cfg.max_context - 1)
 
     def check_maps(self) -> None:
-        """Map the smallest decode step: a model the mapper refuses (e.g. MoE) raises its
-        one-line error here, before any request is drawn."""
-        self._build("decode", 1, 1)
+        """Map the smallest decode step: a model the mapper refuses (e.g. one whose weights
+        do not fit) raises its one-line error here, before any request is drawn."""
+        self._pool_per_wafer()
 
     # ---- what the scheduler asks -----------------------------------------------------------
     def prefill_cost(self, batch: int, prompt: int) -> Cost:
-        """A prefill of `batch` prompts, timed with each at the longest, `prompt` tokens."""
-        return self.cost("prefill", self.buckets.prefill_batch(batch),
-                         self.prefill_tokens(prompt))
+        """A prefill of `batch` prompts, timed with each at the longest, `prompt` tokens:
+        one prefill step (`--prefill whole`), or (`per-token`) `prompt` decode steps of the
+        `batch` sequences, position j at context max(1, j), added up."""
+        k = self.buckets.prefill_batch(batch)
+        if self.mapping.prefill == "whole":
+            return self.cost("prefill", k, self.prefill_tokens(prompt))
+        seconds, flops, peak_s = 0.0, 0, 0.0
+        for context, n in self._per_token_contexts(prompt).items():
+            c = self.cost("decode", k, context)
+            seconds += n * c.seconds
+            flops += n * c.flops
+            peak_s += n * c.peak_flops_per_s * c.seconds
+        return Cost(seconds, flops, peak_s / seconds)
+
+    def _per_token_contexts(self, prompt: int) -> dict:
+        """{bucketed decode context: how many prompt positions run at it} (per-token)."""
+        out: dict = {}
+        for j in range(prompt):
+            c = self.decode_context(max(1, j))
+            out[c] = out.get(c, 0) + 1
+        return out
+
+    def _prefill_shape(self, batch: int, prompt: int) -> tuple:
+        if self.mapping.prefill == "whole":
+            return "prefill", batch, self.prefill_tokens(prompt)
+        return "decode", batch, self.decode_context(max(1, prompt - 1))  # the last position
 
     def prefill_fits(self, batch: int, prompt: int) -> bool:
-        return self.shape_error("prefill", self.buckets.prefill_batch(batch),
-                                self.prefill_tokens(prompt)) is None
+        return self.shape_error(*self._prefill_shape(self.buckets.prefill_batch(batch),
+                                                     prompt)) is None
 
     def decode_cost(self, batch: int, context: int) -> Cost:
         return self.cost("decode", self.buckets.batch(batch), self.decode_context(context))
@@ -223,37 +284,65 @@ class ShapeCosts:
                                 self.decode_context(context)) is None
 
     def prefill_refusal(self, prompt: int) -> str | None:
-        err = self.shape_error("prefill", 1, self.prefill_tokens(prompt))
+        err = self.shape_error(*self._prefill_shape(1, prompt))
         return None if err is None else f"prefill does not map ({prompt} tokens): {err}"
 
     def decode_refusal(self, prompt: int, output: int) -> str | None:
         """Why a request can never decode on this region, even alone; None when it can."""
         if output < 2:
             return None
-        need = (prompt + output - 1) * self.kv_bytes_per_token
-        if need > self.kv_pool_bytes:
-            return (f"KV cache: {prompt + output - 1} tokens x {self.kv_bytes_per_token} B = "
-                    f"{need} B > the {self.kv_pool_bytes} B of SRAM left for KV")
+        tokens = prompt + output - 1
+        for w, (pool, per_token) in enumerate(zip(self.kv_pool_bytes_per_wafer,
+                                                  self.kv_bytes_per_token_per_wafer,
+                                                  strict=True)):
+            need = tokens * per_token
+            if need > pool:
+                where = f" of wafer {w}" if self.mapping.wafers > 1 else ""
+                return (f"KV cache: {tokens} tokens x {per_token} B = {need} B > the "
+                        f"{pool} B of SRAM{where} left for KV")
         err = self.shape_error("decode", 1, self.decode_context(prompt + output - 2))
         return None if err is None else (f"decode does not map (context "
                                          f"{prompt + output - 2}): {err}")
 
     @property
-    def kv_pool_bytes(self) -> int:
-        """SRAM left for KV on the serving region: the cores a decode step (batch 1, context
-        1) uses times sram_bytes, less every buffer the mapper places there that is not KV."""
+    def kv_bytes_per_token_per_wafer(self) -> list[int]:
+        """KV bytes per token on each wafer: its share of the layers (`split_evenly`)."""
+        from wse_sim.timing import split_evenly
+        per_layer = self.kv_bytes_per_token // self.cfg.n_layers
+        w = self.mapping.wafers
+        return [per_layer * split_evenly(self.cfg.n_layers, w, i) for i in range(w)]
+
+    @property
+    def kv_pool_bytes_per_wafer(self) -> list[int]:
+        return self._pool_per_wafer()
+
+    def _pool_per_wafer(self) -> list[int]:
+        """SRAM left for KV on each wafer of the serving region: the cores its decode step
+        (batch 1, context 1) uses times sram_bytes, less every buffer the mapper places there
+        that is not KV (weights, embedding table, working buffers)."""
         if self._pool is None:
-            program, fits = self._build("decode", 1, 1)
-            cores = int((fits["sram_bytes"] > 0).sum())
-            other = sum(a.bytes_per_core * a.region.size for a in program.allocs
-                        if not a.name.endswith("kv_cache"))
-            self._pool = max(0, cores * self.hw.sram_bytes - other)
+            self._pool = []
+            for program, fits in self._build("decode", 1, 1):
+                cores = int((fits["sram_bytes"] > 0).sum())
+                other = sum(a.bytes_per_core * a.region.size for a in program.allocs
+                            if not a.name.endswith("kv_cache"))
+                self._pool.append(max(0, cores * self.hw.sram_bytes - other))
         return self._pool
 
     @property
+    def kv_pool_bytes(self) -> int:
+        """SRAM left for KV over every wafer of the serving region (kv_pool_bytes_per_wafer)."""
+        return sum(self.kv_pool_bytes_per_wafer)
+
+    @property
     def kv_pool_tokens(self) -> int:
-        return self.kv_pool_bytes // self.kv_bytes_per_token
+        """Tokens of KV the region holds: the fewest any wafer holds of its layers' KV."""
+        return min(pool // per_token for pool, per_token in zip(
+            self.kv_pool_bytes_per_wafer, self.kv_bytes_per_token_per_wafer, strict=True))
 
     def kv_transfer_s(self, tokens: int, io_bits_per_s: float | None = None) -> float:
-        """Seconds to move `tokens` tokens of KV over the off-wafer link."""
-        return tokens * self.kv_bytes_per_token * 8 / (io_bits_per_s or self.hw.io_bits_per_s)
+        """Seconds to move `tokens` tokens of KV over the off-wafer link; over several wafers
+        wafer i of the prefill region sends its layers' KV to wafer i of the decode region,
+        all wafers at once, so the wafer with the most layers sets the time."""
+        io = io_bits_per_s or self.hw.io_bits_per_s
+        return tokens * max(self.kv_bytes_per_token_per_wafer) * 8 / io
