@@ -50,3 +50,22 @@ def test_a_small_model_keeps_the_even_split(wafers):
     hw = load_preset("mesh16")
     assert stage_split(cfg, hw, wafers, **DECODE | {"context": 16}) == \
         [cfg.n_layers // wafers] * wafers
+
+
+def test_too_few_wafers_is_refused_with_the_wafers_that_would_fit(capsys):
+    from wse_sim.cli.main import main
+    rc = main(["run", "--preset", "wse3", "--model", "llama3.1-70b", "--phase", "decode",
+               "--context", "4096", "--wafers", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "over 3 wafers no split of the 80 layers fits: 4 wafers would" in err[0]
+    assert "bytes per core" in err[0]
+
+
+def test_405b_maps_on_its_fewest_wafers_with_the_uneven_split():
+    from wse_sim.experiment import stage_programs
+    ps = stage_programs(WSE3, "llama3.1-405b", wafers=22, phase="decode", context=4096,
+                        dtype="fp16")
+    layers = [p.meta["layers"] for p in ps]
+    assert sum(layers) == 126 and layers[0] == 5 and max(layers) == 6
+    assert [p.meta["with_embed"] for p in ps] == [True] + [False] * 21

@@ -17,7 +17,6 @@ from wse_sim.hardware import DTYPES, FLOAT_DTYPES, ConfigError, HardwareConfig, 
 from wse_sim.precision import Precision
 from wse_sim.sparsity import Sparsity
 from wse_sim.spec import Mapping, RunSpec
-from wse_sim.timing import split_evenly
 
 STRATEGIES = STRATEGY_NAMES
 PHASES = ("prefill", "decode", "train")
@@ -373,7 +372,12 @@ def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = 
     layer-pipelined (`map_layer_pipelined(..., stage=...)`): the first with the embedding, the
     last with the LM head, every wafer after the first starting by receiving the activations
     over its I/O (`io_bits_per_s`). `kw`: the run spec fields of `run_multi_wafer`."""
-    from mapper.strategies.layer_pipelined import map_layer_pipelined
+    from mapper.strategies.layer_pipelined import (
+        even_split_error,
+        fewest_wafers,
+        map_layer_pipelined,
+        stage_split,
+    )
     _positive("wafers", wafers)
     _one_of("phase", phase, PHASES)
     for name, default in (("attention", "auto"), ("chunks", 1), ("region_shape", 0)):
@@ -393,9 +397,15 @@ def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = 
     kw["sparse"].check_layers(cfg.n_layers, cfg.name)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
+    split = stage_split(cfg, hw, wafers, phase=phase, **kw)
+    if split is None:  # refused before any simulation, with the numbers and what would fit
+        why = even_split_error(cfg, hw, wafers, phase=phase, **kw)
+        fit = fewest_wafers(cfg, hw, wafers + 1, phase=phase, **kw)
+        raise MappingError(f"{why}; over {wafers} wafers no split of the {cfg.n_layers} layers "
+                           "fits" + (f": {fit} wafers would" if fit else
+                                     ": no number of wafers would"))
     programs, first = [], 0
-    for w in range(wafers):
-        n = split_evenly(cfg.n_layers, wafers, w)
+    for w, n in enumerate(split):
         programs.append(map_layer_pipelined(cfg, hw, phase=phase, stage=(
             first, n, w == 0, w == wafers - 1), **kw))
         first += n

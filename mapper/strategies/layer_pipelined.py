@@ -479,10 +479,10 @@ def _map_stage(cfg: GPTConfig, hw: HardwareConfig, stage: tuple, routing: tuple,
 
 def _stage_error(cfg: GPTConfig, hw: HardwareConfig, first: int, layers: int, embed: bool,
                  head: bool, **kw) -> str | None:
-    """None when the slice maps (not simulated), else its one-line reason."""
+    """None when the slice maps (not simulated), else its one-line reason. `kw`: as
+    `map_layer_pipelined` takes them."""
     try:
-        _map_stage(cfg, hw, (first, layers, embed, head), (kw.pop("routing", None),
-                                                           kw.get("seed", 0)), **kw)
+        map_layer_pipelined(cfg, hw, stage=(first, layers, embed, head), **kw)
     except MappingError as e:
         return str(e).splitlines()[0]
     return None
@@ -503,32 +503,42 @@ def _capacity(cfg: GPTConfig, hw: HardwareConfig, embed: bool, head: bool, most:
     return lo
 
 
+def even_split_error(cfg: GPTConfig, hw: HardwareConfig, wafers: int, **kw) -> str | None:
+    """None when every slice of the even split fits, else the first one's reason (the
+    slices that can differ are mapped: the first, the last, one with the most layers)."""
+    from wse_sim.timing import split_evenly
+    L = cfg.n_layers
+    even = [split_evenly(L, wafers, w) for w in range(wafers)]
+    if wafers == 1:
+        return _stage_error(cfg, hw, 0, L, True, True, **kw)
+    return (_stage_error(cfg, hw, 0, even[0], True, False, **kw)
+            or _stage_error(cfg, hw, L - even[-1], even[-1], False, True, **kw)
+            or (None if wafers == 2 else _stage_error(cfg, hw, 0, even[1], False, False, **kw)))
+
+
 def stage_split(cfg: GPTConfig, hw: HardwareConfig, wafers: int, **kw) -> list[int] | None:
     """Layers per wafer of a `wafers`-wafer pipeline: an even split when every slice fits,
     else the first and last wafers (which also hold the embedding and the LM head) take as
     many as they hold and the others the rest, evenly; None when nothing fits. Slices are
-    mapped, not simulated (the middle ones with the most layers only: they are alike)."""
+    mapped, not simulated. `kw`: as `map_layer_pipelined` takes them."""
     from wse_sim.timing import split_evenly
     L = cfg.n_layers
+    if even_split_error(cfg, hw, wafers, **kw) is None:
+        return [split_evenly(L, wafers, w) for w in range(wafers)]
     if wafers == 1:
-        return [L] if _stage_error(cfg, hw, 0, L, True, True, **kw) is None else None
-    even = [split_evenly(L, wafers, w) for w in range(wafers)]
-    if _stage_error(cfg, hw, 0, even[0], True, False, **kw) is None and \
-            _stage_error(cfg, hw, L - even[-1], even[-1], False, True, **kw) is None and \
-            (wafers == 2 or _stage_error(cfg, hw, 0, even[1], False, False, **kw) is None):
-        return even
+        return None
     mid = _capacity(cfg, hw, False, False, L, **kw) if wafers > 2 else 0
     first = _capacity(cfg, hw, True, False, L, **kw)
     last = _capacity(cfg, hw, False, True, L, **kw)
-    if wafers > 2 and mid == 0 or first == 0 or last == 0:
+    if (wafers > 2 and mid == 0) or first == 0 or last == 0:
         return None
     rest = L - first - last
-    if rest < wafers - 2 or rest > mid * (wafers - 2):
-        if rest < wafers - 2:  # the ends take fewer, so that every wafer has a layer
-            first, last = first - (wafers - 2 - rest) // 2, last - (wafers - 2 - rest + 1) // 2
-            rest = wafers - 2
-        else:
-            return None
+    if rest < wafers - 2:  # the ends take fewer, so that every wafer has a layer
+        first -= (wafers - 2 - rest) // 2
+        last -= (wafers - 2 - rest + 1) // 2
+        rest = wafers - 2
+    if rest > mid * (wafers - 2) or first < 1 or last < 1:
+        return None
     return [first] + [split_evenly(rest, wafers - 2, w) for w in range(wafers - 2)] + [last]
 
 
@@ -536,7 +546,11 @@ def fewest_wafers(cfg: GPTConfig, hw: HardwareConfig, at_least: int = 1, **kw) -
     """The fewest wafers from `at_least` on (and no fewer than the wafers' SRAM holding the
     weights at all) for which `stage_split` finds slices that fit; None when none does."""
     from mapper.strategies.common import total_weight_bytes
-    run = make_run(cfg, hw, **{k: v for k, v in kw.items() if k != "routing"})
+    defaults = dict(phase="prefill", batch=1, prompt=128, context=128, dtype="fp16",
+                    grid=None, sparsity=0.0)
+    run_kw = {k: kw.get(k, v) for k, v in defaults.items()} | {
+        k: kw[k] for k in ("precision", "sparse") if kw.get(k) is not None}
+    run = make_run(cfg, hw, **run_kw)
     wafer_bytes = hw.mesh_cols * hw.mesh_rows * hw.sram_bytes
     w = max(at_least, math.ceil(total_weight_bytes(run) / wafer_bytes))
     while w <= cfg.n_layers:
