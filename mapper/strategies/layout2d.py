@@ -378,20 +378,30 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
     tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.tokens, fd, run.reduce_algo,
               run.precision)
     em = Emitter(pb, tp, run, t, algo, fd)
-    dep = _embed(em, streaming)
     io: list = [None]
     ends: list[int] = []
-    for i in range(cfg.n_layers):
+    deps = [_embed(em, streaming)]
+
+    def layer(i: int) -> None:
         wd = ()
-        if streaming:
+        if streaming:  # double buffer: layer i's weights after layer i - 2 has finished
             after = ((Dep(io[0], "all"),) if io[0] is not None else ()) + \
                 ((Dep(ends[i - 2], "all"),) if i >= 2 else ())
             io[0] = pb.add(IoTransfer(f"L{i}.weights.in", reg, _layer_bytes(run), "in",
                                       deps=after))
             wd = (Dep(io[0]),)
-        dep = em.layer(i, dep, wd)
-        ends.append(dep[0].task)
-    dep = _lm_head(em, dep, streaming, io[0])
+        deps[0] = em.layer(i, deps[0], wd)
+        ends.append(deps[0][0].task)
+
+    # Layers 2 .. L - 1 repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer
+    # two back): one loop around the layers' own loops (GEMM steps, K/V heads), which the
+    # fast engine fast-forwards at both levels (docs/hardware-model.md, "Loops").
+    L = cfg.n_layers
+    for i in range(2 if L >= 4 else L):
+        layer(i)
+    if L >= 4:
+        pb.repeat("layers", L - 2, lambda k: layer(k + 2))
+    _lm_head(em, deps[0], streaming, io[0])
     missing = tp.missing()
     if missing:
         raise NotImplementedError(f"layout 2d: ops not mapped: {', '.join(missing[:6])}")
