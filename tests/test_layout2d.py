@@ -256,3 +256,15 @@ def _my_cannon_everywhere():
     inputs, want = layout2d_data.random_case(p, cfg, seed=2)
     got = layout2d_data.model_logits(p, run_functional(p, MESH8, inputs))
     assert error_report(got, want, "fp32")["ok"]
+
+
+def test_the_layers_loop_fast_forwards_to_the_reference_cycle():
+    """Layers 2.. are one loop around their GEMM-step and K/V-head loops: the step path's
+    nested fast-forward gives the reference's numbers."""
+    p = _2d(MESH8, prompt=16, model_set={"n_layers": 8}, gemm_algo="cannon")
+    assert [lp.count for lp in p.loops if lp.name == "layers"] == [6]
+    ref = simulate(p, MESH8, engine="reference")
+    fast = simulate_fast(p, MESH8, path="step")
+    skip = {"engine": 0, "wall_seconds": 0, "loop_iterations_skipped": 0}
+    assert fast.summary() | skip == ref.summary() | skip
+    assert fast.loop_iterations_skipped > 0

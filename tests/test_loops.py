@@ -232,3 +232,57 @@ def test_loops_round_trip_through_the_program_file(tmp_path):
     save_program(p, tmp_path / "cannon.json")
     q = load_program(tmp_path / "cannon.json")
     assert q.loops == p.loops and q.tasks == p.tasks
+
+
+# ---- nested loops: steps inside layers ------------------------------------------------------------
+
+def gemm_chain(layers: int, algo: str = "cannon", grid: int = 8, flops_scale: int = 8):
+    """A chain of `layers` GEMMs on a grid x grid region, each waiting for the one before:
+    the first outside the loop, the rest one loop around each GEMM's own step loop."""
+    from mapper.gemm import gemm_fragment
+    b = ProgramBuilder("gemm-chain")
+    prev: list = []
+    n = flops_scale * grid
+
+    def layer(i: int) -> None:
+        _, end = gemm_fragment(b, algo, HW, grid=grid, m=n, k=n, n=n, dtype="fp16",
+                               label=f"g{i}", start=tuple(prev[-1:]))
+        prev.append(Dep(end[0].task, "all"))
+
+    layer(0)
+    b.repeat("layers", layers - 1, lambda i: layer(i + 1))
+    return b.build()
+
+
+def test_nested_loops_are_checked_and_listed():
+    p = gemm_chain(4)
+    outer = [lp for lp in p.loops if lp.name == "layers"]
+    assert len(outer) == 1 and outer[0].count == 3
+    inner = [lp for lp in p.loops if lp.name.endswith(".step")]
+    assert len(inner) == 4 and all(outer[0].first <= lp.first and lp.end <= outer[0].end
+                                   for lp in inner[1:])
+    text = p.describe()
+    assert "  loop layers x 3" in text and "    loop g1.step x 6" in text
+    assert text.count("loop g1.step") == 2 and "g2.step" not in text  # iteration 0 once
+
+
+def test_three_deep_and_crossing_loops_are_refused():
+    b = ProgramBuilder("deep")
+
+    def inner(_):
+        b.repeat("c", 2, lambda j: b.add(Compute("x", R(0, 0, 1, 1), 1)))
+
+    with pytest.raises(ProgramError, match="two deep"):
+        b.repeat("a", 2, lambda i: b.repeat("b", 2, inner))
+    tasks = tuple(Compute("c", R(0, 0, 1, 1), 1) for _ in range(8))
+    with pytest.raises(ProgramError, match="spans two iterations"):
+        Program("p", tasks, loops=(Loop("a", 0, 4, 2), Loop("b", 2, 1, 4)))
+
+
+@pytest.mark.parametrize("algo", ["cannon", "meshgemm"])
+def test_nested_loops_fast_forward_at_both_levels_to_the_reference_cycle(algo):
+    p = gemm_chain(10, algo)
+    fast = same(p)
+    # the inner loops alone could skip at most 3 of each GEMM's 6 steps
+    assert fast.loop_iterations_skipped > 10 * 3
+    assert simulate_fast(p, HW, path="event").cycles == fast.cycles
