@@ -268,3 +268,15 @@ def test_the_layers_loop_fast_forwards_to_the_reference_cycle():
     skip = {"engine": 0, "wall_seconds": 0, "loop_iterations_skipped": 0}
     assert fast.summary() | skip == ref.summary() | skip
     assert fast.loop_iterations_skipped > 0
+
+
+def test_search_tries_the_2d_layout_and_finds_it_faster_on_a_prefill():
+    from wse_sim.experiment import search_mapping
+    found, best = search_mapping(MESH8, "tiny-llama", phase="prefill", prompt=64, batch=1,
+                                 grids=(8,), engine="fast", budget=64)
+    tried = [c for c, cost, _ in found.tried if c["layout"] == "2d" and cost is not None]
+    assert {c["gemm_algo"] for c in tried} == {"summa", "cannon", "meshgemm"}
+    assert found.best["layout"] == "2d"
+    assert best is not None and best.seconds / best.tokens == pytest.approx(found.best_cost)
+    top = [cost for c, cost, _ in found.tried if c["layout"] == "top-row" and cost is not None]
+    assert found.best_cost < min(top)

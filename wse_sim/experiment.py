@@ -231,7 +231,9 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     direction only (`row-tree`, `col-tree`), and with attention split over every row of a head
     group (`attention="rows"`, when a region has more rows than heads), within `budget`. A
     given `reduce_algo` or `attention` is fixed. An MoE model also tries every expert
-    placement (`moe_layout`: blocks, strips, bands) unless one is given.
+    placement (`moe_layout`: blocks, strips, bands) unless one is given. A dense prefill also
+    tries the 2-D layout (`layout="2d"`, layer-sequential and weight-streaming) with each
+    GEMM algorithm that composes into it.
 
     `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
     best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
@@ -239,6 +241,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     trees). A tuple of grids fixes them."""
     from mapper.search import grid_options, search
     results = {}
+    for name in ("layout", "gemm_algo"):  # searched (a given one does not apply to auto)
+        kw.pop(name, None)
     fixed = kw.pop("reduce_algo", None)
     algos = (fixed,) if fixed else ("chain", "tree")
     fixed_attention = kw.pop("attention", None)
@@ -251,12 +255,19 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     moe = load_model(model, kw.get("model_set")).is_moe
     layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
     cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
-              "reduce_algo": a, "attention": fixed_attention or "auto", "moe_layout": lay}
+              "reduce_algo": a, "attention": fixed_attention or "auto", "moe_layout": lay,
+              "layout": "top-row", "gemm_algo": "auto"}
              for s in STRATEGIES for g in (grids or (None,))
              for c in chunk_options if c <= kw.get("prompt", 128)
              for mb in (micro_options if s == "layer-pipelined" else (1,))
              for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
              for a in algos for lay in layouts]
+    if phase == "prefill" and not moe and not fixed_attention:  # the 2-D layout, each GEMM
+        cands += [{"strategy": s, "grid": g, "chunks": 1, "micro_batches": 1,
+                   "region_shape": 0, "reduce_algo": algos[0], "attention": "auto",
+                   "moe_layout": None, "layout": "2d", "gemm_algo": ga}
+                  for s in ("layer-sequential", "weight-streaming")
+                  for g in (grids or (None,)) for ga in fragment_algos()]
     for cand in cands:  # every candidate is a valid mapping of the run spec (wse_sim.spec)
         Mapping(**{k: v for k, v in cand.items() if v is not None})
     seen: set = set()
@@ -266,13 +277,14 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
                                 chunks=cand["chunks"], micro_batches=cand["micro_batches"],
                                 region_shape=cand["region_shape"],
                                 reduce_algo=cand["reduce_algo"], attention=cand["attention"],
-                                moe_layout=cand["moe_layout"], **kw)
+                                moe_layout=cand["moe_layout"], layout=cand["layout"],
+                                gemm_algo=cand["gemm_algo"], **kw)
         m = program.meta
         trees = m.get("tree_axes", "")  # what the records really are
         g = m.get("attention", {}).get("rows_per_group", 1)
         key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
                m.get("region_cols"), m.get("region_rows"), trees, g,
-               m.get("moe", {}).get("moe_layout"))
+               m.get("moe", {}).get("moe_layout"), m.get("layout"), m.get("gemm_algo"))
         if key in seen:  # the same mapping as an earlier candidate
             raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
                              f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
@@ -297,11 +309,12 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
             if sized.best is None:  # nothing fits this grid: smaller ones fit less
                 break
     left = budget - len(found.tried)
-    if found.best is not None and not fixed and left > 0:  # one direction only, on the best
+    two_d = found.best is not None and found.best["layout"] == "2d"
+    if found.best is not None and not fixed and left > 0 and not two_d:  # one direction only
         one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
         found.absorb(search(one_way, evaluate, budget=left))
     left = budget - len(found.tried)
-    if found.best is not None and not fixed_attention and left > 0:
+    if found.best is not None and not fixed_attention and left > 0 and not two_d:
         found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left))
     best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
