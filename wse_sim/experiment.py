@@ -87,13 +87,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     _one_of("reduce_algo", reduce_algo, LAYER_REDUCE_ALGOS)
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
-    _one_of("layout", layout, LAYOUTS)
-    _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
-    if layout != "2d" and gemm_algo != "auto":
-        raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
-    if layout == "2d" and strategy not in ("layer-sequential", "weight-streaming"):
-        raise ConfigError(f"layout: got '2d' with strategy {strategy}; the 2-D layout runs "
-                          "with layer-sequential or weight-streaming")
+    _check_layout(layout, gemm_algo, strategy)
     extra = {}
     if region_shape:
         if strategy != "layer-pipelined":
@@ -121,6 +115,16 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                                 micro_batches=micro_batches, reduce_algo=reduce_algo,
                                 attention=attention, routing=routing, moe_layout=moe_layout,
                                 seed=seed, precision=prec, sparse=sp, **extra)
+
+
+def _check_layout(layout: str, gemm_algo: str, strategy: str) -> None:
+    _one_of("layout", layout, LAYOUTS)
+    _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
+    if layout != "2d" and gemm_algo != "auto":
+        raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
+    if layout == "2d" and strategy not in ("layer-sequential", "weight-streaming"):
+        raise ConfigError(f"layout: got '2d' with strategy {strategy}; the 2-D layout runs "
+                          "with layer-sequential or weight-streaming")
 
 
 def sparse_of(sparsity: float = 0.0, sparse_format: str = "dense",
@@ -216,6 +220,36 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
     return out
 
 
+def _candidates(model: str, kw: dict, grids: tuple, algos: tuple, fixed_attention,
+                fixed_layout) -> list[dict]:
+    """The first stage of `search_mapping`: every strategy x grid x chunks x micro-batches x
+    region shape x reduce algorithm (x expert placement), and for a dense prefill the 2-D
+    layout with each GEMM algorithm; each a valid mapping of the run spec."""
+    phase, batch = kw.get("phase", "prefill"), kw.get("batch", 1)
+    chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
+    micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
+        if phase == "train" else (1,)
+    moe = load_model(model, kw.get("model_set")).is_moe
+    layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
+    cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
+              "reduce_algo": a, "attention": fixed_attention or "auto", "moe_layout": lay,
+              "layout": "top-row", "gemm_algo": "auto"}
+             for s in STRATEGIES for g in grids
+             for c in chunk_options if c <= kw.get("prompt", 128)
+             for mb in (micro_options if s == "layer-pipelined" else (1,))
+             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
+             for a in algos for lay in layouts]
+    if phase == "prefill" and not moe and not fixed_attention:
+        cands += [{"strategy": s, "grid": g, "chunks": 1, "micro_batches": 1,
+                   "region_shape": 0, "reduce_algo": algos[0], "attention": "auto",
+                   "moe_layout": None, "layout": "2d", "gemm_algo": ga}
+                  for s in ("layer-sequential", "weight-streaming") for g in grids
+                  for ga in fragment_algos()]
+    for cand in cands:
+        Mapping(**{k: v for k, v in cand.items() if v is not None})
+    return cands
+
+
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
                    grids: tuple | None = None, progress: bool = False, **kw):
     """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
@@ -247,29 +281,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     algos = (fixed,) if fixed else ("chain", "tree")
     fixed_attention = kw.pop("attention", None)
 
-    phase, batch = kw.get("phase", "prefill"), kw.get("batch", 1)
-    chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
-    micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
-        if phase == "train" else (1,)
     fixed_layout = kw.pop("moe_layout", None)  # an MoE model: where its experts go
-    moe = load_model(model, kw.get("model_set")).is_moe
-    layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
-    cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
-              "reduce_algo": a, "attention": fixed_attention or "auto", "moe_layout": lay,
-              "layout": "top-row", "gemm_algo": "auto"}
-             for s in STRATEGIES for g in (grids or (None,))
-             for c in chunk_options if c <= kw.get("prompt", 128)
-             for mb in (micro_options if s == "layer-pipelined" else (1,))
-             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
-             for a in algos for lay in layouts]
-    if phase == "prefill" and not moe and not fixed_attention:  # the 2-D layout, each GEMM
-        cands += [{"strategy": s, "grid": g, "chunks": 1, "micro_batches": 1,
-                   "region_shape": 0, "reduce_algo": algos[0], "attention": "auto",
-                   "moe_layout": None, "layout": "2d", "gemm_algo": ga}
-                  for s in ("layer-sequential", "weight-streaming")
-                  for g in (grids or (None,)) for ga in fragment_algos()]
-    for cand in cands:  # every candidate is a valid mapping of the run spec (wse_sim.spec)
-        Mapping(**{k: v for k, v in cand.items() if v is not None})
+    cands = _candidates(model, kw, grids or (None,), algos, fixed_attention, fixed_layout)
     seen: set = set()
 
     def evaluate(cand: dict) -> float:
