@@ -280,3 +280,18 @@ def test_search_tries_the_2d_layout_and_finds_it_faster_on_a_prefill():
     assert best is not None and best.seconds / best.tokens == pytest.approx(found.best_cost)
     top = [cost for c, cost, _ in found.tried if c["layout"] == "top-row" and cost is not None]
     assert found.best_cost < min(top)
+
+
+def test_strategy_auto_runs_the_2d_winner_and_generate_takes_the_2d_prefill(capsys):
+    import json
+    rc = main(["run", "--preset", "mesh8", "--model", "tiny-llama", "--prompt", "64",
+               "--grid", "8", "--strategy", "auto", "--engine", "fast", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, None) and out["layout"] == "2d"
+    ttft = {}
+    for layout in ("top-row", "2d"):
+        rc = main(["run", "--preset", "mesh16", "--model", "tiny-llama", "--prompt", "64",
+                   "--generate", "4", "--strategy", "layer-sequential", "--layout", layout,
+                   "--engine", "fast", "--json"])
+        ttft[layout] = json.loads(capsys.readouterr().out)["time_to_first_token_s"]
+    assert ttft["2d"] < ttft["top-row"]

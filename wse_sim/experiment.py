@@ -366,10 +366,12 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
                  engine: str = "auto", prefill_grid=None, decode_grid=None, **kw) -> dict:
     """Prefill the prompt, then decode `generate` tokens. The decode step is simulated at the
     first and at the last context; steps in between are interpolated linearly (attention work
-    grows linearly with the context, everything else is constant)."""
+    grows linearly with the context, everything else is constant). `layout` and `gemm_algo`
+    (the 2-D layout) apply to the prefill; the decode steps keep the top-row layout."""
     _positive("generate", generate)
+    two_d = {k: kw.pop(k) for k in ("layout", "gemm_algo") if k in kw}
     pre = simulate(build_program(hw, model, phase="prefill", prompt=prompt, batch=batch,
-                                 grid=prefill_grid, **kw), hw, engine=engine)
+                                 grid=prefill_grid, **kw, **two_d), hw, engine=engine)
     first = simulate(build_program(hw, model, phase="decode", context=prompt, batch=batch,
                                    grid=decode_grid, **kw), hw, engine=engine)
     if generate > 1:

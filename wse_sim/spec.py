@@ -172,9 +172,9 @@ class Mapping:
     layout: str = _opt("top-row", kind=str, choices=("top-row", "2d"),
                        applies=lambda s: s.mapping.strategy in ("layer-sequential",
                                                                 "weight-streaming")
-                       and s.workload.phase == "prefill" and s.workload.generate is None,
+                       and (s.workload.phase == "prefill" or s.workload.generate is not None),
                        where="strategy layer-sequential or weight-streaming in a prefill "
-                             "without generate",
+                             "(with generate: the prefill's layout; decode stays top-row)",
                        help="where a layer's activations lie: top-row (one row of the region; "
                             "the decode layout) or 2d (tokens x features tiled over the whole "
                             "region, projections as 2-D GEMMs; docs/strategies.md)")

@@ -286,6 +286,8 @@ def run_extended(args) -> int:
         args.reduce_algo = kw["reduce_algo"] = found.best.get("reduce_algo", "chain")
         args.attention = kw["attention"] = found.best.get("attention", "auto")
         args.moe_layout = kw["moe_layout"] = found.best.get("moe_layout")
+        args.layout = found.best.get("layout", "top-row")
+        args.gemm_algo = found.best.get("gemm_algo", "auto")
     if args.generate:
         if args.micro_batches != 1:
             raise ValueError(f"micro_batches: got {args.micro_batches} with --generate, must be "
@@ -293,7 +295,9 @@ def run_extended(args) -> int:
         out = run_generate(hw, args.model, generate=args.generate, prompt=args.prompt,
                            engine=args.engine, strategy=strategy,
                            prefill_grid=args.prefill_grid or args.grid,
-                           decode_grid=args.decode_grid or args.grid, **kw)
+                           decode_grid=args.decode_grid or args.grid,
+                           layout=args.layout or "top-row", gemm_algo=args.gemm_algo or "auto",
+                           **kw)
         res = out.pop("results")
         out.update({"strategy": strategy, "reduce_algo": args.reduce_algo,
                     "engine": res["prefill"].engine})
