@@ -253,3 +253,24 @@ def test_search_tries_every_placement():
     layouts = {cand["moe_layout"] for cand, cost, _ in found.tried if cost is not None}
     assert layouts == {"blocks", "strips", "bands"} and best is not None
     assert found.best["moe_layout"] == best.meta["moe"]["moe_layout"]
+
+
+def test_search_tries_the_expert_parallelism_on_the_best_placement():
+    """After the placements, the best one with its 8 experts over 4, 2 and 1 blocks
+    (`layout:N`); the winner is the least time per token of all."""
+    from wse_sim.experiment import search_mapping
+    found, best = search_mapping(MESH16, "tiny-moe", phase="decode", batch=4, context=16,
+                                 grids=(16,), budget=64)
+    tried = {c["moe_layout"]: cost for c, cost, _ in found.tried}
+    base = next(lay for lay in tried if ":" in lay).split(":")[0]
+    assert {f"{base}:{n}" for n in (4, 2, 1)} <= set(tried)
+    assert found.best_cost == min(cost for _, cost, _ in found.tried if cost is not None)
+    assert best is not None and best.meta["moe"]["moe_layout"] == found.best["moe_layout"]
+
+
+def test_fewer_expert_blocks_share_them():
+    reg = Region(0, 0, 16, 16)
+    blocks = expert_blocks(reg, 9, "strips:3")
+    assert len(set(blocks)) == 3 and blocks[0] == blocks[3] == blocks[6]
+    with pytest.raises(MappingError, match="optionally :N"):
+        expert_blocks(reg, 9, "strips:0")

@@ -250,6 +250,28 @@ def _candidates(model: str, kw: dict, grids: tuple, algos: tuple, fixed_attentio
     return cands
 
 
+def expert_block_options(model: str, model_set: dict | None, layout: str) -> list[str]:
+    """The expert parallelism a search tries on an MoE model's best placement `layout`: its
+    experts over E / 2, E / 4 and E / 8 blocks (E experts; one block each is the default)."""
+    from mapper.strategies.moe_layer import parse_moe_layout
+    cfg = load_model(model, model_set)
+    base, groups = parse_moe_layout(layout)
+    n = cfg.moe.n_experts
+    return [f"{base}:{g}" for g in dict.fromkeys((n // 2, n // 4, n // 8)) if 1 <= g < n
+            and groups is None]
+
+
+def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int):
+    """The best MoE mapping with fewer expert blocks (`expert_block_options`), within budget."""
+    from mapper.search import SearchResult, search
+    left = budget - len(found.tried)
+    best = found.best
+    if best is None or left <= 0 or not best.get("moe_layout"):
+        return SearchResult(None, None)
+    opts = expert_block_options(model, kw.get("model_set"), best["moe_layout"])
+    return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left)
+
+
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
                    grids: tuple | None = None, progress: bool = False, **kw):
     """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
@@ -321,6 +343,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
             found.absorb(sized)
             if sized.best is None:  # nothing fits this grid: smaller ones fit less
                 break
+    if not fixed_layout:  # the expert parallelism on the best placement
+        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget))
     left = budget - len(found.tried)
     two_d = found.best is not None and found.best["layout"] == "2d"
     if found.best is not None and not fixed and left > 0 and not two_d:  # one direction only
@@ -359,6 +383,8 @@ def search_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: s
         return out["seconds"] / max(1, out["stages"][0].tokens)
 
     found = search(cands, evaluate, budget=budget, progress=progress)
+    if not fixed_layout:  # the expert parallelism on the best placement
+        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget))
     return found, results.get(tuple(found.best.values())) if found.best else None
 
 

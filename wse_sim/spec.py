@@ -21,6 +21,7 @@ from wse_sim.hardware import DTYPES, FLOAT_DTYPES
 from wse_sim.sparsity import Sparsity, parse_format
 
 PHASES = ("prefill", "decode", "train")
+MOE_PLACEMENTS = ("blocks", "strips", "bands")  # mapper.strategies.moe_layer.MOE_LAYOUTS
 # strategies and the algorithm names live in the mapper; they are checked where the mapper is
 # reached (experiment.build_program), and listed here for the CLI's help only
 FORMAT = "wse-sim-run/1"
@@ -161,9 +162,10 @@ class Mapping:
                                    applies=lambda s: s.workload.generate is not None,
                                    where="generate", help="with generate: the decode's grid")
     moe_layout: str | None = _opt(None, kind=str, optional=True,
-                                  choices=("blocks", "strips", "bands"),
                                   help="MoE: where a layer's experts go: blocks (default), strips "
-                                       "or bands (docs/moe.md)")
+                                       "or bands, optionally :N to spread them over N expert "
+                                       "blocks (the expert parallelism), e.g. blocks:4 "
+                                       "(docs/moe.md)")
     reduce_algo: str = _opt("chain", kind=str,
                             help="how the GEMMs' partial sums reduce: chain, tree, row-tree or "
                                  "col-tree")
@@ -180,11 +182,17 @@ class Mapping:
                             "region, projections as 2-D GEMMs; docs/strategies.md)")
     gemm_algo: str = _opt("auto", kind=str, choices=("auto", "summa", "cannon", "meshgemm"),
                           applies=lambda s: s.mapping.layout == "2d", where="layout 2d",
-                          help="layout 2d: the projections' GEMM algorithm: auto (the least "
-                               "estimate per projection), summa, cannon or meshgemm")
+                          help="layout 2d: the GEMM algorithm of every projection: auto (the "
+                               "least sum of the layer's estimates), summa, cannon or meshgemm")
 
     def __post_init__(self):
         _check_fields(self)
+        if self.moe_layout is not None:
+            base, sep, n = self.moe_layout.partition(":")
+            if base not in MOE_PLACEMENTS or (sep and not (n.isdigit() and int(n) >= 1)):
+                raise ConfigError(f"moe_layout: got {self.moe_layout!r}, must be one of "
+                                  f"{', '.join(MOE_PLACEMENTS)}, optionally :N (N >= 1 expert "
+                                  "blocks), e.g. blocks:4")
 
 
 def _check_fields(obj) -> None:

@@ -50,15 +50,26 @@ MOE_LAYOUTS = ("blocks", "strips", "bands")
 MOE_COLORS = {"dispatch": COLORS["handoff"], "collect": COLORS["back"]}
 
 
+def parse_moe_layout(layout: str) -> tuple[str, int | None]:
+    """(placement, expert blocks or None: one per expert) of `blocks`, `strips`, `bands`,
+    optionally `:N`: the layer's experts spread over N blocks (the expert parallelism; experts
+    beyond N share blocks, their work queues on the block's cores)."""
+    base, sep, n = str(layout).partition(":")
+    if base not in MOE_LAYOUTS or (sep and not (n.isdigit() and int(n) >= 1)):
+        raise MappingError(f"moe_layout: got {layout!r}, must be one of {', '.join(MOE_LAYOUTS)}"
+                           ", optionally :N (N >= 1 expert blocks), e.g. blocks:4")
+    return base, int(n) if sep else None
+
+
 def check_moe_layout(layout: str) -> None:
-    if layout not in MOE_LAYOUTS:
-        raise MappingError(f"moe_layout: got {layout!r}, must be one of {', '.join(MOE_LAYOUTS)}")
+    parse_moe_layout(layout)
 
 
 def expert_blocks(reg: Region, n: int, layout: str) -> list[Region]:
-    """The block of each of `n` experts inside `reg` (module docstring)."""
-    check_moe_layout(layout)
-    nb = min(n, reg.rows if layout == "bands" else reg.size)
+    """The block of each of `n` experts inside `reg` (module docstring): one per expert, or
+    (`layout:N`) N blocks that experts e, e + N, ... share."""
+    layout, groups = parse_moe_layout(layout)
+    nb = min(groups or n, n, reg.rows if layout == "bands" else reg.size)
     if layout == "bands":
         grid = (1, nb, reg.cols, reg.rows // nb)
     elif layout == "strips":
