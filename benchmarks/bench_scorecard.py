@@ -1,0 +1,104 @@
+"""The scorecard of issue 18: LLaMA3-8B and Cerebras-GPT-1.3B on wse2 and wse3, a prefill of
+4,096 tokens, a decode step at a 4,096-token context and a training step at sequence 2,048
+(Cerebras-GPT-1.3B: 2,048 and 2,047, its longest),
+under every strategy (and, for the prefills of layer-sequential and weight-streaming, the 2-D
+layout): simulated tokens/s, % of peak, the communication share of the critical path, the busy
+core fraction and SRAM per core, or the one line that says which resource does not fit and by
+how much, or that its simulation did not finish within `--limit-s` (default 600 s). `--quick`:
+decode only; `--presets wse2` one preset. The full card runs whole-model prefills (about 6
+minutes each on 2 shared CPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _common import emit, machine_info, parse_args  # noqa: E402
+
+MODELS = ("cerebras-gpt-1.3b", "llama3-8b")
+PRESETS = ("wse2", "wse3")
+PHASES = {"prefill": {"prompt": 4096}, "decode": {"context": 4096},
+          "train": {"prompt": 2048}}
+ROWS = (("layer-pipelined", "top-row"), ("layer-sequential", "top-row"),
+        ("layer-sequential", "2d"), ("weight-streaming", "top-row"),
+        ("weight-streaming", "2d"))
+
+
+def _row(preset: str, model: str, phase: str, strategy: str, layout: str) -> dict:
+    from workloads.models import load_model
+    from wse_sim.engine import simulate
+    from wse_sim.experiment import build_program
+    from wse_sim.hardware import load_preset
+    hw = load_preset(preset)
+    t0 = time.perf_counter()
+    # the issue's sizes, or the model's longest (Cerebras-GPT: 2,048 positions)
+    most = load_model(model).max_context
+    size = {k: min(v, most - (k == "context")) for k, v in PHASES[phase].items()}
+    try:
+        program = build_program(hw, model, phase=phase, strategy=strategy, layout=layout,
+                                **size)
+        r = simulate(program, hw, engine="fast")
+    except (ValueError, NotImplementedError) as e:
+        return {"runs": False, "why": str(e).splitlines()[0][:300]}
+    s = r.summary()
+    return {"runs": True, "tokens_per_s": s["tokens_per_s"], "peak_fraction": s["peak_fraction"],
+            "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
+            "busy_core_fraction": s["busy_core_fraction"],
+            "sram_bytes_per_core": s["sram_bytes_per_core"],
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def _worker(q, *a) -> None:
+    q.put(_row(*a))
+
+
+def _timed_row(limit_s: int, *a) -> dict:
+    """`_row` in a spawned process (NUMBA_NUM_THREADS=1), given up after `limit_s` seconds:
+    a row that does not finish says so, with the limit."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(q, *a))
+    proc.start()
+    proc.join(limit_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+        return {"runs": False, "why": f"does not finish in {limit_s} s of simulation on this "
+                                      "machine (engine time, issue 16)"}
+    return q.get() if not q.empty() else {"runs": False, "why": "the worker died"}
+
+
+def main(argv=None) -> None:
+    import argparse
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--presets", default=",".join(PRESETS))
+    extra.add_argument("--limit-s", type=int, default=600)
+    more, rest = extra.parse_known_args(argv)
+    args = parse_args(__doc__.splitlines()[0], rest)
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    figures: dict = {}
+    phases = ("decode",) if args.quick else tuple(PHASES)
+    for preset in more.presets.split(","):
+        for model in MODELS:
+            for phase in phases:
+                for strategy, layout in ROWS:
+                    if layout == "2d" and phase != "prefill":
+                        continue  # the 2-D layout maps prefills
+                    key = f"{preset}.{model}.{phase}.{strategy}" + \
+                        (".2d" if layout == "2d" else "")
+                    row = _timed_row(more.limit_s, preset, model, phase, strategy, layout)
+                    for k, v in row.items():
+                        figures[f"{key}.{k}"] = v
+                    print(json.dumps({k: v for k, v in figures.items()
+                                      if k.startswith(key + ".")}), file=sys.stderr, flush=True)
+    emit("bench_scorecard", figures, {}, args.json, machine_info())
+
+
+if __name__ == "__main__":
+    main()
