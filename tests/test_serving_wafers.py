@@ -4,6 +4,7 @@ chosen by simulation (`--mode auto`): exact checks against the multi-wafer run a
 import json
 
 import pytest
+from test_serving import _err
 
 from wse_sim.cli.main import main
 from wse_sim.experiment import run_multi_wafer, stage_programs
@@ -132,17 +133,6 @@ def test_choose_mode_by_hand():
     assert best.mode == "disaggregated" and best.per_wafer == 4.0
     with pytest.raises(ValueError, match="ModeCandidate.wafers: got 0"):
         ModeCandidate("time-shared", 0, {})
-
-
-def _err(capsys, argv) -> str:
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse's errors
-        rc = e.code
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1, err
-    return err
 
 
 @pytest.mark.parametrize("extra, needle", [
