@@ -44,10 +44,8 @@ from dataclasses import dataclass
 from mapper.gemm import (
     fragment_algos,
     fragment_buffers,
-    gemm_algo,
     gemm_estimate_cycles,
     gemm_fragment,
-    ring_order,
 )
 from mapper.placement import MappingError
 from mapper.strategies.common import (
@@ -60,6 +58,8 @@ from mapper.strategies.common import (
     make_run,
     mapping_meta,
 )
+from mapper.strategies.layout2d_data import block_order, last_token_row
+from mapper.strategies.single_region import layer_weight_bytes
 from mapper.strategies.tp2d import COLORS, TP2D
 from workloads.models import GPTConfig
 from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
@@ -387,7 +387,7 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
         if streaming:  # double buffer: layer i's weights after layer i - 2 has finished
             after = ((Dep(io[0], "all"),) if io[0] is not None else ()) + \
                 ((Dep(ends[i - 2], "all"),) if i >= 2 else ())
-            io[0] = pb.add(IoTransfer(f"L{i}.weights.in", reg, _layer_bytes(run), "in",
+            io[0] = pb.add(IoTransfer(f"L{i}.weights.in", reg, layer_weight_bytes(run, i), "in",
                                       deps=after))
             wd = (Dep(io[0]),)
         deps[0] = em.layer(i, deps[0], wd)
@@ -421,12 +421,6 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
         "sram_buffers_per_core": buffers} | run.sparse.to_meta() | mapping_meta(run, tp))
 
 
-def _layer_bytes(run: Run) -> int:
-    """Bytes of one layer's weights streamed in (matrices and small parameters)."""
-    cfg = run.cfg
-    return cfg.layer_matmul_params() * run.weight_bytes + cfg.layer_small_params() * run.bytes
-
-
 def _embed(em: Emitter, streaming: bool) -> tuple:
     """The token embeddings into the tiles (weight streaming: gathered off the wafer and
     streamed in)."""
@@ -443,10 +437,10 @@ def _lm_head(em: Emitter, dep: tuple, streaming: bool, io_prev) -> int:
     head (`common.emit_lm_head`)."""
     run, pb, P, tm = em.run, em.pb, em.t.P, em.t.tm
     top = Region(0, 0, P, 1)
-    o = ring_order(P) if gemm_algo(em.algo).ring else list(range(P))
+    order = block_order(em.algo, P)
     moves = []
     for s in range(run.batch):
-        r = o[(s * run.prompt + run.prompt - 1) // tm]
+        r = last_token_row(run, tm, order, s)
         if r:
             moves.append(pb.add(Unicast("lm_head.gather", Region(0, r, P, 1),
                                         wavelets_for(tm * em.t.d, run.dtype), dy=-r,

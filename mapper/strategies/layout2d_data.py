@@ -148,13 +148,23 @@ def register_kernels() -> None:
 
 # ---- tiles and DataOps --------------------------------------------------------------------------
 
+def block_order(algo: str, P: int) -> tuple:
+    """Where logical block l lives (row and column): MeshGEMM's interleaved ring, else l."""
+    return tuple(ring_order(P)) if gemm_algo(algo).ring else tuple(range(P))
+
+
+def last_token_row(run, tm: int, order: tuple, b: int) -> int:
+    """The physical row holding sequence b's last token (0: already on the top row)."""
+    return order[(b * run.prompt + run.prompt - 1) // tm]
+
+
 class Data2D:
     """Tile names and shapes of a functional run, and every record's DataOp."""
 
     def __init__(self, run, t, algo: str):
         self.run, self.cfg, self.t, self.algo = run, run.cfg, t, algo
         self.P = t.P
-        self.perm = tuple(ring_order(t.P)) if gemm_algo(algo).ring else tuple(range(t.P))
+        self.perm = block_order(algo, t.P)
         self.rms = self.cfg.norm == "rmsnorm"
         self.train = False  # emit_lm_head asks
 
@@ -249,7 +259,8 @@ class Data2D:
         run = self.run
         last = [(b * run.prompt + run.prompt - 1) for b in range(run.batch)]
         rows = tuple(t % self.t.tm for t in last)
-        ins = tuple(f"last{b}" if self.gather_row(b) else "x" for b in range(run.batch))
+        ins = tuple(f"last{b}" if last_token_row(run, self.t.tm, self.perm, b) else "x"
+                    for b in range(run.batch))
         return {"select_last": dataop("l2d_pick", ins, "lnf.x", rows=rows),
                 "ln_f.stats": dataop("norm_stats", ("lnf.x",), "lnf.stats"),
                 "ln_f.allreduce": dataop("reduce", ("lnf.stats",), "lnf.stats"),
@@ -259,12 +270,6 @@ class Data2D:
                 "bcast0": dataop("bcast", ("head0.x",), "head0.x"),
                 "lm_head.0": dataop("gemm", ("head0.x", "head0.table"), "head0.logits"),
                 "reduce0": dataop("reduce", ("head0.logits",), "head0.logits")}
-
-    def gather_row(self, b: int) -> int:
-        """The physical row holding sequence b's last token (0: already on the top row)."""
-        run = self.run
-        lb = (b * run.prompt + run.prompt - 1) // self.t.tm
-        return list(self.perm)[lb]
 
     def meta(self) -> dict:
         return {"algo": self.algo, "perm": list(self.perm), "tm": self.t.tm}

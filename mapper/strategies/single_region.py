@@ -56,7 +56,7 @@ from wse_sim.program import Dep, IoTransfer, Program, ProgramBuilder, Region
 from wse_sim.sparsity import Sparsity
 
 
-def _layer_weight_bytes(run: Run, i: int) -> int:
+def layer_weight_bytes(run: Run, i: int) -> int:
     """Bytes of layer i's weights that stream in (an MoE layer: its chosen experts'): the
     weight matrices in the weights dtype, compressed as the run's sparse format says
     (docs/sparsity.md), norm gains and biases in the run's dtype."""
@@ -177,7 +177,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
         after = ((io[0],) if io[0] is not None else ()) + \
             ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
-        w = stream_in(f"L{i}.weights.in", _layer_weight_bytes(run, i), after)
+        w = stream_in(f"L{i}.weights.in", layer_weight_bytes(run, i), after)
         io[0] = w if w is not None else io[0]
         for c in range(n):  # every chunk through layer i, then on to layer i + 1
             tp.share, tp.fl = (c, n), fls[c]
@@ -215,14 +215,14 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
             pb.add(IoTransfer("lm_head.grads.out", reg, cfg.d_model * cfg.vocab_size * run.bytes,
                               "out", deps=tuple(Dep(g, "all") for g in head_grads)))
         for i in range(L - 1, -1, -1):
-            w = stream_in(f"L{i}.weights.bwd.in", _layer_weight_bytes(run, i),
+            w = stream_in(f"L{i}.weights.bwd.in", layer_weight_bytes(run, i),
                           ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
             io_prev = w if w is not None else io_prev
             dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
                                      bufs=bufs[0][i] if fl is not None else None)
             adam_names = [f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]]
             if streaming:
-                pb.add(IoTransfer(f"L{i}.grads.out", reg, _layer_weight_bytes(run, i), "out",
+                pb.add(IoTransfer(f"L{i}.grads.out", reg, layer_weight_bytes(run, i), "out",
                                   deps=tuple(Dep(g, "all") for g in grads)))
             else:
                 tp.optimizer(adam_names, reg, tuple(grads))
