@@ -17,6 +17,7 @@ from wse_sim.hardware import DTYPES, FLOAT_DTYPES, ConfigError, HardwareConfig, 
 from wse_sim.precision import Precision
 from wse_sim.sparsity import Sparsity
 from wse_sim.spec import Mapping, RunSpec
+from wse_sim.timing import split_evenly
 
 STRATEGIES = STRATEGY_NAMES
 PHASES = ("prefill", "decode", "train")
@@ -422,16 +423,12 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
 def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = "prefill",
                    **kw) -> list:
     """The programs of a multi-wafer pipeline: the layers split evenly over `wafers` wafers
-    (the first ones take one more when they do not divide), each wafer's slice mapped
+    (the first ones take one more when they do not divide) when every slice fits, else as
+    `layer_pipelined.stage_split` finds (the ends lighter); each wafer's slice mapped
     layer-pipelined (`map_layer_pipelined(..., stage=...)`): the first with the embedding, the
     last with the LM head, every wafer after the first starting by receiving the activations
     over its I/O (`io_bits_per_s`). `kw`: the run spec fields of `run_multi_wafer`."""
-    from mapper.strategies.layer_pipelined import (
-        even_split_error,
-        fewest_wafers,
-        map_layer_pipelined,
-        stage_split,
-    )
+    from mapper.strategies.layer_pipelined import fewest_wafers, map_layer_pipelined, stage_split
     _positive("wafers", wafers)
     _one_of("phase", phase, PHASES)
     for name, default in (("attention", "auto"), ("chunks", 1), ("region_shape", 0)):
@@ -451,19 +448,26 @@ def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = 
     kw["sparse"].check_layers(cfg.n_layers, cfg.name)
     if wafers > cfg.n_layers:
         raise ConfigError(f"wafers: got {wafers}, must be at most the model's {cfg.n_layers} layers")
+
+    def mapped(split: list[int]) -> list:
+        programs, first = [], 0
+        for w, n in enumerate(split):
+            programs.append(map_layer_pipelined(cfg, hw, phase=phase, stage=(
+                first, n, w == 0, w == wafers - 1), **kw))
+            first += n
+        return programs
+
+    try:  # the even split, each slice mapped once
+        return mapped([split_evenly(cfg.n_layers, wafers, w) for w in range(wafers)])
+    except MappingError as e:
+        why = str(e).splitlines()[0]
     split = stage_split(cfg, hw, wafers, phase=phase, **kw)
     if split is None:  # refused before any simulation, with the numbers and what would fit
-        why = even_split_error(cfg, hw, wafers, phase=phase, **kw)
         fit = fewest_wafers(cfg, hw, wafers + 1, phase=phase, **kw)
         raise MappingError(f"{why}; over {wafers} wafers no split of the {cfg.n_layers} layers "
                            "fits" + (f": {fit} wafers would" if fit else
                                      ": no number of wafers would"))
-    programs, first = [], 0
-    for w, n in enumerate(split):
-        programs.append(map_layer_pipelined(cfg, hw, phase=phase, stage=(
-            first, n, w == 0, w == wafers - 1), **kw))
-        first += n
-    return programs
+    return mapped(split)
 
 
 def run_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
