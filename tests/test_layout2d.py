@@ -155,8 +155,9 @@ def test_functional_check_can_fail():
 
 
 @pytest.mark.parametrize("kw,exc,text", [
-    ({"phase": "decode"}, NotImplementedError, "prefill only"),
-    ({"phase": "train"}, NotImplementedError, "prefill only"),
+    ({"phase": "decode"}, NotImplementedError, "not decode"),
+    ({"phase": "train", "strategy": "layer-sequential"}, NotImplementedError,
+     "training runs weight-streaming"),
     ({"functional": True, "prompt": 1}, NotImplementedError, "1 token"),
     ({"chunks": 2}, NotImplementedError, "chunks"),
     ({"sparsity": 0.5}, NotImplementedError, "sparse"),

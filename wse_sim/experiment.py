@@ -45,7 +45,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   weights_dtype: str | None = None, kv_dtype: str | None = None,
                   accum_dtype: str | None = None, sparse_format: str = "dense",
                   sparsity_file: str | None = None, layout: str = "top-row",
-                  gemm_algo: str = "auto"):
+                  gemm_algo: str = "auto", recompute: str = "on"):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
@@ -62,7 +62,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     model fields to override, e.g. {"n_layers": 1} to time one layer. `context`
     (decode): None takes min(128, the model's maximum context - 1). `layout`: `top-row` or
     `2d` (a prefill with tokens x features tiled over the region, its projections 2-D GEMMs
-    by `gemm_algo`: auto, summa, cannon or meshgemm; mapper.strategies.layout2d)."""
+    by `gemm_algo`: auto, summa, cannon or meshgemm; mapper.strategies.layout2d; a training
+    step in it: `recompute` on or off, activation checkpointing)."""
     if not isinstance(hw, HardwareConfig):
         raise TypeError(f"build_program: hw got {type(hw).__name__}, must be a HardwareConfig "
                         "(wse_sim.hardware.load_preset)")
@@ -89,6 +90,10 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     _check_layout(layout, gemm_algo, strategy)
+    _one_of("recompute", recompute, ("on", "off"))
+    if recompute != "on" and not (layout == "2d" and phase == "train"):
+        raise ConfigError(f"recompute: got {recompute!r}, which applies only to a training "
+                          "step in layout 2d")
     extra = {}
     if region_shape:
         if strategy != "layer-pipelined":
@@ -109,7 +114,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                       sparsity=sp.fraction, functional=functional, chunks=chunks,
                       micro_batches=micro_batches, reduce_algo=reduce_algo,
                       attention=attention, seed=seed, precision=prec, sparse=sp,
-                      gemm_algo=gemm_algo)
+                      gemm_algo=gemm_algo, recompute=recompute == "on")
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid,
                                 sparsity=sp.fraction, functional=functional, chunks=chunks,

@@ -146,10 +146,13 @@ class Mapping:
                        help="prefill: run the prompt through the layers in at least N chunks")
     micro_batches: int = _opt(1, kind=int, minimum=1,
                               applies=lambda s: s.workload.phase == "train"
-                              and s.mapping.strategy in ("layer-pipelined", "auto"),
-                              where="phase train with strategy layer-pipelined",
-                              help="train: split the batch into N equal micro-batches that "
-                                   "pipeline through the layer regions (N divides batch)")
+                              and (s.mapping.strategy in ("layer-pipelined", "auto")
+                                   or s.mapping.layout == "2d"),
+                              where="phase train with strategy layer-pipelined or layout 2d",
+                              help="train: split the batch into N equal micro-batches (N "
+                                   "divides batch): layer-pipelined pipelines them through the "
+                                   "layer regions, layout 2d runs them one after another "
+                                   "(gradient accumulation)")
     wafers: int = _opt(1, kind=int, minimum=1,
                        applies=lambda s: s.mapping.strategy in ("layer-pipelined", "auto")
                        and s.workload.generate is None,
@@ -174,9 +177,11 @@ class Mapping:
     layout: str = _opt("top-row", kind=str, choices=("top-row", "2d"),
                        applies=lambda s: s.mapping.strategy in ("layer-sequential",
                                                                 "weight-streaming")
-                       and (s.workload.phase == "prefill" or s.workload.generate is not None),
-                       where="strategy layer-sequential or weight-streaming in a prefill "
-                             "(with generate: the prefill's layout; decode stays top-row)",
+                       and (s.workload.phase in ("prefill", "train")
+                            or s.workload.generate is not None),
+                       where="strategy layer-sequential or weight-streaming in a prefill or "
+                             "a training step (with generate: the prefill's layout; decode "
+                             "stays top-row)",
                        help="where a layer's activations lie: top-row (one row of the region; "
                             "the decode layout) or 2d (tokens x features tiled over the whole "
                             "region, projections as 2-D GEMMs; docs/strategies.md)")
@@ -184,6 +189,14 @@ class Mapping:
                           applies=lambda s: s.mapping.layout == "2d", where="layout 2d",
                           help="layout 2d: the GEMM algorithm of every projection: auto (the "
                                "least sum of the layer's estimates), summa, cannon or meshgemm")
+    recompute: str = _opt("on", kind=str, choices=("on", "off"),
+                          applies=lambda s: s.mapping.layout == "2d"
+                          and s.workload.phase == "train",
+                          where="layout 2d in a training step",
+                          help="layout 2d training: activation checkpointing: on (keep each "
+                               "layer's input, run its forward again before its backward; the "
+                               "FLOPs counted) or off (keep every activation the backward "
+                               "reads)")
 
     def __post_init__(self):
         _check_fields(self)

@@ -128,10 +128,9 @@ def check_layout(layout: str, algo: str) -> None:
 def _refuse(run: Run, functional: bool) -> None:
     """What this layout does not map yet: one line naming it."""
     cfg = run.cfg
-    if run.phase != "prefill":
-        raise NotImplementedError(f"layout 2d: maps prefill only, not {run.phase} (decode "
-                                  "runs GEMVs: the top-row layout; training in the 2-D "
-                                  "layout is issue 18 item 2)")
+    if run.phase == "decode":
+        raise NotImplementedError("layout 2d: maps prefill and training, not decode (decode "
+                                  "runs GEMVs: the top-row layout)")
     if cfg.is_moe:
         raise NotImplementedError(f"layout 2d: MoE models ({cfg.name}) are not mapped")
     if run.chunks > 1:
@@ -208,6 +207,7 @@ class Emitter:
         self.reg = Region(0, 0, t.P, t.P)
         self.col0 = Region(0, 0, 1, t.P)
         self.kv_bytes = DTYPE_BYTES[run.precision.kv]
+        self.tokens = run.tokens  # a training step's micro-batch: its share
 
     def sync(self, name: str, deps) -> int:
         """A zero-cycle join on core (0, 0) after every one of `deps` everywhere."""
@@ -215,7 +215,7 @@ class Emitter:
                                    deps=tuple(Dep(int(d), "all") for d in deps)))
 
     def gemm(self, i: int, label: str, start: tuple) -> tuple:
-        m, k, n, ops = gemm_shapes(self.run.cfg, self.run.tokens, self.t.P)[label]
+        m, k, n, ops = gemm_shapes(self.run.cfg, self.tokens, self.t.P)[label]
         names = None if self.fd is None else self.fd.gemm_names(i, label)
         _, end = gemm_fragment(self.pb, self.algo, self.run.hw, grid=self.t.P, m=m, k=k, n=n,
                                dtype=self.run.dtype, label=f"L{i}.{label}", start=start,
@@ -346,14 +346,18 @@ def _get(d: dict):
 
 
 def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: str = "auto",
-           functional: bool = False, **kw) -> Program:
+           functional: bool = False, recompute: bool = True, **kw) -> Program:
     """Layer-sequential (`streaming=False`) or weight-streaming prefill in the 2-D layout on
-    the largest square of the grid (module docstring). `kw`: the run's parameters, as
+    the largest square of the grid (module docstring), or a weight-streaming training step
+    (`layout2d_train`; `recompute`: activation checkpointing). `kw`: the run's parameters, as
     `common.make_run` takes them."""
     check_layout("2d", gemm_algo)
     run = make_run(cfg, hw, functional=functional, **kw)
     name = "weight-streaming" if streaming else "layer-sequential"
     _refuse(run, functional)
+    if run.phase == "train":
+        from mapper.strategies.layout2d_train import map_2d_train
+        return map_2d_train(run, streaming, gemm_algo, functional, recompute)
     P = min(run.cols, run.rows)
     t = Tiles.of(cfg, P, run.tokens)
     algo = choose_algo(run, P, gemm_algo)
@@ -402,21 +406,31 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
     if L >= 4:
         pb.repeat("layers", L - 2, lambda k: layer(k + 2))
     _lm_head(em, deps[0], streaming, io[0])
-    missing = tp.missing()
+    fmeta = {} if fd is None else {"views": views, "functional_2d": fd.meta(),
+                                   "sram_extra_bytes": extra}
+    return build_2d(pb, run, tp, name, algo, t, buffers, fmeta)
+
+
+def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algo: str, t: Tiles,
+             buffers: dict, extra: dict, offwafer_flops: int = 0) -> Program:
+    """The program and its meta; every op of the graph must have been emitted (optimizer
+    updates, which run off the wafer, excepted when `offwafer_flops`)."""
+    cfg, ops, P = run.cfg, tp.ops, t.P
+    missing = tp.missing(skip_kinds=("optimizer",) if offwafer_flops else ())
     if missing:
         raise NotImplementedError(f"layout 2d: ops not mapped: {', '.join(missing[:6])}")
     graph = int(sum(o.flops for o in ops.values()))
     executed = sum(int(getattr(x, "flops", 0)) for x in pb.tasks if isinstance(x, Compute))
-    fmeta = {} if fd is None else {"views": views, "functional_2d": fd.meta(),
-                                   "sram_extra_bytes": extra}
-    return pb.build(dtype=run.dtype, tokens=run.tokens, cores_used=reg.size, meta=fmeta | {
+    done = graph - offwafer_flops
+    return pb.build(dtype=run.dtype, tokens=run.tokens, cores_used=P * P, meta=extra | {
         "strategy": name, "layout": "2d", "model": cfg.name, "phase": run.phase,
         "batch": run.batch, "prompt": run.prompt, "context": run.context, "dtype": run.dtype,
         "sparsity": run.sparsity, "vocab_size": cfg.vocab_size,
-        "region_cols": P, "region_rows": P, "regions": 1, "chunks": 1, "micro_batches": 1,
+        "region_cols": P, "region_rows": P, "regions": 1, "chunks": 1,
+        "micro_batches": run.micro_batches,
         "grid_cols": run.cols, "grid_rows": run.rows, "graph_flops": graph,
-        "offwafer_flops": 0, "executed_flops": executed,
-        "padding_waste": 1.0 - graph / executed if executed else 0.0, "gemm_algo": algo,
+        "offwafer_flops": offwafer_flops, "executed_flops": executed,
+        "padding_waste": 1.0 - done / executed if executed else 0.0, "gemm_algo": algo,
         "tiles": {"tokens": t.tm, "d_model": t.d, "qkv": t.qkv, "ffn": t.ffn, "ffn_k": t.f},
         "sram_buffers_per_core": buffers} | run.sparse.to_meta() | mapping_meta(run, tp))
 

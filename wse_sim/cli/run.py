@@ -143,7 +143,7 @@ def run_one(args) -> int:
                             kv_dtype=args.kv_dtype, accum_dtype=args.accum_dtype,
                             sparse_format=args.sparse_format,
                             sparsity_file=args.sparsity_file, layout=args.layout,
-                            gemm_algo=args.gemm_algo)
+                            gemm_algo=args.gemm_algo, recompute=args.recompute)
     if getattr(args, "save_program", None):
         from wse_sim.cli.program import save_requested
         save_requested(program, args)
@@ -162,7 +162,8 @@ def run_one(args) -> int:
     if args.json:
         extra = {"functional": check} if check else {}
         mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo", "chunks",
-                                                "micro_batches", "layout", "gemm_algo")
+                                                "micro_batches", "layout", "gemm_algo",
+                                                "recompute")
                    if k in program.meta}
         print(json.dumps(with_interface_keys(result.summary(), args, hw) | mapping | written
                          | extra))

@@ -1,0 +1,430 @@
+"""A training step in the 2-D layout (issue 18 item 2): weight streaming with the activations
+tiled over the whole region, as a wafer trains (docs/strategies.md, "2-D layout: training").
+
+- The batch runs in `micro_batches` equal parts (gradient accumulation), each a forward pass,
+  the loss and a backward pass. Per micro-batch and layer the weights stream in over the
+  off-wafer I/O for the forward and again for the backward (double-buffered: layer i's after
+  layer i - 2's pass), and the weight gradients stream out; the optimizer runs off the wafer
+  where the weights live (its FLOPs in `offwafer_flops`, as the top-row weight streaming).
+- Activation checkpointing (`recompute`, the default): the forward keeps only each layer's
+  input, and the backward of layer i first runs layer i's forward again (its FLOPs counted in
+  `executed_flops` and in `meta["recompute_flops"]`). Without it every layer keeps the tiles
+  its backward reads.
+- The forward's GEMMs are Cannon fragments (`mapper.gemm.gemm_fragment`, weights stored
+  pre-aligned); the backward's are the transposed products of `mapper.gemm_transposed`: dX =
+  dY W^T (`nt`: the same pre-aligned weights, the gradient rotated back to the natural layout)
+  and dW = X^T dY (`tn`: the weight gradient comes out in a rotated layout that the host
+  undoes as it takes it).
+- The LM head runs over all of a micro-batch's tokens: logits as a GEMM, the loss's row
+  statistics all-reduced along the rows, then its two backward products.
+- Attention backward, per K/V head (a loop, as the forward): K|V gathered, RoPE'd and sent
+  down the columns from the diagonal as in the forward; per query head Q, dO and O gathered
+  at column 0 (D = rowsum(dO o O) there), broadcast; every core recomputes its scores and
+  probabilities (from the saved row statistics), forms dV, dP, dS, dQ and dK for its query
+  block x key block; dQ is reduced along the row into column 0 (RoPE backward there) and
+  broadcast back; dK|dV are reduced up the columns into row 0 (RoPE backward there) and
+  multicast to the row that holds their tokens.
+- Norms: the two per-token sums all-reduced along the rows; the gain gradients reduced up
+  the columns.
+
+Timing only: a functional training step in this layout is not built (`NotImplementedError`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from mapper import gemm_transposed as gt
+from mapper.gemm import gemm_fragment
+from mapper.placement import MappingError
+from mapper.strategies.common import Run
+from mapper.strategies.tp2d import COLORS
+from wse_sim.hardware import DTYPE_BYTES
+from wse_sim.program import Compute, Dep, IoTransfer, LineStream, Multicast, Region, wavelets_for
+
+TRAIN_ALGO = "cannon"  # the forward's fragments; the backward's are its transposed variants
+
+
+def backward_shapes(cfg, tokens: int, P: int) -> dict[str, tuple[int, int, int, int, tuple]]:
+    """The layer's GEMMs: label -> (m, k, n, C's width for the nt product, graph ops):
+    forward C (m x n) = A (m x k) B (k x n); backward nt: dA (m x k) = dC W^T, tn: dW (k x
+    n) = A^T dC."""
+    from mapper.strategies.layout2d import gemm_shapes
+    return {label: (m, k, n, k, ops) for label, (m, k, n, ops)
+            in gemm_shapes(cfg, tokens, P).items()}
+
+
+def check_train(run: Run, gemm_algo: str, streaming: bool, functional: bool) -> None:
+    """What this layout's training step does not map: one line naming it."""
+    if functional:
+        raise NotImplementedError("layout 2d: a functional training step is not built (the "
+                                  "backward's DataOps); run it timed, or with the top-row "
+                                  "layout (`--layout top-row`) for a functional one")
+    if not streaming:
+        raise NotImplementedError("layout 2d: training runs weight-streaming (the weights "
+                                  "stream in per layer, the gradients out); layer-sequential "
+                                  "training keeps the top-row layout")
+    if gemm_algo not in ("auto", TRAIN_ALGO):
+        raise NotImplementedError(f"layout 2d: training runs Cannon and its transposed "
+                                  f"variants; gemm_algo {gemm_algo} has no backward products "
+                                  "yet (use auto or cannon)")
+
+
+def train_buffers(run: Run, t, recompute: bool) -> dict[str, int]:
+    """SRAM bytes per buffer class on the fullest core (one micro-batch's tiles `t`). The
+    GEMMs run one after another, so one set of scratch serves them all (the largest); the
+    embedding is gathered off the wafer, the LM head's weights stream in like a layer's."""
+    from mapper.gemm_common import Plan
+    from mapper.strategies.layout2d import buffers_2d, gemm_shapes
+    cfg, b, P, tm = run.cfg, run.bytes, t.P, t.tm
+    out = buffers_2d(run, t, TRAIN_ALGO, True)
+    for k in ("kv_cache", "tree_recv", "table"):
+        out.pop(k, None)
+    shapes = gemm_shapes(cfg, run.chunk_tokens, P) | {
+        "lm_head": (run.chunk_tokens, cfg.d_model, cfg.vocab_size, ())}
+    fwd, bwd = 0, 0
+    for m, k, n, _ in shapes.values():
+        plan = Plan("gemm", TRAIN_ALGO, P, m, k, n, run.dtype)
+        fwd = max(fwd, plan.buffers()["a1"][2] + plan.buffers()["b1"][2])
+        nt = gt.TPlan("nt", P, m, k, n, run.dtype).buffers()
+        tn = gt.TPlan("tn", P, m, k, n, run.dtype).buffers()
+        # nt: the weights' second copy and both accumulators (one ends as dA); tn: A's
+        # two copies and the accumulator that does not end as dW
+        bwd = max(bwd, nt["b1"][2] + 2 * nt["c0"][2], 2 * tn["a0"][2] + tn["c0"][2])
+    out["gemm_scratch"] = fwd
+    per_layer_params = t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d
+    # the saved activations: each layer's input, or every tile its backward reads
+    keep = tm * t.d if recompute else tm * (3 * t.d + t.qkv + t.q + t.ffn + t.f)
+    vt = math.ceil(cfg.vocab_size / P)
+    out |= {
+        "saved_activations": cfg.n_layers * (keep * b + (0 if recompute else
+                                                          tm * cfg.n_heads * 2 * 4)),
+        # dX (fp32), dQ|dK|dV, d(attention out), d(FFN hidden)
+        "gradients": tm * t.d * 4 + tm * (t.qkv + t.q + t.ffn) * b,
+        "backward_scratch": bwd,
+        # a layer's weight gradients (fp32) until they have streamed out
+        "weight_grads": per_layer_params * 4,
+        # dK|dV partials of the column's key block, [dO | D | m l] of the head
+        "attention_bwd": tm * 2 * cfg.hd * 4 + tm * (cfg.hd + 3) * 4,
+        # the logits (fp32) and their gradient; the LM head's weights and gradient
+        "logits": tm * vt * (4 + b),
+        "lm_head": t.d * vt * (run.weight_bytes + 4),
+    }
+    return out
+
+
+class Trainer:
+    """Emits one micro-batch's forward, loss and backward (an `Emitter` for the forward)."""
+
+    def __init__(self, em, recompute: bool):
+        self.em, self.recompute = em, recompute
+        self.pb, self.tp, self.run, self.t = em.pb, em.tp, em.run, em.t
+        self.reg, self.P = em.reg, em.t.P
+        self.recompute_flops = 0
+
+    # ---- primitives --------------------------------------------------------------------------
+    def tgemm(self, kind: str, label: str, m: int, k: int, n: int, start: tuple) -> tuple:
+        _, end = gt.fragment(self.pb, kind, self.run.hw, grid=self.P, m=m, k=k, n=n,
+                             dtype=self.run.dtype, label=label, start=start)
+        return end
+
+    def col_reduce(self, name: str, values: int, deps, dtype: str = "fp32") -> int:
+        """Every column's partials summed up the column into row 0."""
+        return self.pb.add(LineStream(name, self.reg, "y", -1, wavelets_for(values, dtype),
+                                      reduce=True, dtype=dtype, color=COLORS["col_reduce"],
+                                      deps=tuple(deps)))
+
+    def norm_bwd(self, name: str, dep: tuple) -> tuple:
+        """A norm's backward: local sums (half the FLOPs), the two per-token sums all-reduced
+        along the rows, the gradient (the other half); the gain's gradient up the columns."""
+        tp, tm = self.tp, self.t.tm
+        half = tp.ops[name].flops * 1 // (2 * self.run.micro_batches)
+        a = tp.compute(name, self.reg, dep, fmac=False, flops=half, label=name + ".sums")
+        a = tp.stream(name + ".allreduce", self.reg, "x", -1, 2 * tm, a, reduce=True,
+                      color="stats", dtype="fp32")
+        a = tp.stream(name + ".bcast", self.reg, "x", 1, 2 * tm, a, reduce=False,
+                      color="stats_bcast", dtype="fp32")
+        g = tp.compute(name, self.reg, a, fmac=False, flops=half, label=name + ".apply")
+        gain = self.col_reduce(name + ".dgain", self.t.d, (Dep(g),))
+        return (Dep(g),), gain
+
+    # ---- the forward -------------------------------------------------------------------------
+    def forward(self, i: int, dep: tuple, wd: tuple) -> tuple:
+        """Layer i's forward; with recompute its input is saved first."""
+        if self.recompute:
+            tm, d, b = self.t.tm, self.t.d, self.run.bytes
+            s = self.em.tile_compute(f"L{i}.checkpoint", self.reg, 0, dep, fmac=False,
+                                     read=tm * d * b, write=tm * d * b)
+            dep = (Dep(s),)
+        return self.em.layer(i, dep, wd)
+
+    def recomputed(self, i: int, dep: tuple, wd: tuple) -> tuple:
+        """Layer i's forward again, from its saved input (counted in `recompute_flops`)."""
+        first = len(self.pb.tasks)
+        out = self.em.layer(i, dep, wd)
+        self.recompute_flops += sum(int(x.flops) for x in self.pb.tasks[first:]
+                                    if isinstance(x, Compute))
+        return out
+
+    # ---- the LM head and loss ------------------------------------------------------------------
+    def head(self, dep: tuple, wd: tuple) -> tuple[tuple, list]:
+        """ln_f, logits, loss and their backward; (dX's dependency, the gradient records)."""
+        run, tp, reg, T = self.run, self.tp, self.reg, self.em.tokens
+        cfg = run.cfg
+        n = tp.norm("ln_f", reg, dep, self.t.tm)
+        _, lg = gemm_fragment(self.pb, TRAIN_ALGO, run.hw, grid=self.P, m=T, k=cfg.d_model,
+                              n=cfg.vocab_size, dtype=run.dtype, label="lm_head",
+                              start=(Dep(n),) + wd)
+        tp.emitted.add("lm_head")
+        # the loss: per token max and sum of exponentials all-reduced along the rows
+        loss = tp.norm("loss", reg, lg, self.t.tm)
+        dl = tp.compute("loss.bwd", reg, loss, fmac=False)
+        dx = self.tgemm("nt", "lm_head.bwd_data", T, cfg.d_model, cfg.vocab_size,
+                        (Dep(dl),) + wd)
+        dw = self.tgemm("tn", "lm_head.bwd_weight", T, cfg.d_model, cfg.vocab_size,
+                        _all(dx))
+        tp.emitted.update(("lm_head.bwd_data", "lm_head.bwd_weight"))
+        dx, gain = self.norm_bwd("ln_f.bwd", dx + _all(dw))
+        return dx, [d.task for d in dw] + [gain]
+
+    # ---- a layer's backward ------------------------------------------------------------------
+    def gemm_bwd(self, i: int, label: str, dc: tuple, wd: tuple, act: tuple) -> tuple:
+        """The two backward products of GEMM `label` after dC (`dc`) and its input A (`act`);
+        (dA's dependency, dW's)."""
+        m, k, n, _, ops = backward_shapes(self.run.cfg, self.em.tokens, self.P)[label]
+        da = self.tgemm("nt", f"L{i}.{label}.bwd_data", m, k, n, dc + wd)
+        # after dA (the step path needs the rows and columns claimed in task order)
+        dw = self.tgemm("tn", f"L{i}.{label}.bwd_weight", m, k, n, _all(da) + act)
+        self.tp.emitted.update(f"L{i}.{o}.bwd_{w}" for o in ops for w in ("data", "weight"))
+        return da + _all(dw), dw
+
+    def layer_bwd(self, i: int, dy: tuple, wd: tuple, fwd: tuple) -> tuple[tuple, list]:
+        """Layer i's backward after dY (`dy`) and its forward (or recompute) `fwd`;
+        (dX's dependency, the records the gradients wait for)."""
+        tp, reg, p = self.tp, self.reg, f"L{i}."
+        ready = dy + fwd
+        r2 = (Dep(tp.compute(p + "residual2.bwd", reg, ready, fmac=False)),)
+        d_act, w_down = self.gemm_bwd(i, "ffn_down", r2, wd, fwd)
+        d_up = (Dep(tp.compute(p + "act.bwd", reg, d_act, fmac=False)),)
+        d_n2, w_up = self.gemm_bwd(i, "ffn_up", d_up, wd, fwd)
+        d_r1, g2 = self.norm_bwd(p + "norm2.bwd", d_n2)
+        r1 = (Dep(tp.compute(p + "residual1.bwd", reg, d_r1 + r2, fmac=False)),)
+        d_attn, w_o = self.gemm_bwd(i, "o_proj", r1, wd, fwd)
+        d_qkv = self.attention_bwd(i, d_attn)
+        d_n1, w_qkv = self.gemm_bwd(i, "qkv_proj", d_qkv, wd, fwd)
+        dx, g1 = self.norm_bwd(p + "norm1.bwd", d_n1)
+        grads = [d.task for d in w_down + w_up + w_o + w_qkv] + [g1, g2]
+        return (Dep(tp.compute(p + "residual1.bwd", reg, dx + r1, fmac=False,
+                               flops=0, label=p + "residual.bwd_add")),), grads
+
+    # ---- attention backward --------------------------------------------------------------------
+    def attention_bwd(self, i: int, d_attn: tuple) -> tuple:
+        """Every K/V head's backward after dO (`d_attn`): the records dQ|dK|dV wait for."""
+        em, cfg = self.em, self.run.cfg
+        start = em.sync(f"L{i}.attn_bwd.start", [d.task for d in d_attn])
+        last = [start]
+        outs: list[int] = []
+
+        def group(g: int) -> None:
+            last[:] = [self.kv_group_bwd(i, g, last[0], outs)]
+
+        group(0)
+        if cfg.n_kv_heads > 1:
+            self.pb.repeat(f"L{i}.kv_heads_bwd", cfg.n_kv_heads - 1, lambda g: group(g + 1))
+        return (Dep(em.sync(f"L{i}.attn_bwd.done", outs), "all"),)
+
+    def kv_group_bwd(self, i: int, g: int, prev: int, outs: list) -> int:
+        em, cfg, t, p, P = self.em, self.run.cfg, self.t, f"L{i}.", self.P
+        hd, tm, b = cfg.hd, t.tm, self.run.bytes
+        acc = DTYPE_BYTES[self.run.precision.accum]
+        tc, reg = em.tile_compute, self.reg
+        free = Dep(prev, "all")
+        none = _Nones()
+        kv = em.gather(i, "kv", 2 * tm * hd, Dep(prev) if g else free, none)
+        w_kv = wavelets_for(2 * tm * hd, self.run.dtype)
+        cols = [self.pb.add(Multicast(p + "attn_bwd.kv_col", (x, x), Region(x, 0, 1, P), w_kv,
+                                      color=COLORS["col_bcast"], deps=(Dep(kv), free)))
+                for x in range(P)]
+        keys = em.sync(p + "attn_bwd.kv_ready", cols)
+        sm = self.tp.ops[p + "softmax"].flops // max(1, self.run.tokens ** 2 * cfg.n_heads)
+        after = Dep(keys, "all")
+        dkv = None
+        for _ in range(cfg.n_heads // cfg.n_kv_heads):
+            q = em.gather(i, "q", tm * hd, after, none)
+            # dO and O of the head gathered at column 0, D = rowsum(dO o O) there, broadcast
+            s = tc(p + "attn_bwd.do_slice", reg, 0, (Dep(q),), fmac=False,
+                   read=tm * t.q * b * 2, write=2 * tm * hd * b)
+            s = em.row(p + "attn_bwd.do_gather", 2 * tm * hd, (Dep(s),), reduce=True,
+                       color="row_reduce")
+            s = tc(p + "softmax.bwd", em.col0, 2 * tm * hd, (Dep(s),), fmac=False,
+                   read=2 * tm * hd * b, write=tm * 4, label=p + "attn_bwd.D")
+            s = em.row(p + "attn_bwd.do_bcast", tm * (hd + 3), (Dep(s),), reduce=False,
+                       color="row_bcast")
+            kq = (Dep(s), Dep(keys, "all"))
+            sc = tc(p + "attn_qk", reg, 2 * tm * tm * hd, kq, fmac=True, read=2 * tm * hd * b,
+                    write=tm * tm * acc, label=p + "attn_qk.recompute")
+            pr = tc(p + "softmax", reg, sm * tm * tm, (Dep(sc),), fmac=False,
+                    read=tm * tm * acc, write=tm * tm * acc, label=p + "softmax.recompute")
+            mm = 2 * tm * tm * hd
+            dv = tc(p + "attn_av.bwd_v", reg, mm, (Dep(pr),) + ((Dep(dkv),) if dkv else ()),
+                    fmac=True, read=tm * tm * acc + tm * hd * b, write=tm * hd * 4)
+            dp = tc(p + "attn_av.bwd_p", reg, mm, (Dep(pr),), fmac=True,
+                    read=tm * hd * 2 * b, write=tm * tm * acc)
+            ds = tc(p + "softmax.bwd", reg, 3 * tm * tm, (Dep(dp),), fmac=False,
+                    read=2 * tm * tm * acc, write=tm * tm * acc)
+            dq = tc(p + "attn_qk.bwd_q", reg, mm, (Dep(ds),), fmac=True,
+                    read=tm * tm * acc + tm * hd * b, write=tm * hd * 4)
+            dkv = tc(p + "attn_qk.bwd_k", reg, mm, (Dep(ds), Dep(dv)), fmac=True,
+                     read=tm * tm * acc + tm * hd * b, write=tm * hd * 4)
+            r = em.row(p + "attn_bwd.dq_reduce", tm * hd, (Dep(dq),), reduce=True,
+                       color="row_reduce", dtype="fp32")
+            r = tc(p + "rope.bwd", em.col0, 3 * tm * hd, (Dep(r),), fmac=False,
+                   read=tm * hd * 4, write=tm * hd * b, label=p + "rope.bwd.q")
+            r = em.row(p + "attn_bwd.dq_bcast", tm * hd, (Dep(r),), reduce=False,
+                       color="row_bcast")
+            out = tc(p + "attn_bwd.dq_place", reg, 0, (Dep(r),), fmac=False,
+                     read=tm * hd * b, write=tm * hd * b)
+            outs.append(out)
+            after = Dep(out)
+        # dK|dV of each key block: summed up the columns into row 0, RoPE backward there,
+        # then to the row that holds the block's tokens
+        red = self.col_reduce(p + "attn_bwd.dkv_reduce", 2 * tm * hd, (Dep(dkv), after))
+        top = Region(0, 0, P, 1)
+        rk = tc(p + "rope.bwd", top, 3 * tm * hd, (Dep(red),), fmac=False,
+                read=tm * hd * 4, write=tm * hd * b, label=p + "rope.bwd.k")
+        w = wavelets_for(2 * tm * hd, self.run.dtype)
+        sends = [self.pb.add(Multicast(p + "attn_bwd.dkv_row", (x, 0), Region(0, x, P, 1), w,
+                                       color=COLORS["handoff"], deps=(Dep(rk),)))
+                 for x in range(1, P)]
+        placed = tc(p + "attn_bwd.dkv_place", reg, 0,
+                    (Dep(em.sync(p + "attn_bwd.dkv_sent", sends or [rk]), "all"),),
+                    fmac=False, read=2 * tm * hd * b, write=2 * tm * hd * b)
+        outs.append(placed)
+        return placed
+
+
+def _all(deps: tuple) -> tuple:
+    return tuple(Dep(d.task, "all") for d in deps)
+
+
+class _Nones(dict):
+    """DataOps by key: none (timing only)."""
+
+    def __missing__(self, key):
+        return None
+
+
+def map_train(em, run: Run, streaming: bool, recompute: bool) -> dict:
+    """The whole training step into `em`'s builder: every micro-batch's forward, loss and
+    backward. The off-wafer transfers run one after another in the order they are emitted
+    (each waits for the one before: one I/O channel, and the step path needs its
+    reservations in task order), so a layer's weights are emitted where they may start.
+    Returns the meta entries it adds."""
+    from mapper.strategies.single_region import layer_weight_bytes
+    pb, reg, L = em.pb, em.reg, run.cfg.n_layers
+    tr = Trainer(em, recompute)
+    io: list = [None]
+
+    def xfer(label: str, nbytes: int, direction: str, after) -> tuple:
+        deps = tuple(Dep(d.task if isinstance(d, Dep) else d, "all") for d in after) + \
+            ((Dep(io[0], "all"),) if io[0] is not None else ())
+        io[0] = pb.add(IoTransfer(label, reg, int(nbytes), direction, deps=deps))
+        return (Dep(io[0]),)
+
+    w_bytes = [layer_weight_bytes(run, i) for i in range(L)]
+    for mb in range(run.micro_batches):
+        tr.tp.share = (mb, run.micro_batches)
+        _micro_batch(tr, xfer, w_bytes)
+    return {"recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops}
+
+
+def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
+    """One micro-batch: embedding in, the layers' forward, the head and loss, the layers'
+    backward (each after its recompute), the embedding's gradient out."""
+    em, run, pb, reg = tr.em, tr.run, tr.pb, tr.reg
+    cfg, L = run.cfg, run.cfg.n_layers
+    x = xfer("embed.in", em.tokens * cfg.d_model * run.bytes, "in", ())
+    dep = [(Dep(tr.tp.compute("embed", reg, x, fmac=False)),)]
+    ends: list = []
+
+    def fwd(i: int) -> None:
+        # double buffer: layer i's weights once layer i - 2 is done
+        wd = xfer(f"L{i}.weights.in", w_bytes[i], "in", (ends[i - 2],) if i >= 2 else ())
+        dep[0] = tr.forward(i, dep[0], wd)
+        ends.append(dep[0][0])
+
+    _layers(pb, L, fwd, "layers")
+    wd = xfer("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes, "in", ())
+    # the last layer's backward weights, once its forward is done (the head has its own)
+    nxt = [xfer(f"L{L - 1}.weights.bwd.in", w_bytes[L - 1], "in", (ends[-1],))]
+    dx, head_grads = tr.head(dep[0], wd)
+    xfer("lm_head.grads.out", cfg.d_model * cfg.vocab_size * run.bytes, "out", head_grads)
+    bends: list = []
+    dx_ = [dx]
+
+    def bwd(j: int) -> None:
+        i = L - 1 - j
+        wd = nxt[0]
+        fwd_dep = tr.recomputed(i, dx_[0], wd) if tr.recompute else ()
+        dx_[0], grads = tr.layer_bwd(i, dx_[0], wd, fwd_dep)
+        if i > 0:  # layer i - 1's weights into the buffer layer i + 1 has left
+            nxt[0] = xfer(f"L{i - 1}.weights.bwd.in", w_bytes[i - 1], "in",
+                          (bends[j - 1],) if j >= 1 else ())
+        xfer(f"L{i}.grads.out", w_bytes[i], "out", grads)
+        bends.append(dx_[0][0])
+
+    _layers(pb, L, bwd, "layers_bwd", last_apart=True)
+    e = tr.tp.compute("embed.bwd", reg, dx_[0], fmac=False)
+    xfer("embed.grads.out", em.tokens * cfg.d_model * run.bytes, "out", (e,))
+
+
+def _layers(pb, L: int, body, name: str, last_apart: bool = False) -> None:
+    """Layers 0 and 1, then 2 .. L - 1 as one loop (when there are at least 4; the last
+    layer apart when `last_apart`: it differs)."""
+    end = L - 1 if last_apart else L
+    if end - 2 < 2:
+        for i in range(L):
+            body(i)
+        return
+    for i in range(2):
+        body(i)
+    pb.repeat(name, end - 2, lambda k: body(k + 2))
+    for i in range(end, L):
+        body(i)
+
+
+def refuse_size(run: Run, P: int) -> None:
+    if run.chunk_tokens < P:
+        raise MappingError(f"layout 2d: a micro-batch of {run.chunk_tokens} tokens on {P} x "
+                           f"{P} cores leaves token rows empty; use fewer micro-batches or a "
+                           "smaller grid")
+
+
+def map_2d_train(run: Run, streaming: bool, gemm_algo: str, functional: bool,
+                 recompute: bool):
+    """A training step in the 2-D layout on the largest square of the grid (module
+    docstring): budgets checked before anything is built."""
+    from mapper.strategies.common import alloc_group, check_buffers
+    from mapper.strategies.layout2d import Emitter, Tiles, build_2d
+    from mapper.strategies.tp2d import TP2D
+    from wse_sim.program import ProgramBuilder
+    check_train(run, gemm_algo, streaming, functional)
+    if not isinstance(recompute, bool):
+        raise MappingError(f"recompute: got {recompute!r}, must be true or false")
+    cfg, P = run.cfg, min(run.cols, run.rows)
+    refuse_size(run, P)
+    t = Tiles.of(cfg, P, run.chunk_tokens)
+    buffers = train_buffers(run, t, recompute)
+    reg = Region(0, 0, P, P)
+    check_buffers("the 2-D region", run, buffers, reg)
+    pb = ProgramBuilder(f"{cfg.name}-train-weight-streaming-2d")
+    alloc_group(pb, "", reg, buffers)
+    ops = run.ops()
+    tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.chunk_tokens, None, run.reduce_algo,
+              run.precision)
+    em = Emitter(pb, tp, run, t, TRAIN_ALGO)
+    em.tokens = run.chunk_tokens
+    extra = map_train(em, run, streaming, recompute)
+    offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
+    return build_2d(pb, run, tp, "weight-streaming", TRAIN_ALGO, t, buffers, extra,
+                    offwafer_flops=offwafer)

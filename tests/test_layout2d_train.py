@@ -1,0 +1,119 @@
+"""A training step in the 2-D layout (`mapper.strategies.layout2d_train`): fast == reference,
+every op of the graph mapped, FLOPs conserved (recompute counted), the SRAM budget, the
+issue's sizes fit, and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+from test_engine_fast import assert_same
+
+from mapper.placement import MappingError
+from mapper.strategies.common import make_run
+from mapper.strategies.layout2d import Tiles, map_2d
+from mapper.strategies.layout2d_train import train_buffers
+from workloads.models import load_model
+from wse_sim.cli.main import main
+from wse_sim.engine.fast import simulate_fast
+from wse_sim.engine.reference import simulate_reference
+from wse_sim.hardware import load_preset
+
+HW = load_preset("mesh16")
+
+
+def _train(model="tiny-llama", grid=6, batch=2, prompt=16, micro_batches=2, recompute=True,
+           hw=HW, model_set=None, **kw):
+    return map_2d(load_model(model, model_set), hw, streaming=True, phase="train",
+                  batch=batch, prompt=prompt, context=prompt, dtype="fp16", grid=grid,
+                  sparsity=0.0, micro_batches=micro_batches, recompute=recompute, **kw)
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_fast_equals_reference(recompute):
+    p = _train(recompute=recompute)
+    assert_same(simulate_reference(p, HW), simulate_fast(p, HW, path="step", spans=True))
+
+
+def test_layers_loop_fast_forwards_and_equals_reference():
+    p = _train(model_set={"n_layers": 6}, batch=1, micro_batches=1)
+    assert {"layers", "layers_bwd"} <= {lp.name for lp in p.loops}
+    ref, fast = simulate_reference(p, HW), simulate_fast(p, HW, path="step")
+    assert_same(ref, fast)
+    assert fast.loop_iterations == ref.loop_iterations > 0
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-llama"])
+def test_flops_conserved_and_recompute_counted(model):
+    on, off = _train(model, recompute=True), _train(model, recompute=False)
+    for p in (on, off):
+        m = p.meta
+        assert m["phase"] == "train" and m["layout"] == "2d" and m["micro_batches"] == 2
+        assert m["executed_flops"] == p.total_flops()
+        # every FLOP of the graph but the off-wafer optimizer's runs (tiles padded, every
+        # attention block computed, the forward recomputed)
+        assert m["executed_flops"] - m["recompute_flops"] >= m["graph_flops"] - m["offwafer_flops"]
+        assert m["offwafer_flops"] > 0
+    assert off.meta["recompute_flops"] == 0
+    assert on.meta["executed_flops"] == off.meta["executed_flops"] + on.meta["recompute_flops"]
+    # recompute = one more forward of every layer (the LM head is not recomputed)
+    fwd = sum(t.flops for t in off.tasks if hasattr(t, "flops") and ".bwd" not in t.op
+              and "bwd" not in t.op and not t.op.startswith(("lm_head", "loss", "ln_f", "embed")))
+    assert on.meta["recompute_flops"] <= fwd
+
+
+def test_checkpointing_saves_sram():
+    on, off = _train(recompute=True), _train(recompute=False)
+    a, b = on.meta["sram_buffers_per_core"], off.meta["sram_buffers_per_core"]
+    assert a["saved_activations"] < b["saved_activations"]
+    assert sum(a.values()) < sum(b.values())
+
+
+def _budget(preset, model, batch, micro_batches, recompute=True):
+    hw = load_preset(preset)
+    run = make_run(load_model(model), hw, phase="train", batch=batch, prompt=2048,
+                   context=2048, dtype="fp16", grid=None, sparsity=0.0,
+                   micro_batches=micro_batches)
+    P = min(run.cols, run.rows)
+    return sum(train_buffers(run, Tiles.of(run.cfg, P, run.chunk_tokens), recompute).values()), \
+        hw.sram_bytes
+
+
+def test_issue_sizes_fit():
+    """Cerebras-GPT-1.3B at sequence 2048 on wse2; LLaMA3-8B at 2048 x 64 on wse3 in 32
+    micro-batches (16 do not fit: refused with the numbers before anything is built)."""
+    need, have = _budget("wse2", "cerebras-gpt-1.3b", 1, 1)
+    assert need <= have
+    need, have = _budget("wse3", "llama3-8b", 64, 32)
+    assert need <= have
+    need, have = _budget("wse3", "llama3-8b", 64, 16)
+    assert need > have
+    with pytest.raises(MappingError, match="bytes"):
+        map_2d(load_model("llama3-8b"), load_preset("wse3"), streaming=True, phase="train",
+               batch=64, prompt=2048, context=2048, dtype="fp16", grid=None, sparsity=0.0,
+               micro_batches=16)
+
+
+def test_refusals():
+    with pytest.raises(NotImplementedError, match="functional training step"):
+        _train(functional=True)
+    with pytest.raises(NotImplementedError, match="training runs weight-streaming"):
+        map_2d(load_model("tiny-llama"), HW, streaming=False, phase="train", batch=1,
+               prompt=16, context=16, dtype="fp16", grid=6, sparsity=0.0)
+    with pytest.raises(NotImplementedError, match="gemm_algo summa"):
+        _train(gemm_algo="summa")
+    with pytest.raises(MappingError, match="leaves token rows empty"):
+        _train(grid=8, batch=2, prompt=4, micro_batches=2)
+
+
+def test_cli(capsys):
+    args = ["run", "--preset", "mesh16", "--model", "tiny-llama", "--phase", "train",
+            "--batch", "2", "--prompt", "16", "--strategy", "weight-streaming", "--layout",
+            "2d", "--micro-batches", "2", "--grid", "6", "--engine", "fast", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert '"layout": "2d"' in out and '"recompute": "on"' in out
+    assert main(args[:-1] + ["--recompute", "off", "--json"]) == 0
+    assert '"recompute": "off"' in capsys.readouterr().out
+    # --recompute applies to a 2-D training step only: exit 2, one line
+    assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train",
+                 "--prompt", "16", "--recompute", "off"]) == 2
+    assert "recompute" in capsys.readouterr().err
