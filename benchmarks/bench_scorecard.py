@@ -1,11 +1,11 @@
 """The scorecard of issue 18: LLaMA3-8B and Cerebras-GPT-1.3B on wse2 and wse3, a prefill of
 4,096 tokens, a decode step at a 4,096-token context and a training step at sequence 2,048
 (Cerebras-GPT-1.3B: 2,048 and 2,047, its longest),
-under every strategy (and, for the prefills of layer-sequential and weight-streaming, the 2-D
-layout): simulated tokens/s, % of peak, the communication share of the critical path, the busy
+under every strategy (and, for the prefills and training steps of layer-sequential and
+weight-streaming, the 2-D layout): simulated tokens/s, % of peak, the communication share of the critical path, the busy
 core fraction and SRAM per core, or the one line that says which resource does not fit and by
 how much, or that its simulation did not finish within `--limit-s` (default 600 s). `--quick`:
-decode only; `--presets wse2` one preset. The full card runs whole-model prefills (about 6
+decode only; `--presets wse2` one preset, `--phases train` one phase. The full card runs whole-model prefills (about 6
 minutes each on 2 shared CPUs)."""
 
 from __future__ import annotations
@@ -79,17 +79,19 @@ def main(argv=None) -> None:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--presets", default=",".join(PRESETS))
     extra.add_argument("--limit-s", type=int, default=600)
+    extra.add_argument("--phases", default=",".join(PHASES),
+                       help="the phases' rows to run (default all)")
     more, rest = extra.parse_known_args(argv)
     args = parse_args(__doc__.splitlines()[0], rest)
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     figures: dict = {}
-    phases = ("decode",) if args.quick else tuple(PHASES)
+    phases = ("decode",) if args.quick else tuple(more.phases.split(","))
     for preset in more.presets.split(","):
         for model in MODELS:
             for phase in phases:
                 for strategy, layout in ROWS:
-                    if layout == "2d" and phase != "prefill":
-                        continue  # the 2-D layout maps prefills
+                    if layout == "2d" and phase == "decode":
+                        continue  # the 2-D layout maps prefills and training steps
                     key = f"{preset}.{model}.{phase}.{strategy}" + \
                         (".2d" if layout == "2d" else "")
                     row = _timed_row(more.limit_s, preset, model, phase, strategy, layout)
