@@ -170,12 +170,15 @@ class _Emit:
 
 def fragment(pb: ProgramBuilder, kind: str, hw: HardwareConfig, *, grid: int, m: int, k: int,
              n: int, dtype: str, label: str, start: tuple = (), skew: bool = True,
-             unskew: bool = True, names: dict | None = None) -> tuple[TPlan, tuple[Dep, ...]]:
+             unskew: bool = True, names: dict | None = None,
+             b_offset: int = 0) -> tuple[TPlan, tuple[Dep, ...]]:
     """The product emitted into `pb` (module docstring); records `label`.<part>, the first
     ones after `start`; nothing allocated (the caller budgets `TPlan.buffers()`). `skew`
     (tn): rotate A into place first (False: A is stored skewed); `unskew` (nt): rotate C back
     to the natural layout at the end. `names`: the caller's buffer for each of a0/a1/b,
-    a/b0/b1, c0/c1 (a functional run). Returns the plan and what a consumer of C waits for."""
+    a/b0/b1, c0/c1 (a functional run). `b_offset` (nt): B sits moved that many places along
+    the column rings (where a MeshGEMM that read it left it: -1), which only changes where C
+    ends, so the unskew. Returns the plan and what a consumer of C waits for."""
     plan = TPlan(kind, grid, m, k, n, dtype)
     e = _Emit(plan, pb, label, names)
     P, R, tn = e.P, e.R, kind == "tn"
@@ -222,7 +225,8 @@ def fragment(pb: ProgramBuilder, kind: str, hw: HardwareConfig, *, grid: int, m:
     last = ids[P - 1][0]
     cq = f"c{(P - 1) % 2}"
     if not tn and unskew:  # C(o[ly], o[m]) sits on logical (m - ly + 1, ly)
-        rows = e.rotate_rows("unskew_c", cq, wc, lambda ly: ly - 1, 1, (Dep(last, "all"),))
+        rows = e.rotate_rows("unskew_c", cq, wc, lambda ly: ly - 1 + b_offset, 1,
+                             (Dep(last, "all"),))
         if rows:
             return plan, (Dep(e.sync("done", rows), "all"),)
     return plan, (Dep(last),)

@@ -1,6 +1,7 @@
-"""A training step in the 2-D layout (`mapper.strategies.layout2d_train`): fast == reference,
-every op of the graph mapped, FLOPs conserved (recompute counted), the SRAM budget, the
-issue's sizes fit, and the refusals."""
+"""A training step in the 2-D layout (`mapper.strategies.layout2d_train`): the loss and every
+weight's gradient equal numpy (`layout2d_train_data`), fast == reference, every op of the
+graph mapped, FLOPs conserved (recompute counted), the SRAM budget, the issue's sizes fit,
+and the refusals."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ HW = load_preset("mesh16")
 
 
 def _train(model="tiny-llama", grid=6, batch=2, prompt=16, micro_batches=2, recompute=True,
-           hw=HW, model_set=None, **kw):
+           hw=HW, model_set=None, dtype="fp16", **kw):
     return map_2d(load_model(model, model_set), hw, streaming=True, phase="train",
-                  batch=batch, prompt=prompt, context=prompt, dtype="fp16", grid=grid,
+                  batch=batch, prompt=prompt, context=prompt, dtype=dtype, grid=grid,
                   sparsity=0.0, micro_batches=micro_batches, recompute=recompute, **kw)
 
 
@@ -92,14 +93,52 @@ def test_issue_sizes_fit():
                micro_batches=16)
 
 
+BIG = load_preset("mesh16", {"sram_bytes": 262144})  # a functional run keeps every layer's weights
+
+
+@pytest.mark.parametrize("model,grid,dtype,recompute,batch,prompt", [
+    ("tiny-llama", 8, "fp32", True, 1, 16),
+    ("tiny-llama", 8, "fp32", False, 1, 16),
+    ("tiny", 8, "fp32", True, 1, 16),
+    ("tiny-llama", 7, "fp16", True, 2, 12),   # odd grid: the weights end in the other buffer
+    ("tiny", 5, "bf16", False, 3, 7),          # padded tokens and features
+])
+def test_functional_loss_and_gradients_equal_numpy(model, grid, dtype, recompute, batch,
+                                                   prompt):
+    from mapper.strategies import layout2d_train_data as td
+    from wse_sim.functional import error_report, run_functional
+    cfg = load_model(model)
+    p = _train(model, grid=grid, batch=batch, prompt=prompt, micro_batches=1,
+               recompute=recompute, hw=BIG, functional=True, dtype=dtype)
+    inputs, tokens, want_loss, want = td.random_train_case(p, cfg, seed=3)
+    loss, got = td.train_grads(p, run_functional(p, BIG, inputs), cfg, tokens)
+    assert abs(loss - want_loss) <= 1e-3 * abs(want_loss)
+    assert set(got) == set(want)  # every weight's gradient
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        assert error_report(got[k], want[k], dtype)["ok"], k
+
+
+def test_functional_catches_a_wrong_weight():
+    from mapper.strategies import layout2d_train_data as td
+    from wse_sim.functional import error_report, run_functional
+    cfg = load_model("tiny-llama")
+    p = _train(grid=8, batch=1, micro_batches=1, hw=BIG, functional=True, dtype="fp32")
+    inputs, tokens, _, want = td.random_train_case(p, cfg, seed=3)
+    inputs["L1.o_proj.wb"][2, 3] += 0.5  # the backward's copy: only the gradients change
+    _, got = td.train_grads(p, run_functional(p, BIG, inputs), cfg, tokens)
+    assert not error_report(got["L1.w_o"], want["L1.w_o"], "fp32")["ok"] or \
+        not error_report(got["L0.w_q"], want["L0.w_q"], "fp32")["ok"]
+
+
 def test_refusals():
-    with pytest.raises(NotImplementedError, match="functional training step"):
+    with pytest.raises(NotImplementedError, match="functional training step runs one"):
         _train(functional=True)
     with pytest.raises(NotImplementedError, match="training runs weight-streaming"):
         map_2d(load_model("tiny-llama"), HW, streaming=False, phase="train", batch=1,
                prompt=16, context=16, dtype="fp16", grid=6, sparsity=0.0)
-    with pytest.raises(NotImplementedError, match="gemm_algo summa"):
-        _train(gemm_algo="summa")
+    with pytest.raises(NotImplementedError, match="gemm_algo cannon"):
+        _train(gemm_algo="cannon")
     with pytest.raises(MappingError, match="leaves token rows empty"):
         _train(grid=8, batch=2, prompt=4, micro_batches=2)
 
@@ -113,6 +152,12 @@ def test_cli(capsys):
     assert '"layout": "2d"' in out and '"recompute": "on"' in out
     assert main(args[:-1] + ["--recompute", "off", "--json"]) == 0
     assert '"recompute": "off"' in capsys.readouterr().out
+    # the functional check of a training step: loss and every gradient against numpy
+    fargs = [a for a in args if a not in ("--json",)]
+    fargs[fargs.index("--micro-batches") + 1] = "1"
+    fargs[fargs.index("--grid") + 1] = "8"
+    assert main(fargs + ["--functional"]) == 0
+    assert "functional     ok: worst gradient" in capsys.readouterr().out
     # --recompute applies to a 2-D training step only: exit 2, one line
     assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train",
                  "--prompt", "16", "--recompute", "off"]) == 2

@@ -208,6 +208,7 @@ class Emitter:
         self.col0 = Region(0, 0, 1, t.P)
         self.kv_bytes = DTYPE_BYTES[run.precision.kv]
         self.tokens = run.tokens  # a training step's micro-batch: its share
+        self.training = False  # no KV cache; each GEMM's input kept for the backward
 
     def sync(self, name: str, deps) -> int:
         """A zero-cycle join on core (0, 0) after every one of `deps` everywhere."""
@@ -241,6 +242,17 @@ class Emitter:
         return self.pb.add(LineStream(name, self.reg, "x", -1 if reduce else 1,
                                       wavelets_for(values, dt), reduce=reduce, dtype=dt,
                                       color=COLORS[color], deps=tuple(deps), data=data))
+
+    def keep(self, i: int, label: str, dep: tuple, d: dict) -> tuple:
+        """Training: a copy of GEMM `label`'s input, which the GEMM consumes (its alignment
+        and shifts overwrite it) and the backward reads; else nothing."""
+        if not self.training:
+            return dep
+        m, k, _, _ = gemm_shapes(self.run.cfg, self.tokens, self.t.P)[label]
+        nbytes = math.ceil(m / self.t.P) * math.ceil(k / self.t.P) * self.run.bytes
+        return (Dep(self.tile_compute(f"L{i}.{label}.keep", self.reg, 0, dep, fmac=False,
+                                      read=nbytes, write=nbytes,
+                                      data=d.get(f"{label}.keep"))),)
 
     # ---- attention ---------------------------------------------------------------------------
     def attention(self, i: int, ready: tuple) -> list[int]:
@@ -322,19 +334,22 @@ class Emitter:
         tp, reg, p, tm = self.tp, self.reg, f"L{i}.", self.t.tm
         d = {} if self.fd is None else self.fd.layer(i)
         n1 = tp.norm(p + "norm1", reg, dep, tm, d, "norm1")
-        qkv = self.gemm(i, "qkv_proj", (Dep(n1),) + weight_dep)
-        # the layer's keys and values stay (the next layer's QKV GEMM reuses its C tile)
+        qkv = self.gemm(i, "qkv_proj", self.keep(i, "qkv_proj", (Dep(n1),), d) + weight_dep)
         t = self.t
-        kv = self.tile_compute(p + "kv_cache.store", reg, 0, qkv, fmac=False,
-                               read=tm * t.qkv * 4, write=tm * t.qkv * self.kv_bytes,
-                               data=d.get("kv_store"))
-        outs = self.attention(i, (Dep(kv),))
-        o = self.gemm(i, "o_proj", tuple(Dep(t) for t in outs) + weight_dep)
+        if not self.training:  # the layer's keys and values stay (the KV cache)
+            qkv = (Dep(self.tile_compute(p + "kv_cache.store", reg, 0, qkv, fmac=False,
+                                         read=tm * t.qkv * 4,
+                                         write=tm * t.qkv * self.kv_bytes,
+                                         data=d.get("kv_store"))),)
+        outs = self.attention(i, qkv)
+        o = self.gemm(i, "o_proj", self.keep(i, "o_proj", tuple(Dep(t) for t in outs), d)
+                      + weight_dep)
         r1 = tp.compute(p + "residual1", reg, o, fmac=False, data=d.get("residual1"))
         n2 = tp.norm(p + "norm2", reg, r1, tm, d, "norm2")
-        up = self.gemm(i, "ffn_up", (Dep(n2),) + weight_dep)
+        up = self.gemm(i, "ffn_up", self.keep(i, "ffn_up", (Dep(n2),), d) + weight_dep)
         act = tp.compute(p + "act", reg, up, fmac=False, data=d.get("act"))
-        down = self.gemm(i, "ffn_down", (Dep(act),) + weight_dep)
+        down = self.gemm(i, "ffn_down", self.keep(i, "ffn_down", (Dep(act),), d)
+                         + weight_dep)
         return (Dep(tp.compute(p + "residual2", reg, down, fmac=False,
                                data=d.get("residual2"))),)
 

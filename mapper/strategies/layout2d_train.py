@@ -42,7 +42,7 @@ from mapper.strategies.tp2d import COLORS
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, IoTransfer, LineStream, Multicast, Region, wavelets_for
 
-TRAIN_ALGO = "cannon"  # the forward's fragments; the backward's are its transposed variants
+TRAIN_ALGO = "meshgemm"  # the forward's fragments, on natural data (layout2d_train_data)
 
 
 def backward_shapes(cfg, tokens: int, P: int) -> dict[str, tuple[int, int, int, int, tuple]]:
@@ -56,18 +56,18 @@ def backward_shapes(cfg, tokens: int, P: int) -> dict[str, tuple[int, int, int, 
 
 def check_train(run: Run, gemm_algo: str, streaming: bool, functional: bool) -> None:
     """What this layout's training step does not map: one line naming it."""
-    if functional:
-        raise NotImplementedError("layout 2d: a functional training step is not built (the "
-                                  "backward's DataOps); run it timed, or with the top-row "
-                                  "layout (`--layout top-row`) for a functional one")
+    if functional and run.micro_batches > 1:
+        raise NotImplementedError(f"layout 2d: a functional training step runs one "
+                                  f"micro-batch, not {run.micro_batches} (the weight "
+                                  "gradients stream out; the host's accumulation is not run)")
     if not streaming:
         raise NotImplementedError("layout 2d: training runs weight-streaming (the weights "
                                   "stream in per layer, the gradients out); layer-sequential "
                                   "training keeps the top-row layout")
     if gemm_algo not in ("auto", TRAIN_ALGO):
-        raise NotImplementedError(f"layout 2d: training runs Cannon and its transposed "
-                                  f"variants; gemm_algo {gemm_algo} has no backward products "
-                                  "yet (use auto or cannon)")
+        raise NotImplementedError(f"layout 2d: training runs MeshGEMM and the transposed "
+                                  f"products on the same rings; gemm_algo {gemm_algo} has no "
+                                  "backward products yet (use auto or meshgemm)")
 
 
 def train_buffers(run: Run, t, recompute: bool) -> dict[str, int]:
@@ -93,12 +93,18 @@ def train_buffers(run: Run, t, recompute: bool) -> dict[str, int]:
         bwd = max(bwd, nt["b1"][2] + 2 * nt["c0"][2], 2 * tn["a0"][2] + tn["c0"][2])
     out["gemm_scratch"] = fwd
     per_layer_params = t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d
-    # the saved activations: each layer's input, or every tile its backward reads
-    keep = tm * t.d if recompute else tm * (3 * t.d + t.qkv + t.q + t.ffn + t.f)
+    # the saved activations: each layer's input, or every tile its backward reads (the
+    # input, both norms' inputs and outputs and statistics, Q|K|V and the up|gate
+    # projection as their GEMMs left them (fp32), the attention output, the FFN hidden state
+    # and each head's softmax row statistics)
+    keep = tm * t.d * b if recompute else (tm * (4 * t.d + t.q + t.f) * b
+                                           + tm * (t.qkv + t.ffn + 4 + 2 * cfg.n_heads) * 4)
     vt = math.ceil(cfg.vocab_size / P)
     out |= {
-        "saved_activations": cfg.n_layers * (keep * b + (0 if recompute else
-                                                          tm * cfg.n_heads * 2 * 4)),
+        "saved_activations": cfg.n_layers * keep,
+        # the copy of a GEMM's input that the GEMM consumes (the backward reads the original)
+        "gemm_input_copy": max(math.ceil(m / P) * math.ceil(k / P) for m, k, _, _ in
+                               shapes.values()) * b,
         # dX (fp32), dQ|dK|dV, d(attention out), d(FFN hidden)
         "gradients": tm * t.d * 4 + tm * (t.qkv + t.q + t.ffn) * b,
         "backward_scratch": bwd,
@@ -120,32 +126,43 @@ class Trainer:
         self.em, self.recompute = em, recompute
         self.pb, self.tp, self.run, self.t = em.pb, em.tp, em.run, em.t
         self.reg, self.P = em.reg, em.t.P
+        self.fd = em.fd  # layout2d_train_data.TrainData2D in a functional run
         self.recompute_flops = 0
 
+    def data(self, d: dict, key: str):
+        return d.get(key) if self.fd is not None else None
+
     # ---- primitives --------------------------------------------------------------------------
-    def tgemm(self, kind: str, label: str, m: int, k: int, n: int, start: tuple) -> tuple:
+    def tgemm(self, kind: str, label: str, m: int, k: int, n: int, start: tuple,
+              names: dict | None = None, b_offset: int = 0) -> tuple:
         _, end = gt.fragment(self.pb, kind, self.run.hw, grid=self.P, m=m, k=k, n=n,
-                             dtype=self.run.dtype, label=label, start=start)
+                             dtype=self.run.dtype, label=label, start=start, names=names,
+                             b_offset=b_offset)
         return end
 
-    def col_reduce(self, name: str, values: int, deps, dtype: str = "fp32") -> int:
+    def col_reduce(self, name: str, values: int, deps, dtype: str = "fp32", data=None) -> int:
         """Every column's partials summed up the column into row 0."""
         return self.pb.add(LineStream(name, self.reg, "y", -1, wavelets_for(values, dtype),
                                       reduce=True, dtype=dtype, color=COLORS["col_reduce"],
-                                      deps=tuple(deps)))
+                                      deps=tuple(deps), data=data))
 
-    def norm_bwd(self, name: str, dep: tuple) -> tuple:
+    def norm_bwd(self, name: str, dep: tuple, d: dict) -> tuple:
         """A norm's backward: local sums (half the FLOPs), the two per-token sums all-reduced
         along the rows, the gradient (the other half); the gain's gradient up the columns."""
-        tp, tm = self.tp, self.t.tm
+        tp, tm, key = self.tp, self.t.tm, name.split(".", 1)[-1] if name.startswith("L") \
+            else name
         half = tp.ops[name].flops * 1 // (2 * self.run.micro_batches)
-        a = tp.compute(name, self.reg, dep, fmac=False, flops=half, label=name + ".sums")
+        a = tp.compute(name, self.reg, dep, fmac=False, flops=half, label=name + ".sums",
+                       data=self.data(d, key + ".sums"))
         a = tp.stream(name + ".allreduce", self.reg, "x", -1, 2 * tm, a, reduce=True,
-                      color="stats", dtype="fp32")
+                      color="stats", dtype="fp32", data=self.data(d, key + ".allreduce"))
         a = tp.stream(name + ".bcast", self.reg, "x", 1, 2 * tm, a, reduce=False,
-                      color="stats_bcast", dtype="fp32")
-        g = tp.compute(name, self.reg, a, fmac=False, flops=half, label=name + ".apply")
-        gain = self.col_reduce(name + ".dgain", self.t.d, (Dep(g),))
+                      color="stats_bcast", dtype="fp32", data=self.data(d, key + ".bcast"))
+        g = tp.compute(name, self.reg, a, fmac=False, flops=half, label=name + ".apply",
+                       data=self.data(d, key + ".apply"))
+        parts = 1 if self.run.cfg.norm == "rmsnorm" else 2  # gain (and bias)
+        gain = self.col_reduce(name + ".dgain", parts * self.t.d, (Dep(g),),
+                               data=self.data(d, key + ".dgain"))
         return (Dep(g),), gain
 
     # ---- the forward -------------------------------------------------------------------------
@@ -161,7 +178,11 @@ class Trainer:
     def recomputed(self, i: int, dep: tuple, wd: tuple) -> tuple:
         """Layer i's forward again, from its saved input (counted in `recompute_flops`)."""
         first = len(self.pb.tasks)
+        if self.fd is not None:
+            self.fd.backward = True  # the backward's stream of the weights
         out = self.em.layer(i, dep, wd)
+        if self.fd is not None:
+            self.fd.backward = False
         self.recompute_flops += sum(int(x.flops) for x in self.pb.tasks[first:]
                                     if isinstance(x, Compute))
         return out
@@ -169,32 +190,64 @@ class Trainer:
     # ---- the LM head and loss ------------------------------------------------------------------
     def head(self, dep: tuple, wd: tuple) -> tuple[tuple, list]:
         """ln_f, logits, loss and their backward; (dX's dependency, the gradient records)."""
-        run, tp, reg, T = self.run, self.tp, self.reg, self.em.tokens
-        cfg = run.cfg
-        n = tp.norm("ln_f", reg, dep, self.t.tm)
+        run, tp, reg, T, tm = self.run, self.tp, self.reg, self.em.tokens, self.t.tm
+        cfg, fd = run.cfg, self.fd
+        d = fd.head() if fd is not None else {}
+        n = tp.norm("ln_f", reg, dep, tm, d, "ln_f")
+        keep = self.em.tile_compute("lm_head.keep", reg, 0, (Dep(n),), fmac=False,
+                                    read=tm * self.t.d * run.bytes,
+                                    write=tm * self.t.d * run.bytes, data=self.data(d, "keep"))
         _, lg = gemm_fragment(self.pb, TRAIN_ALGO, run.hw, grid=self.P, m=T, k=cfg.d_model,
                               n=cfg.vocab_size, dtype=run.dtype, label="lm_head",
-                              start=(Dep(n),) + wd)
+                              start=(Dep(keep),) + wd,
+                              names=fd.head_gemm_names() if fd is not None else None)
         tp.emitted.add("lm_head")
-        # the loss: per token max and sum of exponentials all-reduced along the rows
-        loss = tp.norm("loss", reg, lg, self.t.tm)
-        dl = tp.compute("loss.bwd", reg, loss, fmac=False)
+        dl = self.loss(lg, d)
+        nt, boff = fd.nt_names(None, "lm_head") if fd is not None else (None, -1)
         dx = self.tgemm("nt", "lm_head.bwd_data", T, cfg.d_model, cfg.vocab_size,
-                        (Dep(dl),) + wd)
+                        (Dep(dl),), names=nt, b_offset=boff)
         dw = self.tgemm("tn", "lm_head.bwd_weight", T, cfg.d_model, cfg.vocab_size,
-                        _all(dx))
+                        _all(dx), names=fd.tn_names(None, "lm_head") if fd is not None else None)
         tp.emitted.update(("lm_head.bwd_data", "lm_head.bwd_weight"))
-        dx, gain = self.norm_bwd("ln_f.bwd", dx + _all(dw))
-        return dx, [d.task for d in dw] + [gain]
+        dx, gain = self.norm_bwd("ln_f.bwd", dx + _all(dw), d)
+        return dx, [x.task for x in dw] + [gain]
+
+    def loss(self, lg: tuple, d: dict) -> int:
+        """Per token: every core's max and sum of exponentials of its vocabulary block merged
+        along the row (the online-softmax reduce), the target's logit summed, broadcast; then
+        the logits' gradient on every core."""
+        tp, reg, tm = self.tp, self.reg, self.t.tm
+        half = tp.ops["loss"].flops // (2 * self.run.micro_batches)
+        a = tp.compute("loss", reg, lg, fmac=False, flops=half, label="loss.stats",
+                       data=self.data(d, "loss.stats"))
+        b = tp.compute("loss", reg, (Dep(a),), fmac=False, flops=half, label="loss.target",
+                       data=self.data(d, "loss.target"))
+        r = tp.stream("loss.lse", reg, "x", -1, 3 * tm, (Dep(b),), reduce=True, color="stats",
+                      dtype="fp32", data=self.data(d, "loss.lse"))
+        r = tp.stream("loss.zt", reg, "x", -1, tm, r, reduce=True, color="stats",
+                      dtype="fp32", data=self.data(d, "loss.zt"))
+        r = tp.stream("loss.bcast", reg, "x", 1, 3 * tm, r, reduce=False,
+                      color="stats_bcast", dtype="fp32", data=self.data(d, "loss.bcast"))
+        return tp.compute("loss.bwd", reg, r, fmac=False, data=self.data(d, "loss.bwd"))
 
     # ---- a layer's backward ------------------------------------------------------------------
-    def gemm_bwd(self, i: int, label: str, dc: tuple, wd: tuple, act: tuple) -> tuple:
+    def gemm_bwd(self, i: int, label: str, dc: tuple, wd: tuple, act: tuple,
+                 between=None) -> tuple:
         """The two backward products of GEMM `label` after dC (`dc`) and its input A (`act`);
-        (dA's dependency, dW's)."""
+        (dA's dependency, dW's). B is where the recompute's GEMM left it (moved one place).
+        `between(dA)`: what runs after dA and before dW (dW rotates A in place: the
+        attention backward reads the attention output first); its result is dA's."""
         m, k, n, _, ops = backward_shapes(self.run.cfg, self.em.tokens, self.P)[label]
-        da = self.tgemm("nt", f"L{i}.{label}.bwd_data", m, k, n, dc + wd)
+        fd = self.fd
+        nt, boff = fd.nt_names(i, label) if fd is not None else \
+            (None, -1 if self.recompute else 0)
+        da = self.tgemm("nt", f"L{i}.{label}.bwd_data", m, k, n, dc + wd, names=nt,
+                        b_offset=boff)
+        if between is not None:
+            da = between(da)
         # after dA (the step path needs the rows and columns claimed in task order)
-        dw = self.tgemm("tn", f"L{i}.{label}.bwd_weight", m, k, n, _all(da) + act)
+        dw = self.tgemm("tn", f"L{i}.{label}.bwd_weight", m, k, n, _all(da) + act,
+                        names=fd.tn_names(i, label) if fd is not None else None)
         self.tp.emitted.update(f"L{i}.{o}.bwd_{w}" for o in ops for w in ("data", "weight"))
         return da + _all(dw), dw
 
@@ -202,18 +255,20 @@ class Trainer:
         """Layer i's backward after dY (`dy`) and its forward (or recompute) `fwd`;
         (dX's dependency, the records the gradients wait for)."""
         tp, reg, p = self.tp, self.reg, f"L{i}."
+        d = self.fd.layer_bwd(i) if self.fd is not None else {}
         ready = dy + fwd
         r2 = (Dep(tp.compute(p + "residual2.bwd", reg, ready, fmac=False)),)
         d_act, w_down = self.gemm_bwd(i, "ffn_down", r2, wd, fwd)
-        d_up = (Dep(tp.compute(p + "act.bwd", reg, d_act, fmac=False)),)
+        d_up = (Dep(tp.compute(p + "act.bwd", reg, d_act, fmac=False,
+                               data=self.data(d, "act.bwd"))),)
         d_n2, w_up = self.gemm_bwd(i, "ffn_up", d_up, wd, fwd)
-        d_r1, g2 = self.norm_bwd(p + "norm2.bwd", d_n2)
+        d_r1, g2 = self.norm_bwd(p + "norm2.bwd", d_n2, d)
         r1 = (Dep(tp.compute(p + "residual1.bwd", reg, d_r1 + r2, fmac=False)),)
-        d_attn, w_o = self.gemm_bwd(i, "o_proj", r1, wd, fwd)
-        d_qkv = self.attention_bwd(i, d_attn)
+        d_qkv, w_o = self.gemm_bwd(i, "o_proj", r1, wd, fwd,
+                                   between=lambda d_attn: self.attention_bwd(i, d_attn))
         d_n1, w_qkv = self.gemm_bwd(i, "qkv_proj", d_qkv, wd, fwd)
-        dx, g1 = self.norm_bwd(p + "norm1.bwd", d_n1)
-        grads = [d.task for d in w_down + w_up + w_o + w_qkv] + [g1, g2]
+        dx, g1 = self.norm_bwd(p + "norm1.bwd", d_n1, d)
+        grads = [x.task for x in w_down + w_up + w_o + w_qkv] + [g1, g2]
         return (Dep(tp.compute(p + "residual1.bwd", reg, dx + r1, fmac=False,
                                flops=0, label=p + "residual.bwd_add")),), grads
 
@@ -238,28 +293,32 @@ class Trainer:
         hd, tm, b = cfg.hd, t.tm, self.run.bytes
         acc = DTYPE_BYTES[self.run.precision.accum]
         tc, reg = em.tile_compute, self.reg
+        fd = (lambda j: _Nones(self.fd.attention_bwd(i, g, j))) if self.fd is not None \
+            else (lambda j: _Nones())
         free = Dep(prev, "all")
-        none = _Nones()
-        kv = em.gather(i, "kv", 2 * tm * hd, Dep(prev) if g else free, none)
+        d = fd(0)
+        kv = em.gather(i, "kv", 2 * tm * hd, Dep(prev) if g else free, d)
         w_kv = wavelets_for(2 * tm * hd, self.run.dtype)
         cols = [self.pb.add(Multicast(p + "attn_bwd.kv_col", (x, x), Region(x, 0, 1, P), w_kv,
-                                      color=COLORS["col_bcast"], deps=(Dep(kv), free)))
+                                      color=COLORS["col_bcast"], deps=(Dep(kv), free),
+                                      data=d["kv_col"]))
                 for x in range(P)]
         keys = em.sync(p + "attn_bwd.kv_ready", cols)
         sm = self.tp.ops[p + "softmax"].flops // max(1, self.run.tokens ** 2 * cfg.n_heads)
         after = Dep(keys, "all")
         dkv = None
-        for _ in range(cfg.n_heads // cfg.n_kv_heads):
-            q = em.gather(i, "q", tm * hd, after, none)
+        for j in range(cfg.n_heads // cfg.n_kv_heads):
+            d = fd(j)
+            q = em.gather(i, "q", tm * hd, after, d)
             # dO and O of the head gathered at column 0, D = rowsum(dO o O) there, broadcast
             s = tc(p + "attn_bwd.do_slice", reg, 0, (Dep(q),), fmac=False,
-                   read=tm * t.q * b * 2, write=2 * tm * hd * b)
+                   read=tm * t.q * b * 2, write=2 * tm * hd * b, data=d["do_slice"])
             s = em.row(p + "attn_bwd.do_gather", 2 * tm * hd, (Dep(s),), reduce=True,
-                       color="row_reduce")
+                       color="row_reduce", data=d["do_gather"])
             s = tc(p + "softmax.bwd", em.col0, 2 * tm * hd, (Dep(s),), fmac=False,
-                   read=2 * tm * hd * b, write=tm * 4, label=p + "attn_bwd.D")
+                   read=2 * tm * hd * b, write=tm * 4, label=p + "attn_bwd.D", data=d["D"])
             s = em.row(p + "attn_bwd.do_bcast", tm * (hd + 3), (Dep(s),), reduce=False,
-                       color="row_bcast")
+                       color="row_bcast", dtype="fp32", data=d["do_bcast"])
             kq = (Dep(s), Dep(keys, "all"))
             sc = tc(p + "attn_qk", reg, 2 * tm * tm * hd, kq, fmac=True, read=2 * tm * hd * b,
                     write=tm * tm * acc, label=p + "attn_qk.recompute")
@@ -273,32 +332,36 @@ class Trainer:
             ds = tc(p + "softmax.bwd", reg, 3 * tm * tm, (Dep(dp),), fmac=False,
                     read=2 * tm * tm * acc, write=tm * tm * acc)
             dq = tc(p + "attn_qk.bwd_q", reg, mm, (Dep(ds),), fmac=True,
-                    read=tm * tm * acc + tm * hd * b, write=tm * hd * 4)
+                    read=tm * tm * acc + tm * hd * b, write=tm * hd * 4, data=d["dq"])
             dkv = tc(p + "attn_qk.bwd_k", reg, mm, (Dep(ds), Dep(dv)), fmac=True,
-                     read=tm * tm * acc + tm * hd * b, write=tm * hd * 4)
+                     read=tm * tm * acc + tm * hd * b, write=tm * hd * 4, data=d["dkv"])
             r = em.row(p + "attn_bwd.dq_reduce", tm * hd, (Dep(dq),), reduce=True,
-                       color="row_reduce", dtype="fp32")
+                       color="row_reduce", dtype="fp32", data=d["dq_reduce"])
             r = tc(p + "rope.bwd", em.col0, 3 * tm * hd, (Dep(r),), fmac=False,
-                   read=tm * hd * 4, write=tm * hd * b, label=p + "rope.bwd.q")
+                   read=tm * hd * 4, write=tm * hd * 4, label=p + "rope.bwd.q",
+                   data=d["dq_rope"])
             r = em.row(p + "attn_bwd.dq_bcast", tm * hd, (Dep(r),), reduce=False,
-                       color="row_bcast")
+                       color="row_bcast", dtype="fp32", data=d["dq_bcast"])
             out = tc(p + "attn_bwd.dq_place", reg, 0, (Dep(r),), fmac=False,
-                     read=tm * hd * b, write=tm * hd * b)
+                     read=tm * hd * 4, write=tm * hd * 4, data=d["dq_place"])
             outs.append(out)
             after = Dep(out)
         # dK|dV of each key block: summed up the columns into row 0, RoPE backward there,
-        # then to the row that holds the block's tokens
-        red = self.col_reduce(p + "attn_bwd.dkv_reduce", 2 * tm * hd, (Dep(dkv), after))
+        # then to the row that holds the block's tokens (row 0's from core (0, 0))
+        red = self.col_reduce(p + "attn_bwd.dkv_reduce", 2 * tm * hd, (Dep(dkv), after),
+                              data=d["dkv_reduce"])
         top = Region(0, 0, P, 1)
         rk = tc(p + "rope.bwd", top, 3 * tm * hd, (Dep(red),), fmac=False,
-                read=tm * hd * 4, write=tm * hd * b, label=p + "rope.bwd.k")
-        w = wavelets_for(2 * tm * hd, self.run.dtype)
+                read=tm * hd * 4, write=tm * hd * 4, label=p + "rope.bwd.k", data=d["dk_rope"])
+        w = wavelets_for(2 * tm * hd, "fp32")
         sends = [self.pb.add(Multicast(p + "attn_bwd.dkv_row", (x, 0), Region(0, x, P, 1), w,
-                                       color=COLORS["handoff"], deps=(Dep(rk),)))
-                 for x in range(1, P)]
+                                       color=COLORS["handoff"], deps=(Dep(rk),),
+                                       data=d["dkv_row"]))
+                 for x in range(P)]
         placed = tc(p + "attn_bwd.dkv_place", reg, 0,
-                    (Dep(em.sync(p + "attn_bwd.dkv_sent", sends or [rk]), "all"),),
-                    fmac=False, read=2 * tm * hd * b, write=2 * tm * hd * b)
+                    (Dep(em.sync(p + "attn_bwd.dkv_sent", sends), "all"),),
+                    fmac=False, read=2 * tm * hd * 4, write=2 * tm * hd * 4,
+                    data=d["dkv_place"])
         outs.append(placed)
         return placed
 
@@ -374,7 +437,8 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
         bends.append(dx_[0][0])
 
     _layers(pb, L, bwd, "layers_bwd", last_apart=True)
-    e = tr.tp.compute("embed.bwd", reg, dx_[0], fmac=False)
+    e = tr.tp.compute("embed.bwd", reg, dx_[0], fmac=False,
+                      data=tr.fd.head()["embed.bwd"] if tr.fd is not None else None)
     xfer("embed.grads.out", em.tokens * cfg.d_model * run.bytes, "out", (e,))
 
 
@@ -418,13 +482,28 @@ def map_2d_train(run: Run, streaming: bool, gemm_algo: str, functional: bool,
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-train-weight-streaming-2d")
-    alloc_group(pb, "", reg, buffers)
+    fd, fmeta = None, {}
+    if functional:
+        from mapper.gemm import fragment_buffers
+        from mapper.strategies import layout2d_train_data as td
+        from mapper.strategies.layout2d import gemm_plans
+        td.register_kernels()
+        fd = td.TrainData2D(run, t, TRAIN_ALGO, recompute)
+        plans = gemm_plans(run, P, TRAIN_ALGO) if run.chunk_tokens == run.tokens else {}
+        scratch = {label: {k: v[0] for k, v in plan.buffers().items()
+                           if k in fragment_buffers(TRAIN_ALGO)["scratch"]}
+                   for label, plan in plans.items()}
+        views, extra_bytes = alloc_group(pb, "", reg, buffers, fd.tiles(scratch))
+        fmeta = {"views": views, "sram_extra_bytes": extra_bytes,
+                 "functional_2d_train": {"algo": TRAIN_ALGO, "tm": t.tm}}
+    else:
+        alloc_group(pb, "", reg, buffers)
     ops = run.ops()
     tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.chunk_tokens, None, run.reduce_algo,
               run.precision)
-    em = Emitter(pb, tp, run, t, TRAIN_ALGO)
-    em.tokens = run.chunk_tokens
+    em = Emitter(pb, tp, run, t, TRAIN_ALGO, fd)
+    em.tokens, em.training = run.chunk_tokens, True
     extra = map_train(em, run, streaming, recompute)
     offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
-    return build_2d(pb, run, tp, "weight-streaming", TRAIN_ALGO, t, buffers, extra,
+    return build_2d(pb, run, tp, "weight-streaming", TRAIN_ALGO, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)

@@ -192,7 +192,14 @@ def _functional_check(program, hw, model: str, model_set: dict | None = None) ->
     from wse_sim.functional import error_report, run_functional
     cfg = load_model(model, model_set)
     t0 = time.perf_counter()
-    if program.meta.get("phase") == "train":
+    if program.meta.get("phase") == "train" and program.meta.get("layout") == "2d":
+        from mapper.strategies import layout2d_train_data as td
+        inputs, tokens, want_loss, want = td.random_train_case(program, cfg, seed=0)
+        loss, got = td.train_grads(program, run_functional(program, hw, inputs), cfg, tokens)
+        reps = [error_report(got[k], want[k], program.dtype) | {"gradient": k} for k in want]
+        report = max(reps, key=lambda r: r["max_rel_error"])
+        report["loss_error"] = abs(loss - want_loss) / abs(want_loss)
+    elif program.meta.get("phase") == "train":
         inputs, want_loss, want = fm.random_train_case(program, cfg, seed=0)
         buffers = run_functional(program, hw, inputs)
         got = fm.model_grads(program, buffers, cfg)
