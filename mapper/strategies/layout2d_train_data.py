@@ -64,7 +64,7 @@ def _probs(call):
     ok = (tk <= tq) & (tk // sq == tq // sq) & (tk < T) & (tq < T)
     m, lsum = pk[..., hd + 1:hd + 2], pk[..., hd + 2:hd + 3]
     good = ok & (lsum > 0)
-    prob = np.where(good, np.exp(np.where(good, s, 0.0) - m) / np.where(lsum > 0, lsum, 1.0),
+    prob = np.where(good, np.exp(np.where(good, s - m, 0.0)) / np.where(lsum > 0, lsum, 1.0),
                     0.0)
     return prob, pk[..., :hd], pk[..., hd:hd + 1], q, kv[..., :hd], kv[..., hd:]
 
@@ -134,7 +134,7 @@ def _loss_part(call):
     lg, valid, _ = _vocab_mask(call)
     z = np.where(valid, lg, NEG)
     m = z.max(-1, keepdims=True)
-    e = np.where(valid, np.exp(z - m), 0.0).sum(-1, keepdims=True)
+    e = np.where(valid, np.exp(np.where(valid, z - m, 0.0)), 0.0).sum(-1, keepdims=True)
     return np.concatenate([np.zeros_like(m), m, e], axis=-1)
 
 
@@ -149,7 +149,7 @@ def _loss_bwd(call):
     lg, valid, hot = _vocab_mask(call)
     st = call.inputs[2].astype(np.float64)
     lsum = np.where(st[..., 1:2] > 0, st[..., 1:2], 1.0)
-    prob = np.where(valid, np.exp(np.where(valid, lg, 0.0) - st[..., 0:1]) / lsum, 0.0)
+    prob = np.where(valid, np.exp(np.where(valid, lg - st[..., 0:1], 0.0)) / lsum, 0.0)
     return (prob - hot) / call.params["tokens"]
 
 
@@ -209,7 +209,7 @@ class TrainData2D(Data2D):
                "lm_head.gc0": (tm, t.d, f32), "lm_head.gc1": (tm, t.d, f32)}
         widths = {"qkv_proj": (t.d, t.qkv), "o_proj": (t.q, t.d), "ffn_up": (t.d, t.ffn),
                   "ffn_down": (t.f, t.d)}
-        for label, (kt, nt) in widths.items():
+        for label, (kt, _) in widths.items():
             out |= {f"{label}.ain": (tm, kt, dt), f"{label}.gc0": (tm, kt, f32),
                     f"{label}.gc1": (tm, kt, f32), f"{label}.ta1": (tm, kt, dt)}
         for label, shapes in gemm_tiles.items():
@@ -325,7 +325,7 @@ class TrainData2D(Data2D):
     def attention_bwd(self, i: int, g: int, j: int) -> dict:
         cfg, t = self.cfg, self.t
         hd, nq = cfg.hd, cfg.n_heads // cfg.n_kv_heads
-        h, p = g * nq + j, f"L{i}."
+        h = g * nq + j
         kv_lo = cfg.q_dim + g * hd
         self.i = i
         d = {k: v for k, v in self.attention(g, j).items() if k.startswith(("kv_", "q_"))}
