@@ -262,15 +262,17 @@ def expert_block_options(model: str, model_set: dict | None, layout: str) -> lis
             and groups is None]
 
 
-def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int):
-    """The best MoE mapping with fewer expert blocks (`expert_block_options`), within budget."""
+def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int, bound=None):
+    """The best MoE mapping with fewer expert blocks (`expert_block_options`), within budget
+    (`bound`: `mapper.search.search`'s)."""
     from mapper.search import SearchResult, search
     left = budget - len(found.tried)
     best = found.best
     if best is None or left <= 0 or not best.get("moe_layout"):
         return SearchResult(None, None)
     opts = expert_block_options(model, kw.get("model_set"), best["moe_layout"])
-    return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left)
+    return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left,
+                  bound=bound)
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
@@ -296,7 +298,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
     to the first on which nothing fits) with each reduce algorithm (before the one-direction
     trees). A tuple of grids fixes them."""
-    from mapper.search import grid_options, search
+    from mapper.search import cycles_lower_bound, grid_options, pruned, search
     results = {}
     for name in ("layout", "gemm_algo"):  # searched (a given one does not apply to auto)
         kw.pop(name, None)
@@ -307,8 +309,13 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     fixed_layout = kw.pop("moe_layout", None)  # an MoE model: where its experts go
     cands = _candidates(model, kw, grids or (None,), algos, fixed_attention, fixed_layout)
     seen: set = set()
+    built: dict = {}  # id(candidate) -> (candidate, its Program): each mapped once
 
-    def evaluate(cand: dict) -> float:
+    def prepare(cand: dict):
+        """The candidate's Program, mapped once (its bound and its simulation share it);
+        a mapping that an earlier candidate already gave is refused."""
+        if id(cand) in built:
+            return built[id(cand)][1]
         program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
                                 chunks=cand["chunks"], micro_batches=cand["micro_batches"],
                                 region_shape=cand["region_shape"],
@@ -327,11 +334,23 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
                              f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
                              f"or more; {g} row(s) per head group)")
         seen.add(key)
+        built[id(cand)] = (cand, program)
+        return program
+
+    def bound(cand: dict) -> float:
+        """A lower bound of `evaluate(cand)`: `mapper.search.cycles_lower_bound` (provably at
+        most the simulated cycles) in the same units (seconds per token)."""
+        program = prepare(cand)
+        return hw.seconds(cycles_lower_bound(program, hw)) / max(1, program.tokens)
+
+    def evaluate(cand: dict) -> float:
+        program = prepare(cand)
+        built.pop(id(cand), None)
         r = simulate(program, hw, engine=engine)
         results[tuple(cand.values())] = r
         return r.seconds / max(1, r.tokens)
 
-    found = search(cands, evaluate, budget=budget, progress=progress)
+    found = search(cands, evaluate, budget=budget, progress=progress, bound=bound)
     left = budget - len(found.tried)
     if found.best is not None and grids is None:  # the best on smaller grids, largest first
         base = found.best
@@ -340,20 +359,21 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
             if left <= 0:
                 break
             sized = search([base | {"grid": g, "reduce_algo": a} for a in algos], evaluate,
-                           budget=left)
+                           budget=left, bound=bound)
             found.absorb(sized)
-            if sized.best is None:  # nothing fits this grid: smaller ones fit less
-                break
+            if sized.best is None and not any(pruned(w) for *_, w in sized.tried):
+                break  # nothing fits this grid: smaller ones fit less
     if not fixed_layout:  # the expert parallelism on the best placement
-        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget))
+        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget, bound))
     left = budget - len(found.tried)
     two_d = found.best is not None and found.best["layout"] == "2d"
     if found.best is not None and not fixed and left > 0 and not two_d:  # one direction only
         one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
-        found.absorb(search(one_way, evaluate, budget=left))
+        found.absorb(search(one_way, evaluate, budget=left, bound=bound))
     left = budget - len(found.tried)
     if found.best is not None and not fixed_attention and left > 0 and not two_d:
-        found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left))
+        found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left,
+                            bound=bound))
     best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
 
