@@ -8,8 +8,21 @@ candidate order. `grid_options` is the set of grid sizes the front door's search
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from wse_sim.program import (
+    Compute,
+    IoTransfer,
+    LineStream,
+    Multicast,
+    Unicast,
+    topological_order,
+)
+from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
 
 
 @dataclass
@@ -88,16 +101,18 @@ def _fmt(c: dict) -> str:
 
 
 def search(candidates: Iterable[dict], evaluate: Callable[[dict], float], *, budget: int = 64,
-           progress: bool = False, bound: Callable[[dict], float] | None = None) -> SearchResult:
+           progress: bool = False, bound: Callable[[dict], float] | None = None,
+           prune_above: float | None = None) -> SearchResult:
     """Evaluate up to `budget` candidates; errors of kind ValueError/NotImplementedError mark a
     candidate as not fitting (kept with its one-line reason).
 
     `bound(candidate)`: a lower bound of the cost `evaluate` would give (e.g. from
     `cycles_lower_bound`), computed for every candidate first (its errors reject it as
     `evaluate`'s would). Candidates are then evaluated by increasing bound, and one whose bound
-    is above the best cost so far is not evaluated (`tried` says "pruned" with both figures):
-    it cannot win, so the winner is the one an exhaustive search picks (the least cost, ties
-    to the earlier candidate). `tried` keeps the candidates' order either way."""
+    is above the best cost so far (or above `prune_above`, the best of an enclosing search)
+    is not evaluated (`tried` says "pruned" with both figures): it cannot win, so the winner
+    is the one an exhaustive search picks (the least cost, ties to the earlier candidate).
+    `tried` keeps the candidates' order either way."""
     cands = list(candidates)[:budget]
     outcomes: list = [None] * len(cands)
     bounds: dict = {}
@@ -118,9 +133,10 @@ def search(candidates: Iterable[dict], evaluate: Callable[[dict], float], *, bud
     best_i = None
     for i in it:
         cand = cands[i]
-        if best_i is not None and i in bounds and bounds[i] > out.best_cost:
+        cut = min(c for c in (out.best_cost, prune_above, math.inf) if c is not None)
+        if i in bounds and bounds[i] > cut:
             outcomes[i] = (cand, None, f"pruned: lower bound {bounds[i] * 1e6:,.4f} µs/token > "
-                                       f"best {out.best_cost * 1e6:,.4f} µs/token")
+                                       f"best {cut * 1e6:,.4f} µs/token")
             continue
         try:
             cost = float(evaluate(cand))
@@ -138,13 +154,17 @@ def _corners(r) -> list[tuple[int, int]]:
     return list(dict.fromkeys(((r.x, r.y), (r.x1, r.y), (r.x, r.y1), (r.x1, r.y1))))
 
 
-def tracked_cores(program, max_cores: int = 64) -> list[tuple[int, int]]:
-    """The cores `cycles_lower_bound` follows: the corners of every task's region while there
-    are at most `max_cores` of them, else the corners of the regions' bounding box."""
+def tracked_cores(program, max_cores: int = 4096) -> list[tuple[int, int]]:
+    """The cores `cycles_lower_bound` follows: the corners of every task's region (and a
+    multicast's source, a unicast's fixed destination) while there are at most `max_cores`
+    of them, else the corners of the regions' bounding box."""
     cores: dict = {}
     for t in program.tasks:
         for c in _corners(t.region):
             cores[c] = None
+        for c in (getattr(t, "src", None), getattr(t, "to", None)):
+            if c is not None:
+                cores[tuple(c)] = None
         if len(cores) > max_cores:
             x0 = min(t.region.x for t in program.tasks)
             y0 = min(t.region.y for t in program.tasks)
@@ -170,14 +190,14 @@ def cycles_lower_bound(program, hw, cores: list | None = None) -> int:
       contention-free offset after the start (compute: its cycles; a broadcast: 2 T_R + j hops
       + beats - 1 + start + receive at the j-th core, the source T_R + beats - 1 + start; a
       chain reduce's j-th core j (2 T_R + hop + op) + ... + (beats - 1) pace; a multicast's
-      Manhattan distance; an I/O its channel cycles); contention only delays starts, detours
-      only add hops, and the run's cycles are at least its last event. A dependency on a core
-      not followed, a head dependency, a unicast's destination, contributes 0.
+      Manhattan distance, as a unicast's destination; an I/O its channel cycles); contention
+      only delays starts, detours only add hops, and the run's cycles are at least its last
+      event. Several events at one core (a unicast's source that is another's destination):
+      the core's signal is the latest, at least each bound. A dependency on a core not
+      followed, or a head dependency (flow control), contributes 0.
 
     Every term is a lower bound of the simulated cycles, so a candidate whose bound exceeds
     a simulated cost cannot be cheaper (tests/test_search_speed.py checks bound <= cycles)."""
-    from wse_sim.program import Compute, IoTransfer, LineStream, Multicast, Unicast
-    from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
     if cores is None:
         cores = tracked_cores(program)
     followed = set(cores)
@@ -198,18 +218,26 @@ def cycles_lower_bound(program, hw, cores: list | None = None) -> int:
             if d.rule == "all":
                 r = max(r, whole[d.task])
                 continue
+            got = lb[d.task]
+            if not got:
+                continue
+            if d.rule == "at":
+                r = max(r, got.get((d.dx, d.dy), 0))
+                continue
+            dx, dy = (d.dx, d.dy) if d.rule == "offset" else (0, 0)
             for x, y in anchors:
-                c = d.core_for(x, y)
-                v = lb[d.task].get(c)
-                if v is not None:
-                    r = max(r, v)
+                v = got.get((x + dx, y + dy), 0)
+                if v > r:
+                    r = v
         return r
 
-    from wse_sim.program import topological_order
+    cx = np.array([c[0] for c in cores], dtype=np.int64)
+    cy = np.array([c[1] for c in cores], dtype=np.int64)
     for k in topological_order(program):
         t, out = tasks[k], lb[k]
         reg = t.region
-        mine = [c for c in cores if reg.contains(*c)]
+        inside = np.flatnonzero((cx >= reg.x) & (cx <= reg.x1) & (cy >= reg.y) & (cy <= reg.y1))
+        mine = [cores[i] for i in inside]
         if isinstance(t, Compute):
             n = reg.size
             cyc = compute_cycles(hw, t.flops // n, t.dtype, t.kind, t.density_q20,
@@ -227,18 +255,23 @@ def cycles_lower_bound(program, hw, cores: list | None = None) -> int:
         elif isinstance(t, LineStream):
             b = stream_beats(hw, t.wavelets)
             pace = reduce_pace(hw, t.dtype) if t.reduce else 1
+            along = 0 if t.axis == "x" else 1
+            lo, n = (reg.x, reg.cols) if t.axis == "x" else (reg.y, reg.rows)
+            lines: dict = {}
             for c in mine:
-                line = [(x, c[1]) for x in range(reg.x, reg.x1 + 1)] if t.axis == "x" \
-                    else [(c[0], y) for y in range(reg.y, reg.y1 + 1)]
-                if t.direction < 0:
-                    line.reverse()
-                j, n = line.index(c), len(line)
-                if t.reduce:
-                    ready = need(t, [a for a in line if a in followed])
+                lines.setdefault(c[1 - along], []).append(c)
+            for c in mine:
+                pos = c[along] - lo
+                j = pos if t.direction > 0 else n - 1 - pos  # its place in stream order
+                if t.reduce:  # waits at every core of its line
+                    ready = need(t, lines[c[1 - along]])
                     off = j * stage + (tr if 0 < j < n - 1 else 0) + (b - 1) * pace + send \
                         + (tr if j == 0 else 0) + (recv if j == n - 1 else 0)
-                else:
-                    ready = need(t, [line[0]] if line[0] in followed else [])
+                else:  # waits at the line's first core
+                    first = list(c)
+                    first[along] = lo if t.direction > 0 else lo + n - 1
+                    first = tuple(first)
+                    ready = need(t, [first] if first in followed else [])
                     off = send + (tr + b - 1 if j == 0 else 2 * tr + j * hop + b - 1 + recv)
                 out[c] = ready + off
         elif isinstance(t, Multicast):
@@ -250,11 +283,16 @@ def cycles_lower_bound(program, hw, cores: list | None = None) -> int:
             for c in mine:
                 if c != src:
                     h = abs(c[0] - src[0]) + abs(c[1] - src[1])
-                    out[c] = ready + 2 * tr + h * hop + b - 1 + send + recv
-        elif isinstance(t, Unicast):  # the source's event only (its destination: 0)
+                    out[c] = max(out.get(c, 0), ready + 2 * tr + h * hop + b - 1 + send + recv)
+        elif isinstance(t, Unicast):  # each core of the region sends to t.dest(core)
             b = stream_beats(hw, t.wavelets)
             for c in mine:
-                out[c] = need(t, [c]) + tr + b - 1 + send
+                ready = need(t, [c])
+                out[c] = max(out.get(c, 0), ready + tr + b - 1 + send)
+                d = tuple(t.dest(*c))
+                if d in followed:  # routes are at least the Manhattan distance long
+                    h = abs(d[0] - c[0]) + abs(d[1] - c[1])
+                    out[d] = max(out.get(d, 0), ready + 2 * tr + h * hop + b - 1 + send + recv)
         if out:
             whole[k] = max(whole[k], max(out.values()))
         best = max(best, whole[k])

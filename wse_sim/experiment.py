@@ -272,11 +272,12 @@ def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int, bo
         return SearchResult(None, None)
     opts = expert_block_options(model, kw.get("model_set"), best["moe_layout"])
     return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left,
-                  bound=bound)
+                  bound=bound, prune_above=found.best_cost)
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
-                   grids: tuple | None = None, progress: bool = False, **kw):
+                   grids: tuple | None = None, progress: bool = False, prune: bool = False,
+                   **kw):
     """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
     count, for layer-pipelined the region shape, and the GEMMs' reduce algorithm with the least
     simulated time per token. Chunks and micro-batches are the tile size along the tokens (more
@@ -297,7 +298,14 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
     best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
     to the first on which nothing fits) with each reduce algorithm (before the one-direction
-    trees). A tuple of grids fixes them."""
+    trees). A tuple of grids fixes them.
+
+    Each candidate is mapped once. `prune` (`wse-sim search` sets it): before any is
+    simulated, each gets `mapper.search.cycles_lower_bound` (provably at most its simulated
+    cycles); they are simulated by increasing bound, and one whose bound is above the best
+    simulated cost so far is pruned, not simulated (it cannot win; `tried` says "pruned"
+    with its bound): the choice is the one simulating every candidate gives
+    (tests/test_search_speed.py), in a fraction of the time."""
     from mapper.search import cycles_lower_bound, grid_options, pruned, search
     results = {}
     for name in ("layout", "gemm_algo"):  # searched (a given one does not apply to auto)
@@ -337,7 +345,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
         built[id(cand)] = (cand, program)
         return program
 
-    def bound(cand: dict) -> float:
+    def bound_of(cand: dict) -> float:
         """A lower bound of `evaluate(cand)`: `mapper.search.cycles_lower_bound` (provably at
         most the simulated cycles) in the same units (seconds per token)."""
         program = prepare(cand)
@@ -350,6 +358,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
         results[tuple(cand.values())] = r
         return r.seconds / max(1, r.tokens)
 
+    bound = bound_of if prune else None
     found = search(cands, evaluate, budget=budget, progress=progress, bound=bound)
     left = budget - len(found.tried)
     if found.best is not None and grids is None:  # the best on smaller grids, largest first
@@ -359,7 +368,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
             if left <= 0:
                 break
             sized = search([base | {"grid": g, "reduce_algo": a} for a in algos], evaluate,
-                           budget=left, bound=bound)
+                           budget=left, bound=bound, prune_above=found.best_cost)
             found.absorb(sized)
             if sized.best is None and not any(pruned(w) for *_, w in sized.tried):
                 break  # nothing fits this grid: smaller ones fit less
@@ -369,11 +378,12 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     two_d = found.best is not None and found.best["layout"] == "2d"
     if found.best is not None and not fixed and left > 0 and not two_d:  # one direction only
         one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
-        found.absorb(search(one_way, evaluate, budget=left, bound=bound))
+        found.absorb(search(one_way, evaluate, budget=left, bound=bound,
+                            prune_above=found.best_cost))
     left = budget - len(found.tried)
     if found.best is not None and not fixed_attention and left > 0 and not two_d:
         found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left,
-                            bound=bound))
+                            bound=bound, prune_above=found.best_cost))
     best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
 

@@ -153,6 +153,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from wse_sim.engine import AUTO_REFERENCE_MAX_CORES
     from wse_sim.experiment import search_mapping
     spec_from_args(args, only=SEARCH_FIELDS)
     hw = effective_hardware(args)
@@ -162,8 +163,13 @@ def cmd_search(args) -> int:
     if args.wafers > 1:
         return _search_wafers(args, hw, kw)
     grid = kw.pop("grid")
+    # beyond 32 x 32 cores (the fast engine's meshes, where one simulation takes seconds) a
+    # candidate whose lower bound is above the best simulated cost is pruned, not simulated;
+    # on small meshes every candidate is simulated, for the full table
+    prune = hw.cores > AUTO_REFERENCE_MAX_CORES
     found, best = search_mapping(hw, args.model, engine=args.engine, budget=args.budget,
-                                 grids=(grid,) if grid else None, progress=not args.json, **kw)
+                                 grids=(grid,) if grid else None, progress=not args.json,
+                                 prune=prune, **kw)
     if best is None:
         raise ValueError(f"search: no strategy fits {args.model} on {args.preset}")
     written = write_requested(best, args, title=f"{args.model} {args.phase}: search's choice")
