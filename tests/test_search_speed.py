@@ -54,6 +54,17 @@ def test_the_bound_holds_for_gemms_with_flow_control(algo, flow):
     assert 0 < bound <= simulate(program, MESH8, engine="reference").cycles
 
 
+@pytest.mark.parametrize("strategy, algo", [("layer-pipelined", "chain"),
+                                             ("layer-sequential", "tree")])
+def test_the_bound_holds_with_defects_and_their_detours(strategy, algo):
+    hw = load_preset("mesh16", {"spare_cols": 2, "spare_rows": 2, "defect_fraction": 0.02,
+                                "defect_seed": 3})
+    program = build_program(hw, "tiny", strategy=strategy, phase="decode", context=16,
+                            reduce_algo=algo)
+    bound = cycles_lower_bound(program, hw)
+    assert 0 < bound <= simulate(program, hw, engine="reference").cycles
+
+
 def test_following_fewer_cores_gives_a_lower_bound():
     program = build_program(MESH16, "tiny", phase="decode", context=16, reduce_algo="tree")
     every = cycles_lower_bound(program, MESH16)
