@@ -153,6 +153,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from mapper.search import pruned
     from wse_sim.engine import AUTO_REFERENCE_MAX_CORES
     from wse_sim.experiment import search_mapping
     spec_from_args(args, only=SEARCH_FIELDS)
@@ -173,8 +174,9 @@ def cmd_search(args) -> int:
     if best is None:
         raise ValueError(f"search: no strategy fits {args.model} on {args.preset}")
     written = write_requested(best, args, title=f"{args.model} {args.phase}: search's choice")
-    tried = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
-             for c, cost, why in found.tried]
+    tried = [{"candidate": c, "seconds_per_token": cost,
+              "rejected": None if pruned(why) else why or None,
+              "pruned": why if pruned(why) else None} for c, cost, why in found.tried]
     if args.out:
         write_json(Path(args.out) / "search.json", {"choice": found.best, "tried": tried})
     moe = found.best.get("moe_layout") is not None
