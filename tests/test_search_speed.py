@@ -121,3 +121,25 @@ def test_search_with_and_without_pruning_picks_the_same_mapping(hw, phase, kw):
             assert cost == simulated[tuple(c.values())]
     assert n_pruned > 0
     assert [c for c, _, _ in fast.tried] == [c for c, _, _ in exhaustive.tried]
+
+
+def test_the_command_prunes_beyond_32_x_32_cores_and_says_so(capsys):
+    """`wse-sim search` on mesh64 (fast engine): pruned candidates are listed as pruned, with
+    their bound, and the choice is the exhaustive search's."""
+    import json
+
+    from wse_sim.cli.main import main
+    hw = load_preset("mesh64")
+    argv = ["search", "--preset", "mesh64", "--model", "tiny", "--phase", "decode",
+            "--context", "16"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cut = [t for t in out["tried"] if t["pruned"]]
+    assert cut and all(t["seconds_per_token"] is None and t["rejected"] is None for t in cut)
+    exhaustive, _ = search_mapping(hw, "tiny", phase="decode", context=16)
+    assert out["choice"] == exhaustive.best
+    costs = {json.dumps(c, sort_keys=True): cost for c, cost, _ in exhaustive.tried}
+    for t in cut:
+        assert costs[json.dumps(t["candidate"], sort_keys=True)] > exhaustive.best_cost
+    assert main(argv) == 0
+    assert "pruned   strategy=" in capsys.readouterr().out
