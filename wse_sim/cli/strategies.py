@@ -284,7 +284,7 @@ def run_extended(args) -> int:
             kw.pop("attention")  # searched too
         found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
                                   prompt=args.prompt, context=args.context, grids=(args.grid,),
-                                  progress=False, **kw)
+                                  progress=False, prune=True, **kw)  # only its choice is used
         if found.best is None:
             raise ValueError(f"strategy auto: no strategy fits {args.model} on {args.preset}")
         strategy = found.best["strategy"]
