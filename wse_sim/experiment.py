@@ -262,17 +262,15 @@ def expert_block_options(model: str, model_set: dict | None, layout: str) -> lis
             and groups is None]
 
 
-def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int, bound=None):
-    """The best MoE mapping with fewer expert blocks (`expert_block_options`), within budget
-    (`bound`: `mapper.search.search`'s)."""
+def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int):
+    """The best MoE mapping with fewer expert blocks (`expert_block_options`), within budget."""
     from mapper.search import SearchResult, search
     left = budget - len(found.tried)
     best = found.best
     if best is None or left <= 0 or not best.get("moe_layout"):
         return SearchResult(None, None)
     opts = expert_block_options(model, kw.get("model_set"), best["moe_layout"])
-    return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left,
-                  bound=bound, prune_above=found.best_cost)
+    return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left)
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
@@ -373,7 +371,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
             if sized.best is None and not any(pruned(w) for *_, w in sized.tried):
                 break  # nothing fits this grid: smaller ones fit less
     if not fixed_layout:  # the expert parallelism on the best placement
-        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget, bound))
+        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget))
     left = budget - len(found.tried)
     two_d = found.best is not None and found.best["layout"] == "2d"
     if found.best is not None and not fixed and left > 0 and not two_d:  # one direction only
