@@ -279,7 +279,8 @@ def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int):
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
-                   grids: tuple | None = None, progress: bool = False, **kw):
+                   grids: tuple | None = None, progress: bool = False, prune: bool = False,
+                   **kw):
     """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
     count, for layer-pipelined the region shape, and the GEMMs' reduce algorithm with the least
     simulated time per token. Chunks and micro-batches are the tile size along the tokens (more
@@ -300,8 +301,15 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
     best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
     to the first on which nothing fits) with each reduce algorithm (before the one-direction
-    trees). A tuple of grids fixes them."""
-    from mapper.search import grid_options, search
+    trees). A tuple of grids fixes them.
+
+    Each candidate is mapped once. `prune` (`wse-sim search` sets it): before any is
+    simulated, each gets `mapper.search.cycles_lower_bound` (provably at most its simulated
+    cycles); they are simulated by increasing bound, and one whose bound is above the best
+    simulated cost so far is pruned, not simulated (it cannot win; `tried` says "pruned"
+    with its bound): the choice is the one simulating every candidate gives
+    (tests/test_search_speed.py), in a fraction of the time."""
+    from mapper.search import cycles_lower_bound, grid_options, pruned, search
     results = {}
     for name in ("layout", "gemm_algo"):  # searched (a given one does not apply to auto)
         kw.pop(name, None)
@@ -312,8 +320,13 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     fixed_layout = kw.pop("moe_layout", None)  # an MoE model: where its experts go
     cands = _candidates(model, kw, grids or (None,), algos, fixed_attention, fixed_layout)
     seen: set = set()
+    built: dict = {}  # id(candidate) -> (candidate, its Program): each mapped once
 
-    def evaluate(cand: dict) -> float:
+    def prepare(cand: dict):
+        """The candidate's Program, mapped once (its bound and its simulation share it);
+        a mapping that an earlier candidate already gave is refused."""
+        if id(cand) in built:
+            return built[id(cand)][1]
         program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
                                 chunks=cand["chunks"], micro_batches=cand["micro_batches"],
                                 region_shape=cand["region_shape"],
@@ -332,11 +345,24 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
                              f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
                              f"or more; {g} row(s) per head group)")
         seen.add(key)
+        built[id(cand)] = (cand, program)
+        return program
+
+    def bound_of(cand: dict) -> float:
+        """A lower bound of `evaluate(cand)`: `mapper.search.cycles_lower_bound` (provably at
+        most the simulated cycles) in the same units (seconds per token)."""
+        program = prepare(cand)
+        return hw.seconds(cycles_lower_bound(program, hw)) / max(1, program.tokens)
+
+    def evaluate(cand: dict) -> float:
+        program = prepare(cand)
+        built.pop(id(cand), None)
         r = simulate(program, hw, engine=engine)
         results[tuple(cand.values())] = r
         return r.seconds / max(1, r.tokens)
 
-    found = search(cands, evaluate, budget=budget, progress=progress)
+    bound = bound_of if prune else None
+    found = search(cands, evaluate, budget=budget, progress=progress, bound=bound)
     left = budget - len(found.tried)
     if found.best is not None and grids is None:  # the best on smaller grids, largest first
         base = found.best
@@ -345,20 +371,22 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
             if left <= 0:
                 break
             sized = search([base | {"grid": g, "reduce_algo": a} for a in algos], evaluate,
-                           budget=left)
+                           budget=left, bound=bound, prune_above=found.best_cost)
             found.absorb(sized)
-            if sized.best is None:  # nothing fits this grid: smaller ones fit less
-                break
+            if sized.best is None and not any(pruned(w) for *_, w in sized.tried):
+                break  # nothing fits this grid: smaller ones fit less
     if not fixed_layout:  # the expert parallelism on the best placement
         found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget))
     left = budget - len(found.tried)
     two_d = found.best is not None and found.best["layout"] == "2d"
     if found.best is not None and not fixed and left > 0 and not two_d:  # one direction only
         one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
-        found.absorb(search(one_way, evaluate, budget=left))
+        found.absorb(search(one_way, evaluate, budget=left, bound=bound,
+                            prune_above=found.best_cost))
     left = budget - len(found.tried)
     if found.best is not None and not fixed_attention and left > 0 and not two_d:
-        found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left))
+        found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left,
+                            bound=bound, prune_above=found.best_cost))
     best = results.get(tuple(found.best.values())) if found.best else None
     return found, best
 

@@ -153,6 +153,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from mapper.search import pruned
+    from wse_sim.engine import AUTO_REFERENCE_MAX_CORES
     from wse_sim.experiment import search_mapping
     spec_from_args(args, only=SEARCH_FIELDS)
     hw = effective_hardware(args)
@@ -162,13 +164,19 @@ def cmd_search(args) -> int:
     if args.wafers > 1:
         return _search_wafers(args, hw, kw)
     grid = kw.pop("grid")
+    # beyond 32 x 32 cores (the fast engine's meshes, where one simulation takes seconds) a
+    # candidate whose lower bound is above the best simulated cost is pruned, not simulated;
+    # on small meshes every candidate is simulated, for the full table
+    prune = hw.cores > AUTO_REFERENCE_MAX_CORES
     found, best = search_mapping(hw, args.model, engine=args.engine, budget=args.budget,
-                                 grids=(grid,) if grid else None, progress=not args.json, **kw)
+                                 grids=(grid,) if grid else None, progress=not args.json,
+                                 prune=prune, **kw)
     if best is None:
         raise ValueError(f"search: no strategy fits {args.model} on {args.preset}")
     written = write_requested(best, args, title=f"{args.model} {args.phase}: search's choice")
-    tried = [{"candidate": c, "seconds_per_token": cost, "rejected": why or None}
-             for c, cost, why in found.tried]
+    tried = [{"candidate": c, "seconds_per_token": cost,
+              "rejected": None if pruned(why) else why or None,
+              "pruned": why if pruned(why) else None} for c, cost, why in found.tried]
     if args.out:
         write_json(Path(args.out) / "search.json", {"choice": found.best, "tried": tried})
     moe = found.best.get("moe_layout") is not None
@@ -276,7 +284,7 @@ def run_extended(args) -> int:
             kw.pop("attention")  # searched too
         found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
                                   prompt=args.prompt, context=args.context, grids=(args.grid,),
-                                  progress=False, **kw)
+                                  progress=False, prune=True, **kw)  # only its choice is used
         if found.best is None:
             raise ValueError(f"strategy auto: no strategy fits {args.model} on {args.preset}")
         strategy = found.best["strategy"]
