@@ -27,7 +27,7 @@ tiled over the whole region, as a wafer trains (docs/strategies.md, "2-D layout:
 - Norms: the two per-token sums all-reduced along the rows; the gain gradients reduced up
   the columns.
 
-Timing only: a functional training step in this layout is not built (`NotImplementedError`).
+Functional runs (`layout2d_train_data`, one micro-batch) compute the real loss and gradients.
 """
 
 from __future__ import annotations
