@@ -304,22 +304,31 @@ def _up_columns(cfg, w: dict, i: int, f_t: int, P: int) -> np.ndarray:
     return np.concatenate([blk(up), blk(gate)], axis=2).reshape(cfg.d_model, 2 * f_t * P)
 
 
+def embedded(cfg, weights: dict, tokens: np.ndarray) -> np.ndarray:
+    """The tokens' embeddings (and learned positions), (batch x prompt, d_model)."""
+    B, S = tokens.shape
+    x = weights["embed"][tokens]
+    if cfg.positions == "learned":
+        x = x + weights["pos"][np.arange(S)]
+    return x.reshape(B * S, -1)
+
+
+def layer_matrices(cfg, w: dict, i: int, f_t: int, P: int) -> dict:
+    """Layer i's weight matrices as its GEMMs' B (Q|K|V side by side, FFN up | gate)."""
+    return {"qkv_proj": np.concatenate([w[f"L{i}.w_{n}"] for n in "qkv"], axis=1),
+            "o_proj": w[f"L{i}.w_o"], "ffn_up": _up_columns(cfg, w, i, f_t, P),
+            "ffn_down": w[f"L{i}.w_down"]}
+
+
 def model_inputs(program, cfg, weights: dict, tokens: np.ndarray) -> dict:
     """The buffers a functional run starts from: the embedded tokens, every weight tile."""
     meta = program.meta["functional_2d"]
     algo, perm, P = meta["algo"], tuple(meta["perm"]), len(meta["perm"])
     t = program.meta["tiles"]
     tm, d_t, f_t = t["tokens"], t["d_model"], t["ffn_k"]
-    B, S = tokens.shape
-    x = weights["embed"][tokens]
-    if cfg.positions == "learned":
-        x = x + weights["pos"][np.arange(S)]
-    out = {"x": _on_cores(_blocks(x.reshape(B * S, -1), tm, d_t, P), perm)}
+    out = {"x": _on_cores(_blocks(embedded(cfg, weights, tokens), tm, d_t, P), perm)}
     for i in range(cfg.n_layers):
-        mats = {"qkv_proj": np.concatenate([weights[f"L{i}.w_{n}"] for n in "qkv"], axis=1),
-                "o_proj": weights[f"L{i}.w_o"], "ffn_up": _up_columns(cfg, weights, i, f_t, P),
-                "ffn_down": weights[f"L{i}.w_down"]}
-        for label, m in mats.items():
+        for label, m in layer_matrices(cfg, weights, i, f_t, P).items():
             kt = math.ceil(m.shape[0] / P)
             nt = math.ceil(m.shape[1] / P) if label != "ffn_up" else t["ffn"]
             out[f"L{i}.{label}.w"] = prealigned_b(algo, _blocks(m, kt, nt, P))

@@ -20,7 +20,15 @@ import math
 import numpy as np
 
 from mapper.gemm_common import ring_order
-from mapper.strategies.layout2d_data import NEG, Data2D, _blocks, _tokens, _up_columns, dataop
+from mapper.strategies.layout2d_data import (
+    NEG,
+    Data2D,
+    _blocks,
+    _tokens,
+    dataop,
+    embedded,
+    layer_matrices,
+)
 from workloads.reference import EPS
 from wse_sim.program import Region
 
@@ -395,23 +403,16 @@ def _gain(cfg, w, prefix: str, d_t: int, P: int) -> np.ndarray:
                            (P, P, len(parts), d_t)).copy()
 
 
-def _matrices(cfg, w: dict, i: int, f_t: int, P: int) -> dict:
-    return {"qkv_proj": np.concatenate([w[f"L{i}.w_{n}"] for n in "qkv"], axis=1),
-            "o_proj": w[f"L{i}.w_o"], "ffn_up": _up_columns(cfg, w, i, f_t, P),
-            "ffn_down": w[f"L{i}.w_down"]}
-
-
 def train_inputs(program, cfg, weights: dict, tokens: np.ndarray, targets: np.ndarray) -> dict:
+    """The buffers a functional training step starts from: the embedded tokens, both copies
+    of every weight (the forward's and the backward's stream), the gains, the targets."""
     t = program.meta["tiles"]
     P = program.meta["region_cols"]
     tm, d_t, f_t = t["tokens"], t["d_model"], t["ffn_k"]
     B, S = tokens.shape
-    x = weights["embed"][tokens]
-    if cfg.positions == "learned":
-        x = x + weights["pos"][np.arange(S)]
-    out = {"L0.x": _blocks(x.reshape(B * S, -1), tm, d_t, P)}
+    out = {"L0.x": _blocks(embedded(cfg, weights, tokens), tm, d_t, P)}
     for i in range(cfg.n_layers):
-        for label, m in _matrices(cfg, weights, i, f_t, P).items():
+        for label, m in layer_matrices(cfg, weights, i, f_t, P).items():
             kt = math.ceil(m.shape[0] / P)
             nt = math.ceil(m.shape[1] / P) if label != "ffn_up" else t["ffn"]
             out[f"L{i}.{label}.w"] = out[f"L{i}.{label}.wb"] = _prealigned(m, kt, nt, P)
