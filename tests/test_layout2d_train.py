@@ -10,8 +10,8 @@ from test_engine_fast import assert_same
 
 from mapper.placement import MappingError
 from mapper.strategies.common import make_run
-from mapper.strategies.layout2d import Tiles, map_2d
-from mapper.strategies.layout2d_train import train_buffers
+from mapper.strategies.layout2d import Tiles
+from mapper.strategies.layout2d_train import map_train_2d, train_buffers
 from workloads.models import load_model
 from wse_sim.cli.main import main
 from wse_sim.engine.fast import simulate_fast
@@ -23,7 +23,7 @@ HW = load_preset("mesh16")
 
 def _train(model="tiny-llama", grid=6, batch=2, prompt=16, micro_batches=2, recompute=True,
            hw=HW, model_set=None, dtype="fp16", **kw):
-    return map_2d(load_model(model, model_set), hw, streaming=True, phase="train",
+    return map_train_2d(load_model(model, model_set), hw, streaming=True, phase="train",
                   batch=batch, prompt=prompt, context=prompt, dtype=dtype, grid=grid,
                   sparsity=0.0, micro_batches=micro_batches, recompute=recompute, **kw)
 
@@ -88,7 +88,8 @@ def test_issue_sizes_fit():
     need, have = _budget("wse3", "llama3-8b", 64, 16)
     assert need > have
     with pytest.raises(MappingError, match="bytes"):
-        map_2d(load_model("llama3-8b"), load_preset("wse3"), streaming=True, phase="train",
+        map_train_2d(load_model("llama3-8b"), load_preset("wse3"), streaming=True,
+                     phase="train",
                batch=64, prompt=2048, context=2048, dtype="fp16", grid=None, sparsity=0.0,
                micro_batches=16)
 
@@ -135,7 +136,7 @@ def test_refusals():
     with pytest.raises(NotImplementedError, match="functional training step runs one"):
         _train(functional=True)
     with pytest.raises(NotImplementedError, match="training runs weight-streaming"):
-        map_2d(load_model("tiny-llama"), HW, streaming=False, phase="train", batch=1,
+        map_train_2d(load_model("tiny-llama"), HW, streaming=False, phase="train", batch=1,
                prompt=16, context=16, dtype="fp16", grid=6, sparsity=0.0)
     with pytest.raises(NotImplementedError, match="gemm_algo cannon"):
         _train(gemm_algo="cannon")

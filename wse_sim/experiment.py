@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from mapper.attention import ATTENTION_SPLITS
 from mapper.gemm import fragment_algos
 from mapper.placement import MappingError
@@ -109,12 +111,16 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     if context is None:
         context = min(128, cfg.max_context - 1)
     if layout == "2d":
-        return map_2d(cfg, hw, streaming=strategy == "weight-streaming", phase=phase,
+        mapper_2d = map_2d
+        if phase == "train":
+            from mapper.strategies.layout2d_train import map_train_2d
+            mapper_2d = partial(map_train_2d, recompute=recompute == "on")
+        return mapper_2d(cfg, hw, streaming=strategy == "weight-streaming", phase=phase,
                       batch=batch, prompt=prompt, context=context, dtype=dtype, grid=grid,
                       sparsity=sp.fraction, functional=functional, chunks=chunks,
                       micro_batches=micro_batches, reduce_algo=reduce_algo,
                       attention=attention, seed=seed, precision=prec, sparse=sp,
-                      gemm_algo=gemm_algo, recompute=recompute == "on")
+                      gemm_algo=gemm_algo)
     return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
                                 context=context, dtype=dtype, grid=grid,
                                 sparsity=sp.fraction, functional=functional, chunks=chunks,

@@ -361,18 +361,17 @@ def _get(d: dict):
 
 
 def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: str = "auto",
-           functional: bool = False, recompute: bool = True, **kw) -> Program:
+           functional: bool = False, **kw) -> Program:
     """Layer-sequential (`streaming=False`) or weight-streaming prefill in the 2-D layout on
-    the largest square of the grid (module docstring), or a weight-streaming training step
-    (`layout2d_train`; `recompute`: activation checkpointing). `kw`: the run's parameters, as
-    `common.make_run` takes them."""
+    the largest square of the grid (module docstring; a training step: `layout2d_train`).
+    `kw`: the run's parameters, as `common.make_run` takes them."""
     check_layout("2d", gemm_algo)
     run = make_run(cfg, hw, functional=functional, **kw)
     name = "weight-streaming" if streaming else "layer-sequential"
     _refuse(run, functional)
     if run.phase == "train":
-        from mapper.strategies.layout2d_train import map_2d_train
-        return map_2d_train(run, streaming, gemm_algo, functional, recompute)
+        raise NotImplementedError("layout 2d: a training step maps through "
+                                  "mapper.strategies.layout2d_train.map_train_2d")
     P = min(run.cols, run.rows)
     t = Tiles.of(cfg, P, run.tokens)
     algo = choose_algo(run, P, gemm_algo)

@@ -464,14 +464,18 @@ def refuse_size(run: Run, P: int) -> None:
                            "smaller grid")
 
 
-def map_2d_train(run: Run, streaming: bool, gemm_algo: str, functional: bool,
-                 recompute: bool):
+def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
+                 functional: bool = False, recompute: bool = True, **kw):
     """A training step in the 2-D layout on the largest square of the grid (module
-    docstring): budgets checked before anything is built."""
-    from mapper.strategies.common import alloc_group, check_buffers
-    from mapper.strategies.layout2d import Emitter, Tiles, build_2d
+    docstring): budgets checked before anything is built. `kw`: the run's parameters, as
+    `common.make_run` takes them."""
+    from mapper.strategies.common import alloc_group, check_buffers, make_run
+    from mapper.strategies.layout2d import Emitter, Tiles, _refuse, build_2d, check_layout
     from mapper.strategies.tp2d import TP2D
     from wse_sim.program import ProgramBuilder
+    check_layout("2d", gemm_algo)
+    run = make_run(cfg, hw, functional=functional, **kw)
+    _refuse(run, functional)
     check_train(run, gemm_algo, streaming, functional)
     if not isinstance(recompute, bool):
         raise MappingError(f"recompute: got {recompute!r}, must be true or false")
