@@ -163,7 +163,9 @@ class Trainer:
         parts = 1 if self.run.cfg.norm == "rmsnorm" else 2  # gain (and bias)
         gain = self.col_reduce(name + ".dgain", parts * self.t.d, (Dep(g),),
                                data=self.data(d, key + ".dgain"))
-        return (Dep(g),), gain
+        # what follows waits for the gains' reduce too (the step path needs the cores'
+        # ramps claimed in task order)
+        return (Dep(g), Dep(gain, "all")), gain
 
     # ---- the forward -------------------------------------------------------------------------
     def forward(self, i: int, dep: tuple, wd: tuple) -> tuple:
