@@ -18,9 +18,21 @@ the next round at that time, else it is in the first round of its own ready time
 Nothing is kept per instance (unless spans are asked for): per resource its free time, the key
 of its last reservation and that holder's start, kind and critical-path compute; per signal
 slot its time, largest contributor key and its producer's start, kind and critical-path
-compute (with the pieces below, see next). Signal slots live in a ring buffer sized for the slots still needed (a task's slots
-are dropped once its last dependent task is done), so memory does not grow with the number of
-steps.
+compute (with the pieces below, see next).
+
+The signal store. A task's signal slots (one per core where someone waits for it core by
+core, then its whole-task slot, which a `Dep(task, "all")` reads: the latest end and its
+contributor) are one block of rows of the store `sig`, live from the task's group to the last
+group that reads them (`live_groups`). The blocks are placed once per program, in the Python
+`plan` pass (`allocate`): in task order, first fit over the rows that tasks no longer read
+(those whose last reader group is done), one-row blocks apart (a stack); slot s of task t is
+row s + off[t]. So the store holds the signals still needed, wherever their readers are: a
+layer's weights that the GEMMs of the whole layer wait for, or the end of layer i - 2, cost
+their own block, not a ring spanning every task in between (Cerebras-GPT-1.3B, weight
+streaming, 2-D layout, 2,048 tokens on wse2: 0.9 GiB planned instead of 448 GiB,
+`benchmarks/bench_step_memory.py`). A group's blocks are reset when the group starts; the
+loop fast-forward keeps the slots of a loop's tasks that tasks after the loop read up to the
+end of their iteration, to copy them to the skipped iterations (`fast_loops`).
 
 The critical path is accumulated forward. The backward walk (`fast_sched.critical_path`) from
 an instance g with boundary B counts max(0, B - start) of g, then walks on from g's
