@@ -156,9 +156,10 @@ class LoopPlan:
     level: int = 0             # 1: inside an iteration of another loop (steps in a layer)
     inner_iterations: int = 0  # iterations of the loops inside one of its iterations
 
-    def slots(self, tables, iteration: int, j: int) -> np.ndarray:
+    def slots(self, tables, iteration: int, j: int, off: np.ndarray) -> np.ndarray:
+        """Signal-store rows of iteration `iteration`'s body task j (`fast_step.store_plan`)."""
         t = self.lp.task(iteration, j)
-        return np.arange(tables.td[t, F_SB], tables.td[t, F_SA] + 1, dtype=np.int64)
+        return np.arange(tables.td[t, F_SB], tables.td[t, F_SA] + 1, dtype=np.int64) + off[t]
 
 
 def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
@@ -266,9 +267,9 @@ class Forward:
         return seg + [(j, 1) for j in sorted({j for _, j in p.after}) if j not in p.carried]
 
     def _state(self, p: LoopPlan, i: int) -> np.ndarray:
-        """Ring rows of the state's slots before iteration i (`_segments`)."""
-        rows = [p.slots(self.tables, i - e, j) for j, e in self._segments(p)]
-        return (np.concatenate(rows) if rows else np.zeros(0, np.int64)) & self.st.mask
+        """Store rows of the state's slots before iteration i (`_segments`)."""
+        rows = [p.slots(self.tables, i - e, j, self.st.off) for j, e in self._segments(p)]
+        return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
     def _try(self, p: LoopPlan, k: int):
         """Watch iterations k and k + 1 (the state before k is current); skip the rest of the
@@ -337,18 +338,18 @@ class Forward:
         st, lp, tables = self.st, p.lp, self.tables
         delta = int(shift[0])
         _shift_rows(st.res, p.rows, st.res[p.rows], cres, m, shift)
-        # the slots the rest of the program reads from skipped iterations, written in the
-        # order the run would have (a later one over an earlier one in the ring)
+        # the slots the rest of the program reads from skipped iterations (each its own
+        # rows in the store: `fast_step.live_groups` keeps them)
         rows, codes, at = self._state(p, i), csig, 0
         src = {}
         for j, e in self._segments(p):
-            k = len(p.slots(tables, 0, j))
+            k = len(p.slots(tables, 0, j, st.off))
             if e == 1:
                 src[j] = (st.sig[rows[at:at + k]].copy(), codes[at:at + k].copy())
             at += k
         for it, j in p.after:
             if it >= i:
-                _shift_rows(st.sig, p.slots(tables, it, j) & st.mask, src[j][0], src[j][1],
+                _shift_rows(st.sig, p.slots(tables, it, j, st.off), src[j][0], src[j][1],
                             it - (i - 1), shift)
         for now, was in zip((st.busy, st.lbusy, st.lbytes), before, strict=True):
             now += m * (now - was)

@@ -18,9 +18,21 @@ the next round at that time, else it is in the first round of its own ready time
 Nothing is kept per instance (unless spans are asked for): per resource its free time, the key
 of its last reservation and that holder's start, kind and critical-path compute; per signal
 slot its time, largest contributor key and its producer's start, kind and critical-path
-compute (with the pieces below, see next). Signal slots live in a ring buffer sized for the slots still needed (a task's slots
-are dropped once its last dependent task is done), so memory does not grow with the number of
-steps.
+compute (with the pieces below, see next).
+
+The signal store. A task's signal slots (one per core where someone waits for it core by
+core, then its whole-task slot, which a `Dep(task, "all")` reads: the latest end and its
+contributor) are one block of rows of the store `sig`, live from the task's group to the last
+group that reads them (`live_groups`). The blocks are placed once per program, in the Python
+`plan` pass (`allocate`): in task order, first fit over the rows that tasks no longer read
+(those whose last reader group is done), one-row blocks apart (a stack); slot s of task t is
+row s + off[t]. So the store holds the signals still needed, wherever their readers are: a
+layer's weights that the GEMMs of the whole layer wait for, or the end of layer i - 2, cost
+their own block, not a ring spanning every task in between (Cerebras-GPT-1.3B, weight
+streaming, 2-D layout, 2,048 tokens on wse2: 0.9 GiB planned instead of 448 GiB,
+`benchmarks/bench_step_memory.py`). A group's blocks are reset when the group starts; the
+loop fast-forward keeps the slots of a loop's tasks that tasks after the loop read up to the
+end of their iteration, to copy them to the skipped iterations (`fast_loops`).
 
 The critical path is accumulated forward. The backward walk (`fast_sched.critical_path`) from
 an instance g with boundary B counts max(0, B - start) of g, then walks on from g's
@@ -34,6 +46,8 @@ further back: status NONMONO (the caller retries with PIECES_RETRY pieces, then 
 """
 
 from __future__ import annotations
+
+import bisect
 
 import numpy as np
 
@@ -91,8 +105,8 @@ NT = 10
 
 
 @kernel(inline=True)
-def _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff):
-    """(ready time, ring slot of the first latest need or -1, largest contributor key or -1)
+def _needs(td, deps, t, i, off, sig, watch, hwc, ex, ey, eoff):
+    """(ready time, store row of the first latest need or -1, largest contributor key or -1)
     of instance i: its needs in the reference's order (anchors, then dependencies; then the
     head dependencies at every destination, each met `lead` cycles before its event where
     the named task has one, and never before the grant of the largest contributor).
@@ -115,7 +129,7 @@ def _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff):
     for a in range(n_anchors(td, t) if d0 < dh else 0):
         x, y = anchor(td, t, i, a)
         for d in range(d0, dh):
-            s = need_slot(td, deps, d, x, y) & mask
+            s = need_slot(td, deps, d, x, y) + off[deps[d, D_TASK]]
             if sig[s, G_TIME] > best:
                 best, pred = sig[s, G_TIME], s
             if sig[s, G_MK] > mk:
@@ -138,7 +152,7 @@ def _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff):
                 s = need_slot(td, deps, d, ex[e], ey[e])
                 if s < 0:
                     continue
-                s &= mask
+                s += off[deps[d, D_TASK]]
                 if sig[s, G_TIME] < 0:  # the named task has no event there
                     continue
                 v = sig[s, G_TIME] - (eoff[e] - lead0)
@@ -253,7 +267,7 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
     reference's result. `prog`, `sa`, `cnt`, `scr`: the `fast_tasks` named groups of arrays
     (ProgramArrays, StepArrays, Counters, Scratch). `watch`: see `_needs`."""
     td, deps, _rdeps, ib, tblk, hwc = prog
-    groups, mask, res, sig, rgs, preds, order, tmp, count, pc, starts = sa
+    groups, off, res, sig, rgs, preds, order, tmp, count, pc, starts = sa
     busy, lbytes, lbusy, tacc = cnt
     rrid, roff, rlen, ex, ey, eoff = scr
     n = hwc[H_N]
@@ -265,15 +279,16 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
     for grp in range(state[T_NEXT], g1):
         ta, tb = groups[grp], groups[grp + 1]
         base = ib[ta]
-        for s in range(td[ta, F_SB], td[tb - 1, F_SA] + 1):  # the group's slots: fresh
-            sig[s & mask, G_TIME] = -1
-            sig[s & mask, G_MK] = -1
+        for t in range(ta, tb):  # the group's slots: fresh
+            for s in range(td[t, F_SB] + off[t], td[t, F_SA] + off[t] + 1):
+                sig[s, G_TIME] = -1
+                sig[s, G_MK] = -1
         in_order = True
         prev = -1
         for t in range(ta, tb):  # ready time and round of every instance
             state[T_TASK] = t
             for i in range(td[t, F_NI]):
-                ready, pred, mk = _needs(td, deps, t, i, mask, sig, watch, hwc, ex, ey, eoff)
+                ready, pred, mk = _needs(td, deps, t, i, off, sig, watch, hwc, ex, ey, eoff)
                 if ready >= READY_MAX:
                     state[T_STATUS] = OVERFLOW
                     return
@@ -342,13 +357,13 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
                 end = max(end, s_at + eoff[e])
             if td[t, F_SLOTS] != 0:
                 for e in range(nev):
-                    s = sig_slot(td, t, ex[e], ey[e]) & mask
+                    s = sig_slot(td, t, ex[e], ey[e]) + off[t]
                     at = s_at + eoff[e]
                     if at > sig[s, G_TIME]:
                         sig[s, G_TIME] = at
                         _hold(sig, s, me, a, pc)
                     sig[s, G_MK] = rg  # granted in key order: the last one is the largest
-            sa = td[t, F_SA] & mask
+            sa = td[t, F_SA] + off[t]
             if end > sig[sa, G_TIME]:
                 sig[sa, G_TIME] = end
                 _hold(sig, sa, me, a, pc)
@@ -383,22 +398,102 @@ def task_groups(tables) -> np.ndarray:
     return np.array(firsts + [len(td)] if len(td) else [0], np.int64)
 
 
-def ring_size(tables, groups: np.ndarray) -> int:
-    """Signal slots the step path keeps at once (a power of two): while a group runs, the
-    slots of every task from the oldest one still needed by it or a later group, up to the
-    group's last task."""
-    td, deps = tables.td, tables.deps
-    nt = len(td)
-    if not nt:
-        return 1
-    grp_of = np.repeat(np.arange(len(groups) - 1), np.diff(groups))
-    last_use = grp_of.copy()  # the last group that reads each task's slots
+def live_groups(tables, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) group in which each task's signal slots are live: its own group, up to
+    the last group that reads them. A loop's task that tasks after the loop read is kept
+    in every iteration up to the iteration's end: the fast-forward copies the last run
+    iteration's slots to the skipped ones that are read after the loop (`fast_loops`)."""
+    deps = tables.deps
+    first = np.repeat(np.arange(len(groups) - 1, dtype=np.int64), np.diff(groups))
+    last = first.copy()
     if len(deps):
-        np.maximum.at(last_use, deps[:, D_TASK], grp_of[deps[:, D_OWNER]])
-    first_task = np.searchsorted(np.maximum.accumulate(last_use), np.arange(len(groups) - 1),
-                                 side="left")
-    span = int((td[groups[1:] - 1, F_SA] + 1 - td[first_task, F_SB]).max())
-    return 1 << max(0, span - 1).bit_length()
+        np.maximum.at(last, deps[:, D_TASK], first[deps[:, D_OWNER]])
+    for lp in tables.loops:
+        rows = deps[(deps[:, D_TASK] >= lp.first) & (deps[:, D_TASK] < lp.end)
+                    & (deps[:, D_OWNER] >= lp.end)]
+        ends = first[lp.first + lp.size * np.arange(1, lp.count + 1) - 1]
+        for j in np.unique((rows[:, D_TASK] - lp.first) % lp.size):
+            ts = lp.first + lp.size * np.arange(lp.count) + j
+            last[ts] = np.maximum(last[ts], ends)
+    return first, last
+
+
+def allocate(size: np.ndarray, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, int]:
+    """(first row of every task's block, rows in all): a block of size[t] rows per task,
+    live from group first[t] (nondecreasing) to last[t]. A block is free again for the tasks
+    of the group after its last one; first fit over a coalesced free list, one-row blocks
+    (tasks no one waits for core by core) from a stack of their own after the others."""
+    n = len(size)
+    row = np.empty(n, np.int64)
+    by_last = np.argsort(last, kind="stable")
+    starts: list[int] = []  # free blocks below `top`, by start, coalesced
+    sizes: list[int] = []
+    top = high = ones = 0
+    free1: list[int] = []
+    r = 0
+    for t in range(n):
+        g = first[t]
+        while r < n and last[by_last[r]] < g:  # blocks no group from g on reads
+            u = int(by_last[r])
+            r += 1
+            if size[u] == 1:
+                free1.append(int(row[u]))
+            else:
+                top = _release(starts, sizes, int(row[u]), int(size[u]), top)
+        k = int(size[t])
+        if k == 1:
+            if free1:
+                row[t] = free1.pop()
+            else:
+                row[t], ones = ones, ones + 1
+            continue
+        for q in range(len(starts)):
+            if sizes[q] >= k:
+                row[t] = starts[q]
+                starts[q] += k
+                sizes[q] -= k
+                if not sizes[q]:
+                    del starts[q], sizes[q]
+                break
+        else:
+            row[t], top = top, top + k
+            high = max(high, top)
+    row[size == 1] += high
+    return row, high + ones
+
+
+def _release(starts: list, sizes: list, at: int, k: int, top: int) -> int:
+    """Free rows [at, at + k) into the free list (merged with its neighbours; the block
+    that ends at `top` lowers it instead); the new top."""
+    q = bisect.bisect(starts, at)
+    if q < len(starts) and at + k == starts[q]:  # merge with the next
+        k += sizes[q]
+        del starts[q], sizes[q]
+    if q and starts[q - 1] + sizes[q - 1] == at:  # ... and the previous
+        q -= 1
+        at, k = starts[q], sizes[q] + k
+        del starts[q], sizes[q]
+    if at + k == top:
+        return at
+    starts.insert(q, at)
+    sizes.insert(q, k)
+    return top
+
+
+def store_plan(tables, groups: np.ndarray) -> tuple[int, np.ndarray]:
+    """(rows of the signal store, per task: its block's first row less its first slot, so
+    that slot s of task t lives in row s + off[t])."""
+    td = tables.td
+    if not len(td):
+        return 1, np.zeros(0, np.int64)
+    first, last = live_groups(tables, groups)
+    row, rows = allocate(td[:, F_SA] + 1 - td[:, F_SB], first, last)
+    return max(rows, 1), row - td[:, F_SB]
+
+
+def ring_size(tables, groups: np.ndarray) -> int:
+    """Signal rows the step path keeps at once (`store_plan`)."""
+    return store_plan(tables, groups)[0]
 
 
 def eligible(tables) -> bool:
@@ -411,18 +506,18 @@ BYTES_PER_CORE = 7 * 8 * (C_P0 + PIECES) + 8 + 4 * 16  # resources; busy; link m
 BYTES_PER_SLOT, BYTES_PER_TASK_CORE = 8 * (C_P0 + PIECES), 32
 
 
-def plan(tables) -> tuple[np.ndarray, int]:
-    """(task groups, signal-ring size) of a step run: a Python pass over the tasks, done once
-    per program (the estimate and every try share it)."""
+def plan(tables) -> tuple[np.ndarray, int, np.ndarray]:
+    """(task groups, signal-store rows, per-task row offsets: `store_plan`) of a step run: a
+    Python pass over the tasks, done once per program (the estimate and every try share it)."""
     groups = task_groups(tables)
-    return groups, ring_size(tables, groups)
+    return (groups, *store_plan(tables, groups))
 
 
 def estimate_bytes(tables, n_cores: int, spans: bool, planned=None) -> int:
     """Host memory of a step run, from the counts it is about to allocate."""
-    groups, ring = planned or plan(tables)
+    groups, rows, _off = planned or plan(tables)
     biggest = int(np.diff(tables.ib[groups]).max()) if len(tables.td) else 0
-    return (BYTES_PER_CORE * n_cores + BYTES_PER_SLOT * ring
+    return (BYTES_PER_CORE * n_cores + BYTES_PER_SLOT * rows
             + BYTES_PER_TASK_CORE * biggest + (16 * tables.n_instances if spans else 0))
 
 
@@ -432,11 +527,10 @@ class StepRun:
     def __init__(self, tables, n: int, keep_ends: bool, pieces: int = PIECES, planned=None):
         td = tables.td
         nt = len(td)
-        self.groups, ring = planned or plan(tables)
-        self.mask = ring - 1
+        self.groups, rows, self.off = planned or plan(tables)
         self.res = np.zeros((7 * n + 1, C_P0 + pieces), np.int64)
         self.res[:, R_KEY] = -1
-        self.sig = np.zeros((ring, C_P0 + pieces), np.int64)
+        self.sig = np.zeros((rows, C_P0 + pieces), np.int64)
         self.pc = np.empty(pieces, np.int64)
         self.busy = np.zeros(n, np.int64)
         self.lbytes = np.zeros(4 * n if tables.link_bytes_apart else 0, np.int64)  # else 4 x busy
@@ -465,7 +559,7 @@ class StepRun:
         """Run the task groups up to g1 (exclusive); the status."""
         run_steps(ProgramArrays(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk,
                                 tables.hwc),
-                  StepArrays(self.groups, self.mask, self.res, self.sig, self.rgs, self.preds,
+                  StepArrays(self.groups, self.off, self.res, self.sig, self.rgs, self.preds,
                              self.order, self.tmp, self.count, self.pc, self.start),
                   Counters(self.busy, self.lbytes, self.lbusy, self.tacc),
                   Scratch(self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff),

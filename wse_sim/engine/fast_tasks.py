@@ -42,7 +42,7 @@ Counters = namedtuple("Counters", "busy lbytes lbusy tacc")
 Scratch = namedtuple("Scratch", "rrid roff rlen ex ey eoff")
 EventQueue = namedtuple("EventQueue", "free owner start blk pend sig_time sig_prod sig_pend "
                                       "head wheel batch tmp tscr")
-StepArrays = namedtuple("StepArrays", "groups mask res sig rgs preds order tmp count pc starts")
+StepArrays = namedtuple("StepArrays", "groups off res sig rgs preds order tmp count pc starts")
 
 # task kinds
 K_COMPUTE, K_UNICAST, K_MULTICAST, K_BCAST, K_REDUCE, K_IO = 0, 1, 2, 3, 4, 5
