@@ -5,8 +5,9 @@ are read thousands of task groups after they are made.
 Before: the signal ring (`old_ring_size`, the former `fast_step.ring_size`, kept here): while
 a group runs, every task's slots from the oldest one still needed up to the group's, one
 contiguous power-of-two ring. After: `fast_step.plan`, a block per task, live from its group
-to its last reader's (`fast_step.store_plan`). Both in bytes by `fast_step.estimate_bytes`'s
-formula (spans off), in the same process, from the same tables.
+to its last reader's (`fast_step.store_plan`); `live_rows_max`: the rows live in one group
+at most, the least any placement of the blocks needs. Both in bytes by the formula of
+`fast_step.estimate_bytes` (spans off), in the same process, from the same tables.
 Runs (wse2, fp16): Cerebras-GPT-1.3B prefill of 2,048 tokens with 4 layers, and (not with
 --quick) all 24 layers, and LLaMA3-8B prefill of 4,096 tokens.
 """
@@ -50,6 +51,7 @@ def old_ring_size(tables, groups: np.ndarray) -> int:
 def measure(name: str, hw) -> dict:
     from wse_sim.engine import fast_step as P
     from wse_sim.engine.fast_tables import Tables
+    from wse_sim.engine.fast_tasks import F_SA, F_SB
     from wse_sim.experiment import build_program
     model, prompt, model_set = RUNS[name]
     prog = build_program(hw, model, phase="prefill", prompt=prompt,
@@ -59,11 +61,17 @@ def measure(name: str, hw) -> dict:
     groups, rows, off = P.plan(tables)
     plan_s = time.perf_counter() - t0
     ring = old_ring_size(tables, groups)
+    first, last = P.live_groups(tables, groups)  # the least any placement needs: rows live
+    size = tables.td[:, F_SA] + 1 - tables.td[:, F_SB]  # at once (in one group)
+    live = np.zeros(len(groups), np.int64)
+    np.add.at(live, first, size)
+    np.add.at(live, last + 1, -size)
     after = P.estimate_bytes(tables, hw.cores, False, (groups, rows, off))
     before = after + P.BYTES_PER_SLOT * (ring - rows)
     return {f"{name}_tasks": len(prog.tasks), f"{name}_instances": tables.n_instances,
             f"{name}_groups": len(groups) - 1, f"{name}_ring_rows_before": ring,
-            f"{name}_store_rows_after": rows, f"{name}_bytes_before": before,
+            f"{name}_store_rows_after": rows,
+            f"{name}_live_rows_max": int(np.cumsum(live).max()), f"{name}_bytes_before": before,
             f"{name}_bytes_after": after, f"{name}_gib_before": before / 2**30,
             f"{name}_gib_after": after / 2**30, f"{name}_ratio": before / after,
             f"{name}_plan_seconds": plan_s}
