@@ -64,7 +64,7 @@ PROBES = {
         "--gemm-algo": (["--strategy", "layer-sequential", "--layout", "2d"],
                         ["--gemm-algo", "summa"]),
         "--recompute": (["--phase", "train", "--prompt", "16", "--strategy", "weight-streaming",
-                         "--layout", "2d"], ["--recompute", "off"]),
+                         "--layout", "2d", "--engine", "fast"], ["--recompute", "off"]),
         "--routing": ["--routing", "skewed:1.5"], "--moe-layout": ["--moe-layout", "strips"],
         "--spec": ["--spec", "/nonexistent.toml"], "--save-spec": ["--save-spec", FILE],
         "--show-program": ["--show-program"], "--functional": ["--functional"],
