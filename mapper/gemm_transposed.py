@@ -261,9 +261,35 @@ def _blocks(X, rows: int, cols: int, rt: int, ct: int):
     return Xp.reshape(rows, rt, cols, ct).transpose(0, 2, 1, 3)
 
 
+def prealigned_nt_b(blocks):
+    """B's blocks [row block, column block] (P, P, kt, nt) as `nt` reads them (and as
+    MeshGEMM on natural data stores its weights): logical (lx, ly) holds block
+    (o[lx + ly], o[lx]); [y, x] tiles."""
+    import numpy as np
+    P = blocks.shape[0]
+    o = np.array(ring_order(P))
+    ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
+    out = np.empty_like(blocks)
+    out[o[ly], o[lx]] = blocks[o[(lx + ly) % P], o[lx]]
+    return out
+
+
+def tn_result(c, rows: int, cols: int):
+    """C (rows x cols) from a `tn` product's final accumulator tiles c (P, P, rt, ct), [y, x]:
+    C(o[m], o[lx]) sits on logical (lx, m - lx + 1)."""
+    import numpy as np
+    P = c.shape[0]
+    o = np.array(ring_order(P))
+    m, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
+    blocks = np.empty_like(c)
+    blocks[o[m], o[lx]] = c[o[(m - lx + 1) % P], o[lx]]  # [row block, column block]
+    rt, ct = c.shape[2:]
+    return blocks.transpose(0, 2, 1, 3).reshape(P * rt, P * ct)[:rows, :cols]
+
+
 def transposed_inputs(plan: TPlan, A, B) -> dict:
     """A and B as the cores hold them at the start ([y, x] tiles): natural, but `nt`'s B
-    pre-aligned on the rings (logical (lx, ly) holds B(o[lx + ly], o[lx]))."""
+    pre-aligned on the rings (`prealigned_nt_b`)."""
     import numpy as np
     P = plan.grid
     s = plan.shapes()
@@ -271,26 +297,15 @@ def transposed_inputs(plan: TPlan, A, B) -> dict:
     Bt = _blocks(np.asarray(B, np.float32), P, P, *s["b"])
     if plan.kind == "tn":
         return {"a0": At, "b": Bt}
-    o = np.array(ring_order(P))
-    ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
-    b = np.empty_like(Bt)
-    b[o[ly], o[lx]] = Bt[o[(lx + ly) % P], o[lx]]
-    return {"a": At, "b0": b}
+    return {"a": At, "b0": prealigned_nt_b(Bt)}
 
 
 def transposed_output(plan: TPlan, buffers: dict):
-    """C from the cores' accumulators (tn: C(o[m], o[lx]) on logical (lx, m - lx + 1); nt:
-    natural)."""
+    """C from the cores' accumulators (tn: `tn_result`; nt: natural)."""
     import numpy as np
     P = plan.grid
     c = np.asarray(buffers[output_buffer(plan)], np.float32)
-    rt, ct = plan.shapes()["c"]
     if plan.kind == "tn":
-        o = np.array(ring_order(P))
-        m, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
-        blocks = np.empty_like(c)
-        blocks[o[m], o[lx]] = c[o[(m - lx + 1) % P], o[lx]]  # [row block, column block]
-        c = blocks
-    rows = plan.k if plan.kind == "tn" else plan.m
-    cols = plan.n if plan.kind == "tn" else plan.k
-    return c.transpose(0, 2, 1, 3).reshape(P * rt, P * ct)[:rows, :cols]
+        return tn_result(c, plan.k, plan.n)
+    rt, ct = plan.shapes()["c"]
+    return c.transpose(0, 2, 1, 3).reshape(P * rt, P * ct)[:plan.m, :plan.k]

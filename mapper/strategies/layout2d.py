@@ -288,23 +288,35 @@ class Emitter:
         return self.row(p + f"attn.{what}_bcast", values, (Dep(s),), reduce=False,
                         color="row_bcast", data=d[f"{what}_bcast"])
 
+    def kv_to_columns(self, i: int, g: int, prev: int, d: dict, part: str = "attn") -> int:
+        """K/V head g gathered at column 0 (RoPE there) and broadcast along the rows, then
+        sent down column x from core (x, x), after the previous group `prev` (its K|V tiles
+        are free then); returns the join every core's scores wait for."""
+        p, P, hd, tm = f"L{i}.", self.t.P, self.run.cfg.hd, self.t.tm
+        free = Dep(prev, "all")
+        kv = self.gather(i, "kv", 2 * tm * hd, Dep(prev) if g else free, d)
+        w_kv = wavelets_for(2 * tm * hd, self.run.dtype)
+        cols = [self.pb.add(Multicast(p + f"{part}.kv_col", (x, x), Region(x, 0, 1, P), w_kv,
+                                      color=COLORS["col_bcast"], deps=(Dep(kv), free),
+                                      data=d["kv_col"])) for x in range(P)]
+        return self.sync(p + f"{part}.kv_ready", cols)
+
+    def softmax_flops(self, i: int) -> int:
+        """The softmax's FLOPs per score (the graph's count over its scores)."""
+        cfg = self.run.cfg
+        return self.tp.ops[f"L{i}.softmax"].flops // max(1, self.run.tokens ** 2 * cfg.n_heads)
+
     def kv_group(self, i: int, g: int, prev: int, outs: list) -> int:
         """One K/V head: its K|V blocks to where the keys are needed, then its query heads,
         each stream after the previous one (the step path needs the rows claimed in order)."""
-        cfg, t, p, P = self.run.cfg, self.t, f"L{i}.", self.t.P
+        cfg, t, p = self.run.cfg, self.t, f"L{i}."
         hd, tm, b = cfg.hd, t.tm, self.run.bytes
         acc = DTYPE_BYTES[self.run.precision.accum]
         fd = self.fd.attention if self.fd is not None else (lambda g, j: {})
         d = _get(fd(g, 0))
         # the previous group (or the start, on core (0, 0)) done: its K|V tiles are free
-        free = Dep(prev, "all")
-        kv = self.gather(i, "kv", 2 * tm * hd, Dep(prev) if g else free, d)
-        w_kv = wavelets_for(2 * tm * hd, self.run.dtype)
-        cols = [self.pb.add(Multicast(p + "attn.kv_col", (x, x), Region(x, 0, 1, P), w_kv,
-                                      color=COLORS["col_bcast"], deps=(Dep(kv), free),
-                                      data=d["kv_col"])) for x in range(P)]
-        keys = self.sync(p + "attn.kv_ready", cols)
-        sm = self.tp.ops[p + "softmax"].flops // max(1, self.run.tokens ** 2 * cfg.n_heads)
+        keys = self.kv_to_columns(i, g, prev, d)
+        sm = self.softmax_flops(i)
         after = Dep(keys, "all")
         for j in range(cfg.n_heads // cfg.n_kv_heads):
             d = _get(fd(g, j))
@@ -414,11 +426,7 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
     # Layers 2 .. L - 1 repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer
     # two back): one loop around the layers' own loops (GEMM steps, K/V heads), which the
     # fast engine fast-forwards at both levels (docs/hardware-model.md, "Loops").
-    L = cfg.n_layers
-    for i in range(2 if L >= 4 else L):
-        layer(i)
-    if L >= 4:
-        pb.repeat("layers", L - 2, lambda k: layer(k + 2))
+    emit_layers(pb, cfg.n_layers, layer, "layers")
     _lm_head(em, deps[0], streaming, io[0])
     fmeta = {} if fd is None else {"views": views, "functional_2d": fd.meta(),
                                    "sram_extra_bytes": extra}
@@ -447,6 +455,22 @@ def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algo: str, t: Ti
         "padding_waste": 1.0 - done / executed if executed else 0.0, "gemm_algo": algo,
         "tiles": {"tokens": t.tm, "d_model": t.d, "qkv": t.qkv, "ffn": t.ffn, "ffn_k": t.f},
         "sram_buffers_per_core": buffers} | run.sparse.to_meta() | mapping_meta(run, tp))
+
+
+def emit_layers(pb: ProgramBuilder, L: int, body, name: str, last_apart: bool = False) -> None:
+    """`body(i)` for every layer: 0 and 1, then 2 .. L - 1 as one loop `name` when there are
+    at least 4 (layer 0 waits for what comes before, layer 1 for no layer two back); the last
+    layer apart when `last_apart` (it differs)."""
+    end = L - 1 if last_apart else L
+    if end - 2 < 2:
+        for i in range(L):
+            body(i)
+        return
+    for i in range(2):
+        body(i)
+    pb.repeat(name, end - 2, lambda k: body(k + 2))
+    for i in range(end, L):
+        body(i)
 
 
 def _embed(em: Emitter, streaming: bool) -> tuple:

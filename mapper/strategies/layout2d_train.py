@@ -38,20 +38,23 @@ from mapper import gemm_transposed as gt
 from mapper.gemm import gemm_fragment
 from mapper.placement import MappingError
 from mapper.strategies.common import Run
+from mapper.strategies.layout2d import (
+    Emitter,
+    Tiles,
+    _get,
+    _refuse,
+    buffers_2d,
+    build_2d,
+    check_layout,
+    emit_layers,
+    gemm_plans,
+    gemm_shapes,
+)
 from mapper.strategies.tp2d import COLORS
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, IoTransfer, LineStream, Multicast, Region, wavelets_for
 
 TRAIN_ALGO = "meshgemm"  # the forward's fragments, on natural data (layout2d_train_data)
-
-
-def backward_shapes(cfg, tokens: int, P: int) -> dict[str, tuple[int, int, int, int, tuple]]:
-    """The layer's GEMMs: label -> (m, k, n, C's width for the nt product, graph ops):
-    forward C (m x n) = A (m x k) B (k x n); backward nt: dA (m x k) = dC W^T, tn: dW (k x
-    n) = A^T dC."""
-    from mapper.strategies.layout2d import gemm_shapes
-    return {label: (m, k, n, k, ops) for label, (m, k, n, ops)
-            in gemm_shapes(cfg, tokens, P).items()}
 
 
 def check_train(run: Run, gemm_algo: str, streaming: bool, functional: bool) -> None:
@@ -75,7 +78,6 @@ def train_buffers(run: Run, t, recompute: bool) -> dict[str, int]:
     GEMMs run one after another, so one set of scratch serves them all (the largest); the
     embedding is gathered off the wafer, the LM head's weights stream in like a layer's."""
     from mapper.gemm_common import Plan
-    from mapper.strategies.layout2d import buffers_2d, gemm_shapes
     cfg, b, P, tm = run.cfg, run.bytes, t.P, t.tm
     out = buffers_2d(run, t, TRAIN_ALGO, True)
     for k in ("kv_cache", "tree_recv", "table"):
@@ -127,6 +129,7 @@ class Trainer:
         self.pb, self.tp, self.run, self.t = em.pb, em.tp, em.run, em.t
         self.reg, self.P = em.reg, em.t.P
         self.fd = em.fd  # layout2d_train_data.TrainData2D in a functional run
+        self.head_data = {} if self.fd is None else self.fd.head()  # LM head, loss, embed
         self.recompute_flops = 0
 
     def data(self, d: dict, key: str):
@@ -151,7 +154,7 @@ class Trainer:
         along the rows, the gradient (the other half); the gain's gradient up the columns."""
         tp, tm, key = self.tp, self.t.tm, name.split(".", 1)[-1] if name.startswith("L") \
             else name
-        half = tp.ops[name].flops * 1 // (2 * self.run.micro_batches)
+        half = tp.ops[name].flops // (2 * self.run.micro_batches)
         a = tp.compute(name, self.reg, dep, fmac=False, flops=half, label=name + ".sums",
                        data=self.data(d, key + ".sums"))
         a = tp.stream(name + ".allreduce", self.reg, "x", -1, 2 * tm, a, reduce=True,
@@ -193,8 +196,7 @@ class Trainer:
     def head(self, dep: tuple, wd: tuple) -> tuple[tuple, list]:
         """ln_f, logits, loss and their backward; (dX's dependency, the gradient records)."""
         run, tp, reg, T, tm = self.run, self.tp, self.reg, self.em.tokens, self.t.tm
-        cfg, fd = run.cfg, self.fd
-        d = fd.head() if fd is not None else {}
+        cfg, fd, d = run.cfg, self.fd, self.head_data
         n = tp.norm("ln_f", reg, dep, tm, d, "ln_f")
         keep = self.em.tile_compute("lm_head.keep", reg, 0, (Dep(n),), fmac=False,
                                     read=tm * self.t.d * run.bytes,
@@ -205,9 +207,10 @@ class Trainer:
                               names=fd.head_gemm_names() if fd is not None else None)
         tp.emitted.add("lm_head")
         dl = self.loss(lg, d)
-        nt, boff = fd.nt_names(None, "lm_head") if fd is not None else (None, -1)
-        dx = self.tgemm("nt", "lm_head.bwd_data", T, cfg.d_model, cfg.vocab_size,
-                        (Dep(dl),), names=nt, b_offset=boff)
+        # the head's weights stream in once: its forward GEMM moved them one place
+        dx = self.tgemm("nt", "lm_head.bwd_data", T, cfg.d_model, cfg.vocab_size, (Dep(dl),),
+                        names=fd.nt_names(None, "lm_head", True) if fd is not None else None,
+                        b_offset=-1)
         dw = self.tgemm("tn", "lm_head.bwd_weight", T, cfg.d_model, cfg.vocab_size,
                         _all(dx), names=fd.tn_names(None, "lm_head") if fd is not None else None)
         tp.emitted.update(("lm_head.bwd_data", "lm_head.bwd_weight"))
@@ -239,12 +242,11 @@ class Trainer:
         (dA's dependency, dW's). B is where the recompute's GEMM left it (moved one place).
         `between(dA)`: what runs after dA and before dW (dW rotates A in place: the
         attention backward reads the attention output first); its result is dA's."""
-        m, k, n, _, ops = backward_shapes(self.run.cfg, self.em.tokens, self.P)[label]
-        fd = self.fd
-        nt, boff = fd.nt_names(i, label) if fd is not None else \
-            (None, -1 if self.recompute else 0)
-        da = self.tgemm("nt", f"L{i}.{label}.bwd_data", m, k, n, dc + wd, names=nt,
-                        b_offset=boff)
+        m, k, n, ops = gemm_shapes(self.run.cfg, self.em.tokens, self.P)[label]
+        fd, moved = self.fd, self.recompute  # the recompute's GEMM read the weights
+        da = self.tgemm("nt", f"L{i}.{label}.bwd_data", m, k, n, dc + wd,
+                        names=fd.nt_names(i, label, moved) if fd is not None else None,
+                        b_offset=-1 if moved else 0)
         if between is not None:
             da = between(da)
         # after dA (the step path needs the rows and columns claimed in task order)
@@ -295,18 +297,11 @@ class Trainer:
         hd, tm, b = cfg.hd, t.tm, self.run.bytes
         acc = DTYPE_BYTES[self.run.precision.accum]
         tc, reg = em.tile_compute, self.reg
-        fd = (lambda j: _Nones(self.fd.attention_bwd(i, g, j))) if self.fd is not None \
-            else (lambda j: _Nones())
-        free = Dep(prev, "all")
+        fd = (lambda j: _get(self.fd.attention_bwd(i, g, j))) if self.fd is not None \
+            else (lambda j: _get({}))
         d = fd(0)
-        kv = em.gather(i, "kv", 2 * tm * hd, Dep(prev) if g else free, d)
-        w_kv = wavelets_for(2 * tm * hd, self.run.dtype)
-        cols = [self.pb.add(Multicast(p + "attn_bwd.kv_col", (x, x), Region(x, 0, 1, P), w_kv,
-                                      color=COLORS["col_bcast"], deps=(Dep(kv), free),
-                                      data=d["kv_col"]))
-                for x in range(P)]
-        keys = em.sync(p + "attn_bwd.kv_ready", cols)
-        sm = self.tp.ops[p + "softmax"].flops // max(1, self.run.tokens ** 2 * cfg.n_heads)
+        keys = em.kv_to_columns(i, g, prev, d, "attn_bwd")
+        sm = em.softmax_flops(i)
         after = Dep(keys, "all")
         dkv = None
         for j in range(cfg.n_heads // cfg.n_kv_heads):
@@ -372,13 +367,6 @@ def _all(deps: tuple) -> tuple:
     return tuple(Dep(d.task, "all") for d in deps)
 
 
-class _Nones(dict):
-    """DataOps by key: none (timing only)."""
-
-    def __missing__(self, key):
-        return None
-
-
 def map_train(em, run: Run, streaming: bool, recompute: bool) -> dict:
     """The whole training step into `em`'s builder: every micro-batch's forward, loss and
     backward. The off-wafer transfers run one after another in the order they are emitted
@@ -418,7 +406,7 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
         dep[0] = tr.forward(i, dep[0], wd)
         ends.append(dep[0][0])
 
-    _layers(pb, L, fwd, "layers")
+    emit_layers(pb, L, fwd, "layers")
     wd = xfer("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes, "in", ())
     # the last layer's backward weights, once its forward is done (the head has its own)
     nxt = [xfer(f"L{L - 1}.weights.bwd.in", w_bytes[L - 1], "in", (ends[-1],))]
@@ -438,25 +426,10 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
         xfer(f"L{i}.grads.out", w_bytes[i], "out", grads)
         bends.append(dx_[0][0])
 
-    _layers(pb, L, bwd, "layers_bwd", last_apart=True)
+    emit_layers(pb, L, bwd, "layers_bwd", last_apart=True)
     e = tr.tp.compute("embed.bwd", reg, dx_[0], fmac=False,
-                      data=tr.fd.head()["embed.bwd"] if tr.fd is not None else None)
+                      data=tr.data(tr.head_data, "embed.bwd"))
     xfer("embed.grads.out", em.tokens * cfg.d_model * run.bytes, "out", (e,))
-
-
-def _layers(pb, L: int, body, name: str, last_apart: bool = False) -> None:
-    """Layers 0 and 1, then 2 .. L - 1 as one loop (when there are at least 4; the last
-    layer apart when `last_apart`: it differs)."""
-    end = L - 1 if last_apart else L
-    if end - 2 < 2:
-        for i in range(L):
-            body(i)
-        return
-    for i in range(2):
-        body(i)
-    pb.repeat(name, end - 2, lambda k: body(k + 2))
-    for i in range(end, L):
-        body(i)
 
 
 def refuse_size(run: Run, P: int) -> None:
@@ -472,7 +445,6 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     docstring): budgets checked before anything is built. `kw`: the run's parameters, as
     `common.make_run` takes them."""
     from mapper.strategies.common import alloc_group, check_buffers, make_run
-    from mapper.strategies.layout2d import Emitter, Tiles, _refuse, build_2d, check_layout
     from mapper.strategies.tp2d import TP2D
     from wse_sim.program import ProgramBuilder
     check_layout("2d", gemm_algo)
@@ -492,13 +464,11 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     if functional:
         from mapper.gemm import fragment_buffers
         from mapper.strategies import layout2d_train_data as td
-        from mapper.strategies.layout2d import gemm_plans
         td.register_kernels()
         fd = td.TrainData2D(run, t, TRAIN_ALGO, recompute)
-        plans = gemm_plans(run, P, TRAIN_ALGO) if run.chunk_tokens == run.tokens else {}
         scratch = {label: {k: v[0] for k, v in plan.buffers().items()
                            if k in fragment_buffers(TRAIN_ALGO)["scratch"]}
-                   for label, plan in plans.items()}
+                   for label, plan in gemm_plans(run, P, TRAIN_ALGO).items()}
         views, extra_bytes = alloc_group(pb, "", reg, buffers, fd.tiles(scratch))
         fmeta = {"views": views, "sram_extra_bytes": extra_bytes,
                  "functional_2d_train": {"algo": TRAIN_ALGO, "tm": t.tm}}

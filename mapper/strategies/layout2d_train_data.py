@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from mapper.gemm_common import ring_order
+from mapper.gemm_transposed import prealigned_nt_b, tn_result
 from mapper.strategies.layout2d_data import (
     NEG,
     Data2D,
@@ -184,8 +184,6 @@ class TrainData2D(Data2D):
     C_OUT = {"qkv_proj": "cq", "o_proj": "co", "ffn_up": "cu", "ffn_down": "cd"}
     DC = {"qkv_proj": "gcq", "o_proj": "gx", "ffn_up": "gcu", "ffn_down": "gx"}
 
-    ACTS = ("h", "st", "cq", "co", "ao", "r1", "st2", "h2", "cu", "hf", "cd", "ast")
-
     def __init__(self, run, t, algo: str, recompute: bool):
         super().__init__(run, t, algo)
         self.perm = tuple(range(t.P))  # natural: MeshGEMM on natural data
@@ -288,17 +286,17 @@ class TrainData2D(Data2D):
         return out
 
     # ---- the backward ---------------------------------------------------------------------------
-    def nt_names(self, i: int | None, label: str) -> tuple[dict, int]:
-        """The `nt` product's buffers and B's offset: B where the recompute's GEMM left it
-        (moved one place, in buffer P mod 2 of its pair), else the backward's fresh copy."""
+    def nt_names(self, i: int | None, label: str, moved: bool) -> dict:
+        """The `nt` product's buffers: B where the GEMM that read it last left it (`moved`:
+        in buffer P mod 2 of its pair), else the backward's fresh copy."""
         if label == "lm_head":
-            w, scratch, moved = "head.w", "head.b0", True
+            w, scratch = "head.w", "head.b0"
         else:
-            w, scratch, moved = f"L{i}.{label}.wb", f"{label}.b0", self.recompute
+            w, scratch = f"L{i}.{label}.wb", f"{label}.b0"
         pair = (w, scratch) if not moved or self.P % 2 else (scratch, w)
         dc = "dlg" if label == "lm_head" else self.DC[label]
-        return ({"a": dc, "b0": pair[0], "b1": pair[1], "c0": f"{label}.gc0",
-                 "c1": f"{label}.gc1"}, -1 if moved else 0)
+        return {"a": dc, "b0": pair[0], "b1": pair[1], "c0": f"{label}.gc0",
+                "c1": f"{label}.gc1"}
 
     def tn_names(self, i: int | None, label: str) -> dict:
         if label == "lm_head":
@@ -384,14 +382,8 @@ class TrainData2D(Data2D):
 # ---- weights in, loss and gradients out ---------------------------------------------------------
 
 def _prealigned(m: np.ndarray, kt: int, nt: int, P: int) -> np.ndarray:
-    """Weight m (K x N) as MeshGEMM on natural data stores it: logical (lx, ly) holds block
-    (o[lx + ly], o[lx]); [y, x] tiles."""
-    b = _blocks(m, kt, nt, P)
-    o = np.array(ring_order(P))
-    ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
-    out = np.empty_like(b)
-    out[o[ly], o[lx]] = b[o[(lx + ly) % P], o[lx]]
-    return out
+    """Weight m (K x N) as MeshGEMM on natural data stores it and `nt` reads it."""
+    return prealigned_nt_b(_blocks(m, kt, nt, P))
 
 
 def _gain(cfg, w, prefix: str, d_t: int, P: int) -> np.ndarray:
@@ -428,17 +420,9 @@ def train_inputs(program, cfg, weights: dict, tokens: np.ndarray, targets: np.nd
 
 
 def _tn_matrix(program, buffers: dict, name: str, rows: int, cols: int) -> np.ndarray:
-    """A `tn` product's C from its accumulator tiles (C(o[m], o[lx]) on logical
-    (lx, m - lx + 1))."""
+    """A `tn` product's C from its accumulator tiles."""
     from mapper.strategies.functional_model import decode
-    c = decode(program, buffers, name)
-    P = c.shape[0]
-    o = np.array(ring_order(P))
-    m, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
-    blocks = np.empty_like(c)
-    blocks[o[m], o[lx]] = c[o[(m - lx + 1) % P], o[lx]]
-    rt, ct = c.shape[2:]
-    return blocks.transpose(0, 2, 1, 3).reshape(P * rt, P * ct)[:rows, :cols]
+    return tn_result(decode(program, buffers, name), rows, cols)
 
 
 def train_grads(program, buffers: dict, cfg, tokens: np.ndarray) -> tuple[float, dict]:
