@@ -286,3 +286,19 @@ def test_nested_loops_fast_forward_at_both_levels_to_the_reference_cycle(algo):
     # the inner loops alone could skip at most 3 of each GEMM's 6 steps
     assert fast.loop_iterations_skipped > 10 * 3
     assert simulate_fast(p, HW, path="event").cycles == fast.cycles
+
+
+def test_latency_bound_ring_steps_have_a_fractional_rate():
+    """MeshGEMM with tiny tiles is paced by its operands going round the interleaved rings
+    (two hops between neighbours, one at the ends): 79 cycles per 8 steps, a one-cycle dip
+    travelling round the ring. No iteration repeats the one before moved by an integer delta,
+    so nothing is skipped (docs/hardware-model.md, "Why latency-bound ring steps never
+    settle"); the result is the reference's."""
+    hw = load_preset("wse2")
+    p = build_gemm("meshgemm", hw, grid=16, m=64, k=32, n=32, dtype="fp16")
+    fast = same(p, hw)
+    assert fast.loop_iterations_skipped == 0
+    lp, s = p.loops[0], fast.spans
+    firsts = [int(s["start"][s["task"] == lp.task(i, 0)].min()) for i in range(lp.count)]
+    steps = [b - a for a, b in zip(firsts, firsts[1:])]
+    assert steps == ([10] * 7 + [9]) + ([10] * 5)

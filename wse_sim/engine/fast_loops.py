@@ -123,16 +123,25 @@ def _shift_check(a, ra, b, shift, changed, first, same_ok):
 
 
 @kernel
-def _shift_rows(a, ra, src, changed, m, shift):
-    """a[ra[i]] = src[i] moved by m iterations, for the rows that change (`_shift_check`'s
-    codes: how many pieces move)."""
+def _gather(a, ra, out):
+    """out[i] = a[ra[i]] (into a buffer kept between tries: a fresh copy of a full wafer's
+    rows costs more in page faults than the copy itself)."""
+    for i in range(ra.shape[0]):
+        for c in range(a.shape[1]):
+            out[i, c] = a[ra[i], c]
+
+
+@kernel
+def _shift_rows(a, ra, src, rs, changed, m, shift):
+    """a[ra[i]] = src[rs[i]] moved by m iterations, for the rows that change
+    (`_shift_check`'s codes: how many pieces move); src may be a itself (rs = ra)."""
     delta, da = shift[0], shift[1]
     for i in range(ra.shape[0]):
         if changed[i] == 0:
             continue
-        x = ra[i]
+        x, y = ra[i], rs[i]
         for c in range(a.shape[1]):
-            a[x, c] = src[i, c]
+            a[x, c] = src[y, c]
         if a[x, 0] < 0:
             continue
         a[x, 0] += m * delta
@@ -221,6 +230,29 @@ class Forward:
         self.plans = [p for p in plans if p.level == 0]
         self.inner = [p for p in plans if p.level == 1]  # in task order
         self.skipped_iterations = 0
+        # copies kept between tries, one set per loop level (a fresh copy of a full wafer's
+        # rows costs more in page faults than in copying): resource rows, then counters
+        self._kept = {}
+        self._counters = [None, None]
+
+    def _copy(self, name: str, level: int, rows: np.ndarray) -> np.ndarray:
+        """st.<name>[rows] ("res" or "sig"), in the level's kept buffer (grown when needed)."""
+        a = getattr(self.st, name)
+        buf = self._kept.get((name, level))
+        if buf is None or len(buf) < len(rows):
+            buf = self._kept[(name, level)] = np.empty((len(rows), a.shape[1]), np.int64)
+        out = buf[:len(rows)]
+        _gather(a, rows, out)
+        return out
+
+    def _copy_counters(self, level: int) -> list:
+        """The per-core and per-link counters, in the level's kept arrays."""
+        now = (self.st.busy, self.st.lbusy, self.st.lbytes)
+        if self._counters[level] is None:
+            self._counters[level] = [np.empty_like(c) for c in now]
+        for was, c in zip(self._counters[level], now, strict=True):
+            np.copyto(was, c)
+        return self._counters[level]
 
     def run(self) -> int:
         for p in self.plans:
@@ -276,30 +308,31 @@ class Forward:
         loop when the second repeats the first. True: skipped; False: not settled (both ran);
         None: the extrapolated times overflow the keys."""
         st = self.st
-        empty = np.zeros(0, np.int64)
         rows = p.rows
-        res0, sig0, t0 = st.res[rows], st.sig[self._state(p, k)], st.state.copy()
+        rsig0 = self._state(p, k)
+        res0, sig0 = self._copy("res", p.level, rows), self._copy("sig", p.level, rsig0)
+        t0 = st.state.copy()
         cres = np.zeros(len(rows), np.uint8)
         csig = np.zeros(len(sig0), np.uint8)
         shift = np.array([-1, -1], np.int64)
         w = slice(2 * p.level, 2 * p.level + 2)  # this loop's watch (an inner one: its own)
         move = self.advance if p.level == 0 else self.raw
         st.watch[w] = p.lp.first, 0
+        # the state after k + 1 is compared with the copy of the state after k, and the
+        # state after k + 2 with the same copy moved by two iterations (with the same rows
+        # changing, that is the state after k + 1 moved by one): one copy, not two
         try:
             if move(int(p.groups[k + 1])) != OK:
                 return False
-            sig1 = st.sig[self._state(p, k + 1)]
             if not (_shift_check(st.res, rows, res0, shift, cres, True, True)
-                    and _shift_check(sig1, empty, sig0, shift, csig, True, False)):
+                    and self._sig_check(p, k + 1, sig0, shift, csig, True)):
                 return False
-            del res0
-            res1, t1 = st.res[rows], st.state.copy()
-            before = [c.copy() for c in (st.busy, st.lbusy, st.lbytes)]
+            t1 = st.state.copy()
+            before = self._copy_counters(p.level)
             if move(int(p.groups[k + 2])) != OK:
                 return False
-            ok = (_shift_check(st.res, rows, res1, shift, cres, False, True)
-                  and _shift_check(st.sig[self._state(p, k + 2)], empty, sig1, shift, csig,
-                                   False, False)
+            ok = (_shift_check(st.res, rows, res0, 2 * shift, cres, False, True)
+                  and self._sig_check(p, k + 2, sig0, 2 * shift, csig, False)
                   and st.watch[w][1] == 0
                   and self._same_tail(t0, t1, st.state, shift, p)
                   and self._same_tasks(p, k + 1, int(shift[0])))
@@ -312,6 +345,12 @@ class Forward:
             return None
         self._skip(p, k + 2, m, shift, cres, csig, t1, before)
         return True
+
+    def _sig_check(self, p, i, ref, shift, codes, first) -> bool:
+        """The state's signal slots before iteration i are `ref` moved by `shift`."""
+        rows = self._state(p, i)
+        return len(rows) == 0 or bool(_shift_check(self.st.sig, rows, ref, shift, codes, first,
+                                                   False))
 
     @staticmethod
     def _same_tail(t0, t1, t2, shift, p) -> bool:
@@ -337,7 +376,7 @@ class Forward:
         """Iterations i .. i + m - 1: iteration i - 1 moved by 1 .. m iterations."""
         st, lp, tables = self.st, p.lp, self.tables
         delta = int(shift[0])
-        _shift_rows(st.res, p.rows, st.res[p.rows], cres, m, shift)
+        _shift_rows(st.res, p.rows, st.res, p.rows, cres, m, shift)
         # the slots the rest of the program reads from skipped iterations (each its own
         # rows in the store: `fast_step.live_groups` keeps them)
         rows, codes, at = self._state(p, i), csig, 0
@@ -349,8 +388,8 @@ class Forward:
             at += k
         for it, j in p.after:
             if it >= i:
-                _shift_rows(st.sig, p.slots(tables, it, j, st.off), src[j][0], src[j][1],
-                            it - (i - 1), shift)
+                _shift_rows(st.sig, p.slots(tables, it, j, st.off), src[j][0],
+                            np.arange(len(src[j][0])), src[j][1], it - (i - 1), shift)
         for now, was in zip((st.busy, st.lbusy, st.lbytes), before, strict=True):
             now += m * (now - was)
         s = st.state
