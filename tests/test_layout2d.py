@@ -260,10 +260,14 @@ def _my_cannon_everywhere():
 
 
 def test_the_layers_loop_fast_forwards_to_the_reference_cycle():
-    """Layers 2.. are one loop around their GEMM-step and K/V-head loops: the step path's
-    nested fast-forward gives the reference's numbers."""
+    """Layers 1.. are one loop around their GEMM-step and K/V-head loops (layers 2.. when
+    weights stream: double-buffered, a layer also waits for the one two back): the step
+    path's nested fast-forward gives the reference's numbers."""
     p = _2d(MESH8, prompt=16, model_set={"n_layers": 8}, gemm_algo="cannon")
-    assert [lp.count for lp in p.loops if lp.name == "layers"] == [6]
+    assert [lp.count for lp in p.loops if lp.name == "layers"] == [7]
+    ws = _2d(MESH8, prompt=16, model_set={"n_layers": 8}, gemm_algo="cannon",
+             strategy="weight-streaming")
+    assert [lp.count for lp in ws.loops if lp.name == "layers"] == [6]
     ref = simulate(p, MESH8, engine="reference")
     fast = simulate_fast(p, MESH8, path="step")
     skip = {"engine": 0, "wall_seconds": 0, "loop_iterations_skipped": 0}

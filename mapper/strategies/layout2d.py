@@ -423,10 +423,11 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
         deps[0] = em.layer(i, deps[0], wd)
         ends.append(deps[0][0].task)
 
-    # Layers 2 .. L - 1 repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer
-    # two back): one loop around the layers' own loops (GEMM steps, K/V heads), which the
-    # fast engine fast-forwards at both levels (docs/hardware-model.md, "Loops").
-    emit_layers(pb, cfg.n_layers, layer, "layers")
+    # Layers 1 .. L - 1 repeat layer 0 moved (layer 0 waits for the embedding; streamed
+    # weights also wait for the layer two back, which layer 1 does not have: then 2 ..
+    # L - 1): one loop around the layers' own loops (GEMM steps, K/V heads), which the fast
+    # engine fast-forwards at both levels (docs/hardware-model.md, "Loops").
+    emit_layers(pb, cfg.n_layers, layer, "layers", peel=2 if streaming else 1)
     _lm_head(em, deps[0], streaming, io[0])
     fmeta = {} if fd is None else {"views": views, "functional_2d": fd.meta(),
                                    "sram_extra_bytes": extra}
@@ -457,18 +458,21 @@ def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algo: str, t: Ti
         "sram_buffers_per_core": buffers} | run.sparse.to_meta() | mapping_meta(run, tp))
 
 
-def emit_layers(pb: ProgramBuilder, L: int, body, name: str, last_apart: bool = False) -> None:
-    """`body(i)` for every layer: 0 and 1, then 2 .. L - 1 as one loop `name` when there are
-    at least 4 (layer 0 waits for what comes before, layer 1 for no layer two back); the last
-    layer apart when `last_apart` (it differs)."""
+def emit_layers(pb: ProgramBuilder, L: int, body, name: str, last_apart: bool = False,
+                peel: int = 2) -> None:
+    """`body(i)` for every layer: the first `peel` apart, then the rest as one loop `name`
+    when there are at least 2 more (layer 0 waits for what comes before; with weights double-
+    buffered layer i also waits for layer i - 2, which layer 1 does not have: peel 2); the last
+    layer apart when `last_apart` (it differs). Every layer peeled is one more simulated in
+    full: a loop is compared from its iteration 1 on (`fast_loops`)."""
     end = L - 1 if last_apart else L
-    if end - 2 < 2:
+    if end - peel < 2:
         for i in range(L):
             body(i)
         return
-    for i in range(2):
+    for i in range(peel):
         body(i)
-    pb.repeat(name, end - 2, lambda k: body(k + 2))
+    pb.repeat(name, end - peel, lambda k: body(k + peel))
     for i in range(end, L):
         body(i)
 
