@@ -51,6 +51,7 @@ import bisect
 
 import numpy as np
 
+from wse_sim.engine.fast_groups import task_groups
 from wse_sim.engine.fast_queue import TB, task_of
 from wse_sim.engine.fast_sched import A_FIRST, NA, account, task_span
 from wse_sim.engine.fast_tasks import (
@@ -379,24 +380,6 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
         state[T_COMM], state[T_DELIV] = comm, deliv
         state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G] = maxend, last_rg, last_g
         state[T_LAST_S], state[T_LAST_A] = last_s, last_a
-
-def task_groups(tables) -> np.ndarray:
-    """Runs of consecutive tasks none of which needs another of its run (e.g. the A and B
-    shifts of one GEMM step), never across the start of a loop's iteration: a run is granted
-    as one, all its instances in key order.
-    Returns the first task of every group, then the number of tasks."""
-    td, deps = tables.td, tables.deps
-    firsts = [0]
-    need = [[] for _ in range(len(td))]
-    for d in range(len(deps)):
-        need[int(deps[d, D_OWNER])].append(int(deps[d, D_TASK]))
-    # every iteration of a loop starts a group, so that the state between iterations exists
-    forced = {lp.task(i, 0) for lp in tables.loops for i in range(lp.count + 1)}
-    for t in range(1, len(td)):
-        if t in forced or any(u >= firsts[-1] for u in need[t]):
-            firsts.append(t)
-    return np.array(firsts + [len(td)] if len(td) else [0], np.int64)
-
 
 def live_groups(tables, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first, last) group in which each task's signal slots are live: its own group, up to
