@@ -40,16 +40,19 @@ def task_groups(tables, split_min: int | None = None) -> np.ndarray:
     loop's iteration (the state between iterations must exist for the fast-forward), split
     where its parts share no resource (`disjoint_splits`)."""
     td, deps = tables.td, tables.deps
-    firsts = [0]
-    need = [[] for _ in range(len(td))]
-    for d in range(len(deps)):
-        need[int(deps[d, D_OWNER])].append(int(deps[d, D_TASK]))
-    forced = {lp.task(i, 0) for lp in tables.loops for i in range(lp.count + 1)}
-    for t in range(1, len(td)):
-        if t in forced or any(u >= firsts[-1] for u in need[t]):
-            firsts.append(t)
     if not len(td):
         return np.array([0], np.int64)
+    latest = np.full(len(td), -1, np.int64)  # each task's latest need
+    if len(deps):
+        np.maximum.at(latest, deps[:, D_OWNER], deps[:, D_TASK])
+    forced = np.zeros(len(td) + 1, bool)
+    for lp in tables.loops:
+        forced[lp.first:lp.end + 1:lp.size] = True
+    firsts = [0]
+    latest_l, forced_l = latest.tolist(), forced.tolist()
+    for t in range(1, len(td)):
+        if forced_l[t] or latest_l[t] >= firsts[-1]:
+            firsts.append(t)
     lo = SPLIT_MIN_TASKS if split_min is None else split_min
     bounds = firsts + [len(td)]
     rects = None

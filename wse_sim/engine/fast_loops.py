@@ -167,14 +167,21 @@ class LoopPlan:
 
     def slots(self, tables, iteration: int, j: int, off: np.ndarray) -> np.ndarray:
         """Signal-store rows of iteration `iteration`'s body task j (`fast_step.store_plan`)."""
+        first, k = self.block(tables, iteration, j, off)
+        return np.arange(first, first + k, dtype=np.int64)
+
+    def block(self, tables, iteration: int, j: int, off: np.ndarray) -> tuple[int, int]:
+        """(first row, rows) of those slots: one block of the store."""
         t = self.lp.task(iteration, j)
-        return np.arange(tables.td[t, F_SB], tables.td[t, F_SA] + 1, dtype=np.int64) + off[t]
+        return int(tables.td[t, F_SB] + off[t]), int(tables.td[t, F_SA] - tables.td[t, F_SB] + 1)
 
 
 def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
     """A LoopPlan for every loop with enough iterations to fast-forward."""
     out = []
     deps = tables.deps
+    by_task = deps[np.argsort(deps[:, D_TASK], kind="stable")] if len(deps) else deps
+    boxes: dict = {}  # footprints by bounding box (the layers' loops share one)
     for lp in tables.loops:
         if lp.count < MIN_COUNT:
             continue
@@ -182,35 +189,42 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
                         for o in tables.loops))
         inner = sum(o.count for o in tables.loops if o is not lp
                     and lp.first <= o.first and o.end <= lp.first + lp.size)
-        starts = np.array([lp.task(i, 0) for i in range(lp.count + 1)])
+        starts = lp.first + lp.size * np.arange(lp.count + 1, dtype=np.int64)
         g = np.searchsorted(groups, starts)
         assert (groups[g] == starts).all(), "a loop iteration must start a task group"
-        carried: dict[int, int] = {}
-        after = set()
-        rows = deps[(deps[:, D_TASK] >= lp.first) & (deps[:, D_TASK] < lp.end)]
-        for task, owner in zip(rows[:, D_TASK], rows[:, D_OWNER], strict=True):
-            it, j = divmod(int(task) - lp.first, lp.size)
-            if owner >= lp.end:
-                after.add((it, j))
-            elif lp.task(1, 0) <= owner < lp.task(2, 0) and it < 1:  # iteration 1: the reach
-                carried[j] = max(carried.get(j, 0), 1 - it)
+        # dependencies on the loop's tasks: from after the loop (`after`: (iteration, j)),
+        # and from iteration 1 on iteration 0 (`carried`: body task j -> its reach, 1)
+        a, b = np.searchsorted(by_task[:, D_TASK], [lp.first, lp.end]) if len(deps) else (0, 0)
+        task, owner = by_task[a:b, D_TASK], by_task[a:b, D_OWNER]
+        it, j = np.divmod(task - lp.first, lp.size)
+        late = owner >= lp.end
+        after = {(int(x), int(y)) for x, y in np.unique(np.stack([it[late], j[late]], 1), axis=0)}
+        one = (owner >= lp.task(1, 0)) & (owner < lp.task(2, 0)) & (it < 1)
+        carried = {int(x): 1 for x in np.unique(j[one])}
         inst = int(tables.ib[lp.task(1, 0)] - tables.ib[lp.first])
-        out.append(LoopPlan(lp, g, carried, sorted(after), inst, _footprint(tables, lp),
-                            level, inner))
+        box = _box(tables, lp)
+        if box not in boxes:
+            boxes[box] = _footprint(tables, box)
+        out.append(LoopPlan(lp, g, carried, sorted(after), inst, boxes[box], level, inner))
     return out
 
 
-def _footprint(tables, lp) -> np.ndarray:
-    """Resource rows of every core in the bounding box of the body's regions, destinations
-    and sources (dimension-order routes stay inside it), and the I/O channel."""
+def _box(tables, lp) -> tuple:
+    """The bounding box (x0, y0, x1, y1) of the body's regions, destinations and sources
+    (dimension-order routes stay inside it)."""
     td = tables.td[lp.first:lp.first + lp.size]
     rects = [td[:, [F_RX, F_RY, F_RC, F_RR]]]
     s2 = td[td[:, F_S2C] > 0][:, [F_S2X, F_S2Y, F_S2C, F_S2R]]
     mc = td[td[:, F_KIND] == K_MULTICAST]
     rects += [s2, np.stack([mc[:, F_P], mc[:, F_P + 1], 0 * mc[:, 0] + 1, 0 * mc[:, 0] + 1], 1)]
     r = np.concatenate(rects)
-    x0, y0 = r[:, 0].min(), r[:, 1].min()
-    x1, y1 = (r[:, 0] + r[:, 2]).max(), (r[:, 1] + r[:, 3]).max()
+    return (int(r[:, 0].min()), int(r[:, 1].min()), int((r[:, 0] + r[:, 2]).max()),
+            int((r[:, 1] + r[:, 3]).max()))
+
+
+def _footprint(tables, box: tuple) -> np.ndarray:
+    """Resource rows of every core in the box and the I/O channel."""
+    x0, y0, x1, y1 = box
     cols, n = int(tables.hwc[H_COLS]), int(tables.hwc[H_N])
     ys, xs = np.mgrid[y0:y1, x0:x1]
     core = (ys * cols + xs).ravel().astype(np.int64)
@@ -382,14 +396,16 @@ class Forward:
         rows, codes, at = self._state(p, i), csig, 0
         src = {}
         for j, e in self._segments(p):
-            k = len(p.slots(tables, 0, j, st.off))
+            k = p.block(tables, 0, j, st.off)[1]
             if e == 1:
-                src[j] = (st.sig[rows[at:at + k]].copy(), codes[at:at + k].copy())
+                src[j] = (st.sig[rows[at:at + k]].copy(), codes[at:at + k].copy(),
+                          np.arange(k, dtype=np.int64))
             at += k
         for it, j in p.after:
             if it >= i:
-                _shift_rows(st.sig, p.slots(tables, it, j, st.off), src[j][0],
-                            np.arange(len(src[j][0])), src[j][1], it - (i - 1), shift)
+                x0, k = p.block(tables, it, j, st.off)
+                was, code, idx = src[j]
+                _shift_rows(st.sig[x0:x0 + k], idx, was, idx, code, it - (i - 1), shift)
         for now, was in zip((st.busy, st.lbusy, st.lbytes), before, strict=True):
             now += m * (now - was)
         s = st.state

@@ -391,9 +391,10 @@ def live_groups(tables, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last = first.copy()
     if len(deps):
         np.maximum.at(last, deps[:, D_TASK], first[deps[:, D_OWNER]])
+    by_task = deps[np.argsort(deps[:, D_TASK], kind="stable")] if len(deps) else deps
     for lp in tables.loops:
-        rows = deps[(deps[:, D_TASK] >= lp.first) & (deps[:, D_TASK] < lp.end)
-                    & (deps[:, D_OWNER] >= lp.end)]
+        a, b = np.searchsorted(by_task[:, D_TASK], [lp.first, lp.end]) if len(deps) else (0, 0)
+        rows = by_task[a:b][by_task[a:b, D_OWNER] >= lp.end]
         ends = first[lp.first + lp.size * np.arange(1, lp.count + 1) - 1]
         for j in np.unique((rows[:, D_TASK] - lp.first) % lp.size):
             ts = lp.first + lp.size * np.arange(lp.count) + j

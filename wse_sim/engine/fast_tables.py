@@ -46,6 +46,19 @@ def hardware_constants(hw: HardwareConfig) -> np.ndarray:
     return np.concatenate([np.array(head + [1], np.int64), rep.px.ravel(), rep.py.ravel()])
 
 
+def _per_core(tasks, loops) -> np.ndarray:
+    """Per task: does someone wait for it core by core (its signals are kept per core)? In a
+    loop, every iteration's task j alike when one is (`fast_loops` compares iterations'
+    slots); loops in program order (an inner loop's before its enclosing one's), each seeing
+    the tasks the loops before it marked."""
+    flag = np.zeros(len(tasks), bool)
+    flag[[d.task for t in tasks for d in t.deps if d.rule != "all"]] = True
+    for lp in loops:
+        view = flag[lp.first:lp.end].reshape(lp.count, lp.size)
+        view[:, view.any(axis=0)] = True
+    return flag
+
+
 class Tables:
     """A program as the scheduler sees it: task table, dependency table, id spaces."""
 
@@ -57,10 +70,7 @@ class Tables:
         dep_rows = []
         ib = np.zeros(nt + 1, np.int64)
         sig = 0
-        per_core = {d.task for t in tasks for d in t.deps if d.rule != "all"}
-        for lp in program.loops:  # every iteration lays out its signals alike (fast_loops)
-            body = {(t - lp.first) % lp.size for t in per_core if lp.first <= t < lp.end}
-            per_core |= {lp.task(i, j) for j in body for i in range(lp.count)}
+        per_core = _per_core(tasks, program.loops)
         for ti, t in enumerate(tasks):
             row = td[ti]
             r = t.region
@@ -126,7 +136,7 @@ class Tables:
             ib[ti + 1] = ib[ti] + ni
             row[K.F_SB] = sig
             row[K.F_S2X:K.F_S2R + 1] = s2
-            if ti in per_core:  # per-core signals only for tasks someone waits for per core
+            if per_core[ti]:  # per-core signals only for tasks someone waits for per core
                 row[K.F_SLOTS] = 1
                 sig += r.size + s2[2] * s2[3]
             row[K.F_SA] = sig
