@@ -181,6 +181,7 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
     out = []
     deps = tables.deps
     by_task = deps[np.argsort(deps[:, D_TASK], kind="stable")] if len(deps) else deps
+    keys = np.ascontiguousarray(by_task[:, D_TASK])  # searched per loop
     boxes: dict = {}  # footprints by bounding box (the layers' loops share one)
     for lp in tables.loops:
         if lp.count < MIN_COUNT:
@@ -194,7 +195,7 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
         assert (groups[g] == starts).all(), "a loop iteration must start a task group"
         # dependencies on the loop's tasks: from after the loop (`after`: (iteration, j)),
         # and from iteration 1 on iteration 0 (`carried`: body task j -> its reach, 1)
-        a, b = np.searchsorted(by_task[:, D_TASK], [lp.first, lp.end]) if len(deps) else (0, 0)
+        a, b = np.searchsorted(keys, [lp.first, lp.end])
         task, owner = by_task[a:b, D_TASK], by_task[a:b, D_OWNER]
         it, j = np.divmod(task - lp.first, lp.size)
         late = owner >= lp.end
@@ -398,7 +399,7 @@ class Forward:
         for j, e in self._segments(p):
             k = p.block(tables, 0, j, st.off)[1]
             if e == 1:
-                src[j] = (st.sig[rows[at:at + k]].copy(), codes[at:at + k].copy(),
+                src[j] = (st.sig[rows[at:at + k]], codes[at:at + k],
                           np.arange(k, dtype=np.int64))
             at += k
         for it, j in p.after:
