@@ -300,5 +300,5 @@ def test_latency_bound_ring_steps_have_a_fractional_rate():
     assert fast.loop_iterations_skipped == 0
     lp, s = p.loops[0], fast.spans
     firsts = [int(s["start"][s["task"] == lp.task(i, 0)].min()) for i in range(lp.count)]
-    steps = [b - a for a, b in zip(firsts, firsts[1:])]
+    steps = [b - a for a, b in zip(firsts, firsts[1:], strict=False)]
     assert steps == ([10] * 7 + [9]) + ([10] * 5)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wse_sim.engine.fast_groups import task_rects
 from wse_sim.engine.fast_sched import A_END, A_FIRST, A_START
 from wse_sim.engine.fast_step import (
     C_A,
@@ -47,21 +48,10 @@ from wse_sim.engine.fast_step import (
 from wse_sim.engine.fast_tasks import (
     D_OWNER,
     D_TASK,
-    F_KIND,
-    F_P,
-    F_RC,
-    F_RR,
-    F_RX,
-    F_RY,
-    F_S2C,
-    F_S2R,
-    F_S2X,
-    F_S2Y,
     F_SA,
     F_SB,
     H_COLS,
     H_N,
-    K_MULTICAST,
     kernel,
 )
 
@@ -211,16 +201,10 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
 
 
 def _box(tables, lp) -> tuple:
-    """The bounding box (x0, y0, x1, y1) of the body's regions, destinations and sources
-    (dimension-order routes stay inside it)."""
-    td = tables.td[lp.first:lp.first + lp.size]
-    rects = [td[:, [F_RX, F_RY, F_RC, F_RR]]]
-    s2 = td[td[:, F_S2C] > 0][:, [F_S2X, F_S2Y, F_S2C, F_S2R]]
-    mc = td[td[:, F_KIND] == K_MULTICAST]
-    rects += [s2, np.stack([mc[:, F_P], mc[:, F_P + 1], 0 * mc[:, 0] + 1, 0 * mc[:, 0] + 1], 1)]
-    r = np.concatenate(rects)
-    return (int(r[:, 0].min()), int(r[:, 1].min()), int((r[:, 0] + r[:, 2]).max()),
-            int((r[:, 1] + r[:, 3]).max()))
+    """The bounding box (x0, y0, x1, y1) of the cores the body's records may reserve
+    (`fast_groups.task_rects`)."""
+    r = task_rects(tables.td[lp.first:lp.first + lp.size])
+    return (int(r[:, 0].min()), int(r[:, 1].min()), int(r[:, 2].max()), int(r[:, 3].max()))
 
 
 def _footprint(tables, box: tuple) -> np.ndarray:
