@@ -302,3 +302,23 @@ def test_latency_bound_ring_steps_have_a_fractional_rate():
     firsts = [int(s["start"][s["task"] == lp.task(i, 0)].min()) for i in range(lp.count)]
     steps = [b - a for a, b in zip(firsts, firsts[1:], strict=False)]
     assert steps == ([10] * 7 + [9]) + ([10] * 5)
+
+
+def test_iteration_rows_copied_from_iteration_0_equal_rows_built_from_the_records(monkeypatch):
+    """The fast engine's table copies a loop iteration's rows from iteration 0's (the loop
+    check makes their timing fields equal); built record by record they are the same."""
+    import numpy as np
+
+    from wse_sim.engine import fast_tables
+    from wse_sim.experiment import build_program
+    hw = load_preset("mesh16")
+    programs = [build_program(hw, "tiny-llama", strategy="weight-streaming", layout="2d",
+                              phase="train", prompt=64, grid=16, model_set={"n_layers": 5}),
+                build_gemm("cannon", hw, grid=16, m=64, k=64, n=64, flow_control=True)]
+    copied = [fast_tables.Tables(p, hw) for p in programs]
+    monkeypatch.setattr(fast_tables, "_templates", lambda nt, loops: np.arange(nt))
+    for p, a in zip(programs, copied, strict=True):
+        b = fast_tables.Tables(p, hw)
+        for f in ("td", "deps", "rdeps", "ib"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+        assert a.n_signals == b.n_signals

@@ -78,7 +78,10 @@ class Hops:
 
 
 def ensure_acyclic(program: Program) -> None:
-    """Reject a program whose task dependencies form a cycle (it could never finish)."""
+    """Reject a program whose task dependencies form a cycle (it could never finish). A
+    program whose every dependency names an earlier task (the mappers') has none."""
+    if all(d.task < i for i, t in enumerate(program.tasks) for d in t.deps):
+        return
     topological_order(program)
 
 

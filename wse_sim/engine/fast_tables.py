@@ -59,6 +59,35 @@ def _per_core(tasks, loops) -> np.ndarray:
     return flag
 
 
+def _templates(nt: int, loops) -> np.ndarray:
+    """Per task, an earlier task with the same timing fields (iteration 0's task j for a
+    later iteration's task j: `Program` checks loops so), or itself."""
+    tpl = np.arange(nt, dtype=np.int64)
+    for lp in loops:
+        t = np.arange(lp.first + lp.size, lp.end, dtype=np.int64)
+        tpl[t] = lp.first + (t - lp.first) % lp.size
+    return tpl
+
+
+def _moved_row(td, tp: int, ti: int, ib, sig: int, dep_rows: list, t) -> int:
+    """Task ti's row from its template tp's (same kind, region, parameters, slots and
+    dependency rules): its own instance base, signal rows and dependency rows. Returns the
+    next free signal row."""
+    row = td[ti]
+    row[:] = td[tp]
+    row[K.F_IB] = ib[ti]
+    ib[ti + 1] = ib[ti] + row[K.F_NI]
+    row[K.F_SB] = sig
+    row[K.F_SA] = sig + td[tp, K.F_SA] - td[tp, K.F_SB]
+    row[K.F_D0] = len(dep_rows)
+    row[K.F_DH] = row[K.F_D0] + td[tp, K.F_DH] - td[tp, K.F_D0]
+    for d in sorted(t.deps, key=lambda d: d.head):  # head dependencies last
+        dx, dy = (0, 0) if d.rule in ("same", "all") else (d.dx, d.dy)
+        dep_rows.append((d.task, _RULES[d.rule], dx, dy, ti, int(d.head)))
+    row[K.F_DN] = len(dep_rows)
+    return int(row[K.F_SA]) + 1
+
+
 class Tables:
     """A program as the scheduler sees it: task table, dependency table, id spaces."""
 
@@ -71,8 +100,12 @@ class Tables:
         ib = np.zeros(nt + 1, np.int64)
         sig = 0
         per_core = _per_core(tasks, program.loops)
+        tpl = _templates(nt, program.loops)
         for ti, t in enumerate(tasks):
             row = td[ti]
+            if tpl[ti] != ti:  # a loop iteration's record: iteration 0's row, moved
+                sig = _moved_row(td, int(tpl[ti]), ti, ib, sig, dep_rows, t)
+                continue
             r = t.region
             row[K.F_RX:K.F_RR + 1] = r.x, r.y, r.cols, r.rows
             s2 = (0, 0, 0, 0)
