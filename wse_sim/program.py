@@ -667,6 +667,16 @@ def topological_order(program: Program) -> list[int]:
     return order
 
 
+def iteration_templates(n_tasks: int, loops) -> np.ndarray:
+    """Per task, an earlier task with the same timing fields (iteration 0's task j for a
+    later iteration's task j, which the loop check makes equal), or itself."""
+    tpl = np.arange(n_tasks, dtype=np.int64)
+    for lp in loops:
+        t = np.arange(lp.first + lp.size, lp.end, dtype=np.int64)
+        tpl[t] = lp.first + (t - lp.first) % lp.size
+    return tpl
+
+
 # ---- static checks against the hardware ------------------------------------------------------
 
 def _rects(t) -> list[tuple[int, int, int, int]]:
@@ -710,7 +720,10 @@ def check_fits(program: Program, hw: HardwareConfig) -> dict:
     `colors_per_core`. Returns {'sram_bytes': array, 'colors': array} shaped (rows, cols).
     """
     cols, rows = hw.mesh_cols, hw.mesh_rows
+    tpl = iteration_templates(len(program.tasks), program.loops).tolist()
     for i, t in enumerate(program.tasks):
+        if tpl[i] != i:  # a later loop iteration: iteration 0's regions, checked already
+            continue
         regions = [t.region] + ([Region(t.src[0], t.src[1], 1, 1)] if isinstance(t, Multicast) else [])
         if isinstance(t, Unicast) and not (t.wrap or t.ring):  # those stay in the region
             r = t.region
@@ -743,14 +756,16 @@ def check_fits(program: Program, hw: HardwareConfig) -> dict:
         held = [f"{a.name}={a.bytes_per_core}" for a in program.allocs if a.region.contains(x, y)]
         raise ProgramError(f"SRAM does not fit: core ({x},{y}) needs {worst} bytes > sram_bytes "
                            f"{hw.sram_bytes} ({', '.join(held[:6])}{' ...' if len(held) > 6 else ''})")
-    rects: dict[int, list] = {}
-    for t in program.tasks:
-        found = _rects(t)
+    rects: dict[int, set] = {}
+    routes: list = []  # per task its route rectangles (a loop iteration's: iteration 0's)
+    for i, t in enumerate(program.tasks):
+        found = _rects(t) if tpl[i] == i else routes[tpl[i]]
+        routes.append(found)
         if found:
-            rects.setdefault(t.color, []).extend(found)
+            rects.setdefault(t.color, set()).update(found)
     used = np.zeros((rows, cols), np.int16)
     for found in rects.values():  # a color counts once per core, however many routes share it
-        used += _covered(np.array(found, np.int64), rows, cols)
+        used += _covered(np.array(sorted(found), np.int64), rows, cols)
     most = int(used.max()) if rects else 0
     if most > hw.colors_per_core:
         y, x = np.unravel_index(int(used.argmax()), used.shape)

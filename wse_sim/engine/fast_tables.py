@@ -23,6 +23,7 @@ from wse_sim.program import (
     Multicast,
     Program,
     Unicast,
+    iteration_templates,
 )
 from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
 
@@ -59,16 +60,6 @@ def _per_core(tasks, loops) -> np.ndarray:
     return flag
 
 
-def _templates(nt: int, loops) -> np.ndarray:
-    """Per task, an earlier task with the same timing fields (iteration 0's task j for a
-    later iteration's task j: `Program` checks loops so), or itself."""
-    tpl = np.arange(nt, dtype=np.int64)
-    for lp in loops:
-        t = np.arange(lp.first + lp.size, lp.end, dtype=np.int64)
-        tpl[t] = lp.first + (t - lp.first) % lp.size
-    return tpl
-
-
 def _moved_row(td, tp: int, ti: int, ib, sig: int, dep_rows: list, t) -> int:
     """Task ti's row from its template tp's (same kind, region, parameters, slots and
     dependency rules): its own instance base, signal rows and dependency rows. Returns the
@@ -100,7 +91,7 @@ class Tables:
         ib = np.zeros(nt + 1, np.int64)
         sig = 0
         per_core = _per_core(tasks, program.loops)
-        tpl = _templates(nt, program.loops)
+        tpl = iteration_templates(nt, program.loops)
         for ti, t in enumerate(tasks):
             row = td[ti]
             if tpl[ti] != ti:  # a loop iteration's record: iteration 0's row, moved
