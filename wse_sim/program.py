@@ -765,7 +765,7 @@ def check_fits(program: Program, hw: HardwareConfig) -> dict:
             rects.setdefault(t.color, set()).update(found)
     used = np.zeros((rows, cols), np.int16)
     for found in rects.values():  # a color counts once per core, however many routes share it
-        used += _covered(np.array(sorted(found), np.int64), rows, cols)
+        used += _covered(np.array(list(found), np.int64), rows, cols)
     most = int(used.max()) if rects else 0
     if most > hw.colors_per_core:
         y, x = np.unravel_index(int(used.argmax()), used.shape)

@@ -169,9 +169,6 @@ class LoopPlan:
 def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
     """A LoopPlan for every loop with enough iterations to fast-forward."""
     out = []
-    deps = tables.deps
-    by_task = deps[np.argsort(deps[:, D_TASK], kind="stable")] if len(deps) else deps
-    keys = np.ascontiguousarray(by_task[:, D_TASK])  # searched per loop
     boxes: dict = {}  # footprints by bounding box (the layers' loops share one)
     for lp in tables.loops:
         if lp.count < MIN_COUNT:
@@ -185,8 +182,8 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
         assert (groups[g] == starts).all(), "a loop iteration must start a task group"
         # dependencies on the loop's tasks: from after the loop (`after`: (iteration, j)),
         # and from iteration 1 on iteration 0 (`carried`: body task j -> its reach, 1)
-        a, b = np.searchsorted(keys, [lp.first, lp.end])
-        task, owner = by_task[a:b, D_TASK], by_task[a:b, D_OWNER]
+        rows = tables.deps_on(lp.first, lp.end)
+        task, owner = rows[:, D_TASK], rows[:, D_OWNER]
         it, j = np.divmod(task - lp.first, lp.size)
         late = owner >= lp.end
         after = {(int(x), int(y)) for x, y in np.unique(np.stack([it[late], j[late]], 1), axis=0)}

@@ -391,11 +391,9 @@ def live_groups(tables, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last = first.copy()
     if len(deps):
         np.maximum.at(last, deps[:, D_TASK], first[deps[:, D_OWNER]])
-    by_task = deps[np.argsort(deps[:, D_TASK], kind="stable")] if len(deps) else deps
-    keys = np.ascontiguousarray(by_task[:, D_TASK])  # searched per loop
     for lp in tables.loops:
-        a, b = np.searchsorted(keys, [lp.first, lp.end])
-        rows = by_task[a:b][by_task[a:b, D_OWNER] >= lp.end]
+        rows = tables.deps_on(lp.first, lp.end)
+        rows = rows[rows[:, D_OWNER] >= lp.end]
         ends = first[lp.first + lp.size * np.arange(1, lp.count + 1) - 1]
         for j in np.unique((rows[:, D_TASK] - lp.first) % lp.size):
             ts = lp.first + lp.size * np.arange(lp.count) + j

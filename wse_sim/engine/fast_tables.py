@@ -72,15 +72,33 @@ def _moved_row(td, tp: int, ti: int, ib, sig: int, dep_rows: list, t) -> int:
     row[K.F_SA] = sig + td[tp, K.F_SA] - td[tp, K.F_SB]
     row[K.F_D0] = len(dep_rows)
     row[K.F_DH] = row[K.F_D0] + td[tp, K.F_DH] - td[tp, K.F_D0]
-    for d in sorted(t.deps, key=lambda d: d.head):  # head dependencies last
-        dx, dy = (0, 0) if d.rule in ("same", "all") else (d.dx, d.dy)
-        dep_rows.append((d.task, _RULES[d.rule], dx, dy, ti, int(d.head)))
+    _add_deps(t, ti, dep_rows, 1)  # the template's pending count stands
     row[K.F_DN] = len(dep_rows)
     return int(row[K.F_SA]) + 1
 
 
+def _add_deps(t, ti: int, dep_rows: list, per_rule: int) -> int:
+    """Append task ti's dependency rows (head dependencies last); returns its pending count:
+    the needs taken at its anchors, `per_rule` for an offset rule (head ones: per instance)."""
+    pend = 0
+    for d in sorted(t.deps, key=lambda d: d.head):
+        rule = _RULES[d.rule]
+        dx, dy = (0, 0) if d.rule in ("same", "all") else (d.dx, d.dy)
+        dep_rows.append((d.task, rule, dx, dy, ti, int(d.head)))
+        if not d.head:
+            pend += per_rule if rule == K.R_OFFSET else 1
+    return pend
+
+
 class Tables:
     """A program as the scheduler sees it: task table, dependency table, id spaces."""
+
+    def deps_on(self, first: int, end: int) -> np.ndarray:
+        """Dependency rows whose target is one of tasks first .. end - 1, by target (the
+        reverse-dependency index)."""
+        if end <= first:
+            return self.deps[:0]
+        return self.deps[self.rdeps[self.td[first, K.F_RD0]:self.td[end - 1, K.F_RDN]]]
 
     def __init__(self, program: Program, hw: HardwareConfig):
         tasks = program.tasks
@@ -167,18 +185,11 @@ class Tables:
             sig += 1
             row[K.F_NRES], row[K.F_NEV] = nres, nev
             row[K.F_D0] = len(dep_rows)
+            row[K.F_DH] = row[K.F_D0] + sum(not d.head for d in t.deps)
             per_rule = (t.length if isinstance(t, LineStream) and t.reduce
                         else r.size if isinstance(t, IoTransfer) else 1)
-            pend = 0  # of the dependencies taken at the anchors (head ones: per instance)
-            row[K.F_DH] = row[K.F_D0] + sum(not d.head for d in t.deps)
-            for d in sorted(t.deps, key=lambda d: d.head):  # head dependencies last
-                rule = _RULES[d.rule]
-                dx, dy = (0, 0) if d.rule in ("same", "all") else (d.dx, d.dy)
-                dep_rows.append((d.task, rule, dx, dy, ti, int(d.head)))
-                if not d.head:
-                    pend += per_rule if rule == K.R_OFFSET else 1
+            row[K.F_PEND] = _add_deps(t, ti, dep_rows, per_rule)
             row[K.F_DN] = len(dep_rows)
-            row[K.F_PEND] = pend
         deps = np.array(dep_rows, np.int64).reshape(-1, K.ND)
         self.has_heads = bool(len(deps) and deps[:, K.D_HEAD].any())
         order = np.argsort(deps[:, K.D_TASK], kind="stable")
