@@ -177,10 +177,12 @@ def fragment_buffers(algo: str) -> dict[str, str]:
     return {"a": a, "b": b, "scratch": tuple(scratch), "c": c}
 
 
-def prealigned_b(algo: str, Bt: np.ndarray) -> np.ndarray:
+def prealigned_b(algo: str, Bt: np.ndarray, natural: bool = False) -> np.ndarray:
     """B's blocks Bt[K block, N block] (P, P, kt, nt) as the cores hold them for a fragment
     (`skew_b=False`): [row y, column x] of the grid; SUMMA natural, Cannon and MeshGEMM
-    pre-aligned (logical (lx, ly) holds B(lx + ly, lx), on MeshGEMM's rings)."""
+    pre-aligned (logical (lx, ly) holds B(lx + ly, lx), on MeshGEMM's rings). `natural`: for
+    a fragment on natural data (A and C in the natural layout, as a 2-D training step keeps
+    them): logical (lx, ly) holds B(o[lx + ly], o[lx]) (o: the ring order, or the identity)."""
     P = Bt.shape[0]
     entry = gemm_algo(algo, "gemm")
     if not entry.align_hops:  # no alignment: B in the natural layout
@@ -188,7 +190,7 @@ def prealigned_b(algo: str, Bt: np.ndarray) -> np.ndarray:
     o = np.array(ring_order(P) if entry.ring else list(range(P)))
     ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
     b = np.empty_like(Bt)
-    b[o[ly], o[lx]] = Bt[(lx + ly) % P, lx]
+    b[o[ly], o[lx]] = Bt[o[(lx + ly) % P], o[lx]] if natural else Bt[(lx + ly) % P, lx]
     return b
 
 

@@ -54,6 +54,8 @@ from wse_sim.program import (
 from wse_sim.timing import compute_cycles, transfer_cycles
 
 KINDS = ("tn", "nt")
+# the forward GEMM that runs on the same rings and pre-aligns B as `nt` reads it
+RING_ALGO = "meshgemm"
 ACC_BYTES = 4
 
 
@@ -265,13 +267,8 @@ def prealigned_nt_b(blocks):
     """B's blocks [row block, column block] (P, P, kt, nt) as `nt` reads them (and as
     MeshGEMM on natural data stores its weights): logical (lx, ly) holds block
     (o[lx + ly], o[lx]); [y, x] tiles."""
-    import numpy as np
-    P = blocks.shape[0]
-    o = np.array(ring_order(P))
-    ly, lx = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
-    out = np.empty_like(blocks)
-    out[o[ly], o[lx]] = blocks[o[(lx + ly) % P], o[lx]]
-    return out
+    from mapper.gemm import prealigned_b
+    return prealigned_b(RING_ALGO, blocks, natural=True)
 
 
 def tn_result(c, rows: int, cols: int):

@@ -2,6 +2,7 @@
 fast engine equals the reference to the cycle, FLOPs and SRAM add up, the GEMM fragments are
 the GEMM library's records, and what the layout does not map is refused in one line."""
 
+import itertools
 
 import pytest
 
@@ -19,6 +20,7 @@ from wse_sim.hardware import ConfigError, load_preset
 from wse_sim.program import ProgramBuilder
 
 MESH8 = load_preset("mesh8")
+ALGOS = ("summa", "cannon", "meshgemm")
 MESH16 = load_preset("mesh16")
 
 
@@ -119,12 +121,36 @@ def test_auto_picks_the_least_estimate():
     hw = load_preset("wse2")
     est = {a: gemm_estimate_cycles(a, hw, **kw) for a in ("summa", "cannon", "meshgemm")}
     assert choose_gemm_algo(hw, **kw) == min(est, key=est.get)
-    # the layout takes one algorithm for all its GEMMs: the least sum of their estimates
-    p = _2d(MESH16, prompt=64)
-    shapes = gemm_shapes(load_model("tiny-llama"), 64, 16).values()
-    total = {a: sum(gemm_estimate_cycles(a, MESH16, grid=16, m=m, k=k, n=n, dtype="fp16")
-                    for m, k, n, _ in shapes) for a in ("summa", "cannon", "meshgemm")}
-    assert p.meta["gemm_algo"] == min(total, key=total.get)
+    # the layout's choice: the least sum of the projections' estimates among the choices
+    # whose activations agree (MeshGEMM's on its rings for every projection, or Cannon and
+    # SUMMA mixed in the natural layout): brute force over every assignment
+    for hw, grid, prompt, dtype in ((MESH16, 16, 64, "fp16"), (MESH8, 8, 64, "fp16"),
+                                    (MESH8, 6, 20, "fp32")):
+        p = _2d(hw, prompt=prompt, grid=grid, dtype=dtype)
+        shapes = gemm_shapes(load_model("tiny-llama"), prompt, grid)
+        est = {(label, a): gemm_estimate_cycles(a, hw, grid=grid, m=m, k=k, n=n, dtype=dtype)
+               for label, (m, k, n, _) in shapes.items() for a in ALGOS}
+        ok = [c for c in itertools.product(ALGOS, repeat=len(shapes))
+              if len(set(c)) == 1 or "meshgemm" not in c]
+        best = min(sum(est[lb, a] for lb, a in zip(shapes, c, strict=True)) for c in ok)
+        got = p.meta["gemm_algos"]
+        assert sum(est[lb, a] for lb, a in got.items()) == best
+        assert p.meta["gemm_algo"] == (got["qkv_proj"] if len(set(got.values())) == 1
+                                       else "per-projection")
+    assert len(set(got.values())) > 1  # mesh8, 6 x 6, 20 tokens: Cannon and SUMMA mixed
+
+
+def test_projections_mixed_equal_reference_and_numpy():
+    """Cannon and SUMMA per projection (auto on 6 x 6, 20 tokens, fp32): the program equals
+    the reference engine and its logits numpy's."""
+    p = _2d(MESH8, prompt=20, grid=6, dtype="fp32", functional=True)
+    assert set(p.meta["gemm_algos"].values()) == {"cannon", "summa"}
+    ref, fast = simulate(p, MESH8, engine="reference"), simulate(p, MESH8, engine="fast")
+    skip = {"engine": 0, "wall_seconds": 0}
+    assert fast.summary() | skip == ref.summary() | skip
+    inputs, want = layout2d_data.random_case(p, load_model("tiny-llama"), seed=1)
+    got = layout2d_data.model_logits(p, run_functional(p, MESH8, inputs))
+    assert error_report(got, want, "fp32")["ok"]
 
 
 FUNCTIONAL = [("tiny-llama", "meshgemm", "fp32", 1, 16), ("tiny-llama", "cannon", "fp16", 2, 20),
@@ -280,7 +306,8 @@ def test_search_tries_the_2d_layout_and_finds_it_faster_on_a_prefill():
     found, best = search_mapping(MESH8, "tiny-llama", phase="prefill", prompt=64, batch=1,
                                  grids=(8,), engine="fast", budget=64)
     tried = [c for c, cost, _ in found.tried if c["layout"] == "2d" and cost is not None]
-    assert {c["gemm_algo"] for c in tried} == {"summa", "cannon", "meshgemm"}
+    # each algorithm for all, and auto: here Cannon and SUMMA mixed (a mapping of its own)
+    assert {c["gemm_algo"] for c in tried} == {"summa", "cannon", "meshgemm", "auto"}
     assert found.best["layout"] == "2d"
     assert best is not None and best.seconds / best.tokens == pytest.approx(found.best_cost)
     top = [cost for c, cost, _ in found.tried if c["layout"] == "top-row" and cost is not None]

@@ -17,6 +17,8 @@ from wse_sim.cli.main import main
 from wse_sim.engine.fast import simulate_fast
 from wse_sim.engine.reference import simulate_reference
 from wse_sim.hardware import load_preset
+from wse_sim.program import Unicast
+from wse_sim.report.text import mapping_line
 
 HW = load_preset("mesh16")
 
@@ -29,9 +31,37 @@ def _train(model="tiny-llama", grid=6, batch=2, prompt=16, micro_batches=2, reco
 
 
 @pytest.mark.parametrize("recompute", [True, False])
-def test_fast_equals_reference(recompute):
-    p = _train(recompute=recompute)
-    assert_same(simulate_reference(p, HW), simulate_fast(p, HW, path="step", spans=True))
+@pytest.mark.parametrize("algo", ["meshgemm", "cannon", "summa"])
+def test_fast_equals_reference(recompute, algo):
+    p = _train(recompute=recompute, gemm_algo=algo)
+    assert p.meta["gemm_algo"] == algo and set(p.meta["gemm_algos"].values()) == {algo}
+    # SUMMA's broadcasts are granted out of task order: the event path runs it
+    path = "auto" if algo == "summa" else "step"
+    assert_same(simulate_reference(p, HW), simulate_fast(p, HW, path=path, spans=True))
+
+
+def test_auto_takes_each_projections_least_estimate():
+    """The activations stay natural, so each forward projection takes its own algorithm;
+    mesh16's 8 x 8 grid at 64 tokens (fp16) mixes Cannon and SUMMA: the step equals the
+    reference, and the recompute's GEMMs still run MeshGEMM (the backward's weights)."""
+    from mapper.gemm import fragment_algos, gemm_estimate_cycles
+    from mapper.strategies.layout2d import gemm_shapes
+    p = _train(grid=8, batch=1, prompt=64, micro_batches=1)
+    algos = p.meta["gemm_algos"]
+    for label, (m, k, n, _) in gemm_shapes(load_model("tiny-llama"), 64, 8).items():
+        est = {a: gemm_estimate_cycles(a, HW, grid=8, m=m, k=k, n=n, dtype="fp16")
+               for a in fragment_algos()}
+        assert est[algos[label]] == min(est.values())
+    assert len(set(algos.values())) > 1 and p.meta["gemm_algo"] == "per-projection"
+    assert ", ".join(f"{k} {v}" for k, v in algos.items()) in mapping_line(p.meta)
+    assert_same(simulate_reference(p, HW), simulate_fast(p, HW, spans=True))
+    shifts = {(t.op, t.ring) for t in p.tasks if isinstance(t, Unicast)}
+    ops = {getattr(t, "op", "") for t in p.tasks}
+    for label, algo in algos.items():
+        own = (f"L0.{label}.bcast_a" in ops if algo == "summa" else
+               (f"L0.{label}.shift_a", "x" if algo == "meshgemm" else "") in shifts)
+        assert own, (label, algo)  # the forward's own algorithm
+        assert (f"L0.{label}.shift_a", "x") in shifts  # the recompute's MeshGEMM
 
 
 def test_layers_loop_fast_forwards_and_equals_reference():
@@ -97,20 +127,25 @@ def test_issue_sizes_fit():
 BIG = load_preset("mesh16", {"sram_bytes": 262144})  # a functional run keeps every layer's weights
 
 
-@pytest.mark.parametrize("model,grid,dtype,recompute,batch,prompt", [
-    ("tiny-llama", 8, "fp32", True, 1, 16),
-    ("tiny-llama", 8, "fp32", False, 1, 16),
-    ("tiny", 8, "fp32", True, 1, 16),
-    ("tiny-llama", 7, "fp16", True, 2, 12),   # odd grid: the weights end in the other buffer
-    ("tiny", 5, "bf16", False, 3, 7),          # padded tokens and features
+@pytest.mark.parametrize("model,grid,dtype,recompute,batch,prompt,algo", [
+    ("tiny-llama", 8, "fp32", True, 1, 16, "meshgemm"),
+    ("tiny-llama", 8, "fp32", False, 1, 16, "meshgemm"),
+    ("tiny", 8, "fp32", True, 1, 16, "meshgemm"),
+    ("tiny-llama", 7, "fp16", True, 2, 12, "meshgemm"),  # odd grid: weights in the other buffer
+    ("tiny", 5, "bf16", False, 3, 7, "meshgemm"),         # padded tokens and features
+    ("tiny-llama", 8, "fp32", True, 1, 16, "cannon"),
+    ("tiny", 5, "bf16", False, 3, 7, "cannon"),
+    ("tiny-llama", 7, "fp16", True, 2, 12, "summa"),
+    ("tiny", 8, "fp32", False, 1, 16, "summa"),
+    ("tiny-llama", 8, "fp16", True, 1, 64, "auto"),       # Cannon and SUMMA mixed
 ])
 def test_functional_loss_and_gradients_equal_numpy(model, grid, dtype, recompute, batch,
-                                                   prompt):
+                                                   prompt, algo):
     from mapper.strategies import layout2d_train_data as td
     from wse_sim.functional import error_report, run_functional
     cfg = load_model(model)
     p = _train(model, grid=grid, batch=batch, prompt=prompt, micro_batches=1,
-               recompute=recompute, hw=BIG, functional=True, dtype=dtype)
+               recompute=recompute, hw=BIG, functional=True, dtype=dtype, gemm_algo=algo)
     inputs, tokens, want_loss, want = td.random_train_case(p, cfg, seed=3)
     loss, got = td.train_grads(p, run_functional(p, BIG, inputs), cfg, tokens)
     assert abs(loss - want_loss) <= 1e-3 * abs(want_loss)
@@ -138,8 +173,6 @@ def test_refusals():
     with pytest.raises(NotImplementedError, match="training runs weight-streaming"):
         map_train_2d(load_model("tiny-llama"), HW, streaming=False, phase="train", batch=1,
                prompt=16, context=16, dtype="fp16", grid=6, sparsity=0.0)
-    with pytest.raises(NotImplementedError, match="gemm_algo cannon"):
-        _train(gemm_algo="cannon")
     with pytest.raises(MappingError, match="leaves token rows empty"):
         _train(grid=8, batch=2, prompt=4, micro_batches=2)
 
@@ -153,6 +186,9 @@ def test_cli(capsys):
     assert '"layout": "2d"' in out and '"recompute": "on"' in out
     assert main(args[:-1] + ["--recompute", "off", "--json"]) == 0
     assert '"recompute": "off"' in capsys.readouterr().out
+    # each projection's forward algorithm: one for all, or each its least estimate
+    assert main(args[:-1] + ["--gemm-algo", "cannon", "--json"]) == 0
+    assert '"gemm_algo": "cannon"' in capsys.readouterr().out
     # the functional check of a training step: loss and every gradient against numpy
     fargs = [a for a in args if a not in ("--json",)]
     fargs[fargs.index("--micro-batches") + 1] = "1"

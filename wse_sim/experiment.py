@@ -256,7 +256,7 @@ def _candidates(model: str, kw: dict, grids: tuple, algos: tuple, fixed_attentio
                    "region_shape": 0, "reduce_algo": algos[0], "attention": "auto",
                    "moe_layout": None, "layout": "2d", "gemm_algo": ga}
                   for s in ("layer-sequential", "weight-streaming") for g in grids
-                  for ga in fragment_algos()]
+                  for ga in fragment_algos() + ("auto",)]  # auto: mixed per projection
     for cand in cands:
         Mapping(**{k: v for k, v in cand.items() if v is not None})
     return cands
@@ -302,7 +302,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     given `reduce_algo` or `attention` is fixed. An MoE model also tries every expert
     placement (`moe_layout`: blocks, strips, bands) unless one is given. A dense prefill also
     tries the 2-D layout (`layout="2d"`, layer-sequential and weight-streaming) with each
-    GEMM algorithm that composes into it.
+    GEMM algorithm that composes into it, and with `auto` (an algorithm per projection;
+    refused as a repeat where it chose one for all).
 
     `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
     best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down

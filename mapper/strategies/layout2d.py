@@ -12,8 +12,9 @@ region and every projection is a 2-D GEMM of the GEMM library (`mapper.gemm.gemm
   (aligned once when loaded), so each GEMM aligns only its activation operand. The QKV and
   FFN up|gate projections are one GEMM each (their weights side by side; SwiGLU's up and gate
   columns of the same features on the same core, so the act is local).
-- One GEMM algorithm for the run (`gemm_algo`: summa, cannon, meshgemm, or auto: the least
-  sum of the layer's `gemm_estimate_cycles`).
+- A GEMM algorithm per projection (`gemm_algo`: summa, cannon, meshgemm for all, or auto:
+  `choose_algos`, by `gemm_estimate_cycles`; MeshGEMM runs all or none, since its C stays on
+  its rings, while Cannon and SUMMA mix).
 - Norms: per-row statistics all-reduced along each row (a reduce and a broadcast stream).
 - Attention, per K/V head (a loop over the K/V heads): each row gathers the head's features
   at column 0 (every core puts its slice in a zero tile, a reduce along the row sums the
@@ -47,6 +48,7 @@ from mapper.gemm import (
     gemm_estimate_cycles,
     gemm_fragment,
 )
+from mapper.gemm import gemm_algo as gemm_algo_entry
 from mapper.placement import MappingError
 from mapper.strategies.common import (
     Run,
@@ -153,26 +155,59 @@ def _refuse(run: Run, functional: bool) -> None:
         raise MappingError(f"layout 2d: needs a grid of at least 2 x 2 cores, got {P} x {P}")
 
 
-def choose_algo(run: Run, P: int, gemm_algo: str) -> str:
-    """The layers' GEMM algorithm: the one given, or (`auto`) the least sum of the layer's
-    GEMM estimates. One for all of them: MeshGEMM leaves C on its rings, the others in the
-    natural layout, and the activations stay where the GEMMs leave them."""
+def choose_algos(run: Run, P: int, gemm_algo: str, tokens: int,
+                 natural: bool = False) -> dict[str, str]:
+    """Each projection's GEMM algorithm (docs/strategies.md): the one given for all, or
+    (`auto`) by the contention-free estimates (`gemm_estimate_cycles`, ties to the registry's
+    order). Algorithms that leave C natural mix freely; one that leaves it on its rings
+    (MeshGEMM) must run every projection, since the activations stay where the GEMMs leave
+    them; so `auto` takes the least of each ring algorithm for all and each projection's least
+    natural one. `natural`: every algorithm runs on natural data (a training step): each
+    projection its least of all."""
+    shapes = gemm_shapes(run.cfg, tokens, P)
     if gemm_algo != "auto":
-        return gemm_algo
-    shapes = gemm_shapes(run.cfg, run.tokens, P).values()
+        return {label: gemm_algo for label in shapes}
     algos = fragment_algos()
-    est = {a: sum(gemm_estimate_cycles(a, run.hw, grid=P, m=m, k=k, n=n, dtype=run.dtype)
-                  for m, k, n, _ in shapes) for a in algos}
-    return min(algos, key=lambda a: (est[a], algos.index(a)))
+    est = {label: {a: gemm_estimate_cycles(a, run.hw, grid=P, m=m, k=k, n=n, dtype=run.dtype)
+                   for a in algos} for label, (m, k, n, _) in shapes.items()}
+
+    def least(label: str, among: list[str]) -> str:
+        return min(among, key=lambda a: (est[label][a], algos.index(a)))
+
+    flat = [a for a in algos if natural or not gemm_algo_entry(a).ring]
+    options = [{label: least(label, flat) for label in shapes}] if flat else []
+    options += [{label: a for label in shapes} for a in algos if a not in flat]
+    return min(options, key=lambda o: (sum(est[k][v] for k, v in o.items()),
+                                       [algos.index(v) for v in o.values()]))
 
 
-def gemm_plans(run: Run, P: int, algo: str) -> dict:
+def algo_name(algos: dict[str, str]) -> str:
+    """The meta's `gemm_algo`: the one algorithm, or `per-projection`."""
+    one = set(algos.values())
+    return one.pop() if len(one) == 1 else "per-projection"
+
+
+def gemm_plans(run: Run, P: int, algos: dict[str, str], tokens: int | None = None) -> dict:
+    """Each projection's plan (`tokens`: a micro-batch's; default the run's)."""
     from mapper.gemm_common import Plan
-    return {label: Plan("gemm", algo, P, m, k, n, run.dtype)
-            for label, (m, k, n, _) in gemm_shapes(run.cfg, run.tokens, P).items()}
+    return {label: Plan("gemm", algos[label], P, m, k, n, run.dtype) for label, (m, k, n, _)
+            in gemm_shapes(run.cfg, tokens or run.tokens, P).items()}
 
 
-def buffers_2d(run: Run, t: Tiles, algo: str, streaming: bool) -> dict[str, int]:
+def scratch_tiles(plans: dict) -> dict[str, dict]:
+    """Each projection's scratch tiles (name: shape), from its plan(s): a functional run's."""
+    out: dict[str, dict] = {}
+    for label, group in plans.items():
+        out[label] = {}
+        for plan in (group if isinstance(group, (list, tuple)) else [group]):
+            roles = fragment_buffers(plan.algo)["scratch"]
+            for name, v in plan.buffers().items():
+                if name in roles and out[label].setdefault(name, v[0]) != v[0]:
+                    raise ValueError(f"layout 2d: scratch tile {label}.{name} has two shapes")
+    return out
+
+
+def buffers_2d(run: Run, t: Tiles, algos: dict[str, str], streaming: bool) -> dict[str, int]:
     """SRAM bytes per buffer class on the fullest core (the tiles of layout2d_data)."""
     cfg, b, P, hd, tm = run.cfg, run.bytes, t.P, run.cfg.hd, t.tm
     acc = DTYPE_BYTES[run.precision.accum]
@@ -181,8 +216,8 @@ def buffers_2d(run: Run, t: Tiles, algo: str, streaming: bool) -> dict[str, int]
     per_layer = (t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d) * run.weight_bytes \
         + 2 * norms
     scratch = sum(sum(v[2] for k, v in plan.buffers().items()
-                      if k in fragment_buffers(algo)["scratch"])
-                  for plan in gemm_plans(run, P, algo).values())
+                      if k in fragment_buffers(plan.algo)["scratch"])
+                  for plan in gemm_plans(run, P, algos).values())
     out = {
         "weights": per_layer * (2 if streaming else L),
         "activations": tm * (2 * t.d + t.q + t.f) * b + tm * 2 * 4,
@@ -209,6 +244,7 @@ class Emitter:
         self.kv_bytes = DTYPE_BYTES[run.precision.kv]
         self.tokens = run.tokens  # a training step's micro-batch: its share
         self.training = False  # no KV cache; each GEMM's input kept for the backward
+        self.algos: dict[str, str] = {}  # a projection's own algorithm (training), else algo
 
     def sync(self, name: str, deps) -> int:
         """A zero-cycle join on core (0, 0) after every one of `deps` everywhere."""
@@ -218,7 +254,8 @@ class Emitter:
     def gemm(self, i: int, label: str, start: tuple) -> tuple:
         m, k, n, ops = gemm_shapes(self.run.cfg, self.tokens, self.t.P)[label]
         names = None if self.fd is None else self.fd.gemm_names(i, label)
-        _, end = gemm_fragment(self.pb, self.algo, self.run.hw, grid=self.t.P, m=m, k=k, n=n,
+        algo = self.algos.get(label, self.algo)
+        _, end = gemm_fragment(self.pb, algo, self.run.hw, grid=self.t.P, m=m, k=k, n=n,
                                dtype=self.run.dtype, label=f"L{i}.{label}", start=start,
                                names=names)
         self.tp.emitted.update(f"L{i}.{o}" for o in ops)
@@ -386,10 +423,11 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
                                   "mapper.strategies.layout2d_train.map_train_2d")
     P = min(run.cols, run.rows)
     t = Tiles.of(cfg, P, run.tokens)
-    algo = choose_algo(run, P, gemm_algo)
+    algos = choose_algos(run, P, gemm_algo, run.tokens)
+    algo = next(iter(algos.values()))  # its block order is every projection's
     if not streaming:
         check_total_weights(run)
-    buffers = buffers_2d(run, t, algo, streaming)
+    buffers = buffers_2d(run, t, algos, streaming)
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-{name}-2d")
@@ -397,17 +435,16 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
     if functional:
         from mapper.strategies import layout2d_data
         layout2d_data.register_kernels()
-        fd = layout2d_data.Data2D(run, t, algo)
-        scratch = {label: {k: v[0] for k, v in plan.buffers().items()
-                           if k in fragment_buffers(algo)["scratch"]}
-                   for label, plan in gemm_plans(run, P, algo).items()}
-        views, extra = alloc_group(pb, "", reg, buffers, fd.tiles(scratch))
+        fd = layout2d_data.Data2D(run, t, algos)
+        views, extra = alloc_group(pb, "", reg, buffers,
+                                   fd.tiles(scratch_tiles(gemm_plans(run, P, algos))))
     else:
         views, extra = alloc_group(pb, "", reg, buffers)
     ops = run.ops()
     tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.tokens, fd, run.reduce_algo,
               run.precision)
     em = Emitter(pb, tp, run, t, algo, fd)
+    em.algos = dict(algos)
     io: list = [None]
     ends: list[int] = []
     deps = [_embed(em, streaming)]
@@ -431,10 +468,10 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
     _lm_head(em, deps[0], streaming, io[0])
     fmeta = {} if fd is None else {"views": views, "functional_2d": fd.meta(),
                                    "sram_extra_bytes": extra}
-    return build_2d(pb, run, tp, name, algo, t, buffers, fmeta)
+    return build_2d(pb, run, tp, name, algos, t, buffers, fmeta)
 
 
-def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algo: str, t: Tiles,
+def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algos: dict, t: Tiles,
              buffers: dict, extra: dict, offwafer_flops: int = 0) -> Program:
     """The program and its meta; every op of the graph must have been emitted (optimizer
     updates, which run off the wafer, excepted when `offwafer_flops`)."""
@@ -453,7 +490,8 @@ def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algo: str, t: Ti
         "micro_batches": run.micro_batches,
         "grid_cols": run.cols, "grid_rows": run.rows, "graph_flops": graph,
         "offwafer_flops": offwafer_flops, "executed_flops": executed,
-        "padding_waste": 1.0 - done / executed if executed else 0.0, "gemm_algo": algo,
+        "padding_waste": 1.0 - done / executed if executed else 0.0, "gemm_algo": algo_name(algos),
+        "gemm_algos": dict(algos),
         "tiles": {"tokens": t.tm, "d_model": t.d, "qkv": t.qkv, "ffn": t.ffn, "ffn_k": t.f},
         "sram_buffers_per_core": buffers} | run.sparse.to_meta() | mapping_meta(run, tp))
 

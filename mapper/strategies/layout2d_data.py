@@ -5,7 +5,7 @@ in and out.
 Tiles. Logical token block ly and feature block lx live on physical core (o[lx], o[ly]), where
 o is the identity, or MeshGEMM's interleaved ring when the layers' GEMMs are MeshGEMM (its
 C comes out on the ring, so every activation lives there). Weights are scattered pre-aligned
-for the run's algorithm (`mapper.gemm.prealigned_b`). The token embeddings are an input (the
+for their projection's algorithm (`mapper.gemm.prealigned_b`). The token embeddings are an input (the
 lookup is timed, not executed: it moves table rows and computes nothing).
 
 Attention per query head h of K/V head g (`layout2d.Emitter.kv_group`):
@@ -161,10 +161,11 @@ def last_token_row(run, tm: int, order: tuple, b: int) -> int:
 class Data2D:
     """Tile names and shapes of a functional run, and every record's DataOp."""
 
-    def __init__(self, run, t, algo: str):
-        self.run, self.cfg, self.t, self.algo = run, run.cfg, t, algo
+    def __init__(self, run, t, algos: dict[str, str]):
+        self.run, self.cfg, self.t, self.algos = run, run.cfg, t, dict(algos)
         self.P = t.P
-        self.perm = block_order(algo, t.P)
+        # every projection's algorithm leaves C in the same order (layout2d.choose_algos)
+        self.perm = block_order(next(iter(algos.values())), t.P)
         self.rms = self.cfg.norm == "rmsnorm"
         self.train = False  # emit_lm_head asks
 
@@ -207,7 +208,7 @@ class Data2D:
 
     def gemm_names(self, i: int, label: str) -> dict:
         """The fragment's buffers: A the activation, B the layer's weight tile, C its own."""
-        roles = fragment_buffers(self.algo)
+        roles = fragment_buffers(self.algos[label])
         out = {roles["a"]: self.A_IN[label], roles["b"]: f"L{i}.{label}.w",
                "c": self.C_OUT[label]}
         return out | {s: f"{label}.{s}" for s in roles["scratch"]}
@@ -272,7 +273,7 @@ class Data2D:
                 "reduce0": dataop("reduce", ("head0.logits",), "head0.logits")}
 
     def meta(self) -> dict:
-        return {"algo": self.algo, "perm": list(self.perm), "tm": self.t.tm}
+        return {"algos": self.algos, "perm": list(self.perm), "tm": self.t.tm}
 
 
 # ---- weights in, logits out ---------------------------------------------------------------------
@@ -323,7 +324,7 @@ def layer_matrices(cfg, w: dict, i: int, f_t: int, P: int) -> dict:
 def model_inputs(program, cfg, weights: dict, tokens: np.ndarray) -> dict:
     """The buffers a functional run starts from: the embedded tokens, every weight tile."""
     meta = program.meta["functional_2d"]
-    algo, perm, P = meta["algo"], tuple(meta["perm"]), len(meta["perm"])
+    algos, perm, P = meta["algos"], tuple(meta["perm"]), len(meta["perm"])
     t = program.meta["tiles"]
     tm, d_t, f_t = t["tokens"], t["d_model"], t["ffn_k"]
     out = {"x": _on_cores(_blocks(embedded(cfg, weights, tokens), tm, d_t, P), perm)}
@@ -331,7 +332,7 @@ def model_inputs(program, cfg, weights: dict, tokens: np.ndarray) -> dict:
         for label, m in layer_matrices(cfg, weights, i, f_t, P).items():
             kt = math.ceil(m.shape[0] / P)
             nt = math.ceil(m.shape[1] / P) if label != "ffn_up" else t["ffn"]
-            out[f"L{i}.{label}.w"] = prealigned_b(algo, _blocks(m, kt, nt, P))
+            out[f"L{i}.{label}.w"] = prealigned_b(algos[label], _blocks(m, kt, nt, P))
         for k, name in ((1, "ln1"), (2, "ln2")):
             out[f"L{i}.g{k}"] = _gain(cfg, weights, f"L{i}.{name}", d_t, P, perm, P)
     out["lnf.g"] = _gain(cfg, weights, "ln_f", d_t, P, perm, 1)

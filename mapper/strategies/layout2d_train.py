@@ -10,11 +10,16 @@ tiled over the whole region, as a wafer trains (docs/strategies.md, "2-D layout:
   input, and the backward of layer i first runs layer i's forward again (its FLOPs counted in
   `executed_flops` and in `meta["recompute_flops"]`). Without it every layer keeps the tiles
   its backward reads.
-- The forward's GEMMs are Cannon fragments (`mapper.gemm.gemm_fragment`, weights stored
-  pre-aligned); the backward's are the transposed products of `mapper.gemm_transposed`: dX =
-  dY W^T (`nt`: the same pre-aligned weights, the gradient rotated back to the natural layout)
-  and dW = X^T dY (`tn`: the weight gradient comes out in a rotated layout that the host
-  undoes as it takes it).
+- Every activation stays in the natural layout, so each projection of the forward runs its
+  own algorithm of the GEMM library (`mapper.gemm.gemm_fragment` on natural data, the weights
+  streamed in pre-aligned for it): `gemm_algo` names one for all, or (`auto`) each takes the
+  least contention-free estimate (`gemm_algos` in the meta). The backward's products are the
+  transposed products of `mapper.gemm_transposed` on the interleaved rings: dX = dY W^T
+  (`nt`: the weights streamed in again, pre-aligned for the rings; the gradient rotated back
+  to the natural layout) and dW = X^T dY (`tn`: the weight gradient comes out in a rotated
+  layout that the host undoes as it takes it). What reads the backward's copy of the weights
+  before `nt` runs on the same rings (MeshGEMM, `RING_ALGO`): the recompute's GEMMs and the
+  LM head's forward (its weights stream in once for both passes).
 - The LM head runs over all of a micro-batch's tokens: logits as a GEMM, the loss's row
   statistics all-reduced along the rows, then its two backward products.
 - Attention backward, per K/V head (a loop, as the forward): K|V gathered, RoPE'd and sent
@@ -35,7 +40,8 @@ from __future__ import annotations
 import math
 
 from mapper import gemm_transposed as gt
-from mapper.gemm import gemm_fragment
+from mapper.gemm import fragment_buffers, gemm_fragment
+from mapper.gemm_common import Plan
 from mapper.placement import MappingError
 from mapper.strategies.common import Run
 from mapper.strategies.layout2d import (
@@ -46,18 +52,20 @@ from mapper.strategies.layout2d import (
     buffers_2d,
     build_2d,
     check_layout,
+    choose_algos,
     emit_layers,
     gemm_plans,
     gemm_shapes,
+    scratch_tiles,
 )
 from mapper.strategies.tp2d import COLORS
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, IoTransfer, LineStream, Multicast, Region, wavelets_for
 
-TRAIN_ALGO = "meshgemm"  # the forward's fragments, on natural data (layout2d_train_data)
+RING_ALGO = gt.RING_ALGO  # GEMMs that share the transposed products' copy of the weights
 
 
-def check_train(run: Run, gemm_algo: str, streaming: bool, functional: bool) -> None:
+def check_train(run: Run, streaming: bool, functional: bool) -> None:
     """What this layout's training step does not map: one line naming it."""
     if functional and run.micro_batches > 1:
         raise NotImplementedError(f"layout 2d: a functional training step runs one "
@@ -67,27 +75,37 @@ def check_train(run: Run, gemm_algo: str, streaming: bool, functional: bool) -> 
         raise NotImplementedError("layout 2d: training runs weight-streaming (the weights "
                                   "stream in per layer, the gradients out); layer-sequential "
                                   "training keeps the top-row layout")
-    if gemm_algo not in ("auto", TRAIN_ALGO):
-        raise NotImplementedError(f"layout 2d: training runs MeshGEMM and the transposed "
-                                  f"products on the same rings; gemm_algo {gemm_algo} has no "
-                                  "backward products yet (use auto or meshgemm)")
 
 
-def train_buffers(run: Run, t, recompute: bool) -> dict[str, int]:
-    """SRAM bytes per buffer class on the fullest core (one micro-batch's tiles `t`). The
-    GEMMs run one after another, so one set of scratch serves them all (the largest); the
-    embedding is gathered off the wafer, the LM head's weights stream in like a layer's."""
-    from mapper.gemm_common import Plan
+def train_algos(run: Run, P: int, gemm_algo: str) -> dict[str, str]:
+    """Each forward projection's GEMM algorithm: the one given, or (`auto`) its least
+    contention-free estimate: the activations stay natural, so the projections need not
+    agree (`layout2d.choose_algos`)."""
+    return choose_algos(run, P, gemm_algo, run.chunk_tokens, natural=True)
+
+
+def _scratch_bytes(plan) -> int:
+    roles = fragment_buffers(plan.algo)["scratch"]
+    return sum(v[2] for k, v in plan.buffers().items() if k in roles)
+
+
+def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto") -> dict[str, int]:
+    """SRAM bytes per buffer class on the fullest core (one micro-batch's tiles `t`, the
+    projections' algorithms `train_algos(run, t.P, gemm_algo)`). The GEMMs run one after another, so one set of scratch serves them all
+    (the largest, of any algorithm the step runs); the embedding is gathered off the wafer,
+    the LM head's weights stream in like a layer's."""
     cfg, b, P, tm = run.cfg, run.bytes, t.P, t.tm
-    out = buffers_2d(run, t, TRAIN_ALGO, True)
+    algos = train_algos(run, P, gemm_algo)
+    out = buffers_2d(run, t, algos, True)
     for k in ("kv_cache", "tree_recv", "table"):
         out.pop(k, None)
     shapes = gemm_shapes(cfg, run.chunk_tokens, P) | {
         "lm_head": (run.chunk_tokens, cfg.d_model, cfg.vocab_size, ())}
     fwd, bwd = 0, 0
-    for m, k, n, _ in shapes.values():
-        plan = Plan("gemm", TRAIN_ALGO, P, m, k, n, run.dtype)
-        fwd = max(fwd, plan.buffers()["a1"][2] + plan.buffers()["b1"][2])
+    for label, (m, k, n, _) in shapes.items():
+        used = {algos.get(label, RING_ALGO)} | ({RING_ALGO} if recompute else set())
+        fwd = max([fwd] + [_scratch_bytes(Plan("gemm", a, P, m, k, n, run.dtype))
+                           for a in used])
         nt = gt.TPlan("nt", P, m, k, n, run.dtype).buffers()
         tn = gt.TPlan("tn", P, m, k, n, run.dtype).buffers()
         # nt: the weights' second copy and both accumulators (one ends as dA); tn: A's
@@ -183,9 +201,14 @@ class Trainer:
     def recomputed(self, i: int, dep: tuple, wd: tuple) -> tuple:
         """Layer i's forward again, from its saved input (counted in `recompute_flops`)."""
         first = len(self.pb.tasks)
+        # the backward's stream of the weights, pre-aligned for the transposed products'
+        # rings: the recompute's GEMMs run there
+        forward = self.em.algos
+        self.em.algos = {label: RING_ALGO for label in forward}
         if self.fd is not None:
-            self.fd.backward = True  # the backward's stream of the weights
+            self.fd.backward = True
         out = self.em.layer(i, dep, wd)
+        self.em.algos = forward
         if self.fd is not None:
             self.fd.backward = False
         self.recompute_flops += sum(int(x.flops) for x in self.pb.tasks[first:]
@@ -201,7 +224,7 @@ class Trainer:
         keep = self.em.tile_compute("lm_head.keep", reg, 0, (Dep(n),), fmac=False,
                                     read=tm * self.t.d * run.bytes,
                                     write=tm * self.t.d * run.bytes, data=self.data(d, "keep"))
-        _, lg = gemm_fragment(self.pb, TRAIN_ALGO, run.hw, grid=self.P, m=T, k=cfg.d_model,
+        _, lg = gemm_fragment(self.pb, RING_ALGO, run.hw, grid=self.P, m=T, k=cfg.d_model,
                               n=cfg.vocab_size, dtype=run.dtype, label="lm_head",
                               start=(Dep(keep),) + wd,
                               names=fd.head_gemm_names() if fd is not None else None)
@@ -450,36 +473,35 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     check_layout("2d", gemm_algo)
     run = make_run(cfg, hw, functional=functional, **kw)
     _refuse(run, functional)
-    check_train(run, gemm_algo, streaming, functional)
+    check_train(run, streaming, functional)
     if not isinstance(recompute, bool):
         raise MappingError(f"recompute: got {recompute!r}, must be true or false")
     cfg, P = run.cfg, min(run.cols, run.rows)
     refuse_size(run, P)
     t = Tiles.of(cfg, P, run.chunk_tokens)
-    buffers = train_buffers(run, t, recompute)
+    algos = train_algos(run, P, gemm_algo)
+    buffers = train_buffers(run, t, recompute, gemm_algo)
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
     pb = ProgramBuilder(f"{cfg.name}-train-weight-streaming-2d")
     fd, fmeta = None, {}
     if functional:
-        from mapper.gemm import fragment_buffers
         from mapper.strategies import layout2d_train_data as td
         td.register_kernels()
-        fd = td.TrainData2D(run, t, TRAIN_ALGO, recompute)
-        scratch = {label: {k: v[0] for k, v in plan.buffers().items()
-                           if k in fragment_buffers(TRAIN_ALGO)["scratch"]}
-                   for label, plan in gemm_plans(run, P, TRAIN_ALGO).items()}
-        views, extra_bytes = alloc_group(pb, "", reg, buffers, fd.tiles(scratch))
+        fd = td.TrainData2D(run, t, algos, recompute)
+        plans = {label: (plan, Plan("gemm", RING_ALGO, P, plan.m, plan.k, plan.n, plan.dtype))
+                 for label, plan in gemm_plans(run, P, algos, run.chunk_tokens).items()}
+        views, extra_bytes = alloc_group(pb, "", reg, buffers, fd.tiles(scratch_tiles(plans)))
         fmeta = {"views": views, "sram_extra_bytes": extra_bytes,
-                 "functional_2d_train": {"algo": TRAIN_ALGO, "tm": t.tm}}
+                 "functional_2d_train": {"algos": algos, "tm": t.tm}}
     else:
         alloc_group(pb, "", reg, buffers)
     ops = run.ops()
     tp = TP2D(pb, cfg, ops, run.dtype, run.sparse, run.chunk_tokens, None, run.reduce_algo,
               run.precision)
-    em = Emitter(pb, tp, run, t, TRAIN_ALGO, fd)
-    em.tokens, em.training = run.chunk_tokens, True
+    em = Emitter(pb, tp, run, t, RING_ALGO, fd)
+    em.tokens, em.training, em.algos = run.chunk_tokens, True, dict(algos)
     extra = map_train(em, run, streaming, recompute)
     offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
-    return build_2d(pb, run, tp, "weight-streaming", TRAIN_ALGO, t, buffers, extra | fmeta,
+    return build_2d(pb, run, tp, "weight-streaming", algos, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)

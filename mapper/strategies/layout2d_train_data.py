@@ -2,10 +2,11 @@
 every record, the kernels only it needs, the weights in and the loss and gradients out.
 
 Layout: natural (core (x, y) holds token block y and feature block x of every activation);
-the GEMMs are MeshGEMM records on natural data (its alignment and shifts move blocks along
-the interleaved rings; C comes out natural), the weights stored as MeshGEMM pre-aligns them
-(logical (lx, ly) holds block (o[lx + ly], o[lx])), which is also what the backward's `nt`
-product reads (`mapper.gemm_transposed`).
+each forward GEMM is its algorithm's records on natural data (C comes out natural), its
+weights streamed in as the algorithm pre-aligns them on natural data
+(`mapper.gemm.prealigned_b(..., natural=True)`; MeshGEMM's: logical (lx, ly) holds block
+(o[lx + ly], o[lx]), which is also what the backward's `nt` product reads,
+`mapper.gemm_transposed`).
 
 Every layer's activations have tiles of their own (`L{i}.h`, ...): a recompute writes the same
 values again. The streamed weights are inputs: `L{i}.<gemm>.w` for the forward, `.wb` for the
@@ -19,7 +20,8 @@ import math
 
 import numpy as np
 
-from mapper.gemm_transposed import prealigned_nt_b, tn_result
+from mapper.gemm import fragment_buffers, prealigned_b
+from mapper.gemm_transposed import RING_ALGO, tn_result
 from mapper.strategies.layout2d_data import (
     NEG,
     Data2D,
@@ -184,9 +186,9 @@ class TrainData2D(Data2D):
     C_OUT = {"qkv_proj": "cq", "o_proj": "co", "ffn_up": "cu", "ffn_down": "cd"}
     DC = {"qkv_proj": "gcq", "o_proj": "gx", "ffn_up": "gcu", "ffn_down": "gx"}
 
-    def __init__(self, run, t, algo: str, recompute: bool):
-        super().__init__(run, t, algo)
-        self.perm = tuple(range(t.P))  # natural: MeshGEMM on natural data
+    def __init__(self, run, t, algos: dict[str, str], recompute: bool):
+        super().__init__(run, t, algos)  # each forward projection's
+        self.perm = tuple(range(t.P))  # natural: every GEMM on natural data
         self.train, self.recompute, self.i, self.backward = True, recompute, 0, False
 
     def a(self, i: int, name: str) -> str:
@@ -239,11 +241,12 @@ class TrainData2D(Data2D):
 
     # ---- the forward ----------------------------------------------------------------------------
     def gemm_names(self, i: int, label: str) -> dict:
-        """MeshGEMM's roles: A a copy of the input (the GEMM consumes it), B the layer's weight
-        tile (the backward's copy when recomputing), C the layer's own."""
+        """The fragment's roles: A a copy of the input (the GEMM consumes it), B the layer's
+        weight tile (the backward's copy when recomputing: MeshGEMM's), C the layer's own."""
+        roles = fragment_buffers(RING_ALGO if self.backward else self.algos[label])
         w = f"L{i}.{label}.w" + ("b" if self.backward else "")
-        return {"a0": f"{label}.ain", "b1": w, "c": self.a(i, self.C_OUT[label]),
-                "a1": f"{label}.a1", "b0": f"{label}.b0"}
+        return {roles["a"]: f"{label}.ain", roles["b"]: w, "c": self.a(i, self.C_OUT[label])
+                } | {r: f"{label}.{r}" for r in roles["scratch"]}
 
     def keep(self, i: int, label: str):
         return dataop("copy", (self.a(i, self.A_IN[label]),), f"{label}.ain")
@@ -381,9 +384,9 @@ class TrainData2D(Data2D):
 
 # ---- weights in, loss and gradients out ---------------------------------------------------------
 
-def _prealigned(m: np.ndarray, kt: int, nt: int, P: int) -> np.ndarray:
-    """Weight m (K x N) as MeshGEMM on natural data stores it and `nt` reads it."""
-    return prealigned_nt_b(_blocks(m, kt, nt, P))
+def _prealigned(m: np.ndarray, kt: int, nt: int, P: int, algo: str = RING_ALGO) -> np.ndarray:
+    """Weight m (K x N) as `algo` on natural data stores it (MeshGEMM's: as `nt` reads it)."""
+    return prealigned_b(algo, _blocks(m, kt, nt, P), natural=True)
 
 
 def _gain(cfg, w, prefix: str, d_t: int, P: int) -> np.ndarray:
@@ -400,6 +403,7 @@ def train_inputs(program, cfg, weights: dict, tokens: np.ndarray, targets: np.nd
     of every weight (the forward's and the backward's stream), the gains, the targets."""
     t = program.meta["tiles"]
     P = program.meta["region_cols"]
+    algos = program.meta["functional_2d_train"]["algos"]
     tm, d_t, f_t = t["tokens"], t["d_model"], t["ffn_k"]
     B, S = tokens.shape
     out = {"L0.x": _blocks(embedded(cfg, weights, tokens), tm, d_t, P)}
@@ -407,7 +411,8 @@ def train_inputs(program, cfg, weights: dict, tokens: np.ndarray, targets: np.nd
         for label, m in layer_matrices(cfg, weights, i, f_t, P).items():
             kt = math.ceil(m.shape[0] / P)
             nt = math.ceil(m.shape[1] / P) if label != "ffn_up" else t["ffn"]
-            out[f"L{i}.{label}.w"] = out[f"L{i}.{label}.wb"] = _prealigned(m, kt, nt, P)
+            out[f"L{i}.{label}.w"] = _prealigned(m, kt, nt, P, algos[label])
+            out[f"L{i}.{label}.wb"] = _prealigned(m, kt, nt, P)
         out[f"L{i}.g1"] = _gain(cfg, weights, f"L{i}.ln1", d_t, P)
         out[f"L{i}.g2"] = _gain(cfg, weights, f"L{i}.ln2", d_t, P)
     out["lnf.g"] = _gain(cfg, weights, "ln_f", d_t, P)

@@ -207,7 +207,13 @@ def mapping_line(meta: dict) -> str:
                      f"{meta['region_rows']} cores")
     if meta.get("chunks", 1) > 1:
         parts.append(f"{meta['chunks']} chunks")
-    if "reduce_algo" in meta:
+    if meta.get("layout") == "2d":  # the GEMMs' algorithms
+        algos = meta.get("gemm_algos") or {}
+        parts.append("2-D layout, GEMMs " + (
+            ", ".join(f"{k} {v}" for k, v in algos.items())
+            if len(set(algos.values())) > 1 else str(meta.get("gemm_algo"))))
+    two_d_step = meta.get("layout") == "2d" and meta.get("phase") == "train"
+    if "reduce_algo" in meta and not two_d_step:  # the top-row GEMVs' (a 2-D prefill's head)
         parts.append(f"GEMM reduce {meta['reduce_algo']}")
     return ", ".join(parts)
 
