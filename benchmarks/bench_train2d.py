@@ -5,7 +5,8 @@ the executed FLOPs, the busy core fraction, the time to build and to simulate. T
 issue's sizes: the fewest micro-batches with which LLaMA3-8B at sequence 2,048 and batch 64
 fits wse3 (the budget, nothing built). Full size (minutes): Cerebras-GPT-1.3B at sequence
 2,048 on wse2 and LLaMA3-8B at sequence 2,048 (batch 1) on wse3. `--quick`: tiny-llama, 64
-tokens, batch 2 in 2 micro-batches, on a 16 x 16 grid of mesh32."""
+tokens, batch 2 in 2 micro-batches, on a 16 x 16 grid of mesh32 (`auto`: an algorithm per
+projection), then with each GEMM algorithm for every projection of the forward."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ FULL = (("wse2", "cerebras-gpt-1.3b", 2048, 1, 1, None),
 QUICK = (("mesh32", "tiny-llama", 64, 2, 2, 16),)
 
 
-def _case(preset, model, prompt, batch, micro, grid, layout) -> dict:
+def _case(preset, model, prompt, batch, micro, grid, layout, gemm_algo="auto") -> dict:
     from mapper.placement import MappingError
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
@@ -33,7 +34,8 @@ def _case(preset, model, prompt, batch, micro, grid, layout) -> dict:
     try:
         program = build_program(hw, model, phase="train", strategy="weight-streaming",
                                 prompt=prompt, batch=batch, grid=grid, layout=layout,
-                                micro_batches=micro if layout == "2d" else 1)
+                                micro_batches=micro if layout == "2d" else 1,
+                                gemm_algo=gemm_algo if layout == "2d" else "auto")
     except (MappingError, NotImplementedError, ValueError) as e:
         return {"fits": False, "why": str(e).splitlines()[0][:240]}
     sram = sum(program.meta["sram_buffers_per_core"].values())
@@ -48,7 +50,8 @@ def _case(preset, model, prompt, batch, micro, grid, layout) -> dict:
             "busy_core_fraction": s["busy_core_fraction"],
             "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
             "build_s": round(t1 - t0, 1), "simulate_s": round(time.perf_counter() - t1, 1),
-            "loop_iterations_skipped": s.get("loop_iterations_skipped", 0)}
+            "loop_iterations_skipped": s.get("loop_iterations_skipped", 0),
+            "gemm_algos": ",".join(f"{k}={v}" for k, v in m["gemm_algos"].items())}
 
 
 def fewest_micro_batches(preset: str, model: str, prompt: int, batch: int) -> dict:
@@ -79,6 +82,12 @@ def main(argv=None) -> None:
             print(key, lay, r, file=sys.stderr, flush=True)
             for k, v in r.items():
                 figures[f"{key}.{lay}.{k}"] = v
+        if args.quick:  # the forward's GEMM algorithm, each for every projection
+            for algo in ("meshgemm", "cannon", "summa"):
+                r = _case(preset, model, prompt, batch, micro, grid, "2d", algo)
+                print(key, algo, r, file=sys.stderr, flush=True)
+                for k in ("cycles", "simulate_s"):
+                    figures[f"{key}.2d.{algo}.{k}"] = r[k]
     if not args.quick:
         for k, v in fewest_micro_batches("wse3", "llama3-8b", 2048, 64).items():
             figures[f"wse3.llama3-8b.batch64.{k}"] = v
