@@ -320,10 +320,17 @@ def test_strategy_auto_runs_the_2d_winner_and_generate_takes_the_2d_prefill(caps
                "--grid", "8", "--strategy", "auto", "--engine", "fast", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc in (0, None) and out["layout"] == "2d"
-    ttft = {}
+    ttft, handoff = {}, {}
     for layout in ("top-row", "2d"):
         rc = main(["run", "--preset", "mesh16", "--model", "tiny-llama", "--prompt", "64",
                    "--generate", "4", "--strategy", "layer-sequential", "--layout", layout,
                    "--engine", "fast", "--json"])
-        ttft[layout] = json.loads(capsys.readouterr().out)["time_to_first_token_s"]
+        out = json.loads(capsys.readouterr().out)
+        ttft[layout], handoff[layout] = out["time_to_first_token_s"], out["kv_handoff"]
     assert ttft["2d"] < ttft["top-row"]
+    # the 2-D prefill leaves its KV cache in its tiles, not where the decode reads it: said
+    assert handoff == {"top-row": "in place", "2d": "not simulated"}
+    main(["run", "--preset", "mesh16", "--model", "tiny-llama", "--prompt", "64", "--generate",
+          "4", "--strategy", "layer-sequential", "--prefill-grid", "16", "--decode-grid", "8",
+          "--engine", "fast"])
+    assert "its move is not simulated" in capsys.readouterr().out

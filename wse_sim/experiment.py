@@ -437,10 +437,13 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
     (the 2-D layout) apply to the prefill; the decode steps keep the top-row layout."""
     _positive("generate", generate)
     two_d = {k: kw.pop(k) for k in ("layout", "gemm_algo") if k in kw}
-    pre = simulate(build_program(hw, model, phase="prefill", prompt=prompt, batch=batch,
-                                 grid=prefill_grid, **kw, **two_d), hw, engine=engine)
-    first = simulate(build_program(hw, model, phase="decode", context=prompt, batch=batch,
-                                   grid=decode_grid, **kw), hw, engine=engine)
+    pre_program = build_program(hw, model, phase="prefill", prompt=prompt, batch=batch,
+                                grid=prefill_grid, **kw, **two_d)
+    first_program = build_program(hw, model, phase="decode", context=prompt, batch=batch,
+                                  grid=decode_grid, **kw)
+    handoff = kv_handoff(pre_program.meta, first_program.meta)
+    pre = simulate(pre_program, hw, engine=engine)
+    first = simulate(first_program, hw, engine=engine)
     if generate > 1:
         last = simulate(build_program(hw, model, phase="decode", context=prompt + generate - 1,
                                       batch=batch, grid=decode_grid, **kw), hw, engine=engine)
@@ -448,7 +451,7 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
         last = first
     decode_s = generate * (first.seconds + last.seconds) / 2
     total = pre.seconds + decode_s
-    return {
+    return {"kv_handoff": handoff,
         "prefill_seconds": pre.seconds, "decode_seconds": decode_s, "seconds": total,
         "first_decode_seconds": first.seconds, "last_decode_seconds": last.seconds,
         "time_to_first_token_s": pre.seconds + first.seconds,
@@ -458,6 +461,20 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
             first.flops + last.flops) // 2,
         "results": {"prefill": pre, "decode_first": first, "decode_last": last},
     }
+
+
+KV_SAME_PLACE = ("strategy", "layout", "grid_cols", "grid_rows", "region_cols", "region_rows",
+                 "regions", "attention")
+
+
+def kv_handoff(prefill_meta: dict, decode_meta: dict) -> str:
+    """Whether the prefill leaves the KV cache where the decode reads it ("in place": the same
+    mapping of the same grid) or the cache would have to move between the two layouts (a 2-D
+    prefill, other grids or strategies): that move is not simulated, and its time is in no
+    figure of `run_generate` (docs/strategies.md, "End to end")."""
+    if all(prefill_meta.get(k) == decode_meta.get(k) for k in KV_SAME_PLACE):
+        return "in place"
+    return "not simulated"
 
 
 def stage_programs(hw: HardwareConfig, model: str, *, wafers: int, phase: str = "prefill",

@@ -317,6 +317,9 @@ def run_extended(args) -> int:
             print(f"{args.model}: prefill {args.prompt} tokens + generate {args.generate} with "
                   f"{strategy} ({args.reduce_algo} reduces) on {args.preset}")
             print(f"  time to first token  {out['time_to_first_token_s'] * 1e6:.2f} µs")
+            if out["kv_handoff"] != "in place":
+                print("  KV cache             the prefill leaves it in another layout than the "
+                      "decode's: its move is not simulated and not in these times")
             print(f"  total                {out['seconds'] * 1e6:.2f} µs, "
                   f"{out['tokens_per_s']:,.0f} generated tokens/s end to end "
                   f"({out['decode_tokens_per_s']:,.0f} tokens/s while decoding)")
