@@ -292,7 +292,7 @@ def test_latency_bound_ring_steps_have_a_fractional_rate():
     """MeshGEMM with tiny tiles is paced by its operands going round the interleaved rings
     (two hops between neighbours, one at the ends): 79 cycles per 8 steps, a one-cycle dip
     travelling round the ring. No iteration repeats the one before moved by an integer delta,
-    so nothing is skipped (docs/hardware-model.md, "Why latency-bound ring steps never
+    so nothing is skipped (docs/hardware-model.md, "Why some latency-bound ring steps never
     settle"); the result is the reference's."""
     hw = load_preset("wse2")
     p = build_gemm("meshgemm", hw, grid=16, m=64, k=32, n=32, dtype="fp16")
@@ -302,6 +302,26 @@ def test_latency_bound_ring_steps_have_a_fractional_rate():
     firsts = [int(s["start"][s["task"] == lp.task(i, 0)].min()) for i in range(lp.count)]
     steps = [b - a for a, b in zip(firsts, firsts[1:], strict=False)]
     assert steps == ([10] * 7 + [9]) + ([10] * 5)
+
+
+@pytest.mark.parametrize("grid,m,k,n", [(16, 48, 48, 48), (15, 45, 45, 45), (16, 48, 48, 144),
+                                         (21, 63, 63, 63)])
+def test_latency_bound_steps_of_period_two_are_skipped_by_pairs(grid, m, k, n):
+    """MeshGEMM with 3 x 3 x 3 (and 3 x 3 x 9) tiles: the steps take 11 and 12 cycles in turn
+    and the whole state repeats every pair of steps (an odd delta: no single step is the one
+    before moved), so the engine skips whole pairs (docs/hardware-model.md, "Period two"),
+    in step with the loop's end (odd and even counts); every counter and span is the
+    reference's."""
+    hw = load_preset("wse2")
+    p = build_gemm("meshgemm", hw, grid=grid, m=m, k=k, n=n, dtype="fp16")
+    fast = same(p, hw)
+    assert fast.loop_iterations_skipped >= 2 and fast.loop_iterations_skipped % 2 == 0
+    lp, s = p.loops[0], fast.spans
+    firsts = [int(s["start"][s["task"] == lp.task(i, 0)].min()) for i in range(lp.count)]
+    pairs = {b - a for a, b in zip(firsts[4::2], firsts[6::2], strict=False)}
+    assert len(pairs) == 1  # one pace per pair of steps from step 4 on
+    if n == k:  # 3 x 3 x 3: 23 cycles a pair, so no step is the one before moved
+        assert pairs.pop() == 23
 
 
 def test_iteration_rows_copied_from_iteration_0_equal_rows_built_from_the_records(monkeypatch):

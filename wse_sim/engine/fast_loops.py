@@ -57,7 +57,8 @@ from wse_sim.engine.fast_tasks import (
 
 FIRST_TRY = 1      # the first iteration whose state is compared (after warm-up below)
 TRY_EVERY = 2      # then every this many iterations ...
-TRY_DOUBLING = 16  # ... up to here; beyond, at doubling distances (few copies if it never settles)
+TRY_DOUBLING = 16  # ... up to here; beyond, every quarter of the iterations run (a loop that
+# settles late is caught within a quarter more; one that never settles takes few copies)
 MIN_COUNT = FIRST_TRY + 4  # shorter loops run in full
 # `path='auto'` takes the step path for its fast-forward from this many iterations: a try
 # copies the loop's whole state (at full wafer about a second), which a loop of a few
@@ -283,9 +284,13 @@ class Forward:
             done = self._try(p, k)
             if done is None:
                 return OVERFLOW
-            if done:
+            if done is True:
                 return OK
-            k = k + TRY_EVERY if k < TRY_DOUBLING else 2 * k
+            nxt = k + TRY_EVERY if k < TRY_DOUBLING else k + max(TRY_EVERY, k // 4)
+            if done == 2:  # two iterations repeat, but not in step with the loop's end
+                nxt = max(nxt, k + 2)
+                nxt += (p.lp.count - nxt) % 2
+            k = nxt
         return OK
 
     def _segments(self, p: LoopPlan) -> list:
@@ -300,47 +305,66 @@ class Forward:
         return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
     def _try(self, p: LoopPlan, k: int):
-        """Watch iterations k and k + 1 (the state before k is current); skip the rest of the
-        loop when the second repeats the first. True: skipped; False: not settled (both ran);
-        None: the extrapolated times overflow the keys."""
+        """Watch the iterations from k (the state before k is current); skip the rest of the
+        loop when they repeat with a period c of one or two iterations: the state after
+        k + c is the state before k moved by one delta, and after k + 2 c by two. True:
+        skipped; False: not settled; 2: two iterations repeat, but the loop's end is not a
+        whole number of pairs away (the caller tries again in step); None: the extrapolated
+        times overflow the keys."""
         st = self.st
         rows = p.rows
         rsig0 = self._state(p, k)
         res0, sig0 = self._copy("res", p.level, rows), self._copy("sig", p.level, rsig0)
         t0 = st.state.copy()
-        cres = np.zeros(len(rows), np.uint8)
-        csig = np.zeros(len(sig0), np.uint8)
-        shift = np.array([-1, -1], np.int64)
         w = slice(2 * p.level, 2 * p.level + 2)  # this loop's watch (an inner one: its own)
         move = self.advance if p.level == 0 else self.raw
         st.watch[w] = p.lp.first, 0
-        # the state after k + 1 is compared with the copy of the state after k, and the
-        # state after k + 2 with the same copy moved by two iterations (with the same rows
-        # changing, that is the state after k + 1 moved by one): one copy, not two
+        # the state after k + c is compared with the copy of the state before k, and the
+        # state after k + 2 c with the same copy moved by two periods (with the same rows
+        # changing, that is the state after k + c moved by one): one copy, not two
         try:
-            if move(int(p.groups[k + 1])) != OK:
+            for c in (1, 2):
+                if k + 2 * c >= p.lp.count or move(int(p.groups[k + c])) != OK:
+                    return False
+                cres = np.zeros(len(rows), np.uint8)
+                csig = np.zeros(len(sig0), np.uint8)
+                shift = np.array([-1, -1], np.int64)
+                if (_shift_check(st.res, rows, res0, shift, cres, True, True)
+                        and self._sig_check(p, k + c, sig0, shift, csig, True)
+                        and shift[0] > 0):
+                    break
+            else:
                 return False
-            if not (_shift_check(st.res, rows, res0, shift, cres, True, True)
-                    and self._sig_check(p, k + 1, sig0, shift, csig, True)):
-                return False
+            if c == 2 and not self._in_step(p, k):
+                return 2
             t1 = st.state.copy()
             before = self._copy_counters(p.level)
-            if move(int(p.groups[k + 2])) != OK:
+            if move(int(p.groups[k + 2 * c])) != OK:
                 return False
             ok = (_shift_check(st.res, rows, res0, 2 * shift, cres, False, True)
-                  and self._sig_check(p, k + 2, sig0, 2 * shift, csig, False)
+                  and self._sig_check(p, k + 2 * c, sig0, 2 * shift, csig, False)
                   and st.watch[w][1] == 0
-                  and self._same_tail(t0, t1, st.state, shift, p)
-                  and self._same_tasks(p, k + 1, int(shift[0])))
+                  and self._same_tail(t0, t1, st.state, shift, p, c)
+                  and self._same_tasks(p, k + c, c, int(shift[0])))
         finally:
             st.watch[w] = -1, 0
         if not ok:
             return False
-        m = p.lp.count - (k + 2)
-        if int(st.state[T_MAXEND]) + m * int(shift[0]) >= READY_MAX:
+        periods = (p.lp.count - (k + 2 * c)) // c
+        if int(st.state[T_MAXEND]) + periods * int(shift[0]) >= READY_MAX:
             return None
-        self._skip(p, k + 2, m, shift, cres, csig, t1, before)
+        self._skip(p, k + 2 * c, periods, c, shift, cres, csig, t1, before)
         return True
+
+    @staticmethod
+    def _in_step(p: LoopPlan, k: int) -> bool:
+        """A period of two iterations skips whole pairs: the loop's end is an even number of
+        iterations after k, and every skipped iteration that the rest of the program reads
+        is in step with the last one (its slots are the last simulated pair's second
+        iteration's, moved)."""
+        count = p.lp.count
+        return (count - k) % 2 == 0 and all((count - 1 - it) % 2 == 0
+                                            for it, _ in p.after if it >= k + 4)
 
     def _sig_check(self, p, i, ref, shift, codes, first) -> bool:
         """The state's signal slots before iteration i are `ref` moved by `shift`."""
@@ -349,30 +373,33 @@ class Forward:
                                                    False))
 
     @staticmethod
-    def _same_tail(t0, t1, t2, shift, p) -> bool:
-        """The finish (latest end, its instance, its chain) moved by one iteration twice, and
-        the bytes injected and delivered the same in both iterations."""
+    def _same_tail(t0, t1, t2, shift, p, c: int = 1) -> bool:
+        """The finish (latest end, its instance, its chain) moved by one period (c
+        iterations) twice, and the bytes injected and delivered the same in both periods."""
         delta, da = int(shift[0]), int(shift[1])
         for a, b in ((t0, t1), (t1, t2)):
-            if (b[T_MAXEND] - a[T_MAXEND] != delta or b[T_LAST_G] - a[T_LAST_G] != p.inst
+            if (b[T_MAXEND] - a[T_MAXEND] != delta or b[T_LAST_G] - a[T_LAST_G] != c * p.inst
                     or b[T_LAST_RG] - a[T_LAST_RG] != delta << GEN_BITS
                     or b[T_LAST_S] - a[T_LAST_S] != 2 * delta or b[T_LAST_A] - a[T_LAST_A] != da):
                 return False
         return all(t1[c] - t0[c] == t2[c] - t1[c] for c in (T_COMM, T_DELIV))
 
-    def _same_tasks(self, p, i, delta) -> bool:
-        """Iteration i's per-task counters are iteration i - 1's, their spans moved by delta."""
+    def _same_tasks(self, p, i, c, delta) -> bool:
+        """Iterations i .. i + c - 1's per-task counters are the c before's, their spans moved
+        by delta."""
         lp, tacc = p.lp, self.st.tacc
-        d = tacc[lp.task(i, 0):lp.task(i + 1, 0)] - tacc[lp.task(i - 1, 0):lp.task(i, 0)]
+        d = tacc[lp.task(i, 0):lp.task(i + c, 0)] - tacc[lp.task(i - c, 0):lp.task(i, 0)]
         return bool((d[:, A_START] == delta).all() and (d[:, A_END] == delta).all()
                     and (d[:, A_FIRST] == delta << GEN_BITS).all()
                     and (np.delete(d, [A_START, A_END, A_FIRST], axis=1) == 0).all())
 
-    def _skip(self, p, i, m, shift, cres, csig, t_prev, before) -> None:
-        """Iterations i .. i + m - 1: iteration i - 1 moved by 1 .. m iterations."""
+    def _skip(self, p, i, q, c, shift, cres, csig, t_prev, before) -> None:
+        """Iterations i .. i + q c - 1 (q periods of c iterations): iteration i - c + r moved
+        by 1 .. q periods (r = 0 .. c - 1)."""
         st, lp, tables = self.st, p.lp, self.tables
         delta = int(shift[0])
-        _shift_rows(st.res, p.rows, st.res, p.rows, cres, m, shift)
+        m = q * c  # iterations skipped
+        _shift_rows(st.res, p.rows, st.res, p.rows, cres, q, shift)
         # the slots the rest of the program reads from skipped iterations (each its own
         # rows in the store: `fast_step.live_groups` keeps them)
         rows, codes, at = self._state(p, i), csig, 0
@@ -383,36 +410,37 @@ class Forward:
                 src[j] = (st.sig[rows[at:at + k]], codes[at:at + k],
                           np.arange(k, dtype=np.int64))
             at += k
-        for it, j in p.after:
+        for it, j in p.after:  # in step with iteration i - 1 (`_in_step`)
             if it >= i:
                 x0, k = p.block(tables, it, j, st.off)
                 was, code, idx = src[j]
-                _shift_rows(st.sig[x0:x0 + k], idx, was, idx, code, it - (i - 1), shift)
+                _shift_rows(st.sig[x0:x0 + k], idx, was, idx, code, (it - (i - 1)) // c, shift)
         for now, was in zip((st.busy, st.lbusy, st.lbytes), before, strict=True):
-            now += m * (now - was)
+            now += q * (now - was)
         s = st.state
         for col in (T_COMM, T_DELIV):
-            s[col] += m * (s[col] - t_prev[col])
-        s[T_MAXEND] += m * delta
+            s[col] += q * (s[col] - t_prev[col])
+        s[T_MAXEND] += q * delta
         s[T_LAST_G] += m * p.inst
-        s[T_LAST_RG] += (m * delta) << GEN_BITS
-        s[T_LAST_S] += 2 * m * delta
-        s[T_LAST_A] += m * int(shift[1])
-        self._fill_tasks(p, i, m, delta)
+        s[T_LAST_RG] += (q * delta) << GEN_BITS
+        s[T_LAST_S] += 2 * q * delta
+        s[T_LAST_A] += q * int(shift[1])
+        self._fill_tasks(p, i, q, c, delta)
         s[T_NEXT] = p.groups[lp.count]
         self.skipped_iterations += m * (1 + p.inner_iterations)
         self.skipped(int(tables.ib[lp.end] - tables.ib[lp.task(i, 0)]))
 
-    def _fill_tasks(self, p, i, m, delta) -> None:
-        """Per-task counters (and per-instance spans, when kept) of the skipped iterations."""
+    def _fill_tasks(self, p, i, q, c, delta) -> None:
+        """Per-task counters (and per-instance spans, when kept) of the skipped iterations:
+        the last simulated period's, moved by 1 .. q periods."""
         st, lp, ib = self.st, p.lp, self.tables.ib
-        last = st.tacc[lp.task(i - 1, 0):lp.task(i, 0)]
+        last = st.tacc[lp.task(i - c, 0):lp.task(i, 0)]
         step = np.zeros(last.shape[1], np.int64)
         step[[A_START, A_END, A_FIRST]] = delta, delta, delta << GEN_BITS
-        reps = np.arange(1, m + 1, dtype=np.int64)[:, None, None]
+        reps = np.arange(1, q + 1, dtype=np.int64)[:, None, None]
         st.tacc[lp.task(i, 0):lp.end] = (last[None] + reps * step).reshape(-1, last.shape[1])
         if len(st.ends):
-            g0, g1 = ib[lp.task(i - 1, 0)], ib[lp.task(i, 0)]
+            g0, g1 = ib[lp.task(i - c, 0)], ib[lp.task(i, 0)]
             moved = reps[:, :, 0] * delta
             for arr in (st.start, st.ends):
                 arr[g1:ib[lp.end]] = (arr[g0:g1][None] + moved).reshape(-1)
