@@ -3,8 +3,11 @@ the grid's peak, the busy core fraction, SRAM per core and the simulator's wall 
 same prefill in both layouts (layer-sequential), the top-row one being the baseline of the
 ratios; a layout that does not fit says why in one line. Full size (minutes): one LLaMA3-8B
 layer (`n_layers=1`) of a 4,096-token prefill on 720 x 720 cores of wse2, then the whole
-32-layer model in the 2-D layout (its simulation time against one layer's). `--quick`:
-tiny-llama, 128 tokens on a 32 x 32 grid of mesh32."""
+32-layer model in the 2-D layout (its simulation time against one layer's); then the
+latency-bound case (`small_tiles.*`): Cerebras-GPT-1.3B at 2,048 tokens on 750 x 750 cores,
+3 x 3 tiles whose GEMM steps are paced by the rings (some settle with a period of two steps,
+docs/hardware-model.md), one layer and the whole 24-layer model. `--quick`: tiny-llama, 128
+tokens on a 32 x 32 grid of mesh32."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import emit, machine_info, parse_args  # noqa: E402
 
 FULL = ("wse2", "llama3-8b", 4096, 720, {"n_layers": 1})
+SMALL_TILES = ("wse2", "cerebras-gpt-1.3b", 2048, 750, {"n_layers": 1})
 QUICK = ("mesh32", "tiny-llama", 128, 32, None)
 
 
@@ -66,6 +70,10 @@ def main(argv=None) -> None:
             figures["whole_model.simulate_s_vs_one_layer"] = \
                 whole["simulate_s"] / two["simulate_s"]
             targets["whole_model.simulate_s"] = {"max": 60}  # issue 16
+        p2, m2, t2, g2, one = SMALL_TILES
+        for key, ms in (("small_tiles.one_layer", one), ("small_tiles.whole_model", None)):
+            for k, v in _case(p2, m2, t2, g2, ms, "2d").items():
+                figures[f"{key}.{k}"] = v
     emit("bench_layout2d", figures, targets, args.json, machine_info())
 
 

@@ -344,16 +344,21 @@ class Forward:
             ok = (_shift_check(st.res, rows, res0, 2 * shift, cres, False, True)
                   and self._sig_check(p, k + 2 * c, sig0, 2 * shift, csig, False)
                   and st.watch[w][1] == 0
-                  and self._same_tail(t0, t1, st.state, shift, p, c)
                   and self._same_tasks(p, k + c, c, int(shift[0])))
+            tail = self._same_tail(t0, t1, st.state, shift, p, c) if ok else None
         finally:
             st.watch[w] = -1, 0
-        if not ok:
+        if tail is None:
             return False
         periods = (p.lp.count - (k + 2 * c)) // c
         if int(st.state[T_MAXEND]) + periods * int(shift[0]) >= READY_MAX:
             return None
-        self._skip(p, k + 2 * c, periods, c, shift, cres, csig, t1, before)
+        if tail == "held":  # the finish stays a task's outside the loop if no loop end reaches it
+            lp = p.lp
+            last = int(st.tacc[lp.task(k + c, 0):lp.task(k + 2 * c, 0), A_END].max())
+            if last + periods * int(shift[0]) >= int(st.state[T_MAXEND]):
+                return False
+        self._skip(p, k + 2 * c, periods, c, shift, cres, csig, t1, before, tail == "moves")
         return True
 
     @staticmethod
@@ -373,16 +378,23 @@ class Forward:
                                                    False))
 
     @staticmethod
-    def _same_tail(t0, t1, t2, shift, p, c: int = 1) -> bool:
-        """The finish (latest end, its instance, its chain) moved by one period (c
-        iterations) twice, and the bytes injected and delivered the same in both periods."""
+    def _same_tail(t0, t1, t2, shift, p, c: int = 1) -> str | None:
+        """The bytes injected and delivered the same in both periods, and the finish (latest
+        end, its instance, its chain) either moved by one period (c iterations) twice
+        ("moves") or held both times by a task outside the loop, such as weights streaming
+        in far ahead ("held"; `_try` checks that no skipped end reaches it); else None."""
         delta, da = int(shift[0]), int(shift[1])
+        fin = (T_MAXEND, T_LAST_G, T_LAST_RG, T_LAST_S, T_LAST_A)
+        if not all(t1[x] - t0[x] == t2[x] - t1[x] for x in (T_COMM, T_DELIV)):
+            return None
+        if all(a[x] == b[x] for a, b in ((t0, t1), (t1, t2)) for x in fin):
+            return "held"
         for a, b in ((t0, t1), (t1, t2)):
             if (b[T_MAXEND] - a[T_MAXEND] != delta or b[T_LAST_G] - a[T_LAST_G] != c * p.inst
                     or b[T_LAST_RG] - a[T_LAST_RG] != delta << GEN_BITS
                     or b[T_LAST_S] - a[T_LAST_S] != 2 * delta or b[T_LAST_A] - a[T_LAST_A] != da):
-                return False
-        return all(t1[c] - t0[c] == t2[c] - t1[c] for c in (T_COMM, T_DELIV))
+                return None
+        return "moves"
 
     def _same_tasks(self, p, i, c, delta) -> bool:
         """Iterations i .. i + c - 1's per-task counters are the c before's, their spans moved
@@ -393,9 +405,10 @@ class Forward:
                     and (d[:, A_FIRST] == delta << GEN_BITS).all()
                     and (np.delete(d, [A_START, A_END, A_FIRST], axis=1) == 0).all())
 
-    def _skip(self, p, i, q, c, shift, cres, csig, t_prev, before) -> None:
+    def _skip(self, p, i, q, c, shift, cres, csig, t_prev, before, finish_moves=True) -> None:
         """Iterations i .. i + q c - 1 (q periods of c iterations): iteration i - c + r moved
-        by 1 .. q periods (r = 0 .. c - 1)."""
+        by 1 .. q periods (r = 0 .. c - 1). The finish moves with them unless a task outside
+        the loop holds it (`finish_moves` False)."""
         st, lp, tables = self.st, p.lp, self.tables
         delta = int(shift[0])
         m = q * c  # iterations skipped
@@ -420,11 +433,12 @@ class Forward:
         s = st.state
         for col in (T_COMM, T_DELIV):
             s[col] += q * (s[col] - t_prev[col])
-        s[T_MAXEND] += q * delta
-        s[T_LAST_G] += m * p.inst
-        s[T_LAST_RG] += (q * delta) << GEN_BITS
-        s[T_LAST_S] += 2 * q * delta
-        s[T_LAST_A] += q * int(shift[1])
+        if finish_moves:
+            s[T_MAXEND] += q * delta
+            s[T_LAST_G] += m * p.inst
+            s[T_LAST_RG] += (q * delta) << GEN_BITS
+            s[T_LAST_S] += 2 * q * delta
+            s[T_LAST_A] += q * int(shift[1])
         self._fill_tasks(p, i, q, c, delta)
         s[T_NEXT] = p.groups[lp.count]
         self.skipped_iterations += m * (1 + p.inner_iterations)
