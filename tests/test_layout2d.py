@@ -334,3 +334,24 @@ def test_strategy_auto_runs_the_2d_winner_and_generate_takes_the_2d_prefill(caps
           "4", "--strategy", "layer-sequential", "--prefill-grid", "16", "--decode-grid", "8",
           "--engine", "fast"])
     assert "its move is not simulated" in capsys.readouterr().out
+
+
+def test_gemm_steps_skipped_by_pairs_inside_the_layers_loop(monkeypatch):
+    """3-token tiles (48 tokens on 16 x 16): the QKV and O projections' MeshGEMM steps repeat
+    only every two steps; inside the layers loop they are skipped by pairs, and the whole
+    prefill (spans too) is the reference's (docs/hardware-model.md, "Period two")."""
+    from test_engine_fast import assert_same
+
+    from wse_sim.engine import fast_loops
+    from wse_sim.engine.reference import simulate_reference
+    periods = []
+    skip = fast_loops.Forward._skip
+
+    def spy(self, p, i, q, c, *a, **k):
+        periods.append((p.lp.name, c))
+        return skip(self, p, i, q, c, *a, **k)
+    monkeypatch.setattr(fast_loops.Forward, "_skip", spy)
+    p = _2d(MESH16, prompt=48, grid=16, model_set={"n_layers": 6}, gemm_algo="meshgemm")
+    fast = simulate_fast(p, MESH16, path="step", spans=True)
+    assert_same(simulate_reference(p, MESH16), fast)
+    assert ("L0.qkv_proj.step", 2) in periods and ("layers", 1) in periods
