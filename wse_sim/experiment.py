@@ -451,7 +451,8 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
         last = first
     decode_s = generate * (first.seconds + last.seconds) / 2
     total = pre.seconds + decode_s
-    return {"kv_handoff": handoff,
+    return {
+        "kv_handoff": handoff,
         "prefill_seconds": pre.seconds, "decode_seconds": decode_s, "seconds": total,
         "first_decode_seconds": first.seconds, "last_decode_seconds": last.seconds,
         "time_to_first_token_s": pre.seconds + first.seconds,

@@ -194,12 +194,19 @@ def gemm_plans(run: Run, P: int, algos: dict[str, str], tokens: int | None = Non
             in gemm_shapes(run.cfg, tokens or run.tokens, P).items()}
 
 
+def scratch_bytes(plan) -> int:
+    """SRAM bytes of a GEMM fragment's scratch buffers (its algorithm's `scratch` roles)."""
+    roles = fragment_buffers(plan.algo)["scratch"]
+    return sum(v[2] for k, v in plan.buffers().items() if k in roles)
+
+
 def scratch_tiles(plans: dict) -> dict[str, dict]:
-    """Each projection's scratch tiles (name: shape), from its plan(s): a functional run's."""
+    """Each projection's scratch tiles (name: shape) from the plans it runs with (label ->
+    plans): a functional run's."""
     out: dict[str, dict] = {}
     for label, group in plans.items():
         out[label] = {}
-        for plan in (group if isinstance(group, (list, tuple)) else [group]):
+        for plan in group:
             roles = fragment_buffers(plan.algo)["scratch"]
             for name, v in plan.buffers().items():
                 if name in roles and out[label].setdefault(name, v[0]) != v[0]:
@@ -215,9 +222,7 @@ def buffers_2d(run: Run, t: Tiles, algos: dict[str, str], streaming: bool) -> di
     norms = (1 if cfg.norm == "rmsnorm" else 2) * t.d * b
     per_layer = (t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d) * run.weight_bytes \
         + 2 * norms
-    scratch = sum(sum(v[2] for k, v in plan.buffers().items()
-                      if k in fragment_buffers(plan.algo)["scratch"])
-                  for plan in gemm_plans(run, P, algos).values())
+    scratch = sum(scratch_bytes(plan) for plan in gemm_plans(run, P, algos).values())
     out = {
         "weights": per_layer * (2 if streaming else L),
         "activations": tm * (2 * t.d + t.q + t.f) * b + tm * 2 * 4,
@@ -253,8 +258,8 @@ class Emitter:
 
     def gemm(self, i: int, label: str, start: tuple) -> tuple:
         m, k, n, ops = gemm_shapes(self.run.cfg, self.tokens, self.t.P)[label]
-        names = None if self.fd is None else self.fd.gemm_names(i, label)
         algo = self.algos.get(label, self.algo)
+        names = None if self.fd is None else self.fd.gemm_names(i, label, algo)
         _, end = gemm_fragment(self.pb, algo, self.run.hw, grid=self.t.P, m=m, k=k, n=n,
                                dtype=self.run.dtype, label=f"L{i}.{label}", start=start,
                                names=names)
@@ -436,8 +441,8 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
         from mapper.strategies import layout2d_data
         layout2d_data.register_kernels()
         fd = layout2d_data.Data2D(run, t, algos)
-        views, extra = alloc_group(pb, "", reg, buffers,
-                                   fd.tiles(scratch_tiles(gemm_plans(run, P, algos))))
+        plans = {label: (plan,) for label, plan in gemm_plans(run, P, algos).items()}
+        views, extra = alloc_group(pb, "", reg, buffers, fd.tiles(scratch_tiles(plans)))
     else:
         views, extra = alloc_group(pb, "", reg, buffers)
     ops = run.ops()

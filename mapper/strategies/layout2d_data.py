@@ -206,9 +206,9 @@ class Data2D:
     A_IN = {"qkv_proj": "h", "o_proj": "ao", "ffn_up": "h", "ffn_down": "hf"}
     C_OUT = {"qkv_proj": "cq", "o_proj": "co", "ffn_up": "cu", "ffn_down": "cd"}
 
-    def gemm_names(self, i: int, label: str) -> dict:
+    def gemm_names(self, i: int, label: str, algo: str) -> dict:
         """The fragment's buffers: A the activation, B the layer's weight tile, C its own."""
-        roles = fragment_buffers(self.algos[label])
+        roles = fragment_buffers(algo)
         out = {roles["a"]: self.A_IN[label], roles["b"]: f"L{i}.{label}.w",
                "c": self.C_OUT[label]}
         return out | {s: f"{label}.{s}" for s in roles["scratch"]}

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 
 from mapper import gemm_transposed as gt
-from mapper.gemm import fragment_buffers, gemm_fragment
+from mapper.gemm import gemm_fragment
 from mapper.gemm_common import Plan
 from mapper.placement import MappingError
 from mapper.strategies.common import Run
@@ -56,6 +56,7 @@ from mapper.strategies.layout2d import (
     emit_layers,
     gemm_plans,
     gemm_shapes,
+    scratch_bytes,
     scratch_tiles,
 )
 from mapper.strategies.tp2d import COLORS
@@ -84,16 +85,12 @@ def train_algos(run: Run, P: int, gemm_algo: str) -> dict[str, str]:
     return choose_algos(run, P, gemm_algo, run.chunk_tokens, natural=True)
 
 
-def _scratch_bytes(plan) -> int:
-    roles = fragment_buffers(plan.algo)["scratch"]
-    return sum(v[2] for k, v in plan.buffers().items() if k in roles)
-
-
 def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto") -> dict[str, int]:
     """SRAM bytes per buffer class on the fullest core (one micro-batch's tiles `t`, the
-    projections' algorithms `train_algos(run, t.P, gemm_algo)`). The GEMMs run one after another, so one set of scratch serves them all
-    (the largest, of any algorithm the step runs); the embedding is gathered off the wafer,
-    the LM head's weights stream in like a layer's."""
+    projections' algorithms `train_algos(run, t.P, gemm_algo)`). The GEMMs run one after
+    another, so one set of scratch serves them all (the largest, of any algorithm the step
+    runs); the embedding is gathered off the wafer, the LM head's weights stream in like a
+    layer's."""
     cfg, b, P, tm = run.cfg, run.bytes, t.P, t.tm
     algos = train_algos(run, P, gemm_algo)
     out = buffers_2d(run, t, algos, True)
@@ -104,7 +101,7 @@ def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto") -> dict
     fwd, bwd = 0, 0
     for label, (m, k, n, _) in shapes.items():
         used = {algos.get(label, RING_ALGO)} | ({RING_ALGO} if recompute else set())
-        fwd = max([fwd] + [_scratch_bytes(Plan("gemm", a, P, m, k, n, run.dtype))
+        fwd = max([fwd] + [scratch_bytes(Plan("gemm", a, P, m, k, n, run.dtype))
                            for a in used])
         nt = gt.TPlan("nt", P, m, k, n, run.dtype).buffers()
         tn = gt.TPlan("tn", P, m, k, n, run.dtype).buffers()

@@ -240,10 +240,10 @@ class TrainData2D(Data2D):
         return {k: (reg, (a, b), d, None) for k, (a, b, d) in out.items()}
 
     # ---- the forward ----------------------------------------------------------------------------
-    def gemm_names(self, i: int, label: str) -> dict:
-        """The fragment's roles: A a copy of the input (the GEMM consumes it), B the layer's
-        weight tile (the backward's copy when recomputing: MeshGEMM's), C the layer's own."""
-        roles = fragment_buffers(RING_ALGO if self.backward else self.algos[label])
+    def gemm_names(self, i: int, label: str, algo: str) -> dict:
+        """`algo`'s roles: A a copy of the input (the GEMM consumes it), B the layer's weight
+        tile (the backward's copy when recomputing), C the layer's own."""
+        roles = fragment_buffers(algo)
         w = f"L{i}.{label}.w" + ("b" if self.backward else "")
         return {roles["a"]: f"{label}.ain", roles["b"]: w, "c": self.a(i, self.C_OUT[label])
                 } | {r: f"{label}.{r}" for r in roles["scratch"]}

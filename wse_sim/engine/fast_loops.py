@@ -16,7 +16,9 @@ needs), which do not move. So when
 then every later iteration repeats the last one moved by delta, and its counters (cycles,
 per-core and per-link busy, bytes, per-task spans, critical path) are the last one's moved by
 delta or repeated. The loop's remaining iterations are skipped and those counters
-extrapolated. When the state does not settle (the iterations differ, contention that drifts),
+extrapolated. The same holds for the body run twice (a period of two iterations: skipped by
+pairs), and with the run's finish held by a task outside the loop that no skipped end reaches
+(docs/hardware-model.md, "Period two", "A finish held outside the loop"). When the state does not settle (the iterations differ, contention that drifts),
 the loop runs in full: correctness first. docs/hardware-model.md, "Loops", has a worked example.
 """
 

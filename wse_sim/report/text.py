@@ -208,10 +208,10 @@ def mapping_line(meta: dict) -> str:
     if meta.get("chunks", 1) > 1:
         parts.append(f"{meta['chunks']} chunks")
     if meta.get("layout") == "2d":  # the GEMMs' algorithms
-        algos = meta.get("gemm_algos") or {}
+        algo = meta.get("gemm_algo")
         parts.append("2-D layout, GEMMs " + (
-            ", ".join(f"{k} {v}" for k, v in algos.items())
-            if len(set(algos.values())) > 1 else str(meta.get("gemm_algo"))))
+            ", ".join(f"{k} {v}" for k, v in meta["gemm_algos"].items())
+            if algo == "per-projection" else str(algo)))
     two_d_step = meta.get("layout") == "2d" and meta.get("phase") == "train"
     if "reduce_algo" in meta and not two_d_step:  # the top-row GEMVs' (a 2-D prefill's head)
         parts.append(f"GEMM reduce {meta['reduce_algo']}")
