@@ -301,6 +301,42 @@ def test_the_layers_loop_fast_forwards_to_the_reference_cycle():
     assert fast.loop_iterations_skipped > 0
 
 
+def test_the_layers_loop_is_tried_from_its_first_iteration(monkeypatch):
+    """Layer 0, emitted just before the layers' loop, stands for its iteration -1 (same
+    records, slots and places): the first try compares from iteration 0, so one layer fewer
+    is simulated (skipping starts at iteration 2, not 3), and every counter and span is
+    still the reference's (docs/hardware-model.md, "Loops": the peeled iteration)."""
+    from test_engine_fast import assert_same
+
+    from wse_sim.engine import fast_loops
+    from wse_sim.engine.reference import simulate_reference
+    starts = []
+    skip = fast_loops.Forward._skip
+
+    def spy(self, p, i, *a, **k):
+        if p.lp.name == "layers":
+            starts.append(i)
+        return skip(self, p, i, *a, **k)
+    monkeypatch.setattr(fast_loops.Forward, "_skip", spy)
+    p = _2d(MESH8, prompt=16, model_set={"n_layers": 8}, gemm_algo="cannon")
+    (plan,) = [q for q in fast_loops.plan_loops(*_tables(p)) if q.lp.name == "layers"]
+    assert plan.peeled == 1
+    fast = simulate_fast(p, MESH8, path="step", spans=True)
+    assert_same(simulate_reference(p, MESH8), fast)
+    monkeypatch.setattr(fast_loops, "PEELED_MIN_INSTANCES", 10**12)  # from iteration 1
+    later = simulate_fast(p, MESH8, path="step", spans=True)
+    assert starts == [2, 3] and later.cycles == fast.cycles
+    assert fast.loop_iterations_skipped > later.loop_iterations_skipped
+
+
+def _tables(p):
+    """The fast engine's tables of `p` and its task groups (what `plan_loops` reads)."""
+    from wse_sim.engine import fast_step
+    from wse_sim.engine.fast_tables import Tables
+    tables = Tables(p, MESH8)
+    return tables, fast_step.plan(tables)[0]
+
+
 def test_search_tries_the_2d_layout_and_finds_it_faster_on_a_prefill():
     from wse_sim.experiment import search_mapping
     found, best = search_mapping(MESH8, "tiny-llama", phase="prefill", prompt=64, batch=1,

@@ -173,8 +173,24 @@ def test_refusals():
     with pytest.raises(NotImplementedError, match="training runs weight-streaming"):
         map_train_2d(load_model("tiny-llama"), HW, streaming=False, phase="train", batch=1,
                prompt=16, context=16, dtype="fp16", grid=6, sparsity=0.0)
-    with pytest.raises(MappingError, match="leaves token rows empty"):
+    with pytest.raises(MappingError, match="leaves token rows empty; .*--grid 4 or less"):
         _train(grid=8, batch=2, prompt=4, micro_batches=2)
+
+
+def test_no_grid_asked_for_takes_the_square_a_micro_batch_fills(capsys):
+    """Without --grid a micro-batch shorter than the mesh's side runs on the largest square
+    its tokens fill (one token row each), and the report says why; with --grid the size
+    asked for is refused, not changed."""
+    p = _train(grid=None, batch=2, prompt=6, micro_batches=2)  # 6 tokens on mesh16
+    assert (p.meta["region_cols"], p.meta["grid_cols"]) == (6, 6)
+    assert "6 tokens fills" in p.meta["region_note"]
+    assert "region_note" not in _train(grid=6, batch=2, prompt=6, micro_batches=2).meta
+    args = ["run", "--preset", "mesh16", "--model", "tiny-llama", "--phase", "train",
+            "--batch", "2", "--prompt", "6", "--micro-batches", "2", "--strategy",
+            "weight-streaming", "--layout", "2d", "--engine", "fast"]
+    assert main(args) in (0, None)
+    assert "1 region of 6 x 6 cores (the largest square a micro-batch of 6 tokens" in \
+        capsys.readouterr().out
 
 
 def test_cli(capsys):

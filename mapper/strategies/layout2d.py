@@ -507,7 +507,8 @@ def emit_layers(pb: ProgramBuilder, L: int, body, name: str, last_apart: bool = 
     when there are at least 2 more (layer 0 waits for what comes before; with weights double-
     buffered layer i also waits for layer i - 2, which layer 1 does not have: peel 2); the last
     layer apart when `last_apart` (it differs). Every layer peeled is one more simulated in
-    full: a loop is compared from its iteration 1 on (`fast_loops`)."""
+    full; the fast engine compares the loop from its iteration 0 when the peeled layers stand
+    for the iterations before it (`fast_loops._peeled`), else from iteration 1."""
     end = L - 1 if last_apart else L
     if end - peel < 2:
         for i in range(L):

@@ -455,8 +455,8 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
 def refuse_size(run: Run, P: int) -> None:
     if run.chunk_tokens < P:
         raise MappingError(f"layout 2d: a micro-batch of {run.chunk_tokens} tokens on {P} x "
-                           f"{P} cores leaves token rows empty; use fewer micro-batches or a "
-                           "smaller grid")
+                           f"{P} cores leaves token rows empty; use fewer micro-batches or "
+                           f"--grid {run.chunk_tokens} or less")
 
 
 def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
@@ -474,6 +474,13 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     if not isinstance(recompute, bool):
         raise MappingError(f"recompute: got {recompute!r}, must be true or false")
     cfg, P = run.cfg, min(run.cols, run.rows)
+    region_note = ""
+    if kw.get("grid") is None and 2 <= run.chunk_tokens < P:
+        # no grid asked for: the largest square whose token rows a micro-batch fills
+        region_note = (f"the largest square a micro-batch of {run.chunk_tokens} tokens fills "
+                       f"(one token row each; the mesh's {P} x {P} would leave rows empty)")
+        run = make_run(cfg, hw, functional=functional, **(kw | {"grid": run.chunk_tokens}))
+        P = run.chunk_tokens
     refuse_size(run, P)
     t = Tiles.of(cfg, P, run.chunk_tokens)
     algos = train_algos(run, P, gemm_algo)
@@ -499,6 +506,8 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     em = Emitter(pb, tp, run, t, RING_ALGO, fd)
     em.tokens, em.training, em.algos = run.chunk_tokens, True, dict(algos)
     extra = map_train(em, run, streaming, recompute)
+    if region_note:
+        extra["region_note"] = region_note
     offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
     return build_2d(pb, run, tp, "weight-streaming", algos, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)

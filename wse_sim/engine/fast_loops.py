@@ -17,9 +17,12 @@ then every later iteration repeats the last one moved by delta, and its counters
 per-core and per-link busy, bytes, per-task spans, critical path) are the last one's moved by
 delta or repeated. The loop's remaining iterations are skipped and those counters
 extrapolated. The same holds for the body run twice (a period of two iterations: skipped by
-pairs), and with the run's finish held by a task outside the loop that no skipped end reaches
-(docs/hardware-model.md, "Period two", "A finish held outside the loop"). When the state does not settle (the iterations differ, contention that drifts),
-the loop runs in full: correctness first. docs/hardware-model.md, "Loops", has a worked example.
+pairs), with the run's finish held by a task outside the loop that no skipped end reaches,
+and from iteration 0 when the tasks just before the loop stand for iteration -1 (a peeled
+layer: `_peeled`) (docs/hardware-model.md, "Period two", "A finish held outside the loop",
+"The peeled iteration"). When the state does not settle (the iterations differ, contention
+that drifts), the loop runs in full: correctness first. docs/hardware-model.md, "Loops", has
+a worked example.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ from wse_sim.engine.fast_step import (
 from wse_sim.engine.fast_tasks import (
     D_OWNER,
     D_TASK,
+    F_KIND,
+    F_NI,
+    F_RR,
+    F_RX,
     F_SA,
     F_SB,
     H_COLS,
@@ -67,6 +74,11 @@ MIN_COUNT = FIRST_TRY + 4  # shorter loops run in full
 # iterations does not win back (a heuristic, measured: docs/hardware-model.md, "Loops";
 # Cerebras-GPT-111M's 8 layer iterations stay on the event path)
 AUTO_STEP_COUNT = 9
+# a loop with peeled iterations (`_peeled`) is first tried from iteration 0 when one
+# iteration has at least this many instances per resource row of its footprint (the try's
+# copy, about 30 times cheaper per row than an instance): a layer or a K/V head, not a
+# GEMM step, whose first iteration follows an alignment and seldom repeats
+PEELED_MIN_INSTANCES = 1
 
 
 @kernel
@@ -157,6 +169,8 @@ class LoopPlan:
     rows: np.ndarray           # resources the loop may touch (its bounding box's, the I/O)
     level: int = 0             # 1: inside an iteration of another loop (steps in a layer)
     inner_iterations: int = 0  # iterations of the loops inside one of its iterations
+    peeled: int = 0            # iterations emitted just before the loop like its own (see
+    # `_peeled`): the first try compares from iteration 0, one iteration sooner
 
     def slots(self, tables, iteration: int, j: int, off: np.ndarray) -> np.ndarray:
         """Signal-store rows of iteration `iteration`'s body task j (`fast_step.store_plan`)."""
@@ -196,8 +210,38 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
         box = _box(tables, lp)
         if box not in boxes:
             boxes[box] = _footprint(tables, box)
-        out.append(LoopPlan(lp, g, carried, sorted(after), inst, boxes[box], level, inner))
+        peeled = _peeled(tables, lp, max(carried.values(), default=1))
+        if inst < PEELED_MIN_INSTANCES * len(boxes[box]):
+            peeled = 0  # an iteration cheaper than the try's copy: the try from 1 suffices
+        out.append(LoopPlan(lp, g, carried, sorted(after), inst, boxes[box], level, inner,
+                            peeled))
     return out
+
+
+def _peeled(tables, lp, reach: int) -> int:
+    """`reach` when the `reach` x size tasks just before the loop stand for iterations -reach
+    .. -1 (a layer emitted before the layers' loop, a GEMM's first step before its steps'):
+    each with the kind, region, instances and signal slots of the body task it stands for,
+    and none a fixed (outer) need of iteration 1 or later. Then the state before iteration
+    0 holds the same slots, in the same places, as the state before any later iteration,
+    and iteration 0's carried needs on them move with the loop (the first try may compare
+    from iteration 0). Else 0."""
+    n = reach * lp.size
+    if lp.first < n:
+        return 0
+    td = tables.td
+    body = td[lp.first:lp.first + lp.size]
+    cols = [F_KIND, F_NI] + list(range(F_RX, F_RR + 1))
+    for e in range(1, reach + 1):
+        pre = td[lp.task(-e, 0):lp.task(-e + 1, 0)]
+        if not ((pre[:, cols] == body[:, cols]).all()
+                and (pre[:, F_SA] - pre[:, F_SB] == body[:, F_SA] - body[:, F_SB]).all()):
+            return 0
+    rows = tables.deps_on(lp.first - n, lp.first)
+    owner = rows[:, D_OWNER]
+    if ((owner >= lp.task(1, 0)) & (owner < lp.end)).any():
+        return 0
+    return reach
 
 
 def _box(tables, lp) -> tuple:
@@ -277,7 +321,8 @@ class Forward:
         return self.raw(g1)
 
     def _loop(self, p: LoopPlan) -> int:
-        k = max(FIRST_TRY, max(p.carried.values(), default=1))
+        first = max(FIRST_TRY, max(p.carried.values(), default=1))
+        k = 0 if p.peeled else first
         move = self.advance if p.level == 0 else self.raw
         while k + 2 < p.lp.count:
             status = move(int(p.groups[k]))
@@ -288,7 +333,8 @@ class Forward:
                 return OVERFLOW
             if done is True:
                 return OK
-            nxt = k + TRY_EVERY if k < TRY_DOUBLING else k + max(TRY_EVERY, k // 4)
+            nxt = first if k == 0 else \
+                k + TRY_EVERY if k < TRY_DOUBLING else k + max(TRY_EVERY, k // 4)
             if done == 2:  # two iterations repeat, but not in step with the loop's end
                 nxt = max(nxt, k + 2)
                 nxt += (p.lp.count - nxt) % 2
@@ -320,7 +366,8 @@ class Forward:
         t0 = st.state.copy()
         w = slice(2 * p.level, 2 * p.level + 2)  # this loop's watch (an inner one: its own)
         move = self.advance if p.level == 0 else self.raw
-        st.watch[w] = p.lp.first, 0
+        # needs on tasks before this are outer (fixed); from iteration 0, the peeled ones move
+        st.watch[w] = p.lp.first - (p.lp.size * p.peeled if k == 0 else 0), 0
         # the state after k + c is compared with the copy of the state before k, and the
         # state after k + 2 c with the same copy moved by two periods (with the same rows
         # changing, that is the state after k + c moved by one): one copy, not two
