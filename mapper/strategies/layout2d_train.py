@@ -452,13 +452,6 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
     xfer("embed.grads.out", em.tokens * cfg.d_model * run.bytes, "out", (e,))
 
 
-def refuse_size(run: Run, P: int) -> None:
-    if run.chunk_tokens < P:
-        raise MappingError(f"layout 2d: a micro-batch of {run.chunk_tokens} tokens on {P} x "
-                           f"{P} cores leaves token rows empty; use fewer micro-batches or "
-                           f"--grid {run.chunk_tokens} or less")
-
-
 def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
                  functional: bool = False, recompute: bool = True, **kw):
     """A training step in the 2-D layout on the largest square of the grid (module
@@ -473,15 +466,9 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     check_train(run, streaming, functional)
     if not isinstance(recompute, bool):
         raise MappingError(f"recompute: got {recompute!r}, must be true or false")
+    # a micro-batch shorter than the grid's side leaves token rows empty: padding, as in a
+    # prefill (their cores hold weights and multiply zeros; tests check the gradients)
     cfg, P = run.cfg, min(run.cols, run.rows)
-    region_note = ""
-    if kw.get("grid") is None and 2 <= run.chunk_tokens < P:
-        # no grid asked for: the largest square whose token rows a micro-batch fills
-        region_note = (f"the largest square a micro-batch of {run.chunk_tokens} tokens fills "
-                       f"(one token row each; the mesh's {P} x {P} would leave rows empty)")
-        run = make_run(cfg, hw, functional=functional, **(kw | {"grid": run.chunk_tokens}))
-        P = run.chunk_tokens
-    refuse_size(run, P)
     t = Tiles.of(cfg, P, run.chunk_tokens)
     algos = train_algos(run, P, gemm_algo)
     buffers = train_buffers(run, t, recompute, gemm_algo)
@@ -506,8 +493,6 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     em = Emitter(pb, tp, run, t, RING_ALGO, fd)
     em.tokens, em.training, em.algos = run.chunk_tokens, True, dict(algos)
     extra = map_train(em, run, streaming, recompute)
-    if region_note:
-        extra["region_note"] = region_note
     offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
     return build_2d(pb, run, tp, "weight-streaming", algos, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)

@@ -204,8 +204,7 @@ def mapping_line(meta: dict) -> str:
     if "region_cols" in meta:
         n = meta.get("regions", 1)
         parts.append(f"{n} region{'s' if n != 1 else ''} of {meta['region_cols']} x "
-                     f"{meta['region_rows']} cores" + (f" ({meta['region_note']})"
-                                                        if meta.get("region_note") else ""))
+                     f"{meta['region_rows']} cores")
     if meta.get("chunks", 1) > 1:
         parts.append(f"{meta['chunks']} chunks")
     if meta.get("layout") == "2d":  # the GEMMs' algorithms
