@@ -187,6 +187,28 @@ def test_a_micro_batch_shorter_than_the_grid_leaves_token_rows_empty():
     assert_same(simulate_reference(p, HW), simulate_fast(p, HW, spans=True))
 
 
+def test_layer_loops_are_tried_from_their_first_iteration(monkeypatch):
+    """Layers 0 and 1, emitted before the forward's layers loop, stand for its iterations -2
+    and -1 (a layer's weights wait for the layer two back: the loop reaches two iterations
+    back), the last layer before the backward's loop for its iteration -1: both loops are
+    first tried from iteration 0, more iterations are skipped, and every counter and span is
+    still the reference's (docs/hardware-model.md, "The peeled iteration")."""
+    from wse_sim.engine import fast_loops, fast_step
+    from wse_sim.engine.fast_tables import Tables
+    from wse_sim.engine.reference import simulate_reference
+    p = _train(grid=6, batch=1, prompt=16, micro_batches=1, model_set={"n_layers": 8})
+    tables = Tables(p, HW)
+    plans = fast_loops.plan_loops(tables, fast_step.plan(tables)[0])
+    assert {(q.lp.name, q.peeled) for q in plans if q.lp.name.startswith("layers")} == \
+        {("layers", 2), ("layers_bwd", 1)}
+    fast = simulate_fast(p, HW, path="step", spans=True)
+    assert_same(simulate_reference(p, HW), fast)
+    monkeypatch.setattr(fast_loops, "PEELED_MIN_INSTANCES", 10**12)  # tried from iteration 1
+    later = simulate_fast(p, HW, path="step", spans=True)
+    assert later.cycles == fast.cycles
+    assert fast.loop_iterations_skipped > later.loop_iterations_skipped
+
+
 def test_cli(capsys):
     args = ["run", "--preset", "mesh16", "--model", "tiny-llama", "--phase", "train",
             "--batch", "2", "--prompt", "16", "--strategy", "weight-streaming", "--layout",

@@ -198,19 +198,20 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
         g = np.searchsorted(groups, starts)
         assert (groups[g] == starts).all(), "a loop iteration must start a task group"
         # dependencies on the loop's tasks: from after the loop (`after`: (iteration, j)),
-        # and from iteration 1 on iteration 0 (`carried`: body task j -> its reach, 1)
+        # and from later iterations (`carried`: body task j -> 1: the state before iteration
+        # i holds iteration i - 1's slots of it; `reach`: the most iterations back one reads)
         rows = tables.deps_on(lp.first, lp.end)
         task, owner = rows[:, D_TASK], rows[:, D_OWNER]
         it, j = np.divmod(task - lp.first, lp.size)
         late = owner >= lp.end
         after = {(int(x), int(y)) for x, y in np.unique(np.stack([it[late], j[late]], 1), axis=0)}
-        one = (owner >= lp.task(1, 0)) & (owner < lp.task(2, 0)) & (it < 1)
-        carried = {int(x): 1 for x in np.unique(j[one])}
+        back = np.where(late, 0, (owner - lp.first) // lp.size - it)
+        carried = {int(x): 1 for x in np.unique(j[back > 0])}
         inst = int(tables.ib[lp.task(1, 0)] - tables.ib[lp.first])
         box = _box(tables, lp)
         if box not in boxes:
             boxes[box] = _footprint(tables, box)
-        peeled = _peeled(tables, lp, max(carried.values(), default=1))
+        peeled = _peeled(tables, lp, int(back.max(initial=1)))
         if inst < PEELED_MIN_INSTANCES * len(boxes[box]):
             peeled = 0  # an iteration cheaper than the try's copy: the try from 1 suffices
         out.append(LoopPlan(lp, g, carried, sorted(after), inst, boxes[box], level, inner,
@@ -220,12 +221,12 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
 
 def _peeled(tables, lp, reach: int) -> int:
     """`reach` when the `reach` x size tasks just before the loop stand for iterations -reach
-    .. -1 (a layer emitted before the layers' loop, a GEMM's first step before its steps'):
-    each with the kind, region, instances and signal slots of the body task it stands for,
-    and none a fixed (outer) need of iteration 1 or later. Then the state before iteration
-    0 holds the same slots, in the same places, as the state before any later iteration,
-    and iteration 0's carried needs on them move with the loop (the first try may compare
-    from iteration 0). Else 0."""
+    .. -1 (the layers emitted before the layers' loop, a GEMM's first step before its
+    steps'): each with the kind, region, instances and signal slots of the body task it
+    stands for, and none a fixed (outer) need of the iterations. Then the state before
+    iteration 0 holds the same slots, in the same places, as the state before any later
+    iteration, and the iterations' needs on them are carried needs, which move with the loop
+    (the first try may compare from iteration 0). Else 0."""
     n = reach * lp.size
     if lp.first < n:
         return 0
@@ -237,9 +238,10 @@ def _peeled(tables, lp, reach: int) -> int:
         if not ((pre[:, cols] == body[:, cols]).all()
                 and (pre[:, F_SA] - pre[:, F_SB] == body[:, F_SA] - body[:, F_SB]).all()):
             return 0
-    rows = tables.deps_on(lp.first - n, lp.first)
-    owner = rows[:, D_OWNER]
-    if ((owner >= lp.task(1, 0)) & (owner < lp.end)).any():
+    # a fixed need of every iteration on one of them: the last iteration reads it too (its
+    # carried needs reach only `reach` < count iterations back, inside the loop)
+    owner = tables.deps_on(lp.first - n, lp.first)[:, D_OWNER]
+    if ((owner >= lp.task(lp.count - 1, 0)) & (owner < lp.end)).any():
         return 0
     return reach
 
