@@ -44,11 +44,12 @@ def same(program, hw=HW, path="step"):
 
 # ---- the IR ------------------------------------------------------------------------------------
 
-def chain_program(count: int, flops=(4000, 4000), wavelets=16, outer_late=0, aside=0):
+def chain_program(count: int, flops=(4000, 4000), wavelets=16, outer_late=0, aside=0,
+                  post=True):
     """Before the loop: a compute on (0, 0) (and a long one on (3, 3) when outer_late, and one
     of `aside` FLOPs on (5, 5) that nothing waits for); each iteration: compute on (0, 0)
     after the previous iteration's send, send it to (1, 0), compute there; the first compute
-    also waits for the outer ones."""
+    also waits for the outer ones; after the loop (`post`), a compute after the last one."""
     b = ProgramBuilder("chain")
     first = b.add(Compute("pre", R(0, 0, 1, 1), 1000))
     late = b.add(Compute("late", R(3, 3, 1, 1), outer_late)) if outer_late else None
@@ -66,7 +67,8 @@ def chain_program(count: int, flops=(4000, 4000), wavelets=16, outer_late=0, asi
     # iteration 0's first compute waits for `pre`, later ones for the previous send: peel it
     body(0)
     b.repeat("chain.step", count, lambda i: body(i + 1))
-    b.add(Compute("post", R(1, 0, 1, 1), 10, deps=(Dep(len(b.tasks) - 1),)))
+    if post:
+        b.add(Compute("post", R(1, 0, 1, 1), 10, deps=(Dep(len(b.tasks) - 1),)))
     return b.build()
 
 
@@ -160,6 +162,33 @@ def test_an_outer_task_that_ends_late_delays_the_fast_forward_but_not_the_result
     the latest need: no fast-forward while it is); then the loop settles."""
     fast = same(chain_program(60, outer_late=400_000))
     assert 0 < fast.loop_iterations_skipped < 57
+
+
+@pytest.mark.parametrize("outer_late", [0, 400_000])
+def test_a_try_from_the_peeled_iteration_then_later_ones(monkeypatch, outer_late):
+    """The chain's iteration 0 is peeled off before its loop: with the peeled try allowed
+    (here at any size), the first try compares from iteration 0; when it fails (the late
+    outer compute is the latest need), the next tries start where the run stands, never
+    behind it, and the result is the reference's."""
+    from wse_sim.engine import fast_loops
+    monkeypatch.setattr(fast_loops, "PEELED_MIN_INSTANCES", 0)
+    tries = []
+    try_ = fast_loops.Forward._try
+
+    def spy(self, p, k):
+        assert p.peeled == 1 and self._at(p) == k  # the state is the one before iteration k
+        tries.append(k)
+        return try_(self, p, k)
+    monkeypatch.setattr(fast_loops.Forward, "_try", spy)
+    # (no task after the loop: its last compute keeps per-core signals like the peeled one)
+    fast = same(chain_program(60, outer_late=outer_late, post=False))
+    assert tries[0] == 0 and tries == sorted(set(tries))
+    # iteration -1 waited for `pre`, not a send: from 0 the state has not settled yet
+    assert len(tries) > 1 and tries[1] == 2
+    if outer_late:
+        assert 0 < fast.loop_iterations_skipped < 57
+    else:
+        assert fast.loop_iterations_skipped > 50
 
 
 def test_two_independent_rates_never_settle_and_run_in_full():

@@ -337,11 +337,17 @@ class Forward:
                 return OK
             nxt = first if k == 0 else \
                 k + TRY_EVERY if k < TRY_DOUBLING else k + max(TRY_EVERY, k // 4)
+            # never before the iteration the try ran up to (the state is before that one)
+            nxt = max(nxt, self._at(p))
             if done == 2:  # two iterations repeat, but not in step with the loop's end
-                nxt = max(nxt, k + 2)
                 nxt += (p.lp.count - nxt) % 2
             k = nxt
         return OK
+
+    def _at(self, p: LoopPlan) -> int:
+        """The first iteration not yet begun (the one the run stands before, unless it
+        stopped inside one: then the step path has failed and the next move says so)."""
+        return int(np.searchsorted(p.groups, self.st.state[T_NEXT]))
 
     def _segments(self, p: LoopPlan) -> list:
         """(body task j, iterations back e) whose slots the state holds: what later
