@@ -163,7 +163,8 @@ class LoopPlan:
 
     lp: object                 # the program's Loop
     groups: np.ndarray         # group index where iteration i starts, i = 0 .. count
-    carried: dict              # body task j -> most iterations back a later one reads it
+    carried: tuple             # body tasks a later iteration reads (their slots of the
+    # iteration before are in the state compared; see `plan_loops`)
     after: list                # (iteration, body task j) that tasks after the loop read
     inst: int                  # instances per iteration
     rows: np.ndarray           # resources the loop may touch (its bounding box's, the I/O)
@@ -198,22 +199,23 @@ def plan_loops(tables, groups: np.ndarray) -> list[LoopPlan]:
         g = np.searchsorted(groups, starts)
         assert (groups[g] == starts).all(), "a loop iteration must start a task group"
         # dependencies on the loop's tasks: from after the loop (`after`: (iteration, j)),
-        # and from later iterations (`carried`: body task j -> 1: the state before iteration
-        # i holds iteration i - 1's slots of it; `reach`: the most iterations back one reads)
+        # and from later iterations (`carried`: body tasks j, however far back they are
+        # read: the state before iteration i holds iteration i - 1's slots of each, which the
+        # try compares; `back`: how many iterations back each need reads)
         rows = tables.deps_on(lp.first, lp.end)
         task, owner = rows[:, D_TASK], rows[:, D_OWNER]
         it, j = np.divmod(task - lp.first, lp.size)
         late = owner >= lp.end
         after = {(int(x), int(y)) for x, y in np.unique(np.stack([it[late], j[late]], 1), axis=0)}
         back = np.where(late, 0, (owner - lp.first) // lp.size - it)
-        carried = {int(x): 1 for x in np.unique(j[back > 0])}
+        carried = tuple(int(x) for x in np.unique(j[back > 0]))
         inst = int(tables.ib[lp.task(1, 0)] - tables.ib[lp.first])
         box = _box(tables, lp)
         if box not in boxes:
             boxes[box] = _footprint(tables, box)
-        peeled = _peeled(tables, lp, int(back.max(initial=1)))
-        if inst < PEELED_MIN_INSTANCES * len(boxes[box]):
-            peeled = 0  # an iteration cheaper than the try's copy: the try from 1 suffices
+        # an iteration cheaper than the try's copy: the try from iteration 1 suffices
+        peeled = _peeled(tables, lp, int(back.max(initial=1))) \
+            if inst >= PEELED_MIN_INSTANCES * len(boxes[box]) else 0
         out.append(LoopPlan(lp, g, carried, sorted(after), inst, boxes[box], level, inner,
                             peeled))
     return out
@@ -323,8 +325,7 @@ class Forward:
         return self.raw(g1)
 
     def _loop(self, p: LoopPlan) -> int:
-        first = max(FIRST_TRY, max(p.carried.values(), default=1))
-        k = 0 if p.peeled else first
+        k = 0 if p.peeled else FIRST_TRY
         move = self.advance if p.level == 0 else self.raw
         while k + 2 < p.lp.count:
             status = move(int(p.groups[k]))
@@ -335,7 +336,7 @@ class Forward:
                 return OVERFLOW
             if done is True:
                 return OK
-            nxt = first if k == 0 else \
+            nxt = FIRST_TRY if k == 0 else \
                 k + TRY_EVERY if k < TRY_DOUBLING else k + max(TRY_EVERY, k // 4)
             # never before the iteration the try ran up to (the state is before that one)
             nxt = max(nxt, self._at(p))
@@ -349,15 +350,15 @@ class Forward:
         stopped inside one: then the step path has failed and the next move says so)."""
         return int(np.searchsorted(p.groups, self.st.state[T_NEXT]))
 
-    def _segments(self, p: LoopPlan) -> list:
-        """(body task j, iterations back e) whose slots the state holds: what later
-        iterations read, and the last iteration's slots that tasks after the loop read."""
-        seg = [(j, e) for j, r in sorted(p.carried.items()) for e in range(1, r + 1)]
-        return seg + [(j, 1) for j in sorted({j for _, j in p.after}) if j not in p.carried]
+    @staticmethod
+    def _segments(p: LoopPlan) -> list:
+        """Body tasks j whose slots of the iteration before the state holds: what later
+        iterations read, and what tasks after the loop read of the last iteration."""
+        return list(p.carried) + sorted({j for _, j in p.after} - set(p.carried))
 
     def _state(self, p: LoopPlan, i: int) -> np.ndarray:
         """Store rows of the state's slots before iteration i (`_segments`)."""
-        rows = [p.slots(self.tables, i - e, j, self.st.off) for j, e in self._segments(p)]
+        rows = [p.slots(self.tables, i - 1, j, self.st.off) for j in self._segments(p)]
         return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
     def _try(self, p: LoopPlan, k: int):
@@ -474,11 +475,9 @@ class Forward:
         # rows in the store: `fast_step.live_groups` keeps them)
         rows, codes, at = self._state(p, i), csig, 0
         src = {}
-        for j, e in self._segments(p):
+        for j in self._segments(p):
             k = p.block(tables, 0, j, st.off)[1]
-            if e == 1:
-                src[j] = (st.sig[rows[at:at + k]], codes[at:at + k],
-                          np.arange(k, dtype=np.int64))
+            src[j] = (st.sig[rows[at:at + k]], codes[at:at + k], np.arange(k, dtype=np.int64))
             at += k
         for it, j in p.after:  # in step with iteration i - 1 (`_in_step`)
             if it >= i:
