@@ -27,6 +27,7 @@ from wse_sim.engine import fast_queue as Q
 from wse_sim.engine import fast_sched as S
 from wse_sim.engine import fast_step as P
 from wse_sim.engine import fast_tasks as K
+from wse_sim.engine import fast_window as W
 from wse_sim.engine.common import ensure_acyclic
 from wse_sim.engine.fast_tables import (
     Tables,
@@ -57,7 +58,7 @@ CHUNK = 1 << 20                     # instances granted per numba call while sho
 WHEEL = 1 << 13                     # timing-wheel slots (cycles ahead kept in O(1) buckets)
 
 
-PATHS = ("auto", "step", "event")
+PATHS = ("auto", "step", "window", "event")
 # auto takes the event path (1.15-1.45x faster, bench_engine) while its memory estimate is
 # within this fraction of the free RAM, the step path (memory flat in the steps) beyond
 EVENT_PREFERRED_FRACTION = 0.25
@@ -117,7 +118,8 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     if path != "event":
         planned = P.plan(tables) if P.eligible(tables) else None
         why = _step_refusal(tables, mesh, keep_spans, planned)
-        for pieces in ((P.PIECES, P.PIECES_RETRY) if why is None else ()):
+        status = P.ORDER if path == "window" else P.OK
+        for pieces in ((P.PIECES, P.PIECES_RETRY) if why is None and path != "window" else ()):
             st = P.StepRun(tables, mesh.n, keep_spans, pieces, planned)
             status = _run_steps(st, tables, show, fast_forward)
             if status == P.OK:
@@ -130,6 +132,15 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
                 break
         if path == "step":
             raise StepPathUnsupported(f"fast engine step path: {why}")
+        if path == "window" and planned is None:
+            raise StepPathUnsupported(f"fast engine window path: {why}")
+        if planned is not None and status == P.ORDER and (
+                path == "window" or not _event_fits(tables, mesh)):
+            res = _window(program, hw, mesh, tables, maps, keep_spans, show,
+                          "asked for" if path == "window" else why)
+            if res is not None:
+                res.wall_seconds = time.perf_counter() - t0
+                return res
     _memory_guard(tables, mesh, "" if why in ("asked for", "the faster path, and it fits in "
                                              "memory") else why)
     st = _Run(tables, mesh.n, keep_spans)
@@ -156,6 +167,43 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     if keep_spans:
         res.spans = _spans(tables, st.start, st.ends)
     res.wall_seconds = time.perf_counter() - t0
+    return res
+
+
+def _event_fits(tables: Tables, mesh: Mesh) -> bool:
+    have = _free_bytes()
+    return have is None or estimate_bytes(tables, mesh) <= 0.8 * have
+
+
+def _window(program, hw, mesh, tables, maps, keep_spans, show, why):
+    """The window path's result (`fast_window`), once the step path found a resource
+    reserved out of task order; None when it cannot give the reference's either (the caller
+    takes the event path), an error when path='window' was asked for."""
+    asked = why == "asked for"
+    have = _free_bytes()
+    need = W.estimate_bytes(tables, mesh.n, keep_spans)
+    if have is not None and need > 0.8 * have:
+        if asked:
+            raise StepPathUnsupported(f"fast engine window path: needs about "
+                                      f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB free")
+        return None
+    bar = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
+                   dynamic_ncols=True)
+    try:
+        wr, wwhy = W.run_windowed(tables, mesh.n, keep_spans, bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if wr is None:
+        if asked:
+            raise StepPathUnsupported(f"fast engine window path: {wwhy}")
+        return None
+    wr.forward = L.Forward(wr, tables, None, enabled=False)
+    res = _step_result(program, hw, mesh, tables, wr, maps, keep_spans)
+    res.fast_path, res.fast_path_reason = "window", why
     return res
 
 

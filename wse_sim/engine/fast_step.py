@@ -260,6 +260,89 @@ def _sort_by_key(keys, order, tmp, count, n):
             order[i] = tmp[i]
 
 
+@kernel(inline=True)
+def key_of(ready, mk):
+    """The grant key (ready time, round) of an instance ready at `ready` whose largest
+    contributor had key mk (-1: none): the round after mk's when mk was granted at that very
+    time, else the first. -1 when it does not fit the packed key."""
+    if ready >= READY_MAX:
+        return -1
+    gen = 0
+    if mk >= 0 and (mk >> GEN_BITS) == ready:
+        gen = (mk & GEN_MAX) + 1
+        if gen > GEN_MAX:
+            return -1
+    return (ready << GEN_BITS) | gen
+
+
+@kernel(inline=True)
+def _grant(td, hwc, t, i, rg, pred, off, res, sig, pc, cnt, scr, check_slots):
+    """Grant instance i of task t with key rg (pred: the store row of its first latest
+    need, or -1): reserve its resources at the earliest start, count it, and write its
+    signal slots with the critical path's pieces. Returns (status, start, end, holder code,
+    chain compute, injected bytes, delivered bytes); status ORDER when a resource (or, with
+    `check_slots`, a signal slot) was reserved by a later key, NONMONO (see the module
+    docstring)."""
+    busy, lbytes, lbusy, tacc = cnt
+    rrid, roff, rlen, ex, ey, eoff = scr
+    n = hwc[H_N]
+    npc = pc.shape[0]
+    nres = fill_res(td, t, i, hwc, rrid, roff, rlen)
+    s_at, bk = rg >> GEN_BITS, -1
+    for r in range(nres):
+        rid = rrid[r]
+        if rg < res[rid, R_KEY]:
+            return ORDER, 0, 0, 0, 0, 0, 0
+        f = res[rid, R_FREE] - roff[r]
+        if f > s_at:
+            s_at, bk = f, rid
+    # the chain's compute cycles up to this start (see the module docstring)
+    if bk >= 0:
+        a = _chain(res, bk, s_at, pc)
+    elif pred >= 0:
+        a = _chain(sig, pred, s_at, pc)
+    else:  # waited for nothing: no compute before it
+        a = 0
+        pc[0] = 0
+        for q in range(1, npc):
+            pc[q] = -1
+    if a < 0:
+        return NONMONO, 0, 0, 0, 0, 0, 0
+    me = (s_at << 1) | (1 if td[t, F_KIND] == K_COMPUTE else 0)
+    b4 = 4 * td[t, F_B]
+    comm = deliv = 0
+    for r in range(nres):
+        rid, ln = rrid[r], rlen[r]
+        res[rid, R_FREE] = s_at + roff[r] + ln
+        res[rid, R_KEY] = rg
+        _hold(res, rid, me, a, pc)
+        dc, dd = account(rid, ln, b4, t, n, lbytes, lbusy, busy, tacc)
+        comm += dc
+        deliv += dd
+    nev = fill_events(td, t, i, hwc, ex, ey, eoff)
+    end = s_at
+    for e in range(nev):
+        end = max(end, s_at + eoff[e])
+    if td[t, F_SLOTS] != 0:
+        for e in range(nev):
+            s = sig_slot(td, t, ex[e], ey[e]) + off[t]
+            if check_slots and rg < sig[s, G_MK]:
+                return ORDER, 0, 0, 0, 0, 0, 0
+            at = s_at + eoff[e]
+            if at > sig[s, G_TIME]:
+                sig[s, G_TIME] = at
+                _hold(sig, s, me, a, pc)
+            sig[s, G_MK] = rg  # granted in key order: the last one is the largest
+    sa = td[t, F_SA] + off[t]
+    if check_slots and rg < sig[sa, G_MK]:
+        return ORDER, 0, 0, 0, 0, 0, 0
+    if end > sig[sa, G_TIME]:
+        sig[sa, G_TIME] = end
+        _hold(sig, sa, me, a, pc)
+    sig[sa, G_MK] = rg
+    return OK, s_at, end, me, a, comm, deliv
+
+
 @kernel
 def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
     """Run the task groups state[T_NEXT] .. g1 - 1 (group k: tasks groups[k] ..
@@ -269,10 +352,8 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
     (ProgramArrays, StepArrays, Counters, Scratch). `watch`: see `_needs`."""
     td, deps, _rdeps, ib, tblk, hwc = prog
     groups, off, res, sig, rgs, preds, order, tmp, count, pc, starts = sa
-    busy, lbytes, lbusy, tacc = cnt
-    rrid, roff, rlen, ex, ey, eoff = scr
-    n = hwc[H_N]
-    npc = pc.shape[0]
+    tacc = cnt.tacc
+    ex, ey, eoff = scr.ex, scr.ey, scr.eoff
     keep_ends = ends.shape[0] > 0
     comm, deliv = state[T_COMM], state[T_DELIV]
     maxend, last_rg, last_g = state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G]
@@ -290,16 +371,10 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
             state[T_TASK] = t
             for i in range(td[t, F_NI]):
                 ready, pred, mk = _needs(td, deps, t, i, off, sig, watch, hwc, ex, ey, eoff)
-                if ready >= READY_MAX:
+                rg = key_of(ready, mk)
+                if rg < 0:
                     state[T_STATUS] = OVERFLOW
                     return
-                gen = 0
-                if mk >= 0 and (mk >> GEN_BITS) == ready:
-                    gen = (mk & GEN_MAX) + 1
-                    if gen > GEN_MAX:
-                        state[T_STATUS] = OVERFLOW
-                        return
-                rg = (ready << GEN_BITS) | gen
                 j = ib[t] + i - base
                 rgs[j], preds[j] = rg, pred
                 if rg < prev:
@@ -319,56 +394,13 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
             state[T_TASK] = t
             i = g - ib[t]
             rg = rgs[j]
-            nres = fill_res(td, t, i, hwc, rrid, roff, rlen)
-            s_at, bk = rg >> GEN_BITS, -1
-            for r in range(nres):
-                rid = rrid[r]
-                if rg < res[rid, R_KEY]:
-                    state[T_STATUS] = ORDER
-                    return
-                f = res[rid, R_FREE] - roff[r]
-                if f > s_at:
-                    s_at, bk = f, rid
-            # the chain's compute cycles up to this start (see the module docstring)
-            if bk >= 0:
-                a = _chain(res, bk, s_at, pc)
-            elif preds[j] >= 0:
-                a = _chain(sig, preds[j], s_at, pc)
-            else:  # waited for nothing: no compute before it
-                a = 0
-                pc[0] = 0
-                for q in range(1, npc):
-                    pc[q] = -1
-            if a < 0:
-                state[T_STATUS] = NONMONO
+            status, s_at, end, me, a, dc, dd = _grant(td, hwc, t, i, rg, preds[j], off, res,
+                                                      sig, pc, cnt, scr, False)
+            if status != OK:
+                state[T_STATUS] = status
                 return
-            me = (s_at << 1) | (1 if td[t, F_KIND] == K_COMPUTE else 0)
-            b4 = 4 * td[t, F_B]
-            for r in range(nres):
-                rid, ln = rrid[r], rlen[r]
-                res[rid, R_FREE] = s_at + roff[r] + ln
-                res[rid, R_KEY] = rg
-                _hold(res, rid, me, a, pc)
-                dc, dd = account(rid, ln, b4, t, n, lbytes, lbusy, busy, tacc)
-                comm += dc
-                deliv += dd
-            nev = fill_events(td, t, i, hwc, ex, ey, eoff)
-            end = s_at
-            for e in range(nev):
-                end = max(end, s_at + eoff[e])
-            if td[t, F_SLOTS] != 0:
-                for e in range(nev):
-                    s = sig_slot(td, t, ex[e], ey[e]) + off[t]
-                    at = s_at + eoff[e]
-                    if at > sig[s, G_TIME]:
-                        sig[s, G_TIME] = at
-                        _hold(sig, s, me, a, pc)
-                    sig[s, G_MK] = rg  # granted in key order: the last one is the largest
-            sa = td[t, F_SA] + off[t]
-            if end > sig[sa, G_TIME]:
-                sig[sa, G_TIME] = end
-                _hold(sig, sa, me, a, pc)
-            sig[sa, G_MK] = rg
+            comm += dc
+            deliv += dd
             if keep_ends:
                 starts[g], ends[g] = s_at, end
             task_span(tacc, t, rg, s_at, end)

@@ -1,0 +1,512 @@
+"""The fast engine's window path: the step path's state, granted in key order over a sliding
+window of tasks.
+
+The step path (`fast_step`) grants one group of independent tasks at a time and gives up
+(ORDER) when a later task reserves a resource before an earlier one: pipelines whose stages
+overlap (chunks of tokens in two layers at once, weights streaming in beside the compute of
+the layer before). The event path runs those, but keeps every instance and every per-core
+signal of the whole program (tens of GiB at full wafer). The window path keeps what the step
+path keeps (per resource and per live signal slot, `fast_step`) plus, for the tasks of a
+window, each instance's count of needs not yet met, and a heap of the instances that have
+none, by key (ready time, round, id): the reference's grant order.
+
+Tasks enter the window in program order (their slots get their contribution counts, their
+instances their counts; those with none get their key and enter the heap) and leave it when
+all their instances are granted. A task enters before the heap's smallest key is granted
+unless no instance of it can have a smaller key: an instance's key is larger than the key of
+every contributor of its needs, so the largest over its dependencies of the smallest key of
+the named task (granted, or at least the heap's smallest while some are not) is below all of
+its keys. Tasks after it are not looked at. Every grant then checks, as the step path does,
+that the resources it reserves (and the signal slots it writes) had no later key: the check
+that makes the result the reference's to the cycle, whatever entered the window when. When it
+fails the run stops (ORDER) and the caller takes the event path.
+
+A window spans at most `lag` tasks: the signal store is planned with every task's block live
+until `lag` tasks after its last reader (`plan`), so a block is reused only once every reader
+of its previous task has left the window. A window that needs more stops the run (WINDOW)
+and the caller plans again with a longer lag.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from wse_sim.engine.fast_queue import task_of
+from wse_sim.engine.fast_sched import A_FIRST, task_span
+from wse_sim.engine.fast_step import (
+    G_MK,
+    G_TIME,
+    NT,
+    OK,
+    OVERFLOW,
+    T_COMM,
+    T_DELIV,
+    T_LAST_A,
+    T_LAST_G,
+    T_LAST_RG,
+    T_LAST_S,
+    T_MAXEND,
+    T_STATUS,
+    T_TASK,
+    StepRun,
+    _grant,
+    _needs,
+    allocate,
+    key_of,
+)
+from wse_sim.engine.fast_tasks import (
+    D_DX,
+    D_DY,
+    D_HEAD,
+    D_OWNER,
+    D_RULE,
+    D_TASK,
+    F_D0,
+    F_DH,
+    F_DN,
+    F_NI,
+    F_RD0,
+    F_RDN,
+    F_SA,
+    F_SB,
+    F_SLOTS,
+    R_ALL,
+    R_AT,
+    Counters,
+    ProgramArrays,
+    Scratch,
+    anchor,
+    anchor_inverse,
+    fill_events,
+    head_dest,
+    kernel,
+    n_anchors,
+    need_slot,
+    sig_slot,
+)
+
+FULL, WINDOW = 4, 5  # statuses beyond fast_step's: the ring is full; the window is too long
+REASONS = {WINDOW: "a window of tasks longer than the planned lag"}
+# state vector: fast_step's, then the window's
+W_LO, W_HI, W_HN, W_AN, W_LAG, W_DONE = NT, NT + 1, NT + 2, NT + 3, NT + 4, NT + 5
+NW = NT + 6
+# the window's arrays: the step path's store and resources (`fast_step`), then per store row
+# the contributions still to come, per instance of the window (a ring) its needs not met, per
+# task its instances not granted, the heap (key, instance, its first latest need's row); per
+# task not yet in, its dependencies without a grant and the largest first key of the others,
+# and the admission heap (bound, task)
+WindowArrays = namedtuple("WindowArrays", "off res sig pc starts spend pend left hk hg hp "
+                                           "unres rmax ak at ap")
+
+
+@kernel(inline=True)
+def _pending(td, deps, t, i, off, spend, hwc, ex, ey, eoff):
+    """How many of instance i's needs are on signal slots still waiting for contributions,
+    counted as `fast_sched._wake` will count them off: a core-slot need per anchor, an 'all'
+    or 'at' need once, a head need per destination where the named task has an event."""
+    d0, dh, d1 = td[t, F_D0], td[t, F_DH], td[t, F_DN]
+    c = 0
+    for d in range(d0, dh):
+        u = deps[d, D_TASK]
+        rule = deps[d, D_RULE]
+        if rule == R_ALL:
+            if spend[td[u, F_SA] + off[u]] > 0:
+                c += 1
+        elif rule == R_AT:
+            if spend[sig_slot(td, u, deps[d, D_DX], deps[d, D_DY]) + off[u]] > 0:
+                c += 1
+        else:
+            for a in range(n_anchors(td, t)):
+                x, y = anchor(td, t, i, a)
+                if spend[need_slot(td, deps, d, x, y) + off[u]] > 0:
+                    c += 1
+    if dh < d1:
+        nev = fill_events(td, t, i, hwc, ex, ey, eoff)
+        for e in range(1, nev):
+            for d in range(dh, d1):
+                s = need_slot(td, deps, d, ex[e], ey[e])
+                if s >= 0 and spend[s + off[deps[d, D_TASK]]] > 0:
+                    c += 1
+    return c
+
+
+@kernel(inline=True)
+def _push(hk, hg, hp, hn, rg, g, pred):
+    """Add (rg, g) with its pred to the heap of hn entries (smallest key, then id, first)."""
+    j = hn
+    while j > 0:
+        p = (j - 1) >> 1
+        if hk[p] < rg or (hk[p] == rg and hg[p] < g):
+            break
+        hk[j], hg[j], hp[j] = hk[p], hg[p], hp[p]
+        j = p
+    hk[j], hg[j], hp[j] = rg, g, pred
+    return hn + 1
+
+
+@kernel(inline=True)
+def _pop(hk, hg, hp, hn):
+    """Remove the heap's first entry (the caller has read it); the new size."""
+    hn -= 1
+    rg, g, pred = hk[hn], hg[hn], hp[hn]
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= hn:
+            break
+        if c + 1 < hn and (hk[c + 1] < hk[c] or (hk[c + 1] == hk[c] and hg[c + 1] < hg[c])):
+            c += 1
+        if rg < hk[c] or (rg == hk[c] and g < hg[c]):
+            break
+        hk[j], hg[j], hp[j] = hk[c], hg[c], hp[c]
+        j = c
+    if hn > 0:
+        hk[j], hg[j], hp[j] = rg, g, pred
+    return hn
+
+
+@kernel(inline=True)
+def _resolve(deps, rdeps, td, u, key, hi, unres, rmax, aq, an):
+    """Task u's first grant (key `key`, -1 for a task without instances): a task not yet in
+    whose dependencies now all have one gets its bound (the largest of their first keys)
+    and waits in the admission heap `aq` (of an entries). The heap's size."""
+    ak, at, ap = aq
+    for r in range(td[u, F_RD0], td[u, F_RDN]):
+        k = rdeps[r]
+        dt = deps[k, D_OWNER]
+        if deps[k, D_HEAD] or dt < hi:
+            continue
+        rmax[dt] = max(rmax[dt], key)
+        unres[dt] -= 1
+        if unres[dt] == 0:
+            an = _push(ak, at, ap, an, rmax[dt], dt, 0)
+    return an
+
+
+@kernel
+def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
+    """Grant up to `limit` instances over the sliding window (module docstring); returns
+    with state[T_STATUS] OK when done or the limit is reached, FULL when the heap needs more
+    room, WINDOW when the window needs a longer lag, or the step path's ORDER / NONMONO /
+    OVERFLOW. `wa`: WindowArrays; `scr2`: a second Scratch (needs computed while a grant's
+    events are being walked)."""
+    td, deps, rdeps, ib, tblk, hwc = prog
+    off, res, sig, pc, starts, spend, pend, left, hk, hg, hp, unres, rmax, ak, at, ap = wa
+    tacc = cnt.tacc
+    ex, ey, eoff = scr.ex, scr.ey, scr.eoff
+    keep_ends = ends.shape[0] > 0
+    nt = td.shape[0]
+    cap = pend.shape[0]
+    lo, hi, hn, an, lag = state[W_LO], state[W_HI], state[W_HN], state[W_AN], state[W_LAG]
+    aq = (ak, at, ap)
+    comm, deliv = state[T_COMM], state[T_DELIV]
+    maxend, last_rg, last_g = state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G]
+    last_s, last_a = state[T_LAST_S], state[T_LAST_A]
+    status = OK
+    t = 0
+    done = 0
+    while done < limit:
+        # tasks in, in program order, up to every one whose keys may be below the heap's
+        # smallest (its bound is; a task no bound names yet goes in when nothing else can)
+        while hi < nt and (hn == 0 or (an > 0 and ak[0] < hk[0])):
+            last = at[0] if an > 0 else hi
+            if last >= hi:
+                if last + 1 - lo > lag:
+                    status = WINDOW
+                    break
+                if ib[last + 1] - ib[lo] > cap:
+                    status = FULL
+                    break
+                while hi <= last:
+                    state[T_TASK] = hi
+                    hn = _admit(td, deps, hi, ib, off, sig, spend, pend, left, hk, hg, hp, hn,
+                                hwc, scr2, watch)
+                    if hn < 0:
+                        status = OVERFLOW
+                        break
+                    hi += 1
+                    if td[hi - 1, F_NI] == 0:
+                        an = _resolve(deps, rdeps, td, hi - 1, -1, hi, unres, rmax, aq, an)
+                if status != OK:
+                    break
+            if an > 0 and at[0] == last:
+                an = _pop(ak, at, ap, an)
+        if status != OK or hn == 0:  # (hn == 0 here: every task is in, and granted)
+            break
+        rg, g, pred = hk[0], hg[0], hp[0]
+        hn = _pop(hk, hg, hp, hn)
+        t = task_of(ib, tblk, g, t)
+        state[T_TASK] = t
+        i = g - ib[t]
+        status, s_at, end, me, a, dc, dd = _grant(td, hwc, t, i, rg, pred, off, res, sig, pc,
+                                                  cnt, scr, True)
+        if status != OK:
+            break
+        comm += dc
+        deliv += dd
+        if keep_ends:
+            starts[g], ends[g] = s_at, end
+        if tacc[t, A_FIRST] < 0:  # its first grant: the bound of the tasks that need it
+            an = _resolve(deps, rdeps, td, t, rg, hi, unres, rmax, aq, an)
+        task_span(tacc, t, rg, s_at, end)
+        if end > maxend or (end == maxend and (rg < last_rg or (rg == last_rg and g < last_g))):
+            maxend, last_rg, last_g, last_s, last_a = end, rg, g, me, a
+        # its contributions counted off; slots complete wake the window's waiting instances
+        nev = fill_events(td, t, i, hwc, ex, ey, eoff) if td[t, F_SLOTS] != 0 else 0
+        for e in range(nev + 1):
+            if e < nev:
+                s, cx, cy = sig_slot(td, t, ex[e], ey[e]) + off[t], ex[e], ey[e]
+            else:
+                s, cx, cy = td[t, F_SA] + off[t], -1, -1
+            spend[s] -= 1
+            if spend[s] == 0:
+                hn = _wake(td, deps, rdeps, ib, t, cx, cy, hi, off, sig, pend, hk, hg, hp, hn,
+                           hwc, scr2, watch)
+                if hn < 0:
+                    status = OVERFLOW
+                    break
+        if status != OK:
+            break
+        left[t] -= 1
+        while lo < hi and left[lo] == 0:
+            lo += 1
+        done += 1
+    state[T_STATUS] = status
+    state[W_LO], state[W_HI], state[W_HN], state[W_AN] = lo, hi, hn, an
+    state[W_DONE] += done
+    state[T_COMM], state[T_DELIV] = comm, deliv
+    state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G] = maxend, last_rg, last_g
+    state[T_LAST_S], state[T_LAST_A] = last_s, last_a
+
+
+@kernel(inline=True)
+def _ready(td, deps, t, i, ib, off, sig, hk, hg, hp, hn, hwc, scr2, watch):
+    """Instance i of task t has every need met: its key, into the heap (-1: overflow)."""
+    ready, pred, mk = _needs(td, deps, t, i, off, sig, watch, hwc, scr2.ex, scr2.ey, scr2.eoff)
+    rg = key_of(ready, mk)
+    if rg < 0:
+        return -1
+    return _push(hk, hg, hp, hn, rg, ib[t] + i, pred)
+
+
+@kernel
+def _admit(td, deps, t, ib, off, sig, spend, pend, left, hk, hg, hp, hn, hwc, scr2, watch):
+    """Task t enters the window: its slots fresh with their contribution counts, each
+    instance's count of needs not yet met; those with none into the heap. The heap's size
+    (-1: a key overflows)."""
+    ex, ey, eoff = scr2.ex, scr2.ey, scr2.eoff
+    for s in range(td[t, F_SB] + off[t], td[t, F_SA] + off[t] + 1):
+        sig[s, G_TIME] = -1
+        sig[s, G_MK] = -1
+        spend[s] = 0
+    ni = td[t, F_NI]
+    if td[t, F_SLOTS] != 0:
+        for i in range(ni):
+            for e in range(fill_events(td, t, i, hwc, ex, ey, eoff)):
+                spend[sig_slot(td, t, ex[e], ey[e]) + off[t]] += 1
+    spend[td[t, F_SA] + off[t]] = ni
+    left[t] = ni
+    cap = pend.shape[0]
+    for i in range(ni):
+        c = _pending(td, deps, t, i, off, spend, hwc, ex, ey, eoff)
+        if c == 0:
+            hn = _ready(td, deps, t, i, ib, off, sig, hk, hg, hp, hn, hwc, scr2, watch)
+            if hn < 0:
+                return -1
+        else:
+            pend[(ib[t] + i) % cap] = c
+    return hn
+
+
+@kernel(inline=True)
+def _count_off(td, deps, dt, j, ib, off, sig, pend, hk, hg, hp, hn, hwc, scr2, watch):
+    """One need of instance j of task dt met; into the heap when it was the last."""
+    q = (ib[dt] + j) % pend.shape[0]
+    pend[q] -= 1
+    if pend[q] == 0:
+        return _ready(td, deps, dt, j, ib, off, sig, hk, hg, hp, hn, hwc, scr2, watch)
+    return hn
+
+
+@kernel
+def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hk, hg, hp, hn, hwc, scr2,
+          watch):
+    """Slot (tsk, core (cx, cy)), or tsk's whole-task slot (cx < 0), has all its
+    contributions: count it off the needs of the window's instances that wait for it, as
+    `fast_sched._wake` does. The heap's size (-1: a key overflows)."""
+    for r in range(td[tsk, F_RD0], td[tsk, F_RDN]):
+        k = rdeps[r]
+        dt = deps[k, D_OWNER]
+        if dt >= hi:  # the reverse list is in task order: the rest are not in yet
+            break
+        rule = deps[k, D_RULE]
+        if deps[k, D_HEAD]:
+            if cx < 0:
+                continue
+            ux, uy = cx - deps[k, D_DX], cy - deps[k, D_DY]
+            j = 0
+            while True:
+                i, _sx, _sy = head_dest(td, dt, ux, uy, j)
+                if i < 0:
+                    break
+                j += 1
+                hn = _count_off(td, deps, dt, i, ib, off, sig, pend, hk, hg, hp, hn, hwc,
+                                scr2, watch)
+                if hn < 0:
+                    return -1
+            continue
+        if cx < 0:
+            if rule != R_ALL:
+                continue
+            j0, j1 = 0, td[dt, F_NI]
+        elif rule == R_ALL:
+            continue
+        elif rule == R_AT:
+            if deps[k, D_DX] != cx or deps[k, D_DY] != cy:
+                continue
+            j0, j1 = 0, td[dt, F_NI]
+        else:
+            j0 = anchor_inverse(td, dt, cx - deps[k, D_DX], cy - deps[k, D_DY])
+            if j0 < 0:
+                continue
+            j1 = j0 + 1
+        for j in range(j0, j1):
+            hn = _count_off(td, deps, dt, j, ib, off, sig, pend, hk, hg, hp, hn, hwc, scr2,
+                            watch)
+            if hn < 0:
+                return -1
+    return hn
+
+
+def plan(tables, lag: int) -> tuple[int, np.ndarray]:
+    """(rows of the signal store, per-task row offsets) of a window run: every task's block
+    live from the task to `lag` tasks after its last reader (module docstring)."""
+    td, deps = tables.td, tables.deps
+    nt = len(td)
+    if not nt:
+        return 1, np.zeros(0, np.int64)
+    last = np.arange(nt, dtype=np.int64)
+    if len(deps):
+        np.maximum.at(last, deps[:, D_TASK], deps[:, D_OWNER])
+    row, rows = allocate(td[:, F_SA] + 1 - td[:, F_SB], np.arange(nt, dtype=np.int64),
+                         last + lag)
+    return max(rows, 1), row - td[:, F_SB]
+
+
+def state_vector() -> np.ndarray:
+    """A fresh window-run state (fast_step's vector, then the window's)."""
+    st = np.zeros(NW, np.int64)
+    st[T_MAXEND] = -1
+    return st
+
+
+class WindowRun(StepRun):
+    """The arrays of one window run (`fast_step.StepRun`'s, planned per task with `lag`);
+    `run` returns the status."""
+
+    def __init__(self, tables, n: int, keep_ends: bool, pieces: int, lag: int, cap: int):
+        nt = len(tables.td)
+        rows, off = plan(tables, lag)
+        super().__init__(tables, n, keep_ends, pieces,
+                         (np.arange(nt + 1, dtype=np.int64), rows, off))
+        self.spend = np.zeros(rows, np.int32)
+        self.pend = np.zeros(cap, np.int32)
+        self.left = np.zeros(max(nt, 1), np.int64)
+        self.hk, self.hg, self.hp = (np.empty(cap, np.int64) for _ in range(3))
+        self.scr2 = Scratch(*(np.empty(len(a), np.int64) for a in
+                              (self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff)))
+        # the admission heap starts with the tasks without (non-head) dependencies, bound -1
+        deps = tables.deps
+        nonhead = deps[deps[:, D_HEAD] == 0] if len(deps) else deps
+        self.unres = np.bincount(nonhead[:, D_OWNER], minlength=nt).astype(np.int32) \
+            if len(nonhead) else np.zeros(nt, np.int32)
+        self.rmax = np.full(max(nt, 1), -1, np.int64)
+        roots = np.flatnonzero(self.unres == 0).astype(np.int64)
+        self.ak, self.at, self.ap = (np.zeros(max(nt, 1), np.int64) for _ in range(3))
+        self.ak[:len(roots)] = -1
+        self.at[:len(roots)] = roots  # equal keys by task: already a heap
+        self.state = state_vector()
+        self.state[W_LAG], self.state[W_AN] = lag, len(roots)
+
+    def finished(self, tables) -> bool:
+        return int(self.state[W_HI]) == len(tables.td) and int(self.state[W_HN]) == 0
+
+    def run(self, tables, limit: int) -> int:
+        """Grant up to `limit` more instances; the status."""
+        run_window(ProgramArrays(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk,
+                                 tables.hwc),
+                   WindowArrays(self.off, self.res, self.sig, self.pc, self.start, self.spend,
+                                self.pend, self.left, self.hk, self.hg, self.hp, self.unres,
+                                self.rmax, self.ak, self.at, self.ap),
+                   Counters(self.busy, self.lbytes, self.lbusy, self.tacc),
+                   Scratch(self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff),
+                   self.scr2, self.ends, self.state, limit, self.watch)
+        return int(self.state[T_STATUS])
+
+    def grow(self, tables) -> None:
+        """Twice the room for the window's instances (the ring of counts and the heap)."""
+        cap, new = len(self.pend), 2 * len(self.pend)
+        lo, hi, hn = (int(self.state[k]) for k in (W_LO, W_HI, W_HN))
+        ids = np.arange(tables.ib[lo], tables.ib[hi], dtype=np.int64)
+        pend = np.zeros(new, np.int32)
+        pend[ids % new] = self.pend[ids % cap]
+        self.pend = pend
+        for name in ("hk", "hg", "hp"):
+            a = np.empty(new, np.int64)
+            a[:hn] = getattr(self, name)[:hn]
+            setattr(self, name, a)
+        self.state[T_STATUS] = OK
+
+
+LAG0, LAG_MAX = 64, 1 << 16  # tasks a window may span: the first plan's, the most tried
+CAP0 = 1 << 20               # instances of the window: the first ring's (doubled as needed)
+BYTES_PER_ROOM = 4 + 3 * 8   # per instance of room: its count, a heap entry
+
+
+def estimate_bytes(tables, n_cores: int, keep_ends: bool, lag: int = LAG0) -> int:
+    """Host memory of a window run at its first plan (rows of the store for `lag`)."""
+    from wse_sim.engine.fast_step import BYTES_PER_CORE, BYTES_PER_SLOT
+    rows = plan(tables, lag)[0]
+    return (BYTES_PER_CORE * n_cores + (BYTES_PER_SLOT + 4) * rows + BYTES_PER_ROOM * CAP0
+            + (16 * tables.n_instances if keep_ends else 0))
+
+
+def run_windowed(tables, n_cores: int, keep_ends: bool, progress=None):
+    """Run the window path to the end: (the run, "") or (None, why it cannot give the
+    reference's result). A window longer than the plan's lag is planned again (4x) and run
+    again; a critical-path successor below the kept pieces runs again with more pieces.
+    `progress(n)` is told of every n instances granted."""
+    from wse_sim.engine.fast_step import NONMONO, PIECES, PIECES_RETRY
+    from wse_sim.engine.fast_step import REASONS as STEP_REASONS
+    lag, pieces = LAG0, PIECES
+    biggest = int(tables.td[:, F_NI].max()) if len(tables.td) else 1
+    while True:
+        wr = WindowRun(tables, n_cores, keep_ends, pieces, lag, max(CAP0, 2 * biggest))
+        status = _drive(wr, tables, progress)
+        if status == OK:
+            return wr, ""
+        task = int(wr.state[T_TASK])
+        del wr
+        if status == WINDOW and lag < LAG_MAX:
+            lag *= 4
+        elif status == NONMONO and pieces == PIECES:
+            pieces = PIECES_RETRY
+        else:
+            why = REASONS.get(status) or STEP_REASONS[status]
+            return None, f"{why} (task {task})"
+
+
+def _drive(wr: WindowRun, tables, progress) -> int:
+    """Run `wr` to its end (growing its room when full); the status."""
+    while True:
+        before = int(wr.state[W_DONE])
+        status = wr.run(tables, 1 << 20)
+        if progress is not None:
+            progress(int(wr.state[W_DONE]) - before)
+        if status == FULL:
+            wr.grow(tables)
+            continue
+        if status != OK or wr.finished(tables):
+            return status
