@@ -7,7 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from test_engine_fast import assert_same, both, programs
 
 import wse_sim.engine.fast as fast_mod
+from wse_sim.engine import fast_rows as R
 from wse_sim.engine import fast_window as W
+from wse_sim.engine import fast_window_run as WR
 from wse_sim.engine.fast import StepPathUnsupported, simulate_fast
 from wse_sim.engine.reference import simulate_reference
 from wse_sim.experiment import build_program
@@ -59,57 +61,60 @@ def test_auto_takes_the_window_path_where_the_event_path_does_not_fit(monkeypatc
     assert_same(ref, res)
 
 
-def test_a_window_longer_than_the_lag_is_planned_again(monkeypatch):
-    """With a lag of one task the run stops (WINDOW) and runs again with a longer one; the
-    result is the reference's."""
-    p = build_program(MESH16, "tiny", phase="prefill", strategy="weight-streaming", prompt=32,
-                      chunks=4)
-    seen = []
-    real = W.WindowRun.__init__
-
-    def spy(self, tables, n, keep_ends, pieces, lag, cap):
-        seen.append((lag, cap))
-        real(self, tables, n, keep_ends, pieces, lag, cap)
-
-    monkeypatch.setattr(W, "LAG0", 1)
-    monkeypatch.setattr(W, "CAP0", 1)
-    monkeypatch.setattr(W.WindowRun, "__init__", spy)
-    res = simulate_fast(p, MESH16, path="window", spans=True)
-    assert [lag for lag, _ in seen] == [4 ** k for k in range(len(seen))] and len(seen) > 1
-    assert_same(simulate_reference(p, MESH16), res)
-
-
-def test_the_ring_and_the_heap_grow_without_changing_the_result(monkeypatch):
-    p = build_program(MESH16, "tiny", phase="train", strategy="layer-sequential", prompt=32)
+def _grown_arrays(monkeypatch):
+    """Start every window array at its least; record what grew."""
     grown = []
-    real = W.WindowRun.grow
+    real = WR.WindowRun.grow
 
     def spy(self, tables):
-        grown.append(len(self.pend))
+        grown.append(int(self.state[W.W_NEED]))
         real(self, tables)
 
-    monkeypatch.setattr(W, "CAP0", 1)
-    monkeypatch.setattr(W.WindowRun, "grow", spy)
-    small = simulate_fast(p, MESH16, path="window", spans=True)
-    assert grown  # the first ring (twice the largest task) was too small
-    assert_same(simulate_reference(p, MESH16), small)
+    monkeypatch.setattr(WR, "CAP0", 1)
+    monkeypatch.setattr(WR, "FREE0", 1)
+    monkeypatch.setattr(WR.WindowRun, "grow", spy)
+    return grown
 
 
-def test_the_plan_keeps_a_block_until_lag_tasks_after_its_last_reader():
-    p = build_program(MESH16, "tiny", phase="prefill", strategy="weight-streaming", prompt=32,
+@pytest.mark.parametrize("model, strategy, phase, chunks", PIPELINES[:3])
+def test_the_ring_the_store_and_the_free_list_grow_without_changing_the_result(
+        monkeypatch, model, strategy, phase, chunks):
+    p = build_program(MESH16, model, phase=phase, strategy=strategy, prompt=32, chunks=chunks)
+    grown = _grown_arrays(monkeypatch)
+    tables = fast_mod.Tables(p, MESH16)
+    wr, why = WR.run_windowed(tables, MESH16.mesh_cols * MESH16.mesh_rows, True, rows=1)
+    assert wr is not None, why
+    assert {W.NEED_RING, W.NEED_ROWS, W.NEED_FREE} <= set(grown)
+    res = simulate_fast(p, MESH16, path="window", spans=True)
+    assert_same(simulate_reference(p, MESH16), res)
+    assert wr.critical_path() == (res.cycles, res.compute_cycles, res.comm_cycles)
+
+
+def test_the_store_holds_only_what_the_window_still_reads():
+    """A block goes back when its last reader leaves: at the end every row is free (the top
+    is back at 0), and the store's high water stays below the sum of all blocks."""
+    p = build_program(MESH16, "tiny", phase="prefill", strategy="layer-sequential", prompt=32,
                       chunks=4)
     tables = fast_mod.Tables(p, MESH16)
-    td, deps = tables.td, tables.deps
-    for lag in (1, 8, 64):
-        rows, off = W.plan(tables, lag)
-        first = off + td[:, fast_mod.K.F_SB]
-        end = off + td[:, fast_mod.K.F_SA] + 1
-        last = np.arange(len(td))
-        np.maximum.at(last, deps[:, fast_mod.K.D_TASK], deps[:, fast_mod.K.D_OWNER])
-        assert end.max() <= rows
-        for u in range(len(td)):  # a task whose rows overlap u's starts after u's readers + lag
-            later = np.flatnonzero((np.arange(len(td)) > u) & (first < end[u]) & (end > first[u]))
-            assert (later > last[u] + lag).all(), (lag, u)
+    wr, why = WR.run_windowed(tables, 256, False, rows=1)
+    assert wr is not None, why
+    assert int(wr.fm[1]) == 0 and int(wr.fm[0]) == 0
+    blocks = tables.td[:, fast_mod.K.F_SA] + 1 - tables.td[:, fast_mod.K.F_SB]
+    assert len(wr.sig) < blocks.sum()
+
+
+def test_rows_taken_and_given_back_in_any_order_merge_again():
+    fs, fz = np.zeros(8, np.int64), np.zeros(8, np.int64)
+    fm = np.array([0, 0, 100], np.int64)
+    at = [R.rows_take(fs, fz, fm, k) for k in (10, 5, 20, 5)]
+    assert at == [0, 10, 15, 35] and fm[1] == 40
+    assert R.rows_give(fs, fz, fm, 10, 5) and R.rows_give(fs, fz, fm, 35, 5)
+    assert fm[1] == 35 and list(fs[:fm[0]]) == [10]  # the block at the top lowered it
+    assert R.rows_take(fs, fz, fm, 4) == 10  # first fit
+    assert R.rows_take(fs, fz, fm, 70) == -1  # 35 + 70 > 100: the caller grows the store
+    for a, k in ((0, 10), (15, 20), (10, 4)):
+        assert R.rows_give(fs, fz, fm, a, k)
+    assert fm[0] == 0 and fm[1] == 0
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

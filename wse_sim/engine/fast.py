@@ -27,7 +27,7 @@ from wse_sim.engine import fast_queue as Q
 from wse_sim.engine import fast_sched as S
 from wse_sim.engine import fast_step as P
 from wse_sim.engine import fast_tasks as K
-from wse_sim.engine import fast_window as W
+from wse_sim.engine import fast_window_run as W
 from wse_sim.engine.common import ensure_acyclic
 from wse_sim.engine.fast_tables import (
     Tables,
@@ -137,7 +137,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
         if planned is not None and status == P.ORDER and (
                 path == "window" or not _event_fits(tables, mesh)):
             res = _window(program, hw, mesh, tables, maps, keep_spans, show,
-                          "asked for" if path == "window" else why)
+                          "asked for" if path == "window" else why, planned)
             if res is not None:
                 res.wall_seconds = time.perf_counter() - t0
                 return res
@@ -175,13 +175,14 @@ def _event_fits(tables: Tables, mesh: Mesh) -> bool:
     return have is None or estimate_bytes(tables, mesh) <= 0.8 * have
 
 
-def _window(program, hw, mesh, tables, maps, keep_spans, show, why):
+def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
     """The window path's result (`fast_window`), once the step path found a resource
     reserved out of task order; None when it cannot give the reference's either (the caller
     takes the event path), an error when path='window' was asked for."""
     asked = why == "asked for"
     have = _free_bytes()
-    need = W.estimate_bytes(tables, mesh.n, keep_spans)
+    rows = planned[1]
+    need = W.estimate_bytes(tables, mesh.n, keep_spans, rows)
     if have is not None and need > 0.8 * have:
         if asked:
             raise StepPathUnsupported(f"fast engine window path: needs about "
@@ -193,7 +194,8 @@ def _window(program, hw, mesh, tables, maps, keep_spans, show, why):
         bar = tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
                    dynamic_ncols=True)
     try:
-        wr, wwhy = W.run_windowed(tables, mesh.n, keep_spans, bar.update if bar else None)
+        wr, wwhy = W.run_windowed(tables, mesh.n, keep_spans, rows,
+                                  bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()

@@ -21,10 +21,9 @@ that the resources it reserves (and the signal slots it writes) had no later key
 that makes the result the reference's to the cycle, whatever entered the window when. When it
 fails the run stops (ORDER) and the caller takes the event path.
 
-A window spans at most `lag` tasks: the signal store is planned with every task's block live
-until `lag` tasks after its last reader (`plan`), so a block is reused only once every reader
-of its previous task has left the window. A window that needs more stops the run (WINDOW)
-and the caller plans again with a longer lag.
+A task's block of signal slots is taken from the store when it enters (`fast_rows`) and given
+back when the last task that reads it has left the window, so the store holds what the
+window's tasks still read, as the step path's plan does for its groups.
 """
 
 from __future__ import annotations
@@ -33,7 +32,9 @@ from collections import namedtuple
 
 import numpy as np
 
+from wse_sim.engine.fast_heap import heap_pop, heap_push
 from wse_sim.engine.fast_queue import task_of
+from wse_sim.engine.fast_rows import rows_give, rows_take
 from wse_sim.engine.fast_sched import A_FIRST, task_span
 from wse_sim.engine.fast_step import (
     G_MK,
@@ -50,10 +51,8 @@ from wse_sim.engine.fast_step import (
     T_MAXEND,
     T_STATUS,
     T_TASK,
-    StepRun,
     _grant,
     _needs,
-    allocate,
     key_of,
 )
 from wse_sim.engine.fast_tasks import (
@@ -74,9 +73,6 @@ from wse_sim.engine.fast_tasks import (
     F_SLOTS,
     R_ALL,
     R_AT,
-    Counters,
-    ProgramArrays,
-    Scratch,
     anchor,
     anchor_inverse,
     fill_events,
@@ -87,18 +83,19 @@ from wse_sim.engine.fast_tasks import (
     sig_slot,
 )
 
-FULL, WINDOW = 4, 5  # statuses beyond fast_step's: the ring is full; the window is too long
-REASONS = {WINDOW: "a window of tasks longer than the planned lag"}
+FULL = 4  # status beyond fast_step's: an array is full, W_NEED says which (the caller grows it)
+NEED_RING, NEED_ROWS, NEED_FREE = 1, 2, 3  # (the heap has the ring's room)
 # state vector: fast_step's, then the window's
-W_LO, W_HI, W_HN, W_AN, W_LAG, W_DONE = NT, NT + 1, NT + 2, NT + 3, NT + 4, NT + 5
+W_LO, W_HI, W_HN, W_AN, W_NEED, W_DONE = NT, NT + 1, NT + 2, NT + 3, NT + 4, NT + 5
 NW = NT + 6
 # the window's arrays: the step path's store and resources (`fast_step`), then per store row
 # the contributions still to come, per instance of the window (a ring) its needs not met, per
 # task its instances not granted, the heap (key, instance, its first latest need's row); per
 # task not yet in, its dependencies without a grant and the largest first key of the others,
-# and the admission heap (bound, task)
+# the admission heap (bound, task), the store's free list (`fast_rows`), and by last reader
+# the tasks whose blocks it frees (rp: offsets into ru)
 WindowArrays = namedtuple("WindowArrays", "off res sig pc starts spend pend left hk hg hp "
-                                           "unres rmax ak at ap")
+                                           "unres rmax ak at ap fs fz fm rp ru")
 
 
 @kernel(inline=True)
@@ -133,41 +130,6 @@ def _pending(td, deps, t, i, off, spend, hwc, ex, ey, eoff):
 
 
 @kernel(inline=True)
-def _push(hk, hg, hp, hn, rg, g, pred):
-    """Add (rg, g) with its pred to the heap of hn entries (smallest key, then id, first)."""
-    j = hn
-    while j > 0:
-        p = (j - 1) >> 1
-        if hk[p] < rg or (hk[p] == rg and hg[p] < g):
-            break
-        hk[j], hg[j], hp[j] = hk[p], hg[p], hp[p]
-        j = p
-    hk[j], hg[j], hp[j] = rg, g, pred
-    return hn + 1
-
-
-@kernel(inline=True)
-def _pop(hk, hg, hp, hn):
-    """Remove the heap's first entry (the caller has read it); the new size."""
-    hn -= 1
-    rg, g, pred = hk[hn], hg[hn], hp[hn]
-    j = 0
-    while True:
-        c = 2 * j + 1
-        if c >= hn:
-            break
-        if c + 1 < hn and (hk[c + 1] < hk[c] or (hk[c + 1] == hk[c] and hg[c + 1] < hg[c])):
-            c += 1
-        if rg < hk[c] or (rg == hk[c] and g < hg[c]):
-            break
-        hk[j], hg[j], hp[j] = hk[c], hg[c], hp[c]
-        j = c
-    if hn > 0:
-        hk[j], hg[j], hp[j] = rg, g, pred
-    return hn
-
-
-@kernel(inline=True)
 def _resolve(deps, rdeps, td, u, key, hi, unres, rmax, aq, an):
     """Task u's first grant (key `key`, -1 for a task without instances): a task not yet in
     whose dependencies now all have one gets its bound (the largest of their first keys)
@@ -181,25 +143,25 @@ def _resolve(deps, rdeps, td, u, key, hi, unres, rmax, aq, an):
         rmax[dt] = max(rmax[dt], key)
         unres[dt] -= 1
         if unres[dt] == 0:
-            an = _push(ak, at, ap, an, rmax[dt], dt, 0)
+            an = heap_push(ak, at, ap, an, rmax[dt], dt, 0)
     return an
 
 
 @kernel
 def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
     """Grant up to `limit` instances over the sliding window (module docstring); returns
-    with state[T_STATUS] OK when done or the limit is reached, FULL when the heap needs more
-    room, WINDOW when the window needs a longer lag, or the step path's ORDER / NONMONO /
-    OVERFLOW. `wa`: WindowArrays; `scr2`: a second Scratch (needs computed while a grant's
+    with state[T_STATUS] OK when done or the limit is reached, FULL when an array needs more
+    room (state[W_NEED]: which), or the step path's ORDER / NONMONO / OVERFLOW. `wa`: WindowArrays; `scr2`: a second Scratch (needs computed while a grant's
     events are being walked)."""
     td, deps, rdeps, ib, tblk, hwc = prog
-    off, res, sig, pc, starts, spend, pend, left, hk, hg, hp, unres, rmax, ak, at, ap = wa
+    (off, res, sig, pc, starts, spend, pend, left, hk, hg, hp, unres, rmax, ak, at, ap,
+     fs, fz, fm, rp, ru) = wa
     tacc = cnt.tacc
     ex, ey, eoff = scr.ex, scr.ey, scr.eoff
     keep_ends = ends.shape[0] > 0
     nt = td.shape[0]
     cap = pend.shape[0]
-    lo, hi, hn, an, lag = state[W_LO], state[W_HI], state[W_HN], state[W_AN], state[W_LAG]
+    lo, hi, hn, an = state[W_LO], state[W_HI], state[W_HN], state[W_AN]
     aq = (ak, at, ap)
     comm, deliv = state[T_COMM], state[T_DELIV]
     maxend, last_rg, last_g = state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G]
@@ -213,14 +175,16 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
         while hi < nt and (hn == 0 or (an > 0 and ak[0] < hk[0])):
             last = at[0] if an > 0 else hi
             if last >= hi:
-                if last + 1 - lo > lag:
-                    status = WINDOW
-                    break
                 if ib[last + 1] - ib[lo] > cap:
-                    status = FULL
+                    status, state[W_NEED] = FULL, NEED_RING
                     break
                 while hi <= last:
                     state[T_TASK] = hi
+                    row = rows_take(fs, fz, fm, td[hi, F_SA] + 1 - td[hi, F_SB])
+                    if row < 0:
+                        status, state[W_NEED] = FULL, NEED_ROWS
+                        break
+                    off[hi] = row - td[hi, F_SB]
                     hn = _admit(td, deps, hi, ib, off, sig, spend, pend, left, hk, hg, hp, hn,
                                 hwc, scr2, watch)
                     if hn < 0:
@@ -232,11 +196,11 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
                 if status != OK:
                     break
             if an > 0 and at[0] == last:
-                an = _pop(ak, at, ap, an)
+                an = heap_pop(ak, at, ap, an)
         if status != OK or hn == 0:  # (hn == 0 here: every task is in, and granted)
             break
         rg, g, pred = hk[0], hg[0], hp[0]
-        hn = _pop(hk, hg, hp, hn)
+        hn = heap_pop(hk, hg, hp, hn)
         t = task_of(ib, tblk, g, t)
         state[T_TASK] = t
         i = g - ib[t]
@@ -270,9 +234,20 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
         if status != OK:
             break
         left[t] -= 1
-        while lo < hi and left[lo] == 0:
-            lo += 1
         done += 1
+        # tasks out, in program order; the blocks whose last reader leaves are free again
+        while lo < hi and left[lo] == 0:
+            while rp[lo] < rp[lo + 1]:
+                u = ru[rp[lo]]
+                if not rows_give(fs, fz, fm, off[u] + td[u, F_SB], td[u, F_SA] + 1 - td[u, F_SB]):
+                    status, state[W_NEED] = FULL, NEED_FREE
+                    break
+                rp[lo] += 1
+            if status != OK:
+                break
+            lo += 1
+        if status != OK:
+            break
     state[T_STATUS] = status
     state[W_LO], state[W_HI], state[W_HN], state[W_AN] = lo, hi, hn, an
     state[W_DONE] += done
@@ -288,7 +263,7 @@ def _ready(td, deps, t, i, ib, off, sig, hk, hg, hp, hn, hwc, scr2, watch):
     rg = key_of(ready, mk)
     if rg < 0:
         return -1
-    return _push(hk, hg, hp, hn, rg, ib[t] + i, pred)
+    return heap_push(hk, hg, hp, hn, rg, ib[t] + i, pred)
 
 
 @kernel
@@ -380,133 +355,8 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hk, hg, hp, hn, 
     return hn
 
 
-def plan(tables, lag: int) -> tuple[int, np.ndarray]:
-    """(rows of the signal store, per-task row offsets) of a window run: every task's block
-    live from the task to `lag` tasks after its last reader (module docstring)."""
-    td, deps = tables.td, tables.deps
-    nt = len(td)
-    if not nt:
-        return 1, np.zeros(0, np.int64)
-    last = np.arange(nt, dtype=np.int64)
-    if len(deps):
-        np.maximum.at(last, deps[:, D_TASK], deps[:, D_OWNER])
-    row, rows = allocate(td[:, F_SA] + 1 - td[:, F_SB], np.arange(nt, dtype=np.int64),
-                         last + lag)
-    return max(rows, 1), row - td[:, F_SB]
-
-
 def state_vector() -> np.ndarray:
     """A fresh window-run state (fast_step's vector, then the window's)."""
     st = np.zeros(NW, np.int64)
     st[T_MAXEND] = -1
     return st
-
-
-class WindowRun(StepRun):
-    """The arrays of one window run (`fast_step.StepRun`'s, planned per task with `lag`);
-    `run` returns the status."""
-
-    def __init__(self, tables, n: int, keep_ends: bool, pieces: int, lag: int, cap: int):
-        nt = len(tables.td)
-        rows, off = plan(tables, lag)
-        super().__init__(tables, n, keep_ends, pieces,
-                         (np.arange(nt + 1, dtype=np.int64), rows, off))
-        self.spend = np.zeros(rows, np.int32)
-        self.pend = np.zeros(cap, np.int32)
-        self.left = np.zeros(max(nt, 1), np.int64)
-        self.hk, self.hg, self.hp = (np.empty(cap, np.int64) for _ in range(3))
-        self.scr2 = Scratch(*(np.empty(len(a), np.int64) for a in
-                              (self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff)))
-        # the admission heap starts with the tasks without (non-head) dependencies, bound -1
-        deps = tables.deps
-        nonhead = deps[deps[:, D_HEAD] == 0] if len(deps) else deps
-        self.unres = np.bincount(nonhead[:, D_OWNER], minlength=nt).astype(np.int32) \
-            if len(nonhead) else np.zeros(nt, np.int32)
-        self.rmax = np.full(max(nt, 1), -1, np.int64)
-        roots = np.flatnonzero(self.unres == 0).astype(np.int64)
-        self.ak, self.at, self.ap = (np.zeros(max(nt, 1), np.int64) for _ in range(3))
-        self.ak[:len(roots)] = -1
-        self.at[:len(roots)] = roots  # equal keys by task: already a heap
-        self.state = state_vector()
-        self.state[W_LAG], self.state[W_AN] = lag, len(roots)
-
-    def finished(self, tables) -> bool:
-        return int(self.state[W_HI]) == len(tables.td) and int(self.state[W_HN]) == 0
-
-    def run(self, tables, limit: int) -> int:
-        """Grant up to `limit` more instances; the status."""
-        run_window(ProgramArrays(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk,
-                                 tables.hwc),
-                   WindowArrays(self.off, self.res, self.sig, self.pc, self.start, self.spend,
-                                self.pend, self.left, self.hk, self.hg, self.hp, self.unres,
-                                self.rmax, self.ak, self.at, self.ap),
-                   Counters(self.busy, self.lbytes, self.lbusy, self.tacc),
-                   Scratch(self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff),
-                   self.scr2, self.ends, self.state, limit, self.watch)
-        return int(self.state[T_STATUS])
-
-    def grow(self, tables) -> None:
-        """Twice the room for the window's instances (the ring of counts and the heap)."""
-        cap, new = len(self.pend), 2 * len(self.pend)
-        lo, hi, hn = (int(self.state[k]) for k in (W_LO, W_HI, W_HN))
-        ids = np.arange(tables.ib[lo], tables.ib[hi], dtype=np.int64)
-        pend = np.zeros(new, np.int32)
-        pend[ids % new] = self.pend[ids % cap]
-        self.pend = pend
-        for name in ("hk", "hg", "hp"):
-            a = np.empty(new, np.int64)
-            a[:hn] = getattr(self, name)[:hn]
-            setattr(self, name, a)
-        self.state[T_STATUS] = OK
-
-
-LAG0, LAG_MAX = 64, 1 << 16  # tasks a window may span: the first plan's, the most tried
-CAP0 = 1 << 20               # instances of the window: the first ring's (doubled as needed)
-BYTES_PER_ROOM = 4 + 3 * 8   # per instance of room: its count, a heap entry
-
-
-def estimate_bytes(tables, n_cores: int, keep_ends: bool, lag: int = LAG0) -> int:
-    """Host memory of a window run at its first plan (rows of the store for `lag`)."""
-    from wse_sim.engine.fast_step import BYTES_PER_CORE, BYTES_PER_SLOT
-    rows = plan(tables, lag)[0]
-    return (BYTES_PER_CORE * n_cores + (BYTES_PER_SLOT + 4) * rows + BYTES_PER_ROOM * CAP0
-            + (16 * tables.n_instances if keep_ends else 0))
-
-
-def run_windowed(tables, n_cores: int, keep_ends: bool, progress=None):
-    """Run the window path to the end: (the run, "") or (None, why it cannot give the
-    reference's result). A window longer than the plan's lag is planned again (4x) and run
-    again; a critical-path successor below the kept pieces runs again with more pieces.
-    `progress(n)` is told of every n instances granted."""
-    from wse_sim.engine.fast_step import NONMONO, PIECES, PIECES_RETRY
-    from wse_sim.engine.fast_step import REASONS as STEP_REASONS
-    lag, pieces = LAG0, PIECES
-    biggest = int(tables.td[:, F_NI].max()) if len(tables.td) else 1
-    while True:
-        wr = WindowRun(tables, n_cores, keep_ends, pieces, lag, max(CAP0, 2 * biggest))
-        status = _drive(wr, tables, progress)
-        if status == OK:
-            return wr, ""
-        task = int(wr.state[T_TASK])
-        del wr
-        if status == WINDOW and lag < LAG_MAX:
-            lag *= 4
-        elif status == NONMONO and pieces == PIECES:
-            pieces = PIECES_RETRY
-        else:
-            why = REASONS.get(status) or STEP_REASONS[status]
-            return None, f"{why} (task {task})"
-
-
-def _drive(wr: WindowRun, tables, progress) -> int:
-    """Run `wr` to its end (growing its room when full); the status."""
-    while True:
-        before = int(wr.state[W_DONE])
-        status = wr.run(tables, 1 << 20)
-        if progress is not None:
-            progress(int(wr.state[W_DONE]) - before)
-        if status == FULL:
-            wr.grow(tables)
-            continue
-        if status != OK or wr.finished(tables):
-            return status
