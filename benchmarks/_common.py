@@ -112,3 +112,26 @@ def emit(name: str, figures: dict, targets: dict, as_json: bool, machine: dict |
         flag = "" if ok is None else ("ok" if ok else "MISS")
         shown = f"{value:12.4g}" if isinstance(value, float) else f"{value!s:>12}"
         print(f"  {key:<{width}}  {shown}  {goal:>10}  {flag}")
+
+
+def _worker(q, fn, args) -> None:
+    q.put(fn(*args))
+
+
+def timed_call(limit_s: int, fn: Callable, *args) -> dict:
+    """fn(*args) (a dict) in a spawned process (NUMBA_NUM_THREADS=1), given up after
+    `limit_s` seconds: a row that does not finish says so, with the limit."""
+    import multiprocessing as mp
+    import os
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(q, fn, args))
+    proc.start()
+    proc.join(limit_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join()
+        return {"runs": False, "why": f"does not finish in {limit_s} s of simulation on this "
+                                      "machine (engine time, issue 16)"}
+    return q.get() if not q.empty() else {"runs": False, "why": "the worker died"}

@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import emit, machine_info, parse_args  # noqa: E402
+from _common import emit, machine_info, parse_args, timed_call  # noqa: E402
 
 MODELS = ("cerebras-gpt-1.3b", "llama3-8b")
 PRESETS = ("wse2", "wse3")
@@ -53,27 +53,6 @@ def _row(preset: str, model: str, phase: str, strategy: str, layout: str) -> dic
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def _worker(q, *a) -> None:
-    q.put(_row(*a))
-
-
-def _timed_row(limit_s: int, *a) -> dict:
-    """`_row` in a spawned process (NUMBA_NUM_THREADS=1), given up after `limit_s` seconds:
-    a row that does not finish says so, with the limit."""
-    import multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(q, *a))
-    proc.start()
-    proc.join(limit_s)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join()
-        return {"runs": False, "why": f"does not finish in {limit_s} s of simulation on this "
-                                      "machine (engine time, issue 16)"}
-    return q.get() if not q.empty() else {"runs": False, "why": "the worker died"}
-
-
 def main(argv=None) -> None:
     import argparse
     extra = argparse.ArgumentParser(add_help=False)
@@ -94,7 +73,7 @@ def main(argv=None) -> None:
                         continue  # the 2-D layout maps prefills and training steps
                     key = f"{preset}.{model}.{phase}.{strategy}" + \
                         (".2d" if layout == "2d" else "")
-                    row = _timed_row(more.limit_s, preset, model, phase, strategy, layout)
+                    row = timed_call(more.limit_s, _row, preset, model, phase, strategy, layout)
                     for k, v in row.items():
                         figures[f"{key}.{k}"] = v
                     print(json.dumps({k: v for k, v in figures.items()

@@ -1,7 +1,9 @@
 """Scorecard of every whole-model strategy for Cerebras-GPT-1.3B and LLaMA3-8B on the wse2
 preset (issue 7): simulated tokens/s, % of peak, communication share, SRAM per core, and the
-host wall time of each simulation (fast engine). Strategies that do not fit are listed with
-the reason. `--quick` uses a 128 x 128 grid and Cerebras-GPT-111M instead."""
+host wall time of each simulation (fast engine, and which of its paths ran). Strategies that
+do not fit are listed with the reason; each row runs in its own process, given up after
+`--limit-s` seconds (default 1,800); `--only TEXT` runs the rows whose key contains TEXT.
+`--quick` uses a 128 x 128 grid and Cerebras-GPT-111M instead."""
 
 from __future__ import annotations
 
@@ -12,46 +14,61 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import emit, parse_args  # noqa: E402
+from _common import emit, machine_info, parse_args, timed_call  # noqa: E402
 
-from wse_sim.engine import fast_available  # noqa: E402
 from wse_sim.experiment import STRATEGIES, build_program  # noqa: E402
 from wse_sim.hardware import load_preset  # noqa: E402
 
 
-def main(argv=None) -> int:
-    args = parse_args(__doc__, argv)
-    engine = "fast" if fast_available() else "reference"
+def _row(model: str, phase: str, strategy: str, quick: bool) -> dict:
+    """One row: the figures, or why it does not run (`runs`: False)."""
+    from wse_sim.engine import fast_available, simulate
     hw = load_preset("wse2")
-    if args.quick:
+    if quick:
         hw = hw.with_overrides({"mesh_cols": 128, "mesh_rows": 128})
-        models = ("cerebras-gpt-111m",)
-    else:
-        models = ("cerebras-gpt-1.3b", "llama3-8b")
-    phases = {"prefill": {"prompt": 128}, "decode": {"context": 1024}}
+    engine = "fast" if fast_available() else "reference"
+    try:
+        program = build_program(hw, model, phase=phase, strategy=strategy, **PHASES[phase])
+        t0 = time.perf_counter()
+        r = simulate(program, hw, engine=engine)
+        wall = time.perf_counter() - t0
+    except (ValueError, NotImplementedError) as e:
+        return {"runs": False, "why": str(e).splitlines()[0][:200]}
+    s = r.summary()
+    return {"runs": True, "tokens_per_s": s["tokens_per_s"], "peak_fraction": s["peak_fraction"],
+            "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
+            "sram_bytes_per_core": s["sram_bytes_per_core"], "wall_seconds": wall,
+            "cycles": r.cycles, "path": getattr(r, "fast_path", engine)}
+
+
+PHASES = {"prefill": {"prompt": 128}, "decode": {"context": 1024}}
+
+
+def main(argv=None) -> int:
+    import argparse
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--limit-s", type=int, default=1800,
+                       help="a row's simulation is given up after this many seconds")
+    extra.add_argument("--only", default="",
+                       help="rows whose key contains this (e.g. 'prefill.weight-streaming')")
+    more, rest = extra.parse_known_args(argv)
+    args = parse_args(__doc__, rest)
+    models = ("cerebras-gpt-111m",) if args.quick else ("cerebras-gpt-1.3b", "llama3-8b")
     figures, rejected = {}, {}
-    from wse_sim.engine import simulate
     for model in models:
-        for phase, kw in phases.items():
+        for phase in PHASES:
             for strategy in STRATEGIES:
                 key = f"{model}.{phase}.{strategy}"
-                try:
-                    program = build_program(hw, model, phase=phase, strategy=strategy, **kw)
-                    t0 = time.perf_counter()
-                    r = simulate(program, hw, engine=engine)
-                    wall = time.perf_counter() - t0
-                except (ValueError, NotImplementedError) as e:
-                    rejected[key] = str(e).splitlines()[0][:200]
+                if more.only not in key:
                     continue
-                s = r.summary()
-                figures[f"{key}.tokens_per_s"] = s["tokens_per_s"]
-                figures[f"{key}.peak_fraction"] = s["peak_fraction"]
-                figures[f"{key}.comm_share"] = s["comm_cycles"] / max(1, s["cycles"])
-                figures[f"{key}.sram_bytes_per_core"] = s["sram_bytes_per_core"]
-                figures[f"{key}.wall_seconds"] = wall
+                row = timed_call(more.limit_s, _row, model, phase, strategy, args.quick)
+                if not row.pop("runs"):
+                    rejected[key] = row["why"]
+                    continue
+                for k, v in row.items():
+                    figures[f"{key}.{k}"] = v
     machine = None
     if rejected:
-        from _common import machine_info
         machine = machine_info()
         machine["rejected"] = rejected
         for k, why in rejected.items():
