@@ -1,5 +1,6 @@
-"""A binary min-heap in three parallel arrays (key, id, payload), ordered by key then id: the
-window path's ready instances and its tasks waiting to enter (`fast_window`)."""
+"""A binary min-heap of (key, id, payload) rows of one int64 array, ordered by key then id:
+the window path's ready instances and its records waiting to enter (`fast_window`). One row
+per entry: a level of the heap costs one cache line, not three."""
 
 from __future__ import annotations
 
@@ -7,35 +8,36 @@ from wse_sim.engine.fast_tasks import kernel
 
 
 @kernel(inline=True)
-def heap_push(hk, hg, hp, hn, rg, g, pred):
-    """Add (rg, g) with its pred to the heap of hn entries (smallest key, then id, first)."""
+def heap_push(h, hn, key, g, pay):
+    """Add (key, g, pay) to the heap h of hn entries; the new size."""
     j = hn
     while j > 0:
         p = (j - 1) >> 1
-        if hk[p] < rg or (hk[p] == rg and hg[p] < g):
+        if h[p, 0] < key or (h[p, 0] == key and h[p, 1] < g):
             break
-        hk[j], hg[j], hp[j] = hk[p], hg[p], hp[p]
+        h[j, 0], h[j, 1], h[j, 2] = h[p, 0], h[p, 1], h[p, 2]
         j = p
-    hk[j], hg[j], hp[j] = rg, g, pred
+    h[j, 0], h[j, 1], h[j, 2] = key, g, pay
     return hn + 1
 
 
 @kernel(inline=True)
-def heap_pop(hk, hg, hp, hn):
+def heap_pop(h, hn):
     """Remove the heap's first entry (the caller has read it); the new size."""
     hn -= 1
-    rg, g, pred = hk[hn], hg[hn], hp[hn]
+    key, g, pay = h[hn, 0], h[hn, 1], h[hn, 2]
     j = 0
     while True:
         c = 2 * j + 1
         if c >= hn:
             break
-        if c + 1 < hn and (hk[c + 1] < hk[c] or (hk[c + 1] == hk[c] and hg[c + 1] < hg[c])):
+        if c + 1 < hn and (h[c + 1, 0] < h[c, 0] or (h[c + 1, 0] == h[c, 0]
+                                                      and h[c + 1, 1] < h[c, 1])):
             c += 1
-        if rg < hk[c] or (rg == hk[c] and g < hg[c]):
+        if key < h[c, 0] or (key == h[c, 0] and g < h[c, 1]):
             break
-        hk[j], hg[j], hp[j] = hk[c], hg[c], hp[c]
+        h[j, 0], h[j, 1], h[j, 2] = h[c, 0], h[c, 1], h[c, 2]
         j = c
     if hn > 0:
-        hk[j], hg[j], hp[j] = rg, g, pred
+        h[j, 0], h[j, 1], h[j, 2] = key, g, pay
     return hn

@@ -6,20 +6,21 @@ The step path (`fast_step`) grants one group of independent tasks at a time and 
 overlap (chunks of tokens in two layers at once, weights streaming in beside the compute of
 the layer before). The event path runs those, but keeps every instance and every per-core
 signal of the whole program (tens of GiB at full wafer). The window path keeps what the step
-path keeps (per resource and per live signal slot, `fast_step`) plus, for the tasks of a
-window, each instance's count of needs not yet met, and a heap of the instances that have
-none, by key (ready time, round, id): the reference's grant order.
+path keeps (per resource, and per signal slot still read) plus, for the tasks of a window,
+each instance's count of needs not yet met and a heap of the instances that have none, by
+key (ready time, round, id): the reference's grant order.
 
 Tasks enter the window in program order (their slots get their contribution counts, their
 instances their counts; those with none get their key and enter the heap) and leave it when
-all their instances are granted. A task enters before the heap's smallest key is granted
-unless no instance of it can have a smaller key: an instance's key is larger than the key of
-every contributor of its needs, so the largest over its dependencies of the smallest key of
-the named task (granted, or at least the heap's smallest while some are not) is below all of
-its keys. Tasks after it are not looked at. Every grant then checks, as the step path does,
-that the resources it reserves (and the signal slots it writes) had no later key: the check
-that makes the result the reference's to the cycle, whatever entered the window when. When it
-fails the run stops (ORDER) and the caller takes the event path.
+all their instances are granted. When must a task enter? An instance's key is larger than
+the key of every contributor of its needs, so a task whose dependencies have all been granted
+at least once has every key above the largest of their first keys (its bound), and a task
+with a dependency not yet granted has every key above the heap's smallest. Tasks wait in an
+admission heap by bound (from the start, those without dependencies); before each grant,
+every task whose bound is below the heap's smallest key enters, with all tasks before it.
+Every grant then checks, as the step path does, that the resources it reserves (and the
+signal slots it writes) had no later key: the check that makes the result the reference's to
+the cycle. When it fails the run stops (ORDER) and the caller takes the event path.
 
 A task's block of signal slots is taken from the store when it enters (`fast_rows`) and given
 back when the last task that reads it has left the window, so the store holds what the
@@ -94,8 +95,8 @@ NW = NT + 6
 # task not yet in, its dependencies without a grant and the largest first key of the others,
 # the admission heap (bound, task), the store's free list (`fast_rows`), and by last reader
 # the tasks whose blocks it frees (rp: offsets into ru)
-WindowArrays = namedtuple("WindowArrays", "off res sig pc starts spend pend left hk hg hp "
-                                           "unres rmax ak at ap fs fz fm rp ru")
+WindowArrays = namedtuple("WindowArrays", "off res sig pc starts spend pend left hq unres rmax "
+                                           "aq fs fz fm rp ru")
 
 
 @kernel(inline=True)
@@ -134,7 +135,6 @@ def _resolve(deps, rdeps, td, u, key, hi, unres, rmax, aq, an):
     """Task u's first grant (key `key`, -1 for a task without instances): a task not yet in
     whose dependencies now all have one gets its bound (the largest of their first keys)
     and waits in the admission heap `aq` (of an entries). The heap's size."""
-    ak, at, ap = aq
     for r in range(td[u, F_RD0], td[u, F_RDN]):
         k = rdeps[r]
         dt = deps[k, D_OWNER]
@@ -143,7 +143,7 @@ def _resolve(deps, rdeps, td, u, key, hi, unres, rmax, aq, an):
         rmax[dt] = max(rmax[dt], key)
         unres[dt] -= 1
         if unres[dt] == 0:
-            an = heap_push(ak, at, ap, an, rmax[dt], dt, 0)
+            an = heap_push(aq, an, rmax[dt], dt, 0)
     return an
 
 
@@ -154,15 +154,13 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
     room (state[W_NEED]: which), or the step path's ORDER / NONMONO / OVERFLOW. `wa`: WindowArrays; `scr2`: a second Scratch (needs computed while a grant's
     events are being walked)."""
     td, deps, rdeps, ib, tblk, hwc = prog
-    (off, res, sig, pc, starts, spend, pend, left, hk, hg, hp, unres, rmax, ak, at, ap,
-     fs, fz, fm, rp, ru) = wa
+    off, res, sig, pc, starts, spend, pend, left, hq, unres, rmax, aq, fs, fz, fm, rp, ru = wa
     tacc = cnt.tacc
     ex, ey, eoff = scr.ex, scr.ey, scr.eoff
     keep_ends = ends.shape[0] > 0
     nt = td.shape[0]
     cap = pend.shape[0]
     lo, hi, hn, an = state[W_LO], state[W_HI], state[W_HN], state[W_AN]
-    aq = (ak, at, ap)
     comm, deliv = state[T_COMM], state[T_DELIV]
     maxend, last_rg, last_g = state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G]
     last_s, last_a = state[T_LAST_S], state[T_LAST_A]
@@ -172,8 +170,8 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
     while done < limit:
         # tasks in, in program order, up to every one whose keys may be below the heap's
         # smallest (its bound is; a task no bound names yet goes in when nothing else can)
-        while hi < nt and (hn == 0 or (an > 0 and ak[0] < hk[0])):
-            last = at[0] if an > 0 else hi
+        while hi < nt and (hn == 0 or (an > 0 and aq[0, 0] < hq[0, 0])):
+            last = aq[0, 1] if an > 0 else hi
             if last >= hi:
                 if ib[last + 1] - ib[lo] > cap:
                     status, state[W_NEED] = FULL, NEED_RING
@@ -185,7 +183,7 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
                         status, state[W_NEED] = FULL, NEED_ROWS
                         break
                     off[hi] = row - td[hi, F_SB]
-                    hn = _admit(td, deps, hi, ib, off, sig, spend, pend, left, hk, hg, hp, hn,
+                    hn = _admit(td, deps, hi, ib, off, sig, spend, pend, left, hq, hn,
                                 hwc, scr2, watch)
                     if hn < 0:
                         status = OVERFLOW
@@ -195,12 +193,12 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
                         an = _resolve(deps, rdeps, td, hi - 1, -1, hi, unres, rmax, aq, an)
                 if status != OK:
                     break
-            if an > 0 and at[0] == last:
-                an = heap_pop(ak, at, ap, an)
+            if an > 0 and aq[0, 1] == last:
+                an = heap_pop(aq, an)
         if status != OK or hn == 0:  # (hn == 0 here: every task is in, and granted)
             break
-        rg, g, pred = hk[0], hg[0], hp[0]
-        hn = heap_pop(hk, hg, hp, hn)
+        rg, g, pred = hq[0, 0], hq[0, 1], hq[0, 2]
+        hn = heap_pop(hq, hn)
         t = task_of(ib, tblk, g, t)
         state[T_TASK] = t
         i = g - ib[t]
@@ -226,7 +224,7 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
                 s, cx, cy = td[t, F_SA] + off[t], -1, -1
             spend[s] -= 1
             if spend[s] == 0:
-                hn = _wake(td, deps, rdeps, ib, t, cx, cy, hi, off, sig, pend, hk, hg, hp, hn,
+                hn = _wake(td, deps, rdeps, ib, t, cx, cy, hi, off, sig, pend, hq, hn,
                            hwc, scr2, watch)
                 if hn < 0:
                     status = OVERFLOW
@@ -257,17 +255,17 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
 
 
 @kernel(inline=True)
-def _ready(td, deps, t, i, ib, off, sig, hk, hg, hp, hn, hwc, scr2, watch):
+def _ready(td, deps, t, i, ib, off, sig, hq, hn, hwc, scr2, watch):
     """Instance i of task t has every need met: its key, into the heap (-1: overflow)."""
     ready, pred, mk = _needs(td, deps, t, i, off, sig, watch, hwc, scr2.ex, scr2.ey, scr2.eoff)
     rg = key_of(ready, mk)
     if rg < 0:
         return -1
-    return heap_push(hk, hg, hp, hn, rg, ib[t] + i, pred)
+    return heap_push(hq, hn, rg, ib[t] + i, pred)
 
 
 @kernel
-def _admit(td, deps, t, ib, off, sig, spend, pend, left, hk, hg, hp, hn, hwc, scr2, watch):
+def _admit(td, deps, t, ib, off, sig, spend, pend, left, hq, hn, hwc, scr2, watch):
     """Task t enters the window: its slots fresh with their contribution counts, each
     instance's count of needs not yet met; those with none into the heap. The heap's size
     (-1: a key overflows)."""
@@ -287,7 +285,7 @@ def _admit(td, deps, t, ib, off, sig, spend, pend, left, hk, hg, hp, hn, hwc, sc
     for i in range(ni):
         c = _pending(td, deps, t, i, off, spend, hwc, ex, ey, eoff)
         if c == 0:
-            hn = _ready(td, deps, t, i, ib, off, sig, hk, hg, hp, hn, hwc, scr2, watch)
+            hn = _ready(td, deps, t, i, ib, off, sig, hq, hn, hwc, scr2, watch)
             if hn < 0:
                 return -1
         else:
@@ -296,17 +294,17 @@ def _admit(td, deps, t, ib, off, sig, spend, pend, left, hk, hg, hp, hn, hwc, sc
 
 
 @kernel(inline=True)
-def _count_off(td, deps, dt, j, ib, off, sig, pend, hk, hg, hp, hn, hwc, scr2, watch):
+def _count_off(td, deps, dt, j, ib, off, sig, pend, hq, hn, hwc, scr2, watch):
     """One need of instance j of task dt met; into the heap when it was the last."""
     q = (ib[dt] + j) % pend.shape[0]
     pend[q] -= 1
     if pend[q] == 0:
-        return _ready(td, deps, dt, j, ib, off, sig, hk, hg, hp, hn, hwc, scr2, watch)
+        return _ready(td, deps, dt, j, ib, off, sig, hq, hn, hwc, scr2, watch)
     return hn
 
 
 @kernel
-def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hk, hg, hp, hn, hwc, scr2,
+def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hq, hn, hwc, scr2,
           watch):
     """Slot (tsk, core (cx, cy)), or tsk's whole-task slot (cx < 0), has all its
     contributions: count it off the needs of the window's instances that wait for it, as
@@ -327,7 +325,7 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hk, hg, hp, hn, 
                 if i < 0:
                     break
                 j += 1
-                hn = _count_off(td, deps, dt, i, ib, off, sig, pend, hk, hg, hp, hn, hwc,
+                hn = _count_off(td, deps, dt, i, ib, off, sig, pend, hq, hn, hwc,
                                 scr2, watch)
                 if hn < 0:
                     return -1
@@ -348,7 +346,7 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hk, hg, hp, hn, 
                 continue
             j1 = j0 + 1
         for j in range(j0, j1):
-            hn = _count_off(td, deps, dt, j, ib, off, sig, pend, hk, hg, hp, hn, hwc, scr2,
+            hn = _count_off(td, deps, dt, j, ib, off, sig, pend, hq, hn, hwc, scr2,
                             watch)
             if hn < 0:
                 return -1

@@ -74,7 +74,7 @@ class WindowRun(StepRun):
         self.spend = np.zeros(rows, np.int32)
         self.pend = np.zeros(cap, np.int32)
         self.left = np.zeros(max(nt, 1), np.int64)
-        self.hk, self.hg, self.hp = (np.empty(cap, np.int64) for _ in range(3))
+        self.hq = np.empty((cap, 3), np.int64)
         self.scr2 = Scratch(*(np.empty(len(a), np.int64) for a in
                               (self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff)))
         # the admission heap starts with the tasks without (non-head) dependencies, bound -1
@@ -84,9 +84,9 @@ class WindowRun(StepRun):
                       if len(nonhead) else np.zeros(max(nt, 1), np.int32))
         self.rmax = np.full(max(nt, 1), -1, np.int64)
         roots = np.flatnonzero(self.unres[:nt] == 0).astype(np.int64)
-        self.ak, self.at, self.ap = (np.zeros(max(nt, 1), np.int64) for _ in range(3))
-        self.ak[:len(roots)] = -1
-        self.at[:len(roots)] = roots  # equal keys by task: already a heap
+        self.aq = np.zeros((max(nt, 1), 3), np.int64)
+        self.aq[:len(roots), 0] = -1
+        self.aq[:len(roots), 1] = roots  # equal keys by task: already a heap
         self.fs, self.fz = np.zeros(FREE0, np.int64), np.zeros(FREE0, np.int64)
         self.fm = np.array([0, 0, rows], np.int64)
         self.rp, self.ru = readers(tables)
@@ -101,9 +101,8 @@ class WindowRun(StepRun):
         run_window(ProgramArrays(tables.td, tables.deps, tables.rdeps, tables.ib, self.tblk,
                                  tables.hwc),
                    WindowArrays(self.off, self.res, self.sig, self.pc, self.start, self.spend,
-                                self.pend, self.left, self.hk, self.hg, self.hp, self.unres,
-                                self.rmax, self.ak, self.at, self.ap, self.fs, self.fz,
-                                self.fm, self.rp, self.ru),
+                                self.pend, self.left, self.hq, self.unres, self.rmax, self.aq,
+                                self.fs, self.fz, self.fm, self.rp, self.ru),
                    Counters(self.busy, self.lbytes, self.lbusy, self.tacc),
                    Scratch(self.rrid, self.roff, self.rlen, self.ex, self.ey, self.eoff),
                    self.scr2, self.ends, self.state, limit, self.watch)
@@ -119,8 +118,7 @@ class WindowRun(StepRun):
             pend = np.zeros(new, np.int32)
             pend[ids % new] = self.pend[ids % cap]
             self.pend = pend
-            for name in ("hk", "hg", "hp"):
-                setattr(self, name, _grown(getattr(self, name), new, hn))
+            self.hq = _grown(self.hq, new, hn)
         elif need == NEED_ROWS:
             rows = 2 * len(self.sig)
             self.sig = _grown(self.sig, rows, int(self.fm[1]))
