@@ -463,8 +463,8 @@ def _refresh_stale_cache() -> None:
 
     from numba.core.dispatcher import Dispatcher
 
-    from wse_sim.engine import fast_tables
-    mods = (K, Q, S, P, L, fast_tables)
+    from wse_sim.engine import fast_heap, fast_rows, fast_tables, fast_window
+    mods = (K, Q, S, P, L, fast_tables, fast_heap, fast_rows, fast_window)
     try:
         digest = hashlib.sha256(b"".join(open(m.__file__, "rb").read() for m in mods))
         stamp = os.path.join(S.run._cache._cache_path, "fast_engine.sha256")
@@ -504,7 +504,7 @@ def warm_up() -> float:
         Multicast("m", (0, 0), Region(0, 0, 2, 2), 2, deps=(Dep(2, "at", 1, 0),)),
         Compute("d", Region(0, 0, 1, 2), 40, deps=(Dep(3, "offset", 1, 0),)),
     ))
-    for path in ("event", "step"):
+    for path in ("event", "step", "window"):
         _simulate(prog, hw, progress=False, spans=True, path=path)
     try:  # the exact dependency scan runs only for bad programs: compile it here too
         _simulate(Program("warm-up-bad", prog.tasks[:1] + (

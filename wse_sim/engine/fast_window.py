@@ -148,18 +148,67 @@ def _resolve(deps, rdeps, td, u, key, hi, unres, rmax, aq, an):
 
 
 @kernel
+def _enter(prog, wa, state, scr2, watch, lo, hi, hn, an):
+    """Tasks in, in program order, up to every one whose keys may be below the heap's
+    smallest (its bound is; a task no bound names yet goes in when nothing else can).
+    Returns (status, hi, hn, an); FULL with state[W_NEED] when the ring or the store is full."""
+    td, deps, rdeps, ib, _tblk, hwc = prog
+    off, _res, sig, _pc, _st, spend, pend, left, hq, unres, rmax, aq, fs, fz, fm, _rp, _ru = wa
+    nt = td.shape[0]
+    while hi < nt and (hn == 0 or (an > 0 and aq[0, 0] < hq[0, 0])):
+        last = aq[0, 1] if an > 0 else hi
+        if last >= hi:
+            if ib[last + 1] - ib[lo] > pend.shape[0]:
+                state[W_NEED] = NEED_RING
+                return FULL, hi, hn, an
+            while hi <= last:
+                state[T_TASK] = hi
+                row = rows_take(fs, fz, fm, td[hi, F_SA] + 1 - td[hi, F_SB])
+                if row < 0:
+                    state[W_NEED] = NEED_ROWS
+                    return FULL, hi, hn, an
+                off[hi] = row - td[hi, F_SB]
+                hn = _admit(td, deps, hi, ib, off, sig, spend, pend, left, hq, hn, hwc, scr2,
+                            watch)
+                if hn < 0:
+                    return OVERFLOW, hi, 0, an
+                hi += 1
+                if td[hi - 1, F_NI] == 0:
+                    an = _resolve(deps, rdeps, td, hi - 1, -1, hi, unres, rmax, aq, an)
+        if an > 0 and aq[0, 1] == last:
+            an = heap_pop(aq, an)
+    return OK, hi, hn, an
+
+
+@kernel
+def _leave(td, wa, state, lo, hi):
+    """Tasks out, in program order, once all their instances are granted; the blocks whose
+    last reader leaves go back to the store. Returns (status, lo); FULL with state[W_NEED]
+    when the free list is full."""
+    off, fs, fz, fm, rp, ru, left = wa.off, wa.fs, wa.fz, wa.fm, wa.rp, wa.ru, wa.left
+    while lo < hi and left[lo] == 0:
+        while rp[lo] < rp[lo + 1]:
+            u = ru[rp[lo]]
+            if not rows_give(fs, fz, fm, off[u] + td[u, F_SB], td[u, F_SA] + 1 - td[u, F_SB]):
+                state[W_NEED] = NEED_FREE
+                return FULL, lo
+            rp[lo] += 1
+        lo += 1
+    return OK, lo
+
+
+@kernel
 def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
     """Grant up to `limit` instances over the sliding window (module docstring); returns
     with state[T_STATUS] OK when done or the limit is reached, FULL when an array needs more
-    room (state[W_NEED]: which), or the step path's ORDER / NONMONO / OVERFLOW. `wa`: WindowArrays; `scr2`: a second Scratch (needs computed while a grant's
-    events are being walked)."""
+    room (state[W_NEED]: which), or the step path's ORDER / NONMONO / OVERFLOW. `wa`:
+    WindowArrays; `scr2`: a second Scratch (needs computed while a grant's events are being
+    walked)."""
     td, deps, rdeps, ib, tblk, hwc = prog
-    off, res, sig, pc, starts, spend, pend, left, hq, unres, rmax, aq, fs, fz, fm, rp, ru = wa
+    off, res, sig, pc, starts, spend, pend, left, hq, unres, rmax, aq = wa[:12]
     tacc = cnt.tacc
     ex, ey, eoff = scr.ex, scr.ey, scr.eoff
     keep_ends = ends.shape[0] > 0
-    nt = td.shape[0]
-    cap = pend.shape[0]
     lo, hi, hn, an = state[W_LO], state[W_HI], state[W_HN], state[W_AN]
     comm, deliv = state[T_COMM], state[T_DELIV]
     maxend, last_rg, last_g = state[T_MAXEND], state[T_LAST_RG], state[T_LAST_G]
@@ -168,33 +217,7 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
     t = 0
     done = 0
     while done < limit:
-        # tasks in, in program order, up to every one whose keys may be below the heap's
-        # smallest (its bound is; a task no bound names yet goes in when nothing else can)
-        while hi < nt and (hn == 0 or (an > 0 and aq[0, 0] < hq[0, 0])):
-            last = aq[0, 1] if an > 0 else hi
-            if last >= hi:
-                if ib[last + 1] - ib[lo] > cap:
-                    status, state[W_NEED] = FULL, NEED_RING
-                    break
-                while hi <= last:
-                    state[T_TASK] = hi
-                    row = rows_take(fs, fz, fm, td[hi, F_SA] + 1 - td[hi, F_SB])
-                    if row < 0:
-                        status, state[W_NEED] = FULL, NEED_ROWS
-                        break
-                    off[hi] = row - td[hi, F_SB]
-                    hn = _admit(td, deps, hi, ib, off, sig, spend, pend, left, hq, hn,
-                                hwc, scr2, watch)
-                    if hn < 0:
-                        status = OVERFLOW
-                        break
-                    hi += 1
-                    if td[hi - 1, F_NI] == 0:
-                        an = _resolve(deps, rdeps, td, hi - 1, -1, hi, unres, rmax, aq, an)
-                if status != OK:
-                    break
-            if an > 0 and aq[0, 1] == last:
-                an = heap_pop(aq, an)
+        status, hi, hn, an = _enter(prog, wa, state, scr2, watch, lo, hi, hn, an)
         if status != OK or hn == 0:  # (hn == 0 here: every task is in, and granted)
             break
         rg, g, pred = hq[0, 0], hq[0, 1], hq[0, 2]
@@ -233,17 +256,7 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
             break
         left[t] -= 1
         done += 1
-        # tasks out, in program order; the blocks whose last reader leaves are free again
-        while lo < hi and left[lo] == 0:
-            while rp[lo] < rp[lo + 1]:
-                u = ru[rp[lo]]
-                if not rows_give(fs, fz, fm, off[u] + td[u, F_SB], td[u, F_SA] + 1 - td[u, F_SB]):
-                    status, state[W_NEED] = FULL, NEED_FREE
-                    break
-                rp[lo] += 1
-            if status != OK:
-                break
-            lo += 1
+        status, lo = _leave(td, wa, state, lo, hi)
         if status != OK:
             break
     state[T_STATUS] = status

@@ -156,6 +156,8 @@ def run_windowed(tables, n_cores: int, keep_ends: bool, rows: int, progress=None
         wr = WindowRun(tables, n_cores, keep_ends, pieces, max(rows, 2 * block),
                        max(CAP0, 2 * biggest))
         status = _drive(wr, tables, progress)
+        if status == OK and int(wr.state[W_DONE]) < tables.n_instances:
+            return None, "instances never granted (a deadlock: the event path names them)"
         if status == OK:
             return wr, ""
         task = int(wr.state[T_TASK])
