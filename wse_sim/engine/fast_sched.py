@@ -148,7 +148,6 @@ def _wake(td, deps, rdeps, ib, hwc, tsk, cx, cy, at, pend, head, wheel, qtime, q
     for r in range(td[tsk, F_RD0], td[tsk, F_RDN]):
         k = rdeps[r]
         dt = deps[k, D_OWNER]
-        rule = deps[k, D_RULE]
         if deps[k, D_HEAD]:  # at a destination: met `lead` before, not before this grant
             if cx < 0:
                 continue
@@ -163,24 +162,29 @@ def _wake(td, deps, rdeps, ib, hwc, tsk, cx, cy, at, pend, head, wheel, qtime, q
                 queued += _count_off(ib[dt] + i, max(at - lead, now), pend, head, wheel,
                                      qtime, qnext, now, olast)
             continue
-        if cx < 0:
-            if rule != R_ALL:
-                continue
-            j0, j1 = 0, td[dt, F_NI]
-        elif rule == R_ALL:
-            continue
-        elif rule == R_AT:
-            if deps[k, D_DX] != cx or deps[k, D_DY] != cy:
-                continue
-            j0, j1 = 0, td[dt, F_NI]
-        else:
-            j0 = anchor_inverse(td, dt, cx - deps[k, D_DX], cy - deps[k, D_DY])
-            if j0 < 0:
-                continue
-            j1 = j0 + 1
+        j0, j1 = wake_range(td, deps, k, dt, cx, cy)
         for j in range(j0, j1):
             queued += _count_off(ib[dt] + j, at, pend, head, wheel, qtime, qnext, now, olast)
     return queued
+
+
+@kernel(inline=True)
+def wake_range(td, deps, k, dt, cx, cy):
+    """Instances j0 .. j1 - 1 of task dt whose need through dependency row k (not a head
+    one) is met when the slot of core (cx, cy), or the whole-task slot (cx < 0), is
+    complete: every instance for 'all' (whole-task slot) and 'at' (that core), the one
+    anchored there for an offset."""
+    rule = deps[k, D_RULE]
+    if cx < 0:
+        return (0, td[dt, F_NI]) if rule == R_ALL else (0, 0)
+    if rule == R_ALL:
+        return 0, 0
+    if rule == R_AT:
+        if deps[k, D_DX] != cx or deps[k, D_DY] != cy:
+            return 0, 0
+        return 0, td[dt, F_NI]
+    j0 = anchor_inverse(td, dt, cx - deps[k, D_DX], cy - deps[k, D_DY])
+    return (0, 0) if j0 < 0 else (j0, j0 + 1)
 
 
 @kernel(inline=True)

@@ -36,7 +36,7 @@ import numpy as np
 from wse_sim.engine.fast_heap import heap_pop, heap_push
 from wse_sim.engine.fast_queue import task_of
 from wse_sim.engine.fast_rows import rows_give, rows_take
-from wse_sim.engine.fast_sched import A_FIRST, task_span
+from wse_sim.engine.fast_sched import A_FIRST, task_span, wake_range
 from wse_sim.engine.fast_step import (
     G_MK,
     G_TIME,
@@ -75,7 +75,6 @@ from wse_sim.engine.fast_tasks import (
     R_ALL,
     R_AT,
     anchor,
-    anchor_inverse,
     fill_events,
     head_dest,
     kernel,
@@ -327,7 +326,6 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hq, hn, hwc, scr
         dt = deps[k, D_OWNER]
         if dt >= hi:  # the reverse list is in task order: the rest are not in yet
             break
-        rule = deps[k, D_RULE]
         if deps[k, D_HEAD]:
             if cx < 0:
                 continue
@@ -343,21 +341,7 @@ def _wake(td, deps, rdeps, ib, tsk, cx, cy, hi, off, sig, pend, hq, hn, hwc, scr
                 if hn < 0:
                     return -1
             continue
-        if cx < 0:
-            if rule != R_ALL:
-                continue
-            j0, j1 = 0, td[dt, F_NI]
-        elif rule == R_ALL:
-            continue
-        elif rule == R_AT:
-            if deps[k, D_DX] != cx or deps[k, D_DY] != cy:
-                continue
-            j0, j1 = 0, td[dt, F_NI]
-        else:
-            j0 = anchor_inverse(td, dt, cx - deps[k, D_DX], cy - deps[k, D_DY])
-            if j0 < 0:
-                continue
-            j1 = j0 + 1
+        j0, j1 = wake_range(td, deps, k, dt, cx, cy)
         for j in range(j0, j1):
             hn = _count_off(td, deps, dt, j, ib, off, sig, pend, hq, hn, hwc, scr2,
                             watch)
