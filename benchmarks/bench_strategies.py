@@ -53,20 +53,23 @@ def main(argv=None) -> int:
                        help="rows whose key contains this (e.g. 'prefill.weight-streaming')")
     more, rest = extra.parse_known_args(argv)
     args = parse_args(__doc__, rest)
+    if more.limit_s <= 0:
+        extra.error(f"--limit-s: got {more.limit_s}, must be a positive number of seconds")
     models = ("cerebras-gpt-111m",) if args.quick else ("cerebras-gpt-1.3b", "llama3-8b")
+    rows = [(m, p, s) for m in models for p in PHASES for s in STRATEGIES
+            if more.only in f"{m}.{p}.{s}"]
+    if not rows:
+        extra.error(f"--only: got {more.only!r}, which no row's key (<model>.<phase>.<strategy>, "
+                    f"e.g. {models[0]}.prefill.weight-streaming) contains")
     figures, rejected = {}, {}
-    for model in models:
-        for phase in PHASES:
-            for strategy in STRATEGIES:
-                key = f"{model}.{phase}.{strategy}"
-                if more.only not in key:
-                    continue
-                row = timed_call(more.limit_s, _row, model, phase, strategy, args.quick)
-                if not row.pop("runs"):
-                    rejected[key] = row["why"]
-                    continue
-                for k, v in row.items():
-                    figures[f"{key}.{k}"] = v
+    for model, phase, strategy in rows:
+        key = f"{model}.{phase}.{strategy}"
+        row = timed_call(more.limit_s, _row, model, phase, strategy, args.quick)
+        if not row.pop("runs"):
+            rejected[key] = row["why"]
+            continue
+        for k, v in row.items():
+            figures[f"{key}.{k}"] = v
     machine = None
     if rejected:
         machine = machine_info()

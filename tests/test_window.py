@@ -54,7 +54,7 @@ def test_auto_takes_the_window_path_where_the_event_path_does_not_fit(monkeypatc
     ref = simulate_reference(p, hw)
     assert simulate_fast(p, hw).fast_path == "event"  # small: the faster path
     monkeypatch.setattr(fast_mod, "EVENT_PREFERRED_FRACTION", 0.0)  # step first ...
-    monkeypatch.setattr(fast_mod, "_event_fits", lambda tables, mesh: False)  # ... no events
+    monkeypatch.setattr(fast_mod, "estimate_bytes", lambda tables, mesh: 1 << 60)  # no events
     res = simulate_fast(p, hw, spans=True)
     assert res.fast_path == "window"
     assert "out of task order" in res.fast_path_reason

@@ -118,8 +118,15 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     if path != "event":
         planned = P.plan(tables) if P.eligible(tables) else None
         why = _step_refusal(tables, mesh, keep_spans, planned)
-        status = P.ORDER if path == "window" else P.OK
-        for pieces in ((P.PIECES, P.PIECES_RETRY) if why is None and path != "window" else ()):
+        if path == "window":
+            if planned is None:
+                raise StepPathUnsupported(f"fast engine window path: {why}")
+            res = _window(program, hw, mesh, tables, maps, keep_spans, show, "asked for",
+                          planned)
+            res.wall_seconds = time.perf_counter() - t0
+            return res
+        status = P.OK
+        for pieces in ((P.PIECES, P.PIECES_RETRY) if why is None else ()):
             st = P.StepRun(tables, mesh.n, keep_spans, pieces, planned)
             status = _run_steps(st, tables, show, fast_forward)
             if status == P.OK:
@@ -132,12 +139,8 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
                 break
         if path == "step":
             raise StepPathUnsupported(f"fast engine step path: {why}")
-        if path == "window" and planned is None:
-            raise StepPathUnsupported(f"fast engine window path: {why}")
-        if planned is not None and status == P.ORDER and (
-                path == "window" or not _event_fits(tables, mesh)):
-            res = _window(program, hw, mesh, tables, maps, keep_spans, show,
-                          "asked for" if path == "window" else why, planned)
+        if status == P.ORDER and not _fits(estimate_bytes(tables, mesh)):
+            res = _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned)
             if res is not None:
                 res.wall_seconds = time.perf_counter() - t0
                 return res
@@ -170,9 +173,18 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     return res
 
 
-def _event_fits(tables: Tables, mesh: Mesh) -> bool:
+def _fits(need: int) -> bool:
+    """Whether `need` bytes fit in the host's free RAM with a margin (80 %; True where the
+    platform does not say)."""
     have = _free_bytes()
-    return have is None or estimate_bytes(tables, mesh) <= 0.8 * have
+    return have is None or need <= 0.8 * have
+
+
+def _progress(tables: Tables):
+    """The progress bar (stderr) of a run of `tables`' instances."""
+    from tqdm import tqdm
+    return tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
+                dynamic_ncols=True)
 
 
 def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
@@ -180,19 +192,15 @@ def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
     reserved out of task order; None when it cannot give the reference's either (the caller
     takes the event path), an error when path='window' was asked for."""
     asked = why == "asked for"
-    have = _free_bytes()
     rows = planned[1]
     need = W.estimate_bytes(tables, mesh.n, keep_spans, rows)
-    if have is not None and need > 0.8 * have:
+    if not _fits(need):
         if asked:
             raise StepPathUnsupported(f"fast engine window path: needs about "
-                                      f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB free")
+                                      f"{need / 2**30:.1f} GiB, {_free_bytes() / 2**30:.1f} "
+                                      "GiB free")
         return None
-    bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
-                   dynamic_ncols=True)
+    bar = _progress(tables) if show else None
     try:
         wr, wwhy = W.run_windowed(tables, mesh.n, keep_spans, rows,
                                   bar.update if bar else None)
@@ -215,20 +223,15 @@ def _step_refusal(tables: Tables, mesh: Mesh, keep_spans: bool, planned) -> str 
     if planned is None:
         return "a dependency names a later task"
     need = P.estimate_bytes(tables, mesh.n, keep_spans, planned)
-    have = _free_bytes()
-    if have is not None and need > 0.8 * have:
-        return f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB free"
+    if not _fits(need):
+        return f"needs about {need / 2**30:.1f} GiB, {_free_bytes() / 2**30:.1f} GiB free"
     return None
 
 
 def _run_steps(st, tables: Tables, show: bool, fast_forward: bool = True) -> int:
     """Run the step path to the end, fast-forwarding loops (`fast_loops`), in slices of task
     groups under a progress bar when `show`; `st.forward` keeps the loop counts."""
-    bar = None
-    if show:
-        from tqdm import tqdm
-        bar = tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
-                   dynamic_ncols=True)
+    bar = _progress(tables) if show else None
     first = tables.ib[st.groups]  # first instance of every group
 
     def advance(g1: int) -> int:
@@ -383,9 +386,7 @@ class _Run:
         if not progress:
             self.step(tables, total + 1)
             return
-        from tqdm import tqdm
-        with tqdm(total=total, unit="inst", file=sys.stderr, desc="fast engine",
-                  dynamic_ncols=True) as bar:
+        with _progress(tables) as bar:
             while not self.done:
                 before = int(self.state[S.S_GRANTED])
                 self.step(tables, CHUNK)
@@ -531,11 +532,10 @@ def _memory_guard(tables, mesh: Mesh, step_refusal: str = "") -> None:
     (instead of being killed by the kernel half way); `step_refusal`: why the step path,
     whose memory does not grow with the instances, could not run it."""
     need = estimate_bytes(tables, mesh)
-    have = _free_bytes()
-    if have is not None and need > 0.8 * have:
+    if not _fits(need):
         raise ProgramError(f"fast engine: this run needs about {need / 2**30:.1f} GiB "
                            f"({tables.n_instances:,} task instances, {tables.n_signals:,} "
-                           f"per-core signals) but {have / 2**30:.1f} GiB of RAM is free"
+                           f"per-core signals) but {_free_bytes() / 2**30:.1f} GiB of RAM is free"
                            + (f" (the step path cannot run it: {step_refusal})"
                               if step_refusal else "")
                            + "; use a smaller grid, fewer steps or a machine with more memory")

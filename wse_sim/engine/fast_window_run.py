@@ -71,6 +71,7 @@ class WindowRun(StepRun):
         nt = len(tables.td)
         super().__init__(tables, n, keep_ends, pieces,
                          (np.arange(nt + 1, dtype=np.int64), rows, np.zeros(nt, np.int64)))
+        self.rgs = self.preds = self.order = self.tmp = None  # (the step path's group sort)
         self.spend = np.zeros(rows, np.int32)
         self.pend = np.zeros(cap, np.int32)
         self.left = np.zeros(max(nt, 1), np.int64)
