@@ -5,8 +5,11 @@ under every strategy (and, for the prefills and training steps of layer-sequenti
 weight-streaming, the 2-D layout): simulated tokens/s, % of peak, the communication share of the critical path, the busy
 core fraction and SRAM per core, or the one line that says which resource does not fit and by
 how much, or that its simulation did not finish within `--limit-s` (default 600 s). `--quick`:
-decode only; `--presets wse2` one preset, `--phases train` one phase. The full card runs whole-model prefills (about 6
-minutes each on 2 shared CPUs)."""
+decode only; `--presets wse2` one preset, `--phases train` one phase, `--only TEXT` the rows
+whose key contains TEXT, `--grid-2d N` the 2-D rows on an N x N grid (default the largest
+square: wse3's 755 is odd, and on an odd interleaved ring some GEMM steps never repeat, so
+their loops run every step; docs/strategies.md). The full card runs whole-model prefills
+(about 6 minutes each on 2 shared CPUs)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ ROWS = (("layer-pipelined", "top-row"), ("layer-sequential", "top-row"),
         ("weight-streaming", "2d"))
 
 
-def _row(preset: str, model: str, phase: str, strategy: str, layout: str) -> dict:
+def _row(preset: str, model: str, phase: str, strategy: str, layout: str,
+         grid: int | None = None) -> dict:
     from workloads.models import load_model
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
@@ -41,7 +45,7 @@ def _row(preset: str, model: str, phase: str, strategy: str, layout: str) -> dic
     size = {k: min(v, most - (k == "context")) for k, v in PHASES[phase].items()}
     try:
         program = build_program(hw, model, phase=phase, strategy=strategy, layout=layout,
-                                **size)
+                                grid=grid if layout == "2d" else None, **size)
         r = simulate(program, hw, engine="fast")
     except (ValueError, NotImplementedError) as e:
         return {"runs": False, "why": str(e).splitlines()[0][:300]}
@@ -50,6 +54,7 @@ def _row(preset: str, model: str, phase: str, strategy: str, layout: str) -> dic
             "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
             "busy_core_fraction": s["busy_core_fraction"],
             "sram_bytes_per_core": s["sram_bytes_per_core"],
+            "region": f"{program.meta['region_cols']} x {program.meta['region_rows']}",
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -60,8 +65,15 @@ def main(argv=None) -> None:
     extra.add_argument("--limit-s", type=int, default=600)
     extra.add_argument("--phases", default=",".join(PHASES),
                        help="the phases' rows to run (default all)")
+    extra.add_argument("--only", default="", help="rows whose key contains this")
+    extra.add_argument("--grid-2d", type=int, default=None,
+                       help="the 2-D rows' grid side (default the largest square)")
     more, rest = extra.parse_known_args(argv)
     args = parse_args(__doc__.splitlines()[0], rest)
+    if more.limit_s <= 0:
+        extra.error(f"--limit-s: got {more.limit_s}, must be a positive number of seconds")
+    if more.grid_2d is not None and more.grid_2d < 2:
+        extra.error(f"--grid-2d: got {more.grid_2d}, must be at least 2")
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     figures: dict = {}
     phases = ("decode",) if args.quick else tuple(more.phases.split(","))
@@ -73,7 +85,10 @@ def main(argv=None) -> None:
                         continue  # the 2-D layout maps prefills and training steps
                     key = f"{preset}.{model}.{phase}.{strategy}" + \
                         (".2d" if layout == "2d" else "")
-                    row = timed_call(more.limit_s, _row, preset, model, phase, strategy, layout)
+                    if more.only not in key:
+                        continue
+                    row = timed_call(more.limit_s, _row, preset, model, phase, strategy, layout,
+                                     more.grid_2d)
                     for k, v in row.items():
                         figures[f"{key}.{k}"] = v
                     print(json.dumps({k: v for k, v in figures.items()

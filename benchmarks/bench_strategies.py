@@ -28,7 +28,8 @@ def _row(model: str, phase: str, strategy: str, quick: bool) -> dict:
         hw = hw.with_overrides({"mesh_cols": 128, "mesh_rows": 128})
     engine = "fast" if fast_available() else "reference"
     try:
-        program = build_program(hw, model, phase=phase, strategy=strategy, **PHASES[phase])
+        program = build_program(hw, model, phase=phase, strategy=strategy, layout="top-row",
+                                **PHASES[phase])
         t0 = time.perf_counter()
         r = simulate(program, hw, engine=engine)
         wall = time.perf_counter() - t0

@@ -6,7 +6,8 @@ issue's sizes: the fewest micro-batches with which LLaMA3-8B at sequence 2,048 a
 fits wse3 (the budget, nothing built). Full size (minutes): Cerebras-GPT-1.3B at sequence
 2,048 on wse2 and LLaMA3-8B at sequence 2,048 (batch 1) on wse3. `--quick`: tiny-llama, 64
 tokens, batch 2 in 2 micro-batches, on a 16 x 16 grid of mesh32 (`auto`: an algorithm per
-projection), then with each GEMM algorithm for every projection of the forward."""
+projection), then with each GEMM algorithm for every projection of the forward. Every case
+also runs with the optimizer on the wafer (`optimizer="onwafer"`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ FULL = (("wse2", "cerebras-gpt-1.3b", 2048, 1, 1, None),
 QUICK = (("mesh32", "tiny-llama", 64, 2, 2, 16),)
 
 
-def _case(preset, model, prompt, batch, micro, grid, layout, gemm_algo="auto") -> dict:
+def _case(preset, model, prompt, batch, micro, grid, layout, gemm_algo="auto",
+          optimizer="offwafer") -> dict:
     from mapper.placement import MappingError
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
@@ -35,7 +37,8 @@ def _case(preset, model, prompt, batch, micro, grid, layout, gemm_algo="auto") -
         program = build_program(hw, model, phase="train", strategy="weight-streaming",
                                 prompt=prompt, batch=batch, grid=grid, layout=layout,
                                 micro_batches=micro if layout == "2d" else 1,
-                                gemm_algo=gemm_algo if layout == "2d" else "auto")
+                                gemm_algo=gemm_algo if layout == "2d" else "auto",
+                                optimizer=optimizer if layout == "2d" else "offwafer")
     except (MappingError, NotImplementedError, ValueError) as e:
         return {"fits": False, "why": str(e).splitlines()[0][:240]}
     sram = sum(program.meta["sram_buffers_per_core"].values())
@@ -82,6 +85,15 @@ def main(argv=None) -> None:
             print(key, lay, r, file=sys.stderr, flush=True)
             for k, v in r.items():
                 figures[f"{key}.{lay}.{k}"] = v
+        # Adam on the wafer (`--optimizer onwafer`): its state streams in and out per layer
+        r = _case(preset, model, prompt, batch, micro, grid, "2d", optimizer="onwafer")
+        print(key, "onwafer", r, file=sys.stderr, flush=True)
+        for k in ("fits", "why", "sram_bytes_per_core", "cycles", "tokens_per_s", "simulate_s"):
+            if k in r:
+                figures[f"{key}.2d.onwafer.{k}"] = r[k]
+        if "cycles" in r and f"{key}.2d.cycles" in figures:
+            figures[f"{key}.2d.onwafer_vs_offwafer_cycles"] = \
+                r["cycles"] / figures[f"{key}.2d.cycles"]
         if args.quick:  # the forward's GEMM algorithm, each for every projection
             for algo in ("meshgemm", "cannon", "summa"):
                 r = _case(preset, model, prompt, batch, micro, grid, "2d", algo)

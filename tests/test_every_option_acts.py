@@ -65,6 +65,8 @@ PROBES = {
                         ["--gemm-algo", "summa"]),
         "--recompute": (["--phase", "train", "--prompt", "16", "--strategy", "weight-streaming",
                          "--layout", "2d", "--engine", "fast"], ["--recompute", "off"]),
+        "--optimizer": (["--phase", "train", "--prompt", "16", "--strategy", "weight-streaming",
+                         "--layout", "2d", "--engine", "fast"], ["--optimizer", "onwafer"]),
         "--routing": ["--routing", "skewed:1.5"], "--moe-layout": ["--moe-layout", "strips"],
         "--spec": ["--spec", "/nonexistent.toml"], "--save-spec": ["--save-spec", FILE],
         "--show-program": ["--show-program"], "--functional": ["--functional"],

@@ -204,15 +204,20 @@ def test_does_not_fit_names_the_numbers():
         _2d(MESH16, "tiny", grid=8, prompt=1024, strategy="weight-streaming")
 
 
-def test_gemm_algo_without_layout_is_an_error():
+def test_gemm_algo_with_the_top_row_layout_is_an_error():
     with pytest.raises(ConfigError, match="gemm_algo"):
-        build_program(MESH16, "tiny-llama", strategy="layer-sequential", gemm_algo="summa")
+        build_program(MESH16, "tiny-llama", strategy="layer-sequential", gemm_algo="summa",
+                      layout="top-row")
+    with pytest.raises(ConfigError, match="gemm_algo"):  # auto: layer-pipelined is top-row
+        build_program(MESH16, "tiny-llama", gemm_algo="summa")
 
 
 @pytest.mark.parametrize("argv,text", [
     (["--layout", "2d", "--phase", "decode"], "layout"),
     (["--layout", "2d"], "layout"),  # the default strategy is layer-pipelined
-    (["--gemm-algo", "cannon", "--strategy", "layer-sequential"], "gemm_algo"),
+    (["--gemm-algo", "cannon", "--strategy", "layer-sequential", "--layout", "top-row"],
+     "gemm_algo"),
+    (["--gemm-algo", "cannon"], "gemm_algo"),  # layout auto with layer-pipelined: top-row
     (["--layout", "3d", "--strategy", "layer-sequential"], "--layout"),
 ])
 def test_cli_refusals_exit_2(capsys, argv, text):

@@ -10,8 +10,11 @@ from mapper.placement import MappingError
 from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
+from mapper.strategies.choose_layout import CHOICES as LAYOUT_CHOICES
+from mapper.strategies.choose_layout import candidates, map_first, smallest_grid
 from mapper.strategies.common import check_micro_batches
-from mapper.strategies.layout2d import LAYOUTS, map_2d
+from mapper.strategies.layout2d import map_2d
+from mapper.strategies.layout2d_optimizer import OPTIMIZERS
 from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
@@ -46,8 +49,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   routing: str | None = None, moe_layout: str | None = None, seed: int = 0,
                   weights_dtype: str | None = None, kv_dtype: str | None = None,
                   accum_dtype: str | None = None, sparse_format: str = "dense",
-                  sparsity_file: str | None = None, layout: str = "top-row",
-                  gemm_algo: str = "auto", recompute: str = "on"):
+                  sparsity_file: str | None = None, layout: str = "auto",
+                  gemm_algo: str = "auto", recompute: str = "on", optimizer: str = "offwafer"):
     """Validate the run's parameters and map the model; returns the Program. `chunks`: a
     prefill's prompt runs through the layers in at least this many chunks; `micro_batches`:
     a training step's batch runs in this many equal micro-batches (layer-pipelined);
@@ -62,10 +65,12 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     `sparsity_file` (one fraction per layer): how the zero weights are stored and how many each
     layer has (docs/sparsity.md). `model_set`:
     model fields to override, e.g. {"n_layers": 1} to time one layer. `context`
-    (decode): None takes min(128, the model's maximum context - 1). `layout`: `top-row` or
+    (decode): None takes min(128, the model's maximum context - 1). `layout`: `top-row`,
     `2d` (a prefill with tokens x features tiled over the region, its projections 2-D GEMMs
     by `gemm_algo`: auto, summa, cannon or meshgemm; mapper.strategies.layout2d; a training
-    step in it: `recompute` on or off, activation checkpointing)."""
+    step in it: `recompute` on or off, activation checkpointing; `optimizer` offwafer or
+    onwafer, mapper.strategies.layout2d_optimizer) or `auto` (top-row where it
+    maps, else 2d: mapper.strategies.choose_layout); `program.meta["layout"]` says which."""
     if not isinstance(hw, HardwareConfig):
         raise TypeError(f"build_program: hw got {type(hw).__name__}, must be a HardwareConfig "
                         "(wse_sim.hardware.load_preset)")
@@ -93,9 +98,14 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
     _check_layout(layout, gemm_algo, strategy)
     _one_of("recompute", recompute, ("on", "off"))
-    if recompute != "on" and not (layout == "2d" and phase == "train"):
+    if recompute != "on" and not (layout in ("2d", "auto") and phase == "train"):
         raise ConfigError(f"recompute: got {recompute!r}, which applies only to a training "
                           "step in layout 2d")
+    _one_of("optimizer", optimizer, OPTIMIZERS)
+    if optimizer != "offwafer" and not (layout in ("2d", "auto") and phase == "train"
+                                        and strategy == "weight-streaming"):
+        raise ConfigError(f"optimizer: got {optimizer!r}, which applies only to a "
+                          "weight-streaming training step in layout 2d")
     extra = {}
     if region_shape:
         if strategy != "layer-pipelined":
@@ -110,29 +120,58 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                               f"model; {cfg.name} is dense")
     if context is None:
         context = min(128, cfg.max_context - 1)
-    if layout == "2d":
-        mapper_2d = map_2d
-        if phase == "train":
-            from mapper.strategies.layout2d_train import map_train_2d
-            mapper_2d = partial(map_train_2d, recompute=recompute == "on")
-        return mapper_2d(cfg, hw, streaming=strategy == "weight-streaming", phase=phase,
-                      batch=batch, prompt=prompt, context=context, dtype=dtype, grid=grid,
-                      sparsity=sp.fraction, functional=functional, chunks=chunks,
-                      micro_batches=micro_batches, reduce_algo=reduce_algo,
-                      attention=attention, seed=seed, precision=prec, sparse=sp,
-                      gemm_algo=gemm_algo)
-    return strategies()[strategy](cfg, hw, phase=phase, batch=batch, prompt=prompt,
-                                context=context, dtype=dtype, grid=grid,
-                                sparsity=sp.fraction, functional=functional, chunks=chunks,
-                                micro_batches=micro_batches, reduce_algo=reduce_algo,
-                                attention=attention, routing=routing, moe_layout=moe_layout,
-                                seed=seed, precision=prec, sparse=sp, **extra)
+    run_kw = dict(phase=phase, batch=batch, prompt=prompt, context=context, dtype=dtype,
+                  sparsity=sp.fraction, functional=functional, chunks=chunks,
+                  micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
+                  seed=seed, precision=prec, sparse=sp)
+    map_2d_at = partial(_map_2d, cfg, hw, strategy, gemm_algo, (recompute, optimizer), run_kw)
+
+    def map_one(lay: str):
+        if lay == "2d":
+            return map_2d_at(grid)
+        program = strategies()[strategy](cfg, hw, grid=grid, routing=routing,
+                                         moe_layout=moe_layout, **run_kw, **extra)
+        program.meta.setdefault("layout", "top-row")
+        return program
+
+    layouts = candidates(layout, phase, strategy, gemm_algo, recompute, optimizer)
+    try:
+        return map_first(layouts, map_one)
+    except MappingError as e:
+        if "2d" not in layouts:
+            raise
+        side = min(hw.mesh_cols, hw.mesh_rows)
+        at = smallest_grid(lambda g: _fits(map_2d_at, g), grid or side, side)
+        if at is None:
+            raise
+        raise MappingError(f"{str(e).splitlines()[0]}; the 2-D layout fits from grid {at} "
+                           f"({at} x {at} cores)") from None
+
+
+def _map_2d(cfg, hw, strategy: str, gemm_algo: str, train: tuple, run_kw: dict, grid,
+            check_only: bool = False):
+    """The run in the 2-D layout on `grid` (a prefill, or a training step: `train` is its
+    (recompute, optimizer))."""
+    mapper_2d = map_2d
+    if run_kw["phase"] == "train":
+        from mapper.strategies.layout2d_train import map_train_2d
+        mapper_2d = partial(map_train_2d, recompute=train[0] == "on", optimizer=train[1])
+    return mapper_2d(cfg, hw, streaming=strategy == "weight-streaming", grid=grid,
+                     gemm_algo=gemm_algo, check_only=check_only, **run_kw)
+
+
+def _fits(map_2d_at, grid: int) -> bool:
+    try:
+        map_2d_at(grid, check_only=True)
+    except (MappingError, NotImplementedError):
+        return False
+    return True
 
 
 def _check_layout(layout: str, gemm_algo: str, strategy: str) -> None:
-    _one_of("layout", layout, LAYOUTS)
+    _one_of("layout", layout, LAYOUT_CHOICES)
     _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
-    if layout != "2d" and gemm_algo != "auto":
+    if layout == "top-row" and gemm_algo != "auto":
         raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
     if layout == "2d" and strategy not in ("layer-sequential", "weight-streaming"):
         raise ConfigError(f"layout: got '2d' with strategy {strategy}; the 2-D layout runs "

@@ -147,8 +147,11 @@ class Mapping:
     micro_batches: int = _opt(1, kind=int, minimum=1,
                               applies=lambda s: s.workload.phase == "train"
                               and (s.mapping.strategy in ("layer-pipelined", "auto")
-                                   or s.mapping.layout == "2d"),
-                              where="phase train with strategy layer-pipelined or layout 2d",
+                                   or s.mapping.layout == "2d"
+                                   or (s.mapping.layout == "auto"
+                                       and s.mapping.strategy == "weight-streaming")),
+                              where="phase train with strategy layer-pipelined or layout 2d "
+                                    "(auto: with weight-streaming)",
                               help="train: split the batch into N equal micro-batches (N "
                                    "divides batch): layer-pipelined pipelines them through the "
                                    "layer regions, layout 2d runs them one after another "
@@ -174,7 +177,7 @@ class Mapping:
                                  "col-tree")
     attention: str = _opt("auto", kind=str,
                           help="attention over a region's rows: heads, rows or auto")
-    layout: str = _opt("top-row", kind=str, choices=("top-row", "2d"),
+    layout: str = _opt("auto", kind=str, choices=("auto", "top-row", "2d"),
                        applies=lambda s: s.mapping.strategy in ("layer-sequential",
                                                                 "weight-streaming")
                        and (s.workload.phase in ("prefill", "train")
@@ -183,20 +186,31 @@ class Mapping:
                              "a training step (with generate: the prefill's layout; decode "
                              "stays top-row)",
                        help="where a layer's activations lie: top-row (one row of the region; "
-                            "the decode layout) or 2d (tokens x features tiled over the whole "
-                            "region, projections as 2-D GEMMs; docs/strategies.md)")
+                            "the decode layout), 2d (tokens x features tiled over the whole "
+                            "region, projections as 2-D GEMMs; docs/strategies.md) or auto "
+                            "(top-row where it fits, else 2d)")
     gemm_algo: str = _opt("auto", kind=str, choices=("auto", "summa", "cannon", "meshgemm"),
-                          applies=lambda s: s.mapping.layout == "2d", where="layout 2d",
+                          applies=lambda s: s.mapping.layout in ("2d", "auto"),
+                          where="layout 2d or auto",
                           help="layout 2d: the GEMM algorithm of every projection: auto (the "
                                "least sum of the layer's estimates), summa, cannon or meshgemm")
     recompute: str = _opt("on", kind=str, choices=("on", "off"),
-                          applies=lambda s: s.mapping.layout == "2d"
+                          applies=lambda s: s.mapping.layout in ("2d", "auto")
                           and s.workload.phase == "train",
-                          where="layout 2d in a training step",
+                          where="layout 2d or auto in a training step",
                           help="layout 2d training: activation checkpointing: on (keep each "
                                "layer's input, run its forward again before its backward; the "
                                "FLOPs counted) or off (keep every activation the backward "
                                "reads)")
+    optimizer: str = _opt("offwafer", kind=str, choices=("offwafer", "onwafer"),
+                          applies=lambda s: s.workload.phase == "train"
+                          and s.mapping.strategy == "weight-streaming"
+                          and s.mapping.layout in ("2d", "auto"),
+                          where="phase train with strategy weight-streaming in layout 2d or auto",
+                          help="layout 2d training: where Adam runs: offwafer (on the host, "
+                               "where the weights live: the gradients stream out) or onwafer "
+                               "(each layer's Adam state streams in, is updated on the wafer "
+                               "and streams back out)")
 
     def __post_init__(self):
         _check_fields(self)

@@ -81,7 +81,7 @@ from wse_sim.program import (
 )
 from wse_sim.sparsity import Sparsity
 
-LAYOUTS = ("top-row", "2d")
+LAYOUTS = ("top-row", "2d")  # (experiment.build_program also takes "auto")
 
 
 @dataclass(frozen=True)
@@ -415,10 +415,11 @@ def _get(d: dict):
 
 
 def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: str = "auto",
-           functional: bool = False, **kw) -> Program:
+           functional: bool = False, check_only: bool = False, **kw) -> Program | None:
     """Layer-sequential (`streaming=False`) or weight-streaming prefill in the 2-D layout on
     the largest square of the grid (module docstring; a training step: `layout2d_train`).
-    `kw`: the run's parameters, as `common.make_run` takes them."""
+    `kw`: the run's parameters, as `common.make_run` takes them. `check_only`: stop after
+    the checks (None: it fits; a MappingError when not), building nothing."""
     check_layout("2d", gemm_algo)
     run = make_run(cfg, hw, functional=functional, **kw)
     name = "weight-streaming" if streaming else "layer-sequential"
@@ -435,6 +436,8 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
     buffers = buffers_2d(run, t, algos, streaming)
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
+    if check_only:
+        return None
     pb = ProgramBuilder(f"{cfg.name}-{run.phase}-{name}-2d")
     fd = None
     if functional:

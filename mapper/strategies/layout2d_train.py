@@ -43,6 +43,7 @@ from mapper import gemm_transposed as gt
 from mapper.gemm import gemm_fragment
 from mapper.gemm_common import Plan
 from mapper.placement import MappingError
+from mapper.strategies import layout2d_optimizer as opt
 from mapper.strategies.common import Run
 from mapper.strategies.layout2d import (
     Emitter,
@@ -59,6 +60,7 @@ from mapper.strategies.layout2d import (
     scratch_bytes,
     scratch_tiles,
 )
+from mapper.strategies.layout2d_optimizer import OPTIMIZERS, update_layer
 from mapper.strategies.tp2d import COLORS
 from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, IoTransfer, LineStream, Multicast, Region, wavelets_for
@@ -387,12 +389,14 @@ def _all(deps: tuple) -> tuple:
     return tuple(Dep(d.task, "all") for d in deps)
 
 
-def map_train(em, run: Run, streaming: bool, recompute: bool) -> dict:
+def map_train(em, run: Run, streaming: bool, recompute: bool,
+              optimizer: str = "offwafer") -> dict:
     """The whole training step into `em`'s builder: every micro-batch's forward, loss and
-    backward. The off-wafer transfers run one after another in the order they are emitted
-    (each waits for the one before: one I/O channel, and the step path needs its
-    reservations in task order), so a layer's weights are emitted where they may start.
-    Returns the meta entries it adds."""
+    backward, and (`optimizer` onwafer) the layers' updates (`layout2d_optimizer`). The
+    off-wafer transfers run one after another in the order they are emitted (each waits for
+    the one before: one I/O channel, and the step path needs its reservations in task
+    order), so a layer's weights are emitted where they may start. Returns the meta entries
+    it adds."""
     from mapper.strategies.single_region import layer_weight_bytes
     pb, reg, L = em.pb, em.reg, run.cfg.n_layers
     tr = Trainer(em, recompute)
@@ -407,13 +411,18 @@ def map_train(em, run: Run, streaming: bool, recompute: bool) -> dict:
     w_bytes = [layer_weight_bytes(run, i) for i in range(L)]
     for mb in range(run.micro_batches):
         tr.tp.share = (mb, run.micro_batches)
-        _micro_batch(tr, xfer, w_bytes)
-    return {"recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops}
+        last = mb == run.micro_batches - 1
+        _micro_batch(tr, xfer, w_bytes, "out" if optimizer == "offwafer" else
+                     "update" if last else "keep")
+    return {"recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops,
+            "optimizer": optimizer}
 
 
-def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
+def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str = "out") -> None:
     """One micro-batch: embedding in, the layers' forward, the head and loss, the layers'
-    backward (each after its recompute), the embedding's gradient out."""
+    backward (each after its recompute) and what becomes of each layer's weight gradients
+    (`grads_to`: "out" over the I/O, "keep" accumulated on the wafer, "update" the on-wafer
+    optimizer's step), the embedding's gradient out."""
     em, run, pb, reg = tr.em, tr.run, tr.pb, tr.reg
     cfg, L = run.cfg, run.cfg.n_layers
     x = xfer("embed.in", em.tokens * cfg.d_model * run.bytes, "in", ())
@@ -443,7 +452,10 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
         if i > 0:  # layer i - 1's weights into the buffer layer i + 1 has left
             nxt[0] = xfer(f"L{i - 1}.weights.bwd.in", w_bytes[i - 1], "in",
                           (bends[j - 1],) if j >= 1 else ())
-        xfer(f"L{i}.grads.out", w_bytes[i], "out", grads)
+        if grads_to == "out":
+            xfer(f"L{i}.grads.out", w_bytes[i], "out", grads)
+        elif grads_to == "update":
+            update_layer(tr, xfer, i, grads)
         bends.append(dx_[0][0])
 
     emit_layers(pb, L, bwd, "layers_bwd", last_apart=True)
@@ -453,10 +465,11 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int]) -> None:
 
 
 def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
-                 functional: bool = False, recompute: bool = True, **kw):
+                 functional: bool = False, recompute: bool = True, check_only: bool = False,
+                 optimizer: str = "offwafer", **kw):
     """A training step in the 2-D layout on the largest square of the grid (module
     docstring): budgets checked before anything is built. `kw`: the run's parameters, as
-    `common.make_run` takes them."""
+    `common.make_run` takes them. `check_only`: stop after the checks (None: it fits)."""
     from mapper.strategies.common import alloc_group, check_buffers, make_run
     from mapper.strategies.tp2d import TP2D
     from wse_sim.program import ProgramBuilder
@@ -466,20 +479,26 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     check_train(run, streaming, functional)
     if not isinstance(recompute, bool):
         raise MappingError(f"recompute: got {recompute!r}, must be true or false")
+    if optimizer not in OPTIMIZERS:
+        raise MappingError(f"optimizer: got {optimizer!r}, must be one of "
+                           f"{', '.join(OPTIMIZERS)}")
     # a micro-batch shorter than the grid's side leaves token rows empty: padding, as in a
     # prefill (their cores hold weights and multiply zeros; tests check the gradients)
     cfg, P = run.cfg, min(run.cols, run.rows)
     t = Tiles.of(cfg, P, run.chunk_tokens)
     algos = train_algos(run, P, gemm_algo)
-    buffers = train_buffers(run, t, recompute, gemm_algo)
+    buffers = train_buffers(run, t, recompute, gemm_algo) | opt.buffers(
+        cfg, P, t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d, optimizer, run.micro_batches)
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
+    if check_only:
+        return None
     pb = ProgramBuilder(f"{cfg.name}-train-weight-streaming-2d")
     fd, fmeta = None, {}
     if functional:
         from mapper.strategies import layout2d_train_data as td
         td.register_kernels()
-        fd = td.TrainData2D(run, t, algos, recompute)
+        fd = td.TrainData2D(run, t, algos, recompute, optimizer)
         plans = {label: (plan, Plan("gemm", RING_ALGO, P, plan.m, plan.k, plan.n, plan.dtype))
                  for label, plan in gemm_plans(run, P, algos, run.chunk_tokens).items()}
         views, extra_bytes = alloc_group(pb, "", reg, buffers, fd.tiles(scratch_tiles(plans)))
@@ -492,7 +511,7 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
               run.precision)
     em = Emitter(pb, tp, run, t, RING_ALGO, fd)
     em.tokens, em.training, em.algos = run.chunk_tokens, True, dict(algos)
-    extra = map_train(em, run, streaming, recompute)
-    offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
+    extra = map_train(em, run, streaming, recompute, optimizer)
+    offwafer = opt.offwafer_flops(ops, optimizer)
     return build_2d(pb, run, tp, "weight-streaming", algos, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)

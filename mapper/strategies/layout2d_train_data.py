@@ -170,9 +170,10 @@ KERNELS = {"l2t_slice_pair": _slice_pair, "l2t_attn_d": _attn_d, "l2t_attn_dq": 
 
 
 def register_kernels() -> None:
-    from mapper.strategies import layout2d_data
+    from mapper.strategies import layout2d_data, layout2d_optimizer
     from wse_sim.kernels.registry import register_kernel
     layout2d_data.register_kernels()
+    layout2d_optimizer.register_kernels()
     for name, fn in KERNELS.items():
         register_kernel(name, fn, replace=True)
 
@@ -186,10 +187,12 @@ class TrainData2D(Data2D):
     C_OUT = {"qkv_proj": "cq", "o_proj": "co", "ffn_up": "cu", "ffn_down": "cd"}
     DC = {"qkv_proj": "gcq", "o_proj": "gx", "ffn_up": "gcu", "ffn_down": "gx"}
 
-    def __init__(self, run, t, algos: dict[str, str], recompute: bool):
+    def __init__(self, run, t, algos: dict[str, str], recompute: bool,
+                 optimizer: str = "offwafer"):
         super().__init__(run, t, algos)  # each forward projection's
         self.perm = tuple(range(t.P))  # natural: every GEMM on natural data
         self.train, self.recompute, self.i, self.backward = True, recompute, 0, False
+        self.optimizer = optimizer  # onwafer: the Adam state tiles (`layout2d_optimizer`)
 
     def a(self, i: int, name: str) -> str:
         """Layer i's activation tile: its own, or (recompute) one set that every layer's
@@ -225,6 +228,9 @@ class TrainData2D(Data2D):
                 out[f"{label}.{name}"] = (*shape, dt)
         for i in range(cfg.n_layers + 1):
             out[f"L{i}.x"] = (tm, t.d, dt)
+        if self.optimizer == "onwafer":
+            from mapper.strategies.layout2d_optimizer import state_tiles
+            out |= state_tiles(self)
         acts = {"h": (tm, t.d, dt), "st": (tm, 2, f32), "cq": (tm, t.qkv, f32),
                 "co": (tm, t.d, f32), "ao": (tm, t.q, dt), "r1": (tm, t.d, dt),
                 "st2": (tm, 2, f32), "h2": (tm, t.d, dt), "cu": (tm, t.ffn, f32),

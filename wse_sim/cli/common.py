@@ -33,11 +33,12 @@ def hardware_args(p: argparse.ArgumentParser, default_preset: str | None = "wse2
 
 
 
-def effective_hardware(args):
-    """The preset after --set overrides."""
+def effective_hardware(args, whole_mesh: bool = False):
+    """The preset after --set overrides (with `--grid`, the mesh cut to the grid unless
+    `whole_mesh`)."""
     from wse_sim.hardware import load_preset, parse_set
     hw = load_preset(args.preset, parse_set(args.set))
-    grid = getattr(args, "grid", None)
+    grid = None if whole_mesh else getattr(args, "grid", None)
     if grid is not None and grid <= min(hw.mesh_cols, hw.mesh_rows) and hw.repair() is None:
         # Cores outside the grid take no part: simulate the grid alone (same cycles, less memory).
         # Not with defects: they are drawn on the whole wafer, whose repair the grid's corner sees.

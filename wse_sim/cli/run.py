@@ -128,22 +128,30 @@ def spec_from_args(args, only: tuple | None = None) -> RunSpec:
 
 def run_one(args) -> int:
     """Map the model with the given strategy, simulate it and report."""
+    from mapper.placement import MappingError
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
     from wse_sim.report.text import format_report
     hw = effective_hardware(args)
-    program = build_program(hw, args.model, phase=args.phase, strategy=args.strategy,
-                            batch=args.batch, prompt=args.prompt, context=args.context,
-                            dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
-                            functional=args.functional, chunks=args.chunks,
-                            micro_batches=args.micro_batches, region_shape=args.region_shape,
-                            reduce_algo=args.reduce_algo, attention=args.attention,
-                            model_set=args.model_set or None, routing=args.routing,
-                            moe_layout=args.moe_layout, weights_dtype=args.weights_dtype,
-                            kv_dtype=args.kv_dtype, accum_dtype=args.accum_dtype,
-                            sparse_format=args.sparse_format,
-                            sparsity_file=args.sparsity_file, layout=args.layout,
-                            gemm_algo=args.gemm_algo, recompute=args.recompute)
+    kw = dict(phase=args.phase, strategy=args.strategy, batch=args.batch, prompt=args.prompt,
+              context=args.context, dtype=args.dtype, grid=args.grid, sparsity=args.sparsity,
+              functional=args.functional, chunks=args.chunks, micro_batches=args.micro_batches,
+              region_shape=args.region_shape, reduce_algo=args.reduce_algo,
+              attention=args.attention, model_set=args.model_set or None,
+              routing=args.routing, moe_layout=args.moe_layout,
+              weights_dtype=args.weights_dtype, kv_dtype=args.kv_dtype,
+              accum_dtype=args.accum_dtype, sparse_format=args.sparse_format,
+              sparsity_file=args.sparsity_file, layout=args.layout, gemm_algo=args.gemm_algo,
+              recompute=args.recompute, optimizer=args.optimizer)
+    try:
+        program = build_program(hw, args.model, **kw)
+    except MappingError:
+        whole = effective_hardware(args, whole_mesh=True)
+        if whole == hw:
+            raise
+        # the mesh was cut to the grid (`effective_hardware`): map on the whole one, whose
+        # error can name a larger grid that fits
+        program = build_program(whole, args.model, **kw)
     if getattr(args, "save_program", None):
         from wse_sim.cli.program import save_requested
         save_requested(program, args)
@@ -163,7 +171,7 @@ def run_one(args) -> int:
         extra = {"functional": check} if check else {}
         mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo", "chunks",
                                                 "micro_batches", "layout", "gemm_algo",
-                                                "recompute")
+                                                "recompute", "optimizer")
                    if k in program.meta}
         print(json.dumps(with_interface_keys(result.summary(), args, hw) | mapping | written
                          | extra))
@@ -195,8 +203,17 @@ def _functional_check(program, hw, model: str, model_set: dict | None = None) ->
     if program.meta.get("phase") == "train" and program.meta.get("layout") == "2d":
         from mapper.strategies import layout2d_train_data as td
         inputs, tokens, want_loss, want = td.random_train_case(program, cfg, seed=0)
-        loss, got = td.train_grads(program, run_functional(program, hw, inputs), cfg, tokens)
+        held = None
+        if program.meta.get("optimizer") == "onwafer":  # Adam's state: master weights, moments
+            from mapper.strategies import layout2d_optimizer as opt
+            from workloads.reference import init_weights
+            tiles, held = opt.adam_inputs(program, cfg, init_weights(cfg, 0), want, seed=0)
+            inputs |= tiles
+        buffers = run_functional(program, hw, inputs)
+        loss, got = td.train_grads(program, buffers, cfg, tokens)
         reps = [error_report(got[k], want[k], program.dtype) | {"gradient": k} for k in want]
+        if held is not None:  # and each layer's updated weights against numpy's Adam
+            reps += opt.adam_check(program, buffers, cfg, want, held)
         report = max(reps, key=lambda r: r["max_rel_error"])
         report["loss_error"] = abs(loss - want_loss) / abs(want_loss)
     elif program.meta.get("phase") == "train":

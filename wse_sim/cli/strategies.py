@@ -304,7 +304,7 @@ def run_extended(args) -> int:
                            engine=args.engine, strategy=strategy,
                            prefill_grid=args.prefill_grid or args.grid,
                            decode_grid=args.decode_grid or args.grid,
-                           layout=args.layout or "top-row", gemm_algo=args.gemm_algo or "auto",
+                           layout=args.layout or "auto", gemm_algo=args.gemm_algo or "auto",
                            **kw)
         res = out.pop("results")
         out.update({"strategy": strategy, "reduce_algo": args.reduce_algo,

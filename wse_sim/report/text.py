@@ -213,6 +213,9 @@ def mapping_line(meta: dict) -> str:
             ", ".join(f"{k} {v}" for k, v in meta["gemm_algos"].items())
             if algo == "per-projection" else str(algo)))
     two_d_step = meta.get("layout") == "2d" and meta.get("phase") == "train"
+    if two_d_step:
+        parts.append("Adam " + ("on the wafer" if meta.get("optimizer") == "onwafer"
+                                else "off the wafer"))
     if "reduce_algo" in meta and not two_d_step:  # the top-row GEMVs' (a 2-D prefill's head)
         parts.append(f"GEMM reduce {meta['reduce_algo']}")
     return ", ".join(parts)

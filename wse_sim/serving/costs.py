@@ -122,8 +122,8 @@ class Mapping:
         """The keyword arguments of the mapping (build_program's or stage_programs')."""
         kw = {"dtype": self.dtype, "grid": self.grid, "reduce_algo": self.reduce_algo,
               "moe_layout": self.moe_layout, "routing": self.routing}
-        if self.wafers == 1:
-            kw |= {"strategy": self.strategy, "attention": self.attention}
+        if self.wafers == 1:  # (top-row: the prefill leaves the KV cache where decode reads it)
+            kw |= {"strategy": self.strategy, "attention": self.attention, "layout": "top-row"}
         return kw
 
 

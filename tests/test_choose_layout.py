@@ -1,0 +1,121 @@
+"""`layout="auto"` (the default): the top-row layout where it maps, else the 2-D layout; the
+error when neither maps names both, and the grid from which the 2-D layout fits."""
+
+import json
+import re
+
+import pytest
+
+from mapper.placement import MappingError
+from mapper.strategies.choose_layout import candidates, smallest_grid
+from wse_sim.cli.main import main
+from wse_sim.experiment import build_program
+from wse_sim.hardware import ConfigError, load_preset
+
+MESH16 = load_preset("mesh16")
+WSE2 = load_preset("wse2")
+PREFILL = {"strategy": "weight-streaming", "prompt": 128}
+# one LLaMA3-8B layer, 4,096 tokens: the top-row layout does not fit 720 x 720 cores (its
+# partial sums alone need 6 MB per core), the 2-D one does (issue 18)
+LONG = {"strategy": "weight-streaming", "prompt": 4096, "model_set": {"n_layers": 1}}
+TRAIN = {"phase": "train", "strategy": "weight-streaming", "prompt": 64, "batch": 2}
+
+
+def _same(a, b) -> bool:
+    return a.tasks == b.tasks and a.meta["layout"] == b.meta["layout"]
+
+
+def test_auto_is_the_top_row_layout_where_it_fits():
+    auto = build_program(MESH16, "tiny-llama", **PREFILL)
+    assert auto.meta["layout"] == "top-row"
+    assert _same(auto, build_program(MESH16, "tiny-llama", layout="top-row", **PREFILL))
+
+
+@pytest.mark.parametrize("strategy", ["layer-sequential", "weight-streaming"])
+def test_auto_is_the_2d_layout_where_the_top_row_does_not_fit(strategy):
+    kw = LONG | {"strategy": strategy, "grid": 720}
+    with pytest.raises(MappingError, match="does not fit"):
+        build_program(WSE2, "llama3-8b", layout="top-row", **kw)
+    auto = build_program(WSE2, "llama3-8b", **kw)
+    assert auto.meta["layout"] == "2d"
+    assert _same(auto, build_program(WSE2, "llama3-8b", layout="2d", **kw))
+
+
+def test_auto_trains_in_2d_where_the_top_row_step_does_not_fit():
+    # tiny at batch 2 x 64: the top-row step needs 56,352 bytes per core, the 2-D one 11,360
+    with pytest.raises(MappingError, match="does not fit"):
+        build_program(MESH16, "tiny", layout="top-row", **TRAIN)
+    auto = build_program(MESH16, "tiny", **TRAIN)
+    assert auto.meta["layout"] == "2d" and auto.meta["phase"] == "train"
+
+
+def test_decode_and_layer_pipelined_are_top_row():
+    assert build_program(MESH16, "tiny-llama", phase="decode", context=16,
+                         strategy="weight-streaming").meta["layout"] == "top-row"
+    assert build_program(MESH16, "tiny-llama").meta["layout"] == "top-row"
+    assert candidates("auto", "train", "layer-sequential") == ("top-row",)
+    assert candidates("auto", "prefill", "weight-streaming") == ("top-row", "2d")
+    assert candidates("2d", "prefill", "weight-streaming") == ("2d",)
+
+
+@pytest.mark.parametrize("kw", [{"gemm_algo": "cannon"}, {"recompute": "off", **TRAIN}])
+def test_an_option_only_the_2d_layout_has_asks_for_it(kw):
+    kw = PREFILL | kw
+    assert build_program(MESH16, "tiny-llama", **kw).meta["layout"] == "2d"
+
+
+@pytest.mark.parametrize("kw,text", [
+    ({"phase": "decode", "context": 16, "strategy": "weight-streaming", "gemm_algo": "summa"},
+     "gemm_algo: got 'summa', which applies only with layout 2d"),
+    ({"phase": "train", "strategy": "layer-sequential", "prompt": 16, "recompute": "off"},
+     "recompute: got 'off'"),
+    ({"layout": "sideways"}, "layout: got 'sideways', must be one of auto, top-row, 2d"),
+])
+def test_refusals_name_the_field(kw, text):
+    with pytest.raises(ConfigError, match=re.escape(text)):
+        build_program(MESH16, "tiny-llama", **kw)
+
+
+def test_neither_layout_names_both_and_the_grid_that_fits():
+    with pytest.raises(MappingError) as err:
+        build_program(WSE2, "llama3-8b", grid=400, **LONG)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "top-row: model llama3-8b does not fit" in msg
+    assert "2d: model llama3-8b does not fit: the 2-D region is 400 x 400 cores" in msg
+    at = int(re.search(r"the 2-D layout fits from grid (\d+)", msg).group(1))
+    assert build_program(WSE2, "llama3-8b", grid=at, layout="2d", **LONG)
+    with pytest.raises(MappingError):
+        build_program(WSE2, "llama3-8b", grid=at - 1, layout="2d", **LONG)
+    with pytest.raises(MappingError, match="fits from grid"):  # the hint with layout 2d too
+        build_program(WSE2, "llama3-8b", grid=400, layout="2d", **LONG)
+
+
+def test_no_grid_hint_when_no_grid_fits():
+    with pytest.raises(MappingError) as err:
+        build_program(WSE2.with_overrides({"sram_bytes": 8192}), "llama3-8b", grid=400, **LONG)
+    assert "no layout maps this run" in str(err.value)
+    assert "fits from grid" not in str(err.value)
+
+
+def test_smallest_grid_is_the_least_that_fits():
+    assert smallest_grid(lambda g: g >= 11, 8, 16) == 11
+    assert smallest_grid(lambda g: g >= 9, 8, 16) == 9
+    assert smallest_grid(lambda g: g >= 17, 8, 16) is None
+    assert smallest_grid(lambda g: True, 16, 16) is None  # nothing above the grid given
+
+
+def test_cli_reports_the_layout_auto_chose(capsys):
+    rc = main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train",
+               "--strategy", "weight-streaming", "--prompt", "64", "--batch", "2", "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["layout"] == "2d"
+
+
+def test_cli_neither_layout_is_one_line_exit_2(capsys):
+    rc = main(["run", "--preset", "wse2", "--model", "llama3-8b", "--strategy",
+               "weight-streaming", "--prompt", "4096", "--grid", "400", "--model-set",
+               "n_layers=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "layout auto: no layout maps this run" in err[0] and "fits from grid" in err[0]
