@@ -11,6 +11,7 @@ from workloads.graph import ADAM_STATE_BYTES
 from workloads.models import load_model
 from wse_sim.cli.main import main
 from wse_sim.engine import simulate
+from wse_sim.engine.fast import simulate_fast
 from wse_sim.experiment import build_program
 from wse_sim.hardware import ConfigError, load_preset
 from wse_sim.program import IoTransfer
@@ -57,10 +58,15 @@ def test_flops_and_io_bytes_are_conserved(model, micro_batches):
     assert on.meta["optimizer"] == "onwafer" and off.meta["optimizer"] == "offwafer"
 
 
-@pytest.mark.parametrize("micro_batches", [1, 2])
-def test_fast_equals_reference(micro_batches):
-    p = _step("onwafer", micro_batches)
-    fast, ref = simulate(p, MESH16, engine="fast"), simulate(p, MESH16, engine="reference")
+@pytest.mark.parametrize("micro_batches,layers", [(1, None), (2, None), (1, 7)])
+def test_the_step_path_runs_it_and_equals_reference(micro_batches, layers):
+    """Each core updates a layer before the next layer's backward, so every core's records
+    keep the program's order in time: the step path (the one that runs full-wafer training
+    steps) takes it, with the backward's layer loop (7 layers) fast-forwarded."""
+    p = _step("onwafer", micro_batches, model_set={"n_layers": layers} if layers else None)
+    assert any(lp.name == "layers_bwd" for lp in p.loops) == bool(layers)
+    fast = simulate_fast(p, MESH16, path="step", progress=False)
+    ref = simulate(p, MESH16, engine="reference")
     assert fast.cycles == ref.cycles
     assert fast.summary()["comm_cycles"] == ref.summary()["comm_cycles"]
     assert fast.flops == ref.flops == p.meta["executed_flops"]

@@ -90,6 +90,25 @@ def test_the_ring_the_store_and_the_free_list_grow_without_changing_the_result(
     assert wr.critical_path() == (res.cycles, res.compute_cycles, res.comm_cycles)
 
 
+def test_a_window_that_outgrows_the_free_ram_stops_in_one_line(monkeypatch):
+    """Growing an array past the free RAM is a reason, not a MemoryError: run_windowed says
+    why, and `auto` (event path too big as well) refuses in one line naming it."""
+    p = build_program(MESH16, "tiny-llama", phase="prefill", strategy="layer-sequential",
+                      prompt=32, chunks=4)
+    _grown_arrays(monkeypatch)
+    tables = fast_mod.Tables(p, MESH16)
+    wr, why = WR.run_windowed(tables, MESH16.mesh_cols * MESH16.mesh_rows, False, rows=1,
+                              fits=lambda n: False)
+    assert wr is None and why.startswith("its window outgrew the free RAM")
+    monkeypatch.setattr(fast_mod, "EVENT_PREFERRED_FRACTION", 0.0)
+    monkeypatch.setattr(fast_mod, "estimate_bytes", lambda tables, mesh: 1 << 60)
+    monkeypatch.setattr(fast_mod, "_fits", lambda need: need < 1 << 40)  # the window starts
+    monkeypatch.setattr(WR.WindowRun, "grow_bytes", lambda self: 1 << 50)  # ... then outgrows
+    with pytest.raises(ValueError) as err:
+        simulate_fast(p, MESH16, progress=False)
+    assert "\n" not in str(err.value) and "its window outgrew the free RAM" in str(err.value)
+
+
 def test_the_store_holds_only_what_the_window_still_reads():
     """A block goes back when its last reader leaves: at the end every row is free (the top
     is back at 0), and the store's high water stays below the sum of all blocks."""

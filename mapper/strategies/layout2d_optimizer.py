@@ -73,17 +73,22 @@ def buffers(cfg, P: int, per_layer_tiles: int, optimizer: str, micro_batches: in
     return out
 
 
-def update_layer(tr, xfer, i: int, grads: tuple) -> None:
-    """Layer i's on-wafer update after its last backward: its Adam state in, the update on
-    every core, the state out (the I/O transfers in the channel's order, `xfer`)."""
+def update_layer(tr, xfer, i: int, after: tuple) -> tuple:
+    """Layer i's on-wafer update once its backward is done (`after`: its gradients' and
+    dX's records): its Adam state in, the update on every core, the state out (the I/O
+    transfers in the channel's order, `xfer`). Returns what the next layer's backward waits
+    for: each core updates before it goes on, so that every core's records keep the
+    program's order in time (the fast engine's step path needs it; see
+    docs/strategies.md)."""
     params = layer_params(tr.tp.ops, i)
     st = xfer(f"L{i}.adam_state.in", ADAM_STATE_BYTES * params, "in", ())
-    dep = tuple(grads) + st
+    dep = tuple(after) + st
     data = adam_data(tr.fd, i) if tr.fd is not None else {}
     for name in layer_updates(tr.tp.ops, i):
         dep = (tr.tp.compute(name, tr.reg, dep, fmac=False, flops=int(tr.tp.ops[name].flops),
                              data=data.get(name)),)
     xfer(f"L{i}.adam_state.out", ADAM_STATE_BYTES * params, "out", dep)
+    return dep
 
 
 # ---- functional runs ----------------------------------------------------------------------------

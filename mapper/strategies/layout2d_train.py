@@ -454,8 +454,8 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str = "out") -
                           (bends[j - 1],) if j >= 1 else ())
         if grads_to == "out":
             xfer(f"L{i}.grads.out", w_bytes[i], "out", grads)
-        elif grads_to == "update":
-            update_layer(tr, xfer, i, grads)
+        elif grads_to == "update":  # the next layer's backward after this layer's update
+            dx_[0] = dx_[0] + update_layer(tr, xfer, i, tuple(grads) + dx_[0])
         bends.append(dx_[0][0])
 
     emit_layers(pb, L, bwd, "layers_bwd", last_apart=True)

@@ -141,7 +141,9 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
             raise StepPathUnsupported(f"fast engine step path: {why}")
         if status == P.ORDER and not _fits(estimate_bytes(tables, mesh)):
             res = _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned)
-            if res is not None:
+            if isinstance(res, str):  # it stopped: the event path's memory check says more
+                why = f"{why}; the window path: {res}"
+            elif res is not None:
                 res.wall_seconds = time.perf_counter() - t0
                 return res
     _memory_guard(tables, mesh, "" if why in ("asked for", "the faster path, and it fits in "
@@ -189,8 +191,10 @@ def _progress(tables: Tables):
 
 def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
     """The window path's result (`fast_window`), once the step path found a resource
-    reserved out of task order; None when it cannot give the reference's either (the caller
-    takes the event path), an error when path='window' was asked for."""
+    reserved out of task order; None when it does not fit the free RAM and the reason when
+    it cannot give the reference's result or outgrew the RAM (the caller takes the event
+    path, whose memory check refuses in one line), an error when path='window' was asked
+    for."""
     asked = why == "asked for"
     rows = planned[1]
     need = W.estimate_bytes(tables, mesh.n, keep_spans, rows)
@@ -203,14 +207,14 @@ def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
     bar = _progress(tables) if show else None
     try:
         wr, wwhy = W.run_windowed(tables, mesh.n, keep_spans, rows,
-                                  bar.update if bar else None)
+                                  bar.update if bar else None, _fits)
     finally:
         if bar is not None:
             bar.close()
     if wr is None:
         if asked:
             raise StepPathUnsupported(f"fast engine window path: {wwhy}")
-        return None
+        return wwhy
     wr.forward = L.Forward(wr, tables, None, enabled=False)
     res = _step_result(program, hw, mesh, tables, wr, maps, keep_spans)
     res.fast_path, res.fast_path_reason = "window", why

@@ -109,6 +109,15 @@ class WindowRun(StepRun):
                    self.scr2, self.ends, self.state, limit, self.watch)
         return int(self.state[T_STATUS])
 
+    def grow_bytes(self) -> int:
+        """Host bytes the next `grow` adds (the new array's, before the old one is freed)."""
+        need = int(self.state[W_NEED])
+        if need == NEED_RING:
+            return 2 * len(self.pend) * (self.pend.itemsize + self.hq.itemsize * 3)
+        if need == NEED_ROWS:
+            return 2 * len(self.sig) * (self.sig.itemsize * self.sig.shape[1] + 4)
+        return 2 * len(self.fs) * 16
+
     def grow(self, tables) -> None:
         """Twice the room of the array the run found full (`W_NEED`), contents kept."""
         need = int(self.state[W_NEED])
@@ -146,17 +155,22 @@ def estimate_bytes(tables, n_cores: int, keep_ends: bool, rows: int) -> int:
             + (16 * tables.n_instances if keep_ends else 0))
 
 
-def run_windowed(tables, n_cores: int, keep_ends: bool, rows: int, progress=None):
+def run_windowed(tables, n_cores: int, keep_ends: bool, rows: int, progress=None,
+                 fits=None):
     """Run the window path to the end: (the run, "") or (None, why it cannot give the
-    reference's result). `rows`: the store's first size. A critical-path successor below
-    the kept pieces runs again with more pieces. `progress(n)`: told of every n granted."""
+    reference's result, or why it stopped). `rows`: the store's first size. A critical-path
+    successor below the kept pieces runs again with more pieces. `progress(n)`: told of every
+    n granted. `fits(bytes)`: whether the host can take an array that grows by so much (a
+    window that outgrows the free RAM stops with the reason, not a MemoryError)."""
     biggest = int(tables.td[:, F_NI].max()) if len(tables.td) else 1
     block = int((tables.td[:, F_SA] + 1 - tables.td[:, F_SB]).max()) if len(tables.td) else 1
     pieces = PIECES
     while True:
         wr = WindowRun(tables, n_cores, keep_ends, pieces, max(rows, 2 * block),
                        max(CAP0, 2 * biggest))
-        status = _drive(wr, tables, progress)
+        status = _drive(wr, tables, progress, fits or (lambda n: True))
+        if isinstance(status, str):
+            return None, status
         if status == OK and int(wr.state[W_DONE]) < tables.n_instances:
             return None, "instances never granted (a deadlock: the event path names them)"
         if status == OK:
@@ -169,14 +183,19 @@ def run_windowed(tables, n_cores: int, keep_ends: bool, rows: int, progress=None
         return None, f"{REASONS[status]} (task {task})"
 
 
-def _drive(wr: WindowRun, tables, progress) -> int:
-    """Run `wr` to its end (growing what fills up); the status."""
+def _drive(wr: WindowRun, tables, progress, fits):
+    """Run `wr` to its end (growing what fills up); the status, or why it stopped (a
+    window that would outgrow the host's free RAM)."""
     while True:
         before = int(wr.state[W_DONE])
         status = wr.run(tables, 1 << 20)
         if progress is not None:
             progress(int(wr.state[W_DONE]) - before)
         if status == FULL:
+            more = wr.grow_bytes()
+            if not fits(more):
+                return (f"its window outgrew the free RAM ({more / 2**30:.1f} GiB more after "
+                        f"{int(wr.state[W_DONE]):,} of {tables.n_instances:,} instances)")
             wr.grow(tables)
             continue
         if status != OK or wr.finished(tables):
