@@ -96,16 +96,8 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
     _one_of("reduce_algo", reduce_algo, LAYER_REDUCE_ALGOS)
     if isinstance(region_shape, bool) or not isinstance(region_shape, int) or region_shape < 0:
         raise ConfigError(f"region_shape: got {region_shape!r}, must be an integer >= 0")
-    _check_layout(layout, gemm_algo, strategy)
-    _one_of("recompute", recompute, ("on", "off"))
-    if recompute != "on" and not (layout in ("2d", "auto") and phase == "train"):
-        raise ConfigError(f"recompute: got {recompute!r}, which applies only to a training "
-                          "step in layout 2d")
-    _one_of("optimizer", optimizer, OPTIMIZERS)
-    if optimizer != "offwafer" and not (layout in ("2d", "auto") and phase == "train"
-                                        and strategy == "weight-streaming"):
-        raise ConfigError(f"optimizer: got {optimizer!r}, which applies only to a "
-                          "weight-streaming training step in layout 2d")
+    two_d = (gemm_algo, recompute, optimizer)  # the 2-D layout's own options
+    _check_layout(layout, strategy, phase, *two_d)
     extra = {}
     if region_shape:
         if strategy != "layer-pipelined":
@@ -124,17 +116,27 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   sparsity=sp.fraction, functional=functional, chunks=chunks,
                   micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
                   seed=seed, precision=prec, sparse=sp)
+    top_row = partial(strategies()[strategy], cfg, hw, grid=grid, routing=routing,
+                      moe_layout=moe_layout, **run_kw, **extra)
+    return _map_layout(cfg, hw, strategy, layout, two_d, grid, run_kw, top_row)
+
+
+def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw: dict,
+                top_row):
+    """The run in the layout asked for, or (`auto`) the first that maps it
+    (`choose_layout`); a 2-D refusal names the grid from which the 2-D layout fits.
+    `two_d`: (gemm_algo, recompute, optimizer); `top_row()`: the top-row mapping."""
+    gemm_algo, recompute, optimizer = two_d
     map_2d_at = partial(_map_2d, cfg, hw, strategy, gemm_algo, (recompute, optimizer), run_kw)
 
     def map_one(lay: str):
         if lay == "2d":
             return map_2d_at(grid)
-        program = strategies()[strategy](cfg, hw, grid=grid, routing=routing,
-                                         moe_layout=moe_layout, **run_kw, **extra)
+        program = top_row()
         program.meta.setdefault("layout", "top-row")
         return program
 
-    layouts = candidates(layout, phase, strategy, gemm_algo, recompute, optimizer)
+    layouts = candidates(layout, run_kw["phase"], strategy, *two_d)
     try:
         return map_first(layouts, map_one)
     except MappingError as e:
@@ -168,7 +170,9 @@ def _fits(map_2d_at, grid: int) -> bool:
     return True
 
 
-def _check_layout(layout: str, gemm_algo: str, strategy: str) -> None:
+def _check_layout(layout: str, strategy: str, phase: str, gemm_algo: str, recompute: str,
+                  optimizer: str) -> None:
+    """The layout and the 2-D layout's own options, each where it applies."""
     _one_of("layout", layout, LAYOUT_CHOICES)
     _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
     if layout == "top-row" and gemm_algo != "auto":
@@ -176,6 +180,15 @@ def _check_layout(layout: str, gemm_algo: str, strategy: str) -> None:
     if layout == "2d" and strategy not in ("layer-sequential", "weight-streaming"):
         raise ConfigError(f"layout: got '2d' with strategy {strategy}; the 2-D layout runs "
                           "with layer-sequential or weight-streaming")
+    _one_of("recompute", recompute, ("on", "off"))
+    if recompute != "on" and not (layout in ("2d", "auto") and phase == "train"):
+        raise ConfigError(f"recompute: got {recompute!r}, which applies only to a training "
+                          "step in layout 2d")
+    _one_of("optimizer", optimizer, OPTIMIZERS)
+    if optimizer != "offwafer" and not (layout in ("2d", "auto") and phase == "train"
+                                        and strategy == "weight-streaming"):
+        raise ConfigError(f"optimizer: got {optimizer!r}, which applies only to a "
+                          "weight-streaming training step in layout 2d")
 
 
 def sparse_of(sparsity: float = 0.0, sparse_format: str = "dense",

@@ -9,8 +9,8 @@
   micro-batch's backward of layer i, its Adam state (fp32 master weights and both moments,
   `ADAM_STATE_BYTES` per parameter) streams in, every core of the region updates its tiles
   (the graph's `L{i}.*.adam` ops: 10 FLOPs per parameter, fp32) and the state streams back out.
-  Per parameter that is 24 bytes over the I/O instead of the gradient's 2 (fp16): the what-if
-  shows why weight streaming keeps the optimizer where the weights live. The embedding table,
+  Per parameter that is 24 bytes over the I/O instead of the gradient's 2 (fp16); whether
+  that costs time depends on what paces the step (docs/strategies.md). The embedding table,
   the final norm and an untied LM head keep their update off the wafer (their gradients stream
   out as before; the table's is a scatter over the step's tokens).
 
