@@ -119,3 +119,16 @@ def test_cli_neither_layout_is_one_line_exit_2(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert "layout auto: no layout maps this run" in err[0] and "fits from grid" in err[0]
+
+
+def test_issue_18s_first_command_says_which_grid_fits(capsys):
+    """The issue's command, as typed: neither layout fits a 660 x 660 prefill grid; the one
+    line gives both layouts' bytes and the grid from which the 2-D prefill fits."""
+    rc = main(["run", "--preset", "wse2", "--model", "llama3-8b", "--dtype", "fp16",
+               "--prompt", "2048", "--generate", "128", "--prefill-grid", "660",
+               "--decode-grid", "360", "--strategy", "layer-sequential"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "top-row: model llama3-8b does not fit: the region is 660 x 660 cores" in err[0]
+    assert "needs 53651 bytes per core" in err[0]
+    assert err[0].endswith("the 2-D layout fits from grid 683 (683 x 683 cores)")
