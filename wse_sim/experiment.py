@@ -11,7 +11,7 @@ from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from mapper.strategies.choose_layout import CHOICES as LAYOUT_CHOICES
-from mapper.strategies.choose_layout import candidates, map_first, smallest_grid
+from mapper.strategies.choose_layout import TWO_D_STRATEGIES, candidates, map_first, smallest_grid
 from mapper.strategies.common import check_micro_batches
 from mapper.strategies.layout2d import map_2d
 from mapper.strategies.layout2d_optimizer import OPTIMIZERS
@@ -177,7 +177,7 @@ def _check_layout(layout: str, strategy: str, phase: str, gemm_algo: str, recomp
     _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
     if layout == "top-row" and gemm_algo != "auto":
         raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
-    if layout == "2d" and strategy not in ("layer-sequential", "weight-streaming"):
+    if layout == "2d" and strategy not in TWO_D_STRATEGIES:
         raise ConfigError(f"layout: got '2d' with strategy {strategy}; the 2-D layout runs "
                           "with layer-sequential or weight-streaming")
     _one_of("recompute", recompute, ("on", "off"))

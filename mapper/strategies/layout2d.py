@@ -104,6 +104,15 @@ class Tiles:
                    c((cfg.q_dim + 2 * cfg.kv_dim) / P), f * (2 if cfg.activation == "swiglu"
                                                              else 1), f)
 
+    def weights(self) -> dict[str, tuple[int, int]]:
+        """Each projection's weight tile (K block, N block) on one core."""
+        return {"qkv_proj": (self.d, self.qkv), "o_proj": (self.q, self.d),
+                "ffn_up": (self.d, self.ffn), "ffn_down": (self.f, self.d)}
+
+    def weight_values(self) -> int:
+        """A layer's weight values on one core (its four projections' tiles)."""
+        return sum(k * n for k, n in self.weights().values())
+
 
 def gemm_shapes(cfg: GPTConfig, tokens: int, P: int) -> dict[str, tuple[int, int, int, tuple]]:
     """The layer's GEMMs: label -> (m, k, n, the graph ops they compute). FFN up | gate is
@@ -220,7 +229,7 @@ def buffers_2d(run: Run, t: Tiles, algos: dict[str, str], streaming: bool) -> di
     acc = DTYPE_BYTES[run.precision.accum]
     L = cfg.n_layers
     norms = (1 if cfg.norm == "rmsnorm" else 2) * t.d * b
-    per_layer = (t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d) * run.weight_bytes \
+    per_layer = t.weight_values() * run.weight_bytes \
         + 2 * norms
     scratch = sum(scratch_bytes(plan) for plan in gemm_plans(run, P, algos).values())
     out = {

@@ -119,8 +119,7 @@ def register_kernels() -> None:
 def state_tiles(fd) -> dict:
     """(name: (rows, cols, dtype)) of the optimizer state tiles of a functional step."""
     t, g = fd.t, (1 if fd.rms else 2)
-    widths = {"qkv_proj": (t.d, t.qkv), "o_proj": (t.q, t.d), "ffn_up": (t.d, t.ffn),
-              "ffn_down": (t.f, t.d), "small": (g, 2 * t.d)}
+    widths = t.weights() | {"small": (g, 2 * t.d)}
     return {f"L{i}.{label}.adam": (a, 3 * b, "fp32") for i in range(fd.cfg.n_layers)
             for label, (a, b) in widths.items()}
 

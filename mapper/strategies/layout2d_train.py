@@ -111,7 +111,6 @@ def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto") -> dict
         # two copies and the accumulator that does not end as dW
         bwd = max(bwd, nt["b1"][2] + 2 * nt["c0"][2], 2 * tn["a0"][2] + tn["c0"][2])
     out["gemm_scratch"] = fwd
-    per_layer_params = t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d
     # the saved activations: each layer's input, or every tile its backward reads (the
     # input, both norms' inputs and outputs and statistics, Q|K|V and the up|gate
     # projection as their GEMMs left them (fp32), the attention output, the FFN hidden state
@@ -128,7 +127,7 @@ def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto") -> dict
         "gradients": tm * t.d * 4 + tm * (t.qkv + t.q + t.ffn) * b,
         "backward_scratch": bwd,
         # a layer's weight gradients (fp32) until they have streamed out
-        "weight_grads": per_layer_params * 4,
+        "weight_grads": t.weight_values() * 4,
         # dK|dV partials of the column's key block, [dO | D | m l] of the head
         "attention_bwd": tm * 2 * cfg.hd * 4 + tm * (cfg.hd + 3) * 4,
         # the logits (fp32) and their gradient; the LM head's weights and gradient
@@ -488,7 +487,7 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     t = Tiles.of(cfg, P, run.chunk_tokens)
     algos = train_algos(run, P, gemm_algo)
     buffers = train_buffers(run, t, recompute, gemm_algo) | opt.buffers(
-        cfg, P, t.d * t.qkv + t.q * t.d + t.d * t.ffn + t.f * t.d, optimizer, run.micro_batches)
+        cfg, P, t.weight_values(), optimizer, run.micro_batches)
     reg = Region(0, 0, P, P)
     check_buffers("the 2-D region", run, buffers, reg)
     if check_only:

@@ -218,8 +218,7 @@ class TrainData2D(Data2D):
                "embed.grad": (tm, t.d, f32), "head.dw0": (t.d, vt, f32),
                "head.dw1": (t.d, vt, f32), "head.ta1": (tm, t.d, dt),
                "lm_head.gc0": (tm, t.d, f32), "lm_head.gc1": (tm, t.d, f32)}
-        widths = {"qkv_proj": (t.d, t.qkv), "o_proj": (t.q, t.d), "ffn_up": (t.d, t.ffn),
-                  "ffn_down": (t.f, t.d)}
+        widths = t.weights()
         for label, (kt, _) in widths.items():
             out |= {f"{label}.ain": (tm, kt, dt), f"{label}.gc0": (tm, kt, f32),
                     f"{label}.gc1": (tm, kt, f32), f"{label}.ta1": (tm, kt, dt)}
