@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wse_sim.engine import fast_memory as mem
 from wse_sim.engine.fast_groups import task_rects
 from wse_sim.engine.fast_sched import A_END, A_FIRST, A_START
 from wse_sim.engine.fast_step import (
@@ -287,7 +288,7 @@ class Forward:
         a = getattr(self.st, name)
         buf = self._kept.get((name, level))
         if buf is None or len(buf) < len(rows):
-            buf = self._kept[(name, level)] = np.empty((len(rows), a.shape[1]), np.int64)
+            buf = self._kept[(name, level)] = mem.empty((len(rows), a.shape[1]))
         out = buf[:len(rows)]
         _gather(a, rows, out)
         return out
@@ -296,7 +297,7 @@ class Forward:
         """The per-core and per-link counters, in the level's kept arrays."""
         now = (self.st.busy, self.st.lbusy, self.st.lbytes)
         if self._counters[level] is None:
-            self._counters[level] = [np.empty_like(c) for c in now]
+            self._counters[level] = [mem.empty(c.shape, c.dtype) for c in now]
         for was, c in zip(self._counters[level], now, strict=True):
             np.copyto(was, c)
         return self._counters[level]

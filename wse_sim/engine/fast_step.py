@@ -51,6 +51,7 @@ import bisect
 
 import numpy as np
 
+from wse_sim.engine import fast_memory as mem
 from wse_sim.engine.fast_groups import task_groups
 from wse_sim.engine.fast_queue import TB, task_of
 from wse_sim.engine.fast_sched import A_FIRST, NA, account, task_span
@@ -543,13 +544,14 @@ class StepRun:
         td = tables.td
         nt = len(td)
         self.groups, rows, self.off = planned or plan(tables)
-        self.res = np.zeros((7 * n + 1, C_P0 + pieces), np.int64)
+        dense = tables.n_instances >= n  # a run that will touch most cores' rows
+        self.res = mem.zeros((7 * n + 1, C_P0 + pieces))
         self.res[:, R_KEY] = -1
-        self.sig = np.zeros((rows, C_P0 + pieces), np.int64)
+        self.sig = mem.zeros((rows, C_P0 + pieces))
         self.pc = np.empty(pieces, np.int64)
-        self.busy = np.zeros(n, np.int64)
-        self.lbytes = np.zeros(4 * n if tables.link_bytes_apart else 0, np.int64)  # else 4 x busy
-        self.lbusy = np.zeros(4 * n, np.int64)
+        self.busy = mem.zeros(n, dense=dense)
+        self.lbytes = mem.zeros(4 * n if tables.link_bytes_apart else 0, dense=dense)  # else 4 x busy
+        self.lbusy = mem.zeros(4 * n, dense=dense)
         self.tacc = np.zeros((nt, NA), np.int64)
         self.tacc[:, A_FIRST] = -1
         biggest = max(1, int(np.diff(tables.ib[self.groups]).max()) if nt else 1)
@@ -564,7 +566,7 @@ class StepRun:
         self.rrid, self.roff, self.rlen = (np.empty(nres, np.int64) for _ in range(3))
         self.ex, self.ey, self.eoff = (np.empty(nev, np.int64) for _ in range(3))
         ni = tables.n_instances if keep_ends else 0
-        self.start, self.ends = np.empty(ni, np.int64), np.empty(ni, np.int64)
+        self.start, self.ends = mem.empty(ni), mem.empty(ni)
         self.state = np.zeros(NT, np.int64)
         self.state[T_MAXEND] = -1
         # (loop watched, a fixed time counted), then the same for a loop inside it
