@@ -33,6 +33,26 @@ def task_of(ib, tblk, g, t):
 
 
 @kernel(inline=True)
+def task_in(ib, g, t, lo, hi):
+    """The task of instance id g, one of tasks lo .. hi - 1 (t: a guess in that range, e.g.
+    the previous instance's task): the guess or the task after it, else a binary search of
+    ib (no table per instance block: the step and window paths' programs may count 10^11
+    instances, loops' skipped iterations included)."""
+    if ib[t] <= g < ib[t + 1]:
+        return t
+    if t + 1 < hi and ib[t + 1] <= g < ib[t + 2]:
+        return t + 1
+    a, b = lo, hi  # ib[a] <= g < ib[b]; the last task with ib <= g holds g (empty ones
+    while b - a > 1:  # share their successor's ib)
+        m = (a + b) >> 1
+        if ib[m] <= g:
+            a = m
+        else:
+            b = m
+    return a
+
+
+@kernel(inline=True)
 def _bucket(t, last):
     """Radix-queue bucket of time t when the last time taken out was `last` (t >= last):
     0 for t == last, else the bit length of t ^ last (1 .. 64)."""

@@ -53,7 +53,7 @@ import numpy as np
 
 from wse_sim.engine import fast_memory as mem
 from wse_sim.engine.fast_groups import task_groups
-from wse_sim.engine.fast_queue import TB, task_of
+from wse_sim.engine.fast_queue import task_in
 from wse_sim.engine.fast_sched import A_FIRST, NA, account, task_span
 from wse_sim.engine.fast_tasks import (
     D_OWNER,
@@ -351,7 +351,7 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
     state[T_STATUS] != OK (and state[T_TASK] the task) when the step path cannot give the
     reference's result. `prog`, `sa`, `cnt`, `scr`: the `fast_tasks` named groups of arrays
     (ProgramArrays, StepArrays, Counters, Scratch). `watch`: see `_needs`."""
-    td, deps, _rdeps, ib, tblk, hwc = prog
+    td, deps, _rdeps, ib, _tblk, hwc = prog
     groups, off, res, sig, rgs, preds, order, tmp, count, pc, starts = sa
     tacc = cnt.tacc
     ex, ey, eoff = scr.ex, scr.ey, scr.eoff
@@ -391,7 +391,7 @@ def run_steps(prog, sa, cnt, scr, ends, g1, state, watch):
         for jj in range(nj):
             j = order[jj]
             g = base + j
-            t = task_of(ib, tblk, g, t)
+            t = task_in(ib, g, t, ta, tb)
             state[T_TASK] = t
             i = g - ib[t]
             rg = rgs[j]
@@ -555,9 +555,7 @@ class StepRun:
         self.tacc = np.zeros((nt, NA), np.int64)
         self.tacc[:, A_FIRST] = -1
         biggest = max(1, int(np.diff(tables.ib[self.groups]).max()) if nt else 1)
-        self.tblk = (np.searchsorted(tables.ib, np.arange(0, max(1, tables.n_instances),
-                                                          1 << TB), side="right")
-                     - 1).astype(np.int64)
+        self.tblk = np.zeros(1, np.int64)  # (the event path's; here `task_in` searches ib)
         self.rgs, self.preds, self.order, self.tmp = (np.empty(biggest, np.int64)
                                                       for _ in range(4))
         self.count = np.empty(RADIX, np.int64)

@@ -34,7 +34,7 @@ from collections import namedtuple
 import numpy as np
 
 from wse_sim.engine.fast_heap import heap_pop, heap_push
-from wse_sim.engine.fast_queue import task_of
+from wse_sim.engine.fast_queue import task_in
 from wse_sim.engine.fast_rows import rows_give, rows_take
 from wse_sim.engine.fast_sched import A_FIRST, task_span, wake_range
 from wse_sim.engine.fast_step import (
@@ -203,7 +203,7 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
     room (state[W_NEED]: which), or the step path's ORDER / NONMONO / OVERFLOW. `wa`:
     WindowArrays; `scr2`: a second Scratch (needs computed while a grant's events are being
     walked)."""
-    td, deps, rdeps, ib, tblk, hwc = prog
+    td, deps, rdeps, ib, _tblk, hwc = prog
     off, res, sig, pc, starts, spend, pend, left, hq, unres, rmax, aq = wa[:12]
     tacc = cnt.tacc
     ex, ey, eoff = scr.ex, scr.ey, scr.eoff
@@ -221,7 +221,7 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
             break
         rg, g, pred = hq[0, 0], hq[0, 1], hq[0, 2]
         hn = heap_pop(hq, hn)
-        t = task_of(ib, tblk, g, t)
+        t = task_in(ib, g, t, 0, td.shape[0])
         state[T_TASK] = t
         i = g - ib[t]
         status, s_at, end, me, a, dc, dd = _grant(td, hwc, t, i, rg, pred, off, res, sig, pc,
