@@ -28,6 +28,7 @@ from wse_sim.program import (
 from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
 
 _RULES = {"same": K.R_OFFSET, "offset": K.R_OFFSET, "at": K.R_AT, "all": K.R_ALL}
+_MOVED = ("offset", "at")  # rules whose dx, dy count ("same" and "all": 0, 0)
 
 
 def _cycles(hw, t, q, f=0, rd=0, wr=0) -> int:
@@ -60,21 +61,36 @@ def _per_core(tasks, loops) -> np.ndarray:
     return flag
 
 
-def _moved_row(td, tp: int, ti: int, ib, sig: int, dep_rows: list, t) -> int:
-    """Task ti's row from its template tp's (same kind, region, parameters, slots and
-    dependency rules): its own instance base, signal rows and dependency rows. Returns the
-    next free signal row."""
-    row = td[ti]
-    row[:] = td[tp]
-    row[K.F_IB] = ib[ti]
-    ib[ti + 1] = ib[ti] + row[K.F_NI]
-    row[K.F_SB] = sig
-    row[K.F_SA] = sig + td[tp, K.F_SA] - td[tp, K.F_SB]
-    row[K.F_D0] = len(dep_rows)
-    row[K.F_DH] = row[K.F_D0] + td[tp, K.F_DH] - td[tp, K.F_D0]
-    _add_deps(t, ti, dep_rows, 1)  # the template's pending count stands
-    row[K.F_DN] = len(dep_rows)
-    return int(row[K.F_SA]) + 1
+def _move_rows(td, ib, moved: list, tpl: np.ndarray, starts: list) -> None:
+    """The rows of loop iterations' tasks (`moved`, each iteration 0's row moved): their
+    template's row (followed back to a task that is no copy) with their own instance base,
+    signal rows (`starts`: (first signal row, first dependency row, end of dependency rows)
+    per moved task) and dependency rows; the template's pending count stands."""
+    if not moved:
+        return
+    ti = np.array(moved, np.int64)
+    root = tpl.copy()
+    while (root[root] != root).any():  # an inner loop's template may be a copy itself
+        root = root[root]
+    tp = root[ti]
+    sb, d0, dn = np.array(starts, np.int64).T
+    td[ti] = td[tp]
+    td[ti, K.F_IB] = ib[ti]
+    td[ti, K.F_SA] = sb + td[tp, K.F_SA] - td[tp, K.F_SB]
+    td[ti, K.F_SB] = sb
+    td[ti, K.F_DH] = d0 + td[tp, K.F_DH] - td[tp, K.F_D0]
+    td[ti, K.F_D0], td[ti, K.F_DN] = d0, dn
+
+
+def _dep_rows(t, ti: int, dep_rows: list) -> None:
+    """Append task ti's dependency rows, head dependencies last (`_add_deps` without its
+    count: a loop iteration's task keeps its template's)."""
+    heads = []
+    for d in t.deps:
+        row = (d.task, _RULES[d.rule], d.dx if d.rule in _MOVED else 0,
+               d.dy if d.rule in _MOVED else 0, ti, int(d.head))
+        (heads if d.head else dep_rows).append(row)
+    dep_rows.extend(heads)
 
 
 def _add_deps(t, ti: int, dep_rows: list, per_rule: int) -> int:
@@ -110,11 +126,19 @@ class Tables:
         sig = 0
         per_core = _per_core(tasks, program.loops)
         tpl = iteration_templates(nt, program.loops)
+        moved, starts, nsig, nis = [], [], [0] * nt, [0] * nt  # (loop iterations' rows)
         for ti, t in enumerate(tasks):
-            row = td[ti]
-            if tpl[ti] != ti:  # a loop iteration's record: iteration 0's row, moved
-                sig = _moved_row(td, int(tpl[ti]), ti, ib, sig, dep_rows, t)
+            tp = int(tpl[ti])
+            if tp != ti:  # a loop iteration's record: iteration 0's row, moved (_move_rows)
+                d0 = len(dep_rows)
+                _dep_rows(t, ti, dep_rows)
+                moved.append(ti)
+                starts.append((sig, d0, len(dep_rows)))
+                nsig[ti], nis[ti] = nsig[tp], nis[tp]
+                sig += nsig[ti]
+                ib[ti + 1] = ib[ti] + nis[ti]
                 continue
+            row = td[ti]
             r = t.region
             row[K.F_RX:K.F_RR + 1] = r.x, r.y, r.cols, r.rows
             s2 = (0, 0, 0, 0)
@@ -190,6 +214,8 @@ class Tables:
                         else r.size if isinstance(t, IoTransfer) else 1)
             row[K.F_PEND] = _add_deps(t, ti, dep_rows, per_rule)
             row[K.F_DN] = len(dep_rows)
+            nsig[ti], nis[ti] = sig - int(row[K.F_SB]), ni
+        _move_rows(td, ib, moved, tpl, starts)
         deps = np.array(dep_rows, np.int64).reshape(-1, K.ND)
         self.has_heads = bool(len(deps) and deps[:, K.D_HEAD].any())
         order = np.argsort(deps[:, K.D_TASK], kind="stable")
