@@ -221,7 +221,7 @@ def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
             break
         rg, g, pred = hq[0, 0], hq[0, 1], hq[0, 2]
         hn = heap_pop(hq, hn)
-        t = task_in(ib, g, t, 0, td.shape[0])
+        t = task_in(ib, g, t, lo, hi)  # (a task of the window: lo <= t < hi)
         state[T_TASK] = t
         i = g - ib[t]
         status, s_at, end, me, a, dc, dd = _grant(td, hwc, t, i, rg, pred, off, res, sig, pc,
