@@ -36,11 +36,12 @@ _TYPE = "type"
 
 
 def records() -> dict[str, type]:
-    """Record classes by name: every dataclass that `wse_sim.program` defines (looked up on
-    each call, so records added to the IR later are found without edits here)."""
+    """Record classes by name: every dataclass of the IR that `wse_sim.program` holds (its
+    own and those of `program_records` and `program_loops`; looked up on each call, so
+    records added to the IR later are found without edits here)."""
     return {name: obj for name, obj in vars(IR).items()
             if isinstance(obj, type) and dataclasses.is_dataclass(obj)
-            and (obj.__module__ == IR.__name__ or obj.__module__.startswith(IR.__name__ + "."))}
+            and obj.__module__.startswith(IR.__name__)}
 
 
 def _hints(cls) -> dict:
