@@ -30,6 +30,7 @@ from wse_sim.engine import fast_step as P
 from wse_sim.engine import fast_tasks as K
 from wse_sim.engine import fast_window_run as W
 from wse_sim.engine.common import ensure_acyclic
+from wse_sim.engine.fast_counts import op_table, static_counts
 from wse_sim.engine.fast_tables import (
     Tables,
     deps_valid,
@@ -38,10 +39,9 @@ from wse_sim.engine.fast_tables import (
     span_cores,
 )
 from wse_sim.fabric import Mesh
-from wse_sim.hardware import DTYPE_BYTES, HardwareConfig
+from wse_sim.hardware import HardwareConfig
 from wse_sim.program import (
     Compute,
-    IoTransfer,
     LineStream,
     Multicast,
     Program,
@@ -51,7 +51,6 @@ from wse_sim.program import (
     check_fits,
 )
 from wse_sim.report.metrics import SimResult
-from wse_sim.timing import executed_flops
 
 PROGRESS_MIN_INSTANCES = 20_000_000  # progress bar (stderr) from here: runs of a few seconds
 SPANS_MAX_INSTANCES = 4_000_000     # fill SimResult.spans up to this many instances by default
@@ -401,52 +400,17 @@ class _Run:
 
 def _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm) -> SimResult:
     """Counters that do not depend on timing come from the task records in closed form (every
-    instance ran); the rest from the run."""
-    flops = exec_flops = stream_flops = sram = io = 0
-    by_dtype: dict[str, int] = {}
-    for t in program.tasks:
-        if isinstance(t, Compute):
-            n = t.region.size
-            lo, extra = divmod(int(t.flops), n)
-            if t.kind == "fmac":
-                q = t.density_q20
-                ex = extra * executed_flops(lo + 1, q) + (n - extra) * executed_flops(lo, q)
-            else:
-                ex = int(t.flops)
-            flops += int(t.flops)
-            exec_flops += ex
-            sram += int(t.sram_read_bytes) + int(t.sram_write_bytes)
-            by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + ex
-        elif isinstance(t, IoTransfer):
-            io += int(t.bytes)
-        elif isinstance(t, LineStream) and t.reduce:
-            lines = t.region.rows if t.axis == "x" else t.region.cols
-            sf = lines * (t.length - 1) * t.wavelets * (4 // DTYPE_BYTES[t.dtype])
-            stream_flops += sf
-            by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + sf
-    ops: dict[str, dict] = {}
-    tacc = st.tacc
-    for ti in np.argsort(tacc[:, S.A_FIRST], kind="stable"):  # in order of first grant
-        t = program.tasks[ti]
-        a = tacc[ti]
-        op = ops.setdefault(t.op, {"flops": 0, "busy_cycles": 0, "bytes": 0,
-                                   "start": int(a[S.A_START]), "end": int(a[S.A_END]),
-                                   "kind": type(t).__name__})
-        op["start"] = min(op["start"], int(a[S.A_START]))
-        op["end"] = max(op["end"], int(a[S.A_END]))
-        op["busy_cycles"] += int(a[S.A_BUSY])
-        op["bytes"] += int(a[S.A_BYTES])
-        if isinstance(t, Compute):
-            op["flops"] += int(t.flops)
-        elif isinstance(t, IoTransfer):
-            op["bytes"] += int(t.bytes)
+    instance ran; `fast_counts`); the rest from the run."""
+    c = static_counts(program)
+    ops = op_table(program, st.tacc)
     rows, cols = mesh.rows, mesh.cols
     return SimResult(
         program=program.name, engine="fast", hardware=hw, cycles=int(cycles),
-        flops=flops, executed_flops=exec_flops, stream_flops=stream_flops,
-        flops_by_dtype=dict(sorted(by_dtype.items())),
+        flops=c["flops"], executed_flops=c["executed_flops"], stream_flops=c["stream_flops"],
+        flops_by_dtype=c["flops_by_dtype"],
         comm_bytes=int(st.state[S.S_COMM]), delivered_bytes=int(st.state[S.S_DELIV]),
-        bytes_hops=bytes_hops(hw, st.lbytes), sram_traffic_bytes=sram, io_bytes=io,
+        bytes_hops=bytes_hops(hw, st.lbytes), sram_traffic_bytes=c["sram_traffic_bytes"],
+        io_bytes=c["io_bytes"],
         compute_cycles=cp_compute, comm_cycles=cp_comm,
         core_busy_cycles=st.busy.reshape(rows, cols),
         link_bytes=st.lbytes.reshape(rows, cols, 4),
