@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wse_sim import host
 from wse_sim.hardware import DTYPE_BYTES, DTYPES, ConfigError, HardwareConfig
 from wse_sim.program_loops import (
     Loop,
@@ -309,6 +310,15 @@ def wavelets_for(values: int, dtype: str) -> int:
     return -(-int(values) // per)
 
 
+# The builder looks at the free RAM every ROOM_CHECK_EVERY records and stops, in one line,
+# when less than MIN_FREE_BYTES is left: a program too big for the host (records are Python
+# objects, about 640 bytes each with their dependencies, measured on the 2-D training step;
+# loops keep every iteration) is refused instead of the process being killed.
+ROOM_CHECK_EVERY = 1 << 16
+MIN_FREE_BYTES = 1 << 30
+RECORD_BYTES = 640
+
+
 class ProgramBuilder:
     """Collects tasks and buffers in order; `add` returns the task's index for `Dep`s."""
 
@@ -320,7 +330,21 @@ class ProgramBuilder:
 
     def add(self, task) -> int:
         self.tasks.append(task)
-        return len(self.tasks) - 1
+        n = len(self.tasks)
+        if n % ROOM_CHECK_EVERY == 0:
+            self._check_room(n)
+        return n - 1
+
+    def _check_room(self, n: int) -> None:
+        free = host.free_bytes()
+        if free is not None and free < MIN_FREE_BYTES:
+            raise ProgramError(
+                f"program {self.name}: building it stopped at {n:,} records (about "
+                f"{n * RECORD_BYTES / 2**30:.1f} GiB) with {free / 2**30:.2f} GiB of RAM left; "
+                "the program does not fit in this machine's memory (every loop iteration, "
+                "micro-batch and chunk is a record of its own): use fewer micro-batches or "
+                "chunks, fewer layers (--model-set n_layers=N), a smaller grid or a machine "
+                "with more memory")
 
     def repeat(self, name: str, count: int, body) -> Loop | None:
         """Call `body(i)` for i = 0 .. count - 1, each call adding one iteration's tasks, and

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from wse_sim import host
 from wse_sim.defects import bytes_hops, check_repairable
 from wse_sim.engine import fast_loops as L
 from wse_sim.engine import fast_memory as mem
@@ -530,9 +531,5 @@ def _memory_guard(tables, mesh: Mesh, step_refusal: str = "") -> None:
 
 
 def _free_bytes() -> int | None:
-    """Free physical memory, or None where the platform does not say."""
-    import os
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
+    """Free physical memory, or None where the platform does not say (`wse_sim.host`)."""
+    return host.free_bytes()
