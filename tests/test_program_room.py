@@ -18,7 +18,7 @@ def little_ram(monkeypatch):
 
 def test_the_builder_stops_when_the_ram_runs_out(little_ram):
     b = ProgramBuilder("big")
-    for i in range(7):
+    for _ in range(7):
         b.add(Compute("c", Region(0, 0, 1, 1), 10))
     with pytest.raises(ProgramError) as e:
         b.add(Compute("c", Region(0, 0, 1, 1), 10))

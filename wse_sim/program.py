@@ -37,6 +37,7 @@ from wse_sim.program_loops import (
     Loop,
     _check_loop,
     _check_nesting,
+    iteration_roots,
     iteration_templates,
 )
 from wse_sim.program_records import (
@@ -60,7 +61,8 @@ from wse_sim.program_records import (
 
 __all__ = ["DEP_RULES", "MAX_COUNT", "SPARSITY_ONE", "TASK_TYPES", "Alloc", "Compute", "DataOp",
            "Dep", "IoTransfer", "LineStream", "Loop", "Multicast", "Program", "ProgramBuilder",
-           "ProgramError", "Region", "Unicast", "check_fits", "iteration_templates",
+           "ProgramError", "Region", "Unicast", "check_fits", "iteration_roots",
+           "iteration_templates",
            "ring_core", "ring_position", "topological_order", "wavelets_for"]
 
 

@@ -127,3 +127,12 @@ def iteration_templates(n_tasks: int, loops) -> np.ndarray:
 
 
 # ---- static checks against the hardware ------------------------------------------------------
+
+
+def iteration_roots(n_tasks: int, loops) -> np.ndarray:
+    """Per task, the first task with its timing fields: `iteration_templates` followed back
+    (in nested loops a template may itself be a later iteration's task)."""
+    root = iteration_templates(n_tasks, loops)
+    while (root[root] != root).any():
+        root = root[root]
+    return root

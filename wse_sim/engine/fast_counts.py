@@ -14,16 +14,13 @@ import numpy as np
 
 from wse_sim.engine import fast_sched as S
 from wse_sim.hardware import DTYPE_BYTES
-from wse_sim.program import Compute, IoTransfer, LineStream, iteration_templates
+from wse_sim.program import Compute, IoTransfer, LineStream, iteration_roots
 from wse_sim.timing import executed_flops
 
 
 def _roots(program) -> np.ndarray:
-    """Per task, the distinct record it repeats (followed back through nested loops)."""
-    root = iteration_templates(len(program.tasks), program.loops)
-    while (root[root] != root).any():
-        root = root[root]
-    return root
+    """Per task, the distinct record it repeats."""
+    return iteration_roots(len(program.tasks), program.loops)
 
 
 def _task_counts(t) -> tuple:

@@ -23,6 +23,7 @@ from wse_sim.program import (
     Multicast,
     Program,
     Unicast,
+    iteration_roots,
     iteration_templates,
 )
 from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
@@ -61,18 +62,15 @@ def _per_core(tasks, loops) -> np.ndarray:
     return flag
 
 
-def _move_rows(td, ib, moved: list, tpl: np.ndarray, starts: list) -> None:
+def _move_rows(td, ib, moved: list, roots: np.ndarray, starts: list) -> None:
     """The rows of loop iterations' tasks (`moved`, each iteration 0's row moved): their
-    template's row (followed back to a task that is no copy) with their own instance base,
+    root task's row (`iteration_roots`) with their own instance base,
     signal rows (`starts`: (first signal row, first dependency row, end of dependency rows)
     per moved task) and dependency rows; the template's pending count stands."""
     if not moved:
         return
     ti = np.array(moved, np.int64)
-    root = tpl.copy()
-    while (root[root] != root).any():  # an inner loop's template may be a copy itself
-        root = root[root]
-    tp = root[ti]
+    tp = roots[ti]
     sb, d0, dn = np.array(starts, np.int64).T
     td[ti] = td[tp]
     td[ti, K.F_IB] = ib[ti]
@@ -215,7 +213,7 @@ class Tables:
             row[K.F_PEND] = _add_deps(t, ti, dep_rows, per_rule)
             row[K.F_DN] = len(dep_rows)
             nsig[ti], nis[ti] = sig - int(row[K.F_SB]), ni
-        _move_rows(td, ib, moved, tpl, starts)
+        _move_rows(td, ib, moved, iteration_roots(nt, program.loops), starts)
         deps = np.array(dep_rows, np.int64).reshape(-1, K.ND)
         self.has_heads = bool(len(deps) and deps[:, K.D_HEAD].any())
         order = np.argsort(deps[:, K.D_TASK], kind="stable")
