@@ -204,11 +204,20 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     def free(dep, done):
         return (dep, Dep(done, "all")) if done is not None and not train else dep
 
+    # every part's embedding first: it waits for nothing (each part has its own input tile),
+    # and the fast engine's window path takes in every record before a record that waits for
+    # nothing (docs/hardware-model.md, "the window path")
+    embeds = []
     for p in range(n):
         tp.share, tp.fl = (p, n), fls[p]
         sfx = parts[p][0]
-        e = tp.compute("embed", top0, None, fmac=False,
-                       data=fls[p].embed_data("embed.x" + sfx, sfx) if fl is not None else None)
+        embeds.append(tp.compute(
+            "embed", top0, None, fmac=False,
+            data=fls[p].embed_data("embed.x" + sfx, sfx) if fl is not None else None))
+    for p in range(n):
+        tp.share, tp.fl = (p, n), fls[p]
+        sfx = parts[p][0]
+        e = embeds[p]
         dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, free(e, x_done[0]),
                       data=copy("embed.x" + sfx, bufs[p][0]("x")))
         for i, lay in enumerate(lays):
