@@ -6,9 +6,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from test_engine_fast import assert_same
 
 from mapper.gemm import build_gemm
-from tests.test_engine_fast import assert_same
 from wse_sim.engine import fast_memory as mem
 from wse_sim.engine.fast import simulate_fast
 from wse_sim.hardware import load_preset
