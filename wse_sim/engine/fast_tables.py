@@ -81,8 +81,7 @@ def _move_rows(td, ib, moved: list, roots: np.ndarray, starts: list) -> None:
 
 
 def _dep_rows(t, ti: int, dep_rows: list) -> None:
-    """Append task ti's dependency rows, head dependencies last (`_add_deps` without its
-    count: a loop iteration's task keeps its template's)."""
+    """Append task ti's dependency rows, head dependencies last."""
     heads = []
     for d in t.deps:
         row = (d.task, _RULES[d.rule], d.dx if d.rule in _MOVED else 0,
@@ -92,16 +91,11 @@ def _dep_rows(t, ti: int, dep_rows: list) -> None:
 
 
 def _add_deps(t, ti: int, dep_rows: list, per_rule: int) -> int:
-    """Append task ti's dependency rows (head dependencies last); returns its pending count:
-    the needs taken at its anchors, `per_rule` for an offset rule (head ones: per instance)."""
-    pend = 0
-    for d in sorted(t.deps, key=lambda d: d.head):
-        rule = _RULES[d.rule]
-        dx, dy = (0, 0) if d.rule in ("same", "all") else (d.dx, d.dy)
-        dep_rows.append((d.task, rule, dx, dy, ti, int(d.head)))
-        if not d.head:
-            pend += per_rule if rule == K.R_OFFSET else 1
-    return pend
+    """`_dep_rows`, and task ti's pending count: the needs taken at its anchors, `per_rule`
+    for an offset rule (head ones: per instance). A loop iteration's task keeps its
+    template's count."""
+    _dep_rows(t, ti, dep_rows)
+    return sum(per_rule if _RULES[d.rule] == K.R_OFFSET else 1 for d in t.deps if not d.head)
 
 
 class Tables:
