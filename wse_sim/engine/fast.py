@@ -113,7 +113,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
     why = "asked for"
     if path == "auto" and not (fast_forward and any(lp.count >= L.AUTO_STEP_COUNT
                                                     for lp in program.loops)):
-        have = _free_bytes()
+        have = host.free_bytes()
         if have is None or estimate_bytes(tables, mesh) <= EVENT_PREFERRED_FRACTION * have:
             path, why = "event", "the faster path, and it fits in memory"
     if path != "event":
@@ -179,7 +179,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
 def _fits(need: int) -> bool:
     """Whether `need` bytes fit in the host's free RAM with a margin (80 %; True where the
     platform does not say)."""
-    have = _free_bytes()
+    have = host.free_bytes()
     return have is None or need <= 0.8 * have
 
 
@@ -202,7 +202,7 @@ def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
     if not _fits(need):
         if asked:
             raise StepPathUnsupported(f"fast engine window path: needs about "
-                                      f"{need / 2**30:.1f} GiB, {_free_bytes() / 2**30:.1f} "
+                                      f"{need / 2**30:.1f} GiB, {host.free_bytes() / 2**30:.1f} "
                                       "GiB free")
         return None
     bar = _progress(tables) if show else None
@@ -229,7 +229,7 @@ def _step_refusal(tables: Tables, mesh: Mesh, keep_spans: bool, planned) -> str 
         return "a dependency names a later task"
     need = P.estimate_bytes(tables, mesh.n, keep_spans, planned)
     if not _fits(need):
-        return f"needs about {need / 2**30:.1f} GiB, {_free_bytes() / 2**30:.1f} GiB free"
+        return f"needs about {need / 2**30:.1f} GiB, {host.free_bytes() / 2**30:.1f} GiB free"
     return None
 
 
@@ -402,8 +402,8 @@ class _Run:
 def _result(program, hw, mesh, tables, st, maps, cycles, cp_compute, cp_comm) -> SimResult:
     """Counters that do not depend on timing come from the task records in closed form (every
     instance ran; `fast_counts`); the rest from the run."""
-    c = static_counts(program)
-    ops = op_table(program, st.tacc)
+    c = static_counts(program, tables.roots)
+    ops = op_table(program, st.tacc, tables.roots)
     rows, cols = mesh.rows, mesh.cols
     return SimResult(
         program=program.name, engine="fast", hardware=hw, cycles=int(cycles),
@@ -524,12 +524,9 @@ def _memory_guard(tables, mesh: Mesh, step_refusal: str = "") -> None:
     if not _fits(need):
         raise ProgramError(f"fast engine: this run needs about {need / 2**30:.1f} GiB "
                            f"({tables.n_instances:,} task instances, {tables.n_signals:,} "
-                           f"per-core signals) but {_free_bytes() / 2**30:.1f} GiB of RAM is free"
+                           f"per-core signals) but {host.free_bytes() / 2**30:.1f} GiB of RAM is free"
                            + (f" (the step path cannot run it: {step_refusal})"
                               if step_refusal else "")
                            + "; use a smaller grid, fewer steps or a machine with more memory")
 
 
-def _free_bytes() -> int | None:
-    """Free physical memory, or None where the platform does not say (`wse_sim.host`)."""
-    return host.free_bytes()

@@ -14,13 +14,8 @@ import numpy as np
 
 from wse_sim.engine import fast_sched as S
 from wse_sim.hardware import DTYPE_BYTES
-from wse_sim.program import Compute, IoTransfer, LineStream, iteration_roots
+from wse_sim.program import Compute, IoTransfer, LineStream
 from wse_sim.timing import executed_flops
-
-
-def _roots(program) -> np.ndarray:
-    """Per task, the distinct record it repeats."""
-    return iteration_roots(len(program.tasks), program.loops)
 
 
 def _task_counts(t) -> tuple:
@@ -43,10 +38,10 @@ def _task_counts(t) -> tuple:
     return 0, 0, 0, 0, 0, None
 
 
-def static_counts(program) -> dict:
+def static_counts(program, root: np.ndarray) -> dict:
     """FLOPs, executed FLOPs (sparsity skips zeros), stream FLOPs (reduce lines' adds), SRAM
-    traffic, I/O bytes and executed FLOPs by dtype of every task."""
-    root = _roots(program)
+    traffic, I/O bytes and executed FLOPs by dtype of every task. `root`: per task, the
+    distinct record it repeats (`Tables.roots`)."""
     ids, reps = np.unique(root, return_counts=True)
     out = {"flops": 0, "executed_flops": 0, "stream_flops": 0, "sram_traffic_bytes": 0,
            "io_bytes": 0}
@@ -64,15 +59,14 @@ def static_counts(program) -> dict:
     return out
 
 
-def op_table(program, tacc: np.ndarray) -> dict[str, dict]:
+def op_table(program, tacc: np.ndarray, root: np.ndarray) -> dict[str, dict]:
     """Per op name, in the order of its tasks' first grant: FLOPs, busy cycles, bytes (the
     streams' and the I/O's), the earliest start and latest end of its tasks, and the kind of
-    its first-granted task."""
+    its first-granted task. `root`: as for `static_counts`."""
     tasks = program.tasks
     nt = len(tasks)
     if nt == 0:
         return {}
-    root = _roots(program)
     ids = np.unique(root)
     flops_of = np.zeros(nt, np.int64)
     io_of = np.zeros(nt, np.int64)

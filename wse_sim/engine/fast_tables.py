@@ -207,7 +207,8 @@ class Tables:
             row[K.F_PEND] = _add_deps(t, ti, dep_rows, per_rule)
             row[K.F_DN] = len(dep_rows)
             nsig[ti], nis[ti] = sig - int(row[K.F_SB]), ni
-        _move_rows(td, ib, moved, iteration_roots(nt, program.loops), starts)
+        self.roots = iteration_roots(nt, program.loops)  # (also read by `fast_counts`)
+        _move_rows(td, ib, moved, self.roots, starts)
         deps = np.array(dep_rows, np.int64).reshape(-1, K.ND)
         self.has_heads = bool(len(deps) and deps[:, K.D_HEAD].any())
         order = np.argsort(deps[:, K.D_TASK], kind="stable")
