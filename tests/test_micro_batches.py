@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from test_engine_fast import assert_same
 
 from mapper.placement import MappingError
 from mapper.strategies import strategies
@@ -25,6 +26,8 @@ from workloads.graph import build_graph, total_flops
 from workloads.models import load_model
 from wse_sim.cli.main import main
 from wse_sim.engine import simulate
+from wse_sim.engine.fast import simulate_fast
+from wse_sim.engine.reference import simulate_reference
 from wse_sim.experiment import build_program, search_mapping
 from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import load_preset
@@ -52,6 +55,23 @@ def test_micro_batches_conserve_the_flops_of_the_training_step(micro_batches):
     assert p.total_flops() == p.meta["graph_flops"] == graph
     r = simulate(p, HW16, engine="fast")
     assert r.flops == graph and r.tokens == 4 * 8
+
+
+@pytest.mark.parametrize("model, hw, chunks", [("tiny", HW16, 4), ("tiny-llama", HW32, 8),
+                                               ("tiny", HW32, 16)])
+def test_a_prefill_in_chunks_runs_on_the_step_path_as_the_reference(model, hw, chunks):
+    """Emitted in pipeline beats (chunk b - i in layer i, the last layer first), program order
+    follows time: every resource is reserved in task order, so the step path runs the pipeline
+    (its memory does not grow with the chunks in flight) and equals the reference."""
+    p = pipelined(load_model(model), hw, phase="prefill", prompt=chunks * 4, chunks=chunks)
+    assert p.meta["chunks"] == chunks
+    res = simulate_fast(p, hw, path="step", spans=True)
+    assert res.fast_path == "step"
+    assert_same(simulate_reference(p, hw), res)
+    # beats: chunk c's record in layer 0 comes after chunk c - 1's in layer 1
+    starts = [j for j, t in enumerate(p.tasks) if t.op == "L0.norm1.stats"]
+    later = [j for j, t in enumerate(p.tasks) if t.op == "L1.norm1.stats"]
+    assert all(later[c - 1] < starts[c] for c in range(1, chunks))
 
 
 def test_both_engines_agree_on_a_step_in_micro_batches():

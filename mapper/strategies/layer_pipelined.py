@@ -214,13 +214,27 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         embeds.append(tp.compute(
             "embed", top0, None, fmac=False,
             data=fls[p].embed_data("embed.x" + sfx, sfx) if fl is not None else None))
-    for p in range(n):
+    # then in pipeline beats (beat b: part b - i in layer i), the last layer first: program
+    # order follows time, so the fast engine's window path holds about one beat of records
+    # (chunk by chunk it held every layer of every chunk in flight); every record still waits
+    # only for earlier ones, the same dependencies as chunk by chunk
+    into = [None] * n  # each part's hand-off into its next layer
+
+    def embed_handoff(p: int) -> None:
         tp.share, tp.fl = (p, n), fls[p]
-        sfx = parts[p][0]
-        e = embeds[p]
-        dep = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype, free(e, x_done[0]),
-                      data=copy("embed.x" + sfx, bufs[p][0]("x")))
-        for i, lay in enumerate(lays):
+        into[p] = handoff(pb, "embed.handoff", top0, lays[0].row0, x_vals, dtype,
+                          free(embeds[p], x_done[0]),
+                          data=copy("embed.x" + parts[p][0], bufs[p][0]("x")))
+
+    for p in range(n if train else 0):  # micro-batches: own tiles, every hand-off at once
+        embed_handoff(p)
+    for b in range(n + L - 1):
+        if b < n and not train:  # chunk b's, once chunk b - 1 has left layer 0
+            embed_handoff(b)
+        for i in range(min(b, L - 1), max(0, b - n + 1) - 1, -1):
+            p = b - i
+            tp.share, tp.fl = (p, n), fls[p]
+            dep, lay = into[p], lays[i]
             after = (dep,) + ((Dep(fwd[i], "all"),) if fwd[i] is not None else ())
             dep = fwd[i] = x_done[i] = tp.forward(i, lay, after, bufs=bufs[p][i])
             if i + 1 < L:
@@ -228,7 +242,9 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                     pb, f"L{i}.handoff", lay.row0, lays[i + 1].row0, x_vals, dtype,
                     free(dep, x_done[i + 1]),
                     data=copy(bufs[p][i]("xo" if train else "x"), bufs[p][i + 1]("x")))
-        ends.append(dep)
+            else:
+                ends.append(dep)
+            into[p] = dep
     if train:
         _train_tail(tp, run, fls, parts, bufs, lays, heads, top0, ends, fwd, x_vals, copy)
     else:
