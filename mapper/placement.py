@@ -2,7 +2,8 @@
 consecutive layers sit side by side.
 
 The logical graph of layers and the traffic between them is a networkx graph (never the
-physical mesh); `place_chain` lays a chain of layers along a serpentine (boustrophedon) walk of
+physical mesh); `place_ring` lays a chain of layers along a ring of the slot grid (its last slot next to its
+first), `place_chain` along a serpentine (boustrophedon) walk of
 the slot grid, so every heavy edge of the chain is between neighbouring slots.
 """
 
@@ -41,6 +42,23 @@ class SlotGrid:
             cols = range(self.gx) if j % 2 == 0 else range(self.gx - 1, -1, -1)
             out.extend(self.region(i, j) for i in cols)
         return out
+
+    def ring(self) -> list[Region] | None:
+        """Slots in an order whose last is next to its first (a cycle through every slot):
+        along the first slot-row, boustrophedon back over the other columns, up the first
+        column (with rows and columns swapped when the slot-rows are odd in number); None
+        when there is no such cycle (a grid one slot wide, or an odd number of slots)."""
+        gx, gy = self.gx, self.gy
+        if gx < 2 or gy < 2 or (gx * gy) % 2:
+            return None
+        a, b = (gx, gy) if gy % 2 == 0 else (gy, gx)  # walk a along, b (even) across
+        cells = [(i, 0) for i in range(a)]
+        for j in range(1, b):
+            cells.extend((i, j) for i in (range(a - 1, 0, -1) if j % 2 else range(1, a)))
+        cells.extend((0, j) for j in range(b - 1, 0, -1))
+        if gy % 2:
+            cells = [(j, i) for i, j in cells]
+        return [self.region(i, j) for i, j in cells]
 
 
 def slot_grids(mesh_cols: int, mesh_rows: int, slots: int, x0: int = 0, y0: int = 0):
@@ -90,6 +108,17 @@ def place_chain(g: nx.DiGraph, grid: SlotGrid) -> dict[str, Region]:
     if len(order) > len(slots):
         raise MappingError(f"placement: {len(order)} stages > {len(slots)} slots")
     return dict(zip(order, slots, strict=False))
+
+
+def place_ring(chain: list[str], closing: str, grid: SlotGrid) -> dict[str, Region] | None:
+    """The chain along the slot grid's ring (`SlotGrid.ring`), and `closing` (the node that
+    hands its output to the chain's first, e.g. the embedding table's region) on the ring's
+    last slot, next to the first; slots left over lie between the chain's end and `closing`.
+    None when the grid has no ring or too few slots."""
+    slots = grid.ring()
+    if slots is None or len(chain) + 1 > len(slots):
+        return None
+    return dict(zip(chain, slots, strict=False)) | {closing: slots[-1]}
 
 
 def placement_cost(g: nx.DiGraph, placed: dict[str, Region]) -> int:

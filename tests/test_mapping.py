@@ -1,8 +1,10 @@
 """The layer-pipelined strategy end to end: FLOPs conserved, fit checks, sensible trends."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mapper.placement import MappingError
+from mapper.placement import MappingError, SlotGrid
 from mapper.strategies.layer_pipelined import map_layer_pipelined
 from workloads.graph import build_graph, total_flops
 from workloads.models import load_model
@@ -114,3 +116,18 @@ def test_kv_cache_grows_with_context_and_limits_it():
     kv = [x.meta["sram_buffers_per_core"]["kv_cache"] for x in (p, q)]
     assert kv[1] > kv[0]
     assert p.meta["kv_context_limit"] > 96
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12))
+def test_the_slot_ring_is_a_cycle_through_every_slot(gx, gy):
+    """`SlotGrid.ring`: every slot once, each next to the one before and the last next to the
+    first; None exactly when no such cycle exists (one slot wide, or an odd number of slots)."""
+    ring = SlotGrid(0, 0, gx, gy, 3, 2).ring()
+    if gx < 2 or gy < 2 or gx * gy % 2:
+        assert ring is None
+        return
+    cells = [(r.x // 3, r.y // 2) for r in ring]
+    assert sorted(cells) == sorted((i, j) for i in range(gx) for j in range(gy))
+    assert all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1
+               for a, b in zip(cells, cells[1:] + cells[:1], strict=True))

@@ -57,14 +57,21 @@ def test_micro_batches_conserve_the_flops_of_the_training_step(micro_batches):
     assert r.flops == graph and r.tokens == 4 * 8
 
 
-@pytest.mark.parametrize("model, hw, chunks", [("tiny", HW16, 4), ("tiny-llama", HW32, 8),
-                                               ("tiny", HW32, 16)])
-def test_a_prefill_in_chunks_runs_on_the_step_path_as_the_reference(model, hw, chunks):
+@pytest.mark.parametrize("model, hw, chunks, layers", [
+    ("tiny", HW16, 4, None), ("tiny-llama", HW32, 8, None), ("tiny", HW32, 16, None),
+    ("tiny", HW16, 4, 7), ("tiny-llama", HW16, 4, 5)])
+def test_a_prefill_in_chunks_runs_on_the_step_path_as_the_reference(model, hw, chunks, layers):
     """Emitted in pipeline beats (chunk b - i in layer i, the last layer first), program order
     follows time: every resource is reserved in task order, so the step path runs the pipeline
-    (its memory does not grow with the chunks in flight) and equals the reference."""
-    p = pipelined(load_model(model), hw, phase="prefill", prompt=chunks * 4, chunks=chunks)
+    (its memory does not grow with the chunks in flight) and equals the reference. With 7 or 5
+    layers the slots form a ring: the embedding's region is next to layer 0's, so each chunk's
+    hand-off into layer 0 crosses no other region (one slot away)."""
+    cfg = load_model(model, {"n_layers": layers} if layers else None)
+    p = pipelined(cfg, hw, phase="prefill", prompt=chunks * 4, chunks=chunks)
     assert p.meta["chunks"] == chunks
+    if layers:
+        h = next(t for t in p.tasks if t.op == "embed.handoff")
+        assert (abs(h.dx), abs(h.dy)) in ((p.meta["region_cols"], 0), (0, p.meta["region_rows"]))
     res = simulate_fast(p, hw, path="step", spans=True)
     assert res.fast_path == "step"
     assert_same(simulate_reference(p, hw), res)

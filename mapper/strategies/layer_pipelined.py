@@ -14,7 +14,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from mapper.placement import MappingError, layer_graph, place_chain, slot_grid, slot_grids
+from mapper.placement import (
+    MappingError,
+    layer_graph,
+    place_chain,
+    place_ring,
+    slot_grid,
+    slot_grids,
+)
 from mapper.strategies.common import (
     MicroBatch,
     Run,
@@ -171,7 +178,10 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                   + (f", {n} micro-batches in flight)" if train and n > 1 else ")"))
     names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
     traffic = [run.tokens * cfg.d_model * run.bytes] * L + [0] * (k - 1)
-    placed = place_chain(layer_graph(names, traffic), sg)
+    # a ring where the slot grid has one: the embedding's region (head 0) next to layer 0, so
+    # that every chunk's hand-off into layer 0 crosses no other layer's region
+    placed = place_ring([f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k - 1, 0, -1)],
+                        "head0", sg) or place_chain(layer_graph(names, traffic), sg)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
     fl = make_layout(cfg, run, sg.rows, sg.cols, k, row_groups=lay0.g > 1) \
         if functional else None
