@@ -2,9 +2,9 @@
 consecutive layers sit side by side.
 
 The logical graph of layers and the traffic between them is a networkx graph (never the
-physical mesh); `place_ring` lays a chain of layers along a ring of the slot grid (its last slot next to its
-first), `place_chain` along a serpentine (boustrophedon) walk of
-the slot grid, so every heavy edge of the chain is between neighbouring slots.
+physical mesh); `place_ring` lays a chain of layers along a ring of the slot grid (its last
+slot next to its first), `place_chain` along a serpentine (boustrophedon) walk of the slot
+grid, so every heavy edge of the chain is between neighbouring slots.
 """
 
 from __future__ import annotations
