@@ -176,12 +176,7 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
     check_buffers("each layer region", run, buffers, lay0.reg,
                   f" ({L + k} regions on a {run.cols} x {run.rows} mesh"
                   + (f", {n} micro-batches in flight)" if train and n > 1 else ")"))
-    names = [f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k)]
-    traffic = [run.tokens * cfg.d_model * run.bytes] * L + [0] * (k - 1)
-    # a ring where the slot grid has one: the embedding's region (head 0) next to layer 0, so
-    # that every chunk's hand-off into layer 0 crosses no other layer's region
-    placed = place_ring([f"L{i}" for i in range(L)] + [f"head{j}" for j in range(k - 1, 0, -1)],
-                        "head0", sg) or place_chain(layer_graph(names, traffic), sg)
+    placed = _place(run, sg, k)
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
     fl = make_layout(cfg, run, sg.rows, sg.cols, k, row_groups=lay0.g > 1) \
         if functional else None
@@ -279,6 +274,21 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
         "attention": {"groups": lay0.ra, "rows_per_group": lay0.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay0, run, 1)}
         | run.sparse.to_meta() | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
+
+
+def _place(run: Run, sg, k: int) -> dict:
+    """The regions of layers L0 .. and table regions head0 ..: along a ring of the slots where
+    the slot grid has one, else a serpentine; either way the embedding's region (head 0) next
+    to layer 0, so that no chunk's hand-off into layer 0 crosses another layer's region, and
+    the other table regions after the last layer (docs/strategies.md, "layer-pipelined")."""
+    layers = [f"L{i}" for i in range(run.cfg.n_layers)]
+    heads = [f"head{j}" for j in range(k - 1, 0, -1)]
+    placed = place_ring(layers + heads, "head0", sg)
+    if placed is not None:
+        return placed
+    x = run.tokens * run.cfg.d_model * run.bytes  # bytes handed on
+    traffic = [x] * len(layers) + [x] * min(1, k - 1) + [0] * max(0, k - 2)
+    return place_chain(layer_graph(["head0"] + layers + heads, traffic), sg)
 
 
 def _layout(run: Run, reg: Region) -> Layout:
