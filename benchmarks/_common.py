@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 
 
-def parse_args(description: str, argv=None) -> argparse.Namespace:
-    """The common command line: ``--quick`` (under a minute) and ``--json``."""
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(description: str, argv=None, parents=()) -> argparse.Namespace:
+    """The common command line: ``--quick`` (under a minute) and ``--json``; `parents`: parsers
+    (``add_help=False``) of a benchmark's own options, listed by ``--help`` too."""
+    parser = argparse.ArgumentParser(description=description, parents=list(parents))
     parser.add_argument("--quick", action="store_true", help="small sizes, finishes in < 1 min")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)

@@ -68,8 +68,7 @@ def main(argv=None) -> None:
     extra.add_argument("--only", default="", help="rows whose key contains this")
     extra.add_argument("--grid-2d", type=int, default=None,
                        help="the 2-D rows' grid side (default the largest square)")
-    more, rest = extra.parse_known_args(argv)
-    args = parse_args(__doc__.splitlines()[0], rest)
+    args = more = parse_args(__doc__.splitlines()[0], argv, parents=(extra,))
     if more.limit_s <= 0:
         extra.error(f"--limit-s: got {more.limit_s}, must be a positive number of seconds")
     if more.grid_2d is not None and more.grid_2d < 2:

@@ -52,8 +52,7 @@ def main(argv=None) -> int:
                        help="a row's simulation is given up after this many seconds")
     extra.add_argument("--only", default="",
                        help="rows whose key contains this (e.g. 'prefill.weight-streaming')")
-    more, rest = extra.parse_known_args(argv)
-    args = parse_args(__doc__, rest)
+    args = more = parse_args(__doc__, argv, parents=(extra,))
     if more.limit_s <= 0:
         extra.error(f"--limit-s: got {more.limit_s}, must be a positive number of seconds")
     models = ("cerebras-gpt-111m",) if args.quick else ("cerebras-gpt-1.3b", "llama3-8b")
