@@ -220,9 +220,10 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
             "embed", top0, None, fmac=False,
             data=fls[p].embed_data("embed.x" + sfx, sfx) if fl is not None else None))
     # then in pipeline beats (beat b: part b - i in layer i), the last layer first: program
-    # order follows time, so the fast engine's window path holds about one beat of records
-    # (chunk by chunk it held every layer of every chunk in flight); every record still waits
-    # only for earlier ones, the same dependencies as chunk by chunk
+    # order follows time, so every resource is reserved in task order and the fast engine's
+    # step path runs the pipeline (chunk by chunk it could not, and the window path held
+    # every chunk in flight); every record still waits only for earlier ones, the same
+    # dependencies as chunk by chunk (docs/hardware-model.md, "Program order that follows time")
     into = [None] * n  # each part's hand-off into its next layer
 
     def embed_handoff(p: int) -> None:
