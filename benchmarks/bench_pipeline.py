@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import emit, machine_info, parse_args  # noqa: E402
 from bench_engine import peak_bytes  # noqa: E402
+from bench_window import time_path  # noqa: E402
 
 REPEATS = 2
 FULL = ("wse2", "cerebras-gpt-1.3b", {"prompt": 2048}, {"n_layers": 4})
 QUICK = ("mesh32", "tiny-llama", {"prompt": 32, "chunks": 8}, None)
-
-
-def _time(program, hw, path: str) -> tuple[float, object]:
-    from wse_sim.engine.fast import simulate_fast
-    simulate_fast(program, hw, spans=False, progress=False, path=path)  # compiles
-    best, res = float("inf"), None
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        res = simulate_fast(program, hw, spans=False, progress=False, path=path)
-        best = min(best, time.perf_counter() - t0)
-    return best, res
 
 
 def main(argv=None) -> int:
@@ -47,7 +36,7 @@ def main(argv=None) -> int:
                        f"{preset}, {program.meta['chunks']} chunks"}
     results = {}
     for path in ("event", "step"):
-        wall, res = _time(program, hw, path)
+        wall, res = time_path(program, hw, path, REPEATS)
         results[path] = res
         figures[f"{path}_seconds"] = wall
         figures[f"{path}_instances_per_s"] = res.instances / wall

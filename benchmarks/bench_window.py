@@ -26,11 +26,13 @@ FULL = ("wse2", "cerebras-gpt-1.3b", "weight-streaming", {"prompt": 128},
 QUICK = ("mesh16", "tiny-llama", "layer-sequential", {"prompt": 32, "chunks": 4}, None)
 
 
-def _time(program, hw, path: str) -> tuple[float, object]:
+def time_path(program, hw, path: str, repeats: int = REPEATS) -> tuple[float, object]:
+    """(best wall seconds of `repeats` runs on the fast engine's `path` after a warm-up run
+    that compiles, the last result)."""
     from wse_sim.engine.fast import simulate_fast
     simulate_fast(program, hw, spans=False, progress=False, path=path)  # compiles
     best, res = float("inf"), None
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         res = simulate_fast(program, hw, spans=False, progress=False, path=path)
         best = min(best, time.perf_counter() - t0)
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
                        f"{preset}"}
     results = {}
     for path in ("event", "window"):
-        wall, res = _time(program, hw, path)
+        wall, res = time_path(program, hw, path)
         results[path] = res
         figures[f"{path}_seconds"] = wall
         figures[f"{path}_instances"] = res.instances
