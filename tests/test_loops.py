@@ -382,7 +382,7 @@ def test_iteration_rows_copied_from_iteration_0_equal_rows_built_from_the_record
                               phase="train", prompt=64, grid=16, model_set={"n_layers": 5}),
                 build_gemm("cannon", hw, grid=16, m=64, k=64, n=64, flow_control=True)]
     copied = [fast_tables.Tables(p, hw) for p in programs]
-    monkeypatch.setattr(fast_tables, "iteration_templates", lambda nt, loops: np.arange(nt))
+    monkeypatch.setattr(fast_tables, "iteration_roots", lambda nt, loops: np.arange(nt))
     for p, a in zip(programs, copied, strict=True):
         b = fast_tables.Tables(p, hw)
         for f in ("td", "deps", "rdeps", "ib"):

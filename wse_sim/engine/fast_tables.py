@@ -24,7 +24,6 @@ from wse_sim.program import (
     Program,
     Unicast,
     iteration_roots,
-    iteration_templates,
 )
 from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
 
@@ -117,10 +116,10 @@ class Tables:
         ib = np.zeros(nt + 1, np.int64)
         sig = 0
         per_core = _per_core(tasks, program.loops)
-        tpl = iteration_templates(nt, program.loops)
+        self.roots = iteration_roots(nt, program.loops)  # (also read by `fast_counts`)
         moved, starts, nsig, nis = [], [], [0] * nt, [0] * nt  # (loop iterations' rows)
         for ti, t in enumerate(tasks):
-            tp = int(tpl[ti])
+            tp = int(self.roots[ti])
             if tp != ti:  # a loop iteration's record: iteration 0's row, moved (_move_rows)
                 d0 = len(dep_rows)
                 _dep_rows(t, ti, dep_rows)
@@ -207,7 +206,6 @@ class Tables:
             row[K.F_PEND] = _add_deps(t, ti, dep_rows, per_rule)
             row[K.F_DN] = len(dep_rows)
             nsig[ti], nis[ti] = sig - int(row[K.F_SB]), ni
-        self.roots = iteration_roots(nt, program.loops)  # (also read by `fast_counts`)
         _move_rows(td, ib, moved, self.roots, starts)
         deps = np.array(dep_rows, np.int64).reshape(-1, K.ND)
         self.has_heads = bool(len(deps) and deps[:, K.D_HEAD].any())
