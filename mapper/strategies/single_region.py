@@ -194,7 +194,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     # Layers 2 .. L - 1 of a dense model in one chunk, with one sparsity for all layers,
     # repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer two back): one
     # loop, which the fast engine can fast-forward (docs/hardware-model.md, "Loops").
-    looped = n == 1 and not cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
+    looped = not cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
     for i in range(2 if looped else L):
         layer(i)
     if looped:

@@ -123,7 +123,7 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
             if planned is None:
                 raise StepPathUnsupported(f"fast engine window path: {why}")
             res = _window(program, hw, mesh, tables, maps, keep_spans, show, "asked for",
-                          planned)
+                          planned, fast_forward)
             res.wall_seconds = time.perf_counter() - t0
             return res
         status = P.OK
@@ -141,7 +141,8 @@ def _simulate(program: Program, hw: HardwareConfig, progress: bool | None = None
         if path == "step":
             raise StepPathUnsupported(f"fast engine step path: {why}")
         if status == P.ORDER and not _fits(estimate_bytes(tables, mesh)):
-            res = _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned)
+            res = _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned,
+                          fast_forward)
             if isinstance(res, str):  # it stopped: the event path's memory check says more
                 why = f"{why}; the window path: {res}"
             elif res is not None:
@@ -190,7 +191,8 @@ def _progress(tables: Tables):
                 dynamic_ncols=True)
 
 
-def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
+def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned,
+            fast_forward=True):
     """The window path's result (`fast_window`), once the step path found a resource
     reserved out of task order; None when it does not fit the free RAM and the reason when
     it cannot give the reference's result or outgrew the RAM (the caller takes the event
@@ -208,7 +210,7 @@ def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
     bar = _progress(tables) if show else None
     try:
         wr, wwhy = W.run_windowed(tables, mesh.n, keep_spans, rows,
-                                  bar.update if bar else None, _fits)
+                                  bar.update if bar else None, _fits, fast_forward)
     finally:
         if bar is not None:
             bar.close()
@@ -216,7 +218,6 @@ def _window(program, hw, mesh, tables, maps, keep_spans, show, why, planned):
         if asked:
             raise StepPathUnsupported(f"fast engine window path: {wwhy}")
         return wwhy
-    wr.forward = L.Forward(wr, tables, None, enabled=False)
     res = _step_result(program, hw, mesh, tables, wr, maps, keep_spans)
     res.fast_path, res.fast_path_reason = "window", why
     return res

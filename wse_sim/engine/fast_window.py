@@ -84,10 +84,13 @@ from wse_sim.engine.fast_tasks import (
 )
 
 FULL = 4  # status beyond fast_step's: an array is full, W_NEED says which (the caller grows it)
+PAUSE = 5  # ... and: the next task to enter is state[W_STOP] (a loop iteration's first: the
+# state there is compared by `fast_window_loops`); the caller clears W_STOP and runs on
 NEED_RING, NEED_ROWS, NEED_FREE = 1, 2, 3  # (the heap has the ring's room)
 # state vector: fast_step's, then the window's
-W_LO, W_HI, W_HN, W_AN, W_NEED, W_DONE = NT, NT + 1, NT + 2, NT + 3, NT + 4, NT + 5
-NW = NT + 6
+W_LO, W_HI, W_HN, W_AN, W_NEED, W_DONE, W_STOP = (NT, NT + 1, NT + 2, NT + 3, NT + 4, NT + 5,
+                                                  NT + 6)
+NW = NT + 7
 # the window's arrays: the step path's store and resources (`fast_step`), then per store row
 # the contributions still to come, per instance of the window (a ring) its needs not met, per
 # task its instances not granted, the heap (key, instance, its first latest need's row); per
@@ -150,7 +153,8 @@ def _resolve(deps, rdeps, td, u, key, hi, unres, rmax, aq, an):
 def _enter(prog, wa, state, scr2, watch, lo, hi, hn, an):
     """Tasks in, in program order, up to every one whose keys may be below the heap's
     smallest (its bound is; a task no bound names yet goes in when nothing else can).
-    Returns (status, hi, hn, an); FULL with state[W_NEED] when the ring or the store is full."""
+    Returns (status, hi, hn, an); FULL with state[W_NEED] when the ring or the store is full,
+    PAUSE before task state[W_STOP] enters."""
     td, deps, rdeps, ib, _tblk, hwc = prog
     off, _res, sig, _pc, _st, spend, pend, left, hq, unres, rmax, aq, fs, fz, fm, _rp, _ru = wa
     nt = td.shape[0]
@@ -161,6 +165,8 @@ def _enter(prog, wa, state, scr2, watch, lo, hi, hn, an):
                 state[W_NEED] = NEED_RING
                 return FULL, hi, hn, an
             while hi <= last:
+                if hi == state[W_STOP]:
+                    return PAUSE, hi, hn, an
                 state[T_TASK] = hi
                 row = rows_take(fs, fz, fm, td[hi, F_SA] + 1 - td[hi, F_SB])
                 if row < 0:
@@ -200,7 +206,8 @@ def _leave(td, wa, state, lo, hi):
 def run_window(prog, wa, cnt, scr, scr2, ends, state, limit, watch):
     """Grant up to `limit` instances over the sliding window (module docstring); returns
     with state[T_STATUS] OK when done or the limit is reached, FULL when an array needs more
-    room (state[W_NEED]: which), or the step path's ORDER / NONMONO / OVERFLOW. `wa`:
+    room (state[W_NEED]: which), PAUSE before task state[W_STOP] enters, or the step path's
+    ORDER / NONMONO / OVERFLOW. `wa`:
     WindowArrays; `scr2`: a second Scratch (needs computed while a grant's events are being
     walked)."""
     td, deps, rdeps, ib, _tblk, hwc = prog
@@ -354,4 +361,5 @@ def state_vector() -> np.ndarray:
     """A fresh window-run state (fast_step's vector, then the window's)."""
     st = np.zeros(NW, np.int64)
     st[T_MAXEND] = -1
+    st[W_STOP] = -1
     return st

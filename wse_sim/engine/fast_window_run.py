@@ -39,6 +39,7 @@ from wse_sim.engine.fast_window import (
     W_HN,
     W_LO,
     W_NEED,
+    W_STOP,
     WindowArrays,
     run_window,
     state_vector,
@@ -156,19 +157,25 @@ def estimate_bytes(tables, n_cores: int, keep_ends: bool, rows: int) -> int:
 
 
 def run_windowed(tables, n_cores: int, keep_ends: bool, rows: int, progress=None,
-                 fits=None):
+                 fits=None, fast_forward: bool = True):
     """Run the window path to the end: (the run, "") or (None, why it cannot give the
     reference's result, or why it stopped). `rows`: the store's first size. A critical-path
     successor below the kept pieces runs again with more pieces. `progress(n)`: told of every
     n granted. `fits(bytes)`: whether the host can take an array that grows by so much (a
-    window that outgrows the free RAM stops with the reason, not a MemoryError)."""
+    window that outgrows the free RAM stops with the reason, not a MemoryError).
+    `fast_forward`: skip loop iterations once they repeat (`fast_window_loops`); the run's
+    `forward` says how many were skipped."""
+    from wse_sim.engine.fast_window_loops import WindowForward
     biggest = int(tables.td[:, F_NI].max()) if len(tables.td) else 1
     block = int((tables.td[:, F_SA] + 1 - tables.td[:, F_SB]).max()) if len(tables.td) else 1
     pieces = PIECES
     while True:
         wr = WindowRun(tables, n_cores, keep_ends, pieces, max(rows, 2 * block),
                        max(CAP0, 2 * biggest))
-        status = _drive(wr, tables, progress, fits or (lambda n: True))
+        fw = wr.forward = WindowForward(
+            wr, tables, lambda stop, wr=wr: _drive(wr, tables, progress, fits or (lambda n: True),
+                                                   stop), progress, enabled=fast_forward)
+        status = fw.run()
         if isinstance(status, str):
             return None, status
         if status == OK and int(wr.state[W_DONE]) < tables.n_instances:
@@ -183,9 +190,18 @@ def run_windowed(tables, n_cores: int, keep_ends: bool, rows: int, progress=None
         return None, f"{REASONS[status]} (task {task})"
 
 
-def _drive(wr: WindowRun, tables, progress, fits):
-    """Run `wr` to its end (growing what fills up); the status, or why it stopped (a
-    window that would outgrow the host's free RAM)."""
+def _drive(wr: WindowRun, tables, progress, fits, stop: int = -1):
+    """Run `wr` to its end (growing what fills up), or until task `stop` is about to enter
+    the window (PAUSE); the status, or why it stopped (a window that would outgrow the
+    host's free RAM)."""
+    wr.state[W_STOP] = stop
+    try:
+        return _drive_on(wr, tables, progress, fits)
+    finally:
+        wr.state[W_STOP] = -1
+
+
+def _drive_on(wr: WindowRun, tables, progress, fits):
     while True:
         before = int(wr.state[W_DONE])
         status = wr.run(tables, 1 << 20)
@@ -198,6 +214,6 @@ def _drive(wr: WindowRun, tables, progress, fits):
                         f"{int(wr.state[W_DONE]):,} of {tables.n_instances:,} instances)")
             wr.grow(tables)
             continue
-        if status != OK or wr.finished(tables):
+        if status != OK or wr.finished(tables):  # (PAUSE included)
             return status
 
