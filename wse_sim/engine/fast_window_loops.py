@@ -51,36 +51,110 @@ from wse_sim.engine.fast_step import (
     T_LAST_S,
     T_MAXEND,
 )
-from wse_sim.engine.fast_tasks import D_HEAD, D_OWNER, D_TASK, F_SA, F_SB
+from wse_sim.engine.fast_tasks import D_HEAD, D_OWNER, D_TASK, F_SA, F_SB, kernel
 from wse_sim.engine.fast_window import PAUSE, W_AN, W_DONE, W_HI, W_HN, W_LO
 
 FIN = (T_MAXEND, T_LAST_G, T_LAST_RG, T_LAST_S, T_LAST_A)
 
 
-def _sig_codes(a: np.ndarray, b: np.ndarray, delta: int, da: int) -> np.ndarray | None:
-    """Per signal row, a (later) against b (earlier): 0 when neither was reached (time and
-    key -1; the other columns are a former block's, written over by the first contribution),
-    else 1 + the number of critical-path pieces that move: time + delta, key + delta << GEN,
-    holder start + 2 delta, chain compute + da, the leading pieces + 2 delta, the rest fixed.
-    None when a row is neither."""
-    out = np.zeros(len(a), np.int64)
-    if not len(a):
-        return out
-    idle = (a[:, 0] < 0) & (b[:, 0] < 0)
-    if not (a[idle, :2] == b[idle, :2]).all():
-        return None
-    m = ~idle
-    a, b = a[m], b[m]
-    if ((b[:, 0] < 0) | (b[:, 1] < 0) | (a[:, 0] - b[:, 0] != delta)
-            | (a[:, 1] - b[:, 1] != delta << GEN_BITS) | (a[:, C_S] - b[:, C_S] != 2 * delta)
-            | (a[:, C_A] - b[:, C_A] != da)).any():
-        return None
-    p, q = a[:, C_P0:], b[:, C_P0:]
-    moving = np.cumprod((p >= 0) & (q >= 0) & (p - q == 2 * delta), axis=1).astype(bool)
-    if not ((p == q) | moving).all():
-        return None
-    out[m] = 1 + moving.sum(1)
-    return out
+@kernel
+def _sig_count(sig, firsts, ks):
+    """Rows of blocks (firsts[b], ks[b]) that a contribution has reached (time >= 0)."""
+    n = 0
+    for b in range(firsts.shape[0]):
+        for r in range(firsts[b], firsts[b] + ks[b]):
+            if sig[r, 0] >= 0:
+                n += 1
+    return n
+
+
+@kernel
+def _sig_take(sig, spend, firsts, ks, pos, rows, sp):
+    """Copy the reached rows of the blocks, in order: their place among all the blocks' rows
+    (pos), the row and its contributions still to come. The rest have time and key -1."""
+    p = 0
+    n = 0
+    for b in range(firsts.shape[0]):
+        for r in range(firsts[b], firsts[b] + ks[b]):
+            if sig[r, 0] >= 0:
+                pos[n] = p
+                sp[n] = spend[r]
+                for c in range(sig.shape[1]):
+                    rows[n, c] = sig[r, c]
+                n += 1
+            p += 1
+
+
+@kernel
+def _sig_same(sig, spend, firsts, ks, pos, rows, sp, delta, da, codes, first):
+    """Whether the blocks now are the copy (`_sig_take`) moved by delta: a row reached then
+    is reached now with time + delta, key + delta << GEN, holder start + 2 delta, chain
+    compute + da, its leading critical-path pieces + 2 delta and the rest fixed (codes[n]: 1
+    + how many move; recorded when `first`, else they must be the same), the same
+    contributions to come; a row not reached then is not reached now."""
+    w = sig.shape[1]
+    npos = pos.shape[0]
+    p = 0
+    n = 0
+    for b in range(firsts.shape[0]):
+        for r in range(firsts[b], firsts[b] + ks[b]):
+            if n < npos and pos[n] == p:
+                if (sig[r, 0] - rows[n, 0] != delta or rows[n, 1] < 0 or rows[n, 0] < 0
+                        or sig[r, 1] - rows[n, 1] != delta << GEN_BITS
+                        or sig[r, C_S] - rows[n, C_S] != 2 * delta
+                        or sig[r, C_A] - rows[n, C_A] != da or spend[r] != sp[n]):
+                    return False
+                c = C_P0
+                while c < w and sig[r, c] >= 0 and rows[n, c] >= 0 \
+                        and sig[r, c] - rows[n, c] == 2 * delta:
+                    c += 1
+                code = 1 + c - C_P0
+                for c2 in range(c, w):
+                    if sig[r, c2] != rows[n, c2]:
+                        return False
+                if first:
+                    codes[n] = code
+                elif codes[n] != code:
+                    return False
+                n += 1
+            elif sig[r, 0] >= 0 or sig[r, 1] >= 0:
+                return False
+            p += 1
+    return n == npos
+
+
+@kernel
+def _sig_move(sig, firsts, ks, codes, q, delta, da):
+    """The reached rows of the blocks moved by q periods (`_sig_same`'s codes, in order)."""
+    n = 0
+    for b in range(firsts.shape[0]):
+        for r in range(firsts[b], firsts[b] + ks[b]):
+            if sig[r, 0] < 0:
+                continue
+            code = codes[n]
+            n += 1
+            sig[r, 0] += q * delta
+            sig[r, 1] += (q * delta) << GEN_BITS
+            sig[r, C_S] += 2 * q * delta
+            sig[r, C_A] += q * da
+            for c in range(C_P0, C_P0 + code - 1):
+                sig[r, c] += 2 * q * delta
+
+
+def _ring_get(a: np.ndarray, start: int, n: int) -> np.ndarray:
+    """a[(start + i) % len(a)] for i < n, as a copy."""
+    s = start % len(a)
+    return a[s:s + n].copy() if s + n <= len(a) else np.concatenate([a[s:], a[:s + n - len(a)]])
+
+
+def _ring_put(a: np.ndarray, start: int, vals: np.ndarray) -> None:
+    """a[(start + i) % len(a)] = vals[i]."""
+    s, n = start % len(a), len(vals)
+    if s + n <= len(a):
+        a[s:s + n] = vals
+    else:
+        a[s:] = vals[:len(a) - s]
+        a[:s + n - len(a)] = vals[len(a) - s:]
 
 
 class WindowForward:
@@ -165,15 +239,13 @@ class WindowForward:
         aq = aq[unres_o[aq[:, 1]] > 0]  # (the rest wait for tasks before the loop only)
         if (aq[:, 1] >= lp.end).any():
             return None
-        ids = np.arange(ib[lo], ib[hi], dtype=np.int64)
         o = np.argsort(hq[:, 1], kind="stable")
-        sig_rows = self._rows(inner)
         return {
-            "lo": lo - f, "outer": outer, "inner": inner - f,
+            "lo": lo - f, "f": f, "outer": outer, "inner": inner - f,
             "res": self._copy_res(rows) if keep_res else None,
-            "sig": wr.sig[sig_rows], "spend": wr.spend[sig_rows],
+            "sig": self._take(inner) if keep_res else None,
             "left": wr.left[lo:hi].copy(), "tacc": wr.tacc[lo:hi].copy(),
-            "pend": wr.pend[ids % len(wr.pend)].copy(),
+            "pend": _ring_get(wr.pend, int(ib[lo]), int(ib[hi] - ib[lo])),
             "hq": np.stack([hq[o, 0], hq[o, 1] - g, self._labels(hq[o, 2], inner, outer, f)], 1),
             "aq": np.sort(aq[:, 1] - f),
             "aq_bound": aq[np.argsort(aq[:, 1], kind="stable"), 0].copy(),
@@ -196,14 +268,20 @@ class WindowForward:
             self._base_of, self._base_arrays = lp, (unres, rmax)
         return self._base_arrays
 
-    def _rows(self, tasks: np.ndarray) -> np.ndarray:
-        """The store rows of these tasks' signal blocks, in task order."""
-        td, off = self.tables.td, self.wr.off
-        if not len(tasks):
-            return np.zeros(0, np.int64)
-        first = td[tasks, F_SB] + off[tasks]
-        k = self.slots[tasks]
-        return np.repeat(first - np.cumsum(k) + k, k) + np.arange(int(k.sum()))
+    def _blocks(self, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first row, rows) of these tasks' signal blocks in the store, in task order."""
+        td = self.tables.td
+        return (td[tasks, F_SB] + self.wr.off[tasks]).astype(np.int64), self.slots[tasks]
+
+    def _take(self, tasks: np.ndarray) -> tuple:
+        """The reached rows of these tasks' blocks (`_sig_take`): at full wafer most of a
+        window's per-core slots are not reached yet, and only the others are copied."""
+        firsts, ks = self._blocks(tasks)
+        n = _sig_count(self.wr.sig, firsts, ks)
+        pos, sp = np.empty(n, np.int64), np.empty(n, np.int32)
+        rows = np.empty((n, self.wr.sig.shape[1]), np.int64)
+        _sig_take(self.wr.sig, self.wr.spend, firsts, ks, pos, rows, sp)
+        return pos, rows, sp
 
     def _labels(self, rows: np.ndarray, inner, outer, f: int) -> np.ndarray:
         """Store rows as (task, slot) labels that do not depend on where the block lies:
@@ -232,14 +310,15 @@ class WindowForward:
         return out
 
     def _same(self, a: dict, b: dict, delta: int, da: int, codes: dict | None):
-        """Whether state b is state a moved by delta (and its chains' compute by da), with
-        the same rows moving as `codes` says when given; the codes, else None."""
+        """Whether state b, the one the run stands at, is state a moved by delta (and its
+        chains' compute by da), with the same rows moving as `codes` says when given; the
+        codes, else None. The signal rows are compared in the store (a's copy against b's
+        blocks)."""
         key = delta << GEN_BITS
         if (a["lo"] != b["lo"] or len(a["inner"]) != len(b["inner"])
                 or not np.array_equal(a["inner"], b["inner"])
                 or not np.array_equal(a["outer"], b["outer"])
                 or not np.array_equal(a["left"], b["left"]) or not np.array_equal(a["pend"], b["pend"])
-                or not np.array_equal(a["spend"], b["spend"])
                 or not np.array_equal(a["touched"], b["touched"])
                 or not np.array_equal(a["unres"], b["unres"])
                 or not np.array_equal(a["aq"], b["aq"])):
@@ -262,8 +341,11 @@ class WindowForward:
         if ha.shape != hb.shape or not ((hb[:, 0] - ha[:, 0] == key).all()
                                         and np.array_equal(ha[:, 1:], hb[:, 1:])):
             return None
-        sig = _sig_codes(b["sig"], a["sig"], delta, da)
-        if sig is None or (codes is not None and not np.array_equal(sig, codes["sig"])):
+        pos, rows, sp = a["sig"]
+        firsts, ks = self._blocks(b["inner"] + b["f"])
+        sig = codes["sig"] if codes is not None else np.zeros(len(pos), np.uint8)
+        if not _sig_same(self.wr.sig, self.wr.spend, firsts, ks, pos, rows, sp, delta, da, sig,
+                         codes is None):
             return None
         return {"sig": sig}
 
@@ -363,14 +445,10 @@ class WindowForward:
         L._shift_rows(wr.res, rows, wr.res, rows, cres, q, shift)
         # live blocks: task u's rows become task u + m's, their times moved
         inner = s["inner"] + lp.task(j, 0)
-        srows = self._rows(inner)
-        L._shift_rows(wr.sig, srows, wr.sig, srows, csig.astype(np.uint8), q, shift)
+        _sig_move(wr.sig, *self._blocks(inner), csig, q, delta, da)
         wr.off[inner + m] = wr.off[inner] + td[inner, F_SB] - td[inner + m, F_SB]
         # the window's tasks and instances
-        ids = np.arange(ib[lo], ib[hi], dtype=np.int64)
-        cap = len(wr.pend)
-        pend = wr.pend[ids % cap].copy()
-        wr.pend[(ids + inst) % cap] = pend
+        _ring_put(wr.pend, int(ib[lo]) + inst, _ring_get(wr.pend, int(ib[lo]), int(ib[hi] - ib[lo])))
         left, tacc = wr.left[lo:hi].copy(), wr.tacc[lo:hi].copy()
         got = tacc[:, A_FIRST] >= 0
         tacc[got, A_START] += dt
