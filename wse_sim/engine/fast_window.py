@@ -303,12 +303,11 @@ def _admit(td, deps, t, ib, off, sig, spend, pend, left, hq, hn, hwc, scr2, watc
     cap = pend.shape[0]
     for i in range(ni):
         c = _pending(td, deps, t, i, off, spend, hwc, ex, ey, eoff)
+        pend[(ib[t] + i) % cap] = c  # (0 too: the window's counts are compared at a cut)
         if c == 0:
             hn = _ready(td, deps, t, i, ib, off, sig, hq, hn, hwc, scr2, watch)
             if hn < 0:
                 return -1
-        else:
-            pend[(ib[t] + i) % cap] = c
     return hn
 
 

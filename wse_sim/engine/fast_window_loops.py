@@ -168,7 +168,7 @@ class WindowForward:
         self.skipped_iterations = 0
         self.halt = None  # a status other than PAUSE met during a try (the run stops there)
         self._base_of, self._base_arrays = None, None  # `_base`, for one loop at a time
-        self.fills: list = []  # (first task, tasks, size, iterations, delta) per skip
+        self.fills: list = []  # per skip: (first task skipped, tasks, tasks a period, delta)
         loops = tables.loops if enabled else ()
         self.plans = [lp for lp in loops if lp.count >= L.MIN_COUNT and not any(
             o is not lp and o.first <= lp.first and lp.end <= o.end for o in loops)]
