@@ -191,9 +191,8 @@ def test_a_try_from_the_peeled_iteration_then_later_ones(monkeypatch, outer_late
         assert fast.loop_iterations_skipped > 50
 
 
-def test_two_independent_rates_never_settle_and_run_in_full():
-    """Two chains in one loop body, 4000 and 6000 FLOP per iteration on different cores: the
-    state moves by two different amounts, so nothing is skipped; the result is exact."""
+def two_rates_program():
+    """Two chains in one loop body, 4000 and 6000 FLOP per iteration on different cores."""
     b = ProgramBuilder("two-rates")
     b.add(Compute("a", R(0, 0, 1, 1), 4000))
     b.add(Compute("b", R(5, 5, 1, 1), 6000))
@@ -204,7 +203,12 @@ def test_two_independent_rates_never_settle_and_run_in_full():
         b.add(Compute("b", R(5, 5, 1, 1), 6000, deps=(Dep(n - 1),)))
 
     b.repeat("two", 30, body)
-    fast = same(b.build())
+    return b.build()
+
+
+def test_two_independent_rates_never_settle_and_run_in_full():
+    """The state moves by two different amounts, so nothing is skipped; the result is exact."""
+    fast = same(two_rates_program())
     assert fast.loop_iterations_skipped == 0
 
 
@@ -264,11 +268,12 @@ def loop_programs(draw):
     return b.build()
 
 
+@pytest.mark.parametrize("path", ["auto", "window"])  # window: tests/test_window_loops.py
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(loop_programs())
-def test_generated_loops_fast_equals_reference(program):
+@given(program=loop_programs())
+def test_generated_loops_fast_equals_reference(path, program):
     ref = simulate_reference(program, HW)
-    fast = simulate_fast(program, HW, path="auto", spans=True)
+    fast = simulate_fast(program, HW, path=path, spans=True)
     assert_same(ref, fast)
 
 

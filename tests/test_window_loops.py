@@ -1,14 +1,13 @@
 """Loops fast-forwarded on the fast engine's window path (`fast_window_loops`): pipelines the
 step path cannot order (chunks in two layers at once) skip their repeated layers, and every
-counter stays the reference's to the cycle."""
+counter stays the reference's to the cycle. (Generated loop programs on the window path:
+tests/test_loops.py.)"""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from test_engine_fast import assert_same
-from test_loops import HW, R, chain_program, loop_programs, same
+from test_loops import R, chain_program, same, two_rates_program
 
 from wse_sim.engine.fast import StepPathUnsupported, simulate_fast
-from wse_sim.engine.reference import simulate_reference
 from wse_sim.experiment import build_program
 from wse_sim.hardware import load_preset
 from wse_sim.program import Compute, Dep, ProgramBuilder
@@ -55,17 +54,7 @@ def test_an_outer_task_that_ends_late_delays_the_window_fast_forward():
 
 
 def test_two_independent_rates_never_settle_on_the_window_path():
-    b = ProgramBuilder("two-rates")
-    b.add(Compute("a", R(0, 0, 1, 1), 4000))
-    b.add(Compute("b", R(5, 5, 1, 1), 6000))
-
-    def body(i):
-        n = len(b.tasks)
-        b.add(Compute("a", R(0, 0, 1, 1), 4000, deps=(Dep(n - 2),)))
-        b.add(Compute("b", R(5, 5, 1, 1), 6000, deps=(Dep(n - 1),)))
-
-    b.repeat("two", 30, body)
-    assert same(b.build(), path="window").loop_iterations_skipped == 0
+    assert same(two_rates_program(), path="window").loop_iterations_skipped == 0
 
 
 def test_a_task_after_the_loop_reading_an_inner_iteration_stops_the_skip_before_it():
@@ -84,11 +73,3 @@ def test_a_task_after_the_loop_reading_an_inner_iteration_stops_the_skip_before_
     b.add(Compute("post", R(2, 0, 1, 1), 10, deps=(Dep(ends[31], "all"),)))
     fast = same(b.build(), path="window")
     assert 0 < fast.loop_iterations_skipped <= 30 - 3
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(loop_programs())
-def test_generated_loops_on_the_window_path_equal_the_reference(program):
-    ref = simulate_reference(program, HW)
-    fast = simulate_fast(program, HW, path="window", spans=True)
-    assert_same(ref, fast)
