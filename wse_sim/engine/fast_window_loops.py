@@ -203,8 +203,11 @@ class WindowForward:
                     return self.halt
                 if done is None:
                     return OVERFLOW
-                if done:
+                if done is True:
                     return OK
+                if done == "early":  # nothing run: the next iteration's cut may do
+                    k += 1
+                    continue
             k = k + L.TRY_EVERY if k < L.TRY_DOUBLING else k + max(L.TRY_EVERY, k // 4)
             k = max(k, self._at(lp))
         return OK
@@ -354,13 +357,14 @@ class WindowForward:
     def _try(self, lp, k: int):
         """Compare the states before iterations k, k + c and k + 2 c (the run stands before
         k) for a period c of one, else two iterations; skip whole periods when they repeat.
-        True: skipped; False: not settled (or not skippable here); None: the extrapolated
-        times overflow the keys."""
+        True: skipped; False: not settled (or not skippable here); "early": the state before
+        k cannot be compared (a task before the loop still in the window); None: the
+        extrapolated times overflow the keys."""
         wr = self.wr
         rows = L._footprint(self.tables, L._box(self.tables, lp))
         s0 = self._snap(lp, k, rows, True)
         if s0 is None:
-            return False
+            return "early"
         wr.watch[0], wr.watch[1] = lp.first, 0
         try:
             for c in (1, 2):
