@@ -73,3 +73,10 @@ def test_a_task_after_the_loop_reading_an_inner_iteration_stops_the_skip_before_
     b.add(Compute("post", R(2, 0, 1, 1), 10, deps=(Dep(ends[31], "all"),)))
     fast = same(b.build(), path="window")
     assert 0 < fast.loop_iterations_skipped <= 30 - 3
+
+
+def test_a_try_whose_copy_does_not_fit_the_free_ram_runs_the_loop_in_full(monkeypatch):
+    from wse_sim.engine import fast_window_loops as WL
+    monkeypatch.setattr(WL, "free_bytes", lambda: 1 << 10)
+    fast = same(chain_program(50), path="window")
+    assert fast.loop_iterations_skipped == 0

@@ -53,6 +53,7 @@ from wse_sim.engine.fast_step import (
 )
 from wse_sim.engine.fast_tasks import D_HEAD, D_OWNER, D_TASK, F_SA, F_SB, kernel
 from wse_sim.engine.fast_window import PAUSE, W_AN, W_DONE, W_HI, W_HN, W_LO
+from wse_sim.host import free_bytes
 
 FIN = (T_MAXEND, T_LAST_G, T_LAST_RG, T_LAST_S, T_LAST_A)
 
@@ -362,6 +363,8 @@ class WindowForward:
         extrapolated times overflow the keys."""
         wr = self.wr
         rows = L._footprint(self.tables, L._box(self.tables, lp))
+        if not self._copy_fits(lp, rows):
+            return False
         s0 = self._snap(lp, k, rows, True)
         if s0 is None:
             return "early"
@@ -404,6 +407,18 @@ class WindowForward:
         self._skip(lp, k + 2 * c, q, c, shift, cres, codes["sig"], rows, s1["state"], before,
                    s2)
         return True
+
+    def _copy_fits(self, lp, rows: np.ndarray) -> bool:
+        """Whether the try's copy (the loop's resource rows, the reached signal rows of the
+        live blocks) fits in half the free RAM (else the loop runs in full)."""
+        have = free_bytes()
+        if have is None:
+            return True
+        lo, hi = int(self.wr.state[W_LO]), int(self.wr.state[W_HI])
+        live = np.flatnonzero(self.last[:hi] >= lo)
+        reached = _sig_count(self.wr.sig, *self._blocks(live[live >= lp.first]))
+        width = 8 * self.wr.sig.shape[1]
+        return len(rows) * (width + 1) + reached * (width + 12) <= have // 2
 
     def _go(self, stop: int) -> bool:
         """Run on to the cut before task `stop`; False (and `halt` set) when the run ends or
