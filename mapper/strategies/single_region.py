@@ -191,9 +191,10 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
                                        xo=bufs[c][i + 1]("x") if i + 1 < L else None)
         layer_ends.append(chunk_deps[-1])
 
-    # Layers 2 .. L - 1 of a dense model in one chunk, with one sparsity for all layers,
-    # repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer two back): one
-    # loop, which the fast engine can fast-forward (docs/hardware-model.md, "Loops").
+    # Layers 2 .. L - 1 of a dense model (every chunk in each), with one sparsity for all
+    # layers, repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer two
+    # back): one loop, which the fast engine can fast-forward, on the step path in one
+    # chunk and on the window path in several (docs/hardware-model.md, "Loops").
     looped = not cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
     for i in range(2 if looped else L):
         layer(i)
