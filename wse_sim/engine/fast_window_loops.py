@@ -18,15 +18,15 @@ run passes that moment exactly once. The state there is everything the rest of t
 Every rule of the window path is max / plus of times compared as keys, and admission and
 grant order depend on keys only, so a state that is another state with every time moved by
 delta and every task moved by whole iterations evolves as that one did, moved the same way
-(the argument of `fast_loops`). When the state at the cut before iteration k + 1 is the one
-before k moved by one iteration and delta, and before k + 2 by two (with the same pieces of
-the critical path moving, and no outer need the latest of any instance in between), the next
-q iterations are skipped: the window, its heap and the live blocks are relabelled q
-iterations on (each block keeps its rows), their times moved by q delta, the counters
-extrapolated. The per-task counters of the skipped tasks are filled at the end from the
-simulated tasks q iterations later, moved back (`_fill`). Loops inside an iteration, a
-period of two iterations and a finish held outside the loop are not fast-forwarded here (the
-loop runs in full: correctness first). docs/hardware-model.md, "Loops on the window path".
+(the argument of `fast_loops`). When the state at the cut before iteration k + c is the one
+before k moved by c iterations and delta, and before k + 2 c by 2 c and 2 delta (c = 1, else
+2; with the same pieces of the critical path moving, and no outer need the latest of any
+instance in between), whole periods of c iterations are skipped: the window, its heaps and
+the live blocks are relabelled that many iterations on (each block keeps its rows), their
+times moved, the counters extrapolated. The per-task counters of the skipped tasks are filled
+at the end from the simulated tasks whole periods later, moved back (`_fill`). Loops inside
+an iteration and a finish held outside the loop are not fast-forwarded here (the loop runs
+in full: correctness first). docs/hardware-model.md, "Loops on the window path".
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ from wse_sim.engine.fast_step import (
 from wse_sim.engine.fast_tasks import D_HEAD, D_OWNER, D_TASK, F_SA, F_SB, kernel
 from wse_sim.engine.fast_window import PAUSE, W_AN, W_DONE, W_HI, W_HN, W_LO
 from wse_sim.host import free_bytes
-
-FIN = (T_MAXEND, T_LAST_G, T_LAST_RG, T_LAST_S, T_LAST_A)
 
 
 @kernel
