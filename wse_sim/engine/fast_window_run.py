@@ -44,6 +44,7 @@ from wse_sim.engine.fast_window import (
     run_window,
     state_vector,
 )
+from wse_sim.engine.fast_window_loops import WindowForward
 
 CAP0 = 1 << 20        # instances of the window: the first ring's (doubled as needed)
 FREE0 = 1 << 10       # blocks in the store's free list at first
@@ -165,7 +166,6 @@ def run_windowed(tables, n_cores: int, keep_ends: bool, rows: int, progress=None
     window that outgrows the free RAM stops with the reason, not a MemoryError).
     `fast_forward`: skip loop iterations once they repeat (`fast_window_loops`); the run's
     `forward` says how many were skipped."""
-    from wse_sim.engine.fast_window_loops import WindowForward
     biggest = int(tables.td[:, F_NI].max()) if len(tables.td) else 1
     block = int((tables.td[:, F_SA] + 1 - tables.td[:, F_SB]).max()) if len(tables.td) else 1
     pieces = PIECES
