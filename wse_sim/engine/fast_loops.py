@@ -82,6 +82,38 @@ AUTO_STEP_COUNT = 9
 PEELED_MIN_INSTANCES = 1
 
 
+@kernel(inline=True)
+def row_code(a, x, b, y, delta, da):
+    """1 + the number of critical-path pieces that move when row a[x] (a resource or a
+    signal slot, later) is row b[y] (earlier) moved by delta > 0: time + delta, key + delta
+    << GEN_BITS, holder start * 2 + 2 delta, chain compute + da, the leading pieces + 2 delta
+    (recent ones), the rest fixed (starts of long runs of one slope, or from before the
+    loop); 0 when it is not."""
+    if (a[x, 0] - b[y, 0] != delta or delta <= 0 or b[y, 0] < 0 or b[y, 1] < 0
+            or a[x, 1] - b[y, 1] != delta << GEN_BITS
+            or a[x, C_S] - b[y, C_S] != 2 * delta or a[x, C_A] - b[y, C_A] != da):
+        return 0
+    w = a.shape[1]
+    c = C_P0
+    while c < w and a[x, c] >= 0 and b[y, c] >= 0 and a[x, c] - b[y, c] == 2 * delta:
+        c += 1
+    for c2 in range(c, w):
+        if a[x, c2] != b[y, c2]:
+            return 0
+    return 1 + c - C_P0
+
+
+@kernel(inline=True)
+def move_row(a, x, code, m, delta, da):
+    """Row a[x] moved by m periods of delta (`row_code`'s code: which pieces move)."""
+    a[x, 0] += m * delta
+    a[x, 1] += (m * delta) << GEN_BITS
+    a[x, C_S] += 2 * m * delta
+    a[x, C_A] += m * da
+    for c in range(C_P0, C_P0 + code - 1):
+        a[x, c] += 2 * m * delta
+
+
 @kernel
 def _shift_check(a, ra, b, shift, changed, first, same_ok):
     """Compare rows a[ra[i]] (later; a[i] when ra is empty) with b[i] (earlier): time + delta, key + delta << GEN_BITS, holder start * 2 + 2 delta, chain compute
@@ -91,32 +123,21 @@ def _shift_check(a, ra, b, shift, changed, first, same_ok):
     `same_ok`), else 1 + the number of moving pieces; recorded when `first`, else it must be
     the same. False: not a shift."""
     n = ra.shape[0] if ra.shape[0] > 0 else a.shape[0]
-    w = a.shape[1]
     for i in range(n):
         x, y = (ra[i] if ra.shape[0] > 0 else i), i
         code = 0
-        for c in range(w):
+        for c in range(a.shape[1]):
             if a[x, c] != b[y, c]:
                 code = 1
                 break
         if code == 0 and not same_ok:
             return False
         if code and a[x, 0] >= 0 and b[y, 0] >= 0:
-            d = a[x, 0] - b[y, 0]
             if shift[0] < 0:
-                shift[0], shift[1] = d, a[x, C_A] - b[y, C_A]
-            delta = shift[0]
-            if (d != delta or delta <= 0 or b[y, 1] < 0
-                    or a[x, 1] - b[y, 1] != delta << GEN_BITS
-                    or a[x, C_S] - b[y, C_S] != 2 * delta or a[x, C_A] - b[y, C_A] != shift[1]):
+                shift[0], shift[1] = a[x, 0] - b[y, 0], a[x, C_A] - b[y, C_A]
+            code = row_code(a, x, b, y, shift[0], shift[1])
+            if code == 0:
                 return False
-            c = C_P0
-            while c < w and a[x, c] >= 0 and b[y, c] >= 0 and a[x, c] - b[y, c] == 2 * delta:
-                c += 1
-            code = 1 + c - C_P0
-            for c2 in range(c, w):  # the rest fixed
-                if a[x, c2] != b[y, c2]:
-                    return False
         elif code:  # a signal slot no event reached: alike in both
             if a[x, 0] != b[y, 0] or a[x, 1] != b[y, 1]:
                 return False
@@ -148,14 +169,8 @@ def _shift_rows(a, ra, src, rs, changed, m, shift):
         x, y = ra[i], rs[i]
         for c in range(a.shape[1]):
             a[x, c] = src[y, c]
-        if a[x, 0] < 0:
-            continue
-        a[x, 0] += m * delta
-        a[x, 1] += (m * delta) << GEN_BITS
-        a[x, C_S] += 2 * m * delta
-        a[x, C_A] += m * da
-        for c in range(C_P0, C_P0 + changed[i] - 1):
-            a[x, c] += 2 * m * delta
+        if a[x, 0] >= 0:
+            move_row(a, x, changed[i], m, delta, da)
 
 
 @dataclass

@@ -36,9 +36,6 @@ import numpy as np
 from wse_sim.engine import fast_loops as L
 from wse_sim.engine.fast_sched import A_END, A_FIRST, A_START
 from wse_sim.engine.fast_step import (
-    C_A,
-    C_P0,
-    C_S,
     GEN_BITS,
     OK,
     OVERFLOW,
@@ -91,26 +88,15 @@ def _sig_same(sig, spend, firsts, ks, pos, rows, sp, delta, da, codes, first):
     compute + da, its leading critical-path pieces + 2 delta and the rest fixed (codes[n]: 1
     + how many move; recorded when `first`, else they must be the same), the same
     contributions to come; a row not reached then is not reached now."""
-    w = sig.shape[1]
     npos = pos.shape[0]
     p = 0
     n = 0
     for b in range(firsts.shape[0]):
         for r in range(firsts[b], firsts[b] + ks[b]):
             if n < npos and pos[n] == p:
-                if (sig[r, 0] - rows[n, 0] != delta or rows[n, 1] < 0 or rows[n, 0] < 0
-                        or sig[r, 1] - rows[n, 1] != delta << GEN_BITS
-                        or sig[r, C_S] - rows[n, C_S] != 2 * delta
-                        or sig[r, C_A] - rows[n, C_A] != da or spend[r] != sp[n]):
+                code = L.row_code(sig, r, rows, n, delta, da)
+                if code == 0 or spend[r] != sp[n]:
                     return False
-                c = C_P0
-                while c < w and sig[r, c] >= 0 and rows[n, c] >= 0 \
-                        and sig[r, c] - rows[n, c] == 2 * delta:
-                    c += 1
-                code = 1 + c - C_P0
-                for c2 in range(c, w):
-                    if sig[r, c2] != rows[n, c2]:
-                        return False
                 if first:
                     codes[n] = code
                 elif codes[n] != code:
@@ -128,16 +114,9 @@ def _sig_move(sig, firsts, ks, codes, q, delta, da):
     n = 0
     for b in range(firsts.shape[0]):
         for r in range(firsts[b], firsts[b] + ks[b]):
-            if sig[r, 0] < 0:
-                continue
-            code = codes[n]
-            n += 1
-            sig[r, 0] += q * delta
-            sig[r, 1] += (q * delta) << GEN_BITS
-            sig[r, C_S] += 2 * q * delta
-            sig[r, C_A] += q * da
-            for c in range(C_P0, C_P0 + code - 1):
-                sig[r, c] += 2 * q * delta
+            if sig[r, 0] >= 0:
+                L.move_row(sig, r, codes[n], q, delta, da)
+                n += 1
 
 
 def _ring_get(a: np.ndarray, start: int, n: int) -> np.ndarray:
@@ -171,11 +150,8 @@ class WindowForward:
         loops = tables.loops if enabled else ()
         self.plans = [lp for lp in loops if lp.count >= L.MIN_COUNT and not any(
             o is not lp and o.first <= lp.first and lp.end <= o.end for o in loops)]
-        td, deps = tables.td, tables.deps
-        nt = len(td)
-        self.last = np.arange(nt, dtype=np.int64)  # each task's last reader
-        if len(deps):
-            np.maximum.at(self.last, deps[:, D_TASK], deps[:, D_OWNER])
+        td = tables.td
+        self.last = wr.last  # each task's last reader (`fast_window_run.readers`)
         self.unres0 = wr.unres.copy()
         self.slots = (td[:, F_SA] + 1 - td[:, F_SB]).astype(np.int64)
 
@@ -242,10 +218,10 @@ class WindowForward:
         if (aq[:, 1] >= lp.end).any():
             return None
         o = np.argsort(hq[:, 1], kind="stable")
+        sig = self._take(inner, len(rows)) if keep_res else None
         return {
             "lo": lo - f, "f": f, "outer": outer, "inner": inner - f,
-            "res": self._copy_res(rows) if keep_res else None,
-            "sig": self._take(inner) if keep_res else None,
+            "sig": sig, "res": self._copy_res(rows) if sig is not None else None,
             "left": wr.left[lo:hi].copy(), "tacc": wr.tacc[lo:hi].copy(),
             "pend": _ring_get(wr.pend, int(ib[lo]), int(ib[hi] - ib[lo])),
             "hq": np.stack([hq[o, 0], hq[o, 1] - g, self._labels(hq[o, 2], inner, outer, f)], 1),
@@ -275,11 +251,16 @@ class WindowForward:
         td = self.tables.td
         return (td[tasks, F_SB] + self.wr.off[tasks]).astype(np.int64), self.slots[tasks]
 
-    def _take(self, tasks: np.ndarray) -> tuple:
+    def _take(self, tasks: np.ndarray, res_rows: int) -> tuple | None:
         """The reached rows of these tasks' blocks (`_sig_take`): at full wafer most of a
-        window's per-core slots are not reached yet, and only the others are copied."""
+        window's per-core slots are not reached yet, and only the others are copied. None
+        when they and the loop's `res_rows` resource rows would not fit in half the free RAM
+        (the try is not made)."""
         firsts, ks = self._blocks(tasks)
         n = _sig_count(self.wr.sig, firsts, ks)
+        have, width = free_bytes(), 8 * self.wr.sig.shape[1]
+        if have is not None and res_rows * (width + 1) + n * (width + 12) > have // 2:
+            return None
         pos, sp = np.empty(n, np.int64), np.empty(n, np.int32)
         rows = np.empty((n, self.wr.sig.shape[1]), np.int64)
         _sig_take(self.wr.sig, self.wr.spend, firsts, ks, pos, rows, sp)
@@ -288,20 +269,20 @@ class WindowForward:
     def _labels(self, rows: np.ndarray, inner, outer, f: int) -> np.ndarray:
         """Store rows as (task, slot) labels that do not depend on where the block lies:
         the loop's tasks relative to task f, outer tasks as they are (-1 stays -1)."""
-        td, off = self.tables.td, self.wr.off
+        nt = len(self.tables.td)
         lab = np.full(len(rows), -1, np.int64)
         span = int(self.slots.max()) + 1
         for tasks, rel, flag in ((inner, inner - f, 0), (outer, outer, 1)):
             if not len(tasks):
                 continue
-            first = td[tasks, F_SB] + off[tasks]
+            first, k = self._blocks(tasks)
             o = np.argsort(first)
-            first, k, rel = first[o], self.slots[tasks][o], rel[o]
+            first, k, rel = first[o], k[o], rel[o]
             q = np.searchsorted(first, rows, "right") - 1
             ok = (rows >= 0) & (q >= 0)
             q = np.where(ok, q, 0)
             ok &= rows < first[q] + k[q]
-            lab[ok] = ((rel[q[ok]] + len(td)) * span + rows[ok] - first[q[ok]]) * 2 + flag
+            lab[ok] = ((rel[q[ok]] + nt) * span + rows[ok] - first[q[ok]]) * 2 + flag
         if ((rows >= 0) & (lab < 0)).any():
             lab[(rows >= 0) & (lab < 0)] = -2  # a row of no live block: compared as such
         return lab
@@ -361,11 +342,11 @@ class WindowForward:
         extrapolated times overflow the keys."""
         wr = self.wr
         rows = L._footprint(self.tables, L._box(self.tables, lp))
-        if not self._copy_fits(lp, rows):
-            return False
         s0 = self._snap(lp, k, rows, True)
         if s0 is None:
             return "early"
+        if s0["sig"] is None:  # the copy would not fit: the loop runs in full
+            return False
         wr.watch[0], wr.watch[1] = lp.first, 0
         try:
             for c in (1, 2):
@@ -405,18 +386,6 @@ class WindowForward:
         self._skip(lp, k + 2 * c, q, c, shift, cres, codes["sig"], rows, s1["state"], before,
                    s2)
         return True
-
-    def _copy_fits(self, lp, rows: np.ndarray) -> bool:
-        """Whether the try's copy (the loop's resource rows, the reached signal rows of the
-        live blocks) fits in half the free RAM (else the loop runs in full)."""
-        have = free_bytes()
-        if have is None:
-            return True
-        lo, hi = int(self.wr.state[W_LO]), int(self.wr.state[W_HI])
-        live = np.flatnonzero(self.last[:hi] >= lo)
-        reached = _sig_count(self.wr.sig, *self._blocks(live[live >= lp.first]))
-        width = 8 * self.wr.sig.shape[1]
-        return len(rows) * (width + 1) + reached * (width + 12) <= have // 2
 
     def _go(self, stop: int) -> bool:
         """Run on to the cut before task `stop`; False (and `halt` set) when the run ends or

@@ -51,10 +51,10 @@ FREE0 = 1 << 10       # blocks in the store's free list at first
 BYTES_PER_ROOM = 4 + 3 * 8  # per instance of room: its count, a heap entry
 
 
-def readers(tables) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, tasks): the tasks whose signal blocks task w frees when it leaves the
+def readers(tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets, tasks, last): the tasks whose signal blocks task w frees when it leaves the
     window, tasks[offsets[w]:offsets[w + 1]]: those whose last reader (or, unread, they
-    themselves) is w."""
+    themselves) is w; last[u]: that reader of task u."""
     td, deps = tables.td, tables.deps
     nt = len(td)
     last = np.arange(nt, dtype=np.int64)
@@ -62,7 +62,7 @@ def readers(tables) -> tuple[np.ndarray, np.ndarray]:
         np.maximum.at(last, deps[:, D_TASK], deps[:, D_OWNER])
     order = np.argsort(last, kind="stable").astype(np.int64)
     offsets = np.searchsorted(last[order], np.arange(nt + 1)).astype(np.int64)
-    return offsets, order
+    return offsets, order, last
 
 
 class WindowRun(StepRun):
@@ -92,7 +92,7 @@ class WindowRun(StepRun):
         self.aq[:len(roots), 1] = roots  # equal keys by task: already a heap
         self.fs, self.fz = np.zeros(FREE0, np.int64), np.zeros(FREE0, np.int64)
         self.fm = np.array([0, 0, rows], np.int64)
-        self.rp, self.ru = readers(tables)
+        self.rp, self.ru, self.last = readers(tables)
         self.state = state_vector()
         self.state[W_AN] = len(roots)
 
