@@ -47,13 +47,16 @@ def test_auto_trains_in_2d_where_the_top_row_step_does_not_fit():
         build_program(MESH16, "tiny", layout="top-row", **TRAIN)
     auto = build_program(MESH16, "tiny", **TRAIN)
     assert auto.meta["layout"] == "2d" and auto.meta["phase"] == "train"
+    ls = build_program(MESH16, "tiny", **(TRAIN | {"strategy": "layer-sequential"}))
+    assert ls.meta["layout"] == "2d" and ls.meta["strategy"] == "layer-sequential"
 
 
 def test_decode_and_layer_pipelined_are_top_row():
     assert build_program(MESH16, "tiny-llama", phase="decode", context=16,
                          strategy="weight-streaming").meta["layout"] == "top-row"
     assert build_program(MESH16, "tiny-llama").meta["layout"] == "top-row"
-    assert candidates("auto", "train", "layer-sequential") == ("top-row",)
+    assert candidates("auto", "train", "layer-pipelined") == ("top-row",)
+    assert candidates("auto", "train", "layer-sequential") == ("top-row", "2d")
     assert candidates("auto", "prefill", "weight-streaming") == ("top-row", "2d")
     assert candidates("2d", "prefill", "weight-streaming") == ("2d",)
 
@@ -67,8 +70,10 @@ def test_an_option_only_the_2d_layout_has_asks_for_it(kw):
 @pytest.mark.parametrize("kw,text", [
     ({"phase": "decode", "context": 16, "strategy": "weight-streaming", "gemm_algo": "summa"},
      "gemm_algo: got 'summa', which applies only with layout 2d"),
-    ({"phase": "train", "strategy": "layer-sequential", "prompt": 16, "recompute": "off"},
+    ({"phase": "train", "strategy": "layer-pipelined", "prompt": 16, "recompute": "off"},
      "recompute: got 'off'"),
+    ({"phase": "train", "strategy": "layer-sequential", "prompt": 16, "optimizer": "onwafer"},
+     "optimizer: got 'onwafer', which applies only to a weight-streaming training step"),
     ({"layout": "sideways"}, "layout: got 'sideways', must be one of auto, top-row, 2d"),
 ])
 def test_refusals_name_the_field(kw, text):

@@ -24,8 +24,8 @@ HW = load_preset("mesh16")
 
 
 def _train(model="tiny-llama", grid=6, batch=2, prompt=16, micro_batches=2, recompute=True,
-           hw=HW, model_set=None, dtype="fp16", **kw):
-    return map_train_2d(load_model(model, model_set), hw, streaming=True, phase="train",
+           hw=HW, model_set=None, dtype="fp16", streaming=True, **kw):
+    return map_train_2d(load_model(model, model_set), hw, streaming=streaming, phase="train",
                   batch=batch, prompt=prompt, context=prompt, dtype=dtype, grid=grid,
                   sparsity=0.0, micro_batches=micro_batches, recompute=recompute, **kw)
 
@@ -172,9 +172,8 @@ def test_functional_catches_a_wrong_weight():
 def test_refusals():
     with pytest.raises(NotImplementedError, match="functional training step runs one"):
         _train(functional=True)
-    with pytest.raises(NotImplementedError, match="training runs weight-streaming"):
-        map_train_2d(load_model("tiny-llama"), HW, streaming=False, phase="train", batch=1,
-               prompt=16, context=16, dtype="fp16", grid=6, sparsity=0.0)
+    with pytest.raises(NotImplementedError, match="optimizer onwafer with layer-sequential"):
+        _train(streaming=False, optimizer="onwafer")
 
 
 def test_a_micro_batch_shorter_than_the_grid_leaves_token_rows_empty():
@@ -231,3 +230,113 @@ def test_cli(capsys):
     assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train",
                  "--prompt", "16", "--recompute", "off"]) == 2
     assert "recompute" in capsys.readouterr().err
+
+
+# ---- layer-sequential: the weights resident ------------------------------------------------------
+
+def _io(p, direction: str) -> dict:
+    from wse_sim.program import IoTransfer
+    return {t.op: t.bytes for t in p.tasks
+            if isinstance(t, IoTransfer) and t.direction == direction}
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_layer_sequential_streams_no_weights_in_and_equals_reference(micro_batches):
+    """Nothing streams in but the embeddings and, after the last micro-batch's backward of a
+    layer, its updated weights (both copies of the matrices, the gains once): exactly what
+    goes out as its gradients, plus the second copy. The step equals the reference."""
+    from mapper.strategies.single_region import layer_weight_bytes
+    ls = _train(streaming=False, micro_batches=micro_batches)
+    assert ls.meta["strategy"] == "layer-sequential" and ls.meta["layout"] == "2d"
+    cfg, run = load_model("tiny-llama"), make_run(load_model("tiny-llama"), HW, phase="train",
+                                                  batch=2, prompt=16, context=16, dtype="fp16",
+                                                  grid=6, sparsity=0.0,
+                                                  micro_batches=micro_batches)
+    ins, outs = _io(ls, "in"), _io(ls, "out")
+    head = cfg.d_model * cfg.vocab_size * 2
+    for i in range(cfg.n_layers):
+        w, small = layer_weight_bytes(run, i), cfg.layer_small_params(i) * 2
+        assert outs[f"L{i}.grads.out"] == w
+        assert ins[f"L{i}.weights.update.in"] == 2 * w - small
+    assert outs["lm_head.grads.out"] == ins["lm_head.weights.update.in"] == head
+    assert {k for k in ins if "weights" in k} == \
+        {f"L{i}.weights.update.in" for i in range(cfg.n_layers)} | {"lm_head.weights.update.in"}
+    n_embed = sum(1 for k in ins if k == "embed.in")  # dict: one key, the size of one
+    assert n_embed == 1 and sum(1 for t in ls.tasks if t.op == "embed.in") == micro_batches
+    # the gradients go out once, after the last micro-batch
+    assert sum(1 for t in ls.tasks if t.op == "L0.grads.out") == 1
+    assert_same(simulate_reference(ls, HW), simulate_fast(ls, HW, path="step", spans=True))
+
+
+def test_layer_sequential_holds_every_layers_weights_twice():
+    cfg = load_model("tiny-llama")
+    one, two = (_train(streaming=False, micro_batches=m, batch=2) for m in (1, 2))
+    ws = _train(micro_batches=1).meta["sram_buffers_per_core"]
+    a, b = one.meta["sram_buffers_per_core"], two.meta["sram_buffers_per_core"]
+    t = Tiles.of(cfg, 6, 32)
+    gains = 2 * t.d * 2  # two RMSNorms' gains (fp16), once
+    assert a["weights"] == cfg.n_layers * (2 * t.weight_values() * 2 + gains)
+    assert a["weights"] > ws["weights"] and "grad_accumulators" not in a
+    assert b["grad_accumulators"] == (cfg.n_layers - 1) * Tiles.of(cfg, 6, 16).weight_values() * 4
+
+
+def test_layer_sequential_layers_loop_fast_forwards():
+    p = _train(streaming=False, model_set={"n_layers": 6}, batch=1, micro_batches=1, grid=8)
+    assert {"layers", "layers_bwd"} <= {lp.name for lp in p.loops}
+    ref, fast = simulate_reference(p, HW), simulate_fast(p, HW, path="step")
+    assert_same(ref, fast)
+    assert fast.loop_iterations_skipped > 0
+
+
+@pytest.mark.parametrize("model,grid,dtype,recompute,batch,prompt,algo", [
+    ("tiny-llama", 8, "fp32", True, 1, 16, "meshgemm"),
+    ("tiny", 5, "bf16", False, 3, 7, "cannon"),
+    ("tiny-llama", 7, "fp16", True, 2, 12, "summa"),
+])
+def test_layer_sequential_functional_equals_numpy(model, grid, dtype, recompute, batch,
+                                                  prompt, algo):
+    """The resident copies are the tiles the stream would bring in: the same loss and
+    gradients as numpy."""
+    from mapper.strategies import layout2d_train_data as td
+    from wse_sim.functional import error_report, run_functional
+    cfg = load_model(model)
+    p = _train(model, grid=grid, batch=batch, prompt=prompt, micro_batches=1,
+               recompute=recompute, hw=BIG, functional=True, dtype=dtype, gemm_algo=algo,
+               streaming=False)
+    inputs, tokens, want_loss, want = td.random_train_case(p, cfg, seed=3)
+    loss, got = td.train_grads(p, run_functional(p, BIG, inputs), cfg, tokens)
+    assert abs(loss - want_loss) <= 1e-3 * abs(want_loss)
+    assert set(got) == set(want)
+    for k in want:
+        assert error_report(got[k], want[k], dtype)["ok"], k
+
+
+@pytest.mark.parametrize("preset", ["wse2", "wse3"])
+def test_layer_sequential_issue_sizes(preset):
+    """Cerebras-GPT-1.3B at sequence 2048 fits with its weights resident; LLaMA3-8B's
+    weights alone (16 GB, twice) do not fit any wafer's SRAM: one line with the numbers."""
+    kw = dict(streaming=False, phase="train", prompt=2048, context=2048, dtype="fp16",
+              grid=None, sparsity=0.0, check_only=True)
+    hw = load_preset(preset)
+    assert map_train_2d(load_model("cerebras-gpt-1.3b"), hw, batch=1, **kw) is None
+    with pytest.raises(MappingError) as err:
+        map_train_2d(load_model("llama3-8b"), hw, batch=1, **kw)
+    msg = str(err.value)
+    need = int(msg.split("alone need ")[1].split()[0])
+    assert "\n" not in msg and need > hw.sram_bytes and "use weight-streaming" in msg
+
+
+def test_layer_sequential_cli(capsys):
+    """`--strategy layer-sequential --phase train` takes the 2-D layout where the top-row
+    step does not fit; its functional check passes; the on-wafer optimizer is refused."""
+    args = ["run", "--preset", "mesh16", "--model", "tiny-llama", "--phase", "train",
+            "--batch", "2", "--prompt", "16", "--strategy", "layer-sequential", "--grid", "8",
+            "--micro-batches", "1", "--engine", "fast"]
+    assert main(args + ["--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"layout": "2d"' in out and '"strategy": "layer-sequential"' in out
+    assert main(args + ["--set", "sram_bytes=262144", "--layout", "2d", "--functional"]) == 0
+    assert "functional     ok: worst gradient" in capsys.readouterr().out
+    assert main(args + ["--optimizer", "onwafer"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer: got 'onwafer'" in err and "\n" not in err.strip()

@@ -32,6 +32,16 @@ tiled over the whole region, as a wafer trains (docs/strategies.md, "2-D layout:
 - Norms: the two per-token sums all-reduced along the rows; the gain gradients reduced up
   the columns.
 
+Layer-sequential (`streaming=False`): every layer's weights stay on the wafer, in both
+alignments the step reads (the forward GEMM's and the rings' of the backward and the
+recompute: the two tiles the weight stream brings in, `.w` and `.wb`), the LM head's once;
+nothing streams in but the embeddings. The weight gradients accumulate on the wafer (fp32,
+every layer's with several micro-batches); after the last micro-batch's backward of a
+layer they stream out, the host runs the optimizer where its state lives, and the updated
+weights stream back into both copies (`offwafer`, the only place mapped: an on-wafer update
+leaves the weights in the gradients' rotated layout, and writing them back into the resident
+copies is not mapped).
+
 Functional runs (`layout2d_train_data`, one micro-batch) compute the real loss and gradients.
 """
 
@@ -44,7 +54,7 @@ from mapper.gemm import gemm_fragment
 from mapper.gemm_common import Plan
 from mapper.placement import MappingError
 from mapper.strategies import layout2d_optimizer as opt
-from mapper.strategies.common import Run
+from mapper.strategies.common import Run, check_total_weights
 from mapper.strategies.layout2d import (
     Emitter,
     Tiles,
@@ -68,16 +78,17 @@ from wse_sim.program import Compute, Dep, IoTransfer, LineStream, Multicast, Reg
 RING_ALGO = gt.RING_ALGO  # GEMMs that share the transposed products' copy of the weights
 
 
-def check_train(run: Run, streaming: bool, functional: bool) -> None:
+def check_train(run: Run, streaming: bool, functional: bool, optimizer: str) -> None:
     """What this layout's training step does not map: one line naming it."""
     if functional and run.micro_batches > 1:
         raise NotImplementedError(f"layout 2d: a functional training step runs one "
                                   f"micro-batch, not {run.micro_batches} (the weight "
                                   "gradients stream out; the host's accumulation is not run)")
-    if not streaming:
-        raise NotImplementedError("layout 2d: training runs weight-streaming (the weights "
-                                  "stream in per layer, the gradients out); layer-sequential "
-                                  "training keeps the top-row layout")
+    if not streaming and optimizer != "offwafer":
+        raise NotImplementedError(f"layout 2d: optimizer {optimizer} with layer-sequential "
+                                  "training: the on-wafer update leaves the weights in the "
+                                  "gradients' rotated layout, and writing them back into the "
+                                  "resident copies is not mapped (optimizer offwafer is)")
 
 
 def train_algos(run: Run, P: int, gemm_algo: str) -> dict[str, str]:
@@ -87,15 +98,23 @@ def train_algos(run: Run, P: int, gemm_algo: str) -> dict[str, str]:
     return choose_algos(run, P, gemm_algo, run.chunk_tokens, natural=True)
 
 
-def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto") -> dict[str, int]:
+def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto",
+                  streaming: bool = True) -> dict[str, int]:
     """SRAM bytes per buffer class on the fullest core (one micro-batch's tiles `t`, the
     projections' algorithms `train_algos(run, t.P, gemm_algo)`). The GEMMs run one after
     another, so one set of scratch serves them all (the largest, of any algorithm the step
-    runs); the embedding is gathered off the wafer, the LM head's weights stream in like a
-    layer's."""
+    runs); the embedding is gathered off the wafer. Weight streaming holds two layers'
+    weights (double-buffered) and the LM head's as they stream in; layer-sequential every
+    layer's in both alignments (module docstring) and, with several micro-batches, every
+    layer's gradient accumulator."""
     cfg, b, P, tm = run.cfg, run.bytes, t.P, t.tm
     algos = train_algos(run, P, gemm_algo)
     out = buffers_2d(run, t, algos, True)
+    if not streaming:
+        norms = (1 if cfg.norm == "rmsnorm" else 2) * t.d * b
+        out["weights"] = cfg.n_layers * (2 * t.weight_values() * run.weight_bytes + 2 * norms)
+        if run.micro_batches > 1:  # the other layers' (`weight_grads` counts one)
+            out["grad_accumulators"] = (cfg.n_layers - 1) * t.weight_values() * 4
     for k in ("kv_cache", "tree_recv", "table"):
         out.pop(k, None)
     shapes = gemm_shapes(cfg, run.chunk_tokens, P) | {
@@ -394,8 +413,10 @@ def map_train(em, run: Run, streaming: bool, recompute: bool,
     backward, and (`optimizer` onwafer) the layers' updates (`layout2d_optimizer`). The
     off-wafer transfers run one after another in the order they are emitted (each waits for
     the one before: one I/O channel, and the step path needs its reservations in task
-    order), so a layer's weights are emitted where they may start. Returns the meta entries
-    it adds."""
+    order), so a layer's weights are emitted where they may start. Layer-sequential
+    (`streaming` false): no weights stream in; the gradients accumulate on the wafer until
+    the last micro-batch, which sends them out and takes the updated weights back in.
+    Returns the meta entries it adds."""
     from mapper.strategies.single_region import layer_weight_bytes
     pb, reg, L = em.pb, em.reg, run.cfg.n_layers
     tr = Trainer(em, recompute)
@@ -407,39 +428,56 @@ def map_train(em, run: Run, streaming: bool, recompute: bool,
         io[0] = pb.add(IoTransfer(label, reg, int(nbytes), direction, deps=deps))
         return (Dep(io[0]),)
 
+    def resident(label: str, nbytes: int, direction: str, after) -> tuple:
+        return ()  # layer-sequential: the weights are on the wafer already
+
     w_bytes = [layer_weight_bytes(run, i) for i in range(L)]
     for mb in range(run.micro_batches):
         tr.tp.share = (mb, run.micro_batches)
         last = mb == run.micro_batches - 1
-        _micro_batch(tr, xfer, w_bytes, "out" if optimizer == "offwafer" else
-                     "update" if last else "keep")
+        if streaming:
+            grads_to = "out" if optimizer == "offwafer" else "update" if last else "keep"
+        else:
+            grads_to = "renew" if last else "keep"
+        _micro_batch(tr, xfer, w_bytes, grads_to, xfer if streaming else resident)
     return {"recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops,
             "optimizer": optimizer}
 
 
-def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str = "out") -> None:
+def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str = "out",
+                 weights_in=None) -> None:
     """One micro-batch: embedding in, the layers' forward, the head and loss, the layers'
     backward (each after its recompute) and what becomes of each layer's weight gradients
     (`grads_to`: "out" over the I/O, "keep" accumulated on the wafer, "update" the on-wafer
-    optimizer's step), the embedding's gradient out."""
+    optimizer's step, "renew" out and the host's updated weights back into the resident
+    copies), the embedding's gradient out. `weights_in`: how the weights arrive (`xfer`, or
+    nothing when resident)."""
     em, run, pb, reg = tr.em, tr.run, tr.pb, tr.reg
     cfg, L = run.cfg, run.cfg.n_layers
+    win = weights_in or xfer
+    head_bytes = cfg.d_model * cfg.vocab_size * run.weight_bytes
     x = xfer("embed.in", em.tokens * cfg.d_model * run.bytes, "in", ())
     dep = [(Dep(tr.tp.compute("embed", reg, x, fmac=False)),)]
     ends: list = []
 
     def fwd(i: int) -> None:
         # double buffer: layer i's weights once layer i - 2 is done
-        wd = xfer(f"L{i}.weights.in", w_bytes[i], "in", (ends[i - 2],) if i >= 2 else ())
+        wd = win(f"L{i}.weights.in", w_bytes[i], "in", (ends[i - 2],) if i >= 2 else ())
         dep[0] = tr.forward(i, dep[0], wd)
         ends.append(dep[0][0])
 
-    emit_layers(pb, L, fwd, "layers")
-    wd = xfer("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes, "in", ())
+    emit_layers(pb, L, fwd, "layers", peel=2 if win is xfer else 1)
+    wd = win("lm_head.weights.in", head_bytes, "in", ())
     # the last layer's backward weights, once its forward is done (the head has its own)
-    nxt = [xfer(f"L{L - 1}.weights.bwd.in", w_bytes[L - 1], "in", (ends[-1],))]
+    nxt = [win(f"L{L - 1}.weights.bwd.in", w_bytes[L - 1], "in", (ends[-1],))]
     dx, head_grads = tr.head(dep[0], wd)
-    xfer("lm_head.grads.out", cfg.d_model * cfg.vocab_size * run.bytes, "out", head_grads)
+    # streamed, the head's gradient goes out every micro-batch (its update is the host's);
+    # resident, it accumulates as the layers' do
+    if win is xfer or grads_to == "renew":
+        g = xfer("lm_head.grads.out", cfg.d_model * cfg.vocab_size * run.bytes, "out",
+                 head_grads)
+        if grads_to == "renew":
+            xfer("lm_head.weights.update.in", head_bytes, "in", g)
     bends: list = []
     dx_ = [dx]
 
@@ -449,10 +487,13 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str = "out") -
         fwd_dep = tr.recomputed(i, dx_[0], wd) if tr.recompute else ()
         dx_[0], grads = tr.layer_bwd(i, dx_[0], wd, fwd_dep)
         if i > 0:  # layer i - 1's weights into the buffer layer i + 1 has left
-            nxt[0] = xfer(f"L{i - 1}.weights.bwd.in", w_bytes[i - 1], "in",
-                          (bends[j - 1],) if j >= 1 else ())
-        if grads_to == "out":
-            xfer(f"L{i}.grads.out", w_bytes[i], "out", grads)
+            nxt[0] = win(f"L{i - 1}.weights.bwd.in", w_bytes[i - 1], "in",
+                         (bends[j - 1],) if j >= 1 else ())
+        if grads_to in ("out", "renew"):
+            g = xfer(f"L{i}.grads.out", w_bytes[i], "out", grads)
+            if grads_to == "renew":  # both copies of the matrices, the gains once
+                small = run.cfg.layer_small_params(i) * run.bytes
+                xfer(f"L{i}.weights.update.in", 2 * w_bytes[i] - small, "in", g)
         elif grads_to == "update":  # the next layer's backward after this layer's update
             dx_[0] = dx_[0] + update_layer(tr, xfer, i, tuple(grads) + dx_[0])
         bends.append(dx_[0][0])
@@ -475,24 +516,33 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     check_layout("2d", gemm_algo)
     run = make_run(cfg, hw, functional=functional, **kw)
     _refuse(run, functional)
-    check_train(run, streaming, functional)
     if not isinstance(recompute, bool):
         raise MappingError(f"recompute: got {recompute!r}, must be true or false")
     if optimizer not in OPTIMIZERS:
         raise MappingError(f"optimizer: got {optimizer!r}, must be one of "
                            f"{', '.join(OPTIMIZERS)}")
+    check_train(run, streaming, functional, optimizer)
+    if not streaming:
+        check_total_weights(run)
     # a micro-batch shorter than the grid's side leaves token rows empty: padding, as in a
     # prefill (their cores hold weights and multiply zeros; tests check the gradients)
     cfg, P = run.cfg, min(run.cols, run.rows)
     t = Tiles.of(cfg, P, run.chunk_tokens)
     algos = train_algos(run, P, gemm_algo)
-    buffers = train_buffers(run, t, recompute, gemm_algo) | opt.buffers(
+    buffers = train_buffers(run, t, recompute, gemm_algo, streaming) | opt.buffers(
         cfg, P, t.weight_values(), optimizer, run.micro_batches)
     reg = Region(0, 0, P, P)
+    if not streaming and buffers["weights"] > hw.sram_bytes:
+        raise MappingError(
+            f"model {cfg.name} does not fit layer-sequential training in the 2-D layout: its "
+            f"resident weights alone need {buffers['weights']} bytes per core of the {P} x {P} "
+            f"region (every layer's matrices in both alignments the step reads) > sram_bytes "
+            f"{hw.sram_bytes}; use weight-streaming (the weights stream in per layer)")
     check_buffers("the 2-D region", run, buffers, reg)
     if check_only:
         return None
-    pb = ProgramBuilder(f"{cfg.name}-train-weight-streaming-2d")
+    name = "weight-streaming" if streaming else "layer-sequential"
+    pb = ProgramBuilder(f"{cfg.name}-train-{name}-2d")
     fd, fmeta = None, {}
     if functional:
         from mapper.strategies import layout2d_train_data as td
@@ -512,5 +562,5 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     em.tokens, em.training, em.algos = run.chunk_tokens, True, dict(algos)
     extra = map_train(em, run, streaming, recompute, optimizer)
     offwafer = opt.offwafer_flops(ops, optimizer)
-    return build_2d(pb, run, tp, "weight-streaming", algos, t, buffers, extra | fmeta,
+    return build_2d(pb, run, tp, name, algos, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)
