@@ -49,10 +49,10 @@ def run_command() -> float:
 def timed_search(hw, prune: bool) -> tuple:
     """(found, best, wall seconds, per-candidate wall seconds by candidate key)."""
     import mapper.search as ms
-    import wse_sim.experiment as ex
+    import wse_sim.search_mappings as sm
     spent: dict = {}
     key_of: dict = {}  # id(program) -> its candidate's key
-    build, sim, bound = ex.build_program, ex.simulate, ms.cycles_lower_bound
+    build, sim, bound = sm.build_program, sm.simulate, ms.cycles_lower_bound
 
     def add(key, t0):
         spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
@@ -77,15 +77,15 @@ def timed_search(hw, prune: bool) -> tuple:
                 add(key_of.get(id(program)), t0)
         return inner
 
-    ex.build_program = build_clocked
+    sm.build_program = build_clocked
     ms.cycles_lower_bound = on_program(bound)
-    ex.simulate = on_program(sim)
+    sm.simulate = on_program(sim)
     try:
         t0 = time.perf_counter()
-        found, best = ex.search_mapping(hw, MODEL, phase=PHASE, prune=prune)
+        found, best = sm.search_mapping(hw, MODEL, phase=PHASE, prune=prune)
         wall = time.perf_counter() - t0
     finally:
-        ex.build_program, ex.simulate, ms.cycles_lower_bound = build, sim, bound
+        sm.build_program, sm.simulate, ms.cycles_lower_bound = build, sim, bound
     return found, best, wall, spent
 
 

@@ -32,9 +32,12 @@ class SearchResult:
     best: dict | None
     best_cost: float | None
     tried: list = field(default_factory=list)
+    left_out: int = 0  # candidates beyond the budget, not tried
 
     def explain(self) -> str:
         lines = []
+        if self.left_out:
+            lines.append(f"  {self.left_out} more candidates not tried: beyond --budget")
         for cand, cost, why in self.tried:
             tag = "best" if cand is self.best else ("" if cost is not None else
                                                     "pruned" if pruned(why) else "rejected")
@@ -45,6 +48,7 @@ class SearchResult:
     def absorb(self, other: SearchResult) -> None:
         """Add the outcomes of a further search; its winner wins if it is cheaper."""
         self.tried += other.tried
+        self.left_out += other.left_out
         if other.best is not None and (self.best_cost is None or
                                        other.best_cost < self.best_cost):
             self.best, self.best_cost = other.best, other.best_cost
@@ -103,8 +107,9 @@ def _fmt(c: dict) -> str:
 def search(candidates: Iterable[dict], evaluate: Callable[[dict], float], *, budget: int = 64,
            progress: bool = False, bound: Callable[[dict], float] | None = None,
            prune_above: float | None = None) -> SearchResult:
-    """Evaluate up to `budget` candidates; errors of kind ValueError/NotImplementedError mark a
-    candidate as not fitting (kept with its one-line reason).
+    """Evaluate up to `budget` candidates (the count of the rest is `left_out`, and `explain`
+    says it); errors of kind ValueError/NotImplementedError mark a candidate as not fitting
+    (kept with its one-line reason).
 
     `bound(candidate)`: a lower bound of the cost `evaluate` would give (e.g. from
     `cycles_lower_bound`), computed for every candidate first (its errors reject it as
@@ -113,7 +118,9 @@ def search(candidates: Iterable[dict], evaluate: Callable[[dict], float], *, bud
     is not evaluated (`tried` says "pruned" with both figures): it cannot win, so the winner
     is the one an exhaustive search picks (the least cost, ties to the earlier candidate).
     `tried` keeps the candidates' order either way."""
-    cands = list(candidates)[:budget]
+    cands = list(candidates)
+    left_out = max(0, len(cands) - budget)
+    cands = cands[:budget]
     outcomes: list = [None] * len(cands)
     bounds: dict = {}
     if bound is not None:
@@ -129,7 +136,7 @@ def search(candidates: Iterable[dict], evaluate: Callable[[dict], float], *, bud
     if progress:
         from tqdm import tqdm
         it = tqdm(order, desc="search", unit="mapping", leave=False, disable=None)  # tty only
-    out = SearchResult(None, None)
+    out = SearchResult(None, None, left_out=left_out)
     best_i = None
     for i in it:
         cand = cands[i]

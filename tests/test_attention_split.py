@@ -296,7 +296,7 @@ def test_auto_takes_heads_when_they_fit_and_rows_when_not():
 
 
 def test_search_tries_the_row_split_on_the_best_mapping():
-    from wse_sim.experiment import search_mapping
+    from wse_sim.search_mappings import search_mapping
     found, best = search_mapping(HW, "tiny", phase="decode", context=16, budget=40)
     tried = [c for c, cost, _ in found.tried if cost is not None]
     rows = [c for c in tried if c["attention"] == "rows"]

@@ -182,8 +182,8 @@ def test_functional_check_can_fail():
 
 @pytest.mark.parametrize("kw,exc,text", [
     ({"phase": "decode"}, NotImplementedError, "not decode"),
-    ({"phase": "train", "strategy": "layer-sequential"}, NotImplementedError,
-     "training runs weight-streaming"),
+    ({"phase": "train", "strategy": "layer-sequential", "optimizer": "onwafer"}, ConfigError,
+     "optimizer: got 'onwafer', which applies only to a weight-streaming training step"),
     ({"functional": True, "prompt": 1}, NotImplementedError, "1 token"),
     ({"chunks": 2}, NotImplementedError, "chunks"),
     ({"sparsity": 0.5}, NotImplementedError, "sparse"),
@@ -343,7 +343,7 @@ def _tables(p):
 
 
 def test_search_tries_the_2d_layout_and_finds_it_faster_on_a_prefill():
-    from wse_sim.experiment import search_mapping
+    from wse_sim.search_mappings import search_mapping
     found, best = search_mapping(MESH8, "tiny-llama", phase="prefill", prompt=64, batch=1,
                                  grids=(8,), engine="fast", budget=64)
     tried = [c for c, cost, _ in found.tried if c["layout"] == "2d" and cost is not None]

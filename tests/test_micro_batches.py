@@ -28,10 +28,11 @@ from wse_sim.cli.main import main
 from wse_sim.engine import simulate
 from wse_sim.engine.fast import simulate_fast
 from wse_sim.engine.reference import simulate_reference
-from wse_sim.experiment import build_program, search_mapping
+from wse_sim.experiment import build_program
 from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import load_preset
 from wse_sim.program import Compute, Region
+from wse_sim.search_mappings import search_mapping
 
 HW16, HW32 = load_preset("mesh16"), load_preset("mesh32")
 
@@ -143,7 +144,10 @@ def test_sram_counts_the_saved_activations_of_every_micro_batch():
 
 
 def test_search_tries_micro_batches_for_training():
-    found, best = search_mapping(HW16, "tiny", phase="train", batch=4, prompt=8)
+    # the top-row layout only (the 2-D layout's micro-batches: tests/test_search_speed.py)
+    found, best = search_mapping(HW16, "tiny", phase="train", batch=4, prompt=8,
+                                 layout="top-row")
+    assert {c["layout"] for c, _, _ in found.tried} == {"top-row"}
     tried = {c["micro_batches"] for c, cost, _ in found.tried
              if cost is not None and c["strategy"] == "layer-pipelined"}
     assert tried == {1, 2, 4}
@@ -161,7 +165,8 @@ def test_search_tries_micro_batches_for_training():
     (["--batch", "4", "--chunks", "2"],
      "chunks: got 2, which does not apply to this run (phase train"),
     (["--batch", "2", "--micro-batches", "0"], "--micro-batches: got 0, must be an integer >= 1"),
-    (["--batch", "2", "--micro-batches", "2", "--strategy", "layer-sequential"],
+    (["--batch", "2", "--micro-batches", "2", "--strategy", "layer-sequential", "--layout",
+      "top-row"],
      "micro_batches: got 2, which does not apply to this run (phase train, strategy "
      "layer-sequential); it applies only with phase train with strategy layer-pipelined"),
     (["--batch", "2", "--micro-batches", "2", "--wafers", "2"], "not pipelined over wafers"),

@@ -247,7 +247,7 @@ def test_cli_functional_moe(capsys):
 
 
 def test_search_tries_every_placement():
-    from wse_sim.experiment import search_mapping
+    from wse_sim.search_mappings import search_mapping
     found, best = search_mapping(MESH16, "tiny-moe", phase="decode", batch=4, context=16,
                                  budget=12)
     layouts = {cand["moe_layout"] for cand, cost, _ in found.tried if cost is not None}
@@ -258,7 +258,7 @@ def test_search_tries_every_placement():
 def test_search_tries_the_expert_parallelism_on_the_best_placement():
     """After the placements, the best one with its 8 experts over 4, 2 and 1 blocks
     (`layout:N`); the winner is the least time per token of all."""
-    from wse_sim.experiment import search_mapping
+    from wse_sim.search_mappings import search_mapping
     found, best = search_mapping(MESH16, "tiny-moe", phase="decode", batch=4, context=16,
                                  grids=(16,), budget=64)
     tried = {c["moe_layout"]: cost for c, cost, _ in found.tried}

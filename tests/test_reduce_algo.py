@@ -21,10 +21,11 @@ from mapper.tree_reduce import add_cycles, reduce_end, stage_cycles, tree_groups
 from workloads.models import load_model
 from wse_sim.cli.main import main
 from wse_sim.engine import simulate
-from wse_sim.experiment import build_program, run_model, search_mapping
+from wse_sim.experiment import build_program, run_model
 from wse_sim.functional import error_report, run_functional
 from wse_sim.hardware import ConfigError, load_preset
 from wse_sim.program import wavelets_for
+from wse_sim.search_mappings import search_mapping
 from wse_sim.timing import message_cycles, reduce_pace
 
 HW = load_preset("mesh16")

@@ -3,8 +3,9 @@ case a smaller grid gives a strictly better mapping than the whole mesh."""
 
 from mapper.search import grid_options
 from wse_sim.engine import simulate
-from wse_sim.experiment import build_program, search_mapping
+from wse_sim.experiment import build_program
 from wse_sim.hardware import load_preset
+from wse_sim.search_mappings import search_mapping
 
 MESH64 = load_preset("mesh64")
 

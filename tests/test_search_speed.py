@@ -8,8 +8,9 @@ import pytest
 from mapper.gemm import build_gemm
 from mapper.search import cycles_lower_bound, pruned, search, tracked_cores
 from wse_sim.engine import simulate
-from wse_sim.experiment import build_program, search_mapping
+from wse_sim.experiment import build_program
 from wse_sim.hardware import load_preset
+from wse_sim.search_mappings import search_mapping
 
 MESH8 = load_preset("mesh8")
 MESH16 = load_preset("mesh16")
@@ -105,7 +106,8 @@ def test_search_prunes_only_what_cannot_win():
 
 @pytest.mark.parametrize("hw, phase, kw", [(MESH8, "decode", {"context": 16}),
                                            (MESH8, "decode", {"context": 8, "batch": 2}),
-                                           (MESH8, "train", {"prompt": 4, "batch": 2})])
+                                           (MESH8, "train", {"prompt": 4, "batch": 2,
+                                                             "layout": "top-row"})])
 def test_search_with_and_without_pruning_picks_the_same_mapping(hw, phase, kw):
     exhaustive, best_all = search_mapping(hw, "tiny", phase=phase, grids=(None,), **kw)
     fast, best = search_mapping(hw, "tiny", phase=phase, grids=(None,), prune=True, **kw)
@@ -117,8 +119,8 @@ def test_search_with_and_without_pruning_picks_the_same_mapping(hw, phase, kw):
         if pruned(why):  # its bound, and so its simulated cost, is above the winner's
             n_pruned += 1
             assert simulated[tuple(c.values())] > fast.best_cost
-            program = build_program(hw, "tiny", phase=phase, **kw, **{
-                k: v for k, v in c.items() if v is not None})
+            program = build_program(hw, "tiny", phase=phase, **(kw | {
+                k: v for k, v in c.items() if v is not None}))
             assert cycles_lower_bound(program, hw) > best.cycles
         else:
             assert cost == simulated[tuple(c.values())]
@@ -146,3 +148,37 @@ def test_the_command_prunes_beyond_32_x_32_cores_and_says_so(capsys):
         assert costs[json.dumps(t["candidate"], sort_keys=True)] > exhaustive.best_cost
     assert main(argv) == 0
     assert "pruned   strategy=" in capsys.readouterr().out
+
+
+def test_a_training_search_tries_the_2d_layout():
+    """Layer-sequential and weight-streaming 2-D steps, checkpointing on and off, in the
+    fewest micro-batches that fit (more are refused, with the reason); pruning picks what the
+    exhaustive search picks; the winner's cost is its simulation's."""
+    kw = dict(phase="train", prompt=4, batch=2, grids=(None,), layout="2d",
+              gemm_algo="meshgemm")
+    exhaustive, best_all = search_mapping(MESH8, "tiny", **kw)
+    fast, best = search_mapping(MESH8, "tiny", prune=True, **kw)
+    assert fast.best == exhaustive.best and best.cycles == best_all.cycles
+    tried = {(c["strategy"], c["micro_batches"], c["recompute"]): (cost, why)
+             for c, cost, why in exhaustive.tried}
+    assert set(tried) == {(s, mb, rc) for s in ("layer-sequential", "weight-streaming")
+                          for mb in (1, 2) for rc in ("on", "off")}
+    for (s, mb, rc), (cost, why) in tried.items():
+        assert (cost is not None) == (mb == 1), (s, mb, rc, why)
+        if mb == 2:
+            assert why.startswith("more micro-batches than the 1 this mapping fits in")
+    assert exhaustive.best_cost == min(c for c, _ in tried.values() if c is not None)
+    assert exhaustive.best["layout"] == "2d" and best_all.meta["layout"] == "2d"
+    assert best_all.meta["recompute"] == exhaustive.best["recompute"]
+    assert best_all.seconds / best_all.tokens == pytest.approx(exhaustive.best_cost)
+
+
+def test_a_given_layout_is_kept_or_refused(capsys):
+    from wse_sim.cli.main import main
+    found, _ = search_mapping(MESH8, "tiny", phase="train", prompt=4, batch=2, grids=(None,),
+                              layout="top-row")
+    assert {c["layout"] for c, _, _ in found.tried} == {"top-row"}
+    assert main(["search", "--preset", "mesh8", "--model", "tiny", "--phase", "decode",
+                 "--context", "4", "--layout", "2d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "layout: got '2d'" in err and "\n" not in err

@@ -165,7 +165,7 @@ def test_a_sweep_varies_a_model_dimension():
 
 
 def test_simulate_spec_runs_a_saved_spec_like_the_cli(tmp_path, capsys):
-    from wse_sim.experiment import simulate_spec
+    from wse_sim.spec_run import simulate_spec
     f = tmp_path / "r.toml"
     assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "decode",
                  "--context", "16", "--reduce-algo", "tree", "--save-spec", str(f),

@@ -7,13 +7,9 @@ import pytest
 from workloads.graph import build_graph, total_flops
 from workloads.models import load_model
 from wse_sim.cli.main import main
-from wse_sim.experiment import (
-    compare_strategies,
-    run_generate,
-    run_multi_wafer,
-    search_mapping,
-)
+from wse_sim.experiment import compare_strategies, run_generate, run_multi_wafer
 from wse_sim.hardware import load_preset
+from wse_sim.search_mappings import search_mapping
 
 HW = load_preset("mesh16")
 

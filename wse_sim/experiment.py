@@ -15,13 +15,12 @@ from mapper.strategies.choose_layout import TWO_D_STRATEGIES, candidates, map_fi
 from mapper.strategies.common import check_micro_batches
 from mapper.strategies.layout2d import map_2d
 from mapper.strategies.layout2d_optimizer import OPTIMIZERS
-from mapper.strategies.moe_layer import MOE_LAYOUTS
 from workloads.models import load_model
 from wse_sim.engine import simulate
 from wse_sim.hardware import DTYPES, FLOAT_DTYPES, ConfigError, HardwareConfig, load_preset
 from wse_sim.precision import Precision
 from wse_sim.sparsity import Sparsity
-from wse_sim.spec import Mapping, RunSpec
+from wse_sim.spec import RunSpec
 from wse_sim.timing import split_evenly
 
 STRATEGIES = STRATEGY_NAMES
@@ -219,7 +218,6 @@ def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
     spec fields (`wse_sim.spec`): an unknown one, or one that does not apply to the run, is a
     ConfigError naming it. generate and wafers runs have their own functions (`run_generate`,
     `run_multi_wafer`), strategy auto is `search_mapping`."""
-    from wse_sim.spec import RunSpec
     name = preset.name if isinstance(preset, HardwareConfig) else preset
     spec = RunSpec.from_values({"model": model} | kw, preset=name, overrides=overrides,
                                engine=engine)
@@ -237,40 +235,6 @@ def run_model(preset: str | HardwareConfig, model: str, *, engine: str = "auto",
     return simulate(program, hw, engine=engine)
 
 
-def simulate_spec(spec: RunSpec):
-    """Run one run spec (`wse_sim.spec.RunSpec`, e.g. `wse_sim.spec.load_spec(FILE)`): checks
-    that every given field applies, then maps and simulates it. Returns a SimResult; a spec
-    with `generate` gives run_generate's dict, with `wafers` > 1 run_multi_wafer's, with
-    strategy auto the best mapping search_mapping found (its SimResult)."""
-    if not isinstance(spec, RunSpec):
-        raise TypeError(f"simulate_spec: spec got {type(spec).__name__}, must be a RunSpec")
-    spec.check_applies()
-    hw = load_preset(spec.preset, spec.overrides or None)
-    values = spec.values()
-    model = values.pop("model")
-    values = {k: v for k, v in values.items() if v is not None and v != {}}
-    generate, wafers = values.pop("generate", None), values.pop("wafers", 1)
-    prefill_grid, decode_grid = values.pop("prefill_grid", None), values.pop("decode_grid", None)
-    if generate:
-        return run_generate(hw, model, generate=generate, engine=spec.engine,
-                            prefill_grid=prefill_grid, decode_grid=decode_grid,
-                            **{k: v for k, v in values.items() if k not in ("phase", "context")})
-    if wafers > 1:
-        return run_multi_wafer(hw, model, wafers=wafers, engine=spec.engine,
-                               **{k: v for k, v in values.items() if k != "strategy"})
-    if values.get("strategy") == "auto":
-        values.pop("strategy")
-        for k in ("chunks", "micro_batches", "region_shape"):
-            values.pop(k, None)  # searched
-        grid = values.pop("grid", None)
-        _, best = search_mapping(hw, model, engine=spec.engine,
-                                 grids=(grid,) if grid else None, **values)
-        if best is None:
-            raise ConfigError(f"strategy auto: no strategy fits {model} on {spec.preset}")
-        return best
-    return simulate(build_program(hw, model, **values), hw, engine=spec.engine)
-
-
 def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", **kw) -> dict:
     """Run every strategy; returns name -> SimResult, or name -> the one-line reason it does
     not fit."""
@@ -282,203 +246,6 @@ def compare_strategies(hw: HardwareConfig, model: str, *, engine: str = "auto", 
         except (ValueError, NotImplementedError) as e:
             out[name] = str(e).splitlines()[0]
     return out
-
-
-def _candidates(model: str, kw: dict, grids: tuple, algos: tuple, fixed_attention,
-                fixed_layout) -> list[dict]:
-    """The first stage of `search_mapping`: every strategy x grid x chunks x micro-batches x
-    region shape x reduce algorithm (x expert placement), and for a dense prefill the 2-D
-    layout with each GEMM algorithm; each a valid mapping of the run spec."""
-    phase, batch = kw.get("phase", "prefill"), kw.get("batch", 1)
-    chunk_options = (1, 2, 4, 8) if phase == "prefill" else (1,)
-    micro_options = tuple(m for m in (1, 2, 4, 8) if batch % m == 0) \
-        if phase == "train" else (1,)
-    moe = load_model(model, kw.get("model_set")).is_moe
-    layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
-    cands = [{"strategy": s, "grid": g, "chunks": c, "micro_batches": mb, "region_shape": r,
-              "reduce_algo": a, "attention": fixed_attention or "auto", "moe_layout": lay,
-              "layout": "top-row", "gemm_algo": "auto"}
-             for s in STRATEGIES for g in grids
-             for c in chunk_options if c <= kw.get("prompt", 128)
-             for mb in (micro_options if s == "layer-pipelined" else (1,))
-             for r in ((0, 1, 2) if s == "layer-pipelined" else (0,))
-             for a in algos for lay in layouts]
-    if phase == "prefill" and not moe and not fixed_attention:
-        cands += [{"strategy": s, "grid": g, "chunks": 1, "micro_batches": 1,
-                   "region_shape": 0, "reduce_algo": algos[0], "attention": "auto",
-                   "moe_layout": None, "layout": "2d", "gemm_algo": ga}
-                  for s in ("layer-sequential", "weight-streaming") for g in grids
-                  for ga in fragment_algos() + ("auto",)]  # auto: mixed per projection
-    for cand in cands:
-        Mapping(**{k: v for k, v in cand.items() if v is not None})
-    return cands
-
-
-def expert_block_options(model: str, model_set: dict | None, layout: str) -> list[str]:
-    """The expert parallelism a search tries on an MoE model's best placement `layout`: its
-    experts over E / 2, E / 4 and E / 8 blocks (E experts; one block each is the default)."""
-    from mapper.strategies.moe_layer import parse_moe_layout
-    cfg = load_model(model, model_set)
-    base, groups = parse_moe_layout(layout)
-    n = cfg.moe.n_experts
-    return [f"{base}:{g}" for g in dict.fromkeys((n // 2, n // 4, n // 8)) if 1 <= g < n
-            and groups is None]
-
-
-def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int):
-    """The best MoE mapping with fewer expert blocks (`expert_block_options`), within budget."""
-    from mapper.search import SearchResult, search
-    left = budget - len(found.tried)
-    best = found.best
-    if best is None or left <= 0 or not best.get("moe_layout"):
-        return SearchResult(None, None)
-    opts = expert_block_options(model, kw.get("model_set"), best["moe_layout"])
-    return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left)
-
-
-def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
-                   grids: tuple | None = None, progress: bool = False, prune: bool = False,
-                   **kw):
-    """Pick the strategy, grid, (prefill) chunk count, (training, layer-pipelined) micro-batch
-    count, for layer-pipelined the region shape, and the GEMMs' reduce algorithm with the least
-    simulated time per token. Chunks and micro-batches are the tile size along the tokens (more
-    pipeline better through the layer regions but pay more per-part latency); the region shape
-    is how each layer's matmuls are tiled over cores (rows x columns of its region); the reduce
-    algorithm how their partial sums meet (`chain`: one pipelined stream per line; `tree`:
-    two-level, fewer stages but the leaders' whole vectors queue at the root: it wins on long
-    lines and short vectors, i.e. decode).
-
-    Every mapping is tried with `chain` and `tree`; then the best one also with the tree in one
-    direction only (`row-tree`, `col-tree`), and with attention split over every row of a head
-    group (`attention="rows"`, when a region has more rows than heads), within `budget`. A
-    given `reduce_algo` or `attention` is fixed. An MoE model also tries every expert
-    placement (`moe_layout`: blocks, strips, bands) unless one is given. A dense prefill also
-    tries the 2-D layout (`layout="2d"`, layer-sequential and weight-streaming) with each
-    GEMM algorithm that composes into it, and with `auto` (an algorithm per projection;
-    refused as a repeat where it chose one for all).
-
-    `grids=None` searches the grid too: the candidates above run on the whole mesh, then the
-    best one on the grids of `mapper.search.grid_options` (powers of two, largest first, down
-    to the first on which nothing fits) with each reduce algorithm (before the one-direction
-    trees). A tuple of grids fixes them.
-
-    Each candidate is mapped once. `prune` (`wse-sim search` sets it): before any is
-    simulated, each gets `mapper.search.cycles_lower_bound` (provably at most its simulated
-    cycles); they are simulated by increasing bound, and one whose bound is above the best
-    simulated cost so far is pruned, not simulated (it cannot win; `tried` says "pruned"
-    with its bound): the choice is the one simulating every candidate gives
-    (tests/test_search_speed.py), in a fraction of the time."""
-    from mapper.search import cycles_lower_bound, grid_options, pruned, search
-    results = {}
-    for name in ("layout", "gemm_algo"):  # searched (a given one does not apply to auto)
-        kw.pop(name, None)
-    fixed = kw.pop("reduce_algo", None)
-    algos = (fixed,) if fixed else ("chain", "tree")
-    fixed_attention = kw.pop("attention", None)
-
-    fixed_layout = kw.pop("moe_layout", None)  # an MoE model: where its experts go
-    cands = _candidates(model, kw, grids or (None,), algos, fixed_attention, fixed_layout)
-    seen: set = set()
-    built: dict = {}  # id(candidate) -> (candidate, its Program): each mapped once
-
-    def prepare(cand: dict):
-        """The candidate's Program, mapped once (its bound and its simulation share it);
-        a mapping that an earlier candidate already gave is refused."""
-        if id(cand) in built:
-            return built[id(cand)][1]
-        program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
-                                chunks=cand["chunks"], micro_batches=cand["micro_batches"],
-                                region_shape=cand["region_shape"],
-                                reduce_algo=cand["reduce_algo"], attention=cand["attention"],
-                                moe_layout=cand["moe_layout"], layout=cand["layout"],
-                                gemm_algo=cand["gemm_algo"], **kw)
-        m = program.meta
-        trees = m.get("tree_axes", "")  # what the records really are
-        g = m.get("attention", {}).get("rows_per_group", 1)
-        key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
-               m.get("region_cols"), m.get("region_rows"), trees, g,
-               m.get("moe", {}).get("moe_layout"), m.get("layout"), m.get("gemm_algo"))
-        if key in seen:  # the same mapping as an earlier candidate
-            raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
-                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
-                             f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
-                             f"or more; {g} row(s) per head group)")
-        seen.add(key)
-        built[id(cand)] = (cand, program)
-        return program
-
-    def bound_of(cand: dict) -> float:
-        """A lower bound of `evaluate(cand)`: `mapper.search.cycles_lower_bound` (provably at
-        most the simulated cycles) in the same units (seconds per token)."""
-        program = prepare(cand)
-        return hw.seconds(cycles_lower_bound(program, hw)) / max(1, program.tokens)
-
-    def evaluate(cand: dict) -> float:
-        program = prepare(cand)
-        built.pop(id(cand), None)
-        r = simulate(program, hw, engine=engine)
-        results[tuple(cand.values())] = r
-        return r.seconds / max(1, r.tokens)
-
-    bound = bound_of if prune else None
-    found = search(cands, evaluate, budget=budget, progress=progress, bound=bound)
-    left = budget - len(found.tried)
-    if found.best is not None and grids is None:  # the best on smaller grids, largest first
-        base = found.best
-        for g in grid_options(hw.mesh_cols, hw.mesh_rows)[1:]:
-            left = budget - len(found.tried)
-            if left <= 0:
-                break
-            sized = search([base | {"grid": g, "reduce_algo": a} for a in algos], evaluate,
-                           budget=left, bound=bound, prune_above=found.best_cost)
-            found.absorb(sized)
-            if sized.best is None and not any(pruned(w) for *_, w in sized.tried):
-                break  # nothing fits this grid: smaller ones fit less
-    if not fixed_layout:  # the expert parallelism on the best placement
-        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget))
-    left = budget - len(found.tried)
-    two_d = found.best is not None and found.best["layout"] == "2d"
-    if found.best is not None and not fixed and left > 0 and not two_d:  # one direction only
-        one_way = [found.best | {"reduce_algo": a} for a in ("row-tree", "col-tree")]
-        found.absorb(search(one_way, evaluate, budget=left, bound=bound,
-                            prune_above=found.best_cost))
-    left = budget - len(found.tried)
-    if found.best is not None and not fixed_attention and left > 0 and not two_d:
-        found.absorb(search([found.best | {"attention": "rows"}], evaluate, budget=left,
-                            bound=bound, prune_above=found.best_cost))
-    best = results.get(tuple(found.best.values())) if found.best else None
-    return found, best
-
-
-def search_multi_wafer(hw: HardwareConfig, model: str, *, wafers: int, engine: str = "auto",
-                       budget: int = 64, progress: bool = False, **kw):
-    """The multi-wafer form of `search_mapping` (layer-pipelined on each of `wafers` wafers,
-    `run_multi_wafer`): tries the GEMMs' reduce algorithm (`chain`, `tree`, unless
-    `reduce_algo` is given) and, for an MoE model, every expert placement (`moe_layout`:
-    blocks, strips, bands, unless given); the least simulated latency per token wins (one
-    batch through every wafer in turn). Returns (SearchResult, the winner's run_multi_wafer
-    dict or None)."""
-    from mapper.search import search
-    fixed = kw.pop("reduce_algo", None)
-    fixed_layout = kw.pop("moe_layout", None)
-    moe = load_model(model, kw.get("model_set")).is_moe
-    layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
-    cands = [{"strategy": "layer-pipelined", "wafers": wafers, "reduce_algo": a,
-              "moe_layout": lay} for lay in layouts for a in ((fixed,) if fixed else
-                                                              ("chain", "tree"))]
-    results = {}
-
-    def evaluate(cand: dict) -> float:
-        out = run_multi_wafer(hw, model, wafers=wafers, engine=engine,
-                              reduce_algo=cand["reduce_algo"], moe_layout=cand["moe_layout"],
-                              **kw)
-        results[tuple(cand.values())] = out
-        return out["seconds"] / max(1, out["stages"][0].tokens)
-
-    found = search(cands, evaluate, budget=budget, progress=progress)
-    if not fixed_layout:  # the expert parallelism on the best placement
-        found.absorb(_search_expert_blocks(model, kw, found, evaluate, budget))
-    return found, results.get(tuple(found.best.values())) if found.best else None
 
 
 def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, batch: int = 1,

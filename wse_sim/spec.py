@@ -149,9 +149,10 @@ class Mapping:
                               and (s.mapping.strategy in ("layer-pipelined", "auto")
                                    or s.mapping.layout == "2d"
                                    or (s.mapping.layout == "auto"
-                                       and s.mapping.strategy == "weight-streaming")),
+                                       and s.mapping.strategy in ("layer-sequential",
+                                                                  "weight-streaming"))),
                               where="phase train with strategy layer-pipelined or layout 2d "
-                                    "(auto: with weight-streaming)",
+                                    "(auto: with layer-sequential or weight-streaming)",
                               help="train: split the batch into N equal micro-batches (N "
                                    "divides batch): layer-pipelined pipelines them through the "
                                    "layer regions, layout 2d runs them one after another "
@@ -179,12 +180,12 @@ class Mapping:
                           help="attention over a region's rows: heads, rows or auto")
     layout: str = _opt("auto", kind=str, choices=("auto", "top-row", "2d"),
                        applies=lambda s: s.mapping.strategy in ("layer-sequential",
-                                                                "weight-streaming")
+                                                                "weight-streaming", "auto")
                        and (s.workload.phase in ("prefill", "train")
                             or s.workload.generate is not None),
-                       where="strategy layer-sequential or weight-streaming in a prefill or "
-                             "a training step (with generate: the prefill's layout; decode "
-                             "stays top-row)",
+                       where="strategy layer-sequential, weight-streaming or auto (search) in "
+                             "a prefill or a training step (with generate: the prefill's "
+                             "layout; decode stays top-row)",
                        help="where a layer's activations lie: top-row (one row of the region; "
                             "the decode layout), 2d (tokens x features tiled over the whole "
                             "region, projections as 2-D GEMMs; docs/strategies.md) or auto "

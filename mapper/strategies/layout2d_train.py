@@ -535,9 +535,8 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     if not streaming and buffers["weights"] > hw.sram_bytes:
         raise MappingError(
             f"model {cfg.name} does not fit layer-sequential training in the 2-D layout: its "
-            f"resident weights alone need {buffers['weights']} bytes per core of the {P} x {P} "
-            f"region (every layer's matrices in both alignments the step reads) > sram_bytes "
-            f"{hw.sram_bytes}; use weight-streaming (the weights stream in per layer)")
+            f"resident weights (every layer's, twice) alone need {buffers['weights']} bytes "
+            f"per core of {P} x {P} > sram_bytes {hw.sram_bytes}; use weight-streaming")
     check_buffers("the 2-D region", run, buffers, reg)
     if check_only:
         return None

@@ -24,7 +24,9 @@ MODEL_FIELDS = ("model", "phase", "batch", "prompt", "context", "grid", "dtype",
                 "sparsity_file")
 PRECISION_FIELDS = ("weights_dtype", "kv_dtype", "accum_dtype", "sparse_format",
                     "sparsity_file")  # passed on only when given
-SEARCH_FIELDS = MODEL_FIELDS + ("wafers", "routing", "moe_layout")  # MoE: fixed when given
+# MoE's placement, the layout, GEMM algorithm and checkpointing: fixed when given
+SEARCH_FIELDS = MODEL_FIELDS + ("wafers", "routing", "moe_layout", "layout", "gemm_algo",
+                                "recompute")
 
 
 def _reduce_arg(p, default, help_text: str) -> None:
@@ -155,11 +157,13 @@ def cmd_compare(args) -> int:
 def cmd_search(args) -> int:
     from mapper.search import pruned
     from wse_sim.engine import AUTO_REFERENCE_MAX_CORES
-    from wse_sim.experiment import search_mapping
-    spec_from_args(args, only=SEARCH_FIELDS)
+    from wse_sim.search_mappings import search_mapping
+    args.strategy = "auto"  # searched
+    spec_from_args(args, only=SEARCH_FIELDS + ("strategy",))
     hw = effective_hardware(args)
     check_output_args(args, hw)
-    kw = _kw(args) | {k: getattr(args, k) for k in ("routing", "moe_layout")
+    kw = _kw(args) | {k: getattr(args, k) for k in ("routing", "moe_layout", "layout",
+                                                    "gemm_algo", "recompute")
                       if getattr(args, k, None) is not None}
     if args.wafers > 1:
         return _search_wafers(args, hw, kw)
@@ -194,8 +198,9 @@ def cmd_search(args) -> int:
         print_json(out)
     else:
         g = found.best["grid"]
+        lay = " in the 2-D layout" if found.best.get("layout") == "2d" else ""
         print(f"chosen: {found.best['strategy']} on {f'a {g} x {g} grid' if g else 'the whole mesh'}"
-              " — least simulated time per token "
+              f"{lay} — least simulated time per token "
               f"({found.best_cost * 1e6:.3f} µs/token)")
         print(f"reduce: {found.why('reduce_algo')}")
         print(f"attention: {found.why('attention')}")
@@ -207,8 +212,8 @@ def cmd_search(args) -> int:
 
 def _search_wafers(args, hw, kw: dict) -> int:
     """`search --wafers N`: the reduce algorithm and (MoE) the expert placement of the
-    multi-wafer pipeline, by simulated latency per token (experiment.search_multi_wafer)."""
-    from wse_sim.experiment import search_multi_wafer
+    multi-wafer pipeline, by simulated latency per token (search_mappings.search_multi_wafer)."""
+    from wse_sim.search_mappings import search_multi_wafer
     if kw.pop("grid", None) is not None:
         raise ValueError(f"--grid: got {args.grid} with --wafers {args.wafers}; search over "
                          "wafers maps each wafer's whole mesh (leave --grid out)")
@@ -245,8 +250,9 @@ def _search_wafers(args, hw, kw: dict) -> int:
 
 def run_extended(args) -> int:
     """`run` with --strategy auto, --generate or --wafers."""
-    from wse_sim.experiment import run_generate, run_multi_wafer, search_mapping
+    from wse_sim.experiment import run_generate, run_multi_wafer
     from wse_sim.report.text import format_report
+    from wse_sim.search_mappings import search_mapping
     hw = effective_hardware(args)
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
           "reduce_algo": args.reduce_algo, "attention": args.attention,
@@ -282,9 +288,11 @@ def run_extended(args) -> int:
         kw.pop("reduce_algo")  # searched
         if kw["attention"] == "auto":
             kw.pop("attention")  # searched too
+        fixed = {k: getattr(args, k) for k in ("layout", "gemm_algo", "recompute")
+                 if getattr(args, k, None) is not None}  # searched unless given
         found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
                                   prompt=args.prompt, context=args.context, grids=(args.grid,),
-                                  progress=False, prune=True, **kw)  # only its choice is used
+                                  progress=False, prune=True, **kw, **fixed)  # its choice
         if found.best is None:
             raise ValueError(f"strategy auto: no strategy fits {args.model} on {args.preset}")
         strategy = found.best["strategy"]
@@ -296,6 +304,7 @@ def run_extended(args) -> int:
         args.moe_layout = kw["moe_layout"] = found.best.get("moe_layout")
         args.layout = found.best.get("layout", "top-row")
         args.gemm_algo = found.best.get("gemm_algo", "auto")
+        args.recompute = found.best.get("recompute", args.recompute)
     if args.generate:
         if args.micro_batches != 1:
             raise ValueError(f"micro_batches: got {args.micro_batches} with --generate, must be "
