@@ -116,6 +116,10 @@ PROBES = {
         "--sparsity-file": ["--sparsity-file", "/nonexistent.csv"],
         "--wafers": ["--wafers", "2"], "--routing": ["--routing", "skewed:1.5"],
         "--moe-layout": ["--moe-layout", "bands"],
+        # a decode: the 2-D layout's options are refused (tests/test_search_speed.py has
+        # the 2-D training search)
+        "--layout": ["--layout", "2d"], "--gemm-algo": ["--gemm-algo", "summa"],
+        "--recompute": ["--recompute", "off"],
     },
     "serve": {
         "--preset": ["--preset", "mesh16"], "--set": ["--set", "clock_ghz=0.5"],

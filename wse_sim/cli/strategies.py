@@ -217,6 +217,12 @@ def _search_wafers(args, hw, kw: dict) -> int:
     if kw.pop("grid", None) is not None:
         raise ValueError(f"--grid: got {args.grid} with --wafers {args.wafers}; search over "
                          "wafers maps each wafer's whole mesh (leave --grid out)")
+    for name, default in (("layout", "auto"), ("gemm_algo", "auto"), ("recompute", "on")):
+        v = kw.pop(name, default)
+        if v != default:  # each wafer's slice is layer-pipelined: top-row
+            raise ValueError(f"--{name.replace('_', '-')}: got {v!r} with --wafers "
+                             f"{args.wafers}; each wafer's slice is layer-pipelined, in the "
+                             "top-row layout")
     found, best = search_multi_wafer(hw, args.model, wafers=args.wafers, engine=args.engine,
                                      budget=args.budget, progress=not args.json, **kw)
     if best is None:
