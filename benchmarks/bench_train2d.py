@@ -7,7 +7,9 @@ fits wse3 (the budget, nothing built). Full size (minutes): Cerebras-GPT-1.3B at
 2,048 on wse2 and LLaMA3-8B at sequence 2,048 (batch 1) on wse3. `--quick`: tiny-llama, 64
 tokens, batch 2 in 2 micro-batches, on a 16 x 16 grid of mesh32 (`auto`: an algorithm per
 projection), then with each GEMM algorithm for every projection of the forward. Every case
-also runs with the optimizer on the wafer (`optimizer="onwafer"`)."""
+also runs with the optimizer on the wafer (`optimizer="onwafer"`) and as a layer-sequential
+step (every layer's weights resident: `.2d.layer-sequential`, with the bytes over the I/O of
+both)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ QUICK = (("mesh32", "tiny-llama", 64, 2, 2, 16),)
 
 
 def _case(preset, model, prompt, batch, micro, grid, layout, gemm_algo="auto",
-          optimizer="offwafer") -> dict:
+          optimizer="offwafer", strategy="weight-streaming") -> dict:
     from mapper.placement import MappingError
     from wse_sim.engine import simulate
     from wse_sim.experiment import build_program
@@ -34,7 +36,7 @@ def _case(preset, model, prompt, batch, micro, grid, layout, gemm_algo="auto",
     hw = load_preset(preset)
     t0 = time.perf_counter()
     try:
-        program = build_program(hw, model, phase="train", strategy="weight-streaming",
+        program = build_program(hw, model, phase="train", strategy=strategy,
                                 prompt=prompt, batch=batch, grid=grid, layout=layout,
                                 micro_batches=micro if layout == "2d" else 1,
                                 gemm_algo=gemm_algo if layout == "2d" else "auto",
@@ -51,7 +53,7 @@ def _case(preset, model, prompt, batch, micro, grid, layout, gemm_algo="auto",
             "tokens_per_s": s["tokens_per_s"], "peak_fraction": s["peak_fraction"],
             "recompute_share": m["recompute_flops"] / m["executed_flops"],
             "busy_core_fraction": s["busy_core_fraction"],
-            "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
+            "comm_share": s["comm_cycles"] / max(1, s["cycles"]), "io_bytes": s["io_bytes"],
             "build_s": round(t1 - t0, 1), "simulate_s": round(time.perf_counter() - t1, 1),
             "loop_iterations_skipped": s.get("loop_iterations_skipped", 0),
             "gemm_algos": ",".join(f"{k}={v}" for k, v in m["gemm_algos"].items())}
@@ -93,6 +95,16 @@ def main(argv=None) -> None:
                 figures[f"{key}.2d.onwafer.{k}"] = r[k]
         if "cycles" in r and f"{key}.2d.cycles" in figures:
             figures[f"{key}.2d.onwafer_vs_offwafer_cycles"] = \
+                r["cycles"] / figures[f"{key}.2d.cycles"]
+        # the weights resident (layer-sequential): no weight streams, the updates in once
+        r = _case(preset, model, prompt, batch, micro, grid, "2d", strategy="layer-sequential")
+        print(key, "layer-sequential", r, file=sys.stderr, flush=True)
+        for k in ("fits", "why", "sram_bytes_per_core", "cycles", "tokens_per_s", "io_bytes",
+                  "simulate_s"):
+            if k in r:
+                figures[f"{key}.2d.layer-sequential.{k}"] = r[k]
+        if "cycles" in r and f"{key}.2d.cycles" in figures:
+            figures[f"{key}.2d.layer-sequential_vs_weight-streaming_cycles"] = \
                 r["cycles"] / figures[f"{key}.2d.cycles"]
         if args.quick:  # the forward's GEMM algorithm, each for every projection
             for algo in ("meshgemm", "cannon", "summa"):
