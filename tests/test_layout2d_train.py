@@ -340,3 +340,28 @@ def test_layer_sequential_cli(capsys):
     assert main(args + ["--optimizer", "onwafer"]) == 2
     err = capsys.readouterr().err
     assert "optimizer: got 'onwafer'" in err and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_io_bytes_per_step_closed_form(streaming, micro_batches):
+    """docs/strategies.md's table: the bytes in and out over the I/O of a step of M
+    micro-batches under weight streaming and layer-sequential."""
+    from mapper.strategies.single_region import layer_weight_bytes
+    cfg, M = load_model("tiny-llama"), micro_batches
+    p = _train(streaming=streaming, micro_batches=M)
+    ins, outs = (sum(t.bytes for t in p.tasks if getattr(t, "direction", None) == d)
+                 for d in ("in", "out"))
+    run = make_run(cfg, HW, phase="train", batch=2, prompt=16, context=16, dtype="fp16",
+                   grid=6, sparsity=0.0, micro_batches=M)
+    W = [layer_weight_bytes(run, i) for i in range(cfg.n_layers)]
+    s = [cfg.layer_small_params(i) * run.bytes for i in range(cfg.n_layers)]
+    H = cfg.d_model * cfg.vocab_size * run.weight_bytes
+    Hg = cfg.d_model * cfg.vocab_size * run.bytes
+    E = run.chunk_tokens * cfg.d_model * run.bytes
+    if streaming:
+        want = (M * (E + 2 * sum(W) + H), M * (sum(W) + Hg + E))
+    else:
+        want = (M * E + sum(2 * w - si for w, si in zip(W, s, strict=True)) + H,
+                sum(W) + Hg + M * E)
+    assert (ins, outs) == want
