@@ -9,7 +9,7 @@ from mapper.gemm import build_gemm
 from mapper.search import cycles_lower_bound, pruned, search, tracked_cores
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program
-from wse_sim.hardware import load_preset
+from wse_sim.hardware import ConfigError, load_preset
 from wse_sim.search_mappings import search_mapping
 
 MESH8 = load_preset("mesh8")
@@ -182,3 +182,6 @@ def test_a_given_layout_is_kept_or_refused(capsys):
                  "--context", "4", "--layout", "2d"]) == 2
     err = capsys.readouterr().err.strip()
     assert "layout: got '2d'" in err and "\n" not in err
+    with pytest.raises(ConfigError, match="recompute: got 'off', which applies only to a "
+                                          "training step"):
+        search_mapping(MESH8, "tiny", phase="prefill", prompt=8, recompute="off")

@@ -28,6 +28,9 @@ def _candidates(model: str, kw: dict, grids: tuple, algos: tuple, fixed_attentio
     layouts = (fixed_layout,) if fixed_layout or not moe else MOE_LAYOUTS
     two_d_only = given["layout"] == "2d" or given["gemm_algo"] or given["recompute"]
     two_d_maps = phase in ("prefill", "train") and not moe and not fixed_attention
+    if given["recompute"] and phase != "train":
+        raise ConfigError(f"recompute: got {given['recompute']!r}, which applies only to a "
+                          "training step")
     if two_d_only and not two_d_maps:
         raise ConfigError(f"search: the 2-D layout (asked for by {_asked(given)}) maps a dense "
                           "prefill or training step, with attention auto")
