@@ -25,6 +25,7 @@ def test_compare_writes_its_scorecard_and_every_run(tmp_path, capsys):
     assert card["strategies"] == d["strategies"]
     assert len((out / "scorecard.csv").read_text().splitlines()) == 1 + len(names) + len(
         d["rejected"])
+    assert {r["layout"] for r in d["strategies"]} == {"top-row"}  # a decode's layout
     for name in names:
         assert (out / name / "result.json").exists()
         assert (tmp_path / f"t.{name}.json").exists()
