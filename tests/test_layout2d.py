@@ -361,20 +361,24 @@ def test_strategy_auto_runs_the_2d_winner_and_generate_takes_the_2d_prefill(caps
                "--grid", "8", "--strategy", "auto", "--engine", "fast", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc in (0, None) and out["layout"] == "2d"
-    ttft, handoff = {}, {}
+    ttft, handoff, moved = {}, {}, {}
     for layout in ("top-row", "2d"):
         rc = main(["run", "--preset", "mesh16", "--model", "tiny-llama", "--prompt", "64",
                    "--generate", "4", "--strategy", "layer-sequential", "--layout", layout,
                    "--engine", "fast", "--json"])
         out = json.loads(capsys.readouterr().out)
         ttft[layout], handoff[layout] = out["time_to_first_token_s"], out["kv_handoff"]
+        moved[layout] = out["kv_handoff_bytes"]
     assert ttft["2d"] < ttft["top-row"]
-    # the 2-D prefill leaves its KV cache in its tiles, not where the decode reads it: said
+    # the 2-D prefill leaves its KV cache in its tiles, not where the decode reads it: said,
+    # with what the move would carry (every layer's keys and values of the prompt, fp16)
     assert handoff == {"top-row": "in place", "2d": "not simulated"}
+    cfg = load_model("tiny-llama")
+    assert moved == {"top-row": 0, "2d": 2 * cfg.n_layers * cfg.kv_dim * 64 * 2}
     main(["run", "--preset", "mesh16", "--model", "tiny-llama", "--prompt", "64", "--generate",
           "4", "--strategy", "layer-sequential", "--prefill-grid", "16", "--decode-grid", "8",
           "--engine", "fast"])
-    assert "its move is not simulated" in capsys.readouterr().out
+    assert f"its move ({moved['2d']:,} bytes) is not simulated" in capsys.readouterr().out
 
 
 def test_gemm_steps_skipped_by_pairs_inside_the_layers_loop(monkeypatch):

@@ -17,7 +17,14 @@ from mapper.strategies.layout2d import map_2d
 from mapper.strategies.layout2d_optimizer import OPTIMIZERS
 from workloads.models import load_model
 from wse_sim.engine import simulate
-from wse_sim.hardware import DTYPES, FLOAT_DTYPES, ConfigError, HardwareConfig, load_preset
+from wse_sim.hardware import (
+    DTYPE_BYTES,
+    DTYPES,
+    FLOAT_DTYPES,
+    ConfigError,
+    HardwareConfig,
+    load_preset,
+)
 from wse_sim.precision import Precision
 from wse_sim.sparsity import Sparsity
 from wse_sim.spec import RunSpec
@@ -261,6 +268,12 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
     first_program = build_program(hw, model, phase="decode", context=prompt, batch=batch,
                                   grid=decode_grid, **kw)
     handoff = kv_handoff(pre_program.meta, first_program.meta)
+    cfg = load_model(model, kw.get("model_set"))
+    kv = precision_of(kw.get("dtype", "fp16"), kw.get("weights_dtype"), kw.get("kv_dtype"),
+                      kw.get("accum_dtype")).kv
+    # what a move between the layouts carries: every layer's keys and values of the prompt
+    moved = 2 * cfg.n_layers * cfg.kv_dim * prompt * batch * DTYPE_BYTES[kv] \
+        if handoff != "in place" else 0
     pre = simulate(pre_program, hw, engine=engine)
     first = simulate(first_program, hw, engine=engine)
     if generate > 1:
@@ -271,7 +284,7 @@ def run_generate(hw: HardwareConfig, model: str, *, generate: int, prompt: int, 
     decode_s = generate * (first.seconds + last.seconds) / 2
     total = pre.seconds + decode_s
     return {
-        "kv_handoff": handoff,
+        "kv_handoff": handoff, "kv_handoff_bytes": moved,
         "prefill_seconds": pre.seconds, "decode_seconds": decode_s, "seconds": total,
         "first_decode_seconds": first.seconds, "last_decode_seconds": last.seconds,
         "time_to_first_token_s": pre.seconds + first.seconds,

@@ -336,7 +336,8 @@ def run_extended(args) -> int:
             print(f"  time to first token  {out['time_to_first_token_s'] * 1e6:.2f} µs")
             if out["kv_handoff"] != "in place":
                 print("  KV cache             the prefill leaves it in another layout than the "
-                      "decode's: its move is not simulated and not in these times")
+                      f"decode's: its move ({out['kv_handoff_bytes']:,} bytes) is not "
+                      "simulated and not in these times")
             print(f"  total                {out['seconds'] * 1e6:.2f} µs, "
                   f"{out['tokens_per_s']:,.0f} generated tokens/s end to end "
                   f"({out['decode_tokens_per_s']:,.0f} tokens/s while decoding)")
