@@ -185,3 +185,19 @@ def test_a_given_layout_is_kept_or_refused(capsys):
     with pytest.raises(ConfigError, match="recompute: got 'off', which applies only to a "
                                           "training step"):
         search_mapping(MESH8, "tiny", phase="prefill", prompt=8, recompute="off")
+
+
+def test_candidates_beyond_the_budget_are_counted(capsys):
+    """A budget smaller than the candidates: the rest are not tried, and both the table and
+    the JSON say how many."""
+    import json
+
+    from wse_sim.cli.main import main
+    argv = ["search", "--preset", "mesh8", "--model", "tiny", "--phase", "decode", "--context",
+            "8", "--grid", "8", "--budget", "2"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["tried"]) == 2 and out["candidates_not_tried"] > 0
+    assert main(argv) == 0
+    assert f"{out['candidates_not_tried']} more candidates not tried: beyond --budget" in \
+        capsys.readouterr().out

@@ -197,6 +197,7 @@ def cmd_search(args) -> int:
             out["moe_layout"] = found.best["moe_layout"]
             out["moe_layout_why"] = found.why("moe_layout")
         out["tried"] = tried
+        out["candidates_not_tried"] = found.left_out  # beyond --budget
         print_json(out)
     else:
         g = found.best["grid"]
