@@ -58,7 +58,7 @@ def _two_d(phase: str, grids: tuple, micro_options: tuple, reduce_algo: str,
            given: dict) -> list[dict]:
     """The 2-D layout's candidates: layer-sequential and weight-streaming with each GEMM
     algorithm that composes into it and `auto` (an algorithm per projection); a training
-    step with each micro-batch count (`search_mapping` refuses more than the fewest that
+    step with each micro-batch count (`_Mapped` refuses more than the fewest that
     fit) and checkpointing on, and off with the last algorithm (`auto`, or the one given)."""
     train = phase == "train"
     gas = (given["gemm_algo"],) if given["gemm_algo"] else fragment_algos() + ("auto",)
@@ -92,6 +92,54 @@ def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int):
         return SearchResult(None, None)
     opts = expert_block_options(model, kw.get("model_set"), best["moe_layout"])
     return search([best | {"moe_layout": lay} for lay in opts], evaluate, budget=left)
+
+
+class _Mapped:
+    """Each candidate's Program, mapped once (its bound and its simulation share it); a
+    mapping that an earlier candidate already gave is refused, and so is a 2-D training step in
+    more micro-batches than an earlier candidate of the same mapping fitted in (each one more
+    runs every pass again: more latency, more I/O)."""
+
+    def __init__(self, hw: HardwareConfig, model: str, kw: dict):
+        self.hw, self.model, self.kw = hw, model, kw
+        self.seen: set = set()
+        self.built: dict = {}  # id(candidate) -> (candidate, its Program)
+        self.fewest: dict = {}  # a 2-D training mapping -> the fewest micro-batches that fitted
+
+    def program(self, cand: dict):
+        if id(cand) in self.built:
+            return self.built[id(cand)][1]
+        two_d = (cand["strategy"], cand["grid"], cand["gemm_algo"], cand.get("recompute")) \
+            if cand["layout"] == "2d" and "recompute" in cand else None
+        if two_d in self.fewest and self.fewest[two_d] < cand["micro_batches"]:
+            raise ValueError(f"more micro-batches than the {self.fewest[two_d]} this mapping "
+                             "fits in (each one more runs every pass again)")
+        program = build_program(self.hw, self.model, strategy=cand["strategy"],
+                                grid=cand["grid"], chunks=cand["chunks"],
+                                micro_batches=cand["micro_batches"],
+                                region_shape=cand["region_shape"],
+                                reduce_algo=cand["reduce_algo"], attention=cand["attention"],
+                                moe_layout=cand["moe_layout"], layout=cand["layout"],
+                                gemm_algo=cand["gemm_algo"],
+                                **({"recompute": cand["recompute"]} if "recompute" in cand
+                                   else {}), **self.kw)
+        m = program.meta
+        trees = m.get("tree_axes", "")  # what the records really are
+        g = m.get("attention", {}).get("rows_per_group", 1)
+        key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
+               m.get("region_cols"), m.get("region_rows"), trees, g,
+               m.get("moe", {}).get("moe_layout"), m.get("layout"), m.get("gemm_algo"),
+               m.get("recompute"))
+        if two_d is not None:
+            self.fewest.setdefault(two_d, cand["micro_batches"])
+        if key in self.seen:  # the same mapping as an earlier candidate
+            raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
+                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
+                             f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
+                             f"or more; {g} row(s) per head group)")
+        self.seen.add(key)
+        self.built[id(cand)] = (cand, program)
+        return program
 
 
 def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budget: int = 64,
@@ -144,47 +192,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     fixed_layout = kw.pop("moe_layout", None)  # an MoE model: where its experts go
     cands = _candidates(model, kw, grids or (None,), algos, fixed_attention, fixed_layout,
                         given)
-    seen: set = set()
-    built: dict = {}  # id(candidate) -> (candidate, its Program): each mapped once
-    fewest: dict = {}  # a 2-D training mapping -> the fewest micro-batches that fitted
-
-    def prepare(cand: dict):
-        """The candidate's Program, mapped once (its bound and its simulation share it);
-        a mapping that an earlier candidate already gave is refused, and so is a 2-D
-        training step in more micro-batches than an earlier candidate of the same mapping
-        fitted in (each one more runs every pass again: more latency, more I/O)."""
-        if id(cand) in built:
-            return built[id(cand)][1]
-        two_d = (cand["strategy"], cand["grid"], cand["gemm_algo"], cand.get("recompute")) \
-            if cand["layout"] == "2d" and "recompute" in cand else None
-        if two_d in fewest and fewest[two_d] < cand["micro_batches"]:
-            raise ValueError(f"more micro-batches than the {fewest[two_d]} this mapping fits "
-                             "in (each one more runs every pass again)")
-        program = build_program(hw, model, strategy=cand["strategy"], grid=cand["grid"],
-                                chunks=cand["chunks"], micro_batches=cand["micro_batches"],
-                                region_shape=cand["region_shape"],
-                                reduce_algo=cand["reduce_algo"], attention=cand["attention"],
-                                moe_layout=cand["moe_layout"], layout=cand["layout"],
-                                gemm_algo=cand["gemm_algo"],
-                                **({"recompute": cand["recompute"]} if "recompute" in cand
-                                   else {}), **kw)
-        m = program.meta
-        trees = m.get("tree_axes", "")  # what the records really are
-        g = m.get("attention", {}).get("rows_per_group", 1)
-        key = (cand["strategy"], cand["grid"], m.get("chunks", 1), m.get("micro_batches", 1),
-               m.get("region_cols"), m.get("region_rows"), trees, g,
-               m.get("moe", {}).get("moe_layout"), m.get("layout"), m.get("gemm_algo"),
-               m.get("recompute"))
-        if two_d is not None:
-            fewest.setdefault(two_d, cand["micro_batches"])
-        if key in seen:  # the same mapping as an earlier candidate
-            raise ValueError(f"same mapping as an earlier candidate ({m.get('chunks', 1)} "
-                             f"chunks, {m.get('region_cols')} x {m.get('region_rows')} regions, "
-                             f"trees along {trees or 'no axis'}: a tree needs lines of 3 cores "
-                             f"or more; {g} row(s) per head group)")
-        seen.add(key)
-        built[id(cand)] = (cand, program)
-        return program
+    mapped = _Mapped(hw, model, kw)
+    prepare = mapped.program
 
     def bound_of(cand: dict) -> float:
         """A lower bound of `evaluate(cand)`: `mapper.search.cycles_lower_bound` (provably at
@@ -194,7 +203,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
 
     def evaluate(cand: dict) -> float:
         program = prepare(cand)
-        built.pop(id(cand), None)
+        mapped.built.pop(id(cand), None)
         r = simulate(program, hw, engine=engine)
         results[tuple(cand.values())] = r
         return r.seconds / max(1, r.tokens)
