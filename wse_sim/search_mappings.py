@@ -12,6 +12,9 @@ from wse_sim.experiment import STRATEGIES, build_program, run_multi_wafer
 from wse_sim.hardware import ConfigError, HardwareConfig
 from wse_sim.spec import Mapping
 
+# the options of the layout a search fixes when given other than these
+LAYOUT_DEFAULTS = {"layout": "auto", "gemm_algo": "auto", "recompute": "on"}
+
 
 def _candidates(model: str, kw: dict, grids: tuple, algos: tuple, fixed_attention,
                 fixed_layout, given: dict) -> list[dict]:
@@ -181,9 +184,8 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     results = {}
     # the layout, GEMM algorithm and checkpointing: searched unless given other than the
     # default (a run spec passes every field)
-    defaults = {"layout": "auto", "gemm_algo": "auto", "recompute": "on"}
-    given = {k: None if kw.get(k, d) == d else kw[k] for k, d in defaults.items()}
-    for k in defaults:
+    given = {k: None if kw.get(k, d) == d else kw[k] for k, d in LAYOUT_DEFAULTS.items()}
+    for k in LAYOUT_DEFAULTS:
         kw.pop(k, None)
     fixed = kw.pop("reduce_algo", None)
     algos = (fixed,) if fixed else ("chain", "tree")

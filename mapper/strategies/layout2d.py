@@ -223,17 +223,21 @@ def scratch_tiles(plans: dict) -> dict[str, dict]:
     return out
 
 
+def layer_weight_tile_bytes(run: Run, t: Tiles, copies: int = 1) -> int:
+    """One layer's weights on the fullest core: `copies` of its matrices' tiles (in the
+    weights' dtype) and its two norms' gains (and biases) once."""
+    norms = (1 if run.cfg.norm == "rmsnorm" else 2) * t.d * run.bytes
+    return copies * t.weight_values() * run.weight_bytes + 2 * norms
+
+
 def buffers_2d(run: Run, t: Tiles, algos: dict[str, str], streaming: bool) -> dict[str, int]:
     """SRAM bytes per buffer class on the fullest core (the tiles of layout2d_data)."""
     cfg, b, P, hd, tm = run.cfg, run.bytes, t.P, run.cfg.hd, t.tm
     acc = DTYPE_BYTES[run.precision.accum]
     L = cfg.n_layers
-    norms = (1 if cfg.norm == "rmsnorm" else 2) * t.d * b
-    per_layer = t.weight_values() * run.weight_bytes \
-        + 2 * norms
     scratch = sum(scratch_bytes(plan) for plan in gemm_plans(run, P, algos).values())
     out = {
-        "weights": per_layer * (2 if streaming else L),
+        "weights": layer_weight_tile_bytes(run, t) * (2 if streaming else L),
         "activations": tm * (2 * t.d + t.q + t.f) * b + tm * 2 * 4,
         "gemm_c": tm * (t.qkv + 2 * t.d + t.ffn) * acc,
         "gemm_scratch": scratch,

@@ -67,6 +67,7 @@ from mapper.strategies.layout2d import (
     emit_layers,
     gemm_plans,
     gemm_shapes,
+    layer_weight_tile_bytes,
     scratch_bytes,
     scratch_tiles,
 )
@@ -111,8 +112,7 @@ def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto",
     algos = train_algos(run, P, gemm_algo)
     out = buffers_2d(run, t, algos, True)
     if not streaming:
-        norms = (1 if cfg.norm == "rmsnorm" else 2) * t.d * b
-        out["weights"] = cfg.n_layers * (2 * t.weight_values() * run.weight_bytes + 2 * norms)
+        out["weights"] = cfg.n_layers * layer_weight_tile_bytes(run, t, copies=2)
         if run.micro_batches > 1:  # the other layers' (`weight_grads` counts one)
             out["grad_accumulators"] = (cfg.n_layers - 1) * t.weight_values() * 4
     for k in ("kv_cache", "tree_recv", "table"):
@@ -428,9 +428,6 @@ def map_train(em, run: Run, streaming: bool, recompute: bool,
         io[0] = pb.add(IoTransfer(label, reg, int(nbytes), direction, deps=deps))
         return (Dep(io[0]),)
 
-    def resident(label: str, nbytes: int, direction: str, after) -> tuple:
-        return ()  # layer-sequential: the weights are on the wafer already
-
     w_bytes = [layer_weight_bytes(run, i) for i in range(L)]
     for mb in range(run.micro_batches):
         tr.tp.share = (mb, run.micro_batches)
@@ -439,22 +436,25 @@ def map_train(em, run: Run, streaming: bool, recompute: bool,
             grads_to = "out" if optimizer == "offwafer" else "update" if last else "keep"
         else:
             grads_to = "renew" if last else "keep"
-        _micro_batch(tr, xfer, w_bytes, grads_to, xfer if streaming else resident)
+        _micro_batch(tr, xfer, w_bytes, grads_to, streaming)
     return {"recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops,
             "optimizer": optimizer}
 
 
-def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str = "out",
-                 weights_in=None) -> None:
+def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str,
+                 streaming: bool) -> None:
     """One micro-batch: embedding in, the layers' forward, the head and loss, the layers'
     backward (each after its recompute) and what becomes of each layer's weight gradients
     (`grads_to`: "out" over the I/O, "keep" accumulated on the wafer, "update" the on-wafer
     optimizer's step, "renew" out and the host's updated weights back into the resident
-    copies), the embedding's gradient out. `weights_in`: how the weights arrive (`xfer`, or
-    nothing when resident)."""
+    copies), the embedding's gradient out. `streaming`: the weights stream in (`xfer`),
+    else they are on the wafer already."""
     em, run, pb, reg = tr.em, tr.run, tr.pb, tr.reg
     cfg, L = run.cfg, run.cfg.n_layers
-    win = weights_in or xfer
+
+    def win(label: str, nbytes: int, direction: str, after) -> tuple:
+        return xfer(label, nbytes, direction, after) if streaming else ()
+
     head_bytes = cfg.d_model * cfg.vocab_size * run.weight_bytes
     x = xfer("embed.in", em.tokens * cfg.d_model * run.bytes, "in", ())
     dep = [(Dep(tr.tp.compute("embed", reg, x, fmac=False)),)]
@@ -466,14 +466,14 @@ def _micro_batch(tr: Trainer, xfer, w_bytes: list[int], grads_to: str = "out",
         dep[0] = tr.forward(i, dep[0], wd)
         ends.append(dep[0][0])
 
-    emit_layers(pb, L, fwd, "layers", peel=2 if win is xfer else 1)
+    emit_layers(pb, L, fwd, "layers", peel=2 if streaming else 1)
     wd = win("lm_head.weights.in", head_bytes, "in", ())
     # the last layer's backward weights, once its forward is done (the head has its own)
     nxt = [win(f"L{L - 1}.weights.bwd.in", w_bytes[L - 1], "in", (ends[-1],))]
     dx, head_grads = tr.head(dep[0], wd)
     # streamed, the head's gradient goes out every micro-batch (its update is the host's);
     # resident, it accumulates as the layers' do
-    if win is xfer or grads_to == "renew":
+    if streaming or grads_to == "renew":
         g = xfer("lm_head.grads.out", cfg.d_model * cfg.vocab_size * run.bytes, "out",
                  head_grads)
         if grads_to == "renew":

@@ -159,13 +159,12 @@ def cmd_compare(args) -> int:
 def cmd_search(args) -> int:
     from mapper.search import pruned
     from wse_sim.engine import AUTO_REFERENCE_MAX_CORES
-    from wse_sim.search_mappings import search_mapping
+    from wse_sim.search_mappings import LAYOUT_DEFAULTS, search_mapping
     args.strategy = "auto"  # searched
     spec_from_args(args, only=SEARCH_FIELDS + ("strategy",))
     hw = effective_hardware(args)
     check_output_args(args, hw)
-    kw = _kw(args) | {k: getattr(args, k) for k in ("routing", "moe_layout", "layout",
-                                                    "gemm_algo", "recompute")
+    kw = _kw(args) | {k: getattr(args, k) for k in ("routing", "moe_layout", *LAYOUT_DEFAULTS)
                       if getattr(args, k, None) is not None}
     if args.wafers > 1:
         return _search_wafers(args, hw, kw)
@@ -216,11 +215,11 @@ def cmd_search(args) -> int:
 def _search_wafers(args, hw, kw: dict) -> int:
     """`search --wafers N`: the reduce algorithm and (MoE) the expert placement of the
     multi-wafer pipeline, by simulated latency per token (search_mappings.search_multi_wafer)."""
-    from wse_sim.search_mappings import search_multi_wafer
+    from wse_sim.search_mappings import LAYOUT_DEFAULTS, search_multi_wafer
     if kw.pop("grid", None) is not None:
         raise ValueError(f"--grid: got {args.grid} with --wafers {args.wafers}; search over "
                          "wafers maps each wafer's whole mesh (leave --grid out)")
-    for name, default in (("layout", "auto"), ("gemm_algo", "auto"), ("recompute", "on")):
+    for name, default in LAYOUT_DEFAULTS.items():
         v = kw.pop(name, default)
         if v != default:  # each wafer's slice is layer-pipelined: top-row
             raise ValueError(f"--{name.replace('_', '-')}: got {v!r} with --wafers "
@@ -261,7 +260,7 @@ def run_extended(args) -> int:
     """`run` with --strategy auto, --generate or --wafers."""
     from wse_sim.experiment import run_generate, run_multi_wafer
     from wse_sim.report.text import format_report
-    from wse_sim.search_mappings import search_mapping
+    from wse_sim.search_mappings import LAYOUT_DEFAULTS, search_mapping
     hw = effective_hardware(args)
     kw = {"batch": args.batch, "dtype": args.dtype, "sparsity": args.sparsity,
           "reduce_algo": args.reduce_algo, "attention": args.attention,
@@ -297,7 +296,7 @@ def run_extended(args) -> int:
         kw.pop("reduce_algo")  # searched
         if kw["attention"] == "auto":
             kw.pop("attention")  # searched too
-        fixed = {k: getattr(args, k) for k in ("layout", "gemm_algo", "recompute")
+        fixed = {k: getattr(args, k) for k in LAYOUT_DEFAULTS
                  if getattr(args, k, None) is not None}  # searched unless given
         found, _ = search_mapping(hw, args.model, engine=args.engine, phase=args.phase,
                                   prompt=args.prompt, context=args.context, grids=(args.grid,),
