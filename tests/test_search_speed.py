@@ -152,8 +152,9 @@ def test_the_command_prunes_beyond_32_x_32_cores_and_says_so(capsys):
 
 def test_a_training_search_tries_the_2d_layout():
     """Layer-sequential and weight-streaming 2-D steps, checkpointing on and off, in the
-    fewest micro-batches that fit (more are refused, with the reason); pruning picks what the
-    exhaustive search picks; the winner's cost is its simulation's."""
+    fewest micro-batches that fit (more are refused, with the reason), and layer-pipelined
+    ones in every micro-batch count (it pipelines them); pruning picks what the exhaustive
+    search picks; the winner's cost is its simulation's."""
     kw = dict(phase="train", prompt=4, batch=2, grids=(None,), layout="2d",
               gemm_algo="meshgemm")
     exhaustive, best_all = search_mapping(MESH8, "tiny", **kw)
@@ -161,11 +162,12 @@ def test_a_training_search_tries_the_2d_layout():
     assert fast.best == exhaustive.best and best.cycles == best_all.cycles
     tried = {(c["strategy"], c["micro_batches"], c["recompute"]): (cost, why)
              for c, cost, why in exhaustive.tried}
-    assert set(tried) == {(s, mb, rc) for s in ("layer-sequential", "weight-streaming")
+    assert set(tried) == {(s, mb, rc) for s in ("layer-sequential", "weight-streaming",
+                                                "layer-pipelined")
                           for mb in (1, 2) for rc in ("on", "off")}
     for (s, mb, rc), (cost, why) in tried.items():
-        assert (cost is not None) == (mb == 1), (s, mb, rc, why)
-        if mb == 2:
+        assert (cost is not None) == (mb == 1 or s == "layer-pipelined"), (s, mb, rc, why)
+        if mb == 2 and s != "layer-pipelined":
             assert why.startswith("more micro-batches than the 1 this mapping fits in")
     assert exhaustive.best_cost == min(c for c, _ in tried.values() if c is not None)
     assert exhaustive.best["layout"] == "2d" and best_all.meta["layout"] == "2d"

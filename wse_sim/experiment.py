@@ -11,7 +11,13 @@ from mapper.reduce_algos import LAYER_REDUCE_ALGOS
 from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from mapper.strategies.choose_layout import CHOICES as LAYOUT_CHOICES
-from mapper.strategies.choose_layout import TWO_D_STRATEGIES, candidates, map_first, smallest_grid
+from mapper.strategies.choose_layout import (
+    WHERE_2D,
+    candidates,
+    map_first,
+    smallest_grid,
+    two_d_maps,
+)
 from mapper.strategies.common import check_micro_batches
 from mapper.strategies.layout2d import map_2d
 from mapper.strategies.layout2d_optimizer import OPTIMIZERS
@@ -160,12 +166,16 @@ def _map_2d(cfg, hw, strategy: str, gemm_algo: str, train: tuple, run_kw: dict, 
             check_only: bool = False):
     """The run in the 2-D layout on `grid` (a prefill, or a training step: `train` is its
     (recompute, optimizer))."""
-    mapper_2d = map_2d
+    mapper_2d = partial(map_2d, streaming=strategy == "weight-streaming")
     if run_kw["phase"] == "train":
+        from mapper.strategies.layout2d_pipelined import map_pipelined_train_2d
         from mapper.strategies.layout2d_train import map_train_2d
-        mapper_2d = partial(map_train_2d, recompute=train[0] == "on", optimizer=train[1])
-    return mapper_2d(cfg, hw, streaming=strategy == "weight-streaming", grid=grid,
-                     gemm_algo=gemm_algo, check_only=check_only, **run_kw)
+        mapper_2d = partial(map_pipelined_train_2d, recompute=train[0] == "on",
+                            optimizer=train[1]) if strategy == "layer-pipelined" else \
+            partial(map_train_2d, streaming=strategy == "weight-streaming",
+                    recompute=train[0] == "on", optimizer=train[1])
+    return mapper_2d(cfg, hw, grid=grid, gemm_algo=gemm_algo, check_only=check_only,
+                     **run_kw)
 
 
 def _fits(map_2d_at, grid: int) -> bool:
@@ -183,9 +193,9 @@ def _check_layout(layout: str, strategy: str, phase: str, gemm_algo: str, recomp
     _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
     if layout == "top-row" and gemm_algo != "auto":
         raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
-    if layout == "2d" and strategy not in TWO_D_STRATEGIES:
-        raise ConfigError(f"layout: got '2d' with strategy {strategy}; the 2-D layout runs "
-                          "with layer-sequential or weight-streaming")
+    if layout == "2d" and not two_d_maps(phase, strategy):
+        raise ConfigError(f"layout: got '2d' with strategy {strategy} and phase {phase}; the "
+                          f"2-D layout maps {WHERE_2D}")
     _one_of("recompute", recompute, ("on", "off"))
     if recompute != "on" and not (layout in ("2d", "auto") and phase == "train"):
         raise ConfigError(f"recompute: got {recompute!r}, which applies only to a training "

@@ -62,16 +62,19 @@ def _two_d(phase: str, grids: tuple, micro_options: tuple, reduce_algo: str,
     """The 2-D layout's candidates: layer-sequential and weight-streaming with each GEMM
     algorithm that composes into it and `auto` (an algorithm per projection); a training
     step with each micro-batch count (`_Mapped` refuses more than the fewest that
-    fit) and checkpointing on, and off with the last algorithm (`auto`, or the one given)."""
+    fit) and checkpointing on, and off with the last algorithm (`auto`, or the one given),
+    and layer-pipelined (a region per layer) with that last algorithm."""
     train = phase == "train"
     gas = (given["gemm_algo"],) if given["gemm_algo"] else fragment_algos() + ("auto",)
     rcs = (given["recompute"],) if given["recompute"] else ("on", "off")
+    strategies = ("layer-sequential", "weight-streaming") + (("layer-pipelined",) if train
+                                                             else ())
     return [{"strategy": s, "grid": g, "chunks": 1, "micro_batches": mb, "region_shape": 0,
              "reduce_algo": reduce_algo, "attention": "auto", "moe_layout": None,
              "layout": "2d", "gemm_algo": ga} | ({"recompute": rc} if train else {})
-            for s in ("layer-sequential", "weight-streaming") for g in grids
+            for s in strategies for g in grids
             for mb in (micro_options if train else (1,))
-            for ga in gas
+            for ga in (gas if s != "layer-pipelined" else gas[-1:])
             for rc in (rcs if train and (ga == gas[-1] or given["recompute"]) else ("on",))]
 
 
@@ -99,9 +102,9 @@ def _search_expert_blocks(model: str, kw: dict, found, evaluate, budget: int):
 
 class _Mapped:
     """Each candidate's Program, mapped once (its bound and its simulation share it); a
-    mapping that an earlier candidate already gave is refused, and so is a 2-D training step in
-    more micro-batches than an earlier candidate of the same mapping fitted in (each one more
-    runs every pass again: more latency, more I/O)."""
+    mapping that an earlier candidate already gave is refused, and so is a layer-sequential or
+    weight-streaming 2-D training step in more micro-batches than an earlier candidate of the
+    same mapping fitted in (each one more runs every pass again: more latency, more I/O)."""
 
     def __init__(self, hw: HardwareConfig, model: str, kw: dict):
         self.hw, self.model, self.kw = hw, model, kw
@@ -112,8 +115,10 @@ class _Mapped:
     def program(self, cand: dict):
         if id(cand) in self.built:
             return self.built[id(cand)][1]
+        # (layer-pipelined pipelines its micro-batches: more may be faster)
         two_d = (cand["strategy"], cand["grid"], cand["gemm_algo"], cand.get("recompute")) \
-            if cand["layout"] == "2d" and "recompute" in cand else None
+            if cand["layout"] == "2d" and "recompute" in cand \
+            and cand["strategy"] != "layer-pipelined" else None
         if two_d in self.fewest and self.fewest[two_d] < cand["micro_batches"]:
             raise ValueError(f"more micro-batches than the {self.fewest[two_d]} this mapping "
                              "fits in (each one more runs every pass again)")

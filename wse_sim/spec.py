@@ -179,13 +179,16 @@ class Mapping:
     attention: str = _opt("auto", kind=str,
                           help="attention over a region's rows: heads, rows or auto")
     layout: str = _opt("auto", kind=str, choices=("auto", "top-row", "2d"),
-                       applies=lambda s: s.mapping.strategy in ("layer-sequential",
-                                                                "weight-streaming", "auto")
-                       and (s.workload.phase in ("prefill", "train")
-                            or s.workload.generate is not None),
+                       applies=lambda s: (s.mapping.strategy in ("layer-sequential",
+                                                                 "weight-streaming", "auto")
+                                          and (s.workload.phase in ("prefill", "train")
+                                               or s.workload.generate is not None))
+                       or (s.mapping.strategy == "layer-pipelined"
+                           and s.workload.phase == "train"),
                        where="strategy layer-sequential, weight-streaming or auto (search) in "
                              "a prefill or a training step (with generate: the prefill's "
-                             "layout; decode stays top-row)",
+                             "layout; decode stays top-row), or layer-pipelined in a training "
+                             "step",
                        help="where a layer's activations lie: top-row (one row of the region; "
                             "the decode layout), 2d (tokens x features tiled over the whole "
                             "region, projections as 2-D GEMMs; docs/strategies.md) or auto "

@@ -3,8 +3,9 @@
 `auto` (the default) keeps the top-row layout where it maps (the decode layout: a prefill on
 it leaves the KV cache where the decode reads it) and takes the 2-D layout (`layout2d`)
 where the top-row one does not fit or does not map the run: a long prompt, a real training
-batch. The 2-D layout maps prefill and training with layer-sequential or weight-streaming;
-elsewhere `auto` is the top-row layout. An option only the 2-D layout has (`gemm_algo`,
+batch. The 2-D layout maps prefill and training with layer-sequential or weight-streaming,
+and training with layer-pipelined (a region per layer, `layout2d_pipelined`); elsewhere
+`auto` is the top-row layout. An option only the 2-D layout has (`gemm_algo`,
 `recompute`, `optimizer`) asks for it. When no layout maps the run, the error gives each
 one's reason and, where a larger grid would fit the 2-D layout, the grid from which it does.
 """
@@ -19,10 +20,14 @@ from wse_sim.hardware import ConfigError
 
 CHOICES = ("auto",) + LAYOUTS
 TWO_D_STRATEGIES = ("layer-sequential", "weight-streaming")
+WHERE_2D = ("prefill and training with layer-sequential or weight-streaming, training with "
+            "layer-pipelined")
 
 
 def two_d_maps(phase: str, strategy: str) -> bool:
     """Whether the 2-D layout maps this phase under this strategy."""
+    if strategy == "layer-pipelined":
+        return phase == "train"
     return strategy in TWO_D_STRATEGIES and phase != "decode"
 
 
@@ -38,8 +43,7 @@ def candidates(layout: str, phase: str, strategy: str, gemm_algo: str = "auto",
         if asked:
             raise ConfigError(f"{asked[0]}, which applies only with layout 2d; layout auto is "
                               f"top-row for phase {phase} with strategy {strategy} (the 2-D "
-                              "layout maps prefill and training with layer-sequential or "
-                              "weight-streaming)")
+                              f"layout maps {WHERE_2D})")
         return ("top-row",)
     return ("2d",) if asked else ("top-row", "2d")
 

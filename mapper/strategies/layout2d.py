@@ -493,9 +493,10 @@ def map_2d(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, gemm_algo: st
 
 
 def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algos: dict, t: Tiles,
-             buffers: dict, extra: dict, offwafer_flops: int = 0) -> Program:
+             buffers: dict, extra: dict, offwafer_flops: int = 0, regions: int = 1) -> Program:
     """The program and its meta; every op of the graph must have been emitted (optimizer
-    updates, which run off the wafer, excepted when `offwafer_flops`)."""
+    updates, which run off the wafer, excepted when `offwafer_flops`). `regions`: how many
+    P x P regions the step uses (layer-pipelined: one a layer and the LM head's)."""
     cfg, ops, P = run.cfg, tp.ops, t.P
     missing = tp.missing(skip_kinds=("optimizer",) if offwafer_flops else ())
     if missing:
@@ -503,11 +504,11 @@ def build_2d(pb: ProgramBuilder, run: Run, tp: TP2D, name: str, algos: dict, t: 
     graph = int(sum(o.flops for o in ops.values()))
     executed = sum(int(getattr(x, "flops", 0)) for x in pb.tasks if isinstance(x, Compute))
     done = graph - offwafer_flops
-    return pb.build(dtype=run.dtype, tokens=run.tokens, cores_used=P * P, meta=extra | {
+    return pb.build(dtype=run.dtype, tokens=run.tokens, cores_used=regions * P * P, meta=extra | {
         "strategy": name, "layout": "2d", "model": cfg.name, "phase": run.phase,
         "batch": run.batch, "prompt": run.prompt, "context": run.context, "dtype": run.dtype,
         "sparsity": run.sparsity, "vocab_size": cfg.vocab_size,
-        "region_cols": P, "region_rows": P, "regions": 1, "chunks": 1,
+        "region_cols": P, "region_rows": P, "regions": regions, "chunks": 1,
         "micro_batches": run.micro_batches,
         "grid_cols": run.cols, "grid_rows": run.rows, "graph_flops": graph,
         "offwafer_flops": offwafer_flops, "executed_flops": executed,

@@ -117,8 +117,42 @@ def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto",
             out["grad_accumulators"] = (cfg.n_layers - 1) * t.weight_values() * 4
     for k in ("kv_cache", "tree_recv", "table"):
         out.pop(k, None)
-    shapes = gemm_shapes(cfg, run.chunk_tokens, P) | {
+    out |= step_scratch(run, P, algos, recompute, train_shapes(run, P))
+    # the saved activations: each layer's input, or every tile its backward reads (the
+    # input, both norms' inputs and outputs and statistics, Q|K|V and the up|gate
+    # projection as their GEMMs left them (fp32), the attention output, the FFN hidden state
+    # and each head's softmax row statistics)
+    keep = tm * t.d * b if recompute else (tm * (4 * t.d + t.q + t.f) * b
+                                           + tm * (t.qkv + t.ffn + 4 + 2 * cfg.n_heads) * 4)
+    vt = math.ceil(cfg.vocab_size / P)
+    out |= {
+        "saved_activations": cfg.n_layers * keep,
+        # dX (fp32), dQ|dK|dV, d(attention out), d(FFN hidden)
+        "gradients": tm * t.d * 4 + tm * (t.qkv + t.q + t.ffn) * b,
+        # a layer's weight gradients (fp32) until they have streamed out
+        "weight_grads": t.weight_values() * 4,
+        # dK|dV partials of the column's key block, [dO | D | m l] of the head
+        "attention_bwd": tm * 2 * cfg.hd * 4 + tm * (cfg.hd + 3) * 4,
+        # the logits (fp32) and their gradient; the LM head's weights and gradient
+        "logits": tm * vt * (4 + b),
+        "lm_head": t.d * vt * (run.weight_bytes + 4),
+    }
+    return out
+
+
+def train_shapes(run: Run, P: int) -> dict[str, tuple[int, int, int, tuple]]:
+    """The step's GEMMs (a micro-batch's): a layer's projections and the LM head."""
+    cfg = run.cfg
+    return gemm_shapes(cfg, run.chunk_tokens, P) | {
         "lm_head": (run.chunk_tokens, cfg.d_model, cfg.vocab_size, ())}
+
+
+def step_scratch(run: Run, P: int, algos: dict[str, str], recompute: bool,
+                 shapes: dict) -> dict[str, int]:
+    """The scratch bytes per core of the GEMMs `shapes` (label -> (m, k, n, ops)), run one
+    after another: the forward's (the largest plan of any algorithm it runs: the
+    projection's own, and the rings' with recompute), the backward's transposed products'
+    and the copy of a GEMM's input that the GEMM consumes (the backward reads the original)."""
     fwd, bwd = 0, 0
     for label, (m, k, n, _) in shapes.items():
         used = {algos.get(label, RING_ALGO)} | ({RING_ALGO} if recompute else set())
@@ -129,31 +163,9 @@ def train_buffers(run: Run, t, recompute: bool, gemm_algo: str = "auto",
         # nt: the weights' second copy and both accumulators (one ends as dA); tn: A's
         # two copies and the accumulator that does not end as dW
         bwd = max(bwd, nt["b1"][2] + 2 * nt["c0"][2], 2 * tn["a0"][2] + tn["c0"][2])
-    out["gemm_scratch"] = fwd
-    # the saved activations: each layer's input, or every tile its backward reads (the
-    # input, both norms' inputs and outputs and statistics, Q|K|V and the up|gate
-    # projection as their GEMMs left them (fp32), the attention output, the FFN hidden state
-    # and each head's softmax row statistics)
-    keep = tm * t.d * b if recompute else (tm * (4 * t.d + t.q + t.f) * b
-                                           + tm * (t.qkv + t.ffn + 4 + 2 * cfg.n_heads) * 4)
-    vt = math.ceil(cfg.vocab_size / P)
-    out |= {
-        "saved_activations": cfg.n_layers * keep,
-        # the copy of a GEMM's input that the GEMM consumes (the backward reads the original)
-        "gemm_input_copy": max(math.ceil(m / P) * math.ceil(k / P) for m, k, _, _ in
-                               shapes.values()) * b,
-        # dX (fp32), dQ|dK|dV, d(attention out), d(FFN hidden)
-        "gradients": tm * t.d * 4 + tm * (t.qkv + t.q + t.ffn) * b,
-        "backward_scratch": bwd,
-        # a layer's weight gradients (fp32) until they have streamed out
-        "weight_grads": t.weight_values() * 4,
-        # dK|dV partials of the column's key block, [dO | D | m l] of the head
-        "attention_bwd": tm * 2 * cfg.hd * 4 + tm * (cfg.hd + 3) * 4,
-        # the logits (fp32) and their gradient; the LM head's weights and gradient
-        "logits": tm * vt * (4 + b),
-        "lm_head": t.d * vt * (run.weight_bytes + 4),
-    }
-    return out
+    copy = max(math.ceil(m / P) * math.ceil(k / P) for m, k, _, _ in shapes.values())
+    return {"gemm_scratch": fwd, "gemm_input_copy": copy * run.bytes,
+            "backward_scratch": bwd}
 
 
 class Trainer:
