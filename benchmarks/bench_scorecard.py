@@ -23,13 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import emit, machine_info, parse_args, timed_call  # noqa: E402
 
+from mapper.strategies.choose_layout import two_d_maps  # noqa: E402
+
 MODELS = ("cerebras-gpt-1.3b", "llama3-8b")
 PRESETS = ("wse2", "wse3")
 PHASES = {"prefill": {"prompt": 4096}, "decode": {"context": 4096},
           "train": {"prompt": 2048}}
-ROWS = (("layer-pipelined", "top-row"), ("layer-sequential", "top-row"),
-        ("layer-sequential", "2d"), ("weight-streaming", "top-row"),
-        ("weight-streaming", "2d"))
+ROWS = (("layer-pipelined", "top-row"), ("layer-pipelined", "2d"),
+        ("layer-sequential", "top-row"), ("layer-sequential", "2d"),
+        ("weight-streaming", "top-row"), ("weight-streaming", "2d"))
 
 
 def _row(preset: str, model: str, phase: str, strategy: str, layout: str,
@@ -80,8 +82,8 @@ def main(argv=None) -> None:
         for model in MODELS:
             for phase in phases:
                 for strategy, layout in ROWS:
-                    if layout == "2d" and phase == "decode":
-                        continue  # the 2-D layout maps prefills and training steps
+                    if layout == "2d" and not two_d_maps(phase, strategy):
+                        continue  # prefills and training steps (layer-pipelined: training)
                     key = f"{preset}.{model}.{phase}.{strategy}" + \
                         (".2d" if layout == "2d" else "")
                     if more.only not in key:

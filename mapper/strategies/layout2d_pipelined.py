@@ -11,9 +11,9 @@ pipeline (docs/strategies.md, "2-D layout: layer-pipelined training").
   streams in but each micro-batch's embeddings (into region 0; the table stays with the host).
 - **Hand-offs.** A layer's output moves to the next region as one shift: every core sends its
   tile to the core at the same place of the next region (a `Unicast` by s cores), over the
-  links between them; the gradient dX moves back the same way (fp32). A hand-off into a
-  region waits until that region has finished its previous micro-batch (its input tile is
-  free then).
+  links between them; the gradient dX moves back the same way (fp32). A hand-off waits
+  until both regions have finished what they did before (the input tile is free then), and
+  what either does next waits for it.
 - **Schedule** (GPipe): every micro-batch's forward, beat by beat (region r does micro-batch
   b - r in beat b; the head region runs the loss and its own backward right after its
   forward), then every micro-batch's backward the same way from the last layer down. Each
@@ -182,11 +182,15 @@ class Pipeline:
     def hand(self, label: str, src: int, dst: int, dep: tuple, values: int,
              dtype: str) -> tuple:
         """Every core of region `src` sends its tile to the same place in region `dst`,
-        once `dep` holds and `dst` has finished its previous work."""
+        once `dep` holds and both regions have finished what they did before; what either
+        does next waits for it (it crosses both regions' links: each region's streams then
+        run in the order they are emitted, which the fast engine's step path needs)."""
         (x0, y0), (x1, y1) = self.origins[src], self.origins[dst]
         h = self.pb.add(Unicast(label, self.region(src), wavelets_for(values, dtype),
                                 dx=x1 - x0, dy=y1 - y0, color=COLORS["handoff"],
-                                deps=tuple(dep) + self.busy[dst]))
+                                deps=tuple(dep) + self.busy[src] + self.busy[dst]))
+        for r in (src, dst):
+            self.busy[r] = (Dep(h, "all"),)
         return (Dep(h),)
 
     def forward(self, r: int, m: int) -> None:
