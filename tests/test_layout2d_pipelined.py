@@ -31,13 +31,13 @@ from wse_sim.program import Compute, Dep, IoTransfer, Multicast, Region, Unicast
 HW = load_preset("mesh16")
 
 
-def _kw(batch=2, prompt=16, micro_batches=2, **kw):
-    return dict(phase="train", batch=batch, prompt=prompt, context=prompt, dtype="fp16",
+def _kw(batch=2, prompt=16, micro_batches=2, dtype="fp16", **kw):
+    return dict(phase="train", batch=batch, prompt=prompt, context=prompt, dtype=dtype,
                 sparsity=0.0, micro_batches=micro_batches, **kw)
 
 
-def _lp(model="tiny-llama", grid=None, **kw):
-    return map_pipelined_train_2d(load_model(model), HW, grid=grid, **_kw(**kw))
+def _lp(model="tiny-llama", grid=None, hw=HW, **kw):
+    return map_pipelined_train_2d(load_model(model), hw, grid=grid, **_kw(**kw))
 
 
 @settings(max_examples=60, deadline=None)
@@ -172,8 +172,8 @@ def test_sram_per_region():
 
 
 def test_refusals():
-    with pytest.raises(NotImplementedError, match="functional"):
-        _lp(functional=True, micro_batches=1, batch=1)
+    with pytest.raises(NotImplementedError, match="functional training step runs one"):
+        _lp(functional=True)
     with pytest.raises(NotImplementedError, match="onwafer"):
         _lp(optimizer="onwafer")
     with pytest.raises(MappingError, match="3 regions"):
@@ -199,3 +199,46 @@ def test_cli(capsys):
                  "layer-pipelined", "--layout", "2d", "--prompt", "16"]) == 2
     err = capsys.readouterr().err
     assert "layout" in err and "\n" not in err.strip()
+
+
+BIG = load_preset("mesh16", {"sram_bytes": 262144})  # a functional run: its tiles beside the budget
+
+
+@pytest.mark.parametrize("model,grid,dtype,recompute,batch,prompt,algo", [
+    ("tiny-llama", 16, "fp32", True, 1, 16, "meshgemm"),   # 3 squares of 8 x 8
+    ("tiny", 16, "fp32", False, 1, 16, "auto"),            # LayerNorm, GELU, tied embeddings
+    ("tiny-llama", 14, "fp16", True, 2, 12, "summa"),      # 7 x 7: odd squares
+    ("tiny", 10, "bf16", False, 3, 7, "cannon"),           # 5 x 5: padded tokens, features
+])
+def test_functional_loss_and_gradients_equal_numpy(model, grid, dtype, recompute, batch,
+                                                   prompt, algo):
+    from mapper.strategies import layout2d_train_data as td
+    from wse_sim.functional import error_report, run_functional
+    cfg = load_model(model)
+    p = _lp(model, grid=grid, hw=BIG, batch=batch, prompt=prompt, micro_batches=1,
+            recompute=recompute, functional=True, dtype=dtype, gemm_algo=algo)
+    inputs, tokens, want_loss, want = td.random_train_case(p, cfg, seed=3)
+    loss, got = td.train_grads(p, run_functional(p, BIG, inputs), cfg, tokens)
+    assert abs(loss - want_loss) <= 1e-3 * abs(want_loss)
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        assert error_report(got[k], want[k], dtype)["ok"], k
+
+
+def test_functional_reads_each_layers_weights_in_its_own_square():
+    """A wrong weight of layer 1 in layer 0's square changes nothing; in layer 1's it is
+    caught."""
+    from mapper.strategies import layout2d_train_data as td
+    from wse_sim.functional import error_report, run_functional
+    cfg = load_model("tiny-llama")
+    p = _lp(grid=16, hw=BIG, batch=1, micro_batches=1, functional=True, dtype="fp32")
+    (x0, y0), (x1, y1) = p.meta["region_origins"][:2]
+
+    def worst(x: int, y: int) -> bool:
+        inputs, tokens, _, want = td.random_train_case(p, cfg, seed=3)
+        inputs["L1.o_proj.wb"][y + 2, x + 3] += 0.5
+        _, got = td.train_grads(p, run_functional(p, BIG, inputs), cfg, tokens)
+        return all(error_report(got[k], want[k], "fp32")["ok"] for k in want)
+
+    assert worst(x0, y0) and not worst(x1, y1)

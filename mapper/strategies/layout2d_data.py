@@ -35,11 +35,19 @@ def dataop(kernel: str, inputs, output: str, **params) -> DataOp:
     return DataOp(kernel, tuple(inputs), output, tuple(sorted(params.items())))
 
 
+def local_cores(call) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of every core of the call's region inside the square the layout runs on: the
+    mesh's, or a layer-pipelined region's (its origin in the DataOp's `origin` param)."""
+    xs, ys = call.cores()
+    ox, oy = call.params.get("origin", (0, 0))
+    return xs - ox, ys - oy
+
+
 def _logical(call, perm: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(lx, ly): the logical feature and token block of every core of the call's region."""
     pos = np.empty(len(perm), np.int64)
     pos[np.array(perm)] = np.arange(len(perm))
-    xs, ys = call.cores()
+    xs, ys = local_cores(call)
     return pos[xs], pos[ys]
 
 

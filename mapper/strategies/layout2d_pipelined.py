@@ -23,7 +23,11 @@ pipeline (docs/strategies.md, "2-D layout: layer-pipelined training").
   layer they stream out, the host runs the optimizer, and the updated weights stream back in
   (`offwafer`, as in layer-sequential 2-D training); the head's likewise.
 
-Not mapped (one line each): functional runs, the on-wafer optimizer.
+Functional runs (one micro-batch) compute the real loss and gradients: every tile is
+allocated over the squares' bounding box under the single region's names (each core holds its
+own), the hand-offs carry the layer input `L{i}.x` forward and the gradient `gx` back, and
+`layout2d_train_data.train_inputs` / `train_grads` place the weights and read the gradients
+in their layer's square. Not mapped (one line): the on-wafer optimizer.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from mapper.strategies.layout2d import (
 from mapper.strategies.layout2d_train import (
     RING_ALGO,
     Trainer,
+    check_train,
     step_scratch,
     train_algos,
     train_buffers,
@@ -52,6 +57,8 @@ from mapper.strategies.layout2d_train import (
 from mapper.strategies.single_region import layer_weight_bytes
 from mapper.strategies.tp2d import COLORS, TP2D
 from wse_sim.program import (
+    Compute,
+    DataOp,
     Dep,
     IoTransfer,
     Multicast,
@@ -134,7 +141,8 @@ def _region(r: Region, ox: int, oy: int) -> Region:
 
 def moved(task, ox: int, oy: int):
     """`task` moved by (ox, oy) cores: its region, a Unicast's fixed `to`, a Multicast's
-    `src` and its `at` dependencies (offsets and rings are relative: unchanged)."""
+    `src` and its `at` dependencies (offsets and rings are relative: unchanged); a Compute's
+    DataOp learns the square's `origin` (`layout2d_data.local_cores`)."""
     if ox == 0 and oy == 0:
         return task
     change: dict = {"region": _region(task.region, ox, oy)}
@@ -142,6 +150,9 @@ def moved(task, ox: int, oy: int):
         change["to"] = (task.to[0] + ox, task.to[1] + oy)
     if isinstance(task, Multicast):
         change["src"] = (task.src[0] + ox, task.src[1] + oy)
+    if isinstance(task, Compute) and task.data is not None:  # kernels that place by core
+        change["data"] = dataclasses.replace(task.data, params=task.data.params + (
+            ("origin", (ox, oy)),))
     if any(d.rule == "at" for d in task.deps):
         change["deps"] = tuple(dataclasses.replace(d, dx=d.dx + ox, dy=d.dy + oy)
                                if d.rule == "at" else d for d in task.deps)
@@ -180,7 +191,7 @@ class Pipeline:
         return (Dep(self.io),)
 
     def hand(self, label: str, src: int, dst: int, dep: tuple, values: int,
-             dtype: str) -> tuple:
+             dtype: str, tile: str) -> tuple:
         """Every core of region `src` sends its tile to the same place in region `dst`,
         once `dep` holds and both regions have finished what they did before; what either
         does next waits for it (it crosses both regions' links: each region's streams then
@@ -188,7 +199,8 @@ class Pipeline:
         (x0, y0), (x1, y1) = self.origins[src], self.origins[dst]
         h = self.pb.add(Unicast(label, self.region(src), wavelets_for(values, dtype),
                                 dx=x1 - x0, dy=y1 - y0, color=COLORS["handoff"],
-                                deps=tuple(dep) + self.busy[src] + self.busy[dst]))
+                                deps=tuple(dep) + self.busy[src] + self.busy[dst],
+                                data=DataOp("copy", (tile,), tile) if self.tr.fd else None))
         for r in (src, dst):
             self.busy[r] = (Dep(h, "all"),)
         return (Dep(h),)
@@ -203,7 +215,7 @@ class Pipeline:
             start = (Dep(tr.tp.compute("embed", tr.reg, x + self.busy[0], fmac=False)),)
         else:
             start = self.hand(f"L{r - 1}.act_out", r - 1, r, self.out[(r - 1, m, "fwd")],
-                              t.tm * t.d, run.dtype)
+                              t.tm * t.d, run.dtype, f"L{r}.x")
         self.at(r, m)
         if r < self.L:
             end = tr.forward(r, start + self.busy[r], ())
@@ -226,7 +238,7 @@ class Pipeline:
         tr, run, t = self.tr, self.run, self.tr.t
         label = "lm_head" if r + 1 == self.L else f"L{r + 1}"
         dy = self.hand(f"{label}.grad_out", r + 1, r, self.out[(r + 1, m, "bwd")],
-                       t.tm * t.d, "fp32")
+                       t.tm * t.d, "fp32", "gx")
         self.at(r, m)
         ready = dy + self.busy[r]
         fwd = tr.recomputed(r, ready, ()) if tr.recompute else ()
@@ -239,7 +251,8 @@ class Pipeline:
             self.xfer(f"L{r}.weights.update.in", r, 2 * w_bytes - small, "in", g)
         if r == 0:
             self.at(0, m)
-            e = tr.tp.compute("embed.bwd", tr.reg, dx, fmac=False)
+            e = tr.tp.compute("embed.bwd", tr.reg, dx, fmac=False,
+                              data=tr.data(tr.head_data, "embed.bwd"))
             self.xfer("embed.grads.out", 0, tr.em.tokens * run.cfg.d_model * run.bytes,
                       "out", (e,))
 
@@ -282,10 +295,7 @@ def map_pipelined_train_2d(cfg, hw, *, gemm_algo: str = "auto", functional: bool
         raise NotImplementedError(f"layout 2d with layer-pipelined: optimizer {optimizer} is "
                                   "not mapped (the on-wafer update leaves the weights in the "
                                   "gradients' rotated layout); optimizer offwafer is")
-    if functional:
-        raise NotImplementedError("layout 2d with layer-pipelined: a functional training "
-                                  "step is not mapped (timing only); layer-sequential 2-D "
-                                  "training runs functionally")
+    check_train(run, False, functional, optimizer)
     L = run.cfg.n_layers
     P, origins = pipeline_regions(run.cols, run.rows, L + 1)
     where = f" ({L + 1} regions of {P} x {P}: {L} layers and the LM head, on the " \
@@ -304,13 +314,18 @@ def map_pipelined_train_2d(cfg, hw, *, gemm_algo: str = "auto", functional: bool
         return None
     pb = ProgramBuilder(f"{run.cfg.name}-train-layer-pipelined-2d")
     sb = Shifted(pb)
-    for r, o in enumerate(origins):
-        sb.origin = o
-        alloc_group(sb, "", reg, layer_buf if r < L else head_buf)
+    fd, fmeta = None, {}
+    if functional:
+        fd, fmeta = _functional_allocs(pb, run, t, algos, recompute, optimizer, origins,
+                                       layer_buf, head_buf)
+    else:
+        for r, o in enumerate(origins):
+            sb.origin = o
+            alloc_group(sb, "", reg, layer_buf if r < L else head_buf)
     ops = run.ops()
     tp = TP2D(sb, run.cfg, ops, run.dtype, run.sparse, run.chunk_tokens, None,
               run.reduce_algo, run.precision)
-    em = Emitter(sb, tp, run, t, RING_ALGO, None)
+    em = Emitter(sb, tp, run, t, RING_ALGO, fd)
     em.tokens, em.training, em.algos = run.chunk_tokens, True, dict(algos)
     tr = Trainer(em, recompute)
     Pipeline(tr, sb, origins).emit()
@@ -319,6 +334,28 @@ def map_pipelined_train_2d(cfg, hw, *, gemm_algo: str = "auto", functional: bool
     extra = {"head_sram_buffers_per_core" if other is head_buf
              else "layer_sram_buffers_per_core": other,"recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops,
              "optimizer": optimizer, "region_origins": [list(o) for o in origins],
-             "schedule": "gpipe"}
+             "schedule": "gpipe"} | fmeta
     return build_2d(pb, run, tp, "layer-pipelined", algos, t, fuller, extra,
                     offwafer_flops=opt.offwafer_flops(ops, optimizer), regions=L + 1)
+
+
+def _functional_allocs(pb, run: Run, t: Tiles, algos: dict, recompute: bool, optimizer: str,
+                       origins: list, layer_buf: dict, head_buf: dict) -> tuple:
+    """A functional run's SRAM: one arena over the squares' bounding box (every region kind's
+    budget, the larger of each buffer), every tile of the single 2-D region a view into it
+    under its own name, so each core holds its own; (the TrainData2D, the meta it adds)."""
+    from mapper.gemm_common import Plan
+    from mapper.strategies import layout2d_train_data as td
+    from mapper.strategies.layout2d import gemm_plans, scratch_tiles
+    td.register_kernels()
+    P = t.P
+    fd = td.TrainData2D(run, t, algos, recompute, optimizer)
+    plans = {label: (plan, Plan("gemm", RING_ALGO, P, plan.m, plan.k, plan.n, plan.dtype))
+             for label, plan in gemm_plans(run, P, algos, run.chunk_tokens).items()}
+    box = Region(0, 0, max(x for x, _ in origins) + P, max(y for _, y in origins) + P)
+    tiles = {k: (box, *rest) for k, (_, *rest) in fd.tiles(scratch_tiles(plans)).items()}
+    both = {k: max(layer_buf.get(k, 0), head_buf.get(k, 0)) for k in layer_buf | head_buf}
+    views, extra_bytes = alloc_group(pb, "", box, both, tiles)
+    return fd, {"views": views, "sram_extra_bytes": extra_bytes,
+                "functional_2d_train": {"algos": algos, "tm": t.tm,
+                                        "origins": [list(o) for o in origins]}}

@@ -30,6 +30,7 @@ from mapper.strategies.layout2d_data import (
     dataop,
     embedded,
     layer_matrices,
+    local_cores,
 )
 from workloads.reference import EPS
 from wse_sim.program import Region
@@ -42,7 +43,7 @@ LABELS = ("qkv_proj", "o_proj", "ffn_up", "ffn_down")
 def _slice_pair(call):
     """[dO | O] of one head: features [lo, lo + hd) of two (tm, n) tiles into a zero tile."""
     lo, hd = call.params["lo"], call.params["hd"]
-    xs, _ = call.cores()
+    xs, _ = local_cores(call)
     out = np.zeros_like(call.out)
     for k, src in enumerate(call.inputs):
         nt = src.shape[-1]
@@ -68,7 +69,7 @@ def _probs(call):
     q, kv, pk = (v.astype(np.float64) for v in call.inputs[:3])
     p = call.params
     hd, tm, sq, T = p["hd"], p["tm"], p["prompt"], p["tokens"]
-    xs, ys = call.cores()
+    xs, ys = local_cores(call)
     s = np.einsum("...id,...jd->...ij", q, kv[..., :hd]) / math.sqrt(hd)
     tq, tk = _tokens(ys, tm)[..., :, None], _tokens(xs, tm)[..., None, :]
     ok = (tk <= tq) & (tk // sq == tq // sq) & (tk < T) & (tq < T)
@@ -101,7 +102,7 @@ def _rope_bwd(call):
     """The inverse rotation of the first `hd` columns (RoPE is orthogonal), at the tokens of
     the core's row block (`by` = "row") or column block ("col")."""
     p = call.params
-    xs, ys = call.cores()
+    xs, ys = local_cores(call)
     v = call.inputs[0].astype(np.float64)
     hd, half = p["hd"], p["hd"] // 2
     pos = _tokens(ys if p["by"] == "row" else xs, p["tm"]) % p["prompt"]
@@ -115,7 +116,7 @@ def _rope_bwd(call):
 
 def _place_segs(call):
     """Columns [at, at + w) of the source into features [lo, lo + w) of each core's block."""
-    xs, _ = call.cores()
+    xs, _ = local_cores(call)
     src, out = call.inputs[0], call.out.copy()
     nt = out.shape[-1]
     for lo, w, at in call.params["segs"]:
@@ -128,7 +129,7 @@ def _place_segs(call):
 
 def _vocab_mask(call):
     p = call.params
-    xs, ys = call.cores()
+    xs, ys = local_cores(call)
     lg = call.inputs[0].astype(np.float64)
     vt = lg.shape[-1]
     vid = xs[..., None] * vt + np.arange(vt)                       # (rows, cols, vt)
@@ -426,6 +427,50 @@ def train_inputs(program, cfg, weights: dict, tokens: np.ndarray, targets: np.nd
     tg = np.full(tm * P, -1.0, np.float32)
     tg[:B * S] = targets.reshape(-1)
     out["tgt"] = np.broadcast_to(tg.reshape(P, 1, tm, 1), (P, P, tm, 1)).copy()
+    return _spread(program, out)
+
+
+def _squares(program) -> list | None:
+    """A layer-pipelined step's regions' origins (layer i's, then the LM head's), or None."""
+    return program.meta["functional_2d_train"].get("origins")
+
+
+def _spread(program, tiles: dict) -> dict:
+    """Layer-pipelined: each (P, P, ...) input into every square of the tiles' bounding box
+    (a square reads its own layer's; the rest are never read)."""
+    origins = _squares(program)
+    if not origins:
+        return tiles
+    P = program.meta["region_cols"]
+    cols, rows = (max(o[k] for o in origins) + P for k in (0, 1))
+    out = {}
+    for name, a in tiles.items():
+        full = np.zeros((rows, cols, *a.shape[2:]), a.dtype)
+        for x, y in origins:
+            full[y:y + P, x:x + P] = a
+        out[name] = full
+    return out
+
+
+def _own_squares(program, buffers: dict, n_layers: int) -> dict:
+    """Layer-pipelined: each buffer's tiles on the square that owns it (layer i's tiles
+    `L{i}.*` on layer i's, `embed.grad` on layer 0's, the rest on the LM head's)."""
+    origins = _squares(program)
+    if not origins:
+        return buffers
+    P = program.meta["region_cols"]
+
+    def owner(name: str) -> int:
+        head, _, _ = name.partition(".")
+        if name == "embed.grad":
+            return 0
+        return min(int(head[1:]), n_layers) if head[1:].isdigit() and head[0] == "L" \
+            else n_layers
+
+    out = {}
+    for name, a in buffers.items():
+        x, y = origins[owner(name)]
+        out[name] = a[y:y + P, x:x + P]
     return out
 
 
@@ -438,6 +483,7 @@ def _tn_matrix(program, buffers: dict, name: str, rows: int, cols: int) -> np.nd
 def train_grads(program, buffers: dict, cfg, tokens: np.ndarray) -> tuple[float, dict]:
     """(loss, the gradient of every weight, `reference.loss_and_grads`' names)."""
     from mapper.strategies.functional_model import decode
+    buffers = _own_squares(program, buffers, cfg.n_layers)
     t, P, d = program.meta["tiles"], program.meta["region_cols"], cfg.d_model
     f_t, q = t["ffn_k"], (P - 1) % 2
     out = {}
