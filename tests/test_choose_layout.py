@@ -51,11 +51,13 @@ def test_auto_trains_in_2d_where_the_top_row_step_does_not_fit():
     assert ls.meta["layout"] == "2d" and ls.meta["strategy"] == "layer-sequential"
 
 
-def test_decode_and_layer_pipelined_are_top_row():
+def test_decode_and_layer_pipelined_prefill_are_top_row():
     assert build_program(MESH16, "tiny-llama", phase="decode", context=16,
                          strategy="weight-streaming").meta["layout"] == "top-row"
     assert build_program(MESH16, "tiny-llama").meta["layout"] == "top-row"
-    assert candidates("auto", "train", "layer-pipelined") == ("top-row",)
+    assert candidates("auto", "prefill", "layer-pipelined") == ("top-row",)
+    # a layer-pipelined training step: a square region per layer where top-row does not fit
+    assert candidates("auto", "train", "layer-pipelined") == ("top-row", "2d")
     assert candidates("auto", "train", "layer-sequential") == ("top-row", "2d")
     assert candidates("auto", "prefill", "weight-streaming") == ("top-row", "2d")
     assert candidates("2d", "prefill", "weight-streaming") == ("2d",)
@@ -70,8 +72,8 @@ def test_an_option_only_the_2d_layout_has_asks_for_it(kw):
 @pytest.mark.parametrize("kw,text", [
     ({"phase": "decode", "context": 16, "strategy": "weight-streaming", "gemm_algo": "summa"},
      "gemm_algo: got 'summa', which applies only with layout 2d"),
-    ({"phase": "train", "strategy": "layer-pipelined", "prompt": 16, "recompute": "off"},
-     "recompute: got 'off'"),
+    ({"phase": "prefill", "strategy": "layer-pipelined", "prompt": 16, "gemm_algo": "cannon"},
+     "gemm_algo: got 'cannon'"),
     ({"phase": "train", "strategy": "layer-sequential", "prompt": 16, "optimizer": "onwafer"},
      "optimizer: got 'onwafer', which applies only to a weight-streaming training step"),
     ({"layout": "sideways"}, "layout: got 'sideways', must be one of auto, top-row, 2d"),

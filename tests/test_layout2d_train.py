@@ -228,7 +228,7 @@ def test_cli(capsys):
     assert "functional     ok: worst gradient" in capsys.readouterr().out
     # --recompute applies to a 2-D training step only: exit 2, one line
     assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "train",
-                 "--prompt", "16", "--recompute", "off"]) == 2
+                 "--prompt", "16", "--layout", "top-row", "--recompute", "off"]) == 2
     assert "recompute" in capsys.readouterr().err
 
 

@@ -12,6 +12,7 @@ from mapper.strategies import NAMES as STRATEGY_NAMES
 from mapper.strategies import strategies
 from mapper.strategies.choose_layout import CHOICES as LAYOUT_CHOICES
 from mapper.strategies.choose_layout import (
+    TWO_D_STRATEGIES,
     WHERE_2D,
     candidates,
     map_first,
@@ -193,7 +194,7 @@ def _check_layout(layout: str, strategy: str, phase: str, gemm_algo: str, recomp
     _one_of("gemm_algo", gemm_algo, ("auto",) + fragment_algos())
     if layout == "top-row" and gemm_algo != "auto":
         raise ConfigError(f"gemm_algo: got {gemm_algo!r}, which applies only with layout 2d")
-    if layout == "2d" and not two_d_maps(phase, strategy):
+    if layout == "2d" and strategy not in TWO_D_STRATEGIES and not two_d_maps(phase, strategy):
         raise ConfigError(f"layout: got '2d' with strategy {strategy} and phase {phase}; the "
                           f"2-D layout maps {WHERE_2D}")
     _one_of("recompute", recompute, ("on", "off"))
