@@ -199,6 +199,16 @@ def test_cli(capsys):
                  "layer-pipelined", "--layout", "2d", "--prompt", "16"]) == 2
     err = capsys.readouterr().err
     assert "layout" in err and "\n" not in err.strip()
+    # options the 2-D pipeline does not take are refused, never dropped
+    for extra, text in ((["--region-shape", "1"], "region_shape: got 1"),
+                        (["--wafers", "2", "--micro-batches", "1"], "on one wafer"),
+                        (["--reduce-algo", "tree"], "only chain applies")):
+        assert main(base + ["--prompt", "16", "--layout", "2d"] + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert text in err and "\n" not in err.strip(), err
+    # under layout auto too: the 2-D fallback names region_shape as its reason
+    assert main(base + ["--prompt", "64", "--region-shape", "1"]) == 2
+    assert "2d: region_shape: got 1" in capsys.readouterr().err
 
 
 BIG = load_preset("mesh16", {"sram_bytes": 262144})  # a functional run: its tiles beside the budget

@@ -131,7 +131,7 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
                   seed=seed, precision=prec, sparse=sp)
     top_row = partial(strategies()[strategy], cfg, hw, grid=grid, routing=routing,
                       moe_layout=moe_layout, **run_kw, **extra)
-    return _map_layout(cfg, hw, strategy, layout, two_d, grid, run_kw, top_row)
+    return _map_layout(cfg, hw, strategy, layout, two_d, grid, run_kw | extra, top_row)
 
 
 def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw: dict,
@@ -167,6 +167,12 @@ def _map_2d(cfg, hw, strategy: str, gemm_algo: str, train: tuple, run_kw: dict, 
             check_only: bool = False):
     """The run in the 2-D layout on `grid` (a prefill, or a training step: `train` is its
     (recompute, optimizer))."""
+    run_kw = dict(run_kw)
+    shape = run_kw.pop("region_shape", 0)
+    if shape:  # the top-row layer-pipelined regions' option
+        raise MappingError(f"region_shape: got {shape}, which picks a top-row layer-pipelined "
+                           "region shape; the 2-D layout cuts the largest squares that give "
+                           "every layer one")
     mapper_2d = partial(map_2d, streaming=strategy == "weight-streaming")
     if run_kw["phase"] == "train":
         from mapper.strategies.layout2d_pipelined import map_pipelined_train_2d

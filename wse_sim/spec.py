@@ -135,8 +135,10 @@ class Mapping:
     grid: int | None = _opt(None, kind=int, minimum=1, optional=True,
                             help="use only an N x N corner of the mesh")
     region_shape: int = _opt(0, kind=int, minimum=0,
-                             applies=lambda s: s.mapping.strategy == "layer-pipelined",
-                             where="strategy layer-pipelined",
+                             applies=lambda s: s.mapping.strategy == "layer-pipelined"
+                             and s.mapping.layout != "2d",
+                             where="strategy layer-pipelined in the top-row layout (layout 2d "
+                                   "cuts the largest squares that give every layer one)",
                              help="layer-pipelined: the K-th best region shape that fits (0: the "
                                   "most cores per layer)")
     chunks: int = _opt(1, kind=int, minimum=1,
@@ -184,11 +186,11 @@ class Mapping:
                                           and (s.workload.phase in ("prefill", "train")
                                                or s.workload.generate is not None))
                        or (s.mapping.strategy == "layer-pipelined"
-                           and s.workload.phase == "train"),
+                           and s.workload.phase == "train" and s.mapping.wafers == 1),
                        where="strategy layer-sequential, weight-streaming or auto (search) in "
                              "a prefill or a training step (with generate: the prefill's "
                              "layout; decode stays top-row), or layer-pipelined in a training "
-                             "step",
+                             "step on one wafer",
                        help="where a layer's activations lie: top-row (one row of the region; "
                             "the decode layout), 2d (tokens x features tiled over the whole "
                             "region, projections as 2-D GEMMs; docs/strategies.md) or auto "

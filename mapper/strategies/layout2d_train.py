@@ -81,6 +81,10 @@ RING_ALGO = gt.RING_ALGO  # GEMMs that share the transposed products' copy of th
 
 def check_train(run: Run, streaming: bool, functional: bool, optimizer: str) -> None:
     """What this layout's training step does not map: one line naming it."""
+    if run.reduce_algo != "chain":
+        raise MappingError(f"reduce_algo: got {run.reduce_algo!r}; a 2-D training step has "
+                           "no GEMM partial sums to reduce along lines (its GEMMs are 2-D), so "
+                           "only chain applies")
     if functional and run.micro_batches > 1:
         raise NotImplementedError(f"layout 2d: a functional training step runs one "
                                   f"micro-batch, not {run.micro_batches} (the weight "
