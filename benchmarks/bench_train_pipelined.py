@@ -5,8 +5,10 @@ pipeline's side (what one pipeline stage's cores do alone). For each: simulated 
 tokens/s and its ratio to layer-sequential on the whole grid, % of peak of the cores used,
 the busy core fraction, SRAM on the fullest core, the time to build and to simulate.
 `--quick`: tiny-llama, batch 8 x 64 tokens on mesh32 (3 regions of 16 x 16), 1, 2, 4 and 8
-micro-batches. Full (about 15 minutes on 2 CPUs): Cerebras-GPT-111M, batch 8 x 2,048 tokens
-on wse2 (11 regions of 248 x 248), 1 and 8 micro-batches."""
+micro-batches. Full (about 20 minutes on 2 CPUs): Cerebras-GPT-111M at 2,048 tokens on wse2
+(11 regions of 248 x 248): layer-sequential and layer-pipelined at batch 1, and
+layer-pipelined at batch 8 in 8 micro-batches (layer-sequential at batch 8 is about 416 G
+task instances whose ring steps do not settle: hours, not run)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import emit, machine_info, parse_args  # noqa: E402
 
-QUICK = ("mesh32", "tiny-llama", 64, 8, (1, 2, 4, 8))
-FULL = ("wse2", "cerebras-gpt-111m", 2048, 8, (1, 8))
+# (row name, strategy, batch, micro-batch counts to try in order, on one pipeline region)
+QUICK = ("mesh32", "tiny-llama", 64, (
+    ("layer-sequential.2d", "layer-sequential", 8, (1, 2, 4, 8), False),
+    *((f"layer-pipelined.2d.m{m}", "layer-pipelined", 8, (m,), False) for m in (1, 2, 4, 8)),
+    ("layer-sequential.2d.one_region", "layer-sequential", 8, (1, 2, 4, 8), True)))
+FULL = ("wse2", "cerebras-gpt-111m", 2048, (
+    ("layer-sequential.2d.b1", "layer-sequential", 1, (1,), False),
+    ("layer-pipelined.2d.b1", "layer-pipelined", 1, (1,), False),
+    ("layer-pipelined.2d.b8.m8", "layer-pipelined", 8, (8,), False)))
 
 
 def _case(preset: str, model: str, prompt: int, batch: int, strategy: str,
@@ -55,30 +64,22 @@ def _case(preset: str, model: str, prompt: int, batch: int, strategy: str,
 def main(argv=None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-    preset, model, prompt, batch, counts = QUICK if args.quick else FULL
-    key = f"{preset}.{model}.{batch}x{prompt}"
-    divisors = tuple(m for m in range(1, batch + 1) if batch % m == 0)
+    preset, model, prompt, cases = QUICK if args.quick else FULL
+    key = f"{preset}.{model}.{prompt}"
     figures: dict = {}
-
-    def record(name: str, row: dict) -> None:
+    base, side = None, None  # layer-sequential's tokens/s; the pipeline's region side
+    for name, strategy, batch, counts, one_region in cases:
+        if one_region and side is None:
+            continue
+        row = _case(preset, model, prompt, batch, strategy, counts, side if one_region else None)
         print(name, row, file=sys.stderr, flush=True)
-        base = figures.get(f"{key}.layer-sequential.2d.tokens_per_s")
-        for k, v in row.items():
-            figures[f"{key}.{name}.{k}"] = v
-        if base and "tokens_per_s" in row:
+        figures |= {f"{key}.{name}.{k}": v for k, v in row.items()}
+        if base is None and strategy == "layer-sequential":
+            base = row.get("tokens_per_s")
+        elif base and "tokens_per_s" in row:
             figures[f"{key}.{name}.vs_layer_sequential"] = row["tokens_per_s"] / base
-
-    record("layer-sequential.2d", _case(preset, model, prompt, batch, "layer-sequential",
-                                        divisors))
-    side = None
-    for mb in counts:
-        row = _case(preset, model, prompt, batch, "layer-pipelined", (mb,))
-        record(f"layer-pipelined.2d.m{mb}", row)
-        if "region" in row:
+        if strategy == "layer-pipelined" and "region" in row:
             side = int(row["region"].split(" x ")[1])
-    if side:  # one pipeline stage's cores on their own
-        record("layer-sequential.2d.one_region", _case(preset, model, prompt, batch,
-                                                       "layer-sequential", divisors, side))
     emit("bench_train_pipelined", figures, {}, args.json, machine_info())
 
 
