@@ -253,6 +253,7 @@ class Pipeline:
             self.at(0, m)
             e = tr.tp.compute("embed.bwd", tr.reg, dx, fmac=False,
                               data=tr.data(tr.head_data, "embed.bwd"))
+            self.busy[0] = (Dep(e, "all"),)  # it reads gx, which the next hand-off writes
             self.xfer("embed.grads.out", 0, tr.em.tokens * run.cfg.d_model * run.bytes,
                       "out", (e,))
 
