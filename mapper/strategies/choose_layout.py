@@ -50,8 +50,9 @@ def candidates(layout: str, phase: str, strategy: str, gemm_algo: str = "auto",
 
 def map_first(layouts: tuple[str, ...], map_one: Callable[[str], object]):
     """map_one(layout) of the first layout that maps the run. With one layout its errors
-    are raised as they are; with several, one MappingError giving each layout's reason."""
-    reasons = []
+    are raised as they are, and so is one NotImplementedError that every layout gave; else
+    one MappingError giving each layout's reason."""
+    reasons, errors = [], []
     for layout in layouts:
         try:
             return map_one(layout)
@@ -59,6 +60,10 @@ def map_first(layouts: tuple[str, ...], map_one: Callable[[str], object]):
             if len(layouts) == 1:
                 raise
             reasons.append(f"{layout}: {str(e).splitlines()[0]}")
+            errors.append(e)
+    if all(isinstance(e, NotImplementedError) for e in errors) and \
+            len({str(e) for e in errors}) == 1:  # what no layout maps: said once, as it was
+        raise errors[0]
     raise MappingError("layout auto: no layout maps this run; " + "; ".join(reasons))
 
 
