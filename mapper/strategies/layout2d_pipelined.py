@@ -47,20 +47,23 @@ from mapper.strategies.layout2d import (
 )
 from mapper.strategies.layout2d_train import (
     RING_ALGO,
+    IoChain,
     Trainer,
+    _all,
+    check_options,
     check_train,
     step_scratch,
     train_algos,
     train_buffers,
     train_shapes,
 )
+from mapper.strategies.layout2d_train_data import functional_allocs
 from mapper.strategies.single_region import layer_weight_bytes
 from mapper.strategies.tp2d import COLORS, TP2D
 from wse_sim.program import (
     Compute,
     DataOp,
     Dep,
-    IoTransfer,
     Multicast,
     ProgramBuilder,
     Region,
@@ -115,7 +118,7 @@ class Shifted:
     """A ProgramBuilder seen from `origin`: every record and buffer added through it is moved
     by that many cores (its regions, fixed destinations and sources, `at` dependencies), so
     that the 2-D layout's emitters, which build on a region at the mesh origin, build on any
-    region. Everything else is the builder's."""
+    region. Everything else is the builder's (loops name tasks by index: nothing to move)."""
 
     def __init__(self, pb):
         self.pb = pb
@@ -130,9 +133,6 @@ class Shifted:
     def alloc(self, name: str, region: Region, bytes_per_core: int, shape: tuple = (),
               dtype: str = "fp32") -> None:
         self.pb.alloc(name, _region(region, *self.origin), bytes_per_core, shape, dtype)
-
-    def repeat(self, name: str, count: int, body):
-        return self.pb.repeat(name, count, body)
 
 
 def _region(r: Region, ox: int, oy: int) -> Region:
@@ -159,10 +159,6 @@ def moved(task, ox: int, oy: int):
     return dataclasses.replace(task, **change)
 
 
-def _all(deps) -> tuple:
-    return tuple(Dep(d.task, "all") for d in deps)
-
-
 class Pipeline:
     """Emits the step's micro-batches over the regions (module docstring) through a `Trainer`
     whose builder is a `Shifted` one."""
@@ -172,7 +168,7 @@ class Pipeline:
         self.pb, self.run, self.P = sb.pb, tr.run, tr.P
         self.L = self.run.cfg.n_layers
         self.busy: list[tuple] = [()] * (self.L + 1)  # what a region's next work waits for
-        self.io = None  # the last off-wafer transfer (one channel, in emission order)
+        self.io = IoChain(self.pb)
         self.out: dict = {}  # (region, micro-batch, "fwd"|"bwd") -> what its result waits for
 
     def region(self, r: int) -> Region:
@@ -184,11 +180,7 @@ class Pipeline:
         self.tr.tp.share = (m, self.run.micro_batches)
 
     def xfer(self, label: str, r: int, nbytes: int, direction: str, after) -> tuple:
-        deps = _all(Dep(d) if isinstance(d, int) else d for d in after) + \
-            ((Dep(self.io, "all"),) if self.io is not None else ())
-        self.io = self.pb.add(IoTransfer(label, self.region(r), int(nbytes), direction,
-                                         deps=deps))
-        return (Dep(self.io),)
+        return self.io(label, self.region(r), nbytes, direction, after)
 
     def hand(self, label: str, src: int, dst: int, dep: tuple, values: int,
              dtype: str, tile: str) -> tuple:
@@ -287,11 +279,7 @@ def map_pipelined_train_2d(cfg, hw, *, gemm_algo: str = "auto", functional: bool
         raise NotImplementedError(f"layout 2d with layer-pipelined: maps training steps, not "
                                   f"{run.phase} (a layer-pipelined {run.phase} runs in the "
                                   "top-row layout)")
-    if not isinstance(recompute, bool):
-        raise MappingError(f"recompute: got {recompute!r}, must be true or false")
-    if optimizer not in opt.OPTIMIZERS:
-        raise MappingError(f"optimizer: got {optimizer!r}, must be one of "
-                           f"{', '.join(opt.OPTIMIZERS)}")
+    check_options(recompute, optimizer)
     if optimizer != "offwafer":
         raise NotImplementedError(f"layout 2d with layer-pipelined: optimizer {optimizer} is "
                                   "not mapped (the on-wafer update leaves the weights in the "
@@ -316,9 +304,11 @@ def map_pipelined_train_2d(cfg, hw, *, gemm_algo: str = "auto", functional: bool
     pb = ProgramBuilder(f"{run.cfg.name}-train-layer-pipelined-2d")
     sb = Shifted(pb)
     fd, fmeta = None, {}
-    if functional:
-        fd, fmeta = _functional_allocs(pb, run, t, algos, recompute, optimizer, origins,
-                                       layer_buf, head_buf)
+    if functional:  # one arena over the squares' bounding box, each region kind's bytes
+        box = Region(0, 0, max(x for x, _ in origins) + P, max(y for _, y in origins) + P)
+        both = {k: max(layer_buf.get(k, 0), head_buf.get(k, 0)) for k in layer_buf | head_buf}
+        fd, fmeta = functional_allocs(pb, run, t, algos, recompute, optimizer, box, both)
+        fmeta["functional_2d_train"]["origins"] = [list(o) for o in origins]
     else:
         for r, o in enumerate(origins):
             sb.origin = o
@@ -338,25 +328,3 @@ def map_pipelined_train_2d(cfg, hw, *, gemm_algo: str = "auto", functional: bool
              "schedule": "gpipe"} | fmeta
     return build_2d(pb, run, tp, "layer-pipelined", algos, t, fuller, extra,
                     offwafer_flops=opt.offwafer_flops(ops, optimizer), regions=L + 1)
-
-
-def _functional_allocs(pb, run: Run, t: Tiles, algos: dict, recompute: bool, optimizer: str,
-                       origins: list, layer_buf: dict, head_buf: dict) -> tuple:
-    """A functional run's SRAM: one arena over the squares' bounding box (every region kind's
-    budget, the larger of each buffer), every tile of the single 2-D region a view into it
-    under its own name, so each core holds its own; (the TrainData2D, the meta it adds)."""
-    from mapper.gemm_common import Plan
-    from mapper.strategies import layout2d_train_data as td
-    from mapper.strategies.layout2d import gemm_plans, scratch_tiles
-    td.register_kernels()
-    P = t.P
-    fd = td.TrainData2D(run, t, algos, recompute, optimizer)
-    plans = {label: (plan, Plan("gemm", RING_ALGO, P, plan.m, plan.k, plan.n, plan.dtype))
-             for label, plan in gemm_plans(run, P, algos, run.chunk_tokens).items()}
-    box = Region(0, 0, max(x for x, _ in origins) + P, max(y for _, y in origins) + P)
-    tiles = {k: (box, *rest) for k, (_, *rest) in fd.tiles(scratch_tiles(plans)).items()}
-    both = {k: max(layer_buf.get(k, 0), head_buf.get(k, 0)) for k in layer_buf | head_buf}
-    views, extra_bytes = alloc_group(pb, "", box, both, tiles)
-    return fd, {"views": views, "sram_extra_bytes": extra_bytes,
-                "functional_2d_train": {"algos": algos, "tm": t.tm,
-                                        "origins": [list(o) for o in origins]}}

@@ -65,11 +65,9 @@ from mapper.strategies.layout2d import (
     check_layout,
     choose_algos,
     emit_layers,
-    gemm_plans,
     gemm_shapes,
     layer_weight_tile_bytes,
     scratch_bytes,
-    scratch_tiles,
 )
 from mapper.strategies.layout2d_optimizer import OPTIMIZERS, update_layer
 from mapper.strategies.tp2d import COLORS
@@ -77,6 +75,15 @@ from wse_sim.hardware import DTYPE_BYTES
 from wse_sim.program import Compute, Dep, IoTransfer, LineStream, Multicast, Region, wavelets_for
 
 RING_ALGO = gt.RING_ALGO  # GEMMs that share the transposed products' copy of the weights
+
+
+def check_options(recompute, optimizer) -> None:
+    """A 2-D training step's own options: one line naming the field and what it allows."""
+    if not isinstance(recompute, bool):
+        raise MappingError(f"recompute: got {recompute!r}, must be true or false")
+    if optimizer not in OPTIMIZERS:
+        raise MappingError(f"optimizer: got {optimizer!r}, must be one of "
+                           f"{', '.join(OPTIMIZERS)}")
 
 
 def check_train(run: Run, streaming: bool, functional: bool, optimizer: str) -> None:
@@ -423,6 +430,24 @@ def _all(deps: tuple) -> tuple:
     return tuple(Dep(d.task, "all") for d in deps)
 
 
+class IoChain:
+    """The wafer's one off-wafer I/O channel: each transfer waits for the one emitted before
+    it (the fast engine's step path needs its reservations in task order), so a transfer is
+    emitted where it may start."""
+
+    def __init__(self, pb):
+        self.pb, self.last = pb, None
+
+    def __call__(self, label: str, region: Region, nbytes: int, direction: str,
+                 after) -> tuple:
+        """`nbytes` in or out of `region` after every core of each of `after` (Deps or task
+        indices); what waits for it."""
+        deps = tuple(Dep(d.task if isinstance(d, Dep) else d, "all") for d in after) + \
+            ((Dep(self.last, "all"),) if self.last is not None else ())
+        self.last = self.pb.add(IoTransfer(label, region, int(nbytes), direction, deps=deps))
+        return (Dep(self.last),)
+
+
 def map_train(em, run: Run, streaming: bool, recompute: bool,
               optimizer: str = "offwafer") -> dict:
     """The whole training step into `em`'s builder: every micro-batch's forward, loss and
@@ -434,15 +459,12 @@ def map_train(em, run: Run, streaming: bool, recompute: bool,
     the last micro-batch, which sends them out and takes the updated weights back in.
     Returns the meta entries it adds."""
     from mapper.strategies.single_region import layer_weight_bytes
-    pb, reg, L = em.pb, em.reg, run.cfg.n_layers
+    reg, L = em.reg, run.cfg.n_layers
     tr = Trainer(em, recompute)
-    io: list = [None]
+    io = IoChain(em.pb)
 
     def xfer(label: str, nbytes: int, direction: str, after) -> tuple:
-        deps = tuple(Dep(d.task if isinstance(d, Dep) else d, "all") for d in after) + \
-            ((Dep(io[0], "all"),) if io[0] is not None else ())
-        io[0] = pb.add(IoTransfer(label, reg, int(nbytes), direction, deps=deps))
-        return (Dep(io[0]),)
+        return io(label, reg, nbytes, direction, after)
 
     w_bytes = [layer_weight_bytes(run, i) for i in range(L)]
     for mb in range(run.micro_batches):
@@ -532,11 +554,7 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     check_layout("2d", gemm_algo)
     run = make_run(cfg, hw, functional=functional, **kw)
     _refuse(run, functional)
-    if not isinstance(recompute, bool):
-        raise MappingError(f"recompute: got {recompute!r}, must be true or false")
-    if optimizer not in OPTIMIZERS:
-        raise MappingError(f"optimizer: got {optimizer!r}, must be one of "
-                           f"{', '.join(OPTIMIZERS)}")
+    check_options(recompute, optimizer)
     check_train(run, streaming, functional, optimizer)
     if not streaming:
         check_total_weights(run)
@@ -560,14 +578,8 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     pb = ProgramBuilder(f"{cfg.name}-train-{name}-2d")
     fd, fmeta = None, {}
     if functional:
-        from mapper.strategies import layout2d_train_data as td
-        td.register_kernels()
-        fd = td.TrainData2D(run, t, algos, recompute, optimizer)
-        plans = {label: (plan, Plan("gemm", RING_ALGO, P, plan.m, plan.k, plan.n, plan.dtype))
-                 for label, plan in gemm_plans(run, P, algos, run.chunk_tokens).items()}
-        views, extra_bytes = alloc_group(pb, "", reg, buffers, fd.tiles(scratch_tiles(plans)))
-        fmeta = {"views": views, "sram_extra_bytes": extra_bytes,
-                 "functional_2d_train": {"algos": algos, "tm": t.tm}}
+        from mapper.strategies.layout2d_train_data import functional_allocs
+        fd, fmeta = functional_allocs(pb, run, t, algos, recompute, optimizer, reg, buffers)
     else:
         alloc_group(pb, "", reg, buffers)
     ops = run.ops()
@@ -579,3 +591,4 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     offwafer = opt.offwafer_flops(ops, optimizer)
     return build_2d(pb, run, tp, name, algos, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)
+

@@ -388,6 +388,25 @@ class TrainData2D(Data2D):
         return {"a0": "head.ain", "b1": "head.w", "c": "lg", "a1": "head.a1", "b0": "head.b0"}
 
 
+def functional_allocs(pb, run, t, algos: dict, recompute: bool, optimizer: str,
+                      region: Region, buffers: dict) -> tuple:
+    """A functional step's SRAM on `region`: one arena of `buffers`' bytes with every tile of
+    the 2-D layout (`TrainData2D.tiles`) a view into it, each core
+    holding its own; (the TrainData2D, the meta it adds)."""
+    from mapper.gemm_common import Plan
+    from mapper.strategies.common import alloc_group
+    from mapper.strategies.layout2d import gemm_plans, scratch_tiles
+    register_kernels()
+    P = t.P
+    fd = TrainData2D(run, t, algos, recompute, optimizer)
+    plans = {label: (plan, Plan("gemm", RING_ALGO, P, plan.m, plan.k, plan.n, plan.dtype))
+             for label, plan in gemm_plans(run, P, algos, run.chunk_tokens).items()}
+    tiles = {k: (region, *rest) for k, (_, *rest) in fd.tiles(scratch_tiles(plans)).items()}
+    views, extra_bytes = alloc_group(pb, "", region, buffers, tiles)
+    return fd, {"views": views, "sram_extra_bytes": extra_bytes,
+                "functional_2d_train": {"algos": algos, "tm": t.tm}}
+
+
 # ---- weights in, loss and gradients out ---------------------------------------------------------
 
 def _prealigned(m: np.ndarray, kt: int, nt: int, P: int, algo: str = RING_ALGO) -> np.ndarray:
