@@ -162,49 +162,58 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         return pb.add(IoTransfer(label, reg, int(nbytes), "in", deps=deps))
 
     io_prev = None
-    chunk_deps = []  # per chunk: the record its next layer waits for
+    embeds = []  # per chunk: its embedding record (layer 0's input)
     for c in range(n):
         tp.share, tp.fl, sfx = (c, n), fls[c], parts[c][0]
         if streaming:  # token embeddings are gathered off the wafer and stream in
             io_prev = pb.add(IoTransfer("embed.in", lay.row0, x_vals * reg.cols * run.bytes,
                                         "in", deps=(Dep(io_prev, "all"),) if io_prev else ()))
-        chunk_deps.append(tp.compute("embed", lay.row0, io_prev, fmac=False, data=None
-                                     if fl is None else fls[c].embed_data(bufs[c][0]("x"), sfx)))
-    layer_ends: list[int] = []
+        embeds.append(tp.compute("embed", lay.row0, io_prev, fmac=False, data=None
+                                 if fl is None else fls[c].embed_data(bufs[c][0]("x"), sfx)))
+    out = [[0] * n for _ in range(L)]  # out[i][c]: layer i's record of chunk c that others wait for
     io = [io_prev]
+    wts: dict[int, int | None] = {}
 
-    def layer(i: int) -> None:
-        # Double buffer: layer i's weights may stream in once layer i - 2 has finished.
-        after = ((io[0],) if io[0] is not None else ()) + \
-            ((Dep(layer_ends[i - 2], "all"),) if i >= 2 else ())
-        w = stream_in(f"L{i}.weights.in", layer_weight_bytes(run, i), after)
-        io[0] = w if w is not None else io[0]
-        for c in range(n):  # every chunk through layer i, then on to layer i + 1
-            tp.share, tp.fl = (c, n), fls[c]
-            # after the previous chunk in this layer (its keys); the first chunk after the
-            # last one in layer i - 2: chunks run in two layers at a time (two scratch sets)
-            prev = (Dep(chunk_deps[c - 1], "all"),) if c > 0 else \
-                ((Dep(layer_ends[i - 2], "all"),) if i >= 2 and n > 1 else ())
-            chunk_deps[c] = tp.forward(i, lay, (chunk_deps[c],) + prev,
-                                       weight_dep=Dep(w, "same") if w is not None else None,
-                                       bufs=bufs[c][i],
-                                       xo=bufs[c][i + 1]("x") if i + 1 < L else None)
-        layer_ends.append(chunk_deps[-1])
+    def block(i: int, c: int) -> None:
+        """Chunk c through layer i; before its first chunk, layer i's weights stream in
+        (double buffer: once layer i - 2 has finished)."""
+        if c == 0:
+            after = ((io[0],) if io[0] is not None else ()) + \
+                ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 else ())
+            wts[i] = stream_in(f"L{i}.weights.in", layer_weight_bytes(run, i), after)
+            io[0] = wts[i] if wts[i] is not None else io[0]
+        tp.share, tp.fl = (c, n), fls[c]
+        # after the previous chunk in this layer (its keys); the first chunk after the
+        # last one in layer i - 2: chunks run in two layers at a time (two scratch sets)
+        prev = (Dep(out[i][c - 1], "all"),) if c > 0 else \
+            ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 and n > 1 else ())
+        w = wts[i]
+        out[i][c] = tp.forward(i, lay, (out[i - 1][c] if i else embeds[c],) + prev,
+                               weight_dep=Dep(w, "same") if w is not None else None,
+                               bufs=bufs[c][i], xo=bufs[c][i + 1]("x") if i + 1 < L else None)
 
-    # Layers 2 .. L - 1 of a dense model (every chunk in each), with one sparsity for all
-    # layers, repeat layer 1 (layer 0 waits for the embedding, layer 1 for no layer two
-    # back): one loop, which the fast engine can fast-forward, on the step path in one
-    # chunk and on the window path in several (docs/hardware-model.md, "Loops").
+    # A dense model with one sparsity for all layers repeats its layers: one loop, which the
+    # fast engine can fast-forward (docs/hardware-model.md, "Loops"). One chunk: layer by
+    # layer, layers 2 .. L - 1 the loop (layer 0 waits for the embedding, layer 1 for no
+    # layer two back). Chunks: in pipeline beats (`beat_order`), two layers a loop iteration.
     looped = not cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
-    for i in range(2 if looped else L):
-        layer(i)
-    if looped:
-        pb.repeat("layers", L - 2, lambda k: layer(k + 2))
+    if n == 1:
+        for i in range(2 if looped else L):
+            block(i, 0)
+        if looped:
+            pb.repeat("layers", L - 2, lambda k: block(k + 2, 0))
+    else:
+        pre, its, post = beat_order(L, n, looped)
+        for b in pre:
+            block(*b)
+        pb.repeat("layer-pairs", len(its), lambda k: [block(*b) for b in its[k]])
+        for b in post:
+            block(*b)
     io_prev = io[0]
     tp.share, tp.tokens, tp.fl = (0, 1), run.tokens, fls[-1]
-    dep = chunk_deps[-1]
+    dep = out[L - 1][n - 1]
     w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes,
-                  ((io_prev,) if io_prev is not None else ()) + (Dep(layer_ends[-1], "all"),))
+                  ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
     io_prev = w if w is not None else io_prev
     dep, head_grads = emit_lm_head(tp, run, lay.row0, [reg], dep,
                                    weight_dep=Dep(w) if w is not None else None,
@@ -251,6 +260,30 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
         | run.sparse.to_meta() | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
+
+
+def beat_order(layers: int, chunks: int, looped: bool) -> tuple[list, list, list]:
+    """A chunked prefill's (layer, chunk) blocks in the order they run. Chunk c of layer i
+    waits for chunk c of layer i - 1, chunk c - 1 of layer i and (c = 0) the last chunk of
+    layer i - 2, so without contention it starts at beat (i // 2) chunks + i % 2 + c: the
+    layers run in pairs, the second one chunk behind the first. Sorted by beat, the lower
+    layer first. Returns the blocks before the loop, its iterations (beats [j chunks,
+    (j + 1) chunks) for j = 1 .. (layers - 2) // 2: layer 2j - 1's last chunk, layer 2j's
+    chunks and layer 2j + 1's but its last; each the one before moved by two layers) and the
+    blocks after it. Emitted in this order, the window path's window spans a beat or two, not
+    a whole layer (`looped` False: every block before)."""
+    def beat(b: tuple[int, int]) -> int:
+        return (b[0] // 2) * chunks + b[0] % 2 + b[1]
+
+    order = sorted(((i, c) for i in range(layers) for c in range(chunks)),
+                   key=lambda b: (beat(b), b[0]))
+    pairs = max(0, (layers - 2) // 2) if looped else 0
+    if not pairs:
+        return order, [], []
+    its = [[b for b in order if j * chunks <= beat(b) < (j + 1) * chunks]
+           for j in range(1, pairs + 1)]
+    return ([b for b in order if beat(b) < chunks], its,
+            [b for b in order if beat(b) >= (pairs + 1) * chunks])
 
 
 def _tiles(fls: list[FLayout], parts: list, bufs: list, lay: Layout, reg: Region, train: bool,
