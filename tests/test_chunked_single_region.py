@@ -149,12 +149,15 @@ def test_beat_order_is_a_schedule_whose_iterations_repeat(layers, chunks, looped
 
 
 def test_chunked_blocks_are_emitted_in_the_order_they_run():
-    """The blocks go into the program in pipeline beats: a block never starts before one
-    emitted two or more blocks earlier (layer by layer, layer 1's first chunk came after all
-    of layer 0's and started long before them: the window path's window held a whole layer,
-    22 GiB for LLaMA3-8B at 32 chunks on wse2)."""
+    """Layer-sequential's blocks go into the program in pipeline beats: a block never starts
+    before one emitted two or more blocks earlier (layer by layer, layer 1's first chunk came
+    after all of layer 0's and started long before them: the window path's window held a whole
+    layer, 22 GiB for LLaMA3-8B at 32 chunks on wse2). Weight streaming stays layer by layer:
+    there a layer's chunks wait for its weights, which come after the layer before's chunks."""
     cfg = load_model("tiny-llama").with_overrides(n_layers=8)
-    p = _build("weight-streaming", cfg, batch=1, prompt=16, chunks=4)
+    ws = _build("weight-streaming", cfg, batch=1, prompt=16, chunks=4)
+    assert [(lp.name, lp.count) for lp in ws.loops] == [("layers", 6)]
+    p = _build("layer-sequential", cfg, batch=1, prompt=16, chunks=4)
     assert [(lp.name, lp.count) for lp in p.loops] == [("layer-pairs", 3)]
     r = simulate(p, HW16, engine="reference")
     start = {}

@@ -15,23 +15,28 @@ from wse_sim.program import Compute, Dep, ProgramBuilder
 MESH32 = load_preset("mesh32")
 
 
-# (model, strategy, chunks): the blocks are emitted in pipeline beats, an iteration two
-# layers' worth (mapper.strategies.single_region.beat_order)
-CHUNKED = [("tiny", "layer-sequential", 2), ("tiny", "weight-streaming", 4),
-           ("tiny-llama", "layer-sequential", 4), ("tiny-llama", "weight-streaming", 2)]
+# (model, strategy, chunks, loop, its count, period): layer-sequential's blocks go in pipeline
+# beats, an iteration two layers' worth (mapper.strategies.single_region.beat_order); weight
+# streaming's layer by layer (layers 2 .. 19, chunks in the body), where with 4 chunks the
+# moment the next layer's first task enters alternates between two places in the layer
+CHUNKED = [("tiny", "layer-sequential", 2, "layer-pairs", 9, 1),
+           ("tiny", "weight-streaming", 4, "layers", 18, 2),
+           ("tiny-llama", "layer-sequential", 4, "layer-pairs", 9, 1),
+           ("tiny-llama", "weight-streaming", 2, "layers", 18, 1)]
 
 
-@pytest.mark.parametrize("model, strategy, chunks", CHUNKED)
-def test_chunked_prefills_skip_layers_on_the_window_path(model, strategy, chunks):
+@pytest.mark.parametrize("model, strategy, chunks, loop, count, period", CHUNKED)
+def test_chunked_prefills_skip_layers_on_the_window_path(model, strategy, chunks, loop, count,
+                                                         period):
     p = build_program(MESH32, model, phase="prefill", strategy=strategy, layout="top-row",
                       prompt=64, chunks=chunks, model_set={"n_layers": 20})
     (lp,) = p.loops
-    assert lp.name == "layer-pairs" and lp.count == 9  # beats of layers 1 .. 19
+    assert (lp.name, lp.count) == (loop, count)
     with pytest.raises(StepPathUnsupported, match="out of task order"):
         simulate_fast(p, MESH32, path="step")
     fast = same(p, MESH32, path="window")
     assert fast.fast_path == "window"
-    assert fast.loop_iterations_skipped >= 4
+    assert fast.loop_iterations_skipped >= 4 and fast.loop_iterations_skipped % period == 0
 
 
 def test_the_window_path_without_fast_forward_gives_the_same_result():

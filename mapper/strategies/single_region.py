@@ -193,15 +193,18 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
                                bufs=bufs[c][i], xo=bufs[c][i + 1]("x") if i + 1 < L else None)
 
     # A dense model with one sparsity for all layers repeats its layers: one loop, which the
-    # fast engine can fast-forward (docs/hardware-model.md, "Loops"). One chunk: layer by
-    # layer, layers 2 .. L - 1 the loop (layer 0 waits for the embedding, layer 1 for no
-    # layer two back). Chunks: in pipeline beats (`beat_order`), two layers a loop iteration.
+    # fast engine can fast-forward (docs/hardware-model.md, "Loops"). Layer by layer (every
+    # chunk in each), layers 2 .. L - 1 the loop (layer 0 waits for the embedding, layer 1
+    # for no layer two back): the order in time under weight streaming, whose layers wait for
+    # their weights. Resident weights with chunks: in pipeline beats (`beat_order`), two
+    # layers a loop iteration.
     looped = not cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
-    if n == 1:
+    if n == 1 or streaming:
         for i in range(2 if looped else L):
-            block(i, 0)
+            for c in range(n):
+                block(i, c)
         if looped:
-            pb.repeat("layers", L - 2, lambda k: block(k + 2, 0))
+            pb.repeat("layers", L - 2, lambda k: [block(k + 2, c) for c in range(n)])
     else:
         pre, its, post = beat_order(L, n, looped)
         for b in pre:
