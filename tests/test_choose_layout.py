@@ -3,11 +3,14 @@ error when neither maps names both, and the grid from which the 2-D layout fits.
 
 import json
 import re
+from functools import partial
 
 import pytest
 
 from mapper.placement import MappingError
 from mapper.strategies.choose_layout import candidates, smallest_grid
+from mapper.strategies.single_region import map_layer_sequential
+from workloads.models import load_model
 from wse_sim.cli.main import main
 from wse_sim.experiment import build_program
 from wse_sim.hardware import ConfigError, load_preset
@@ -139,3 +142,21 @@ def test_issue_18s_first_command_says_which_grid_fits(capsys):
     assert "top-row: model llama3-8b does not fit: the region is 660 x 660 cores" in err[0]
     assert "needs 53651 bytes per core" in err[0]
     assert err[0].endswith("the 2-D layout fits from grid 683 (683 x 683 cores)")
+
+
+def test_a_top_row_decode_refusal_says_from_which_grid_it_fits():
+    """A decode (top-row only) refused on its grid names the least grid on which its budget
+    holds (checked without building: `check_only`): it fits there, not one narrower. The
+    issue's first command, its prefill on 683 x 683, stops at its 360 x 360 decode grid: 6.4 GB
+    of SRAM for LLaMA3-8B's 16.1 GB of weights."""
+    kw = {"phase": "decode", "context": 2048, "strategy": "layer-sequential"}
+    with pytest.raises(MappingError) as err:
+        build_program(WSE2, "llama3-8b", grid=360, **kw)
+    msg = str(err.value)
+    assert "\n" not in msg and "at least 572 x 572" in msg
+    at = int(re.search(r"the top-row layout fits from grid (\d+) \(", msg).group(1))
+    fits = partial(map_layer_sequential, load_model("llama3-8b"), WSE2, phase="decode",
+                   context=2048, check_only=True)
+    assert fits(grid=at) is None
+    with pytest.raises(MappingError):
+        fits(grid=at - 1)

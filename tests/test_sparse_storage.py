@@ -265,3 +265,13 @@ def test_functional_prunes_each_layer_to_its_file_fraction(tmp_path):
     inputs, want = fm.random_case(p, TINY, seed=0)
     got = fm.model_output(p, run_functional(p, HW, inputs))
     assert error_report(got, want, p.dtype)["ok"]
+
+
+def test_the_total_weights_refusal_names_the_least_grid_that_holds_them():
+    """The least N with N x N cores x sram_bytes >= the weights: the bound the refusal gives
+    (the weights alone; the other buffers may need more)."""
+    tight = load_preset("mesh16", {"sram_bytes": 16384})
+    with pytest.raises(MappingError, match=r"need 282112 bytes .* at least 5 x 5\)") as e:
+        build_program(tight, "tiny", strategy="layer-sequential", phase="decode", context=16,
+                      grid=4)
+    assert 4 * 4 * 16384 < 282112 <= 5 * 5 * 16384 and "at least 5 x 5" in str(e.value)

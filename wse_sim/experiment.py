@@ -153,13 +153,18 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
     try:
         return map_first(layouts, map_one)
     except MappingError as e:
-        if "2d" not in layouts:
-            raise
         side = min(hw.mesh_cols, hw.mesh_rows)
-        at = smallest_grid(lambda g: _fits(map_2d_at, g), grid or side, side)
+        if "2d" in layouts:
+            at, which = smallest_grid(lambda g: _fits(map_2d_at, g), grid or side, side), "2-D"
+        elif strategy in SINGLE_REGION:  # their budgets can be checked without building
+            at = smallest_grid(lambda g: _fits(partial(top_row, grid=g), None),
+                               grid or side, side)
+            which = "top-row"
+        else:
+            raise
         if at is None:
             raise
-        raise MappingError(f"{str(e).splitlines()[0]}; the 2-D layout fits from grid {at} "
+        raise MappingError(f"{str(e).splitlines()[0]}; the {which} layout fits from grid {at} "
                            f"({at} x {at} cores)") from None
 
 
@@ -185,9 +190,14 @@ def _map_2d(cfg, hw, strategy: str, gemm_algo: str, train: tuple, run_kw: dict, 
                      **run_kw)
 
 
-def _fits(map_2d_at, grid: int) -> bool:
+SINGLE_REGION = ("layer-sequential", "weight-streaming")
+
+
+def _fits(map_at, grid: int | None) -> bool:
+    """Whether `map_at(grid, check_only=True)` passes its budget checks (grid None: the
+    mapping has its grid bound already)."""
     try:
-        map_2d_at(grid, check_only=True)
+        map_at(*(() if grid is None else (grid,)), check_only=True)
     except (MappingError, NotImplementedError):
         return False
     return True

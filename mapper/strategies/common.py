@@ -303,10 +303,12 @@ def check_total_weights(run: Run) -> None:
     need = total_weight_bytes(run)
     have = run.cols * run.rows * run.hw.sram_bytes
     if need > have:
+        side = math.isqrt(-(-need // run.hw.sram_bytes) - 1) + 1  # least side with side^2 x sram >= need
         raise MappingError(f"model {run.cfg.name} does not fit: its weights need {need} bytes "
                            f"> {run.cols * run.rows} cores x sram_bytes {run.hw.sram_bytes} = "
-                           f"{have} bytes on the {run.cols} x {run.rows} mesh; use a larger "
-                           "mesh (--grid), weight streaming or more wafers")
+                           f"{have} bytes on the {run.cols} x {run.rows} mesh (they alone need "
+                           f"a grid of at least {side} x {side}); use a larger mesh (--grid), "
+                           "weight streaming or more wafers")
 
 
 def handoff(pb: ProgramBuilder, name: str, src_row: Region, dst_row: Region, values: int,

@@ -80,8 +80,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          chunks: int = 1, micro_batches: int = 1, reduce_algo: str = "chain",
          attention: str = "auto", routing: str | None = None, moe_layout: str | None = None,
          seed: int = 0, precision: Precision | None = None,
-         sparse: Sparsity | None = None) -> Program:
-    """`functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
+         sparse: Sparsity | None = None, check_only: bool = False) -> Program | None:
+    """`check_only`: stop after the budget checks (None: it fits). `functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
     computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
     weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
     `_tiles`) or, layer-sequential only, the
@@ -134,6 +134,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     ops = run.ops()
     buffers = sizes(run, lay)
     check_buffers("the region", run, buffers, reg)
+    if check_only:
+        return None
     pb = ProgramBuilder(f"{cfg.name}-{phase}-{name}")
     n, parts = run.chunks, part_spans(run)
     fl = make_layout(cfg, run, reg.rows, reg.cols, kv_layers=L, row_groups=lay.g > 1) \
