@@ -155,13 +155,12 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
     except MappingError as e:
         side = min(hw.mesh_cols, hw.mesh_rows)
         if "2d" in layouts:
-            at, which = smallest_grid(lambda g: _fits(map_2d_at, g), grid or side, side), "2-D"
+            which, check = "2-D", lambda g: map_2d_at(g, check_only=True)
         elif strategy in SINGLE_REGION:  # their budgets can be checked without building
-            at = smallest_grid(lambda g: _fits(partial(top_row, grid=g), None),
-                               grid or side, side)
-            which = "top-row"
+            which, check = "top-row", lambda g: top_row(grid=g, check_only=True)
         else:
             raise
+        at = smallest_grid(lambda g: _fits(check, g), grid or side, side)
         if at is None:
             raise
         raise MappingError(f"{str(e).splitlines()[0]}; the {which} layout fits from grid {at} "
@@ -193,11 +192,10 @@ def _map_2d(cfg, hw, strategy: str, gemm_algo: str, train: tuple, run_kw: dict, 
 SINGLE_REGION = ("layer-sequential", "weight-streaming")
 
 
-def _fits(map_at, grid: int | None) -> bool:
-    """Whether `map_at(grid, check_only=True)` passes its budget checks (grid None: the
-    mapping has its grid bound already)."""
+def _fits(check, grid: int) -> bool:
+    """Whether `check(grid)` (a mapping's budget checks on that grid) passes."""
     try:
-        map_at(*(() if grid is None else (grid,)), check_only=True)
+        check(grid)
     except (MappingError, NotImplementedError):
         return False
     return True

@@ -303,7 +303,7 @@ def check_total_weights(run: Run) -> None:
     need = total_weight_bytes(run)
     have = run.cols * run.rows * run.hw.sram_bytes
     if need > have:
-        side = math.isqrt(-(-need // run.hw.sram_bytes) - 1) + 1  # least side with side^2 x sram >= need
+        side = math.isqrt(-(-need // run.hw.sram_bytes) - 1) + 1  # least: side^2 sram >= need
         raise MappingError(f"model {run.cfg.name} does not fit: its weights need {need} bytes "
                            f"> {run.cols * run.rows} cores x sram_bytes {run.hw.sram_bytes} = "
                            f"{have} bytes on the {run.cols} x {run.rows} mesh (they alone need "

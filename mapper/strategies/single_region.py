@@ -81,8 +81,8 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          attention: str = "auto", routing: str | None = None, moe_layout: str | None = None,
          seed: int = 0, precision: Precision | None = None,
          sparse: Sparsity | None = None, check_only: bool = False) -> Program | None:
-    """`check_only`: stop after the budget checks (None: it fits). `functional`: attach DataOps and tile shapes so that `wse_sim.functional.run_functional`
-    computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
+    """`check_only`: stop after the budget checks (None: it fits). `functional`: attach
+    DataOps and tile shapes so that `wse_sim.functional.run_functional` computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
     weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
     `_tiles`) or, layer-sequential only, the
     training step's loss and gradients (every layer keeps its saved activations, `L{i}.*`, the
