@@ -160,3 +160,14 @@ def test_a_top_row_decode_refusal_says_from_which_grid_it_fits():
     assert fits(grid=at) is None
     with pytest.raises(MappingError):
         fits(grid=at - 1)
+
+
+def test_cli_a_top_row_refusal_names_the_grid_that_fits_exit_2(capsys):
+    rc = main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "decode",
+               "--context", "16", "--grid", "2", "--strategy", "layer-sequential"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].endswith("the top-row layout fits from grid 3 (3 x 3 cores)")
+    assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "decode",
+                 "--context", "16", "--grid", "3", "--strategy", "layer-sequential",
+                 "--show-program"]) == 0
