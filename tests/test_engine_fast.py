@@ -393,7 +393,18 @@ def test_progress_bar_only_when_asked_or_large(capsys):
     simulate_fast(p, hw)
     assert "inst" not in capsys.readouterr().err
     r = simulate_fast(p, hw, progress=True)
-    assert "inst" in capsys.readouterr().err and r.cycles == 5
+    err = capsys.readouterr().err
+    assert "inst" in err and "skip ahead" not in err and r.cycles == 5
+
+
+def test_progress_bar_of_a_program_with_loops_says_it_may_jump(capsys):
+    from wse_sim.program import ProgramBuilder
+    b = ProgramBuilder("looped")
+    b.add(Compute("c", R(0, 0, 8, 8), 640))
+    b.repeat("steps", 4, lambda i: b.add(Compute("c", R(0, 0, 8, 8), 640,
+                                                   deps=(Dep(len(b.tasks) - 1, "all"),))))
+    simulate_fast(b.build(), load_preset("mesh8"), progress=True)
+    assert "fast engine (loops may skip ahead)" in capsys.readouterr().err
 
 
 def test_memory_guard_refuses_up_front_with_the_estimate(monkeypatch):

@@ -185,9 +185,12 @@ def _fits(need: int) -> bool:
 
 
 def _progress(tables: Tables):
-    """The progress bar (stderr) of a run of `tables`' instances."""
+    """The progress bar (stderr) of a run of `tables`' instances. With loops it says that it
+    may jump (a loop fast-forwarded counts its skipped instances at once), so that its time
+    left, from the rate so far, reads as the bound it is."""
     from tqdm import tqdm
-    return tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc="fast engine",
+    desc = "fast engine (loops may skip ahead)" if tables.loops else "fast engine"
+    return tqdm(total=tables.n_instances, unit="inst", file=sys.stderr, desc=desc,
                 dynamic_ncols=True)
 
 
