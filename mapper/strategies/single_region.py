@@ -155,68 +155,10 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
               run.precision)
     tp.moe = MoEFFN(run) if cfg.is_moe else None
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
-
-    def stream_in(label: str, nbytes: int, after) -> int | None:
-        if not streaming:
-            return None
-        items = after if isinstance(after, tuple) else (after,)
-        deps = tuple(d if isinstance(d, Dep) else Dep(int(d), "all") for d in items)
-        return pb.add(IoTransfer(label, reg, int(nbytes), "in", deps=deps))
-
-    io_prev = None
-    embeds = []  # per chunk: its embedding record (layer 0's input)
-    for c in range(n):
-        tp.share, tp.fl, sfx = (c, n), fls[c], parts[c][0]
-        if streaming:  # token embeddings are gathered off the wafer and stream in
-            io_prev = pb.add(IoTransfer("embed.in", lay.row0, x_vals * reg.cols * run.bytes,
-                                        "in", deps=(Dep(io_prev, "all"),) if io_prev else ()))
-        embeds.append(tp.compute("embed", lay.row0, io_prev, fmac=False, data=None
-                                 if fl is None else fls[c].embed_data(bufs[c][0]("x"), sfx)))
-    out = [[0] * n for _ in range(L)]  # out[i][c]: layer i's record of chunk c that others wait for
-    io = [io_prev]
-    wts: dict[int, int | None] = {}
-
-    def block(i: int, c: int) -> None:
-        """Chunk c through layer i; before its first chunk, layer i's weights stream in
-        (double buffer: once layer i - 2 has finished)."""
-        if c == 0:
-            after = ((io[0],) if io[0] is not None else ()) + \
-                ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 else ())
-            wts[i] = stream_in(f"L{i}.weights.in", layer_weight_bytes(run, i), after)
-            io[0] = wts[i] if wts[i] is not None else io[0]
-        tp.share, tp.fl = (c, n), fls[c]
-        # after the previous chunk in this layer (its keys); the first chunk after the
-        # last one in layer i - 2: chunks run in two layers at a time (two scratch sets)
-        prev = (Dep(out[i][c - 1], "all"),) if c > 0 else \
-            ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 and n > 1 else ())
-        w = wts[i]
-        out[i][c] = tp.forward(i, lay, (out[i - 1][c] if i else embeds[c],) + prev,
-                               weight_dep=Dep(w, "same") if w is not None else None,
-                               bufs=bufs[c][i], xo=bufs[c][i + 1]("x") if i + 1 < L else None)
-
-    # A dense model with one sparsity for all layers repeats its layers: one loop, which the
-    # fast engine can fast-forward (docs/hardware-model.md, "Loops"). Layer by layer (every
-    # chunk in each), layers 2 .. L - 1 the loop (layer 0 waits for the embedding, layer 1
-    # for no layer two back): the order in time under weight streaming, whose layers wait for
-    # their weights. Resident weights with chunks: in pipeline beats (`beat_order`), two
-    # layers a loop iteration.
-    looped = not cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
-    if n == 1 or streaming:
-        for i in range(2 if looped else L):
-            for c in range(n):
-                block(i, c)
-        if looped:
-            pb.repeat("layers", L - 2, lambda k: [block(k + 2, c) for c in range(n)])
-    else:
-        pre, its, post = beat_order(L, n, looped)
-        for b in pre:
-            block(*b)
-        pb.repeat("layer-pairs", len(its), lambda k: [block(*b) for b in its[k]])
-        for b in post:
-            block(*b)
-    io_prev = io[0]
+    fw = _Forward(pb, tp, run, lay, reg, streaming, fls, parts, bufs)
+    dep, io_prev = fw.emit(x_vals)
+    stream_in = fw.stream_in
     tp.share, tp.tokens, tp.fl = (0, 1), run.tokens, fls[-1]
-    dep = out[L - 1][n - 1]
     w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes,
                   ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
     io_prev = w if w is not None else io_prev
@@ -224,31 +166,7 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
                                    weight_dep=Dep(w) if w is not None else None,
                                    x_name=bufs[-1][-1]("xo" if train else "x"),
                                    dx_name=bufs[-1][-1]("dx"))
-    offwafer = 0
-    if train:
-        if streaming:
-            pb.add(IoTransfer("lm_head.grads.out", reg, cfg.d_model * cfg.vocab_size * run.bytes,
-                              "out", deps=tuple(Dep(g, "all") for g in head_grads)))
-        for i in range(L - 1, -1, -1):
-            w = stream_in(f"L{i}.weights.bwd.in", layer_weight_bytes(run, i),
-                          ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
-            io_prev = w if w is not None else io_prev
-            dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
-                                     bufs=bufs[0][i] if fl is not None else None)
-            adam_names = [f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]]
-            if streaming:
-                pb.add(IoTransfer(f"L{i}.grads.out", reg, layer_weight_bytes(run, i), "out",
-                                  deps=tuple(Dep(g, "all") for g in grads)))
-            else:
-                tp.optimizer(adam_names, reg, tuple(grads))
-        dep = tp.compute("embed.bwd", lay.row0, dep, fmac=False, data=None if fl is None else
-                         dataop("copy", (bufs[0][0]("dx"),), "embed.grad"))
-        if streaming:
-            pb.add(IoTransfer("embed.grads.out", lay.row0, x_vals * reg.cols * run.bytes, "out",
-                              deps=(Dep(dep),)))
-            offwafer = sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
-        else:
-            tp.optimizer(["embed.adam", "lm_head.adam", "ln_f.adam"], reg, (dep,) + tuple(head_grads))
+    offwafer = _backward(fw, dep, io_prev, head_grads, x_vals, ops) if train else 0
     missing = tp.missing(skip_kinds=("optimizer",) if streaming else ())
     if missing:
         raise NotImplementedError(f"{name}: ops not mapped: {', '.join(missing[:6])}")
@@ -265,6 +183,114 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
         "attention": {"groups": lay.ra, "rows_per_group": lay.g},
         "kv_context_limit": kv_context_limit(cfg, hw, buffers, lay, run, L)}
         | run.sparse.to_meta() | mapping_meta(run, tp) | ({"moe": tp.moe.meta()} if tp.moe else {}))
+
+
+class _Forward:
+    """Emits the embedding and every layer's forward of a single-region mapping, chunk by
+    chunk: layer i's weights stream in before its first chunk (weight streaming; double
+    buffer: once layer i - 2 has finished), chunk c of layer i waits for chunk c of layer
+    i - 1, for chunk c - 1 of layer i and, its first, for the last of layer i - 2 (two layers
+    in flight: two scratch sets)."""
+
+    def __init__(self, pb, tp, run: Run, lay: Layout, reg: Region, streaming: bool, fls, parts,
+                 bufs):
+        self.pb, self.tp, self.run, self.lay, self.reg = pb, tp, run, lay, reg
+        self.streaming, self.fls, self.parts, self.bufs = streaming, fls, parts, bufs
+        self.L, self.n = run.cfg.n_layers, run.chunks
+        self.out = [[0] * self.n for _ in range(self.L)]  # [i][c]: what the next ones wait for
+        self.io = None  # the I/O channel's last transfer
+        self.wts: dict[int, int | None] = {}
+        self.embeds: list[int] = []
+
+    def stream_in(self, label: str, nbytes: int, after) -> int | None:
+        if not self.streaming:
+            return None
+        items = after if isinstance(after, tuple) else (after,)
+        deps = tuple(d if isinstance(d, Dep) else Dep(int(d), "all") for d in items)
+        return self.pb.add(IoTransfer(label, self.reg, int(nbytes), "in", deps=deps))
+
+    def emit(self, x_vals: int) -> tuple[int, int | None]:
+        """Every record of the forward; returns (the last layer's last record, the I/O
+        channel's last transfer). A dense model with one sparsity for all layers repeats its
+        layers: one loop, which the fast engine can fast-forward (docs/hardware-model.md,
+        "Loops"). Layer by layer (every chunk in each), layers 2 .. L - 1 the loop (layer 0
+        waits for the embedding, layer 1 for no layer two back): the order in time under
+        weight streaming, whose layers wait for their weights. Resident weights with chunks:
+        in pipeline beats (`beat_order`), two layers a loop iteration."""
+        pb, tp, run, lay, fls, n, L = self.pb, self.tp, self.run, self.lay, self.fls, self.n, \
+            self.L
+        for c in range(n):
+            tp.share, tp.fl, sfx = (c, n), fls[c], self.parts[c][0]
+            if self.streaming:  # token embeddings are gathered off the wafer and stream in
+                self.io = pb.add(IoTransfer(
+                    "embed.in", lay.row0, x_vals * self.reg.cols * run.bytes, "in",
+                    deps=(Dep(self.io, "all"),) if self.io else ()))
+            self.embeds.append(tp.compute(
+                "embed", lay.row0, self.io, fmac=False, data=None if tp.fl is None else
+                fls[c].embed_data(self.bufs[c][0]("x"), sfx)))
+        looped = not run.cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
+        if n == 1 or self.streaming:
+            for i in range(2 if looped else L):
+                for c in range(n):
+                    self.block(i, c)
+            if looped:
+                pb.repeat("layers", L - 2, lambda k: [self.block(k + 2, c) for c in range(n)])
+        else:
+            pre, its, post = beat_order(L, n, looped)
+            for b in pre:
+                self.block(*b)
+            pb.repeat("layer-pairs", len(its), lambda k: [self.block(*b) for b in its[k]])
+            for b in post:
+                self.block(*b)
+        return self.out[L - 1][n - 1], self.io
+
+    def block(self, i: int, c: int) -> None:
+        """Chunk c through layer i (its weights streamed in first when c is 0)."""
+        out, n, L, tp = self.out, self.n, self.L, self.tp
+        if c == 0:
+            after = ((self.io,) if self.io is not None else ()) + \
+                ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 else ())
+            self.wts[i] = self.stream_in(f"L{i}.weights.in", layer_weight_bytes(self.run, i),
+                                         after)
+            self.io = self.wts[i] if self.wts[i] is not None else self.io
+        tp.share, tp.fl = (c, n), self.fls[c]
+        prev = (Dep(out[i][c - 1], "all"),) if c > 0 else \
+            ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 and n > 1 else ())
+        w, bufs = self.wts[i], self.bufs[c]
+        out[i][c] = tp.forward(i, self.lay, (out[i - 1][c] if i else self.embeds[c],) + prev,
+                               weight_dep=Dep(w, "same") if w is not None else None,
+                               bufs=bufs[i], xo=bufs[i + 1]("x") if i + 1 < L else None)
+
+
+def _backward(fw: _Forward, dep: int, io_prev, head_grads, x_vals: int, ops: dict) -> int:
+    """A training step's backward after the LM head's, from the last layer down: weight
+    streaming streams each layer's weights in again and its gradients out (the update runs
+    off the wafer: returns its FLOPs), layer-sequential runs Adam on the wafer (returns 0)."""
+    pb, tp, run, lay, reg, bufs = fw.pb, fw.tp, fw.run, fw.lay, fw.reg, fw.bufs
+    cfg, streaming, functional = run.cfg, fw.streaming, fw.fls[0] is not None
+    if streaming:
+        pb.add(IoTransfer("lm_head.grads.out", reg, cfg.d_model * cfg.vocab_size * run.bytes,
+                          "out", deps=tuple(Dep(g, "all") for g in head_grads)))
+    for i in range(cfg.n_layers - 1, -1, -1):
+        w = fw.stream_in(f"L{i}.weights.bwd.in", layer_weight_bytes(run, i),
+                         ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
+        io_prev = w if w is not None else io_prev
+        dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
+                                 bufs=bufs[0][i] if functional else None)
+        if streaming:
+            pb.add(IoTransfer(f"L{i}.grads.out", reg, layer_weight_bytes(run, i), "out",
+                              deps=tuple(Dep(g, "all") for g in grads)))
+        else:
+            tp.optimizer([f"L{i}.{n}.adam" for n in list(cfg.layer_weight_shapes()) + ["small"]],
+                         reg, tuple(grads))
+    dep = tp.compute("embed.bwd", lay.row0, dep, fmac=False, data=None if not functional else
+                     dataop("copy", (bufs[0][0]("dx"),), "embed.grad"))
+    if not streaming:
+        tp.optimizer(["embed.adam", "lm_head.adam", "ln_f.adam"], reg, (dep,) + tuple(head_grads))
+        return 0
+    pb.add(IoTransfer("embed.grads.out", lay.row0, x_vals * reg.cols * run.bytes, "out",
+                      deps=(Dep(dep),)))
+    return sum(int(o.flops) for o in ops.values() if o.kind == "optimizer")
 
 
 def beat_order(layers: int, chunks: int, looped: bool) -> tuple[list, list, list]:
