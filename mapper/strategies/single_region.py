@@ -82,12 +82,13 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
          seed: int = 0, precision: Precision | None = None,
          sparse: Sparsity | None = None, check_only: bool = False) -> Program | None:
     """`check_only`: stop after the budget checks (None: it fits). `functional`: attach
-    DataOps and tile shapes so that `wse_sim.functional.run_functional` computes the forward pass (prefill, in chunks too, and decode; every layer keeps its
-    weights and KV cache in its own tiles, the activations share one set, `act.*`; chunks:
-    `_tiles`) or, layer-sequential only, the
-    training step's loss and gradients (every layer keeps its saved activations, `L{i}.*`, the
-    backward's scratch is shared, `grad.*`; the Adam updates stay timing-only). Weight
-    streaming is timed by its I/O records; functionally the weights are inputs in place."""
+    DataOps and tile shapes so that `wse_sim.functional.run_functional` computes the forward
+    pass (prefill, in chunks too, and decode; every layer keeps its weights and KV cache in
+    its own tiles, the activations share one set, `act.*`; chunks: `_tiles`) or,
+    layer-sequential only, the training step's loss and gradients (every layer keeps its
+    saved activations, `L{i}.*`, the backward's scratch is shared, `grad.*`; the Adam updates
+    stay timing-only). Weight streaming is timed by its I/O records; functionally the weights
+    are inputs in place."""
     run = make_run(cfg, hw, phase=phase, batch=batch, prompt=prompt, context=context,
                    dtype=dtype, grid=grid, sparsity=sparsity, chunks=chunks,
                    micro_batches=micro_batches, reduce_algo=reduce_algo, attention=attention,
