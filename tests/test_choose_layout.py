@@ -171,3 +171,20 @@ def test_cli_a_top_row_refusal_names_the_grid_that_fits_exit_2(capsys):
     assert main(["run", "--preset", "mesh16", "--model", "tiny", "--phase", "decode",
                  "--context", "16", "--grid", "3", "--strategy", "layer-sequential",
                  "--show-program"]) == 0
+
+
+@pytest.mark.parametrize("strategy", ["layer-pipelined", "layer-sequential", "weight-streaming"])
+def test_every_top_row_strategy_names_the_least_grid_that_fits(strategy):
+    """Each strategy checks its budgets (and the layer-pipelined placement) without building
+    (`check_only`), so a top-row refusal names the grid from which it maps."""
+    from mapper.strategies import strategies
+    hw = MESH16.with_overrides({"sram_bytes": 16384})
+    kw = {"phase": "decode", "context": 16}
+    with pytest.raises(MappingError) as err:
+        build_program(hw, "tiny", grid=2, strategy=strategy, **kw)
+    at = int(re.search(r"the top-row layout fits from grid (\d+) \(", str(err.value)).group(1))
+    check = partial(strategies()[strategy], load_model("tiny"), hw, check_only=True, **kw)
+    assert check(grid=at) is None
+    with pytest.raises(MappingError):
+        check(grid=at - 1)
+    assert build_program(hw, "tiny", grid=at, strategy=strategy, **kw).tasks

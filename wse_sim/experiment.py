@@ -154,12 +154,10 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
         return map_first(layouts, map_one)
     except MappingError as e:
         side = min(hw.mesh_cols, hw.mesh_rows)
-        if "2d" in layouts:
+        if "2d" in layouts:  # (every mapping checks its budgets without building: check_only)
             which, check = "2-D", lambda g: map_2d_at(g, check_only=True)
-        elif strategy in SINGLE_REGION:  # their budgets can be checked without building
-            which, check = "top-row", lambda g: top_row(grid=g, check_only=True)
         else:
-            raise
+            which, check = "top-row", lambda g: top_row(grid=g, check_only=True)
         at = smallest_grid(lambda g: _fits(check, g), grid or side, side)
         if at is None:
             raise
@@ -187,9 +185,6 @@ def _map_2d(cfg, hw, strategy: str, gemm_algo: str, train: tuple, run_kw: dict, 
                     recompute=train[0] == "on", optimizer=train[1])
     return mapper_2d(cfg, hw, grid=grid, gemm_algo=gemm_algo, check_only=check_only,
                      **run_kw)
-
-
-SINGLE_REGION = ("layer-sequential", "weight-streaming")
 
 
 def _fits(check, grid: int) -> bool:

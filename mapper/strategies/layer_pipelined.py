@@ -122,8 +122,9 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                         attention: str = "auto", routing: str | None = None,
                         moe_layout: str | None = None, seed: int = 0,
                         precision: Precision | None = None,
-                        sparse: Sparsity | None = None) -> Program:
-    """Map every layer of `cfg` onto its own region of the mesh.
+                        sparse: Sparsity | None = None, check_only: bool = False) -> Program | None:
+    """Map every layer of `cfg` onto its own region of the mesh (`check_only`: stop once the
+    budgets and the placement are checked; None: it fits).
 
     `stage=(first_layer, layers, with_embed, with_head)` maps only that slice of the model, for
     one wafer of a multi-wafer pipeline: without the embedding the activations arrive over the
@@ -177,6 +178,8 @@ def map_layer_pipelined(cfg: GPTConfig, hw: HardwareConfig, *, phase: str = "pre
                   f" ({L + k} regions on a {run.cols} x {run.rows} mesh"
                   + (f", {n} micro-batches in flight)" if train and n > 1 else ")"))
     placed = _place(run, sg, k)
+    if check_only:
+        return None
     pb = ProgramBuilder(f"{cfg.name}-{phase}-layer-pipelined")
     fl = make_layout(cfg, run, sg.rows, sg.cols, k, row_groups=lay0.g > 1) \
         if functional else None
