@@ -323,7 +323,8 @@ def map_pipelined_train_2d(cfg, hw, *, gemm_algo: str = "auto", functional: bool
     # the fullest core's buffers; the other region kind's beside them
     fuller, other = sorted((layer_buf, head_buf), key=lambda b: -sum(b.values()))
     extra = {"head_sram_buffers_per_core" if other is head_buf
-             else "layer_sram_buffers_per_core": other,"recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops,
+             else "layer_sram_buffers_per_core": other,
+             "recompute": "on" if recompute else "off", "recompute_flops": tr.recompute_flops,
              "optimizer": optimizer, "region_origins": [list(o) for o in origins],
              "schedule": "gpipe"} | fmeta
     return build_2d(pb, run, tp, "layer-pipelined", algos, t, fuller, extra,

@@ -591,4 +591,3 @@ def map_train_2d(cfg, hw, *, streaming: bool, gemm_algo: str = "auto",
     offwafer = opt.offwafer_flops(ops, optimizer)
     return build_2d(pb, run, tp, name, algos, t, buffers, extra | fmeta,
                     offwafer_flops=offwafer)
-
