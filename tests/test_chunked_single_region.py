@@ -166,3 +166,20 @@ def test_chunked_blocks_are_emitted_in_the_order_they_run():
     blocks = [start[k] for k, t in enumerate(p.tasks) if t.op.endswith("norm1.stats")]
     assert len(blocks) == 8 * 4
     assert all(blocks[k] >= max(blocks[:k - 1]) for k in range(2, len(blocks)))
+
+
+@pytest.mark.parametrize("phase", ["prefill", "train"])
+def test_weight_streaming_inputs_queue_on_one_channel_in_program_order(phase):
+    """Every input transfer of weight streaming (each chunk's embeddings, every layer's
+    weights, the LM head's, the backward's) waits for the one before it: the off-wafer
+    channel delivers them in order (a chunk's embeddings once waited for nothing when the one
+    before was the program's first record)."""
+    cfg = load_model("tiny-llama").with_overrides(n_layers=4)
+    kw = {"chunks": 4} if phase == "prefill" else {}
+    p = strategies()["weight-streaming"](cfg, HW16, phase=phase, batch=1, prompt=16, **kw)
+    ins = [k for k, t in enumerate(p.tasks)
+           if type(t).__name__ == "IoTransfer" and t.direction == "in"]
+    assert len(ins) >= 4 + (4 if phase == "prefill" else 1)
+    assert ins[0] == 0
+    for before, k in zip(ins, ins[1:], strict=False):
+        assert before in [d.task for d in p.tasks[k].deps], p.tasks[k].op

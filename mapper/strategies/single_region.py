@@ -157,17 +157,15 @@ def _map(cfg: GPTConfig, hw: HardwareConfig, *, streaming: bool, phase: str = "p
     tp.moe = MoEFFN(run) if cfg.is_moe else None
     x_vals = run.chunk_tokens * math.ceil(cfg.d_model / reg.cols)
     fw = _Forward(pb, tp, run, lay, reg, streaming, fls, parts, bufs)
-    dep, io_prev = fw.emit(x_vals)
-    stream_in = fw.stream_in
+    dep = fw.emit(x_vals)
     tp.share, tp.tokens, tp.fl = (0, 1), run.tokens, fls[-1]
-    w = stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes,
-                  ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
-    io_prev = w if w is not None else io_prev
+    w = fw.stream_in("lm_head.weights.in", cfg.d_model * cfg.vocab_size * run.weight_bytes,
+                     Dep(dep, "all"))
     dep, head_grads = emit_lm_head(tp, run, lay.row0, [reg], dep,
                                    weight_dep=Dep(w) if w is not None else None,
                                    x_name=bufs[-1][-1]("xo" if train else "x"),
                                    dx_name=bufs[-1][-1]("dx"))
-    offwafer = _backward(fw, dep, io_prev, head_grads, x_vals, ops) if train else 0
+    offwafer = _backward(fw, dep, head_grads, x_vals, ops) if train else 0
     missing = tp.missing(skip_kinds=("optimizer",) if streaming else ())
     if missing:
         raise NotImplementedError(f"{name}: ops not mapped: {', '.join(missing[:6])}")
@@ -203,16 +201,22 @@ class _Forward:
         self.wts: dict[int, int | None] = {}
         self.embeds: list[int] = []
 
-    def stream_in(self, label: str, nbytes: int, after) -> int | None:
+    def stream_in(self, label: str, nbytes: int, after=(), region: Region | None = None
+                  ) -> int | None:
+        """An input transfer over the off-wafer I/O (weight streaming only; None otherwise),
+        after `after` and after the channel's previous transfer: one channel, in order."""
         if not self.streaming:
             return None
         items = after if isinstance(after, tuple) else (after,)
         deps = tuple(d if isinstance(d, Dep) else Dep(int(d), "all") for d in items)
-        return self.pb.add(IoTransfer(label, self.reg, int(nbytes), "in", deps=deps))
+        if self.io is not None:
+            deps = (Dep(self.io, "all"),) + deps
+        self.io = self.pb.add(IoTransfer(label, region or self.reg, int(nbytes), "in",
+                                         deps=deps))
+        return self.io
 
-    def emit(self, x_vals: int) -> tuple[int, int | None]:
-        """Every record of the forward; returns (the last layer's last record, the I/O
-        channel's last transfer). A dense model with one sparsity for all layers repeats its
+    def emit(self, x_vals: int) -> int:
+        """Every record of the forward; returns the last layer's last record. A dense model with one sparsity for all layers repeats its
         layers: one loop, which the fast engine can fast-forward (docs/hardware-model.md,
         "Loops"). Layer by layer (every chunk in each), layers 2 .. L - 1 the loop (layer 0
         waits for the embedding, layer 1 for no layer two back): the order in time under
@@ -222,12 +226,11 @@ class _Forward:
             self.L
         for c in range(n):
             tp.share, tp.fl, sfx = (c, n), fls[c], self.parts[c][0]
-            if self.streaming:  # token embeddings are gathered off the wafer and stream in
-                self.io = pb.add(IoTransfer(
-                    "embed.in", lay.row0, x_vals * self.reg.cols * run.bytes, "in",
-                    deps=(Dep(self.io, "all"),) if self.io else ()))
+            # token embeddings are gathered off the wafer and stream in
+            io = self.stream_in("embed.in", x_vals * self.reg.cols * run.bytes,
+                                region=lay.row0)
             self.embeds.append(tp.compute(
-                "embed", lay.row0, self.io, fmac=False, data=None if tp.fl is None else
+                "embed", lay.row0, io, fmac=False, data=None if tp.fl is None else
                 fls[c].embed_data(self.bufs[c][0]("x"), sfx)))
         looped = not run.cfg.is_moe and L >= 4 and len(set(run.sparse.per_layer)) <= 1
         if n == 1 or self.streaming:
@@ -243,17 +246,14 @@ class _Forward:
             pb.repeat("layer-pairs", len(its), lambda k: [self.block(*b) for b in its[k]])
             for b in post:
                 self.block(*b)
-        return self.out[L - 1][n - 1], self.io
+        return self.out[L - 1][n - 1]
 
     def block(self, i: int, c: int) -> None:
         """Chunk c through layer i (its weights streamed in first when c is 0)."""
         out, n, L, tp = self.out, self.n, self.L, self.tp
         if c == 0:
-            after = ((self.io,) if self.io is not None else ()) + \
-                ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 else ())
             self.wts[i] = self.stream_in(f"L{i}.weights.in", layer_weight_bytes(self.run, i),
-                                         after)
-            self.io = self.wts[i] if self.wts[i] is not None else self.io
+                                         (Dep(out[i - 2][n - 1], "all"),) if i >= 2 else ())
         tp.share, tp.fl = (c, n), self.fls[c]
         prev = (Dep(out[i][c - 1], "all"),) if c > 0 else \
             ((Dep(out[i - 2][n - 1], "all"),) if i >= 2 and n > 1 else ())
@@ -263,7 +263,7 @@ class _Forward:
                                bufs=bufs[i], xo=bufs[i + 1]("x") if i + 1 < L else None)
 
 
-def _backward(fw: _Forward, dep: int, io_prev, head_grads, x_vals: int, ops: dict) -> int:
+def _backward(fw: _Forward, dep: int, head_grads, x_vals: int, ops: dict) -> int:
     """A training step's backward after the LM head's, from the last layer down: weight
     streaming streams each layer's weights in again and its gradients out (the update runs
     off the wafer: returns its FLOPs), layer-sequential runs Adam on the wafer (returns 0)."""
@@ -273,9 +273,7 @@ def _backward(fw: _Forward, dep: int, io_prev, head_grads, x_vals: int, ops: dic
         pb.add(IoTransfer("lm_head.grads.out", reg, cfg.d_model * cfg.vocab_size * run.bytes,
                           "out", deps=tuple(Dep(g, "all") for g in head_grads)))
     for i in range(cfg.n_layers - 1, -1, -1):
-        w = fw.stream_in(f"L{i}.weights.bwd.in", layer_weight_bytes(run, i),
-                         ((io_prev,) if io_prev is not None else ()) + (Dep(dep, "all"),))
-        io_prev = w if w is not None else io_prev
+        w = fw.stream_in(f"L{i}.weights.bwd.in", layer_weight_bytes(run, i), Dep(dep, "all"))
         dep, grads = tp.backward(i, lay, dep, weight_dep=Dep(w) if w is not None else None,
                                  bufs=bufs[0][i] if functional else None)
         if streaming:
