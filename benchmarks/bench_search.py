@@ -5,7 +5,7 @@ under 10 s, with the same choice as the search that simulates every candidate.
   mapping, bounds, simulations, report), best of two runs after a warm-up; target <= 10 s.
 - `search_pruned_s` / `search_exhaustive_s`: `search_mapping` in-process (after a warm-up),
   with the pruning the command uses (`prune=True`: a candidate whose
-  `mapper.search.cycles_lower_bound` is above the best simulated cost is not simulated) and
+  `mapper.search_bound.cycles_lower_bound` is above the best simulated cost is not simulated) and
   without it (the old behaviour: every candidate simulated); `same_choice`: both pick the same
   mapping at the same cost, and every pruned candidate's simulated cost (from the exhaustive
   run) is above the winner's.
@@ -48,7 +48,7 @@ def run_command() -> float:
 
 def timed_search(hw, prune: bool) -> tuple:
     """(found, best, wall seconds, per-candidate wall seconds by candidate key)."""
-    import mapper.search as ms
+    import mapper.search_bound as ms
     import wse_sim.search_mappings as sm
     spent: dict = {}
     key_of: dict = {}  # id(program) -> its candidate's key

@@ -1,4 +1,4 @@
-"""The search's pruning is exact (issue 16): `mapper.search.cycles_lower_bound` never exceeds
+"""The search's pruning is exact (issue 16): `mapper.search_bound.cycles_lower_bound` never exceeds
 the simulated cycles, a pruned candidate's bound is above the winner's simulated cost, and a
 search with pruning picks the same mapping, at the same cost, as one that simulates every
 candidate."""
@@ -6,7 +6,8 @@ candidate."""
 import pytest
 
 from mapper.gemm import build_gemm
-from mapper.search import cycles_lower_bound, pruned, search, tracked_cores
+from mapper.search import pruned, search
+from mapper.search_bound import cycles_lower_bound, tracked_cores
 from wse_sim.engine import simulate
 from wse_sim.experiment import build_program
 from wse_sim.hardware import ConfigError, load_preset

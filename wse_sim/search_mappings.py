@@ -180,12 +180,13 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     trees). A tuple of grids fixes them.
 
     Each candidate is mapped once. `prune` (`wse-sim search` sets it): before any is
-    simulated, each gets `mapper.search.cycles_lower_bound` (provably at most its simulated
+    simulated, each gets `mapper.search_bound.cycles_lower_bound` (provably at most its simulated
     cycles); they are simulated by increasing bound, and one whose bound is above the best
     simulated cost so far is pruned, not simulated (it cannot win; `tried` says "pruned"
     with its bound): the choice is the one simulating every candidate gives
     (tests/test_search_speed.py), in a fraction of the time."""
-    from mapper.search import cycles_lower_bound, grid_options, pruned, search
+    from mapper.search import grid_options, pruned, search
+    from mapper.search_bound import cycles_lower_bound
     results = {}
     # the layout, GEMM algorithm and checkpointing: searched unless given other than the
     # default (a run spec passes every field)
@@ -203,7 +204,7 @@ def search_mapping(hw: HardwareConfig, model: str, *, engine: str = "auto", budg
     prepare = mapped.program
 
     def bound_of(cand: dict) -> float:
-        """A lower bound of `evaluate(cand)`: `mapper.search.cycles_lower_bound` (provably at
+        """A lower bound of `evaluate(cand)`: `mapper.search_bound.cycles_lower_bound` (provably at
         most the simulated cycles) in the same units (seconds per token)."""
         program = prepare(cand)
         return hw.seconds(cycles_lower_bound(program, hw)) / max(1, program.tokens)
