@@ -188,3 +188,25 @@ def test_every_top_row_strategy_names_the_least_grid_that_fits(strategy):
     with pytest.raises(MappingError):
         check(grid=at - 1)
     assert build_program(hw, "tiny", grid=at, strategy=strategy, **kw).tasks
+
+
+CHUNKED = {"strategy": "layer-sequential", "prompt": 64, "grid": 128,
+           "model_set": {"n_layers": 2}}  # the top-row layout takes it in 4 chunks
+
+
+def test_auto_says_when_the_top_row_chunks_a_prompt_the_2d_layout_takes_whole():
+    """`auto` stays "fits first" (the same program as `top-row`), and says that the 2-D layout
+    fits too where the top-row one split the prompt into chunks (docs/strategies.md: which is
+    faster depends on the prompt and grid)."""
+    from wse_sim.report.text import mapping_line
+    auto = build_program(WSE2, "cerebras-gpt-111m", **CHUNKED)
+    top = build_program(WSE2, "cerebras-gpt-111m", layout="top-row", **CHUNKED)
+    assert auto.tasks == top.tasks and auto.meta["chunks"] == 4
+    assert auto.meta["layout_2d_fits"] is True and "layout_2d_fits" not in top.meta
+    assert "4 chunks (the 2-D layout fits this prompt whole: --layout 2d" in \
+        mapping_line(auto.meta)
+    build_program(WSE2, "cerebras-gpt-111m", layout="2d", **CHUNKED)  # it does fit
+    whole = build_program(WSE2, "cerebras-gpt-111m", **(CHUNKED | {"prompt": 16}))
+    asked = build_program(WSE2, "cerebras-gpt-111m", **(CHUNKED | {"chunks": 4}))
+    assert whole.meta["chunks"] == 1 and asked.meta["chunks"] == 4
+    assert "layout_2d_fits" not in whole.meta and "layout_2d_fits" not in asked.meta

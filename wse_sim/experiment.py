@@ -151,7 +151,7 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
 
     layouts = candidates(layout, run_kw["phase"], strategy, *two_d)
     try:
-        return map_first(layouts, map_one)
+        program = map_first(layouts, map_one)
     except MappingError as e:
         side = min(hw.mesh_cols, hw.mesh_rows)
         if "2d" in layouts:  # (every mapping checks its budgets without building: check_only)
@@ -163,6 +163,13 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
             raise
         raise MappingError(f"{str(e).splitlines()[0]}; the {which} layout fits from grid {at} "
                            f"({at} x {at} cores)") from None
+    if program.meta["layout"] == "top-row" and "2d" in layouts \
+            and program.meta.get("chunks", 1) > run_kw.get("chunks", 1) \
+            and _fits(lambda g: map_2d_at(g, check_only=True), grid):
+        # `auto` is "fits first" (docs/strategies.md, "Which layout"): say that the prompt
+        # went into chunks where the 2-D layout would take it whole
+        program.meta["layout_2d_fits"] = True
+    return program
 
 
 def _map_2d(cfg, hw, strategy: str, gemm_algo: str, train: tuple, run_kw: dict, grid,

@@ -171,7 +171,7 @@ def run_one(args) -> int:
         extra = {"functional": check} if check else {}
         mapping = {k: program.meta[k] for k in ("strategy", "reduce_algo", "chunks",
                                                 "micro_batches", "layout", "gemm_algo",
-                                                "recompute", "optimizer")
+                                                "recompute", "optimizer", "layout_2d_fits")
                    if k in program.meta}
         print(json.dumps(with_interface_keys(result.summary(), args, hw) | mapping | written
                          | extra))

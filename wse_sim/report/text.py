@@ -206,7 +206,9 @@ def mapping_line(meta: dict) -> str:
         parts.append(f"{n} region{'s' if n != 1 else ''} of {meta['region_cols']} x "
                      f"{meta['region_rows']} cores")
     if meta.get("chunks", 1) > 1:
-        parts.append(f"{meta['chunks']} chunks")
+        parts.append(f"{meta['chunks']} chunks" + (
+            " (the 2-D layout fits this prompt whole: --layout 2d; wse-sim search compares "
+            "them)" if meta.get("layout_2d_fits") else ""))
     if meta.get("layout") == "2d":  # the GEMMs' algorithms
         algo = meta.get("gemm_algo")
         parts.append("2-D layout, GEMMs " + (
