@@ -69,14 +69,16 @@ class _Followed:
     bounds there, `whole[k]` the bound on its last event."""
 
     def __init__(self, cores: list, n_tasks: int):
-        self.cores = cores
         self.n = len(cores)
         self.x = np.array([c[0] for c in cores], dtype=np.int64)
         self.y = np.array([c[1] for c in cores], dtype=np.int64)
         self.index = {c: i for i, c in enumerate(cores)}
-        self.shifts: dict = {}
-        self.grid = None  # `lookup`'s map, made on first use
-        self.geometry: dict = {}  # a record's shape -> what `mine` and the kinds derive from it
+        # the followed index by core over the followed cores' bounding box (n: not followed)
+        self.x0, self.y0 = (int(self.x.min()), int(self.y.min())) if self.n else (0, 0)
+        self.grid = np.full((int(self.x.max()) - self.x0 + 1 if self.n else 1,
+                             int(self.y.max()) - self.y0 + 1 if self.n else 1), self.n, np.int64)
+        self.grid[self.x - self.x0, self.y - self.y0] = np.arange(self.n)
+        self.geometry: dict = {}  # `cached`: what a record's shape gives, worked out once
         self.idx: list = [None] * n_tasks
         self.val: list = [None] * n_tasks
         self.whole = [0] * n_tasks
@@ -84,14 +86,15 @@ class _Followed:
         self.out = np.zeros(self.n + 1, np.int64)     # scratch: the task being bounded
         self.touched = np.zeros(self.n + 1, bool)
 
+    def cached(self, key, make):
+        """make(), once per key (records of one shape repeat: loop iterations, GEMM steps)."""
+        got = self.geometry.get(key)
+        if got is None:
+            got = self.geometry[key] = make()
+        return got
+
     def lookup(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The followed index of each core (x[i], y[i]), or n where it is not followed."""
-        if self.grid is None:  # followed index by core, over the followed cores' bounding box
-            self.x0, self.y0 = (int(self.x.min()), int(self.y.min())) if self.n else (0, 0)
-            w, h = ((int(self.x.max()) - self.x0 + 1, int(self.y.max()) - self.y0 + 1)
-                    if self.n else (1, 1))
-            self.grid = np.full((w, h), self.n, np.int64)
-            self.grid[self.x - self.x0, self.y - self.y0] = np.arange(self.n)
         gx, gy = np.asarray(x) - self.x0, np.asarray(y) - self.y0
         ok = (gx >= 0) & (gx < self.grid.shape[0]) & (gy >= 0) & (gy < self.grid.shape[1])
         out = np.full(len(gx), self.n, np.int64)
@@ -100,11 +103,13 @@ class _Followed:
 
     def shifted(self, dx: int, dy: int) -> np.ndarray:
         """For every followed index (and n), the index of the core (dx, dy) from it."""
-        s = self.shifts.get((dx, dy))
-        if s is None:
-            s = np.append(self.lookup(self.x + dx, self.y + dy), self.n)
-            self.shifts[(dx, dy)] = s
-        return s
+        return self.cached(("shift", dx, dy), lambda: np.append(
+            self.lookup(self.x + dx, self.y + dy), self.n))
+
+    def inside(self, reg) -> np.ndarray:
+        """The followed indices in region `reg`."""
+        return self.cached(reg, lambda: np.flatnonzero(
+            (self.x >= reg.x) & (self.x <= reg.x1) & (self.y >= reg.y) & (self.y <= reg.y1)))
 
     def values(self, k: int, at: np.ndarray) -> np.ndarray:
         """Task k's bounds at the followed indices `at` (0 where it has none)."""
@@ -133,22 +138,6 @@ class _Followed:
             at = anchors if d.rule != "offset" else self.shifted(d.dx, d.dy)[anchors]
             np.maximum(per, self.values(d.task, at), out=per)
         return r, per
-
-    def inside(self, reg) -> np.ndarray:
-        """The followed indices in region `reg`."""
-        got = self.geometry.get(reg)
-        if got is None:
-            got = np.flatnonzero((self.x >= reg.x) & (self.x <= reg.x1) & (self.y >= reg.y)
-                                 & (self.y <= reg.y1))
-            self.geometry[reg] = got
-        return got
-
-    def cached(self, key, make):
-        """make(), once per key (records of one shape repeat: loop iterations, GEMM steps)."""
-        got = self.geometry.get(key)
-        if got is None:
-            got = self.geometry[key] = make()
-        return got
 
     def put(self, at: np.ndarray, v) -> None:
         """The task's event at followed indices `at` is at least `v`."""
