@@ -18,8 +18,6 @@ from wse_sim.program import (
     LineStream,
     Multicast,
     Unicast,
-    ring_core,
-    ring_position,
     topological_order,
 )
 from wse_sim.timing import compute_cycles, io_cycles, reduce_pace, stream_beats
@@ -47,20 +45,6 @@ def tracked_cores(program, max_cores: int = 4096) -> list[tuple[int, int]]:
             y1 = max(t.region.y1 for t in program.tasks)
             return list(dict.fromkeys(((x0, y0), (x1, y0), (x0, y1), (x1, y1))))
     return list(cores)
-
-
-def unicast_dests(t: Unicast, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`Unicast.dest` of every core (x[i], y[i]) at once."""
-    r = t.region
-    if t.ring == "x":
-        return r.x + ring_core(ring_position(x - r.x, r.cols) + t.dx, r.cols), y
-    if t.ring == "y":
-        return x, r.y + ring_core(ring_position(y - r.y, r.rows) + t.dy, r.rows)
-    if t.to is not None:
-        return np.full_like(x, t.to[0]), np.full_like(y, t.to[1])
-    if t.wrap:
-        return r.x + (x - r.x + t.dx) % r.cols, r.y + (y - r.y + t.dy) % r.rows
-    return x + t.dx, y + t.dy
 
 
 class _Followed:
@@ -275,7 +259,7 @@ def _unicast(f: _Followed, t: Unicast, mine: np.ndarray, hw) -> None:
 
     def dests():  # (followed destinations, which sources send to one, their distances)
         x, y = f.x[mine], f.y[mine]
-        dx, dy = unicast_dests(t, x, y)
+        dx, dy = t.dest(x, y)
         dest = f.lookup(dx, dy)
         keep = dest < f.n
         return dest[keep], keep, (np.abs(dx - x) + np.abs(dy - y))[keep]

@@ -253,13 +253,16 @@ class Unicast:
             raise ProgramError(f"{self.op}: a core of {r} would send to itself "
                                f"(to={self.to}, dx={self.dx}, dy={self.dy}); that moves nothing")
 
-    def dest(self, x: int, y: int) -> tuple[int, int]:
+    def dest(self, x, y) -> tuple:
+        """Where core (x, y) sends; of every core at once where x and y are numpy arrays."""
         r = self.region
         if self.ring == "x":
             return r.x + ring_core(ring_position(x - r.x, r.cols) + self.dx, r.cols), y
         if self.ring == "y":
             return x, r.y + ring_core(ring_position(y - r.y, r.rows) + self.dy, r.rows)
         if self.to is not None:
+            if isinstance(x, np.ndarray):
+                return np.full_like(x, self.to[0]), np.full_like(y, self.to[1])
             return tuple(self.to)
         if self.wrap:
             r = self.region
