@@ -137,7 +137,9 @@ def build_program(hw: HardwareConfig, model: str, *, phase: str = "prefill",
 def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw: dict,
                 top_row):
     """The run in the layout asked for, or (`auto`) the first that maps it
-    (`choose_layout`); a 2-D refusal names the grid from which the 2-D layout fits.
+    (`choose_layout`); a 2-D refusal names the grid from which the 2-D layout fits. Where
+    `auto` took the top-row layout in chunks it did not ask for and the 2-D layout fits,
+    `meta["layout_2d_fits"]` says so (the report's mapping line shows it).
     `two_d`: (gemm_algo, recompute, optimizer); `top_row()`: the top-row mapping."""
     gemm_algo, recompute, optimizer = two_d
     map_2d_at = partial(_map_2d, cfg, hw, strategy, gemm_algo, (recompute, optimizer), run_kw)

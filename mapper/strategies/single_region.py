@@ -216,9 +216,9 @@ class _Forward:
         return self.io
 
     def emit(self, x_vals: int) -> int:
-        """Every record of the forward; returns the last layer's last record. A dense model with one sparsity for all layers repeats its
-        layers: one loop, which the fast engine can fast-forward (docs/hardware-model.md,
-        "Loops"). Layer by layer (every chunk in each), layers 2 .. L - 1 the loop (layer 0
+        """Every record of the forward; returns the last layer's last record. A dense model
+        with one sparsity for all layers repeats its layers: one loop, which the fast engine
+        can fast-forward (docs/hardware-model.md, "Loops"). Layer by layer (every chunk in each), layers 2 .. L - 1 the loop (layer 0
         waits for the embedding, layer 1 for no layer two back): the order in time under
         weight streaming, whose layers wait for their weights. Resident weights with chunks:
         in pipeline beats (`beat_order`), two layers a loop iteration."""
