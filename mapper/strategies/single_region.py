@@ -218,10 +218,11 @@ class _Forward:
     def emit(self, x_vals: int) -> int:
         """Every record of the forward; returns the last layer's last record. A dense model
         with one sparsity for all layers repeats its layers: one loop, which the fast engine
-        can fast-forward (docs/hardware-model.md, "Loops"). Layer by layer (every chunk in each), layers 2 .. L - 1 the loop (layer 0
-        waits for the embedding, layer 1 for no layer two back): the order in time under
-        weight streaming, whose layers wait for their weights. Resident weights with chunks:
-        in pipeline beats (`beat_order`), two layers a loop iteration."""
+        can fast-forward (docs/hardware-model.md, "Loops"). Layer by layer (every chunk in
+        each), layers 2 .. L - 1 the loop (layer 0 waits for the embedding, layer 1 for no
+        layer two back): the order in time under weight streaming, whose layers wait for
+        their weights. Resident weights with chunks: in pipeline beats (`beat_order`), two
+        layers a loop iteration."""
         pb, tp, run, lay, fls, n, L = self.pb, self.tp, self.run, self.lay, self.fls, self.n, \
             self.L
         for c in range(n):
