@@ -70,6 +70,27 @@ def test_flops_cover_the_graph_and_padding_is_reported():
     assert q.meta["padding_waste"] == pytest.approx(1 - q.meta["graph_flops"] / q.total_flops())
 
 
+def test_the_model_flops_utilization_leaves_out_the_padding():
+    """`peak_fraction` counts every FLOP the tasks execute, `useful_peak_fraction` the model's
+    (`graph_flops`): the report says both where they differ, and they are one figure where
+    nothing is padded (a GEMM's useful FLOPs are its 2 M K N)."""
+    from wse_sim.report.text import format_report
+    q = _2d(MESH8, "tiny", batch=2, prompt=12)
+    r = simulate(q, MESH8, engine="reference")
+    s = r.summary()
+    assert s["flops"] == q.total_flops() > s["useful_flops"] == q.meta["graph_flops"]
+    assert s["useful_peak_fraction"] == pytest.approx(
+        s["peak_fraction"] * q.meta["graph_flops"] / q.total_flops())
+    assert f"the model's FLOPs {100 * s['useful_peak_fraction']:.2f} %" in format_report(r)
+    p = _2d(MESH16, prompt=64)
+    r = simulate(p, MESH16, engine="fast")
+    assert r.useful_flops == r.flops and r.useful_peak_fraction == r.peak_fraction
+    assert "the model's FLOPs" not in format_report(r)
+    g = build_gemm("cannon", MESH8, grid=4, m=10, k=12, n=14)
+    r = simulate(g, MESH8, engine="reference")
+    assert r.useful_flops == 2 * 10 * 12 * 14 < r.flops
+
+
 def test_sram_budget_is_the_tiles():
     p = _2d(MESH16, prompt=64)
     b = p.meta["sram_buffers_per_core"]

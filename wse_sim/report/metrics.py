@@ -20,7 +20,7 @@ class SimResult:
     engine: str
     hardware: HardwareConfig
     cycles: int
-    flops: int                 # FLOPs of the program's compute tasks (= op graph FLOPs)
+    flops: int                 # FLOPs of the program's compute tasks (`useful_flops`: the model's)
     executed_flops: int        # FLOPs actually executed (skipped zeros removed)
     stream_flops: int          # adds done inside reduce streams (not part of the op graph)
     flops_by_dtype: dict
@@ -70,6 +70,26 @@ class SimResult:
     def peak_fraction(self) -> float:
         return self.flops_per_s / self.peak_flops_per_s if self.cycles else 0.0
 
+    @property
+    def useful_flops(self) -> int:
+        """The model's FLOPs the run did on the wafer: a whole-model program's op-graph FLOPs
+        less those run off the wafer (`graph_flops` - `offwafer_flops` in the meta), a GEMM's
+        2 M K N (`useful_flops`); else the compute tasks' FLOPs. The tasks may do more: the
+        2-D layout's and the GEMMs' padded tiles, recomputation (activation checkpointing), a
+        tree reduce's combines; `flops` counts those, this does not."""
+        m = self.meta or {}
+        if "useful_flops" in m:
+            return int(m["useful_flops"])
+        if "graph_flops" in m:
+            return int(m["graph_flops"]) - int(m.get("offwafer_flops", 0))
+        return int(self.flops)
+
+    @property
+    def useful_peak_fraction(self) -> float:
+        """`useful_flops` per second over the peak of the cores used (model FLOPs
+        utilization); `peak_fraction` counts every FLOP the tasks execute."""
+        return self.useful_flops / self.seconds / self.peak_flops_per_s if self.cycles else 0.0
+
     def energy_joules(self) -> dict:
         """Energy by component, in joules. Dynamic: the counters times the preset's per-unit
         costs (`compute`, `sram`, `fabric`, `io`, summed in `dynamic`). Static: the chip's
@@ -110,6 +130,8 @@ class SimResult:
             "flops_per_s": self.flops_per_s,
             "peak_fraction": self.peak_fraction,
             "efficiency": self.peak_fraction,
+            "useful_flops": self.useful_flops,
+            "useful_peak_fraction": self.useful_peak_fraction,
             "tokens": int(self.tokens),
             "tokens_per_s": self.tokens_per_s,
             "comm_bytes": int(self.comm_bytes),

@@ -223,6 +223,15 @@ def mapping_line(meta: dict) -> str:
     return ", ".join(parts)
 
 
+def _useful(s: dict) -> str:
+    """'; the model's FLOPs ...' where the tasks execute more FLOPs than the model has."""
+    if not s["flops"] or s["useful_flops"] >= s["flops"]:
+        return ""
+    extra = 1 - s["useful_flops"] / s["flops"]
+    return (f"; the model's FLOPs {100 * s['useful_peak_fraction']:.2f} % ({100 * extra:.1f} % "
+            "of those executed are padding, recomputation or reduce combines)")
+
+
 def _loops(s: dict) -> str:
     """', loops: N iterations, K fast-forwarded' for a program with loops."""
     n = s.get("loop_iterations", 0)
@@ -259,7 +268,7 @@ def format_report(result, title: str = "") -> str:
         rows.append(("throughput", f"{s['tokens_per_s']:,.0f} tokens/s ({s['tokens']:,} tokens)"))
     rows += [
         ("compute", f"{human(s['flops_per_s'], 'FLOP/s')} = {100 * s['peak_fraction']:.2f} % of "
-                    f"the {s['cores_used']:,} cores' {s['dtype']} peak"),
+                    f"the {s['cores_used']:,} cores' {s['dtype']} peak" + _useful(s)),
         ("critical path", f"computing {100 * s['compute_cycles'] / cyc:.1f} %, on the fabric "
                           f"{100 * s['comm_cycles'] / cyc:.1f} %"),
         ("core busy", f"{100 * s['busy_core_fraction']:.2f} % of core-cycles"),
