@@ -41,7 +41,9 @@ def _case(preset: str, model: str, prompt: int, grid: int, model_set, layout: st
     r = simulate(program, hw, engine="fast")
     s = r.summary()
     return {"fits": True, "cycles": r.cycles, "tokens_per_s": s["tokens_per_s"],
-            "peak_fraction": s["peak_fraction"], "busy_core_fraction": s["busy_core_fraction"],
+            "peak_fraction": s["peak_fraction"],
+            "useful_peak_fraction": s["useful_peak_fraction"],
+            "busy_core_fraction": s["busy_core_fraction"],
             "sram_bytes_per_core": sum(program.meta["sram_buffers_per_core"].values()),
             "build_s": round(t1 - t0, 2), "simulate_s": round(time.perf_counter() - t1, 2),
             "loop_iterations_skipped": s.get("loop_iterations_skipped", 0),

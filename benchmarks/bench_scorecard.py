@@ -2,7 +2,9 @@
 4,096 tokens, a decode step at a 4,096-token context and a training step at sequence 2,048
 (Cerebras-GPT-1.3B: 2,048 and 2,047, its longest),
 under every strategy (and, for the prefills and training steps of layer-sequential and
-weight-streaming, the 2-D layout): simulated tokens/s, % of peak, the communication share of the critical path, the busy
+weight-streaming, the 2-D layout): simulated tokens/s, % of peak (every executed FLOP, and
+since session 19 the model's alone: `useful_peak_fraction`, without the 2-D layout's padded
+tiles and recomputation), the communication share of the critical path, the busy
 core fraction and SRAM per core, or the one line that says which resource does not fit and by
 how much, or that its simulation did not finish within `--limit-s` (default 600 s). `--quick`:
 decode only; `--presets wse2` one preset, `--phases train` one phase, `--only TEXT` the rows
@@ -53,6 +55,7 @@ def _row(preset: str, model: str, phase: str, strategy: str, layout: str,
         return {"runs": False, "why": str(e).splitlines()[0][:300]}
     s = r.summary()
     return {"runs": True, "tokens_per_s": s["tokens_per_s"], "peak_fraction": s["peak_fraction"],
+            "useful_peak_fraction": s["useful_peak_fraction"],
             "comm_share": s["comm_cycles"] / max(1, s["cycles"]),
             "busy_core_fraction": s["busy_core_fraction"],
             "sram_bytes_per_core": s["sram_bytes_per_core"],
