@@ -107,8 +107,8 @@ def _write_scorecard(out: Path, card: dict) -> None:
     write_json(out / "scorecard.json", card)
     buf = io.StringIO()
     cols = ["strategy", "layout", "engine", "cycles", "seconds", "tokens_per_s", "peak_fraction",
-            "useful_peak_fraction", "comm_share", "sram_bytes_per_core", "colors_per_core", "io_bytes",
-            "energy_per_token_j", "rejected"]
+            "useful_peak_fraction", "comm_share", "sram_bytes_per_core", "colors_per_core",
+            "io_bytes", "energy_per_token_j", "rejected"]
     w = csv.DictWriter(buf, cols)
     w.writeheader()
     for r in card["strategies"]:
