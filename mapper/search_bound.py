@@ -56,7 +56,6 @@ class _Followed:
         self.n = len(cores)
         self.x = np.array([c[0] for c in cores], dtype=np.int64)
         self.y = np.array([c[1] for c in cores], dtype=np.int64)
-        self.index = {c: i for i, c in enumerate(cores)}
         # the followed index by core over the followed cores' bounding box (n: not followed)
         self.x0, self.y0 = (int(self.x.min()), int(self.y.min())) if self.n else (0, 0)
         self.grid = np.full((int(self.x.max()) - self.x0 + 1 if self.n else 1,
@@ -76,6 +75,10 @@ class _Followed:
         if got is None:
             got = self.geometry[key] = make()
         return got
+
+    def at(self, core) -> int:
+        """The followed index of one core, or n."""
+        return int(self.lookup(np.array([core[0]]), np.array([core[1]]))[0])
 
     def lookup(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The followed index of each core (x[i], y[i]), or n where it is not followed."""
@@ -113,11 +116,10 @@ class _Followed:
             if d.rule == "all":
                 r = max(r, self.whole[d.task])
                 continue
-            if self.idx[d.task] is None or not len(self.idx[d.task]):
+            if not len(self.idx[d.task]):  # (dependencies come first: topological order)
                 continue
             if d.rule == "at":
-                i = self.index.get((d.dx, d.dy), self.n)
-                r = max(r, int(self.values(d.task, np.array([i]))[0]))
+                r = max(r, int(self.values(d.task, np.array([self.at((d.dx, d.dy))]))[0]))
                 continue
             at = anchors if d.rule != "offset" else self.shifted(d.dx, d.dy)[anchors]
             np.maximum(per, self.values(d.task, at), out=per)
@@ -134,7 +136,7 @@ class _Followed:
         self.idx[k], self.val[k] = idx, self.out[idx].copy()
         self.whole[k] = max(floor, int(self.val[k].max()) if len(idx) else 0)
         self.out[idx] = 0
-        self.touched[:] = False
+        self.touched[idx] = False  # (`put` never marks index n)
         return self.whole[k]
 
 
@@ -233,14 +235,14 @@ def _multicast(f: _Followed, t: Multicast, mine: np.ndarray, hw) -> None:
     send, recv = hw.message_start_cycles, hw.message_receive_cycles
     src = tuple(t.src)
     b = stream_beats(hw, t.wavelets)
-    at = f.index.get(src)
-    r, per = f.need(t, np.array([] if at is None else [at], np.int64))
+    at = f.at(src)
+    r, per = f.need(t, np.array([] if at == f.n else [at], np.int64))
     ready = max(r, int(per.max()) if len(per) else 0)
-    if at is not None:
+    if at < f.n:
         f.put(np.array([at]), ready + tr + b - 1 + send)
 
     def reach():  # (the followed cores it reaches besides its source, their distances)
-        others = mine[mine != at] if at is not None else mine
+        others = mine[mine != at]
         return others, np.abs(f.x[others] - src[0]) + np.abs(f.y[others] - src[1])
 
     others, h = f.cached(("multicast", t.region, src), reach)

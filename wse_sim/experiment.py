@@ -143,6 +143,7 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
     `two_d`: (gemm_algo, recompute, optimizer); `top_row()`: the top-row mapping."""
     gemm_algo, recompute, optimizer = two_d
     map_2d_at = partial(_map_2d, cfg, hw, strategy, gemm_algo, (recompute, optimizer), run_kw)
+    check_2d = partial(map_2d_at, check_only=True)
 
     def map_one(lay: str):
         if lay == "2d":
@@ -157,7 +158,7 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
     except MappingError as e:
         side = min(hw.mesh_cols, hw.mesh_rows)
         if "2d" in layouts:  # (every mapping checks its budgets without building: check_only)
-            which, check = "2-D", lambda g: map_2d_at(g, check_only=True)
+            which, check = "2-D", check_2d
         else:
             which, check = "top-row", lambda g: top_row(grid=g, check_only=True)
         at = smallest_grid(lambda g: _fits(check, g), grid or side, side)
@@ -167,7 +168,7 @@ def _map_layout(cfg, hw, strategy: str, layout: str, two_d: tuple, grid, run_kw:
                            f"({at} x {at} cores)") from None
     if program.meta["layout"] == "top-row" and "2d" in layouts \
             and program.meta.get("chunks", 1) > run_kw.get("chunks", 1) \
-            and _fits(lambda g: map_2d_at(g, check_only=True), grid):
+            and _fits(check_2d, grid):
         # `auto` is "fits first" (docs/strategies.md, "Which layout"): say that the prompt
         # went into chunks where the 2-D layout would take it whole
         program.meta["layout_2d_fits"] = True

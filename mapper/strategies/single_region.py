@@ -207,8 +207,7 @@ class _Forward:
         after `after` and after the channel's previous transfer: one channel, in order."""
         if not self.streaming:
             return None
-        items = after if isinstance(after, tuple) else (after,)
-        deps = tuple(d if isinstance(d, Dep) else Dep(int(d), "all") for d in items)
+        deps = after if isinstance(after, tuple) else (after,)
         if self.io is not None:
             deps = (Dep(self.io, "all"),) + deps
         self.io = self.pb.add(IoTransfer(label, region or self.reg, int(nbytes), "in",

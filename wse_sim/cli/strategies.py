@@ -82,7 +82,7 @@ def format_scorecard(rows: list[dict], rejected: dict) -> str:
         lines.append(f"{r['strategy']:18} {r.get('layout', 'top-row'):7} "
                      f"{r['seconds'] * 1e6:>9.2f}µs {r['tokens_per_s']:>13,.0f} "
                      f"{100 * r['peak_fraction']:>7.2f} "
-                     f"{100 * r.get('useful_peak_fraction', r['peak_fraction']):>7.2f} "
+                     f"{100 * r['useful_peak_fraction']:>7.2f} "
                      f"{100 * r['comm_share']:>7.1f} "
                      f"{r['sram_bytes_per_core']:>10,} {r['colors_per_core']:>6} "
                      f"{r['energy_per_token_j']:>10.3g}")
